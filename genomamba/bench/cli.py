@@ -1,0 +1,26 @@
+"""``genomamba bench <name>``: each benchmark prints a table and writes JSON to bench/results/."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = {
+    "scan": ("genomamba.bench.scan:main", "selective scan: CPU kernel vs torch loop; --device cuda for GPU backends"),
+    "data": ("genomamba.bench.data:main", "token store: 1M-token window reads per second"),
+    "train": ("genomamba.bench.train:main", "training step throughput and peak memory"),
+    "synthetic": ("genomamba.bench.synthetic:main", "selective copying / induction heads (paper 4.1)"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: genomamba bench <name> [options]\n\nbenchmarks:")
+        for name, (_, help_) in BENCHES.items():
+            print(f"  {name:<10} {help_}")
+        return 0
+    if argv[0] not in BENCHES:
+        print(f"genomamba bench: unknown benchmark {argv[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    module_name, func = BENCHES[argv[0]][0].split(":")
+    return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)

@@ -1,0 +1,55 @@
+"""Shared helpers for benchmarks: machine facts and JSON results."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_facts(device: str = "cpu") -> dict:
+    facts = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host_cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        facts["device_name"] = torch.cuda.get_device_name()
+        facts["cuda"] = torch.version.cuda
+        try:
+            import triton
+
+            facts["triton"] = triton.__version__
+        except ImportError:
+            pass
+    else:
+        facts["device_name"] = f"cpu ({os.cpu_count()} cores)"
+    return facts
+
+
+def write_results(name: str, payload: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``payload`` to ``<out_dir>/<name>.json`` (default: the package's bench/results)."""
+    out = Path(out_dir) if out_dir else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))

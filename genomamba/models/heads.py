@@ -1,0 +1,108 @@
+"""Task heads on the Mamba backbone: pooling and sequence classification.
+
+A classifier saved with ``save_pretrained`` is a normal LM directory (``config.json`` +
+``model.safetensors``) plus ``head.safetensors`` and ``head.json`` (labels, pooling), so the backbone
+stays loadable by anything that reads mamba_ssm checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from genomamba.models.lm import MambaLM
+
+POOLINGS = ("last", "mean", "max")
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+def pool(hidden: torch.Tensor, mask: Optional[torch.Tensor], how: str) -> torch.Tensor:
+    """hidden: (b, l, d); mask: (b, l) bool, True on real tokens (None = all real) -> (b, d).
+
+    ``last`` takes the last real token (the only one that has seen the whole sequence in a causal
+    model); ``mean`` / ``max`` ignore padding.
+    """
+    if how not in POOLINGS:
+        raise ValueError(f"pooling: expected one of {POOLINGS}, got {how!r}")
+    b, l, _ = hidden.shape
+    if mask is None:
+        mask = torch.ones(b, l, dtype=torch.bool, device=hidden.device)
+    if mask.shape != (b, l):
+        raise ValueError(f"mask: expected shape {(b, l)}, got {tuple(mask.shape)}")
+    counts = mask.sum(1)
+    if bool((counts == 0).any()):
+        raise ValueError("mask: every sequence needs at least one real token")
+    if how == "last":
+        # index of the last True per row (padding may sit on either side)
+        pos = torch.arange(l, device=hidden.device).expand(b, l)
+        idx = torch.where(mask, pos, torch.full_like(pos, -1)).max(1).values
+        return hidden[torch.arange(b, device=hidden.device), idx]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "mean":
+        return (hidden * m).sum(1) / counts.unsqueeze(-1).to(hidden.dtype)
+    return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone (a MambaLM, its LM head unused) + pooling + linear head -> logits (b, num_labels)."""
+
+    def __init__(self, lm: MambaLM, labels: Sequence[str], pooling: str = "mean", dropout: float = 0.0):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        labels = [str(x) for x in labels]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"labels: expected >= 2 distinct labels, got {labels}")
+        self.lm = lm
+        self.labels = labels
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(lm.config.d_model, len(labels))
+        self.head.bias._no_weight_decay = True
+
+    def forward(self, input_ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        hidden = self.lm.hidden_states(input_ids)  # (b, l, d_model)
+        return self.head(self.dropout(pool(hidden, mask, self.pooling)))
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        for p in self.lm.parameters():
+            p.requires_grad_(not freeze)
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        from safetensors.torch import save_file
+
+        from genomamba.models.io import _atomic_write
+
+        directory = Path(self.lm.save_pretrained(directory))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        _atomic_write(directory / HEAD_WEIGHTS, lambda p: save_file(tensors, p))
+        meta = json.dumps({"labels": self.labels, "pooling": self.pooling}, indent=2) + "\n"
+        _atomic_write(directory / HEAD_CONFIG, lambda p: Path(p).write_text(meta))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike], device=None) -> "SequenceClassifier":
+        from genomamba.models.io import CheckpointError, read_state_dict
+
+        directory = Path(directory)
+        meta_path = directory / HEAD_CONFIG
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path}: missing: {directory} holds no classifier head")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+        lm = MambaLM.from_pretrained(directory, device=device)
+        model = cls(lm, meta["labels"], meta.get("pooling", "mean"))
+        model.head.load_state_dict(read_state_dict(directory / HEAD_WEIGHTS))
+        return model.to(device or "cpu").eval()
+
+
+def has_head(directory: Union[str, os.PathLike]) -> bool:
+    return (Path(directory) / HEAD_CONFIG).exists()

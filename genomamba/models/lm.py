@@ -1,0 +1,195 @@
+"""Mamba language model: embedding -> n_layer pre-norm Mamba blocks -> final norm -> tied LM head.
+
+State-dict keys are those of mamba_ssm's ``MambaLMHeadModel`` (``backbone.embedding.weight``,
+``backbone.layers.{i}.norm.weight``, ``backbone.layers.{i}.mixer.*``, ``backbone.norm_f.weight``,
+``lm_head.weight``), so an official checkpoint loads with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+from genomamba.config import MambaConfig
+from genomamba.models.cache import InferenceCache
+from genomamba.models.mixer import Block, RMSNorm
+
+
+class MixerModel(nn.Module):
+    """The backbone. forward(input_ids (b, l)) -> hidden states (b, l, d_model) after the final norm."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(config, i, device=device, dtype=dtype) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype) \
+            if config.rms_norm else nn.LayerNorm(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
+        for p in self.norm_f.parameters():
+            p._no_weight_decay = True
+
+    def forward(self, input_ids=None, cache: Optional[InferenceCache] = None, inputs_embeds=None):
+        hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        residual = None
+        for i, layer in enumerate(self.layers):
+            hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+        residual = hidden if residual is None else residual + hidden
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def step(self, input_ids, cache: InferenceCache, inputs_embeds=None):
+        """input_ids: (b,) or (b, 1) -> hidden (b, 1, d_model); advances ``cache`` by one token."""
+        if inputs_embeds is None:
+            hidden = self.embedding(input_ids.reshape(-1, 1))
+        else:
+            hidden = inputs_embeds.reshape(inputs_embeds.shape[0], 1, -1)
+        residual = None
+        for i, layer in enumerate(self.layers):
+            hidden, residual = layer.step(hidden, residual, cache.layers[i])
+        residual = hidden if residual is None else residual + hidden
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+
+class MambaLM(nn.Module):
+    """Mamba language model (mamba_ssm ``MambaLMHeadModel`` layout).
+
+    ``model(input_ids)`` returns logits ``(b, l, padded_vocab_size)``. Pass an :class:`InferenceCache`
+    to continue from (and update) recurrent states: this is how long sequences are processed in pieces.
+    """
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        if not isinstance(config, MambaConfig):
+            raise ValueError(f"config: expected a genomamba.MambaConfig, got {type(config).__name__}")
+        self.config = config
+        self.backbone = MixerModel(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    # ------------------------------------------------------------------ init (mamba_ssm's scheme)
+    def _init_weights(self, module):
+        cfg = self.config
+        if isinstance(module, nn.Linear):
+            if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=cfg.initializer_range)
+        if cfg.rescale_prenorm_residual and isinstance(module, Block):
+            # GPT-2 style: scale residual-branch output projections by 1/sqrt(n_layer) at init
+            p = module.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+            with torch.no_grad():
+                p /= math.sqrt(cfg.n_layer)
+
+    def tie_weights(self):
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    # ------------------------------------------------------------------ forward / step
+    def _check_ids(self, input_ids):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids: expected a (batch, length) integer tensor, got {got}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids: expected an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.padded_vocab_size):
+            raise ValueError(f"input_ids: token ids must lie in [0, {self.config.padded_vocab_size}), "
+                             f"got range [{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def forward(self, input_ids, cache: Optional[InferenceCache] = None, num_last_tokens: int = 0):
+        """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0)."""
+        self._check_ids(input_ids)
+        hidden = self.backbone(input_ids, cache=cache)
+        if num_last_tokens > 0:
+            hidden = hidden[:, -num_last_tokens:]
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return self.lm_head(hidden)
+
+    def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
+        """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""
+        self._check_ids(input_ids)
+        hidden = self.backbone(input_ids, cache=cache)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return hidden
+
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
+        return InferenceCache([layer.mixer.allocate_cache(batch_size, device, dtype) for layer in self.backbone.layers])
+
+    def step(self, input_ids, cache: InferenceCache):
+        """One token per sequence: input_ids (b,) or (b, 1) -> logits (b, padded_vocab_size)."""
+        hidden = self.backbone.step(input_ids, cache)
+        cache.seqlen_offset += 1
+        return self.lm_head(hidden[:, 0])
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
+                 vocab_size: Optional[int] = None):
+        """Sample ``max_new_tokens`` after the prompt; memory does not grow with the generated length
+        (only the (b, d_inner, n) states and the output ids are kept). ``temperature=0`` is greedy.
+
+        input_ids: (b, l) with l >= 1. Returns (b, l + max_new_tokens) token ids. ``vocab_size`` limits
+        sampling to real tokens (the padded embedding rows are never sampled; defaults to config.vocab_size).
+        """
+        from genomamba.models.sampling import sample_next
+
+        self._check_ids(input_ids)
+        if input_ids.shape[1] < 1:
+            raise ValueError("input_ids: generate needs a prompt of at least one token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))
+        vocab = vocab_size or self.config.vocab_size
+        b = input_ids.shape[0]
+        cache = self.allocate_cache(b, device=input_ids.device)
+        out = torch.empty(b, input_ids.shape[1] + max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
+        out[:, : input_ids.shape[1]] = input_ids
+        if max_new_tokens == 0:
+            return out
+        logits = self.forward(input_ids, cache=cache, num_last_tokens=1)[:, -1]
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        pos = input_ids.shape[1]
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits[:, :vocab], temperature, top_k, top_p, gen)
+            if eos_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                done |= nxt == eos_token_id
+            out[:, pos + i] = nxt
+            if i + 1 < max_new_tokens:
+                logits = self.step(nxt, cache)
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        from genomamba.models.io import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike], device=None, dtype=None, strict: bool = True) -> "MambaLM":
+        from genomamba.models.io import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype, strict=strict)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups from the tags set where parameters are created (``_no_weight_decay``)."""
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

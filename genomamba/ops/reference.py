@@ -1,0 +1,114 @@
+"""Reference twins of every fast op: plain PyTorch, sequential, easy to read.
+
+These are the oracles the fast paths are tested against. Math runs in fp32, or in fp64 when the
+inputs are fp64; outputs are cast back to the dtype of ``u`` / ``x``. Nothing here materialises a
+``(b, d, l, n)`` tensor, so the oracle itself runs at long ``l`` (slowly).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _expand_groups(M: torch.Tensor, d: int) -> torch.Tensor:
+    """(b, n, l) or (b, g, n, l) -> (b, d, n, l) view: channel c reads group c // (d // g)."""
+    if M.dim() == 3:
+        return M.unsqueeze(1)  # broadcast over d
+    g = M.shape[1]
+    return M.repeat_interleave(d // g, dim=1)
+
+
+def selective_scan_ref(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_final_state=False,
+):
+    """Sequential selective scan (Mamba paper, Algorithm 2), one token at a time.
+
+    Shapes: u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,);
+    initial_state / final state: (b, d, n). Returns out (b, d, l) in u's dtype, or (out, final_state).
+    """
+    dtype_in = u.dtype
+    ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    b, d, l = u.shape
+    n = A.shape[1]
+    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bx = _expand_groups(B.to(ct), d)  # (b, d|1, n, l)
+    Cx = _expand_groups(C.to(ct), d)
+    x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(ct)
+    ys = []
+    for t in range(l):
+        dt = delta[:, :, t, None]  # (b, d, 1)
+        x = torch.exp(dt * A) * x + dt * Bx[..., t] * u[:, :, t, None]  # (b, d, n)
+        ys.append((x * Cx[..., t]).sum(-1))  # (b, d)
+    y = torch.stack(ys, dim=-1) if l > 0 else u.new_zeros(b, d, 0)
+    out = y if D is None else y + u * D.to(ct)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    out = out.to(dtype_in)
+    return (out, x) if return_final_state else out
+
+
+def causal_conv1d_ref(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):
+    """Depthwise causal 1-D convolution.
+
+    Shapes: x: (b, d, l); weight: (d, w); bias: (d,); initial_state / final state: (b, d, w - 1)
+    (the last w - 1 inputs before this chunk). activation: None or "silu".
+    """
+    dtype_in = x.dtype
+    ct = _compute_dtype(x, weight, bias, initial_state)
+    b, d, l = x.shape
+    w = weight.shape[1]
+    xx = x.to(ct)
+    prev = xx.new_zeros(b, d, w - 1) if initial_state is None else initial_state.to(ct)
+    xx = torch.cat([prev, xx], dim=-1)  # (b, d, w - 1 + l)
+    out = F.conv1d(xx, weight.to(ct).unsqueeze(1), None if bias is None else bias.to(ct), groups=d)
+    if activation == "silu":
+        out = F.silu(out)
+    out = out.to(dtype_in)
+    if return_final_state:
+        return out, xx[..., xx.shape[-1] - (w - 1):].to(dtype_in)
+    return out
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step of the selective scan; updates ``state`` in place.
+
+    Shapes: state: (b, d, n) fp32; x, dt, z: (b, d); A: (d, n); B, C: (b, n) or (b, g, n); D, dt_bias: (d,).
+    Returns out: (b, d) in x's dtype.
+    """
+    dtype_in = x.dtype
+    ct = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    d = x.shape[1]
+    dt = dt.to(ct)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(ct)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bx = B.to(ct).unsqueeze(1) if B.dim() == 2 else B.to(ct).repeat_interleave(d // B.shape[1], dim=1)
+    Cx = C.to(ct).unsqueeze(1) if C.dim() == 2 else C.to(ct).repeat_interleave(d // C.shape[1], dim=1)
+    new = torch.exp(dt[..., None] * A.to(ct)) * state.to(ct) + dt[..., None] * Bx * x.to(ct)[..., None]
+    state.copy_(new.to(state.dtype))
+    out = (new * Cx).sum(-1)
+    if D is not None:
+        out = out + x.to(ct) * D.to(ct)
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    return out.to(dtype_in)
