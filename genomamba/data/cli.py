@@ -1,0 +1,147 @@
+"""``genomamba data ...``: fetch genomes, build token stores, inspect and validate.
+
+genomamba data fetch NAME [--dest DIR] [--no-verify]      NAME: bacteria umaydis fly lambda
+genomamba data fetch url URL [--dest DIR] [--sha256 HEX] [--filename NAME]
+genomamba data build FASTA... --out STORE.h5 [--genome-ids ID...] [--compression lzf]
+genomamba data build --manifest MANIFEST.yaml --out STORE.h5
+genomamba data info STORE.h5
+genomamba data check FASTA...                             validate; prints records and bases
+genomamba data assets                                     path of the shipped manifest
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genomamba data", description="genome data: fetch, build, inspect")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    f = sub.add_parser("fetch", help="fetch a named genome set from Debian packages, or `url URL`")
+    f.add_argument("name", help="bacteria | umaydis | fly | lambda | url")
+    f.add_argument("url", nargs="?", help="with name=url: the https URL")
+    f.add_argument(
+        "--dest", type=Path, default=None, help="cache folder (default $GENOMAMBA_DATA or ~/.cache/genomamba)"
+    )
+    f.add_argument(
+        "--no-verify", action="store_true", help="accept files whose sha256 differs from the pinned one"
+    )
+    f.add_argument("--sha256", default=None, help="with url: expected SHA-256 of the file")
+    f.add_argument("--filename", default=None, help="with url: local file name")
+
+    b = sub.add_parser("build", help="FASTA/GenBank -> HDF5 token store")
+    b.add_argument("inputs", nargs="*", type=Path)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--manifest", type=Path, default=None, help="build from a species manifest's genomes")
+    b.add_argument("--genome-ids", nargs="*", default=None, help="one id per input; prefixes contig names")
+    b.add_argument(
+        "--compression", default=None, help="h5py filter (lzf, gzip); default none = fastest reads"
+    )
+    b.add_argument("--iupac", default="n", choices=["n", "tokens", "unk", "error"])
+
+    i = sub.add_parser("info", help="describe a token store")
+    i.add_argument("store", type=Path)
+
+    c = sub.add_parser("check", help="validate FASTA/GenBank files")
+    c.add_argument("inputs", nargs="+", type=Path)
+
+    sub.add_parser("assets", help="print the shipped assets manifest path")
+    return p
+
+
+def main(argv=None) -> int:
+    from genomamba.data.fasta import FastaFormatError
+    from genomamba.data.fetch import FetchError
+    from genomamba.data.species import ManifestError
+
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _dispatch(args)
+    except (FastaFormatError, FetchError, ManifestError, FileNotFoundError, KeyError) as e:
+        print(f"genomamba data {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "fetch":
+        from genomamba.data.fetch import fetch, fetch_url
+
+        if args.name == "url":
+            if not args.url:
+                print("genomamba data fetch url: give the URL", file=sys.stderr)
+                return 2
+            from genomamba.data.fetch import cache_dir
+
+            path = fetch_url(
+                args.url,
+                args.dest or cache_dir() / "url",
+                sha256=args.sha256,
+                filename=args.filename,
+                quiet=False,
+            )
+        else:
+            path = fetch(args.name, args.dest, verify=not args.no_verify)
+        print(path)
+        return 0
+
+    if args.cmd == "build":
+        from genomamba.data.store import TokenStore
+        from genomamba.tokenizers.dna import DNATokenizer
+
+        tok = DNATokenizer(iupac=args.iupac)
+        t0 = time.perf_counter()
+        if args.manifest is not None:
+            from genomamba.data.species import SpeciesManifest
+
+            store = SpeciesManifest.from_file(args.manifest).build_store(args.out, tok)
+        else:
+            if not args.inputs:
+                print("genomamba data build: give FASTA files or --manifest", file=sys.stderr)
+                return 2
+            store = TokenStore.build(
+                args.inputs, args.out, tok, genome_ids=args.genome_ids, compression=args.compression
+            )
+        total = int(store.lengths.sum())
+        dt = time.perf_counter() - t0
+        print(
+            f"built {args.out}: {len(store.contigs)} contigs, {total:,} tokens in {dt:.1f}s "
+            f"({total / dt / 1e6:.1f} Mtok/s)"
+        )
+        return 0
+
+    if args.cmd == "info":
+        from genomamba.data.store import TokenStore
+
+        st = TokenStore(args.store)
+        print(
+            f"{args.store}: {len(st.contigs)} contigs, {int(st.lengths.sum()):,} tokens, "
+            f"tokenizer {st.tokenizer}"
+        )
+        print(f"{'contig':40s} {'genome':16s} {'length':>12s} {'N':>10s} {'softmasked':>11s}")
+        for k, c in enumerate(st.contigs):
+            n = st.n_count(k, 0, c.length)
+            soft = st._soft[k].total
+            print(f"{c.name[:40]:40s} {st.genome_of(k)[:16]:16s} {c.length:>12,d} {n:>10,d} {soft:>11,d}")
+        return 0
+
+    if args.cmd == "check":
+        from genomamba.data.fasta import read_records
+
+        for p in args.inputs:
+            n = bases = 0
+            for rec in read_records(p):
+                n += 1
+                bases += len(rec.sequence)
+            print(f"{p}: ok, {n} records, {bases:,} bases")
+        return 0
+
+    if args.cmd == "assets":
+        from genomamba.data.fetch import default_assets
+
+        print(default_assets())
+        return 0
+    return 2

@@ -1,0 +1,340 @@
+"""Species manifests (labels -> genome files -> split) and the classification window samplers.
+
+Manifest, YAML::
+
+    name: bacteria-5
+    labels: [Escherichia_coli, Helicobacter_pylori]      # optional; fixes label ids (order)
+    genomes:
+      - {id: MG1655, label: Escherichia_coli, path: MG1655.fasta.gz, split: train}
+      - {id: DH1,    label: Escherichia_coli, path: DH1.fasta.gz,    split: test, sha256: ...}
+
+or TSV with a header line ``id  label  path  split  [sha256]`` (``#`` starts a comment). Relative
+paths are resolved against the manifest's folder (or its ``root:`` key). Whole genomes/strains
+carry one split, so a held-out strain never contributes a base to training.
+
+Sampling (the Mamba paper's species protocol, after HyenaDNA): a class uniformly at random, then
+one of that class's contigs (in the split) with probability proportional to its length, then a
+start uniformly at random. A contig shorter than L is returned whole and right-padded.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from genomamba.data.fasta import file_sha256
+from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
+from genomamba.tokenizers.dna import DNATokenizer
+
+SPLITS = ("train", "val", "test")
+PathLike = Union[str, os.PathLike]
+
+
+class ManifestError(ValueError):
+    """Malformed species manifest; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class GenomeEntry:
+    id: str
+    label: str
+    path: Path
+    split: str
+    sha256: Optional[str] = None
+
+
+class SpeciesManifest:
+    """Labels, their genome files and splits. Build with ``from_file`` or ``from_entries``."""
+
+    def __init__(
+        self, entries: list[GenomeEntry], labels: Optional[list[str]] = None, name: str = "", source=None
+    ):
+        self.name = name
+        self.source_path = source
+        self.genomes = list(entries)
+        where = f"{source}: " if source else ""
+        if not self.genomes:
+            raise ManifestError(f"{where}manifest lists no genomes")
+        ids = [g.id for g in self.genomes]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ManifestError(f"{where}duplicate genome ids {dup}")
+        for g in self.genomes:
+            if g.split not in SPLITS:
+                raise ManifestError(f"{where}genome {g.id!r}: split must be one of {SPLITS}, got {g.split!r}")
+        seen = list(dict.fromkeys(g.label for g in self.genomes))
+        if labels is None:
+            labels = seen
+        else:
+            labels = list(labels)
+            missing = [lab for lab in seen if lab not in labels]
+            if missing:
+                raise ManifestError(f"{where}labels {missing} used by genomes but not declared in labels:")
+        self.labels: list[str] = labels
+        self.label_to_id = {lab: i for i, lab in enumerate(labels)}
+        self._sources: dict = {}
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_file(cls, path: PathLike) -> "SpeciesManifest":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such manifest")
+        if path.suffix.lower() in (".tsv", ".txt"):
+            return cls._from_tsv(path)
+        return cls._from_yaml(path)
+
+    @classmethod
+    def _from_yaml(cls, path: Path) -> "SpeciesManifest":
+        import yaml
+
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ManifestError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("genomes"), list):
+            raise ManifestError(f"{path}: expected a mapping with a 'genomes:' list")
+        root = path.parent / doc.get("root", ".")
+        entries = []
+        for k, g in enumerate(doc["genomes"]):
+            if not isinstance(g, dict):
+                raise ManifestError(f"{path}: genomes[{k}] is not a mapping")
+            entries.append(cls._entry(path, f"genomes[{k}]", g, root))
+        return cls(entries, doc.get("labels"), name=str(doc.get("name", path.stem)), source=path)
+
+    @classmethod
+    def _from_tsv(cls, path: Path) -> "SpeciesManifest":
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not lines:
+            raise ManifestError(f"{path}: empty manifest")
+        rows = list(csv.DictReader(lines, delimiter="\t"))
+        need = {"label", "path", "split"}
+        header = set(rows[0].keys()) if rows else set(lines[0].split("\t"))
+        if not need <= header:
+            raise ManifestError(f"{path}: TSV header must contain {sorted(need)}, got {sorted(header)}")
+        entries = [cls._entry(path, f"line {k + 2}", r, path.parent) for k, r in enumerate(rows)]
+        return cls(entries, None, name=path.stem, source=path)
+
+    @staticmethod
+    def _entry(src: Path, where: str, g: dict, root: Path) -> GenomeEntry:
+        for key in ("label", "path", "split"):
+            if not g.get(key):
+                raise ManifestError(f"{src}: {where}: missing {key!r}")
+        p = Path(str(g["path"])).expanduser()
+        p = p if p.is_absolute() else (root / p)
+        gid = str(g.get("id") or _stem(p))
+        return GenomeEntry(gid, str(g["label"]), p, str(g["split"]).strip(), g.get("sha256") or None)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "genomes": [
+                {"id": g.id, "label": g.label, "path": str(g.path), "split": g.split}
+                | ({"sha256": g.sha256} if g.sha256 else {})
+                for g in self.genomes
+            ],
+        }
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def entries(self, split: Optional[str] = None, label: Optional[str] = None) -> list[GenomeEntry]:
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return [
+            g
+            for g in self.genomes
+            if (split is None or g.split == split) and (label is None or g.label == label)
+        ]
+
+    def files(self, label: Optional[str] = None, split: Optional[str] = None) -> list[Path]:
+        return [g.path for g in self.entries(split, label)]
+
+    def check_files(self, verify_sha256: bool = True) -> None:
+        """Every file exists (and matches its sha256 when the manifest gives one)."""
+        for g in self.genomes:
+            if not g.path.exists():
+                raise FileNotFoundError(f"{self.source_path}: genome {g.id!r}: missing file {g.path}")
+            if verify_sha256 and g.sha256 and file_sha256(g.path) != g.sha256:
+                raise ManifestError(f"{self.source_path}: genome {g.id!r}: sha256 mismatch for {g.path}")
+
+    def load(self, split: Optional[str] = None, tokenizer: Optional[DNATokenizer] = None) -> MemoryStore:
+        """Tokenize the split's genomes into RAM (contigs named ``"<genome id>:<record>"``); cached."""
+        key = (split, None if tokenizer is None else tuple(tokenizer.vocab))
+        if key not in self._sources:
+            ents = self.entries(split)
+            if not ents:
+                raise ManifestError(f"{self.source_path}: no genomes in split {split!r}")
+            self.check_files()
+            self._sources[key] = MemoryStore.from_fasta(
+                [g.path for g in ents], tokenizer, genome_ids=[g.id for g in ents]
+            )
+        return self._sources[key]
+
+    def build_store(self, out_path: PathLike, tokenizer: Optional[DNATokenizer] = None) -> TokenStore:
+        """All genomes into one HDF5 token store (contigs ``"<genome id>:<record>"``)."""
+        self.check_files()
+        return TokenStore.build(
+            [g.path for g in self.genomes], out_path, tokenizer, genome_ids=[g.id for g in self.genomes]
+        )
+
+    def label_of_genome(self, genome_id: str) -> int:
+        for g in self.genomes:
+            if g.id == genome_id:
+                return self.label_to_id[g.label]
+        raise KeyError(f"genome {genome_id!r} not in manifest {self.name!r}")
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in (".gz", ".bgz", ".xz", ".bz2", ".fasta", ".fa", ".fna", ".gbk", ".gb"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name
+
+
+class _SpeciesSampler:
+    """Per-split index: label -> its contigs (indices into the source) and their length CDF."""
+
+    def __init__(self, manifest: SpeciesManifest, split: str, source: Optional[SequenceSource], tokenizer):
+        self.manifest = manifest
+        self.split = split
+        self.source = source if source is not None else manifest.load(split, tokenizer)
+        wanted = {g.id: manifest.label_to_id[g.label] for g in manifest.entries(split)}
+        if not wanted:
+            raise ManifestError(f"{manifest.source_path}: no genomes in split {split!r}")
+        per_label: dict[int, list[int]] = {}
+        for i in range(len(self.source.contigs)):
+            g = self.source.genome_of(i)
+            if g in wanted:
+                per_label.setdefault(wanted[g], []).append(i)
+        missing = set(wanted) - {self.source.genome_of(i) for i in range(len(self.source.contigs))}
+        if missing:
+            raise ManifestError(f"source has no contigs for genome(s) {sorted(missing)} of split {split!r}")
+        self.label_ids = sorted(per_label)
+        self.contigs = {lab: np.array(ix, dtype=np.int64) for lab, ix in per_label.items()}
+        lengths = self.source.lengths
+        self.cum = {lab: np.cumsum(lengths[ix]) for lab, ix in self.contigs.items()}
+
+    def draw(self, rng: np.random.Generator, length: int):
+        lab = self.label_ids[int(rng.integers(len(self.label_ids)))]  # class uniform
+        cum = self.cum[lab]
+        k = int(np.searchsorted(cum, rng.integers(0, cum[-1]), side="right"))  # contig by length
+        ci = int(self.contigs[lab][k])
+        n = self.source.contigs[ci].length
+        start = int(rng.integers(0, n - length + 1)) if n > length else 0  # position uniform
+        return lab, ci, start, min(start + length, n)
+
+
+def _window(source: SequenceSource, ci: int, start: int, stop: int, length: int):
+    ids = source.read(ci, start, stop)
+    out = np.full(length, source.tokenizer.pad_id, dtype=np.int64)
+    out[: stop - start] = ids
+    mask = np.zeros(length, dtype=np.bool_)
+    mask[: stop - start] = True
+    return out, mask
+
+
+class SpeciesWindows(IterableDataset):
+    """Random training windows for species classification; yields ``(ids int64 (L,), label int)``.
+
+    ``return_mask=True`` yields ``(ids, mask, label)`` (mask False on padding). ``rc_prob``
+    reverse-complements a window (the label of a strand is the label of its complement).
+    """
+
+    def __init__(
+        self,
+        manifest: SpeciesManifest,
+        split: str,
+        length: int,
+        seed: int = 0,
+        num_samples: int = 1000,
+        rc_prob: float = 0.0,
+        return_mask: bool = False,
+        source: Optional[SequenceSource] = None,
+        tokenizer: Optional[DNATokenizer] = None,
+    ):
+        if length <= 0:
+            raise ValueError(f"window length must be positive, got {length}")
+        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer)
+        self.length, self.seed, self.num_samples = int(length), int(seed), int(num_samples)
+        self.rc_prob, self.return_mask = float(rc_prob), return_mask
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, wid])
+        src = self.sampler.source
+        for _ in range(self.num_samples // nw + (1 if wid < self.num_samples % nw else 0)):
+            lab, ci, a, b = self.sampler.draw(rng, self.length)
+            ids, mask = _window(src, ci, a, b, self.length)
+            if self.rc_prob > 0 and rng.random() < self.rc_prob:
+                ids[: b - a] = src.tokenizer.reverse_complement(ids[: b - a])
+            ids_t = torch.from_numpy(ids)
+            yield (ids_t, torch.from_numpy(mask), lab) if self.return_mask else (ids_t, lab)
+
+
+class SpeciesEvalWindows(Dataset):
+    """Deterministic evaluation windows: ``per_label`` windows per class, drawn once from ``seed``.
+
+    The same protocol as training (class, contig by length, position), but the draw is fixed at
+    construction, so every epoch and every run scores the same windows.
+    """
+
+    def __init__(
+        self,
+        manifest: SpeciesManifest,
+        split: str,
+        length: int,
+        per_label: int = 100,
+        seed: int = 1234,
+        return_mask: bool = False,
+        source: Optional[SequenceSource] = None,
+        tokenizer: Optional[DNATokenizer] = None,
+    ):
+        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer)
+        self.length, self.return_mask = int(length), return_mask
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for lab in self.sampler.label_ids:
+            for _ in range(per_label):
+                # Draw with the class fixed so every class gets exactly per_label windows.
+                cum = self.sampler.cum[lab]
+                k = int(np.searchsorted(cum, rng.integers(0, cum[-1]), side="right"))
+                ci = int(self.sampler.contigs[lab][k])
+                n = self.sampler.source.contigs[ci].length
+                start = int(rng.integers(0, n - self.length + 1)) if n > self.length else 0
+                self.items.append((lab, ci, start, min(start + self.length, n)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        lab, ci, a, b = self.items[i]
+        ids, mask = _window(self.sampler.source, ci, a, b, self.length)
+        ids_t = torch.from_numpy(ids)
+        return (ids_t, torch.from_numpy(mask), lab) if self.return_mask else (ids_t, lab)
+
+    @property
+    def windows(self):
+        src = self.sampler.source
+        from genomamba.data.windows import Region
+
+        return [Region(src.contigs[ci].name, a, b) for _, ci, a, b in self.items]

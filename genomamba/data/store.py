@@ -1,0 +1,384 @@
+"""On-disk token store: FASTA parsed and tokenized once, then read by slicing.
+
+HDF5 layout (``format = "genomamba.TokenStore"``, ``format_version = 1``)::
+
+    /                  attrs: format, format_version, tokenizer (JSON), n_contigs, total_length
+    /contigs/name      (c,) str      record names (unique in the store)
+    /contigs/description (c,) str    full header
+    /contigs/length    (c,) int64
+    /contigs/source    (c,) int32    index into /sources
+    /sources/path      (s,) str      source file as given at build time
+    /sources/sha256    (s,) str      checksum of the source file's bytes
+    /sources/genome    (s,) str      genome/strain id (file stem unless given)
+    /seq/<i>           (length,) uint8 token ids of contig i, chunked
+    /softmask/<i>      (k, 2) int64  [start, stop) runs of lowercase (soft-masked) bases
+    /nruns/<i>         (k, 2) int64  [start, stop) runs of N tokens
+
+Datasets are keyed by contig index, not name, because record names may contain '/'. Soft-mask
+and N runs are stored as intervals: both are long runs in real genomes (chr2R: 10.5 % lowercase in
+a few thousand runs), so intervals are tiny and answer "how many N in [a, b)" in O(log k)
+without touching the sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from genomamba.data.fasta import FastaFormatError, file_sha256, read_records
+from genomamba.tokenizers.dna import DNATokenizer
+
+PathLike = Union[str, os.PathLike]
+STORE_FORMAT = "genomamba.TokenStore"
+STORE_VERSION = 1
+# 256 KiB chunks: a random 1M-token window touches at most 5 chunks (1.25 MB read), while a
+# short read (1 kb classification window) decompresses/reads only one small chunk.
+DEFAULT_CHUNK = 1 << 18
+
+
+class Contig(NamedTuple):
+    name: str
+    length: int
+
+
+def runs_of(flag: np.ndarray) -> np.ndarray:
+    """[start, stop) intervals (int64, (k, 2)) of the True runs in a boolean array; O(L)."""
+    if flag.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    f = flag.view(np.int8) if flag.dtype == np.bool_ else flag.astype(np.int8)
+    d = np.diff(f, prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(d == 1).astype(np.int64)
+    stops = np.flatnonzero(d == -1).astype(np.int64)
+    return np.stack([starts, stops], axis=1)
+
+
+def _count_in_runs(runs: np.ndarray, cum: np.ndarray, start: int, stop: int) -> int:
+    """Bases of ``runs`` inside [start, stop); ``cum`` = prefix sums of run lengths. O(log k)."""
+    if runs.shape[0] == 0 or stop <= start:
+        return 0
+    total = _covered_before(runs, cum, stop) - _covered_before(runs, cum, start)
+    return int(total)
+
+
+def _covered_before(runs: np.ndarray, cum: np.ndarray, x: int) -> int:
+    # Bases covered by runs in [0, x): whole runs that start before x, clipped at x.
+    i = int(np.searchsorted(runs[:, 0], x, side="right"))  # runs with start < x  (start <= x-1)
+    if i == 0:
+        return 0
+    full = int(cum[i - 1])
+    overshoot = int(runs[i - 1, 1]) - x
+    return full - max(overshoot, 0)
+
+
+def _fill_runs(runs: np.ndarray, start: int, stop: int) -> np.ndarray:
+    out = np.zeros(stop - start, dtype=np.bool_)
+    if runs.shape[0] == 0 or stop <= start:
+        return out
+    lo = int(np.searchsorted(runs[:, 1], start, side="right"))
+    hi = int(np.searchsorted(runs[:, 0], stop, side="left"))
+    for a, b in runs[lo:hi]:  # only the runs that intersect the window
+        out[max(a, start) - start : min(b, stop) - start] = True
+    return out
+
+
+class _RunsIndex:
+    def __init__(self, runs: np.ndarray):
+        self.runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+        self.cum = np.cumsum(self.runs[:, 1] - self.runs[:, 0]) if len(self.runs) else np.zeros(0, np.int64)
+
+    def count(self, start: int, stop: int) -> int:
+        return _count_in_runs(self.runs, self.cum, start, stop)
+
+    def fill(self, start: int, stop: int) -> np.ndarray:
+        return _fill_runs(self.runs, start, stop)
+
+    @property
+    def total(self) -> int:
+        return int(self.cum[-1]) if len(self.cum) else 0
+
+
+class SequenceSource:
+    """What windows and samplers need: contigs, ``read``, ``softmask``, N-run queries.
+
+    ``TokenStore`` (on disk) and ``MemoryStore`` (in RAM) both implement it.
+    """
+
+    tokenizer: DNATokenizer
+    contigs: list[Contig]
+    contig_source: np.ndarray  # (c,) int32 index into genomes
+    genomes: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.contigs]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([c.length for c in self.contigs], dtype=np.int64)
+
+    def index(self, contig: Union[int, str]) -> int:
+        if isinstance(contig, (int, np.integer)):
+            i = int(contig)
+            if not 0 <= i < len(self.contigs):
+                raise IndexError(f"contig index {i} out of range (store has {len(self.contigs)})")
+            return i
+        try:
+            return self._name_to_index[contig]
+        except KeyError:
+            raise KeyError(f"no contig {contig!r} in store (first names: {self.names[:5]})") from None
+
+    def _check(self, contig, start: int, stop: int) -> int:
+        i = self.index(contig)
+        n = self.contigs[i].length
+        if not (0 <= start <= stop <= n):
+            raise ValueError(
+                f"window [{start}, {stop}) outside contig {self.contigs[i].name!r} of length {n}"
+            )
+        return i
+
+    def read(self, contig, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def softmask(self, contig, start: int, stop: int) -> np.ndarray:
+        i = self._check(contig, int(start), int(stop))
+        return self._soft[i].fill(int(start), int(stop))
+
+    def n_runs(self, contig) -> np.ndarray:
+        """[start, stop) int64 intervals of N in the contig."""
+        return self._nruns[self.index(contig)].runs
+
+    def n_count(self, contig, start: int, stop: int) -> int:
+        i = self._check(contig, int(start), int(stop))
+        return self._nruns[i].count(int(start), int(stop))
+
+    def softmask_runs(self, contig) -> np.ndarray:
+        return self._soft[self.index(contig)].runs
+
+    def genome_of(self, contig) -> str:
+        return self.genomes[int(self.contig_source[self.index(contig)])]
+
+    def __len__(self) -> int:
+        return len(self.contigs)
+
+
+def _genome_id(path: PathLike) -> str:
+    name = Path(path).name
+    for ext in (".gz", ".bgz", ".xz", ".bz2"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    for ext in (".fasta", ".fa", ".fna", ".fas", ".gb", ".gbk", ".genbank"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name
+
+
+def _iter_encoded(paths: Sequence[PathLike], tokenizer: DNATokenizer, prefixes: Optional[Sequence[str]]):
+    seen: dict[str, str] = {}
+    for s, p in enumerate(paths):
+        for rec in read_records(p):
+            name = rec.name if prefixes is None else f"{prefixes[s]}:{rec.name}"
+            if name in seen:
+                raise FastaFormatError(
+                    f"{p}: record {rec.name!r} (line {rec.line}) has the same name as a record "
+                    f"in {seen[name]}; "
+                    "pass genome_ids= to prefix names per file"
+                )
+            seen[name] = str(p)
+            try:
+                ids, soft = tokenizer.encode(rec.sequence, return_mask=True)
+            except ValueError as e:
+                raise FastaFormatError(f"{p}: record {rec.name!r} (line {rec.line}): {e}") from None
+            yield s, name, rec.description, ids, soft
+
+
+class MemoryStore(SequenceSource):
+    """All contigs tokenized in RAM; for small corpora (shipped assets, tests, a few bacteria)."""
+
+    def __init__(self, names, descriptions, seqs, softruns, sources, genomes, tokenizer):
+        self.tokenizer = tokenizer
+        self._seqs = seqs
+        self.contigs = [Contig(n, int(len(s))) for n, s in zip(names, seqs)]
+        self.descriptions = list(descriptions)
+        self.contig_source = np.asarray(sources, dtype=np.int32)
+        self.genomes = list(genomes)
+        self._name_to_index = {n: i for i, n in enumerate(names)}
+        self._soft = [_RunsIndex(r) for r in softruns]
+        self._nruns = [_RunsIndex(runs_of(s == tokenizer.n_id)) for s in seqs]
+
+    @classmethod
+    def from_fasta(cls, paths, tokenizer: Optional[DNATokenizer] = None, genome_ids=None) -> "MemoryStore":
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        tok = tokenizer or DNATokenizer()
+        names, descs, seqs, soft, srcs = [], [], [], [], []
+        for s, name, desc, ids, sm in _iter_encoded(paths, tok, genome_ids):
+            names.append(name)
+            descs.append(desc)
+            seqs.append(ids)
+            soft.append(runs_of(sm))
+            srcs.append(s)
+        genomes = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
+        return cls(names, descs, seqs, soft, srcs, genomes, tok)
+
+    def read(self, contig, start: int, stop: int) -> np.ndarray:
+        i = self._check(contig, int(start), int(stop))
+        return self._seqs[i][int(start) : int(stop)].copy()
+
+
+class TokenStore(SequenceSource):
+    """Read side of the HDF5 token store. Safe in DataLoader workers (the file opens per process)."""
+
+    def __init__(self, path: PathLike):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no token store (build one with `genomamba data build`)")
+        try:
+            with h5py.File(self.path, "r") as f:
+                if f.attrs.get("format") != STORE_FORMAT:
+                    raise ValueError(
+                        f"{self.path}: not a genomamba token store (format={f.attrs.get('format')!r})"
+                    )
+                ver = int(f.attrs["format_version"])
+                if ver > STORE_VERSION:
+                    raise ValueError(
+                        f"{self.path}: store format_version {ver} is newer than this reader ({STORE_VERSION})"
+                    )
+                self.tokenizer = DNATokenizer.from_dict(json.loads(f.attrs["tokenizer"]))
+                names = [x.decode() if isinstance(x, bytes) else x for x in f["contigs/name"][()]]
+                self.descriptions = [
+                    x.decode() if isinstance(x, bytes) else x for x in f["contigs/description"][()]
+                ]
+                lengths = f["contigs/length"][()].astype(np.int64)
+                self.contig_source = f["contigs/source"][()].astype(np.int32)
+                self.source_paths = [x.decode() for x in f["sources/path"][()]]
+                self.source_sha256 = [x.decode() for x in f["sources/sha256"][()]]
+                self.genomes = [x.decode() for x in f["sources/genome"][()]]
+                self._soft = [_RunsIndex(f[f"softmask/{i}"][()]) for i in range(len(names))]
+                self._nruns = [_RunsIndex(f[f"nruns/{i}"][()]) for i in range(len(names))]
+        except OSError as e:
+            raise ValueError(f"{self.path}: cannot open as HDF5 token store: {e}") from None
+        self.contigs = [Contig(n, int(n_)) for n, n_ in zip(names, lengths)]
+        self._name_to_index = {n: i for i, n in enumerate(names)}
+        self._h5 = None
+        self._pid = None
+        self._ds: dict[int, object] = {}
+
+    def _dataset(self, i: int):
+        import h5py
+
+        if self._h5 is None or self._pid != os.getpid():
+            # HDF5 handles must not cross fork(): reopen in each DataLoader worker.
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            self._ds = {}
+        ds = self._ds.get(i)
+        if ds is None:
+            ds = self._ds[i] = self._h5[f"seq/{i}"]
+        return ds
+
+    def read(self, contig, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Token ids of ``contig[start:stop]`` (uint8). ``out`` (uint8, stop-start) avoids an allocation."""
+        start, stop = int(start), int(stop)
+        i = self._check(contig, start, stop)
+        ds = self._dataset(i)
+        if out is None:
+            out = np.empty(stop - start, dtype=np.uint8)
+        if stop > start:
+            ds.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        return out
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+        self._h5, self._ds = None, {}
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_h5"], d["_pid"], d["_ds"] = None, None, {}
+        return d
+
+    def verify_sources(self) -> list[str]:
+        """Recompute the sources' SHA-256; returns the paths whose bytes changed (or vanished)."""
+        bad = []
+        for p, h in zip(self.source_paths, self.source_sha256):
+            if not Path(p).exists() or file_sha256(p) != h:
+                bad.append(p)
+        return bad
+
+    @staticmethod
+    def build(
+        fasta_paths: Union[PathLike, Iterable[PathLike]],
+        out_path: PathLike,
+        tokenizer: Optional[DNATokenizer] = None,
+        genome_ids: Optional[Sequence[str]] = None,
+        chunk: int = DEFAULT_CHUNK,
+        compression: Optional[str] = None,
+    ) -> "TokenStore":
+        """Parse + tokenize FASTA/GenBank files into an HDF5 store at ``out_path``.
+
+        Written to ``out_path + '.tmp'`` and renamed at the end, so a crash never leaves a store
+        that looks complete. One record is held in memory at a time.
+
+        Args:
+            genome_ids: one id per file; contig names become ``"<id>:<record>"`` (needed when
+                several files share record names). Default: file stem, names unprefixed.
+            compression: ``None`` (fastest reads) or an h5py filter such as ``"lzf"``/``"gzip"``.
+        """
+        import h5py
+
+        paths = [fasta_paths] if isinstance(fasta_paths, (str, os.PathLike)) else list(fasta_paths)
+        if not paths:
+            raise ValueError("TokenStore.build: no input files")
+        if genome_ids is not None and len(genome_ids) != len(paths):
+            raise ValueError(f"genome_ids has {len(genome_ids)} entries for {len(paths)} files")
+        tok = tokenizer or DNATokenizer()
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        names, descs, lengths, sources = [], [], [], []
+        str_dt = h5py.string_dtype("utf-8")
+        try:
+            with h5py.File(tmp, "w") as f:
+                for s, name, desc, ids, soft in _iter_encoded(paths, tok, genome_ids):
+                    i = len(names)
+                    n = int(ids.shape[0])
+                    f.create_dataset(
+                        f"seq/{i}", data=ids, chunks=(max(1, min(chunk, n)),), compression=compression
+                    )
+                    f.create_dataset(f"softmask/{i}", data=runs_of(soft))
+                    f.create_dataset(f"nruns/{i}", data=runs_of(ids == tok.n_id))
+                    names.append(name)
+                    descs.append(desc)
+                    lengths.append(n)
+                    sources.append(s)
+                if not names:
+                    raise FastaFormatError(f"no records in {[str(p) for p in paths]}")
+                f.create_dataset("contigs/name", data=np.array(names, dtype=object), dtype=str_dt)
+                f.create_dataset("contigs/description", data=np.array(descs, dtype=object), dtype=str_dt)
+                f.create_dataset("contigs/length", data=np.array(lengths, dtype=np.int64))
+                f.create_dataset("contigs/source", data=np.array(sources, dtype=np.int32))
+                f.create_dataset(
+                    "sources/path", data=np.array([str(p) for p in paths], dtype=object), dtype=str_dt
+                )
+                f.create_dataset(
+                    "sources/sha256",
+                    data=np.array([file_sha256(p) for p in paths], dtype=object),
+                    dtype=str_dt,
+                )
+                gids = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
+                f.create_dataset("sources/genome", data=np.array(gids, dtype=object), dtype=str_dt)
+                f.attrs["format"] = STORE_FORMAT
+                f.attrs["format_version"] = STORE_VERSION
+                f.attrs["tokenizer"] = json.dumps(tok.to_dict())
+                f.attrs["n_contigs"] = len(names)
+                f.attrs["total_length"] = int(np.sum(np.array(lengths, dtype=np.int64)))
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return TokenStore(out_path)
