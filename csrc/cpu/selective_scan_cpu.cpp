@@ -1,0 +1,532 @@
+// Selective scan (Mamba, Algorithm 2) on CPU: forward and backward.
+//
+// Semantics are those of genomamba.ops.reference.selective_scan_ref (mamba_ssm's selective_scan_fn):
+//   delta' = softplus?(delta + delta_bias)
+//   x_t    = exp(delta'_t * A) * x_{t-1} + delta'_t * u_t * B_t        (per channel, vector over n)
+//   y_t    = <x_t, C_t>;   out_t = (y_t + D * u_t) * silu(z_t)
+//
+// Layout contract (the Python launcher guarantees it): every tensor is contiguous and of one dtype
+// (float or double); u, delta, z: (b, d, l); A: (d, n); D, delta_bias: (d,); B, C are passed
+// *transposed* as (b, g, l, n) so that the n values of one time step are contiguous and the inner
+// loops over n vectorise; channel c reads group c / (d / g).
+//
+// Work split: each (batch, channel) pair is an independent sequential recurrence, so threads take
+// channels (at::parallel_for) and the compiler vectorises over the state dimension n.
+//
+// Memory: time runs in chunks of kChunk steps. The forward keeps, when asked, only the state at the
+// start of every chunk (b*d, l/kChunk, n). The backward walks chunks last to first, recomputes the
+// chunk's states from that checkpoint into a thread-local (kChunk+1, n) buffer and runs the adjoint
+// recurrence through it: nothing of size (b, d, l, n) ever exists, even at l = 2^20.
+//
+// Determinism: dB and dC sum contributions of all channels of a group. Channels are cut into fixed
+// blocks whose size depends only on the shapes (never on the thread count); a block sums its channels
+// in ascending order into its own scratch, and scratches are then summed in ascending block order.
+// dA, dD and d(delta_bias) are accumulated per (batch, channel) and summed over batch in order.
+// The result is bit-identical from run to run and for any number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace genomamba_cpu {
+
+// Time steps per chunk: the per-thread buffers (states, decays, dB/dC scratch; ~4 * kChunk * n
+// values) stay in L2, and the checkpoint tensor is 1/kChunk of a (b, d, l, n) tensor.
+constexpr int64_t kChunk = 256;
+
+// exp for float in a branch-free form gcc vectorises inside `omp simd` loops (libm's expf is a
+// scalar call and would dominate the forward). Cody-Waite reduction x = k*ln2 + r, |r| <= ln2/2,
+// then Cephes' degree-6 polynomial for e^r: relative error ~1 ulp over the clamped range.
+static inline float exp_vec(float x) {
+  constexpr float kHi = 88.3762626647949f;   // above: overflow to +inf
+  constexpr float kLo = -87.3365447504f;      // below: flush to 0 (true value is < 1.2e-38)
+  float xc = x > kHi ? kHi : x;
+  xc = xc < kLo ? kLo : xc;
+  // Round to nearest by adding and subtracting 1.5 * 2^23: std::floor would be a libm call here
+  // (gcc only inlines it under -fno-trapping-math) and would stop the loop from vectorising.
+  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - k * 0.693359375f;      // ln2 split in two so k*ln2_hi is exact
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^k built from its exponent bits; k is in [-126, 127] thanks to the clamp.
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  float res = p * scale;
+  res = x < kLo ? 0.0f : res;
+  res = x > kHi ? std::numeric_limits<float>::infinity() : res;
+  res = x != x ? x : res;  // NaN in, NaN out
+  return res;
+}
+
+// log(1 + w) for w in [0, 1], branch-free: Cephes' logf polynomial after reducing 1 + w to
+// m in [sqrt(1/2), sqrt(2)). f = m - 1 is formed from w itself, never as (1 + w) - 1, so a tiny w
+// (softplus of a very negative delta) keeps its full relative precision.
+static inline float log1p_unit(float w) {
+  const bool big = w > 0.41421356f;
+  const float f = big ? 0.5f * (w - 1.0f) : w;
+  const float e = big ? 1.0f : 0.0f;
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += e * -2.12194440e-4f;
+  y += -0.5f * z;
+  return f + y + e * 0.693359375f;
+}
+
+// The per-step scalar functions below are used inside `omp simd` loops over a chunk of time steps:
+// the float versions are built from the branch-free helpers above and vectorise; the double versions
+// call libm (fp64 is the accuracy path, parity at ~1e-12, not the speed path).
+static inline double exp_vec(double x) { return std::exp(x); }
+
+// torch's softplus(beta=1, threshold=20) and its derivative, so parity holds at large inputs too.
+static inline float softplus_v(float v) {
+  const float a = v < 0.0f ? -v : v;
+  const float r = (v > 0.0f ? v : 0.0f) + log1p_unit(exp_vec(-a));  // stable for either sign
+  return v > 20.0f ? v : r;
+}
+static inline double softplus_v(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
+
+static inline float sigmoid_v(float v) { return 1.0f / (1.0f + exp_vec(-v)); }
+static inline double sigmoid_v(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+template <typename T>
+static inline T softplus_grad_v(T v) {
+  return v > T(20) ? T(1) : sigmoid_v(v);
+}
+
+template <typename T>
+struct ScanArgs {
+  int64_t batch, dim, len, n, groups;
+  bool softplus;
+  const T* u;      // (b, d, l)
+  const T* delta;  // (b, d, l)
+  const T* A;      // (d, n)
+  const T* B;      // (b, g, l, n)
+  const T* C;      // (b, g, l, n)
+  const T* D;      // (d,) or null
+  const T* z;      // (b, d, l) or null
+  const T* bias;   // (d,) or null
+
+  int64_t nchunk() const { return std::max<int64_t>(1, (len + kChunk - 1) / kChunk); }
+};
+
+// Pointers of one (batch, channel) pair.
+template <typename T>
+struct Channel {
+  const T *u, *delta, *z, *A, *B, *C;
+  T D, bias;
+  int64_t index;  // batch * dim + channel
+
+  Channel(const ScanArgs<T>& a, int64_t ch) : index(ch) {
+    const int64_t bi = ch / a.dim, di = ch % a.dim, gi = di / (a.dim / a.groups);
+    u = a.u + ch * a.len;
+    delta = a.delta + ch * a.len;
+    z = a.z ? a.z + ch * a.len : nullptr;
+    A = a.A + di * a.n;
+    B = a.B + (bi * a.groups + gi) * a.len * a.n;
+    C = a.C + (bi * a.groups + gi) * a.len * a.n;
+    D = a.D ? a.D[di] : T(0);
+    bias = a.bias ? a.bias[di] : T(0);
+  }
+};
+
+// One chunk of one channel, steps [t0, t0 + steps), from the state in row 0 of X: fills delta'_t
+// (dt), the decays exp(delta'_t * A) (dA, row per step), the states x_t (X rows 1..steps) and
+// y_t = <x_t, C_t>. Forward and backward share it, so the backward's recomputed states are
+// bit-identical to the forward's.
+template <typename T>
+static void scan_chunk(const ScanArgs<T>& a, const Channel<T>& c, int64_t t0, int64_t steps, T* dt, T* dA,
+                       T* X, T* y) {
+  const int64_t n = a.n;
+  const T* delta = c.delta + t0;
+  const T bias = c.bias;
+  if (a.softplus) {
+#pragma omp simd
+    for (int64_t i = 0; i < steps; ++i) dt[i] = softplus_v(delta[i] + bias);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < steps; ++i) dt[i] = delta[i] + bias;
+  }
+  // Decays first, as one pass with no dependency between steps: this is where the exps are, and
+  // it vectorises fully; the recurrence below is then one FMA per state per step.
+  for (int64_t i = 0; i < steps; ++i) {
+    const T d = dt[i];
+    T* row = dA + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] = exp_vec(d * c.A[j]);
+  }
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t t = t0 + i;
+    const T dtu = dt[i] * c.u[t];
+    const T* Bt = c.B + t * n;
+    const T* Ct = c.C + t * n;
+    const T* at = dA + i * n;
+    const T* xp = X + i * n;
+    T* xn = X + (i + 1) * n;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) {
+      xn[j] = at[j] * xp[j] + dtu * Bt[j];
+      acc += xn[j] * Ct[j];
+    }
+    y[i] = acc;
+  }
+}
+
+// ------------------------------------------------------------------------------------ forward
+
+template <typename T>
+static void forward_impl(const ScanArgs<T>& a, const T* x0, T* out, T* xlast, T* ckpt) {
+  const int64_t n = a.n, L = a.len, nchunk = a.nchunk();
+  at::parallel_for(0, a.batch * a.dim, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<T> dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const Channel<T> c(a, ch);
+      T* x = X.data();  // row 0: the state entering the chunk
+      if (x0) {
+        std::copy(x0 + ch * n, x0 + (ch + 1) * n, x);
+      } else {
+        std::fill(x, x + n, T(0));
+      }
+      for (int64_t k = 0; k < nchunk; ++k) {
+        if (ckpt) std::copy(x, x + n, ckpt + (ch * nchunk + k) * n);
+        const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
+        if (steps <= 0) break;
+        scan_chunk(a, c, t0, steps, dt.data(), dA.data(), X.data(), y.data());
+        std::copy(X.data() + steps * n, X.data() + (steps + 1) * n, x);
+        const T* u = c.u + t0;
+        T* o = out + ch * L + t0;
+        const T Dv = c.D;
+        if (c.z) {
+          const T* z = c.z + t0;
+#pragma omp simd
+          for (int64_t i = 0; i < steps; ++i) o[i] = (y[i] + Dv * u[i]) * (z[i] * sigmoid_v(z[i]));
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < steps; ++i) o[i] = y[i] + Dv * u[i];
+        }
+      }
+      std::copy(x, x + n, xlast + ch * n);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------- backward
+
+struct BackwardSums {  // per (batch, channel) running sums over time, in double
+  double* dA;          // (b*d, n)
+  double* dD;          // (b*d,)
+  double* dbias;       // (b*d,)
+};
+
+template <typename T>
+static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, const T* dxlast, T* du,
+                          T* ddelta, T* dz, T* dB, T* dC, T* dx0, BackwardSums sums) {
+  const int64_t n = a.n, L = a.len, nchunk = a.nchunk();
+  const int64_t nch = a.batch * a.dim, cpg = a.dim / a.groups;
+  // Channel block size: a function of the shapes only (see determinism note at the top). Aim at
+  // >= 64 blocks so threads stay balanced, while blocks of up to 16 channels share one scratch.
+  const int64_t blk = std::max<int64_t>(1, std::min<int64_t>({16, cpg, nch / 64}));
+  const int64_t nblk_g = (cpg + blk - 1) / blk;  // blocks per (batch, group)
+  const int64_t ntask = a.batch * a.groups * nblk_g;
+
+  // Adjoint carried across chunk boundaries: q = a_{t+1} * h_{t+1}, the gradient flowing into x_t
+  // from later steps; at the end of the sequence it is the gradient of the final state.
+  std::vector<T> carry(nch * n, T(0));
+  if (dxlast) std::copy(dxlast, dxlast + nch * n, carry.begin());
+  std::fill(sums.dA, sums.dA + nch * n, 0.0);
+  std::fill(sums.dD, sums.dD + nch, 0.0);
+  std::fill(sums.dbias, sums.dbias + nch, 0.0);
+  std::vector<T> scratchB(ntask * kChunk * n), scratchC(ntask * kChunk * n);
+
+  for (int64_t k = nchunk - 1; k >= 0; --k) {
+    const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
+    if (steps <= 0) continue;
+    at::parallel_for(0, ntask, 1, [&](int64_t k0, int64_t k1) {
+      std::vector<T> dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk), gy(kChunk), sg(kChunk),
+          dAc(n);
+      for (int64_t task = k0; task < k1; ++task) {
+        const int64_t bg = task / nblk_g, bi = bg / a.groups, gi = bg % a.groups;
+        const int64_t first = gi * cpg + (task % nblk_g) * blk;
+        const int64_t last = std::min(first + blk, (gi + 1) * cpg);
+        T* sB = scratchB.data() + task * kChunk * n;
+        T* sC = scratchC.data() + task * kChunk * n;
+        std::fill(sB, sB + steps * n, T(0));
+        std::fill(sC, sC + steps * n, T(0));
+        for (int64_t di = first; di < last; ++di) {
+          const int64_t ch = bi * a.dim + di;
+          const Channel<T> c(a, ch);
+          // Recompute this chunk's states: X row i holds x_{t0+i-1} (row 0 is the checkpoint).
+          std::copy(ckpt + (ch * nchunk + k) * n, ckpt + (ch * nchunk + k + 1) * n, X.data());
+          scan_chunk(a, c, t0, steps, dt.data(), dA.data(), X.data(), y.data());
+
+          // Per-step scalars, vectorised over the chunk before the sequential part:
+          // gy = dL/dy_t (through the gate), dz, and softplus' for delta.
+          const T* u = c.u + t0;
+          const T* go = dout + ch * L + t0;
+          const T Dv = c.D;
+          T dD_acc = 0;
+          if (c.z) {
+            const T* z = c.z + t0;
+            T* dzc = dz + ch * L + t0;
+#pragma omp simd reduction(+ : dD_acc)
+            for (int64_t i = 0; i < steps; ++i) {
+              const T s = sigmoid_v(z[i]);
+              dzc[i] = go[i] * (y[i] + Dv * u[i]) * s * (T(1) + z[i] * (T(1) - s));
+              gy[i] = go[i] * z[i] * s;
+              dD_acc += gy[i] * u[i];
+            }
+          } else {
+#pragma omp simd reduction(+ : dD_acc)
+            for (int64_t i = 0; i < steps; ++i) {
+              gy[i] = go[i];
+              dD_acc += gy[i] * u[i];
+            }
+          }
+          if (a.softplus) {
+            const T* delta = c.delta + t0;
+            const T bias = c.bias;
+#pragma omp simd
+            for (int64_t i = 0; i < steps; ++i) sg[i] = softplus_grad_v(delta[i] + bias);
+          }
+
+          // Adjoint recurrence, last step to first.
+          T* q = carry.data() + ch * n;
+          T* dAcp = dAc.data();
+          std::fill(dAc.begin(), dAc.end(), T(0));
+          T dbias_acc = 0;
+          const T* Aj = c.A;
+          for (int64_t i = steps - 1; i >= 0; --i) {
+            const int64_t t = t0 + i;
+            const T ut = u[i], d = dt[i], g = gy[i];
+            const T* Bt = c.B + t * n;
+            const T* Ct = c.C + t * n;
+            const T* at = dA.data() + i * n;
+            const T* xp = X.data() + i * n;
+            const T* xn = X.data() + (i + 1) * n;
+            T* sBi = sB + i * n;
+            T* sCi = sC + i * n;
+            const T du_b = d * ut;
+            T hB = 0, wA = 0;
+#pragma omp simd reduction(+ : hB, wA)
+            for (int64_t j = 0; j < n; ++j) {
+              const T h = g * Ct[j] + q[j];   // dL/dx_t
+              const T w = h * at[j] * xp[j];  // dL/d(delta' A) through the decay
+              sCi[j] += g * xn[j];
+              sBi[j] += h * du_b;
+              hB += h * Bt[j];
+              dAcp[j] += d * w;
+              wA += Aj[j] * w;
+              q[j] = at[j] * h;
+            }
+            T dd = wA + ut * hB;  // dL/d delta'_t
+            if (a.softplus) dd *= sg[i];
+            ddelta[ch * L + t] = dd;
+            dbias_acc += dd;
+            du[ch * L + t] = g * Dv + d * hB;
+          }
+          double* sA = sums.dA + ch * n;
+          for (int64_t j = 0; j < n; ++j) sA[j] += static_cast<double>(dAc[j]);
+          sums.dD[ch] += static_cast<double>(dD_acc);
+          sums.dbias[ch] += static_cast<double>(dbias_acc);
+        }
+      }
+    });
+    // dB, dC rows of this chunk: sum block scratches in ascending block order.
+    const int64_t rows = a.batch * a.groups * steps;
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bg = r / steps, i = r % steps;
+        T* ob = dB + (bg * L + t0 + i) * n;
+        T* oc = dC + (bg * L + t0 + i) * n;
+        for (int64_t j = 0; j < n; ++j) ob[j] = oc[j] = T(0);
+        for (int64_t bk = 0; bk < nblk_g; ++bk) {
+          const int64_t off = ((bg * nblk_g + bk) * kChunk + i) * n;
+          const T* sb = scratchB.data() + off;
+          const T* sc = scratchC.data() + off;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            ob[j] += sb[j];
+            oc[j] += sc[j];
+          }
+        }
+      }
+    });
+  }
+  std::copy(carry.begin(), carry.end(), dx0);  // after step 0, q is dL/d(initial state)
+}
+
+// ------------------------------------------------------------------------------ host wrappers
+
+static void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                         const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                         const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(u.dim() == 3, "u: expected (b, d, l), got ", u.sizes());
+  const int64_t b = u.size(0), d = u.size(1), l = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == d, "A: expected (", d, ", n), got ", A.sizes());
+  const int64_t n = A.size(1);
+  TORCH_CHECK(B.dim() == 4 && B.size(0) == b && B.size(2) == l && B.size(3) == n,
+              "B: expected transposed (b, g, l, n), got ", B.sizes());
+  TORCH_CHECK(C.sizes() == B.sizes(), "C: expected ", B.sizes(), ", got ", C.sizes());
+  const int64_t g = B.size(1);
+  TORCH_CHECK(g >= 1 && d % g == 0, "B/C: groups g=", g, " must divide d=", d);
+  TORCH_CHECK(delta.sizes() == u.sizes(), "delta: expected ", u.sizes(), ", got ", delta.sizes());
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == u.scalar_type(), name, ": dtype ", t.scalar_type(), " != u's ",
+                u.scalar_type());
+    TORCH_CHECK(t.is_contiguous(), name, ": must be contiguous");
+    TORCH_CHECK(t.device().is_cpu(), name, ": must be a CPU tensor");
+  };
+  same(u, "u");
+  same(delta, "delta");
+  same(A, "A");
+  same(B, "B");
+  same(C, "C");
+  if (D) {
+    same(*D, "D");
+    TORCH_CHECK(D->dim() == 1 && D->size(0) == d, "D: expected (", d, "), got ", D->sizes());
+  }
+  if (bias) {
+    same(*bias, "delta_bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d, "delta_bias: expected (", d, "), got ",
+                bias->sizes());
+  }
+  if (z) {
+    same(*z, "z");
+    TORCH_CHECK(z->sizes() == u.sizes(), "z: expected ", u.sizes(), ", got ", z->sizes());
+  }
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
+              "selective_scan_cpu: float32 or float64 only (upcast half types first)");
+}
+
+template <typename T>
+static ScanArgs<T> make_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                             const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                             const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
+                             bool softplus) {
+  ScanArgs<T> a;
+  a.batch = u.size(0);
+  a.dim = u.size(1);
+  a.len = u.size(2);
+  a.n = A.size(1);
+  a.groups = B.size(1);
+  a.softplus = softplus;
+  a.u = u.data_ptr<T>();
+  a.delta = delta.data_ptr<T>();
+  a.A = A.data_ptr<T>();
+  a.B = B.data_ptr<T>();
+  a.C = C.data_ptr<T>();
+  a.D = D ? D->data_ptr<T>() : nullptr;
+  a.z = z ? z->data_ptr<T>() : nullptr;
+  a.bias = bias ? bias->data_ptr<T>() : nullptr;
+  return a;
+}
+
+// Returns (out (b, d, l), final state (b, d, n), checkpoints (b, d, nchunk, n) or empty).
+std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                            const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                            const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& x0, bool softplus, bool save_ckpt) {
+  check_common(u, delta, A, B, C, D, z, bias);
+  const int64_t b = u.size(0), d = u.size(1), n = A.size(1);
+  if (x0) {
+    TORCH_CHECK(x0->scalar_type() == u.scalar_type() && x0->is_contiguous(),
+                "initial_state: must be contiguous with u's dtype");
+    TORCH_CHECK(x0->dim() == 3 && x0->size(0) == b && x0->size(1) == d && x0->size(2) == n,
+                "initial_state: expected (", b, ", ", d, ", ", n, "), got ", x0->sizes());
+  }
+  at::Tensor out = at::empty_like(u);
+  at::Tensor xlast = at::empty({b, d, n}, u.options());
+  const int64_t nchunk = std::max<int64_t>(1, (u.size(2) + kChunk - 1) / kChunk);
+  at::Tensor ckpt = save_ckpt ? at::empty({b, d, nchunk, n}, u.options()) : at::empty({0}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
+    const auto a = make_args<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    forward_impl<scalar_t>(a, x0 ? x0->data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                           xlast.data_ptr<scalar_t>(), save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, xlast, ckpt};
+}
+
+// Returns (du, ddelta, dA, dB (b, g, l, n), dC (b, g, l, n), dD, dz (or empty), ddelta_bias, dx0).
+std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                            const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                            const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
+                            const at::Tensor& ckpt, const at::Tensor& dout,
+                            const c10::optional<at::Tensor>& dxlast, bool softplus) {
+  check_common(u, delta, A, B, C, D, z, bias);
+  const int64_t b = u.size(0), d = u.size(1), n = A.size(1);
+  const int64_t nchunk = std::max<int64_t>(1, (u.size(2) + kChunk - 1) / kChunk);
+  TORCH_CHECK(ckpt.scalar_type() == u.scalar_type() && ckpt.is_contiguous() && ckpt.dim() == 4 &&
+                  ckpt.size(0) == b && ckpt.size(1) == d && ckpt.size(2) == nchunk && ckpt.size(3) == n,
+              "checkpoints: expected contiguous (", b, ", ", d, ", ", nchunk, ", ", n, "), got ",
+              ckpt.sizes());
+  TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
+              "dout: expected contiguous ", u.sizes());
+  if (dxlast) {
+    TORCH_CHECK(dxlast->scalar_type() == u.scalar_type() && dxlast->is_contiguous() && dxlast->dim() == 3 &&
+                    dxlast->size(0) == b && dxlast->size(1) == d && dxlast->size(2) == n,
+                "dfinal_state: expected contiguous (", b, ", ", d, ", ", n, ")");
+  }
+  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
+  at::Tensor dB = at::empty_like(B), dC = at::empty_like(C);
+  at::Tensor dz = z ? at::empty_like(u) : at::empty({0}, u.options());
+  at::Tensor dx0 = at::empty({b, d, n}, u.options());
+  auto dopt = u.options().dtype(at::kDouble);
+  at::Tensor sA = at::empty({b, d, n}, dopt), sD = at::empty({b, d}, dopt), sBias = at::empty({b, d}, dopt);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
+    const auto a = make_args<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    BackwardSums sums{sA.data_ptr<double>(), sD.data_ptr<double>(), sBias.data_ptr<double>()};
+    backward_impl<scalar_t>(a, ckpt.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(),
+                            dxlast ? dxlast->data_ptr<scalar_t>() : nullptr, du.data_ptr<scalar_t>(),
+                            ddelta.data_ptr<scalar_t>(), z ? dz.data_ptr<scalar_t>() : nullptr,
+                            dB.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), dx0.data_ptr<scalar_t>(), sums);
+  });
+  // Sums over the batch, in batch order.
+  at::Tensor dA = at::zeros({d, n}, dopt), dD = at::zeros({d}, dopt), dbias = at::zeros({d}, dopt);
+  {
+    double *pA = dA.data_ptr<double>(), *pD = dD.data_ptr<double>(), *pb = dbias.data_ptr<double>();
+    const double *qA = sA.data_ptr<double>(), *qD = sD.data_ptr<double>(), *qb = sBias.data_ptr<double>();
+    for (int64_t bi = 0; bi < b; ++bi) {
+      for (int64_t i = 0; i < d * n; ++i) pA[i] += qA[bi * d * n + i];
+      for (int64_t i = 0; i < d; ++i) {
+        pD[i] += qD[bi * d + i];
+        pb[i] += qb[bi * d + i];
+      }
+    }
+  }
+  dA = dA.to(u.scalar_type());
+  dD = dD.to(u.scalar_type());
+  dbias = dbias.to(u.scalar_type());
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dx0};
+}
+
+}  // namespace genomamba_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "genomamba selective scan, CPU kernels (forward / backward)";
+  m.def("fwd", &genomamba_cpu::fwd, "selective scan forward");
+  m.def("bwd", &genomamba_cpu::bwd, "selective scan backward");
+  m.attr("CHUNK") = genomamba_cpu::kChunk;
+}
