@@ -1,0 +1,202 @@
+"""GPU selective-scan benchmark: the rows of issue 5's table for every GPU backend.
+
+``genomamba bench scan --device cuda`` lands here (``main(argv)``). For each shape and backend it
+times the forward and forward+backward (median of ``triton.testing.do_bench``), reports each as a
+fraction of the measured device-to-device copy bandwidth (bytes = the fewest a fused kernel must
+move: every input read once, every output written once) and as a speed-up over the official
+mamba_ssm 2.3.2 numbers measured on an H100 (issue 5). Writes JSON via ``write_results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from genomamba.bench.common import machine_facts, print_table, write_results
+
+# (b, d, n, l, dtype): the issue's rows, with z, D, delta_bias, softplus, A = -(1..n)
+ROWS = [
+    (8, 1536, 16, 2048, "bf16"),
+    (8, 1536, 16, 2048, "fp32"),
+    (1, 1536, 16, 65536, "bf16"),
+    (2, 512, 16, 262144, "bf16"),
+    (1, 256, 16, 1048576, "bf16"),
+]
+# mamba_ssm 2.3.2 on an H100 80GB HBM3 (issue 5): shape -> (fwd ms, fwd+bwd ms)
+ANCHORS = {
+    (8, 1536, 16, 2048, "bf16"): (0.451, 2.47),
+    (8, 1536, 16, 2048, "fp32"): (0.883, 3.27),
+    (1, 1536, 16, 65536, "bf16"): (2.21, 10.6),
+    (1, 256, 16, 1048576, "bf16"): (10.2, 37.9),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    from triton.testing import do_bench
+
+    src = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def make_inputs(b, d, n, l, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dt = DTYPES[dtype]
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(dt)
+
+    return dict(
+        u=r(b, d, l),
+        delta=r(b, d, l, scale=0.5),
+        A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1),
+        B=r(b, n, l),
+        C=r(b, n, l),
+        D=torch.randn(d, device="cuda"),
+        z=r(b, d, l),
+        # softplus(-4 + noise) ~ 0.02: the usual Mamba time-step range
+        delta_bias=torch.randn(d, device="cuda") * 0.5 - 4.0,
+        delta_softplus=True,
+    )
+
+
+def min_bytes(b, d, n, l, dtype, bwd: bool) -> int:
+    e = torch.finfo(DTYPES[dtype]).bits // 8
+    fwd = (4 * b * d * l + 2 * b * n * l) * e  # u, delta, z, B, C in; out
+    if not bwd:
+        return fwd
+    # backward: u, delta, z, B, C, dout in; du, ddelta, dz, dB, dC out
+    return fwd + (7 * b * d * l + 4 * b * n * l) * e
+
+
+def _scan_fn(backend: str):
+    if backend == "torch":
+        from genomamba.ops.torch_scan import selective_scan_chunked
+
+        return selective_scan_chunked
+    import importlib
+
+    return importlib.import_module(f"genomamba.ops.{backend}").selective_scan
+
+
+def bench_one(backend, shape, bw, warmup=25, rep=100):
+    from triton.testing import do_bench
+
+    b, d, n, l, dtype = shape
+    fn = _scan_fn(backend)
+    kw = make_inputs(b, d, n, l, dtype)
+
+    def fwd():
+        return fn(**kw)
+
+    t_f = do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
+    leaves = [kw[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    for t in leaves:
+        t.requires_grad_(True)
+    gout = torch.randn(b, d, l, device="cuda").to(DTYPES[dtype])
+
+    def fwd_bwd():
+        out = fn(**kw)
+        torch.autograd.grad(out, leaves, gout)
+
+    t_fb = do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
+    anchor = ANCHORS.get(shape)
+    row = {
+        "backend": backend,
+        "shape": f"{b},{d},{n},{l} {dtype}",
+        "fwd_ms": round(t_f, 4),
+        "fwdbwd_ms": round(t_fb, 4),
+        "fwd_bw_frac": round(min_bytes(*shape, bwd=False) / (t_f * 1e-3) / bw, 3),
+        "fwdbwd_bw_frac": round(min_bytes(*shape, bwd=True) / (t_fb * 1e-3) / bw, 3),
+        "mamba_fwd_ms": anchor[0] if anchor else None,
+        "mamba_fwdbwd_ms": anchor[1] if anchor else None,
+        "speedup_fwd": round(anchor[0] / t_f, 2) if anchor else None,
+        "speedup_fwdbwd": round(anchor[1] / t_fb, 2) if anchor else None,
+    }
+    torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="genomamba bench scan --device cuda", description=__doc__)
+    p.add_argument("--device", default="cuda")
+    p.add_argument(
+        "--backends",
+        default="cuda,triton,torch",
+        help="comma list among cuda, triton, torch (unavailable ones are skipped)",
+    )
+    p.add_argument("--rows", default="all", help="comma list of row indices (0-based) or 'all'")
+    p.add_argument(
+        "--torch-max-len",
+        type=int,
+        default=2048,
+        help="skip the torch fallback above this l (it is far slower; the table is about kernels)",
+    )
+    p.add_argument("--out-dir", default=None, help="directory for the JSON (default: bench/results)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("genomamba bench scan --device cuda: no CUDA device")
+        return 1
+    rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
+    backends = []
+    for name in args.backends.split(","):
+        if name == "torch":
+            backends.append(name)
+            continue
+        try:
+            import importlib
+
+            mod = importlib.import_module(f"genomamba.ops.{name}")
+            if mod.available() and hasattr(mod, "selective_scan"):
+                backends.append(name)
+            else:
+                print(f"backend {name}: not available here, skipped")
+        except Exception as exc:  # a backend that cannot load is reported, not fatal
+            print(f"backend {name}: {type(exc).__name__}: {exc}; skipped")
+    bw = copy_bandwidth()
+    print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
+    results = []
+    for shape in rows:
+        for be in backends:
+            if be == "torch" and shape[3] > args.torch_max_len:
+                continue
+            try:
+                results.append(bench_one(be, shape, bw))
+            except Exception as exc:
+                results.append({"backend": be, "shape": f"{shape}", "error": f"{type(exc).__name__}: {exc}"})
+                torch.cuda.empty_cache()
+            print(results[-1], flush=True)
+    facts = machine_facts("cuda")
+    slug = re.sub(r"[^a-z0-9]+", "_", facts.get("device_name", "gpu").lower()).strip("_")
+    payload = {
+        "machine": facts,
+        "copy_bandwidth_TBps": round(bw / 1e12, 3),
+        "setup": "z, D, delta_bias, delta_softplus=True, A = -(1..n); B/C (b, n, l) in the input dtype; "
+        "median of triton.testing.do_bench; bytes = inputs read once + outputs written once",
+        "anchors": "official mamba_ssm 2.3.2 on H100 80GB HBM3, torch 2.11+cu130 (issue 5)",
+        "rows": results,
+    }
+    path = write_results(f"scan_{slug}", payload, args.out_dir)
+    cols = [
+        "backend",
+        "shape",
+        "fwd_ms",
+        "fwdbwd_ms",
+        "fwd_bw_frac",
+        "fwdbwd_bw_frac",
+        "speedup_fwd",
+        "speedup_fwdbwd",
+        "error",
+    ]
+    print_table(results, cols)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Triton causal depthwise conv1d (width <= 4), forward and backward, with an initial conv state.
+
+The initial state is handled by concatenating it in front of x once (xx, length l + w - 1), so
+out[t] = act(bias + sum_k w[k] * xx[t + k]) has no boundary cases, and the backward is the same
+correlation run the other way: dxx[s] = sum_k w[k] * dpre[s - k]. The final state is xx[l:], so its
+gradient is added to dxx's tail. dW and dbias are per-(b, l-block) partials summed on the host
+(fixed order: deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    xx_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    d,
+    l,
+    lx,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    offs_l = pid_l * BL + tl.arange(0, BL)
+    mask_d = offs_d < d
+    m = mask_d[:, None] & (offs_l < l)[None, :]
+    acc = tl.zeros([BD, BL], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    xp = xx_ptr + pid_b * d * lx + offs_d[:, None] * lx
+    for k in tl.static_range(W):
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * tl.load(xp + (offs_l + k)[None, :], mask=m, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(
+        out_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=m,
+    )
+
+
+@triton.jit
+def _conv_dpre_kernel(
+    xx_ptr,
+    w_ptr,
+    b_ptr,
+    gout_ptr,
+    dpre_ptr,
+    dw_ptr,
+    db_ptr,
+    d,
+    l,
+    lx,
+    nlb,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+):
+    # gradient before the activation, and this l-block's share of dW and dbias
+    pid_d = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    offs_l = pid_l * BL + tl.arange(0, BL)
+    mask_d = offs_d < d
+    m = mask_d[:, None] & (offs_l < l)[None, :]
+    xp = xx_ptr + pid_b * d * lx + offs_d[:, None] * lx
+    g = tl.load(gout_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :], mask=m, other=0.0).to(
+        tl.float32
+    )
+    if SILU:
+        pre = tl.zeros([BD, BL], dtype=tl.float32)
+        if HAS_BIAS:
+            pre += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        for k in tl.static_range(W):
+            wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+            pre += wk[:, None] * tl.load(xp + (offs_l + k)[None, :], mask=m, other=0.0).to(tl.float32)
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    tl.store(dpre_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :], g, mask=m)
+    part = (pid_b * nlb + pid_l) * d + offs_d
+    for k in tl.static_range(W):
+        xk = tl.load(xp + (offs_l + k)[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(dw_ptr + part * W + k, tl.sum(g * xk, axis=1), mask=mask_d)
+    tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
+
+
+@triton.jit
+def _conv_dx_kernel(dpre_ptr, w_ptr, dxx_ptr, d, l, lx, W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    offs_s = pid_l * BL + tl.arange(0, BL)
+    mask_d = offs_d < d
+    gp = dpre_ptr + pid_b * d * l + offs_d[:, None] * l
+    acc = tl.zeros([BD, BL], dtype=tl.float32)
+    for k in tl.static_range(W):
+        t = offs_s - k
+        m = mask_d[:, None] & ((t >= 0) & (t < l))[None, :]
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * tl.load(gp + t[None, :], mask=m, other=0.0)
+    tl.store(
+        dxx_ptr + pid_b * d * lx + offs_d[:, None] * lx + offs_s[None, :],
+        acc,
+        mask=mask_d[:, None] & (offs_s < lx)[None, :],
+    )
+
+
+_BD, _BL = 16, 128
+
+
+class _Conv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, h0, silu):
+        b, d, l = x.shape
+        W = weight.shape[1]
+        prev = h0.to(x.dtype) if h0 is not None else x.new_zeros((b, d, W - 1))
+        xx = torch.cat([prev, x], dim=-1).contiguous()
+        wc = weight.contiguous()
+        out = torch.empty((b, d, l), device=x.device, dtype=x.dtype)
+        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
+        grid = (triton.cdiv(d, _BD), triton.cdiv(l, _BL), b)
+        if l > 0:
+            _conv_fwd_kernel[grid](
+                xx,
+                wc,
+                bias if bias is not None else dummy,
+                out,
+                d,
+                l,
+                l + W - 1,
+                W=W,
+                HAS_BIAS=bias is not None,
+                SILU=silu,
+                BD=_BD,
+                BL=_BL,
+            )
+        ctx.save_for_backward(xx, wc, bias)
+        ctx.silu, ctx.l, ctx.h0_dtype = silu, l, (h0.dtype if h0 is not None else None)
+        ctx.w_dtype = weight.dtype
+        return out, xx[..., l:].clone()
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        xx, wc, bias = ctx.saved_tensors
+        b, d, lx = xx.shape
+        W = wc.shape[1]
+        l = ctx.l
+        dev = xx.device
+        dummy = torch.empty(1, device=dev, dtype=torch.float32)
+        nlb = max(1, triton.cdiv(l, _BL))
+        dpre = torch.zeros((b, d, l), device=dev, dtype=torch.float32)
+        dw_p = torch.zeros((b, nlb, d, W), device=dev, dtype=torch.float32)
+        db_p = torch.zeros((b, nlb, d), device=dev, dtype=torch.float32)
+        dxx = torch.zeros((b, d, lx), device=dev, dtype=torch.float32)
+        if l > 0 and dout is not None:
+            dout = dout.contiguous()
+            _conv_dpre_kernel[(triton.cdiv(d, _BD), nlb, b)](
+                xx,
+                wc,
+                bias if bias is not None else dummy,
+                dout,
+                dpre,
+                dw_p,
+                db_p,
+                d,
+                l,
+                lx,
+                nlb,
+                W=W,
+                HAS_BIAS=bias is not None,
+                SILU=ctx.silu,
+                BD=_BD,
+                BL=_BL,
+            )
+            _conv_dx_kernel[(triton.cdiv(d, _BD), triton.cdiv(lx, _BL), b)](
+                dpre, wc, dxx, d, l, lx, W=W, BD=_BD, BL=_BL
+            )
+        if dfinal is not None:
+            dxx[..., l:] += dfinal.float()
+        dx = dxx[..., W - 1 :].to(xx.dtype)
+        dh0 = dxx[..., : W - 1].to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
+        dw = dw_p.sum((0, 1)).to(ctx.w_dtype)
+        db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
+        return dx, dw, db, dh0, None
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):
+    """Arguments as :func:`genomamba.ops.causal_conv1d` (validated there)."""
+    if any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias, initial_state)):
+        from genomamba.ops.reference import causal_conv1d_ref
+
+        return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
+    out, final = _Conv1dFn.apply(x, weight, bias, initial_state, activation == "silu")
+    return (out, final) if return_final_state else out

@@ -1,0 +1,136 @@
+"""Triton kernels vs the fp64 oracle on CPU, through Triton's interpreter (TRITON_INTERPRET=1).
+
+Small d and n (the interpreter is slow). The scan is run with 16-token blocks and 2-block chunks
+so that l in {1, 7, 31, 32, 33, 120} covers one block, a partial block, chunk - 1, chunk, chunk + 1
+and many chunks (the multi-chunk state-passing kernels). On a CUDA machine this module skips:
+tests/gpu runs the same kernels compiled.
+"""
+
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("CUDA present: the compiled kernels are tested in tests/gpu", allow_module_level=True)
+# must be set before the kernel modules are imported (triton.jit decides at decoration time)
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+import genomamba.ops as ops  # noqa: E402
+from genomamba.ops.reference import (  # noqa: E402
+    causal_conv1d_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+from tests.ops.scan_cases import VARIANTS, fp64_copy, make_scan_inputs, run_with_grads  # noqa: E402
+from tests.ops.tolerances import assert_close  # noqa: E402
+
+BL, BLOCKS_PER_CHUNK = 16, 2
+CHUNK = BL * BLOCKS_PER_CHUNK
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles():
+    from genomamba.ops.triton import scan
+
+    saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in scan.CONFIG.items()}
+    for which in ("fwd", "bwd"):
+        scan.CONFIG[which].update(BD=4, BL=BL, num_warps=1)
+    scan.CONFIG["force_chunk_blocks"] = BLOCKS_PER_CHUNK
+    yield
+    scan.CONFIG.clear()
+    scan.CONFIG.update(saved)
+
+
+def _triton_scan(**kw):
+    with ops.use_backend("triton"):
+        return ops.selective_scan(**kw)
+
+
+def _check_scan(b, d, n, l, dtype, variant, initial_state=True, strided=False):
+    kw, _ = make_scan_inputs(b, d, n, l, dtype, variant, initial_state=initial_state, strided=strided)
+    out, st, grads = run_with_grads(_triton_scan, kw)
+    ref = fp64_copy(kw)
+    rout, rst, rgrads = run_with_grads(selective_scan_ref, ref)
+    assert out.dtype == dtype and st.dtype == torch.float32
+    assert_close(out, rout, dtype, "out")
+    assert_close(st, rst, dtype, "final_state")
+    for name, gr in grads.items():
+        assert gr.dtype == kw[name].dtype, name
+        assert_close(gr, rgrads[name], dtype, f"d{name}")
+
+
+@pytest.mark.parametrize("l", [1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 120])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["zDbs", "plain", "z_bias_g2", "D_sp_g4"])
+def test_scan_fp32(l, variant):
+    _check_scan(1, 8, 4, l, torch.float32, variant)
+
+
+def test_scan_no_initial_state_strided():
+    _check_scan(1, 8, 4, CHUNK + 5, torch.float32, VARIANTS[0], initial_state=False, strided=True)
+
+
+def test_scan_bf16_odd_n():
+    # n = 5 pads the state tile to 8; bf16 inputs, fp32 state
+    _check_scan(1, 4, 5, 40, torch.bfloat16, VARIANTS[0])
+
+
+def test_scan_split_equals_whole():
+    kw, _ = make_scan_inputs(1, 4, 4, 70, torch.float32, VARIANTS[0], initial_state=False)
+    kw = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    whole, st = _triton_scan(**kw, return_final_state=True)
+    first = {k: (v[..., :33] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+    second = {k: (v[..., 33:] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+    o1, s1 = _triton_scan(**first, return_final_state=True)
+    o2, s2 = _triton_scan(**second | {"initial_state": s1}, return_final_state=True)
+    assert_close(torch.cat([o1, o2], -1), whole, torch.float32, "out")
+    assert_close(s2, st, torch.float32, "state")
+
+
+def test_scan_backward_deterministic():
+    kw, _ = make_scan_inputs(1, 8, 4, 50, torch.float32, VARIANTS[2])
+    _, _, g1 = run_with_grads(_triton_scan, kw)
+    _, _, g2 = run_with_grads(_triton_scan, kw)
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_update(groups, dtype):
+    b, d, n = 2, 12, 5
+    st = torch.randn(b, d, n)
+    x, dt, z = (torch.randn(b, d).to(dtype) for _ in range(3))
+    A = -(torch.rand(d, n) + 0.1)
+    shape = (b, n) if groups is None else (b, groups, n)
+    B, C = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    D, bias = torch.randn(d), torch.randn(d)
+    ref_st = st.double()
+    with ops.use_backend("triton"):
+        out = ops.selective_state_update(st, x, dt, A, B, C, D, z, bias, True)
+    rout = selective_state_update_ref(ref_st, *(t.double() for t in (x, dt, A, B, C, D, z, bias)), True)
+    assert_close(out, rout, dtype, "out")
+    assert_close(st, ref_st, dtype, "state")
+
+
+@pytest.mark.parametrize("w", [1, 2, 4])
+@pytest.mark.parametrize("l", [1, 3, 150])
+def test_causal_conv1d(w, l):
+    b, d = 2, 20
+    x = torch.randn(b, d, l, requires_grad=True)
+    wt = torch.randn(d, w, requires_grad=True)
+    bias = torch.randn(d, requires_grad=True)
+    h0 = torch.randn(b, d, w - 1, requires_grad=True)
+    ins = [x, wt, bias, h0]
+    with ops.use_backend("triton"):
+        out, fin = ops.causal_conv1d(x, wt, bias, h0, "silu", True)
+    rins = [t.detach().double().requires_grad_() for t in ins]
+    rout, rfin = causal_conv1d_ref(*rins, "silu", True)
+    assert_close(out, rout, torch.float32, "out")
+    assert_close(fin, rfin, torch.float32, "final_state")
+    go, gf = torch.randn_like(out), torch.randn_like(fin)
+    grads = torch.autograd.grad((out, fin), ins, (go, gf))
+    rgrads = torch.autograd.grad((rout, rfin), rins, (go.double(), gf.double()))
+    for name, a, r in zip(("x", "weight", "bias", "initial_state"), grads, rgrads):
+        assert_close(a, r, torch.float32, f"d{name}")
