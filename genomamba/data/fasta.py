@@ -305,12 +305,13 @@ class IndexedFasta:
 
         path = Path(path)
         kind = sniff_compression(path)
-        if kind in ("gzip", "xz", "bz2"):
+        # pyfaidx recognises BGZF by the file name only, so a BGZF file named otherwise is copied.
+        if kind in ("gzip", "xz", "bz2") or (kind == "bgzf" and not path.name.endswith((".gz", ".bgz"))):
             path = to_bgzf(path, cache_dir)
         self.path = path
         try:
             self._fa = pyfaidx.Fasta(str(path), sequence_always_upper=False, rebuild=True, build_index=True)
-        except pyfaidx.FastaIndexingError as e:
+        except (pyfaidx.FastaIndexingError, UnicodeDecodeError, ValueError) as e:
             raise FastaFormatError(f"{path}: cannot index: {e}") from None
 
     @property

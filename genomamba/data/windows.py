@@ -201,8 +201,9 @@ def _as_regions(x) -> list[Region]:
 # --------------------------------------------------------------------------- datasets
 def _pad(ids: np.ndarray, soft: Optional[np.ndarray], length: int, pad_id: int):
     n = ids.shape[0]
-    out = np.full(length, pad_id, dtype=np.int64)
+    out = np.empty(length, dtype=np.int64)
     out[:n] = ids
+    out[n:] = pad_id
     mask = np.zeros(length, dtype=np.bool_)
     mask[:n] = True
     sm = None
@@ -307,12 +308,13 @@ class RandomWindows(IterableDataset):
         tok = self.source.tokenizer
         ids = self.source.read(w.contig, w.start, w.stop)
         soft = self.source.softmask(w.contig, w.start, w.stop) if self.return_softmask else None
+        # The coin is always tossed, so rc_prob changes which windows flip, never which are drawn.
+        if rng.random() < self.rc_prob:
+            # On the uint8 read, before widening: 8x less memory traffic than on int64.
+            ids = tok.reverse_complement(ids)
+            if soft is not None:
+                soft = soft[::-1]
         out, mask, sm = _pad(ids, soft, self.length, tok.pad_id)
-        if self.rc_prob > 0 and rng.random() < self.rc_prob:
-            n = len(w)
-            out[:n] = tok.reverse_complement(out[:n])
-            if sm is not None:
-                sm[:n] = sm[:n][::-1]
         item = (torch.from_numpy(out), torch.from_numpy(mask))
         return item + (torch.from_numpy(sm),) if sm is not None else item
 

@@ -124,6 +124,7 @@ class DNATokenizer:
                 c = COMPLEMENT[t]
                 comp[i] = self.token_to_id[c] if c in self.token_to_id else self.n_id
         self._comp = comp
+        self._comp_bytes = np.clip(comp, 0, 255).astype(np.uint8).tobytes()
 
     # ------------------------------------------------------------------ public
     @property
@@ -168,8 +169,8 @@ class DNATokenizer:
             return ids
         soft = np.frombuffer(raw.translate(self._soft_bytes), dtype=np.uint8).view(np.bool_)
         if add_bos or add_eos:
-            soft = np.concatenate(([False] if add_bos else []) + [soft] + ([False] if add_eos else []))
-            soft = soft.astype(np.bool_)
+            no = np.zeros(1, dtype=np.bool_)
+            soft = np.concatenate(([no] if add_bos else []) + [soft] + ([no] if add_eos else []))
         else:
             soft = soft.copy()
         return ids, soft
@@ -217,8 +218,12 @@ class DNATokenizer:
         m = None if mask is None else np.asarray(mask)
         if m is not None and m.shape != x.shape:
             raise ValueError(f"mask shape {m.shape} != ids shape {x.shape}")
-        comp = self._comp[x].astype(x.dtype, copy=False)
         is_nuc = x >= self.first_base_id
+        if x.dtype == np.uint8 and x.ndim == 1 and is_nuc.all():
+            # Hot path of RC augmentation on store windows: bytes.translate is the fastest LUT.
+            out = np.frombuffer(x.tobytes().translate(self._comp_bytes), dtype=np.uint8)[::-1].copy()
+            return out if m is None else (out, m[::-1].copy())
+        comp = self._comp[x].astype(x.dtype, copy=False)
         if is_nuc.all():  # fast path: no specials anywhere
             out = comp[..., ::-1].copy()
             return out if m is None else (out, m[..., ::-1].copy())

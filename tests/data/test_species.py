@@ -1,0 +1,114 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from genomamba.data.species import ManifestError, SpeciesEvalWindows, SpeciesManifest, SpeciesWindows
+from genomamba.data.windows import assert_no_overlap
+
+HELD_OUT = {"DH1", "Puno120", "RF122", "O395", "MGH78578"}
+
+
+def test_shipped_manifest(assets_manifest):
+    m = SpeciesManifest.from_file(assets_manifest)
+    assert m.num_labels == 5 and m.labels[0] == "Escherichia_coli"
+    assert {g.id for g in m.entries("test")} == HELD_OUT
+    assert len(m.entries("train")) == 15
+    assert all(p.exists() for p in m.files())
+    assert m.files("Escherichia_coli", "test")[0].name == "DH1.fasta.gz"
+
+
+def test_class_uniform_sampling_and_labels_match_content(assets_manifest):
+    m = SpeciesManifest.from_file(assets_manifest)
+    ds = SpeciesWindows(m, "train", 1000, seed=0, num_samples=2000, rc_prob=0.0)
+    src = ds.sampler.source
+    counts = Counter()
+    rng = np.random.default_rng(0)
+    for _ in range(4000):
+        lab, ci, a, b = ds.sampler.draw(rng, 1000)
+        counts[lab] += 1
+        assert m.label_of_genome(src.genome_of(ci)) == lab  # window comes from a genome of its class
+    # class uniform even though H. pylori has 4 train strains and E. coli one: 800 +- 5 sigma
+    for lab in range(5):
+        assert abs(counts[lab] - 800) < 5 * np.sqrt(4000 * 0.2 * 0.8), counts
+    ids, lab = next(iter(ds))
+    assert ids.shape == (1000,) and ids.dtype == torch.int64 and isinstance(lab, int)
+
+
+def test_contig_weighted_by_length_on_real_plasmids(real_data, tmp_path):
+    # K. pneumoniae MGH78578: a 5.3 Mb chromosome and five plasmids (4 kb..175 kb).
+    bac = real_data("bacteria")
+    p = tmp_path / "k.tsv"
+    p.write_text(
+        "id\tlabel\tpath\tsplit\nMGH78578\tKp\t"
+        + str(bac / "Klebsiella_pneumoniae/MGH78578.fna.xz")
+        + "\ttest\n"
+    )
+    m = SpeciesManifest.from_file(p)
+    ds = SpeciesWindows(m, "test", 1000, seed=0)
+    src = ds.sampler.source
+    lengths = src.lengths
+    rng = np.random.default_rng(1)
+    hits = Counter(ds.sampler.draw(rng, 1000)[1] for _ in range(20000))
+    expected = lengths / lengths.sum()
+    for ci, frac in enumerate(expected):
+        assert abs(hits[ci] / 20000 - frac) < 5 * np.sqrt(frac * (1 - frac) / 20000) + 1e-3
+
+
+def test_contig_shorter_than_L_is_padded(tmp_path):
+    from genomamba.data.fetch import asset_files
+
+    p = tmp_path / "lam.tsv"
+    p.write_text(f"label\tpath\tsplit\nphage\t{asset_files()['lambda']['path']}\ttrain\n")
+    m = SpeciesManifest.from_file(p)
+    ds = SpeciesWindows(m, "train", 60_000, return_mask=True, num_samples=2, rc_prob=1.0)
+    for ids, mask, lab in ds:
+        assert lab == 0 and int(mask.sum()) == 48_502
+        assert bool((ids[48_502:] == 0).all()) and bool((ids[:48_502] >= 6).all())
+
+
+def test_eval_windows_deterministic_and_leak_free(assets_manifest):
+    m = SpeciesManifest.from_file(assets_manifest)
+    a = SpeciesEvalWindows(m, "test", 2000, per_label=10, seed=5)
+    b = SpeciesEvalWindows(m, "test", 2000, per_label=10, seed=5)
+    assert len(a) == 50 and a.items == b.items
+    assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in range(len(a)))
+    assert Counter(a[i][1] for i in range(len(a))) == {k: 10 for k in range(5)}
+    # held-out strains: the test windows live in genomes that no training window can touch
+    tr = SpeciesWindows(m, "train", 2000)
+    train_support = [(c.name, 0, c.length) for c in tr.sampler.source.contigs]
+    assert_no_overlap(train_support, a.windows)
+    assert not {w.contig.split(":")[0] for w in a.windows} & {g.id for g in m.entries("train")}
+
+
+def test_yaml_and_tsv_errors(tmp_path):
+    y = tmp_path / "m.yaml"
+    y.write_text("genomes:\n  - {label: A, path: a.fa, split: training}\n")
+    with pytest.raises(ManifestError, match="split must be one of"):
+        SpeciesManifest.from_file(y)
+    y.write_text("genomes:\n  - {label: A, split: train}\n")
+    with pytest.raises(ManifestError, match=r"genomes\[0\]: missing 'path'"):
+        SpeciesManifest.from_file(y)
+    y.write_text(
+        "genomes:\n  - {id: x, label: A, path: a.fa, split: train}\n"
+        "  - {id: x, label: B, path: b.fa, split: test}\n"
+    )
+    with pytest.raises(ManifestError, match="duplicate genome ids"):
+        SpeciesManifest.from_file(y)
+    y.write_text("labels: [A]\ngenomes:\n  - {label: B, path: b.fa, split: test}\n")
+    with pytest.raises(ManifestError, match="not declared"):
+        SpeciesManifest.from_file(y)
+    y.write_text("genomes: [\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        SpeciesManifest.from_file(y)
+    t = tmp_path / "m.tsv"
+    t.write_text("label\tpath\nA\ta.fa\n")
+    with pytest.raises(ManifestError, match="TSV header"):
+        SpeciesManifest.from_file(t)
+    t.write_text("# comment\nlabel\tpath\tsplit\nA\tmissing.fa\ttrain\n")
+    m = SpeciesManifest.from_file(t)
+    with pytest.raises(FileNotFoundError, match="missing.fa"):
+        SpeciesWindows(m, "train", 100)
+    with pytest.raises(ManifestError, match="no genomes in split 'test'"):
+        SpeciesWindows(m, "test", 100)
