@@ -54,7 +54,8 @@ class MambaConfig:
         if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
             raise ValueError(f"MambaConfig.dt_rank: expected 'auto' or a positive int, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"MambaConfig.dt_min/dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+            raise ValueError(
+                f"MambaConfig.dt_min/dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.dt_init not in ("random", "constant"):
             raise ValueError(f"MambaConfig.dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
         # mamba_ssm keeps Mamba-block options in ssm_cfg; lift the ones we understand

@@ -217,7 +217,8 @@ def load_pretrained(path: Union[str, os.PathLike], device=None, dtype=None, stri
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
     for k, v in sd.items():
         if k in expected and tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{weights}: {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
+            want = tuple(expected[k].shape)
+            raise CheckpointError(f"{weights}: {k} has shape {tuple(v.shape)}, config expects {want}")
     model = model.to_empty(device=device or "cpu")
     model.load_state_dict(sd, strict=False, assign=False)
     model.tie_weights()

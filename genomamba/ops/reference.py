@@ -54,10 +54,12 @@ def selective_scan_ref(
     Cx = _expand_groups(C.to(ct), d)
     x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(ct)
     ys = []
-    for t in range(l):
-        dt = delta[:, :, t, None]  # (b, d, 1)
-        x = torch.exp(dt * A) * x + dt * Bx[..., t] * u[:, :, t, None]  # (b, d, n)
-        ys.append((x * Cx[..., t]).sum(-1))  # (b, d)
+    # unbind once: indexing [..., t] inside the loop would cost a full-size gradient buffer per step
+    steps = zip(delta.unbind(-1), u.unbind(-1), Bx.unbind(-1), Cx.unbind(-1))
+    for dt, ut, Bt, Ct in steps:
+        dt = dt.unsqueeze(-1)  # (b, d, 1)
+        x = torch.exp(dt * A) * x + dt * Bt * ut.unsqueeze(-1)  # (b, d, n)
+        ys.append((x * Ct).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=-1) if l > 0 else u.new_zeros(b, d, 0)
     out = y if D is None else y + u * D.to(ct)[:, None]
     if z is not None:

@@ -1,0 +1,93 @@
+"""Save / load: bit-exact round trip, no unpickling of code, mamba_ssm and HF directories."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from genomamba import MambaConfig, MambaLM
+from genomamba.models.io import CheckpointError, read_state_dict
+
+
+def small():
+    torch.manual_seed(0)
+    return MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12)).eval()
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    m = small()
+    m.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["d_model"] == 32
+    m2 = MambaLM.from_pretrained(tmp_path)
+    sd, sd2 = m.state_dict(), m2.state_dict()
+    assert sd.keys() == sd2.keys()
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    assert m2.lm_head.weight is m2.backbone.embedding.weight
+    ids = torch.randint(0, 12, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(m(ids), m2(ids))
+
+
+def test_untied_head_round_trip(tmp_path):
+    m = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=8, tie_embeddings=False))
+    m.save_pretrained(tmp_path)
+    m2 = MambaLM.from_pretrained(tmp_path)
+    assert m2.lm_head.weight is not m2.backbone.embedding.weight
+    assert torch.equal(m.lm_head.weight, m2.lm_head.weight)
+
+
+def test_mamba_ssm_bin_checkpoint_loads(tmp_path):
+    """A mamba_ssm directory: config.json with its fields + pytorch_model.bin holding both tied keys."""
+    m = small()
+    cfg = {"d_model": 32, "n_layer": 2, "vocab_size": 12, "ssm_cfg": {}, "rms_norm": True,
+           "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": True}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    torch.save(m.state_dict(), tmp_path / "pytorch_model.bin")
+    m2 = MambaLM.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_pickle_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "pytorch_model.bin"
+    with open(payload, "wb") as f:
+        pickle.dump({"backbone.embedding.weight": _Exploit(str(marker))}, f)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_state_dict(payload)
+    assert not marker.exists()
+    (tmp_path / "config.json").write_text(json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": 12}))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        MambaLM.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_mismatched_checkpoint_names_the_key(tmp_path):
+    small().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["d_state"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="A_log has shape"):
+        MambaLM.from_pretrained(tmp_path)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MambaLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        MambaLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": 12}))
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        MambaLM.from_pretrained(tmp_path)
