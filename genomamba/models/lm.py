@@ -33,11 +33,19 @@ class MixerModel(nn.Module):
         for p in self.norm_f.parameters():
             p._no_weight_decay = True
 
+    gradient_checkpointing = False  # recompute each layer in backward: activations O(n_layer * b * l * d_model)
+
     def forward(self, input_ids=None, cache: Optional[InferenceCache] = None, inputs_embeds=None):
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
+        checkpoint = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+            if checkpoint:
+                from torch.utils.checkpoint import checkpoint as ckpt
+
+                hidden, residual = ckpt(layer, hidden, residual, use_reentrant=False)
+            else:
+                hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
         residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -110,6 +118,11 @@ class MambaLM(nn.Module):
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         return self.lm_head(hidden)
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> "MambaLM":
+        """Trade compute for memory at long context: each layer is recomputed during backward."""
+        self.backbone.gradient_checkpointing = enable
+        return self
 
     def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
         """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""

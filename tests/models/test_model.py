@@ -136,3 +136,16 @@ def test_bad_inputs_raise_clear_errors():
         MambaConfig.from_dict({"hidden": 3})
     with pytest.raises(ValueError, match="max_new_tokens"):
         m.generate(torch.tensor([[1]]), -1)
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 12, (2, 40))
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(5)
+        m = model().train().gradient_checkpointing_enable(flag)
+        m(ids).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-6, atol=1e-7, msg=n)
