@@ -23,6 +23,7 @@ _LAZY = {
     "split_by_contig": "genomamba.data.windows",
     "split_by_region": "genomamba.data.windows",
     "split_by_genome": "genomamba.data.windows",
+    "split_from_file": "genomamba.data.windows",
     "SpeciesManifest": "genomamba.data.species",
     "SpeciesWindows": "genomamba.data.species",
     "SpeciesEvalWindows": "genomamba.data.species",

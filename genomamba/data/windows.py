@@ -146,6 +146,29 @@ def split_by_region(
     return s
 
 
+def split_from_file(source: SequenceSource, path) -> Splits:
+    """Splits from a YAML/JSON file: ``{split_by: contig|genome, val: [...], test: [...]}``
+    (names or full-match regexes), or ``{train: [[contig, start, stop], ...], val: ..., test: ...}``."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())  # JSON is YAML
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    by = doc.get("split_by")
+    if by is None:
+        s = Splits.from_dict(doc)
+    elif by == "contig":
+        s = split_by_contig(source, val=doc.get("val") or (), test=doc.get("test") or ())
+    elif by == "genome":
+        s = split_by_genome(source, val=doc.get("val") or (), test=doc.get("test") or ())
+    else:
+        raise ValueError(f"{path}: split_by must be 'contig' or 'genome', got {by!r}")
+    s.check()
+    return s
+
+
 def assert_no_overlap(train_windows, eval_regions: Iterable) -> None:
     """Prove that no evaluation base lies inside any training window.
 

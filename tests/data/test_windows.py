@@ -182,3 +182,18 @@ def test_bad_arguments(assets_store):
         RandomWindows(assets_store, 10, regions=[(assets_store.names[0], 0, 10**9)])
     with pytest.raises(KeyError, match="matches no contig"):
         split_by_contig(assets_store, test=["chrZZ"])
+
+
+def test_split_from_file_umaydis(real_data, umaydis_store, tmp_path):
+    from genomamba.data.windows import split_from_file
+
+    s = split_from_file(umaydis_store, real_data("umaydis") / "split.yaml")
+    assert len(s.test) == 3 and len(s.train) == 33 and not s.val
+    p = tmp_path / "explicit.json"
+    import json
+
+    p.write_text(json.dumps(s.to_dict()))
+    assert split_from_file(umaydis_store, p) == s
+    p.write_text(json.dumps({"train": [[s.test[0].contig, 0, 10]], "test": [[s.test[0].contig, 5, 20]]}))
+    with pytest.raises(DataLeakError):
+        split_from_file(umaydis_store, p)
