@@ -6,9 +6,15 @@ from genomamba.models.lm import MambaLM
 __version__ = "0.1.0"
 
 
-def load(path, **kwargs):
-    """Load a model saved with ``save_pretrained`` (``config.json`` + ``model.safetensors``)."""
-    return MambaLM.from_pretrained(path, **kwargs)
+def load(path, device=None, dtype=None):
+    """Load a saved model directory into a :class:`genomamba.api.GenomeModel` (model + tokenizer +
+    optional classifier head) with ``embed`` / ``classify`` / ``score`` / ``generate``.
+
+    ``MambaLM.from_pretrained(path)`` returns the bare ``nn.Module`` instead.
+    """
+    from genomamba.api import load as _load
+
+    return _load(path, device=device, dtype=dtype)
 
 
 def __getattr__(name):  # lazy: keeps `import genomamba` light

@@ -1,0 +1,487 @@
+"""The Python API: use a trained model without Lightning.
+
+    import genomamba
+    model = genomamba.load("runs/demo/model")           # MambaLM + tokenizer (+ classifier head)
+    X = model.embed("genome.fa", pooling="mean")       # (n_records, d_model) numpy
+    per_token = model.embed(["ACGT...", "GGCA..."], pooling=None)   # list of (l_i, d_model)
+    model.classify("reads.fa")                         # labels + probabilities (needs a head)
+    model.score("ACGTTGCA...")                         # log-likelihood, bits per base
+    model.generate("ACGT", 100, temperature=0.8, seed=0)
+
+**Inputs** (``seqs``) everywhere: a DNA ``str`` or ``bytes``; a list/tuple of them (or of records
+with ``.name`` and ``.sequence``); or a FASTA file: an ``os.PathLike``, or a ``str`` naming an
+existing file (a string is read as a path only when such a file exists). FASTA files are streamed
+record by record. Bad input raises ``ValueError`` naming the argument and the record.
+
+**Any length, constant memory.** Sequences are processed in chunks of ``chunk_size`` tokens; the
+recurrent state (conv + SSM state, a few KB per layer) is carried from one chunk to the next, so a
+10 Mb chromosome needs the same working memory as a 64 kb one (per-token output aside, which is
+``l * d_model`` floats by definition). Chunked results equal whole-sequence results up to float
+rounding (tested).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from genomamba.models.heads import POOLINGS, has_head
+from genomamba.models.lm import MambaLM
+
+DEFAULT_CHUNK = 65536
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Classification:
+    """``labels[i]`` is the predicted class of record i; ``probabilities[i, j]`` P(classes[j])."""
+
+    labels: list[str]
+    probabilities: np.ndarray  # (n, n_classes) float32
+    classes: list[str]
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Scores:
+    """Per-sequence log-likelihood (natural log, summed over scored bases) and bits per base.
+
+    Only A/C/G/T targets are scored (N, other ambiguity codes and specials are context, never
+    targets); ``n_scored[i]`` counts them. Without a BOS token the first base has no prediction.
+    """
+
+    log_likelihood: np.ndarray  # (n,) float64, nats
+    bits_per_base: np.ndarray  # (n,) float64; nan where nothing was scored
+    n_scored: np.ndarray  # (n,) int64
+    lengths: np.ndarray  # (n,) int64, bases in the input
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.log_likelihood)
+
+    def to_records(self) -> list[dict]:
+        return [{"name": n, "length": int(L), "n_scored": int(k), "log_likelihood": float(ll),
+                 "bits_per_base": float(b)}
+                for n, L, k, ll, b in zip(self.names, self.lengths, self.n_scored, self.log_likelihood,
+                                          self.bits_per_base)]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _describe(name: str, index: int) -> str:
+    return f"record {index} ({name!r})"
+
+
+def iter_sequences(seqs, arg: str = "seqs") -> Iterator[tuple[str, Union[str, bytes]]]:
+    """Normalise any accepted input to ``(name, sequence)`` pairs, streaming FASTA files.
+
+    Raises ValueError (naming ``arg`` and the record) for empty sequences, wrong types, and
+    FASTA format errors; FileNotFoundError for a missing path given as ``os.PathLike``.
+    """
+    from genomamba.data.fasta import read_fasta
+
+    if isinstance(seqs, os.PathLike) or (isinstance(seqs, str) and _is_file(seqs)):
+        path = Path(seqs)
+        if not path.is_file():
+            raise FileNotFoundError(f"{arg}: {path}: no such FASTA file")
+        n = 0
+        for rec in read_fasta(path):
+            if not rec.sequence:
+                raise ValueError(f"{arg}: {path}: record {rec.name!r} has an empty sequence")
+            n += 1
+            yield rec.name, rec.sequence
+        if n == 0:
+            raise ValueError(f"{arg}: {path}: no FASTA records")
+        return
+    if isinstance(seqs, (str, bytes, bytearray)):
+        items: Iterable = [seqs]
+        single = True
+    elif isinstance(seqs, (list, tuple)):
+        items, single = seqs, False
+        if len(seqs) == 0:
+            raise ValueError(f"{arg}: empty list of sequences")
+    elif isinstance(seqs, np.ndarray) and seqs.dtype.kind in "US" and seqs.ndim == 1:
+        items, single = [str(s) for s in seqs], False
+    else:
+        raise ValueError(f"{arg}: expected a DNA string, bytes, a list of them, or a FASTA path; "
+                         f"got {type(seqs).__name__}")
+    for i, s in enumerate(items):
+        name = f"seq{i}"
+        if hasattr(s, "sequence") and hasattr(s, "name"):
+            name, s = str(s.name), s.sequence
+        where = f"{arg}" if single else f"{arg}[{i}]"
+        if not isinstance(s, (str, bytes, bytearray)):
+            raise ValueError(f"{where}: expected a DNA string or bytes, got {type(s).__name__}")
+        if len(s) == 0:
+            raise ValueError(f"{where}: empty sequence")
+        yield name, s
+
+
+def _is_file(s: str) -> bool:
+    if "\n" in s or len(s) > 4096 or not s:
+        return False
+    try:
+        return os.path.isfile(s)
+    except (OSError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class GenomeModel:
+    """A trained DNA model ready for inference: ``MambaLM`` + tokenizer (+ optional classifier head).
+
+    Build it with :func:`load`. ``lm`` is the plain ``nn.Module`` (for anything not covered here).
+    """
+
+    def __init__(self, lm: MambaLM, tokenizer=None, head: Optional[torch.nn.Linear] = None,
+                 labels: Optional[list[str]] = None, head_pooling: str = "mean", add_bos: bool = False,
+                 path: Optional[PathLike] = None):
+        from genomamba.tokenizers.dna import DNATokenizer
+
+        if not isinstance(lm, MambaLM):
+            raise ValueError(f"lm: expected a genomamba.MambaLM, got {type(lm).__name__}")
+        self.lm = lm.eval()
+        self.tokenizer = tokenizer if tokenizer is not None else DNATokenizer()
+        if self.tokenizer.vocab_size > lm.config.padded_vocab_size:
+            raise ValueError(f"tokenizer: vocabulary of {self.tokenizer.vocab_size} tokens does not fit the "
+                             f"model's embedding ({lm.config.padded_vocab_size} rows)")
+        self.head = head.eval() if head is not None else None
+        self.labels = list(labels) if labels is not None else None
+        self.head_pooling = head_pooling
+        self.add_bos = bool(add_bos)
+        self.path = Path(path) if path is not None else None
+        tok = self.tokenizer
+        self._base_ids = torch.tensor([tok.a_id, tok.c_id, tok.g_id, tok.t_id])
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def d_model(self) -> int:
+        return self.lm.config.d_model
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def to(self, device) -> "GenomeModel":
+        self.lm.to(device)
+        if self.head is not None:
+            self.head.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.lm.config
+        head = f", head={len(self.labels)} classes ({self.head_pooling} pooling)" if self.head is not None else ""
+        where = f", path={str(self.path)!r}" if self.path else ""
+        return (f"GenomeModel(d_model={c.d_model}, n_layer={c.n_layer}, params={self.lm.num_parameters():,}"
+                f"{head}, device={self.device}{where})")
+
+    def encode(self, seq: Union[str, bytes], where: str = "seq") -> np.ndarray:
+        """DNA -> token ids (uint8), with ``<bos>`` first if the model was trained with it."""
+        try:
+            return self.tokenizer.encode(seq, add_bos=self.add_bos)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    # ------------------------------------------------------------------ the chunked engine
+    @torch.no_grad()
+    def _chunks(self, ids: list[np.ndarray], chunk_size: int, logits: bool = False):
+        """Run a batch of token arrays (any lengths) through the model ``chunk_size`` tokens at a time,
+        carrying the recurrent state. Yields ``(start, out)`` with out (b, c, d_model) hidden states
+        (or (b, c, vocab) logits). Sequences are right-padded: a causal model never lets padding
+        influence earlier positions, and callers ignore positions past each sequence's end.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}")
+        dev = self.device
+        b = len(ids)
+        longest = max(len(x) for x in ids)
+        cache = self.lm.allocate_cache(b, device=dev) if longest > chunk_size else None
+        pad = self.tokenizer.pad_id
+        for start in range(0, longest, chunk_size):
+            stop = min(start + chunk_size, longest)
+            block = np.full((b, stop - start), pad, dtype=np.int64)
+            for r, x in enumerate(ids):
+                seg = x[start:stop]
+                block[r, : len(seg)] = seg
+            t = torch.from_numpy(block).to(dev)
+            if logits:
+                out = self.lm(t, cache=cache)
+            else:
+                out = self.lm.hidden_states(t, cache=cache)
+            yield start, out
+
+    def _batches(self, seqs, arg: str, batch_size: int, chunk_size: int, buffer_factor: int = 8):
+        """Group records: short ones (<= chunk_size) batched by similar length, long ones alone.
+        Yields buffers, each a list of batches, each batch a list of ``(index, name, ids)``; the
+        buffers come in input order (a caller restores input order by sorting one buffer's output)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        buf: list = []
+        for i, (name, s) in enumerate(iter_sequences(seqs, arg)):
+            ids = self.encode(s, where=f"{arg}: {_describe(name, i)}")
+            if len(ids) > chunk_size:
+                if buf:
+                    yield list(_group(buf, batch_size))
+                    buf = []
+                yield [[(i, name, ids)]]
+                continue
+            buf.append((i, name, ids))
+            if len(buf) >= batch_size * buffer_factor:
+                yield list(_group(buf, batch_size))
+                buf = []
+        if buf:
+            yield list(_group(buf, batch_size))
+
+    # ------------------------------------------------------------------ embed
+    def iter_embed(self, seqs, pooling: Optional[str] = "mean", batch_size: int = 8,
+                   chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, arg: str = "seqs"):
+        """Like :meth:`embed` but streams ``(name, array)`` pairs (records in input order within
+        each group of ``8 * batch_size``; the name lets the caller match them)."""
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS} or None, got {pooling!r}")
+        # per-token outputs are big: do not hold more than one batch of them for reordering
+        factor = 8 if pooling is not None else 1
+        for buffer in self._batches(seqs, arg, batch_size, chunk_size, factor):
+            done = [r for group in buffer for r in self._embed_group(group, pooling, chunk_size, dtype)]
+            for _, name, arr in sorted(done, key=lambda r: r[0]):
+                yield name, arr
+
+    def _embed_group(self, group, pooling, chunk_size, dtype):
+        ids = [g[2] for g in group]
+        lens = torch.tensor([len(x) for x in ids])
+        b, d = len(ids), self.d_model
+        acc = last = per_tok = None
+        if pooling is None:
+            per_tok = [np.empty((len(x), d), dtype=dtype) for x in ids]
+        elif pooling == "mean":
+            acc = torch.zeros(b, d, dtype=torch.float64)
+        elif pooling == "max":
+            acc = torch.full((b, d), float("-inf"), dtype=torch.float64)
+        else:
+            last = torch.zeros(b, d, dtype=torch.float32)
+        for start, h in self._chunks(ids, chunk_size):
+            h = h.float().cpu()
+            c = h.shape[1]
+            valid = (torch.arange(start, start + c).unsqueeze(0) < lens.unsqueeze(1))  # (b, c)
+            if pooling is None:
+                for r in range(b):
+                    n = int(valid[r].sum())
+                    if n:
+                        per_tok[r][start:start + n] = h[r, :n].numpy()
+            elif pooling == "mean":
+                acc += (h.double() * valid.unsqueeze(-1)).sum(1)
+            elif pooling == "max":
+                acc = torch.maximum(acc, h.double().masked_fill(~valid.unsqueeze(-1), float("-inf")).max(1).values)
+            else:
+                ends = lens - 1
+                here = (ends >= start) & (ends < start + c)
+                for r in torch.nonzero(here).flatten().tolist():
+                    last[r] = h[r, int(ends[r]) - start]
+        for r, (i, name, _) in enumerate(group):
+            if pooling is None:
+                out = per_tok[r]
+            elif pooling == "mean":
+                out = (acc[r] / float(lens[r])).numpy().astype(dtype)
+            elif pooling == "max":
+                out = acc[r].numpy().astype(dtype)
+            else:
+                out = last[r].numpy().astype(dtype)
+            yield i, name, out
+
+    def embed(self, seqs, pooling: Optional[str] = "mean", batch_size: int = 8,
+              chunk_size: int = DEFAULT_CHUNK, dtype=np.float32):
+        """Embeddings from the final-norm hidden states.
+
+        Args:
+            seqs: DNA string/bytes, a list of them, or a FASTA path (see the module docstring).
+            pooling: ``"mean"`` (over all tokens), ``"last"`` (the last token: the only one that
+                has seen the whole sequence), ``"max"``, or ``None`` for per-token embeddings.
+            batch_size: sequences run together (short ones; longer than ``chunk_size`` run alone).
+            chunk_size: tokens per forward pass; the recurrent state carries across chunks.
+
+        Returns:
+            pooled: ``np.ndarray`` (n, d_model); ``pooling=None``: a list of (l_i, d_model) arrays.
+        """
+        pairs = list(self.iter_embed(seqs, pooling, batch_size, chunk_size, dtype))
+        if pooling is None:
+            return [a for _, a in pairs]
+        return np.stack([a for _, a in pairs]) if pairs else np.zeros((0, self.d_model), dtype=dtype)
+
+    # ------------------------------------------------------------------ classify
+    def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Classification:
+        """Predicted label and class probabilities per sequence (needs a classifier head)."""
+        if self.head is None:
+            where = f" {self.path}" if self.path else ""
+            raise ValueError(f"classify: the model{where} has no classifier head (head.json + head.safetensors); "
+                             "fine-tune one with `genomamba classify fit`, or use embed()/score()")
+        names, probs = [], []
+        with torch.no_grad():
+            for name, emb in self.iter_embed(seqs, self.head_pooling, batch_size, chunk_size, arg="seqs"):
+                x = torch.from_numpy(emb).to(self.device, self.head.weight.dtype).unsqueeze(0)
+                probs.append(torch.softmax(self.head(x).float(), -1)[0].cpu().numpy())
+                names.append(name)
+        p = np.stack(probs).astype(np.float32)
+        return Classification([self.labels[j] for j in p.argmax(1)], p, list(self.labels), names)
+
+    # ------------------------------------------------------------------ score
+    def score(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Scores:
+        """Log-likelihood of each sequence under the model and its bits per base.
+
+        Every A/C/G/T target after the first token is scored given everything before it (N and
+        other non-ACGT targets are skipped but stay in the context). Chunked like :meth:`embed`.
+        """
+        out: dict[int, tuple] = {}
+        order = []
+        for buffer in self._batches(seqs, "seqs", batch_size, chunk_size):
+            for group in buffer:
+                for (i, name, ids), res in zip(group, self._score_group([g[2] for g in group], chunk_size)):
+                    out[i] = (name, len(ids) - int(self.add_bos), *res)
+                    order.append(i)
+        order.sort()
+        names = [out[i][0] for i in order]
+        lengths = np.array([out[i][1] for i in order], dtype=np.int64)
+        n_scored = np.array([out[i][2] for i in order], dtype=np.int64)
+        ll = np.array([out[i][3] for i in order], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bpb = np.where(n_scored > 0, -ll / (np.maximum(n_scored, 1) * np.log(2.0)), np.nan)
+        return Scores(ll, bpb, n_scored, lengths, names)
+
+    def _score_group(self, ids: list[np.ndarray], chunk_size: int):
+        b = len(ids)
+        lens = torch.tensor([len(x) for x in ids])
+        ll = torch.zeros(b, dtype=torch.float64)
+        cnt = torch.zeros(b, dtype=torch.int64)
+        base_ids = self._base_ids
+        prev = None  # (b, V) log-probs at the last position of the previous chunk
+        for start, logits in self._chunks(ids, chunk_size, logits=True):
+            logp = torch.log_softmax(logits.float(), -1).cpu()  # (b, c, V)
+            c = logp.shape[1]
+            # targets at positions start .. start + c - 1, predicted from position - 1
+            tgt = np.zeros((b, c), dtype=np.int64)
+            for r, x in enumerate(ids):
+                seg = x[start:start + c]
+                tgt[r, : len(seg)] = seg
+            tgt = torch.from_numpy(tgt)
+            preds = logp[:, :-1] if prev is None else torch.cat([prev.unsqueeze(1), logp[:, :-1]], 1)
+            tpos = torch.arange(start, start + c) if prev is not None else torch.arange(start + 1, start + c)
+            tt = tgt if prev is not None else tgt[:, 1:]
+            ok = torch.isin(tt, base_ids) & (tpos.unsqueeze(0) < lens.unsqueeze(1))
+            lp = preds.gather(-1, tt.unsqueeze(-1)).squeeze(-1).double()
+            ll += (lp * ok).sum(1)
+            cnt += ok.sum(1)
+            prev = logp[:, -1]
+        return [(int(cnt[r]), float(ll[r])) for r in range(b)]
+
+    # ------------------------------------------------------------------ generate
+    @torch.no_grad()
+    def generate(self, prompt: Union[str, bytes], n: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: Optional[int] = None, include_prompt: bool = False,
+                 allow_n: bool = False) -> str:
+        """Sample ``n`` bases after ``prompt``; returns them as an upper-case DNA string (prefixed by
+        the prompt if ``include_prompt``). Only A/C/G/T are sampled (and N if ``allow_n``).
+        ``temperature=0`` is greedy. Memory does not grow with ``n``.
+        """
+        from genomamba.models.sampling import sample_next
+
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        if not isinstance(prompt, (str, bytes, bytearray)):
+            raise ValueError(f"prompt: expected a DNA string, got {type(prompt).__name__}")
+        ids = self.encode(prompt, where="prompt")
+        if len(ids) == 0:
+            raise ValueError("prompt: empty; generation needs at least one base "
+                             "(this model was trained without a <bos> token)")
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        dev = self.device
+        gen = torch.Generator(device=dev).manual_seed(int(seed)) if seed is not None else None
+        allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
+        mask = torch.full((self.lm.config.padded_vocab_size,), float("-inf"), device=dev)
+        mask[allowed] = 0.0
+        cache = self.lm.allocate_cache(1, device=dev)
+        logits = None
+        t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0)
+        for start in range(0, t.shape[1], DEFAULT_CHUNK):
+            logits = self.lm(t[:, start:start + DEFAULT_CHUNK].to(dev), cache=cache, num_last_tokens=1)[:, -1]
+        out = np.empty(n, dtype=np.uint8)
+        for i in range(n):
+            nxt = sample_next(logits.float() + mask, temperature, top_k, top_p, gen)
+            out[i] = int(nxt)
+            if i + 1 < n:
+                logits = self.lm.step(nxt, cache)
+        text = self.tokenizer.decode(out)
+        if include_prompt:
+            text = self.tokenizer.decode(ids) + text
+        return text
+
+
+def _group(buf, batch_size):
+    """Sort a buffer by length and cut it into batches (little padding)."""
+    ordered = sorted(buf, key=lambda g: len(g[2]))
+    for s in range(0, len(ordered), batch_size):
+        yield ordered[s:s + batch_size]
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
+    """Load a saved model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``,
+    + ``head.json``/``head.safetensors`` for a classifier) into a :class:`GenomeModel`.
+
+    A directory without ``tokenizer.json`` gets the default ``DNATokenizer()``. ``MambaLM.from_pretrained``
+    remains the loader for the bare ``nn.Module``.
+    """
+    import json
+
+    from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"path: {path}: expected a model directory (config.json + model.safetensors)")
+    tok = DNATokenizer.from_pretrained(path) if (path / TOKENIZER_FILE).exists() else DNATokenizer()
+    head = labels = None
+    pooling = "mean"
+    add_bos = False
+    if has_head(path):
+        from genomamba.models.heads import SequenceClassifier
+
+        clf = SequenceClassifier.from_pretrained(path, device=device)
+        lm, head, labels, pooling = clf.lm, clf.head, clf.labels, clf.pooling
+        meta = json.loads((path / "head.json").read_text())
+        add_bos = bool(meta.get("add_bos", False))
+    else:
+        lm = MambaLM.from_pretrained(path, device=device)
+    add_bos = bool(lm.config.extra.get("add_bos", add_bos)) if isinstance(lm.config.extra, dict) else add_bos
+    if dtype is not None:
+        lm.to(dtype)
+        if head is not None:
+            head.to(dtype)
+    return GenomeModel(lm, tok, head=head, labels=labels, head_pooling=pooling, add_bos=add_bos, path=path)
+
+
+def embed(path_or_model, seqs, **kwargs):
+    """One-shot helper: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
+    model = path_or_model if isinstance(path_or_model, GenomeModel) else load(path_or_model)
+    return model.embed(seqs, **kwargs)
+
+
+__all__ = ["GenomeModel", "Classification", "Scores", "load", "embed", "iter_sequences"]
