@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
@@ -53,9 +53,7 @@ class GenomeEntry:
 class SpeciesManifest:
     """Labels, their genome files and splits. Build with ``from_file`` or ``from_entries``."""
 
-    def __init__(
-        self, entries: list[GenomeEntry], labels: Optional[list[str]] = None, name: str = "", source=None
-    ):
+    def __init__(self, entries: list[GenomeEntry], labels: Optional[list[str]] = None, name: str = "", source=None):
         self.name = name
         self.source_path = source
         self.genomes = list(entries)
@@ -151,11 +149,7 @@ class SpeciesManifest:
     def entries(self, split: Optional[str] = None, label: Optional[str] = None) -> list[GenomeEntry]:
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        return [
-            g
-            for g in self.genomes
-            if (split is None or g.split == split) and (label is None or g.label == label)
-        ]
+        return [g for g in self.genomes if (split is None or g.split == split) and (label is None or g.label == label)]
 
     def files(self, label: Optional[str] = None, split: Optional[str] = None) -> list[Path]:
         return [g.path for g in self.entries(split, label)]
@@ -204,9 +198,17 @@ def _stem(p: Path) -> str:
 
 
 class _SpeciesSampler:
-    """Per-split index: label -> its contigs (indices into the source) and their length CDF."""
+    """Per-split index: label -> its contigs (indices into the source) and their length CDF.
 
-    def __init__(self, manifest: SpeciesManifest, split: str, source: Optional[SequenceSource], tokenizer):
+    ``span = (lo, hi)`` restricts every contig to ``[floor(lo * n), floor(hi * n))``: e.g.
+    ``(0, 0.9)`` to fit and ``(0.9, 1)`` to validate on the *training* strains without a shared
+    base (windows never cross the cut), while the held-out strains stay for the test.
+    """
+
+    def __init__(self, manifest, split: str, source: Optional[SequenceSource], tokenizer, span=(0.0, 1.0)):
+        lo, hi = float(span[0]), float(span[1])
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"span must satisfy 0 <= lo < hi <= 1, got {span}")
         self.manifest = manifest
         self.split = split
         self.source = source if source is not None else manifest.load(split, tokenizer)
@@ -224,16 +226,29 @@ class _SpeciesSampler:
         self.label_ids = sorted(per_label)
         self.contigs = {lab: np.array(ix, dtype=np.int64) for lab, ix in per_label.items()}
         lengths = self.source.lengths
-        self.cum = {lab: np.cumsum(lengths[ix]) for lab, ix in self.contigs.items()}
+        # int64 bounds of the usable part of every contig (floor keeps neighbouring spans disjoint).
+        self.lo = np.floor(lengths * lo).astype(np.int64)
+        self.hi = np.floor(lengths * hi).astype(np.int64)
+        self.cum = {lab: np.cumsum(self.hi[ix] - self.lo[ix]) for lab, ix in self.contigs.items()}
+        for lab, c in self.cum.items():
+            if c[-1] <= 0:
+                raise ManifestError(f"label {manifest.labels[lab]!r}: no sequence in span {span} of split {split!r}")
 
-    def draw(self, rng: np.random.Generator, length: int):
-        lab = self.label_ids[int(rng.integers(len(self.label_ids)))]  # class uniform
+    def draw(self, rng: np.random.Generator, length: int, lab: Optional[int] = None):
+        if lab is None:
+            lab = self.label_ids[int(rng.integers(len(self.label_ids)))]  # class uniform
         cum = self.cum[lab]
         k = int(np.searchsorted(cum, rng.integers(0, cum[-1]), side="right"))  # contig by length
         ci = int(self.contigs[lab][k])
-        n = self.source.contigs[ci].length
-        start = int(rng.integers(0, n - length + 1)) if n > length else 0  # position uniform
-        return lab, ci, start, min(start + length, n)
+        a, b = int(self.lo[ci]), int(self.hi[ci])
+        start = a + int(rng.integers(0, b - a - length + 1)) if b - a > length else a  # position uniform
+        return lab, ci, start, min(start + length, b)
+
+    def support(self):
+        from genomamba.data.windows import Region
+
+        names = self.source.names
+        return [Region(names[ci], int(self.lo[ci]), int(self.hi[ci])) for ix in self.contigs.values() for ci in ix]
 
 
 def _window(source: SequenceSource, ci: int, start: int, stop: int, length: int):
@@ -250,7 +265,12 @@ class SpeciesWindows(IterableDataset):
 
     ``return_mask=True`` yields ``(ids, mask, label)`` (mask False on padding). ``rc_prob``
     reverse-complements a window (the label of a strand is the label of its complement).
+    ``span`` restricts each contig to a fraction range (see ``_SpeciesSampler``).
     """
+
+    def support(self):
+        """Every window lies inside one of these regions (for ``assert_no_overlap``)."""
+        return self.sampler.support()
 
     def __init__(
         self,
@@ -263,10 +283,11 @@ class SpeciesWindows(IterableDataset):
         return_mask: bool = False,
         source: Optional[SequenceSource] = None,
         tokenizer: Optional[DNATokenizer] = None,
+        span: tuple = (0.0, 1.0),
     ):
         if length <= 0:
             raise ValueError(f"window length must be positive, got {length}")
-        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer)
+        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer, span)
         self.length, self.seed, self.num_samples = int(length), int(seed), int(num_samples)
         self.rc_prob, self.return_mask = float(rc_prob), return_mask
         self.epoch = 0
@@ -278,11 +299,12 @@ class SpeciesWindows(IterableDataset):
         return self.num_samples
 
     def __iter__(self) -> Iterator:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, wid])
+        from genomamba.data.windows import share, stream_slot
+
+        slot, n_slots = stream_slot()
+        rng = np.random.default_rng([self.seed, self.epoch, slot])
         src = self.sampler.source
-        for _ in range(self.num_samples // nw + (1 if wid < self.num_samples % nw else 0)):
+        for _ in range(share(self.num_samples, slot, n_slots)):
             lab, ci, a, b = self.sampler.draw(rng, self.length)
             ids, mask = _window(src, ci, a, b, self.length)
             if rng.random() < self.rc_prob:  # always tossed: rc_prob never changes the draws
@@ -308,20 +330,17 @@ class SpeciesEvalWindows(Dataset):
         return_mask: bool = False,
         source: Optional[SequenceSource] = None,
         tokenizer: Optional[DNATokenizer] = None,
+        span: tuple = (0.0, 1.0),
     ):
-        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer)
+        if length <= 0:
+            raise ValueError(f"window length must be positive, got {length}")
+        self.sampler = _SpeciesSampler(manifest, split, source, tokenizer, span)
         self.length, self.return_mask = int(length), return_mask
         rng = np.random.default_rng(seed)
-        self.items = []
-        for lab in self.sampler.label_ids:
-            for _ in range(per_label):
-                # Draw with the class fixed so every class gets exactly per_label windows.
-                cum = self.sampler.cum[lab]
-                k = int(np.searchsorted(cum, rng.integers(0, cum[-1]), side="right"))
-                ci = int(self.sampler.contigs[lab][k])
-                n = self.sampler.source.contigs[ci].length
-                start = int(rng.integers(0, n - self.length + 1)) if n > self.length else 0
-                self.items.append((lab, ci, start, min(start + self.length, n)))
+        # The class is fixed per draw so every class gets exactly per_label windows.
+        self.items = [
+            self.sampler.draw(rng, self.length, lab) for lab in self.sampler.label_ids for _ in range(per_label)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -222,6 +222,25 @@ def _as_regions(x) -> list[Region]:
 
 
 # --------------------------------------------------------------------------- datasets
+def stream_slot() -> tuple:
+    """(slot, n_slots) of this iterator among all DataLoader workers of all distributed ranks.
+
+    Seeding by slot gives every worker on every rank its own stream (no duplicated windows
+    under DDP) while staying a pure function of (seed, epoch, rank, worker).
+    """
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return rank * nw + wid, world * nw
+
+
+def share(total: int, slot: int, n_slots: int) -> int:
+    """How many of ``total`` samples slot ``slot`` yields (they sum to ``total``)."""
+    return total // n_slots + (1 if slot < total % n_slots else 0)
+
+
 def _pad(ids: np.ndarray, soft: Optional[np.ndarray], length: int, pad_id: int):
     n = ids.shape[0]
     out = np.empty(length, dtype=np.int64)
@@ -342,11 +361,10 @@ class RandomWindows(IterableDataset):
         return item + (torch.from_numpy(sm),) if sm is not None else item
 
     def __iter__(self) -> Iterator:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = self._rng(wid)
-        # Split the epoch's samples across workers so the total is num_samples, not num_workers x.
-        n = self.num_samples // nw + (1 if wid < self.num_samples % nw else 0)
+        slot, n_slots = stream_slot()
+        rng = self._rng(slot)
+        # Split the epoch's samples across workers/ranks so the total is num_samples, not n_slots x.
+        n = share(self.num_samples, slot, n_slots)
         for _ in range(n):
             yield self.load(self.draw(rng), rng)
 

@@ -112,3 +112,28 @@ def test_yaml_and_tsv_errors(tmp_path):
         SpeciesWindows(m, "train", 100)
     with pytest.raises(ManifestError, match="no genomes in split 'test'"):
         SpeciesWindows(m, "test", 100)
+
+
+def test_span_gives_leak_free_validation_on_training_strains(assets_manifest):
+    m = SpeciesManifest.from_file(assets_manifest)
+    fit = SpeciesWindows(m, "train", 1000, span=(0.0, 0.8))
+    val = SpeciesEvalWindows(m, "train", 1000, per_label=40, span=(0.8, 1.0), seed=2)
+    assert_no_overlap(fit, val.windows)
+    rng = np.random.default_rng(0)
+    drawn = []
+    for _ in range(3000):
+        lab, ci, a, b = fit.sampler.draw(rng, 1000)
+        drawn.append((fit.sampler.source.names[ci], a, b))
+    assert_no_overlap(drawn, val.windows)
+    with pytest.raises(ValueError, match="span"):
+        SpeciesWindows(m, "train", 1000, span=(0.5, 0.5))
+
+
+def test_token_store_source_gives_same_windows(assets_manifest, tmp_path):
+    m = SpeciesManifest.from_file(assets_manifest)
+    store = m.build_store(tmp_path / "assets.h5")
+    a = SpeciesEvalWindows(m, "test", 3000, per_label=5, seed=9)
+    b = SpeciesEvalWindows(m, "test", 3000, per_label=5, seed=9, source=store)
+    assert len(a) == len(b) == 25
+    for i in range(len(a)):
+        assert torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1]
