@@ -1,0 +1,153 @@
+"""`genomamba embed | score | generate` end to end on real DNA (shipped phage lambda and U. maydis slices)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from urllib.parse import unquote
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import genomamba
+from genomamba import DNATokenizer, MambaConfig, MambaLM
+from genomamba.__main__ import main as cli
+from genomamba.api_cli import hdf5_name
+from genomamba.data import read_fasta
+
+ASSETS = Path(genomamba.__file__).parent / "assets"
+LAMBDA = ASSETS / "lambda_virus.fa.gz"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("lm")
+    MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11)).save_pretrained(d)
+    DNATokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def odd_fasta(tmp_path_factory):
+    """Real lambda pieces under record names that are not valid HDF5 names as they stand."""
+    (rec,) = list(read_fasta(LAMBDA))
+    names = ["chr1/part.a", ".", "..", "gi|9626243|ref|NC_001416.1|", "100%", "plain"]
+    f = tmp_path_factory.mktemp("fa") / "odd.fa.gz"
+    with gzip.open(f, "wt") as fh:
+        for i, n in enumerate(names):
+            fh.write(f">{n} description {i}\n{rec.sequence[i * 500:i * 500 + 300 + 37 * i]}\n")
+    return f, names
+
+
+def test_help(capsys):
+    for cmd in ("embed", "score", "generate"):
+        with pytest.raises(SystemExit) as e:
+            cli([cmd, "--help"])
+        assert e.value.code == 0
+        assert f"genomamba {cmd}" in capsys.readouterr().out
+
+
+def test_hdf5_name_roundtrip():
+    for n in ["chr1/part.a", "100%", "a%2Fb", "plain", "gi|1|ref|NC_1.1|"]:
+        assert "/" not in hdf5_name(n) and unquote(hdf5_name(n)) == n
+    assert hdf5_name(".") != "." and hdf5_name("..") != ".."
+
+
+def test_embed_pooled_hdf5(model_dir, odd_fasta, tmp_path):
+    fasta, names = odd_fasta
+    out = tmp_path / "emb.h5"
+    assert cli(["embed", str(model_dir), str(fasta), "-o", str(out), "--chunk-size", "128", "--batch-size", "2"]) == 0
+    gm = genomamba.load(model_dir)
+    ref = gm.embed(fasta, pooling="mean")
+    with h5py.File(out, "r") as h5:
+        assert h5.attrs["format"] == "genomamba.embeddings/1" and h5.attrs["n_records"] == len(names)
+        assert h5.attrs["pooling"] == "mean" and h5.attrs["d_model"] == 16
+        got = {h5[k].attrs["name"]: h5[k][()] for k in h5}
+        lengths = {h5[k].attrs["name"]: int(h5[k].attrs["length"]) for k in h5}
+    assert sorted(got) == sorted(names)
+    for i, n in enumerate(names):
+        assert got[n].shape == (16,)
+        np.testing.assert_allclose(got[n], ref[i], rtol=1e-4, atol=1e-5)
+        assert lengths[n] == 300 + 37 * i
+    assert not list(tmp_path.glob(".*.tmp"))
+    # refuses to overwrite without --force
+    assert cli(["embed", str(model_dir), str(fasta), "-o", str(out)]) == 1
+    assert cli(["embed", str(model_dir), str(fasta), "-o", str(out), "--force", "--pooling", "last"]) == 0
+
+
+def test_embed_per_token_streams_chunks(model_dir, tmp_path):
+    out = tmp_path / "tok.h5"
+    # the whole 48.5 kb lambda genome per token, in 5000-token chunks, float16 storage
+    assert cli(["embed", str(model_dir), str(LAMBDA), "-o", str(out), "--pooling", "none",
+                "--chunk-size", "5000", "--dtype", "float16"]) == 0
+    (rec,) = list(read_fasta(LAMBDA))
+    gm = genomamba.load(model_dir)
+    with h5py.File(out, "r") as h5:
+        (key,) = list(h5)
+        ds = h5[key]
+        assert ds.shape == (len(rec.sequence), 16) and ds.dtype == np.float16
+        head = ds[:3000].astype(np.float32)
+        tail = ds[-100:].astype(np.float32)
+    ref = gm.embed(rec.sequence[:3000], pooling=None)[0]
+    np.testing.assert_allclose(head, ref, rtol=2e-2, atol=2e-2)
+    full_last = gm.embed(rec.sequence, pooling="last", chunk_size=5000)[0]
+    np.testing.assert_allclose(tail[-1], full_last, rtol=2e-2, atol=2e-2)
+
+
+def test_embed_atomic_on_error(model_dir, tmp_path, capsys):
+    (rec,) = list(read_fasta(LAMBDA))
+    bad = tmp_path / "bad.fa"
+    # record 2 has a protein letter: detected by the FASTA reader after record 1 was embedded
+    bad.write_text(f">ok1\n{rec.sequence[:400]}\n>ok2\n{rec.sequence[400:800]}\n>bad\nACGTEFGH\n")
+    out = tmp_path / "never.h5"
+    assert cli(["embed", str(model_dir), str(bad), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "bad" in err and "genomamba embed: error" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+    # an existing good file is left untouched by a failed --force run
+    good = tmp_path / "good.h5"
+    assert cli(["embed", str(model_dir), str(LAMBDA), "-o", str(good)]) == 0
+    before = good.read_bytes()
+    assert cli(["embed", str(model_dir), str(bad), "-o", str(good), "--force"]) == 1
+    assert good.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert cli(["embed", str(model_dir), str(tmp_path / "missing.fa"), "-o", str(out)]) == 1
+
+
+def test_score_tsv_and_json(model_dir, tmp_path, capsys):
+    fasta = ASSETS / "umaydis" / "val.fa.gz"
+    gm = genomamba.load(model_dir)
+    ref = gm.score(fasta)
+    assert cli(["score", str(model_dir), str(fasta)]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert lines[0].split("\t") == ["name", "length", "n_scored", "log_likelihood", "bits_per_base"]
+    assert len(lines) == 1 + len(ref)
+    first = lines[1].split("\t")
+    assert first[0] == ref.names[0] and float(first[4]) == pytest.approx(ref.bits_per_base[0], rel=1e-5)
+    out = tmp_path / "s.json"
+    assert cli(["score", str(model_dir), "--seq", "ACGTNNACGT", "--seq", "GGGCCCAAAT", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["n_scored"] for r in data["records"]] == [7, 9]
+    assert data["total"]["n_scored"] == 16
+    assert cli(["score", str(model_dir), "--seq", "ACGZ"]) == 1
+    assert "position 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["score", str(model_dir)])
+
+
+def test_generate_cli(model_dir, tmp_path, capsys):
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "50", "--seed", "1"]) == 0
+    a = capsys.readouterr().out.strip()
+    assert len(a) == 50 and set(a) <= set("ACGT")
+    assert a == genomamba.load(model_dir).generate("ACGT", 50, seed=1)
+    out = tmp_path / "g.fa"
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "170", "--seed", "1", "-o", str(out),
+                "--include-prompt", "--top-k", "2"]) == 0
+    (rec,) = list(read_fasta(out))
+    assert len(rec.sequence) == 174 and rec.sequence.startswith("ACGT")
+    assert cli(["generate", str(model_dir), "--prompt", "", "-n", "5"]) == 1
+    assert cli(["generate", str(tmp_path / "no_model"), "--prompt", "A"]) == 1
