@@ -322,8 +322,10 @@ def _apt_download(packages: list[str], where: Path, quiet: bool) -> list[Path]:
     try:
         _run(cmd, "apt-get download", cwd=where)
     except FetchError as e:
-        # A fresh machine may have empty package lists; refresh once if we are allowed to.
-        if "Unable to locate" not in str(e) and "no installation candidate" not in str(e):
+        # A fresh machine may have empty package lists, an old one stale lists (404 on a
+        # superseded version): refresh once if we are allowed to.
+        stale = ("Unable to locate", "no installation candidate", "404", "Failed to fetch")
+        if not any(x in str(e) for x in stale):
             raise
         if hasattr(os, "geteuid") and os.geteuid() != 0:
             raise FetchError(
