@@ -1,0 +1,143 @@
+"""Training callbacks: the Mamba paper's sequence-length warmup, and training-curve plots.
+
+Both keep their state in the Lightning checkpoint (``state_dict``/``load_state_dict``), so a
+resumed run continues the same schedule and the final plot shows the whole run, not only the part
+after the restart.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from genomamba.lit._pl import pl
+
+
+def _is_pow2_multiple(big: int, small: int) -> bool:
+    return big % small == 0 and (big // small) & (big // small - 1) == 0
+
+
+class SeqLenWarmup(pl.Callback):
+    """Sequence-length warmup (Mamba paper, sec. 4.3 / app. E.2): start at ``start_len`` (2^10),
+    double every ``stage_steps`` optimizer steps until the data's window length ``final_len``.
+
+    Tokens per step stay constant: the module cuts each ``(b, L)`` batch into ``(b * L / l, l)``
+    pieces while ``l < L``, i.e. the batch halves each time the length doubles. The length is a pure
+    function of ``trainer.global_step`` and of the schedule, and the schedule is saved in the
+    checkpoint: a resumed run picks up at the same stage (the checkpoint's schedule wins over a
+    changed config, with a warning).
+    """
+
+    def __init__(self, final_len: int, start_len: int = 1024, stage_steps: int = 1000):
+        if start_len < 1 or final_len < 1 or stage_steps < 1:
+            raise ValueError(f"SeqLenWarmup: start_len, final_len and stage_steps must be positive, got "
+                             f"{start_len}, {final_len}, {stage_steps}")
+        if not _is_pow2_multiple(final_len, start_len):
+            raise ValueError(f"SeqLenWarmup: final_len {final_len} must be start_len {start_len} times a "
+                             f"power of two (lengths double each stage)")
+        self.start_len, self.final_len, self.stage_steps = int(start_len), int(final_len), int(stage_steps)
+
+    @property
+    def num_stages(self) -> int:
+        return int(math.log2(self.final_len // self.start_len)) + 1
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps until the final length is reached."""
+        return (self.num_stages - 1) * self.stage_steps
+
+    def length_at(self, step: int) -> int:
+        stage = min(step // self.stage_steps, self.num_stages - 1)
+        return self.start_len * (2**stage)
+
+    def schedule(self, max_steps: int) -> list[tuple[int, int]]:
+        """[(first step, length)] of each stage that starts before ``max_steps``."""
+        return [(s * self.stage_steps, self.start_len * 2**s) for s in range(self.num_stages)
+                if s * self.stage_steps < max(max_steps, 1)]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        L = int(batch[0].shape[1])
+        if L != self.final_len:
+            raise ValueError(f"SeqLenWarmup: data windows are {L} long but the schedule ends at {self.final_len}; "
+                             "set the warmup's final length to the data's window length")
+        pl_module.train_seq_len = self.length_at(trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module):
+        pl_module.train_seq_len = None
+
+    def state_dict(self) -> dict:
+        return {"start_len": self.start_len, "final_len": self.final_len, "stage_steps": self.stage_steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = (state_dict["start_len"], state_dict["final_len"], state_dict["stage_steps"])
+        if saved != (self.start_len, self.final_len, self.stage_steps):
+            warnings.warn(f"SeqLenWarmup: the checkpoint's schedule {saved} differs from the configured "
+                          f"{(self.start_len, self.final_len, self.stage_steps)}; continuing the checkpoint's",
+                          stacklevel=2)
+        self.start_len, self.final_len, self.stage_steps = (int(x) for x in saved)
+
+
+class TrainingCurves(pl.Callback):
+    """Record logged metrics during training and write ``training_curves.png`` when fit ends.
+
+    ``train_keys`` are read after every ``every`` optimizer steps, ``val_keys`` after each validation.
+    The history lives in the checkpoint, so a resumed run plots from step 0.
+    """
+
+    def __init__(self, path, train_keys: Sequence[str] = ("train/loss",),
+                 val_keys: Sequence[str] = ("val/loss",), every: int = 1, title: str = ""):
+        self.path = Path(path)
+        self.train_keys, self.val_keys, self.every, self.title = list(train_keys), list(val_keys), int(every), title
+        self.history: dict[str, list] = {}
+
+    def _record(self, trainer, keys):
+        m = trainer.callback_metrics
+        for k in keys:
+            if k in m:
+                self.history.setdefault(k, []).append((int(trainer.global_step), float(m[k])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            self._record(trainer, self.train_keys)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._record(trainer, self.val_keys)
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero and self.history:
+            self.plot()
+
+    def plot(self) -> Optional[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        loss_keys = [k for k in self.history if k.endswith("/loss")]
+        other = [k for k in self.history if k not in loss_keys]
+        panels = [p for p in (loss_keys, other) if p]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+        for ax, keys in zip(axes[0], panels):
+            for k in keys:
+                steps, vals = zip(*self.history[k])
+                style = "-" if k.startswith("train") else "o-"
+                ax.plot(steps, vals, style, label=k, lw=1, ms=3)
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        if self.title:
+            fig.suptitle(self.title, fontsize=9)
+        fig.tight_layout()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.path, dpi=110)
+        plt.close(fig)
+        return self.path
+
+    def state_dict(self) -> dict:
+        return {"history": {k: [list(x) for x in v] for k, v in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {k: [tuple(x) for x in v] for k, v in state_dict.get("history", {}).items()}

@@ -1,0 +1,160 @@
+"""Species classification as a thin LightningModule around :class:`SequenceClassifier`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from genomamba.config import MambaConfig
+from genomamba.lit._pl import pl
+from genomamba.lit.pretrain import DEFAULT_OPTIM, build_optimizer
+from genomamba.models.heads import POOLINGS, SequenceClassifier
+from genomamba.models.lm import MambaLM, optimizer_param_groups
+
+
+def _metrics(n: int) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({
+        "acc": MulticlassAccuracy(n, average="micro"),
+        "f1": MulticlassF1Score(n, average="macro"),
+        "cm": MulticlassConfusionMatrix(n),
+    })
+
+
+def save_confusion_png(cm, labels: Sequence[str], path, title: str = "") -> Path:
+    """Confusion matrix (rows: true, columns: predicted) as a PNG with counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else cm
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
+    ax.imshow(cm, cmap="Blues")
+    short = [lab.replace("_", " ") for lab in labels]
+    ax.set_xticks(range(n), short, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(n), short, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = cm.max() if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > top / 2 else "black", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class ClassifierModule(pl.LightningModule):
+    """Backbone + pooling + linear head trained with cross-entropy.
+
+    Args:
+        labels: class names (index = label id).
+        model: MambaConfig fields of the backbone (required when ``init_from`` is None).
+        init_from: a ``save_pretrained`` directory of a pretrained LM; its weights initialise the
+            backbone (the checkpoint of a resumed run overrides them afterwards).
+        pooling: ``last`` (causal: the only token that saw the whole window), ``mean`` or ``max``.
+        freeze_backbone: train the head only.
+        dropout: on the pooled features.
+        optim: AdamW / schedule settings; ``head_lr_mult`` scales the head's learning rate.
+        plot_dir: where confusion-matrix PNGs go (default: the logger's directory).
+    """
+
+    def __init__(self, labels: Sequence[str], model: Optional[dict] = None, init_from: Optional[str] = None,
+                 pooling: str = "mean", freeze_backbone: bool = False, dropout: float = 0.0,
+                 optim: Optional[dict] = None, plot_dir: Optional[str] = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        if init_from is not None:
+            lm = MambaLM.from_pretrained(init_from)
+            model = lm.config.to_dict()
+        elif model is None:
+            raise ValueError("ClassifierModule: give model (a MambaConfig dict) or init_from (a pretrained dir)")
+        else:
+            lm = MambaLM(model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model)))
+            model = lm.config.to_dict()
+        self.save_hyperparameters()
+        self.net = SequenceClassifier(lm, list(labels), pooling=pooling, dropout=dropout)
+        if freeze_backbone:
+            self.net.freeze_backbone(True)
+        n = len(self.net.labels)
+        self.val_metrics, self.test_metrics = _metrics(n), _metrics(n)
+        self.last_results: dict = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return self.net.labels
+
+    def forward(self, ids, mask=None):
+        return self.net(ids, mask)
+
+    @staticmethod
+    def _unpack(batch):
+        if len(batch) == 3:
+            return batch
+        return batch[0], None, batch[1]
+
+    def training_step(self, batch, batch_idx):
+        ids, mask, y = self._unpack(batch)
+        logits = self.net(ids, mask)
+        loss = F.cross_entropy(logits.float(), y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, prog_bar=True, batch_size=ids.shape[0])
+        return loss
+
+    def _eval(self, batch, metrics, prefix):
+        ids, mask, y = self._unpack(batch)
+        logits = self.net(ids, mask).float()
+        loss = F.cross_entropy(logits, y)
+        pred = logits.argmax(-1)
+        for m in metrics.values():
+            m.update(pred, y)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=ids.shape[0])
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self):
+        self._finish(self.val_metrics, "val")
+
+    def on_test_epoch_end(self):
+        self._finish(self.test_metrics, "test")
+
+    def _finish(self, metrics, prefix):
+        if metrics["acc"].update_count == 0:
+            return
+        acc, f1, cm = metrics["acc"].compute(), metrics["f1"].compute(), metrics["cm"].compute()
+        self.log_dict({f"{prefix}/acc": acc, f"{prefix}/f1_macro": f1}, prog_bar=True)
+        self.last_results[prefix] = {"acc": float(acc), "f1_macro": float(f1), "confusion": cm.cpu().tolist(),
+                                     "labels": list(self.labels)}
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            where = self.hparams.plot_dir or (self.trainer.log_dir if self.trainer.loggers else None)
+            if where:
+                title = f"{prefix}: acc {float(acc):.3f}, macro-F1 {float(f1):.3f} (step {self.global_step})"
+                save_confusion_png(cm, self.labels, Path(where) / f"confusion_{prefix}.png", title)
+        for m in metrics.values():
+            m.reset()
+
+    def configure_optimizers(self):
+        o = {**DEFAULT_OPTIM, **(self.hparams.optim or {})}
+        mult = float(o.pop("head_lr_mult", 1.0))
+        wd = float(o["weight_decay"])
+        groups = optimizer_param_groups(self.net.lm, wd)
+        head = optimizer_param_groups(self.net.head, wd)
+        for g in head:
+            g["lr"] = float(o["lr"]) * mult
+        return build_optimizer(self.net, self.trainer, o, groups=groups + head)

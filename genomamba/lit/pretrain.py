@@ -1,0 +1,200 @@
+"""Next-base pretraining as a thin LightningModule around :class:`genomamba.MambaLM`.
+
+The module holds the plain ``nn.Module`` (``self.model``) and adds only the step logic, metrics
+and optimizer groups (STYLE.md rule 8). Everything it needs to be rebuilt from a checkpoint is in
+its hyperparameters (model shape, optimizer settings, tokenizer), so ``--resume`` needs no
+other file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+
+from genomamba.config import MambaConfig
+from genomamba.lit._pl import pl
+from genomamba.models.lm import MambaLM, optimizer_param_groups
+from genomamba.tokenizers.dna import DNATokenizer
+
+LN2 = math.log(2.0)
+
+DEFAULT_OPTIM = {
+    "lr": 2e-3,
+    "weight_decay": 0.1,
+    "betas": (0.9, 0.95),
+    "eps": 1e-8,
+    "warmup_steps": 100,
+    "min_lr_ratio": 0.1,
+}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_optimizer(module: torch.nn.Module, trainer, optim: dict, groups: Optional[list] = None):
+    """AdamW over the ``_no_weight_decay`` tag groups + per-step warmup/cosine LambdaLR.
+
+    ``groups`` (optional) replaces the default grouping of ``module``; a group may carry its own
+    ``lr`` (e.g. a classifier head trained faster than its pretrained backbone).
+    """
+    o = {**DEFAULT_OPTIM, **(optim or {})}
+    unknown = sorted(set(o) - set(DEFAULT_OPTIM) - {"head_lr_mult"})
+    if unknown:
+        raise ValueError(f"optim: unknown key(s) {unknown}; known: {sorted(DEFAULT_OPTIM)}")
+    if groups is None:
+        groups = optimizer_param_groups(module, float(o["weight_decay"]))
+    groups = [g for g in groups if g["params"]]
+    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=tuple(o["betas"]), eps=float(o["eps"]),
+                            fused=True if on_cuda else None)
+    total = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else \
+        int(trainer.estimated_stepping_batches)
+    warm, floor = int(o["warmup_steps"]), float(o["min_lr_ratio"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, floor))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+class LMMetrics(Metric):
+    """Summed next-base NLL, correct predictions and scored bases -> loss, perplexity, bits/base, accuracy.
+
+    Sums (not per-batch means) so a padded or N-heavy batch weighs by the bases it actually scores.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("n", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nll_sum: torch.Tensor, correct: torch.Tensor, n: torch.Tensor) -> None:
+        self.nll += nll_sum.detach().double()
+        self.correct += correct.detach().long()
+        self.n += n.detach().long()
+
+    def compute(self) -> dict:
+        n = self.n.clamp_min(1).double()
+        loss = self.nll / n
+        return {"loss": loss.float(), "ppl": torch.exp(loss).float(), "bpb": (loss / LN2).float(),
+                "acc": (self.correct.double() / n).float(), "bases": self.n.float()}
+
+
+def next_base_loss(logits: torch.Tensor, ids: torch.Tensor, mask: Optional[torch.Tensor], target_ok: torch.Tensor):
+    """Causal LM loss on next bases only.
+
+    logits: (b, l, v) for positions 0..l-1; ids, mask: (b, l); target_ok: (V,) bool, True for token
+    ids that count as a target (A, C, G, T: never pad, N or specials).
+    Returns (mean nll, nll sum, correct count, n scored) over positions whose *target* is scored.
+    """
+    tgt = ids[:, 1:]
+    ok = target_ok[tgt]
+    if mask is not None:
+        ok = ok & mask[:, 1:] & mask[:, :-1]
+    lg = logits[:, :-1].float()
+    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view_as(tgt)
+    nll = torch.where(ok, nll, torch.zeros_like(nll))
+    n = ok.sum()
+    correct = ((lg.argmax(-1) == tgt) & ok).sum()
+    total = nll.sum()
+    return total / n.clamp_min(1), total, correct, n
+
+
+class PretrainModule(pl.LightningModule):
+    """Next-base pretraining of a MambaLM.
+
+    Args:
+        model: MambaConfig fields (a dict, for the checkpoint's hyperparameters) or a MambaConfig.
+        optim: AdamW / schedule settings (see ``DEFAULT_OPTIM``).
+        tokenizer: ``DNATokenizer.to_dict()``; the default tokenizer if None.
+        gradient_checkpointing: recompute each layer in backward (long context).
+    """
+
+    def __init__(self, model: dict, optim: Optional[dict] = None, tokenizer: Optional[dict] = None,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        if isinstance(model, MambaConfig):
+            model = model.to_dict()
+        self.save_hyperparameters()
+        self.tokenizer = DNATokenizer.from_dict(tokenizer) if tokenizer else DNATokenizer()
+        cfg = MambaConfig.from_dict(dict(model))
+        if cfg.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                             f"{self.tokenizer.vocab_size} tokens")
+        self.model = MambaLM(cfg)
+        self.model.gradient_checkpointing_enable(gradient_checkpointing)
+        ok = torch.zeros(cfg.padded_vocab_size, dtype=torch.bool)
+        t = self.tokenizer
+        ok[[t.a_id, t.c_id, t.g_id, t.t_id]] = True
+        self.register_buffer("target_ok", ok, persistent=False)
+        self.train_metrics, self.val_metrics, self.test_metrics = LMMetrics(), LMMetrics(), LMMetrics()
+        # Set by SeqLenWarmup: each (b, L) batch is cut into (b * L / l, l) pieces while l < L.
+        self.train_seq_len: Optional[int] = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids)
+
+    def _split(self, batch):
+        ids, mask = batch[0], batch[1] if len(batch) > 1 else None
+        return ids, mask
+
+    def training_step(self, batch, batch_idx):
+        ids, mask = self._split(batch)
+        b, L = ids.shape
+        seq = self.train_seq_len
+        if seq is not None and seq < L:
+            if L % seq:
+                raise ValueError(f"sequence-length warmup: window length {L} is not a multiple of {seq}")
+            ids = ids.reshape(b * L // seq, seq)  # same tokens per step: the batch grows as l shrinks
+            mask = None if mask is None else mask.reshape(b * L // seq, seq)
+        logits = self.model(ids)
+        loss, nll, correct, n = next_base_loss(logits, ids, mask, self.target_ok)
+        self.train_metrics.update(nll, correct, n)
+        nf = n.clamp_min(1).float()
+        self.log_dict({"train/loss": loss, "train/bpb": loss / LN2, "train/acc": correct.float() / nf},
+                      on_step=True, on_epoch=False, prog_bar=True, batch_size=ids.shape[0])
+        self.log("train/seq_len", float(ids.shape[1]), on_step=True, on_epoch=False, batch_size=ids.shape[0])
+        return loss
+
+    def on_train_epoch_end(self):
+        self._log_epoch(self.train_metrics, "train_epoch")
+
+    def _eval_step(self, batch, metrics: LMMetrics):
+        ids, mask = self._split(batch)
+        logits = self.model(ids)
+        _, nll, correct, n = next_base_loss(logits, ids, mask, self.target_ok)
+        metrics.update(nll, correct, n)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self):
+        self._log_epoch(self.val_metrics, "val", prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self):
+        self._log_epoch(self.test_metrics, "test")
+
+    def _log_epoch(self, metrics: LMMetrics, prefix: str, prog_bar: bool = False):
+        if int(metrics.n) == 0:
+            metrics.reset()
+            return
+        vals = metrics.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in vals.items()}, prog_bar=prog_bar)
+        metrics.reset()
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.trainer, self.hparams.optim)
