@@ -9,10 +9,10 @@ does that). Slices keep the original record accession as the name, with the slic
 samtools-style (``CP000647.1:531512-541512``), and the original header text in the description.
 
 What ships (about 0.5 MB compressed):
-- bacteria/<strain>.fasta.gz: for each of the 20 genomes of the 5-species set, four 10 kb
+- bacteria_<strain>.fasta.gz: for each of the 20 genomes of the 5-species set, four 10 kb
   slices of the chromosome (largest record) at 10/35/60/85 % of its length; train/test split of
   the strain as in the full set (held-out strains are test);
-- umaydis/{train,val,test}.fa.gz: U. maydis slices, test from chr21 (held-out chromosome);
+- umaydis_{train,val,test}.fa.gz: U. maydis slices, test from chr21 (held-out chromosome);
 - fly_chr2R_slice.fa.gz: 100 kb of D. melanogaster chr2R with its soft-masked (lowercase) repeats;
 - lambda_virus.fa.gz: phage lambda, whole (the package's own file).
 """
@@ -77,7 +77,7 @@ def build(cache: Path) -> dict[str, bytes]:
             s = int(frac * len(chrom.sequence))
             out.append((_slice_header(chrom, s, s + SLICE), chrom.sequence[s : s + SLICE]))
         gid = Path(f.dest).name.split(".")[0]
-        rel = f"bacteria/{gid}.fasta.gz"
+        rel = f"bacteria_{gid}.fasta.gz"
         files[rel] = fasta_bytes(out)
         genomes.append({"id": gid, "label": f.label, "path": rel, "split": f.split})
         provenance.append({"path": rel, "package": f.package, "member": f.member, "source_sha256": f.sha256})
@@ -90,7 +90,7 @@ def build(cache: Path) -> dict[str, bytes]:
         for chrom, a, b in parts:
             rec = by_chrom[chrom]
             out.append((_slice_header(rec, a, b), rec.sequence[a:b]))
-        rel = f"umaydis/{split}.fa.gz"
+        rel = f"umaydis_{split}.fa.gz"
         files[rel] = fasta_bytes(out)
         pretrain.append({"id": f"umaydis_{split}", "path": rel, "split": split})
         provenance.append({"path": rel, "package": f.package, "member": f.member, "source_sha256": f.sha256})
@@ -145,6 +145,9 @@ def main(argv=None) -> int:
         print(f"{len(files) - len(bad)}/{len(files)} asset files identical")
         return 1 if bad else 0
     if args.out.exists():
+        # Flat layout (pyproject's package-data globs assets/* only): drop stale files first.
+        for old in list(args.out.glob("*.gz")) + [args.out / "manifest.yaml"]:
+            old.unlink(missing_ok=True)
         for sub in ("bacteria", "umaydis"):
             shutil.rmtree(args.out / sub, ignore_errors=True)
     for p, b in files.items():

@@ -16,7 +16,7 @@ def test_shipped_manifest(assets_manifest):
     assert {g.id for g in m.entries("test")} == HELD_OUT
     assert len(m.entries("train")) == 15
     assert all(p.exists() for p in m.files())
-    assert m.files("Escherichia_coli", "test")[0].name == "DH1.fasta.gz"
+    assert m.files("Escherichia_coli", "test")[0].name == "bacteria_DH1.fasta.gz"
 
 
 def test_class_uniform_sampling_and_labels_match_content(assets_manifest):
