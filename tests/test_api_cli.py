@@ -119,7 +119,7 @@ def test_embed_atomic_on_error(model_dir, tmp_path, capsys):
 
 
 def test_score_tsv_and_json(model_dir, tmp_path, capsys):
-    fasta = ASSETS / "umaydis" / "val.fa.gz"
+    fasta = ASSETS / "umaydis_val.fa.gz"
     gm = genomamba.load(model_dir)
     ref = gm.score(fasta)
     assert cli(["score", str(model_dir), str(fasta)]) == 0
