@@ -104,19 +104,20 @@ def bench_one(backend, shape, bw, warmup=25, rep=100):
         out = fn(**kw)
         torch.autograd.grad(out, leaves, gout)
 
-    t_fb = do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
+    # the CUDA backend has no backward of its own yet (it hands grad calls to Triton): fwd only
+    t_fb = None if backend == "cuda" else do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
     anchor = ANCHORS.get(shape)
     row = {
         "backend": backend,
         "shape": f"{b},{d},{n},{l} {dtype}",
         "fwd_ms": round(t_f, 4),
-        "fwdbwd_ms": round(t_fb, 4),
+        "fwdbwd_ms": round(t_fb, 4) if t_fb else None,
         "fwd_bw_frac": round(min_bytes(*shape, bwd=False) / (t_f * 1e-3) / bw, 3),
-        "fwdbwd_bw_frac": round(min_bytes(*shape, bwd=True) / (t_fb * 1e-3) / bw, 3),
+        "fwdbwd_bw_frac": round(min_bytes(*shape, bwd=True) / (t_fb * 1e-3) / bw, 3) if t_fb else None,
         "mamba_fwd_ms": anchor[0] if anchor else None,
         "mamba_fwdbwd_ms": anchor[1] if anchor else None,
         "speedup_fwd": round(anchor[0] / t_f, 2) if anchor else None,
-        "speedup_fwdbwd": round(anchor[1] / t_fb, 2) if anchor else None,
+        "speedup_fwdbwd": round(anchor[1] / t_fb, 2) if anchor and t_fb else None,
     }
     torch.cuda.empty_cache()
     return row
@@ -137,12 +138,16 @@ def main(argv=None) -> int:
         default=2048,
         help="skip the torch fallback above this l (it is far slower; the table is about kernels)",
     )
+    p.add_argument("--cuda-variants", default="", help="e.g. 16:32768,16:8192,4:98304 (npt:target_threads)")
     p.add_argument("--out-dir", default=None, help="directory for the JSON (default: bench/results)")
-    args = p.parse_args(argv)
+    # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
+    args, _ = p.parse_known_args(argv)
     if not torch.cuda.is_available():
         print("genomamba bench scan --device cuda: no CUDA device")
         return 1
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
+    # CUDA variants (npt, target_threads) to time; the first is the shipped default
+    cuda_variants = [tuple(int(x) for x in v.split(":")) for v in args.cuda_variants.split(",") if v]
     backends = []
     for name in args.backends.split(","):
         if name == "torch":
@@ -158,21 +163,15 @@ def main(argv=None) -> int:
                 print(f"backend {name}: not available here, skipped")
         except Exception as exc:  # a backend that cannot load is reported, not fatal
             print(f"backend {name}: {type(exc).__name__}: {exc}; skipped")
+    facts = machine_facts("cuda")
+    slug = re.sub(r"[^a-z0-9]+", "_", facts.get("device_name", "gpu").lower()).strip("_")
     bw = copy_bandwidth()
     print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
     results = []
-    for shape in rows:
-        for be in backends:
-            if be == "torch" and shape[3] > args.torch_max_len:
-                continue
-            try:
-                results.append(bench_one(be, shape, bw))
-            except Exception as exc:
-                results.append({"backend": be, "shape": f"{shape}", "error": f"{type(exc).__name__}: {exc}"})
-                torch.cuda.empty_cache()
-            print(results[-1], flush=True)
-    facts = machine_facts("cuda")
-    slug = re.sub(r"[^a-z0-9]+", "_", facts.get("device_name", "gpu").lower()).strip("_")
+
+    def save():  # after every row, so a run cut short still leaves its numbers
+        return write_results(f"scan_{slug}", payload, args.out_dir)
+
     payload = {
         "machine": facts,
         "copy_bandwidth_TBps": round(bw / 1e12, 3),
@@ -181,7 +180,31 @@ def main(argv=None) -> int:
         "anchors": "official mamba_ssm 2.3.2 on H100 80GB HBM3, torch 2.11+cu130 (issue 5)",
         "rows": results,
     }
-    path = write_results(f"scan_{slug}", payload, args.out_dir)
+    for shape in rows:
+        for be in backends:
+            if be == "torch" and shape[3] > args.torch_max_len:
+                continue
+            if be == "cuda" and cuda_variants:
+                import genomamba.ops.cuda as cu
+
+                saved = dict(cu.CONFIG)
+                for npt, target in cuda_variants:
+                    cu.CONFIG.update(npt=npt, target_threads=target)
+                    row = bench_one(be, shape, bw)
+                    row["backend"] = f"cuda[npt{npt},t{target // 1024}k]"
+                    results.append(row)
+                    print(row, flush=True)
+                    save()
+                cu.CONFIG.update(saved)
+                continue
+            try:
+                results.append(bench_one(be, shape, bw))
+            except Exception as exc:
+                results.append({"backend": be, "shape": f"{shape}", "error": f"{type(exc).__name__}: {exc}"})
+                torch.cuda.empty_cache()
+            print(results[-1], flush=True)
+            save()
+    path = save()
     cols = [
         "backend",
         "shape",

@@ -92,6 +92,14 @@ def test_scan_fp32(backend, l, variant):
     _check(backend, 2, 64, 16, l, torch.float32, variant)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("l", [1, 7, 31, 32, 33, 63, 64, 65, 1000, 4097])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["zDbs", "plain", "z_bias_g2", "D_sp_g4"])
+def test_scan_forward_nograd(backend, l, variant):
+    # without grad the cuda backend runs its own forward (with grad it hands over to triton)
+    _check(backend, 2, 64, 16, l, torch.float32, variant, grads=False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_scan_half(backend, dtype):

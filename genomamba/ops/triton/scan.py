@@ -30,8 +30,11 @@ LOG2E = 1.4426950408889634
 
 # Tunables. BD channels x BN (= next_pow2(n)) states x BL tokens is the register tile.
 CONFIG = {
-    "fwd": {"BD": 8, "BL": 64, "num_warps": 4},
-    "bwd": {"BD": 8, "BL": 32, "num_warps": 4},
+    # from a sweep on an H100 (genomamba/bench/gpu_check.py): small tiles win, the 3-D scan
+    # tile otherwise spills; bwd BD=4 rather than the marginally faster 1-2 bounds the dB/dC
+    # partials ((b, d / BD, n, l) fp32 each)
+    "fwd": {"BD": 2, "BL": 32, "num_warps": 2},
+    "bwd": {"BD": 4, "BL": 32, "num_warps": 4},
     # programs to aim for (x number of SMs) when choosing how many chunks to cut l into
     "programs_per_sm": 4,
     # tests force small chunks (in blocks) to exercise the multi-chunk paths on tiny inputs
@@ -694,9 +697,13 @@ def _bc_view(M: torch.Tensor):
     return M, M.shape[1], (M.stride(0), M.stride(1), M.stride(2), M.stride(3))
 
 
-def _plan(b: int, d: int, n: int, l: int, g: int, device, which: str):
+def _plan(b: int, d: int, n: int, l: int, g: int, device, which: str, chunk_len: int | None = None):
+    """Tile sizes and chunking. The backward reuses the forward's chunk boundaries (its saved
+    chunk-start states), with its own tile sizes where its BL divides the chunk length."""
     cfg = CONFIG[which]
     BL = cfg["BL"]
+    if chunk_len is not None and chunk_len % BL:
+        BL = CONFIG["fwd"]["BL"]
     dpg = d // g
     BD = cfg["BD"] if g == 1 else _pow2_divisor(dpg, cfg["BD"])
     BD = min(BD, triton.next_power_of_2(d))
@@ -706,7 +713,9 @@ def _plan(b: int, d: int, n: int, l: int, g: int, device, which: str):
     n_dblk = triton.cdiv(d, BD)
     nblk = triton.cdiv(l, BL)
     forced = CONFIG["force_chunk_blocks"] or os.environ.get("GENOMAMBA_TRITON_CHUNK_BLOCKS")
-    if forced:
+    if chunk_len is not None:
+        per = chunk_len // BL
+    elif forced:
         per = int(forced)
     else:
         target = CONFIG["programs_per_sm"] * _num_sms(device)
@@ -963,7 +972,11 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, hin = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(u)
-        p = ctx.plan
+        fp = ctx.plan
+        Bg = ctx.saved_tensors[3]
+        g = Bg.shape[1] if Bg.dim() == 4 else 1
+        p = _plan(u.shape[0], u.shape[1], A.shape[1], u.shape[2], g, u.device, "bwd", fp["chunk_len"])
+        assert p["nchunks"] == fp["nchunks"]
         du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = _bwd(
             u, delta, A, B, C, D, z, delta_bias, ctx.softplus, hin, dout, dfinal, p
         )
