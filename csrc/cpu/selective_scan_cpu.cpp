@@ -249,9 +249,10 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
                           T* ddelta, T* dz, T* dB, T* dC, T* dx0, BackwardSums sums) {
   const int64_t n = NS > 0 ? NS : a.n, L = a.len, nchunk = a.nchunk();
   const int64_t nch = a.batch * a.dim, cpg = a.dim / a.groups;
-  // Channel block size: a function of the shapes only (see determinism note at the top). Aim at
-  // >= 64 blocks so threads stay balanced, while blocks of up to 16 channels share one scratch.
-  const int64_t blk = std::max<int64_t>(1, std::min<int64_t>({16, cpg, nch / 64}));
+  // Channel block size: a function of the shapes only (see determinism note at the top). The dB/dC
+  // scratch traffic is proportional to the number of blocks, so blocks are as large as possible
+  // (up to 16 channels) while keeping >= 16 of them for the threads to share.
+  const int64_t blk = std::max<int64_t>(1, std::min<int64_t>({16, cpg, nch / 16}));
   const int64_t nblk_g = (cpg + blk - 1) / blk;  // blocks per (batch, group)
   const int64_t ntask = a.batch * a.groups * nblk_g;
 
@@ -262,11 +263,20 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
   std::fill(sums.dA, sums.dA + nch * n, 0.0);
   std::fill(sums.dD, sums.dD + nch, 0.0);
   std::fill(sums.dbias, sums.dbias + nch, 0.0);
-  std::vector<T> scratchB(ntask * kChunk * n), scratchC(ntask * kChunk * n);
+  // Chunks are processed in spans of `span` chunks per parallel region: fewer regions (each one a
+  // barrier, which costs a scheduler time slice on a busy machine) at the price of a scratch that
+  // holds the whole span. `span` depends on the shapes only, never on the thread count.
+  const int64_t per_chunk = ntask * kChunk * n;  // scratch elements per chunk (each of dB, dC)
+  const int64_t budget = (int64_t(32) << 20) / static_cast<int64_t>(sizeof(T));  // 32 MiB each
+  const int64_t span =
+      std::max<int64_t>(1, std::min<int64_t>(nchunk, budget / std::max<int64_t>(1, per_chunk)));
+  const int64_t nspan = (nchunk + span - 1) / span;
+  std::vector<T> scratchB(span * per_chunk), scratchC(span * per_chunk);
 
-  for (int64_t k = nchunk - 1; k >= 0; --k) {
-    const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
-    if (steps <= 0) continue;
+  for (int64_t sp = nspan - 1; sp >= 0; --sp) {
+    const int64_t kbeg = sp * span, kend = std::min(nchunk, kbeg + span);
+    const int64_t tbeg = kbeg * kChunk, tend = std::min(L, kend * kChunk);
+    if (tend <= tbeg) continue;
     at::parallel_for(0, ntask, 1, [&](int64_t k0, int64_t k1) {
       std::vector<T> dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk), gy(kChunk), sg(kChunk),
           dAc(n);
@@ -274,99 +284,104 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
         const int64_t bg = task / nblk_g, bi = bg / a.groups, gi = bg % a.groups;
         const int64_t first = gi * cpg + (task % nblk_g) * blk;
         const int64_t last = std::min(first + blk, (gi + 1) * cpg);
-        T* sB = scratchB.data() + task * kChunk * n;
-        T* sC = scratchC.data() + task * kChunk * n;
-        std::fill(sB, sB + steps * n, T(0));
-        std::fill(sC, sC + steps * n, T(0));
+        T* sB_task = scratchB.data() + task * span * kChunk * n;
+        T* sC_task = scratchC.data() + task * span * kChunk * n;
+        std::fill(sB_task, sB_task + span * kChunk * n, T(0));
+        std::fill(sC_task, sC_task + span * kChunk * n, T(0));
         for (int64_t di = first; di < last; ++di) {
           const int64_t ch = bi * a.dim + di;
           const Channel<T> c(a, ch);
-          // Recompute this chunk's states: X row i holds x_{t0+i-1} (row 0 is the checkpoint).
-          std::copy(ckpt + (ch * nchunk + k) * n, ckpt + (ch * nchunk + k + 1) * n, X.data());
-          scan_chunk<T, NS>(a, c, t0, steps, dt.data(), dA.data(), X.data(), y.data());
+          for (int64_t k = kend - 1; k >= kbeg; --k) {
+            const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
+            T* sB = sB_task + (k - kbeg) * kChunk * n;
+            T* sC = sC_task + (k - kbeg) * kChunk * n;
+            // Recompute this chunk's states: X row i holds x_{t0+i-1} (row 0 is the checkpoint).
+            std::copy(ckpt + (ch * nchunk + k) * n, ckpt + (ch * nchunk + k + 1) * n, X.data());
+            scan_chunk<T, NS>(a, c, t0, steps, dt.data(), dA.data(), X.data(), y.data());
 
-          // Per-step scalars, vectorised over the chunk before the sequential part:
-          // gy = dL/dy_t (through the gate), dz, and softplus' for delta.
-          const T* u = c.u + t0;
-          const T* go = dout + ch * L + t0;
-          const T Dv = c.D;
-          T dD_acc = 0;
-          if (c.z) {
-            const T* z = c.z + t0;
-            T* dzc = dz + ch * L + t0;
+            // Per-step scalars, vectorised over the chunk before the sequential part:
+            // gy = dL/dy_t (through the gate), dz, and softplus' for delta.
+            const T* u = c.u + t0;
+            const T* go = dout + ch * L + t0;
+            const T Dv = c.D;
+            T dD_acc = 0;
+            if (c.z) {
+              const T* z = c.z + t0;
+              T* dzc = dz + ch * L + t0;
 #pragma omp simd reduction(+ : dD_acc)
-            for (int64_t i = 0; i < steps; ++i) {
-              const T s = sigmoid_v(z[i]);
-              dzc[i] = go[i] * (y[i] + Dv * u[i]) * s * (T(1) + z[i] * (T(1) - s));
-              gy[i] = go[i] * z[i] * s;
-              dD_acc += gy[i] * u[i];
-            }
-          } else {
+              for (int64_t i = 0; i < steps; ++i) {
+                const T s = sigmoid_v(z[i]);
+                dzc[i] = go[i] * (y[i] + Dv * u[i]) * s * (T(1) + z[i] * (T(1) - s));
+                gy[i] = go[i] * z[i] * s;
+                dD_acc += gy[i] * u[i];
+              }
+            } else {
 #pragma omp simd reduction(+ : dD_acc)
-            for (int64_t i = 0; i < steps; ++i) {
-              gy[i] = go[i];
-              dD_acc += gy[i] * u[i];
+              for (int64_t i = 0; i < steps; ++i) {
+                gy[i] = go[i];
+                dD_acc += gy[i] * u[i];
+              }
             }
-          }
-          if (a.softplus) {
-            const T* delta = c.delta + t0;
-            const T bias = c.bias;
+            if (a.softplus) {
+              const T* delta = c.delta + t0;
+              const T bias = c.bias;
 #pragma omp simd
-            for (int64_t i = 0; i < steps; ++i) sg[i] = softplus_grad_v(delta[i] + bias);
-          }
-
-          // Adjoint recurrence, last step to first.
-          T* q = carry.data() + ch * n;
-          T* dAcp = dAc.data();
-          std::fill(dAc.begin(), dAc.end(), T(0));
-          T dbias_acc = 0;
-          const T* Aj = c.A;
-          for (int64_t i = steps - 1; i >= 0; --i) {
-            const int64_t t = t0 + i;
-            const T ut = u[i], d = dt[i], g = gy[i];
-            const T* Bt = c.B + t * n;
-            const T* Ct = c.C + t * n;
-            const T* at = dA.data() + i * n;
-            const T* xp = X.data() + i * n;
-            const T* xn = X.data() + (i + 1) * n;
-            T* sBi = sB + i * n;
-            T* sCi = sC + i * n;
-            const T du_b = d * ut;
-            T hB = 0, wA = 0;
-#pragma omp simd reduction(+ : hB, wA)
-            for (int64_t j = 0; j < n; ++j) {
-              const T h = g * Ct[j] + q[j];   // dL/dx_t
-              const T w = h * at[j] * xp[j];  // dL/d(delta' A) through the decay
-              sCi[j] += g * xn[j];
-              sBi[j] += h * du_b;
-              hB += h * Bt[j];
-              dAcp[j] += d * w;
-              wA += Aj[j] * w;
-              q[j] = at[j] * h;
+              for (int64_t i = 0; i < steps; ++i) sg[i] = softplus_grad_v(delta[i] + bias);
             }
-            T dd = wA + ut * hB;  // dL/d delta'_t
-            if (a.softplus) dd *= sg[i];
-            ddelta[ch * L + t] = dd;
-            dbias_acc += dd;
-            du[ch * L + t] = g * Dv + d * hB;
+
+            // Adjoint recurrence, last step to first.
+            T* q = carry.data() + ch * n;
+            T* dAcp = dAc.data();
+            std::fill(dAc.begin(), dAc.end(), T(0));
+            T dbias_acc = 0;
+            const T* Aj = c.A;
+            for (int64_t i = steps - 1; i >= 0; --i) {
+              const int64_t t = t0 + i;
+              const T ut = u[i], d = dt[i], g = gy[i];
+              const T* Bt = c.B + t * n;
+              const T* Ct = c.C + t * n;
+              const T* at = dA.data() + i * n;
+              const T* xp = X.data() + i * n;
+              const T* xn = X.data() + (i + 1) * n;
+              T* sBi = sB + i * n;
+              T* sCi = sC + i * n;
+              const T du_b = d * ut;
+              T hB = 0, wA = 0;
+#pragma omp simd reduction(+ : hB, wA)
+              for (int64_t j = 0; j < n; ++j) {
+                const T h = g * Ct[j] + q[j];   // dL/dx_t
+                const T w = h * at[j] * xp[j];  // dL/d(delta' A) through the decay
+                sCi[j] += g * xn[j];
+                sBi[j] += h * du_b;
+                hB += h * Bt[j];
+                dAcp[j] += d * w;
+                wA += Aj[j] * w;
+                q[j] = at[j] * h;
+              }
+              T dd = wA + ut * hB;  // dL/d delta'_t
+              if (a.softplus) dd *= sg[i];
+              ddelta[ch * L + t] = dd;
+              dbias_acc += dd;
+              du[ch * L + t] = g * Dv + d * hB;
+            }
+            double* sA = sums.dA + ch * n;
+            for (int64_t j = 0; j < n; ++j) sA[j] += static_cast<double>(dAc[j]);
+            sums.dD[ch] += static_cast<double>(dD_acc);
+            sums.dbias[ch] += static_cast<double>(dbias_acc);
           }
-          double* sA = sums.dA + ch * n;
-          for (int64_t j = 0; j < n; ++j) sA[j] += static_cast<double>(dAc[j]);
-          sums.dD[ch] += static_cast<double>(dD_acc);
-          sums.dbias[ch] += static_cast<double>(dbias_acc);
         }
       }
     });
-    // dB, dC rows of this chunk: sum block scratches in ascending block order.
-    const int64_t rows = a.batch * a.groups * steps;
+    // dB, dC rows of this span: sum the block scratches in ascending block order.
+    const int64_t width = tend - tbeg, rows = a.batch * a.groups * width;
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t bg = r / steps, i = r % steps;
-        T* ob = dB + (bg * L + t0 + i) * n;
-        T* oc = dC + (bg * L + t0 + i) * n;
+        const int64_t bg = r / width, tt = r % width;  // tt: step within the span
+        T* ob = dB + (bg * L + tbeg + tt) * n;
+        T* oc = dC + (bg * L + tbeg + tt) * n;
         for (int64_t j = 0; j < n; ++j) ob[j] = oc[j] = T(0);
         for (int64_t bk = 0; bk < nblk_g; ++bk) {
-          const int64_t off = ((bg * nblk_g + bk) * kChunk + i) * n;
+          const int64_t off = ((bg * nblk_g + bk) * span * kChunk + tt) * n;
           const T* sb = scratchB.data() + off;
           const T* sc = scratchC.data() + off;
 #pragma omp simd
@@ -509,7 +524,8 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
     const auto a = make_args<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
     BackwardSums sums{sA.data_ptr<double>(), sD.data_ptr<double>(), sBias.data_ptr<double>()};
     auto run = [&](auto impl) {
-      impl(a, ckpt.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), dxlast ? dxlast->data_ptr<scalar_t>() : nullptr,
+      impl(a, ckpt.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(),
+           dxlast ? dxlast->data_ptr<scalar_t>() : nullptr,
            du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), z ? dz.data_ptr<scalar_t>() : nullptr,
            dB.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), dx0.data_ptr<scalar_t>(), sums);
     };
