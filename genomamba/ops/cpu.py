@@ -45,12 +45,24 @@ def extensions_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genomamba" / "torch_extensions"
 
 
+def _cpu_signature() -> str:
+    """CPU model and ISA flags: a -march=native build must not be reused on another kind of CPU
+    (a cache directory on a shared home would otherwise hand it an illegal instruction)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(keep)))
+
+
 def _build_name() -> str:
     h = hashlib.sha256()
     for src in SOURCES:
         h.update((CSRC_DIR / src).read_bytes())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(f"{torch.__version__}|{platform.python_version()}|{platform.machine()}".encode())
+    h.update(_cpu_signature().encode())
     return f"genomamba_scan_cpu_{h.hexdigest()[:12]}"
 
 
@@ -83,6 +95,9 @@ def available() -> bool:
             name = _build_name()
             build_dir = extensions_dir() / name
             build_dir.mkdir(parents=True, exist_ok=True)
+            if not any(build_dir.glob(f"{name}*.so")):
+                print(f"genomamba: building the C++ CPU scan once (about a minute); cached in {build_dir}",
+                      file=sys.stderr)
             _ext = cpp_extension.load(
                 name=name,
                 sources=[str(CSRC_DIR / s) for s in SOURCES],

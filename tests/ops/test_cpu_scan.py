@@ -154,3 +154,19 @@ def test_env_disables_build(monkeypatch):
     monkeypatch.setenv("GENOMAMBA_NO_CPP", "1")
     assert cpu.available() is False
     assert "GENOMAMBA_NO_CPP" in cpu.unavailable_reason
+
+
+@pytest.mark.parametrize("missing", ["compiler", "ninja"])
+def test_missing_toolchain_falls_back_with_notice(monkeypatch, capsys, missing):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpu, "_state", None)
+    monkeypatch.setattr(cpu, "unavailable_reason", None)
+    monkeypatch.delenv("GENOMAMBA_NO_CPP", raising=False)
+    if missing == "compiler":
+        monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    else:
+        monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    assert cpu.available() is False  # no exception
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "using the torch scan" in err[0] and missing in err[0]
