@@ -29,6 +29,7 @@
 #include <torch/python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -195,45 +196,87 @@ static void scan_chunk(const ScanArgs<T>& a, const Channel<T>& c, int64_t t0, in
   }
 }
 
+// Work sharing for independent tasks: threads take tasks one at a time from a shared counter
+// instead of a fixed 1/nthreads share each, so a thread the OS preempts on a busy machine does not
+// leave the others idle at the end of the region. `setup()` makes one thread's workspace;
+// `body(task, ws)` must give the same result whichever thread runs it (so results stay
+// bit-identical for any schedule).
+template <typename Setup, typename Body>
+static void run_tasks(int64_t ntask, const Setup& setup, const Body& body) {
+  if (ntask <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntask));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    auto ws = setup();
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < ntask;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      body(t, ws);
+    }
+  });
+}
+
+// Channels per task: large enough that a task's channels share the B/C chunk in cache (and, in
+// the backward, one dB/dC scratch), small enough to leave >= 16 tasks to share out.
+static inline int64_t channel_block(int64_t nch, int64_t limit) {
+  return std::max<int64_t>(1, std::min<int64_t>({16, limit, nch / 16}));
+}
+
+template <typename T>
+struct Workspace {  // one thread's buffers for one chunk of one channel
+  std::vector<T> dt, dA, X, y, gy, sg, dAc, state;
+  Workspace(int64_t n, int64_t nstate)
+      : dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk), gy(kChunk), sg(kChunk), dAc(n),
+        state(nstate * n) {}
+};
+
 // ------------------------------------------------------------------------------------ forward
 
 // NS > 0: the state size n is the compile-time constant NS (the common d_state = 16), so the inner
 // loops over n become straight-line vector code with no trip-count or remainder handling.
 template <typename T, int64_t NS>
 static void forward_impl(const ScanArgs<T>& a, const T* x0, T* out, T* xlast, T* ckpt) {
-  const int64_t n = NS > 0 ? NS : a.n, L = a.len, nchunk = a.nchunk();
-  at::parallel_for(0, a.batch * a.dim, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<T> dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk);
-    // Chunk-major order: every channel of this thread's range advances one chunk before any goes
-    // on, so the chunk of B and C they share stays in cache instead of being streamed from memory
-    // once per channel (that dominates at long l). The states between chunks live in `state`.
-    std::vector<T> state((c1 - c0) * n, T(0));
-    if (x0) std::copy(x0 + c0 * n, x0 + c1 * n, state.begin());
-    for (int64_t k = 0; k < nchunk; ++k) {
-      const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        T* x = state.data() + (ch - c0) * n;
-        if (ckpt) std::copy(x, x + n, ckpt + (ch * nchunk + k) * n);
-        if (steps <= 0) continue;
-        const Channel<T> c(a, ch);
-        std::copy(x, x + n, X.data());  // row 0: the state entering the chunk
-        scan_chunk<T, NS>(a, c, t0, steps, dt.data(), dA.data(), X.data(), y.data());
-        std::copy(X.data() + steps * n, X.data() + (steps + 1) * n, x);
-        const T* u = c.u + t0;
-        T* o = out + ch * L + t0;
-        const T Dv = c.D;
-        if (c.z) {
-          const T* z = c.z + t0;
-#pragma omp simd
-          for (int64_t i = 0; i < steps; ++i) o[i] = (y[i] + Dv * u[i]) * (z[i] * sigmoid_v(z[i]));
+  const int64_t n = NS > 0 ? NS : a.n, L = a.len, nchunk = a.nchunk(), nch = a.batch * a.dim;
+  const int64_t blk = channel_block(nch, nch);
+  run_tasks(
+      (nch + blk - 1) / blk, [&] { return Workspace<T>(n, blk); },
+      [&](int64_t task, Workspace<T>& ws) {
+        const int64_t c0 = task * blk, c1 = std::min(nch, c0 + blk);
+        // Chunk-major order: every channel of the task advances one chunk before any goes on, so
+        // the chunk of B and C they share stays in cache instead of being streamed from memory
+        // once per channel (that dominates at long l). States between chunks live in ws.state.
+        T* state = ws.state.data();
+        if (x0) {
+          std::copy(x0 + c0 * n, x0 + c1 * n, state);
         } else {
-#pragma omp simd
-          for (int64_t i = 0; i < steps; ++i) o[i] = y[i] + Dv * u[i];
+          std::fill(state, state + (c1 - c0) * n, T(0));
         }
-      }
-    }
-    std::copy(state.begin(), state.end(), xlast + c0 * n);
-  });
+        for (int64_t k = 0; k < nchunk; ++k) {
+          const int64_t t0 = k * kChunk, steps = std::min(kChunk, L - t0);
+          for (int64_t ch = c0; ch < c1; ++ch) {
+            T* x = state + (ch - c0) * n;
+            if (ckpt) std::copy(x, x + n, ckpt + (ch * nchunk + k) * n);
+            if (steps <= 0) continue;
+            const Channel<T> c(a, ch);
+            T* X = ws.X.data();
+            T* y = ws.y.data();
+            std::copy(x, x + n, X);  // row 0: the state entering the chunk
+            scan_chunk<T, NS>(a, c, t0, steps, ws.dt.data(), ws.dA.data(), X, y);
+            std::copy(X + steps * n, X + (steps + 1) * n, x);
+            const T* u = c.u + t0;
+            T* o = out + ch * L + t0;
+            const T Dv = c.D;
+            if (c.z) {
+              const T* z = c.z + t0;
+#pragma omp simd
+              for (int64_t i = 0; i < steps; ++i) o[i] = (y[i] + Dv * u[i]) * (z[i] * sigmoid_v(z[i]));
+            } else {
+#pragma omp simd
+              for (int64_t i = 0; i < steps; ++i) o[i] = y[i] + Dv * u[i];
+            }
+          }
+        }
+        std::copy(state, state + (c1 - c0) * n, xlast + c0 * n);
+      });
 }
 
 // ----------------------------------------------------------------------------------- backward
@@ -252,7 +295,7 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
   // Channel block size: a function of the shapes only (see determinism note at the top). The dB/dC
   // scratch traffic is proportional to the number of blocks, so blocks are as large as possible
   // (up to 16 channels) while keeping >= 16 of them for the threads to share.
-  const int64_t blk = std::max<int64_t>(1, std::min<int64_t>({16, cpg, nch / 16}));
+  const int64_t blk = channel_block(nch, cpg);
   const int64_t nblk_g = (cpg + blk - 1) / blk;  // blocks per (batch, group)
   const int64_t ntask = a.batch * a.groups * nblk_g;
 
@@ -277,10 +320,9 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
     const int64_t kbeg = sp * span, kend = std::min(nchunk, kbeg + span);
     const int64_t tbeg = kbeg * kChunk, tend = std::min(L, kend * kChunk);
     if (tend <= tbeg) continue;
-    at::parallel_for(0, ntask, 1, [&](int64_t k0, int64_t k1) {
-      std::vector<T> dt(kChunk), dA(kChunk * n), X((kChunk + 1) * n), y(kChunk), gy(kChunk), sg(kChunk),
-          dAc(n);
-      for (int64_t task = k0; task < k1; ++task) {
+    run_tasks(ntask, [&] { return Workspace<T>(n, 0); }, [&](int64_t task, Workspace<T>& ws) {
+      std::vector<T>&dt = ws.dt, &dA = ws.dA, &X = ws.X, &y = ws.y, &gy = ws.gy, &sg = ws.sg, &dAc = ws.dAc;
+      {
         const int64_t bg = task / nblk_g, bi = bg / a.groups, gi = bg % a.groups;
         const int64_t first = gi * cpg + (task % nblk_g) * blk;
         const int64_t last = std::min(first + blk, (gi + 1) * cpg);
