@@ -11,7 +11,8 @@
 // loops over n vectorise; channel c reads group c / (d / g).
 //
 // Work split: each (batch, channel) pair is an independent sequential recurrence, so threads take
-// channels (at::parallel_for) and the compiler vectorises over the state dimension n.
+// blocks of channels (from a shared counter, see run_tasks) and the compiler vectorises over the
+// state dimension n.
 //
 // Memory: time runs in chunks of kChunk steps. The forward keeps, when asked, only the state at the
 // start of every chunk (b*d, l/kChunk, n). The backward walks chunks last to first, recomputes the
