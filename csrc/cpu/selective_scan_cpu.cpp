@@ -118,6 +118,19 @@ static inline T softplus_grad_v(T v) {
   return v > T(20) ? T(1) : sigmoid_v(v);
 }
 
+// Sum of p[0..N) as a pairwise tree, N a power of two. gcc evaluates an `omp simd reduction` over
+// a short loop in source order (a chain of N dependent scalar adds per time step, which made the
+// recurrence latency-bound); the tree compiles to a handful of vector adds and shuffles.
+template <typename T, int64_t N>
+static inline T tree_sum(T* p) {
+  static_assert(N > 0 && (N & (N - 1)) == 0, "tree_sum: N must be a power of two");
+  for (int64_t w = N / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) p[j] += p[j + w];
+  }
+  return p[0];
+}
+
 template <typename T>
 struct ScanArgs {
   int64_t batch, dim, len, n, groups;
@@ -187,13 +200,23 @@ static void scan_chunk(const ScanArgs<T>& a, const Channel<T>& c, int64_t t0, in
     const T* at = dA + i * n;
     const T* xp = X + i * n;
     T* xn = X + (i + 1) * n;
-    T acc = 0;
+    if constexpr (NS > 0) {
+      T p[NS];
+#pragma omp simd
+      for (int64_t j = 0; j < NS; ++j) {
+        xn[j] = at[j] * xp[j] + dtu * Bt[j];
+        p[j] = xn[j] * Ct[j];
+      }
+      y[i] = tree_sum<T, NS>(p);
+    } else {
+      T acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) {
-      xn[j] = at[j] * xp[j] + dtu * Bt[j];
-      acc += xn[j] * Ct[j];
+      for (int64_t j = 0; j < n; ++j) {
+        xn[j] = at[j] * xp[j] + dtu * Bt[j];
+        acc += xn[j] * Ct[j];
+      }
+      y[i] = acc;
     }
-    y[i] = acc;
   }
 }
 
@@ -389,17 +412,34 @@ static void backward_impl(const ScanArgs<T>& a, const T* ckpt, const T* dout, co
               T* sBi = sB + i * n;
               T* sCi = sC + i * n;
               const T du_b = d * ut;
-              T hB = 0, wA = 0;
+              T hB = 0, wA = 0;  // sum_j h_j B_j and sum_j A_j w_j
+              if constexpr (NS > 0) {
+                T pb[NS], pw[NS];
+#pragma omp simd
+                for (int64_t j = 0; j < NS; ++j) {
+                  const T h = g * Ct[j] + q[j];   // dL/dx_t
+                  const T w = h * at[j] * xp[j];  // dL/d(delta' A) through the decay
+                  sCi[j] += g * xn[j];
+                  sBi[j] += h * du_b;
+                  pb[j] = h * Bt[j];
+                  dAcp[j] += d * w;
+                  pw[j] = Aj[j] * w;
+                  q[j] = at[j] * h;
+                }
+                hB = tree_sum<T, NS>(pb);
+                wA = tree_sum<T, NS>(pw);
+              } else {
 #pragma omp simd reduction(+ : hB, wA)
-              for (int64_t j = 0; j < n; ++j) {
-                const T h = g * Ct[j] + q[j];   // dL/dx_t
-                const T w = h * at[j] * xp[j];  // dL/d(delta' A) through the decay
-                sCi[j] += g * xn[j];
-                sBi[j] += h * du_b;
-                hB += h * Bt[j];
-                dAcp[j] += d * w;
-                wA += Aj[j] * w;
-                q[j] = at[j] * h;
+                for (int64_t j = 0; j < n; ++j) {
+                  const T h = g * Ct[j] + q[j];
+                  const T w = h * at[j] * xp[j];
+                  sCi[j] += g * xn[j];
+                  sBi[j] += h * du_b;
+                  hB += h * Bt[j];
+                  dAcp[j] += d * w;
+                  wA += Aj[j] * w;
+                  q[j] = at[j] * h;
+                }
               }
               T dd = wA + ut * hB;  // dL/d delta'_t
               if (a.softplus) dd *= sg[i];
