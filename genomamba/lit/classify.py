@@ -77,7 +77,7 @@ class ClassifierModule(pl.LightningModule):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
         if init_from is not None:
-            lm = MambaLM.from_pretrained(init_from)
+            lm = MambaLM.from_pretrained(init_from).train()
             model = lm.config.to_dict()
         elif model is None:
             raise ValueError("ClassifierModule: give model (a MambaConfig dict) or init_from (a pretrained dir)")

@@ -1,0 +1,98 @@
+"""Species classifier: a real Trainer run on the shipped 5-species slices, CLI fit/evaluate/predict,
+and the classical baselines."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genomamba.baselines import GCClassifier, KmerNaiveBayes, gc_fraction, kmer_indices
+from genomamba.lit.cli import load_config, run_classify
+from genomamba.models.heads import SequenceClassifier
+from genomamba.tokenizers.dna import DNATokenizer
+
+from .conftest import TINY_MODEL
+
+
+def _doc(run_dir, **kw):
+    return {
+        "kind": "classify",
+        "model": dict(TINY_MODEL),
+        "head": {"pooling": "mean"},
+        "data": {"manifest": "assets", "length": 256, "batch_size": 8, "train_samples": 10_000,
+                 "test_per_label": 8},
+        "optim": {"lr": 5.0e-3, "warmup_steps": 2, "head_lr_mult": 3.0},
+        "trainer": {"max_steps": 12, "log_every": 1, "ckpt_every": 6, "progress": False, "threads": 1},
+        "baselines": [2],
+        "run_dir": str(run_dir),
+        **kw,
+    }
+
+
+def test_classifier_trains_tests_on_heldout_strains_and_saves(tmp_path):
+    run = tmp_path / "cls"
+    res = run_classify(load_config(doc=_doc(run)), quiet=True)
+    assert res["global_step"] == 12
+    t = res["test"]
+    assert t["n_windows"] == 40 and 0.0 <= t["acc"] <= 1.0
+    assert np.array(t["confusion"]).sum() == 40
+    assert set(res["baselines"]) >= {"gc", "nb2"}
+    assert (run / "confusion_test.png").stat().st_size > 1000
+    assert (run / "training_curves.png").exists()
+    net = SequenceClassifier.from_pretrained(run / "model")
+    assert net.labels == res["labels"] and len(net.labels) == 5
+
+    # CLI: evaluate the saved model, then predict a FASTA's records
+    from genomamba.data.fetch import asset_files
+
+    ev = tmp_path / "eval.json"
+    out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "evaluate", "--model", str(run / "model"),
+                          "--length", "256", "--per-label", "4", "--baselines", "2", "--out", str(ev)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(ev.read_text())["n_windows"] == 20 and ev.with_suffix(".png").exists()
+    fasta = asset_files("genomes")["DH1"]["path"]
+    out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "predict", str(fasta), "--model",
+                          str(run / "model"), "--length", "256", "--max-windows", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("record\tlength\twindows\tlabel") and len(lines) == 5  # 4 slices of DH1
+
+
+def test_classify_cli_errors_name_the_problem(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "evaluate", "--model", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no head.json" in out.stderr and str(tmp_path) in out.stderr
+    out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "fit", "-c", str(tmp_path / "nope.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "nope.yaml" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "frobnicate"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "frobnicate" in out.stderr
+
+
+def test_kmer_indices_skip_non_acgt():
+    tok = DNATokenizer()
+    ids = tok.encode("ACGTNACG")
+    idx = kmer_indices(ids, 2, tok)
+    # AC CG GT | (TN, NA skipped) | AC CG
+    assert idx.tolist() == [1, 6, 11, 1, 6]
+
+
+def test_naive_bayes_and_gc_separate_composition():
+    rng = np.random.default_rng(0)
+    tok = DNATokenizer()
+    at_rich = lambda n: tok.encode("".join(rng.choice(list("ACGT"), n, p=[0.35, 0.15, 0.15, 0.35])))
+    gc_rich = lambda n: tok.encode("".join(rng.choice(list("ACGT"), n, p=[0.15, 0.35, 0.35, 0.15])))
+    nb = KmerNaiveBayes(3, tokenizer=tok).fit([[at_rich(5000)], [gc_rich(5000)]])
+    wins = [at_rich(300) for _ in range(10)] + [gc_rich(300) for _ in range(10)]
+    y = np.array([0] * 10 + [1] * 10)
+    assert (nb.predict(wins) == y).all()
+    gc = GCClassifier(tok).fit([[at_rich(300) for _ in range(20)], [gc_rich(300) for _ in range(20)]])
+    assert (gc.predict(wins) == y).mean() > 0.9
+    assert gc_fraction(tok.encode("GGCCNNAT")) == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="k: expected"):
+        KmerNaiveBayes(0)

@@ -1,0 +1,87 @@
+"""Real Lightning Trainer runs of next-base pretraining on the shipped genome slices."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from genomamba import MambaLM
+from genomamba.lit.cli import load_config, run_pretrain
+from genomamba.lit.pretrain import next_base_loss, warmup_cosine
+from genomamba.tokenizers.dna import DNATokenizer
+
+
+def _rows(run_dir):
+    rows = []
+    for f in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(f) as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def test_pretrain_loss_decreases_and_saves_model(tiny_pretrain, tmp_path):
+    doc = tiny_pretrain(max_steps=40)
+    doc["test_after_fit"] = True
+    doc["data"]["sources"] = [{"assets": "pretrain"}]
+    doc["data"]["test_windows"] = 8
+    cfg = load_config(doc=doc)
+    res = run_pretrain(cfg, quiet=True)
+    run = tmp_path / "run"
+    assert res["global_step"] == 40
+    losses = [float(r["train/loss"]) for r in _rows(run) if r.get("train/loss")]
+    assert len(losses) >= 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.2, (first, last)  # from ~2.0 bits/base of a random init (ln 11 nats)
+    assert res["test"]["test/bpb"] < 2.3
+    assert 0 < res["metrics"]["val/bpb"] < 2.3
+    # the saved model is a plain MambaLM directory with the tokenizer beside it
+    lm = MambaLM.from_pretrained(run / "model")
+    assert lm.config.extra["trained_steps"] == 40
+    assert DNATokenizer.from_pretrained(run / "model") == DNATokenizer()
+    assert (run / "training_curves.png").stat().st_size > 1000
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert list((run / "tb").rglob("events.out.tfevents*"))
+    assert json.loads((run / "results.json").read_text())["global_step"] == 40
+
+
+def test_next_base_loss_ignores_pad_and_n():
+    tok = DNATokenizer()
+    ids = torch.tensor([[tok.a_id, tok.c_id, tok.n_id, tok.g_id, tok.pad_id]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    ok = torch.zeros(16, dtype=torch.bool)
+    ok[[tok.a_id, tok.c_id, tok.g_id, tok.t_id]] = True
+    logits = torch.zeros(1, 5, 16)
+    _, total, correct, n = next_base_loss(logits, ids, mask, ok)
+    # scored targets: C (after A), G (after N); N itself and the pad are never targets
+    assert int(n) == 2
+    assert torch.isclose(total, 2 * torch.log(torch.tensor(16.0)))
+    assert int(correct) == 0
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.55)
+    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_optimizer_groups_follow_no_weight_decay_tags(tiny_pretrain):
+    from genomamba.lit._pl import pl
+    from genomamba.lit.pretrain import PretrainModule
+
+    cfg = load_config(doc=tiny_pretrain())
+    module = PretrainModule(cfg.model, {"weight_decay": 0.1})
+    trainer = pl.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    opt = module.configure_optimizers()["optimizer"]
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    nd = {names[id(p)].split(".")[-1] for p in no_decay["params"]}
+    assert {"A_log", "D", "weight"} >= nd or {"A_log", "D"} <= nd
+    assert any(names[id(p)].endswith("A_log") for p in no_decay["params"])
+    assert not any(names[id(p)].endswith("A_log") for p in decay["params"])
+    assert any("norm" in names[id(p)] for p in no_decay["params"])

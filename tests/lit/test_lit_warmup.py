@@ -1,0 +1,58 @@
+"""Sequence-length warmup: the schedule, real Trainer runs, and resume mid-warmup."""
+
+import csv
+
+import pytest
+import torch
+
+from genomamba.lit.callbacks import SeqLenWarmup
+from genomamba.lit.cli import ConfigError, load_config, run_pretrain
+
+
+def test_schedule_doubles_from_start_and_stops_at_final():
+    w = SeqLenWarmup(final_len=8192, start_len=1024, stage_steps=100)
+    assert w.num_stages == 4 and w.warmup_steps == 300
+    assert [w.length_at(s) for s in (0, 99, 100, 199, 200, 300, 10**6)] == [1024, 1024, 2048, 2048, 4096, 8192, 8192]
+    assert w.schedule(250) == [(0, 1024), (100, 2048), (200, 4096)]
+    with pytest.raises(ValueError, match="power of two"):
+        SeqLenWarmup(final_len=3000, start_len=1024)
+
+
+def _seq_lens(run_dir):
+    """Logged train/seq_len of every optimizer step, in order, over all launches of the run."""
+    out = []
+    for f in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        out += [int(float(r["train/seq_len"])) for r in csv.DictReader(open(f)) if r.get("train/seq_len")]
+    return out
+
+
+def test_warmup_run_keeps_tokens_per_step_and_resumes_mid_stage(tiny_pretrain, tmp_path):
+    doc = tiny_pretrain(max_steps=7, seq_len=256)
+    doc["seqlen_warmup"] = {"start": 64, "stage_steps": 4}
+    res = run_pretrain(load_config(doc=doc), quiet=True)
+    assert res["global_step"] == 7
+    run = tmp_path / "run"
+    # stop at step 7 (inside the 128 stage), then continue to 14 from the checkpoint
+    doc["trainer"]["max_steps"] = 14
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert res["global_step"] == 14
+    # one entry per step (the second launch starts at the final checkpoint of the first, step 7),
+    # each the schedule's length at that step: 64 x4, 128 x4, then 256
+    assert _seq_lens(run) == [64 * 2 ** min(s // 4, 2) for s in range(14)]
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = [v for k, v in ck["callbacks"].items() if k.startswith("SeqLenWarmup")][0]
+    assert state == {"start_len": 64, "final_len": 256, "stage_steps": 4}
+
+
+def test_checkpoint_schedule_wins_over_changed_config_on_resume():
+    w = SeqLenWarmup(final_len=256, start_len=64, stage_steps=10)
+    with pytest.warns(UserWarning, match="continuing the checkpoint's"):
+        w.load_state_dict({"start_len": 64, "final_len": 256, "stage_steps": 4})
+    assert w.length_at(5) == 128
+
+
+def test_warmup_config_must_divide_window(tiny_pretrain):
+    doc = tiny_pretrain(seq_len=256)
+    doc["seqlen_warmup"] = {"start": 96, "stage_steps": 4}
+    with pytest.raises(ConfigError, match="power of two"):
+        load_config(doc=doc)
