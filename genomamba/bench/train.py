@@ -1,0 +1,282 @@
+"""``genomamba bench train``: training-step throughput and peak memory; and embedding memory at 1 Mb.
+
+Training: next-token cross-entropy, AdamW, one optimizer step per batch of ``(b, l)`` random DNA
+tokens (throughput does not depend on the token values), timed after warm-up steps. Reports
+tokens/s and peak memory: on CPU the process's peak resident set (``VmHWM``, reset before the
+timed steps through ``/proc/self/clear_refs``), on CUDA ``torch.cuda.max_memory_allocated``.
+
+Embedding (``--embed-bases N``, default 1,000,000 with ``--embed``): runs ``GenomeModel.embed`` on
+one real record of N bases (D. melanogaster chr2R from the ``fly`` dataset, fetched, or ``--fasta``)
+in a fresh subprocess per setting and reports its peak RSS next to the RSS before embedding,
+for pooled and per-token output: memory is bounded by ``chunk_size``, not by the record length.
+
+    genomamba bench train                                    # presets tiny / 1.4M on CPU
+    genomamba bench train --preset 7M --batch-size 2 --seq-len 16384 --device cuda
+    genomamba bench train --embed                            # 1 Mb embedding memory on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.config import MambaConfig
+from genomamba.models.lm import MambaLM, optimizer_param_groups
+
+# the paper's DNA shapes (Mamba uses twice the blocks of the Transformer/HyenaDNA shapes 6x128, 8x256)
+PRESETS = {
+    "tiny": dict(d_model=64, n_layer=2),
+    "1.4M": dict(d_model=128, n_layer=12),
+    "7M": dict(d_model=256, n_layer=16),
+}
+
+
+# ----------------------------------------------------------------------------- memory helpers
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- training throughput
+
+
+def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5, warmup: int = 2,
+                device: str = "cpu", amp: bool = True, grad_checkpointing: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = MambaLM(cfg).to(device).train()
+    if grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW(optimizer_param_groups(model, 0.1), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, 10, (batch_size, seq_len + 1), generator=gen).to(device)  # A/C/G/T ids
+    cuda = device.startswith("cuda")
+    use_amp = cuda and amp
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    reset_ok = reset_peak_rss()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    out = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "params": model.num_parameters(),
+           "batch": batch_size, "seq_len": seq_len, "steps": steps, "sec_per_step": round(dt / steps, 4),
+           "tokens_per_s": round(batch_size * seq_len * steps / dt, 1), "device": device,
+           "amp_bf16": use_amp}
+    if cuda:
+        out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_mem_kind"] = "cuda max_memory_allocated"
+    else:
+        out["peak_mem_mb"] = round(peak_rss_mb(), 1)
+        out["peak_mem_kind"] = "process peak RSS (VmHWM" + (", reset before timing)" if reset_ok else ")")
+    return out
+
+
+# ----------------------------------------------------------------------------- embedding memory
+
+
+def _embed_child(spec: dict) -> dict:
+    """Runs in a fresh interpreter: load a record, embed it, report RSS before and peak during."""
+    import numpy as np
+
+    from genomamba.api import GenomeModel
+    from genomamba.data import read_fasta
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    torch.manual_seed(0)
+    lm = MambaLM(MambaConfig(**spec["model"], vocab_size=11))
+    gm = GenomeModel(lm)
+    need = spec["bases"]
+    parts, have = [], 0
+    for path in spec["fasta"]:
+        for rec in read_fasta(path):
+            parts.append(rec.sequence[: need - have])
+            have += len(parts[-1])
+            if have >= need:
+                break
+        if have >= need:
+            break
+    seq = "".join(parts)
+    del parts
+    before = rss_mb()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    pooling = None if spec["pooling"] == "none" else spec["pooling"]
+    out = gm.embed(seq, pooling=pooling, chunk_size=spec["chunk"])
+    dt = time.perf_counter() - t0
+    arr = out[0]
+    return {"bases": len(seq), "pooling": spec["pooling"], "chunk_size": spec["chunk"],
+            "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "output_mb": round(arr.nbytes / 2**20, 1), "seconds": round(dt, 1),
+            "bases_per_s": round(len(seq) / dt, 1), "finite": bool(np.isfinite(arr).all())}
+
+
+def _default_fasta() -> tuple[list[str], str]:
+    """A real >= 1 Mb record: D. melanogaster chr2R (fetched); else the shipped slices joined."""
+    try:
+        from genomamba.data.fetch import fetch
+
+        d = fetch("fly", quiet=True)
+        files = sorted(str(p) for p in d.iterdir() if p.suffix in (".fa", ".fasta", ".gz") and p.is_file())
+        if files:
+            return files, "D. melanogaster chr2R (dm3), first bases"
+    except Exception as exc:  # offline machine: fall back to shipped real slices
+        print(f"  (fly fetch failed: {exc}; using the shipped genome slices joined into one record)")
+    from genomamba.data.fetch import assets_dir
+
+    a = assets_dir()
+    files = sorted(str(p) for p in a.glob("*.f*a.gz"))
+    return files, "shipped real slices (U. maydis, D. melanogaster, bacteria) joined"
+
+
+def bench_embed(model_kw: dict, bases_list: list[int], chunk: int, poolings: list[str], fasta: Optional[list[str]],
+                threads: Optional[int]) -> tuple[list[dict], str]:
+    files, source = (fasta, "user FASTA") if fasta else _default_fasta()
+    rows = []
+    for pooling in poolings:
+        for bases in bases_list:
+            spec = {"model": model_kw, "bases": bases, "chunk": chunk, "pooling": pooling, "fasta": files,
+                    "threads": threads}
+            code = ("import json,sys; from genomamba.bench.train import _embed_child; "
+                    "print('RESULT' + json.dumps(_embed_child(json.loads(sys.argv[1]))))")
+            proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"embed child failed ({bases} bases, {pooling}):\n{proc.stderr[-2000:]}")
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
+            r = json.loads(line[len("RESULT"):])
+            r["growth_mb"] = round(r["peak_rss_mb"] - r["rss_before_mb"], 1)
+            rows.append(r)
+            print(f"  embed {r['bases']:>9,} bases  pooling={pooling:<5} peak RSS {r['peak_rss_mb']} MB "
+                  f"(before {r['rss_before_mb']} MB, +{r['growth_mb']} MB; output {r['output_mb']} MB)  "
+                  f"{r['seconds']}s", flush=True)
+    return rows, source
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genomamba bench train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", action="append", choices=list(PRESETS),
+                   help="model shape(s) (repeatable; default tiny and 1.4M on cpu, 1.4M and 7M on cuda)")
+    p.add_argument("--d-model", type=int, default=None, help="custom shape instead of a preset")
+    p.add_argument("--n-layer", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default 4 on cpu, 8 on cuda")
+    p.add_argument("--seq-len", type=int, action="append", default=None,
+                   help="sequence length(s) (repeatable; default 1024 on cpu, 1024 and 16384 on cuda)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on cpu, 20 on cuda)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-amp", action="store_true", help="fp32 on cuda (default: bf16 autocast)")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--embed", action="store_true", help="also measure embedding memory on one long record")
+    p.add_argument("--embed-only", action="store_true", help="only the embedding memory measurement")
+    p.add_argument("--embed-bases", type=int, action="append", default=None,
+                   help="record length(s) to embed (default 100,000 and 1,000,000)")
+    p.add_argument("--embed-preset", choices=list(PRESETS), default="1.4M")
+    p.add_argument("--embed-chunk", type=int, default=16384)
+    p.add_argument("--embed-pooling", action="append", choices=("mean", "last", "max", "none"), default=None,
+                   help="pooling(s) to measure (default mean; none = per-token, whose output alone is "
+                        "bases * d_model * 4 bytes)")
+    p.add_argument("--fasta", action="append", default=None, help="FASTA file(s) for the embedding record")
+    p.add_argument("--out", default=None)
+    p.add_argument("--name", default=None)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("genomamba bench train: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {"bench": "train", "machine": machine_facts(args.device)}
+    if not args.embed_only:
+        if args.d_model or args.n_layer:
+            shapes = {"custom": dict(d_model=args.d_model or 256, n_layer=args.n_layer or 8)}
+        else:
+            names = args.preset or (["1.4M", "7M"] if cuda else ["tiny", "1.4M"])
+            shapes = {n: PRESETS[n] for n in names}
+        seq_lens = args.seq_len or ([1024, 16384] if cuda else [1024])
+        batch = args.batch_size or (8 if cuda else 4)
+        steps = args.steps or (20 if cuda else 3)
+        rows = []
+        for name, kw in shapes.items():
+            for L in seq_lens:
+                cfg = MambaConfig(**kw, vocab_size=11)
+                r = bench_train(cfg, batch, L, steps, args.warmup, args.device, not args.no_amp,
+                                args.grad_checkpointing)
+                r["preset"] = name
+                rows.append(r)
+                print(f"  {name}: b={batch} l={L}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
+                      f"peak {r['peak_mem_mb']} MB", flush=True)
+        print()
+        print_table(rows, ["preset", "params", "batch", "seq_len", "sec_per_step", "tokens_per_s", "peak_mem_mb"])
+        results["train"] = rows
+    if args.embed or args.embed_only:
+        bases = args.embed_bases or [100_000, 1_000_000]
+        args.embed_pooling = args.embed_pooling or ["mean"]
+        print(f"\nembedding memory ({args.embed_preset} model shape, random weights, chunk {args.embed_chunk}):")
+        rows, source = bench_embed(PRESETS[args.embed_preset], bases, args.embed_chunk, args.embed_pooling,
+                                   args.fasta, args.threads)
+        print()
+        print_table(rows, ["bases", "pooling", "chunk_size", "rss_before_mb", "peak_rss_mb", "growth_mb",
+                           "output_mb", "seconds"])
+        results["embed"] = {"model": PRESETS[args.embed_preset], "source": source, "rows": rows}
+    name = args.name or ("train_cuda" if cuda else "train_cpu")
+    path = write_results(name, results, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
