@@ -17,7 +17,8 @@
 // Memory: time runs in chunks of kChunk steps. The forward keeps, when asked, only the state at the
 // start of every chunk (b*d, l/kChunk, n). The backward walks chunks last to first, recomputes the
 // chunk's states from that checkpoint into a thread-local (kChunk+1, n) buffer and runs the adjoint
-// recurrence through it: nothing of size (b, d, l, n) ever exists, even at l = 2^20.
+// recurrence through it; the dB/dC partial sums of a span of chunks sit in a scratch of about
+// 32 MiB each. Nothing of size (b, d, l, n) ever exists, even at l = 2^20.
 //
 // Determinism: dB and dC sum contributions of all channels of a group. Channels are cut into fixed
 // blocks whose size depends only on the shapes (never on the thread count); a block sums its channels
