@@ -73,7 +73,7 @@ def embed_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=("mean", "last", "max", "none"), default="mean",
                    help="mean/last/max -> one (d_model,) vector per record; none -> per-token (l, d_model)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chunk-size", type=int, default=65536, help="tokens per forward pass")
+    p.add_argument("--chunk-size", type=int, default=16384, help="tokens per forward pass")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return p
@@ -96,7 +96,7 @@ def _atomic_h5(path: Path, fill) -> None:
 
 
 def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_size: int = 8,
-                chunk_size: int = 65536, dtype: str = "float32", quiet: bool = True) -> dict:
+                chunk_size: int = 16384, dtype: str = "float32", quiet: bool = True) -> dict:
     """FASTA -> HDF5 (atomically). Per-token output streams chunk by chunk into the dataset, so
     memory stays bounded however long a record is. Returns a summary dict."""
     import torch
@@ -185,7 +185,7 @@ def score_parser() -> argparse.ArgumentParser:
                    help="output file; .json -> JSON, otherwise TSV (default: TSV on stdout)")
     p.add_argument("--format", choices=("tsv", "json"), default=None, help="override the output format")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chunk-size", type=int, default=65536)
+    p.add_argument("--chunk-size", type=int, default=16384)
     return p
 
 
