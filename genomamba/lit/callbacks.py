@@ -8,11 +8,17 @@ after the restart.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 from genomamba.lit._pl import pl
+
+try:  # pragma: no cover
+    from pytorch_lightning.utilities import rank_zero_info
+except ImportError:  # pragma: no cover
+    from lightning.pytorch.utilities import rank_zero_info
 
 
 def _is_pow2_multiple(big: int, small: int) -> bool:
@@ -77,6 +83,52 @@ class SeqLenWarmup(pl.Callback):
                           f"{(self.start_len, self.final_len, self.stage_steps)}; continuing the checkpoint's",
                           stacklevel=2)
         self.start_len, self.final_len, self.stage_steps = (int(x) for x in saved)
+
+
+class TimeBudget(pl.Callback):
+    """Plan the step count to fit a wall-clock budget, so the LR schedule ends when time does.
+
+    After ``probe`` optimizer steps (past ``skip`` warm-up steps: compilation, autotuning) it
+    measures seconds per step and lowers ``max_steps`` to what fits in ``minutes`` (x ``safety``,
+    which leaves room for validation and saving), then re-targets the cosine schedule's end. It never
+    raises ``max_steps``. A resumed run keeps the planned count (it is in the checkpoint).
+    """
+
+    def __init__(self, minutes: float, skip: int = 5, probe: int = 20, safety: float = 0.85):
+        self.minutes, self.skip, self.probe, self.safety = float(minutes), int(skip), int(probe), float(safety)
+        self.planned: Optional[int] = None
+        self._t0 = self._t_skip = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.planned is not None:
+            return
+        step = trainer.global_step
+        if step == self.skip:
+            self._t_skip = time.time()
+        elif step == self.skip + self.probe and self._t_skip is not None:
+            per_step = (time.time() - self._t_skip) / self.probe
+            left = self.minutes * 60 * self.safety - (time.time() - self._t0)
+            fit = step + max(1, int(left / per_step))
+            self.planned = min(int(trainer.max_steps), fit) if trainer.max_steps and trainer.max_steps > 0 else fit
+            trainer.fit_loop.epoch_loop.max_steps = self.planned
+            for cfg in trainer.lr_scheduler_configs:
+                for lam in getattr(cfg.scheduler, "lr_lambdas", []):
+                    if hasattr(lam, "total"):
+                        lam.total = self.planned
+            rank_zero_info(f"TimeBudget: {per_step:.3f} s/step -> {self.planned} steps in {self.minutes} min")
+
+    def state_dict(self) -> dict:
+        return {"planned": self.planned}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.planned = state_dict.get("planned")
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.planned is not None:  # resumed after planning
+            trainer.fit_loop.epoch_loop.max_steps = self.planned
 
 
 class TrainingCurves(pl.Callback):

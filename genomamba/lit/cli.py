@@ -49,6 +49,7 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = 1000
     max_minutes: Optional[float] = None  # wall-clock cap (Lightning Timer); training stops cleanly
+    budget_minutes: Optional[float] = None  # plan max_steps from measured speed so the LR schedule fits
     val_every: int = 200  # optimizer steps between validations
     limit_val_batches: Optional[int] = None
     precision: str = "auto"  # auto: bf16-mixed on GPU (fp32 params), 32-true on CPU
@@ -271,11 +272,11 @@ def resolve_precision(tc: TrainerConfig) -> str:
 
 
 def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_title: str, train_keys, val_keys,
-                  has_val: bool = True):
+                  has_val: bool = True, quiet: bool = False):
     import torch
 
     from genomamba.lit._pl import pl
-    from genomamba.lit.callbacks import TrainingCurves
+    from genomamba.lit.callbacks import TimeBudget, TrainingCurves
     from genomamba.lit.data import EpochSeed
 
     if tc.threads:
@@ -289,6 +290,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
     cbs = [ckpt, EpochSeed(), pl.callbacks.LearningRateMonitor(logging_interval="step"),
            TrainingCurves(run_dir / "training_curves.png", train_keys, val_keys, every=max(1, tc.log_every),
                           title=monitor_title)] + callbacks
+    if tc.budget_minutes:
+        cbs.append(TimeBudget(tc.budget_minutes))
     if tc.progress:
         cbs.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, tc.log_every)))
     loggers = [pl.loggers.CSVLogger(str(run_dir), name="logs")]
@@ -307,7 +310,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         val_check_interval=tc.val_every if has_val else None, check_val_every_n_epoch=None if has_val else 1,
         limit_val_batches=tc.limit_val_batches if has_val else 0, num_sanity_val_steps=0,
         log_every_n_steps=tc.log_every, callbacks=cbs, logger=loggers, default_root_dir=str(run_dir),
-        enable_progress_bar=tc.progress, plugins=[_atomic_checkpoint_io()], max_epochs=-1, **kw,
+        enable_progress_bar=tc.progress, plugins=[_atomic_checkpoint_io()], max_epochs=-1,
+        enable_model_summary=not quiet, **kw,
     )
 
 
@@ -401,7 +405,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
         callbacks.append(SeqLenWarmup(d.seq_len, cfg.seqlen_warmup.start, cfg.seqlen_warmup.stage_steps))
     title = f"{cfg.name or 'pretrain'}: {module.model.num_parameters():,} params, L={d.seq_len}"
     trainer = build_trainer(cfg.trainer, run_dir, callbacks, title, ("train/loss", "train/bpb"),
-                            ("val/loss", "val/bpb", "val/acc"), has_val=dm.val_ds is not None)
+                            ("val/loss", "val/bpb", "val/acc"), has_val=dm.val_ds is not None, quiet=quiet)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_s = time.time() - t0
@@ -468,7 +472,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
                               optim=to_plain(cfg.optim), plot_dir=str(run_dir))
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
-                            ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None)
+                            ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_s = time.time() - t0

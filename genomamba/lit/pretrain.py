@@ -42,6 +42,17 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+class WarmupCosine:
+    """The LR multiplier as a picklable object: ``total`` can be re-planned during a run (see
+    ``TimeBudget``) and is saved with the scheduler's state in the checkpoint."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup, self.total, self.min_ratio)
+
+
 def build_optimizer(module: torch.nn.Module, trainer, optim: dict, groups: Optional[list] = None):
     """AdamW over the ``_no_weight_decay`` tag groups + per-step warmup/cosine LambdaLR.
 
@@ -61,7 +72,7 @@ def build_optimizer(module: torch.nn.Module, trainer, optim: dict, groups: Optio
     total = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else \
         int(trainer.estimated_stepping_batches)
     warm, floor = int(o["warmup_steps"]), float(o["min_lr_ratio"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, floor))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warm, total, floor))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 

@@ -56,3 +56,16 @@ def test_warmup_config_must_divide_window(tiny_pretrain):
     doc["seqlen_warmup"] = {"start": 96, "stage_steps": 4}
     with pytest.raises(ConfigError, match="power of two"):
         load_config(doc=doc)
+
+
+def test_time_budget_plans_steps_and_retargets_the_schedule(tiny_pretrain, tmp_path):
+    doc = tiny_pretrain(max_steps=500, seq_len=128)
+    doc["trainer"]["budget_minutes"] = 0.02  # ~1 s: the plan lands right after the 25-step probe
+    res = run_pretrain(load_config(doc=doc), quiet=True)
+    assert 25 < res["global_step"] < 500
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    plan = [v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget")][0]["planned"]
+    assert plan == res["global_step"]
+    # the cosine schedule now ends at the planned step: the last lr is the floor
+    lam = ck["lr_schedulers"][0]["lr_lambdas"][0]
+    assert lam["total"] == plan
