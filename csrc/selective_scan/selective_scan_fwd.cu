@@ -329,6 +329,4 @@ std::vector<torch::Tensor> selective_scan_fwd(torch::Tensor u, torch::Tensor del
   return {out, final_state};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("selective_scan_fwd", &selective_scan_fwd, "selective scan forward (CUDA)");
-}
+// bound in bindings.cpp together with the v2 kernels (selective_scan_v2.cu)

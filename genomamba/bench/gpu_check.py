@@ -110,8 +110,9 @@ def main(argv=None):
     res["parity_triton"] = parity(tri, cases)
     if res["cuda_available"]:
         saved = dict(cu.CONFIG)
+        # v1 variants (the v2 kernels and their A/B runs live in genomamba.bench.gpu_verify)
         for npt, target in ((16, 32 * 1024), (16, 8 * 1024), (4, 96 * 1024)):
-            cu.CONFIG.update(npt=npt, target_threads=target)
+            cu.CONFIG.update(variant="v1", npt=npt, target_threads=target)
             res[f"parity_cuda_npt{npt}_t{target // 1024}k"] = parity(cu.selective_scan, cases)
         cu.CONFIG.update(saved)
     for k in [k for k in res if k.startswith("parity")]:

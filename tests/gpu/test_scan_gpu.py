@@ -96,7 +96,7 @@ def test_scan_fp32(backend, l, variant):
 @pytest.mark.parametrize("l", [1, 7, 31, 32, 33, 63, 64, 65, 1000, 4097])
 @pytest.mark.parametrize("variant", VARIANTS, ids=["zDbs", "plain", "z_bias_g2", "D_sp_g4"])
 def test_scan_forward_nograd(backend, l, variant):
-    # without grad the cuda backend runs its own forward (with grad it hands over to triton)
+    # without grad the cuda backend runs its own forward (with grad: its backward if verified)
     _check(backend, 2, 64, 16, l, torch.float32, variant, grads=False)
 
 
@@ -200,3 +200,51 @@ def test_causal_conv1d(backend, w, l):
     rgrads = torch.autograd.grad((rout, rfin), rins, (go.double(), gf.double()))
     for name, a, r in zip(("x", "weight", "bias", "initial_state"), grads, rgrads):
         assert_close(a, r, torch.float32, f"d{name}")
+
+
+# ----------------------------------------------------------------------------- CUDA v1 / v2 A/B
+
+
+def _cuda_config(**kw):
+    import genomamba.ops.cuda as cu
+
+    saved = dict(cu.CONFIG)
+    cu.CONFIG.update(kw)
+    return cu, saved
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+def test_cuda_selftest_passed():
+    """Every part of the extension passed its build-time self-test on this GPU (else it is not used,
+    and this test says why)."""
+    import genomamba.ops.cuda as cu
+
+    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True}, cu.STATUS
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("fwd", ["v1", "v2"])
+@pytest.mark.parametrize("l", [1, 7, 255, 256, 257, 511, 512, 513, 4097])
+def test_cuda_forward_variants(fwd, l):
+    cu, saved = _cuda_config(variant=fwd)
+    try:
+        assert cu.forward_variant() == fwd
+        _check("cuda", 2, 64, 16, l, torch.float32, VARIANTS[0], grads=False)
+        _check("cuda", 2, 48, 5, l, torch.bfloat16, VARIANTS[2], grads=False)
+    finally:
+        cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("l", [3000, 20000])
+@pytest.mark.parametrize("kitems", [8, 16])
+def test_cuda_many_segments(l, kitems):
+    """Short segments on purpose: the forward combine + fix-up and the backward summaries + reverse
+    combine run on every boundary, with gradients."""
+    cu, saved = _cuda_config(min_seg_tokens=256, target_warps=1 << 20, kitems=kitems, kitems_train=kitems,
+                             warps_bwd=4 if kitems == 16 else 8)
+    try:
+        _check("cuda", 1, 16, 16, l, torch.float32, VARIANTS[0])
+        _check("cuda", 1, 16, 16, l, torch.float32, VARIANTS[3])
+    finally:
+        cu.CONFIG.update(saved)

@@ -1,0 +1,26 @@
+// Python bindings of the selective-scan extension: v1 forward (selective_scan_fwd.cu) and the v2
+// forward/backward (selective_scan_v2.cu), one module so one JIT build serves both for A/B runs.
+#include <torch/extension.h>
+
+std::vector<torch::Tensor> selective_scan_fwd(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
+                                              torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
+                                              c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
+                                              bool softplus, c10::optional<torch::Tensor> h0,
+                                              int64_t target_threads, int64_t npt);
+std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
+                                                 torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
+                                                 c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
+                                                 bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
+                                                 int64_t warps, int64_t seg_tiles, bool save);
+std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
+                                                 torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
+                                                 c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
+                                                 bool softplus, torch::Tensor tstate, torch::Tensor dout,
+                                                 c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
+                                                 int64_t warps, int64_t seg_tiles, int64_t min_blocks);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("selective_scan_fwd", &selective_scan_fwd, "selective scan forward, v1 (CUDA)");
+  m.def("selective_scan_fwd_v2", &selective_scan_fwd_v2, "selective scan forward, v2 (CUDA)");
+  m.def("selective_scan_bwd_v2", &selective_scan_bwd_v2, "selective scan backward, v2 (CUDA)");
+}

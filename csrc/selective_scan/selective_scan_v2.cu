@@ -1,0 +1,859 @@
+// Selective scan v2: forward and backward, parallel along l inside a warp (CUDA C++).
+//
+// Semantics: mamba_ssm selective_scan_fn plus initial_state in / final_state out (see
+// genomamba/ops/reference.py). fp32 state and accumulation; u, delta, z, B, C, dout in T.
+//
+// Work layout (both directions). One warp owns one (batch, channel, segment). A tile is 32 * K
+// consecutive tokens; lane i owns tokens [i*K, i*K + K) of the tile, loaded with 16-byte vector
+// loads straight from global memory (no shared-memory staging, no __syncthreads in the forward).
+// For each state n the lane folds its K tokens into one affine map h -> A*h + B, the warp combines
+// the 32 maps with a shuffle scan (log2(32) = 5 steps), and the lane replays its K tokens from the
+// true entering state. The state crossing tiles is one float per n per warp (shared memory). Why:
+// v1 walked tokens one by one per thread (a dependent chain per token); here each lane has K
+// independent exp2 per n in flight, and the scan's shuffle cost (~12 per n per tile) is amortised
+// over K tokens. Channels of one block (W warps) share a group, so B/C rows are L1 hits for all
+// but the first warp that touches them.
+//
+// Long sequences: l is cut into segments of whole tiles, one warp per (b, d, segment), so that
+// b*d small still fills the GPU.
+//   forward:  fwd_kernel runs every segment from zero (segment 0 from initial_state) and writes its
+//             end state and sum(delta); fwd_combine_kernel chains the segments (tiny, sequential
+//             over segments); fwd_fix_kernel adds the carried-in state's contribution
+//             y_t += sum_n C_tn * exp(A_n * cumdelta_t) * carry_n to each segment's outputs. The
+//             factor is a decay, so the fix-up is stable, and it stops once every decay is below
+//             2^-kCutLog2 (for Mamba's A <= -1 and delta ~ 0.02 after ~2000 tokens), so for long
+//             segments it costs a small fraction of a pass.
+//   backward: needs h_{t-1} at every token, so the forward (when autograd needs it) also saves the
+//             state at every tile start and each tile's sum(delta) (tstate, ~0.13 B per token and
+//             channel). The reverse carry (dL/dh entering a segment from the right) is chained the
+//             same way: bwd_summary_kernel (early-exit, like the fix-up) gives each segment's
+//             contribution from zero, bwd_combine_kernel chains them right to left, and
+//             bwd_kernel then runs each segment, tiles right to left, with the true carry.
+// Determinism: no float atomics. dB/dC: the W warps (channels) of a block write per-token partials
+// to shared memory, summed over warps in a fixed order and written as per-block partials
+// (b, g, blocks, n, l) fp32, then summed over blocks by torch (a fixed-order reduction). dA, dD,
+// d(delta_bias): per-warp partials, lane sums in fixed order, summed by torch.
+// Indexing is int64 wherever a product of sizes appears.
+
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace ssv2 {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr unsigned kFull = 0xffffffffu;
+// fix-up / summary passes stop once every remaining decay factor is below 2^-kCutLog2: a term of
+// relative size 2^-64 cannot change an fp32 result
+constexpr float kCutLog2 = 64.f;
+constexpr int kMaxWarps = 16;
+// backward: at most 8 warps per block, so ptxas may use up to 255 registers a thread (at 512
+// threads it is capped at 128 and the K = 16 backward spilled ~0.9 KB a thread)
+constexpr int kMaxWarpsBwd = 8;
+
+struct Params {
+  const void *u, *dt, *z, *B, *C, *dout;
+  const float *A, *D, *bias, *h0, *dfinal;
+  void *out, *du, *ddt, *dz;
+  float *final_state, *hend, *dsum_seg, *carry, *tstate;  // tstate: (b, d, ntiles, n + 1)
+  float *dBC_part;       // (2, b, g, nblk_pg, n, l)
+  float *dA_part;        // (b, S, d, n)
+  float *dD_part, *dbias_part;  // (b, S, d)
+  float *dh0;            // (b, d, n)
+  float *P;              // bwd summaries (b, S, d, n)
+  int64_t b, d, n, l, g, dpg, nblk_pg;
+  int64_t s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_ob, s_od, s_gb, s_gd;  // u, delta, z, out, dout
+  int64_t s_xb, s_xd;  // du, ddelta, dz (allocated contiguous here, whatever the inputs' strides)
+  int64_t s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_Ad, s_An;
+  int64_t ntiles, seg_tiles, nseg;
+  bool has_D, has_z, has_bias, softplus, vec, save;
+};
+
+template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
+
+// one MUFU.EX2; below 2^-126 flushes to zero, which only ends a decay that is already complete
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// K consecutive elements from p[t0..t0+K) as float, zero past `tend`. Vector path: 16-byte loads
+// (the host checked 16-byte alignment of every row; t0 is a multiple of K, itself a multiple of
+// 16 / sizeof(T)); it is taken only for a full run, so the one ragged tile per row loads scalars.
+template <typename T, int K>
+__device__ __forceinline__ void load_run(const T *p, int64_t t0, int64_t tend, bool vec, float (&v)[K]) {
+  constexpr int E = 16 / sizeof(T);
+  static_assert(K % E == 0, "K must be a multiple of 16 / sizeof(T)");
+  if (vec && t0 + K <= tend) {
+#pragma unroll
+    for (int q = 0; q < K / E; ++q) {
+      alignas(16) T tmp[E];
+      *reinterpret_cast<uint4 *>(tmp) = __ldg(reinterpret_cast<const uint4 *>(p + t0 + q * E));
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[q * E + e] = to_f(tmp[e]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = (t0 + k < tend) ? to_f(p[t0 + k]) : 0.f;
+  }
+}
+
+template <typename T, int K>
+__device__ __forceinline__ void store_run(T *p, int64_t t0, int64_t tend, bool vec, const float (&v)[K]) {
+  constexpr int E = 16 / sizeof(T);
+  if (vec && t0 + K <= tend) {
+#pragma unroll
+    for (int q = 0; q < K / E; ++q) {
+      alignas(16) T tmp[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) tmp[e] = from_f<T>(v[q * E + e]);
+      *reinterpret_cast<uint4 *>(p + t0 + q * E) = *reinterpret_cast<const uint4 *>(tmp);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (t0 + k < tend) p[t0 + k] = from_f<T>(v[k]);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  // xor butterfly: every lane ends with the same value, summed in a fixed order (deterministic)
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(kFull, x, off);
+  return x;
+}
+
+// delta after bias and softplus, zero past the end of the sequence (so a = 1, b = 0 there: the
+// state passes unchanged through the padding of the last tile)
+template <int K>
+__device__ __forceinline__ void prep_delta(const Params &p, int64_t dch, int64_t t0, float (&dl)[K]) {
+  const float bias = p.has_bias ? p.bias[dch] : 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float x = dl[k] + bias;
+    if (p.softplus) x = softplus_f(x);
+    dl[k] = (t0 + k < p.l) ? x : 0.f;
+  }
+}
+
+// (batch, group, channel) of this warp; channels of one block share a group
+struct WarpPos {
+  int64_t bi, gi, dch, seg, dloc, dblk;
+  bool valid;
+};
+__device__ __forceinline__ WarpPos warp_pos(const Params &p, int warp, int64_t seg_offset) {
+  WarpPos w;
+  w.gi = blockIdx.x / p.nblk_pg;
+  w.dblk = blockIdx.x % p.nblk_pg;
+  w.dloc = w.dblk * (blockDim.x / 32) + warp;
+  w.valid = w.dloc < p.dpg;
+  w.dch = w.gi * p.dpg + (w.valid ? w.dloc : 0);
+  w.seg = blockIdx.y + seg_offset;
+  w.bi = blockIdx.z;
+  return w;
+}
+
+// ----------------------------------------------------------------------------- forward
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpPos w = warp_pos(p, warp, 0);
+  if (!w.valid) return;  // no block-wide barriers in this kernel
+  const int64_t n = p.n;
+  float *s_A2 = smem + warp * 2 * n;  // A * log2(e) per state
+  float *s_h = s_A2 + n;              // state at the current tile start, per state
+  for (int64_t j = lane; j < n; j += 32) {
+    s_A2[j] = p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e;
+    s_h[j] = (w.seg == 0 && p.h0 != nullptr) ? p.h0[(w.bi * p.d + w.dch) * n + j] : 0.f;
+  }
+  __syncwarp();
+  const T *u = static_cast<const T *>(p.u) + w.bi * p.s_ub + w.dch * p.s_ud;
+  const T *dtp = static_cast<const T *>(p.dt) + w.bi * p.s_tb + w.dch * p.s_td;
+  const T *Bp = static_cast<const T *>(p.B) + w.bi * p.s_Bb + w.gi * p.s_Bg;
+  const T *Cp = static_cast<const T *>(p.C) + w.bi * p.s_Cb + w.gi * p.s_Cg;
+  const float Dv = p.has_D ? p.D[w.dch] : 0.f;
+  const int64_t tile0 = w.seg * p.seg_tiles;
+  const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  float lane_dsum = 0.f;
+
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t t0 = tile * 32 * K + lane * K;
+    float dl[K], du[K], y[K];
+    load_run<T, K>(dtp, t0, p.l, p.vec, dl);
+    load_run<T, K>(u, t0, p.l, p.vec, du);
+    prep_delta<K>(p, w.dch, t0, dl);
+    float tsum = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      y[k] = Dv * du[k];  // D skip folded in up front: u is not needed after this
+      du[k] *= dl[k];
+      tsum += dl[k];
+    }
+    lane_dsum += tsum;
+    if (p.save) {  // tile-start state and the tile's sum(delta), for the backward
+      float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
+      for (int64_t j = lane; j < n; j += 32) ts[j] = s_h[j];
+      tsum = warp_sum(tsum);
+      if (lane == 0) ts[n] = tsum;
+    }
+#pragma unroll 1
+    for (int64_t nn = 0; nn < n; ++nn) {
+      const float a2 = s_A2[nn];
+      const float carry = s_h[nn];
+      float Bv[K], Cv[K], a[K];
+      load_run<T, K>(Bp + nn * p.s_Bn, t0, p.l, p.vec, Bv);
+      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      // this lane's K tokens as one affine map h -> Aa * h + Bb
+      float Aa = 1.f, Bb = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        a[k] = ex2(dl[k] * a2);
+        Bb = a[k] * Bb + du[k] * Bv[k];
+        Aa *= a[k];
+      }
+      if (lane == 0) Bb = Aa * carry + Bb;  // fold the tile's entering state into lane 0
+      // inclusive scan of the maps over lanes; afterwards Bb = state after this lane's last token
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float pa = __shfl_up_sync(kFull, Aa, off);
+        const float pb = __shfl_up_sync(kFull, Bb, off);
+        if (lane >= off) {
+          Bb = Aa * pb + Bb;
+          Aa *= pa;
+        }
+      }
+      float h = __shfl_up_sync(kFull, Bb, 1);
+      if (lane == 0) h = carry;
+      const float hlast = __shfl_sync(kFull, Bb, 31);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        h = a[k] * h + du[k] * Bv[k];
+        y[k] += Cv[k] * h;
+      }
+      __syncwarp();  // every lane has read s_h[nn] (carry) before it is overwritten
+      if (lane == 0) s_h[nn] = hlast;
+    }
+    __syncwarp();
+    if (p.has_z) {
+      float zv[K];
+      load_run<T, K>(static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd, t0, p.l, p.vec, zv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) y[k] *= zv[k] * sigmoid_f(zv[k]);
+    }
+    store_run<T, K>(static_cast<T *>(p.out) + w.bi * p.s_ob + w.dch * p.s_od, t0, p.l, p.vec, y);
+  }
+  if (p.nseg == 1) {
+    for (int64_t j = lane; j < n; j += 32) p.final_state[(w.bi * p.d + w.dch) * n + j] = s_h[j];
+  } else {
+    const int64_t base = (w.bi * p.nseg + w.seg) * p.d + w.dch;
+    for (int64_t j = lane; j < n; j += 32) p.hend[base * n + j] = s_h[j];
+    lane_dsum = warp_sum(lane_dsum);
+    if (lane == 0) p.dsum_seg[base] = lane_dsum;
+  }
+}
+
+// state entering segment s = exp(A * dsum(s-1)) * state entering s-1 + end state of s-1 from zero
+__global__ void fwd_combine_kernel(Params p) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= p.b * p.d * p.n) return;
+  const int64_t bi = i / (p.d * p.n), dn = i % (p.d * p.n), dc = dn / p.n, nn = dn % p.n;
+  const float a2 = p.A[dc * p.s_Ad + nn * p.s_An] * kLog2e;
+  float h = p.hend[(bi * p.nseg * p.d + dc) * p.n + nn];  // segment 0 started from h0: exact
+  for (int64_t s = 1; s < p.nseg; ++s) {
+    const int64_t base = (bi * p.nseg + s) * p.d + dc;
+    p.carry[base * p.n + nn] = h;
+    h = ex2(p.dsum_seg[base] * a2) * h + p.hend[base * p.n + nn];
+  }
+  p.final_state[(bi * p.d + dc) * p.n + nn] = h;
+}
+
+// inclusive prefix of delta along the segment for this lane's K tokens; returns the tile's total
+template <int K>
+__device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K]) {
+  float run = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    run += dl[k];
+    dl[k] = run;
+  }
+  float incl = run;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float x = __shfl_up_sync(kFull, incl, off);
+    if (lane >= off) incl += x;
+  }
+  float excl = __shfl_up_sync(kFull, incl, 1);
+  if (lane == 0) excl = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) dl[k] += base + excl;
+  return __shfl_sync(kFull, incl, 31);
+}
+
+// segments >= 1: out_t += silu(z_t) * sum_n C_tn * 2^(A2_n * cum_t) * carry_n, and the saved
+// tile-start states get the same carry term, until every decay is below 2^-kCutLog2
+template <typename T, int K>
+__global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpPos w = warp_pos(p, warp, 1);
+  if (!w.valid) return;
+  const int64_t n = p.n;
+  float *s_A2 = smem + warp * 2 * n;
+  float *s_c = s_A2 + n;
+  float amax = -INFINITY;  // the slowest decay (A <= 0 expected; A > 0 just never exits early)
+  for (int64_t j = lane; j < n; j += 32) {
+    s_A2[j] = p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e;
+    s_c[j] = p.carry[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j];
+    amax = fmaxf(amax, s_A2[j]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, off));
+  __syncwarp();
+  const T *dtp = static_cast<const T *>(p.dt) + w.bi * p.s_tb + w.dch * p.s_td;
+  const T *Cp = static_cast<const T *>(p.C) + w.bi * p.s_Cb + w.gi * p.s_Cg;
+  T *op = static_cast<T *>(p.out) + w.bi * p.s_ob + w.dch * p.s_od;
+  const int64_t tile0 = w.seg * p.seg_tiles;
+  const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  float cum = 0.f;
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t t0 = tile * 32 * K + lane * K;
+    if (p.save) {
+      float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
+      for (int64_t j = lane; j < n; j += 32) ts[j] += ex2(s_A2[j] * cum) * s_c[j];
+    }
+    float cs[K], fix[K];
+    load_run<T, K>(dtp, t0, p.l, p.vec, cs);
+    prep_delta<K>(p, w.dch, t0, cs);
+    const float tot = cum_delta<K>(cum, lane, cs);
+#pragma unroll
+    for (int k = 0; k < K; ++k) fix[k] = 0.f;
+#pragma unroll 1
+    for (int64_t nn = 0; nn < n; ++nn) {
+      const float a2 = s_A2[nn], c = s_c[nn];
+      float Cv[K];
+      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) fix[k] += Cv[k] * (ex2(a2 * cs[k]) * c);
+    }
+    float ov[K];
+    load_run<T, K>(op, t0, p.l, p.vec, ov);
+    if (p.has_z) {
+      float zv[K];
+      load_run<T, K>(static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd, t0, p.l, p.vec, zv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) fix[k] *= zv[k] * sigmoid_f(zv[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) ov[k] += fix[k];
+    store_run<T, K>(op, t0, p.l, p.vec, ov);
+    cum += tot;
+    if (amax * cum < -kCutLog2) break;  // warp-uniform: cum and amax are the same in every lane
+  }
+}
+
+// ----------------------------------------------------------------------------- backward
+
+// dL/dh entering segment s from the right, from segment s alone with zero carry: the segment's
+// first-token term a_t0 * g_t0 = sum_t 2^(A2 * cum_t) * C_t * dy_t (early exit like the fix-up)
+template <typename T, int K>
+__global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpPos w = warp_pos(p, warp, 1);
+  if (!w.valid) return;
+  const int64_t n = p.n;
+  float *s_A2 = smem + warp * 2 * n;
+  float *s_P = s_A2 + n;
+  float amax = -INFINITY;
+  for (int64_t j = lane; j < n; j += 32) {
+    s_A2[j] = p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e;
+    s_P[j] = 0.f;
+    amax = fmaxf(amax, s_A2[j]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, off));
+  __syncwarp();
+  const T *dtp = static_cast<const T *>(p.dt) + w.bi * p.s_tb + w.dch * p.s_td;
+  const T *gp = static_cast<const T *>(p.dout) + w.bi * p.s_gb + w.dch * p.s_gd;
+  const T *Cp = static_cast<const T *>(p.C) + w.bi * p.s_Cb + w.gi * p.s_Cg;
+  const int64_t tile0 = w.seg * p.seg_tiles;
+  const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  float cum = 0.f;
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t t0 = tile * 32 * K + lane * K;
+    float cs[K], dy[K];
+    load_run<T, K>(dtp, t0, p.l, p.vec, cs);
+    prep_delta<K>(p, w.dch, t0, cs);
+    const float tot = cum_delta<K>(cum, lane, cs);
+    load_run<T, K>(gp, t0, p.l, p.vec, dy);
+    if (p.has_z) {
+      float zv[K];
+      load_run<T, K>(static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd, t0, p.l, p.vec, zv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) dy[k] *= zv[k] * sigmoid_f(zv[k]);
+    }
+#pragma unroll 1
+    for (int64_t nn = 0; nn < n; ++nn) {
+      const float a2 = s_A2[nn];
+      float Cv[K];
+      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      float v = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) v += ex2(a2 * cs[k]) * Cv[k] * dy[k];
+      v = warp_sum(v);
+      if (lane == 0) s_P[nn] += v;
+    }
+    cum += tot;
+    if (amax * cum < -kCutLog2) break;
+  }
+  __syncwarp();
+  for (int64_t j = lane; j < n; j += 32) p.P[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j] = s_P[j];
+}
+
+// reverse carry entering each segment from the right; written to p.carry (b, S, d, n)
+__global__ void bwd_combine_kernel(Params p) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= p.b * p.d * p.n) return;
+  const int64_t bi = i / (p.d * p.n), dn = i % (p.d * p.n), dc = dn / p.n, nn = dn % p.n;
+  const float a2 = p.A[dc * p.s_Ad + nn * p.s_An] * kLog2e;
+  float R = p.dfinal ? p.dfinal[i] : 0.f;
+  const float *ts = p.tstate + (bi * p.d + dc) * p.ntiles * (p.n + 1);
+  for (int64_t s = p.nseg - 1; s >= 1; --s) {
+    const int64_t base = (bi * p.nseg + s) * p.d + dc;
+    p.carry[base * p.n + nn] = R;
+    float dsum = 0.f;
+    const int64_t t1 = min((s + 1) * p.seg_tiles, p.ntiles);
+    for (int64_t t = s * p.seg_tiles; t < t1; ++t) dsum += ts[t * (p.n + 1) + p.n];
+    R = p.P[base * p.n + nn] + ex2(dsum * a2) * R;
+  }
+  p.carry[(bi * p.nseg * p.d + dc) * p.n + nn] = R;
+}
+
+// Main backward: one warp per (b, channel, segment), W channels of one group per block; tiles
+// right to left. Per tile and state: recompute h from the saved tile-start state (forward map
+// scan), then the reverse scan g_t = C_t dy_t + a_{t+1} g_{t+1} (suffix map scan), then all
+// gradients of this token. a_t = 2^(A2 delta_t) is computed once and used by both scans.
+// MINB = 2 caps ptxas at 128 registers (16 warps per SM at 8-warp blocks, some spills); MINB = 1
+// lets it use ~190 (no spills at K = 8, but 8 warps per SM): the GPU session picks by timing.
+template <typename T, int K, int MINB>
+__global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
+  extern __shared__ float smem[];
+  const int W = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpPos w = warp_pos(p, warp, 0);
+  const int64_t n = p.n;
+  constexpr int TILE = 32 * K;
+  float *s_part = smem;                        // [2][W][TILE]: dB, dC per warp (channel)
+  float *s_A2 = s_part + 2 * W * TILE + warp * 3 * n;  // [W][3][n]: A2, tile-start h, reverse carry
+  float *s_h = s_A2 + n;
+  float *s_R = s_h + n;
+  float *s_dA = smem + 2 * W * TILE + 3 * W * n + warp * n * 32;  // [W][n][32] per-lane dA sums
+  for (int64_t j = lane; j < n; j += 32) {
+    s_A2[j] = w.valid ? p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
+    s_R[j] = w.valid ? p.carry[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j] : 0.f;
+  }
+  for (int64_t j = lane; j < n * 32; j += 32) s_dA[j] = 0.f;
+  __syncwarp();
+  const int64_t tend = w.valid ? p.l : 0;  // an idle warp (channel past the group) sees zeros
+  const T *u = static_cast<const T *>(p.u) + w.bi * p.s_ub + w.dch * p.s_ud;
+  const T *dtp = static_cast<const T *>(p.dt) + w.bi * p.s_tb + w.dch * p.s_td;
+  const T *gp = static_cast<const T *>(p.dout) + w.bi * p.s_gb + w.dch * p.s_gd;
+  const T *zp = static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd;
+  const T *Bp = static_cast<const T *>(p.B) + w.bi * p.s_Bb + w.gi * p.s_Bg;
+  const T *Cp = static_cast<const T *>(p.C) + w.bi * p.s_Cb + w.gi * p.s_Cg;
+  const float Dv = (p.has_D && w.valid) ? p.D[w.dch] : 0.f;
+  const float bias = (p.has_bias && w.valid) ? p.bias[w.dch] : 0.f;
+  const int64_t tile0 = w.seg * p.seg_tiles;
+  const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  const int64_t part_base = ((w.bi * p.g + w.gi) * p.nblk_pg + w.dblk) * n;  // row (.., n=0) of this block
+  const int64_t part_stride = p.b * p.g * p.nblk_pg * n * p.l;                // dB -> dC
+  float dD_l = 0.f, dbias_l = 0.f;
+
+  for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
+    const int64_t t0 = tile * TILE + lane * K;
+    float uv[K], dl[K], sp[K], dy[K], zf[K], y[K], gu[K], gd[K];
+    load_run<T, K>(u, t0, tend, p.vec, uv);
+    load_run<T, K>(dtp, t0, tend, p.vec, dl);
+    load_run<T, K>(gp, t0, tend, p.vec, dy);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const float x = dl[k] + bias;
+      sp[k] = p.softplus ? sigmoid_f(x) : 1.f;  // d softplus / dx
+      dl[k] = (t0 + k < tend) ? (p.softplus ? softplus_f(x) : x) : 0.f;
+      y[k] = Dv * uv[k];
+      gu[k] = 0.f;
+      gd[k] = 0.f;
+    }
+    if (p.has_z) {
+      float zv[K];
+      load_run<T, K>(zp, t0, tend, p.vec, zv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float s = sigmoid_f(zv[k]);
+        zf[k] = dy[k] * s * (1.f + zv[k] * (1.f - s));  // dout * silu'(z)
+        dy[k] *= zv[k] * s;                              // dL/dy = dout * silu(z)
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) zf[k] = 0.f;
+    }
+    {  // an idle warp must hold zeros, not stale shared memory: its dC rows (0 * h) enter the sums
+      const float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
+      for (int64_t j = lane; j < n; j += 32) s_h[j] = w.valid ? ts[j] : 0.f;
+    }
+    __syncwarp();
+#pragma unroll 1
+    for (int64_t nn = 0; nn < n; ++nn) {
+      const float a2 = s_A2[nn], hs = s_h[nn], R = s_R[nn];
+      const float An = a2 * kLn2;
+      float Bv[K], Cv[K], a[K], hp[K];
+      load_run<T, K>(Bp + nn * p.s_Bn, t0, tend, p.vec, Bv);
+      load_run<T, K>(Cp + nn * p.s_Cn, t0, tend, p.vec, Cv);
+      // forward recompute (as fwd_kernel)
+      float Aa = 1.f, Bb = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        a[k] = ex2(dl[k] * a2);
+        Bb = a[k] * Bb + dl[k] * uv[k] * Bv[k];
+        Aa *= a[k];
+      }
+      if (lane == 0) Bb = Aa * hs + Bb;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float pa = __shfl_up_sync(kFull, Aa, off);
+        const float pb = __shfl_up_sync(kFull, Bb, off);
+        if (lane >= off) {
+          Bb = Aa * pb + Bb;
+          Aa *= pa;
+        }
+      }
+      float h = __shfl_up_sync(kFull, Bb, 1);
+      if (lane == 0) h = hs;
+      float *pB = s_part + warp * TILE + lane * K;
+      float *pC = s_part + (W + warp) * TILE + lane * K;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        hp[k] = h;
+        h = a[k] * h + dl[k] * uv[k] * Bv[k];
+        y[k] += Cv[k] * h;
+        pC[k] = dy[k] * h;  // this channel's dC_t
+      }
+      // reverse: lane's tokens as a map on "a_{next} * g_{next}" entering from the right:
+      // Gout = P * Gin + Q with Gout = a_first * g_first
+      float P = 1.f, Q = 0.f;
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) {
+        Q = a[k] * (Cv[k] * dy[k] + Q);
+        P *= a[k];
+      }
+      if (lane == 31) Q = P * R + Q;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const float pn = __shfl_down_sync(kFull, P, off);
+        const float qn = __shfl_down_sync(kFull, Q, off);
+        if (lane + off < 32) {
+          Q = P * qn + Q;
+          P *= pn;
+        }
+      }
+      float G = __shfl_down_sync(kFull, Q, 1);
+      if (lane == 31) G = R;
+      const float Rnew = __shfl_sync(kFull, Q, 0);
+      float dAl = 0.f;
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) {
+        const float gk = Cv[k] * dy[k] + G;  // dL/dh_t
+        const float wk = gk * a[k] * hp[k];  // dL/da_t * a_t
+        gd[k] += wk * An + gk * Bv[k] * uv[k];
+        gu[k] += gk * dl[k] * Bv[k];
+        dAl += wk * dl[k];
+        pB[k] = gk * dl[k] * uv[k];  // this channel's dB_t
+        G = a[k] * gk;
+      }
+      s_dA[nn * 32 + lane] += dAl;
+      __syncwarp();
+      if (lane == 0) s_R[nn] = Rnew;
+      // dB, dC of this tile and state: sum over the block's channels in warp order
+      __syncthreads();
+      for (int i = threadIdx.x; i < 2 * TILE; i += blockDim.x) {
+        const int which = i / TILE, t = i % TILE;
+        float s = 0.f;
+        for (int ww = 0; ww < W; ++ww) s += s_part[(which * W + ww) * TILE + t];
+        const int64_t tok = tile * TILE + t;
+        if (tok < p.l) p.dBC_part[which * part_stride + (part_base + nn) * p.l + tok] = s;
+      }
+      __syncthreads();
+    }
+    float ddl[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const bool in = t0 + k < tend;
+      zf[k] *= y[k];  // dz = dout * silu'(z) * (y + D u)
+      dD_l += in ? dy[k] * uv[k] : 0.f;
+      gu[k] += dy[k] * Dv;
+      ddl[k] = gd[k] * sp[k];
+      dbias_l += in ? ddl[k] : 0.f;
+    }
+    if (w.valid) {
+      const int64_t xo = w.bi * p.s_xb + w.dch * p.s_xd;
+      store_run<T, K>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, gu);
+      store_run<T, K>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, ddl);
+      if (p.has_z) store_run<T, K>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, zf);
+    }
+  }
+  __syncwarp();
+  if (!w.valid) return;
+  const int64_t base = (w.bi * p.nseg + w.seg) * p.d + w.dch;
+  for (int64_t j = lane; j < n; j += 32) {
+    float s = 0.f;
+    for (int q = 0; q < 32; ++q) s += s_dA[j * 32 + q];
+    p.dA_part[base * n + j] = s;
+    if (w.seg == 0 && p.dh0 != nullptr) p.dh0[(w.bi * p.d + w.dch) * n + j] = s_R[j];
+  }
+  dD_l = warp_sum(dD_l);
+  dbias_l = warp_sum(dbias_l);
+  if (lane == 0) {
+    p.dD_part[base] = dD_l;
+    p.dbias_part[base] = dbias_l;
+  }
+}
+
+// ----------------------------------------------------------------------------- host
+
+void check_cuda(const char *what) {
+  const cudaError_t e = cudaGetLastError();
+  TORCH_CHECK(e == cudaSuccess, "genomamba selective_scan v2 (", what, "): ", cudaGetErrorString(e));
+}
+
+template <typename Kern> void set_smem(Kern kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    TORCH_CHECK(e == cudaSuccess, "genomamba selective_scan v2: shared memory ", bytes, ": ", cudaGetErrorString(e));
+  }
+}
+
+bool aligned16(const torch::Tensor &t, int rows_from_dim) {
+  // every row start (all dims but the last, unit-stride one) 16-byte aligned
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int i = rows_from_dim; i < t.dim() - 1; ++i)
+    if ((t.stride(i) * t.element_size()) % 16 != 0) return false;
+  return true;
+}
+
+struct Common {
+  Params p{};
+  int64_t K, W;
+  dim3 grid;
+  torch::Tensor Dt, bt, zt;
+};
+
+Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Tensor &A, const torch::Tensor &B,
+             const torch::Tensor &C, const c10::optional<torch::Tensor> &D, const c10::optional<torch::Tensor> &z,
+             const c10::optional<torch::Tensor> &bias, bool softplus, int64_t kitems, int64_t warps,
+             int64_t seg_tiles) {
+  TORCH_CHECK(u.stride(2) == 1 && delta.stride(2) == 1 && B.stride(-1) == 1 && C.stride(-1) == 1,
+              "selective_scan v2: l must be the unit-stride axis");
+  TORCH_CHECK(delta.scalar_type() == u.scalar_type() && B.scalar_type() == u.scalar_type() &&
+                  C.scalar_type() == u.scalar_type(),
+              "selective_scan v2: u, delta, B, C must share a dtype");
+  TORCH_CHECK(A.scalar_type() == torch::kFloat32, "selective_scan v2: A must be float32");
+  TORCH_CHECK(kitems == 8 || kitems == 16, "selective_scan v2: kitems is 8 or 16");
+  TORCH_CHECK(warps >= 1 && warps <= kMaxWarps, "selective_scan v2: warps in 1..", kMaxWarps);
+  TORCH_CHECK(seg_tiles >= 1, "selective_scan v2: seg_tiles >= 1");
+  Common c;
+  c.K = kitems;
+  c.W = warps;
+  Params &p = c.p;
+  const bool grouped = B.dim() == 4;
+  p.b = u.size(0); p.d = u.size(1); p.l = u.size(2); p.n = A.size(1);
+  p.g = grouped ? B.size(1) : 1;
+  TORCH_CHECK(!grouped || (C.dim() == 4 && C.size(1) == p.g), "selective_scan v2: B and C grouped alike");
+  p.dpg = p.d / p.g;
+  p.nblk_pg = (p.dpg + warps - 1) / warps;
+  p.ntiles = (p.l + 32 * kitems - 1) / (32 * kitems);
+  p.seg_tiles = seg_tiles;
+  p.nseg = std::max<int64_t>(1, (p.ntiles + seg_tiles - 1) / seg_tiles);
+  c.zt = z.has_value() ? z.value() : u;
+  TORCH_CHECK(c.zt.stride(2) == 1 && c.zt.scalar_type() == u.scalar_type(), "selective_scan v2: z layout/dtype");
+  c.Dt = D.has_value() ? D.value().to(torch::kFloat32).contiguous() : torch::Tensor();
+  c.bt = bias.has_value() ? bias.value().to(torch::kFloat32).contiguous() : torch::Tensor();
+  p.u = u.data_ptr(); p.dt = delta.data_ptr(); p.z = c.zt.data_ptr(); p.B = B.data_ptr(); p.C = C.data_ptr();
+  p.A = A.data_ptr<float>();
+  p.D = D.has_value() ? c.Dt.data_ptr<float>() : nullptr;
+  p.bias = bias.has_value() ? c.bt.data_ptr<float>() : nullptr;
+  p.s_ub = u.stride(0); p.s_ud = u.stride(1); p.s_tb = delta.stride(0); p.s_td = delta.stride(1);
+  p.s_zb = c.zt.stride(0); p.s_zd = c.zt.stride(1);
+  p.s_Bb = B.stride(0); p.s_Bg = grouped ? B.stride(1) : 0; p.s_Bn = B.stride(-2);
+  p.s_Cb = C.stride(0); p.s_Cg = grouped ? C.stride(1) : 0; p.s_Cn = C.stride(-2);
+  p.s_Ad = A.stride(0); p.s_An = A.stride(1);
+  p.has_D = D.has_value(); p.has_z = z.has_value(); p.has_bias = bias.has_value(); p.softplus = softplus;
+  p.vec = aligned16(u, 0) && aligned16(delta, 0) && aligned16(c.zt, 0) && aligned16(B, 0) && aligned16(C, 0);
+  TORCH_CHECK(p.nseg <= 65535 && p.b <= 65535, "selective_scan v2: too many segments or batches for the grid");
+  c.grid = dim3(static_cast<unsigned>(p.g * p.nblk_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
+  return c;
+}
+
+#define SSV2_DISPATCH(ST, K, ...)                                                       \
+  AT_DISPATCH_SWITCH(ST, "selective_scan_v2",                                           \
+      AT_DISPATCH_CASE(at::ScalarType::Float, [&] {                                     \
+        if (K == 16) { constexpr int kK = 16; __VA_ARGS__ } else { constexpr int kK = 8; __VA_ARGS__ } }) \
+      AT_DISPATCH_CASE(at::ScalarType::Half, [&] {                                      \
+        if (K == 16) { constexpr int kK = 16; __VA_ARGS__ } else { constexpr int kK = 8; __VA_ARGS__ } }) \
+      AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] {                                  \
+        if (K == 16) { constexpr int kK = 16; __VA_ARGS__ } else { constexpr int kK = 8; __VA_ARGS__ } }))
+
+}  // namespace ssv2
+
+// Returns (out, final_state, tstate); tstate (b, d, ntiles, n + 1) holds the state at every tile
+// start and each tile's sum(delta) when `save` (for the backward), else it is empty.
+std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
+                                                 torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
+                                                 c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
+                                                 bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
+                                                 int64_t warps, int64_t seg_tiles, bool save) {
+  using namespace ssv2;
+  const c10::cuda::CUDAGuard guard(u.device());
+  Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
+  Params &p = c.p;
+  auto f32 = u.options().dtype(torch::kFloat32);
+  auto out = torch::empty({p.b, p.d, p.l}, u.options());
+  auto final_state = torch::empty({p.b, p.d, p.n}, f32);
+  torch::Tensor h0c = h0.has_value() ? h0.value().to(torch::kFloat32).contiguous() : torch::Tensor();
+  torch::Tensor tstate = save ? torch::empty({p.b, p.d, p.ntiles, p.n + 1}, f32) : torch::empty({0}, f32);
+  if (p.l == 0) {
+    if (h0.has_value()) final_state.copy_(h0c); else final_state.zero_();
+    return {out, final_state, tstate};
+  }
+  p.out = out.data_ptr(); p.final_state = final_state.data_ptr<float>();
+  p.h0 = h0.has_value() ? h0c.data_ptr<float>() : nullptr;
+  p.save = save; p.tstate = save ? tstate.data_ptr<float>() : nullptr;
+  p.s_ob = out.stride(0); p.s_od = out.stride(1);
+  p.vec = p.vec && aligned16(out, 0);
+  torch::Tensor hend, dsum, carry;
+  if (p.nseg > 1) {
+    hend = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
+    dsum = torch::empty({p.b, p.nseg, p.d}, f32);
+    carry = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
+    p.hend = hend.data_ptr<float>(); p.dsum_seg = dsum.data_ptr<float>(); p.carry = carry.data_ptr<float>();
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const size_t smem = sizeof(float) * 2 * p.n * c.W;
+  const unsigned threads = static_cast<unsigned>(32 * c.W);
+  SSV2_DISPATCH(u.scalar_type(), c.K, {
+    set_smem(fwd_kernel<scalar_t, kK>, smem);
+    fwd_kernel<scalar_t, kK><<<c.grid, threads, smem, stream>>>(p);
+  });
+  check_cuda("fwd");
+  if (p.nseg > 1) {
+    const int64_t tot = p.b * p.d * p.n;
+    fwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);
+    check_cuda("fwd combine");
+    dim3 g2 = c.grid;
+    g2.y = static_cast<unsigned>(p.nseg - 1);
+    SSV2_DISPATCH(u.scalar_type(), c.K, {
+      set_smem(fwd_fix_kernel<scalar_t, kK>, smem);
+      fwd_fix_kernel<scalar_t, kK><<<g2, threads, smem, stream>>>(p);
+    });
+    check_cuda("fwd fix-up");
+  }
+  return {out, final_state, tstate};
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0); absent inputs get empty tensors.
+// tstate and kitems must come from the forward (save = true); seg_tiles may differ from it;
+// min_blocks: 1 or 2 blocks per SM promised to ptxas (register cap 255 or 128 at 256 threads).
+std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
+                                                 torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
+                                                 c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
+                                                 bool softplus, torch::Tensor tstate, torch::Tensor dout,
+                                                 c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
+                                                 int64_t warps, int64_t seg_tiles, int64_t min_blocks) {
+  using namespace ssv2;
+  TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
+  const c10::cuda::CUDAGuard guard(u.device());
+  TORCH_CHECK(warps <= kMaxWarpsBwd, "selective_scan v2 bwd: at most ", kMaxWarpsBwd, " warps a block");
+  Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
+  Params &p = c.p;
+  TORCH_CHECK(dout.scalar_type() == u.scalar_type() && dout.stride(2) == 1, "selective_scan v2 bwd: dout layout/dtype");
+  TORCH_CHECK(tstate.is_contiguous() && tstate.dim() == 4 && tstate.size(2) == p.ntiles && tstate.size(3) == p.n + 1,
+              "selective_scan v2 bwd: tstate does not match (same kitems as the forward?)");
+  auto f32 = u.options().dtype(torch::kFloat32);
+  const bool grouped = B.dim() == 4;
+  auto du = torch::empty({p.b, p.d, p.l}, u.options());
+  auto ddelta = torch::empty({p.b, p.d, p.l}, u.options());
+  auto dz = z.has_value() ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
+  auto dh0 = want_dh0 ? torch::empty({p.b, p.d, p.n}, f32) : torch::empty({0}, f32);
+  auto dBC = torch::empty({2, p.b, p.g, p.nblk_pg, p.n, p.l}, f32);
+  auto dA_part = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
+  auto dD_part = torch::empty({p.b, p.nseg, p.d}, f32);
+  auto dbias_part = torch::empty({p.b, p.nseg, p.d}, f32);
+  auto carry = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
+  torch::Tensor Pbuf = p.nseg > 1 ? torch::empty({p.b, p.nseg, p.d, p.n}, f32) : torch::Tensor();
+  torch::Tensor dfc = dfinal.has_value() ? dfinal.value().to(torch::kFloat32).contiguous() : torch::Tensor();
+  if (p.l > 0) {
+    p.dout = dout.data_ptr(); p.s_gb = dout.stride(0); p.s_gd = dout.stride(1);
+    p.du = du.data_ptr(); p.ddt = ddelta.data_ptr(); p.dz = z.has_value() ? dz.data_ptr() : nullptr;
+    p.s_xb = du.stride(0); p.s_xd = du.stride(1);
+    p.tstate = tstate.data_ptr<float>();
+    p.dfinal = dfinal.has_value() ? dfc.data_ptr<float>() : nullptr;
+    p.dBC_part = dBC.data_ptr<float>(); p.dA_part = dA_part.data_ptr<float>();
+    p.dD_part = dD_part.data_ptr<float>(); p.dbias_part = dbias_part.data_ptr<float>();
+    p.dh0 = want_dh0 ? dh0.data_ptr<float>() : nullptr;
+    p.carry = carry.data_ptr<float>();
+    p.P = p.nseg > 1 ? Pbuf.data_ptr<float>() : nullptr;
+    p.vec = p.vec && aligned16(dout, 0) && aligned16(du, 0);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned threads = static_cast<unsigned>(32 * c.W);
+    const size_t smem_small = sizeof(float) * 2 * p.n * c.W;
+    if (p.nseg > 1) {
+      dim3 g2 = c.grid;
+      g2.y = static_cast<unsigned>(p.nseg - 1);
+      SSV2_DISPATCH(u.scalar_type(), c.K, {
+        set_smem(bwd_summary_kernel<scalar_t, kK>, smem_small);
+        bwd_summary_kernel<scalar_t, kK><<<g2, threads, smem_small, stream>>>(p);
+      });
+      check_cuda("bwd summary");
+    }
+    const int64_t tot = p.b * p.d * p.n;
+    bwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);
+    check_cuda("bwd combine");
+    const size_t smem = sizeof(float) * (2 * c.W * 32 * c.K + 3 * c.W * p.n + c.W * p.n * 32);
+    SSV2_DISPATCH(u.scalar_type(), c.K, {
+      if (min_blocks == 2) {
+        set_smem(bwd_kernel<scalar_t, kK, 2>, smem);
+        bwd_kernel<scalar_t, kK, 2><<<c.grid, threads, smem, stream>>>(p);
+      } else {
+        set_smem(bwd_kernel<scalar_t, kK, 1>, smem);
+        bwd_kernel<scalar_t, kK, 1><<<c.grid, threads, smem, stream>>>(p);
+      }
+    });
+    check_cuda("bwd");
+  } else {
+    dBC.zero_(); dA_part.zero_(); dD_part.zero_(); dbias_part.zero_();
+    if (want_dh0) {
+      if (dfinal.has_value()) dh0.copy_(dfc); else dh0.zero_();
+    }
+  }
+  // fixed-order reductions of the partials (torch's reduction kernels use no atomics for these);
+  // dB and dC are separate sums, never views of one buffer (custom-op outputs must not alias)
+  auto dB = dBC[0].sum(2);  // (b, g, n, l)
+  auto dC = dBC[1].sum(2);
+  if (!grouped) {
+    dB = dB.squeeze(1);
+    dC = dC.squeeze(1);
+  }
+  auto dA = dA_part.sum(at::IntArrayRef{0, 1});
+  auto dD = D.has_value() ? dD_part.sum(at::IntArrayRef{0, 1}) : torch::empty({0}, f32);
+  auto dbias = bias.has_value() ? dbias_part.sum(at::IntArrayRef{0, 1}) : torch::empty({0}, f32);
+  return {du, ddelta, dA, dB.to(B.scalar_type()), dC.to(C.scalar_type()), dD, dz, dbias, dh0};
+}

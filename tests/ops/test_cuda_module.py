@@ -1,0 +1,302 @@
+"""CPU checks of genomamba.ops.cuda: it imports cleanly, reports itself unavailable without a GPU,
+and never routes gradients to a CUDA backward that did not pass its self-test."""
+
+import json
+
+import pytest
+import torch
+
+import genomamba.ops.cuda as cu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
+def test_unavailable_without_cuda():
+    assert cu.available() is False
+    assert cu.available() is False  # cached verdict, still no exception
+
+
+def test_dispatch_skips_cuda_without_gpu():
+    import genomamba.ops as ops
+
+    if not torch.cuda.is_available():
+        assert ops.backend_for(torch.device("cpu")) != "cuda"
+
+
+@pytest.fixture
+def status():
+    saved_status, saved_cfg = dict(cu.STATUS), dict(cu.CONFIG)
+    yield cu.STATUS
+    cu.STATUS.clear()
+    cu.STATUS.update(saved_status)
+    cu.CONFIG.clear()
+    cu.CONFIG.update(saved_cfg)
+
+
+def _args(requires_grad):
+    b, d, n, l = 1, 4, 3, 5
+    u = torch.randn(b, d, l, requires_grad=requires_grad)
+    return (u, torch.rand(b, d, l), -torch.rand(d, n), torch.randn(b, n, l), torch.randn(b, n, l), None, None,
+            None, None)
+
+
+@pytest.mark.parametrize("v2,bwd,expect", [(True, True, True), (True, "failed", False), ("failed", True, False)])
+def test_backward_gate(status, monkeypatch, v2, bwd, expect):
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    status.update(v1=True, v2=v2, bwd=bwd)
+    cu.CONFIG.update(variant="auto", use_cuda_bwd="auto")
+    assert cu.cuda_backward_enabled() is expect
+    # gradients needed and no verified CUDA backward: the call goes to Triton
+    assert cu._needs_triton(*_args(True)) is (not expect)
+    assert cu._needs_triton(*_args(False)) is False
+    cu.CONFIG.update(use_cuda_bwd="off")
+    assert cu.cuda_backward_enabled() is False
+
+
+def test_forward_variant_gate(status, monkeypatch):
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    status.update(v1=True, v2="failed: out rel. error", bwd="v2 forward did not pass")
+    cu.CONFIG.update(variant="auto")
+    assert cu.forward_variant() == "v1"
+    cu.CONFIG.update(variant="v2")
+    assert cu.forward_variant() == "v1"  # a failed v2 is never used, even when asked for
+    status.update(v2=True)
+    assert cu.forward_variant() == "v2"
+    cu.CONFIG.update(variant="v1")
+    assert cu.forward_variant() == "v1"
+    status.update(v1="failed", v2="failed")
+    with pytest.raises(RuntimeError):
+        cu.forward_variant()
+
+
+def test_selftest_verdict_is_cached(tmp_path):
+    verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
+    (tmp_path / "selftest.json").write_text(json.dumps(verdict))
+    assert cu._self_test_status(tmp_path) == verdict
+
+
+def test_fake_kernels_shapes():
+    """The torch.library registrations parse and their fake kernels give the right shapes (what
+    torch.compile traces with), without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    b, d, n, l, g = 2, 6, 5, 1000, 3
+    with FakeTensorMode():
+        u = torch.empty(b, d, l, dtype=torch.bfloat16)
+        A = torch.empty(d, n)
+        B = torch.empty(b, g, n, l, dtype=torch.bfloat16)
+        D = torch.empty(d)
+        out, final, ts = cu._v2_fwd_op(u, u, A, B, B, D, u, D, True, None, 8, 4, 8, 2, 0, True)
+        assert out.shape == (b, d, l) and out.dtype == torch.bfloat16
+        assert final.shape == (b, d, n) and final.dtype == torch.float32
+        assert ts.shape == (b, d, 4, n + 1)  # 4 tiles of 256 tokens
+        grads = cu._v2_bwd_op(u, u, A, B, B, D, u, D, True, ts, u, final, True, 8, 8, 2, 2)
+        assert [tuple(x.shape) for x in grads] == [
+            (b, d, l), (b, d, l), (d, n), (b, g, n, l), (b, g, n, l), (d,), (b, d, l), (d,), (b, d, n)
+        ]
+        out1, fin1 = cu._scan_fwd_op(u, u, A, B, B, D, u, D, True, None)
+        assert out1.shape == (b, d, l) and fin1.shape == (b, d, n)
+
+
+# ----------------------------------------------------------------------------- the v2 algorithm on CPU
+# A line-by-line model of selective_scan_v2.cu for one (batch, channel): 32 lanes of K tokens, the
+# per-lane affine maps, the shuffle scans (prefix with shfl_up, suffix with shfl_down, carries
+# folded into lane 0 / lane 31), segments with combine + early-exit fix-up, backward summaries and
+# the reverse combine. It cannot catch indexing bugs of the CUDA code, but it checks the algebra
+# the kernels rely on against the fp64 oracle, on a machine without a GPU.
+
+LOG2E = 1.4426950408889634
+CUT = 64.0
+
+
+def _shfl_up(x, off):  # lane i reads lane i - off; lanes < off read themselves (unused there)
+    return torch.cat([x[..., :off], x[..., :-off]], -1)
+
+
+def _shfl_down(x, off):
+    return torch.cat([x[..., off:], x[..., -off:]], -1)
+
+
+def _prefix_maps(Aa, Bb, carry):
+    """Inclusive scan of lane maps h -> Aa h + Bb (n, 32) with `carry` folded into lane 0; returns
+    the state after each lane's last token."""
+    Bb = Bb.clone()
+    Bb[:, 0] = Aa[:, 0] * carry + Bb[:, 0]
+    lane = torch.arange(32)
+    for off in (1, 2, 4, 8, 16):
+        pa, pb = _shfl_up(Aa, off), _shfl_up(Bb, off)
+        m = lane >= off
+        Bb = torch.where(m, Aa * pb + Bb, Bb)
+        Aa = torch.where(m, Aa * pa, Aa)
+    return Bb
+
+
+def _suffix_maps(P, Q, R):
+    Q = Q.clone()
+    Q[:, 31] = P[:, 31] * R + Q[:, 31]
+    lane = torch.arange(32)
+    for off in (1, 2, 4, 8, 16):
+        pn, qn = _shfl_down(P, off), _shfl_down(Q, off)
+        m = lane + off < 32
+        Q = torch.where(m, P * qn + Q, Q)
+        P = torch.where(m, P * pn, P)
+    return Q
+
+
+def _model(u, dl, A, B, C, D, z, h0, dout, dfinal, K, seg_tiles):
+    """Forward and backward of one channel as the v2 kernels compute them. dl: delta after
+    bias/softplus. Returns out, final, du, ddl (w.r.t. dl), dA, dB, dC, dD, dz, dh0."""
+    n, l = B.shape
+    T = 32 * K
+    ntiles = max(1, -(-l // T))
+    L = ntiles * T
+    nseg = -(-ntiles // seg_tiles)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, L - l))
+
+    u, dl, z, dout, B, C = pad(u), pad(dl), pad(z), pad(dout), pad(B), pad(C)
+    A2 = A * LOG2E
+    sig = torch.sigmoid(z)
+    out = torch.zeros(L, dtype=u.dtype)
+    tstate = torch.zeros(ntiles, n + 1, dtype=u.dtype)
+    hend = torch.zeros(nseg, n, dtype=u.dtype)
+    dsum = torch.zeros(nseg, dtype=u.dtype)
+    tiles = [range(s * seg_tiles, min((s + 1) * seg_tiles, ntiles)) for s in range(nseg)]
+
+    def view(x, t):
+        return x[..., t * T:(t + 1) * T].reshape(*x.shape[:-1], 32, K)
+
+    # forward kernel: every segment from zero (segment 0 from h0)
+    for s in range(nseg):
+        h = h0.clone() if s == 0 else torch.zeros(n, dtype=u.dtype)
+        for t in tiles[s]:
+            d_, du_ = view(dl, t), view(dl * u, t)
+            tstate[t, :n], tstate[t, n] = h, d_.sum()
+            a = torch.exp2(A2[:, None, None] * d_)
+            b = du_ * view(B, t)
+            Aa, Bb = torch.ones(n, 32, dtype=u.dtype), torch.zeros(n, 32, dtype=u.dtype)
+            for k in range(K):
+                Bb = a[..., k] * Bb + b[..., k]
+                Aa = Aa * a[..., k]
+            incl = _prefix_maps(Aa, Bb, h)
+            hh = torch.cat([h[:, None], incl[:, :31]], 1)
+            y = D * view(u, t).clone()
+            Cv = view(C, t)
+            for k in range(K):
+                hh = a[..., k] * hh + b[..., k]
+                y[:, k] += (Cv[..., k] * hh).sum(0)
+            h = incl[:, 31]
+            out[t * T:(t + 1) * T] = (y * view(z * sig, t)).reshape(-1)
+        hend[s], dsum[s] = h, dl[tiles[s][0] * T:(tiles[s][-1] + 1) * T].sum()
+    # combine + fix-up
+    h = hend[0]
+    carry = torch.zeros(nseg, n, dtype=u.dtype)
+    for s in range(1, nseg):
+        carry[s] = h
+        h = torch.exp2(dsum[s] * A2) * h + hend[s]
+    final = h
+    amax = A2.max()
+    for s in range(1, nseg):
+        cum = 0.0
+        for t in tiles[s]:
+            tstate[t, :n] += torch.exp2(A2 * cum) * carry[s]
+            cs = cum + torch.cumsum(dl[t * T:(t + 1) * T], 0)
+            fix = (C[:, t * T:(t + 1) * T] * torch.exp2(A2[:, None] * cs) * carry[s][:, None]).sum(0)
+            out[t * T:(t + 1) * T] += fix * (z * sig)[t * T:(t + 1) * T]
+            cum = cum + dl[t * T:(t + 1) * T].sum()
+            if amax * cum < -CUT:
+                break
+    # backward: summaries, reverse combine, main
+    dy = dout * z * sig
+    zfac = dout * sig * (1 + z * (1 - sig))
+    P = torch.zeros(nseg, n, dtype=u.dtype)
+    for s in range(1, nseg):
+        cum = 0.0
+        for t in tiles[s]:
+            cs = cum + torch.cumsum(dl[t * T:(t + 1) * T], 0)
+            P[s] += (torch.exp2(A2[:, None] * cs) * C[:, t * T:(t + 1) * T] * dy[t * T:(t + 1) * T]).sum(1)
+            cum = cum + dl[t * T:(t + 1) * T].sum()
+            if amax * cum < -CUT:
+                break
+    Rs = torch.zeros(nseg, n, dtype=u.dtype)
+    R = dfinal.clone()
+    for s in range(nseg - 1, 0, -1):
+        Rs[s] = R
+        ds = tstate[tiles[s][0]:tiles[s][-1] + 1, n].sum()
+        R = P[s] + torch.exp2(ds * A2) * R
+    Rs[0] = R
+    gu, gd, yfull = torch.zeros(L, dtype=u.dtype), torch.zeros(L, dtype=u.dtype), D * u.clone()
+    dA, dB, dC = torch.zeros(n, dtype=u.dtype), torch.zeros(n, L, dtype=u.dtype), torch.zeros(n, L, dtype=u.dtype)
+    dh0 = None
+    for s in range(nseg):
+        R = Rs[s].clone()
+        for t in reversed(tiles[s]):
+            d_, u_, dy_ = view(dl, t), view(u, t), view(dy, t)
+            a = torch.exp2(A2[:, None, None] * d_)
+            Bv, Cv = view(B, t), view(C, t)
+            b = d_ * u_ * Bv
+            Aa, Bb = torch.ones(n, 32, dtype=u.dtype), torch.zeros(n, 32, dtype=u.dtype)
+            for k in range(K):
+                Bb = a[..., k] * Bb + b[..., k]
+                Aa = Aa * a[..., k]
+            incl = _prefix_maps(Aa, Bb, tstate[t, :n])
+            hh = torch.cat([tstate[t, :n, None], incl[:, :31]], 1)
+            hp = torch.zeros(n, 32, K, dtype=u.dtype)
+            for k in range(K):
+                hp[..., k] = hh
+                hh = a[..., k] * hh + b[..., k]
+                view(yfull, t)[:, k] += (Cv[..., k] * hh).sum(0)
+                view(dC, t)[..., k] += dy_[:, k] * hh
+            Pm, Qm = torch.ones(n, 32, dtype=u.dtype), torch.zeros(n, 32, dtype=u.dtype)
+            for k in range(K - 1, -1, -1):
+                Qm = a[..., k] * (Cv[..., k] * dy_[:, k] + Qm)
+                Pm = Pm * a[..., k]
+            inclr = _suffix_maps(Pm, Qm, R)
+            G = torch.cat([inclr[:, 1:], R[:, None]], 1)
+            for k in range(K - 1, -1, -1):
+                g = Cv[..., k] * dy_[:, k] + G
+                w = g * a[..., k] * hp[..., k]
+                view(gd, t)[:, k] += (w * A[:, None] + g * Bv[..., k] * u_[:, k]).sum(0)
+                view(gu, t)[:, k] += (g * d_[:, k] * Bv[..., k]).sum(0)
+                dA += (w * d_[:, k]).sum(1)
+                view(dB, t)[..., k] += g * d_[:, k] * u_[:, k]
+                G = a[..., k] * g
+            R = inclr[:, 0]
+        if s == 0:
+            dh0 = R
+    dz = zfac * yfull
+    du = gu + dy * D
+    dD = (dy * u).sum()
+    return (out[:l], final, du[:l], gd[:l], dA, dB[:, :l], dC[:, :l], dD, dz[:l], dh0)
+
+
+@pytest.mark.parametrize("l,K,seg_tiles,slow", [(1, 8, 1, False), (300, 8, 1, False), (700, 8, 2, True),
+                                                 (1100, 16, 1, True), (513, 16, 5, False),
+                                                 (2000, 8, 3, False)])
+def test_v2_algorithm_model(l, K, seg_tiles, slow):
+    from genomamba.ops.reference import selective_scan_ref
+
+    g = torch.Generator().manual_seed(l)
+    n = 5
+    u, z, dout = (torch.randn(1, 1, l, generator=g, dtype=torch.float64) for _ in range(3))
+    raw = torch.randn(1, 1, l, generator=g, dtype=torch.float64) * (0.1 if slow else 1.0)
+    bias = torch.tensor([-6.0 if slow else 0.3], dtype=torch.float64)
+    A = -(torch.rand(1, n, generator=g, dtype=torch.float64) + 0.5)
+    B, C = (torch.randn(1, n, l, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(1, dtype=torch.float64)
+    h0, dfinal = (torch.randn(1, 1, n, generator=g, dtype=torch.float64) for _ in range(2))
+    leaves = [x.clone().requires_grad_(True) for x in (u, raw, A, B, C, D, z, bias, h0)]
+    rout, rst = selective_scan_ref(*leaves[:8], True, leaves[8], True)
+    rg = torch.autograd.grad((rout, rst), leaves, (dout, dfinal))
+    x = raw[0, 0] + bias
+    dl = torch.nn.functional.softplus(x)
+    out, final, du, ddl, dA, dB, dC, dD, dz, dh0 = _model(
+        u[0, 0], dl, A[0], B[0], C[0], D, z[0, 0], h0[0, 0], dout[0, 0], dfinal[0, 0], K, seg_tiles
+    )
+    ddraw = ddl * torch.sigmoid(x)
+    got = dict(out=out, final=final, du=du, ddelta=ddraw, dA=dA, dB=dB, dC=dC, dD=dD, dz=dz, dbias=ddraw.sum(),
+               dh0=dh0)
+    want = dict(out=rout[0, 0], final=rst[0, 0], du=rg[0][0, 0], ddelta=rg[1][0, 0], dA=rg[2][0], dB=rg[3][0],
+                dC=rg[4][0], dD=rg[5], dz=rg[6][0, 0], dbias=rg[7], dh0=rg[8][0, 0])
+    for k in want:
+        torch.testing.assert_close(got[k].reshape(want[k].shape), want[k], rtol=1e-9, atol=1e-9, msg=k)
