@@ -151,7 +151,7 @@ class TrainingCurves(pl.Callback):
                 self.history.setdefault(k, []).append((int(trainer.global_step), float(m[k])))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step % self.every == 0:
+        if trainer.global_step % self.every == 0 or trainer.global_step == 1:
             self._record(trainer, self.train_keys)
 
     def on_validation_end(self, trainer, pl_module):

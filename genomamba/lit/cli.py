@@ -108,7 +108,8 @@ class HeadConfig:
 @dataclass
 class SpeciesDataConfig:
     manifest: str = "assets"  # a path, "assets" (shipped slices) or "fetch:bacteria" (full genomes)
-    length: int = 1024
+    length: int = 1024  # evaluation (and, by default, training) window length
+    train_length: Optional[int] = None  # shorter training windows: more windows per second on a CPU
     batch_size: int = 32
     train_samples: int = 20_000
     val_per_label: int = 100
@@ -462,7 +463,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     tok = DNATokenizer()
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
-                           d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok)
+                           d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length)
     dm.setup("fit")
     if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
         raise ConfigError(f"init_from: {cfg.init_from} is not a saved model directory (no config.json)")

@@ -248,16 +248,20 @@ class SpeciesDataModule(pl.LightningDataModule):
 
     ``manifest``: a path, ``assets`` (the shipped slices) or ``fetch:bacteria`` (full genomes).
     Validation uses the manifest's ``val`` genomes when it has any, else none; ``test`` are the
-    held-out strains.
+    held-out strains. ``train_length`` (default ``length``) may be shorter than the evaluation
+    windows: with mean pooling a model trained on short windows scores longer ones as is.
     """
 
     def __init__(self, manifest: str = "assets", length: int = 1024, batch_size: int = 32,
                  train_samples: int = 20_000, val_per_label: int = 100, test_per_label: int = 200,
                  rc_prob: float = 0.5, num_workers: int = 0, seed: int = 0, eval_seed: int = 1234,
-                 tokenizer: Optional[DNATokenizer] = None):
+                 tokenizer: Optional[DNATokenizer] = None, train_length: Optional[int] = None):
         super().__init__()
         self.manifest_spec = manifest
         self.length, self.batch_size, self.train_samples = int(length), int(batch_size), int(train_samples)
+        self.train_length = int(train_length or length)
+        if self.length < 1 or self.train_length < 1:
+            raise ValueError(f"data.length / data.train_length: expected >= 1, got {length} / {train_length}")
         self.val_per_label, self.test_per_label = int(val_per_label), int(test_per_label)
         self.rc_prob, self.num_workers, self.seed, self.eval_seed = rc_prob, num_workers, seed, eval_seed
         self.tokenizer = tokenizer or DNATokenizer()
@@ -280,8 +284,9 @@ class SpeciesDataModule(pl.LightningDataModule):
 
         man = self.prepare_manifest()
         if not hasattr(self, "train_ds") and stage in (None, "fit"):
-            self.train_ds = SpeciesWindows(man, "train", self.length, seed=self.seed, num_samples=self.train_samples,
-                                           rc_prob=self.rc_prob, return_mask=True, tokenizer=self.tokenizer)
+            self.train_ds = SpeciesWindows(man, "train", self.train_length, seed=self.seed,
+                                           num_samples=self.train_samples, rc_prob=self.rc_prob, return_mask=True,
+                                           tokenizer=self.tokenizer)
             self.val_ds = SpeciesEvalWindows(man, "val", self.length, per_label=self.val_per_label,
                                              seed=self.eval_seed, return_mask=True, tokenizer=self.tokenizer) \
                 if man.entries("val") else None

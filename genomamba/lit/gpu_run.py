@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=5000)
     ap.add_argument("--pretrain-config", default=str(ROOT / "configs/pretrain/dna_7m_16k.yaml"))
     ap.add_argument("--classify-config", default=str(ROOT / "configs/classify/species_1k.yaml"))
+    ap.add_argument("--pretrain-set", action="append", default=[], help="extra override (dry runs)")
+    ap.add_argument("--classify-set", action="append", default=[], help="extra override (dry runs)")
     args = ap.parse_args(argv)
 
     import torch
@@ -63,20 +65,22 @@ def main(argv=None) -> int:
                 f"trainer.max_minutes={args.pretrain_minutes * 1.1}", f"trainer.max_steps={args.max_steps}",
                 f"seqlen_warmup.stage_steps={args.stage_steps}", "optim.warmup_steps=50",
                 "trainer.val_every=100", "trainer.ckpt_every=200", "trainer.progress=false",
-                "data.num_workers=6", "trainer.log_every=10"]
+                "data.num_workers=6", "trainer.log_every=10"] + args.pretrain_set
     report["pretrain"] = {"config": os.path.relpath(args.pretrain_config, ROOT), "overrides": pre_over}
     t0 = time.time()
     try:
-        res = run_pretrain(load_config(args.pretrain_config, pre_over), quiet=True)
+        pcfg = load_config(args.pretrain_config, pre_over)
+        res = run_pretrain(pcfg, quiet=True)
         res["wall_seconds"] = round(time.time() - t0, 1)
-        res["tokens_per_step"] = 8 * 16384
+        res["tokens_per_step"] = pcfg.data.batch_size * pcfg.data.seq_len * pcfg.trainer.accumulate
         res["tokens_seen"] = res["global_step"] * res["tokens_per_step"]
         res["tokens_per_second"] = round(res["tokens_seen"] / max(res["fit_seconds"], 1e-9))
         res["heldout_umaydis_chr21_23_bits_per_base"] = res.get("test", {}).get("test/bpb")
         res["references_bits_per_base"] = {"order16_markov": 1.899, "xz_9": 2.074, "bzip2_9": 2.144}
         report["pretrain"].update(res)
         for name in ("training_curves.png",):
-            shutil.copy(work / "dna_7m_16k" / name, out / f"pretrain_{name}")
+            if (work / "dna_7m_16k" / name).exists():
+                shutil.copy(work / "dna_7m_16k" / name, out / f"pretrain_{name}")
     except Exception:
         report["pretrain"]["error"] = traceback.format_exc()[-3000:]
     dump()
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
     cls_over = [f"run_dir={work / 'species_1k'}", f"init_from={model_dir}",
                 f"trainer.budget_minutes={args.classify_minutes}", f"trainer.max_minutes={args.classify_minutes * 1.1}",
                 "trainer.max_steps=3000", "optim.warmup_steps=50", "trainer.progress=false", "data.num_workers=6",
-                "trainer.ckpt_every=500", "trainer.log_every=10"]
+                "trainer.ckpt_every=500", "trainer.log_every=10"] + args.classify_set
     report["classify_1k"] = {"config": os.path.relpath(args.classify_config, ROOT), "overrides": cls_over}
     if model_dir.exists():
         t0 = time.time()
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
             res["baselines_quoted"] = {"gc": 0.687, "nb4": 0.888, "nb10": 0.966}
             report["classify_1k"].update(res)
             for name in ("training_curves.png", "confusion_test.png"):
-                shutil.copy(work / "species_1k" / name, out / f"classify_1k_{name}")
+                if (work / "species_1k" / name).exists():
+                    shutil.copy(work / "species_1k" / name, out / f"classify_1k_{name}")
         except Exception:
             report["classify_1k"]["error"] = traceback.format_exc()[-3000:]
     else:
