@@ -25,6 +25,7 @@ minutes on 2 cores, and ``--steps`` / ``--d-model`` / ``--batch-size`` scale it 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Optional
 
@@ -310,6 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                   "eval_samples": {str(L): max(args.min_eval_samples,
                                                                min(args.eval_samples, eval_tokens // L))
                                                    for L in lengths}}
+    results["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     for length in lengths:
         row = {"length": length, "x_train": f"{length // args.train_len}x"}
         for task in tasks:

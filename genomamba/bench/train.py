@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -240,6 +241,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"bench": "train", "machine": machine_facts(args.device)}
+    # shared CPUs: the 1-minute load average says how much of the machine this run really had
+    results["machine"]["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
     if not args.embed_only:
         if args.d_model or args.n_layer:
             shapes = {"custom": dict(d_model=args.d_model or 256, n_layer=args.n_layer or 8)}
