@@ -17,7 +17,9 @@ record by record. Bad input raises ``ValueError`` naming the argument and the re
 recurrent state (conv + SSM state, a few KB per layer) is carried from one chunk to the next, so a
 10 Mb chromosome needs the same working memory as a 64 kb one (per-token output aside, which is
 ``l * d_model`` floats by definition). Chunked results equal whole-sequence results up to float
-rounding (tested).
+rounding (tested). Measured (``genomamba bench train --embed-only``, 2-core CPU, 1.4M-parameter
+shape, chunk 16384): pooled embedding of a 1 Mb D. melanogaster record peaks at 946 MB RSS, 688 MB
+above the loaded model, against 518 MB for a 100 kb record; a smaller ``chunk_size`` lowers it.
 """
 
 from __future__ import annotations
