@@ -164,7 +164,7 @@ __device__ __forceinline__ WarpPos warp_pos(const Params &p, int warp, int64_t s
 
 template <typename T, int K>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpPos w = warp_pos(p, warp, 0);
   if (!w.valid) return;  // no block-wide barriers in this kernel
@@ -302,7 +302,7 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 // tile-start states get the same carry term, until every decay is below 2^-kCutLog2
 template <typename T, int K>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpPos w = warp_pos(p, warp, 1);
   if (!w.valid) return;
@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 // first-token term a_t0 * g_t0 = sum_t 2^(A2 * cum_t) * C_t * dy_t (early exit like the fix-up)
 template <typename T, int K>
 __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpPos w = warp_pos(p, warp, 1);
   if (!w.valid) return;
@@ -446,7 +446,7 @@ __global__ void bwd_combine_kernel(Params p) {
 // lets it use ~190 (no spills at K = 8, but 8 warps per SM): the GPU session picks by timing.
 template <typename T, int K, int MINB>
 __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WarpPos w = warp_pos(p, warp, 0);
