@@ -3,12 +3,14 @@
 Numerics: the recurrence x_t = a_t * x_{t-1} + b_t is evaluated with products of decays a_t in (0, 1]
 and never as exp(-cumsum(log a)), which overflows for long chunks or large delta * |A|.
 
-Layout: per-token tensors are held time-leading, ``(l, b, d, n)``, so that one time step is one
-contiguous slab and shifting or reversing time is a cheap slice. The sequence is cut into *blocks*
-(bounded memory: at most ~``BLOCK_ELEMS`` elements of (l_block, b, d, n) are alive at once) and each
-block into *chunks* of ``chunk`` tokens. Within a block every chunk is scanned at once from a zero
-state (``chunk`` Python steps), the chunk carries are propagated (``n_chunks`` steps) and folded in
-with the cumulative decays.
+Layout: per-token tensors are held time-leading and cut into chunks, ``(n_chunks, chunk, b, d)``.
+The sequence is cut into *blocks* (bounded memory) and each block into chunks of ``chunk`` tokens.
+Within a block every chunk is scanned at once from a zero state (``chunk`` Python steps over
+(n_chunks, b, d, n) slabs), the chunk carries are propagated (``n_chunks`` steps), and the chunks are
+rescanned from their carries, emitting outputs as they go. The decays exp(delta * A) are rebuilt per
+step from the (b, d, l) inputs rather than stored: every step works on a cache-sized slab, and no
+(b, d, l, n) tensor is ever built — which is what makes this faster than a token-by-token loop over
+precomputed (b, d, l, n) tensors, not only more parallel.
 
 Backward is written out by hand rather than taped: with g_t = dL/dx_t,
     g_t = a_{t+1} g_{t+1} + C_t dy_t          (the same scan, run backwards in time)
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_CHUNK = 64
-BLOCK_ELEMS = 1 << 23  # elements of one (l_block, b, d, n) intermediate (32 MB in fp32)
+BLOCK_ELEMS = 1 << 23  # bounds l_block * b * d * n (the backward's stored block states: 32 MB in fp32)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -39,60 +41,144 @@ def _block_len(b: int, d: int, n: int, l: int, chunk: int) -> int:
     return min(lb, max(chunk, math.ceil(l / chunk) * chunk))
 
 
-def _linear_scan(a, v, x0, chunk):
-    """x_t = a_t * x_{t-1} + v_t over the leading (time) dim, from x_{-1} = x0.
-
-    a, v: (L, b, d, n) with L a multiple of ``chunk``; x0: (b, d, n). Returns all states X (L, b, d, n)
-    (written into a new tensor) and the last state. No autograd: callers differentiate by hand.
-    """
-    L = a.shape[0]
-    nc = L // chunk
-    av = a.view(nc, chunk, *a.shape[1:])
-    H = v.clone().view(nc, chunk, *v.shape[1:])  # every chunk scanned from a zero state
-    for j in range(1, chunk):
-        H[:, j].addcmul_(av[:, j], H[:, j - 1])
-    P = av.cumprod(1)  # decay from each chunk's start, products only (never exp of a cumsum)
-    carry = torch.empty_like(x0).expand(nc, *x0.shape).contiguous()
-    s = x0
-    for c in range(nc):
-        carry[c] = s
-        s = torch.addcmul(H[c, -1], P[c, -1], s)
-    H.addcmul_(P, carry.unsqueeze(1))
-    return H.view(L, *v.shape[1:]), s
-
-
 def _to_time_leading(M: torch.Tensor, d: int) -> torch.Tensor:
-    """B or C: (b, n, l) -> (l, b, 1, n); (b, g, n, l) -> (l, b, d, n) (channel c reads group c // (d // g))."""
+    """B or C: (b, n, l) -> (l, b, 1, n); (b, g, n, l) -> (l, b, g, 1, n) (channel c reads group c // (d // g))."""
     if M.dim() == 3:
         return M.permute(2, 0, 1).unsqueeze(2)
-    return M.repeat_interleave(d // M.shape[1], dim=1).permute(3, 0, 1, 2)
+    return M.permute(3, 0, 1, 2).unsqueeze(3)
 
 
-def _reduce_to(M_like: torch.Tensor, g_full: torch.Tensor) -> torch.Tensor:
-    """Sum a (l, b, d, n) gradient back to the layout of B/C: (b, n, l) or (b, g, n, l)."""
-    if M_like.dim() == 3:
-        return g_full.sum(2).permute(1, 2, 0)
-    b, g, n, l = M_like.shape
-    L = g_full.shape[0]
-    return g_full.view(L, b, g, -1, n).sum(3).permute(1, 2, 3, 0)
+def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
+    return F.pad(x, (0, pad)) if pad else x
 
 
-def _pad_time(x: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
-    return F.pad(x, (0, pad), value=value) if pad else x
+class _Block:
+    """One block's inputs, time-leading and cut into chunks: per-token tensors are (nc, chunk, b, d)
+    and B/C are (nc, chunk, b, 1, n) or grouped (nc, chunk, b, g, 1, n). Padding uses delta = 0
+    (decay 1, input 0), so padded steps leave the state unchanged and the final state stays exact.
+    Decays exp(delta * A) are rebuilt per step, so no (l, b, d, n) tensor is ever formed."""
 
+    def __init__(self, u, delta, A, B, C, chunk):
+        b, d, lb = u.shape
+        nc = math.ceil(lb / chunk)
+        pad = nc * chunk - lb
+        self.b, self.d, self.n, self.lb, self.nc, self.chunk = b, d, A.shape[1], lb, nc, chunk
+        self.grouped = B.dim() == 4
+        self.g = B.shape[1] if self.grouped else 1
 
-def _block_tensors(u, delta, A, B, C, chunk):
-    """Time-leading, chunk-padded block inputs. Padding uses delta = 0 (decay 1, input 0), so the
-    padded steps leave the state unchanged and the block's final state stays exact."""
-    lb = u.shape[-1]
-    pad = math.ceil(lb / chunk) * chunk - lb
-    dl = _pad_time(delta, pad).permute(2, 0, 1)  # (L, b, d)
-    ul = _pad_time(u, pad).permute(2, 0, 1)
-    Bl = _to_time_leading(_pad_time(B, pad), A.shape[0])  # (L, b, 1|d, n)
-    Cl = _to_time_leading(_pad_time(C, pad), A.shape[0])
-    a = torch.exp(dl.unsqueeze(-1) * A)  # (L, b, d, n)
-    v = (dl * ul).unsqueeze(-1) * Bl
-    return dl, ul, Bl, Cl, a, v
+        def cut(x):  # (L, ...) -> contiguous (nc, chunk, ...)
+            return x.reshape(nc, chunk, *x.shape[1:])
+
+        self.dl = cut(_pad_time(delta, pad).permute(2, 0, 1))  # (nc, chunk, b, d)
+        self.ul = cut(_pad_time(u, pad).permute(2, 0, 1))
+        self.dul = self.dl * self.ul
+        self.Bl = cut(_to_time_leading(_pad_time(B, pad), d))
+        self.Cl = cut(_to_time_leading(_pad_time(C, pad), d))
+        self.A = A
+
+    def decay(self, dl_step):
+        """dl_step: (nc, b, d) -> exp(delta * A): (nc, b, d, n)."""
+        return torch.exp(dl_step.unsqueeze(-1) * self.A)
+
+    def grp(self, x):
+        """(nc, b, d, ...) -> (nc, b, g, d // g, ...) so it broadcasts against grouped B/C."""
+        return x.view(x.shape[0], self.b, self.g, self.d // self.g, *x.shape[3:]) if self.grouped else x
+
+    def ungrp(self, x):
+        return x.reshape(x.shape[0], self.b, self.d, *x.shape[4:]) if self.grouped else x
+
+    def inp(self, j):
+        """delta_t * u_t * B_t at chunk position j for every chunk: (nc, b, d, n)."""
+        return self.ungrp(self.grp(self.dul[:, j]).unsqueeze(-1) * self.Bl[:, j])
+
+    def y_of(self, h, j):
+        """<x_t, C_t> over n: (nc, b, d)."""
+        return self.ungrp((self.grp(h) * self.Cl[:, j]).sum(-1))
+
+    def forward_states(self, x0, want_states=False):
+        """Scan every chunk from zero, carry across chunks, rescan from the carries.
+
+        Returns y (nc, chunk, b, d), the final state (b, d, n), and all states (nc, chunk, b, d, n)
+        if ``want_states`` (backward needs them)."""
+        nc, chunk = self.nc, self.chunk
+        h = p = None
+        for j in range(chunk):  # pass 1: chunk-local end states and total decays
+            a = self.decay(self.dl[:, j])
+            v = self.inp(j)
+            h, p = (v, a) if h is None else (torch.addcmul(v, a, h), p * a)
+        carry = torch.empty_like(h)
+        s = x0
+        for c in range(nc):  # products of decays only: stable for any chunk length
+            carry[c] = s
+            s = torch.addcmul(h[c], p[c], s)
+        y = torch.empty(nc, chunk, self.b, self.d, dtype=h.dtype, device=h.device)
+        X = torch.empty(nc, chunk, *h.shape[1:], dtype=h.dtype, device=h.device) if want_states else None
+        h = carry
+        for j in range(chunk):  # pass 2: true states, outputs
+            h = torch.addcmul(self.inp(j), self.decay(self.dl[:, j]), h)
+            y[:, j] = self.y_of(h, j)
+            if X is not None:
+                X[:, j] = h
+        return y, s, X
+
+    def backward(self, x0, gy, g_state):
+        """gy: (nc, chunk, b, d); g_state: dL/d(final state). Returns the gradients in block layout and
+        dL/dx0. With g_t = dL/dx_t: g_t = a_{t+1} g_{t+1} + C_t dy_t, run backwards in time."""
+        nc, chunk, b, n = self.nc, self.chunk, self.b, self.n
+        _, _, X = self.forward_states(x0, want_states=True)
+        # decay that multiplies g_{t+1}: a at the next token (the first token of the next chunk at j = chunk - 1;
+        # 1 past the end, where g_state enters)
+        d_next_last = torch.cat([self.dl[1:, 0], torch.zeros_like(self.dl[:1, 0])])  # (nc, b, d)
+
+        def e_of(j):
+            return self.ungrp(self.Cl[:, j] * self.grp(gy[:, j]).unsqueeze(-1))
+
+        h = q = None
+        an = self.decay(d_next_last)
+        for j in reversed(range(chunk)):  # pass 1 (reverse): chunk-local from zero
+            e = e_of(j)
+            h, q = (e, an) if h is None else (torch.addcmul(e, an, h), q * an)
+            an = self.decay(self.dl[:, j])
+        incoming = torch.empty_like(h)
+        s = g_state
+        for c in reversed(range(nc)):
+            incoming[c] = s
+            s = torch.addcmul(h[c], q[c], s)
+        x_before = torch.cat([x0.unsqueeze(0), X[:-1, -1]])  # state entering each chunk
+        gdl = torch.empty_like(self.dl)
+        gul = torch.empty_like(self.ul)
+        gB = torch.empty(nc, chunk, b, self.g, n, dtype=X.dtype, device=X.device)
+        gC = torch.empty_like(gB)
+        gA = torch.zeros_like(self.A)
+        h = incoming
+        an = self.decay(d_next_last)
+        for j in reversed(range(chunk)):  # pass 2 (reverse): g_t and every gradient at t
+            h = torch.addcmul(e_of(j), an, h)  # g_t
+            a = self.decay(self.dl[:, j])
+            xprev = X[:, j - 1] if j > 0 else x_before
+            qa = h * xprev * a  # dL/d(delta_t * A)
+            gb = self.ungrp((self.grp(h) * self.Bl[:, j]).sum(-1))  # dL/d(delta_t * u_t): (nc, b, d)
+            gdl[:, j] = (qa * self.A).sum(-1) + gb * self.ul[:, j]
+            gul[:, j] = gb * self.dl[:, j]
+            gA += torch.einsum("cbdn,cbd->dn", qa, self.dl[:, j])
+            gB[:, j] = (self.grp(h) * self.grp(self.dul[:, j]).unsqueeze(-1)).sum(-2).view(nc, b, self.g, n)
+            gC[:, j] = (self.grp(X[:, j]) * self.grp(gy[:, j]).unsqueeze(-1)).sum(-2).view(nc, b, self.g, n)
+            an = a
+        g_x0 = a[0] * h[0]
+        return gul, gdl, gA, gB, gC, g_x0
+
+    def to_bdl(self, x):
+        """(nc, chunk, b, d) -> (b, d, lb)."""
+        return x.reshape(self.nc * self.chunk, self.b, self.d).permute(1, 2, 0)[..., : self.lb]
+
+    def bc_grad(self, g, like):
+        """(nc, chunk, b, g, n) -> B/C layout (b, n, lb) or (b, g, n, lb)."""
+        g = g.reshape(self.nc * self.chunk, self.b, self.g, self.n)[: self.lb]
+        return g.permute(1, 2, 3, 0) if like.dim() == 4 else g[:, :, 0].permute(1, 2, 0)
+
+    def from_bdl(self, x):
+        pad = self.nc * self.chunk - self.lb
+        return _pad_time(x, pad).permute(2, 0, 1).reshape(self.nc, self.chunk, self.b, self.d)
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -104,12 +190,9 @@ class _ChunkedScan(torch.autograd.Function):
         for start in range(0, l, lb):
             stop = min(l, start + lb)
             starts.append(s)
-            _, _, _, Cl, a, v = _block_tensors(u[..., start:stop], delta[..., start:stop], A, B[..., start:stop],
-                                               C[..., start:stop], chunk)
-            X, s = _linear_scan(a, v, s, chunk)
-            y = torch.einsum("lbdn,lbdn->bdl", X, Cl.expand_as(X)) if Cl.shape[2] != 1 else \
-                torch.einsum("lbdn,lbn->bdl", X, Cl[:, :, 0])
-            ys.append(y[..., : stop - start])
+            blk = _Block(u[..., start:stop], delta[..., start:stop], A, B[..., start:stop], C[..., start:stop], chunk)
+            y, s, _ = blk.forward_states(s)
+            ys.append(blk.to_bdl(y))
         y = torch.cat(ys, dim=-1) if ys else u.new_zeros(b, d, 0)
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts) if starts else x0[None])
         ctx.chunk, ctx.lb, ctx.nblocks = chunk, lb, len(starts)
@@ -119,7 +202,7 @@ class _ChunkedScan(torch.autograd.Function):
     def backward(ctx, gy, gs):
         u, delta, A, B, C, starts = ctx.saved_tensors
         chunk, lb = ctx.chunk, ctx.lb
-        b, d, l = u.shape
+        l = u.shape[-1]
         gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
         gA, gB, gC = torch.zeros_like(A), torch.empty_like(B), torch.empty_like(C)
         g_state = torch.zeros_like(starts[0]) if gs is None else gs.contiguous()
@@ -128,25 +211,14 @@ class _ChunkedScan(torch.autograd.Function):
         for i in reversed(range(ctx.nblocks)):
             start = i * lb
             stop = min(l, start + lb)
-            lbi = stop - start
             Bi, Ci = B[..., start:stop], C[..., start:stop]
-            dl, ul, Bl, Cl, a, v = _block_tensors(u[..., start:stop], delta[..., start:stop], A, Bi, Ci, chunk)
-            L = a.shape[0]
-            X, _ = _linear_scan(a, v, starts[i], chunk)
-            gyl = _pad_time(gy[..., start:stop], L - lbi).permute(2, 0, 1)  # (L, b, d)
-            e = Cl * gyl.unsqueeze(-1)  # direct contribution of y_t to dL/dx_t
-            a_next = torch.cat([a[1:], torch.ones_like(a[:1])])
-            G, _ = _linear_scan(a_next.flip(0), e.flip(0), g_state, chunk)
-            G = G.flip(0)  # G_t = dL/dx_t
-            g_state = a[0] * G[0]  # dL/d(state entering this block)
-            Xprev = torch.cat([starts[i].unsqueeze(0), X[:-1]])
-            q = G * Xprev * a  # dL/d(delta_t * A)
-            GB = (G * Bl).sum(-1)  # (L, b, d): dL/d(delta_t * u_t)
-            gdelta[..., start:stop] = ((q * A).sum(-1) + GB * ul).permute(1, 2, 0)[..., :lbi]
-            gu[..., start:stop] = (GB * dl).permute(1, 2, 0)[..., :lbi]
-            gA += torch.einsum("lbdn,lbd->dn", q, dl)
-            gB[..., start:stop] = _reduce_to(Bi, G * (dl * ul).unsqueeze(-1))[..., :lbi]
-            gC[..., start:stop] = _reduce_to(Ci, X * gyl.unsqueeze(-1))[..., :lbi]
+            blk = _Block(u[..., start:stop], delta[..., start:stop], A, Bi, Ci, chunk)
+            gul, gdl, gAi, gBi, gCi, g_state = blk.backward(starts[i], blk.from_bdl(gy[..., start:stop]), g_state)
+            gu[..., start:stop] = blk.to_bdl(gul)
+            gdelta[..., start:stop] = blk.to_bdl(gdl)
+            gA += gAi
+            gB[..., start:stop] = blk.bc_grad(gBi, Bi)
+            gC[..., start:stop] = blk.bc_grad(gCi, Ci)
         return gu, gdelta, gA, gB, gC, g_state, None, None
 
 
