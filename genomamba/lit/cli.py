@@ -414,7 +414,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
-               "device": str(module.device), "metrics": _scalar_metrics(trainer.callback_metrics)}
+               "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics)}
     if trainer.interrupted:
         results["interrupted"] = True
     module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",

@@ -68,7 +68,7 @@ def build_optimizer(module: torch.nn.Module, trainer, optim: dict, groups: Optio
     groups = [g for g in groups if g["params"]]
     on_cuda = any(p.is_cuda for g in groups for p in g["params"])
     opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=tuple(o["betas"]), eps=float(o["eps"]),
-                            fused=True if on_cuda else None)
+                            foreach=True if on_cuda else None)  # fused AdamW + AMP clipping: Lightning refuses
     total = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else \
         int(trainer.estimated_stepping_batches)
     warm, floor = int(o["warmup_steps"]), float(o["min_lr_ratio"])
