@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
+from genomamba.ops._sources import csrc_dir
+
+CSRC_DIR = csrc_dir("cpu")
 SOURCES = ("selective_scan_cpu.cpp",)
 # -march=native is safe: the kernel is always built on the machine that runs it.
 # -fopenmp: at::parallel_for is header-inlined and runs serially unless compiled with OpenMP (the

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
-_SRC_DIR = Path(__file__).resolve().parents[2] / "csrc" / "selective_scan"
+from genomamba.ops._sources import csrc_dir
+
+_SRC_DIR = csrc_dir("selective_scan")
 _REPO = Path(__file__).resolve().parents[2]
 _SOURCES = ["selective_scan_fwd.cu", "selective_scan_v2.cu", "bindings.cpp"]
 _CHILD_ENV = "GENOMAMBA_CUDA_SELFTEST_CHILD"
