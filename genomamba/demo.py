@@ -21,6 +21,8 @@ from pathlib import Path
 
 # The demo's two configs; configs/pretrain/tiny_cpu.yaml and configs/classify/species_tiny_cpu.yaml are
 # the same (a test checks it), so `genomamba pretrain -c configs/pretrain/tiny_cpu.yaml` repeats step 2.
+# Step counts are fixed (300 + 500: about 1.5 + 4.5 minutes on 2 cores); the time budgets only cut them
+# on a slower machine, so the whole demo stays within 10 minutes.
 PRETRAIN = {
     "kind": "pretrain",
     "name": "tiny_cpu",
@@ -34,7 +36,7 @@ PRETRAIN = {
         "rc_prob": 0.5,
     },
     "optim": {"lr": 3.0e-3, "weight_decay": 0.1, "warmup_steps": 20, "min_lr_ratio": 0.1},
-    "trainer": {"max_steps": 400, "budget_minutes": 2.0, "max_minutes": 2.5, "val_every": 100, "log_every": 10,
+    "trainer": {"max_steps": 300, "budget_minutes": 2.0, "max_minutes": 2.5, "val_every": 100, "log_every": 10,
                 "ckpt_every": 50},
     "run_dir": "runs/pretrain_tiny",
 }
@@ -48,7 +50,7 @@ CLASSIFY = {
     "data": {"manifest": "assets", "length": 1024, "train_length": 256, "batch_size": 32, "train_samples": 100000,
              "test_per_label": 200, "rc_prob": 0.5},
     "optim": {"lr": 5.0e-3, "weight_decay": 0.05, "warmup_steps": 20, "min_lr_ratio": 0.05, "head_lr_mult": 2.0},
-    "trainer": {"max_steps": 600, "budget_minutes": 4.0, "max_minutes": 4.5, "log_every": 10, "ckpt_every": 100},
+    "trainer": {"max_steps": 500, "budget_minutes": 5.5, "max_minutes": 6.0, "log_every": 10, "ckpt_every": 100},
     "baselines": [4],
     "run_dir": "runs/classify_tiny",
 }
