@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-eval-samples", type=int, default=16)
     p.add_argument("--eval-chunk", type=int, default=16384, help="tokens per chunk through the recurrent state")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1 on cpu: these matrices are small, and a second "
+                        "thread made steps several times slower on a shared 2-core machine)")
     p.add_argument("--out", default=None, help="results directory (default: the package's bench/results)")
     p.add_argument("--name", default=None, help="result file name (default synthetic or synthetic_cuda)")
     return p
@@ -272,8 +274,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if cuda and not torch.cuda.is_available():
         print("genomamba bench synthetic: --device cuda but torch sees no CUDA device")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (None if cuda else 1)
+    if threads:
+        torch.set_num_threads(threads)
     steps = args.steps if args.steps is not None else (10000 if cuda else 1500)
     min_final = args.min_final_steps if args.min_final_steps is not None else (2000 if cuda else 400)
     max_len = args.max_len or (2**20 if cuda else 2**16)
