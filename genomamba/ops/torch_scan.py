@@ -91,9 +91,21 @@ class _Block:
         """delta_t * u_t * B_t at chunk position j for every chunk: (nc, b, d, n)."""
         return self.ungrp(self.grp(self.dul[:, j]).unsqueeze(-1) * self.Bl[:, j])
 
+    def dot_n(self, h, M):
+        """Contract (nc, b, d, n) states with B_t or C_t over n -> (nc, b, d) (one batched matmul)."""
+        if self.grouped:
+            return torch.einsum("cbgkn,cbgn->cbgk", self.grp(h), M[:, :, :, 0]).reshape(h.shape[:3])
+        return torch.einsum("cbdn,cbn->cbd", h, M[:, :, 0])
+
+    def sum_d(self, h, w):
+        """sum over the channels of a group of h * w: (nc, b, d, n), (nc, b, d) -> (nc, b, g, n)."""
+        if self.grouped:
+            return torch.einsum("cbgkn,cbgk->cbgn", self.grp(h), self.grp(w))
+        return torch.einsum("cbdn,cbd->cbn", h, w).unsqueeze(2)
+
     def y_of(self, h, j):
         """<x_t, C_t> over n: (nc, b, d)."""
-        return self.ungrp((self.grp(h) * self.Cl[:, j]).sum(-1))
+        return self.dot_n(h, self.Cl[:, j])
 
     def forward_states(self, x0, want_states=False):
         """Scan every chunk from zero, carry across chunks, rescan from the carries.
@@ -156,13 +168,13 @@ class _Block:
             h = torch.addcmul(e_of(j), an, h)  # g_t
             a = self.decay(self.dl[:, j])
             xprev = X[:, j - 1] if j > 0 else x_before
-            qa = h * xprev * a  # dL/d(delta_t * A)
-            gb = self.ungrp((self.grp(h) * self.Bl[:, j]).sum(-1))  # dL/d(delta_t * u_t): (nc, b, d)
-            gdl[:, j] = (qa * self.A).sum(-1) + gb * self.ul[:, j]
-            gul[:, j] = gb * self.dl[:, j]
+            qa = (h * xprev).mul_(a)  # dL/d(delta_t * A)
+            gb = self.dot_n(h, self.Bl[:, j])  # dL/d(delta_t * u_t): (nc, b, d)
+            gdl[:, j] = torch.einsum("cbdn,dn->cbd", qa, self.A).addcmul_(gb, self.ul[:, j])
+            torch.mul(gb, self.dl[:, j], out=gul[:, j])
             gA += torch.einsum("cbdn,cbd->dn", qa, self.dl[:, j])
-            gB[:, j] = (self.grp(h) * self.grp(self.dul[:, j]).unsqueeze(-1)).sum(-2).view(nc, b, self.g, n)
-            gC[:, j] = (self.grp(X[:, j]) * self.grp(gy[:, j]).unsqueeze(-1)).sum(-2).view(nc, b, self.g, n)
+            gB[:, j] = self.sum_d(h, self.dul[:, j])
+            gC[:, j] = self.sum_d(X[:, j], gy[:, j])
             an = a
         g_x0 = a[0] * h[0]
         return gul, gdl, gA, gB, gC, g_x0
