@@ -204,7 +204,11 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, ret
     if name in _MODULES:
         mod = importlib.import_module(_MODULES[name])
         return mod.causal_conv1d(x, weight, bias, initial_state, activation, return_final_state)
-    return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
+    if name == "ref":
+        return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
+    from genomamba.ops.torch_conv import causal_conv1d_torch
+
+    return causal_conv1d_torch(x, weight, bias, initial_state, activation, return_final_state)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -32,6 +32,24 @@ def test_causal_conv1d_state_carries_across_chunks(w):
     assert_close(s2, x[..., -(w - 1):], torch.float64, "final conv state")
 
 
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
+def test_torch_conv_matches_reference_with_gradients(w):
+    from genomamba.ops.torch_conv import causal_conv1d_torch
+
+    b, d, l = 2, 5, 23
+    ins = [torch.randn(b, d, l, dtype=torch.float64), torch.randn(d, w, dtype=torch.float64),
+           torch.randn(d, dtype=torch.float64), torch.randn(b, d, w - 1, dtype=torch.float64)]
+    ins = [t.requires_grad_() for t in ins]
+    out, st = causal_conv1d_torch(*ins, activation="silu", return_final_state=True)
+    ref, rst = causal_conv1d_ref(*ins, activation="silu", return_final_state=True)
+    assert_close(out, ref, torch.float64, "out")
+    assert_close(st, rst, torch.float64, "state")
+    go = torch.randn_like(out)
+    grads, ref_grads = torch.autograd.grad(out, ins, go), torch.autograd.grad(ref, ins, go)
+    for g1, g2, name in zip(grads, ref_grads, ["x", "weight", "bias", "initial_state"]):
+        assert_close(g1, g2, torch.float64, f"grad {name}")
+
+
 def test_short_chunk_conv_state():
     """A chunk shorter than w - 1 still leaves the right (b, d, w - 1) state."""
     x, weight = torch.randn(1, 2, 10, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
