@@ -22,7 +22,11 @@ def __getattr__(name):  # lazy: keeps `import genomamba` light
         from genomamba.tokenizers.dna import DNATokenizer
 
         return DNATokenizer
+    if name == "embed":
+        from genomamba.api import embed
+
+        return embed
     raise AttributeError(f"module 'genomamba' has no attribute {name!r}")
 
 
-__all__ = ["MambaConfig", "MambaLM", "DNATokenizer", "load", "__version__"]
+__all__ = ["MambaConfig", "MambaLM", "DNATokenizer", "load", "embed", "__version__"]

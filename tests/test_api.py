@@ -205,3 +205,12 @@ def test_classify(clf_dir, model, lambda_seq):
     assert out.labels == [gm.labels[j] for j in ref.argmax(1)]
     with pytest.raises(ValueError, match="no classifier head"):
         model.classify("ACGT")
+
+
+def test_top_level_embed_helper(tmp_path):
+    import genomamba
+    from genomamba import MambaConfig, MambaLM
+
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(tmp_path)
+    emb = genomamba.embed(tmp_path, ["ACGTACGTNN", "ACG"])
+    assert emb.shape == (2, 16) and "embed" in genomamba.__all__
