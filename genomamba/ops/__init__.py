@@ -13,7 +13,6 @@ Argument checking happens here once, so every backend sees validated inputs.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 
@@ -55,10 +54,24 @@ def use_backend(name: str):
         _forced = prev
 
 
+def _import(name: str):
+    """The backend module ``_MODULES[name]``. Plain import statements rather than importlib, so that
+    torch.compile can trace the dispatch (dynamo runs an ``import`` but will not trace importlib)."""
+    if name == "cpp":
+        from genomamba.ops import cpu as mod
+    elif name == "cuda":
+        from genomamba.ops import cuda as mod
+    elif name == "triton":
+        from genomamba.ops import triton as mod
+    else:
+        raise KeyError(name)
+    return mod
+
+
 def _module(name: str):
     """Import a backend module; None (with a one-line notice) if it is not usable here."""
     try:
-        mod = importlib.import_module(_MODULES[name])
+        mod = _import(name)
     except Exception as exc:  # an optional backend must never break genomamba
         _notice(name, f"{name} backend unavailable ({type(exc).__name__}: {exc}); using the next one")
         return None
@@ -77,7 +90,7 @@ def backend_for(device: torch.device, op: str = "selective_scan") -> str:
         if name in _MODULES:
             if _module(name) is None:
                 raise RuntimeError(f"backend {name!r} was requested but is not available on this machine")
-            if not hasattr(importlib.import_module(_MODULES[name]), op):
+            if not hasattr(_import(name), op):
                 return "torch"
         return name
     order = ("cuda", "triton") if device.type == "cuda" else ("cpp",) if device.type == "cpu" else ()
@@ -179,7 +192,7 @@ def selective_scan(
         from genomamba.ops.torch_scan import selective_scan_chunked
 
         return selective_scan_chunked(*args)
-    return importlib.import_module(_MODULES[name]).selective_scan(*args)
+    return _import(name).selective_scan(*args)
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):
@@ -202,7 +215,7 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, ret
     activation = "silu" if activation in ("silu", "swish") else None
     name = backend_for(x.device, "causal_conv1d")
     if name in _MODULES:
-        mod = importlib.import_module(_MODULES[name])
+        mod = _import(name)
         return mod.causal_conv1d(x, weight, bias, initial_state, activation, return_final_state)
     if name == "ref":
         return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
@@ -235,7 +248,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     _check_tensor("dt_bias", dt_bias, (d,), dev, optional=True)
     name = backend_for(dev, "selective_state_update")
     if name in _MODULES:
-        mod = importlib.import_module(_MODULES[name])
+        mod = _import(name)
         return mod.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 

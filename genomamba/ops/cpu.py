@@ -1,7 +1,9 @@
 """Fast CPU selective scan: the C++ kernel in ``csrc/cpu/``, JIT-built on first use.
 
-Layers (STYLE.md rule 2): ``_fwd`` / ``_bwd`` launchers -> ``SelectiveScanCpu`` (autograd Function)
--> :func:`selective_scan` (the functional the dispatcher in ``genomamba.ops`` calls).
+Layers (STYLE.md rule 2): ``_fwd`` / ``_bwd`` launchers -> the ``torch.library`` custom ops
+``genomamba::selective_scan_fwd_cpu`` / ``genomamba::selective_scan_bwd_cpu`` (fake kernels and
+autograd registered, so ``torch.compile`` traces through them) -> :func:`selective_scan` (the
+functional the dispatcher in ``genomamba.ops`` calls).
 
 Build: :func:`available` compiles the sources once with ``torch.utils.cpp_extension.load`` into
 ``$TORCH_EXTENSIONS_DIR/<name>`` (default ``~/.cache/genomamba/torch_extensions/<name>``), where
@@ -20,6 +22,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -74,8 +77,12 @@ def _fail(reason: str) -> bool:
     return False
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """True when the C++ kernel is built and loaded (building it on the first call; cached)."""
+    """True when the C++ kernel is built and loaded (building it on the first call; cached).
+
+    torch.compile runs it at trace time and keeps the answer as a constant (it takes a lock and
+    may build, neither of which dynamo traces)."""
     global _ext, _state
     if _state is not None:
         return _state
@@ -156,46 +163,117 @@ def _bwd(u, delta, A, Bt, Ct, D, z, delta_bias, delta_softplus, ckpt, dout, dfin
     return _require().bwd(u, delta, A, Bt, Ct, D, z, delta_bias, ckpt, dout, dfinal, bool(delta_softplus))
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- torch.library ops
+# The kernel's forward and backward are registered as custom ops so that torch.compile traces
+# through them (fullgraph) instead of breaking the graph at an opaque autograd.Function. The ops
+# see prepared tensors only (one compute dtype, contiguous, B/C as (b, g, l, n)); the casts and
+# transposes around them are ordinary torch ops, differentiated by autograd.
 
 
-class SelectiveScanCpu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-        ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-        uc, dc, Ac = _prep(u, ct), _prep(delta, ct), _prep(A, ct)
-        Dc, zc, bc, x0 = _prep(D, ct), _prep(z, ct), _prep(delta_bias, ct), _prep(initial_state, ct)
-        Bt, Ct = _prep_bc(B, ct), _prep_bc(C, ct)
-        need_grad = any(ctx.needs_input_grad)
-        out, last, ckpt = _fwd(uc, dc, Ac, Bt, Ct, Dc, zc, bc, delta_softplus, x0, need_grad)
-        if need_grad:
-            ctx.save_for_backward(uc, dc, Ac, Bt, Ct, Dc, zc, bc, ckpt)
-            ctx.softplus = bool(delta_softplus)
-            inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-            ctx.meta = (B.dim(), [None if t is None else t.dtype for t in inputs])
-        ctx.set_materialize_grads(False)
-        return out.to(u.dtype), last
+def _chunk() -> int:
+    """Time steps per backward checkpoint (the kernel's CHUNK)."""
+    return int(_require().CHUNK)
 
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        uc, dc, Ac, Bt, Ct, Dc, zc, bc, ckpt = ctx.saved_tensors
-        bc_dim, dtypes = ctx.meta
-        dout = torch.zeros_like(uc) if dout is None else dout.to(uc.dtype).contiguous()
-        dlast = None if dlast is None else dlast.to(uc.dtype).contiguous()
-        du, ddelta, dA, dBt, dCt, dD, dz, dbias, dx0 = _bwd(
-            uc, dc, Ac, Bt, Ct, Dc, zc, bc, ctx.softplus, ckpt, dout, dlast
-        )
 
-        def bc_grad(g):
-            g = g.transpose(-1, -2)  # (b, g, l, n) -> (b, g, n, l)
-            return g.squeeze(1) if bc_dim == 3 else g
+@torch.library.custom_op("genomamba::selective_scan_fwd_cpu", mutates_args=(), device_types="cpu")
+def _fwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    Bt: torch.Tensor,
+    Ct: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    softplus: bool,
+    save_ckpt: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns out (b, d, l), final state (b, d, n), checkpoints (b, d, nchunk, n) or (0,)."""
+    out, last, ckpt = _fwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, initial_state, save_ckpt)
+    return out, last, ckpt
 
-        grads = [du, ddelta, dA, bc_grad(dBt), bc_grad(dCt), dD, dz, dbias, dx0]
-        out = []
-        for g, dt, need in zip(grads, dtypes, [ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 4, 5, 6, 7, 9)]):
-            out.append(g.to(dt) if need and dt is not None else None)
-        u_g, delta_g, A_g, B_g, C_g, D_g, z_g, bias_g, x0_g = out
-        return u_g, delta_g, A_g, B_g, C_g, D_g, z_g, bias_g, None, x0_g
+
+@_fwd_op.register_fake
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, initial_state, softplus, save_ckpt):
+    b, d, l = u.shape
+    n = A.shape[1]
+    if save_ckpt:
+        c = _chunk()
+        ckpt = u.new_empty((b, d, torch.sym_max(1, (l + c - 1) // c), n))
+    else:
+        ckpt = u.new_empty((0,))
+    return torch.empty_like(u), u.new_empty((b, d, n)), ckpt
+
+
+@torch.library.custom_op("genomamba::selective_scan_bwd_cpu", mutates_args=(), device_types="cpu")
+def _bwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    Bt: torch.Tensor,
+    Ct: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    ckpt: torch.Tensor,
+    dout: torch.Tensor,
+    dfinal: Optional[torch.Tensor],
+    softplus: bool,
+) -> list[torch.Tensor]:
+    """Returns du, ddelta, dA, dBt, dCt, dD, dz ((0,) without z), ddelta_bias, dinitial_state."""
+    return list(_bwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus, ckpt, dout, dfinal))
+
+
+@_bwd_op.register_fake
+def _(u, delta, A, Bt, Ct, D, z, delta_bias, ckpt, dout, dfinal, softplus):
+    b, d, l = u.shape
+    n = A.shape[1]
+    return [
+        torch.empty_like(u),
+        torch.empty_like(u),
+        u.new_empty((d, n)),
+        torch.empty_like(Bt),
+        torch.empty_like(Ct),
+        u.new_empty((d,)),
+        torch.empty_like(u) if z is not None else u.new_empty((0,)),
+        u.new_empty((d,)),
+        u.new_empty((b, d, n)),
+    ]
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    u, delta, A, Bt, Ct, D, z, bias, x0, softplus, save_ckpt = inputs
+    ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, bias, output[2])
+    ctx.softplus, ctx.save_ckpt = softplus, save_ckpt
+
+
+def _fwd_backward(ctx, dout, dlast, _dckpt):
+    if not ctx.save_ckpt:
+        raise RuntimeError("genomamba: the C++ CPU scan ran without checkpoints; no backward possible")
+    u, delta, A, Bt, Ct, D, z, bias, ckpt = ctx.saved_tensors
+    dout = torch.zeros_like(u) if dout is None else dout.to(u.dtype).contiguous()
+    dlast = None if dlast is None else dlast.to(u.dtype).contiguous()
+    du, ddelta, dA, dBt, dCt, dD, dz, dbias, dx0 = _bwd_op(
+        u, delta, A, Bt, Ct, D, z, bias, ckpt, dout, dlast, ctx.softplus
+    )
+    need = ctx.needs_input_grad
+    return (
+        du if need[0] else None,
+        ddelta if need[1] else None,
+        dA if need[2] else None,
+        dBt if need[3] else None,
+        dCt if need[4] else None,
+        dD if D is not None and need[5] else None,
+        dz if z is not None and need[6] else None,
+        dbias if bias is not None and need[7] else None,
+        dx0 if need[8] else None,
+        None,
+        None,
+    )
+
+
+_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 
 # ----------------------------------------------------------------------------- functional
@@ -220,8 +298,15 @@ def selective_scan(
     initial_state / final state: (b, d, n) in fp32 (fp64 for fp64 inputs). bf16/fp16 inputs are
     computed in fp32. Returns out (b, d, l) in u's dtype, or (out, final_state).
     """
-    softplus = bool(delta_softplus)
-    out, last = SelectiveScanCpu.apply(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state)
+    ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, last, _ = _fwd_op(
+        _prep(u, ct), _prep(delta, ct), _prep(A, ct), _prep_bc(B, ct), _prep_bc(C, ct),
+        _prep(D, ct), _prep(z, ct), _prep(delta_bias, ct), _prep(initial_state, ct),
+        bool(delta_softplus), save,
+    )
+    out = out.to(u.dtype)
     return (out, last) if return_final_state else out
 
 

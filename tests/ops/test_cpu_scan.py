@@ -170,3 +170,68 @@ def test_missing_toolchain_falls_back_with_notice(monkeypatch, capsys, missing):
     assert cpu.available() is False  # no exception
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "using the torch scan" in err[0] and missing in err[0]
+
+
+# ----------------------------------------------------------------------------- torch.library / torch.compile
+
+
+def _op_args(kw, save_ckpt):
+    """The prepared arguments genomamba::selective_scan_fwd_cpu takes (as cpu.selective_scan builds them)."""
+    ct = torch.float64 if kw["u"].dtype == torch.float64 else torch.float32
+
+    def prep(name):
+        t = kw.get(name)
+        return None if t is None else cpu._prep(t.detach(), ct).requires_grad_(t.requires_grad)
+
+    Bt, Ct = (cpu._prep_bc(kw[k].detach(), ct).requires_grad_() for k in ("B", "C"))
+    return (prep("u"), prep("delta"), prep("A"), Bt, Ct, prep("D"), prep("z"), prep("delta_bias"),
+            prep("initial_state"), kw["delta_softplus"], save_ckpt)
+
+
+@pytest.mark.parametrize("l", [0, 7, KCHUNK + 44])
+@pytest.mark.parametrize("variant,initial_state", [(VARIANTS[0], True), (VARIANTS[1], False), (VARIANTS[2], True)])
+def test_opcheck_custom_ops(l, variant, initial_state):
+    """Schema, fake kernel (shapes incl. the optional final state / checkpoints), autograd registration
+    and AOT dispatch of the registered ops, with and without z / D / delta_bias / initial_state."""
+    kw, _ = make_scan_inputs(2, 4, 5, l, torch.float32, variant, initial_state=initial_state)
+    args = _op_args(kw, True)
+    torch.library.opcheck(torch.ops.genomamba.selective_scan_fwd_cpu.default, args)
+    # without checkpoints (what a no-grad call runs): no backward, so inputs without grad
+    args = [t.detach() if isinstance(t, torch.Tensor) else t for t in _op_args(kw, False)]
+    torch.library.opcheck(torch.ops.genomamba.selective_scan_fwd_cpu.default, args)
+    u, delta, A, Bt, Ct, D, z, bias, x0, softplus, _ = args = _op_args(kw, True)
+    with torch.no_grad():
+        out, last, ckpt = torch.ops.genomamba.selective_scan_fwd_cpu(*args)
+    assert ckpt.shape == (2, 4, max(1, -(-l // KCHUNK)), 5)
+    plain = [None if t is None else t.detach() for t in (u, delta, A, Bt, Ct, D, z, bias)]
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    for dfinal in (dlast, None):
+        torch.library.opcheck(torch.ops.genomamba.selective_scan_bwd_cpu.default,
+                              (*plain, ckpt, dout, dfinal, softplus))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("variant,initial_state", [(VARIANTS[0], True), (VARIANTS[3], False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compile_fullgraph_matches_eager(backend, variant, initial_state, dtype):
+    """torch.compile(fullgraph=True) through the dispatcher with the cpp backend forced: no graph
+    break, and the same output, final state and gradients as eager."""
+    kw, _ = make_scan_inputs(2, 8, 16, KCHUNK + 44, dtype, variant, initial_state=initial_state)
+
+    def scan(**kw):
+        with use_backend("cpp"):
+            return selective_scan(**kw)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scan, fullgraph=True, backend=backend)
+    out, state, grads = run_with_grads(compiled, kw)
+    eo, es, eg = run_with_grads(scan, kw)
+    assert out.dtype == eo.dtype and state.dtype == es.dtype
+    assert_close(out, eo, dtype, "out")
+    assert_close(state, es, dtype, "final_state")
+    assert set(grads) == set(eg)
+    for name, g in grads.items():
+        assert g.dtype == kw[name].dtype and g.shape == kw[name].shape, name
+        assert_close(g, eg[name], dtype, f"grad {name}")
+    with torch.no_grad():  # inference: the forward keeps no checkpoints
+        assert_close(compiled(**kw, return_final_state=True)[0], eo.detach(), dtype, "no-grad out")
