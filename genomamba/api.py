@@ -328,19 +328,38 @@ class GenomeModel:
         return np.stack([a for _, a in pairs]) if pairs else np.zeros((0, self.d_model), dtype=dtype)
 
     # ------------------------------------------------------------------ classify
-    def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Classification:
-        """Predicted label and class probabilities per sequence (needs a classifier head)."""
+    def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
+                 both_strands: bool = True) -> Classification:
+        """Predicted label and class probabilities per sequence (needs a classifier head).
+
+        ``both_strands``: average the class probabilities of the sequence and of its reverse
+        complement (a record can come from either strand; fine-tuning evaluates the same way).
+        """
         if self.head is None:
             where = f" {self.path}" if self.path else ""
             raise ValueError(f"classify: the model{where} has no classifier head (head.json + head.safetensors); "
                              "fine-tune one with `genomamba classify fit`, or use embed()/score()")
         names, probs = [], []
+        pooling = self.head_pooling
+
+        def head_probs(emb):
+            x = torch.from_numpy(emb).to(self.device, self.head.weight.dtype).unsqueeze(0)
+            return torch.softmax(self.head(x).float(), -1)[0].cpu().numpy()
+
         with torch.no_grad():
-            for name, emb in self.iter_embed(seqs, self.head_pooling, batch_size, chunk_size, arg="seqs"):
-                x = torch.from_numpy(emb).to(self.device, self.head.weight.dtype).unsqueeze(0)
-                probs.append(torch.softmax(self.head(x).float(), -1)[0].cpu().numpy())
-                names.append(name)
-        p = np.stack(probs).astype(np.float32)
+            for buffer in self._batches(seqs, "seqs", batch_size, chunk_size, 8):
+                done = sorted((r for group in buffer for r in self._embed_group(group, pooling, chunk_size,
+                                                                                  np.float32)), key=lambda r: r[0])
+                p = {i: head_probs(emb) for i, _, emb in done}
+                if both_strands:
+                    rc = [[(i, name, self.tokenizer.reverse_complement(ids)) for i, name, ids in group] for group in buffer]
+                    for i, _, emb in (r for group in rc for r in self._embed_group(group, pooling, chunk_size,
+                                                                                   np.float32)):
+                        p[i] = (p[i] + head_probs(emb)) / 2
+                for i, name, _ in done:
+                    probs.append(p[i])
+                    names.append(name)
+        p = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(self.labels)), np.float32)
         return Classification([self.labels[j] for j in p.argmax(1)], p, list(self.labels), names)
 
     # ------------------------------------------------------------------ score

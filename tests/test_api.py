@@ -193,16 +193,23 @@ def test_classify(clf_dir, model, lambda_seq):
     gm = genomamba.load(clf_dir)
     assert gm.labels == ["E_coli", "S_aureus", "H_pylori"]
     seqs = [lambda_seq[i * 1000:(i + 1) * 1000] for i in range(4)]
-    out = gm.classify(seqs, chunk_size=333)
-    assert len(out) == 4 and out.probabilities.shape == (4, 3)
-    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, rtol=1e-5)
+    one = gm.classify(seqs, chunk_size=333, both_strands=False)
+    assert len(one) == 4 and one.probabilities.shape == (4, 3)
+    np.testing.assert_allclose(one.probabilities.sum(1), 1.0, rtol=1e-5)
     # equal to the training-time module (SequenceClassifier.forward) on the whole sequence
     clf = SequenceClassifier.from_pretrained(clf_dir)
     ids = torch.stack([torch.from_numpy(gm.tokenizer.encode(s).astype(np.int64)) for s in seqs])
+    rc_ids = gm.tokenizer.reverse_complement(ids)
     with torch.no_grad():
-        ref = torch.softmax(clf(ids), -1).numpy()
-    np.testing.assert_allclose(out.probabilities, ref, rtol=1e-4, atol=1e-6)
-    assert out.labels == [gm.labels[j] for j in ref.argmax(1)]
+        fwd, rev = torch.softmax(clf(ids), -1).numpy(), torch.softmax(clf(rc_ids), -1).numpy()
+    np.testing.assert_allclose(one.probabilities, fwd, rtol=1e-4, atol=1e-6)
+    assert one.labels == [gm.labels[j] for j in fwd.argmax(1)]
+    # default: both strands, the mean of the two strands' probabilities (as fine-tuning evaluates)
+    out = gm.classify(seqs, chunk_size=333)
+    assert not np.allclose(fwd, rev, atol=1e-4)  # the strands really differ for this model
+    np.testing.assert_allclose(out.probabilities, (fwd + rev) / 2, rtol=1e-4, atol=1e-6)
+    assert out.labels == [gm.labels[j] for j in ((fwd + rev) / 2).argmax(1)]
+    assert out.names == one.names
     with pytest.raises(ValueError, match="no classifier head"):
         model.classify("ACGT")
 

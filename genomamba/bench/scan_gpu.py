@@ -104,8 +104,7 @@ def bench_one(backend, shape, bw, warmup=25, rep=100):
         out = fn(**kw)
         torch.autograd.grad(out, leaves, gout)
 
-    # the CUDA backend has no backward of its own yet (it hands grad calls to Triton): fwd only
-    t_fb = None if backend == "cuda" else do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
+    t_fb = do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
     anchor = ANCHORS.get(shape)
     row = {
         "backend": backend,
@@ -180,6 +179,11 @@ def main(argv=None) -> int:
         "anchors": "official mamba_ssm 2.3.2 on H100 80GB HBM3, torch 2.11+cu130 (issue 5)",
         "rows": results,
     }
+    if "cuda" in backends:
+        import genomamba.ops.cuda as cu
+
+        payload["cuda"] = {"self_test": dict(cu.STATUS), "config": dict(cu.CONFIG),
+                           "backward": "cuda v2" if cu.cuda_backward_enabled() else "triton"}
     for shape in rows:
         for be in backends:
             if be == "torch" and shape[3] > args.torch_max_len:

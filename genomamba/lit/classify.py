@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,6 +15,9 @@ from genomamba.lit._pl import pl
 from genomamba.lit.pretrain import DEFAULT_OPTIM, build_optimizer
 from genomamba.models.heads import POOLINGS, SequenceClassifier
 from genomamba.models.lm import MambaLM, optimizer_param_groups
+from genomamba.tokenizers.dna import DNATokenizer
+
+_RC_TOKENIZER = DNATokenizer()  # the vocabulary every genomamba DNA model uses (genomamba.tokenizers.dna)
 
 
 def _metrics(n: int) -> torch.nn.ModuleDict:
@@ -68,11 +72,13 @@ class ClassifierModule(pl.LightningModule):
         dropout: on the pooled features.
         optim: AdamW / schedule settings; ``head_lr_mult`` scales the head's learning rate.
         plot_dir: where confusion-matrix PNGs go (default: the logger's directory).
+        tta_rc: evaluate (val/test) on both strands: average the class probabilities of each window
+            and of its reverse complement (training already sees both strands through ``rc_prob``).
     """
 
     def __init__(self, labels: Sequence[str], model: Optional[dict] = None, init_from: Optional[str] = None,
                  pooling: str = "mean", freeze_backbone: bool = False, dropout: float = 0.0,
-                 optim: Optional[dict] = None, plot_dir: Optional[str] = None):
+                 optim: Optional[dict] = None, plot_dir: Optional[str] = None, tta_rc: bool = True):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
@@ -116,6 +122,11 @@ class ClassifierModule(pl.LightningModule):
     def _eval(self, batch, metrics, prefix):
         ids, mask, y = self._unpack(batch)
         logits = self.net(ids, mask).float()
+        if self.hparams.get("tta_rc", False):
+            rc = _RC_TOKENIZER.reverse_complement(ids, mask)
+            rc_ids, rc_mask = rc if mask is not None else (rc, None)
+            both = torch.stack([logits.log_softmax(-1), self.net(rc_ids, rc_mask).float().log_softmax(-1)])
+            logits = torch.logsumexp(both, 0) - math.log(2.0)  # log of the mean probability
         loss = F.cross_entropy(logits, y)
         pred = logits.argmax(-1)
         for m in metrics.values():

@@ -103,6 +103,7 @@ class HeadConfig:
     pooling: str = "mean"
     freeze_backbone: bool = False
     dropout: float = 0.0
+    tta_rc: bool = True  # evaluate on both strands (mean class probability of window + reverse complement)
 
 
 @dataclass
@@ -470,7 +471,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     model_cfg = {"vocab_size": tok.vocab_size, **cfg.model} if cfg.model else None
     module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
-                              optim=to_plain(cfg.optim), plot_dir=str(run_dir))
+                              optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc)
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)

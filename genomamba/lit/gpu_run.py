@@ -35,6 +35,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=5000)
     ap.add_argument("--pretrain-config", default=str(ROOT / "configs/pretrain/dna_7m_16k.yaml"))
     ap.add_argument("--classify-config", default=str(ROOT / "configs/classify/species_1k.yaml"))
+    ap.add_argument("--classify16k-config", default=str(ROOT / "configs/classify/species_16k.yaml"))
+    ap.add_argument("--classify16k-minutes", type=float, default=2.0)
+    ap.add_argument("--stages", default="pretrain,classify_1k",
+                    help="comma list among pretrain, classify_1k, classify_16k")
+    ap.add_argument("--init-from", default=None,
+                    help="pretrained model folder for the classifiers (default: this run's pretrain stage)")
+    ap.add_argument("--export-model", action="store_true",
+                    help="copy the pretrained model folder to <out>/model (to carry into a later call)")
     ap.add_argument("--pretrain-set", action="append", default=[], help="extra override (dry runs)")
     ap.add_argument("--classify-set", action="append", default=[], help="extra override (dry runs)")
     args = ap.parse_args(argv)
@@ -60,58 +68,75 @@ def main(argv=None) -> int:
         (out / "gpu_run.json").write_text(json.dumps(report, indent=2) + "\n")
 
     dump()
+    stages = [x for x in args.stages.split(",") if x]
+    unknown = set(stages) - {"pretrain", "classify_1k", "classify_16k"}
+    if unknown:
+        ap.error(f"--stages: unknown stage(s) {sorted(unknown)}")
+    report["stages"] = stages
     # ---- pretrain 7M at 16k
-    pre_over = [f"run_dir={work / 'dna_7m_16k'}", f"trainer.budget_minutes={args.pretrain_minutes}",
-                f"trainer.max_minutes={args.pretrain_minutes * 1.1}", f"trainer.max_steps={args.max_steps}",
-                f"seqlen_warmup.stage_steps={args.stage_steps}", "optim.warmup_steps=50",
-                "trainer.val_every=100", "trainer.ckpt_every=200", "trainer.progress=false",
-                "data.num_workers=6", "trainer.log_every=10"] + args.pretrain_set
-    report["pretrain"] = {"config": os.path.relpath(args.pretrain_config, ROOT), "overrides": pre_over}
-    t0 = time.time()
-    try:
-        pcfg = load_config(args.pretrain_config, pre_over)
-        res = run_pretrain(pcfg, quiet=True)
-        res["wall_seconds"] = round(time.time() - t0, 1)
-        res["tokens_per_step"] = pcfg.data.batch_size * pcfg.data.seq_len * pcfg.trainer.accumulate
-        res["tokens_seen"] = res["global_step"] * res["tokens_per_step"]
-        res["tokens_per_second"] = round(res["tokens_seen"] / max(res["fit_seconds"], 1e-9))
-        res["heldout_umaydis_chr21_23_bits_per_base"] = res.get("test", {}).get("test/bpb")
-        res["references_bits_per_base"] = {"order16_markov": 1.899, "xz_9": 2.074, "bzip2_9": 2.144}
-        report["pretrain"].update(res)
-        for name in ("training_curves.png",):
-            if (work / "dna_7m_16k" / name).exists():
-                shutil.copy(work / "dna_7m_16k" / name, out / f"pretrain_{name}")
-    except Exception:
-        report["pretrain"]["error"] = traceback.format_exc()[-3000:]
-    dump()
-    # ---- classifier at 1k from the pretrained model
-    model_dir = work / "dna_7m_16k" / "model"
-    cls_over = [f"run_dir={work / 'species_1k'}", f"init_from={model_dir}",
-                f"trainer.budget_minutes={args.classify_minutes}", f"trainer.max_minutes={args.classify_minutes * 1.1}",
-                "trainer.max_steps=3000", "optim.warmup_steps=50", "trainer.progress=false", "data.num_workers=6",
-                "trainer.ckpt_every=500", "trainer.log_every=10"] + args.classify_set
-    report["classify_1k"] = {"config": os.path.relpath(args.classify_config, ROOT), "overrides": cls_over}
-    if model_dir.exists():
+    if "pretrain" in stages:
+        pre_over = [f"run_dir={work / 'dna_7m_16k'}", f"trainer.budget_minutes={args.pretrain_minutes}",
+                    f"trainer.max_minutes={args.pretrain_minutes * 1.1}", f"trainer.max_steps={args.max_steps}",
+                    f"seqlen_warmup.stage_steps={args.stage_steps}", "optim.warmup_steps=50",
+                    "trainer.val_every=100", "trainer.ckpt_every=200", "trainer.progress=false",
+                    "data.num_workers=6", "trainer.log_every=10"] + args.pretrain_set
+        report["pretrain"] = {"config": os.path.relpath(args.pretrain_config, ROOT), "overrides": pre_over}
         t0 = time.time()
         try:
-            res = run_classify(load_config(args.classify_config, cls_over), quiet=True)
+            pcfg = load_config(args.pretrain_config, pre_over)
+            res = run_pretrain(pcfg, quiet=True)
             res["wall_seconds"] = round(time.time() - t0, 1)
-            res["baselines_quoted"] = {"gc": 0.687, "nb4": 0.888, "nb10": 0.966}
-            report["classify_1k"].update(res)
-            for name in ("training_curves.png", "confusion_test.png"):
-                if (work / "species_1k" / name).exists():
-                    shutil.copy(work / "species_1k" / name, out / f"classify_1k_{name}")
+            res["tokens_per_step"] = pcfg.data.batch_size * pcfg.data.seq_len * pcfg.trainer.accumulate
+            res["tokens_seen"] = res["global_step"] * res["tokens_per_step"]
+            res["tokens_per_second"] = round(res["tokens_seen"] / max(res["fit_seconds"], 1e-9))
+            res["heldout_umaydis_chr21_23_bits_per_base"] = res.get("test", {}).get("test/bpb")
+            res["references_bits_per_base"] = {"order16_markov": 1.899, "xz_9": 2.074, "bzip2_9": 2.144}
+            report["pretrain"].update(res)
+            for name in ("training_curves.png",):
+                if (work / "dna_7m_16k" / name).exists():
+                    shutil.copy(work / "dna_7m_16k" / name, out / f"pretrain_{name}")
         except Exception:
-            report["classify_1k"]["error"] = traceback.format_exc()[-3000:]
-    else:
-        report["classify_1k"]["error"] = "no pretrained model (pretraining failed)"
+            report["pretrain"]["error"] = traceback.format_exc()[-3000:]
+        dump()
+    # ---- classifiers at 1k and 16k from the pretrained model
+    model_dir = Path(args.init_from) if args.init_from else work / "dna_7m_16k" / "model"
+    if args.export_model and model_dir.exists():
+        shutil.copytree(model_dir, out / "model", dirs_exist_ok=True)
+    plan = {"classify_1k": (args.classify_config, args.classify_minutes),
+            "classify_16k": (args.classify16k_config, args.classify16k_minutes)}
+    for stage in ("classify_1k", "classify_16k"):
+        if stage not in stages:
+            continue
+        config, minutes = plan[stage]
+        run_dir = work / stage.replace("classify", "species")
+        cls_over = [f"run_dir={run_dir}", f"init_from={model_dir}",
+                    f"trainer.budget_minutes={minutes}", f"trainer.max_minutes={minutes * 1.1}",
+                    "trainer.max_steps=3000", "optim.warmup_steps=50", "trainer.progress=false",
+                    "data.num_workers=6", "trainer.ckpt_every=500", "trainer.log_every=10"] + args.classify_set
+        report[stage] = {"config": os.path.relpath(config, ROOT), "overrides": cls_over}
+        if not model_dir.exists():
+            report[stage]["error"] = f"no pretrained model at {model_dir}"
+            dump()
+            continue
+        t0 = time.time()
+        try:
+            res = run_classify(load_config(config, cls_over), quiet=True)
+            res["wall_seconds"] = round(time.time() - t0, 1)
+            res["baselines_quoted_1kb"] = {"gc": 0.687, "nb4": 0.888, "nb10": 0.966}
+            report[stage].update(res)
+            for name in ("training_curves.png", "confusion_test.png"):
+                if (run_dir / name).exists():
+                    shutil.copy(run_dir / name, out / f"{stage}_{name}")
+        except Exception:
+            report[stage]["error"] = traceback.format_exc()[-3000:]
+        dump()
     if torch.cuda.is_available():
         report["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     dump()
     print(json.dumps({k: report[k] for k in ("device", "scan_backend")}, indent=1))
-    for stage in ("pretrain", "classify_1k"):
-        r = report[stage]
+    for stage in stages:
+        r = report.get(stage, {})
         print(stage, {k: r.get(k) for k in ("global_step", "fit_seconds", "heldout_umaydis_chr21_23_bits_per_base",
                                             "tokens_per_second", "test", "baselines", "error")})
     return 0

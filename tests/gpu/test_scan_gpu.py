@@ -82,7 +82,22 @@ def _check(backend, b, d, n, l, dtype, variant, grads=True, strided=False, seed=
     assert_close(st, rst, dtype, f"{backend} final_state")
     if grads:
         for name, gr in g.items():
-            assert_close(gr, rg[name], dtype, f"{backend} d{name}")
+            if name in REDUCED and dtype in (torch.bfloat16, torch.float16):
+                _assert_close_norm(gr, rg[name], dtype, f"{backend} d{name}")
+            else:
+                assert_close(gr, rg[name], dtype, f"{backend} d{name}")
+
+
+# gradients of parameters shared by every (batch, token): sums of b*l terms of O(1) size, so in half
+# precision one element's error is ~sqrt(b*l) rounding errors, unrelated to that element's (possibly
+# cancelled, near-zero) value; judge them by the error relative to the whole tensor's norm
+REDUCED = ("A", "D", "delta_bias")
+NORM_TOL = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
+
+
+def _assert_close_norm(actual, expected, dtype, what):
+    err = ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
+    assert err <= NORM_TOL[dtype], f"{what}: relative error norm {err:.3g} > {NORM_TOL[dtype]}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -53,7 +53,9 @@ def test_kill9_then_resume_ends_with_same_step_count(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "results.json").exists()  # it really died mid-run
     killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    assert 12 <= killed_at < MAX_STEPS
+    # stepN.ckpt lands just before last.ckpt is rewritten: a kill in between leaves last.ckpt one
+    # checkpoint (4 steps) behind, which is still a mid-run resume point
+    assert 8 <= killed_at < MAX_STEPS
 
     # resume with nothing but the run directory: the config comes from RUN_DIR/config.yaml
     out = subprocess.run(_cmd("--resume", "--run-dir", str(run)), capture_output=True, text=True, env=env,
