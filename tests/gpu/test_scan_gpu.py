@@ -88,10 +88,12 @@ def _check(backend, b, d, n, l, dtype, variant, grads=True, strided=False, seed=
                 assert_close(gr, rg[name], dtype, f"{backend} d{name}")
 
 
-# gradients of parameters shared by every (batch, token): sums of b*l terms of O(1) size, so in half
-# precision one element's error is ~sqrt(b*l) rounding errors, unrelated to that element's (possibly
-# cancelled, near-zero) value; judge them by the error relative to the whole tensor's norm
-REDUCED = ("A", "D", "delta_bias")
+# gradients that are sums of many O(1) terms (A, D, delta_bias over b*l; B, C over the d channels): in
+# half precision one element's error is ~sqrt(terms) rounding errors of the half-precision operands,
+# unrelated to that element's (possibly cancelled, near-zero) value, so an elementwise rtol fails on a
+# few near-zero elements in every backend (seen on the H200, 2026-12-01, fp16 and bf16); judge them by
+# the error relative to the whole tensor's norm
+REDUCED = ("A", "D", "delta_bias", "B", "C")
 NORM_TOL = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
 
 
