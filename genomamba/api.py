@@ -352,7 +352,8 @@ class GenomeModel:
                                                                                   np.float32)), key=lambda r: r[0])
                 p = {i: head_probs(emb) for i, _, emb in done}
                 if both_strands:
-                    rc = [[(i, name, self.tokenizer.reverse_complement(ids)) for i, name, ids in group] for group in buffer]
+                    rc = [[(i, name, self.tokenizer.reverse_complement(ids)) for i, name, ids in group]
+                          for group in buffer]
                     for i, _, emb in (r for group in rc for r in self._embed_group(group, pooling, chunk_size,
                                                                                    np.float32)):
                         p[i] = (p[i] + head_probs(emb)) / 2

@@ -41,6 +41,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 namespace ssv2 {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -123,6 +125,38 @@ __device__ __forceinline__ void store_run(T *p, int64_t t0, int64_t tend, bool v
   }
 }
 
+// The "lean" forward's loads (fwd_kernel<..., true>): `row` already points at token t0 and `full`
+// (vector path allowed and the whole run inside the sequence) is decided once per tile by the caller,
+// so the per-state loop carries no 64-bit address arithmetic or alignment tests; bf16 is widened with
+// one integer op per value (its bits are the high half of an fp32) instead of PRMT + shift.
+template <typename T, int K>
+__device__ __forceinline__ void load_lean(const T *row, int64_t t0, int64_t tend, bool full, float (&v)[K]) {
+  constexpr int E = 16 / sizeof(T);
+  static_assert(K % E == 0, "K must be a multiple of 16 / sizeof(T)");
+  if (full) {
+#pragma unroll
+    for (int q = 0; q < K / E; ++q) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(row + q * E));
+      if constexpr (std::is_same<T, c10::BFloat16>::value) {
+        const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          v[q * E + 2 * i] = __uint_as_float(w[i] << 16);
+          v[q * E + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+      } else {
+        alignas(16) T tmp[E];
+        *reinterpret_cast<uint4 *>(tmp) = raw;
+#pragma unroll
+        for (int e = 0; e < E; ++e) v[q * E + e] = to_f(tmp[e]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = (t0 + k < tend) ? to_f(row[k]) : 0.f;
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
   // xor butterfly: every lane ends with the same value, summed in a fixed order (deterministic)
 #pragma unroll
@@ -162,7 +196,12 @@ __device__ __forceinline__ WarpPos warp_pos(const Params &p, int warp, int64_t s
 
 // ----------------------------------------------------------------------------- forward
 
-template <typename T, int K>
+// kLean (opt-in until timed on a GPU: CONFIG["fwd_lean"]): the same algorithm with fewer instructions
+// per (token, state), from the H200 profile of 2026-12-01 (20 SASS instructions per element, issue
+// slots 46 % busy): B/C row pointers advanced per state and the vector/tail test made once per tile
+// (load_lean), the lane's decay product as one ex2 of its summed delta instead of K multiplies, and
+// silu(z) with a fast divide instead of the IEEE division's slow path.
+template <typename T, int K, bool kLean>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -187,9 +226,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
 
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * 32 * K + lane * K;
+    const bool full = p.vec && t0 + K <= p.l;
     float dl[K], du[K], y[K];
-    load_run<T, K>(dtp, t0, p.l, p.vec, dl);
-    load_run<T, K>(u, t0, p.l, p.vec, du);
+    if constexpr (kLean) {
+      load_lean<T, K>(dtp + t0, t0, p.l, full, dl);
+      load_lean<T, K>(u + t0, t0, p.l, full, du);
+    } else {
+      load_run<T, K>(dtp, t0, p.l, p.vec, dl);
+      load_run<T, K>(u, t0, p.l, p.vec, du);
+    }
     prep_delta<K>(p, w.dch, t0, dl);
     float tsum = 0.f;
 #pragma unroll
@@ -199,27 +244,37 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
       tsum += dl[k];
     }
     lane_dsum += tsum;
+    const float lane_sum = tsum;  // this lane's sum(delta) over its K tokens (kLean: its decay product)
     if (p.save) {  // tile-start state and the tile's sum(delta), for the backward
       float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
       for (int64_t j = lane; j < n; j += 32) ts[j] = s_h[j];
       tsum = warp_sum(tsum);
       if (lane == 0) ts[n] = tsum;
     }
+    const T *Brow = Bp + t0, *Crow = Cp + t0;  // kLean: this lane's run of B/C rows, one state at a time
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn];
       const float carry = s_h[nn];
       float Bv[K], Cv[K], a[K];
-      load_run<T, K>(Bp + nn * p.s_Bn, t0, p.l, p.vec, Bv);
-      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      if constexpr (kLean) {
+        load_lean<T, K>(Brow, t0, p.l, full, Bv);
+        load_lean<T, K>(Crow, t0, p.l, full, Cv);
+        Brow += p.s_Bn;
+        Crow += p.s_Cn;
+      } else {
+        load_run<T, K>(Bp + nn * p.s_Bn, t0, p.l, p.vec, Bv);
+        load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      }
       // this lane's K tokens as one affine map h -> Aa * h + Bb
       float Aa = 1.f, Bb = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         a[k] = ex2(dl[k] * a2);
         Bb = a[k] * Bb + du[k] * Bv[k];
-        Aa *= a[k];
+        if constexpr (!kLean) Aa *= a[k];
       }
+      if constexpr (kLean) Aa = ex2(lane_sum * a2);
       if (lane == 0) Bb = Aa * carry + Bb;  // fold the tile's entering state into lane 0
       // inclusive scan of the maps over lanes; afterwards Bb = state after this lane's last token
 #pragma unroll
@@ -245,9 +300,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
     __syncwarp();
     if (p.has_z) {
       float zv[K];
-      load_run<T, K>(static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd, t0, p.l, p.vec, zv);
+      const T *zp = static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd;
+      if constexpr (kLean) {
+        load_lean<T, K>(zp + t0, t0, p.l, full, zv);
 #pragma unroll
-      for (int k = 0; k < K; ++k) y[k] *= zv[k] * sigmoid_f(zv[k]);
+        for (int k = 0; k < K; ++k) y[k] *= __fdividef(zv[k], 1.f + __expf(-zv[k]));  // z * sigmoid(z)
+      } else {
+        load_run<T, K>(zp, t0, p.l, p.vec, zv);
+#pragma unroll
+        for (int k = 0; k < K; ++k) y[k] *= zv[k] * sigmoid_f(zv[k]);
+      }
     }
     store_run<T, K>(static_cast<T *>(p.out) + w.bi * p.s_ob + w.dch * p.s_od, t0, p.l, p.vec, y);
   }
@@ -715,12 +777,13 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 }  // namespace ssv2
 
 // Returns (out, final_state, tstate); tstate (b, d, ntiles, n + 1) holds the state at every tile
-// start and each tile's sum(delta) when `save` (for the backward), else it is empty.
+// start and each tile's sum(delta) when `save` (for the backward), else it is empty. `lean`: the
+// fwd_kernel<..., true> build of the main pass (same results to rounding; see fwd_kernel).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
-                                                 int64_t warps, int64_t seg_tiles, bool save) {
+                                                 int64_t warps, int64_t seg_tiles, bool save, bool lean) {
   using namespace ssv2;
   const c10::cuda::CUDAGuard guard(u.device());
   Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
@@ -750,8 +813,13 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
   SSV2_DISPATCH(u.scalar_type(), c.K, {
-    set_smem(fwd_kernel<scalar_t, kK>, smem);
-    fwd_kernel<scalar_t, kK><<<c.grid, threads, smem, stream>>>(p);
+    if (lean) {
+      set_smem(fwd_kernel<scalar_t, kK, true>, smem);
+      fwd_kernel<scalar_t, kK, true><<<c.grid, threads, smem, stream>>>(p);
+    } else {
+      set_smem(fwd_kernel<scalar_t, kK, false>, smem);
+      fwd_kernel<scalar_t, kK, false><<<c.grid, threads, smem, stream>>>(p);
+    }
   });
   check_cuda("fwd");
   if (p.nseg > 1) {

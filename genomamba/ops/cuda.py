@@ -45,7 +45,7 @@ _ext = None
 _failed: str | None = None
 _build_dir: Path | None = None
 # self-test outcome per part: True (passed), or a string saying why not; filled by _build()
-STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built"}
+STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -75,6 +75,10 @@ CONFIG = {
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 8192),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
+    # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
+    # rounding; selective_scan_v2.cu, fwd_kernel<..., true>): used when 1 and its self-test passed;
+    # off by default until timed against the default on a GPU
+    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", 0),
 }
 
 
@@ -127,8 +131,8 @@ def _build():
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         _ext = ext
-        for part in ("v2", "bwd"):
-            if STATUS[part] is not True:
+        for part in ("v2", "bwd") + (("lean",) if CONFIG["fwd_lean"] else ()):
+            if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
     except Exception as exc:  # no compiler / failed build / failed self-test: fall back, say so once
         _failed = f"{type(exc).__name__}: {exc}"
@@ -152,7 +156,7 @@ def _self_test_status(build_dir: Path) -> dict:
     env[_CHILD_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(_REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     code = f"from genomamba.ops.cuda import _self_test_child; _self_test_child({str(path)!r})"
-    status = {"v1": "self-test did not run", "v2": "self-test did not run", "bwd": "self-test did not run"}
+    status = {k: "self-test did not run" for k in ("v1", "v2", "bwd", "lean")}
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
         if path.exists():
@@ -171,13 +175,13 @@ def _self_test_child(path: str) -> None:
     """Child-process entry: build (cached), test v1, v2 and the backward; write each verdict as it
     is known (a part left "running" crashed the process)."""
     ext = _build()
-    status = {"v1": "not run", "v2": "not run", "bwd": "not run"}
+    status = {"v1": "not run", "v2": "not run", "bwd": "not run", "lean": "not run"}
 
     def save():
         Path(path).write_text(json.dumps(status, indent=1))
 
-    for part, fn in (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd)):
-        if part == "bwd" and status["v2"] is not True:
+    for part, fn in (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean)):
+        if part in ("bwd", "lean") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
             continue
         status[part] = "running"
@@ -243,7 +247,7 @@ def _test_v1(ext) -> None:
             _check("v1 final_state", st, rst, tol, (case, npt))
 
 
-def _test_v2(ext) -> None:
+def _test_v2(ext, lean: bool = False) -> None:
     from genomamba.ops.reference import selective_scan_ref
 
     for case in _cases():
@@ -257,13 +261,19 @@ def _test_v2(ext) -> None:
         for kitems, warps, seg_tiles in ((16, 4, 1000), (8, 4, 1), (16, 8, 1), (8, 3, 2)):
             for with_h0 in (True, False):
                 h = h0 if with_h0 else None
-                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True)
+                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, lean)
                 r_o, r_s = ref[with_h0]
                 _check("v2 out", out, r_o, tol, (case, kitems, warps, seg_tiles, with_h0))
                 _check("v2 final_state", st, r_s, tol, (case, kitems, warps, seg_tiles, with_h0))
 
 
-def _test_bwd(ext) -> None:
+def _test_lean(ext) -> None:
+    """The lean forward: the v2 forward's cases, and a backward from its saved tile states."""
+    _test_v2(ext, lean=True)
+    _test_bwd(ext, lean=True)
+
+
+def _test_bwd(ext, lean: bool = False) -> None:
     from genomamba.ops.reference import selective_scan_ref
 
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
@@ -278,6 +288,8 @@ def _test_bwd(ext) -> None:
         rgrads = torch.autograd.grad((rout, rst), ref, (gout.double(), gst.double()))
         tol = 1e-3 if dtype == torch.float32 else 3e-2
         configs = ((8, 4, 8, 1000, 2), (8, 4, 8, 1, 1), (8, 4, 8, 1, 2), (16, 4, 4, 2, 1), (8, 2, 3, 1, 2))
+        if lean:
+            configs = configs[:2]
         for kitems, wf, wb, seg_tiles, minb in configs:
             leaves = [t.detach().clone().requires_grad_(True) for t in ins + [h0]]
             runs = []
@@ -285,7 +297,7 @@ def _test_bwd(ext) -> None:
             CONFIG["bwd_min_blocks"] = minb
             try:
                 for _ in range(2):
-                    out, st = _v2_apply(*leaves[:8], True, leaves[8], kitems, wf, wb, seg_tiles, seg_tiles)
+                    out, st = _v2_apply(*leaves[:8], True, leaves[8], kitems, wf, wb, seg_tiles, seg_tiles, lean)
                     runs.append(torch.autograd.grad((out, st), leaves, (gout, gst)))
             finally:
                 CONFIG["bwd_min_blocks"] = saved
@@ -324,6 +336,11 @@ def forward_variant() -> str:
             print(f"genomamba: CUDA variant {want!r} did not pass its self-test; using {other}", file=sys.stderr)
         return other
     raise RuntimeError(f"CUDA variant {want!r} is not verified on this GPU: {STATUS}")
+
+
+def use_lean() -> bool:
+    """True if the v2 forward runs its lean build (CONFIG['fwd_lean'] and its self-test passed)."""
+    return bool(CONFIG["fwd_lean"]) and (STATUS.get("lean") is True or _unverified_ok())
 
 
 def cuda_backward_enabled() -> bool:
@@ -392,16 +409,17 @@ def _v2_fwd_op(
     seg_tiles: int,
     seg_tiles_bwd: int,
     save: bool,
+    lean: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, final, tstate = _build().selective_scan_fwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, lean
     )
     return out, final, tstate
 
 
 @_v2_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd,
-      save):
+      save, lean=False):
     b, d, l = u.shape
     n = A.shape[1]
     ntiles = (l + 32 * kitems - 1) // (32 * kitems)
@@ -457,7 +475,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_
 
 
 def _v2_setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, bias, softplus, h0, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd, save = inputs
+    u, delta, A, B, C, D, z, bias, softplus, h0, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd, save, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, bias, output[2])
     ctx.softplus, ctx.kitems, ctx.warps_bwd, ctx.seg_tiles_bwd = softplus, kitems, warps_bwd, seg_tiles_bwd
     ctx.has_h0 = h0 is not None
@@ -495,6 +513,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
         None,
         None,
         None,
+        None,
     )
 
 
@@ -502,15 +521,16 @@ _v2_fwd_op.register_autograd(_v2_backward, setup_context=_v2_setup_context)
 
 
 def _v2_apply(
-    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd=0
+    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd=0,
+    lean=None,
 ):
     """v2 forward (saving states when autograd will need them) with the CUDA backward attached;
-    seg_tiles_bwd 0: the backward picks its own segments."""
+    seg_tiles_bwd 0: the backward picks its own segments; lean None: as configured (use_lean())."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, final, _ = _v2_fwd_op(
         u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles,
-        seg_tiles_bwd, save,
+        seg_tiles_bwd, save, use_lean() if lean is None else bool(lean),
     )
     return out, final
 
@@ -562,11 +582,12 @@ def selective_scan(
         kitems = CONFIG["kitems"]
         b, d, l = u.shape
         out, final, _ = _v2_fwd_op(
-            *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], _seg_tiles(b, d, l, kitems), 0, False
+            *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], _seg_tiles(b, d, l, kitems), 0, False,
+            use_lean(),
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)
     return (out, final) if return_final_state else out
 
 
-__all__ = ["available", "selective_scan", "forward_variant", "cuda_backward_enabled", "STATUS", "CONFIG"]
+__all__ = ["available", "selective_scan", "forward_variant", "cuda_backward_enabled", "use_lean", "STATUS", "CONFIG"]
