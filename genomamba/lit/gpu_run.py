@@ -4,6 +4,11 @@ classifier on 1 kb windows and score it on the held-out strains next to the k-me
 
     GENOMAMBA_DATA=.gpudata python -m genomamba.lit.gpu_run --out $OUT --pretrain-minutes 4 --classify-minutes 1.5
 
+Stages (``--stages``): ``pretrain``, ``classify_1k``, ``classify_16k`` (``--init-from`` a model folder
+when pretraining is not in the same call). ``--export-model`` copies the pretrained model to
+``<out>/model`` in parts of at most 15 MiB (the device tool returns files up to 16 MiB); reassemble
+here with ``python -m genomamba.lit.gpu_run --join <folder>`` and carry it into the next call.
+
 Writes ``gpu_run.json`` (and the run's curves/confusion PNGs) under ``--out``; each stage adds to the
 JSON as it finishes, so a run cut short still reports what it did. Uses the configs
 ``configs/pretrain/dna_7m_16k.yaml`` and ``configs/classify/species_1k.yaml`` with the overrides
@@ -25,9 +30,57 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+PART_BYTES = 15 << 20  # the device tool returns files of at most 16 MiB
+
+
+def export_model(model_dir: Path, dest: Path, part_bytes: int = PART_BYTES) -> dict:
+    """Copy a saved model folder to ``dest``, cutting files larger than ``part_bytes`` into
+    ``NAME.partNN`` pieces (``cat NAME.part* > NAME`` restores them; ``join_parts`` does it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    parts: dict = {}
+    for f in sorted(model_dir.iterdir()):
+        if not f.is_file():
+            continue
+        if f.stat().st_size <= part_bytes:
+            shutil.copy(f, dest / f.name)
+            continue
+        with open(f, "rb") as src:
+            i = 0
+            while chunk := src.read(part_bytes):
+                (dest / f"{f.name}.part{i:02d}").write_bytes(chunk)
+                i += 1
+        parts[f.name] = i
+    return {"dir": str(dest), "split": parts, "join": "python -m genomamba.lit.gpu_run --join DIR"}
+
+
+def join_parts(folder: Path) -> list[str]:
+    """Reassemble every ``NAME.partNN`` series in ``folder`` into ``NAME`` (parts removed)."""
+    joined = []
+    series: dict[str, list[Path]] = {}
+    for f in folder.iterdir():
+        stem, dot, num = f.name.rpartition(".part")
+        if dot and num.isdigit():
+            series.setdefault(stem, []).append(f)
+    for name, files in series.items():
+        files.sort(key=lambda p: int(p.name.rpartition(".part")[2]))
+        expected = list(range(len(files)))
+        got = [int(p.name.rpartition(".part")[2]) for p in files]
+        if got != expected:
+            raise ValueError(f"{folder}: parts of {name} are not 00..{len(files) - 1:02d}: {got}")
+        tmp = folder / (name + ".joining")
+        with open(tmp, "wb") as out:
+            for p in files:
+                out.write(p.read_bytes())
+        tmp.replace(folder / name)
+        for p in files:
+            p.unlink()
+        joined.append(name)
+    return joined
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m genomamba.lit.gpu_run")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=None)
     ap.add_argument("--work", default="runs/gpu")
     ap.add_argument("--pretrain-minutes", type=float, default=4.0)
     ap.add_argument("--classify-minutes", type=float, default=1.5)
@@ -45,7 +98,14 @@ def main(argv=None) -> int:
                     help="copy the pretrained model folder to <out>/model (to carry into a later call)")
     ap.add_argument("--pretrain-set", action="append", default=[], help="extra override (dry runs)")
     ap.add_argument("--classify-set", action="append", default=[], help="extra override (dry runs)")
+    ap.add_argument("--join", default=None, metavar="DIR",
+                    help="only reassemble the NAME.partNN files of an exported model folder, then exit")
     args = ap.parse_args(argv)
+    if not args.join and not args.out:
+        ap.error("--out is required (unless --join)")
+    if args.join:
+        print("joined:", join_parts(Path(args.join)) or "nothing to join")
+        return 0
 
     import torch
 
@@ -101,7 +161,7 @@ def main(argv=None) -> int:
     # ---- classifiers at 1k and 16k from the pretrained model
     model_dir = Path(args.init_from) if args.init_from else work / "dna_7m_16k" / "model"
     if args.export_model and model_dir.exists():
-        shutil.copytree(model_dir, out / "model", dirs_exist_ok=True)
+        report["exported_model"] = export_model(model_dir, out / "model")
     plan = {"classify_1k": (args.classify_config, args.classify_minutes),
             "classify_16k": (args.classify16k_config, args.classify16k_minutes)}
     for stage in ("classify_1k", "classify_16k"):
