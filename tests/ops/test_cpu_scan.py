@@ -19,19 +19,25 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ scan unavailab
 KCHUNK = 256
 
 
-def _check_against_oracle(kw, dtype, state_shape=None):
-    out, state, grads = run_with_grads(cpu.selective_scan, kw)
-    ro, rs, rg = run_with_grads(selective_scan_ref, fp64_copy(kw))
-    assert out.dtype == kw["u"].dtype
-    assert state.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    if state_shape is not None:
-        assert state.shape == state_shape
+def _assert_runs_close(run, ref, kw, dtype):
+    """(out, state, grads) of a run against a reference run of the same inputs ``kw``."""
+    (out, state, grads), (ro, rs, rg) = run, ref
     assert_close(out, ro, dtype, "out")
     assert_close(state, rs, dtype, "final_state")
     assert set(grads) == set(rg)
     for name, g in grads.items():
         assert g.dtype == kw[name].dtype and g.shape == kw[name].shape, name
         assert_close(g, rg[name], dtype, f"grad {name}")
+
+
+def _check_against_oracle(kw, dtype, state_shape=None):
+    run = run_with_grads(cpu.selective_scan, kw)
+    out, state, _ = run
+    assert out.dtype == kw["u"].dtype
+    assert state.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    if state_shape is not None:
+        assert state.shape == state_shape
+    _assert_runs_close(run, run_with_grads(selective_scan_ref, fp64_copy(kw)), kw, dtype)
 
 
 @pytest.mark.parametrize("l", LENGTHS)
@@ -224,14 +230,9 @@ def test_compile_fullgraph_matches_eager(backend, variant, initial_state, dtype)
 
     torch._dynamo.reset()
     compiled = torch.compile(scan, fullgraph=True, backend=backend)
-    out, state, grads = run_with_grads(compiled, kw)
-    eo, es, eg = run_with_grads(scan, kw)
+    run, eager = run_with_grads(compiled, kw), run_with_grads(scan, kw)
+    (out, state, _), (eo, es, _) = run, eager
     assert out.dtype == eo.dtype and state.dtype == es.dtype
-    assert_close(out, eo, dtype, "out")
-    assert_close(state, es, dtype, "final_state")
-    assert set(grads) == set(eg)
-    for name, g in grads.items():
-        assert g.dtype == kw[name].dtype and g.shape == kw[name].shape, name
-        assert_close(g, eg[name], dtype, f"grad {name}")
+    _assert_runs_close(run, eager, kw, dtype)
     with torch.no_grad():  # inference: the forward keeps no checkpoints
         assert_close(compiled(**kw, return_final_state=True)[0], eo.detach(), dtype, "no-grad out")
