@@ -30,18 +30,22 @@ import torch
 
 # forward variants: (label, CONFIG overrides); fwd+bwd variants: the same for training
 FWD_VARIANTS = [
-    ("v1[npt4,t96k]", dict(variant="v1", npt=4, target_threads=96 * 1024)),
-    ("v2[k16,w4]", dict(variant="v2", kitems=16, warps=4)),
-    ("v2[k8,w4]", dict(variant="v2", kitems=8, warps=4)),
-    ("v2[k16,w8]", dict(variant="v2", kitems=16, warps=8)),
-    ("v2[k16,w4,tw4x]", dict(variant="v2", kitems=16, warps=4, target_warps=-4)),  # 4x the warps target
+    ("v1[npt4,t96k]", dict(variant="v1", npt=4, target_threads=96 * 1024, fwd_lean=0)),
+    ("v2[k16,w4]", dict(variant="v2", kitems=16, warps=4, fwd_lean=0)),
+    ("v2[k8,w4]", dict(variant="v2", kitems=8, warps=4, fwd_lean=0)),
+    ("v2[k16,w8]", dict(variant="v2", kitems=16, warps=8, fwd_lean=0)),
+    ("v2[k16,w4,tw4x]", dict(variant="v2", kitems=16, warps=4, target_warps=-4, fwd_lean=0)),  # 4x the warps target
     ("v2lean[k16,w4]", dict(variant="v2", kitems=16, warps=4, fwd_lean=1)),  # fwd_kernel<..., true>
 ]
 BWD_VARIANTS = [
-    ("v2bwd[k8,wb8,occ2]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=8, bwd_min_blocks=2)),
-    ("v2bwd[k8,wb8,occ1]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=8, bwd_min_blocks=1)),
-    ("v2bwd[k8,wb4,occ2]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=4, bwd_min_blocks=2)),
-    ("v2bwd[k16,wb4,occ1]", dict(variant="v2", kitems_train=16, warps_fwd_train=4, warps_bwd=4, bwd_min_blocks=1)),
+    ("v2bwd[k8,wb8,occ2]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=8, bwd_min_blocks=2,
+                                 fwd_lean=0)),
+    ("v2bwd[k8,wb8,occ1]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=8, bwd_min_blocks=1,
+                                 fwd_lean=0)),
+    ("v2bwd[k8,wb4,occ2]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=4, bwd_min_blocks=2,
+                                 fwd_lean=0)),
+    ("v2bwd[k16,wb4,occ1]", dict(variant="v2", kitems_train=16, warps_fwd_train=4, warps_bwd=4, bwd_min_blocks=1,
+                                 fwd_lean=0)),
     ("v2bwd-lean[k8,wb8,occ2]", dict(variant="v2", kitems_train=8, warps_fwd_train=4, warps_bwd=8, bwd_min_blocks=2,
                                      fwd_lean=1)),
 ]
@@ -200,7 +204,7 @@ def phase_parity(out: Path, quick: bool):
             row = dict(shape=str(case), error=f"{type(exc).__name__}: {exc}"[:300], ok=False)
         finally:
             used = cu.forward_variant() if not grads else "v2+cuda-bwd" if cu.cuda_backward_enabled() else "?"
-            used += "+lean" if cu.use_lean() else ""
+            used += "+lean" if cu.use_lean(case[4], training=grads) else ""
             cu.CONFIG.clear()
             cu.CONFIG.update(saved)
         row["variant"], row["used"] = label, used  # what actually ran (a failed v2 falls back)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
 from genomamba.lit.pretrain import DEFAULT_OPTIM, build_optimizer
-from genomamba.models.heads import POOLINGS, SequenceClassifier
+from genomamba.models.heads import HEAD_CONFIG, HEAD_WEIGHTS, POOLINGS, SequenceClassifier, has_head
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -92,11 +94,27 @@ class ClassifierModule(pl.LightningModule):
             model = lm.config.to_dict()
         self.save_hyperparameters()
         self.net = SequenceClassifier(lm, list(labels), pooling=pooling, dropout=dropout)
+        self.head_from = None
+        if init_from is not None and has_head(init_from):
+            self.head_from = self._reuse_head(init_from)
         if freeze_backbone:
             self.net.freeze_backbone(True)
         n = len(self.net.labels)
         self.val_metrics, self.test_metrics = _metrics(n), _metrics(n)
         self.last_results: dict = {}
+
+    def _reuse_head(self, init_from) -> Optional[str]:
+        """``init_from`` is a fine-tuned classifier (e.g. 1 kb windows -> 16 kb): keep its head too when
+        its labels are ours in the same order; otherwise the head starts fresh (and we say why)."""
+        from genomamba.models.io import read_state_dict
+
+        meta = json.loads((Path(init_from) / HEAD_CONFIG).read_text())
+        if list(meta.get("labels", [])) != self.net.labels:
+            warnings.warn(f"init_from={init_from}: its head's labels {meta.get('labels')} differ from "
+                          f"{self.net.labels}; the head starts from scratch (the backbone is reused)")
+            return None
+        self.net.head.load_state_dict(read_state_dict(Path(init_from) / HEAD_WEIGHTS))
+        return str(init_from)
 
     @property
     def labels(self) -> list[str]:

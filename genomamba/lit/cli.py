@@ -482,7 +482,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     out = module.net.save_pretrained(run_dir / "model")
     tok.save_pretrained(out)
     results = {"kind": "classify", "name": cfg.name, "global_step": int(trainer.global_step),
-               "fit_seconds": round(fit_s, 1), "length": d.length, "labels": dm.labels, "model_dir": str(out)}
+               "fit_seconds": round(fit_s, 1), "length": d.length, "labels": dm.labels, "model_dir": str(out),
+               "init_from": cfg.init_from, "head_from": module.head_from}
     if getattr(dm, "test_ds", None) is not None:
         trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = module.last_results.get("test", {})

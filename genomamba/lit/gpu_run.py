@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--classify16k-minutes", type=float, default=2.0)
     ap.add_argument("--stages", default="pretrain,classify_1k",
                     help="comma list among pretrain, classify_1k, classify_16k")
+    ap.add_argument("--chain", action="store_true",
+                    help="start classify_16k from the classify_1k model of this run (backbone and head)")
     ap.add_argument("--init-from", default=None,
                     help="pretrained model folder for the classifiers (default: this run's pretrain stage)")
     ap.add_argument("--export-model", action="store_true",
@@ -169,7 +171,10 @@ def main(argv=None) -> int:
             continue
         config, minutes = plan[stage]
         run_dir = work / stage.replace("classify", "species")
-        cls_over = [f"run_dir={run_dir}", f"init_from={model_dir}",
+        init = model_dir
+        if stage == "classify_16k" and args.chain and (work / "species_1k" / "model" / "config.json").exists():
+            init = work / "species_1k" / "model"
+        cls_over = [f"run_dir={run_dir}", f"init_from={init}",
                     f"trainer.budget_minutes={minutes}", f"trainer.max_minutes={minutes * 1.1}",
                     "trainer.max_steps=3000", "optim.warmup_steps=50", "trainer.progress=false",
                     "data.num_workers=6", "trainer.ckpt_every=500", "trainer.log_every=10"] + args.classify_set

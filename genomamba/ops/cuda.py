@@ -76,9 +76,11 @@ CONFIG = {
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 8192),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
-    # rounding; selective_scan_v2.cu, fwd_kernel<..., true>): used when 1 and its self-test passed;
-    # off by default until timed against the default on a GPU
-    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", 0),
+    # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
+    # -1 (auto): lean except the fp32 inference forward, where H200 timing (gpu_verify, 2026-12-01)
+    # found it slower (0.679 vs 0.608 ms; bf16 0.468 vs 0.527 ms; training 1-2 % faster in both);
+    # 0: never; 1: always
+    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1),
 }
 
 
@@ -131,7 +133,7 @@ def _build():
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         _ext = ext
-        for part in ("v2", "bwd") + (("lean",) if CONFIG["fwd_lean"] else ()):
+        for part in ("v2", "bwd") + (("lean",) if CONFIG["fwd_lean"] else ()):  # -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
     except Exception as exc:  # no compiler / failed build / failed self-test: fall back, say so once
@@ -338,9 +340,14 @@ def forward_variant() -> str:
     raise RuntimeError(f"CUDA variant {want!r} is not verified on this GPU: {STATUS}")
 
 
-def use_lean() -> bool:
-    """True if the v2 forward runs its lean build (CONFIG['fwd_lean'] and its self-test passed)."""
-    return bool(CONFIG["fwd_lean"]) and (STATUS.get("lean") is True or _unverified_ok())
+def use_lean(dtype=None, training: bool = False) -> bool:
+    """True if the v2 forward runs its lean build for inputs of ``dtype`` (None: any) in a training
+    (saving) or inference forward: CONFIG['fwd_lean'] selects it (-1 auto: all but the fp32
+    inference forward) and its self-test passed."""
+    mode = CONFIG["fwd_lean"]
+    if not mode or (mode < 0 and dtype == torch.float32 and not training):
+        return False
+    return STATUS.get("lean") is True or _unverified_ok()
 
 
 def cuda_backward_enabled() -> bool:
@@ -530,7 +537,7 @@ def _v2_apply(
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, final, _ = _v2_fwd_op(
         u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles,
-        seg_tiles_bwd, save, use_lean() if lean is None else bool(lean),
+        seg_tiles_bwd, save, use_lean(u.dtype, training=save) if lean is None else bool(lean),
     )
     return out, final
 
@@ -583,7 +590,7 @@ def selective_scan(
         b, d, l = u.shape
         out, final, _ = _v2_fwd_op(
             *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], _seg_tiles(b, d, l, kitems), 0, False,
-            use_lean(),
+            use_lean(u.dtype),
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)

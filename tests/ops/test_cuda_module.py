@@ -68,6 +68,24 @@ def test_forward_variant_gate(status, monkeypatch):
         cu.forward_variant()
 
 
+def test_lean_gate(status, monkeypatch):
+    """Auto (-1): the lean forward for 16-bit inputs and for training, not for the fp32 inference
+    forward (slower there on the H200); 0 / 1 force it; a failed self-test part is never used."""
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    status.update(v1=True, v2=True, bwd=True, lean=True)
+    cu.CONFIG.update(fwd_lean=-1)
+    assert cu.use_lean(torch.bfloat16) and cu.use_lean(torch.float16)
+    assert not cu.use_lean(torch.float32)
+    assert cu.use_lean(torch.float32, training=True)
+    cu.CONFIG.update(fwd_lean=1)
+    assert cu.use_lean(torch.float32)
+    cu.CONFIG.update(fwd_lean=0)
+    assert not cu.use_lean(torch.bfloat16) and not cu.use_lean(torch.float32, training=True)
+    cu.CONFIG.update(fwd_lean=-1)
+    status.update(lean="failed: out rel. error")
+    assert not cu.use_lean(torch.bfloat16) and not cu.use_lean(torch.float32, training=True)
+
+
 def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))
