@@ -62,6 +62,31 @@ def test_classifier_trains_tests_on_heldout_strains_and_saves(tmp_path):
     assert lines[0].startswith("record\tlength\twindows\tlabel") and len(lines) == 5  # 4 slices of DH1
 
 
+def test_classifier_init_from_a_classifier_keeps_its_head(tmp_path):
+    """1 kb -> 16 kb style chaining: a classifier dir as init_from brings its head along when the
+    labels match (same order); otherwise the head starts fresh, with a warning."""
+    import torch
+
+    from genomamba.lit.classify import ClassifierModule
+
+    first = tmp_path / "short"
+    res = run_classify(load_config(doc=_doc(first, trainer={**_doc(first)["trainer"], "max_steps": 4})), quiet=True)
+    saved = SequenceClassifier.from_pretrained(first / "model")
+    mod = ClassifierModule(res["labels"], init_from=str(first / "model"))
+    assert mod.head_from == str(first / "model")
+    assert torch.equal(mod.net.head.weight, saved.head.weight) and torch.equal(mod.net.head.bias, saved.head.bias)
+    assert torch.equal(mod.net.lm.backbone.embedding.weight, saved.lm.backbone.embedding.weight)
+    with pytest.warns(UserWarning, match="head starts from scratch"):
+        other = ClassifierModule(res["labels"][::-1], init_from=str(first / "model"))
+    assert other.head_from is None and not torch.equal(other.net.head.weight, saved.head.weight)
+    # the chained run trains on longer windows from there and records where its head came from
+    doc = _doc(tmp_path / "long", init_from=str(first / "model"))
+    del doc["model"]
+    doc["data"]["length"], doc["trainer"]["max_steps"], doc["baselines"] = 512, 2, []
+    res2 = run_classify(load_config(doc=doc), quiet=True)
+    assert res2["head_from"] == str(first / "model") and res2["length"] == 512 and res2["global_step"] == 2
+
+
 def test_classify_cli_errors_name_the_problem(tmp_path):
     out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "evaluate", "--model", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
