@@ -171,7 +171,7 @@ class _Block:
             qa = (h * xprev).mul_(a)  # dL/d(delta_t * A)
             gb = self.dot_n(h, self.Bl[:, j])  # dL/d(delta_t * u_t): (nc, b, d)
             gdl[:, j] = torch.einsum("cbdn,dn->cbd", qa, self.A).addcmul_(gb, self.ul[:, j])
-            torch.mul(gb, self.dl[:, j], out=gul[:, j])
+            gul[:, j] = gb * self.dl[:, j]
             gA += torch.einsum("cbdn,cbd->dn", qa, self.dl[:, j])
             gB[:, j] = self.sum_d(h, self.dul[:, j])
             gC[:, j] = self.sum_d(X[:, j], gy[:, j])

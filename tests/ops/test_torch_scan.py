@@ -80,3 +80,23 @@ def test_long_sequence_spans_blocks():
                                          return_final_state=True)
     tail = selective_scan_ref(u[..., -50:], delta[..., -50:], A, B[..., -50:], C[..., -50:], initial_state=s_mid)
     assert_close(out[..., -50:], tail, torch.float32, "tail")
+
+
+@pytest.mark.parametrize("variant,initial_state", [(VARIANTS[0], True), (VARIANTS[3], False)])
+def test_compile_fullgraph_matches_eager(variant, initial_state):
+    """The torch fallback traces under torch.compile(fullgraph=True) (no graph break, e.g. from an
+    ``out=`` op) and gives eager's output, final state and every gradient."""
+    kw, _ = make_scan_inputs(2, 8, 16, ts.DEFAULT_CHUNK + 37, torch.float32, variant, initial_state=initial_state)
+
+    def scan(**kw):
+        with use_backend("torch"):
+            return selective_scan(**kw)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scan, fullgraph=True, backend="eager")
+    (out, state, grads), (eo, es, eg) = run_with_grads(compiled, kw), run_with_grads(scan, kw)
+    assert_close(out, eo, torch.float32, "out")
+    assert_close(state, es, torch.float32, "final_state")
+    assert set(grads) == set(eg)
+    for name, g in grads.items():
+        assert_close(g, eg[name], torch.float32, f"grad {name}")
