@@ -332,6 +332,21 @@ def _resume_path(arg, run_dir: Path) -> Optional[str]:
     return str(p)
 
 
+def _fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
+    """trainer.fit, resuming (if asked) with ``weights_only=True``: a checkpoint is read as tensors and
+    plain data only, never as pickled code, and one that holds anything else is refused by name."""
+    import pickle
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if ckpt_path is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
+                          f"plain data, and checkpoints are never unpickled as code ({first[:300]})") from None
+
+
 def _common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--config", "-c", help="YAML config (configs/...); default: RUN_DIR/config.yaml when resuming")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -409,7 +424,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     trainer = build_trainer(cfg.trainer, run_dir, callbacks, title, ("train/loss", "train/bpb"),
                             ("val/loss", "val/bpb", "val/acc"), has_val=dm.val_ds is not None, quiet=quiet)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    _fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
     _final_checkpoint(trainer, run_dir)
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
@@ -476,7 +491,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    _fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
     _final_checkpoint(trainer, run_dir)
     out = module.net.save_pretrained(run_dir / "model")

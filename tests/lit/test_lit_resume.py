@@ -52,7 +52,7 @@ def test_kill9_then_resume_ends_with_same_step_count(tmp_path):
         log.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "results.json").exists()  # it really died mid-run
-    killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     # stepN.ckpt lands just before last.ckpt is rewritten: a kill in between leaves last.ckpt one
     # checkpoint (4 steps) behind, which is still a mid-run resume point
     assert 8 <= killed_at < MAX_STEPS
@@ -62,7 +62,7 @@ def test_kill9_then_resume_ends_with_same_step_count(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"done: step {MAX_STEPS}" in out.stdout
-    final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == MAX_STEPS
     # the second launch logged only steps after the checkpoint it resumed from
     v1 = (run / "logs" / "version_1" / "metrics.csv").read_text().splitlines()

@@ -39,7 +39,7 @@ def test_warmup_run_keeps_tokens_per_step_and_resumes_mid_stage(tiny_pretrain, t
     # one entry per step (the second launch starts at the final checkpoint of the first, step 7),
     # each the schedule's length at that step: 64 x4, 128 x4, then 256
     assert _seq_lens(run) == [64 * 2 ** min(s // 4, 2) for s in range(14)]
-    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = [v for k, v in ck["callbacks"].items() if k.startswith("SeqLenWarmup")][0]
     assert state == {"start_len": 64, "final_len": 256, "stage_steps": 4}
 
@@ -63,9 +63,36 @@ def test_time_budget_plans_steps_and_retargets_the_schedule(tiny_pretrain, tmp_p
     doc["trainer"]["budget_minutes"] = 0.02  # ~1 s: the plan lands right after the 25-step probe
     res = run_pretrain(load_config(doc=doc), quiet=True)
     assert 25 < res["global_step"] < 500
-    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     plan = [v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget")][0]["planned"]
     assert plan == res["global_step"]
     # the cosine schedule now ends at the planned step: the last lr is the floor
     lam = ck["lr_schedulers"][0]["lr_lambdas"][0]
     assert lam["total"] == plan
+
+
+class _WritesAFile:
+    """Pickles to a call of open(path, "w"): what a booby-trapped checkpoint could run on load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_refuses_a_checkpoint_with_pickled_code(tiny_pretrain, tmp_path):
+    doc = tiny_pretrain(max_steps=3, seq_len=128)
+    run_pretrain(load_config(doc=doc), quiet=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)  # our own checkpoints are plain data
+    marker = tmp_path / "pwned"
+    ck["extra"] = _WritesAFile(marker)
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ck, bad)
+    doc["trainer"]["max_steps"] = 6
+    with pytest.raises(ConfigError, match=r"refused to load .*bad\.ckpt"):
+        run_pretrain(load_config(doc=doc), resume=str(bad), quiet=True)
+    assert not marker.exists()  # the pickled call never ran
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)  # the clean one still resumes
+    assert res["global_step"] == 6
