@@ -106,14 +106,6 @@ def build_model(d_model: int = 64, n_layer: int = 2, d_state: int = 16, seed: in
     return MambaLM(cfg)
 
 
-def noise_prefix(task: str, batch: int, length: int, rng: np.random.Generator) -> torch.Tensor:
-    """Tokens that carry nothing to recall: data tokens without the trigger (induction) or noise
-    tokens (copying); what a longer sequence holds before its own content."""
-    if task == "induction":
-        return torch.from_numpy(rng.integers(1, VOCAB, size=(batch, length), dtype=np.int64))
-    return torch.full((batch, length), COPY_NOISE, dtype=torch.int64)
-
-
 def length_stages(train_len: int, start: Optional[int]) -> list[int]:
     """Sequence-length warmup: start, 2*start, ..., train_len (just [train_len] when start is None)."""
     if not start or start >= train_len:
@@ -128,8 +120,7 @@ def length_stages(train_len: int, start: Optional[int]) -> list[int]:
 def train(model: MambaLM, task: str, steps: int, batch_size: int = 16, length: int = 256, lr: float = 2e-3,
           warmup: int = 50, seed: int = 0, device: str = "cpu", log_every: int = 50,
           target_acc: Optional[float] = None, patience_batches: int = 3, verbose: bool = True,
-          warmup_start: Optional[int] = None, min_final_steps: int = 0, weight_decay: float = 0.1,
-          state_prefix: int = 0) -> dict:
+          warmup_start: Optional[int] = None, min_final_steps: int = 0, weight_decay: float = 0.1) -> dict:
     """Train on fresh random batches. Loss on the answer positions only (the rest is unpredictable noise).
 
     ``warmup_start``: sequence-length warmup (the Mamba paper's schedule for long DNA): train at
@@ -137,14 +128,9 @@ def train(model: MambaLM, task: str, steps: int, batch_size: int = 16, length: i
     consecutive batches reaches ``target_acc``, ending at ``length``. ``target_acc`` at the final
     length stops training early, but only after ``min_final_steps`` steps there (more training at
     the final length sharpens the selection, which is what carries to longer sequences).
-    ``steps`` bounds all stages together. ``state_prefix`` > 0: at the final length, half the
-    batches start from the recurrent state left by a noise prefix of a random length up to
-    ``state_prefix`` tokens (run without gradients), so training visits the states of long
-    sequences at the cost of a forward pass (the "unexplored states" remedy for length
-    generalisation of recurrent models, Buitrago Ruiz & Gu 2025). Returns a training log.
+    ``steps`` bounds all stages together. Returns a training log.
     """
     rng = np.random.default_rng(seed)
-    prefix_rng = np.random.default_rng(seed + 7919)  # its own stream: the batches do not depend on state_prefix
     model.to(device).train()
     # no weight decay on A_log, D, norms, biases (dt_proj.bias sets the baseline step size: decaying it
     # towards 0 means softplus(0) = 0.69, i.e. fast forgetting, the opposite of what recall needs)
@@ -160,13 +146,7 @@ def train(model: MambaLM, task: str, steps: int, batch_size: int = 16, length: i
         cur = stages[stage]
         ids, targets = make_batch(task, batch_size, cur, rng)
         ids, targets = ids.to(device), targets.to(device)
-        cache = None
-        if state_prefix > cur and stage + 1 == len(stages) and prefix_rng.random() < 0.5:
-            cache = model.allocate_cache(batch_size, device=device)
-            n_pre = int(prefix_rng.integers(cur, state_prefix + 1))
-            with torch.no_grad():
-                model.backbone(noise_prefix(task, batch_size, n_pre, prefix_rng).to(device), cache=cache)
-        logits = model(ids, cache=cache, num_last_tokens=k)[..., :VOCAB]  # (b, k, V)
+        logits = model(ids, num_last_tokens=k)[..., :VOCAB]  # (b, k, V)
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,9 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of the matrices")
-    p.add_argument("--state-prefix", type=int, default=0,
-                   help="train half the final-length batches from the state left by up to this many noise "
-                        "tokens (0 = off, the paper's protocol)")
     p.add_argument("--train-len", type=int, default=256)
     p.add_argument("--warmup-start", type=int, default=None,
                    help="sequence-length warmup: start at this length and double once learned, up to "
@@ -311,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = {"bench": "synthetic", "machine": machine_facts(args.device), "config": {
         "d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state, "vocab": VOCAB,
         "train_len": args.train_len, "warmup_start": args.warmup_start, "batch_size": args.batch_size,
-        "lr": args.lr, "weight_decay": args.weight_decay, "state_prefix": args.state_prefix,
+        "lr": args.lr, "weight_decay": args.weight_decay,
         "max_steps": steps, "min_final_steps": min_final,
         "target_acc": args.target_acc, "eval_lengths": lengths, "eval_samples": args.eval_samples,
         "eval_tokens": eval_tokens, "seed": args.seed}, "tasks": {}}
@@ -324,7 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     device=args.device, target_acc=args.target_acc,
                     warmup_start=(args.warmup_start if args.warmup_start is not None
                                   else WARMUP_START[task]) or None,
-                    min_final_steps=min_final, weight_decay=args.weight_decay, state_prefix=args.state_prefix)
+                    min_final_steps=min_final, weight_decay=args.weight_decay)
         accs = {}
         for length in lengths:
             n = max(args.min_eval_samples, min(args.eval_samples, eval_tokens // length))
