@@ -124,7 +124,9 @@ class ClassifyConfig:
     kind: str = "classify"
     name: str = ""
     description: str = ""
-    init_from: Optional[str] = None  # a pretrained model dir (save_pretrained); else model: from scratch
+    # a pretrained model dir (save_pretrained), or a classifier's (its head is kept when the labels match);
+    # else model: from scratch
+    init_from: Optional[str] = None
     model: dict = field(default_factory=dict)
     head: HeadConfig = field(default_factory=HeadConfig)
     data: SpeciesDataConfig = field(default_factory=SpeciesDataConfig)
@@ -537,7 +539,8 @@ def evaluate_classifier(net, dataset, batch_size: int = 32, device=None) -> dict
 def _classify_fit(argv) -> int:
     ap = argparse.ArgumentParser(prog="genomamba classify fit", description="Fine-tune the species classifier.")
     _common_args(ap)
-    ap.add_argument("--init-from", help="pretrained model dir (overrides init_from)")
+    ap.add_argument("--init-from", help="pretrained model dir, or a classifier dir whose head is kept when the "
+                                        "labels match, e.g. 1 kb -> 16 kb windows (overrides init_from)")
     args = ap.parse_args(argv)
     if args.init_from:
         args.overrides.append(f"init_from={args.init_from}")
