@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 
+import genomamba.ops as ops
 import genomamba.ops.cuda as cu
+from genomamba.ops.cuda import kernels, selftest
+from genomamba.ops.dispatch import BACKENDS
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
@@ -16,8 +19,6 @@ def test_unavailable_without_cuda():
 
 
 def test_dispatch_skips_cuda_without_gpu():
-    import genomamba.ops as ops
-
     if not torch.cuda.is_available():
         assert ops.backend_for(torch.device("cpu")) != "cuda"
 
@@ -32,11 +33,12 @@ def status():
     cu.CONFIG.update(saved_cfg)
 
 
-def _args(requires_grad):
-    b, d, n, l = 1, 4, 3, 5
-    u = torch.randn(b, d, l, requires_grad=requires_grad)
-    return (u, torch.rand(b, d, l), -torch.rand(d, n), torch.randn(b, n, l), torch.randn(b, n, l), None, None,
-            None, None)
+def _call(requires_grad, dtype=torch.float32, n=3, mixed=False):
+    """The dispatch description of a scan call as if its tensors were on a GPU."""
+    b, d, l = 1, 4, 5
+    u = torch.randn(b, d, l, dtype=dtype, requires_grad=requires_grad)
+    B = torch.randn(b, n, l, dtype=torch.bfloat16 if mixed else dtype)
+    return ops._scan_call(u, torch.rand(b, d, l, dtype=dtype), -torch.rand(d, n), B, B)._replace(device="cuda")
 
 
 @pytest.mark.parametrize("v2,bwd,expect", [(True, True, True), (True, "failed", False), ("failed", True, False)])
@@ -45,11 +47,20 @@ def test_backward_gate(status, monkeypatch, v2, bwd, expect):
     status.update(v1=True, v2=v2, bwd=bwd)
     cu.CONFIG.update(variant="auto", use_cuda_bwd="auto")
     assert cu.cuda_backward_enabled() is expect
-    # gradients needed and no verified CUDA backward: the call goes to Triton
-    assert cu._needs_triton(*_args(True)) is (not expect)
-    assert cu._needs_triton(*_args(False)) is False
+    # gradients needed and no verified CUDA backward: the table hands the call to the next backend
+    assert (BACKENDS["cuda"].refuses(_call(True)) is not None) is (not expect)
+    assert BACKENDS["cuda"].refuses(_call(False)) is None
     cu.CONFIG.update(use_cuda_bwd="off")
     assert cu.cuda_backward_enabled() is False
+
+
+def test_cuda_refuses_what_its_kernels_do_not_take():
+    cuda = BACKENDS["cuda"]
+    assert "float64" in cuda.refuses(_call(False, dtype=torch.float64))
+    assert "n <= 64" in cuda.refuses(_call(False, n=65))
+    assert "one dtype" in cuda.refuses(_call(False, mixed=True))
+    assert BACKENDS["triton"].refuses(_call(False, mixed=True)) is None
+    assert BACKENDS["triton"].refuses(_call(False, n=65)) is None
 
 
 def test_forward_variant_gate(status, monkeypatch):
@@ -89,7 +100,7 @@ def test_lean_gate(status, monkeypatch):
 def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))
-    assert cu._self_test_status(tmp_path) == verdict
+    assert selftest.verdicts(tmp_path) == verdict
 
 
 def test_fake_kernels_shapes():
@@ -103,15 +114,15 @@ def test_fake_kernels_shapes():
         A = torch.empty(d, n)
         B = torch.empty(b, g, n, l, dtype=torch.bfloat16)
         D = torch.empty(d)
-        out, final, ts = cu._v2_fwd_op(u, u, A, B, B, D, u, D, True, None, 8, 4, 8, 2, 0, True)
+        out, final, ts = kernels._v2_fwd_op(u, u, A, B, B, D, u, D, True, None, 8, 4, 8, 2, 0, True)
         assert out.shape == (b, d, l) and out.dtype == torch.bfloat16
         assert final.shape == (b, d, n) and final.dtype == torch.float32
         assert ts.shape == (b, d, 4, n + 1)  # 4 tiles of 256 tokens
-        grads = cu._v2_bwd_op(u, u, A, B, B, D, u, D, True, ts, u, final, True, 8, 8, 2, 2)
+        grads = kernels._v2_bwd_op(u, u, A, B, B, D, u, D, True, ts, u, final, True, 8, 8, 2, 2)
         assert [tuple(x.shape) for x in grads] == [
             (b, d, l), (b, d, l), (d, n), (b, g, n, l), (b, g, n, l), (d,), (b, d, l), (d,), (b, d, n)
         ]
-        out1, fin1 = cu._scan_fwd_op(u, u, A, B, B, D, u, D, True, None)
+        out1, fin1 = kernels._scan_fwd_op(u, u, A, B, B, D, u, D, True, None)
         assert out1.shape == (b, d, l) and fin1.shape == (b, d, n)
 
 

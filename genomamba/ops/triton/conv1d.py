@@ -203,9 +203,5 @@ class _Conv1dFn(torch.autograd.Function):
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):
     """Arguments as :func:`genomamba.ops.causal_conv1d` (validated there)."""
-    if any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias, initial_state)):
-        from genomamba.ops.reference import causal_conv1d_ref
-
-        return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
     out, final = _Conv1dFn.apply(x, weight, bias, initial_state, activation == "silu")
     return (out, final) if return_final_state else out

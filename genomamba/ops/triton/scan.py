@@ -984,10 +984,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         return du, ddt, dA, dB, dC, dD, dz, dbias, None, dh0
 
 
-def _needs_fallback(*tensors) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
-
-
 def selective_scan(
     u,
     delta,
@@ -1002,13 +998,6 @@ def selective_scan(
     return_final_state=False,
 ):
     """Triton selective scan; arguments as :func:`genomamba.ops.selective_scan` (validated there)."""
-    if _needs_fallback(u, delta, A, B, C, D, z, delta_bias, initial_state):
-        # fp64 is the oracle's precision; the kernels keep an fp32 state, so hand it to the reference
-        from genomamba.ops.reference import selective_scan_ref
-
-        return selective_scan_ref(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
-        )
     b, d, l = u.shape
     n = A.shape[1]
     if l == 0:

@@ -93,10 +93,6 @@ def _bc(M):
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """Arguments as :func:`genomamba.ops.selective_state_update` (validated there)."""
-    if any(t is not None and t.dtype == torch.float64 for t in (state, x, dt, A, B, C, D, z, dt_bias)):
-        from genomamba.ops.reference import selective_state_update_ref
-
-        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     b, d, n = state.shape
     g, sB = _bc(B)
     _g, sC = _bc(C)

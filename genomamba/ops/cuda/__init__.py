@@ -1,0 +1,60 @@
+"""CUDA C++ backend (``csrc/selective_scan``): JIT-built on first GPU use, for the local GPU only.
+
+* :mod:`~genomamba.ops.cuda.build`: compile and cache the extension;
+* :mod:`~genomamba.ops.cuda.selftest`: test every kernel against the fp64 oracle on this GPU;
+* :mod:`~genomamba.ops.cuda.knobs`: environment knobs, self-test verdicts, which kernel runs;
+* :mod:`~genomamba.ops.cuda.kernels`: the custom ops and the functional the dispatcher calls.
+
+:func:`available` is False, never raising, where there is no CUDA device, no nvcc, the build fails,
+or no forward passed its self-test (one-line notice); the dispatch table then moves on to the next
+backend. Importing this package needs no GPU and builds nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from genomamba.ops.cuda import build, selftest
+from genomamba.ops.cuda.kernels import selective_scan
+from genomamba.ops.cuda.knobs import CONFIG, STATUS, cuda_backward_enabled, forward_variant, use_lean
+
+_ready: bool | None = None  # None: not tried yet
+unavailable_reason: str | None = None
+
+
+def available() -> bool:
+    """True when the kernels are built, self-tested, and at least one forward passed (cached)."""
+    global _ready, unavailable_reason
+    if _ready is not None:
+        return _ready
+    try:
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device")
+        build.extension()
+        STATUS.update(selftest.verdicts(build.build_dir()))
+        if STATUS["v1"] is not True and STATUS["v2"] is not True:
+            raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
+        for part in ("v2", "bwd") + (("lean",) if CONFIG["fwd_lean"] else ()):  # -1 (auto) counts
+            if STATUS.get(part) is not True:
+                print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
+        _ready = True
+    except Exception as exc:  # no compiler / failed build / failed self-test: the next backend runs
+        unavailable_reason = f"{type(exc).__name__}: {exc}"
+        if torch.cuda.is_available():
+            print(f"genomamba: CUDA kernels unavailable ({unavailable_reason})", file=sys.stderr)
+        _ready = False
+    return _ready
+
+
+__all__ = [
+    "available",
+    "selective_scan",
+    "forward_variant",
+    "cuda_backward_enabled",
+    "use_lean",
+    "STATUS",
+    "CONFIG",
+    "unavailable_reason",
+]

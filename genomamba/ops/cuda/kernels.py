@@ -1,0 +1,236 @@
+"""The CUDA scan kernels as ``torch.library`` custom ops (fake kernels and autograd registered, so
+``torch.compile`` traces through them), and the functional the dispatcher calls.
+
+Two forward kernels and one backward live in one extension:
+
+* ``v1`` (selective_scan_fwd.cu): the first forward.
+* ``v2`` (selective_scan_v2.cu): forward parallel along l inside a warp, segments across blocks
+  for long l, and the CUDA backward (recompute + reverse scan, deterministic dB/dC).
+
+Which of them runs is decided by :mod:`genomamba.ops.cuda.knobs` from the self-test verdicts; which
+calls reach this backend at all (dtypes, state size, a verified backward) is decided by the
+dispatch table in :mod:`genomamba.ops.dispatch`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genomamba.ops.cuda.build import extension
+from genomamba.ops.cuda.knobs import CONFIG, forward_variant, seg_tiles, use_lean
+
+
+@torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
+def _scan_fwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    initial_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, final = extension().selective_scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, CONFIG["target_threads"], CONFIG["npt"]
+    )
+    return out, final
+
+
+@_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+    b, d, l = u.shape
+    return u.new_empty((b, d, l)), u.new_empty((b, d, A.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("genomamba::selective_scan_v2_fwd_cuda", mutates_args=())
+def _v2_fwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    initial_state: torch.Tensor | None,
+    kitems: int,
+    warps: int,
+    warps_bwd: int,
+    seg_tiles: int,
+    seg_tiles_bwd: int,
+    save: bool,
+    lean: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, final, tstate = extension().selective_scan_fwd_v2(
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, lean
+    )
+    return out, final, tstate
+
+
+@_v2_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd,
+      save, lean=False):
+    b, d, l = u.shape
+    n = A.shape[1]
+    ntiles = (l + 32 * kitems - 1) // (32 * kitems)
+    ts = u.new_empty((b, d, ntiles, n + 1) if save else (0,), dtype=torch.float32)
+    return u.new_empty((b, d, l)), u.new_empty((b, d, n), dtype=torch.float32), ts
+
+
+@torch.library.custom_op("genomamba::selective_scan_v2_bwd_cuda", mutates_args=())
+def _v2_bwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    tstate: torch.Tensor,
+    dout: torch.Tensor,
+    dfinal: torch.Tensor | None,
+    want_dh0: bool,
+    kitems: int,
+    warps: int,
+    seg_tiles: int,
+    min_blocks: int,
+) -> list[torch.Tensor]:
+    return list(
+        extension().selective_scan_bwd_v2(
+            u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
+            min_blocks,
+        )
+    )
+
+
+@_v2_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
+      min_blocks):
+    b, d, l = u.shape
+    n = A.shape[1]
+    f32 = dict(dtype=torch.float32)
+    return [
+        torch.empty_like(u),
+        torch.empty_like(u),
+        A.new_empty((d, n), **f32),
+        torch.empty_like(B),
+        torch.empty_like(C),
+        u.new_empty((d,) if D is not None else (0,), **f32),
+        u.new_empty((b, d, l) if z is not None else (0,)),
+        u.new_empty((d,) if delta_bias is not None else (0,), **f32),
+        u.new_empty((b, d, n) if want_dh0 else (0,), **f32),
+    ]
+
+
+def _v2_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, bias, softplus, h0, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd, save, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, bias, output[2])
+    ctx.softplus, ctx.kitems, ctx.warps_bwd, ctx.seg_tiles_bwd = softplus, kitems, warps_bwd, seg_tiles_bwd
+    ctx.has_h0 = h0 is not None
+    ctx.h0_dtype = h0.dtype if h0 is not None else None
+    ctx.save = save
+
+
+def _v2_backward(ctx, gout, gfinal, _gtstate):
+    if not ctx.save:
+        raise RuntimeError("genomamba: the v2 forward ran without saving states; no backward possible")
+    u, delta, A, B, C, D, z, bias, tstate = ctx.saved_tensors
+    b, d, l = u.shape
+    gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype)
+    if gout.stride(-1) != 1:
+        gout = gout.contiguous()
+    tiles = ctx.seg_tiles_bwd if ctx.seg_tiles_bwd > 0 else seg_tiles(b, d, l, ctx.kitems)
+    du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
+        u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
+        ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"],
+    )
+    return (
+        du,
+        dd,
+        dA.to(A.dtype),
+        dB,
+        dC,
+        dD.to(D.dtype) if D is not None else None,
+        dz if z is not None else None,
+        dbias.to(bias.dtype) if bias is not None else None,
+        None,
+        dh0.to(ctx.h0_dtype) if ctx.has_h0 else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_v2_fwd_op.register_autograd(_v2_backward, setup_context=_v2_setup_context)
+
+
+def _v2_apply(
+    u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd=0,
+    lean=None,
+):
+    """v2 forward (saving states when autograd will need them) with the CUDA backward attached;
+    seg_tiles_bwd 0: the backward picks its own segments; lean None: as configured (use_lean())."""
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, final, _ = _v2_fwd_op(
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles,
+        seg_tiles_bwd, save, use_lean(u.dtype, training=save) if lean is None else bool(lean),
+    )
+    return out, final
+
+
+
+
+def _wants_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_final_state=False,
+):
+    """Arguments as :func:`genomamba.ops.selective_scan` (validated there; the dispatch table sends
+    only calls this backend supports: fp32/bf16/fp16, one dtype for u/delta/B/C/z, n <= 64, and
+    gradients only where the CUDA backward passed its self-test)."""
+
+    def unit(t):
+        return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+    args = (unit(u), unit(delta), A.float(), unit(B), unit(C), D, unit(z), delta_bias, bool(delta_softplus))
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    if _wants_grad(tensors):
+        kitems = CONFIG["kitems_train"]
+        b, d, l = u.shape
+        out, final = _v2_apply(
+            *args, initial_state, kitems, CONFIG["warps_fwd_train"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems)
+        )
+    elif forward_variant() == "v2":
+        kitems = CONFIG["kitems"]
+        b, d, l = u.shape
+        out, final, _ = _v2_fwd_op(
+            *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems), 0, False,
+            use_lean(u.dtype),
+        )
+    else:
+        out, final = _scan_fwd_op(*args, initial_state)
+    return (out, final) if return_final_state else out
+

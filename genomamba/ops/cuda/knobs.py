@@ -1,0 +1,106 @@
+"""What the CUDA backend runs: tuning knobs read from the environment, the self-test verdicts, and
+the gates that pick among this backend's own kernels (v1/v2 forward, lean build, CUDA backward).
+
+Nothing is selected on trust: a kernel runs only if its part of the self-test passed on this GPU
+(``STATUS``), unless ``GENOMAMBA_CUDA_UNVERIFIED=1`` (debugging only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+# self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
+STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built"}
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+# v1: npt = states per thread (4 or 16), target_threads = threads to aim for when cutting l into
+# chunks (defaults: fastest of the v1 variants timed on an H100).
+# v2: kitems = tokens per lane (8 or 16; a tile is 32 * kitems tokens), warps = channels per block;
+# *_train: the same for forward + backward (the backward needs the forward's tile size, and at
+# kitems = 16 it needs ~200 registers, so training runs both at 8 until measured otherwise);
+# target_warps = warps to aim for when cutting l into segments (0: 64 per SM of this GPU);
+# min_seg_tokens: shortest segment (the fix-up / summary passes cost up to ~2-3K tokens per
+# segment for Mamba's usual delta, so shorter segments would spend a large share on them).
+CONFIG = {
+    "variant": os.environ.get("GENOMAMBA_CUDA_VARIANT", "auto"),  # auto | v1 | v2
+    "npt": _env_int("GENOMAMBA_CUDA_NPT", 4),
+    "target_threads": _env_int("GENOMAMBA_CUDA_TARGET_THREADS", 96 * 1024),
+    "kitems": _env_int("GENOMAMBA_CUDA_KITEMS", 16),
+    "warps": _env_int("GENOMAMBA_CUDA_WARPS", 4),
+    "kitems_train": _env_int("GENOMAMBA_CUDA_KITEMS_TRAIN", 8),
+    "warps_fwd_train": _env_int("GENOMAMBA_CUDA_WARPS_FWD_TRAIN", 4),
+    "warps_bwd": _env_int("GENOMAMBA_CUDA_WARPS_BWD", 8),
+    # blocks per SM promised to ptxas for the backward: 2 -> at most 128 registers (16 warps/SM,
+    # ~0.1 KB spills at kitems 8), 1 -> ~190 registers, no spills, 8 warps/SM (sm_90 report)
+    "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2),
+    "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
+    "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 8192),
+    "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
+    # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
+    # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
+    # -1 (auto): lean except the fp32 inference forward, which timed slower with it on an H200
+    # (the bf16 forward and training timed faster);
+    # 0: never; 1: always
+    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1),
+}
+
+_noticed: set[str] = set()
+
+
+def _unverified_ok() -> bool:
+    return os.environ.get("GENOMAMBA_CUDA_UNVERIFIED", "") == "1"
+
+
+def forward_variant() -> str:
+    """The forward kernel a call would use now: CONFIG['variant'] if it passed its self-test."""
+    want = CONFIG["variant"]
+    if want == "auto":
+        return "v2" if STATUS["v2"] is True else "v1"
+    if want in ("v1", "v2") and (STATUS[want] is True or _unverified_ok()):
+        return want
+    other = "v1" if want == "v2" else "v2"
+    if STATUS.get(other) is True:
+        if want not in _noticed:
+            _noticed.add(want)
+            print(f"genomamba: CUDA variant {want!r} did not pass its self-test; using {other}", file=sys.stderr)
+        return other
+    raise RuntimeError(f"CUDA variant {want!r} is not verified on this GPU: {STATUS}")
+
+
+def use_lean(dtype=None, training: bool = False) -> bool:
+    """True if the v2 forward runs its lean build for inputs of ``dtype`` (None: any) in a training
+    (saving) or inference forward: CONFIG['fwd_lean'] selects it (-1 auto: all but the fp32
+    inference forward) and its self-test passed."""
+    mode = CONFIG["fwd_lean"]
+    if not mode or (mode < 0 and dtype == torch.float32 and not training):
+        return False
+    return STATUS.get("lean") is True or _unverified_ok()
+
+
+def cuda_backward_enabled() -> bool:
+    """True if gradients go through the CUDA backward (v2 forward and backward both verified)."""
+    if CONFIG["use_cuda_bwd"] == "off" or CONFIG["variant"] == "v1":
+        return False
+    return (STATUS["v2"] is True and STATUS["bwd"] is True) or _unverified_ok()
+
+
+def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
+    """Tiles per segment: enough segments that b*d*segments warps fill the GPU, none shorter
+    than min_seg_tokens (the fix-up and summary passes cost up to a few thousand tokens each)."""
+    tile = 32 * kitems
+    ntiles = max(1, math.ceil(l / tile))
+    target = CONFIG["target_warps"]
+    if target <= 0:
+        target = 64 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    nseg = max(1, math.ceil(target / max(1, b * d)))
+    nseg = min(nseg, max(1, l // max(tile, CONFIG["min_seg_tokens"])), ntiles, 65535)
+    return math.ceil(ntiles / nseg)
+
