@@ -1,6 +1,6 @@
 """Fast CPU selective scan: the C++ kernel in ``csrc/cpu/``, JIT-built on first use.
 
-Layers (STYLE.md rule 2): ``_fwd`` / ``_bwd`` launchers -> the ``torch.library`` custom ops
+Layers: ``_fwd`` / ``_bwd`` launchers -> the ``torch.library`` custom ops
 ``genomamba::selective_scan_fwd_cpu`` / ``genomamba::selective_scan_bwd_cpu`` (fake kernels and
 autograd registered, so ``torch.compile`` traces through them) -> :func:`selective_scan` (the
 functional the dispatcher in ``genomamba.ops`` calls).
@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from genomamba.ops._jit import build_or_load
 from genomamba.ops._sources import csrc_dir
 
 CSRC_DIR = csrc_dir("cpu")
@@ -102,17 +103,13 @@ def available() -> bool:
             return _notice_fail("ninja is not installed (pip install ninja)")
         try:
             name = _build_name()
-            build_dir = extensions_dir() / name
-            build_dir.mkdir(parents=True, exist_ok=True)
-            if not any(build_dir.glob(f"{name}*.so")):
-                print(f"genomamba: building the C++ CPU scan once (about a minute); cached in {build_dir}",
-                      file=sys.stderr)
-            _ext = cpp_extension.load(
-                name=name,
+            _ext = build_or_load(
+                name,
+                extensions_dir() / name,
+                "the C++ CPU scan (about a minute)",
                 sources=[str(CSRC_DIR / s) for s in SOURCES],
                 extra_cflags=list(CFLAGS),
                 extra_ldflags=list(LDFLAGS),
-                build_directory=str(build_dir),
                 verbose=os.environ.get("GENOMAMBA_VERBOSE_BUILD", "") not in ("", "0"),
             )
         except Exception as exc:  # a failed build must leave the torch path working

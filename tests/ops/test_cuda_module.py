@@ -81,7 +81,7 @@ def test_forward_variant_gate(status, monkeypatch):
 
 def test_lean_gate(status, monkeypatch):
     """Auto (-1): the lean forward for 16-bit inputs and for training, not for the fp32 inference
-    forward (slower there on the H200); 0 / 1 force it; a failed self-test part is never used."""
+    forward (slower there on Hopper GPUs); 0 / 1 force it; a failed self-test part is never used."""
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     status.update(v1=True, v2=True, bwd=True, lean=True)
     cu.CONFIG.update(fwd_lean=-1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from genomamba.ops._jit import build_or_load
 from genomamba.ops._sources import csrc_dir
 
 SRC_DIR = csrc_dir("selective_scan")
@@ -62,13 +63,11 @@ def extension():
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
     folder = build_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    from torch.utils.cpp_extension import load
-
-    _ext = load(
-        name=f"genomamba_selective_scan_{folder.name.rsplit('_', 1)[-1]}",
+    _ext = build_or_load(
+        f"genomamba_selective_scan_{folder.name.rsplit('_', 1)[-1]}",
+        folder,
+        "the CUDA scan kernels (a few minutes)",
         sources=[str(SRC_DIR / s) for s in SOURCES],
-        build_directory=str(folder),
         extra_cflags=["-O3"],
         # only the local architecture: a short build, and native code for this GPU
         extra_cuda_cflags=["-O3", "-lineinfo", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
