@@ -16,6 +16,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from genomamba.data.species import SpeciesEvalWindows
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -138,8 +139,6 @@ def species_baselines(manifest, length: int, per_label: int = 200, ks: Sequence[
     of the same length per class. ``eval_windows`` (a ``SpeciesEvalWindows``) lets a caller score the
     very windows its model is scored on; by default they are drawn here with ``seed``.
     """
-    from genomamba.data.species import SpeciesEvalWindows
-
     tok = DNATokenizer()
     train = manifest.load(train_split, tok)
     n_labels = manifest.num_labels

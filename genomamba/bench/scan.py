@@ -26,7 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from genomamba.bench import scan_gpu
 from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.ops import cpu
+from genomamba.ops.torch_scan import selective_scan_chunked
 
 # (b, d, n, l); the first row is the issue's target shape.
 SHAPES = [(2, 256, 16, 2048), (2, 256, 16, 8192), (1, 64, 16, 1 << 18)]
@@ -88,14 +91,7 @@ def _time(fn, repeats: int) -> float:
 def _paths():
     """name -> callable(u, delta, A, B, C, D, z, delta_bias, softplus), or a note why it is missing."""
     paths, notes = {"loop": scan_loop}, {}
-    try:
-        from genomamba.ops.torch_scan import selective_scan_chunked
-
-        paths["chunked"] = lambda *a: selective_scan_chunked(*a)
-    except ImportError as exc:
-        notes["chunked"] = f"skipped: {exc}"
-    from genomamba.ops import cpu
-
+    paths["chunked"] = lambda *a: selective_scan_chunked(*a)
     if cpu.available():
         paths["cpp"] = lambda *a: cpu.selective_scan(*a)
     else:
@@ -174,11 +170,6 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=None, help="directory for scan_cpu.json (default: bench/results)")
     args, _ = p.parse_known_args(argv)
     if args.device.startswith("cuda"):
-        try:
-            from genomamba.bench import scan_gpu
-        except ImportError as exc:
-            print(f"genomamba bench scan --device cuda: GPU benchmark unavailable ({exc})", file=sys.stderr)
-            return 1
         return int(scan_gpu.main(argv) or 0)
     if args.device != "cpu":
         print(f"genomamba bench scan: --device {args.device!r}: expected cpu or cuda", file=sys.stderr)

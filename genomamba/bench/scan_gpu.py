@@ -10,11 +10,13 @@ mamba_ssm 2.3.2 numbers measured on an H100 (issue 5). Writes JSON via ``write_r
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 
 import torch
 
 from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.ops.torch_scan import selective_scan_chunked
 
 # (b, d, n, l, dtype): the issue's rows, with z, D, delta_bias, softplus, A = -(1..n)
 ROWS = [
@@ -76,11 +78,7 @@ def min_bytes(b, d, n, l, dtype, bwd: bool) -> int:
 
 def _scan_fn(backend: str):
     if backend == "torch":
-        from genomamba.ops.torch_scan import selective_scan_chunked
-
         return selective_scan_chunked
-    import importlib
-
     return importlib.import_module(f"genomamba.ops.{backend}").selective_scan
 
 
@@ -153,8 +151,6 @@ def main(argv=None) -> int:
             backends.append(name)
             continue
         try:
-            import importlib
-
             mod = importlib.import_module(f"genomamba.ops.{name}")
             if mod.available() and hasattr(mod, "selective_scan"):
                 backends.append(name)

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+import yaml
+
 from genomamba.data.fasta import file_sha256
 
 PathLike = Union[str, os.PathLike]
@@ -275,8 +277,6 @@ def _complete(out: Path, files: list[PackagedFile], verify: bool) -> bool:
 
 
 def _write_extras(name: str, out: Path, files: list[PackagedFile]) -> None:
-    import yaml
-
     if name == "bacteria":
         doc = {
             "name": "bacteria-5",
@@ -432,8 +432,6 @@ def default_assets() -> Path:
 
 def asset_files(kind: str = "pretrain") -> dict:
     """``{id: {"path": Path, "split": str}}`` of the shipped ``pretrain`` (LM) or ``genomes`` entries."""
-    import yaml
-
     man = default_assets()
     doc = yaml.safe_load(man.read_text())
     if kind not in doc:

@@ -242,7 +242,7 @@ class DNATokenizer:
         return out, mo.reshape(m.shape)
 
     def _rc_torch(self, ids, mask):
-        import torch
+        import torch  # only tensors reach here: the tokenizer itself needs numpy alone
 
         if ids.dim() not in (1, 2):
             raise ValueError(
