@@ -17,9 +17,8 @@ record by record. Bad input raises ``ValueError`` naming the argument and the re
 recurrent state (conv + SSM state, a few KB per layer) is carried from one chunk to the next, so a
 10 Mb chromosome needs the same working memory as a 64 kb one (per-token output aside, which is
 ``l * d_model`` floats by definition). Chunked results equal whole-sequence results up to float
-rounding (tested). Measured (``genomamba bench train --embed-only``, 2-core CPU, 1.4M-parameter
-shape, chunk 16384): pooled embedding of a 1 Mb D. melanogaster record peaks at 946 MB RSS, 688 MB
-above the loaded model, against 518 MB for a 100 kb record; a smaller ``chunk_size`` lowers it.
+rounding (tested); a smaller ``chunk_size`` lowers peak memory (``genomamba bench train --embed``
+measures it).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head
 from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
 
-DEFAULT_CHUNK = 16384  # tokens per forward: ~330 MB of activations for the 1.4M shape on CPU
+DEFAULT_CHUNK = 16384  # tokens per forward: bounds activation memory, whatever the record length
 PathLike = Union[str, os.PathLike]
 
 
@@ -481,7 +480,7 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
 
 
 def embed(path_or_model, seqs, **kwargs):
-    """One-shot helper: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
+    """Load and embed in one call: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
     model = path_or_model if isinstance(path_or_model, GenomeModel) else load(path_or_model)
     return model.embed(seqs, **kwargs)
 

@@ -1,9 +1,8 @@
 """Classical species-classification baselines: k-mer naive Bayes and GC content.
 
-These are the reference points the demo and the classifier are judged against (DATA.md quotes,
-on random 1 kb windows of the held-out strains of the full genomes: GC 68.7 %, 4-mer naive Bayes
-88.8 %, 10-mer 96.6 %). Both work on token-id arrays from :class:`genomamba.DNATokenizer`; any
-non-ACGT token (N, IUPAC, padding) breaks a k-mer and is ignored.
+These are the reference points the demo and the classifier are judged against (README.md, "Data",
+has what they score on the held-out strains). Both work on token-id arrays from
+:class:`genomamba.DNATokenizer`; any non-ACGT token (N, IUPAC, padding) breaks a k-mer and is ignored.
 
 Both strands are counted when fitting (a window and its reverse complement carry the same label,
 and training windows are reverse-complement augmented too), so a model of a strand is a model

@@ -11,7 +11,7 @@ builds ``<cache>/stores/umaydis.h5`` once. Rows:
 - ``DNATokenizer.encode``: bytes -> ids + soft-mask, MB/s (target >= 100 MB/s);
 - ``TiledWindows``: deterministic eval tiles of 2^20.
 
-The target (issue 3) is <= 5 ms per 1M-token window. Timings are with the store in the OS page
+The target is <= 5 ms per 1M-token window. Timings are with the store in the OS page
 cache (the U. maydis store is 20 MB); the first pass over a cold disk is slower.
 """
 

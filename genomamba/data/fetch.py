@@ -8,14 +8,13 @@ Named datasets (``fetch(name, dest)``; the result lands in ``dest/name/``):
   species manifest ``manifest.yaml``: held-out strains E. coli DH1, H. pylori Puno120,
   S. aureus RF122, V. cholerae O395, K. pneumoniae MGH78578 are ``test``; the rest ``train``.
 - ``umaydis``:  Ustilago maydis, 19.7 Mb (maffilter-examples), with ``split.yaml`` holding out
-  chr21-chr23 as test (the LM's honest held-out sequence; see shared DATA notes).
+  chr21-chr23 as test (sequence the LM has never seen, for bits per base; README.md, "Data").
 - ``fly``:      D. melanogaster chr2R (dm3), 21.1 Mb, 10.5 % soft-masked (augustus-doc).
 - ``sibelia``:  more S. aureus / H. pylori genomes (sibelia-examples), FASTA.
 - ``genbank``:  archaea, E. coli, mitochondria etc. as GenBank (cct-examples), for the GenBank path.
 
-The checksums below are of the files inside the packages as measured on 2026-11-22 (Debian
-bookworm versions). A package update that changes a genome file fails loudly; pass
-``verify=False`` (``--no-verify``) to accept it.
+The checksums below are of the files inside the Debian bookworm packages. A package update that
+changes a genome file fails loudly; pass ``verify=False`` (``--no-verify``) to accept it.
 """
 
 from __future__ import annotations
@@ -112,7 +111,7 @@ _KLEB_FILES = {
 }
 
 
-# Further real genomes named in the shared data notes, used for parse parity (FASTA and GenBank).
+# Further real genomes from Debian packages, used for parse parity (FASTA and GenBank).
 # fmt: off
 _EXTRA = {
     "sibelia": [

@@ -73,7 +73,7 @@ class Splits:
         assert_no_overlap(self.val, self.test)
 
 
-# --------------------------------------------------------------------------- split helpers
+# --------------------------------------------------------------------------- splits
 def whole_contigs(source: SequenceSource, names: Optional[Iterable[str]] = None) -> list[Region]:
     names = source.names if names is None else list(names)
     return [Region(n, 0, source.contigs[source.index(n)].length) for n in names]
