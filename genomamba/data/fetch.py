@@ -4,7 +4,7 @@ to unpack) or from an HTTPS URL (resumable, checksummed). Every file fetched is 
 Named datasets (``fetch(name, dest)``; the result lands in ``dest/name/``):
 
 - ``lambda``:   phage lambda, 48.5 kb (bowtie2-examples).
-- ``bacteria``: 5 species, 21 complete genomes (ragout-examples, kleborate-examples), with a
+- ``bacteria``: 5 species, 20 complete genomes (ragout-examples, kleborate-examples), with a
   species manifest ``manifest.yaml``: held-out strains E. coli DH1, H. pylori Puno120,
   S. aureus RF122, V. cholerae O395, K. pneumoniae MGH78578 are ``test``; the rest ``train``.
 - ``umaydis``:  Ustilago maydis, 19.7 Mb (maffilter-examples), with ``split.yaml`` holding out
