@@ -17,13 +17,13 @@ record by record. Bad input raises ``ValueError`` naming the argument and the re
 recurrent state (conv + SSM state, a few KB per layer) is carried from one chunk to the next, so a
 10 Mb chromosome needs the same working memory as a 64 kb one (per-token output aside, which is
 ``l * d_model`` floats by definition). Chunked results equal whole-sequence results up to float
-rounding (tested). Measured (``genomamba bench train --embed-only``, 2-core CPU, 1.4M-parameter
-shape, chunk 16384): pooled embedding of a 1 Mb D. melanogaster record peaks at 946 MB RSS, 688 MB
-above the loaded model, against 518 MB for a 100 kb record; a smaller ``chunk_size`` lowers it.
+rounding (tested); a smaller ``chunk_size`` lowers peak memory (``genomamba bench train --embed``
+measures it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +32,12 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from genomamba.models.heads import POOLINGS, has_head
+from genomamba.data.fasta import read_fasta
+from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head
 from genomamba.models.lm import MambaLM
+from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
 
-DEFAULT_CHUNK = 16384  # tokens per forward: ~330 MB of activations for the 1.4M shape on CPU
+DEFAULT_CHUNK = 16384  # tokens per forward: bounds activation memory, whatever the record length
 PathLike = Union[str, os.PathLike]
 
 
@@ -92,8 +94,6 @@ def iter_sequences(seqs, arg: str = "seqs") -> Iterator[tuple[str, Union[str, by
     Raises ValueError (naming ``arg`` and the record) for empty sequences, wrong types, and
     FASTA format errors; FileNotFoundError for a missing path given as ``os.PathLike``.
     """
-    from genomamba.data.fasta import read_fasta
-
     if isinstance(seqs, os.PathLike) or (isinstance(seqs, str) and _is_file(seqs)):
         path = Path(seqs)
         if not path.is_file():
@@ -152,8 +152,6 @@ class GenomeModel:
     def __init__(self, lm: MambaLM, tokenizer=None, head: Optional[torch.nn.Linear] = None,
                  labels: Optional[list[str]] = None, head_pooling: str = "mean", add_bos: bool = False,
                  path: Optional[PathLike] = None):
-        from genomamba.tokenizers.dna import DNATokenizer
-
         if not isinstance(lm, MambaLM):
             raise ValueError(f"lm: expected a genomamba.MambaLM, got {type(lm).__name__}")
         self.lm = lm.eval()
@@ -421,8 +419,6 @@ class GenomeModel:
         the prompt if ``include_prompt``). Only A/C/G/T are sampled (and N if ``allow_n``).
         ``temperature=0`` is greedy. Memory does not grow with ``n``.
         """
-        from genomamba.models.sampling import sample_next
-
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n: expected a non-negative int, got {n!r}")
         if not isinstance(prompt, (str, bytes, bytearray)):
@@ -433,22 +429,11 @@ class GenomeModel:
                              "(this model was trained without a <bos> token)")
         if temperature < 0:
             raise ValueError(f"temperature: expected >= 0, got {temperature}")
-        dev = self.device
-        gen = torch.Generator(device=dev).manual_seed(int(seed)) if seed is not None else None
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
-        mask = torch.full((self.lm.config.padded_vocab_size,), float("-inf"), device=dev)
-        mask[allowed] = 0.0
-        cache = self.lm.allocate_cache(1, device=dev)
-        logits = None
-        t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0)
-        for start in range(0, t.shape[1], DEFAULT_CHUNK):
-            logits = self.lm(t[:, start:start + DEFAULT_CHUNK].to(dev), cache=cache, num_last_tokens=1)[:, -1]
-        out = np.empty(n, dtype=np.uint8)
-        for i in range(n):
-            nxt = sample_next(logits.float() + mask, temperature, top_k, top_p, gen)
-            out[i] = int(nxt)
-            if i + 1 < n:
-                logits = self.lm.step(nxt, cache)
+        t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0).to(self.device)
+        out = self.lm.generate(t, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               allowed_token_ids=allowed, prefill_chunk=DEFAULT_CHUNK)
+        out = out[0, len(ids):].cpu().numpy().astype(np.uint8)
         text = self.tokenizer.decode(out)
         if include_prompt:
             text = self.tokenizer.decode(ids) + text
@@ -472,10 +457,6 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
     A directory without ``tokenizer.json`` gets the default ``DNATokenizer()``. ``MambaLM.from_pretrained``
     remains the loader for the bare ``nn.Module``.
     """
-    import json
-
-    from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"path: {path}: expected a model directory (config.json + model.safetensors)")
@@ -484,8 +465,6 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
     pooling = "mean"
     add_bos = False
     if has_head(path):
-        from genomamba.models.heads import SequenceClassifier
-
         clf = SequenceClassifier.from_pretrained(path, device=device)
         lm, head, labels, pooling = clf.lm, clf.head, clf.labels, clf.pooling
         meta = json.loads((path / "head.json").read_text())
@@ -501,7 +480,7 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
 
 
 def embed(path_or_model, seqs, **kwargs):
-    """One-shot helper: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
+    """Load and embed in one call: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
     model = path_or_model if isinstance(path_or_model, GenomeModel) else load(path_or_model)
     return model.embed(seqs, **kwargs)
 

@@ -1,9 +1,8 @@
 """Classical species-classification baselines: k-mer naive Bayes and GC content.
 
-These are the reference points the demo and the classifier are judged against (DATA.md quotes,
-on random 1 kb windows of the held-out strains of the full genomes: GC 68.7 %, 4-mer naive Bayes
-88.8 %, 10-mer 96.6 %). Both work on token-id arrays from :class:`genomamba.DNATokenizer`; any
-non-ACGT token (N, IUPAC, padding) breaks a k-mer and is ignored.
+These are the reference points the demo and the classifier are judged against (README.md, "Data",
+has what they score on the held-out strains). Both work on token-id arrays from
+:class:`genomamba.DNATokenizer`; any non-ACGT token (N, IUPAC, padding) breaks a k-mer and is ignored.
 
 Both strands are counted when fitting (a window and its reverse complement carry the same label,
 and training windows are reverse-complement augmented too), so a model of a strand is a model
@@ -16,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from genomamba.data.species import SpeciesEvalWindows
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -138,8 +138,6 @@ def species_baselines(manifest, length: int, per_label: int = 200, ks: Sequence[
     of the same length per class. ``eval_windows`` (a ``SpeciesEvalWindows``) lets a caller score the
     very windows its model is scored on; by default they are drawn here with ``seed``.
     """
-    from genomamba.data.species import SpeciesEvalWindows
-
     tok = DNATokenizer()
     train = manifest.load(train_split, tok)
     n_labels = manifest.num_labels

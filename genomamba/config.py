@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import yaml
+
 
 @dataclass
 class MambaConfig:
@@ -98,8 +100,6 @@ class MambaConfig:
         path = Path(path)
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
             if isinstance(data, dict) and "model" in data:
                 data = data["model"]

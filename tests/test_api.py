@@ -214,7 +214,7 @@ def test_classify(clf_dir, model, lambda_seq):
         model.classify("ACGT")
 
 
-def test_top_level_embed_helper(tmp_path):
+def test_top_level_embed_in_one_call(tmp_path):
     import genomamba
     from genomamba import MambaConfig, MambaLM
 

@@ -99,7 +99,7 @@ static inline float log1p_unit(float w) {
 }
 
 // The per-step scalar functions below are used inside `omp simd` loops over a chunk of time steps:
-// the float versions are built from the branch-free helpers above and vectorise; the double versions
+// the float versions are built from the branch-free functions above and vectorise; the double versions
 // call libm (fp64 is the accuracy path, parity at ~1e-12, not the speed path).
 static inline double exp_vec(double x) { return std::exp(x); }
 

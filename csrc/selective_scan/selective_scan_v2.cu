@@ -196,9 +196,9 @@ __device__ __forceinline__ WarpPos warp_pos(const Params &p, int warp, int64_t s
 
 // ----------------------------------------------------------------------------- forward
 
-// kLean (opt-in until timed on a GPU: CONFIG["fwd_lean"]): the same algorithm with fewer instructions
-// per (token, state), from the H200 profile of 2026-12-01 (20 SASS instructions per element, issue
-// slots 46 % busy): B/C row pointers advanced per state and the vector/tail test made once per tile
+// kLean (chosen by CONFIG["fwd_lean"]): the same algorithm with fewer instructions per (token, state),
+// aimed at what the Nsight Compute profile shows limits the forward (instruction count and
+// latency, see NOTES.md): B/C row pointers advanced per state and the vector/tail test made once per tile
 // (load_lean), the lane's decay product as one ex2 of its summed delta instead of K multiplies, and
 // silu(z) with a fast divide instead of the IEEE division's slow path.
 template <typename T, int K, bool kLean>
@@ -505,7 +505,7 @@ __global__ void bwd_combine_kernel(Params p) {
 // scan), then the reverse scan g_t = C_t dy_t + a_{t+1} g_{t+1} (suffix map scan), then all
 // gradients of this token. a_t = 2^(A2 delta_t) is computed once and used by both scans.
 // MINB = 2 caps ptxas at 128 registers (16 warps per SM at 8-warp blocks, some spills); MINB = 1
-// lets it use ~190 (no spills at K = 8, but 8 warps per SM): the GPU session picks by timing.
+// lets it use ~190 (no spills at K = 8, but 8 warps per SM); CONFIG["bwd_min_blocks"] picks one.
 template <typename T, int K, int MINB>
 __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise

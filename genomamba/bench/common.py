@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: machine facts and JSON results."""
+"""What every benchmark shares: machine facts, JSON results, a plain-text table."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ builds ``<cache>/stores/umaydis.h5`` once. Rows:
 - ``DNATokenizer.encode``: bytes -> ids + soft-mask, MB/s (target >= 100 MB/s);
 - ``TiledWindows``: deterministic eval tiles of 2^20.
 
-The target (issue 3) is <= 5 ms per 1M-token window. Timings are with the store in the OS page
+The target is <= 5 ms per 1M-token window. Timings are with the store in the OS page
 cache (the U. maydis store is 20 MB); the first pass over a cold disk is slower.
 """
 
@@ -25,6 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.data.fetch import cache_dir, fetch
+from genomamba.data.store import TokenStore
+from genomamba.data.windows import RandomWindows, TiledWindows
+from genomamba.tokenizers.dna import DNATokenizer
 
 
 def _stats(times_s: list[float], length: int) -> dict:
@@ -41,9 +47,6 @@ def _stats(times_s: list[float], length: int) -> dict:
 
 
 def default_store() -> Path:
-    from genomamba.data.fetch import cache_dir, fetch
-    from genomamba.data.store import TokenStore
-
     path = cache_dir() / "stores" / "umaydis.h5"
     if not path.exists():
         src = fetch("umaydis") / "Umaydis.fasta.gz"
@@ -54,9 +57,6 @@ def default_store() -> Path:
 
 
 def run(store_path: Path, n_windows: int, seed: int = 0) -> list[dict]:
-    from genomamba.data.store import TokenStore
-    from genomamba.data.windows import RandomWindows, TiledWindows
-
     st = TokenStore(store_path)
     rows = []
     L = 1 << 20
@@ -100,8 +100,6 @@ def run(store_path: Path, n_windows: int, seed: int = 0) -> list[dict]:
         rows.append({"path": "RandomWindows item (int64+mask, rc 0.5, N<=10%)", **_stats(times, length)})
 
     # Tokenizer encode speed on real text (the first 1M window of a chromosome, half lowercased).
-    from genomamba.tokenizers.dna import DNATokenizer
-
     tok = DNATokenizer()
     text = tok.decode(st.read(big[0], 0, L)).encode()
     text = (text[: L // 2] + text[L // 2 :].lower()) * 16  # 16 MiB, half soft-masked
@@ -125,8 +123,6 @@ def run(store_path: Path, n_windows: int, seed: int = 0) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from genomamba.bench.common import machine_facts, print_table, write_results
-
     ap = argparse.ArgumentParser(prog="genomamba bench data", description="token-store window read speed")
     ap.add_argument("--store", type=Path, default=None, help="token store (default: U. maydis, built once)")
     ap.add_argument("--windows", type=int, default=200, help="1M-token windows per row")

@@ -2,7 +2,7 @@
 
 For each shape it times, as medians over ``--repeats`` runs after one warm-up:
 
-* ``loop``    the baseline of issue 2: exp(delta A) and delta B u precomputed as (b, d, l, n)
+* ``loop``    the baseline: exp(delta A) and delta B u precomputed as (b, d, l, n)
               tensors, then one Python step per token (x = dA_t * x + dBu_t; y_t = <x, C_t>);
 * ``chunked`` the pure-PyTorch fallback, ``genomamba.ops.torch_scan.selective_scan_chunked``;
 * ``cpp``     the compiled kernel, ``genomamba.ops.cpu`` (JIT-built before timing starts);
@@ -11,7 +11,7 @@ For each shape it times, as medians over ``--repeats`` runs after one warm-up:
 ``--baseline-max-l``),
 
 forward and forward+backward, with z, D, delta_bias and softplus on (the Mamba block's call), and
-prints speed-ups over the loop. Target (issue 2): ``cpp`` forward >= 20x the loop at b=2, d=256,
+prints speed-ups over the loop. Target: ``cpp`` forward >= 20x the loop at b=2, d=256,
 n=16, l=2048, fp32 on 2 cores. ``--device cuda`` hands over to ``genomamba.bench.scan_gpu``.
 """
 
@@ -26,9 +26,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from genomamba.bench import scan_gpu
 from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.ops import cpu
+from genomamba.ops.torch_scan import selective_scan_chunked
 
-# (b, d, n, l); the first row is the issue's target shape.
+# (b, d, n, l); the first row is the target shape.
 SHAPES = [(2, 256, 16, 2048), (2, 256, 16, 8192), (1, 64, 16, 1 << 18)]
 TARGET_SHAPE, TARGET_SPEEDUP = SHAPES[0], 20.0
 
@@ -88,14 +91,7 @@ def _time(fn, repeats: int) -> float:
 def _paths():
     """name -> callable(u, delta, A, B, C, D, z, delta_bias, softplus), or a note why it is missing."""
     paths, notes = {"loop": scan_loop}, {}
-    try:
-        from genomamba.ops.torch_scan import selective_scan_chunked
-
-        paths["chunked"] = lambda *a: selective_scan_chunked(*a)
-    except ImportError as exc:
-        notes["chunked"] = f"skipped: {exc}"
-    from genomamba.ops import cpu
-
+    paths["chunked"] = lambda *a: selective_scan_chunked(*a)
     if cpu.available():
         paths["cpp"] = lambda *a: cpu.selective_scan(*a)
     else:
@@ -170,15 +166,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="only the target shape")
     p.add_argument("--paths", default="loop,chunked,cpp", help="comma list of paths to time")
     p.add_argument("--baseline-max-l", type=int, default=8192,
-                   help="skip the loop and chunked paths above this length (minutes at l=2^18)")
+                   help="skip the loop and chunked paths above this length (they are very slow at l=2^18)")
     p.add_argument("--out-dir", default=None, help="directory for scan_cpu.json (default: bench/results)")
     args, _ = p.parse_known_args(argv)
     if args.device.startswith("cuda"):
-        try:
-            from genomamba.bench import scan_gpu
-        except ImportError as exc:
-            print(f"genomamba bench scan --device cuda: GPU benchmark unavailable ({exc})", file=sys.stderr)
-            return 1
         return int(scan_gpu.main(argv) or 0)
     if args.device != "cpu":
         print(f"genomamba bench scan: --device {args.device!r}: expected cpu or cuda", file=sys.stderr)

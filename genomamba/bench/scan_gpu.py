@@ -1,22 +1,24 @@
-"""GPU selective-scan benchmark: the rows of issue 5's table for every GPU backend.
+"""GPU selective-scan benchmark: five Mamba-layer shapes for every GPU backend.
 
 ``genomamba bench scan --device cuda`` lands here (``main(argv)``). For each shape and backend it
 times the forward and forward+backward (median of ``triton.testing.do_bench``), reports each as a
 fraction of the measured device-to-device copy bandwidth (bytes = the fewest a fused kernel must
 move: every input read once, every output written once) and as a speed-up over the official
-mamba_ssm 2.3.2 numbers measured on an H100 (issue 5). Writes JSON via ``write_results``.
+mamba_ssm 2.3.2 times on an H100 (``ANCHORS``). Writes JSON via ``write_results``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 
 import torch
 
 from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.ops.torch_scan import selective_scan_chunked
 
-# (b, d, n, l, dtype): the issue's rows, with z, D, delta_bias, softplus, A = -(1..n)
+# (b, d, n, l, dtype): the benchmark's rows, with z, D, delta_bias, softplus, A = -(1..n)
 ROWS = [
     (8, 1536, 16, 2048, "bf16"),
     (8, 1536, 16, 2048, "fp32"),
@@ -24,7 +26,7 @@ ROWS = [
     (2, 512, 16, 262144, "bf16"),
     (1, 256, 16, 1048576, "bf16"),
 ]
-# mamba_ssm 2.3.2 on an H100 80GB HBM3 (issue 5): shape -> (fwd ms, fwd+bwd ms)
+# official mamba_ssm 2.3.2 on an H100 80GB HBM3, torch 2.11+cu130: shape -> (fwd ms, fwd+bwd ms)
 ANCHORS = {
     (8, 1536, 16, 2048, "bf16"): (0.451, 2.47),
     (8, 1536, 16, 2048, "fp32"): (0.883, 3.27),
@@ -76,11 +78,7 @@ def min_bytes(b, d, n, l, dtype, bwd: bool) -> int:
 
 def _scan_fn(backend: str):
     if backend == "torch":
-        from genomamba.ops.torch_scan import selective_scan_chunked
-
         return selective_scan_chunked
-    import importlib
-
     return importlib.import_module(f"genomamba.ops.{backend}").selective_scan
 
 
@@ -153,8 +151,6 @@ def main(argv=None) -> int:
             backends.append(name)
             continue
         try:
-            import importlib
-
             mod = importlib.import_module(f"genomamba.ops.{name}")
             if mod.available() and hasattr(mod, "selective_scan"):
                 backends.append(name)
@@ -176,7 +172,7 @@ def main(argv=None) -> int:
         "copy_bandwidth_TBps": round(bw / 1e12, 3),
         "setup": "z, D, delta_bias, delta_softplus=True, A = -(1..n); B/C (b, n, l) in the input dtype; "
         "median of triton.testing.do_bench; bytes = inputs read once + outputs written once",
-        "anchors": "official mamba_ssm 2.3.2 on H100 80GB HBM3, torch 2.11+cu130 (issue 5)",
+        "anchors": "official mamba_ssm 2.3.2 on H100 80GB HBM3, torch 2.11+cu130",
         "rows": results,
     }
     if "cuda" in backends:

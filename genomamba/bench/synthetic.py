@@ -18,8 +18,8 @@ A 2-layer Mamba is trained at length 256 (``--train-len``) and evaluated at 256,
 sequence through the recurrent state in chunks (``--eval-chunk``), so memory does not grow with
 the evaluation length. Prints a table and writes JSON to ``bench/results/synthetic[_cuda].json``.
 
-The paper trains for far longer on a GPU; the CPU defaults here are sized to finish in a few
-minutes on 2 cores, and ``--steps`` / ``--d-model`` / ``--batch-size`` scale it up.
+The paper trains for far longer on a GPU; the CPU defaults here are sized for a small CPU, and
+``--steps`` / ``--d-model`` / ``--batch-size`` scale it up.
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-chunk", type=int, default=16384, help="tokens per chunk through the recurrent state")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default 1 on cpu: these matrices are small, and a second "
-                        "thread made steps several times slower on a shared 2-core machine)")
+                   help="torch CPU threads (default 1 on cpu: these matrices are too small for more "
+                        "threads to pay off)")
     p.add_argument("--out", default=None, help="results directory (default: the package's bench/results)")
     p.add_argument("--name", default=None, help="result file name (default synthetic or synthetic_cuda)")
     return p

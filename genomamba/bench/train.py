@@ -25,11 +25,15 @@ import sys
 import time
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genomamba.api import GenomeModel
 from genomamba.bench.common import machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
+from genomamba.data.fasta import read_fasta
+from genomamba.data.fetch import assets_dir, fetch
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 
 # the paper's DNA shapes (Mamba uses twice the blocks of the Transformer/HyenaDNA shapes 6x128, 8x256)
@@ -40,7 +44,7 @@ PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------- memory helpers
+# ----------------------------------------------------------------------------- memory measurement
 
 
 def rss_mb() -> float:
@@ -123,11 +127,6 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
 
 def _embed_child(spec: dict) -> dict:
     """Runs in a fresh interpreter: load a record, embed it, report RSS before and peak during."""
-    import numpy as np
-
-    from genomamba.api import GenomeModel
-    from genomamba.data import read_fasta
-
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     torch.manual_seed(0)
     lm = MambaLM(MambaConfig(**spec["model"], vocab_size=11))
@@ -160,16 +159,12 @@ def _embed_child(spec: dict) -> dict:
 def _default_fasta() -> tuple[list[str], str]:
     """A real >= 1 Mb record: D. melanogaster chr2R (fetched); else the shipped slices joined."""
     try:
-        from genomamba.data.fetch import fetch
-
         d = fetch("fly", quiet=True)
         files = sorted(str(p) for p in d.iterdir() if p.suffix in (".fa", ".fasta", ".gz") and p.is_file())
         if files:
             return files, "D. melanogaster chr2R (dm3), first bases"
     except Exception as exc:  # offline machine: fall back to shipped real slices
         print(f"  (fly fetch failed: {exc}; using the shipped genome slices joined into one record)")
-    from genomamba.data.fetch import assets_dir
-
     a = assets_dir()
     files = sorted(str(p) for p in a.glob("*.f*a.gz"))
     return files, "shipped real slices (U. maydis, D. melanogaster, bacteria) joined"

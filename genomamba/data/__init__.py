@@ -3,6 +3,8 @@
 Light imports only here (no torch): the window and species datasets load on first access.
 """
 
+import importlib
+
 from genomamba.data.fasta import (
     FastaFormatError,
     FastaRecord,
@@ -34,8 +36,6 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'genomamba.data' has no attribute {name!r}")
 

@@ -4,18 +4,17 @@ to unpack) or from an HTTPS URL (resumable, checksummed). Every file fetched is 
 Named datasets (``fetch(name, dest)``; the result lands in ``dest/name/``):
 
 - ``lambda``:   phage lambda, 48.5 kb (bowtie2-examples).
-- ``bacteria``: 5 species, 21 complete genomes (ragout-examples, kleborate-examples), with a
+- ``bacteria``: 5 species, 20 complete genomes (ragout-examples, kleborate-examples), with a
   species manifest ``manifest.yaml``: held-out strains E. coli DH1, H. pylori Puno120,
   S. aureus RF122, V. cholerae O395, K. pneumoniae MGH78578 are ``test``; the rest ``train``.
 - ``umaydis``:  Ustilago maydis, 19.7 Mb (maffilter-examples), with ``split.yaml`` holding out
-  chr21-chr23 as test (the LM's honest held-out sequence; see shared DATA notes).
+  chr21-chr23 as test (sequence the LM has never seen, for bits per base; README.md, "Data").
 - ``fly``:      D. melanogaster chr2R (dm3), 21.1 Mb, 10.5 % soft-masked (augustus-doc).
 - ``sibelia``:  more S. aureus / H. pylori genomes (sibelia-examples), FASTA.
 - ``genbank``:  archaea, E. coli, mitochondria etc. as GenBank (cct-examples), for the GenBank path.
 
-The checksums below are of the files inside the packages as measured on 2026-11-22 (Debian
-bookworm versions). A package update that changes a genome file fails loudly; pass
-``verify=False`` (``--no-verify``) to accept it.
+The checksums below are of the files inside the Debian bookworm packages. A package update that
+changes a genome file fails loudly; pass ``verify=False`` (``--no-verify``) to accept it.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
+
+import yaml
 
 from genomamba.data.fasta import file_sha256
 
@@ -110,7 +111,7 @@ _KLEB_FILES = {
 }
 
 
-# Further real genomes named in the shared data notes, used for parse parity (FASTA and GenBank).
+# Further real genomes from Debian packages, used for parse parity (FASTA and GenBank).
 # fmt: off
 _EXTRA = {
     "sibelia": [
@@ -275,8 +276,6 @@ def _complete(out: Path, files: list[PackagedFile], verify: bool) -> bool:
 
 
 def _write_extras(name: str, out: Path, files: list[PackagedFile]) -> None:
-    import yaml
-
     if name == "bacteria":
         doc = {
             "name": "bacteria-5",
@@ -432,8 +431,6 @@ def default_assets() -> Path:
 
 def asset_files(kind: str = "pretrain") -> dict:
     """``{id: {"path": Path, "split": str}}`` of the shipped ``pretrain`` (LM) or ``genomes`` entries."""
-    import yaml
-
     man = default_assets()
     doc = yaml.safe_load(man.read_text())
     if kind not in doc:

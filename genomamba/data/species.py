@@ -27,10 +27,12 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import Dataset, IterableDataset
 
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
+from genomamba.data.windows import Region, share, stream_slot
 from genomamba.tokenizers.dna import DNATokenizer
 
 SPLITS = ("train", "val", "test")
@@ -91,8 +93,6 @@ class SpeciesManifest:
 
     @classmethod
     def _from_yaml(cls, path: Path) -> "SpeciesManifest":
-        import yaml
-
         try:
             doc = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -245,8 +245,6 @@ class _SpeciesSampler:
         return lab, ci, start, min(start + length, b)
 
     def support(self):
-        from genomamba.data.windows import Region
-
         names = self.source.names
         return [Region(names[ci], int(self.lo[ci]), int(self.hi[ci])) for ix in self.contigs.values() for ci in ix]
 
@@ -299,8 +297,6 @@ class SpeciesWindows(IterableDataset):
         return self.num_samples
 
     def __iter__(self) -> Iterator:
-        from genomamba.data.windows import share, stream_slot
-
         slot, n_slots = stream_slot()
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         src = self.sampler.source
@@ -354,6 +350,4 @@ class SpeciesEvalWindows(Dataset):
     @property
     def windows(self):
         src = self.sampler.source
-        from genomamba.data.windows import Region
-
         return [Region(src.contigs[ci].name, a, b) for _, ci, a, b in self.items]

@@ -13,10 +13,12 @@ import bisect
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from genomamba.data.store import SequenceSource
@@ -71,7 +73,7 @@ class Splits:
         assert_no_overlap(self.val, self.test)
 
 
-# --------------------------------------------------------------------------- split helpers
+# --------------------------------------------------------------------------- splits
 def whole_contigs(source: SequenceSource, names: Optional[Iterable[str]] = None) -> list[Region]:
     names = source.names if names is None else list(names)
     return [Region(n, 0, source.contigs[source.index(n)].length) for n in names]
@@ -149,10 +151,6 @@ def split_by_region(
 def split_from_file(source: SequenceSource, path) -> Splits:
     """Splits from a YAML/JSON file: ``{split_by: contig|genome, val: [...], test: [...]}``
     (names or full-match regexes), or ``{train: [[contig, start, stop], ...], val: ..., test: ...}``."""
-    from pathlib import Path
-
-    import yaml
-
     doc = yaml.safe_load(Path(path).read_text())  # JSON is YAML
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")

@@ -14,7 +14,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
+from genomamba.models.io import CheckpointError, _atomic_write, read_state_dict
 from genomamba.models.lm import MambaLM
 
 POOLINGS = ("last", "mean", "max")
@@ -75,10 +77,6 @@ class SequenceClassifier(nn.Module):
             p.requires_grad_(not freeze)
 
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
-        from safetensors.torch import save_file
-
-        from genomamba.models.io import _atomic_write
-
         directory = Path(self.lm.save_pretrained(directory))
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         _atomic_write(directory / HEAD_WEIGHTS, lambda p: save_file(tensors, p))
@@ -88,8 +86,6 @@ class SequenceClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device=None) -> "SequenceClassifier":
-        from genomamba.models.io import CheckpointError, read_state_dict
-
         directory = Path(directory)
         meta_path = directory / HEAD_CONFIG
         if not meta_path.exists():

@@ -4,6 +4,9 @@ On disk: ``config.json`` (MambaConfig fields, mamba_ssm-compatible) + ``model.sa
 mamba_ssm directory (``config.json`` + ``pytorch_model.bin``) loads through
 ``torch.load(weights_only=True)``, which refuses pickled code. An HF ``MambaForCausalLM`` directory
 (its ``config.json`` has ``hidden_size``) is converted on the fly.
+
+Everything here works on configs and state dicts, never on the model class: ``MambaLM``
+(``models/lm.py``) builds ``save_pretrained`` / ``from_pretrained`` / ``from_hf`` / ``to_hf`` on it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Union
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from genomamba.config import MambaConfig
 
@@ -40,18 +44,14 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_pretrained(model, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (a tied LM head is stored once)."""
-    from safetensors.torch import save_file
-
+def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
+                     state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (tensors copied to CPU, contiguous)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    cfg = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    cfg = json.dumps(config.to_dict(), indent=2) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(cfg))
     return directory
 
@@ -62,8 +62,6 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as exc:
@@ -154,31 +152,15 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def from_hf(hf_model) -> "MambaLM":  # noqa: F821
-    """Build a genomamba MambaLM from an instantiated HF ``MambaForCausalLM`` (weights copied)."""
-    from genomamba.models.lm import MambaLM
-
-    cfg = config_from_hf(hf_model.config.to_dict())
-    model = MambaLM(cfg)
-    model.load_state_dict(state_dict_from_hf(hf_model.state_dict()), strict=True)
-    return model
-
-
-def to_hf(model):
-    """Build an HF ``MambaForCausalLM`` from a genomamba MambaLM (needs ``transformers``)."""
-    import transformers
-
-    hf = transformers.MambaForCausalLM(transformers.MambaConfig(**config_to_hf(model.config)))
-    hf.load_state_dict(state_dict_to_hf(model.state_dict()), strict=True)
-    return hf
-
-
 # ---------------------------------------------------------------------------- load
 
 
-def load_pretrained(path: Union[str, os.PathLike], device=None, dtype=None, strict: bool = True):
-    from genomamba.models.lm import MambaLM
+def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[str, torch.Tensor], Path, Path]:
+    """A saved model directory -> ``(config, state_dict, weights_path, config_path)``.
 
+    Reads genomamba / mamba_ssm directories and HF ``MambaForCausalLM`` ones (config and keys
+    converted). Building the model and loading the weights is ``MambaLM.from_pretrained``'s job.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: expected a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -205,11 +187,14 @@ def load_pretrained(path: Union[str, os.PathLike], device=None, dtype=None, stri
     sd = read_state_dict(weights)
     if hf:
         sd = state_dict_from_hf(sd)
-    with torch.device("meta"):
-        model = MambaLM(cfg)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    return cfg, sd, weights, cfg_path
+
+
+def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], weights: Path, cfg_path: Path,
+                     strict: bool = True) -> None:
+    """Raise CheckpointError if ``sd`` does not fit ``expected`` (names when strict, shapes always)."""
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if strict and (missing or unexpected):
@@ -219,9 +204,3 @@ def load_pretrained(path: Union[str, os.PathLike], device=None, dtype=None, stri
         if k in expected and tuple(v.shape) != tuple(expected[k].shape):
             want = tuple(expected[k].shape)
             raise CheckpointError(f"{weights}: {k} has shape {tuple(v.shape)}, config expects {want}")
-    model = model.to_empty(device=device or "cpu")
-    model.load_state_dict(sd, strict=False, assign=False)
-    model.tie_weights()
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()

@@ -10,14 +10,25 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
 from genomamba.models.cache import InferenceCache
+from genomamba.models.io import (
+    check_state_dict,
+    config_from_hf,
+    config_to_hf,
+    read_pretrained,
+    state_dict_from_hf,
+    state_dict_to_hf,
+    write_pretrained,
+)
 from genomamba.models.mixer import Block, RMSNorm
+from genomamba.models.sampling import sample_next
 
 
 class MixerModel(nn.Module):
@@ -41,8 +52,6 @@ class MixerModel(nn.Module):
         checkpoint = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if checkpoint:
-                from torch.utils.checkpoint import checkpoint as ckpt
-
                 hidden, residual = ckpt(layer, hidden, residual, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
@@ -144,54 +153,75 @@ class MambaLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
-                 vocab_size: Optional[int] = None):
+                 vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
+                 prefill_chunk: Optional[int] = None):
         """Sample ``max_new_tokens`` after the prompt; memory does not grow with the generated length
         (only the (b, d_inner, n) states and the output ids are kept). ``temperature=0`` is greedy.
 
         input_ids: (b, l) with l >= 1. Returns (b, l + max_new_tokens) token ids. ``vocab_size`` limits
         sampling to real tokens (the padded embedding rows are never sampled; defaults to config.vocab_size).
+        ``allowed_token_ids`` restricts sampling to those ids instead (e.g. the four bases).
+        ``prefill_chunk`` reads the prompt that many tokens at a time (bounded memory for long prompts).
         """
-        from genomamba.models.sampling import sample_next
-
         self._check_ids(input_ids)
         if input_ids.shape[1] < 1:
             raise ValueError("input_ids: generate needs a prompt of at least one token")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
+        dev = input_ids.device
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=input_ids.device).manual_seed(int(seed))
+            gen = torch.Generator(device=dev).manual_seed(int(seed))
         vocab = vocab_size or self.config.vocab_size
-        b = input_ids.shape[0]
-        cache = self.allocate_cache(b, device=input_ids.device)
-        out = torch.empty(b, input_ids.shape[1] + max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
-        out[:, : input_ids.shape[1]] = input_ids
+        mask = None
+        if allowed_token_ids is not None:
+            mask = torch.full((self.config.padded_vocab_size,), float("-inf"), device=dev)
+            mask[list(allowed_token_ids)] = 0.0
+        b, l = input_ids.shape
+        cache = self.allocate_cache(b, device=dev)
+        out = torch.empty(b, l + max_new_tokens, dtype=input_ids.dtype, device=dev)
+        out[:, :l] = input_ids
         if max_new_tokens == 0:
             return out
-        logits = self.forward(input_ids, cache=cache, num_last_tokens=1)[:, -1]
-        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        pos = input_ids.shape[1]
+        step = prefill_chunk or l
+        for start in range(0, l, step):
+            logits = self.forward(input_ids[:, start:start + step], cache=cache, num_last_tokens=1)[:, -1]
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(max_new_tokens):
-            nxt = sample_next(logits[:, :vocab], temperature, top_k, top_p, gen)
+            scores = logits[:, :vocab] if mask is None else logits.float() + mask
+            nxt = sample_next(scores, temperature, top_k, top_p, gen)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
                 done |= nxt == eos_token_id
-            out[:, pos + i] = nxt
+            out[:, l + i] = nxt
             if i + 1 < max_new_tokens:
                 logits = self.step(nxt, cache)
         return out
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
-        from genomamba.models.io import save_pretrained
-
-        return save_pretrained(self, directory)
+        """Write ``config.json`` and ``model.safetensors`` (a tied LM head is stored once)."""
+        state = self.state_dict()
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        return write_pretrained(directory, self.config, state)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], device=None, dtype=None, strict: bool = True) -> "MambaLM":
-        from genomamba.models.io import load_pretrained
-
-        return load_pretrained(path, device=device, dtype=dtype, strict=strict)
+        """Load a genomamba, mamba_ssm or HF ``MambaForCausalLM`` directory; no pickled code ever runs."""
+        cfg, sd, weights, cfg_path = read_pretrained(path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+        check_state_dict(sd, expected, weights, cfg_path, strict=strict)
+        model = model.to_empty(device=device or "cpu")
+        model.load_state_dict(sd, strict=False, assign=False)
+        model.tie_weights()
+        if dtype is not None:
+            model = model.to(dtype)
+        return model.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
@@ -206,3 +236,19 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (no_decay if getattr(p, "_no_weight_decay", False) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def from_hf(hf_model) -> MambaLM:
+    """Build a genomamba MambaLM from an instantiated HF ``MambaForCausalLM`` (weights copied)."""
+    model = MambaLM(config_from_hf(hf_model.config.to_dict()))
+    model.load_state_dict(state_dict_from_hf(hf_model.state_dict()), strict=True)
+    return model
+
+
+def to_hf(model: MambaLM):
+    """Build an HF ``MambaForCausalLM`` from a genomamba MambaLM (needs ``transformers``)."""
+    import transformers  # optional dependency: only this converter needs it
+
+    hf = transformers.MambaForCausalLM(transformers.MambaConfig(**config_to_hf(model.config)))
+    hf.load_state_dict(state_dict_to_hf(model.state_dict()), strict=True)
+    return hf

@@ -155,7 +155,7 @@ class DNATokenizer:
             ValueError: a character outside the policy, naming its 0-based position.
         """
         raw = _as_bytes(seq)
-        # bytes.translate runs at memory speed (~GB/s), well above the 100 MB/s target.
+        # bytes.translate runs at memory speed, far above what training reads need.
         ids = np.frombuffer(raw.translate(self._enc_bytes), dtype=np.uint8)
         if ids.size and ids.max() >= _IUPAC_ERROR:
             self._raise_invalid(raw, ids)
@@ -242,7 +242,7 @@ class DNATokenizer:
         return out, mo.reshape(m.shape)
 
     def _rc_torch(self, ids, mask):
-        import torch
+        import torch  # only tensors reach here: the tokenizer itself needs numpy alone
 
         if ids.dim() not in (1, 2):
             raise ValueError(

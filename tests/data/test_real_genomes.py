@@ -1,4 +1,4 @@
-"""Parse parity with Bio.SeqIO on every real genome of the shared data notes, fetched from Debian."""
+"""Parse parity with Bio.SeqIO on every real genome ``genomamba.data.fetch`` knows, fetched from Debian."""
 
 import gzip
 import importlib.util

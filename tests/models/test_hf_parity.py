@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from genomamba import MambaLM  # noqa: E402
-from genomamba.models.io import from_hf, to_hf  # noqa: E402
+from genomamba.models.lm import from_hf, to_hf  # noqa: E402
 
 
 def hf_model(**kw):

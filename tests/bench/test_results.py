@@ -1,0 +1,20 @@
+"""Every results file README.md cites ships in genomamba/bench/results/ and is valid JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from genomamba.bench.common import RESULTS_DIR
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_results_the_readme_cites_ship_with_the_package():
+    cited = set(re.findall(r"`([a-z0-9_\-]+\.json)`", README.read_text())) - {"config.json"}
+    assert cited
+    missing = sorted(name for name in cited if not (RESULTS_DIR / name).is_file())
+    assert not missing, f"README.md cites results that are not in {RESULTS_DIR}: {missing}"
+    for name in cited:
+        json.loads((RESULTS_DIR / name).read_text())
