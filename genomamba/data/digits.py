@@ -9,8 +9,8 @@ An SC09-like set for the audio adapter, built from programs that Debian ships:
 
 Splits test generalisation, not memorisation: ``test`` is the whole flite engine (never seen in
 training), ``val`` is a set of whole espeak-ng voice variants (every accent, speed and pitch of
-those variants), ``train`` is the remaining espeak-ng variants. Variants of one engine are easy to
-tell apart from one another's digits; another engine is not.
+those variants), ``train`` is the remaining espeak-ng variants. Held-out variants of the training
+engine make an easy test; a held-out engine makes a hard one.
 
 Every clip: synthesized WAV -> 16 kHz mono (soxr) -> silence trimmed (10 ms frames 40 dB below the
 loudest) -> centred in exactly 1 s (a longer utterance keeps its central second, flagged
@@ -84,7 +84,8 @@ class DigitsError(DebianError):
 
 @dataclass
 class DigitsConfig:
-    """What to synthesize. Defaults give about 8,000 espeak-ng clips and 1,000 flite clips."""
+    """What to synthesize: every espeak accent x variant x word ``takes`` times, every flite voice x
+    word ``flite_takes`` times, each with its own random synthesis parameters."""
 
     seed: int = 0
     takes: int = 1  # random (speed, pitch) draws per espeak accent x variant x word

@@ -213,10 +213,13 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
     for ``umaydis`` a ``split.yaml``.
     """
     if name in GENERATED:  # built from programs in Debian packages rather than copied out of them
-        try:
-            return GENERATED[name](Path(dest or cache_dir()) / name, verify=verify, quiet=quiet)
-        except DebianError as e:
-            raise FetchError(str(e)) from None
+        out = Path(dest or cache_dir()) / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(out.parent / f".{name}.lock"):
+            try:
+                return GENERATED[name](out, verify=verify, quiet=quiet)
+            except DebianError as e:
+                raise FetchError(str(e)) from None
     if name not in DATASETS:
         known = sorted({*DATASETS, *GENERATED})
         raise FetchError(f"unknown dataset {name!r}; choose from {known} (or fetch_url for a URL)")

@@ -4,7 +4,7 @@
 
 - ``kjv.txt``: the King James Bible (packages bible-kjv, bible-kjv-text), Genesis 1:1 to
   Revelation 22:21 as the package's own ``bible`` program prints it: a heading per chapter, one
-  verse per line (31,102 verses), ASCII.
+  verse per line, ASCII.
 - ``jargon.txt``: the Jargon File 4.4.7 (package jargon-text), decompressed, UTF-8.
 - ``provenance.json``: package versions, the files read from each package and their sha256, the
   command that rendered the Bible, and the sha256 / size / line count of every output.
