@@ -12,6 +12,8 @@ Named datasets (``fetch(name, dest)``; the result lands in ``dest/name/``):
 - ``fly``:      D. melanogaster chr2R (dm3), 21.1 Mb, 10.5 % soft-masked (augustus-doc).
 - ``sibelia``:  more S. aureus / H. pylori genomes (sibelia-examples), FASTA.
 - ``genbank``:  archaea, E. coli, mitochondria etc. as GenBank (cct-examples), for the GenBank path.
+- ``digits``:   spoken digits synthesized with espeak-ng and flite (``genomamba.data.digits``).
+- ``text``:     King James Bible and Jargon File as plain text (``genomamba.data.textcorpus``).
 
 The checksums below are of the files inside the Debian bookworm packages. A package update that
 changes a genome file fails loudly; pass ``verify=False`` (``--no-verify``) to accept it.
@@ -37,7 +39,10 @@ from typing import Optional, Union
 
 import yaml
 
+from genomamba.data.debian import DebianError
+from genomamba.data.digits import fetch_digits
 from genomamba.data.fasta import file_sha256
+from genomamba.data.textcorpus import fetch_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -189,6 +194,8 @@ for _name, _files in _EXTRA.items():
         PackagedFile(_EXTRA_PACKAGE[_name], member, member.rsplit("/", 1)[1], sha) for member, sha in _files
     ]
 
+GENERATED = {"digits": fetch_digits, "text": fetch_text}
+
 # U. maydis: whole chromosomes held out for the language model (names are full headers' first word).
 UMAYDIS_TEST = r"Umaydis:chr2[123]:.*"
 
@@ -206,8 +213,17 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
     Returns the dataset folder. For ``bacteria`` it holds ``manifest.yaml`` (a SpeciesManifest),
     for ``umaydis`` a ``split.yaml``.
     """
+    if name in GENERATED:  # built from programs in Debian packages rather than copied out of them
+        out = Path(dest or cache_dir()) / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(out.parent / f".{name}.lock"):
+            try:
+                return GENERATED[name](out, verify=verify, quiet=quiet)
+            except DebianError as e:
+                raise FetchError(str(e)) from None
     if name not in DATASETS:
-        raise FetchError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)} (or fetch_url for a URL)")
+        known = sorted({*DATASETS, *GENERATED})
+        raise FetchError(f"unknown dataset {name!r}; choose from {known} (or fetch_url for a URL)")
     out = Path(dest or cache_dir()) / name
     files = DATASETS[name]
     if _complete(out, files, verify):

@@ -1,0 +1,149 @@
+"""Programs and data from Debian packages without installing them: ``apt-get download`` + ``dpkg -x``.
+
+``unpack(packages, root)`` fetches the named packages (and, with ``with_deps``, every dependency
+that is not installed on this machine) into ``root/debs`` and unpacks them under ``root/fs``.
+``Toolbox`` then runs the unpacked binaries with ``LD_LIBRARY_PATH`` pointing into ``root/fs``, and
+``check()`` runs ``ldd`` first so that a missing shared library is reported by name rather than as a
+crash of the program. No root rights are needed (except for refreshing empty apt package lists).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+_DONE = ".unpacked.json"
+
+
+class DebianError(RuntimeError):
+    """apt-get / dpkg failed or an unpacked program cannot run; the message says which and why."""
+
+
+def run(cmd: list, what: str, cwd: Optional[Path] = None, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run ``cmd``; DebianError (naming ``what`` and the tail of stderr) if it fails or is missing."""
+    try:
+        res = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise DebianError(
+            f"{what}: `{cmd[0]}` not found (a Debian/Ubuntu system with apt-get and dpkg is needed)"
+        ) from None
+    if res.returncode != 0:
+        err = res.stderr.decode("utf-8", "replace").strip()[-1500:]
+        raise DebianError(f"{what} failed (exit {res.returncode}): {' '.join(map(str, cmd))}: {err}")
+    return res
+
+
+def is_installed(package: str) -> bool:
+    """True when dpkg lists ``package`` as installed on this machine."""
+    try:
+        res = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    return res.returncode == 0 and res.stdout.startswith("ii")
+
+
+def dependency_closure(packages: Iterable[str]) -> list:
+    """The packages plus everything they depend on, recursively (Depends only), sorted."""
+    cmd = [
+        "apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+        "--no-breaks", "--no-replaces", "--no-enhances", *packages,
+    ]  # fmt: skip
+    out = run(cmd, "apt-cache depends").stdout.decode()
+    # Top-level lines are package names; indented lines are relations; <name> is a virtual package.
+    names = {ln.strip() for ln in out.splitlines() if ln and not ln[0].isspace() and not ln.startswith("<")}
+    return sorted(names | set(packages))
+
+
+def package_version(deb: Path) -> str:
+    return run(["dpkg-deb", "-f", deb, "Version"], f"reading {deb.name}").stdout.decode().strip()
+
+
+def unpack(packages: list, root: PathLike, with_deps: bool = True, quiet: bool = False) -> dict:
+    """Download and unpack ``packages`` under ``root/fs``; returns ``{package: version}``.
+
+    With ``with_deps``, dependencies not installed here are unpacked too. A finished unpack is
+    recorded in ``root`` and reused by the next call with the same packages.
+    """
+    root = Path(root)
+    done = root / _DONE
+    if done.exists():
+        rec = json.loads(done.read_text())
+        if set(packages) <= set(rec.get("requested", [])):
+            return rec["versions"]
+    want = list(packages)
+    if with_deps:
+        want += [p for p in dependency_closure(packages) if p not in packages and not is_installed(p)]
+    debs_dir, fs = root / "debs", root / "fs"
+    if debs_dir.exists():
+        shutil.rmtree(debs_dir)
+    debs_dir.mkdir(parents=True)
+    fs.mkdir(parents=True, exist_ok=True)
+    download(sorted(set(want)), debs_dir, quiet)
+    versions = {}
+    for deb in sorted(debs_dir.glob("*.deb")):
+        run(["dpkg", "-x", deb, fs], f"unpacking {deb.name}")
+        versions[deb.name.split("_")[0]] = package_version(deb)
+    shutil.rmtree(debs_dir)
+    requested = sorted(set(packages) | set(json.loads(done.read_text())["requested"] if done.exists() else []))
+    done.write_text(json.dumps({"requested": requested, "versions": versions}, indent=1))
+    if not quiet:
+        print(f"unpacked {len(versions)} Debian packages into {fs}", file=sys.stderr)
+    return versions
+
+
+def download(packages: list, where: Path, quiet: bool = False) -> None:
+    """``apt-get download`` into ``where``; refreshes empty package lists once when run as root."""
+    cmd = ["apt-get", "download", *packages]
+    try:
+        run(cmd, "apt-get download", cwd=where)
+    except DebianError as e:
+        stale = ("Unable to locate", "no installation candidate", "404", "Failed to fetch")
+        if not any(x in str(e) for x in stale):
+            raise
+        if hasattr(os, "geteuid") and os.geteuid() != 0:
+            raise DebianError(f"{e} (the apt package lists look empty: run `sudo apt-get update` once)") from None
+        if not quiet:
+            print("apt package lists are empty; running apt-get update once", file=sys.stderr)
+        run(["apt-get", "update"], "apt-get update")
+        run(cmd, "apt-get download", cwd=where)
+    got = {d.name.split("_")[0] for d in where.glob("*.deb")}
+    missing = sorted(set(packages) - got)
+    if missing:
+        raise DebianError(f"apt-get download produced no .deb for {missing}")
+
+
+class Toolbox:
+    """Runs programs unpacked under ``fs`` (``fs/usr/bin/NAME``) with their libraries found."""
+
+    def __init__(self, fs: PathLike):
+        self.fs = Path(fs)
+        libdirs = sorted({str(p.parent) for p in self.fs.glob("**/*.so*") if p.is_file() or p.is_symlink()})
+        self.env = dict(os.environ)
+        old = self.env.get("LD_LIBRARY_PATH", "")
+        self.env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + ([old] if old else []))
+
+    def binary(self, name: str) -> Path:
+        for sub in ("usr/bin", "usr/games", "bin", "usr/sbin"):
+            p = self.fs / sub / name
+            if p.is_file():
+                return p
+        raise DebianError(f"{name}: not found under {self.fs} (was its package unpacked?)")
+
+    def check(self, name: str) -> Path:
+        """Path of the binary; DebianError naming any shared library it cannot find."""
+        exe = self.binary(name)
+        try:
+            res = subprocess.run(["ldd", str(exe)], env=self.env, capture_output=True, text=True)
+        except FileNotFoundError:
+            return exe  # no ldd: the first real run reports a missing library instead
+        missing = sorted({ln.split()[0] for ln in res.stdout.splitlines() if "not found" in ln})
+        if missing:
+            raise DebianError(f"{exe} cannot find shared libraries {missing}; install the program with apt-get instead")
+        return exe
