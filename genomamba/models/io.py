@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import torch
 
 from genomamba.config import MambaConfig
+from genomamba.files import atomic_path, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -26,18 +26,6 @@ LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely or does not match its config."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_pretrained(model, directory: Union[str, os.PathLike]) -> Path:
@@ -50,9 +38,9 @@ def save_pretrained(model, directory: Union[str, os.PathLike]) -> Path:
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    cfg = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(cfg))
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2) + "\n")
     return directory
 
 
