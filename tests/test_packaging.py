@@ -37,12 +37,19 @@ def test_configs_ship_in_the_wheel():
 
 def test_wheel_carries_configs_and_commands(tmp_path):
     """Build the wheel for real and run the shipped-config resolver from the installed layout."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    src = tmp_path / "src"  # a copy: building in place would leave build/ and *.egg-info in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("genomamba", "csrc", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     if res.returncode != 0 and "No module named pip" in res.stderr:
         pytest.skip("pip is not installed")
     assert res.returncode == 0, res.stderr[-3000:]

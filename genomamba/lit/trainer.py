@@ -64,7 +64,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
     # Denormal floats (tiny activations/gradients early in training) make CPU kernels (the depthwise
-    # conv1d backward above all) 10-100x slower; flushing them to zero changes nothing measurable.
+    # conv1d backward above all) many times slower; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                                         auto_insert_metric_name=False, every_n_train_steps=tc.ckpt_every,
