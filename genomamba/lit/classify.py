@@ -17,6 +17,7 @@ from genomamba.lit._pl import pl
 from genomamba.lit.evaluate import save_confusion_png
 from genomamba.lit.optim import build_optimizer, optim_settings
 from genomamba.models.heads import HEAD_CONFIG, HEAD_WEIGHTS, POOLINGS, SequenceClassifier, has_head
+from genomamba.models.io import read_state_dict
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -76,8 +77,6 @@ class ClassifierModule(pl.LightningModule):
     def _reuse_head(self, init_from) -> Optional[str]:
         """``init_from`` is a fine-tuned classifier (e.g. 1 kb windows -> 16 kb): keep its head too when
         its labels are ours in the same order; otherwise the head starts fresh (and we say why)."""
-        from genomamba.models.io import read_state_dict
-
         meta = json.loads((Path(init_from) / HEAD_CONFIG).read_text())
         if list(meta.get("labels", [])) != self.net.labels:
             warnings.warn(f"init_from={init_from}: its head's labels {meta.get('labels')} differ from "
