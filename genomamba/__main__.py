@@ -12,13 +12,13 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (entry point, one-line help)
-    "demo": ("genomamba.demo:main", "end-to-end demo on shipped/fetched real genomes"),
-    "data": ("genomamba.data.cli:main", "fetch genomes, build token stores, manifests"),
-    "pretrain": ("genomamba.lit.cli:pretrain_main", "pretrain a DNA language model"),
-    "classify": ("genomamba.lit.cli:classify_main", "species classifier: fit / evaluate / predict"),
-    "embed": ("genomamba.api_cli:embed_main", "embed FASTA records into HDF5"),
-    "score": ("genomamba.api_cli:score_main", "log-likelihood / bits per base of sequences"),
-    "generate": ("genomamba.api_cli:generate_main", "sample DNA from a trained model"),
+    "demo": ("genomamba.commands.demo:main", "end-to-end demo on shipped/fetched real genomes"),
+    "data": ("genomamba.commands.data:main", "fetch genomes, build token stores, manifests"),
+    "pretrain": ("genomamba.commands.pretrain:main", "pretrain a DNA language model"),
+    "classify": ("genomamba.commands.classify:main", "species classifier: fit / evaluate / predict"),
+    "embed": ("genomamba.commands.embed:main", "embed FASTA records into HDF5"),
+    "score": ("genomamba.commands.score:main", "log-likelihood / bits per base of sequences"),
+    "generate": ("genomamba.commands.generate:main", "sample DNA from a trained model"),
     "bench": ("genomamba.bench.cli:main", "benchmarks: scan, data, train, synthetic"),
 }
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+from genomamba.files import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -40,11 +41,7 @@ def write_results(name: str, payload: dict, out_dir: str | os.PathLike | None = 
     """Write ``payload`` to ``<out_dir>/<name>.json`` (default: the package's bench/results)."""
     out = Path(out_dir) if out_dir else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(out / f"{name}.json", payload)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

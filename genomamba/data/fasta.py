@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
+from genomamba.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -350,12 +352,10 @@ def to_bgzf(path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
     log.warning(
         "%s is %s-compressed and not seekable; converting to BGZF at %s", path, sniff_compression(path), out
     )
-    tmp = out.with_suffix(".bgz.tmp")
-    with open_binary(path) as src, bgzf.BgzfWriter(str(tmp), "wb") as dst:
+    with atomic_path(out) as tmp, open_binary(path) as src, bgzf.BgzfWriter(str(tmp), "wb") as dst:
         try:
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
         except _DECOMPRESS_ERRORS as e:
             raise FastaFormatError(f"{path}: truncated or corrupt stream: {e}") from None
-    os.replace(tmp, out)
     return out

@@ -30,6 +30,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from genomamba.data.fasta import FastaFormatError, file_sha256, read_records
+from genomamba.files import atomic_path
 from genomamba.tokenizers.dna import DNATokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -321,7 +322,7 @@ class TokenStore(SequenceSource):
     ) -> "TokenStore":
         """Parse + tokenize FASTA/GenBank files into an HDF5 store at ``out_path``.
 
-        Written to ``out_path + '.tmp'`` and renamed at the end, so a crash never leaves a store
+        Written to a temporary file beside ``out_path`` and renamed at the end, so a crash never leaves a store
         that looks complete. One record is held in memory at a time.
 
         Args:
@@ -338,11 +339,9 @@ class TokenStore(SequenceSource):
             raise ValueError(f"genome_ids has {len(genome_ids)} entries for {len(paths)} files")
         tok = tokenizer or DNATokenizer()
         out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
         names, descs, lengths, sources = [], [], [], []
         str_dt = h5py.string_dtype("utf-8")
-        try:
+        with atomic_path(out_path) as tmp:
             with h5py.File(tmp, "w") as f:
                 for s, name, desc, ids, soft in _iter_encoded(paths, tok, genome_ids):
                     i = len(names)
@@ -377,8 +376,4 @@ class TokenStore(SequenceSource):
                 f.attrs["tokenizer"] = json.dumps(tok.to_dict())
                 f.attrs["n_contigs"] = len(names)
                 f.attrs["total_length"] = int(np.sum(np.array(lengths, dtype=np.int64)))
-            os.replace(tmp, out_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return TokenStore(out_path)

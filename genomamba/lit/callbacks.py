@@ -1,6 +1,7 @@
-"""Training callbacks: the Mamba paper's sequence-length warmup, and training-curve plots.
+"""Training callbacks: the Mamba paper's sequence-length warmup, a wall-clock step budget,
+training-curve plots, and per-epoch reseeding of the random training windows.
 
-Both keep their state in the Lightning checkpoint (``state_dict``/``load_state_dict``), so a
+The first three keep their state in the Lightning checkpoint (``state_dict``/``load_state_dict``), so a
 resumed run continues the same schedule and the final plot shows the whole run, not only the part
 after the restart.
 """
@@ -23,6 +24,16 @@ except ImportError:  # pragma: no cover
 
 def _is_pow2_multiple(big: int, small: int) -> bool:
     return big % small == 0 and (big // small) & (big // small - 1) == 0
+
+
+class EpochSeed(pl.Callback):
+    """Seed the random windows of each epoch by the global step: a resumed run draws fresh windows
+    rather than replaying the start of the interrupted epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        ds = getattr(trainer.train_dataloader, "dataset", None)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(int(trainer.global_step))
 
 
 class SeqLenWarmup(pl.Callback):

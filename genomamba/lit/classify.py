@@ -14,8 +14,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
-from genomamba.lit.pretrain import DEFAULT_OPTIM, build_optimizer
+from genomamba.lit.evaluate import save_confusion_png
+from genomamba.lit.optim import build_optimizer, optim_settings
 from genomamba.models.heads import HEAD_CONFIG, HEAD_WEIGHTS, POOLINGS, SequenceClassifier, has_head
+from genomamba.models.io import read_state_dict
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -28,37 +30,6 @@ def _metrics(n: int) -> torch.nn.ModuleDict:
         "f1": MulticlassF1Score(n, average="macro"),
         "cm": MulticlassConfusionMatrix(n),
     })
-
-
-def save_confusion_png(cm, labels: Sequence[str], path, title: str = "") -> Path:
-    """Confusion matrix (rows: true, columns: predicted) as a PNG with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else cm
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
-    ax.imshow(cm, cmap="Blues")
-    short = [lab.replace("_", " ") for lab in labels]
-    ax.set_xticks(range(n), short, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(n), short, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = cm.max() if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > top / 2 else "black", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 class ClassifierModule(pl.LightningModule):
@@ -106,8 +77,6 @@ class ClassifierModule(pl.LightningModule):
     def _reuse_head(self, init_from) -> Optional[str]:
         """``init_from`` is a fine-tuned classifier (e.g. 1 kb windows -> 16 kb): keep its head too when
         its labels are ours in the same order; otherwise the head starts fresh (and we say why)."""
-        from genomamba.models.io import read_state_dict
-
         meta = json.loads((Path(init_from) / HEAD_CONFIG).read_text())
         if list(meta.get("labels", [])) != self.net.labels:
             warnings.warn(f"init_from={init_from}: its head's labels {meta.get('labels')} differ from "
@@ -179,7 +148,7 @@ class ClassifierModule(pl.LightningModule):
             m.reset()
 
     def configure_optimizers(self):
-        o = {**DEFAULT_OPTIM, **(self.hparams.optim or {})}
+        o = optim_settings(self.hparams.optim)
         mult = float(o.pop("head_lr_mult", 1.0))
         wd = float(o["weight_decay"])
         groups = optimizer_param_groups(self.net.lm, wd)

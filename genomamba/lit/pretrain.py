@@ -1,7 +1,7 @@
 """Next-base pretraining as a thin LightningModule around :class:`genomamba.MambaLM`.
 
 The module holds the plain ``nn.Module`` (``self.model``) and adds only the step logic, metrics
-and optimizer groups (STYLE.md rule 8). Everything it needs to be rebuilt from a checkpoint is in
+and optimizer groups. Everything it needs to be rebuilt from a checkpoint is in
 its hyperparameters (model shape, optimizer settings, tokenizer), so ``--resume`` needs no
 other file.
 """
@@ -17,63 +17,11 @@ from torchmetrics import Metric
 
 from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
-from genomamba.models.lm import MambaLM, optimizer_param_groups
+from genomamba.lit.optim import build_optimizer
+from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import DNATokenizer
 
 LN2 = math.log(2.0)
-
-DEFAULT_OPTIM = {
-    "lr": 2e-3,
-    "weight_decay": 0.1,
-    "betas": (0.9, 0.95),
-    "eps": 1e-8,
-    "warmup_steps": 100,
-    "min_lr_ratio": 0.1,
-}
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-class WarmupCosine:
-    """The LR multiplier as a picklable object: ``total`` can be re-planned during a run (see
-    ``TimeBudget``) and is saved with the scheduler's state in the checkpoint."""
-
-    def __init__(self, warmup: int, total: int, min_ratio: float):
-        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        return warmup_cosine(step, self.warmup, self.total, self.min_ratio)
-
-
-def build_optimizer(module: torch.nn.Module, trainer, optim: dict, groups: Optional[list] = None):
-    """AdamW over the ``_no_weight_decay`` tag groups + per-step warmup/cosine LambdaLR.
-
-    ``groups`` (optional) replaces the default grouping of ``module``; a group may carry its own
-    ``lr`` (e.g. a classifier head trained faster than its pretrained backbone).
-    """
-    o = {**DEFAULT_OPTIM, **(optim or {})}
-    unknown = sorted(set(o) - set(DEFAULT_OPTIM) - {"head_lr_mult"})
-    if unknown:
-        raise ValueError(f"optim: unknown key(s) {unknown}; known: {sorted(DEFAULT_OPTIM)}")
-    if groups is None:
-        groups = optimizer_param_groups(module, float(o["weight_decay"]))
-    groups = [g for g in groups if g["params"]]
-    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-    opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=tuple(o["betas"]), eps=float(o["eps"]),
-                            foreach=True if on_cuda else None)  # fused AdamW + AMP clipping: Lightning refuses
-    total = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else \
-        int(trainer.estimated_stepping_batches)
-    warm, floor = int(o["warmup_steps"]), float(o["min_lr_ratio"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warm, total, floor))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
 class LMMetrics(Metric):
@@ -127,7 +75,7 @@ class PretrainModule(pl.LightningModule):
 
     Args:
         model: MambaConfig fields (a dict, for the checkpoint's hyperparameters) or a MambaConfig.
-        optim: AdamW / schedule settings (see ``DEFAULT_OPTIM``).
+        optim: AdamW / schedule settings (``OptimConfig`` fields; the rest default).
         tokenizer: ``DNATokenizer.to_dict()``; the default tokenizer if None.
         gradient_checkpointing: recompute each layer in backward (long context).
     """

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from genomamba.models.io import CheckpointError, _atomic_write, read_state_dict
+from genomamba.files import atomic_path, write_text
+from genomamba.models.io import CheckpointError, read_state_dict
 from genomamba.models.lm import MambaLM
 
 POOLINGS = ("last", "mean", "max")
@@ -79,9 +80,10 @@ class SequenceClassifier(nn.Module):
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
         directory = Path(self.lm.save_pretrained(directory))
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
-        _atomic_write(directory / HEAD_WEIGHTS, lambda p: save_file(tensors, p))
+        with atomic_path(directory / HEAD_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
         meta = json.dumps({"labels": self.labels, "pooling": self.pooling}, indent=2) + "\n"
-        _atomic_write(directory / HEAD_CONFIG, lambda p: Path(p).write_text(meta))
+        write_text(directory / HEAD_CONFIG, meta)
         return directory
 
     @classmethod

@@ -136,7 +136,7 @@ def test_url_without_checksum_records_it(server, tmp_path):
 
 
 def test_cli_fetch_url(server, tmp_path, capsys):
-    from genomamba.data.cli import main
+    from genomamba.commands.data import main
 
     base, _, payload = server
     assert main(["fetch", "url", f"{base}/genome.fa", "--dest", str(tmp_path)]) == 0

@@ -1,4 +1,4 @@
-"""Tiny real configs for Lightning runs on the shipped genome slices (2 CPU cores, seconds each)."""
+"""Tiny real configs for Lightning runs on the shipped genome slices (seconds each on a CPU)."""
 
 import pytest
 

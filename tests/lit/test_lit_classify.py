@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from genomamba.baselines import GCClassifier, KmerNaiveBayes, gc_fraction, kmer_indices
-from genomamba.lit.cli import load_config, run_classify
+from genomamba.commands.classify import run_classify
+from genomamba.lit.config import load_config
 from genomamba.models.heads import SequenceClassifier
 from genomamba.tokenizers.dna import DNATokenizer
 

@@ -1,5 +1,6 @@
 """Every YAML under configs/ parses: pretrain/classify configs into their typed dataclasses (and the
-model section into a MambaConfig); any other kind at least into a mapping with a ``kind:``."""
+model section into a MambaConfig); any other kind at least into a mapping with a ``kind:``. The
+``base:`` key, typed corpus sources and the shipped-config resolver."""
 
 from pathlib import Path
 
@@ -7,25 +8,36 @@ import pytest
 import yaml
 
 from genomamba.config import MambaConfig
-from genomamba.lit.cli import KINDS, ConfigError, load_config
+from genomamba.data.corpus import AssetsSource, CorpusError, FetchSource, PathSource, build_corpus, parse_source
+from genomamba.lit.config import (
+    KINDS,
+    ConfigError,
+    ModelConfig,
+    configs_dir,
+    load_config,
+    read_yaml,
+    resolve_config_path,
+    to_plain,
+)
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.y*ml"))
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").rglob("*.y*ml"))
 
 
 def test_configs_exist():
-    kinds = {yaml.safe_load(p.read_text()).get("kind") for p in CONFIGS}
+    kinds = {read_yaml(p).get("kind") for p in CONFIGS}
     assert {"pretrain", "classify"} <= kinds
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_config_parses(path):
-    doc = yaml.safe_load(path.read_text())
-    assert isinstance(doc, dict) and "kind" in doc, f"{path}: needs a top-level kind:"
+    doc = read_yaml(path)
+    assert isinstance(doc, dict) and "kind" in doc, f"{path}: needs a top-level kind: (its own or its base's)"
     if doc["kind"] not in KINDS:
         pytest.skip(f"kind {doc['kind']!r} is parsed by its own package's tests")
     cfg = load_config(path)
-    if cfg.model:
-        MambaConfig.from_dict({"vocab_size": 11, **cfg.model})
+    if cfg.model is not None:
+        MambaConfig.from_dict({"vocab_size": 11, **cfg.model.to_dict()})
     if cfg.kind == "pretrain":
         assert cfg.data.seq_len >= 2 and cfg.trainer.max_steps > 0
 
@@ -41,11 +53,22 @@ def test_model_sizes_match_their_names():
             if f"dna_{tag}_" in p.name:
                 cfg = load_config(p)
                 with __import__("torch").device("meta"):
-                    lm = MambaLM(MambaConfig.from_dict({"vocab_size": 11, **cfg.model}))
+                    lm = MambaLM(cfg.model.to_mamba(vocab_size=11))
                 got = sum(x.numel() for x in {id(x): x for x in lm.parameters()}.values())
                 assert abs(got - n) / n < 0.25, (p.name, got)
                 seen.add(tag)
     assert seen == set(want)
+
+
+def test_context_configs_differ_only_where_they_say():
+    """The 1M-context config is the 16k one with its own window, warmup stage and step count."""
+    c16, c1m = (to_plain(load_config(ROOT / "configs" / "pretrain" / f"dna_1p4m_{c}.yaml")) for c in ("16k", "1m"))
+    diff = {(sec, k) for sec in c16 for k in (c16[sec] if isinstance(c16[sec], dict) else [None])
+            if (c16[sec].get(k) if k else c16[sec]) != (c1m[sec].get(k) if k else c1m[sec])}
+    assert diff == {("name", None), ("run_dir", None), ("data", "seq_len"), ("data", "batch_size"),
+                    ("seqlen_warmup", "stage_steps"), ("trainer", "max_steps"), ("trainer", "gradient_checkpointing")}
+    assert c1m["data"]["seq_len"] == 1048576 and c1m["model"] == c16["model"]
+    assert "base" not in c1m
 
 
 def test_bad_configs_name_file_and_key(tmp_path):
@@ -59,6 +82,12 @@ def test_bad_configs_name_file_and_key(tmp_path):
     p.write_text("kind: pretrain\nmodel: {d_model: -8, n_layer: 1}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: model: .*d_model"):
         load_config(p)
+    p.write_text("kind: pretrain\nmodel: {d_model: 8, n_layer: 1, d_modle: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.model: unknown key\(s\) \['d_modle'\]"):
+        load_config(p)
+    p.write_text("kind: pretrain\nmodel: {d_model: 8, n_layer: 1, dt_rank: yes}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.model.dt_rank: expected int or str, got True"):
+        load_config(p)
     p.write_text("kind: pretrian\n")
     with pytest.raises(ConfigError, match="kind must be one of"):
         load_config(p)
@@ -67,12 +96,98 @@ def test_bad_configs_name_file_and_key(tmp_path):
         load_config(p)
 
 
+def test_model_section_is_typed_and_lists_only_what_is_set(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("kind: pretrain\nmodel: {d_model: 16, n_layer: 2, dt_rank: auto, dt_min: 1e-3}\n")
+    cfg = load_config(p)
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.dt_min == 1e-3 and cfg.model.dt_rank == "auto"
+    assert to_plain(cfg)["model"] == {"d_model": 16, "n_layer": 2, "dt_rank": "auto", "dt_min": 1e-3}
+    assert cfg.model.to_mamba(vocab_size=11).vocab_size == 11  # unset: the tokenizer's
+    assert {f for f in ModelConfig.__dataclass_fields__} == {f for f in MambaConfig.__dataclass_fields__}
+    p.write_text("kind: classify\nmodel: {}\n")
+    with pytest.raises(ConfigError, match="give init_from"):
+        load_config(p)
+
+
 def test_overrides_are_typed(tmp_path):
-    src = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny_cpu.yaml"
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
     cfg = load_config(src, ["trainer.max_steps=7", "optim.lr=1e-3", "data.sources=[{assets: pretrain}]",
                             "seqlen_warmup.start=256", "seqlen_warmup.stage_steps=3"])
     assert cfg.trainer.max_steps == 7 and cfg.optim.lr == 1e-3
-    assert cfg.data.sources == [{"assets": "pretrain"}]
+    assert cfg.data.sources == [AssetsSource("pretrain")]
     assert cfg.seqlen_warmup.start == 256
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(src, ["trainer.max_steps"])
+
+
+def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    cfg = load_config(src, ["data.sources=[{fetch: bacteria, splits: [train]}, {path: g.fa, split: val, id: g}]"])
+    assert cfg.data.sources == [FetchSource("bacteria", splits=["train"]), PathSource("g.fa", split="val", id="g")]
+    assert to_plain(cfg)["data"]["sources"] == [{"fetch": "bacteria", "splits": ["train"]},
+                                                {"path": "g.fa", "split": "val", "id": "g"}]
+    bad = {
+        "[{asets: pretrain}]": r"tiny_cpu.yaml.data.sources\[0\]: give exactly one of assets / fetch / manifest / "
+                               r"path, got none \(unknown key\(s\) \['asets'\]\)",
+        "[{assets: pretrain, path: x.fa}]": r"data.sources\[0\]: give exactly one of",
+        "[{assets: pretrain}, {assets: everything}]": r"tiny_cpu.yaml.data.sources\[1\].assets: must be one of",
+        "[{assets: pretrain, dest: /tmp}]": r"data.sources\[0\]: unknown key\(s\) \['dest'\] for a assets source",
+        "[{path: g.fa, split: training}]": r"data.sources\[0\].split: must be one of",
+        "[{path: g.fa, split: {by: chromosome}}]": r"data.sources\[0\].split.by: must be 'contig' or 'region'",
+        "[{path: g.fa, split: {by: contig, tset: [x]}}]": r"data.sources\[0\].split: unknown key\(s\) \['tset'\]",
+        "[{manifest: m.yaml, splits: [train, dev]}]": r"data.sources\[0\].splits: unknown split\(s\) \['dev'\]",
+        "[{path: 3}]": r"data.sources\[0\].path: expected a string",
+        "{assets: pretrain}": r"data.sources: expected a list",
+    }
+    for value, msg in bad.items():
+        with pytest.raises(ConfigError, match=msg):
+            load_config(src, [f"data.sources={value}"])
+
+
+def test_build_corpus_takes_typed_sources_or_mappings():
+    store, splits = build_corpus([AssetsSource("pretrain", splits=["train", "val"])])
+    store2, splits2 = build_corpus([{"assets": "pretrain", "splits": ["train", "val"]}])
+    assert store.names == store2.names and splits.train == splits2.train and splits.val == splits2.val
+    assert splits.train and splits.val and not splits.test
+    with pytest.raises(CorpusError, match=r"data.sources\[0\]: unknown key"):
+        build_corpus([{"assets": "pretrain", "id": "x"}])
+    assert parse_source(AssetsSource("genomes")) == AssetsSource("genomes")
+
+
+def test_base_merges_relative_to_the_file_and_refuses_cycles(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text(yaml.safe_dump({
+        "kind": "pretrain", "model": {"d_model": 8, "n_layer": 1, "vocab_size": 11},
+        "data": {"seq_len": 256, "batch_size": 4}, "trainer": {"max_steps": 9, "log_every": 3}}))
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ndata: {seq_len: 512}\nname: mid\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: mid.yaml\ntrainer: {max_steps: 20}\nmodel: {n_layer: 2}\n")
+    cfg = load_config(tmp_path / "sub" / "leaf.yaml", ["trainer.log_every=5"])
+    assert (cfg.name, cfg.data.seq_len, cfg.data.batch_size) == ("mid", 512, 4)
+    assert (cfg.trainer.max_steps, cfg.trainer.log_every) == (20, 5)
+    assert cfg.model.to_dict() == {"d_model": 8, "n_layer": 2, "vocab_size": 11}
+    # a run directory gets the expanded config, which loads on its own
+    plain = to_plain(cfg)
+    assert "base" not in plain and to_plain(load_config(doc=plain)) == plain
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nkind: pretrain\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: base: a.yaml makes a cycle .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match=r"self.yaml: base: self.yaml makes a cycle"):
+        load_config(tmp_path / "self.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml: base: .*missing.yaml: no such file"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "badbase.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"badbase.yaml: base: expected a YAML file name"):
+        load_config(tmp_path / "badbase.yaml")
+
+
+def test_shipped_configs_are_found_from_anywhere(tmp_path, monkeypatch):
+    assert configs_dir() == ROOT / "configs"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path("configs/pretrain/tiny_cpu.yaml") == ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    assert load_config("configs/classify/species_tiny_cpu.yaml").name == "species_tiny_cpu"
+    with pytest.raises(ConfigError, match="nope.yaml: no such file"):
+        load_config("configs/pretrain/nope.yaml")

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from genomamba import MambaLM
-from genomamba.lit.cli import load_config, run_pretrain
-from genomamba.lit.pretrain import next_base_loss, warmup_cosine
+from genomamba.commands.pretrain import run_pretrain
+from genomamba.lit.config import load_config
+from genomamba.lit.optim import warmup_cosine
+from genomamba.lit.pretrain import next_base_loss
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -73,7 +75,7 @@ def test_optimizer_groups_follow_no_weight_decay_tags(tiny_pretrain):
     from genomamba.lit.pretrain import PretrainModule
 
     cfg = load_config(doc=tiny_pretrain())
-    module = PretrainModule(cfg.model, {"weight_decay": 0.1})
+    module = PretrainModule(cfg.model.to_dict(), {"weight_decay": 0.1})
     trainer = pl.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.trainer = trainer
     opt = module.configure_optimizers()["optimizer"]

@@ -5,8 +5,9 @@ import csv
 import pytest
 import torch
 
+from genomamba.commands.pretrain import run_pretrain
 from genomamba.lit.callbacks import SeqLenWarmup
-from genomamba.lit.cli import ConfigError, load_config, run_pretrain
+from genomamba.lit.config import ConfigError, load_config
 
 
 def test_schedule_doubles_from_start_and_stops_at_final():

@@ -16,6 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from genomamba.data.fasta import FastaFormatError, read_records
+from genomamba.data.fetch import FetchError, cache_dir, default_assets, fetch, fetch_url
+from genomamba.data.species import ManifestError, SpeciesManifest
+from genomamba.data.store import TokenStore
+from genomamba.tokenizers.dna import DNATokenizer
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genomamba data", description="genome data: fetch, build, inspect")
@@ -54,10 +60,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from genomamba.data.fasta import FastaFormatError
-    from genomamba.data.fetch import FetchError
-    from genomamba.data.species import ManifestError
-
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
@@ -68,14 +70,10 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     if args.cmd == "fetch":
-        from genomamba.data.fetch import fetch, fetch_url
-
         if args.name == "url":
             if not args.url:
                 print("genomamba data fetch url: give the URL", file=sys.stderr)
                 return 2
-            from genomamba.data.fetch import cache_dir
-
             path = fetch_url(
                 args.url,
                 args.dest or cache_dir() / "url",
@@ -89,14 +87,9 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "build":
-        from genomamba.data.store import TokenStore
-        from genomamba.tokenizers.dna import DNATokenizer
-
         tok = DNATokenizer(iupac=args.iupac)
         t0 = time.perf_counter()
         if args.manifest is not None:
-            from genomamba.data.species import SpeciesManifest
-
             store = SpeciesManifest.from_file(args.manifest).build_store(args.out, tok)
         else:
             if not args.inputs:
@@ -114,8 +107,6 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "info":
-        from genomamba.data.store import TokenStore
-
         st = TokenStore(args.store)
         print(
             f"{args.store}: {len(st.contigs)} contigs, {int(st.lengths.sum()):,} tokens, "
@@ -129,8 +120,6 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "check":
-        from genomamba.data.fasta import read_records
-
         for p in args.inputs:
             n = bases = 0
             for rec in read_records(p):
@@ -140,8 +129,6 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "assets":
-        from genomamba.data.fetch import default_assets
-
         print(default_assets())
         return 0
     return 2

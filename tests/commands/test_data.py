@@ -1,6 +1,8 @@
+"""`genomamba data build | info | check | assets` on the shipped real genome slices."""
+
 import json
 
-from genomamba.data.cli import main
+from genomamba.commands.data import main
 from genomamba.data.fetch import asset_files, default_assets
 from genomamba.data.store import TokenStore
 
@@ -34,13 +36,3 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["build", str(bad), "--out", str(tmp_path / "x.h5")]) == 1
     assert main(["assets"]) == 0
     assert capsys.readouterr().out.strip().endswith("manifest.yaml")
-
-
-def test_bench_data_runs_on_real_store(umaydis_store, tmp_path, capsys):
-    from genomamba.bench.data import main as bench_main
-
-    assert bench_main(["--store", str(umaydis_store.path), "--windows", "5", "--tag", "t", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "store.read" in out and "target <= 5 ms" in out
-    res = json.loads((tmp_path / "data_t.json").read_text())
-    assert res["rows"][0]["L"] == 1 << 20 and res["rows"][0]["windows"] == 5 and "date" in res

@@ -13,48 +13,31 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import json
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
-# The demo's two configs; configs/pretrain/tiny_cpu.yaml and configs/classify/species_tiny_cpu.yaml are
-# the same (a test checks it), so `genomamba pretrain -c configs/pretrain/tiny_cpu.yaml` repeats step 2.
-# Step counts are fixed (300 + 500: about 1.5 + 4.5 minutes on 2 cores); the time budgets only cut them
-# on a slower machine, so the whole demo stays within 10 minutes.
-PRETRAIN = {
-    "kind": "pretrain",
-    "name": "tiny_cpu",
-    "model": {"d_model": 64, "n_layer": 2, "d_state": 16, "expand": 2, "vocab_size": 11},
-    "data": {
-        "sources": [{"assets": "pretrain"}, {"assets": "genomes", "splits": ["train"]}],
-        "seq_len": 1024,
-        "batch_size": 8,
-        "train_samples": 100000,
-        "val_windows": 32,
-        "rc_prob": 0.5,
-    },
-    "optim": {"lr": 3.0e-3, "weight_decay": 0.1, "warmup_steps": 20, "min_lr_ratio": 0.1},
-    "trainer": {"max_steps": 300, "budget_minutes": 2.0, "max_minutes": 2.5, "val_every": 100, "log_every": 10,
-                "ckpt_every": 50},
-    "run_dir": "runs/pretrain_tiny",
-}
-# Trained on 256-bp windows (4x the windows per second of 1 kb on a CPU), scored on 1 kb windows:
-# mean pooling makes the window length a test-time choice.
-CLASSIFY = {
-    "kind": "classify",
-    "name": "species_tiny_cpu",
-    "init_from": "runs/pretrain_tiny/model",
-    "head": {"pooling": "mean", "freeze_backbone": False, "dropout": 0.0},
-    "data": {"manifest": "assets", "length": 1024, "train_length": 256, "batch_size": 32, "train_samples": 100000,
-             "test_per_label": 200, "rc_prob": 0.5},
-    "optim": {"lr": 5.0e-3, "weight_decay": 0.05, "warmup_steps": 20, "min_lr_ratio": 0.05, "head_lr_mult": 2.0},
-    "trainer": {"max_steps": 500, "budget_minutes": 5.5, "max_minutes": 6.0, "log_every": 10, "ckpt_every": 100},
-    "baselines": [4],
-    "run_dir": "runs/classify_tiny",
-}
-# DATA.md: random 1 kb windows of the held-out strains of the *full* genomes.
+import numpy as np
+import torch
+
+from genomamba import api
+from genomamba.commands.classify import run_classify
+from genomamba.commands.pretrain import run_pretrain
+from genomamba.data.corpus import AssetsSource, FetchSource, resolve_species_manifest
+from genomamba.data.fasta import read_records
+from genomamba.data.species import SpeciesManifest
+from genomamba.files import write_json
+from genomamba.lit.config import load_config, shipped_config
+
+# The demo runs the two shipped tiny configs as they are (only output folders, and what the flags
+# below ask for, are changed), so `genomamba pretrain -c configs/pretrain/tiny_cpu.yaml` repeats step 2.
+# Their step counts are fixed; the time budgets only cut them on a slower machine.
+PRETRAIN_CONFIG = "pretrain/tiny_cpu.yaml"
+CLASSIFY_CONFIG = "classify/species_tiny_cpu.yaml"
+# Accuracy of the classical baselines on random 1 kb windows of the held-out strains of the full genomes
+# (``genomamba data fetch bacteria``), quoted in the report next to the ones measured on the demo's windows.
 QUOTED = {"gc": 0.687, "nb4": 0.888, "nb10": 0.966}
 
 
@@ -62,20 +45,50 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genomamba demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     ap.add_argument("--full", action="store_true",
                     help="fetch the complete genomes (Debian packages, ~25 MB) instead of the shipped slices")
     ap.add_argument("--pretrain-minutes", type=float, default=None,
-                    help="time budget of step 2 (steps are planned from the measured speed; default 2)")
-    ap.add_argument("--classify-minutes", type=float, default=None, help="time budget of step 3 (default 4)")
+                    help="time budget of step 2 (steps are planned from the measured speed; default: the "
+                         "config's trainer.budget_minutes)")
+    ap.add_argument("--classify-minutes", type=float, default=None,
+                    help="time budget of step 3 (default: the config's trainer.budget_minutes)")
     ap.add_argument("--pretrain-steps", type=int, default=None)
     ap.add_argument("--classify-steps", type=int, default=None)
     ap.add_argument("--per-label", type=int, default=None, help="held-out windows per species")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--progress", action="store_true", help="show Lightning progress bars")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def demo_configs(args):
+    """The shipped tiny configs, with the output folders and what the flags ask for changed."""
+    out = Path(args.out)
+    pre = load_config(shipped_config(PRETRAIN_CONFIG), kind="pretrain")
+    cls = load_config(shipped_config(CLASSIFY_CONFIG), kind="classify")
+    pre.run_dir, cls.run_dir = str(out / "pretrain"), str(out / "classify")
+    cls.init_from = str(out / "pretrain" / "model")
+    pre.trainer.progress = cls.trainer.progress = bool(args.progress)
+    if args.pretrain_minutes is not None:
+        pre.trainer.budget_minutes, pre.trainer.max_minutes = args.pretrain_minutes, args.pretrain_minutes * 1.25
+    if args.classify_minutes is not None:
+        cls.trainer.budget_minutes, cls.trainer.max_minutes = args.classify_minutes, args.classify_minutes * 1.25
+    if args.pretrain_steps is not None:
+        pre.trainer.max_steps = args.pretrain_steps
+    if args.classify_steps is not None:
+        cls.trainer.max_steps = args.classify_steps
+    if args.per_label is not None:
+        cls.data.test_per_label = args.per_label
+    if args.full:
+        cls.data.manifest = "fetch:bacteria"
+        pre.data.sources = [AssetsSource("pretrain"), FetchSource("bacteria", splits=["train"])]
+    return pre, cls
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         return _run(args)
     except (FileNotFoundError, ValueError) as e:
@@ -84,14 +97,6 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    import logging
-    import warnings
-
-    import torch
-
-    import genomamba.lit._pl  # noqa: F401  (Lightning sets its loggers' levels on import; override after)
-    from genomamba.lit.cli import load_config, run_classify, run_pretrain
-
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,51 +108,30 @@ def _run(args) -> int:
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", module="lightning_fabric")
     warnings.filterwarnings("ignore", message=".*treespec.*")
-
-    pre, cls = copy.deepcopy(PRETRAIN), copy.deepcopy(CLASSIFY)
-    pre["run_dir"], cls["run_dir"] = str(out / "pretrain"), str(out / "classify")
-    cls["init_from"] = str(out / "pretrain" / "model")
-    for doc in (pre, cls):
-        doc["trainer"]["progress"] = bool(args.progress)
-    if args.pretrain_minutes is not None:
-        pre["trainer"].update(budget_minutes=args.pretrain_minutes, max_minutes=args.pretrain_minutes * 1.25)
-    if args.classify_minutes is not None:
-        cls["trainer"].update(budget_minutes=args.classify_minutes, max_minutes=args.classify_minutes * 1.25)
-    if args.pretrain_steps is not None:
-        pre["trainer"]["max_steps"] = args.pretrain_steps
-    if args.classify_steps is not None:
-        cls["trainer"]["max_steps"] = args.classify_steps
-    if args.per_label is not None:
-        cls["data"]["test_per_label"] = args.per_label
+    pre, cls = demo_configs(args)
 
     # ---- 1. data
-    from genomamba.data.species import SpeciesManifest
-    from genomamba.lit.data import _resolve_species_manifest
-
     if args.full:
         _say("[1/5] fetching the complete genomes (Debian packages; cached after the first run) ...")
-        cls["data"]["manifest"] = "fetch:bacteria"
-        pre["data"]["sources"] = [{"assets": "pretrain"}, {"fetch": "bacteria", "splits": ["train"]}]
-    man = SpeciesManifest.from_file(_resolve_species_manifest(cls["data"]["manifest"]))
+    man = SpeciesManifest.from_file(resolve_species_manifest(cls.data.manifest))
     held = [f"{g.id} ({g.label.replace('_', ' ')})" for g in man.entries("test")]
     _say(f"[1/5] data: {len(man.genomes)} real bacterial genomes{'' if args.full else ' (shipped slices)'}, "
          f"{man.num_labels} species; held-out strains: {', '.join(held)}")
 
     # ---- 2. pretrain
-    _say(f"[2/5] pretraining a {pre['model']['n_layer']}-layer d_model={pre['model']['d_model']} Mamba LM on "
-         f"{pre['data']['seq_len']}-bp windows (<= {pre['trainer']['max_steps']} steps, "
-         f"~{pre['trainer']['budget_minutes']} min) ...")
+    _say(f"[2/5] pretraining a {pre.model.n_layer}-layer d_model={pre.model.d_model} Mamba LM on "
+         f"{pre.data.seq_len}-bp windows (<= {pre.trainer.max_steps} steps, ~{pre.trainer.budget_minutes} min) ...")
     t0 = time.time()
-    pres = run_pretrain(load_config(doc=pre), quiet=True)
+    pres = run_pretrain(pre, quiet=True)
     t_pre = time.time() - t0
     bpb = pres.get("test", {}).get("test/bpb")
     _say(f"      {pres['global_step']} steps in {t_pre:.0f}s; held-out U. maydis chr21: {bpb:.3f} bits/base")
 
     # ---- 3. classifier
-    _say(f"[3/5] fine-tuning the {man.num_labels}-species classifier on {cls['data']['train_length']}-bp windows of "
-         f"the training strains (<= {cls['trainer']['max_steps']} steps, ~{cls['trainer']['budget_minutes']} min) ...")
+    _say(f"[3/5] fine-tuning the {man.num_labels}-species classifier on {cls.data.train_length}-bp windows of "
+         f"the training strains (<= {cls.trainer.max_steps} steps, ~{cls.trainer.budget_minutes} min) ...")
     t0 = time.time()
-    cres = run_classify(load_config(doc=cls), quiet=True)
+    cres = run_classify(cls, quiet=True)
     t_cls = time.time() - t0
     test, base = cres["test"], cres.get("baselines", {})
     _say(f"      {cres['global_step']} steps in {t_cls:.0f}s; held-out strains: accuracy {test['acc']:.3f} "
@@ -164,7 +148,7 @@ def _run(args) -> int:
         "pretrain": {"steps": pres["global_step"], "params": pres["params"], "seconds": round(t_pre, 1),
                      "heldout_bits_per_base": bpb, "heldout": "U. maydis chr21 slice (never trained on)",
                      "val_bits_per_base": pres["metrics"].get("val/bpb")},
-        "classify": {"steps": cres["global_step"], "seconds": round(t_cls, 1), "window": cls["data"]["length"],
+        "classify": {"steps": cres["global_step"], "seconds": round(t_cls, 1), "window": cls.data.length,
                      "n_windows": test["n_windows"], "accuracy": test["acc"], "f1_macro": test["f1_macro"],
                      "baselines_same_windows": {k: v for k, v in base.items() if k in ("gc", "nb4")},
                      "baselines_quoted_full_genomes": QUOTED, "confusion": test["confusion"],
@@ -173,17 +157,13 @@ def _run(args) -> int:
         "seconds_total": round(total, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "report.json", report)
     _say(_format_report(report, out))
     return 0
 
 
 def _embed_step(out: Path, model_dir: Path, man) -> dict:
     """Write the held-out strains' sequences to one FASTA, embed it and classify it via the API."""
-    import numpy as np
-
-    from genomamba.data.fasta import read_records
-
     fasta = out / "heldout_strains.fa"
     with open(fasta, "w") as fh:
         for g in man.entries("test"):
@@ -195,10 +175,6 @@ def _embed_step(out: Path, model_dir: Path, man) -> dict:
                 for i in range(0, len(seq), 80):
                     fh.write(seq[i : i + 80] + "\n")
     t0 = time.time()
-    try:
-        from genomamba import api
-    except ImportError as e:  # the API is its own module; the demo still reports the rest
-        return {"skipped": f"genomamba.api unavailable ({e})"}
     model = api.load(model_dir)
     X = model.embed(fasta, pooling="mean")
     np.save(out / "heldout_strains.embeddings.npy", X)
@@ -227,17 +203,15 @@ def _format_report(r: dict, out: Path) -> str:
         f"chance 20 %)",
         f"  genomamba (fine-tuned LM)  {100 * c['accuracy']:5.1f} %   macro-F1 {c['f1_macro']:.3f}",
         f"  4-mer naive Bayes          {100 * b.get('nb4', float('nan')):5.1f} %   "
-        f"(same windows; DATA.md on full genomes: {100 * q['nb4']:.1f} %)",
+        f"(same windows; full genomes: {100 * q['nb4']:.1f} %)",
         f"  GC-content classifier      {100 * b.get('gc', float('nan')):5.1f} %   "
-        f"(same windows; DATA.md on full genomes: {100 * q['gc']:.1f} %)",
-        f"  (DATA.md 10-mer naive Bayes on full genomes: {100 * q['nb10']:.1f} %)",
+        f"(same windows; full genomes: {100 * q['gc']:.1f} %)",
+        f"  (10-mer naive Bayes on the full genomes: {100 * q['nb10']:.1f} %; "
+        "`genomamba data fetch bacteria` downloads them, `genomamba demo --full` uses them)",
         f"  -> the classifier {verdict} the 4-mer naive Bayes baseline",
     ]
-    if "skipped" in e:
-        lines.append(f"Embeddings: skipped ({e['skipped']})")
-    else:
-        lines.append(f"Embeddings: {e['records']} FASTA records -> {tuple(e['shape'])} array in {e['seconds']}s "
-                     f"({e['embeddings']}); record-level classification {e['record_level_correct']}")
+    lines.append(f"Embeddings: {e['records']} FASTA records -> {tuple(e['shape'])} array in {e['seconds']}s "
+                 f"({e['embeddings']}); record-level classification {e['record_level_correct']}")
     lines += [f"Outputs: {out}/ (pretrain/, classify/: checkpoints, logs, curves, confusion matrix; report.json)",
               "=" * 78]
     return "\n".join(lines)

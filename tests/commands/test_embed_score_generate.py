@@ -15,7 +15,7 @@ import torch
 import genomamba
 from genomamba import DNATokenizer, MambaConfig, MambaLM
 from genomamba.__main__ import main as cli
-from genomamba.api_cli import hdf5_name
+from genomamba.commands.embed import hdf5_name
 from genomamba.data import read_fasta
 
 ASSETS = Path(genomamba.__file__).parent / "assets"

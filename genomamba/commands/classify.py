@@ -1,0 +1,185 @@
+"""``genomamba classify fit | evaluate | predict``: the species classifier.
+
+``fit`` fine-tunes a pretrained LM (or trains from scratch) from a classify config and tests it on
+the held-out strains; ``evaluate`` scores a saved classifier on a manifest split; ``predict``
+labels the records of FASTA files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from genomamba.baselines import species_baselines
+from genomamba.commands.run_args import add_run_args, config_from_args
+from genomamba.data.corpus import resolve_species_manifest
+from genomamba.data.fasta import read_records
+from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
+from genomamba.files import write_json, write_text
+from genomamba.lit.classify import ClassifierModule
+from genomamba.lit.config import ClassifyConfig, ConfigError, to_plain
+from genomamba.lit.datamodules import SpeciesDataModule
+from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png
+from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, prepare_run_dir
+from genomamba.models.heads import SequenceClassifier
+from genomamba.tokenizers.dna import DNATokenizer
+
+
+def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool = False) -> dict:
+    """Fine-tune (or train) the species classifier; test on the held-out strains; save; results dict."""
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume)
+    tok = DNATokenizer()
+    d = cfg.data
+    dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
+                           d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length)
+    dm.setup("fit")
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
+        raise ConfigError(f"init_from: {cfg.init_from} is not a saved model directory (no config.json)")
+    model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()} if cfg.model is not None else None
+    module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
+                              freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
+                              optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc)
+    title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
+    trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
+                            ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)
+    t0 = time.time()
+    fit(trainer, module, dm, ckpt_path)
+    fit_s = time.time() - t0
+    final_checkpoint(trainer, run_dir)
+    out = module.net.save_pretrained(run_dir / "model")
+    tok.save_pretrained(out)
+    results = {"kind": "classify", "name": cfg.name, "global_step": int(trainer.global_step),
+               "fit_seconds": round(fit_s, 1), "length": d.length, "labels": dm.labels, "model_dir": str(out),
+               "init_from": cfg.init_from, "head_from": module.head_from}
+    if getattr(dm, "test_ds", None) is not None:
+        trainer.test(module, datamodule=dm, verbose=not quiet)
+        results["test"] = module.last_results.get("test", {})
+        results["test"]["n_windows"] = len(dm.test_ds)
+        if cfg.baselines:
+            results["baselines"] = species_baselines(dm.manifest, d.length, ks=cfg.baselines,
+                                                     eval_windows=dm.test_ds)
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def fit_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="genomamba classify fit", description="Fine-tune the species classifier.")
+    add_run_args(ap)
+    ap.add_argument("--init-from", help="pretrained model dir, or a classifier dir whose head is kept when the "
+                                        "labels match, e.g. 1 kb -> 16 kb windows (overrides init_from)")
+    args = ap.parse_args(argv)
+    if args.init_from:
+        args.overrides.append(f"init_from={args.init_from}")
+    cfg = config_from_args(args, "classify")
+    res = run_classify(cfg, resume=args.resume)
+    t = res.get("test", {})
+    line = f"done: step {res['global_step']}, model saved to {res['model_dir']}"
+    if t:
+        line += f"; held-out accuracy {t['acc']:.3f}, macro-F1 {t['f1_macro']:.3f} on {t['n_windows']} windows"
+    for k, v in res.get("baselines", {}).items():
+        if k.startswith("nb") or k == "gc":
+            line += f"; {k} {v:.3f}"
+    print(line)
+    return 0
+
+
+def evaluate_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="genomamba classify evaluate",
+                                 description="Score a saved classifier on a manifest split (held-out strains).")
+    ap.add_argument("--model", required=True, help="classifier dir (classify fit's RUN_DIR/model)")
+    ap.add_argument("--manifest", default="assets", help="manifest path, 'assets' or 'fetch:bacteria'")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--per-label", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--baselines", default="4", help="comma-separated k of k-mer NB baselines ('' for none)")
+    ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
+    args = ap.parse_args(argv)
+    if not (Path(args.model) / "head.json").exists():
+        raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
+    net = SequenceClassifier.from_pretrained(args.model)
+    man = SpeciesManifest.from_file(resolve_species_manifest(args.manifest))
+    if list(man.labels) != list(net.labels):
+        raise ConfigError(f"--manifest labels {man.labels} differ from the model's {net.labels}")
+    ds = SpeciesEvalWindows(man, args.split, args.length, per_label=args.per_label, seed=args.seed,
+                            return_mask=True)
+    res = evaluate_classifier(net, ds, args.batch_size)
+    res.pop("probs")
+    ks = [int(k) for k in args.baselines.split(",") if k.strip()]
+    if ks:
+        res["baselines"] = species_baselines(man, args.length, ks=ks, eval_windows=ds)
+    print(f"{args.split}: accuracy {res['acc']:.4f}, macro-F1 {res['f1_macro']:.4f} "
+          f"({res['n_windows']} windows of {args.length} bp)")
+    for k, v in res.get("baselines", {}).items():
+        if k == "gc" or k.startswith("nb"):
+            print(f"  baseline {k}: {v:.4f}")
+    if args.out:
+        write_json(Path(args.out), res)
+        save_confusion_png(np.array(res["confusion"]), net.labels,
+                           Path(args.out).with_suffix(".png"), f"{args.split}: acc {res['acc']:.3f}")
+    return 0
+
+
+def predict_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="genomamba classify predict",
+                                 description="Label each FASTA record (window probabilities averaged).")
+    ap.add_argument("fasta", nargs="+")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--length", type=int, default=1024, help="window length")
+    ap.add_argument("--max-windows", type=int, default=64, help="per record (evenly spaced)")
+    ap.add_argument("--out", help="TSV path (default: stdout)")
+    args = ap.parse_args(argv)
+    if not (Path(args.model) / "head.json").exists():
+        raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
+    net = SequenceClassifier.from_pretrained(args.model)
+    tok = DNATokenizer.from_pretrained(args.model) if (Path(args.model) / "tokenizer.json").exists() \
+        else DNATokenizer()
+    rows = ["record\tlength\twindows\tlabel\t" + "\t".join(f"p_{lab}" for lab in net.labels)]
+    for path in args.fasta:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such FASTA file")
+        for rec in read_records(path):
+            ids = tok.encode(rec.sequence).astype(np.int64)
+            L = min(args.length, len(ids))
+            if L == 0:
+                continue
+            starts = np.unique(np.linspace(0, len(ids) - L, num=min(args.max_windows, max(1, len(ids) // L)))
+                               .astype(int))
+            x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
+            with torch.no_grad():
+                p = net(x).float().softmax(-1).mean(0)
+            rows.append(f"{rec.name}\t{len(ids)}\t{len(starts)}\t{net.labels[int(p.argmax())]}\t"
+                        + "\t".join(f"{float(v):.4f}" for v in p))
+    text = "\n".join(rows) + "\n"
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {len(rows) - 1} predictions to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+SUBCOMMANDS = {"fit": fit_main, "evaluate": evaluate_main, "predict": predict_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        msg = "usage: genomamba classify {fit,evaluate,predict} [options]  (each takes --help)"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"genomamba classify: unknown subcommand {argv[0]!r}\n{msg}", file=sys.stderr)
+            return 2
+        print(msg)
+        return 0
+    try:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"genomamba classify {argv[0]}: error: {e}", file=sys.stderr)
+        return 2

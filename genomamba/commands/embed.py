@@ -1,0 +1,127 @@
+"""``genomamba embed MODEL_DIR genome.fa -o genome.h5 [--pooling mean|last|max|none]``
+
+Every FASTA record becomes one HDF5 dataset: a pooled ``(d_model,)`` vector or per-token
+``(length, d_model)`` embeddings, written atomically. Exit codes: 0 success, 1 bad input or model
+(the message names the file / record / argument), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+import torch
+
+from genomamba.api import iter_sequences
+from genomamba.commands.common import add_model_args, fail, load_model
+from genomamba.files import atomic_path
+
+EMBED_FORMAT = "genomamba.embeddings/1"
+
+
+def hdf5_name(record_name: str) -> str:
+    """A record name as an HDF5 dataset name: ``/`` would make groups and ``.`` names the group
+    itself, so ``%`` and ``/`` are percent-encoded and a name of only dots gets a ``%2E``
+    prefix. The original name is kept in the dataset's ``name`` attribute (and is recovered by
+    ``urllib.parse.unquote``)."""
+    out = record_name.replace("%", "%25").replace("/", "%2F")
+    if out == "" or set(out) == {"."}:
+        out = "%2E" + out[1:] if out else "%00"
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genomamba embed",
+        description="Embed every record of a FASTA file with a trained model into an HDF5 file: one "
+                    "dataset per record, (d_model,) pooled or (length, d_model) per token. Sequences "
+                    "of any length run in chunks with the recurrent state carried (bounded memory); "
+                    "the output is written to a temporary file and renamed at the end, so a failed "
+                    "run never leaves a partial file.")
+    add_model_args(p)
+    p.add_argument("fasta", help="FASTA file (plain, gzip, bgzip, xz)")
+    p.add_argument("-o", "--output", required=True, help="output .h5 file")
+    p.add_argument("--pooling", choices=("mean", "last", "max", "none"), default="mean",
+                   help="mean/last/max -> one (d_model,) vector per record; none -> per-token (l, d_model)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=16384, help="tokens per forward pass")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    return p
+
+
+def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_size: int = 8,
+                chunk_size: int = 16384, dtype: str = "float32", quiet: bool = True) -> dict:
+    """FASTA -> HDF5 (atomically). Per-token output streams chunk by chunk into the dataset, so
+    memory stays bounded however long a record is. Returns a summary dict."""
+    output = Path(output)
+    np_dtype = np.dtype(dtype)
+    summary = {"records": 0, "bases": 0}
+    t0 = time.time()
+
+    def add(h5, name, arr_or_shape, length, description=None):
+        key = hdf5_name(name)
+        if key in h5:
+            raise ValueError(f"fasta: duplicate record name {name!r}")
+        if isinstance(arr_or_shape, tuple):
+            ds = h5.create_dataset(key, shape=arr_or_shape, dtype=np_dtype,
+                                   chunks=(min(arr_or_shape[0], 4096), arr_or_shape[1]))
+        else:
+            ds = h5.create_dataset(key, data=arr_or_shape.astype(np_dtype))
+        ds.attrs["name"] = name
+        ds.attrs["length"] = length
+        summary["records"] += 1
+        summary["bases"] += length
+        if not quiet:
+            print(f"  {name}: {length:,} bases", file=sys.stderr)
+        return ds
+
+    def fill(h5):
+        h5.attrs["format"] = EMBED_FORMAT
+        h5.attrs["model"] = str(model.path) if model.path else ""
+        h5.attrs["pooling"] = pooling or "none"
+        h5.attrs["d_model"] = model.d_model
+        h5.attrs["source"] = str(fasta)
+        if pooling is not None:
+            lengths = {}
+            for i, (name, s) in enumerate(iter_sequences(fasta, "fasta")):
+                lengths.setdefault(name, len(s))
+            for name, vec in model.iter_embed(fasta, pooling=pooling, batch_size=batch_size,
+                                              chunk_size=chunk_size, arg="fasta"):
+                add(h5, name, vec, lengths[name])
+        else:
+            for i, (name, s) in enumerate(iter_sequences(fasta, "fasta")):
+                ids = model.encode(s, where=f"fasta: record {i} ({name!r})")
+                ds = add(h5, name, (len(ids), model.d_model), len(s))
+                with torch.no_grad():
+                    for start, h in model._chunks([ids], chunk_size):
+                        ds[start:start + h.shape[1]] = h[0].float().cpu().numpy().astype(np_dtype)
+        h5.attrs["n_records"] = summary["records"]
+
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+        fill(h5)
+    summary["seconds"] = round(time.time() - t0, 2)
+    summary["output"] = str(output)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        return fail("embed", FileExistsError(f"--output {out} exists (use --force to overwrite)"))
+    if not Path(args.fasta).is_file():
+        return fail("embed", FileNotFoundError(f"fasta: {args.fasta}: no such file"))
+    try:
+        model = load_model(args)
+        s = embed_fasta(model, args.fasta, out, None if args.pooling == "none" else args.pooling,
+                        args.batch_size, args.chunk_size, args.dtype, quiet=False)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        return fail("embed", exc)
+    print(f"embedded {s['records']} records ({s['bases']:,} bases) in {s['seconds']}s -> {s['output']}")
+    return 0

@@ -1,0 +1,90 @@
+"""``genomamba pretrain``: fit (and test) a DNA language model (next base) from a pretrain config.
+
+Options come from the YAML config (``--config configs/pretrain/x.yaml``), then ``--set
+section.key=value`` overrides, then the few flags of ``genomamba.commands.run_args``. What a run
+writes is listed in ``genomamba.lit.trainer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from genomamba.commands.run_args import add_run_args, config_from_args
+from genomamba.files import write_json
+from genomamba.lit.callbacks import SeqLenWarmup
+from genomamba.lit.config import ConfigError, PretrainConfig, to_plain
+from genomamba.lit.datamodules import PretrainDataModule
+from genomamba.lit.pretrain import PretrainModule
+from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, prepare_run_dir, resolve_precision
+from genomamba.tokenizers.dna import DNATokenizer
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool = False) -> dict:
+    """Fit (and test) a DNA LM from a PretrainConfig; returns the results dict (also results.json)."""
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume)
+    tok = DNATokenizer()
+    d = cfg.data
+    dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
+                            d.rc_prob, d.max_n_frac, d.num_workers, cfg.trainer.seed, tok)
+    t0 = time.time()
+    dm.setup("fit")
+    if not quiet:
+        s = dm.summary()
+        print(f"corpus: {s['sources']} sources, {s['contigs']} contigs; bases train {s['bases']['train']:,} "
+              f"val {s['bases']['val']:,} test {s['bases']['test']:,} ({time.time() - t0:.1f}s)", flush=True)
+    model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()}
+    optim = {k: v for k, v in to_plain(cfg.optim).items() if k != "head_lr_mult"}
+    module = PretrainModule(model_cfg, optim, tok.to_dict(), gradient_checkpointing=cfg.trainer.gradient_checkpointing)
+    callbacks = []
+    if cfg.seqlen_warmup is not None:
+        callbacks.append(SeqLenWarmup(d.seq_len, cfg.seqlen_warmup.start, cfg.seqlen_warmup.stage_steps))
+    title = f"{cfg.name or 'pretrain'}: {module.model.num_parameters():,} params, L={d.seq_len}"
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks, title, ("train/loss", "train/bpb"),
+                            ("val/loss", "val/bpb", "val/acc"), has_val=dm.val_ds is not None, quiet=quiet)
+    t0 = time.time()
+    fit(trainer, module, dm, ckpt_path)
+    fit_s = time.time() - t0
+    final_checkpoint(trainer, run_dir)
+    results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
+               "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
+               "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
+               "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics)}
+    if trainer.interrupted:
+        results["interrupted"] = True
+    module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",
+                                      "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+    out = module.model.save_pretrained(run_dir / "model")
+    tok.save_pretrained(out)
+    if cfg.test_after_fit and dm.test_ds is not None:
+        test = trainer.test(module, datamodule=dm, verbose=not quiet)
+        results["test"] = test[0] if test else {}
+    results["model_dir"] = str(out)
+    write_json(run_dir / "results.json", results)
+    if torch.cuda.is_available():
+        results["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="genomamba pretrain", description="Pretrain a DNA language model (next base).")
+    add_run_args(ap)
+    args = ap.parse_args(argv)
+    try:
+        cfg = config_from_args(args, "pretrain")
+        res = run_pretrain(cfg, resume=args.resume)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"genomamba pretrain: error: {e}", file=sys.stderr)
+        return 2
+    bpb = res.get("test", {}).get("test/bpb")
+    print(f"done: step {res['global_step']}, model saved to {res['model_dir']}"
+          + (f", held-out {bpb:.3f} bits/base" if bpb is not None else ""))
+    return 0

@@ -1,0 +1,261 @@
+"""A pretraining corpus from a list of typed *sources*: one token store plus train/val/test splits.
+
+A source is one of four kinds (as YAML mappings; ``parse_source`` turns a mapping into its class)::
+
+    {assets: pretrain}                    # shipped LM slices (U. maydis train/val/test, fly, lambda)
+    {assets: genomes}                     # shipped 5-species slices, split by strain
+    {fetch: umaydis}                      # fetched dataset with its own split file (chr21-23 test)
+    {fetch: bacteria, splits: [train]}    # keep only the training strains
+    {manifest: path/to/species.yaml}      # any species manifest: each genome's split
+    {path: genome.fa.gz, split: train}    # one FASTA, all of it in one split
+    {path: genome.fa.gz, split: {by: contig, val: [chrX], test: ["chr2[123]"]}}
+    {path: genome.fa.gz, split: {by: region, val_frac: 0.05, test_frac: 0.05, block: 100000}}
+
+Every kind takes ``split`` (a split name, or a rule mapping that overrides the source's own
+splits) and ``splits`` (keep only these splits). Every source is tokenized into one in-RAM store
+(contigs named ``"<source id>:<record>"``), the splits are assembled per source, and the result is
+checked with ``assert_no_overlap``: no evaluation base lies inside any region a training window
+can be drawn from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from genomamba.data.fetch import asset_files, default_assets, fetch
+from genomamba.data.species import SpeciesManifest
+from genomamba.data.store import MemoryStore
+from genomamba.data.windows import Region, Splits, split_by_region
+from genomamba.tokenizers.dna import DNATokenizer
+
+SPLIT_NAMES = ("train", "val", "test")
+ASSET_SECTIONS = ("pretrain", "genomes")
+SPLIT_RULE_KEYS = ("by", "val", "test", "val_frac", "test_frac", "block", "seed")
+
+SplitRule = Union[str, dict]
+
+
+class CorpusError(ValueError):
+    """A malformed corpus source; the message names the source and the key."""
+
+
+def _check_split(split: Optional[SplitRule], splits: Optional[list]) -> None:
+    if isinstance(split, str) and split not in SPLIT_NAMES:
+        raise CorpusError(f"split: must be one of {SPLIT_NAMES} or a mapping, got {split!r}")
+    if isinstance(split, dict):
+        unknown = sorted(set(split) - set(SPLIT_RULE_KEYS))
+        if unknown:
+            raise CorpusError(f"split: unknown key(s) {unknown}; known: {list(SPLIT_RULE_KEYS)}")
+        if split.get("by", "contig") not in ("contig", "region"):
+            raise CorpusError(f"split.by: must be 'contig' or 'region', got {split.get('by')!r}")
+    elif split is not None and not isinstance(split, str):
+        raise CorpusError(f"split: expected a split name or a mapping, got {split!r}")
+    if splits is not None:
+        if not isinstance(splits, list):
+            raise CorpusError(f"splits: expected a list of split names, got {splits!r}")
+        bad = [s for s in splits if s not in SPLIT_NAMES]
+        if bad:
+            raise CorpusError(f"splits: unknown split(s) {bad}; known: {SPLIT_NAMES}")
+
+
+class _Source:
+    """What every source kind shares: validation and a YAML-ready mapping of the fields that are set."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("assets", "fetch", "manifest", "path", "id", "dest") and v is not None \
+                    and not isinstance(v, str):
+                raise CorpusError(f"{f.name}: expected a string, got {v!r}")
+        _check_split(self.split, self.splits)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class AssetsSource(_Source):
+    """Genome slices shipped in the package: ``pretrain`` (LM corpus) or ``genomes`` (5 species)."""
+
+    assets: str
+    split: Optional[SplitRule] = None
+    splits: Optional[list] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.assets not in ASSET_SECTIONS:
+            raise CorpusError(f"assets: must be one of {ASSET_SECTIONS}, got {self.assets!r}")
+
+
+@dataclass(frozen=True)
+class FetchSource(_Source):
+    """A named dataset of ``genomamba data fetch`` (fetched on first use into ``dest`` or the cache)."""
+
+    fetch: str
+    split: Optional[SplitRule] = None
+    splits: Optional[list] = None
+    id: Optional[str] = None
+    dest: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ManifestSource(_Source):
+    """A species manifest: a path, ``assets`` (the shipped one) or ``fetch:NAME``."""
+
+    manifest: str
+    split: Optional[SplitRule] = None
+    splits: Optional[list] = None
+
+
+@dataclass(frozen=True)
+class PathSource(_Source):
+    """One FASTA / GenBank file (plain or compressed); all of it in ``split`` (default train)."""
+
+    path: str
+    split: Optional[SplitRule] = None
+    splits: Optional[list] = None
+    id: Optional[str] = None
+
+
+Source = Union[AssetsSource, FetchSource, ManifestSource, PathSource]
+SOURCE_KINDS = {"assets": AssetsSource, "fetch": FetchSource, "manifest": ManifestSource, "path": PathSource}
+
+
+def parse_source(src, where: str = "data.sources[0]") -> Source:
+    """A YAML mapping -> its typed source (a typed source passes through); errors name ``where``."""
+    if isinstance(src, tuple(SOURCE_KINDS.values())):
+        return src
+    if not isinstance(src, dict):
+        raise CorpusError(f"{where}: expected a mapping like {{path: genome.fa, split: train}}, got {src!r}")
+    kinds = [k for k in SOURCE_KINDS if k in src]
+    if len(kinds) != 1:
+        unknown = sorted(set(src) - {f.name for c in SOURCE_KINDS.values() for f in dataclasses.fields(c)})
+        hint = f" (unknown key(s) {unknown})" if unknown else ""
+        raise CorpusError(f"{where}: give exactly one of {' / '.join(SOURCE_KINDS)}, got {kinds or 'none'}{hint}")
+    cls = SOURCE_KINDS[kinds[0]]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(src) - set(known))
+    if unknown:
+        raise CorpusError(f"{where}: unknown key(s) {unknown} for a {kinds[0]} source; known: {known}")
+    try:
+        return cls(**src)
+    except CorpusError as e:
+        raise CorpusError(f"{where}.{e}") from None
+
+
+def resolve_species_manifest(spec: Union[str, Path]) -> Path:
+    """``assets`` -> the shipped manifest; ``fetch:NAME`` -> fetched dataset's manifest; else a path."""
+    s = str(spec)
+    if s == "assets":
+        return default_assets()
+    if s.startswith("fetch:"):
+        out = fetch(s.split(":", 1)[1]) / "manifest.yaml"
+        if not out.exists():
+            raise CorpusError(f"manifest {s!r}: the fetched dataset has no manifest.yaml ({out})")
+        return out
+    p = Path(s).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"manifest {s!r}: no such file")
+    return p
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
+    """One source -> [(id, fasta path, split rule)]; a rule is a split name or a dict."""
+    where = f"data.sources[{k}]"
+    out: list[tuple[str, Path, object]] = []
+    if isinstance(src, AssetsSource):
+        for gid, e in asset_files(src.assets).items():
+            out.append((gid, Path(e["path"]), _or(src.split, e["split"])))
+    elif isinstance(src, ManifestSource):
+        man = SpeciesManifest.from_file(resolve_species_manifest(src.manifest))
+        man.check_files(verify_sha256=False)
+        for g in man.genomes:
+            out.append((g.id, g.path, _or(src.split, g.split)))
+    elif isinstance(src, FetchSource):
+        folder = fetch(src.fetch, src.dest)
+        if (folder / "manifest.yaml").exists():
+            return expand_source(k, ManifestSource(str(folder / "manifest.yaml"), src.split, src.splits))
+        split_file = folder / "split.yaml"
+        if split_file.exists():
+            doc = yaml.safe_load(split_file.read_text())
+            rule = _or(src.split, {"by": doc.get("split_by", "contig"), "val": doc.get("val") or [],
+                                 "test": doc.get("test") or []})
+            out.append((src.id or src.fetch, folder / doc["fasta"], rule))
+        else:
+            fastas = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            for p in fastas:
+                out.append((f"{src.fetch}_{p.name.split('.')[0]}", p, _or(src.split, "train")))
+    else:
+        p = Path(src.path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{where}: path {p}: no such file")
+        gid = src.id or re.sub(r"\.(fa|fasta|fna)(\.(gz|xz|bgz))?$", "", p.name)
+        out.append((gid, p, _or(src.split, "train")))
+    for gid, _, rule in out:
+        try:
+            _check_split(rule, None)
+        except CorpusError as e:
+            raise CorpusError(f"{where} ({gid}): {e}") from None
+    if src.splits is not None:
+        keep = list(src.splits)
+        # whole-file rules outside ``keep`` drop the file; contig/region rules drop those parts
+        out = [(g, p, {**r, "keep": keep} if isinstance(r, dict) else r)
+               for g, p, r in out if not isinstance(r, str) or r in keep]
+    return out
+
+
+def build_corpus(sources: list, tokenizer: Optional[DNATokenizer] = None):
+    """Sources (typed, or their YAML mappings) -> (MemoryStore, Splits), leak-checked."""
+    if not sources:
+        raise CorpusError("data.sources: empty; give at least one source, e.g. [{assets: pretrain}]")
+    tok = tokenizer or DNATokenizer()
+    entries: list[tuple[str, Path, object]] = []
+    for k, src in enumerate(sources):
+        entries.extend(expand_source(k, parse_source(src, f"data.sources[{k}]")))
+    ids = [e[0] for e in entries]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise CorpusError(f"data.sources: the same source id appears twice: {dup} (set id: on one of them)")
+    store = MemoryStore.from_fasta([e[1] for e in entries], tok, genome_ids=ids)
+    rules = {gid: rule for gid, _, rule in entries}
+    splits = Splits()
+    region_cache: dict = {}
+    for i, c in enumerate(store.contigs):
+        gid = store.genome_of(i)
+        rule = rules[gid]
+        record = c.name[len(gid) + 1:]
+        whole = Region(c.name, 0, c.length)
+        if isinstance(rule, str):
+            splits[rule].append(whole)
+            continue
+        keep = rule.get("keep", list(SPLIT_NAMES))
+        if rule.get("by", "contig") == "contig":
+            which = "train"
+            for s in ("val", "test"):
+                pats = rule.get(s) or []
+                if any(re.fullmatch(p, record) or re.fullmatch(p, c.name) for p in pats):
+                    which = s
+            if which in keep:
+                splits[which].append(whole)
+        else:
+            key = (rule.get("val_frac", 0.05), rule.get("test_frac", 0.05), rule.get("block", 100_000),
+                   rule.get("seed", 0))
+            if key not in region_cache:
+                region_cache[key] = split_by_region(store, *key[:3], seed=key[3])
+            for s in SPLIT_NAMES:
+                if s in keep:
+                    splits[s].extend(r for r in region_cache[key][s] if r.contig == c.name)
+    if not splits.train:
+        raise CorpusError("data.sources: no training sequence (every source is val/test or filtered out)")
+    splits.check()
+    return store, splits

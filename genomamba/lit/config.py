@@ -1,0 +1,362 @@
+"""Typed run configs for ``genomamba pretrain`` / ``genomamba classify``, and their loader.
+
+A config is a YAML file whose top-level ``kind:`` picks the dataclass (``PretrainConfig`` or
+``ClassifyConfig``). Loading goes: the file, merged over its ``base:`` file (a path relative to the
+file; bases may have bases; mappings merge key by key, anything else is replaced), then
+``--set section.key=value`` overrides (values parsed as YAML), then a type check of every key.
+Unknown keys, wrong types and bad values raise ``ConfigError`` naming the file and the key.
+
+The configs shipped with the package live in ``configs/`` of a checkout and in
+``genomamba/_configs`` of an installed wheel; ``configs_dir()`` finds whichever is there.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+import yaml
+
+from genomamba.config import MambaConfig
+from genomamba.data.corpus import AssetsSource, CorpusError, Source, parse_source
+from genomamba.lit.callbacks import _is_pow2_multiple
+from genomamba.lit.optim import OptimConfig
+
+_PKG = Path(__file__).resolve().parents[1]
+BASE_KEY = "base"
+
+
+class ConfigError(ValueError):
+    """A bad config file / override; the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------- shipped configs
+def configs_dir() -> Path:
+    """``configs/`` of the checkout if this is one, else the copy installed as ``genomamba/_configs``."""
+    for root in (_PKG.parent / "configs", _PKG / "_configs"):
+        if (root / "pretrain" / "tiny_cpu.yaml").is_file():
+            return root
+    raise FileNotFoundError(f"the shipped configs are missing (looked in {_PKG.parent / 'configs'} and "
+                            f"{_PKG / '_configs'})")
+
+
+def shipped_config(name: str) -> Path:
+    """A shipped config by its name under ``configs/``, e.g. ``pretrain/tiny_cpu.yaml``."""
+    p = configs_dir() / name
+    if not p.is_file():
+        raise FileNotFoundError(f"no shipped config {name!r} in {configs_dir()}")
+    return p
+
+
+def resolve_config_path(path) -> Path:
+    """``path`` as given if it exists; else, for ``configs/<name>`` (or ``<name>``), the shipped copy."""
+    p = Path(path)
+    if p.exists():
+        return p
+    parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
+    try:
+        shipped = configs_dir().joinpath(*parts) if parts and not p.is_absolute() else None
+    except FileNotFoundError:
+        shipped = None
+    return shipped if shipped is not None and shipped.is_file() else p
+
+
+# ----------------------------------------------------------------------------- typed configs
+class _ModelConfigBase:
+    """Only the fields set in the YAML count: the rest take MambaConfig's defaults (``vocab_size``:
+    the tokenizer's), and the resolved config lists just what was set."""
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def to_mamba(self, **defaults) -> MambaConfig:
+        return MambaConfig.from_dict({**defaults, **self.to_dict()})
+
+
+def _optional_fields_of(cls) -> list:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, Optional[hints[f.name]], field(default=None)) for f in dataclasses.fields(cls)]
+
+
+# The ``model:`` section: MambaConfig's fields, each optional (None = not set).
+ModelConfig = dataclasses.make_dataclass("ModelConfig", _optional_fields_of(MambaConfig), bases=(_ModelConfigBase,),
+                                         namespace={"__module__": __name__, "__doc__": _ModelConfigBase.__doc__})
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    max_minutes: Optional[float] = None  # wall-clock cap (Lightning Timer); training stops cleanly
+    budget_minutes: Optional[float] = None  # plan max_steps from measured speed so the LR schedule fits
+    val_every: int = 200  # optimizer steps between validations
+    limit_val_batches: Optional[int] = None
+    precision: str = "auto"  # auto: bf16-mixed on GPU (fp32 params), 32-true on CPU
+    accelerator: str = "auto"
+    devices: Any = 1
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    log_every: int = 10
+    ckpt_every: int = 100
+    seed: int = 0
+    progress: bool = True
+    gradient_checkpointing: bool = False
+    threads: Optional[int] = None  # torch.set_num_threads on CPU
+
+
+@dataclass
+class SeqLenWarmupConfig:
+    start: int = 1024
+    stage_steps: int = 1000
+
+
+@dataclass
+class PretrainDataConfig:
+    sources: List[Source] = field(default_factory=lambda: [AssetsSource("pretrain")])
+    seq_len: int = 1024
+    batch_size: int = 8
+    train_samples: int = 100_000
+    val_windows: Optional[int] = 64
+    test_windows: Optional[int] = None
+    rc_prob: float = 0.5
+    max_n_frac: float = 0.1
+    num_workers: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    kind: str = "pretrain"
+    name: str = ""
+    description: str = ""
+    model: Optional[ModelConfig] = None
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seqlen_warmup: Optional[SeqLenWarmupConfig] = None
+    test_after_fit: bool = True
+    run_dir: str = "runs/pretrain"
+
+
+@dataclass
+class HeadConfig:
+    pooling: str = "mean"
+    freeze_backbone: bool = False
+    dropout: float = 0.0
+    tta_rc: bool = True  # evaluate on both strands (mean class probability of window + reverse complement)
+
+
+@dataclass
+class SpeciesDataConfig:
+    manifest: str = "assets"  # a path, "assets" (shipped slices) or "fetch:bacteria" (full genomes)
+    length: int = 1024  # evaluation (and, by default, training) window length
+    train_length: Optional[int] = None  # shorter training windows: more windows per second on a CPU
+    batch_size: int = 32
+    train_samples: int = 20_000
+    val_per_label: int = 100
+    test_per_label: int = 200
+    rc_prob: float = 0.5
+    num_workers: int = 0
+
+
+@dataclass
+class ClassifyConfig:
+    kind: str = "classify"
+    name: str = ""
+    description: str = ""
+    # a pretrained model dir (save_pretrained), or a classifier's (its head is kept when the labels match);
+    # else model: from scratch
+    init_from: Optional[str] = None
+    model: Optional[ModelConfig] = None
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: SpeciesDataConfig = field(default_factory=SpeciesDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    baselines: list = field(default_factory=lambda: [4])  # k of the k-mer NB baselines scored at test
+    run_dir: str = "runs/classify"
+
+
+KINDS = {"pretrain": PretrainConfig, "classify": ClassifyConfig}
+
+
+# ----------------------------------------------------------------------------- type checking
+def _type_name(tp) -> str:
+    return getattr(typing.get_origin(tp) or tp, "__name__", str(tp))
+
+
+def _check_type(value, tp, where: str):
+    if tp is Any:
+        return value
+    if tp is Source:
+        try:
+            return parse_source(value, where)
+        except CorpusError as e:
+            raise ConfigError(str(e)) from None
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _check_type(value, inner[0], where)
+        for a in inner:
+            try:
+                return _check_type(value, a, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in inner)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is list and typing.get_args(tp):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-3" as a string
+        except ValueError:
+            pass
+    base = origin or tp
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an int, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return value
+
+
+def from_dict(cls, d, where: str):
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types (naming ``where``)."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in d.items()})
+
+
+def to_plain(cfg) -> dict:
+    """A config as plain YAML-ready data (the model section and sources list only what is set)."""
+
+    def plain(x):
+        if dataclasses.is_dataclass(x) and hasattr(x, "to_dict"):
+            return x.to_dict()
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return copy.deepcopy(plain(cfg))
+
+
+# ----------------------------------------------------------------------------- loading
+def apply_override(doc: dict, assignment: str) -> None:
+    """``a.b.c=value`` (value parsed as YAML) into the nested mapping ``doc``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
+    node = doc
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ConfigError(f"--set {assignment!r}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_mapping(path: Path, label: str) -> dict:
+    if not path.exists():
+        raise ConfigError(f"{label}: no such file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
+def expand_base(doc: dict, origin: Optional[Path] = None, chain: tuple = ()) -> dict:
+    """``doc`` merged over its ``base:`` file (resolved relative to ``origin``'s folder), recursively."""
+    doc = dict(doc)
+    if BASE_KEY not in doc:
+        return doc
+    where = str(origin) if origin else "config"
+    name = doc.pop(BASE_KEY)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: base: expected a YAML file name, got {name!r}")
+    base_path = ((origin.parent if origin else Path.cwd()) / name).resolve()
+    chain = chain + ((origin.resolve(),) if origin else ())
+    if base_path in chain:
+        loop = " -> ".join(str(p) for p in chain[chain.index(base_path):] + (base_path,))
+        raise ConfigError(f"{where}: base: {name} makes a cycle ({loop})")
+    base = _read_mapping(base_path, f"{where}: base: {base_path}")
+    return deep_merge(expand_base(base, base_path, chain), doc)
+
+
+def read_yaml(path) -> dict:
+    """A config file as one mapping, its ``base:`` chain merged in."""
+    path = Path(path)
+    return expand_base(_read_mapping(path, f"--config {path}"), path)
+
+
+def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Optional[dict] = None):
+    """YAML file or mapping (+ overrides) -> PretrainConfig / ClassifyConfig, chosen by ``kind:``.
+
+    ``path`` may name a shipped config (``configs/pretrain/tiny_cpu.yaml``) from any folder."""
+    if doc is None:
+        path = resolve_config_path(path)
+        doc = read_yaml(path)
+    else:
+        doc = expand_base(copy.deepcopy(doc), Path(path) if path else None)
+    for o in overrides:
+        apply_override(doc, o)
+    where = str(path) if path else "config"
+    k = doc.get("kind", kind)
+    if k not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {sorted(KINDS)}, got {k!r}")
+    if kind is not None and k != kind:
+        raise ConfigError(f"{where}: is a {k!r} config, expected {kind!r}")
+    cfg = from_dict(KINDS[k], doc, where)
+    if cfg.model is not None and not cfg.model.to_dict():
+        cfg.model = None  # `model: {}` is no model
+    if cfg.model is not None:
+        try:
+            cfg.model.to_mamba()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: model: {e}") from None
+    if k == "pretrain" and cfg.model is None:
+        raise ConfigError(f"{where}: model: missing (MambaConfig fields, e.g. d_model, n_layer, vocab_size)")
+    if k == "pretrain" and cfg.seqlen_warmup is not None:
+        if not _is_pow2_multiple(cfg.data.seq_len, cfg.seqlen_warmup.start):
+            raise ConfigError(f"{where}: seqlen_warmup.start={cfg.seqlen_warmup.start} must divide data.seq_len="
+                              f"{cfg.data.seq_len} by a power of two")
+    if k == "classify" and cfg.model is None and not cfg.init_from:
+        raise ConfigError(f"{where}: give init_from (a pretrained model dir) or model (train from scratch)")
+    return cfg

@@ -1,0 +1,145 @@
+"""LightningDataModules over the genome data pipeline (``genomamba.data``).
+
+``PretrainDataModule``: random training windows and tiled val/test windows over a corpus built
+from typed sources (``genomamba.data.corpus``). ``SpeciesDataModule``: class-uniform species
+windows from a manifest, evaluated on held-out strains.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from genomamba.data.corpus import SPLIT_NAMES, CorpusError, build_corpus, resolve_species_manifest
+from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest, SpeciesWindows
+from genomamba.data.windows import RandomWindows, TiledWindows, assert_no_overlap
+from genomamba.lit._pl import pl
+from genomamba.tokenizers.dna import DNATokenizer
+
+
+def _loader(ds, batch_size, num_workers, shuffle=False):
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
+                      persistent_workers=num_workers > 0, pin_memory=False)
+
+
+class PretrainDataModule(pl.LightningDataModule):
+    """Random training windows + tiled val/test windows over a multi-source corpus."""
+
+    def __init__(self, sources: list, seq_len: int = 1024, batch_size: int = 8, train_samples: int = 10_000,
+                 val_windows: Optional[int] = 64, test_windows: Optional[int] = None, rc_prob: float = 0.5,
+                 max_n_frac: float = 0.1, num_workers: int = 0, seed: int = 0,
+                 tokenizer: Optional[DNATokenizer] = None):
+        super().__init__()
+        if seq_len < 2:
+            raise ValueError(f"data.seq_len: expected >= 2, got {seq_len}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size: expected >= 1, got {batch_size}")
+        self.sources, self.seq_len, self.batch_size = sources, int(seq_len), int(batch_size)
+        self.train_samples, self.val_windows, self.test_windows = int(train_samples), val_windows, test_windows
+        self.rc_prob, self.max_n_frac, self.num_workers, self.seed = rc_prob, max_n_frac, num_workers, seed
+        self.tokenizer = tokenizer or DNATokenizer()
+        self.store = self.splits = None
+
+    def setup(self, stage: Optional[str] = None):
+        if self.store is None:
+            self.store, self.splits = build_corpus(self.sources, self.tokenizer)
+            self.train_ds = RandomWindows(self.store, self.seq_len, self.splits.train, seed=self.seed,
+                                          rc_prob=self.rc_prob, max_n_frac=self.max_n_frac,
+                                          num_samples=self.train_samples)
+            self.val_ds = TiledWindows(self.store, self.seq_len, self.splits.val, max_windows=self.val_windows,
+                                       seed=self.seed) if self.splits.val else None
+            self.test_ds = TiledWindows(self.store, self.seq_len, self.splits.test, max_windows=self.test_windows,
+                                        seed=self.seed) if self.splits.test else None
+            # The proof, on the datasets actually used: no evaluation base inside a training window.
+            assert_no_overlap(self.train_ds, [w for d in (self.val_ds, self.test_ds) if d for w in d.windows])
+
+    def summary(self) -> dict:
+        tot = {s: int(sum(len(r) for r in self.splits[s])) for s in SPLIT_NAMES}
+        return {"bases": tot, "contigs": len(self.store.contigs), "sources": len(self.store.genomes)}
+
+    def train_dataloader(self):
+        return _loader(self.train_ds, self.batch_size, self.num_workers)
+
+    def val_dataloader(self):
+        return _loader(self.val_ds, self.batch_size, 0) if self.val_ds is not None else []
+
+    def test_dataloader(self):
+        if self.test_ds is None:
+            raise CorpusError("no test split in data.sources (mark a source or contigs as test)")
+        return _loader(self.test_ds, self.batch_size, 0)
+
+
+class SpeciesDataModule(pl.LightningDataModule):
+    """Species windows from a manifest: class-uniform random training windows, fixed eval windows.
+
+    ``manifest``: a path, ``assets`` (the shipped slices) or ``fetch:bacteria`` (full genomes).
+    Validation uses the manifest's ``val`` genomes when it has any, else none; ``test`` are the
+    held-out strains. ``train_length`` (default ``length``) may be shorter than the evaluation
+    windows: with mean pooling a model trained on short windows scores longer ones as is.
+    """
+
+    def __init__(self, manifest: str = "assets", length: int = 1024, batch_size: int = 32,
+                 train_samples: int = 20_000, val_per_label: int = 100, test_per_label: int = 200,
+                 rc_prob: float = 0.5, num_workers: int = 0, seed: int = 0, eval_seed: int = 1234,
+                 tokenizer: Optional[DNATokenizer] = None, train_length: Optional[int] = None):
+        super().__init__()
+        self.manifest_spec = manifest
+        self.length, self.batch_size, self.train_samples = int(length), int(batch_size), int(train_samples)
+        self.train_length = int(train_length or length)
+        if self.length < 1 or self.train_length < 1:
+            raise ValueError(f"data.length / data.train_length: expected >= 1, got {length} / {train_length}")
+        self.val_per_label, self.test_per_label = int(val_per_label), int(test_per_label)
+        self.rc_prob, self.num_workers, self.seed, self.eval_seed = rc_prob, num_workers, seed, eval_seed
+        self.tokenizer = tokenizer or DNATokenizer()
+        self.manifest = None
+
+    def prepare_manifest(self):
+        if self.manifest is None:
+            self.manifest = SpeciesManifest.from_file(resolve_species_manifest(self.manifest_spec))
+            self.manifest.check_files(verify_sha256=False)
+        return self.manifest
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.prepare_manifest().labels)
+
+    def setup(self, stage: Optional[str] = None):
+        man = self.prepare_manifest()
+        if not hasattr(self, "train_ds") and stage in (None, "fit"):
+            self.train_ds = SpeciesWindows(man, "train", self.train_length, seed=self.seed,
+                                           num_samples=self.train_samples, rc_prob=self.rc_prob, return_mask=True,
+                                           tokenizer=self.tokenizer)
+            self.val_ds = SpeciesEvalWindows(man, "val", self.length, per_label=self.val_per_label,
+                                             seed=self.eval_seed, return_mask=True, tokenizer=self.tokenizer) \
+                if man.entries("val") else None
+        if not hasattr(self, "test_ds") and man.entries("test"):
+            self.test_ds = SpeciesEvalWindows(man, "test", self.length, per_label=self.test_per_label,
+                                              seed=self.eval_seed, return_mask=True, tokenizer=self.tokenizer)
+        # Whole strains carry one split, so held-out windows come from files training never reads.
+        train_files = {g.path.resolve() for g in man.entries("train")}
+        leak = [g.id for g in man.entries("test") + man.entries("val") if g.path.resolve() in train_files]
+        if leak:
+            raise CorpusError(f"{man.source_path}: genome file(s) of {leak} are also listed for training")
+
+    def train_dataloader(self):
+        return _loader(self.train_ds, self.batch_size, self.num_workers)
+
+    def val_dataloader(self):
+        return _loader(self.val_ds, self.batch_size, 0) if self.val_ds is not None else []
+
+    def test_dataloader(self):
+        if getattr(self, "test_ds", None) is None:
+            raise CorpusError(f"{self.manifest.source_path}: no test genomes in the manifest")
+        return _loader(self.test_ds, self.batch_size, 0)
+
+
+def window_arrays(ds) -> tuple[list[np.ndarray], np.ndarray]:
+    """(real-base token arrays, labels) of a species eval dataset, for the classical baselines."""
+    wins, labels = [], []
+    for i in range(len(ds)):
+        ids, mask, lab = ds[i]
+        wins.append(ids.numpy()[mask.numpy()])
+        labels.append(int(lab))
+    return wins, np.array(labels)
