@@ -17,7 +17,6 @@ Prints a table, writes JSON (``verify_<device>.json``) and exits non-zero if any
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ import time
 import torch
 
 from genomamba.bench.common import machine_facts, print_table, write_results
-from genomamba.ops import backend_for, selective_scan, use_backend
+from genomamba.ops import backend_for, cuda, format_table, selective_scan, table, use_backend
 from genomamba.ops.reference import selective_scan_ref
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -137,13 +136,8 @@ def check_case(backend: str, case, inputs: dict, ref) -> dict:
 
 
 def cuda_status():
-    """The CUDA backend's self-test record if it has one (read defensively: internals may change)."""
-    try:
-        status = getattr(importlib.import_module("genomamba.ops.cuda"), "STATUS", None)
-    except Exception:  # no CUDA module here: nothing to report
-        return None
-    return {k: v if isinstance(v, (bool, int, float)) else str(v) for k, v in status.items()} \
-        if isinstance(status, dict) else None
+    """The CUDA backend's self-test verdict per kernel part."""
+    return {k: v if isinstance(v, (bool, int, float)) else str(v) for k, v in cuda.STATUS.items()}
 
 
 def available_backends(device: str, wanted) -> tuple[list[str], dict, dict]:
@@ -219,6 +213,8 @@ def main(argv=None) -> int:
     status = cuda_status() if kind == "cuda" else None
     if status is not None:
         print(f"  cuda self-test: {status}")
+    dispatch_rows = table(("cuda", "cpu") if kind == "cuda" else ("cpu",))
+    print("\ndispatch table on this machine:\n" + format_table(dispatch_rows))
 
     rows = []
     for case in cases:
@@ -246,6 +242,7 @@ def main(argv=None) -> int:
         "skipped": skipped,
         "ready_seconds": ready_s,
         "cuda_self_test": status,
+        "dispatch_table": dispatch_rows,
         "cases": [case_label(c) for c in cases],
         "rows": rows,
         "passed": ok,
