@@ -9,9 +9,10 @@
     model.generate("ACGT", 100, temperature=0.8, seed=0)
 
 **Inputs** (``seqs``) everywhere: a DNA ``str`` or ``bytes``; a list/tuple of them (or of records
-with ``.name`` and ``.sequence``); or a FASTA file: an ``os.PathLike``, or a ``str`` naming an
-existing file (a string is read as a path only when such a file exists). FASTA files are streamed
-record by record. Bad input raises ``ValueError`` naming the argument and the record.
+with ``.name`` and ``.sequence``); or a FASTA / GenBank file given as a ``pathlib.Path`` (any
+``os.PathLike``) or as ``path="genome.fa"``. A ``str`` is always a DNA sequence, never a file
+name, even when a file of that name exists. Files are streamed record by record. Bad input raises
+``ValueError`` naming the argument and the record.
 
 **Any length, constant memory.** Sequences are processed in chunks of ``chunk_size`` tokens; the
 recurrent state (conv + SSM state, a few KB per layer) is carried from one chunk to the next, so a
@@ -24,7 +25,9 @@ measures it).
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -32,12 +35,15 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from genomamba.data.fasta import read_fasta
+from genomamba.data.fasta import read_records
+from genomamba.errors import InvalidArgument, check_input_file
+from genomamba.files import read_text
 from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head
 from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
 
 DEFAULT_CHUNK = 16384  # tokens per forward: bounds activation memory, whatever the record length
+MIN_CLASSIFY_BASES = 32  # fewer A/C/G/T bases than this: a classification comes with a warning
 PathLike = Union[str, os.PathLike]
 
 
@@ -88,24 +94,39 @@ def _describe(name: str, index: int) -> str:
     return f"record {index} ({name!r})"
 
 
-def iter_sequences(seqs, arg: str = "seqs") -> Iterator[tuple[str, Union[str, bytes]]]:
-    """Normalise any accepted input to ``(name, sequence)`` pairs, streaming FASTA files.
+def _input(seqs, path, arg: str = "seqs"):
+    """``seqs``, or the file ``path=`` names as a ``Path``; exactly one of them."""
+    if path is not None:
+        if seqs is not None:
+            raise InvalidArgument(f"{arg}: give sequences or path=, not both")
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(f"path: expected a file name, got {type(path).__name__}")
+        return Path(path)
+    if seqs is None:
+        raise InvalidArgument(f"{arg}: no input; give DNA sequences, or a FASTA file as pathlib.Path or path=")
+    return seqs
 
-    Raises ValueError (naming ``arg`` and the record) for empty sequences, wrong types, and
-    FASTA format errors; FileNotFoundError for a missing path given as ``os.PathLike``.
+
+def iter_sequences(seqs=None, arg: str = "seqs", path: Optional[PathLike] = None
+                   ) -> Iterator[tuple[str, Union[str, bytes]]]:
+    """Normalise any accepted input to ``(name, sequence)`` pairs, streaming FASTA / GenBank files.
+
+    A ``str`` is a sequence; a file is an ``os.PathLike`` or ``path=``. Raises ValueError (naming
+    ``arg`` and the record) for empty sequences, wrong types, and format errors; FileNotFoundError
+    (or another ``OSError``, one line) for a path that is missing, a directory or unreadable.
     """
-    if isinstance(seqs, os.PathLike) or (isinstance(seqs, str) and _is_file(seqs)):
+    seqs = _input(seqs, path, arg)
+    if isinstance(seqs, os.PathLike):
         path = Path(seqs)
-        if not path.is_file():
-            raise FileNotFoundError(f"{arg}: {path}: no such FASTA file")
+        check_input_file(path, arg)
         n = 0
-        for rec in read_fasta(path):
+        for rec in read_records(path):
             if not rec.sequence:
                 raise ValueError(f"{arg}: {path}: record {rec.name!r} has an empty sequence")
             n += 1
             yield rec.name, rec.sequence
         if n == 0:
-            raise ValueError(f"{arg}: {path}: no FASTA records")
+            raise ValueError(f"{arg}: {path}: no sequence records")
         return
     if isinstance(seqs, (str, bytes, bytearray)):
         items: Iterable = [seqs]
@@ -129,6 +150,15 @@ def iter_sequences(seqs, arg: str = "seqs") -> Iterator[tuple[str, Union[str, by
         if len(s) == 0:
             raise ValueError(f"{where}: empty sequence")
         yield name, s
+
+
+def weak_input(n_bases: int, n_acgt: int) -> Optional[str]:
+    """Why a label predicted from this little sequence is a guess (None if it is not)."""
+    if n_acgt == 0:
+        return f"no A/C/G/T base in {n_bases:,} bases (all N or ambiguity codes): the label is a guess"
+    if n_acgt < MIN_CLASSIFY_BASES:
+        return f"only {n_acgt} A/C/G/T base{'s' if n_acgt > 1 else ''}: a label from so little sequence is a guess"
+    return None
 
 
 def _is_file(s: str) -> bool:
@@ -198,7 +228,11 @@ class GenomeModel:
         try:
             return self.tokenizer.encode(seq, add_bos=self.add_bos)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            hint = ""
+            if isinstance(seq, str) and _is_file(seq):
+                hint = (f"; a str is read as DNA, not as a file name: to read the file {seq!r} pass "
+                        f"pathlib.Path({seq!r}) or path={seq!r}")
+            raise ValueError(f"{where}: {exc}{hint}") from None
 
     # ------------------------------------------------------------------ the chunked engine
     @torch.no_grad()
@@ -251,10 +285,12 @@ class GenomeModel:
             yield list(_group(buf, batch_size))
 
     # ------------------------------------------------------------------ embed
-    def iter_embed(self, seqs, pooling: Optional[str] = "mean", batch_size: int = 8,
-                   chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, arg: str = "seqs"):
+    def iter_embed(self, seqs=None, pooling: Optional[str] = "mean", batch_size: int = 8,
+                   chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, arg: str = "seqs",
+                   path: Optional[PathLike] = None):
         """Like :meth:`embed` but streams ``(name, array)`` pairs (records in input order within
         each group of ``8 * batch_size``; the name lets the caller match them)."""
+        seqs = _input(seqs, path, arg)
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS} or None, got {pooling!r}")
         # per-token outputs are big: do not hold more than one batch of them for reordering
@@ -306,12 +342,12 @@ class GenomeModel:
                 out = last[r].numpy().astype(dtype)
             yield i, name, out
 
-    def embed(self, seqs, pooling: Optional[str] = "mean", batch_size: int = 8,
-              chunk_size: int = DEFAULT_CHUNK, dtype=np.float32):
+    def embed(self, seqs=None, pooling: Optional[str] = "mean", batch_size: int = 8,
+              chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, path: Optional[PathLike] = None):
         """Embeddings from the final-norm hidden states.
 
         Args:
-            seqs: DNA string/bytes, a list of them, or a FASTA path (see the module docstring).
+            seqs: DNA string/bytes, a list of them, or a ``pathlib.Path`` (see the module docstring).
             pooling: ``"mean"`` (over all tokens), ``"last"`` (the last token: the only one that
                 has seen the whole sequence), ``"max"``, or ``None`` for per-token embeddings.
             batch_size: sequences run together (short ones; longer than ``chunk_size`` run alone).
@@ -320,19 +356,22 @@ class GenomeModel:
         Returns:
             pooled: ``np.ndarray`` (n, d_model); ``pooling=None``: a list of (l_i, d_model) arrays.
         """
-        pairs = list(self.iter_embed(seqs, pooling, batch_size, chunk_size, dtype))
+        pairs = list(self.iter_embed(seqs, pooling, batch_size, chunk_size, dtype, path=path))
         if pooling is None:
             return [a for _, a in pairs]
         return np.stack([a for _, a in pairs]) if pairs else np.zeros((0, self.d_model), dtype=dtype)
 
     # ------------------------------------------------------------------ classify
-    def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
-                 both_strands: bool = True) -> Classification:
+    def classify(self, seqs=None, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
+                 both_strands: bool = True, path: Optional[PathLike] = None) -> Classification:
         """Predicted label and class probabilities per sequence (needs a classifier head).
 
         ``both_strands``: average the class probabilities of the sequence and of its reverse
         complement (a record can come from either strand; fine-tuning evaluates the same way).
+        A record with fewer than ``MIN_CLASSIFY_BASES`` A/C/G/T bases (all N, one base) still gets
+        a label, with a ``UserWarning`` saying it is a guess.
         """
+        seqs = _input(seqs, path)
         if self.head is None:
             where = f" {self.path}" if self.path else ""
             raise ValueError(f"classify: the model{where} has no classifier head (head.json + head.safetensors); "
@@ -358,16 +397,24 @@ class GenomeModel:
                 for i, name, _ in done:
                     probs.append(p[i])
                     names.append(name)
+                for i, name, ids in (g for group in buffer for g in group):
+                    why = weak_input(len(ids) - int(self.add_bos), int(np.isin(ids, self._base_ids.numpy()).sum()))
+                    if why:
+                        warnings.warn(f"seqs: {_describe(name, i)}: {why}", UserWarning, stacklevel=2)
         p = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(self.labels)), np.float32)
         return Classification([self.labels[j] for j in p.argmax(1)], p, list(self.labels), names)
 
     # ------------------------------------------------------------------ score
-    def score(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Scores:
+    def score(self, seqs=None, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
+              path: Optional[PathLike] = None) -> Scores:
         """Log-likelihood of each sequence under the model and its bits per base.
 
         Every A/C/G/T target after the first token is scored given everything before it (N and
         other non-ACGT targets are skipped but stay in the context). Chunked like :meth:`embed`.
+        A sequence with nothing to score (one base, all N) gets ``n_scored`` 0 and ``bits_per_base``
+        NaN (``null`` in JSON), never 0.
         """
+        seqs = _input(seqs, path)
         out: dict[int, tuple] = {}
         order = []
         for buffer in self._batches(seqs, "seqs", batch_size, chunk_size):
@@ -427,8 +474,13 @@ class GenomeModel:
         if len(ids) == 0:
             raise ValueError("prompt: empty; generation needs at least one base "
                              "(this model was trained without a <bos> token)")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise InvalidArgument(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise InvalidArgument(f"top_k: expected an int >= 0 (0 = off), got {top_k!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise InvalidArgument(f"top_p: expected a number in (0, 1], got {top_p!r}")
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
         t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0).to(self.device)
         out = self.lm.generate(t, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -467,7 +519,7 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
     if has_head(path):
         clf = SequenceClassifier.from_pretrained(path, device=device)
         lm, head, labels, pooling = clf.lm, clf.head, clf.labels, clf.pooling
-        meta = json.loads((path / "head.json").read_text())
+        meta = json.loads(read_text(path / "head.json"))
         add_bos = bool(meta.get("add_bos", False))
     else:
         lm = MambaLM.from_pretrained(path, device=device)
@@ -480,7 +532,7 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
 
 
 def embed(path_or_model, seqs, **kwargs):
-    """Load and embed in one call: ``genomamba.embed(model_dir, "genome.fa", pooling="mean")``."""
+    """Load and embed in one call: ``genomamba.embed(model_dir, Path("genome.fa"), pooling="mean")``."""
     model = path_or_model if isinstance(path_or_model, GenomeModel) else load(path_or_model)
     return model.embed(seqs, **kwargs)
 

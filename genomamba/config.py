@@ -12,6 +12,8 @@ from typing import Any, Union
 
 import yaml
 
+from genomamba.files import read_text
+
 
 @dataclass
 class MambaConfig:
@@ -98,7 +100,7 @@ class MambaConfig:
     def from_file(cls, path: Union[str, os.PathLike]) -> "MambaConfig":
         """Read JSON or YAML (a top-level ``model:`` section is accepted in YAML)."""
         path = Path(path)
-        text = path.read_text()
+        text = read_text(path)
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)
             if isinstance(data, dict) and "model" in data:

@@ -32,6 +32,8 @@ from genomamba.data.fetch import asset_files, default_assets, fetch
 from genomamba.data.species import SpeciesManifest
 from genomamba.data.store import MemoryStore
 from genomamba.data.windows import Region, Splits, split_by_region
+from genomamba.errors import UserError
+from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -41,7 +43,7 @@ SPLIT_RULE_KEYS = ("by", "val", "test", "val_frac", "test_frac", "block", "seed"
 SplitRule = Union[str, dict]
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A malformed corpus source; the message names the source and the key."""
 
 
@@ -187,7 +189,7 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
             return expand_source(k, ManifestSource(str(folder / "manifest.yaml"), src.split, src.splits))
         split_file = folder / "split.yaml"
         if split_file.exists():
-            doc = yaml.safe_load(split_file.read_text())
+            doc = yaml.safe_load(read_text(split_file))
             rule = _or(src.split, {"by": doc.get("split_by", "contig"), "val": doc.get("val") or [],
                                  "test": doc.get("test") or []})
             out.append((src.id or src.fetch, folder / doc["fasta"], rule))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
+from genomamba.errors import UserError, check_input_file
 from genomamba.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ _PROTEIN_ONLY = set(b"EFILPQXZJOefilpqxzjo*")
 _BOM = b"\xef\xbb\xbf"
 
 
-class FastaFormatError(ValueError):
+class FastaFormatError(UserError, ValueError):
     """Malformed sequence file. The message names the file, the record and the line."""
 
 
@@ -112,8 +113,7 @@ def read_fasta(path: PathLike, allow_duplicates: bool = False) -> Iterator[Fasta
         FastaFormatError: see the module docstring for every case.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such FASTA file")
+    check_input_file(path, "FASTA file")
     kind = sniff_compression(path)
     fh = open_binary(path)
     state = {"line": 0, "record": None}
@@ -209,7 +209,7 @@ def _raise_no_header(src: str, lineno: int, raw: bytes) -> None:
     except UnicodeDecodeError:
         raise FastaFormatError(f"{src}: line {lineno}: binary/non-UTF-8 content; not a FASTA file") from None
     if text.startswith("LOCUS"):
-        raise FastaFormatError(f"{src}: line {lineno}: this is GenBank, not FASTA; use read_records(path)")
+        raise FastaFormatError(f"{src}: line {lineno}: this is GenBank, not FASTA (read it with format 'auto')")
     raise FastaFormatError(
         f"{src}: line {lineno}: sequence data before the first '>' header (no FASTA header): {text[:40]!r}"
     )
@@ -259,6 +259,7 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
     from Bio import SeqIO
 
     path = Path(path)
+    check_input_file(path, "GenBank file")
     seen: dict[str, int] = {}
     with open_binary(path) as fhb:
         fh = io.TextIOWrapper(fhb, encoding="utf-8", errors="strict")
@@ -286,6 +287,7 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
 
 def read_records(path: PathLike, format: str = "auto") -> Iterator[FastaRecord]:
     """FASTA or GenBank records (``format="auto"`` sniffs the first line)."""
+    check_input_file(path, "sequence file")
     fmt = sniff_format(path) if format == "auto" else format
     if fmt == "fasta":
         return read_fasta(path)
@@ -306,11 +308,13 @@ class IndexedFasta:
         import pyfaidx
 
         path = Path(path)
+        check_input_file(path, "FASTA file")
         kind = sniff_compression(path)
         # pyfaidx recognises BGZF by the file name only, so a BGZF file named otherwise is copied.
         if kind in ("gzip", "xz", "bz2") or (kind == "bgzf" and not path.name.endswith((".gz", ".bgz"))):
             path = to_bgzf(path, cache_dir)
         self.path = path
+        drop_stale_indexes(path)
         try:
             self._fa = pyfaidx.Fasta(str(path), sequence_always_upper=False, rebuild=True, build_index=True)
         except (pyfaidx.FastaIndexingError, UnicodeDecodeError, ValueError) as e:
@@ -339,6 +343,38 @@ class IndexedFasta:
         self.close()
 
 
+def _changed_at(path: Path) -> int:
+    """When the file's content last changed, in ns: the later of mtime and ctime. ``cp -p`` and
+    ``touch -d`` set an old mtime, but the inode's ctime still says when it was written."""
+    st = path.stat()
+    return max(st.st_mtime_ns, st.st_ctime_ns)
+
+
+def index_is_fresh(index: Path, data: Path) -> bool:
+    """An index (``.fai``, ``.gzi``, a converted copy) describes ``data`` only if it was written after
+    ``data`` last changed; a newer mtime alone proves nothing (copies keep old mtimes)."""
+    try:
+        return index.stat().st_mtime_ns >= _changed_at(data)
+    except FileNotFoundError:
+        return False
+
+
+def drop_stale_indexes(path: PathLike) -> list[Path]:
+    """Remove ``path``'s ``.fai`` / ``.gzi`` when they predate its last change; the index is then rebuilt."""
+    path = Path(path)
+    dropped = []
+    for ext in (".fai", ".gzi"):
+        idx = path.with_name(path.name + ext)
+        if idx.exists() and not index_is_fresh(idx, path):
+            log.warning("%s is older than %s's last change; rebuilding it", idx, path)
+            try:
+                idx.unlink()
+                dropped.append(idx)
+            except OSError as e:
+                raise UserError(f"{idx}: stale index of {path} and cannot be removed ({e.strerror})") from None
+    return dropped
+
+
 def to_bgzf(path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
     """Recompress a gzip/xz/bz2/plain FASTA as BGZF (seekable), once; returns the new path."""
     from Bio import bgzf
@@ -347,7 +383,7 @@ def to_bgzf(path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
     out_dir = Path(cache_dir) if cache_dir else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / (path.name + ".bgz")
-    if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:
+    if out.exists() and index_is_fresh(out, path):
         return out
     log.warning(
         "%s is %s-compressed and not seekable; converting to BGZF at %s", path, sniff_compression(path), out

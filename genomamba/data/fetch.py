@@ -43,11 +43,12 @@ from genomamba.data.debian import DebianError
 from genomamba.data.digits import fetch_digits
 from genomamba.data.fasta import file_sha256
 from genomamba.data.textcorpus import fetch_text
+from genomamba.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A download or verification step failed; the message says which and how to fix it."""
 
 

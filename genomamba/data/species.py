@@ -33,13 +33,15 @@ from torch.utils.data import Dataset, IterableDataset
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
 from genomamba.data.windows import Region, share, stream_slot
+from genomamba.errors import UserError
+from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
 
 SPLITS = ("train", "val", "test")
 PathLike = Union[str, os.PathLike]
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """Malformed species manifest; the message names the file and the entry."""
 
 
@@ -94,7 +96,7 @@ class SpeciesManifest:
     @classmethod
     def _from_yaml(cls, path: Path) -> "SpeciesManifest":
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = yaml.safe_load(read_text(path))
         except yaml.YAMLError as e:
             raise ManifestError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("genomes"), list):
@@ -109,7 +111,7 @@ class SpeciesManifest:
 
     @classmethod
     def _from_tsv(cls, path: Path) -> "SpeciesManifest":
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [ln for ln in read_text(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if not lines:
             raise ManifestError(f"{path}: empty manifest")
         rows = list(csv.DictReader(lines, delimiter="\t"))

@@ -13,7 +13,6 @@ import bisect
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ import yaml
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from genomamba.data.store import SequenceSource
+from genomamba.files import read_text
 
 
 @dataclass(frozen=True, order=True)
@@ -151,7 +151,7 @@ def split_by_region(
 def split_from_file(source: SequenceSource, path) -> Splits:
     """Splits from a YAML/JSON file: ``{split_by: contig|genome, val: [...], test: [...]}``
     (names or full-match regexes), or ``{train: [[contig, start, stop], ...], val: ..., test: ...}``."""
-    doc = yaml.safe_load(Path(path).read_text())  # JSON is YAML
+    doc = yaml.safe_load(read_text(path))  # JSON is YAML
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     by = doc.get("split_by")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from genomamba.config import MambaConfig
+from genomamba.files import read_text
 from genomamba.lit._pl import pl
 from genomamba.lit.evaluate import save_confusion_png
 from genomamba.lit.optim import build_optimizer, optim_settings
@@ -77,7 +78,7 @@ class ClassifierModule(pl.LightningModule):
     def _reuse_head(self, init_from) -> Optional[str]:
         """``init_from`` is a fine-tuned classifier (e.g. 1 kb windows -> 16 kb): keep its head too when
         its labels are ours in the same order; otherwise the head starts fresh (and we say why)."""
-        meta = json.loads((Path(init_from) / HEAD_CONFIG).read_text())
+        meta = json.loads(read_text(Path(init_from) / HEAD_CONFIG))
         if list(meta.get("labels", [])) != self.net.labels:
             warnings.warn(f"init_from={init_from}: its head's labels {meta.get('labels')} differ from "
                           f"{self.net.labels}; the head starts from scratch (the backbone is reused)")

@@ -23,6 +23,8 @@ import yaml
 
 from genomamba.config import MambaConfig
 from genomamba.data.corpus import AssetsSource, CorpusError, Source, parse_source
+from genomamba.errors import UserError
+from genomamba.files import read_text
 from genomamba.lit.callbacks import _is_pow2_multiple
 from genomamba.lit.optim import OptimConfig
 
@@ -30,7 +32,7 @@ _PKG = Path(__file__).resolve().parents[1]
 BASE_KEY = "base"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config file / override; the message names the file and the key."""
 
 
@@ -294,7 +296,7 @@ def _read_mapping(path: Path, label: str) -> dict:
     if not path.exists():
         raise ConfigError(f"{label}: no such file")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(doc, dict):

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from genomamba.files import atomic_path, write_text
+from genomamba.files import atomic_path, read_text, write_text
 from genomamba.models.io import CheckpointError, read_state_dict
 from genomamba.models.lm import MambaLM
 
@@ -93,12 +93,29 @@ class SequenceClassifier(nn.Module):
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: missing: {directory} holds no classifier head")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(read_text(meta_path))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise CheckpointError(f"{meta_path}: expected a mapping with 'labels': a list of class names")
+        state = read_state_dict(directory / HEAD_WEIGHTS)
+        weight = state.get("weight")
+        if weight is None or weight.ndim != 2 or "bias" not in state:
+            raise CheckpointError(f"{directory / HEAD_WEIGHTS}: expected a linear head (weight, bias), "
+                                  f"got {sorted(state)}")
+        if weight.shape[0] != len(labels):
+            raise CheckpointError(f"{meta_path}: lists {len(labels)} labels but {directory / HEAD_WEIGHTS} is a head "
+                                  f"for {weight.shape[0]} classes; the two files do not belong together")
         lm = MambaLM.from_pretrained(directory, device=device)
-        model = cls(lm, meta["labels"], meta.get("pooling", "mean"))
-        model.head.load_state_dict(read_state_dict(directory / HEAD_WEIGHTS))
+        if weight.shape[1] != lm.config.d_model:
+            raise CheckpointError(f"{directory / HEAD_WEIGHTS}: head input width {weight.shape[1]} differs from "
+                                  f"the model's d_model {lm.config.d_model}")
+        try:
+            model = cls(lm, labels, meta.get("pooling", "mean"))
+        except ValueError as exc:
+            raise CheckpointError(f"{meta_path}: {exc}") from None
+        model.head.load_state_dict(state)
         return model.to(device or "cpu").eval()
 
 

@@ -21,14 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genomamba.config import MambaConfig
-from genomamba.files import atomic_path, write_text
+from genomamba.errors import UserError
+from genomamba.files import atomic_path, read_text, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded safely or does not match its config."""
 
 
@@ -156,7 +157,7 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: missing (a saved genomamba / mamba_ssm model has one)")
     try:
-        raw = json.loads(cfg_path.read_text())
+        raw = json.loads(read_text(cfg_path))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     hf = is_hf_config(raw)

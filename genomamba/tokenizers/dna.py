@@ -30,6 +30,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from genomamba.files import read_text, write_text
+
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<cls>", "<mask>", "<unk>")
 BASE_TOKENS = ("A", "C", "G", "T", "N")
 IUPAC_CODES = ("R", "Y", "S", "W", "K", "M", "B", "D", "H", "V")
@@ -303,7 +305,7 @@ class DNATokenizer:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         out = path / TOKENIZER_FILE
-        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(out, json.dumps(self.to_dict(), indent=2) + "\n")
         return out
 
     @classmethod
@@ -312,7 +314,7 @@ class DNATokenizer:
         if path.is_dir():
             path = path / TOKENIZER_FILE
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(read_text(path))
         except FileNotFoundError:
             raise FileNotFoundError(f"no {TOKENIZER_FILE} at {path}") from None
         except json.JSONDecodeError as e:
