@@ -26,14 +26,16 @@ from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
 from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png
-from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, prepare_run_dir
+from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, owns_run_dir, prepare_run_dir
 from genomamba.models.heads import SequenceClassifier
 from genomamba.tokenizers.dna import DNATokenizer
 
 
-def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool = False) -> dict:
-    """Fine-tune (or train) the species classifier; test on the held-out strains; save; results dict."""
-    run_dir, ckpt_path = prepare_run_dir(cfg, resume)
+@owns_run_dir
+def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool = False, force: bool = False) -> dict:
+    """Fine-tune (or train) the species classifier; test on the held-out strains; save; results dict.
+    ``force``: replace an earlier run in ``cfg.run_dir`` (else one there is refused unless ``resume``)."""
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
     tok = DNATokenizer()
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
@@ -77,7 +79,7 @@ def fit_main(argv) -> int:
     if args.init_from:
         args.overrides.append(f"init_from={args.init_from}")
     cfg = config_from_args(args, "classify")
-    res = run_classify(cfg, resume=args.resume)
+    res = run_classify(cfg, resume=args.resume, force=args.force)
     t = res.get("test", {})
     line = f"done: step {res['global_step']}, model saved to {res['model_dir']}"
     if t:

@@ -8,19 +8,19 @@ writes is listed in ``genomamba.lit.trainer``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Optional
 
 import torch
 
 from genomamba.commands.run_args import add_run_args, config_from_args
+from genomamba.errors import UserError, report
 from genomamba.files import write_json
 from genomamba.lit.callbacks import SeqLenWarmup
-from genomamba.lit.config import ConfigError, PretrainConfig, to_plain
+from genomamba.lit.config import PretrainConfig, to_plain
 from genomamba.lit.datamodules import PretrainDataModule
 from genomamba.lit.pretrain import PretrainModule
-from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, prepare_run_dir, resolve_precision
+from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, owns_run_dir, prepare_run_dir, resolve_precision
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -28,9 +28,11 @@ def _scalar_metrics(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
 
-def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool = False) -> dict:
-    """Fit (and test) a DNA LM from a PretrainConfig; returns the results dict (also results.json)."""
-    run_dir, ckpt_path = prepare_run_dir(cfg, resume)
+@owns_run_dir
+def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool = False, force: bool = False) -> dict:
+    """Fit (and test) a DNA LM from a PretrainConfig; returns the results dict (also results.json).
+    ``force``: replace an earlier run in ``cfg.run_dir`` (else one there is refused unless ``resume``)."""
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
     tok = DNATokenizer()
     d = cfg.data
     dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
@@ -80,10 +82,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args, "pretrain")
-        res = run_pretrain(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"genomamba pretrain: error: {e}", file=sys.stderr)
-        return 2
+        res = run_pretrain(cfg, resume=args.resume, force=args.force)
+    except (UserError, OSError, ValueError) as e:
+        return report("pretrain", e, 2)
     bpb = res.get("test", {}).get("test/bpb")
     print(f"done: step {res['global_step']}, model saved to {res['model_dir']}"
           + (f", held-out {bpb:.3f} bits/base" if bpb is not None else ""))

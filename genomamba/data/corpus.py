@@ -32,7 +32,7 @@ from genomamba.data.fetch import asset_files, default_assets, fetch
 from genomamba.data.species import SpeciesManifest
 from genomamba.data.store import MemoryStore
 from genomamba.data.windows import Region, Splits, split_by_region
-from genomamba.errors import UserError
+from genomamba.errors import UserError, check_input_file
 from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -199,8 +199,7 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
                 out.append((f"{src.fetch}_{p.name.split('.')[0]}", p, _or(src.split, "train")))
     else:
         p = Path(src.path).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"{where}: path {p}: no such file")
+        check_input_file(p, f"{where}: path")
         gid = src.id or re.sub(r"\.(fa|fasta|fna)(\.(gz|xz|bgz))?$", "", p.name)
         out.append((gid, p, _or(src.split, "train")))
     for gid, _, rule in out:

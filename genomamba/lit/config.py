@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,4 +362,25 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
                               f"{cfg.data.seq_len} by a power of two")
     if k == "classify" and cfg.model is None and not cfg.init_from:
         raise ConfigError(f"{where}: give init_from (a pretrained model dir) or model (train from scratch)")
+    _check_ranges(cfg, where)
     return cfg
+
+
+def _check_ranges(cfg, where: str) -> None:
+    """Numbers that must be positive (a 0 or negative step count would save an untrained model)."""
+    t, d = cfg.trainer, cfg.data
+    positive = {"trainer.max_steps": t.max_steps, "trainer.val_every": t.val_every, "trainer.log_every": t.log_every,
+                "trainer.ckpt_every": t.ckpt_every, "trainer.accumulate": t.accumulate,
+                "data.batch_size": d.batch_size, "data.train_samples": d.train_samples}
+    if cfg.kind == "pretrain":
+        positive["data.seq_len"] = d.seq_len
+    else:
+        positive["data.length"] = d.length
+        if d.train_length is not None:
+            positive["data.train_length"] = d.train_length
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{where}: {key}: expected a positive int, got {v}")
+    for key, v in (("trainer.max_minutes", t.max_minutes), ("trainer.budget_minutes", t.budget_minutes)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{where}: {key}: expected a positive number of minutes, got {v}")

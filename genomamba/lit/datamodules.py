@@ -45,6 +45,10 @@ class PretrainDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None):
         if self.store is None:
             self.store, self.splits = build_corpus(self.sources, self.tokenizer)
+            longest = max((len(r) for r in self.splits.train), default=0)
+            if longest < self.seq_len:
+                raise CorpusError(f"data.sources: the longest training sequence has {longest:,} bases, shorter than "
+                                  f"data.seq_len={self.seq_len}; lower data.seq_len or add longer sequences")
             self.train_ds = RandomWindows(self.store, self.seq_len, self.splits.train, seed=self.seed,
                                           rc_prob=self.rc_prob, max_n_frac=self.max_n_frac,
                                           num_samples=self.train_samples)

@@ -8,12 +8,24 @@ A run directory holds everything a run writes::
     run_dir/training_curves.png  whole-run curves (history kept in the checkpoint across resumes)
     run_dir/model/               save_pretrained model (+ tokenizer.json), written when fit ends
     run_dir/results.json         final metrics
+    run_dir/run.lock             the pid of the run working in it (removed when it ends)
+
+A run directory is owned: while a run is live its ``run.lock`` is held, and a second run into it
+fails at once, naming the holder's pid (the lock of a killed run is taken over). A new run into a
+directory that holds an earlier run's checkpoints, model or results refuses to start unless told
+to continue it (``--resume``) or to replace it (``--force``: the earlier run's files are removed).
+``--resume`` checks the checkpoint against the config (task, model shape) before anything in the
+directory changes; ``config.yaml`` is rewritten only after that.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import functools
+import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,10 +33,13 @@ from typing import Optional
 import torch
 import yaml
 
-from genomamba.files import atomic_path, write_text
+from genomamba.config import MambaConfig
+from genomamba.errors import OutputExistsError
+from genomamba.files import RunDirLock, atomic_path, write_text
 from genomamba.lit._pl import pl
 from genomamba.lit.callbacks import EpochSeed, TimeBudget, TrainingCurves
 from genomamba.lit.config import ConfigError, TrainerConfig, to_plain
+from genomamba.tokenizers.dna import DNATokenizer
 
 
 class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
@@ -41,15 +56,164 @@ class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def prepare_run_dir(cfg, resume: Optional[str]) -> tuple[Path, Optional[str]]:
-    """Create ``cfg.run_dir``, find the checkpoint ``resume`` asks for, write the resolved config and
-    seed everything; returns (run_dir, checkpoint path or None)."""
+def prepare_run_dir(cfg, resume: Optional[str], force: bool = False) -> tuple[Path, Optional[str]]:
+    """Own ``cfg.run_dir`` (lock it; refuse an earlier run's directory unless ``resume`` or ``force``),
+    find and validate the checkpoint ``resume`` asks for, then write the resolved config and seed
+    everything; returns (run_dir, checkpoint path or None). Nothing in the directory changes before
+    those checks pass."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resume_path(resume, run_dir)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    primary = _primary_process()
+    if primary:
+        _own(run_dir)
+    try:
+        ckpt_path = resume_path(resume, run_dir)
+        if ckpt_path is not None:
+            check_resume(cfg, ckpt_path)
+        if primary and resume is None:
+            earlier = earlier_run(run_dir)
+            if earlier and not force:
+                raise OutputExistsError(
+                    f"{run_dir}: holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
+                    "replace it with --force, or choose another --run-dir")
+            if earlier:
+                clear_run(run_dir)
+        if primary:
+            write_text(run_dir / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     return run_dir, ckpt_path
+
+
+# ----------------------------------------------------------------------------- run-directory ownership
+RUN_OUTPUTS = ("checkpoints", "model", "results.json", "training_curves.png", "logs", "tb")
+_HELD: dict[str, RunDirLock] = {}
+
+
+def _primary_process() -> bool:
+    """False in the extra processes of a multi-process run (rank > 0): rank 0 owns the directory."""
+    return all(os.environ.get(k, "0") in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _own(run_dir: Path) -> None:
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        return
+    lock = RunDirLock(run_dir)
+    stale = lock.acquire()
+    if stale:
+        print(f"genomamba: {run_dir}: took over the lock of pid {stale}, which is no longer running",
+              file=sys.stderr)
+    _HELD[key] = lock
+
+
+def release_run_dir(run_dir) -> None:
+    """Give up this process's ownership of ``run_dir`` (no-op if it holds none)."""
+    lock = _HELD.pop(os.path.realpath(run_dir), None)
+    if lock is not None:
+        lock.release()
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        _HELD.pop(key).release()
+
+
+def owns_run_dir(fn):
+    """Decorator for a function that runs in a run directory (``prepare_run_dir``): the ownership it
+    took is given up when it returns or raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = set(_HELD)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for key in set(_HELD) - before:
+                _HELD.pop(key).release()
+
+    return wrapper
+
+
+def earlier_run(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir`` that a new run would replace (checkpoints, model, results)."""
+    found = []
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.glob("*.ckpt")):
+        found.append("checkpoints/")
+    if (run_dir / "model").exists():
+        found.append("model/")
+    if (run_dir / "results.json").exists():
+        found.append("results.json")
+    return found
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what a run writes in ``run_dir`` (``RUN_OUTPUTS``), nothing else: ``--force``."""
+    for name in RUN_OUTPUTS:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+# The model fields that shape the weights: a checkpoint must agree on them with the config it resumes.
+_SHAPE_FIELDS = ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank",
+                 "pad_vocab_size_multiple", "tie_embeddings", "bias", "conv_bias", "rms_norm")
+
+
+def _expected_model(cfg) -> Optional[dict]:
+    """The MambaConfig (as a dict) a run of ``cfg`` builds, or None when it cannot be known yet."""
+    if cfg.model is not None:
+        try:
+            return MambaConfig.from_dict({"vocab_size": DNATokenizer().vocab_size, **cfg.model.to_dict()}).to_dict()
+        except (TypeError, ValueError):
+            return None
+    init = getattr(cfg, "init_from", None)
+    if init and (Path(init) / "config.json").exists():
+        try:
+            return MambaConfig.from_file(Path(init) / "config.json").to_dict()
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def check_resume(cfg, ckpt_path: str) -> None:
+    """Refuse (``ConfigError``, one line) a checkpoint that ``cfg`` cannot continue: not a training
+    checkpoint, another task's (a pretraining checkpoint for ``classify fit``), or another model shape."""
+    try:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
+                          f"plain data, and checkpoints are never unpickled as code ({first[:300]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--resume: {ckpt_path}: not a readable checkpoint ({first[:300]})") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ConfigError(f"--resume: {ckpt_path}: not a genomamba training checkpoint (no state_dict)")
+    hp = ck.get("hyper_parameters") or {}
+    is_classifier = "labels" in hp
+    if cfg.kind == "classify" and not is_classifier:
+        raise ConfigError(f"--resume: {ckpt_path} is a pretraining checkpoint, not a classifier's; to fine-tune "
+                          "from a pretrained model give init_from (its saved model directory), not --resume")
+    if cfg.kind == "pretrain" and is_classifier:
+        raise ConfigError(f"--resume: {ckpt_path} is a classifier checkpoint; resume it with "
+                          "`genomamba classify fit --resume`")
+    want, have = _expected_model(cfg), hp.get("model")
+    if want is None or not isinstance(have, dict):
+        return
+    try:
+        have = MambaConfig.from_dict(dict(have)).to_dict()
+    except (TypeError, ValueError):
+        return
+    diff = [f"model.{k}: checkpoint {have[k]!r}, config {want[k]!r}" for k in _SHAPE_FIELDS if have[k] != want[k]]
+    if diff:
+        raise ConfigError(f"--resume: {ckpt_path} does not match the config ({'; '.join(diff)}); resume with the "
+                          "model settings the run started with, or start a new run")
 
 
 def resolve_precision(tc: TrainerConfig) -> str:
