@@ -3,12 +3,19 @@
 Each entry maps a subcommand to ``"module:function"``. The module is imported only when its
 subcommand runs, so ``genomamba --help`` stays fast and optional dependencies stay optional.
 Every entry function takes the remaining argv (a list of str) and returns an exit code.
+
+Errors: whatever a command raises is printed as one line, ``genomamba CMD: error: MESSAGE``
+(``genomamba.errors.report``), never as a traceback; ``genomamba --debug CMD ...`` (the flag may
+stand anywhere before ``--``) or ``GENOMAMBA_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from genomamba.errors import DEBUG_ENV, report
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (entry point, one-line help)
@@ -24,14 +31,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: genomamba <command> [options]", "", "commands:"]
+    lines = ["usage: genomamba [--debug] <command> [options]", "", "commands:"]
     for name, (_, help_) in COMMANDS.items():
         lines.append(f"  {name:<10} {help_}")
+    lines += ["", f"--debug (or {DEBUG_ENV}=1): show the traceback of an error instead of one line"]
     return "\n".join(lines)
 
 
+def _take_debug_flag(argv: list[str]) -> list[str]:
+    """``argv`` without ``--debug`` (before a ``--``); the flag turns debugging on for this process
+    and the processes it starts."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:end]:
+        os.environ[DEBUG_ENV] = "1"
+        argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -40,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genomamba: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # one line, whatever it is (report re-raises when debugging)
+        sub = rest[0] if name in ("classify", "data") and rest and not rest[0].startswith("-") else ""
+        return report(f"{name} {sub}".strip(), exc)
 
 
 if __name__ == "__main__":

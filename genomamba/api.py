@@ -2,9 +2,9 @@
 
     import genomamba
     model = genomamba.load("runs/demo/model")           # MambaLM + tokenizer (+ classifier head)
-    X = model.embed("genome.fa", pooling="mean")       # (n_records, d_model) numpy
+    X = model.embed(path="genome.fa", pooling="mean")  # (n_records, d_model) numpy; or Path("genome.fa")
     per_token = model.embed(["ACGT...", "GGCA..."], pooling=None)   # list of (l_i, d_model)
-    model.classify("reads.fa")                         # labels + probabilities (needs a head)
+    model.classify(path="reads.fa")                    # labels + probabilities (needs a head)
     model.score("ACGTTGCA...")                         # log-likelihood, bits per base
     model.generate("ACGT", 100, temperature=0.8, seed=0)
 

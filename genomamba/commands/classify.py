@@ -16,12 +16,15 @@ from typing import Optional
 import numpy as np
 import torch
 
+from genomamba.api import weak_input
 from genomamba.baselines import species_baselines
+from genomamba.commands.common import model_files, positive_int
 from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
-from genomamba.files import write_json, write_text
+from genomamba.errors import UserError, check_input_file, report
+from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
@@ -103,7 +106,14 @@ def evaluate_main(argv) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--baselines", default="4", help="comma-separated k of k-mer NB baselines ('' for none)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
+    ap.add_argument("--force", action="store_true", help="replace existing --out files")
     args = ap.parse_args(argv)
+    for name in ("length", "per_label", "batch_size"):
+        positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    if args.out:
+        inputs = model_files(args.model)
+        check_output(args.out, inputs, "--out", args.force)
+        check_output(Path(args.out).with_suffix(".png"), inputs, "--out (its confusion PNG)", args.force)
     if not (Path(args.model) / "head.json").exists():
         raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
     net = SequenceClassifier.from_pretrained(args.model)
@@ -123,7 +133,7 @@ def evaluate_main(argv) -> int:
         if k == "gc" or k.startswith("nb"):
             print(f"  baseline {k}: {v:.4f}")
     if args.out:
-        write_json(Path(args.out), res)
+        write_json(Path(args.out), res, replace=args.force)
         save_confusion_png(np.array(res["confusion"]), net.labels,
                            Path(args.out).with_suffix(".png"), f"{args.split}: acc {res['acc']:.3f}")
     return 0
@@ -137,21 +147,30 @@ def predict_main(argv) -> int:
     ap.add_argument("--length", type=int, default=1024, help="window length")
     ap.add_argument("--max-windows", type=int, default=64, help="per record (evenly spaced)")
     ap.add_argument("--out", help="TSV path (default: stdout)")
+    ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
+    positive_int("--length", args.length)
+    positive_int("--max-windows", args.max_windows)
+    for path in args.fasta:
+        check_input_file(path, "fasta")
+    if args.out:
+        check_output(args.out, [*args.fasta, *model_files(args.model)], "--out", args.force)
     if not (Path(args.model) / "head.json").exists():
         raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
     net = SequenceClassifier.from_pretrained(args.model)
     tok = DNATokenizer.from_pretrained(args.model) if (Path(args.model) / "tokenizer.json").exists() \
         else DNATokenizer()
     rows = ["record\tlength\twindows\tlabel\t" + "\t".join(f"p_{lab}" for lab in net.labels)]
+    acgt = np.array([tok.a_id, tok.c_id, tok.g_id, tok.t_id])
     for path in args.fasta:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such FASTA file")
         for rec in read_records(path):
             ids = tok.encode(rec.sequence).astype(np.int64)
             L = min(args.length, len(ids))
-            if L == 0:
-                continue
+            why = weak_input(len(ids), int(np.isin(ids, acgt).sum()))
+            if why is None and L < args.length:
+                why = f"{len(ids):,} bases, shorter than --length {args.length}: classified on one shorter window"
+            if why:
+                print(f"genomamba classify predict: warning: {path}: {rec.name}: {why}", file=sys.stderr)
             starts = np.unique(np.linspace(0, len(ids) - L, num=min(args.max_windows, max(1, len(ids) // L)))
                                .astype(int))
             x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
@@ -161,7 +180,7 @@ def predict_main(argv) -> int:
                         + "\t".join(f"{float(v):.4f}" for v in p))
     text = "\n".join(rows) + "\n"
     if args.out:
-        write_text(args.out, text)
+        write_text(args.out, text, replace=args.force)
         print(f"wrote {len(rows) - 1} predictions to {args.out}")
     else:
         sys.stdout.write(text)
@@ -182,6 +201,5 @@ def main(argv=None) -> int:
         return 0
     try:
         return SUBCOMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"genomamba classify {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, OSError, ValueError) as e:
+        return report(f"classify {argv[0]}", e, 2)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 import torch
 
 from genomamba.api import load
+from genomamba.errors import InvalidArgument, report
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,19 @@ def load_model(args):
     return load(args.model, device=args.device)
 
 
+def model_files(model_dir) -> list[Path]:
+    """The files of a model directory: inputs an output must never replace."""
+    d = Path(model_dir)
+    return sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+
+
+def positive_int(name: str, value: int) -> int:
+    """``value`` if it is >= 1, else ``InvalidArgument`` naming the option."""
+    if value < 1:
+        raise InvalidArgument(f"{name}: expected a positive int, got {value}")
+    return value
+
+
 def fail(cmd: str, exc: BaseException) -> int:
-    print(f"genomamba {cmd}: error: {exc}", file=sys.stderr)
-    return 1
+    """Report ``exc`` as one line (``genomamba.errors.report``); exit code 1."""
+    return report(cmd, exc, 1)

@@ -2,8 +2,8 @@
 
 genomamba data fetch NAME [--dest DIR] [--no-verify]      NAME: bacteria umaydis fly lambda
 genomamba data fetch url URL [--dest DIR] [--sha256 HEX] [--filename NAME]
-genomamba data build FASTA... --out STORE.h5 [--genome-ids ID...] [--compression lzf]
-genomamba data build --manifest MANIFEST.yaml --out STORE.h5
+genomamba data build FASTA... --out STORE.h5 [--genome-ids ID...] [--compression lzf] [--force]
+genomamba data build --manifest MANIFEST.yaml --out STORE.h5 [--force]
 genomamba data info STORE.h5
 genomamba data check FASTA...                             validate; prints records and bases
 genomamba data assets                                     path of the shipped manifest
@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from genomamba.data.fasta import FastaFormatError, read_records
-from genomamba.data.fetch import FetchError, cache_dir, default_assets, fetch, fetch_url
-from genomamba.data.species import ManifestError, SpeciesManifest
+from genomamba.data.fasta import read_records
+from genomamba.data.fetch import cache_dir, default_assets, fetch, fetch_url
+from genomamba.data.species import SpeciesManifest
 from genomamba.data.store import TokenStore
+from genomamba.errors import InvalidArgument, UserError, check_input_file, report
+from genomamba.files import check_output
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -45,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--manifest", type=Path, default=None, help="build from a species manifest's genomes")
     b.add_argument("--genome-ids", nargs="*", default=None, help="one id per input; prefixes contig names")
     b.add_argument(
-        "--compression", default=None, help="h5py filter (lzf, gzip); default none = fastest reads"
+        "--compression", default="none", choices=("none", "lzf", "gzip"),
+        help="HDF5 compression; default none = fastest reads",
     )
+    b.add_argument("--force", action="store_true", help="replace an existing --out file")
     b.add_argument("--iupac", default="n", choices=["n", "tokens", "unk", "error"])
 
     i = sub.add_parser("info", help="describe a token store")
@@ -63,9 +67,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
-    except (FastaFormatError, FetchError, ManifestError, FileNotFoundError, KeyError) as e:
-        print(f"genomamba data {args.cmd}: error: {e}", file=sys.stderr)
-        return 1
+    except (UserError, OSError, ValueError, KeyError) as e:
+        return report(f"data {args.cmd}", e, 1)
 
 
 def _dispatch(args) -> int:
@@ -89,14 +92,26 @@ def _dispatch(args) -> int:
     if args.cmd == "build":
         tok = DNATokenizer(iupac=args.iupac)
         t0 = time.perf_counter()
+        compression = None if args.compression == "none" else args.compression
         if args.manifest is not None:
-            store = SpeciesManifest.from_file(args.manifest).build_store(args.out, tok)
+            if args.inputs or args.genome_ids is not None:
+                raise InvalidArgument("give FASTA files or --manifest, not both (the manifest names the genomes)")
+            man = SpeciesManifest.from_file(args.manifest)
+            check_output(args.out, [args.manifest] + [g.path for g in man.genomes], "--out", args.force)
+            store = man.build_store(args.out, tok, replace=args.force, compression=compression)
         else:
             if not args.inputs:
                 print("genomamba data build: give FASTA files or --manifest", file=sys.stderr)
                 return 2
+            if args.genome_ids is not None and len(args.genome_ids) != len(args.inputs):
+                raise InvalidArgument(f"--genome-ids: {len(args.genome_ids)} ids for {len(args.inputs)} input "
+                                      "files; give one id per file")
+            for p in args.inputs:
+                check_input_file(p, "input")
+            check_output(args.out, args.inputs, "--out", args.force)
             store = TokenStore.build(
-                args.inputs, args.out, tok, genome_ids=args.genome_ids, compression=args.compression
+                args.inputs, args.out, tok, genome_ids=args.genome_ids, compression=compression,
+                replace=args.force,
             )
         total = int(store.lengths.sum())
         dt = time.perf_counter() - t0
@@ -107,6 +122,7 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "info":
+        check_input_file(args.store, "store")
         st = TokenStore(args.store)
         print(
             f"{args.store}: {len(st.contigs)} contigs, {int(st.lengths.sum()):,} tokens, "

@@ -28,6 +28,7 @@ from genomamba.commands.pretrain import run_pretrain
 from genomamba.data.corpus import AssetsSource, FetchSource, resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesManifest
+from genomamba.errors import UserError, report
 from genomamba.files import write_json
 from genomamba.lit.config import load_config, shipped_config
 
@@ -91,9 +92,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return _run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"genomamba demo: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, OSError, ValueError) as e:
+        return report("demo", e, 2)
 
 
 def _run(args) -> int:
@@ -122,7 +122,7 @@ def _run(args) -> int:
     _say(f"[2/5] pretraining a {pre.model.n_layer}-layer d_model={pre.model.d_model} Mamba LM on "
          f"{pre.data.seq_len}-bp windows (<= {pre.trainer.max_steps} steps, ~{pre.trainer.budget_minutes} min) ...")
     t0 = time.time()
-    pres = run_pretrain(pre, quiet=True)
+    pres = run_pretrain(pre, quiet=True, force=True)  # the demo replaces its own earlier output
     t_pre = time.time() - t0
     bpb = pres.get("test", {}).get("test/bpb")
     _say(f"      {pres['global_step']} steps in {t_pre:.0f}s; held-out U. maydis chr21: {bpb:.3f} bits/base")
@@ -131,7 +131,7 @@ def _run(args) -> int:
     _say(f"[3/5] fine-tuning the {man.num_labels}-species classifier on {cls.data.train_length}-bp windows of "
          f"the training strains (<= {cls.trainer.max_steps} steps, ~{cls.trainer.budget_minutes} min) ...")
     t0 = time.time()
-    cres = run_classify(cls, quiet=True)
+    cres = run_classify(cls, quiet=True, force=True)
     t_cls = time.time() - t0
     test, base = cres["test"], cres.get("baselines", {})
     _say(f"      {cres['global_step']} steps in {t_cls:.0f}s; held-out strains: accuracy {test['acc']:.3f} "

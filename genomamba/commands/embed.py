@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from genomamba.api import iter_sequences
-from genomamba.commands.common import add_model_args, fail, load_model
-from genomamba.files import atomic_path
+from genomamba.commands.common import add_model_args, fail, load_model, model_files, positive_int
+from genomamba.errors import UserError, check_input_file
+from genomamba.files import atomic_path, check_output
 
 EMBED_FORMAT = "genomamba.embeddings/1"
 
@@ -51,15 +52,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=16384, help="tokens per forward pass")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     return p
 
 
 def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_size: int = 8,
-                chunk_size: int = 16384, dtype: str = "float32", quiet: bool = True) -> dict:
+                chunk_size: int = 16384, dtype: str = "float32", quiet: bool = True, replace: bool = True) -> dict:
     """FASTA -> HDF5 (atomically). Per-token output streams chunk by chunk into the dataset, so
-    memory stays bounded however long a record is. Returns a summary dict."""
+    memory stays bounded however long a record is. Returns a summary dict. ``replace=False``: an
+    ``output`` that exists when the file is committed is kept and ``OutputExistsError`` raised."""
     output = Path(output)
+    fasta = Path(fasta)
     np_dtype = np.dtype(dtype)
     summary = {"records": 0, "bases": 0}
     t0 = time.time()
@@ -103,7 +106,7 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
                         ds[start:start + h.shape[1]] = h[0].float().cpu().numpy().astype(np_dtype)
         h5.attrs["n_records"] = summary["records"]
 
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(output, replace=replace) as tmp, h5py.File(tmp, "w") as h5:
         fill(h5)
     summary["seconds"] = round(time.time() - t0, 2)
     summary["output"] = str(output)
@@ -113,15 +116,15 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     out = Path(args.output)
-    if out.exists() and not args.force:
-        return fail("embed", FileExistsError(f"--output {out} exists (use --force to overwrite)"))
-    if not Path(args.fasta).is_file():
-        return fail("embed", FileNotFoundError(f"fasta: {args.fasta}: no such file"))
     try:
+        check_input_file(args.fasta, "fasta")
+        check_output(out, [args.fasta, *model_files(args.model)], "--output", args.force)
+        positive_int("--batch-size", args.batch_size)
+        positive_int("--chunk-size", args.chunk_size)
         model = load_model(args)
         s = embed_fasta(model, args.fasta, out, None if args.pooling == "none" else args.pooling,
-                        args.batch_size, args.chunk_size, args.dtype, quiet=False)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+                        args.batch_size, args.chunk_size, args.dtype, quiet=False, replace=args.force)
+    except (UserError, ValueError, OSError) as exc:
         return fail("embed", exc)
     print(f"embedded {s['records']} records ({s['bases']:,} bases) in {s['seconds']}s -> {s['output']}")
     return 0

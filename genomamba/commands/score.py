@@ -5,14 +5,14 @@ bits per base of each sequence. Exit codes: 0 success, 1 bad input or model, 2 u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from genomamba.commands.common import add_model_args, fail, load_model
-from genomamba.files import write_text
+from genomamba.commands.common import add_model_args, fail, load_model, model_files, positive_int
+from genomamba.errors import UserError, check_input_file
+from genomamba.files import check_output, json_text, write_text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None,
                    help="output file; .json -> JSON, otherwise TSV (default: TSV on stdout)")
     p.add_argument("--format", choices=("tsv", "json"), default=None, help="override the output format")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=16384)
     return p
@@ -36,30 +37,39 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if bool(args.fasta) == bool(args.seq):
         p.error("give either a FASTA file or one or more --seq, not both/neither")
-    if args.fasta and not Path(args.fasta).is_file():
-        return fail("score", FileNotFoundError(f"fasta: {args.fasta}: no such file"))
     fmt = args.format or ("json" if args.output and args.output.endswith(".json") else "tsv")
     try:
+        if args.fasta:
+            check_input_file(args.fasta, "fasta")
+        if args.output:  # before any scoring: a bad output path costs nothing
+            check_output(args.output, [args.fasta, *model_files(args.model)], "--output", args.force)
+        positive_int("--batch-size", args.batch_size)
+        positive_int("--chunk-size", args.chunk_size)
         model = load_model(args)
         seqs = Path(args.fasta) if args.fasta else list(args.seq)
         scores = model.score(seqs, batch_size=args.batch_size, chunk_size=args.chunk_size)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (UserError, ValueError, OSError) as exc:
         return fail("score", exc)
     recs = scores.to_records()
+    for r in recs:
+        if r["n_scored"] == 0:
+            print(f"genomamba score: warning: {r['name']}: nothing scored (no A/C/G/T base after the first); "
+                  "its bits per base is undefined (null / NA), not 0", file=sys.stderr)
     if fmt == "json":
         n = int(scores.n_scored.sum())
         total = {"n_scored": n, "log_likelihood": float(scores.log_likelihood.sum()),
                  "bits_per_base": float(-scores.log_likelihood.sum() / (n * np.log(2))) if n else None}
-        text = json.dumps({"model": str(model.path), "records": recs, "total": total}, indent=2) + "\n"
+        text = json_text({"model": str(model.path), "records": recs, "total": total})
     else:
         cols = ["name", "length", "n_scored", "log_likelihood", "bits_per_base"]
         lines = ["\t".join(cols)]
         for r in recs:
+            bpb = f"{r['bits_per_base']:.6f}" if r["n_scored"] else "NA"
             lines.append("\t".join([r["name"], str(r["length"]), str(r["n_scored"]),
-                                    f"{r['log_likelihood']:.6f}", f"{r['bits_per_base']:.6f}"]))
+                                    f"{r['log_likelihood']:.6f}", bpb]))
         text = "\n".join(lines) + "\n"
     if args.output:
-        write_text(args.output, text)
+        write_text(args.output, text, replace=args.force)
     else:
         sys.stdout.write(text)
     return 0

@@ -177,11 +177,13 @@ class SpeciesManifest:
             )
         return self._sources[key]
 
-    def build_store(self, out_path: PathLike, tokenizer: Optional[DNATokenizer] = None) -> TokenStore:
+    def build_store(self, out_path: PathLike, tokenizer: Optional[DNATokenizer] = None,
+                    replace: bool = True, compression: Optional[str] = None) -> TokenStore:
         """All genomes into one HDF5 token store (contigs ``"<genome id>:<record>"``)."""
         self.check_files()
         return TokenStore.build(
-            [g.path for g in self.genomes], out_path, tokenizer, genome_ids=[g.id for g in self.genomes]
+            [g.path for g in self.genomes], out_path, tokenizer, genome_ids=[g.id for g in self.genomes],
+            compression=compression, replace=replace,
         )
 
     def label_of_genome(self, genome_id: str) -> int:

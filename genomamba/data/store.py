@@ -30,7 +30,8 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from genomamba.data.fasta import FastaFormatError, file_sha256, read_records
-from genomamba.files import atomic_path
+from genomamba.errors import InvalidArgument, check_input_file
+from genomamba.files import atomic_path, check_output
 from genomamba.tokenizers.dna import DNATokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -39,6 +40,7 @@ STORE_VERSION = 1
 # 256 KiB chunks: a random 1M-token window touches at most 5 chunks (1.25 MB read), while a
 # short read (1 kb classification window) decompresses/reads only one small chunk.
 DEFAULT_CHUNK = 1 << 18
+COMPRESSIONS = (None, "lzf", "gzip")
 
 
 class Contig(NamedTuple):
@@ -319,6 +321,7 @@ class TokenStore(SequenceSource):
         genome_ids: Optional[Sequence[str]] = None,
         chunk: int = DEFAULT_CHUNK,
         compression: Optional[str] = None,
+        replace: bool = True,
     ) -> "TokenStore":
         """Parse + tokenize FASTA/GenBank files into an HDF5 store at ``out_path``.
 
@@ -328,7 +331,10 @@ class TokenStore(SequenceSource):
         Args:
             genome_ids: one id per file; contig names become ``"<id>:<record>"`` (needed when
                 several files share record names). Default: file stem, names unprefixed.
-            compression: ``None`` (fastest reads) or an h5py filter such as ``"lzf"``/``"gzip"``.
+            compression: ``None`` (fastest reads) or an h5py filter: ``"lzf"`` or ``"gzip"``.
+            replace: replace an existing ``out_path`` (else ``OutputExistsError``, checked before
+                the work and again, atomically, when the store is committed). ``out_path`` is never
+                allowed to be one of the inputs.
         """
         import h5py
 
@@ -336,12 +342,17 @@ class TokenStore(SequenceSource):
         if not paths:
             raise ValueError("TokenStore.build: no input files")
         if genome_ids is not None and len(genome_ids) != len(paths):
-            raise ValueError(f"genome_ids has {len(genome_ids)} entries for {len(paths)} files")
+            raise InvalidArgument(f"genome_ids has {len(genome_ids)} entries for {len(paths)} files")
+        if compression not in COMPRESSIONS:
+            raise InvalidArgument(f"compression: expected one of {', '.join(map(str, COMPRESSIONS))}, "
+                                  f"got {compression!r}")
+        for p in paths:
+            check_input_file(p, "sequence file")
+        out_path = check_output(out_path, paths, "out_path", force=replace)
         tok = tokenizer or DNATokenizer()
-        out_path = Path(out_path)
         names, descs, lengths, sources = [], [], [], []
         str_dt = h5py.string_dtype("utf-8")
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path, replace=replace) as tmp:
             with h5py.File(tmp, "w") as f:
                 for s, name, desc, ids, soft in _iter_encoded(paths, tok, genome_ids):
                     i = len(names)
