@@ -95,7 +95,7 @@ def test_embed_real_fasta_path_and_order(model, tmp_path, lambda_seq):
     # whole lambda genome (48.5 kb) in chunks, from the shipped gzip FASTA
     emb = model.embed(LAMBDA, pooling="mean", chunk_size=16384)
     assert emb.shape == (1, 32) and np.isfinite(emb).all()
-    np.testing.assert_allclose(emb, model.embed(str(LAMBDA), pooling="mean", chunk_size=1 << 20),
+    np.testing.assert_allclose(emb, model.embed(path=str(LAMBDA), pooling="mean", chunk_size=1 << 20),
                                rtol=1e-4, atol=1e-5)
     # multi-record FASTA: output order = record order, even when lengths force regrouping
     lens = [700, 50, 3000, 10, 1200]

@@ -3,10 +3,14 @@
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from genomamba.files import atomic_path, write_json, write_text
+from genomamba.errors import InputFileError, OutputError, OutputExistsError, RunDirBusy, TextEncodingError
+from genomamba.files import RunDirLock, atomic_path, check_output, read_text, write_json, write_text
 
 
 @pytest.fixture
@@ -68,3 +72,95 @@ def test_json_writes_nan_and_infinities_as_null(tmp_path):
     text = p.read_text()
     assert "NaN" not in text and "Infinity" not in text and text.endswith("\n")
     assert json.loads(text) == {"acc": None, "rows": [1.5, None, [None, 2]], "ok": True, "name": "x"}
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_exclusive_create_is_decided_at_commit_time(tmp_path):
+    dest = tmp_path / "out.h5"
+    with pytest.raises(OutputExistsError, match="use --force"):
+        with atomic_path(dest, replace=False) as tmp:
+            tmp.write_text("late writer")
+            dest.write_text("the writer that finished first")  # appears while this one works
+    assert dest.read_text() == "the writer that finished first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]
+    fresh = tmp_path / "new.json"
+    write_json(fresh, {"a": 1}, replace=False)
+    assert json.loads(fresh.read_text()) == {"a": 1}
+
+
+def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    dest = tmp_path / "e.h5"
+    dead = tmp_path / f".e.h5.{_dead_pid()}.abc123.tmp"
+    live = tmp_path / f".e.h5.{os.getpid()}.def456.tmp"
+    other = tmp_path / ".other.h5.1.x.tmp"
+    for p in (dead, live, other):
+        p.write_text("partial")
+    write_text(dest, "new")
+    assert not dead.exists() and live.exists() and other.exists() and dest.read_text() == "new"
+
+
+def test_check_output_refusals(tmp_path):
+    inp = tmp_path / "in.fa"
+    inp.write_text(">a\nACGT\n")
+    with pytest.raises(OutputError, match="is also an input"):
+        check_output(tmp_path / "." / "in.fa", [inp], force=True)
+    hard = tmp_path / "hard.fa"
+    os.link(inp, hard)
+    with pytest.raises(OutputError, match="is also an input"):
+        check_output(hard, [inp], force=True)
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output(tmp_path, [])
+    with pytest.raises(OutputExistsError, match="exists; use --force"):
+        check_output(inp, [])
+    assert check_output(inp, [], force=True) == inp
+    with pytest.raises(OutputError, match="in.fa is not a directory"):
+        check_output(inp / "sub" / "x.tsv", [])
+    assert check_output(tmp_path / "new" / "deeper" / "x.tsv", [inp]) == tmp_path / "new" / "deeper" / "x.tsv"
+
+
+def test_run_dir_lock_is_exclusive_and_survives_its_holders_death(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirBusy, match=f"pid {holder.pid}"):
+            RunDirLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunDirLock(tmp_path)
+    assert lock.acquire() == holder.pid  # the dead holder's lock, taken over
+    assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
+    with pytest.raises(RunDirBusy):
+        RunDirLock(tmp_path).acquire()  # one owner, even within a process
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
+    again = RunDirLock(tmp_path)
+    assert again.acquire() is None
+    again.release()
+
+
+HOLD_LOCK = """
+import sys, time
+from genomamba.files import RunDirLock
+RunDirLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_text_in_another_encoding_names_the_file(tmp_path):
+    f = tmp_path / "manifest.yaml"
+    f.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(TextEncodingError, match=r"manifest\.yaml: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        read_text(f)
+    ok = tmp_path / "ok.yaml"
+    ok.write_bytes("\ufeffa: é\n".encode("utf-8"))
+    assert read_text(ok) == "a: é\n"
+    with pytest.raises(InputFileError, match="is a directory"):
+        read_text(tmp_path)

@@ -353,8 +353,8 @@ def _changed_at(path: Path) -> int:
 def index_is_fresh(index: Path, data: Path) -> bool:
     """An index (``.fai``, ``.gzi``, a converted copy) describes ``data`` only if it was written after
     ``data`` last changed; a newer mtime alone proves nothing (copies keep old mtimes)."""
-    try:
-        return index.stat().st_mtime_ns >= _changed_at(data)
+    try:  # strictly later: a file system's clock tick can give both the same time stamp
+        return index.stat().st_mtime_ns > _changed_at(data)
     except FileNotFoundError:
         return False
 
