@@ -100,7 +100,7 @@ def small_fa(tmp_path, lambda_seq):
 def finished_run(tmp_path_factory):
     """A finished 4-step pretraining run (tiny model, real Lightning) and its config file."""
     base = tmp_path_factory.mktemp("pre")
-    doc = tiny_pretrain_doc(base / "run", max_steps=4, seq_len=128)
+    doc = tiny_pretrain_doc(base / "run", max_steps=4, seq_len=128, ckpt_every=2)
     cfg = base / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     res = run_pretrain(load_config(cfg), quiet=True)
@@ -167,6 +167,7 @@ def test_existing_outputs_need_force(model_dir, clf_dir, small_fa, tmp_path, cap
 
 def test_3_fresh_run_into_a_used_run_dir_refuses_unless_force(finished_run, tmp_path, capsys):
     run, cfg, doc = _copy_run(finished_run, tmp_path)
+    assert (run / "checkpoints" / "step0000004.ckpt").exists()
     ckpt = (run / "checkpoints" / "last.ckpt").read_bytes()
     model = (run / "model" / "model.safetensors").read_bytes()
     assert cli(["pretrain", "-c", str(cfg), "--max-steps", "2"]) == 2
@@ -527,7 +528,8 @@ def test_unexpected_errors_are_one_line_too(tmp_path, capsys, monkeypatch):
 
 def test_gzip_input_error_names_the_file(tmp_path, capsys):
     bad = tmp_path / "trunc.fa.gz"
-    bad.write_bytes(gzip.compress(b">a\n" + b"ACGT" * 5000)[:200])
+    seq = np.frombuffer(b"ACGT", dtype=np.uint8)[np.random.default_rng(0).integers(0, 4, 20000)].tobytes()
+    bad.write_bytes(gzip.compress(b">a\n" + seq)[:2000])
     assert cli(["data", "check", str(bad)]) == 1
     _one_line_error(capsys.readouterr().err, "trunc.fa.gz")
 
