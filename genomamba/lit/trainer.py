@@ -62,13 +62,13 @@ def prepare_run_dir(cfg, resume: Optional[str], force: bool = False) -> tuple[Pa
     everything; returns (run_dir, checkpoint path or None). Nothing in the directory changes before
     those checks pass."""
     run_dir = Path(cfg.run_dir)
+    ckpt_path = resume_path(resume, run_dir)
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path)
     primary = _primary_process()
     if primary:
         _own(run_dir)
     try:
-        ckpt_path = resume_path(resume, run_dir)
-        if ckpt_path is not None:
-            check_resume(cfg, ckpt_path)
         if primary and resume is None:
             earlier = earlier_run(run_dir)
             if earlier and not force:
