@@ -48,7 +48,24 @@ def _take_debug_flag(argv: list[str]) -> list[str]:
     return argv
 
 
+def _stdout_closed() -> int:
+    """The reader of our output went away (``genomamba ... | head``): stop quietly, as other tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -61,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(rest) or 0)
-    except SystemExit:
+    except (SystemExit, BrokenPipeError):
         raise
     except BaseException as exc:  # one line, whatever it is (report re-raises when debugging)
         sub = rest[0] if name in ("classify", "data") and rest and not rest[0].startswith("-") else ""
