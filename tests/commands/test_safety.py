@@ -235,8 +235,6 @@ def test_5_failed_resume_touches_nothing_and_plain_resume_still_works(finished_r
 
 def test_16_resume_from_another_tasks_checkpoint(finished_run, tmp_path, capsys):
     run, _, _ = finished_run
-    cls_doc = yaml.safe_load((ROOT / "configs" / "classify" / "species_tiny_cpu.yaml").read_text())
-    cls_doc.pop("base", None)
     cfg = load_config(ROOT / "configs" / "classify" / "species_tiny_cpu.yaml",
                       [f"run_dir={tmp_path / 'cls'}", f"init_from={run / 'model'}", "trainer.max_steps=2"])
     with pytest.raises(ConfigError, match="is a pretraining checkpoint, not a classifier's"):
