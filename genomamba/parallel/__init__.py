@@ -1,0 +1,28 @@
+"""Running one model over several processes: context parallelism (one sequence split along its
+length over a process group, exact) for training and for inference on very long records."""
+
+from genomamba.parallel.context import (
+    ContextParallel,
+    ContextParallelError,
+    build_context_parallel,
+    combine_states,
+    context_parallel_scan,
+    data_shard,
+    halo_exchange,
+    init_context_parallel,
+    layout,
+    slice_bounds,
+)
+
+__all__ = [
+    "ContextParallel",
+    "ContextParallelError",
+    "build_context_parallel",
+    "combine_states",
+    "context_parallel_scan",
+    "data_shard",
+    "halo_exchange",
+    "init_context_parallel",
+    "layout",
+    "slice_bounds",
+]
