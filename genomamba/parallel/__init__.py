@@ -13,6 +13,7 @@ from genomamba.parallel.context import (
     layout,
     slice_bounds,
 )
+from genomamba.parallel.inference import embed_long, score_long
 
 __all__ = [
     "ContextParallel",
@@ -21,8 +22,10 @@ __all__ = [
     "combine_states",
     "context_parallel_scan",
     "data_shard",
+    "embed_long",
     "halo_exchange",
     "init_context_parallel",
     "layout",
+    "score_long",
     "slice_bounds",
 ]

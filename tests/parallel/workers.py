@@ -78,3 +78,20 @@ def context_parallel_cases(rank: int, world: int, init_file: str, out_dir: str, 
             torch.save({"loss": total, "grads": grads}, f"{out_dir}/{tag}_replica{cp.dp_rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def inference_run(rank: int, world: int, init_file: str, out_dir: str, seq: str) -> None:
+    """One rank of an embed / score of one record over all ``world`` processes."""
+    from genomamba.api import GenomeModel
+    from genomamba.parallel import embed_long, score_long
+
+    init_gloo(rank, world, init_file)
+    cp = build_context_parallel(world)
+    model = GenomeModel(tiny_model(torch.float32).eval())
+    out = {p: torch.from_numpy(embed_long(model, seq, cp, p)) for p in ("mean", "last", "max")}
+    start, tokens = embed_long(model, seq, cp, None)
+    out["start"], out["tokens"] = start, torch.from_numpy(tokens)
+    out["score"] = score_long(model, seq, cp)
+    torch.save(out, f"{out_dir}/infer_rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
