@@ -6,11 +6,12 @@ training; the results are those of one process running the whole record. From a 
 with ``torchrun --nproc-per-node P script.py``::
 
     import genomamba
+    from genomamba.data.fasta import read_fasta
     from genomamba.parallel import embed_long, init_context_parallel, score_long
 
     cp = init_context_parallel()                  # one group over every process
-    model = genomamba.load("runs/pretrain/model")  # on GPU: .to(f"cuda:{cp.device().index}")
-    seq = open("chr.txt").read()
+    model = genomamba.load("runs/pretrain/model", device=cp.device())
+    seq = next(read_fasta("chr.fa.gz")).sequence
     emb = embed_long(model, seq, cp)              # (d_model,), the same on every rank
     res = score_long(model, seq, cp)              # log-likelihood and bits per base of the record
 
