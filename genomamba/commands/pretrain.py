@@ -36,7 +36,8 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     tok = DNATokenizer()
     d = cfg.data
     dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
-                            d.rc_prob, d.max_n_frac, d.num_workers, cfg.trainer.seed, tok)
+                            d.rc_prob, d.max_n_frac, d.num_workers, cfg.trainer.seed, tok,
+                            context_parallel=cfg.trainer.context_parallel)
     t0 = time.time()
     dm.setup("fit")
     if not quiet:
@@ -46,6 +47,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()}
     optim = {k: v for k, v in to_plain(cfg.optim).items() if k != "head_lr_mult"}
     module = PretrainModule(model_cfg, optim, tok.to_dict(), gradient_checkpointing=cfg.trainer.gradient_checkpointing)
+    module.context_parallel = cfg.trainer.context_parallel
     callbacks = []
     if cfg.seqlen_warmup is not None:
         callbacks.append(SeqLenWarmup(d.seq_len, cfg.seqlen_warmup.start, cfg.seqlen_warmup.stage_steps))
@@ -60,17 +62,23 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
                "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics)}
+    if trainer.world_size > 1:
+        results.update(processes=trainer.world_size, context_parallel=cfg.trainer.context_parallel)
     if trainer.interrupted:
         results["interrupted"] = True
     module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",
                                       "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
-    out = module.model.save_pretrained(run_dir / "model")
-    tok.save_pretrained(out)
+    out = run_dir / "model"
+    if trainer.is_global_zero:  # one writer; every rank holds the same weights
+        module.model.save_pretrained(out)
+        tok.save_pretrained(out)
     if cfg.test_after_fit and dm.test_ds is not None:
         test = trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = test[0] if test else {}
     results["model_dir"] = str(out)
-    write_json(run_dir / "results.json", results)
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+    results["global_rank"] = trainer.global_rank
     if torch.cuda.is_available():
         results["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return results
@@ -85,6 +93,8 @@ def main(argv=None) -> int:
         res = run_pretrain(cfg, resume=args.resume, force=args.force)
     except (UserError, OSError, ValueError) as e:
         return report("pretrain", e, 2)
+    if res.get("global_rank", 0):
+        return 0  # one line per run, from rank 0
     bpb = res.get("test", {}).get("test/bpb")
     print(f"done: step {res['global_step']}, model saved to {res['model_dir']}"
           + (f", held-out {bpb:.3f} bits/base" if bpb is not None else ""))

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from genomamba.data.store import SequenceSource
 from genomamba.files import read_text
@@ -234,6 +234,31 @@ def stream_slot() -> tuple:
     return rank * nw + wid, world * nw
 
 
+def rank_share(total: int, rank: int, world: int, worker: int, n_workers: int) -> int:
+    """How many of ``total`` samples worker ``worker`` of rank ``rank`` yields: every rank the same
+    ``total // world`` (ranks that stop together keep their collectives in step), split over its workers."""
+    per_rank = total // world if world > 1 else total
+    return share(per_rank, worker, n_workers)
+
+
+class EvalShard(DistributedSampler):
+    """Items ``rank, rank + world, ...`` of a map-style evaluation dataset: each item on exactly one
+    shard, none repeated to even them out (a plain ``DistributedSampler`` pads with repeats, which
+    counts those windows twice). Ranks that read the same sequences (one context-parallel group)
+    share a shard."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def share(total: int, slot: int, n_slots: int) -> int:
     """How many of ``total`` samples slot ``slot`` yields (they sum to ``total``)."""
     return total // n_slots + (1 if slot < total % n_slots else 0)
@@ -308,6 +333,9 @@ class RandomWindows(IterableDataset):
         self.return_softmask = return_softmask
         self.max_tries = int(max_tries)
         self.epoch = 0
+        # (data-parallel rank, size) when set: ranks that share it draw the same windows (the ranks of a
+        # context-parallel group); None: this process's torch.distributed rank and world.
+        self.shard: Optional[tuple] = None
         # Cumulative lengths + searchsorted: O(log n) per draw even with thousands of regions.
         self._cum = np.cumsum(np.array([len(r) for r in self.regions], dtype=np.int64))
 
@@ -359,10 +387,15 @@ class RandomWindows(IterableDataset):
         return item + (torch.from_numpy(sm),) if sm is not None else item
 
     def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         slot, n_slots = stream_slot()
-        rng = self._rng(slot)
+        rank, world = slot // nw, n_slots // nw
+        if self.shard is not None:
+            rank, world = self.shard
+        rng = self._rng(rank * nw + wid)
         # Split the epoch's samples across workers/ranks so the total is num_samples, not n_slots x.
-        n = share(self.num_samples, slot, n_slots)
+        n = rank_share(self.num_samples, rank, world, wid, nw)
         for _ in range(n):
             yield self.load(self.draw(rng), rng)
 

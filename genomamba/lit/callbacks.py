@@ -124,6 +124,7 @@ class TimeBudget(pl.Callback):
             left = self.minutes * 60 * self.safety - (time.time() - self._t0)
             fit = step + max(1, int(left / per_step))
             self.planned = min(int(trainer.max_steps), fit) if trainer.max_steps and trainer.max_steps > 0 else fit
+            self.planned = int(trainer.strategy.broadcast(self.planned, src=0))  # every rank stops at one step
             trainer.fit_loop.epoch_loop.max_steps = self.planned
             for cfg in trainer.lr_scheduler_configs:
                 for lam in getattr(cfg.scheduler, "lr_lambdas", []):

@@ -108,6 +108,9 @@ class TrainerConfig:
     progress: bool = True
     gradient_checkpointing: bool = False
     threads: Optional[int] = None  # torch.set_num_threads on CPU
+    num_nodes: int = 1  # machines; processes = devices x num_nodes (torchrun / SLURM through Lightning)
+    strategy: str = "auto"  # auto: DDP whenever there is more than one process; or ddp, fsdp, ...
+    context_parallel: int = 1  # P: each sequence split along its length over P processes (exact)
 
 
 @dataclass
@@ -264,6 +267,31 @@ def to_plain(cfg) -> dict:
     return copy.deepcopy(plain(cfg))
 
 
+def _check_parallel(cfg, where: str) -> None:
+    """The multi-process keys: positive sizes, and a context-parallel size that divides the processes
+    (when ``devices`` is a count) and the training windows."""
+    t = cfg.trainer
+    if t.num_nodes < 1:
+        raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
+    p = t.context_parallel
+    if p < 1:
+        raise ConfigError(f"{where}: trainer.context_parallel: expected >= 1, got {p}")
+    if p == 1:
+        return
+    if cfg.kind != "pretrain":
+        raise ConfigError(f"{where}: trainer.context_parallel: only pretraining splits sequences over processes")
+    if isinstance(t.devices, int) and not isinstance(t.devices, bool) and (t.devices * t.num_nodes) % p:
+        raise ConfigError(f"{where}: trainer.context_parallel={p} must divide the number of processes, "
+                          f"trainer.devices x trainer.num_nodes = {t.devices * t.num_nodes}")
+    lengths = [("data.seq_len", cfg.data.seq_len)]
+    if cfg.seqlen_warmup is not None:
+        lengths.append(("seqlen_warmup.start", cfg.seqlen_warmup.start))
+    for key, n in lengths:
+        if n % p:
+            raise ConfigError(f"{where}: {key}={n} must be a multiple of trainer.context_parallel={p} "
+                              "(every rank takes an equal slice)")
+
+
 # ----------------------------------------------------------------------------- loading
 def apply_override(doc: dict, assignment: str) -> None:
     """``a.b.c=value`` (value parsed as YAML) into the nested mapping ``doc``."""
@@ -360,6 +388,7 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
         if not _is_pow2_multiple(cfg.data.seq_len, cfg.seqlen_warmup.start):
             raise ConfigError(f"{where}: seqlen_warmup.start={cfg.seqlen_warmup.start} must divide data.seq_len="
                               f"{cfg.data.seq_len} by a power of two")
+    _check_parallel(cfg, where)
     if k == "classify" and cfg.model is None and not cfg.init_from:
         raise ConfigError(f"{where}: give init_from (a pretrained model dir) or model (train from scratch)")
     _check_ranges(cfg, where)

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from genomamba.data.corpus import SPLIT_NAMES, CorpusError, build_corpus, resolve_species_manifest
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest, SpeciesWindows
-from genomamba.data.windows import RandomWindows, TiledWindows, assert_no_overlap
+from genomamba.data.windows import EvalShard, RandomWindows, TiledWindows, assert_no_overlap
 from genomamba.lit._pl import pl
+from genomamba.parallel import data_shard
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -24,13 +26,22 @@ def _loader(ds, batch_size, num_workers, shuffle=False):
                       persistent_workers=num_workers > 0, pin_memory=False)
 
 
+def _eval_loader(ds, batch_size, context_parallel: int = 1):
+    """Evaluation windows, sharded over the data-parallel replicas without repeats when several
+    processes run (Lightning leaves a loader that already has a DistributedSampler alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _loader(ds, batch_size, 0)
+    rank, world = data_shard(context_parallel)
+    return DataLoader(ds, batch_size=batch_size, sampler=EvalShard(ds, world, rank), num_workers=0)
+
+
 class PretrainDataModule(pl.LightningDataModule):
     """Random training windows + tiled val/test windows over a multi-source corpus."""
 
     def __init__(self, sources: list, seq_len: int = 1024, batch_size: int = 8, train_samples: int = 10_000,
                  val_windows: Optional[int] = 64, test_windows: Optional[int] = None, rc_prob: float = 0.5,
                  max_n_frac: float = 0.1, num_workers: int = 0, seed: int = 0,
-                 tokenizer: Optional[DNATokenizer] = None):
+                 tokenizer: Optional[DNATokenizer] = None, context_parallel: int = 1):
         super().__init__()
         if seq_len < 2:
             raise ValueError(f"data.seq_len: expected >= 2, got {seq_len}")
@@ -41,6 +52,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.rc_prob, self.max_n_frac, self.num_workers, self.seed = rc_prob, max_n_frac, num_workers, seed
         self.tokenizer = tokenizer or DNATokenizer()
         self.store = self.splits = None
+        self.context_parallel = int(context_parallel)  # ranks per sequence: they read the same windows
 
     def setup(self, stage: Optional[str] = None):
         if self.store is None:
@@ -64,15 +76,17 @@ class PretrainDataModule(pl.LightningDataModule):
         return {"bases": tot, "contigs": len(self.store.contigs), "sources": len(self.store.genomes)}
 
     def train_dataloader(self):
+        if dist.is_available() and dist.is_initialized():
+            self.train_ds.shard = data_shard(self.context_parallel)
         return _loader(self.train_ds, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
-        return _loader(self.val_ds, self.batch_size, 0) if self.val_ds is not None else []
+        return _eval_loader(self.val_ds, self.batch_size, self.context_parallel) if self.val_ds is not None else []
 
     def test_dataloader(self):
         if self.test_ds is None:
             raise CorpusError("no test split in data.sources (mark a source or contigs as test)")
-        return _loader(self.test_ds, self.batch_size, 0)
+        return _eval_loader(self.test_ds, self.batch_size, self.context_parallel)
 
 
 class SpeciesDataModule(pl.LightningDataModule):

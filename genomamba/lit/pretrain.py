@@ -12,6 +12,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics import Metric
 
@@ -19,6 +20,7 @@ from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
 from genomamba.lit.optim import build_optimizer
 from genomamba.models.lm import MambaLM
+from genomamba.parallel import build_context_parallel
 from genomamba.tokenizers.dna import DNATokenizer
 
 LN2 = math.log(2.0)
@@ -100,6 +102,42 @@ class PretrainModule(pl.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = LMMetrics(), LMMetrics(), LMMetrics()
         # Set by SeqLenWarmup: each (b, L) batch is cut into (b * L / l, l) pieces while l < L.
         self.train_seq_len: Optional[int] = None
+        # Ranks per sequence (trainer.context_parallel; set before fit, not a hyperparameter: a checkpoint
+        # resumes under any layout) and, once the processes run, this rank's group.
+        self.context_parallel: int = 1
+        self.cp = None
+
+    def setup(self, stage: str) -> None:
+        if self.context_parallel > 1 and self.cp is None:
+            self.cp = build_context_parallel(self.context_parallel)
+            self.model.set_context_parallel(self.cp)
+
+    def _loss(self, ids, mask):
+        """(loss this rank backpropagates, nll sum, correct, n scored) of a (b, L) batch. Split over a
+        context-parallel group, the rank scores its slice (its last target is the next slice's first
+        base) and scales its loss by P / (bases the group scores): DDP's mean over all ranks then
+        gives the gradient of the whole sequence's mean loss."""
+        cp = self.cp
+        if cp is None:
+            return next_base_loss(self.model(ids), ids, mask, self.target_ok)
+        start, stop = cp.bounds(ids.shape[1])
+        end = min(stop + 1, ids.shape[1])
+        logits = self.model(ids[:, start:stop])
+        if end > stop:
+            logits = F.pad(logits, (0, 0, 0, 1))  # a last row that predicts nothing (it is never scored)
+        _, nll, correct, n = next_base_loss(logits, ids[:, start:end], None if mask is None else mask[:, start:end],
+                                            self.target_ok)
+        group_n = n.detach().clone()
+        dist.all_reduce(group_n, group=cp.group)
+        return nll * cp.size / group_n.clamp_min(1), nll, correct, n
+
+    def _world_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every process (itself in one process)."""
+        if self._trainer is None or self.trainer.world_size == 1 or not dist.is_initialized():
+            return t
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
@@ -117,11 +155,14 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError(f"sequence-length warmup: window length {L} is not a multiple of {seq}")
             ids = ids.reshape(b * L // seq, seq)  # same tokens per step: the batch grows as l shrinks
             mask = None if mask is None else mask.reshape(b * L // seq, seq)
-        logits = self.model(ids)
-        loss, nll, correct, n = next_base_loss(logits, ids, mask, self.target_ok)
+        loss, nll, correct, n = self._loss(ids, mask)
         self.train_metrics.update(nll, correct, n)
         nf = n.clamp_min(1).float()
-        self.log_dict({"train/loss": loss, "train/bpb": loss / LN2, "train/acc": correct.float() / nf},
+        shown, shown_acc = loss, correct.float() / nf
+        if self.trainer.world_size > 1:  # the loss of every base of the step, over all ranks
+            tot = self._world_sum(torch.stack([nll.detach().double(), correct.double(), n.double()]))
+            shown, shown_acc = (tot[0] / tot[2].clamp_min(1)).float(), (tot[1] / tot[2].clamp_min(1)).float()
+        self.log_dict({"train/loss": shown, "train/bpb": shown / LN2, "train/acc": shown_acc},
                       on_step=True, on_epoch=False, prog_bar=True, batch_size=ids.shape[0])
         self.log("train/seq_len", float(ids.shape[1]), on_step=True, on_epoch=False, batch_size=ids.shape[0])
         return loss
@@ -131,8 +172,7 @@ class PretrainModule(pl.LightningModule):
 
     def _eval_step(self, batch, metrics: LMMetrics):
         ids, mask = self._split(batch)
-        logits = self.model(ids)
-        _, nll, correct, n = next_base_loss(logits, ids, mask, self.target_ok)
+        _, nll, correct, n = self._loss(ids, mask)
         metrics.update(nll, correct, n)
 
     def validation_step(self, batch, batch_idx):
@@ -148,7 +188,7 @@ class PretrainModule(pl.LightningModule):
         self._log_epoch(self.test_metrics, "test")
 
     def _log_epoch(self, metrics: LMMetrics, prefix: str, prog_bar: bool = False):
-        if int(metrics.n) == 0:
+        if int(self._world_sum(metrics.n)) == 0:  # every rank decides alike (compute() syncs them)
             metrics.reset()
             return
         vals = metrics.compute()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import functools
+import inspect
 import os
 import pickle
 import shutil
@@ -223,6 +224,36 @@ def resolve_precision(tc: TrainerConfig) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
+def resolve_strategy(tc: TrainerConfig):
+    """``trainer.strategy`` as Lightning takes it. ``auto`` (and ``ddp``) with more than one process is
+    DDP over the whole world, gloo on CPU and NCCL on GPU, its gradients averaged over every rank
+    (context-parallel ranks scale their loss to match); buffers are constants here, so DDP never
+    broadcasts them (an evaluation pass then holds no collective beyond the context-parallel group's)."""
+    if tc.strategy == "ddp" or (tc.strategy == "auto" and (_several_devices(tc) or tc.num_nodes > 1
+                                                           or tc.context_parallel > 1)):
+        return pl.strategies.DDPStrategy(**_no_buffer_sync())
+    return tc.strategy
+
+
+def _no_buffer_sync() -> dict:
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def _several_devices(tc: TrainerConfig) -> bool:
+    d = tc.devices
+    if isinstance(d, str) and d.strip().lstrip("-").isdigit():
+        d = int(d)
+    if isinstance(d, int) and not isinstance(d, bool):
+        return d != 1
+    if isinstance(d, (list, tuple)):
+        return len(d) > 1
+    if isinstance(d, str) and "," in d:
+        return len([x for x in d.split(",") if x.strip()]) > 1
+    gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
+    return d == "auto" and gpu and torch.cuda.device_count() > 1
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_title: str, train_keys, val_keys,
                   has_val: bool = True, quiet: bool = False):
     if tc.threads:
@@ -252,6 +283,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         kw["max_time"] = datetime.timedelta(minutes=float(tc.max_minutes))
     return pl.Trainer(
         max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=resolve_precision(tc),
+        num_nodes=tc.num_nodes, strategy=resolve_strategy(tc),
         gradient_clip_val=tc.grad_clip or None, accumulate_grad_batches=tc.accumulate,
         val_check_interval=tc.val_every if has_val else None, check_val_every_n_epoch=None if has_val else 1,
         limit_val_batches=tc.limit_val_batches if has_val else 0, num_sanity_val_steps=0,

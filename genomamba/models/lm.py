@@ -133,6 +133,14 @@ class MambaLM(nn.Module):
         self.backbone.gradient_checkpointing = enable
         return self
 
+    def set_context_parallel(self, cp) -> "MambaLM":
+        """Split sequences along their length over the ranks of ``cp`` (a
+        ``genomamba.parallel.ContextParallel``; None: whole sequences): each rank then passes its
+        slice, and every layer exchanges a conv halo and its state summaries with the group."""
+        for layer in self.backbone.layers:
+            layer.mixer.context_parallel = cp
+        return self
+
     def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
         """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""
         self._check_ids(input_ids)

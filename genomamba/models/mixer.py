@@ -15,6 +15,12 @@ from einops import rearrange
 
 from genomamba.config import MambaConfig
 from genomamba.ops import causal_conv1d, selective_scan, selective_state_update
+from genomamba.parallel.context import check_slice, context_parallel_scan, halo_exchange
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for the SSM parameters and norms (fp64 stays fp64: an fp64 model computes in fp64)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
@@ -31,9 +37,9 @@ class RMSNorm(nn.Module):
         self.weight = _no_decay(nn.Parameter(torch.ones(d, device=device, dtype=dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = _up(x)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf * _up(self.weight)).to(x.dtype)
 
 
 class LayerCache:
@@ -48,6 +54,10 @@ class LayerCache:
 
 class Mamba(nn.Module):
     """Selective SSM mixer: in_proj -> causal conv1d -> SiLU -> x_proj -> (dt, B, C) -> scan -> gate -> out_proj."""
+
+    # A ``genomamba.parallel.ContextParallel`` while the sequence is split over its ranks (see
+    # ``MambaLM.set_context_parallel``): forward then takes this rank's slice.
+    context_parallel = None
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
         super().__init__()
@@ -103,23 +113,34 @@ class Mamba(nn.Module):
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
-        A = -torch.exp(self.A_log.float())  # (d_inner, n)
+        A = -torch.exp(_up(self.A_log))  # (d_inner, n)
         conv_w = rearrange(self.conv1d.weight, "d 1 w -> d w")
-        if cache is None:
+        if cache is None and self.context_parallel is not None:
+            y = self._slice_forward(x, z, A, conv_w, self.context_parallel)
+        elif cache is None:
             x = causal_conv1d(x, conv_w, self.conv1d.bias, activation="silu")
             dt, B, C = self._ssm_inputs(x)
-            y = selective_scan(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+            y = selective_scan(x, dt, A, B, C, _up(self.D), z=z, delta_bias=_up(self.dt_proj.bias),
                                delta_softplus=True)
         else:
             x, conv_state = causal_conv1d(x, conv_w, self.conv1d.bias, initial_state=cache.conv_state.to(x.dtype),
                                           activation="silu", return_final_state=True)
             dt, B, C = self._ssm_inputs(x)
-            y, ssm_state = selective_scan(x, dt, A, B, C, self.D.float(), z=z,
-                                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            y, ssm_state = selective_scan(x, dt, A, B, C, _up(self.D), z=z,
+                                          delta_bias=_up(self.dt_proj.bias), delta_softplus=True,
                                           initial_state=cache.ssm_state, return_final_state=True)
             cache.conv_state = conv_state.to(cache.conv_state.dtype)
             cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
         return self.out_proj(rearrange(y, "b d l -> b l d"))
+
+    def _slice_forward(self, x, z, A, conv_w, cp):
+        """This rank's slice of a sequence split over ``cp``: the conv reads the previous slice's last
+        d_conv - 1 inputs (the halo), the scan starts from the state the previous slices leave."""
+        check_slice(x.shape[-1], self.d_conv)
+        halo = halo_exchange(x[:, :, x.shape[-1] - (self.d_conv - 1):], cp) if self.d_conv > 1 else None
+        x = causal_conv1d(x, conv_w, self.conv1d.bias, initial_state=halo, activation="silu")
+        dt, B, C = self._ssm_inputs(x)
+        return context_parallel_scan(x, dt, A, B, C, _up(self.D), z, _up(self.dt_proj.bias), cp)
 
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One token. hidden: (b, 1, d_model) -> (b, 1, d_model); updates ``cache`` in place."""
@@ -134,9 +155,9 @@ class Mamba(nn.Module):
         cache.conv_state = window[:, :, 1:].to(cache.conv_state.dtype)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt @ self.dt_proj.weight.t()  # (b, d_inner)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, self.D.float(), z=z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        A = -torch.exp(_up(self.A_log))
+        y = selective_state_update(cache.ssm_state, x, dt, A, B, C, _up(self.D), z=z,
+                                   dt_bias=_up(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> LayerCache:
@@ -162,7 +183,7 @@ class Block(nn.Module):
         residual = hidden if residual is None else residual + hidden
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
-            residual = residual.float()
+            residual = _up(residual)
         return hidden, residual
 
     def forward(self, hidden, residual=None, cache: Optional[LayerCache] = None):

@@ -1,0 +1,142 @@
+"""``genomamba bench cp``: context parallelism on CPU, one sequence over P processes (gloo).
+
+Times a forward + backward of a MambaLM on one ``(b, l)`` batch of random DNA tokens with the
+sequence split over P processes (``torch.multiprocessing``, gloo, ``--threads`` each), against the
+same work in one process (P = 1), and prints what each rank sends per layer, from the formula:
+
+    halo       (d_conv - 1) * b * d_inner * element bytes     rank r -> r + 1, point to point
+    summaries  2 * b * d_inner * d_state * 4 bytes            every rank, one all_gather
+    backward   the same again: halo gradients r + 1 -> r, summary gradients reduced over the group
+
+    genomamba bench cp                          # tiny model, l = 16384, P = 1, 2
+    genomamba bench cp --sizes 1 2 4 --seq-len 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.config import MambaConfig
+from genomamba.models.lm import MambaLM
+from genomamba.parallel import build_context_parallel, slice_bounds
+
+
+def bytes_per_layer(cfg: MambaConfig, batch: int, size: int, element_bytes: int = 4) -> dict:
+    """What one rank sends per layer in forward (backward sends the same again)."""
+    halo = (cfg.d_conv - 1) * batch * cfg.d_inner * element_bytes
+    summaries = 2 * batch * cfg.d_inner * cfg.d_state * 4
+    return {"halo_bytes": halo if size > 1 else 0, "summary_bytes": summaries if size > 1 else 0,
+            "all_gather_receives_bytes": (size - 1) * summaries}
+
+
+def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
+    torch.set_num_threads(spec["threads"])
+    torch.set_flush_denormal(True)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    cp = build_context_parallel(world)
+    torch.manual_seed(0)
+    cfg = MambaConfig(**spec["model"])
+    model = MambaLM(cfg).set_context_parallel(cp).train()
+    b, L = spec["batch"], spec["seq_len"]
+    ids = torch.randint(0, 4, (b, L), generator=torch.Generator().manual_seed(1)) + 7
+    start, stop = slice_bounds(L, world, rank)
+    n_pred = min(stop, L - 1) - start
+    tgt = ids[:, start + 1:start + 1 + n_pred]
+    times, cpu_max, cpu_sum = [], [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        model.zero_grad(set_to_none=True)
+        dist.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = model(ids[:, start:stop])[:, :n_pred]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum") / (b * (L - 1))
+        loss.backward()
+        dt = torch.tensor([time.perf_counter() - t0, time.process_time() - c0], dtype=torch.float64)
+        cpu = dt[1:].clone()
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # a step lasts as long as its slowest rank
+        dist.all_reduce(cpu)
+        if i >= spec["warmup"]:
+            times.append(float(dt[0]))
+            cpu_max.append(float(dt[1]))
+            cpu_sum.append(float(cpu))
+    if rank == 0:
+        torch.save({"times": times, "cpu_max": cpu_max, "cpu_sum": cpu_sum}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def bench_size(size: int, spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "times.pt")
+        mp.spawn(_rank, args=(size, os.path.join(tmp, "store"), spec, out), nprocs=size, join=True)
+        got = torch.load(out)
+    times = got["times"]
+    best = min(times)
+    return {"P": size, "sec_per_step": round(best, 4), "median_sec": round(sorted(times)[len(times) // 2], 4),
+            "tokens_per_s": round(spec["batch"] * spec["seq_len"] / best),
+            # CPU seconds of the busiest rank (the step time with a core per process) and of all ranks
+            "cpu_sec_slowest_rank": round(min(got["cpu_max"]), 4), "cpu_sec_all_ranks": round(min(got["cpu_sum"]), 4)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="genomamba bench cp", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2], help="context-parallel sizes P to time")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--d-state", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=16384)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--out", default="cp_cpu", help="results name (bench/results/<name>.json)")
+    ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state, "vocab_size": 11}
+    cfg = MambaConfig(**model)
+    spec = {"model": model, "batch": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
+            "warmup": args.warmup, "threads": args.threads}
+    print(f"context parallelism on CPU (gloo): d_model={cfg.d_model} n_layer={cfg.n_layer} d_inner={cfg.d_inner} "
+          f"d_state={cfg.d_state}, b={args.batch_size} l={args.seq_len}, {args.threads} thread(s) per process")
+    rows = []
+    for size in args.sizes:
+        r = bench_size(size, spec)
+        r.update(bytes_per_layer(cfg, args.batch_size, size))
+        r["slice_len"] = -(-args.seq_len // size)
+        rows.append(r)
+        print(f"  P={size}: {r['sec_per_step']} s per forward+backward", flush=True)
+    base = next((r["sec_per_step"] for r in rows if r["P"] == 1), None)
+    base_cpu = next((r["cpu_sec_slowest_rank"] for r in rows if r["P"] == 1), None)
+    for r in rows:
+        if base:
+            r["speedup"] = round(base / r["sec_per_step"], 2)
+            r["efficiency"] = round(base / r["sec_per_step"] / r["P"], 2)
+        if base_cpu:
+            r["speedup_cpu_time"] = round(base_cpu / r["cpu_sec_slowest_rank"], 2)
+    print()
+    print_table(rows, ["P", "slice_len", "sec_per_step", "tokens_per_s", "speedup", "efficiency",
+                       "cpu_sec_slowest_rank", "cpu_sec_all_ranks", "speedup_cpu_time", "halo_bytes", "summary_bytes"])
+    facts = machine_facts("cpu")
+    facts["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
+    results = {"bench": "cp", "machine": facts, "model": model, "d_inner": cfg.d_inner, "d_conv": cfg.d_conv,
+               "batch_size": args.batch_size, "seq_len": args.seq_len, "threads_per_process": args.threads,
+               "steps": args.steps, "backend": "gloo", "rows": rows,
+               "note": "bytes are per rank per layer in forward; backward sends the same again. sec_per_step is "
+                       "wall time (slowest rank); cpu_sec_slowest_rank is that rank's CPU time, the step time "
+                       "when every process has a core of its own"}
+    path = write_results(args.out, results, args.out_dir)
+    print(f"\nwrote {path}")
+    return 0
