@@ -54,6 +54,7 @@ class MuLawAudioAdapter(Adapter):
     """
 
     name = "audio"
+    unit = "sample"
 
     def __init__(self, sample_rate: int = 16000, mu: int = 255, quality: str = "HQ"):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:

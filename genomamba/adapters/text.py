@@ -30,6 +30,7 @@ class ByteTextAdapter(Adapter):
     """UTF-8 bytes as tokens, with ``<pad> <bos> <eos> <mask>`` after the 256 byte values."""
 
     name = "text"
+    unit = "byte"
     dtype = np.int16  # holds 260 ids; a dtype torch supports, half the memory of int32
 
     def __init__(self) -> None:

@@ -46,17 +46,18 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, OSError) as exc:
         return fail("score", exc)
     recs = scores.to_records()
+    bits = f"bits_per_{scores.unit}"  # bits_per_base (DNA), bits_per_byte (text), bits_per_sample (audio)
     if fmt == "json":
         n = int(scores.n_scored.sum())
         total = {"n_scored": n, "log_likelihood": float(scores.log_likelihood.sum()),
-                 "bits_per_base": float(-scores.log_likelihood.sum() / (n * np.log(2))) if n else None}
+                 bits: float(-scores.log_likelihood.sum() / (n * np.log(2))) if n else None}
         text = json.dumps({"model": str(model.path), "records": recs, "total": total}, indent=2) + "\n"
     else:
-        cols = ["name", "length", "n_scored", "log_likelihood", "bits_per_base"]
+        cols = ["name", "length", "n_scored", "log_likelihood", bits]
         lines = ["\t".join(cols)]
         for r in recs:
             lines.append("\t".join([r["name"], str(r["length"]), str(r["n_scored"]),
-                                    f"{r['log_likelihood']:.6f}", f"{r['bits_per_base']:.6f}"]))
+                                    f"{r['log_likelihood']:.6f}", f"{r[bits]:.6f}"]))
         text = "\n".join(lines) + "\n"
     if args.output:
         write_text(args.output, text)

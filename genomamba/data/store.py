@@ -105,7 +105,9 @@ class _RunsIndex:
 class SequenceSource:
     """What windows and samplers need: contigs, ``read``, ``softmask``, N-run queries.
 
-    ``TokenStore`` (on disk) and ``MemoryStore`` (in RAM) both implement it.
+    ``TokenStore`` (on disk) and ``MemoryStore`` (in RAM) both implement it. ``tokenizer`` is the
+    DNA tokenizer, or for another modality its adapter (anything with ``pad_id``; DNA's ``n_id`` and
+    ``reverse_complement`` are used only when present).
     """
 
     tokenizer: DNATokenizer
@@ -208,7 +210,10 @@ class MemoryStore(SequenceSource):
         self.genomes = list(genomes)
         self._name_to_index = {n: i for i, n in enumerate(names)}
         self._soft = [_RunsIndex(r) for r in softruns]
-        self._nruns = [_RunsIndex(runs_of(s == tokenizer.n_id)) for s in seqs]
+        # Only DNA has an "unknown base" token; bytes and audio samples have no N runs.
+        n_id = getattr(tokenizer, "n_id", None)
+        self._nruns = [_RunsIndex(runs_of(s == n_id) if n_id is not None else np.zeros((0, 2), np.int64))
+                       for s in seqs]
 
     @classmethod
     def from_fasta(cls, paths, tokenizer: Optional[DNATokenizer] = None, genome_ids=None) -> "MemoryStore":
@@ -223,6 +228,25 @@ class MemoryStore(SequenceSource):
             srcs.append(s)
         genomes = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
         return cls(names, descs, seqs, soft, srcs, genomes, tok)
+
+    @classmethod
+    def from_files(cls, paths, tokenizer, genome_ids=None) -> "MemoryStore":
+        """One contig per file, named ``"<genome id>:<file name>"``, tokenized by ``tokenizer.encode_file``.
+
+        ``tokenizer`` is any object with ``encode_file(path) -> 1-D ids`` and ``pad_id`` (a modality
+        adapter: bytes of a text file, mu-law samples of a clip); an empty file is refused by name.
+        """
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        gids = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
+        names, seqs = [], []
+        for gid, p in zip(gids, paths):
+            ids = np.asarray(tokenizer.encode_file(p))
+            if ids.ndim != 1 or ids.size == 0:
+                raise ValueError(f"{p}: no tokens (an empty file)")
+            names.append(f"{gid}:{Path(p).name}")
+            seqs.append(ids)
+        soft = [np.zeros((0, 2), np.int64) for _ in seqs]
+        return cls(names, [str(p) for p in paths], seqs, soft, range(len(seqs)), gids, tokenizer)
 
     def read(self, contig, start: int, stop: int) -> np.ndarray:
         i = self._check(contig, int(start), int(stop))
