@@ -3,6 +3,7 @@
 genomamba data fetch NAME [--dest DIR] [--no-verify]      NAME: bacteria umaydis fly lambda
 genomamba data fetch url URL [--dest DIR] [--sha256 HEX] [--filename NAME]
 genomamba data build FASTA... --out STORE.h5 [--genome-ids ID...] [--compression lzf]
+genomamba data build --adapter text|audio FILE... --out STORE.h5   one contig per file (bytes, mu-law samples)
 genomamba data build --manifest MANIFEST.yaml --out STORE.h5
 genomamba data info STORE.h5
 genomamba data check FASTA...                             validate; prints records and bases
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from genomamba.adapters import get_adapter
 from genomamba.data.fasta import FastaFormatError, read_records
 from genomamba.data.fetch import FetchError, cache_dir, default_assets, fetch, fetch_url
 from genomamba.data.species import ManifestError, SpeciesManifest
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         "--compression", default=None, help="h5py filter (lzf, gzip); default none = fastest reads"
     )
     b.add_argument("--iupac", default="n", choices=["n", "tokens", "unk", "error"])
+    b.add_argument("--adapter", default="dna", choices=["dna", "text", "audio"],
+                   help="text / audio: each input file is one contig of bytes / 16 kHz mu-law samples")
 
     i = sub.add_parser("info", help="describe a token store")
     i.add_argument("store", type=Path)
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
-    except (FastaFormatError, FetchError, ManifestError, FileNotFoundError, KeyError) as e:
+    except (FastaFormatError, FetchError, ManifestError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"genomamba data {args.cmd}: error: {e}", file=sys.stderr)
         return 1
 
@@ -87,7 +91,7 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "build":
-        tok = DNATokenizer(iupac=args.iupac)
+        tok = DNATokenizer(iupac=args.iupac) if args.adapter == "dna" else get_adapter(args.adapter)
         t0 = time.perf_counter()
         if args.manifest is not None:
             store = SpeciesManifest.from_file(args.manifest).build_store(args.out, tok)

@@ -150,3 +150,25 @@ def test_baselines_on_the_shipped_assets():
     assert m["eval_tokens"] == 6545 - 2 and 2.0 < m["witten_bell"] < 3.2 and m["additive"] > m["witten_bell"]
     res = audio_clip_baselines(SpeciesManifest.from_file(DIGITS), get_adapter("audio", sample_rate=4000))
     assert res["n_train"] == 40 and res["n_eval"] == 20 and 0.0 <= res["logspec"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- the on-disk token store
+def test_token_store_holds_bytes_and_samples(tmp_path, kjv_asset, digit_clips):
+    from genomamba.__main__ import main as cli
+    from genomamba.data.store import TokenStore
+
+    store = TokenStore.build([kjv_asset], tmp_path / "text.h5", TEXT)
+    assert store.tokenizer.name == "text" and store.tokenizer.pad_id == TEXT.pad_id
+    assert store.read(0, 0, 64).tobytes() == np.frombuffer(kjv_asset.read_bytes()[:64], np.uint8).astype(
+        np.int16).tobytes()
+    ids, mask = TiledWindows(store, 4096, [Region(store.names[0], 61440, 65455)])[0]
+    assert mask.sum() == 65455 - 61440 and int(ids[-1]) == TEXT.pad_id
+    with pytest.raises(ValueError, match="reverse complement applies to DNA only"):
+        RandomWindows(store, 256, rc_prob=0.5)
+    files = [str(c["file"]) for c in digit_clips[:3]]
+    assert cli(["data", "build", "--adapter", "audio", *files, "--out", str(tmp_path / "clips.h5")]) == 0
+    clips = TokenStore(tmp_path / "clips.h5")
+    assert clips.names[0] == f"{digit_clips[0]['file'].stem}:{digit_clips[0]['file'].name}"
+    assert clips.read(0, 0, 16000).dtype == np.uint8 and set(clips.lengths.tolist()) == {16000}
+    assert cli(["data", "build", "--adapter", "audio", str(kjv_asset), "--out", str(tmp_path / "bad.h5")]) == 1
+    assert not (tmp_path / "bad.h5").exists()
