@@ -157,9 +157,9 @@ def test_any_unicode_round_trips_exactly(s):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=60), st.integers(min_value=0, max_value=400))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60), st.integers(0, 400))
 def test_any_cut_decodes_without_raising(s, cut):
     ids = TEXT.encode(s)[:cut]
     out = TEXT.decode(ids)
-    assert isinstance(out, str)
-    assert out.encode("utf-8", errors="surrogatepass").startswith(b"") and len(out) <= len(ids)
+    assert isinstance(out, str) and len(out) <= len(ids)
+    assert s.startswith(out.rstrip("\ufffd"))  # a prefix of the text, a cut character replaced
