@@ -35,6 +35,7 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from genomamba.adapters import ADAPTER_FILE, Adapter, adapter_from_json
 from genomamba.data.fasta import read_records
 from genomamba.errors import InvalidArgument, check_input_file
 from genomamba.files import read_text
@@ -76,13 +77,20 @@ class Scores:
     n_scored: np.ndarray  # (n,) int64
     lengths: np.ndarray  # (n,) int64, bases in the input
     names: list[str] = field(default_factory=list)
+    unit: str = "base"  # what a token is: "base" (DNA), "byte" (text), "sample" (audio)
 
     def __len__(self) -> int:
         return len(self.log_likelihood)
 
+    def __getattr__(self, name):
+        # bits_per_byte / bits_per_sample: the modality's name of bits_per_base
+        if name == f"bits_per_{self.__dict__.get('unit', 'base')}":
+            return self.bits_per_base
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def to_records(self) -> list[dict]:
         return [{"name": n, "length": int(L), "n_scored": int(k), "log_likelihood": float(ll),
-                 "bits_per_base": float(b)}
+                 f"bits_per_{self.unit}": float(b)}
                 for n, L, k, ll, b in zip(self.names, self.lengths, self.n_scored, self.log_likelihood,
                                           self.bits_per_base)]
 
@@ -223,6 +231,10 @@ class GenomeModel:
         return (f"GenomeModel(d_model={c.d_model}, n_layer={c.n_layer}, params={self.lm.num_parameters():,}"
                 f"{head}, device={self.device}{where})")
 
+    def _iter_inputs(self, seqs, arg: str):
+        """``(name, item)`` for every input (DNA: sequences and FASTA records); ``encode`` takes an item."""
+        return iter_sequences(seqs, arg)
+
     def encode(self, seq: Union[str, bytes], where: str = "seq") -> np.ndarray:
         """DNA -> token ids (uint8), with ``<bos>`` first if the model was trained with it."""
         try:
@@ -269,7 +281,7 @@ class GenomeModel:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         buf: list = []
-        for i, (name, s) in enumerate(iter_sequences(seqs, arg)):
+        for i, (name, s) in enumerate(self._iter_inputs(seqs, arg)):
             ids = self.encode(s, where=f"{arg}: {_describe(name, i)}")
             if len(ids) > chunk_size:
                 if buf:
@@ -512,6 +524,10 @@ def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"path: {path}: expected a model directory (config.json + model.safetensors)")
+    if (path / ADAPTER_FILE).exists():
+        adapter = adapter_from_json(path)
+        if adapter.name != "dna":
+            return _load_adapter_model(path, adapter, device, dtype)
     tok = DNATokenizer.from_pretrained(path) if (path / TOKENIZER_FILE).exists() else DNATokenizer()
     head = labels = None
     pooling = "mean"
@@ -537,4 +553,138 @@ def embed(path_or_model, seqs, **kwargs):
     return model.embed(seqs, **kwargs)
 
 
-__all__ = ["GenomeModel", "Classification", "Scores", "load", "embed", "iter_sequences"]
+# ----------------------------------------------------------------------------- text and audio
+
+
+class AdapterModel(GenomeModel):
+    """A trained text or audio model (its directory holds ``adapter.json``), built by :func:`load`.
+
+    The same ``embed`` / ``score`` / ``classify`` / ``generate`` as :class:`GenomeModel`, on the
+    modality's natural input:
+
+    - **text**: a ``str`` (the text itself), a text file as ``pathlib.Path`` (its bytes; gzip / xz /
+      bzip2 decompressed), ``bytes``, or a list of them. ``generate`` returns a ``str``.
+    - **audio**: a WAV / FLAC / OGG file (``str`` or ``Path``: any rate and channel count, resampled
+      to the adapter's), a float waveform array at the adapter's sample rate, or a list of them.
+      ``generate`` returns a float32 waveform (``write_wav`` writes it).
+
+    Scores are bits per byte / per sample (``Scores.bits_per_byte`` / ``bits_per_sample``).
+    """
+
+    def __init__(self, lm: MambaLM, adapter: Adapter, head: Optional[torch.nn.Linear] = None,
+                 labels: Optional[list[str]] = None, head_pooling: str = "mean", path: Optional[PathLike] = None):
+        if not isinstance(lm, MambaLM):
+            raise ValueError(f"lm: expected a genomamba.MambaLM, got {type(lm).__name__}")
+        if adapter.vocab_size > lm.config.padded_vocab_size:
+            raise ValueError(f"adapter: {adapter.vocab_size} tokens do not fit the model's embedding "
+                             f"({lm.config.padded_vocab_size} rows)")
+        self.lm = lm.eval()
+        self.adapter = self.tokenizer = adapter
+        self.head = head.eval() if head is not None else None
+        self.labels = list(labels) if labels is not None else None
+        self.head_pooling = head_pooling
+        self.add_bos = False
+        self.path = Path(path) if path is not None else None
+        self._base_ids = torch.tensor(adapter.data_ids)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("GenomeModel(", f"AdapterModel(adapter={self.adapter!r}, ", 1)
+
+    # ------------------------------------------------------------------ inputs
+    def _iter_inputs(self, seqs, arg: str):
+        text = self.adapter.name == "text"
+        if isinstance(seqs, (list, tuple)):
+            if not seqs:
+                raise ValueError(f"{arg}: empty list of inputs")
+            items, single = list(seqs), False
+        else:
+            items, single = [seqs], True
+        for i, x in enumerate(items):
+            where = arg if single else f"{arg}[{i}]"
+            if isinstance(x, os.PathLike) or (not text and isinstance(x, str)):
+                p = Path(x)
+                yield p.name, p
+            elif text and isinstance(x, (str, bytes, bytearray)):
+                if len(x) == 0:
+                    raise ValueError(f"{where}: empty text")
+                yield f"text{i}", x
+            elif not text and (isinstance(x, np.ndarray) or type(x).__module__.startswith("torch")):
+                yield f"wave{i}", x
+            else:
+                want = ("a string, a text file (pathlib.Path) or bytes" if text else
+                        "an audio file path (WAV, FLAC, ...) or a float waveform array")
+                raise ValueError(f"{where}: expected {want}, or a list of them; got {type(x).__name__}")
+
+    def encode(self, item, where: str = "seq") -> np.ndarray:
+        """One input (see the class docstring) -> token ids; errors name ``where`` and the file."""
+        a = self.adapter
+        try:
+            if isinstance(item, Path):
+                ids = a.encode_file(item)
+                if len(ids) == 0:
+                    raise ValueError(f"{item}: empty file")
+            elif isinstance(item, (bytes, bytearray)):
+                ids = a.encode_bytes(item)
+            else:
+                ids = a.encode(item)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        return ids
+
+    # ------------------------------------------------------------------ tasks
+    def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
+                 both_strands: bool = False) -> Classification:
+        """Predicted label and class probabilities per input (needs a classifier head)."""
+        if both_strands:
+            raise ValueError("both_strands: reverse complement is DNA-only")
+        return super().classify(seqs, batch_size, chunk_size, both_strands=False)
+
+    def score(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Scores:
+        """Log-likelihood of each input and its bits per byte (text) or per sample (audio)."""
+        s = super().score(seqs, batch_size, chunk_size)
+        s.unit = self.adapter.unit
+        return s
+
+    @torch.no_grad()
+    def generate(self, prompt=None, n: int = 16000, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: Optional[int] = None, include_prompt: bool = False):
+        """Sample ``n`` tokens after ``prompt``: text -> ``str`` (cut UTF-8 is replaced, never raises);
+        audio -> float32 waveform at the adapter's rate (``prompt`` may be None: start from silence)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        a = self.adapter
+        if prompt is None and a.name == "audio":
+            ids, given = np.array([a.pad_id], dtype=np.int64), False  # one sample of silence
+        else:
+            if prompt is None:
+                raise ValueError("prompt: give the text to continue (at least one character)")
+            ((_, item),) = list(self._iter_inputs(prompt, "prompt"))
+            ids, given = self.encode(item, "prompt").astype(np.int64), True
+        t = torch.from_numpy(ids).unsqueeze(0).to(self.device)
+        out = self.lm.generate(t, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               allowed_token_ids=a.data_ids, prefill_chunk=DEFAULT_CHUNK)
+        new = out[0, len(ids):].cpu().numpy()
+        keep = np.concatenate([ids, new]) if include_prompt and given else new
+        if a.name == "text":
+            return a.decode(keep.astype(np.int64))
+        return a.decode(keep.astype(np.int64)) if len(keep) else np.zeros(0, np.float32)
+
+
+def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -> AdapterModel:
+    head = labels = None
+    pooling = "mean"
+    if has_head(path):
+        clf = SequenceClassifier.from_pretrained(path, device=device)
+        lm, head, labels, pooling = clf.lm, clf.head, clf.labels, clf.pooling
+    else:
+        lm = MambaLM.from_pretrained(path, device=device)
+    if dtype is not None:
+        lm.to(dtype)
+        if head is not None:
+            head.to(dtype)
+    return AdapterModel(lm, adapter, head=head, labels=labels, head_pooling=pooling, path=path)
+
+
+__all__ = ["GenomeModel", "AdapterModel", "Classification", "Scores", "load", "embed", "iter_sequences"]

@@ -168,3 +168,182 @@ def species_baselines(manifest, length: int, per_label: int = 200, ks: Sequence[
         nb = KmerNaiveBayes(k, tokenizer=tok).fit(per_label_contigs)
         out[f"nb{k}"] = float((nb.predict(wins) == labels).mean())
     return out
+
+
+# ----------------------------------------------------------------------------- text and audio
+
+
+def _joint_codes(seq: np.ndarray, order: int, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context code, target) of every position with ``order`` tokens before it, all in [0, alphabet)."""
+    seq = np.asarray(seq, dtype=np.int64)
+    n = seq.shape[0] - order
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ctx = np.zeros(n, dtype=np.int64)
+    valid = (seq[order:] >= 0) & (seq[order:] < alphabet)
+    for j in range(order):
+        c = seq[j: j + n]
+        valid &= (c >= 0) & (c < alphabet)
+        ctx = ctx * alphabet + c
+    return ctx[valid], seq[order:][valid]
+
+
+class MarkovLM:
+    """Order-``k`` Markov model over ``alphabet`` tokens, interpolated Witten-Bell down to a unigram.
+
+    ``P_k(x | c) = (n(c, x) + T(c) P_{k-1}(x | c')) / (n(c) + T(c))`` where ``T(c)`` is the number of
+    distinct tokens seen after context ``c`` and ``c'`` drops its oldest token; the unigram is
+    add-one smoothed. Parameter-free, and a strong order-k model for bytes and mu-law samples.
+    ``additive_bits`` scores the plain order-k model with add-``alpha`` smoothing instead.
+    """
+
+    def __init__(self, order: int = 2, alphabet: int = 256):
+        if not 0 <= order <= 3:
+            raise ValueError(f"order: expected 0..3, got {order}")
+        self.order, self.alphabet = int(order), int(alphabet)
+        self.tables: list = []
+
+    def fit(self, seqs) -> "MarkovLM":
+        A = self.alphabet
+        self.tables = []
+        for k in range(self.order + 1):
+            parts = [_joint_codes(s, k, A) for s in seqs]
+            ctx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            tgt = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+            codes, counts = np.unique(ctx * A + tgt, return_counts=True)
+            n_ctx = np.bincount(ctx, minlength=A**k)
+            distinct = np.bincount(codes // A, minlength=A**k)
+            self.tables.append((codes, counts, n_ctx, distinct))
+        return self
+
+    @staticmethod
+    def _count(codes, counts, q):
+        i = np.searchsorted(codes, q)
+        i = np.minimum(i, max(len(codes) - 1, 0))
+        return np.where((len(codes) > 0) & (codes[i] == q), counts[i] if len(counts) else 0, 0)
+
+    def _positions(self, seqs):
+        """(context codes of every order, target) for every position with ``order`` tokens of context."""
+        A, K = self.alphabet, self.order
+        ctxs, tgts = [], []
+        for s in seqs:
+            c, t = _joint_codes(s, K, A)
+            ctxs.append(c)
+            tgts.append(t)
+        ctx = np.concatenate(ctxs) if ctxs else np.zeros(0, np.int64)
+        return ctx, np.concatenate(tgts) if tgts else np.zeros(0, np.int64)
+
+    def log2_probs(self, seqs) -> np.ndarray:
+        """log2 P(token | its ``order`` predecessors) of every scorable position of ``seqs``."""
+        A, K = self.alphabet, self.order
+        ctx, tgt = self._positions(seqs)
+        codes, counts, n_ctx, _ = self.tables[0]
+        p = (self._count(codes, counts, tgt) + 1.0) / (n_ctx[0] + A)
+        for k in range(1, K + 1):
+            c = ctx % (A**k)  # the k most recent tokens
+            codes, counts, n_ctx, distinct = self.tables[k]
+            n, t = n_ctx[c].astype(np.float64), distinct[c].astype(np.float64)
+            hit = self._count(codes, counts, c * A + tgt)
+            p = np.where(n > 0, (hit + t * p) / np.maximum(n + t, 1.0), p)
+        return np.log2(p)
+
+    def additive_bits(self, seqs, alpha: float) -> float:
+        """Bits per token of the plain order-k model with add-``alpha`` smoothing."""
+        A, K = self.alphabet, self.order
+        ctx, tgt = self._positions(seqs)
+        codes, counts, n_ctx, _ = self.tables[K]
+        p = (self._count(codes, counts, ctx * A + tgt) + alpha) / (n_ctx[ctx] + alpha * A)
+        return float(-np.log2(p).mean()) if len(p) else float("nan")
+
+    def bits(self, seqs) -> float:
+        lp = self.log2_probs(seqs)
+        return float(-lp.mean()) if len(lp) else float("nan")
+
+
+def markov_baseline(store, splits, order: int = 2, alphabet: int = 256, eval_split: str = "test") -> dict:
+    """Bits per token of an order-``order`` Markov model fit on the training regions of a corpus and
+    scored on ``eval_split`` (each region on its own: its first ``order`` tokens are context only).
+
+    Reports the Witten-Bell interpolated model and the plain add-alpha one (alpha picked on val when
+    there is a val split, else 0.1).
+    """
+    read = lambda regions: [store.read(r.contig, r.start, r.stop) for r in regions]  # noqa: E731
+    train, ev = read(splits.train), read(splits[eval_split])
+    lm = MarkovLM(order, alphabet).fit(train)
+    out = {"order": order, "alphabet": alphabet, "split": eval_split,
+           "train_tokens": int(sum(len(s) for s in train)), "eval_tokens": int(sum(max(len(s) - order, 0) for s in ev)),
+           "witten_bell": round(lm.bits(ev), 4)}
+    alphas = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+    val = read(splits.val) if splits.val else None
+    alpha = min(alphas, key=lambda a: lm.additive_bits(val, a)) if val else 0.1
+    out["additive"] = round(lm.additive_bits(ev, alpha), 4)
+    out["additive_alpha"] = alpha
+    return out
+
+
+def logspec_features(wave: np.ndarray, sample_rate: int, n_bands: int = 32, n_segments: int = 8) -> np.ndarray:
+    """Log band energies of a clip: 25 ms Hann frames (10 ms hop), ``n_bands`` log-spaced bands from
+    60 Hz to Nyquist, averaged over ``n_segments`` equal stretches of time -> (n_bands * n_segments,)."""
+    w = np.asarray(wave, dtype=np.float64)
+    win, hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
+    if len(w) < win:
+        w = np.pad(w, (0, win - len(w)))
+    n = 1 + (len(w) - win) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(w, win)[::hop][:n] * np.hanning(win)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(win, 1.0 / sample_rate)
+    edges = np.geomspace(60.0, sample_rate / 2, n_bands + 1)
+    band = np.clip(np.searchsorted(edges, freqs, side="right") - 1, 0, n_bands - 1)
+    energy = np.zeros((n, n_bands))
+    for b in range(n_bands):
+        sel = band == b
+        if sel.any():
+            energy[:, b] = power[:, sel].sum(1)
+    loge = np.log(energy + 1e-8)
+    segs = np.array_split(np.arange(n), n_segments)
+    return np.concatenate([loge[s].mean(0) if len(s) else loge.mean(0) for s in segs])
+
+
+class SoftmaxRegression:
+    """Multinomial logistic regression on standardised features, full-batch gradient descent with L2."""
+
+    def __init__(self, l2: float = 1e-3, steps: int = 500, lr: float = 0.5):
+        self.l2, self.steps, self.lr = l2, steps, lr
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> "SoftmaxRegression":
+        self.mu, self.sd = X.mean(0), X.std(0) + 1e-6
+        Z = (X - self.mu) / self.sd
+        Y = np.eye(n_classes)[y]
+        self.W, self.b = np.zeros((Z.shape[1], n_classes)), np.zeros(n_classes)
+        for _ in range(self.steps):
+            logits = Z @ self.W + self.b
+            P = np.exp(logits - logits.max(1, keepdims=True))
+            P /= P.sum(1, keepdims=True)
+            G = (P - Y) / len(Z)
+            self.W -= self.lr * (Z.T @ G + self.l2 * self.W)
+            self.b -= self.lr * G.sum(0)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (((X - self.mu) / self.sd) @ self.W + self.b).argmax(1)
+
+
+def audio_clip_baselines(manifest, adapter, eval_split: str = "test", train_split: str = "train") -> dict:
+    """Accuracy of log-spectral features + softmax regression on whole clips of a labelled-file
+    manifest (fit on ``train_split``, scored on ``eval_split``), computed on the clips as the model
+    reads them (the adapter's sample rate, mu-law decoded)."""
+
+    def table(split):
+        src = manifest.load(split, adapter)
+        wanted = {g.id: manifest.label_to_id[g.label] for g in manifest.entries(split)}
+        X = np.stack([logspec_features(adapter.decode(src.read(i, 0, c.length)), adapter.sample_rate)
+                      for i, c in enumerate(src.contigs)])
+        y = np.array([wanted[src.genome_of(i)] for i in range(len(src.contigs))])
+        return X, y
+
+    Xtr, ytr = table(train_split)
+    Xev, yev = table(eval_split)
+    clf = SoftmaxRegression().fit(Xtr, ytr, manifest.num_labels)
+    return {"split": eval_split, "n_train": int(len(ytr)), "n_eval": int(len(yev)),
+            "logspec": float((clf.predict(Xev) == yev).mean()),
+            "logspec_train": float((clf.predict(Xtr) == ytr).mean())}

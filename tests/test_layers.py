@@ -20,7 +20,7 @@ import genomamba
 PKG_DIR = Path(genomamba.__file__).resolve().parent
 
 CORE = ("genomamba.config", "genomamba.tokenizers", "genomamba.data", "genomamba.models", "genomamba.ops",
-        "genomamba.files", "genomamba.errors", "genomamba.parallel")
+        "genomamba.files", "genomamba.errors", "genomamba.parallel", "genomamba.adapters")
 EDGE = ("genomamba.commands", "genomamba.bench", "genomamba.__main__")
 # layer -> the layers it must never import
 FORBIDDEN = {

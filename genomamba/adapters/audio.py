@@ -11,8 +11,8 @@ so one second of audio is 16,000 tokens. ``pad_id`` is the code of silence (0.0 
 - ``write_wav(ids_or_wave, path)``: 16-bit PCM WAV at ``sample_rate`` (integer input is decoded
   first, floating input is written as a waveform).
 
-Needs ``soundfile`` and ``soxr`` (``pip install soundfile soxr``), imported on first use so that
-``import genomamba`` works without them.
+File reading, resampling and writing are ``genomamba.data.audio``'s (soundfile + soxr, imported on
+first use so that ``import genomamba`` works without them).
 """
 
 from __future__ import annotations
@@ -24,22 +24,11 @@ from typing import Any
 import numpy as np
 
 from genomamba.adapters.base import Adapter, PathLike, to_numpy
+from genomamba.data.audio import QUALITIES, check_wave, read_audio, require_audio_libs, write_wav
 
-_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
+__all__ = ["MuLawAudioAdapter", "mu_law_decode", "mu_law_encode", "require_audio_libs"]
 
-
-def require_audio_libs():
-    """``(soundfile, soxr)``, or an ImportError that says how to install them."""
-    try:
-        import soundfile
-        import soxr
-    except (ImportError, OSError) as e:  # soundfile raises OSError when libsndfile itself is missing
-        raise ImportError(f"the audio adapter needs soundfile and soxr: pip install soundfile soxr ({e})") from None
-    return soundfile, soxr
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+_QUALITIES = QUALITIES
 
 
 def mu_law_encode(wave: np.ndarray, mu: int = 255) -> np.ndarray:
@@ -65,6 +54,7 @@ class MuLawAudioAdapter(Adapter):
     """
 
     name = "audio"
+    unit = "sample"
 
     def __init__(self, sample_rate: int = 16000, mu: int = 255, quality: str = "HQ"):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
@@ -94,21 +84,7 @@ class MuLawAudioAdapter(Adapter):
     # ------------------------------------------------------------------ waveform <-> ids
     def check_wave(self, wave: Any, arg: str = "wave") -> np.ndarray:
         """``wave`` as a finite 1-D float32 array; ValueError naming ``arg`` otherwise."""
-        arr = to_numpy(wave)
-        if arr.dtype.kind != "f":
-            raise ValueError(
-                f"audio: {arg} must be floating-point samples in [-1, 1], got dtype {arr.dtype} "
-                "(integer arrays are token ids: use decode)"
-            )
-        if arr.ndim != 1:
-            raise ValueError(f"audio: {arg} must be a mono 1-D waveform, got shape {tuple(arr.shape)} (use load)")
-        if arr.size == 0:
-            raise ValueError(f"audio: {arg} is empty")
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"audio: {arg} has a non-finite sample ({arr[pos]}) at index {pos}")
-        return arr.astype(np.float32, copy=False)
+        return check_wave(wave, arg)
 
     def encode(self, wave: Any) -> np.ndarray:
         """Float waveform (already at ``sample_rate``; values beyond [-1, 1] are clipped) to ids."""
@@ -120,29 +96,8 @@ class MuLawAudioAdapter(Adapter):
 
     # ------------------------------------------------------------------ files
     def load(self, path: PathLike) -> np.ndarray:
-        """Read an audio file as float32 mono in [-1, 1] at ``sample_rate`` Hz."""
-        sf, soxr = require_audio_libs()
-        p = Path(path)
-        if not p.is_file():
-            if p.exists():
-                raise ValueError(f"{p}: not a regular file")
-            raise FileNotFoundError(f"{p}: no such file")
-        try:
-            data, rate = sf.read(str(p), dtype="float32", always_2d=True)
-        except Exception as e:  # libsndfile's errors come as several types; all mean the same here
-            raise ValueError(f"{p}: cannot read audio ({_one_line(e)})") from None
-        if data.shape[0] == 0 or data.shape[1] == 0:
-            raise ValueError(f"{p}: no audio samples")
-        bad = ~np.isfinite(data)
-        if bad.any():
-            frame = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise ValueError(f"{p}: non-finite sample at frame {frame}")
-        mono = data.mean(axis=1, dtype=np.float64) if data.shape[1] > 1 else data[:, 0].astype(np.float64)
-        if rate != self.sample_rate:
-            mono = soxr.resample(mono, rate, self.sample_rate, quality=self.quality)
-            if mono.size == 0:
-                raise ValueError(f"{p}: too short to resample from {rate} Hz to {self.sample_rate} Hz")
-        return np.clip(mono, -1.0, 1.0).astype(np.float32)
+        """Read an audio file as float32 mono in [-1, 1] at ``sample_rate`` Hz (``genomamba.data.audio``)."""
+        return read_audio(path, self.sample_rate, self.quality)
 
     def encode_file(self, path: PathLike) -> np.ndarray:
         """``encode(load(path))``."""
@@ -150,18 +105,9 @@ class MuLawAudioAdapter(Adapter):
 
     def write_wav(self, ids_or_wave: Any, path: PathLike) -> Path:
         """Write 16-bit PCM WAV at ``sample_rate``: integer input is decoded, float input written as is."""
-        sf, _ = require_audio_libs()
         arr = to_numpy(ids_or_wave)
-        if arr.size and arr.dtype.kind in "iu":
-            wave = self.decode(arr)
-        else:
-            wave = self.check_wave(arr, "ids_or_wave")
-        out = Path(path)
-        try:
-            sf.write(str(out), np.clip(wave, -1.0, 1.0), self.sample_rate, subtype="PCM_16", format="WAV")
-        except Exception as e:
-            raise ValueError(f"{out}: cannot write WAV ({_one_line(e)})") from None
-        return out
+        wave = self.decode(arr) if arr.size and arr.dtype.kind in "iu" else arr
+        return write_wav(wave, path, self.sample_rate, arg="ids_or_wave")
 
     def seconds(self, ids_or_wave: Any) -> float:
         """Duration of an id array or waveform at ``sample_rate``."""

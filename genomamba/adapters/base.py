@@ -33,6 +33,19 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     dtype: ClassVar[type] = np.int64
+    unit: ClassVar[str] = "token"  # what one data token is ("base", "byte", "sample"): names metrics
+
+    @property
+    def bits_key(self) -> str:
+        """Metric name of the model's bits per data token: ``bpb`` (bits per base) for DNA,
+        ``bits_per_byte`` for text, ``bits_per_sample`` for audio."""
+        return "bpb" if self.unit == "base" else f"bits_per_{self.unit}"
+
+    @property
+    def data_ids(self) -> list:
+        """The ids that carry data (every id but the specials): the targets a language model is scored on."""
+        special = set(self.specials.values())
+        return [i for i in range(self.vocab_size) if i not in special]
 
     # ------------------------------------------------------------------ vocabulary
     @property

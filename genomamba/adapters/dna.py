@@ -27,6 +27,7 @@ class DNAAdapter(Adapter):
     """
 
     name = "dna"
+    unit = "base"
     dtype = np.uint8
 
     def __init__(self, iupac: str = "n", unknown: str = "error"):
@@ -47,6 +48,12 @@ class DNAAdapter(Adapter):
     @property
     def specials(self) -> dict:
         return {t: self.tokenizer.token_to_id[t] for t in SPECIAL_TOKENS}
+
+    @property
+    def data_ids(self) -> list:
+        """A, C, G, T: the bases a DNA language model is scored on (N and IUPAC codes are context only)."""
+        t = self.tokenizer
+        return [t.a_id, t.c_id, t.g_id, t.t_id]
 
     def settings(self) -> dict:
         return {"iupac": self.tokenizer.iupac, "unknown": self.tokenizer.unknown}

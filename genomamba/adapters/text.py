@@ -13,28 +13,24 @@ its first bytes) is decompressed first.
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
-import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genomamba.adapters.base import Adapter, PathLike
+from genomamba.data.text import read_bytes
+
+__all__ = ["ByteTextAdapter", "SPECIAL_TOKENS", "read_bytes"]
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<mask>")
 N_BYTES = 256
-# A bzip2 stream opens with 'BZh', a level digit, then a block (pi) or end-of-stream (sqrt pi) magic;
-# checking the magic keeps a plain text file that happens to start with "BZh" a plain text file.
-_BZ2_BLOCK_MAGIC = (b"1AY&SY", b"\x17rE8P\x90")
 
 
 class ByteTextAdapter(Adapter):
     """UTF-8 bytes as tokens, with ``<pad> <bos> <eos> <mask>`` after the 256 byte values."""
 
     name = "text"
+    unit = "byte"
     dtype = np.int16  # holds 260 ids; a dtype torch supports, half the memory of int32
 
     def __init__(self) -> None:
@@ -105,23 +101,3 @@ class ByteTextAdapter(Adapter):
     def encode_file(self, path: PathLike) -> np.ndarray:
         """A file's bytes as ids; gzip / xz / bzip2 files are decompressed first."""
         return self.encode_bytes(read_bytes(path))
-
-
-def read_bytes(path: PathLike) -> bytes:
-    """Contents of ``path``, decompressed when its first bytes say gzip, xz or bzip2."""
-    p = Path(path)
-    if not p.is_file():
-        if p.exists():
-            raise ValueError(f"{p}: not a regular file")
-        raise FileNotFoundError(f"{p}: no such file")
-    raw = p.read_bytes()
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        if raw[:6] == b"\xfd7zXZ\x00":
-            return lzma.decompress(raw)
-        if raw[:3] == b"BZh" and raw[4:10] in _BZ2_BLOCK_MAGIC:
-            return bz2.decompress(raw)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise ValueError(f"{p}: corrupt compressed file ({e})") from None
-    return raw

@@ -16,8 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from genomamba.adapters import ADAPTER_FILE, adapter_from_json
 from genomamba.api import weak_input
-from genomamba.baselines import species_baselines
+from genomamba.baselines import audio_clip_baselines, species_baselines
 from genomamba.commands.common import model_files, positive_int
 from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
@@ -26,7 +27,7 @@ from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
 from genomamba.errors import UserError, check_input_file, report
 from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
-from genomamba.lit.config import ClassifyConfig, ConfigError, to_plain
+from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
 from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png
 from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, owns_run_dir, prepare_run_dir
@@ -36,10 +37,23 @@ from genomamba.tokenizers.dna import DNATokenizer
 
 @owns_run_dir
 def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool = False, force: bool = False) -> dict:
-    """Fine-tune (or train) the species classifier; test on the held-out strains; save; results dict.
-    ``force``: replace an earlier run in ``cfg.run_dir`` (else one there is refused unless ``resume``)."""
+    """Fine-tune (or train) the classifier; test on the held-out strains (or voices); save; results dict.
+
+    ``adapter: audio`` (or another modality) classifies the manifest's labelled files read by that adapter.
+    ``force``: replace an earlier run in ``cfg.run_dir`` (else one there is refused unless ``resume``).
+    """
+    adapter = adapter_of(cfg)
+    dna = adapter.name == "dna"
+    if cfg.init_from and (Path(cfg.init_from) / ADAPTER_FILE).exists():
+        theirs = adapter_from_json(cfg.init_from)
+        if theirs != adapter:
+            raise ConfigError(f"init_from: {cfg.init_from} was trained with the adapter {theirs!r}, the config "
+                              f"asks for {adapter!r}")
+    elif cfg.init_from and not dna and (Path(cfg.init_from) / "config.json").exists():
+        raise ConfigError(f"init_from: {cfg.init_from} is a DNA model (no {ADAPTER_FILE}); the config's adapter "
+                          f"is {adapter.name!r}")
     run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
-    tok = DNATokenizer()
+    tok = DNATokenizer() if dna else adapter
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
                            d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length)
@@ -49,7 +63,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()} if cfg.model is not None else None
     module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
-                              optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc)
+                              optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc,
+                              adapter=None if dna else adapter.to_dict())
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)
@@ -58,15 +73,19 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     fit_s = time.time() - t0
     final_checkpoint(trainer, run_dir)
     out = module.net.save_pretrained(run_dir / "model")
-    tok.save_pretrained(out)
+    tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads
     results = {"kind": "classify", "name": cfg.name, "global_step": int(trainer.global_step),
                "fit_seconds": round(fit_s, 1), "length": d.length, "labels": dm.labels, "model_dir": str(out),
                "init_from": cfg.init_from, "head_from": module.head_from}
+    if not dna:
+        results["adapter"] = adapter.to_dict()
     if getattr(dm, "test_ds", None) is not None:
         trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = module.last_results.get("test", {})
         results["test"]["n_windows"] = len(dm.test_ds)
-        if cfg.baselines:
+        if cfg.baselines and adapter.name == "audio":  # the same held-out clips, as the model reads them
+            results["baselines"] = audio_clip_baselines(dm.manifest, adapter)
+        elif cfg.baselines and dna:
             results["baselines"] = species_baselines(dm.manifest, d.length, ks=cfg.baselines,
                                                      eval_windows=dm.test_ds)
     write_json(run_dir / "results.json", results)
@@ -88,7 +107,7 @@ def fit_main(argv) -> int:
     if t:
         line += f"; held-out accuracy {t['acc']:.3f}, macro-F1 {t['f1_macro']:.3f} on {t['n_windows']} windows"
     for k, v in res.get("baselines", {}).items():
-        if k.startswith("nb") or k == "gc":
+        if k.startswith("nb") or k in ("gc", "logspec"):
             line += f"; {k} {v:.3f}"
     print(line)
     return 0

@@ -3,6 +3,7 @@
 genomamba data fetch NAME [--dest DIR] [--no-verify]      NAME: bacteria umaydis fly lambda
 genomamba data fetch url URL [--dest DIR] [--sha256 HEX] [--filename NAME]
 genomamba data build FASTA... --out STORE.h5 [--genome-ids ID...] [--compression lzf] [--force]
+genomamba data build --adapter text|audio FILE... --out STORE.h5 [--force]   one contig per file (bytes, mu-law samples)
 genomamba data build --manifest MANIFEST.yaml --out STORE.h5 [--force]
 genomamba data info STORE.h5
 genomamba data check FASTA...                             validate; prints records and bases
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from genomamba.adapters import get_adapter
 from genomamba.data.fasta import read_records
 from genomamba.data.fetch import cache_dir, default_assets, fetch, fetch_url
 from genomamba.data.species import SpeciesManifest
@@ -52,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--force", action="store_true", help="replace an existing --out file")
     b.add_argument("--iupac", default="n", choices=["n", "tokens", "unk", "error"])
+    b.add_argument("--adapter", default="dna", choices=["dna", "text", "audio"],
+                   help="text / audio: each input file is one contig of bytes / 16 kHz mu-law samples")
 
     i = sub.add_parser("info", help="describe a token store")
     i.add_argument("store", type=Path)
@@ -90,7 +94,7 @@ def _dispatch(args) -> int:
         return 0
 
     if args.cmd == "build":
-        tok = DNATokenizer(iupac=args.iupac)
+        tok = DNATokenizer(iupac=args.iupac) if args.adapter == "dna" else get_adapter(args.adapter)
         t0 = time.perf_counter()
         compression = None if args.compression == "none" else args.compression
         if args.manifest is not None:

@@ -84,6 +84,16 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
             print(f"  {name}: {length:,} bases", file=sys.stderr)
         return ds
 
+    # A text or audio model embeds the file itself (one record: its bytes or its samples).
+    modal = hasattr(model, "adapter")
+    source = Path(fasta) if modal else fasta
+
+    def records():
+        return model._iter_inputs(source, "fasta") if modal else iter_sequences(fasta, "fasta")
+
+    def size(i, name, s):
+        return len(model.encode(s, where=f"fasta: record {i} ({name!r})")) if modal else len(s)
+
     def fill(h5):
         h5.attrs["format"] = EMBED_FORMAT
         h5.attrs["model"] = str(model.path) if model.path else ""
@@ -92,15 +102,15 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
         h5.attrs["source"] = str(fasta)
         if pooling is not None:
             lengths = {}
-            for i, (name, s) in enumerate(iter_sequences(fasta, "fasta")):
-                lengths.setdefault(name, len(s))
-            for name, vec in model.iter_embed(fasta, pooling=pooling, batch_size=batch_size,
+            for i, (name, s) in enumerate(records()):
+                lengths.setdefault(name, size(i, name, s))
+            for name, vec in model.iter_embed(source, pooling=pooling, batch_size=batch_size,
                                               chunk_size=chunk_size, arg="fasta"):
                 add(h5, name, vec, lengths[name])
         else:
-            for i, (name, s) in enumerate(iter_sequences(fasta, "fasta")):
+            for i, (name, s) in enumerate(records()):
                 ids = model.encode(s, where=f"fasta: record {i} ({name!r})")
-                ds = add(h5, name, (len(ids), model.d_model), len(s))
+                ds = add(h5, name, (len(ids), model.d_model), size(i, name, s))
                 with torch.no_grad():
                     for start, h in model._chunks([ids], chunk_size):
                         ds[start:start + h.shape[1]] = h[0].float().cpu().numpy().astype(np_dtype)

@@ -1,4 +1,5 @@
-"""``genomamba pretrain``: fit (and test) a DNA language model (next base) from a pretrain config.
+"""``genomamba pretrain``: fit (and test) a language model from a pretrain config: next base for DNA,
+next byte for text (``adapter: text``), next mu-law sample for audio (``adapter: audio``).
 
 Options come from the YAML config (``--config configs/pretrain/x.yaml``), then ``--set
 section.key=value`` overrides, then the few flags of ``genomamba.commands.run_args``. What a run
@@ -13,11 +14,12 @@ from typing import Optional
 
 import torch
 
+from genomamba.baselines import markov_baseline
 from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.errors import UserError, report
 from genomamba.files import write_json
 from genomamba.lit.callbacks import SeqLenWarmup
-from genomamba.lit.config import PretrainConfig, to_plain
+from genomamba.lit.config import PretrainConfig, adapter_of, to_plain
 from genomamba.lit.datamodules import PretrainDataModule
 from genomamba.lit.pretrain import PretrainModule
 from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, owns_run_dir, prepare_run_dir, resolve_precision
@@ -30,10 +32,12 @@ def _scalar_metrics(metrics: dict) -> dict:
 
 @owns_run_dir
 def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool = False, force: bool = False) -> dict:
-    """Fit (and test) a DNA LM from a PretrainConfig; returns the results dict (also results.json).
+    """Fit (and test) a language model from a PretrainConfig; returns the results dict (also results.json).
     ``force``: replace an earlier run in ``cfg.run_dir`` (else one there is refused unless ``resume``)."""
+    adapter = adapter_of(cfg)
     run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
-    tok = DNATokenizer()
+    dna = adapter.name == "dna"
+    tok = DNATokenizer() if dna else adapter  # another modality's adapter tokenizes its files
     d = cfg.data
     dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
                             d.rc_prob, d.max_n_frac, d.num_workers, cfg.trainer.seed, tok,
@@ -42,18 +46,22 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     dm.setup("fit")
     if not quiet:
         s = dm.summary()
-        print(f"corpus: {s['sources']} sources, {s['contigs']} contigs; bases train {s['bases']['train']:,} "
+        unit = f"{adapter.unit}s"
+        print(f"corpus: {s['sources']} sources, {s['contigs']} contigs; {unit} train {s['bases']['train']:,} "
               f"val {s['bases']['val']:,} test {s['bases']['test']:,} ({time.time() - t0:.1f}s)", flush=True)
     model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()}
     optim = {k: v for k, v in to_plain(cfg.optim).items() if k != "head_lr_mult"}
-    module = PretrainModule(model_cfg, optim, tok.to_dict(), gradient_checkpointing=cfg.trainer.gradient_checkpointing)
+    module = PretrainModule(model_cfg, optim, tok.to_dict() if dna else None,
+                            gradient_checkpointing=cfg.trainer.gradient_checkpointing,
+                            adapter=None if dna else adapter.to_dict())
     module.context_parallel = cfg.trainer.context_parallel
+    bits = module.bits_key
     callbacks = []
     if cfg.seqlen_warmup is not None:
         callbacks.append(SeqLenWarmup(d.seq_len, cfg.seqlen_warmup.start, cfg.seqlen_warmup.stage_steps))
     title = f"{cfg.name or 'pretrain'}: {module.model.num_parameters():,} params, L={d.seq_len}"
-    trainer = build_trainer(cfg.trainer, run_dir, callbacks, title, ("train/loss", "train/bpb"),
-                            ("val/loss", "val/bpb", "val/acc"), has_val=dm.val_ds is not None, quiet=quiet)
+    trainer = build_trainer(cfg.trainer, run_dir, callbacks, title, ("train/loss", f"train/{bits}"),
+                            ("val/loss", f"val/{bits}", "val/acc"), has_val=dm.val_ds is not None, quiet=quiet)
     t0 = time.time()
     fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
@@ -66,15 +74,23 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
         results.update(processes=trainer.world_size, context_parallel=cfg.trainer.context_parallel)
     if trainer.interrupted:
         results["interrupted"] = True
-    module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",
-                                      "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+    if dna:
+        module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",
+                                          "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+    else:
+        module.model.config.extra.update({"task": f"{adapter.name}-lm", "adapter": adapter.name,
+                                          "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+        results["adapter"] = adapter.to_dict()
     out = run_dir / "model"
     if trainer.is_global_zero:  # one writer; every rank holds the same weights
         module.model.save_pretrained(out)
-        tok.save_pretrained(out)
+        tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads
     if cfg.test_after_fit and dm.test_ds is not None:
         test = trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = test[0] if test else {}
+        if not dna:  # the reference point on the very same split: an order-2 Markov model of the tokens
+            results["baselines"] = {"markov2": markov_baseline(dm.store, dm.splits, order=2,
+                                                               alphabet=len(adapter.data_ids))}
     results["model_dir"] = str(out)
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
@@ -95,7 +111,13 @@ def main(argv=None) -> int:
         return report("pretrain", e, 2)
     if res.get("global_rank", 0):
         return 0  # one line per run, from rank 0
-    bpb = res.get("test", {}).get("test/bpb")
-    print(f"done: step {res['global_step']}, model saved to {res['model_dir']}"
-          + (f", held-out {bpb:.3f} bits/base" if bpb is not None else ""))
+    unit = res.get("adapter", {}).get("name", "dna")
+    key, unit = {"dna": ("bpb", "base"), "text": ("bits_per_byte", "byte"),
+                 "audio": ("bits_per_sample", "sample")}.get(unit, ("bpb", "token"))
+    bpb = res.get("test", {}).get(f"test/{key}")
+    line = f"done: step {res['global_step']}, model saved to {res['model_dir']}"
+    line += f", held-out {bpb:.3f} bits/{unit}" if bpb is not None else ""
+    markov = res.get("baselines", {}).get("markov2")
+    line += f" (order-2 Markov on the same split: {markov['witten_bell']:.3f})" if markov else ""
+    print(line)
     return 0

@@ -51,20 +51,21 @@ def main(argv: list[str]) -> int:
     except (UserError, ValueError, OSError) as exc:
         return fail("score", exc)
     recs = scores.to_records()
+    bits = f"bits_per_{scores.unit}"  # bits_per_base (DNA), bits_per_byte (text), bits_per_sample (audio)
     for r in recs:
         if r["n_scored"] == 0:
-            print(f"genomamba score: warning: {r['name']}: nothing scored (no A/C/G/T base after the first); "
-                  "its bits per base is undefined (null / NA), not 0", file=sys.stderr)
+            print(f"genomamba score: warning: {r['name']}: nothing scored; its {bits.replace('_', ' ')} is "
+                  "undefined (null / NA), not 0", file=sys.stderr)
     if fmt == "json":
         n = int(scores.n_scored.sum())
         total = {"n_scored": n, "log_likelihood": float(scores.log_likelihood.sum()),
-                 "bits_per_base": float(-scores.log_likelihood.sum() / (n * np.log(2))) if n else None}
+                 bits: float(-scores.log_likelihood.sum() / (n * np.log(2))) if n else None}
         text = json_text({"model": str(model.path), "records": recs, "total": total})
     else:
-        cols = ["name", "length", "n_scored", "log_likelihood", "bits_per_base"]
+        cols = ["name", "length", "n_scored", "log_likelihood", bits]
         lines = ["\t".join(cols)]
         for r in recs:
-            bpb = f"{r['bits_per_base']:.6f}" if r["n_scored"] else "NA"
+            bpb = f"{r[bits]:.6f}" if r["n_scored"] else "NA"
             lines.append("\t".join([r["name"], str(r["length"]), str(r["n_scored"]),
                                     f"{r['log_likelihood']:.6f}", bpb]))
         text = "\n".join(lines) + "\n"

@@ -1,15 +1,29 @@
 """A pretraining corpus from a list of typed *sources*: one token store plus train/val/test splits.
 
-A source is one of four kinds (as YAML mappings; ``parse_source`` turns a mapping into its class)::
+A source is one of five kinds (as YAML mappings; ``parse_source`` turns a mapping into its class)::
 
     {assets: pretrain}                    # shipped LM slices (U. maydis train/val/test, fly, lambda)
     {assets: genomes}                     # shipped 5-species slices, split by strain
+    {assets: text}                        # shipped KJV slice (last 10 % test, 5 % before it val)
+    {assets: digits}                      # shipped spoken-digit clips, split by voice / engine
     {fetch: umaydis}                      # fetched dataset with its own split file (chr21-23 test)
     {fetch: bacteria, splits: [train]}    # keep only the training strains
-    {manifest: path/to/species.yaml}      # any species manifest: each genome's split
+    {fetch: text, files: kjv.txt, split: {by: tail, val_frac: 0.02, test_frac: 0.1}}
+    {fetch: digits}                       # fetched labelled clips: each clip's split
+    {manifest: path/to/species.yaml}      # any labelled-file manifest (YAML / TSV / CSV, or a folder)
     {path: genome.fa.gz, split: train}    # one FASTA, all of it in one split
     {path: genome.fa.gz, split: {by: contig, val: [chrX], test: ["chr2[123]"]}}
     {path: genome.fa.gz, split: {by: region, val_frac: 0.05, test_frac: 0.05, block: 100000}}
+    {files: "books/*.txt", split: {by: tail, test_frac: 0.1}}   # files / globs ($VARS and ~ expanded)
+    {files: [a.txt, b.txt.gz], split: test}
+
+Split rules: a split name (the whole file), ``by: contig`` (records named by full-match regexes),
+``by: region`` (seeded random blocks) and ``by: tail`` (the last ``test_frac`` of every file or
+record is test, the ``val_frac`` before it val, the rest train: the usual held-out split of a text).
+
+The files are tokenized by what ``build_corpus`` is given: the DNA tokenizer reads FASTA / GenBank
+records; a modality adapter (anything with ``encode_file``) reads each file as one contig (the
+bytes of a text, the mu-law samples of a clip).
 
 Every kind takes ``split`` (a split name, or a rule mapping that overrides the source's own
 splits) and ``splits`` (keep only these splits). Every source is tokenized into one in-RAM store
@@ -21,15 +35,18 @@ can be drawn from.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import yaml
 
-from genomamba.data.fetch import asset_files, default_assets, fetch
-from genomamba.data.species import SpeciesManifest
+from genomamba.data.fetch import asset_files, assets_dir, default_assets, fetch
+from genomamba.data.species import MANIFEST_NAMES, SpeciesManifest
 from genomamba.data.store import MemoryStore
 from genomamba.data.windows import Region, Splits, split_by_region
 from genomamba.errors import UserError, check_input_file
@@ -37,8 +54,13 @@ from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
 
 SPLIT_NAMES = ("train", "val", "test")
-ASSET_SECTIONS = ("pretrain", "genomes")
+ASSET_SECTIONS = ("pretrain", "genomes", "text", "digits")
 SPLIT_RULE_KEYS = ("by", "val", "test", "val_frac", "test_frac", "block", "seed")
+SPLIT_BY = ("contig", "region", "tail")
+# A text asset without a split of its own: the usual held-out tail.
+TEXT_ASSET_SPLIT = {"by": "tail", "val_frac": 0.05, "test_frac": 0.1}
+# What a fetched folder holds besides its data files.
+_NOT_DATA = ("provenance.json", "split.yaml", *MANIFEST_NAMES)
 
 SplitRule = Union[str, dict]
 
@@ -54,8 +76,14 @@ def _check_split(split: Optional[SplitRule], splits: Optional[list]) -> None:
         unknown = sorted(set(split) - set(SPLIT_RULE_KEYS))
         if unknown:
             raise CorpusError(f"split: unknown key(s) {unknown}; known: {list(SPLIT_RULE_KEYS)}")
-        if split.get("by", "contig") not in ("contig", "region"):
-            raise CorpusError(f"split.by: must be 'contig' or 'region', got {split.get('by')!r}")
+        if split.get("by", "contig") not in SPLIT_BY:
+            raise CorpusError(f"split.by: must be one of {list(SPLIT_BY)}, got {split.get('by')!r}")
+        for key in ("val_frac", "test_frac"):
+            v = split.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise CorpusError(f"split.{key}: expected a fraction in [0, 1), got {v!r}")
+        if split.get("val_frac", 0.0) + split.get("test_frac", 0.0) >= 1:
+            raise CorpusError("split: val_frac + test_frac must leave something to train on (< 1)")
     elif split is not None and not isinstance(split, str):
         raise CorpusError(f"split: expected a split name or a mapping, got {split!r}")
     if splits is not None:
@@ -75,6 +103,9 @@ class _Source:
             if f.name in ("assets", "fetch", "manifest", "path", "id", "dest") and v is not None \
                     and not isinstance(v, str):
                 raise CorpusError(f"{f.name}: expected a string, got {v!r}")
+            if f.name == "files" and v is not None and not (
+                    isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))):
+                raise CorpusError(f"files: expected a path / glob or a non-empty list of them, got {v!r}")
         _check_split(self.split, self.splits)
 
     def to_dict(self) -> dict:
@@ -104,6 +135,7 @@ class FetchSource(_Source):
     splits: Optional[list] = None
     id: Optional[str] = None
     dest: Optional[str] = None
+    files: Optional[Union[str, list]] = None  # globs inside the fetched folder (default: every data file)
 
 
 @dataclass(frozen=True)
@@ -125,8 +157,19 @@ class PathSource(_Source):
     id: Optional[str] = None
 
 
-Source = Union[AssetsSource, FetchSource, ManifestSource, PathSource]
-SOURCE_KINDS = {"assets": AssetsSource, "fetch": FetchSource, "manifest": ManifestSource, "path": PathSource}
+@dataclass(frozen=True)
+class FilesSource(_Source):
+    """Files named by paths or globs (``$VARS`` and ``~`` expanded); each is one source, all in ``split``
+    (default train). Read by the corpus's tokenizer: FASTA for DNA, any file for an adapter."""
+
+    files: Union[str, list]
+    split: Optional[SplitRule] = None
+    splits: Optional[list] = None
+
+
+Source = Union[AssetsSource, FetchSource, ManifestSource, PathSource, FilesSource]
+SOURCE_KINDS = {"assets": AssetsSource, "fetch": FetchSource, "manifest": ManifestSource, "path": PathSource,
+                "files": FilesSource}
 
 
 def parse_source(src, where: str = "data.sources[0]") -> Source:
@@ -136,6 +179,8 @@ def parse_source(src, where: str = "data.sources[0]") -> Source:
     if not isinstance(src, dict):
         raise CorpusError(f"{where}: expected a mapping like {{path: genome.fa, split: train}}, got {src!r}")
     kinds = [k for k in SOURCE_KINDS if k in src]
+    if "fetch" in kinds and "files" in kinds:  # files: of a fetch source are globs inside its folder
+        kinds.remove("files")
     if len(kinds) != 1:
         unknown = sorted(set(src) - {f.name for c in SOURCE_KINDS.values() for f in dataclasses.fields(c)})
         hint = f" (unknown key(s) {unknown})" if unknown else ""
@@ -156,11 +201,14 @@ def resolve_species_manifest(spec: Union[str, Path]) -> Path:
     s = str(spec)
     if s == "assets":
         return default_assets()
+    if s == "assets:digits":
+        return assets_dir() / "digits"
     if s.startswith("fetch:"):
-        out = fetch(s.split(":", 1)[1]) / "manifest.yaml"
-        if not out.exists():
-            raise CorpusError(f"manifest {s!r}: the fetched dataset has no manifest.yaml ({out})")
-        return out
+        folder = fetch(s.split(":", 1)[1])
+        found = [folder / n for n in MANIFEST_NAMES if (folder / n).is_file()]
+        if not found:
+            raise CorpusError(f"manifest {s!r}: the fetched dataset has none of {list(MANIFEST_NAMES)} ({folder})")
+        return found[0]
     p = Path(s).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"manifest {s!r}: no such file")
@@ -171,13 +219,53 @@ def _or(value, default):
     return default if value is None else value
 
 
+def expand_files(patterns, where: str, root: Optional[Path] = None) -> list[Path]:
+    """Paths / globs (``$VARS``, ``~``; relative to ``root`` if given) -> the files, in order, each once."""
+    out: list[Path] = []
+    for pat in [patterns] if isinstance(patterns, str) else list(patterns):
+        text = os.path.expanduser(os.path.expandvars(pat))
+        if root is not None and not os.path.isabs(text):
+            text = str(root / text)
+        if glob.has_magic(text):
+            hits = sorted(Path(h) for h in glob.glob(text, recursive=True) if Path(h).is_file())
+            if not hits:
+                raise FileNotFoundError(f"{where}: {pat!r} matches no file")
+        else:
+            p = Path(text)
+            if p.is_dir():
+                raise CorpusError(f"{where}: {pat!r} is a directory, not a file (give a glob such as {pat}/*.txt)")
+            if not p.exists():
+                raise FileNotFoundError(f"{where}: {pat!r}: no such file" + (f" ({p})" if str(p) != pat else ""))
+            hits = [p]
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def _file_id(p: Path) -> str:
+    return re.sub(r"\.(fa|fasta|fna|txt|flac|wav)(\.(gz|xz|bgz|bz2))?$", "", p.name)
+
+
+def _adapter_assets(kind: str) -> list[tuple[str, Path, object]]:
+    """The adapters' shipped files (``assets/adapters.yaml``) of one kind."""
+    doc = yaml.safe_load((assets_dir() / "adapters.yaml").read_text())
+    return [(_file_id(Path(e["path"])), assets_dir() / e["path"], e.get("split") or dict(TEXT_ASSET_SPLIT))
+            for e in doc["files"] if e["kind"] == kind]
+
+
 def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
     """One source -> [(id, fasta path, split rule)]; a rule is a split name or a dict."""
     where = f"data.sources[{k}]"
     out: list[tuple[str, Path, object]] = []
-    if isinstance(src, AssetsSource):
+    if isinstance(src, AssetsSource) and src.assets == "digits":
+        return expand_source(k, ManifestSource(str(assets_dir() / "digits"), src.split, src.splits))
+    if isinstance(src, AssetsSource) and src.assets == "text":
+        out.extend((gid, p, _or(src.split, rule)) for gid, p, rule in _adapter_assets("text"))
+    elif isinstance(src, AssetsSource):
         for gid, e in asset_files(src.assets).items():
             out.append((gid, Path(e["path"]), _or(src.split, e["split"])))
+    elif isinstance(src, FilesSource):
+        for p in expand_files(src.files, f"{where}.files"):
+            out.append((_file_id(p), p, _or(src.split, "train")))
     elif isinstance(src, ManifestSource):
         man = SpeciesManifest.from_file(resolve_species_manifest(src.manifest))
         man.check_files(verify_sha256=False)
@@ -185,8 +273,13 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
             out.append((g.id, g.path, _or(src.split, g.split)))
     elif isinstance(src, FetchSource):
         folder = fetch(src.fetch, src.dest)
-        if (folder / "manifest.yaml").exists():
-            return expand_source(k, ManifestSource(str(folder / "manifest.yaml"), src.split, src.splits))
+        if src.files is not None:
+            for p in expand_files(src.files, f"{where}.files", root=folder):
+                out.append((src.id or _file_id(p), p, _or(src.split, "train")))
+            return _finish_entries(where, src, out)
+        manifests = [folder / n for n in MANIFEST_NAMES if (folder / n).exists()]
+        if manifests:
+            return expand_source(k, ManifestSource(str(manifests[0]), src.split, src.splits))
         split_file = folder / "split.yaml"
         if split_file.exists():
             doc = yaml.safe_load(read_text(split_file))
@@ -194,14 +287,20 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
                                  "test": doc.get("test") or []})
             out.append((src.id or src.fetch, folder / doc["fasta"], rule))
         else:
-            fastas = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            fastas = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                            and p.name not in _NOT_DATA)
             for p in fastas:
                 out.append((f"{src.fetch}_{p.name.split('.')[0]}", p, _or(src.split, "train")))
-    else:
+    elif isinstance(src, PathSource):
         p = Path(src.path).expanduser()
         check_input_file(p, f"{where}: path")
         gid = src.id or re.sub(r"\.(fa|fasta|fna)(\.(gz|xz|bgz))?$", "", p.name)
         out.append((gid, p, _or(src.split, "train")))
+    return _finish_entries(where, src, out)
+
+
+def _finish_entries(where: str, src: Source, out: list) -> list:
+    """Check every entry's split rule and apply the source's ``splits`` filter."""
     for gid, _, rule in out:
         try:
             _check_split(rule, None)
@@ -215,8 +314,12 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
     return out
 
 
-def build_corpus(sources: list, tokenizer: Optional[DNATokenizer] = None):
-    """Sources (typed, or their YAML mappings) -> (MemoryStore, Splits), leak-checked."""
+def build_corpus(sources: list, tokenizer=None):
+    """Sources (typed, or their YAML mappings) -> (MemoryStore, Splits), leak-checked.
+
+    ``tokenizer``: the DNA tokenizer (default), or a modality adapter (anything with ``encode_file``
+    and ``pad_id``): then every file is one contig of its tokens.
+    """
     if not sources:
         raise CorpusError("data.sources: empty; give at least one source, e.g. [{assets: pretrain}]")
     tok = tokenizer or DNATokenizer()
@@ -224,10 +327,13 @@ def build_corpus(sources: list, tokenizer: Optional[DNATokenizer] = None):
     for k, src in enumerate(sources):
         entries.extend(expand_source(k, parse_source(src, f"data.sources[{k}]")))
     ids = [e[0] for e in entries]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
-        raise CorpusError(f"data.sources: the same source id appears twice: {dup} (set id: on one of them)")
-    store = MemoryStore.from_fasta([e[1] for e in entries], tok, genome_ids=ids)
+        raise CorpusError(f"data.sources: the same source id appears twice: {dup[:10]} (set id: on one of them)")
+    if not entries:
+        raise CorpusError("data.sources: no files (every source was filtered out)")
+    build = MemoryStore.from_files if hasattr(tok, "encode_file") else MemoryStore.from_fasta
+    store = build([e[1] for e in entries], tok, genome_ids=ids)
     rules = {gid: rule for gid, _, rule in entries}
     splits = Splits()
     region_cache: dict = {}
@@ -248,6 +354,11 @@ def build_corpus(sources: list, tokenizer: Optional[DNATokenizer] = None):
                     which = s
             if which in keep:
                 splits[which].append(whole)
+        elif rule.get("by") == "tail":
+            for s, r in zip(SPLIT_NAMES, tail_split(c.name, c.length, rule.get("val_frac", 0.0),
+                                                    rule.get("test_frac", 0.1))):
+                if s in keep and len(r):
+                    splits[s].append(r)
         else:
             key = (rule.get("val_frac", 0.05), rule.get("test_frac", 0.05), rule.get("block", 100_000),
                    rule.get("seed", 0))
@@ -260,3 +371,12 @@ def build_corpus(sources: list, tokenizer: Optional[DNATokenizer] = None):
         raise CorpusError("data.sources: no training sequence (every source is val/test or filtered out)")
     splits.check()
     return store, splits
+
+
+def tail_split(contig: str, length: int, val_frac: float, test_frac: float) -> tuple[Region, Region, Region]:
+    """(train, val, test) regions of one contig: test is its last ``test_frac``, val the ``val_frac`` before."""
+    n_test = int(length * test_frac)
+    n_val = int(length * val_frac)
+    b = length - n_test
+    a = b - n_val
+    return Region(contig, 0, a), Region(contig, a, b), Region(contig, b, length)

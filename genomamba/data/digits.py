@@ -44,7 +44,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from genomamba.adapters.audio import MuLawAudioAdapter, require_audio_libs
+from genomamba.data.audio import read_audio, write_audio
 from genomamba.data.debian import DebianError, Toolbox, unpack
 
 PathLike = Union[str, os.PathLike]
@@ -274,15 +274,14 @@ def center_clip(wave: np.ndarray, n: int = SAMPLE_RATE, peak: float = 0.9, floor
     return clip, length, cropped
 
 
-def _make_one(job: dict, synth: Synthesizers, adapter: MuLawAudioAdapter, cfg: DigitsConfig, out: Path, tmp: Path):
-    sf, _ = require_audio_libs()
+def _make_one(job: dict, synth: Synthesizers, cfg: DigitsConfig, out: Path, tmp: Path):
     wav = tmp / f"{hashlib.sha1(job['path'].encode()).hexdigest()}.wav"
     cmd = synth.command(job, wav)
     res = subprocess.run(cmd, env=synth.env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if res.returncode != 0 or not wav.exists():
         return None, f"{job['path']}: {job['engine']} exit {res.returncode}: {' '.join(res.stderr.split())[-200:]}"
     try:
-        wave = adapter.load(wav)
+        wave = read_audio(wav, SAMPLE_RATE, quality="VHQ", allow_silent=True)
         clip, length, cropped = center_clip(wave, int(round(cfg.seconds * SAMPLE_RATE)), cfg.peak)
     except ValueError as e:
         return None, f"{job['path']}: {e}"
@@ -290,7 +289,7 @@ def _make_one(job: dict, synth: Synthesizers, adapter: MuLawAudioAdapter, cfg: D
         wav.unlink(missing_ok=True)
     target = out / job["path"]
     target.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(target), clip, SAMPLE_RATE, subtype="PCM_16", format=cfg.audio_format.upper())
+    write_audio(clip, target, SAMPLE_RATE, cfg.audio_format)
     row = {k: job[k] for k in FIELDS if k in job}
     row.update(speech_s=round(length / SAMPLE_RATE, 3), cropped=int(cropped))
     return row, None
@@ -321,11 +320,10 @@ def make_spoken_digits(
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    adapter = MuLawAudioAdapter(sample_rate=SAMPLE_RATE, quality="VHQ")
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="genomamba-digits-") as tmp:
         with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-            futures = [pool.submit(_make_one, j, synth, adapter, cfg, work, Path(tmp)) for j in jobs]
+            futures = [pool.submit(_make_one, j, synth, cfg, work, Path(tmp)) for j in jobs]
             for i, fut in enumerate(futures):
                 row, err = fut.result()
                 if row is not None:

@@ -8,9 +8,17 @@ Manifest, YAML::
       - {id: MG1655, label: Escherichia_coli, path: MG1655.fasta.gz, split: train}
       - {id: DH1,    label: Escherichia_coli, path: DH1.fasta.gz,    split: test, sha256: ...}
 
-or TSV with a header line ``id  label  path  split  [sha256]`` (``#`` starts a comment). Relative
-paths are resolved against the manifest's folder (or its ``root:`` key). Whole genomes/strains
-carry one split, so a held-out strain never contributes a base to training.
+or TSV with a header line ``id  label  path  split  [sha256]`` (``#`` starts a comment), or CSV
+with the same columns (``id`` optional: the path as written is the id; other columns are ignored;
+``genomamba data fetch digits`` writes one). Relative paths are resolved against the manifest's
+folder (or its ``root:`` key). Whole genomes/strains carry one split, so a held-out strain never
+contributes a base to training. Labels that are all integers are ordered numerically.
+
+The same manifests label files of any modality (audio clips for the spoken-digit classifier): a
+manifest is a list of labelled files, and ``load(split, tokenizer)`` tokenizes them with the DNA
+tokenizer or with any adapter-like object that has ``encode_file`` (one contig per file). A folder
+is read as its ``manifest.yaml`` / ``manifest.csv`` / ``manifest.tsv``, or else as labelled files
+laid out ``SPLIT/LABEL/FILE`` (``train/seven/clip.flac``).
 
 Sampling (the Mamba paper's species protocol, after HyenaDNA): a class uniformly at random, then
 one of that class's contigs (in the split) with probability proportional to its length, then a
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -32,12 +41,13 @@ from torch.utils.data import Dataset, IterableDataset
 
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
-from genomamba.data.windows import Region, share, stream_slot
+from genomamba.data.windows import Region, check_rc_prob, share, stream_slot
 from genomamba.errors import UserError
 from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
 
 SPLITS = ("train", "val", "test")
+MANIFEST_NAMES = ("manifest.yaml", "manifest.yml", "manifest.csv", "manifest.tsv")
 PathLike = Union[str, os.PathLike]
 
 
@@ -64,8 +74,7 @@ class SpeciesManifest:
         where = f"{source}: " if source else ""
         if not self.genomes:
             raise ManifestError(f"{where}manifest lists no genomes")
-        ids = [g.id for g in self.genomes]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+        dup = sorted(i for i, n in Counter(g.id for g in self.genomes).items() if n > 1)
         if dup:
             raise ManifestError(f"{where}duplicate genome ids {dup}")
         for g in self.genomes:
@@ -73,7 +82,7 @@ class SpeciesManifest:
                 raise ManifestError(f"{where}genome {g.id!r}: split must be one of {SPLITS}, got {g.split!r}")
         seen = list(dict.fromkeys(g.label for g in self.genomes))
         if labels is None:
-            labels = seen
+            labels = sorted(seen, key=int) if all(_is_int(x) for x in seen) else seen
         else:
             labels = list(labels)
             missing = [lab for lab in seen if lab not in labels]
@@ -89,9 +98,30 @@ class SpeciesManifest:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such manifest")
+        if path.is_dir():
+            found = [path / n for n in MANIFEST_NAMES if (path / n).is_file()]
+            return cls.from_file(found[0]) if found else cls._from_folders(path)
         if path.suffix.lower() in (".tsv", ".txt"):
             return cls._from_tsv(path)
+        if path.suffix.lower() == ".csv":
+            return cls._from_tsv(path, delimiter=",")
         return cls._from_yaml(path)
+
+    @classmethod
+    def _from_folders(cls, root: Path) -> "SpeciesManifest":
+        """Labelled files laid out ``root/SPLIT/LABEL/FILE``; the id of a file is its path below root."""
+        entries = []
+        for split in SPLITS:
+            if not (root / split).is_dir():
+                continue
+            for label_dir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
+                for f in sorted(label_dir.iterdir()):
+                    if f.is_file() and not f.name.startswith("."):
+                        entries.append(GenomeEntry(f.relative_to(root).as_posix(), label_dir.name, f, split))
+        if not entries:
+            raise ManifestError(f"{root}: a directory without labelled files: expected one of {list(MANIFEST_NAMES)} "
+                                "or files laid out SPLIT/LABEL/FILE (e.g. train/seven/clip.flac)")
+        return cls(entries, None, name=root.name, source=root)
 
     @classmethod
     def _from_yaml(cls, path: Path) -> "SpeciesManifest":
@@ -110,15 +140,18 @@ class SpeciesManifest:
         return cls(entries, doc.get("labels"), name=str(doc.get("name", path.stem)), source=path)
 
     @classmethod
-    def _from_tsv(cls, path: Path) -> "SpeciesManifest":
+    def _from_tsv(cls, path: Path, delimiter: str = "\t") -> "SpeciesManifest":
         lines = [ln for ln in read_text(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if not lines:
             raise ManifestError(f"{path}: empty manifest")
-        rows = list(csv.DictReader(lines, delimiter="\t"))
+        rows = list(csv.DictReader(lines, delimiter=delimiter))
         need = {"label", "path", "split"}
-        header = set(rows[0].keys()) if rows else set(lines[0].split("\t"))
+        header = set(rows[0].keys()) if rows else set(lines[0].split(delimiter))
         if not need <= header:
-            raise ManifestError(f"{path}: TSV header must contain {sorted(need)}, got {sorted(header)}")
+            kind = "TSV" if delimiter == "\t" else "CSV"
+            raise ManifestError(f"{path}: {kind} header must contain {sorted(need)}, got {sorted(header)}")
+        if delimiter == ",":  # CSV rows without an id are named by their path (unique; stems repeat across labels)
+            rows = [r if r.get("id") else {**r, "id": r["path"]} for r in rows]
         entries = [cls._entry(path, f"line {k + 2}", r, path.parent) for k, r in enumerate(rows)]
         return cls(entries, None, name=path.stem, source=path)
 
@@ -166,15 +199,15 @@ class SpeciesManifest:
 
     def load(self, split: Optional[str] = None, tokenizer: Optional[DNATokenizer] = None) -> MemoryStore:
         """Tokenize the split's genomes into RAM (contigs named ``"<genome id>:<record>"``); cached."""
-        key = (split, None if tokenizer is None else tuple(tokenizer.vocab))
+        files = hasattr(tokenizer, "encode_file")  # a modality adapter: one contig per file
+        key = (split, None if tokenizer is None else repr(tokenizer) if files else tuple(tokenizer.vocab))
         if key not in self._sources:
             ents = self.entries(split)
             if not ents:
                 raise ManifestError(f"{self.source_path}: no genomes in split {split!r}")
-            self.check_files()
-            self._sources[key] = MemoryStore.from_fasta(
-                [g.path for g in ents], tokenizer, genome_ids=[g.id for g in ents]
-            )
+            self.check_files(verify_sha256=False) if files else self.check_files()
+            build = MemoryStore.from_files if files else MemoryStore.from_fasta
+            self._sources[key] = build([g.path for g in ents], tokenizer, genome_ids=[g.id for g in ents])
         return self._sources[key]
 
     def build_store(self, out_path: PathLike, tokenizer: Optional[DNATokenizer] = None,
@@ -191,6 +224,14 @@ class SpeciesManifest:
             if g.id == genome_id:
                 return self.label_to_id[g.label]
         raise KeyError(f"genome {genome_id!r} not in manifest {self.name!r}")
+
+
+def _is_int(x: str) -> bool:
+    try:
+        int(x)
+    except ValueError:
+        return False
+    return True
 
 
 def _stem(p: Path) -> str:
@@ -290,6 +331,7 @@ class SpeciesWindows(IterableDataset):
         if length <= 0:
             raise ValueError(f"window length must be positive, got {length}")
         self.sampler = _SpeciesSampler(manifest, split, source, tokenizer, span)
+        check_rc_prob(self.sampler.source, rc_prob)
         self.length, self.seed, self.num_samples = int(length), int(seed), int(num_samples)
         self.rc_prob, self.return_mask = float(rc_prob), return_mask
         self.epoch = 0
@@ -317,7 +359,8 @@ class SpeciesEvalWindows(Dataset):
     """Deterministic evaluation windows: ``per_label`` windows per class, drawn once from ``seed``.
 
     The same protocol as training (class, contig by length, position), but the draw is fixed at
-    construction, so every epoch and every run scores the same windows.
+    construction, so every epoch and every run scores the same windows. ``per_label=None`` scores every
+    contig of the split once instead (its first ``length`` tokens): whole clips of an audio manifest.
     """
 
     def __init__(
@@ -325,7 +368,7 @@ class SpeciesEvalWindows(Dataset):
         manifest: SpeciesManifest,
         split: str,
         length: int,
-        per_label: int = 100,
+        per_label: Optional[int] = 100,
         seed: int = 1234,
         return_mask: bool = False,
         source: Optional[SequenceSource] = None,
@@ -337,6 +380,11 @@ class SpeciesEvalWindows(Dataset):
         self.sampler = _SpeciesSampler(manifest, split, source, tokenizer, span)
         self.length, self.return_mask = int(length), return_mask
         rng = np.random.default_rng(seed)
+        smp = self.sampler
+        if per_label is None:
+            self.items = [(lab, int(ci), int(smp.lo[ci]), int(min(smp.lo[ci] + self.length, smp.hi[ci])))
+                          for lab in smp.label_ids for ci in smp.contigs[lab]]
+            return
         # The class is fixed per draw so every class gets exactly per_label windows.
         self.items = [
             self.sampler.draw(rng, self.length, lab) for lab in self.sampler.label_ids for _ in range(per_label)

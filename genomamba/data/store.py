@@ -3,6 +3,7 @@
 HDF5 layout (``format = "genomamba.TokenStore"``, ``format_version = 1``)::
 
     /                  attrs: format, format_version, tokenizer (JSON), n_contigs, total_length
+                       (tokenizer: the DNA tokenizer, or a text / audio adapter's to_dict())
     /contigs/name      (c,) str      record names (unique in the store)
     /contigs/description (c,) str    full header
     /contigs/length    (c,) int64
@@ -10,7 +11,7 @@ HDF5 layout (``format = "genomamba.TokenStore"``, ``format_version = 1``)::
     /sources/path      (s,) str      source file as given at build time
     /sources/sha256    (s,) str      checksum of the source file's bytes
     /sources/genome    (s,) str      genome/strain id (file stem unless given)
-    /seq/<i>           (length,) uint8 token ids of contig i, chunked
+    /seq/<i>           (length,) token ids of contig i, chunked (uint8; an adapter's dtype otherwise)
     /softmask/<i>      (k, 2) int64  [start, stop) runs of lowercase (soft-masked) bases
     /nruns/<i>         (k, 2) int64  [start, stop) runs of N tokens
 
@@ -104,10 +105,40 @@ class _RunsIndex:
         return int(self.cum[-1]) if len(self.cum) else 0
 
 
+ADAPTER_TYPE = "genomamba.adapter"
+
+
+class StoredVocab:
+    """What a store needs of a text / audio adapter whose ``to_dict()`` it recorded: ``pad_id``,
+    ``vocab_size``, ``name`` (rebuild the adapter itself with ``genomamba.adapters.adapter_from_json``)."""
+
+    def __init__(self, d: dict):
+        self.record = dict(d)
+        self.name, self.vocab_size, self.pad_id = d["name"], int(d["vocab_size"]), int(d["pad_id"])
+
+    def to_dict(self) -> dict:
+        return dict(self.record)
+
+    def __repr__(self) -> str:
+        return f"StoredVocab({self.name!r}, settings={self.record.get('settings')})"
+
+
+def _iter_files(paths: Sequence[PathLike], tokenizer, genome_ids: Optional[Sequence[str]]):
+    """One contig per file, ``"<id>:<file name>"``, tokenized by ``tokenizer.encode_file``."""
+    for s, p in enumerate(paths):
+        gid = genome_ids[s] if genome_ids is not None else _genome_id(p)
+        ids = np.asarray(tokenizer.encode_file(p))
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"{p}: no tokens (an empty file)")
+        yield s, f"{gid}:{Path(p).name}", str(p), ids, np.zeros(ids.shape[0], dtype=np.bool_)
+
+
 class SequenceSource:
     """What windows and samplers need: contigs, ``read``, ``softmask``, N-run queries.
 
-    ``TokenStore`` (on disk) and ``MemoryStore`` (in RAM) both implement it.
+    ``TokenStore`` (on disk) and ``MemoryStore`` (in RAM) both implement it. ``tokenizer`` is the
+    DNA tokenizer, or for another modality its adapter (anything with ``pad_id``; DNA's ``n_id`` and
+    ``reverse_complement`` are used only when present).
     """
 
     tokenizer: DNATokenizer
@@ -173,7 +204,7 @@ def _genome_id(path: PathLike) -> str:
     for ext in (".gz", ".bgz", ".xz", ".bz2"):
         if name.endswith(ext):
             name = name[: -len(ext)]
-    for ext in (".fasta", ".fa", ".fna", ".fas", ".gb", ".gbk", ".genbank"):
+    for ext in (".fasta", ".fa", ".fna", ".fas", ".gb", ".gbk", ".genbank", ".txt", ".flac", ".wav"):
         if name.endswith(ext):
             name = name[: -len(ext)]
     return name
@@ -210,7 +241,10 @@ class MemoryStore(SequenceSource):
         self.genomes = list(genomes)
         self._name_to_index = {n: i for i, n in enumerate(names)}
         self._soft = [_RunsIndex(r) for r in softruns]
-        self._nruns = [_RunsIndex(runs_of(s == tokenizer.n_id)) for s in seqs]
+        # Only DNA has an "unknown base" token; bytes and audio samples have no N runs.
+        n_id = getattr(tokenizer, "n_id", None)
+        self._nruns = [_RunsIndex(runs_of(s == n_id) if n_id is not None else np.zeros((0, 2), np.int64))
+                       for s in seqs]
 
     @classmethod
     def from_fasta(cls, paths, tokenizer: Optional[DNATokenizer] = None, genome_ids=None) -> "MemoryStore":
@@ -225,6 +259,22 @@ class MemoryStore(SequenceSource):
             srcs.append(s)
         genomes = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
         return cls(names, descs, seqs, soft, srcs, genomes, tok)
+
+    @classmethod
+    def from_files(cls, paths, tokenizer, genome_ids=None) -> "MemoryStore":
+        """One contig per file, named ``"<genome id>:<file name>"``, tokenized by ``tokenizer.encode_file``.
+
+        ``tokenizer`` is any object with ``encode_file(path) -> 1-D ids`` and ``pad_id`` (a modality
+        adapter: bytes of a text file, mu-law samples of a clip); an empty file is refused by name.
+        """
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        gids = list(genome_ids) if genome_ids is not None else [_genome_id(p) for p in paths]
+        names, seqs = [], []
+        for _, name, _, ids, _ in _iter_files(paths, tokenizer, gids):
+            names.append(name)
+            seqs.append(ids)
+        soft = [np.zeros((0, 2), np.int64) for _ in seqs]
+        return cls(names, [str(p) for p in paths], seqs, soft, range(len(seqs)), gids, tokenizer)
 
     def read(self, contig, start: int, stop: int) -> np.ndarray:
         i = self._check(contig, int(start), int(stop))
@@ -251,7 +301,9 @@ class TokenStore(SequenceSource):
                     raise ValueError(
                         f"{self.path}: store format_version {ver} is newer than this reader ({STORE_VERSION})"
                     )
-                self.tokenizer = DNATokenizer.from_dict(json.loads(f.attrs["tokenizer"]))
+                tok = json.loads(f.attrs["tokenizer"])
+                is_adapter = isinstance(tok, dict) and tok.get("type") == ADAPTER_TYPE
+                self.tokenizer = StoredVocab(tok) if is_adapter else DNATokenizer.from_dict(tok)
                 names = [x.decode() if isinstance(x, bytes) else x for x in f["contigs/name"][()]]
                 self.descriptions = [
                     x.decode() if isinstance(x, bytes) else x for x in f["contigs/description"][()]
@@ -285,12 +337,12 @@ class TokenStore(SequenceSource):
         return ds
 
     def read(self, contig, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Token ids of ``contig[start:stop]`` (uint8). ``out`` (uint8, stop-start) avoids an allocation."""
+        """Token ids of ``contig[start:stop]`` (uint8 for DNA). ``out`` (stop-start) avoids an allocation."""
         start, stop = int(start), int(stop)
         i = self._check(contig, start, stop)
         ds = self._dataset(i)
         if out is None:
-            out = np.empty(stop - start, dtype=np.uint8)
+            out = np.empty(stop - start, dtype=ds.dtype)
         if stop > start:
             ds.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
         return out
@@ -325,6 +377,9 @@ class TokenStore(SequenceSource):
     ) -> "TokenStore":
         """Parse + tokenize FASTA/GenBank files into an HDF5 store at ``out_path``.
 
+        ``tokenizer`` may instead be a text / audio adapter (anything with ``encode_file`` and
+        ``to_dict``): then each file is one contig of its tokens (bytes, mu-law samples).
+
         Written to a temporary file beside ``out_path`` and renamed at the end, so a crash never leaves a store
         that looks complete. One record is held in memory at a time.
 
@@ -350,18 +405,22 @@ class TokenStore(SequenceSource):
             check_input_file(p, "sequence file")
         out_path = check_output(out_path, paths, "out_path", force=replace)
         tok = tokenizer or DNATokenizer()
+        files = hasattr(tok, "encode_file")
+        records = _iter_files(paths, tok, genome_ids) if files else _iter_encoded(paths, tok, genome_ids)
         names, descs, lengths, sources = [], [], [], []
         str_dt = h5py.string_dtype("utf-8")
         with atomic_path(out_path, replace=replace) as tmp:
             with h5py.File(tmp, "w") as f:
-                for s, name, desc, ids, soft in _iter_encoded(paths, tok, genome_ids):
+                for s, name, desc, ids, soft in records:
                     i = len(names)
                     n = int(ids.shape[0])
                     f.create_dataset(
                         f"seq/{i}", data=ids, chunks=(max(1, min(chunk, n)),), compression=compression
                     )
                     f.create_dataset(f"softmask/{i}", data=runs_of(soft))
-                    f.create_dataset(f"nruns/{i}", data=runs_of(ids == tok.n_id))
+                    n_id = getattr(tok, "n_id", None)
+                    f.create_dataset(f"nruns/{i}", data=runs_of(ids == n_id) if n_id is not None
+                                     else np.zeros((0, 2), np.int64))
                     names.append(name)
                     descs.append(desc)
                     lengths.append(n)

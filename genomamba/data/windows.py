@@ -278,6 +278,13 @@ def _pad(ids: np.ndarray, soft: Optional[np.ndarray], length: int, pad_id: int):
     return out, mask, sm
 
 
+def check_rc_prob(source: SequenceSource, rc_prob: float, arg: str = "rc_prob") -> None:
+    """Reverse complement is a DNA operation: refuse ``rc_prob > 0`` on tokens without one."""
+    if rc_prob > 0 and not hasattr(source.tokenizer, "reverse_complement"):
+        name = getattr(source.tokenizer, "name", type(source.tokenizer).__name__)
+        raise ValueError(f"{arg}={rc_prob}: reverse complement applies to DNA only; set it to 0 for {name!r} tokens")
+
+
 def _resolve_regions(source: SequenceSource, regions) -> list[Region]:
     regs = whole_contigs(source) if regions is None else _as_regions(regions)
     for r in regs:
@@ -323,6 +330,7 @@ class RandomWindows(IterableDataset):
             raise ValueError(f"rc_prob must be in [0, 1], got {rc_prob}")
         if not 0.0 <= max_n_frac <= 1.0:
             raise ValueError(f"max_n_frac must be in [0, 1], got {max_n_frac}")
+        check_rc_prob(source, rc_prob)
         self.source = source
         self.length = int(length)
         self.regions = _resolve_regions(source, regions)

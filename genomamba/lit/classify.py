@@ -48,14 +48,18 @@ class ClassifierModule(pl.LightningModule):
         plot_dir: where confusion-matrix PNGs go (default: the logger's directory).
         tta_rc: evaluate (val/test) on both strands: average the class probabilities of each window
             and of its reverse complement (training already sees both strands through ``rc_prob``).
+        adapter: ``Adapter.to_dict()`` of another modality (audio clips, texts); None is DNA.
     """
 
     def __init__(self, labels: Sequence[str], model: Optional[dict] = None, init_from: Optional[str] = None,
                  pooling: str = "mean", freeze_backbone: bool = False, dropout: float = 0.0,
-                 optim: Optional[dict] = None, plot_dir: Optional[str] = None, tta_rc: bool = True):
+                 optim: Optional[dict] = None, plot_dir: Optional[str] = None, tta_rc: bool = True,
+                 adapter: Optional[dict] = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        if adapter and adapter.get("name") != "dna" and tta_rc:
+            raise ValueError(f"tta_rc: reverse complement is DNA-only, not for {adapter.get('name')!r} tokens")
         if init_from is not None:
             lm = MambaLM.from_pretrained(init_from).train()
             model = lm.config.to_dict()

@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Union
 
 import yaml
 
+from genomamba.adapters import Adapter, get_adapter
 from genomamba.config import MambaConfig
 from genomamba.data.corpus import AssetsSource, CorpusError, Source, parse_source
 from genomamba.errors import UserError
@@ -137,6 +138,8 @@ class PretrainConfig:
     kind: str = "pretrain"
     name: str = ""
     description: str = ""
+    # the modality: "dna" (default), "text", "audio", or a mapping {name: audio, sample_rate: 8000, ...}
+    adapter: Any = "dna"
     model: Optional[ModelConfig] = None
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -161,8 +164,8 @@ class SpeciesDataConfig:
     train_length: Optional[int] = None  # shorter training windows: more windows per second on a CPU
     batch_size: int = 32
     train_samples: int = 20_000
-    val_per_label: int = 100
-    test_per_label: int = 200
+    val_per_label: Optional[int] = 100  # None: every val file once (whole clips)
+    test_per_label: Optional[int] = 200  # None: every test file once
     rc_prob: float = 0.5
     num_workers: int = 0
 
@@ -172,6 +175,7 @@ class ClassifyConfig:
     kind: str = "classify"
     name: str = ""
     description: str = ""
+    adapter: Any = "dna"  # as in PretrainConfig; the manifest's files are read by it
     # a pretrained model dir (save_pretrained), or a classifier's (its head is kept when the labels match);
     # else model: from scratch
     init_from: Optional[str] = None
@@ -185,6 +189,39 @@ class ClassifyConfig:
 
 
 KINDS = {"pretrain": PretrainConfig, "classify": ClassifyConfig}
+
+
+# ----------------------------------------------------------------------------- adapters
+def adapter_of(cfg, where: str = "config") -> Adapter:
+    """The config's modality adapter, built from ``adapter:`` (a name or ``{name: ..., setting: ...}``)."""
+    spec = cfg.adapter
+    if isinstance(spec, str):
+        name, settings = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, settings = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ConfigError(f"{where}: adapter: expected a name (dna, text, audio) or a mapping with name:, got {spec!r}")
+    try:
+        return get_adapter(name, **settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: adapter: {e}") from None
+
+
+def _check_adapter_options(cfg, where: str) -> None:
+    """Refuse the DNA-only options (reverse complement) for another modality, naming the key."""
+    adapter = adapter_of(cfg, where)
+    if adapter.name == "dna":
+        return
+    hint = f"reverse complement is DNA-only; set it to 0 / false for the {adapter.name!r} adapter"
+    if cfg.data.rc_prob > 0:
+        raise ConfigError(f"{where}: data.rc_prob: {hint}")
+    if cfg.kind == "classify" and cfg.head.tta_rc:
+        raise ConfigError(f"{where}: head.tta_rc: {hint}")
+    if cfg.kind == "classify" and any(b != "logspec" for b in cfg.baselines):
+        raise ConfigError(f"{where}: baselines: the k-mer baselines are DNA-only; use [logspec] (audio) or []")
+    if cfg.model is not None and cfg.model.vocab_size is not None and cfg.model.vocab_size < adapter.vocab_size:
+        raise ConfigError(f"{where}: model.vocab_size: {cfg.model.vocab_size} is smaller than the {adapter.name!r} "
+                          f"adapter's {adapter.vocab_size} tokens (leave it out to use the adapter's)")
 
 
 # ----------------------------------------------------------------------------- type checking
@@ -392,6 +429,7 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
     if k == "classify" and cfg.model is None and not cfg.init_from:
         raise ConfigError(f"{where}: give init_from (a pretrained model dir) or model (train from scratch)")
     _check_ranges(cfg, where)
+    _check_adapter_options(cfg, where)
     return cfg
 
 

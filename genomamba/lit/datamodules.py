@@ -1,8 +1,9 @@
-"""LightningDataModules over the genome data pipeline (``genomamba.data``).
+"""LightningDataModules over the data pipeline (``genomamba.data``), for any modality.
 
 ``PretrainDataModule``: random training windows and tiled val/test windows over a corpus built
-from typed sources (``genomamba.data.corpus``). ``SpeciesDataModule``: class-uniform species
-windows from a manifest, evaluated on held-out strains.
+from typed sources (``genomamba.data.corpus``). ``SpeciesDataModule``: class-uniform windows from a
+labelled-file manifest (species genomes, spoken-digit clips), evaluated on held-out strains or voices.
+``tokenizer`` is the DNA tokenizer or, for text and audio, the modality's adapter.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class SpeciesDataModule(pl.LightningDataModule):
         self.train_length = int(train_length or length)
         if self.length < 1 or self.train_length < 1:
             raise ValueError(f"data.length / data.train_length: expected >= 1, got {length} / {train_length}")
-        self.val_per_label, self.test_per_label = int(val_per_label), int(test_per_label)
+        self.val_per_label = None if val_per_label is None else int(val_per_label)
+        self.test_per_label = None if test_per_label is None else int(test_per_label)
         self.rc_prob, self.num_workers, self.seed, self.eval_seed = rc_prob, num_workers, seed, eval_seed
         self.tokenizer = tokenizer or DNATokenizer()
         self.manifest = None

@@ -1,4 +1,6 @@
-"""Next-base pretraining as a thin LightningModule around :class:`genomamba.MambaLM`.
+"""Next-token pretraining as a thin LightningModule around :class:`genomamba.MambaLM`: next base for
+DNA, next byte for text, next mu-law sample for audio (the ``adapter`` names the modality and its
+metric: ``bpb`` bits per base, ``bits_per_byte``, ``bits_per_sample``).
 
 The module holds the plain ``nn.Module`` (``self.model``) and adds only the step logic, metrics
 and optimizer groups. Everything it needs to be rebuilt from a checkpoint is in
@@ -16,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from genomamba.adapters import adapter_from_json
 from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
 from genomamba.lit.optim import build_optimizer
@@ -80,24 +83,29 @@ class PretrainModule(pl.LightningModule):
         optim: AdamW / schedule settings (``OptimConfig`` fields; the rest default).
         tokenizer: ``DNATokenizer.to_dict()``; the default tokenizer if None.
         gradient_checkpointing: recompute each layer in backward (long context).
+        adapter: ``Adapter.to_dict()`` of another modality (text, audio); None is DNA. Its data ids
+            (every id but the specials) are the scored targets.
     """
 
     def __init__(self, model: dict, optim: Optional[dict] = None, tokenizer: Optional[dict] = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, adapter: Optional[dict] = None):
         super().__init__()
         if isinstance(model, MambaConfig):
             model = model.to_dict()
         self.save_hyperparameters()
+        self.adapter = adapter_from_json(adapter) if adapter else None
         self.tokenizer = DNATokenizer.from_dict(tokenizer) if tokenizer else DNATokenizer()
+        vocab = self.adapter if self.adapter is not None else self.tokenizer
+        self.bits_key = self.adapter.bits_key if self.adapter is not None else "bpb"
         cfg = MambaConfig.from_dict(dict(model))
-        if cfg.vocab_size < self.tokenizer.vocab_size:
+        if cfg.vocab_size < vocab.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
-                             f"{self.tokenizer.vocab_size} tokens")
+                             f"{vocab.vocab_size} tokens")
         self.model = MambaLM(cfg)
         self.model.gradient_checkpointing_enable(gradient_checkpointing)
         ok = torch.zeros(cfg.padded_vocab_size, dtype=torch.bool)
         t = self.tokenizer
-        ok[[t.a_id, t.c_id, t.g_id, t.t_id]] = True
+        ok[[t.a_id, t.c_id, t.g_id, t.t_id] if self.adapter is None else self.adapter.data_ids] = True
         self.register_buffer("target_ok", ok, persistent=False)
         self.train_metrics, self.val_metrics, self.test_metrics = LMMetrics(), LMMetrics(), LMMetrics()
         # Set by SeqLenWarmup: each (b, L) batch is cut into (b * L / l, l) pieces while l < L.
@@ -159,10 +167,10 @@ class PretrainModule(pl.LightningModule):
         self.train_metrics.update(nll, correct, n)
         nf = n.clamp_min(1).float()
         shown, shown_acc = loss, correct.float() / nf
-        if self.trainer.world_size > 1:  # the loss of every base of the step, over all ranks
+        if self.trainer.world_size > 1:  # the loss of every token of the step, over all ranks
             tot = self._world_sum(torch.stack([nll.detach().double(), correct.double(), n.double()]))
             shown, shown_acc = (tot[0] / tot[2].clamp_min(1)).float(), (tot[1] / tot[2].clamp_min(1)).float()
-        self.log_dict({"train/loss": shown, "train/bpb": shown / LN2, "train/acc": shown_acc},
+        self.log_dict({"train/loss": shown, f"train/{self.bits_key}": shown / LN2, "train/acc": shown_acc},
                       on_step=True, on_epoch=False, prog_bar=True, batch_size=ids.shape[0])
         self.log("train/seq_len", float(ids.shape[1]), on_step=True, on_epoch=False, batch_size=ids.shape[0])
         return loss
@@ -192,6 +200,9 @@ class PretrainModule(pl.LightningModule):
             metrics.reset()
             return
         vals = metrics.compute()
+        vals[self.bits_key] = vals.pop("bpb")
+        if self.adapter is not None:
+            vals[f"{self.adapter.unit}s"] = vals.pop("bases")
         self.log_dict({f"{prefix}/{k}": v for k, v in vals.items()}, prog_bar=prog_bar)
         metrics.reset()
 

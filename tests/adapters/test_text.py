@@ -140,3 +140,26 @@ def test_file_errors_name_the_file(tmp_path):
         TEXT.read_file(tmp_path)
     with pytest.raises(ValueError, match="single path"):
         TEXT.read_files(str(bad))
+
+
+# ----------------------------------------------------------------------------- any Unicode (property)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
+def test_any_unicode_round_trips_exactly(s):
+    ids = TEXT.encode(s)
+    assert ids.dtype == np.int16 and len(ids) == len(s.encode("utf-8"))
+    assert TEXT.decode(ids) == s
+    assert TEXT.decode(TEXT.encode(s, add_bos=True, add_eos=True)) == s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60), st.integers(0, 400))
+def test_any_cut_decodes_without_raising(s, cut):
+    ids = TEXT.encode(s)[:cut]
+    out = TEXT.decode(ids)
+    assert isinstance(out, str) and len(out) <= len(ids)
+    assert s.startswith(out.rstrip("\ufffd"))  # a prefix of the text, a cut character replaced

@@ -128,12 +128,13 @@ def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):
                                                 {"path": "g.fa", "split": "val", "id": "g"}]
     bad = {
         "[{asets: pretrain}]": r"tiny_cpu.yaml.data.sources\[0\]: give exactly one of assets / fetch / manifest / "
-                               r"path, got none \(unknown key\(s\) \['asets'\]\)",
+                               r"path / files, got none \(unknown key\(s\) \['asets'\]\)",
         "[{assets: pretrain, path: x.fa}]": r"data.sources\[0\]: give exactly one of",
         "[{assets: pretrain}, {assets: everything}]": r"tiny_cpu.yaml.data.sources\[1\].assets: must be one of",
         "[{assets: pretrain, dest: /tmp}]": r"data.sources\[0\]: unknown key\(s\) \['dest'\] for a assets source",
         "[{path: g.fa, split: training}]": r"data.sources\[0\].split: must be one of",
-        "[{path: g.fa, split: {by: chromosome}}]": r"data.sources\[0\].split.by: must be 'contig' or 'region'",
+        "[{path: g.fa, split: {by: chromosome}}]": r"data.sources\[0\].split.by: must be one of \['contig', 'region', "
+                                                   r"'tail'\]",
         "[{path: g.fa, split: {by: contig, tset: [x]}}]": r"data.sources\[0\].split: unknown key\(s\) \['tset'\]",
         "[{manifest: m.yaml, splits: [train, dev]}]": r"data.sources\[0\].splits: unknown split\(s\) \['dev'\]",
         "[{path: 3}]": r"data.sources\[0\].path: expected a string",
