@@ -17,9 +17,12 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from genomamba.data.fasta import file_sha256
+
 PathLike = Union[str, os.PathLike]
 
 _DONE = ".unpacked.json"
+MARKER = ".genomamba-fetch.json"  # a generated dataset's record of its files and their SHA-256
 
 
 class DebianError(RuntimeError):
@@ -147,3 +150,22 @@ class Toolbox:
         if missing:
             raise DebianError(f"{exe} cannot find shared libraries {missing}; install the program with apt-get instead")
         return exe
+
+
+def write_marker(out: Path, dataset: str, files: dict) -> None:
+    """Record a finished generated dataset: ``files`` maps each path (relative to ``out``) to its SHA-256."""
+    (Path(out) / MARKER).write_text(json.dumps({"dataset": dataset, "files": files}, indent=0))
+
+
+def dataset_complete(out: Path, verify: bool) -> bool:
+    """True if ``out`` holds a finished generated dataset: every recorded file present (and, with
+    ``verify``, unchanged)."""
+    marker = Path(out) / MARKER
+    if not marker.exists():
+        return False
+    files = json.loads(marker.read_text()).get("files", {})
+    for rel, sha in files.items():
+        p = Path(out) / rel
+        if not p.exists() or (verify and file_sha256(p) != sha):
+            return False
+    return bool(files)

@@ -45,7 +45,7 @@ from typing import Optional, Union
 import numpy as np
 
 from genomamba.data.audio import read_audio, write_audio
-from genomamba.data.debian import DebianError, Toolbox, unpack
+from genomamba.data.debian import DebianError, Toolbox, dataset_complete, unpack, write_marker
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,7 +71,6 @@ FLITE_PACKAGES = ["flite", "libflite1"]
 SAMPLE_RATE = 16000
 MANIFEST = "manifest.csv"
 PROVENANCE = "provenance.json"
-MARKER = ".genomamba-fetch.json"
 FIELDS = (
     "path", "label", "word", "engine", "voice", "accent", "variant",
     "speed", "pitch", "stretch", "f0", "split", "speech_s", "cropped",
@@ -384,24 +383,12 @@ def fetch_digits(out: PathLike, verify: bool = True, quiet: bool = False) -> Pat
     """The default spoken-digit set in ``out``, reused when complete (every file's sha256 checked
     with ``verify``). espeak-ng / flite are unpacked next to it (``.debian-tools``) if needed."""
     out = Path(out)
-    if _complete(out, verify):
+    if dataset_complete(out, verify):
         return out
     make_spoken_digits(out, DigitsConfig(), tools_dir=out.parent / ".debian-tools", quiet=quiet)
     files = {r["path"]: _sha256(out / r["path"]) for r in read_manifest(out)}
-    (out / MARKER).write_text(json.dumps({"dataset": "digits", "files": files}, indent=0))
+    write_marker(out, "digits", files)
     return out
-
-
-def _complete(out: Path, verify: bool) -> bool:
-    marker = out / MARKER
-    if not marker.exists():
-        return False
-    files = json.loads(marker.read_text()).get("files", {})
-    for rel, sha in files.items():
-        p = out / rel
-        if not p.exists() or (verify and _sha256(p) != sha):
-            return False
-    return bool(files)
 
 
 def _sha256(path: Path) -> str:

@@ -39,7 +39,7 @@ from typing import Optional, Union
 
 import yaml
 
-from genomamba.data.debian import DebianError
+from genomamba.data.debian import MARKER, DebianError
 from genomamba.data.digits import fetch_digits
 from genomamba.data.fasta import file_sha256
 from genomamba.data.textcorpus import fetch_text
@@ -200,7 +200,6 @@ GENERATED = {"digits": fetch_digits, "text": fetch_text}
 # U. maydis: whole chromosomes held out for the language model (names are full headers' first word).
 UMAYDIS_TEST = r"Umaydis:chr2[123]:.*"
 
-_MARKER = ".genomamba-fetch.json"
 
 
 def cache_dir() -> Path:
@@ -274,7 +273,7 @@ def _fetch_locked(name: str, out: Path, files: list[PackagedFile], verify: bool,
                     "rerun with --no-verify to accept it"
                 )
     _write_extras(name, out, files)
-    (out / _MARKER).write_text(
+    (out / MARKER).write_text(
         json.dumps({"dataset": name, "files": {f.dest: f.sha256 for f in files}}, indent=1)
     )
     if not quiet:
@@ -283,7 +282,7 @@ def _fetch_locked(name: str, out: Path, files: list[PackagedFile], verify: bool,
 
 
 def _complete(out: Path, files: list[PackagedFile], verify: bool) -> bool:
-    if not (out / _MARKER).exists():
+    if not (out / MARKER).exists():
         return False
     for f in files:
         p = out / f.dest

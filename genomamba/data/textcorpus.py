@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 from typing import Union
 
-from genomamba.data.debian import DebianError, Toolbox, run, unpack
+from genomamba.data.debian import DebianError, Toolbox, dataset_complete, run, unpack, write_marker
 
 PathLike = Union[str, os.PathLike]
 
-MARKER = ".genomamba-fetch.json"
 PROVENANCE = "provenance.json"
 BIBLE_SPEC = "gen1:1-rev22:21"
 # sha256 of the package members read, and of the outputs written (Debian bookworm versions:
@@ -53,7 +52,7 @@ PACKAGES = ["bible-kjv", "bible-kjv-text", "jargon-text"]
 def fetch_text(out: PathLike, verify: bool = True, quiet: bool = False) -> Path:
     """KJV and Jargon File as plain text in ``out`` (reused when complete); returns ``out``."""
     out = Path(out)
-    if _complete(out, verify):
+    if dataset_complete(out, verify):
         return out
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -99,23 +98,11 @@ def fetch_text(out: PathLike, verify: bool = True, quiet: bool = False) -> Path:
         "outputs": outputs,
     }
     (out / PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
-    (out / MARKER).write_text(json.dumps({"dataset": "text", "files": {k: v["sha256"] for k, v in outputs.items()}}))
+    write_marker(out, "text", {k: v["sha256"] for k, v in outputs.items()})
     if not quiet:
         sizes = ", ".join(f"{k} {v['bytes']:,} bytes" for k, v in outputs.items())
         print(f"fetched text: {sizes} into {out} in {time.time() - t0:.1f}s", file=sys.stderr)
     return out
-
-
-def _complete(out: Path, verify: bool) -> bool:
-    marker = out / MARKER
-    if not marker.exists():
-        return False
-    files = json.loads(marker.read_text()).get("files", {})
-    for name, sha in files.items():
-        p = out / name
-        if not p.exists() or (verify and _sha256(p.read_bytes()) != sha):
-            return False
-    return bool(files)
 
 
 def _sha256(data: bytes) -> str:

@@ -10,25 +10,14 @@ from urllib.parse import unquote
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import genomamba
-from genomamba import DNATokenizer, MambaConfig, MambaLM
 from genomamba.__main__ import main as cli
 from genomamba.commands.embed import hdf5_name
 from genomamba.data import read_fasta
 
 ASSETS = Path(genomamba.__file__).parent / "assets"
 LAMBDA = ASSETS / "lambda_virus.fa.gz"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("lm")
-    MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11)).save_pretrained(d)
-    DNATokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

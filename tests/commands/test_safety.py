@@ -71,15 +71,6 @@ def lambda_seq() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("lm")
-    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(d)
-    DNATokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("clf")
