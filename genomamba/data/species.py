@@ -37,11 +37,11 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
-from genomamba.data.windows import Region, check_rc_prob, share, stream_slot
+from genomamba.data.windows import Region, check_rc_prob, rank_share, stream_slot
 from genomamba.errors import UserError
 from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
@@ -344,9 +344,12 @@ class SpeciesWindows(IterableDataset):
 
     def __iter__(self) -> Iterator:
         slot, n_slots = stream_slot()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         src = self.sampler.source
-        for _ in range(share(self.num_samples, slot, n_slots)):
+        # every rank yields the same count (ranks that stop together keep DDP's collectives in step)
+        for _ in range(rank_share(self.num_samples, slot // nw, n_slots // nw, wid, nw)):
             lab, ci, a, b = self.sampler.draw(rng, self.length)
             ids, mask = _window(src, ci, a, b, self.length)
             if rng.random() < self.rc_prob:  # always tossed: rc_prob never changes the draws

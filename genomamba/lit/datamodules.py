@@ -147,12 +147,12 @@ class SpeciesDataModule(pl.LightningDataModule):
         return _loader(self.train_ds, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
-        return _loader(self.val_ds, self.batch_size, 0) if self.val_ds is not None else []
+        return _eval_loader(self.val_ds, self.batch_size) if self.val_ds is not None else []
 
     def test_dataloader(self):
         if getattr(self, "test_ds", None) is None:
             raise CorpusError(f"{self.manifest.source_path}: no test genomes in the manifest")
-        return _loader(self.test_ds, self.batch_size, 0)
+        return _eval_loader(self.test_ds, self.batch_size)
 
 
 def window_arrays(ds) -> tuple[list[np.ndarray], np.ndarray]:

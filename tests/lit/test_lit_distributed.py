@@ -113,3 +113,29 @@ def test_parallel_keys_are_checked(tmp_path):
     ddp = resolve_strategy(load_config(path, ["trainer.devices=2"]).trainer)
     assert type(ddp).__name__ == "DDPStrategy"
     assert resolve_strategy(load_config(path, ["trainer.devices=2", "trainer.strategy=fsdp"]).trainer) == "fsdp"
+
+
+def test_ddp_classifier_stops_together_and_tests_every_window_once(tmp_path):
+    """The species classifier on 2 processes: every rank draws the same number of training windows
+    (no rank waits forever in a collective), and the test windows are sharded without repeats, so
+    the reduced confusion matrix equals a single-process evaluation of the saved model."""
+    run = tmp_path / "clf"
+    out = subprocess.run(
+        [sys.executable, "-m", "genomamba", "classify", "fit", "-c", "configs/classify/species_tiny_cpu.yaml",
+         "--no-progress", "--max-steps", "3", "--run-dir", str(run), "--set", "trainer.accelerator=cpu",
+         "--set", "trainer.devices=2", "--set", "trainer.threads=1", "--set", "trainer.budget_minutes=null",
+         "--set", "init_from=null", "--set", "model={d_model: 16, n_layer: 1}", "--set", "data.test_per_label=7",
+         "--set", "baselines=[]"],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Starting with 2 processes" in out.stderr + out.stdout
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert test["n_windows"] == 35 and sum(map(sum, test["confusion"])) == 35
+    ev = subprocess.run(
+        [sys.executable, "-m", "genomamba", "classify", "evaluate", "--model", str(run / "model"), "--split", "test",
+         "--length", "1024", "--per-label", "7", "--baselines", "", "--out", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    single = json.loads((tmp_path / "eval.json").read_text())
+    assert single["confusion"] == test["confusion"]
+    assert abs(single["acc"] - test["acc"]) < 1e-6
