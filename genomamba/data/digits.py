@@ -46,6 +46,7 @@ import numpy as np
 
 from genomamba.data.audio import read_audio, write_audio
 from genomamba.data.debian import DebianError, Toolbox, dataset_complete, unpack, write_marker
+from genomamba.data.fasta import file_sha256
 
 PathLike = Union[str, os.PathLike]
 
@@ -386,10 +387,6 @@ def fetch_digits(out: PathLike, verify: bool = True, quiet: bool = False) -> Pat
     if dataset_complete(out, verify):
         return out
     make_spoken_digits(out, DigitsConfig(), tools_dir=out.parent / ".debian-tools", quiet=quiet)
-    files = {r["path"]: _sha256(out / r["path"]) for r in read_manifest(out)}
+    files = {r["path"]: file_sha256(out / r["path"]) for r in read_manifest(out)}
     write_marker(out, "digits", files)
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

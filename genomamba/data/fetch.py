@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from typing import Optional, Union
 
 import yaml
 
-from genomamba.data.debian import MARKER, DebianError
+from genomamba.data.debian import MARKER, DebianError, download, run
 from genomamba.data.digits import fetch_digits
 from genomamba.data.fasta import file_sha256
 from genomamba.data.textcorpus import fetch_text
@@ -254,10 +253,14 @@ def _locked(path: Path):
 def _fetch_locked(name: str, out: Path, files: list[PackagedFile], verify: bool, quiet: bool) -> Path:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="genomamba-deb-") as tmp:
-        debs = _apt_download(sorted({f.package for f in files}), Path(tmp), quiet)
-        root = Path(tmp) / "root"
-        for deb in debs:
-            _run(["dpkg", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+        try:
+            download(sorted({f.package for f in files}), Path(tmp), quiet)
+            root = Path(tmp) / "root"
+            for deb in sorted(Path(tmp).glob("*.deb")):
+                run(["dpkg", "-x", deb, root], f"unpacking {deb.name}")
+        except DebianError as e:
+            raise FetchError(f"{e}; without apt-get and dpkg use `genomamba data fetch url URL --sha256 HEX` "
+                             "or the shipped assets") from None
         for f in files:
             src = root / f.member
             if not src.exists():
@@ -314,48 +317,6 @@ def _write_extras(name: str, out: Path, files: list[PackagedFile]) -> None:
     elif name == "umaydis":
         doc = {"fasta": files[0].dest, "split_by": "contig", "test": [UMAYDIS_TEST], "val": []}
         (out / "split.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def _run(cmd: list[str], what: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
-    try:
-        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise FetchError(
-            f"{what}: `{cmd[0]}` not found. Fetching genomes needs a Debian/Ubuntu system with "
-            "apt-get and dpkg; "
-            "elsewhere use `genomamba data fetch url URL --sha256 HEX` or the shipped assets."
-        ) from None
-    if res.returncode != 0:
-        raise FetchError(
-            f"{what} failed (exit {res.returncode}): {' '.join(cmd)}\n{res.stderr.strip()[-2000:]}"
-        )
-    return res
-
-
-def _apt_download(packages: list[str], where: Path, quiet: bool) -> list[Path]:
-    cmd = ["apt-get", "download", *packages]
-    try:
-        _run(cmd, "apt-get download", cwd=where)
-    except FetchError as e:
-        # A fresh machine may have empty package lists, an old one stale lists (404 on a
-        # superseded version): refresh once if we are allowed to.
-        stale = ("Unable to locate", "no installation candidate", "404", "Failed to fetch")
-        if not any(x in str(e) for x in stale):
-            raise
-        if hasattr(os, "geteuid") and os.geteuid() != 0:
-            raise FetchError(
-                f"{e}\nthe package lists look empty: run `sudo apt-get update` once, then retry"
-            ) from None
-        if not quiet:
-            print("apt package lists are empty; running apt-get update once", file=sys.stderr)
-        _run(["apt-get", "update"], "apt-get update")
-        _run(cmd, "apt-get download", cwd=where)
-    debs = sorted(where.glob("*.deb"))
-    got = {d.name.split("_")[0] for d in debs}
-    missing = set(packages) - got
-    if missing:
-        raise FetchError(f"apt-get download produced no .deb for {sorted(missing)}")
-    return debs
 
 
 # --------------------------------------------------------------------------- URL route

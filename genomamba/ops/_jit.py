@@ -15,17 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from genomamba.files import pid_alive
+
 _PRIVATE = ".build-"  # <cache>/<name>.build-<pid>/
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _clean_stale(cache: Path, name: str) -> None:
@@ -34,7 +26,7 @@ def _clean_stale(cache: Path, name: str) -> None:
             pid = int(folder.name.rsplit("-", 1)[-1])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 
