@@ -152,7 +152,7 @@ class Mamba(nn.Module):
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x)
-        cache.conv_state = window[:, :, 1:].to(cache.conv_state.dtype)
+        cache.conv_state.copy_(window[:, :, 1:])  # in place: a captured decode graph reads the same storage
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt @ self.dt_proj.weight.t()  # (b, d_inner)
         A = -torch.exp(_up(self.A_log))
