@@ -13,6 +13,7 @@ for pooled and per-token output: memory is bounded by ``chunk_size``, not by the
     genomamba bench train                                    # presets tiny / 1.4M on CPU
     genomamba bench train --preset 7M --batch-size 2 --seq-len 16384 --device cuda
     genomamba bench train --embed                            # 1 Mb embedding memory on CPU
+    genomamba bench train --device cuda --memory-sweep       # memory vs length, 2^14 .. 2^23 tokens
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
 from genomamba.models.lm import MambaLM, optimizer_param_groups
+from genomamba.models.segmented import segmented_loss
 
 # the paper's DNA shapes (Mamba uses twice the blocks of the Transformer/HyenaDNA shapes 6x128, 8x256)
 PRESETS = {
     "tiny": dict(d_model=64, n_layer=2),
     "1.4M": dict(d_model=128, n_layer=12),
     "7M": dict(d_model=256, n_layer=16),
+    "3.5M": dict(d_model=256, n_layer=8),
 }
 
 
@@ -76,7 +79,8 @@ def reset_peak_rss() -> bool:
 
 
 def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5, warmup: int = 2,
-                device: str = "cpu", amp: bool = True, grad_checkpointing: bool = False) -> dict:
+                device: str = "cpu", amp: bool = True, grad_checkpointing: bool = False,
+                segment_len: Optional[int] = None) -> dict:
     torch.manual_seed(0)
     model = MambaLM(cfg).to(device).train()
     if grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
@@ -87,10 +91,18 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     cuda = device.startswith("cuda")
     use_amp = cuda and amp
 
+    def segment(logits, start, stop):  # summed next-token loss of positions start:stop
+        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, start + 1:stop + 1].reshape(-1),
+                                reduction="sum"),)
+
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            if segment_len:  # the loss inside each segment: only one segment's logits exist at a time
+                loss, _ = segmented_loss(model, ids[:, :-1], segment_len, segment, normalizer=ids[:, 1:].numel())
+            else:
+                logits = model(ids[:, :-1])
+        if not segment_len:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -112,7 +124,7 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     out = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "params": model.num_parameters(),
            "batch": batch_size, "seq_len": seq_len, "steps": steps, "sec_per_step": round(dt / steps, 4),
            "tokens_per_s": round(batch_size * seq_len * steps / dt, 1), "device": device,
-           "amp_bf16": use_amp}
+           "amp_bf16": use_amp, "segment_len": segment_len, "grad_checkpointing": grad_checkpointing}
     if cuda:
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["peak_mem_kind"] = "cuda max_memory_allocated"
@@ -120,6 +132,63 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
         out["peak_mem_mb"] = round(peak_rss_mb(), 1)
         out["peak_mem_kind"] = "process peak RSS (VmHWM" + (", reset before timing)" if reset_ok else ")")
     return out
+
+
+# ----------------------------------------------------------------------------- memory vs length
+
+
+def memory_sweep(cfg: MambaConfig, lengths: list[int], segment_len: int, device: str, steps: int = 2,
+                 warmup: int = 1, amp: bool = True) -> list[dict]:
+    """One sequence per step at each length, whole-window and segment-wise; a whole-window length
+    that runs out of memory is recorded as such and longer ones are not tried."""
+    rows, whole_fits = [], True
+    for L in lengths:
+        for mode in ("whole", "segments"):
+            if mode == "whole" and not whole_fits:
+                continue
+            seg = segment_len if mode == "segments" and L > segment_len else None
+            if mode == "segments" and seg is None:
+                continue  # a window that fits in one segment is the whole-window row
+            try:
+                r = bench_train(cfg, 1, L, steps, warmup, device, amp, segment_len=seg)
+            except torch.cuda.OutOfMemoryError:
+                r = {"seq_len": L, "oom": True, "segment_len": seg}
+                whole_fits = False
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            r["mode"] = mode
+            rows.append(r)
+            mem = "out of memory" if r.get("oom") else f"peak {r['peak_mem_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
+            print(f"  l={L:>9,} {mode:<8}: {mem}", flush=True)
+    return rows
+
+
+def plot_memory(rows: list[dict], segment_len: int, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for mode, label in (("whole", "whole window"), ("segments", "segment-wise")):
+        pts = [(r["seq_len"], r["peak_mem_mb"] / 1024) for r in rows if r["mode"] == mode and not r.get("oom")]
+        if mode == "segments":  # a window of at most one segment is read whole
+            pts = sorted(pts + [(r["seq_len"], r["peak_mem_mb"] / 1024) for r in rows if r["mode"] == "whole"
+                                and not r.get("oom") and r["seq_len"] <= segment_len])
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    for r in rows:
+        if r.get("oom"):
+            ax.axvline(r["seq_len"], color="grey", linestyle=":", label=f"whole window out of memory at {r['seq_len']:,}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens per sequence (batch 1)")
+    ax.set_ylabel("peak memory (GiB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- embedding memory
@@ -211,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-amp", action="store_true", help="fp32 on cuda (default: bf16 autocast)")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--segment-len", type=int, default=None,
+                   help="read each window in segments of this many tokens (segment-wise training)")
+    p.add_argument("--memory-sweep", action="store_true",
+                   help="peak memory vs length at batch 1, whole-window and segment-wise (--seq-len values; "
+                        "default 2^14 .. 2^23 on cuda, 2^10 .. 2^14 on cpu), with a PNG plot")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--embed", action="store_true", help="also measure embedding memory on one long record")
     p.add_argument("--embed-only", action="store_true", help="only the embedding memory measurement")
@@ -238,6 +312,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = {"bench": "train", "machine": machine_facts(args.device)}
     # shared CPUs: the 1-minute load average says how much of the machine this run really had
     results["machine"]["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
+    if args.memory_sweep:
+        kw = dict(d_model=args.d_model or 256, n_layer=args.n_layer or 8) if (args.d_model or args.n_layer) \
+            else PRESETS[(args.preset or ["3.5M" if cuda else "tiny"])[0]]
+        cfg = MambaConfig(**kw, vocab_size=11)
+        lengths = args.seq_len or [2**k for k in (range(14, 24) if cuda else range(10, 15))]
+        seg = args.segment_len or (65536 if cuda else 2048)
+        rows = memory_sweep(cfg, lengths, seg, args.device, steps=args.steps or 2, warmup=args.warmup,
+                            amp=not args.no_amp)
+        print()
+        print_table(rows, ["mode", "seq_len", "segment_len", "sec_per_step", "tokens_per_s", "peak_mem_mb", "oom"])
+        results["memory_sweep"] = {"model": kw, "segment_len": seg, "rows": rows}
+        name = args.name or f"train_memory_{'cuda' if cuda else 'cpu'}"
+        path = write_results(name, results, args.out)
+        png = path.with_suffix(".png")
+        plot_memory(rows, seg, png, f"training memory vs length, d_model {kw['d_model']} x {kw['n_layer']} layers, "
+                               f"segments of {seg:,} ({results['machine']['device_name']})")
+        print(f"wrote {path} and {png}")
+        return 0
     if not args.embed_only:
         if args.d_model or args.n_layer:
             shapes = {"custom": dict(d_model=args.d_model or 256, n_layer=args.n_layer or 8)}
@@ -252,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for L in seq_lens:
                 cfg = MambaConfig(**kw, vocab_size=11)
                 r = bench_train(cfg, batch, L, steps, args.warmup, args.device, not args.no_amp,
-                                args.grad_checkpointing)
+                                args.grad_checkpointing, args.segment_len)
                 r["preset"] = name
                 rows.append(r)
                 print(f"  {name}: b={batch} l={L}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "

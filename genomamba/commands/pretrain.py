@@ -55,6 +55,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
                             gradient_checkpointing=cfg.trainer.gradient_checkpointing,
                             adapter=None if dna else adapter.to_dict())
     module.context_parallel = cfg.trainer.context_parallel
+    module.segment_len = cfg.trainer.segment_len
     bits = module.bits_key
     callbacks = []
     if cfg.seqlen_warmup is not None:
@@ -69,6 +70,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
+               "segment_len": cfg.trainer.segment_len,
                "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics)}
     if trainer.world_size > 1:
         results.update(processes=trainer.world_size, context_parallel=cfg.trainer.context_parallel)

@@ -112,6 +112,9 @@ class TrainerConfig:
     num_nodes: int = 1  # machines; processes = devices x num_nodes (torchrun / SLURM through Lightning)
     strategy: str = "auto"  # auto: DDP whenever there is more than one process; or ddp, fsdp, ...
     context_parallel: int = 1  # P: each sequence split along its length over P processes (exact)
+    # read each training window in segments of this many tokens, carrying the recurrent states
+    # forward; the backward recomputes one segment at a time (exact; memory of one segment)
+    segment_len: Optional[int] = None
 
 
 @dataclass
@@ -310,6 +313,15 @@ def _check_parallel(cfg, where: str) -> None:
     t = cfg.trainer
     if t.num_nodes < 1:
         raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
+    seg = t.segment_len
+    if seg is not None:
+        if isinstance(seg, bool) or not isinstance(seg, int) or seg < 1:
+            raise ConfigError(f"{where}: trainer.segment_len: expected a positive int (tokens) or null, got {seg!r}")
+        if cfg.kind != "pretrain":
+            raise ConfigError(f"{where}: trainer.segment_len: only pretraining reads windows in segments")
+        if t.context_parallel > 1:
+            raise ConfigError(f"{where}: trainer.segment_len and trainer.context_parallel={t.context_parallel} "
+                              "do not combine; each rank already holds one slice of the window")
     p = t.context_parallel
     if p < 1:
         raise ConfigError(f"{where}: trainer.context_parallel: expected >= 1, got {p}")

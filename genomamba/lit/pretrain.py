@@ -23,6 +23,7 @@ from genomamba.config import MambaConfig
 from genomamba.lit._pl import pl
 from genomamba.lit.optim import build_optimizer
 from genomamba.models.lm import MambaLM
+from genomamba.models.segmented import segmented_loss
 from genomamba.parallel import build_context_parallel
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -114,6 +115,9 @@ class PretrainModule(pl.LightningModule):
         # resumes under any layout) and, once the processes run, this rank's group.
         self.context_parallel: int = 1
         self.cp = None
+        # trainer.segment_len (set before fit, like context_parallel): windows longer than this are
+        # read in segments that carry the recurrent states; exact, with the memory of one segment
+        self.segment_len: Optional[int] = None
 
     def setup(self, stage: str) -> None:
         if self.context_parallel > 1 and self.cp is None:
@@ -126,6 +130,8 @@ class PretrainModule(pl.LightningModule):
         base) and scales its loss by P / (bases the group scores): DDP's mean over all ranks then
         gives the gradient of the whole sequence's mean loss."""
         cp = self.cp
+        if cp is None and self.segment_len is not None and ids.shape[1] > self.segment_len:
+            return self._segmented_loss(ids, mask)
         if cp is None:
             return next_base_loss(self.model(ids), ids, mask, self.target_ok)
         start, stop = cp.bounds(ids.shape[1])
@@ -138,6 +144,26 @@ class PretrainModule(pl.LightningModule):
         group_n = n.detach().clone()
         dist.all_reduce(group_n, group=cp.group)
         return nll * cp.size / group_n.clamp_min(1), nll, correct, n
+
+    def _segmented_loss(self, ids, mask):
+        """As ``next_base_loss`` over the whole window, read ``segment_len`` tokens at a time: each
+        segment scores the targets its positions predict (its last one is the next segment's first)."""
+        length = ids.shape[1]
+
+        def segment(logits, start, stop):
+            end = min(stop + 1, length)
+            if end > stop:
+                logits = F.pad(logits, (0, 0, 0, 1))  # a last row that predicts nothing (never scored)
+            _, nll, correct, n = next_base_loss(logits, ids[:, start:end],
+                                                None if mask is None else mask[:, start:end], self.target_ok)
+            return nll, nll.detach(), correct, n
+
+        ok = self.target_ok[ids[:, 1:]]
+        if mask is not None:
+            ok = ok & mask[:, 1:] & mask[:, :-1]
+        n_total = ok.sum().clamp_min(1)
+        loss, (nll, correct, n) = segmented_loss(self.model, ids, self.segment_len, segment, n_total)
+        return loss, nll, correct, n
 
     def _world_sum(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over every process (itself in one process)."""

@@ -29,6 +29,7 @@ from genomamba.models.io import (
 )
 from genomamba.models.mixer import Block, RMSNorm
 from genomamba.models.sampling import sample_next
+from genomamba.models.segmented import segmented_hidden
 
 
 class MixerModel(nn.Module):
@@ -45,8 +46,12 @@ class MixerModel(nn.Module):
             p._no_weight_decay = True
 
     gradient_checkpointing = False  # recompute each layer in backward: activations O(n_layer * b * l * d_model)
+    segment_len: Optional[int] = None  # read longer inputs in segments carrying the states (MambaLM.set_segment_len)
 
     def forward(self, input_ids=None, cache: Optional[InferenceCache] = None, inputs_embeds=None):
+        if self.segment_len is not None and cache is None and inputs_embeds is None \
+                and input_ids.shape[1] > self.segment_len:
+            return segmented_hidden(self, input_ids, self.segment_len)
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         checkpoint = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
@@ -131,6 +136,18 @@ class MambaLM(nn.Module):
     def gradient_checkpointing_enable(self, enable: bool = True) -> "MambaLM":
         """Trade compute for memory at long context: each layer is recomputed during backward."""
         self.backbone.gradient_checkpointing = enable
+        return self
+
+    def set_segment_len(self, segment_len: Optional[int]) -> "MambaLM":
+        """Read inputs longer than ``segment_len`` tokens in segments that carry the recurrent states
+        (None: whole inputs). Exact: the logits and every gradient are those of the whole input. In
+        training only each segment's starting states and the output are kept, and the backward
+        recomputes one segment at a time, so activation memory is that of one segment (about one
+        extra forward pass of compute). Without gradients, memory is bounded the same way."""
+        if segment_len is not None and (isinstance(segment_len, bool) or not isinstance(segment_len, int)
+                                        or segment_len < 1):
+            raise ValueError(f"segment_len: expected a positive int or None, got {segment_len!r}")
+        self.backbone.segment_len = segment_len
         return self
 
     def set_context_parallel(self, cp) -> "MambaLM":

@@ -43,7 +43,8 @@ class RMSNorm(nn.Module):
 
 
 class LayerCache:
-    """Recurrent state of one Mamba layer: conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner, n) fp32."""
+    """Recurrent state of one Mamba layer: conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner, n)
+    in fp32 (fp64 in an fp64 model)."""
 
     __slots__ = ("conv_state", "ssm_state")
 
@@ -165,7 +166,8 @@ class Mamba(nn.Module):
         dtype = dtype or self.in_proj.weight.dtype
         return LayerCache(
             torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+            torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                        dtype=torch.float64 if self.A_log.dtype == torch.float64 else torch.float32),
         )
 
 

@@ -28,3 +28,16 @@ def test_bench_embed_and_cli_json(tmp_path):
     assert data["train"][0]["seq_len"] == 32
     (row,) = data["embed"]["rows"]
     assert row["bases"] == 20000 and row["finite"] and row["peak_rss_mb"] >= row["rss_before_mb"]
+
+
+def test_memory_sweep_writes_json_and_plot(tmp_path):
+    assert bt.main(["--memory-sweep", "--d-model", "16", "--n-layer", "2", "--seq-len", "64", "--seq-len", "256",
+                    "--segment-len", "64", "--steps", "1", "--threads", "1", "--out", str(tmp_path),
+                    "--name", "m"]) == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    rows = data["memory_sweep"]["rows"]
+    # 64 fits in one segment (whole only); 256 is measured both ways
+    assert [(r["mode"], r["seq_len"], r["segment_len"]) for r in rows] == \
+        [("whole", 64, None), ("whole", 256, None), ("segments", 256, 64)]
+    assert all(r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
+    assert (tmp_path / "m.png").stat().st_size > 1000

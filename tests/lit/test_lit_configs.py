@@ -61,13 +61,14 @@ def test_model_sizes_match_their_names():
 
 
 def test_context_configs_differ_only_where_they_say():
-    """The 1M-context config is the 16k one with its own window, warmup stage and step count."""
+    """The 1M-context config is the 16k one with its own window, warmup stage, step count and segments."""
     c16, c1m = (to_plain(load_config(ROOT / "configs" / "pretrain" / f"dna_1p4m_{c}.yaml")) for c in ("16k", "1m"))
     diff = {(sec, k) for sec in c16 for k in (c16[sec] if isinstance(c16[sec], dict) else [None])
             if (c16[sec].get(k) if k else c16[sec]) != (c1m[sec].get(k) if k else c1m[sec])}
     assert diff == {("name", None), ("run_dir", None), ("data", "seq_len"), ("data", "batch_size"),
-                    ("seqlen_warmup", "stage_steps"), ("trainer", "max_steps"), ("trainer", "gradient_checkpointing")}
+                    ("seqlen_warmup", "stage_steps"), ("trainer", "max_steps"), ("trainer", "segment_len")}
     assert c1m["data"]["seq_len"] == 1048576 and c1m["model"] == c16["model"]
+    assert c1m["trainer"]["segment_len"] == 131072 and c16["trainer"]["segment_len"] is None
     assert "base" not in c1m
 
 

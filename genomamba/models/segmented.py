@@ -1,0 +1,172 @@
+"""Segment-wise training: one window, any length, in the memory of one segment.
+
+A window of L tokens is read in segments of ``segment_len`` tokens that hand their recurrent states
+(each layer's conv inputs and SSM state) to the next, as inference does. Nothing but those
+boundary states is kept from the forward pass. The backward visits the segments last to first: it
+recomputes a segment from its saved starting states, backpropagates that segment's loss together
+with the gradient of the states it handed on, and passes the gradient of its own starting states
+to the segment before. The loss and every gradient are those of the whole window in one pass (up
+to float rounding); peak activation memory is that of one segment, whatever L is.
+
+    loss, stats = segmented_loss(model, ids, 65536, segment_loss)
+    loss.backward()
+
+``segment_loss(logits, start, stop)`` scores the window's positions ``start:stop`` from their
+logits ``(b, stop - start, vocab)`` and returns ``(summed loss, *statistics)``: tensors that do not
+need gradients (e.g. the number of tokens scored and of correct predictions) may follow. The loss
+returned is the summed loss divided by ``normalizer`` (default 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from genomamba.models.cache import InferenceCache
+from genomamba.models.mixer import LayerCache
+
+SegmentLoss = Callable[[torch.Tensor, int, int], Sequence[torch.Tensor]]
+
+
+def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering ``range(length)`` in pieces of ``segment_len`` (the last may be shorter)."""
+    if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
+        raise ValueError(f"segment_len: expected a positive int, got {segment_len!r}")
+    return [(s, min(s + segment_len, length)) for s in range(0, length, segment_len)]
+
+
+def _autocast_state(device_type: str):
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+def _states(cache: InferenceCache) -> list[torch.Tensor]:
+    return [t for c in cache.layers for t in (c.conv_state, c.ssm_state)]
+
+
+def _cache_of(states: Sequence[torch.Tensor], offset: int) -> InferenceCache:
+    it = iter(states)
+    return InferenceCache([LayerCache(conv, ssm) for conv, ssm in zip(it, it)], seqlen_offset=offset)
+
+
+class _Segmented(torch.autograd.Function):
+    """Runs ``run(ids[:, start:stop], cache, start, stop) -> (output, *statistics)`` over the segments.
+
+    ``how == "sum"``: the outputs are scalars, summed and divided by ``normalizer``;
+    ``how == "cat"``: the outputs are (b, stop - start, ...) tensors, joined along the length.
+    """
+
+    @staticmethod
+    def forward(ctx, model, run, how, ids, segment_len, normalizer, *params):
+        b, length = ids.shape
+        bounds = segment_bounds(length, segment_len)
+        cache = model.allocate_cache(b, device=ids.device)
+        starts, outs, stats = [], [], None
+        for start, stop in bounds:
+            starts.append([t.detach().clone() for t in _states(cache)])
+            got = run(ids[:, start:stop], cache, start, stop)
+            outs.append(got[0].detach())
+            rest = [t.detach() for t in got[1:]]
+            stats = rest if stats is None else [a + r for a, r in zip(stats, rest)]
+        ctx.model, ctx.run, ctx.how, ctx.bounds, ctx.starts = model, run, how, bounds, starts
+        ctx.autocast = _autocast_state(ids.device.type)
+        ctx.normalizer = normalizer
+        ctx.save_for_backward(ids)
+        ctx.mark_non_differentiable(*stats)
+        out = torch.stack(outs).sum() / normalizer if how == "sum" else torch.cat(outs, dim=1)
+        return (out, *stats)
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        (ids,) = ctx.saved_tensors
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        grads: list[Optional[torch.Tensor]] = [None] * len(params)
+        state_grads = None  # gradient of the states the current segment hands on
+        for k in range(len(ctx.bounds) - 1, -1, -1):
+            start, stop = ctx.bounds[k]
+            first = k == 0
+            starts = [t if first else t.requires_grad_(True) for t in ctx.starts[k]]
+            ctx.starts[k] = None  # not needed once this segment is done
+            with torch.enable_grad(), _autocast(ctx.autocast):
+                cache = _cache_of(starts, start)
+                out = ctx.run(ids[:, start:stop], cache, start, stop)[0]
+                g = grad_out / ctx.normalizer if ctx.how == "sum" else grad_out[:, start:stop]
+                outputs, grad_outputs = [out], [g]
+                for t, gs in zip(_states(cache), state_grads or []):
+                    if gs is not None and t.requires_grad:
+                        outputs.append(t)
+                        grad_outputs.append(gs)
+                got = torch.autograd.grad(outputs, params + ([] if first else starts), grad_outputs,
+                                          allow_unused=True)
+            for i, gp in enumerate(got[:len(params)]):
+                if gp is not None:
+                    grads[i] = gp if grads[i] is None else grads[i] + gp
+            state_grads = None if first else list(got[len(params):])
+        ctx.starts = None
+        return (None, None, None, None, None, None, *grads)
+
+
+def _autocast(state):
+    if state is None:
+        return contextlib.nullcontext()
+    return torch.autocast(state[0], dtype=state[1])
+
+
+def _check(model, ids, segment_len):
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
+        got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids: expected a (batch, length >= 1) integer tensor, got {got}")
+    segment_bounds(ids.shape[1], segment_len)
+    layers = getattr(getattr(model, "backbone", model), "layers", [])
+    if any(getattr(layer.mixer, "context_parallel", None) is not None for layer in layers):
+        raise ValueError("segment_len: segment-wise training does not combine with context parallelism "
+                         "(each rank already holds one slice); use one or the other")
+
+
+class _BackboneCaches:
+    """What the segment runner asks of a model (``allocate_cache``, ``parameters``), for a bare backbone."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def parameters(self):
+        return self.backbone.parameters()
+
+    def allocate_cache(self, batch_size, device=None):
+        return InferenceCache([layer.mixer.allocate_cache(batch_size, device) for layer in self.backbone.layers])
+
+
+def segmented_hidden(backbone, ids: torch.Tensor, segment_len: int) -> torch.Tensor:
+    """``backbone(ids)`` (a :class:`~genomamba.models.lm.MixerModel`: final-norm hidden states
+    (b, L, d_model)) computed in segments: in training only the boundary states and the output are
+    kept, and the backward recomputes one segment at a time. Any loss on the output may follow."""
+    _check(backbone, ids, segment_len)
+    params = [p for p in backbone.parameters() if p.requires_grad]
+
+    def run(piece, cache, start, stop):
+        return (backbone(piece, cache=cache),)
+
+    return _Segmented.apply(_BackboneCaches(backbone), run, "cat", ids, segment_len, 1.0, *params)[0]
+
+
+def segmented_loss(model, ids: torch.Tensor, segment_len: int, segment_loss: SegmentLoss,
+                   normalizer=1.0):
+    """The loss of the window ``ids`` (b, L) read in segments of ``segment_len`` tokens, with the
+    memory of one segment in training (see the module docstring). Returns ``(loss, statistics)``
+    where ``loss = sum of the segments' losses / normalizer`` is differentiable in every
+    parameter of ``model`` and ``statistics`` are the segments' other outputs, summed.
+
+    ``model`` is a :class:`~genomamba.models.lm.MambaLM`; a model split over a context-parallel
+    group is refused. Only the logits of one segment exist at a time.
+    """
+    _check(model, ids, segment_len)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(piece, cache, start, stop):
+        return segment_loss(model(piece, cache=cache), start, stop)
+
+    out = _Segmented.apply(model, run, "sum", ids, segment_len, normalizer, *params)
+    return out[0], list(out[1:])
