@@ -61,11 +61,13 @@ def test_graphs_are_kept_per_batch_and_recaptured_when_the_weights_move():
     assert decode.graphs_of(m).graphs[(2, torch.float32, "cuda:0")] is first  # replayed, not recaptured
     m.generate(torch.stack(prompts([4] * 3)), 5, temperature=0)
     assert len(captured(m)) == 2
+    old = [p.data for p in m.parameters()]  # kept alive: the weights below get new addresses
     m.to(torch.bfloat16).to(torch.float32)  # new weight storage: the old graph must not be replayed
     ids = torch.stack(prompts([4] * 2))
     out = m.generate(ids, 12, temperature=0)
     assert decode.graphs_of(m).graphs[(2, torch.float32, "cuda:0")] is not first
     assert torch.equal(out, m.generate(ids, 12, temperature=0, cuda_graph=False))
+    del old
 
 
 @pytest.mark.parametrize("cuda_graph", [True, False])
