@@ -30,7 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -471,21 +471,41 @@ class GenomeModel:
 
     # ------------------------------------------------------------------ generate
     @torch.no_grad()
-    def generate(self, prompt: Union[str, bytes], n: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: Optional[int] = None, include_prompt: bool = False,
-                 allow_n: bool = False) -> str:
+    def generate(self, prompt: Union[str, bytes, Sequence[Union[str, bytes]]], n: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None, include_prompt: bool = False,
+                 allow_n: bool = False, batch_size: Optional[int] = None) -> Union[str, list[str]]:
         """Sample ``n`` bases after ``prompt``; returns them as an upper-case DNA string (prefixed by
         the prompt if ``include_prompt``). Only A/C/G/T are sampled (and N if ``allow_n``).
         ``temperature=0`` is greedy. Memory does not grow with ``n``.
+
+        A list of prompts (any lengths) returns a list of strings, one per prompt, decoded together
+        ``batch_size`` at a time (default: all at once); greedy results equal those of each prompt
+        alone. With a ``seed``, batch ``j`` draws from ``seed + j``.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n: expected a non-negative int, got {n!r}")
-        if not isinstance(prompt, (str, bytes, bytearray)):
-            raise ValueError(f"prompt: expected a DNA string, got {type(prompt).__name__}")
-        ids = self.encode(prompt, where="prompt")
-        if len(ids) == 0:
-            raise ValueError("prompt: empty; generation needs at least one base "
-                             "(this model was trained without a <bos> token)")
+        single = isinstance(prompt, (str, bytes, bytearray))
+        if single:
+            prompts = [prompt]
+        elif isinstance(prompt, (list, tuple)):
+            prompts = list(prompt)
+            if not prompts:
+                raise ValueError("prompt: empty list; give at least one DNA string")
+        else:
+            raise ValueError(f"prompt: expected a DNA string or a list of them, got {type(prompt).__name__}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise InvalidArgument(f"batch_size: expected a positive int, got {batch_size!r}")
+        encoded = []
+        for i, p in enumerate(prompts):
+            where = "prompt" if single else f"prompt[{i}]"
+            if not isinstance(p, (str, bytes, bytearray)):
+                raise ValueError(f"{where}: expected a DNA string, got {type(p).__name__}")
+            ids = self.encode(p, where=where)
+            if len(ids) == 0:
+                raise ValueError(f"{where}: empty; generation needs at least one base "
+                                 "(this model was trained without a <bos> token)")
+            encoded.append(ids)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not math.isfinite(temperature) or temperature < 0:
             raise InvalidArgument(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
@@ -494,14 +514,18 @@ class GenomeModel:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise InvalidArgument(f"top_p: expected a number in (0, 1], got {top_p!r}")
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
-        t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0).to(self.device)
-        out = self.lm.generate(t, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                               allowed_token_ids=allowed, prefill_chunk=DEFAULT_CHUNK)
-        out = out[0, len(ids):].cpu().numpy().astype(np.uint8)
-        text = self.tokenizer.decode(out)
-        if include_prompt:
-            text = self.tokenizer.decode(ids) + text
-        return text
+        step = batch_size or len(encoded)
+        texts = []
+        for j, start in enumerate(range(0, len(encoded), step)):
+            part = encoded[start:start + step]
+            ts = [torch.from_numpy(ids.astype(np.int64)).to(self.device) for ids in part]
+            outs = self.lm.generate(ts, n, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=None if seed is None else seed + j, allowed_token_ids=allowed,
+                                    prefill_chunk=DEFAULT_CHUNK)
+            for ids, out in zip(part, outs):
+                text = self.tokenizer.decode(out[len(ids):].cpu().numpy().astype(np.uint8))
+                texts.append(self.tokenizer.decode(ids) + text if include_prompt else text)
+        return texts[0] if single else texts
 
 
 def _group(buf, batch_size):

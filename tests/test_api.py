@@ -189,6 +189,30 @@ def test_generate(model):
         model.generate("ACGT", -1)
 
 
+def test_generate_a_list_of_prompts(model, lambda_seq):
+    prompts = [lambda_seq[:50], "ACG", lambda_seq[1000:1123], "T", "GGATC"]
+    out = model.generate(prompts, 30, temperature=0)
+    assert isinstance(out, list) and len(out) == len(prompts)
+    for p, o in zip(prompts, out):  # batched greedy decoding equals each prompt alone
+        assert o == model.generate(p, 30, temperature=0)
+    assert model.generate(prompts, 30, temperature=0, batch_size=2) == out
+    with_prompt = model.generate(prompts, 5, include_prompt=True, seed=1)
+    assert all(o.startswith(p) and len(o) == len(p) + 5 for p, o in zip(prompts, with_prompt))
+    a = model.generate(prompts, 40, seed=5, batch_size=3)
+    assert a == model.generate(prompts, 40, seed=5, batch_size=3) and all(set(x) <= set("ACGT") for x in a)
+    assert model.generate(["ACGT"], 7, seed=2) == [model.generate("ACGT", 7, seed=2)]
+    with pytest.raises(ValueError, match="prompt: empty list"):
+        model.generate([], 5)
+    with pytest.raises(ValueError, match=r"prompt\[1\]: empty"):
+        model.generate(["ACGT", ""], 5)
+    with pytest.raises(ValueError, match=r"prompt\[2\]"):
+        model.generate(["ACGT", "A", "AC-GT"], 5)
+    with pytest.raises(ValueError, match=r"prompt\[0\]: expected a DNA string, got int"):
+        model.generate([3], 5)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.generate(["ACGT"], 5, batch_size=0)
+
+
 def test_classify(clf_dir, model, lambda_seq):
     gm = genomamba.load(clf_dir)
     assert gm.labels == ["E_coli", "S_aureus", "H_pylori"]

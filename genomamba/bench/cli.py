@@ -11,6 +11,8 @@ BENCHES = {
     "train": ("genomamba.bench.train:main", "training step throughput and peak memory"),
     "synthetic": ("genomamba.bench.synthetic:main", "selective copying / induction heads (paper 4.1)"),
     "cp": ("genomamba.bench.cp:main", "context parallelism on CPU: one sequence over P processes (gloo) vs one"),
+    "generate": ("genomamba.bench.generate:main", "decoding tokens/s: eager and CUDA-graph steps, next to "
+                 "mamba_ssm and transformers when installed"),
     "verify": ("genomamba.bench.verify:main", "every scan backend vs the fp64 oracle: outputs, states, gradients, "
                "determinism"),
 }

@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
+from genomamba.models import decode
 from genomamba.models.cache import InferenceCache
 from genomamba.models.io import (
     check_state_dict,
@@ -28,7 +29,6 @@ from genomamba.models.io import (
     write_pretrained,
 )
 from genomamba.models.mixer import Block, RMSNorm
-from genomamba.models.sampling import sample_next
 from genomamba.models.segmented import segmented_hidden
 
 
@@ -179,51 +179,25 @@ class MambaLM(nn.Module):
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
                  vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
-                 prefill_chunk: Optional[int] = None):
+                 prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
         """Sample ``max_new_tokens`` after the prompt; memory does not grow with the generated length
         (only the (b, d_inner, n) states and the output ids are kept). ``temperature=0`` is greedy.
 
-        input_ids: (b, l) with l >= 1. Returns (b, l + max_new_tokens) token ids. ``vocab_size`` limits
-        sampling to real tokens (the padded embedding rows are never sampled; defaults to config.vocab_size).
-        ``allowed_token_ids`` restricts sampling to those ids instead (e.g. the four bases).
+        input_ids: (b, l) with l >= 1 -> (b, l + max_new_tokens) token ids; or a list of 1-D tensors
+        of any lengths -> a list of 1-D tensors (each prompt followed by its new tokens), on the
+        model's device. Prompts of different lengths are read separately (no padding enters a
+        state) and then decoded as one batch: the result equals generating each alone.
+        ``vocab_size`` limits sampling to real tokens (the padded embedding rows are never sampled;
+        defaults to config.vocab_size). ``allowed_token_ids`` restricts sampling to those ids instead
+        (e.g. the four bases). ``eos_token_id``: a sequence that sampled it gets only that id after.
         ``prefill_chunk`` reads the prompt that many tokens at a time (bounded memory for long prompts).
+        ``cuda_graph``: replay the decode step from a CUDA graph (None: on for a model on CUDA,
+        unless ``GENOMAMBA_CUDA_GRAPH=0``); see :mod:`genomamba.models.decode`.
         """
-        self._check_ids(input_ids)
-        if input_ids.shape[1] < 1:
-            raise ValueError("input_ids: generate needs a prompt of at least one token")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
-        if prefill_chunk is not None and prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
-        dev = input_ids.device
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=dev).manual_seed(int(seed))
-        vocab = vocab_size or self.config.vocab_size
-        mask = None
-        if allowed_token_ids is not None:
-            mask = torch.full((self.config.padded_vocab_size,), float("-inf"), device=dev)
-            mask[list(allowed_token_ids)] = 0.0
-        b, l = input_ids.shape
-        cache = self.allocate_cache(b, device=dev)
-        out = torch.empty(b, l + max_new_tokens, dtype=input_ids.dtype, device=dev)
-        out[:, :l] = input_ids
-        if max_new_tokens == 0:
-            return out
-        step = prefill_chunk or l
-        for start in range(0, l, step):
-            logits = self.forward(input_ids[:, start:start + step], cache=cache, num_last_tokens=1)[:, -1]
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        for i in range(max_new_tokens):
-            scores = logits[:, :vocab] if mask is None else logits.float() + mask
-            nxt = sample_next(scores, temperature, top_k, top_p, gen)
-            if eos_token_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-                done |= nxt == eos_token_id
-            out[:, l + i] = nxt
-            if i + 1 < max_new_tokens:
-                logits = self.step(nxt, cache)
-        return out
+        return decode.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, seed=seed, eos_token_id=eos_token_id, vocab_size=vocab_size,
+                               allowed_token_ids=allowed_token_ids, prefill_chunk=prefill_chunk,
+                               cuda_graph=cuda_graph)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:

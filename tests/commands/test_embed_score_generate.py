@@ -140,3 +140,65 @@ def test_generate_cli(model_dir, tmp_path, capsys):
     assert len(rec.sequence) == 174 and rec.sequence.startswith("ACGT")
     assert cli(["generate", str(model_dir), "--prompt", "", "-n", "5"]) == 1
     assert cli(["generate", str(tmp_path / "no_model"), "--prompt", "A"]) == 1
+
+
+@pytest.fixture(scope="module")
+def prompts_fa(tmp_path_factory):
+    """Three real lambda pieces of different lengths as a FASTA file of prompts."""
+    (rec,) = list(read_fasta(LAMBDA))
+    f = tmp_path_factory.mktemp("prompts") / "prompts.fa"
+    f.write_text("".join(f">p{i} lambda piece {i}\n{rec.sequence[i * 700:i * 700 + 40 + 55 * i]}\n" for i in range(3)))
+    return f
+
+
+def test_generate_cli_from_a_fasta_of_prompts(model_dir, prompts_fa, tmp_path, capsys):
+    prompts = [r.sequence for r in read_fasta(prompts_fa)]
+    out = tmp_path / "samples.fa"
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "90",
+                "--temperature", "0", "--batch-size", "4", "-o", str(out)]) == 0
+    recs = list(read_fasta(out))
+    assert [r.name for r in recs] == ["p0_sample1", "p0_sample2", "p1_sample1", "p1_sample2", "p2_sample1",
+                                      "p2_sample2"]
+    assert "prompt_len=95" in recs[2].description
+    gm = genomamba.load(model_dir)
+    for i, p in enumerate(prompts):  # batched greedy samples equal each prompt generated alone
+        alone = gm.generate(p, 90, temperature=0)
+        assert recs[2 * i].sequence == recs[2 * i + 1].sequence == alone
+    # seeded sampling: the same file twice; to stdout without -o
+    args = ["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "3", "-n", "50",
+            "--seed", "4", "--batch-size", "2", "--include-prompt"]
+    assert cli(args + ["-o", str(tmp_path / "a.fa")]) == 0
+    capsys.readouterr()
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "a.fa").read_text()
+    recs = list(read_fasta(tmp_path / "a.fa"))
+    assert len(recs) == 9 and all(r.sequence.startswith(prompts[i // 3]) for i, r in enumerate(recs))
+    assert all(len(r.sequence) == len(prompts[i // 3]) + 50 for i, r in enumerate(recs))
+    assert len({r.sequence for r in recs[:3]}) > 1  # the samples of one prompt differ
+    # an existing output is kept without --force
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "-n", "5", "-o", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err and len(list(read_fasta(out))) == 6
+
+
+def test_generate_cli_prompts_errors_name_the_file_and_the_record(model_dir, prompts_fa, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["generate", str(model_dir), "--prompt", "ACGT", "--prompts", str(prompts_fa)])
+    assert e.value.code == 2
+    capsys.readouterr()
+    empty = tmp_path / "empty_record.fa"
+    empty.write_text(">ok\nACGT\n>hollow\n>next\nACGT\n")
+    assert cli(["generate", str(model_dir), "--prompts", str(empty), "-n", "5"]) == 1
+    err = capsys.readouterr().err
+    assert str(empty) in err and "hollow" in err
+    protein = tmp_path / "protein.fa"
+    protein.write_text(">ok\nACGT\n>prot\nMKLEFQ\n")
+    assert cli(["generate", str(model_dir), "--prompts", str(protein), "-n", "5", "-o", str(tmp_path / "x.fa")]) == 1
+    err = capsys.readouterr().err
+    assert str(protein) in err and "prot" in err and not (tmp_path / "x.fa").exists()
+    assert cli(["generate", str(model_dir), "--prompts", str(tmp_path / "missing.fa"), "-n", "5"]) == 1
+    assert "--prompts" in capsys.readouterr().err
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "0"]) == 1
+    assert "--num-samples" in capsys.readouterr().err
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--batch-size", "0"]) == 1
+    assert "--batch-size" in capsys.readouterr().err

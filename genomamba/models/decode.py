@@ -1,0 +1,331 @@
+"""The decode loop behind ``MambaLM.generate``: prompts of any lengths in one batch, and a decode
+step replayed from a CUDA graph on GPUs.
+
+A recurrent model reads a prompt into a fixed-size state, so prompts of different lengths need no
+padding: each group of equal-length prompts is prefilled on its own, the final states and
+last-position logits are stacked back into the callers' order, and one batched step loop samples
+every sequence at once. The result is exactly what generating each prompt alone gives.
+
+On CUDA the one-token step (embedding, every layer's ``step``, final norm, LM head) is captured
+once per batch size into a ``torch.cuda.CUDAGraph`` whose static input ids, recurrent states and
+logits are fixed tensors: each new token then costs one replay instead of hundreds of kernel
+launches. Sampling stays eager. A capture that fails, or whose first replay disagrees with the
+eager step, is dropped with one warning and decoding runs eagerly.
+``GENOMAMBA_CUDA_GRAPH`` (``auto`` / ``0`` / ``1``) overrides the default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import torch
+
+from genomamba.models.cache import InferenceCache
+from genomamba.models.mixer import LayerCache
+from genomamba.models.sampling import sample_next
+
+ENV_CUDA_GRAPH = "GENOMAMBA_CUDA_GRAPH"
+MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
+DONE_CHECK_EVERY = 64  # with an EOS id: look whether every sequence has ended once per this many tokens
+_warned: set = set()  # capture failures already reported (one warning per reason and process)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def check_prompts(prompts, padded_vocab: int, device) -> list[torch.Tensor]:
+    """A list of 1-D integer tensors -> the same on ``device`` (int64); ValueError naming the
+    argument and the prompt index for anything else."""
+    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"input_ids: expected a (batch, length) tensor or a list of 1-D tensors, "
+                         f"got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("input_ids: empty list; give at least one prompt")
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"input_ids[{i}]: expected a 1-D integer tensor, got {type(p).__name__}")
+        if p.dim() != 1:
+            raise ValueError(f"input_ids[{i}]: expected a 1-D integer tensor, got shape {tuple(p.shape)}")
+        if p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool:
+            raise ValueError(f"input_ids[{i}]: expected an integer tensor, got {p.dtype}")
+        if p.numel() == 0:
+            raise ValueError(f"input_ids[{i}]: empty prompt; generation needs at least one token")
+        lo, hi = int(p.min()), int(p.max())
+        if lo < 0 or hi >= padded_vocab:
+            raise ValueError(f"input_ids[{i}]: token ids must lie in [0, {padded_vocab}), got range [{lo}, {hi}]")
+        out.append(p.to(device=device, dtype=torch.long))
+    return out
+
+
+def check_sampling(temperature, top_k, top_p) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature):
+        raise ValueError(f"temperature: expected a number (<= 0: greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+
+
+def use_cuda_graph(requested: Optional[bool], device: torch.device) -> bool:
+    """Whether to replay the step from a CUDA graph: never off CUDA; else ``requested``, else the
+    ``GENOMAMBA_CUDA_GRAPH`` variable (``auto``: on)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if requested is not None:
+        return bool(requested)
+    env = os.environ.get(ENV_CUDA_GRAPH, "auto").strip().lower() or "auto"
+    if env in ("0", "off", "false", "no"):
+        return False
+    if env in ("1", "on", "true", "yes", "auto"):
+        return True
+    raise ValueError(f"{ENV_CUDA_GRAPH}={env!r}: expected auto, 0 or 1")
+
+
+# ----------------------------------------------------------------------------- prefill
+
+
+def prefill(model, prompts: list[torch.Tensor], prefill_chunk: Optional[int]):
+    """Read every prompt into its recurrent state. Prompts of equal length run as one batch (no
+    padding ever enters a state). Returns (cache (b, ...) in the prompts' order, last-position
+    logits (b, padded_vocab))."""
+    dev = prompts[0].device
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    if len(groups) == 1:  # one length: no reassembly needed
+        return _prefill_group(model, torch.stack(prompts), prefill_chunk)
+    b = len(prompts)
+    cache = logits = None
+    for length, idx in groups.items():
+        part_cache, part_logits = _prefill_group(model, torch.stack([prompts[i] for i in idx]), prefill_chunk)
+        if cache is None:
+            cache = InferenceCache([
+                LayerCache(c.conv_state.new_empty((b, *c.conv_state.shape[1:])),
+                           c.ssm_state.new_empty((b, *c.ssm_state.shape[1:])))
+                for c in part_cache.layers
+            ])
+            logits = part_logits.new_empty((b, part_logits.shape[1]))
+        where = torch.tensor(idx, device=dev)
+        for whole, part in zip(cache.layers, part_cache.layers):
+            whole.conv_state.index_copy_(0, where, part.conv_state)
+            whole.ssm_state.index_copy_(0, where, part.ssm_state)
+        logits.index_copy_(0, where, part_logits)
+    return cache, logits
+
+
+def _prefill_group(model, ids: torch.Tensor, prefill_chunk: Optional[int]):
+    cache = model.allocate_cache(ids.shape[0], device=ids.device)
+    step = prefill_chunk or ids.shape[1]
+    logits = None
+    for start in range(0, ids.shape[1], step):
+        logits = model(ids[:, start:start + step], cache=cache, num_last_tokens=1)[:, -1]
+    return cache, logits
+
+
+# ----------------------------------------------------------------------------- the captured step
+
+
+def _fingerprint(model) -> tuple:
+    """Where the model's weights live: a captured graph reads these addresses, so any change
+    (``.to(dtype)``, a moved or replaced parameter) means capturing again."""
+    return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in [*model.parameters(), *model.buffers()])
+
+
+class DecodeGraphs:
+    """Captured decode steps of one model, by (batch, dtype, device); at most ``MAX_GRAPHS`` kept.
+    A key whose capture failed maps to None (eager from then on). Copies and pickles of a model
+    start with no graphs."""
+
+    def __init__(self):
+        self.graphs: OrderedDict = OrderedDict()
+
+    def __deepcopy__(self, memo):
+        return DecodeGraphs()
+
+    def __reduce__(self):
+        return (DecodeGraphs, ())
+
+    def get(self, model, batch: int, device: torch.device) -> Optional["DecodeGraph"]:
+        dtype = next(model.parameters()).dtype
+        key = (batch, dtype, str(device))
+        fp = _fingerprint(model)
+        if key in self.graphs:
+            g = self.graphs[key]
+            if g is None:
+                return None
+            if g.fingerprint == fp:
+                self.graphs.move_to_end(key)
+                return g
+            del self.graphs[key]
+        try:
+            g = DecodeGraph(model, batch, device, fp)
+        except Exception as exc:  # anything that breaks capture: decode eagerly, never a wrong result
+            _recover_stream(device)
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if why not in _warned:
+                _warned.add(why)
+                warnings.warn(f"genomamba: the decode step could not be captured in a CUDA graph ({why}); "
+                              f"decoding eagerly. Set {ENV_CUDA_GRAPH}=0 to skip the attempt.",
+                              RuntimeWarning, stacklevel=2)
+            g = None
+        self.graphs[key] = g
+        while len(self.graphs) > MAX_GRAPHS:
+            self.graphs.popitem(last=False)
+        return g
+
+
+def _recover_stream(device) -> None:
+    try:
+        torch.cuda.synchronize(device)
+    except Exception:  # the failed capture already reported; the eager path re-raises real errors
+        pass
+
+
+class DecodeGraph:
+    """One captured ``model.step`` for a batch size: ``ids`` (b,) in, ``logits`` (b, vocab) out,
+    ``cache`` the recurrent states the step reads and updates in place. Load states with
+    :meth:`load`, then per token write ``ids`` and :meth:`replay`."""
+
+    def __init__(self, model, batch: int, device: torch.device, fingerprint: tuple):
+        self.fingerprint = fingerprint
+        self.cache = model.allocate_cache(batch, device=device)
+        self.ids = torch.zeros(batch, dtype=torch.long, device=device)
+        before = self._addresses()
+        # warm up on a side stream (kernels compile and backends are picked outside the capture)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model.step(self.ids, self.cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.step(self.ids, self.cache)
+        if self._addresses() != before:
+            raise RuntimeError("the step replaced its cache tensors instead of updating them in place")
+        self._self_check(model, batch, device)
+
+    def _addresses(self) -> list:
+        return [(c.conv_state.data_ptr(), c.ssm_state.data_ptr()) for c in self.cache.layers]
+
+    def _self_check(self, model, batch: int, device) -> None:
+        """One replay from nonzero states against the eager step from copies of them."""
+        gen = torch.Generator(device=device).manual_seed(0)
+        for c in self.cache.layers:
+            c.conv_state.copy_(torch.randn(c.conv_state.shape, generator=gen, device=device))
+            c.ssm_state.copy_(torch.randn(c.ssm_state.shape, generator=gen, device=device))
+        self.ids.copy_(torch.randint(0, model.config.vocab_size, (batch,), generator=gen, device=device))
+        ref_cache = InferenceCache([LayerCache(c.conv_state.clone(), c.ssm_state.clone()) for c in self.cache.layers])
+        ref = model.step(self.ids.clone(), ref_cache).float()
+        self.replay()
+        got = self.logits.float()
+        tol = 1e-3 if self.logits.dtype == torch.float32 or self.logits.dtype == torch.float64 else 5e-2
+        scale = float(ref.abs().max()) + 1.0
+        err = float((got - ref).abs().max())
+        if not math.isfinite(err) or err > tol * scale:
+            raise RuntimeError(f"the replayed step differs from the eager step (max |diff| {err:.3g})")
+
+    def load(self, cache: InferenceCache) -> None:
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.conv_state.copy_(theirs.conv_state)
+            mine.ssm_state.copy_(theirs.ssm_state)
+
+    def replay(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.logits
+
+
+def graphs_of(model) -> DecodeGraphs:
+    g = model.__dict__.get("_decode_graphs")
+    if g is None:
+        g = DecodeGraphs()
+        model.__dict__["_decode_graphs"] = g
+    return g
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@torch.no_grad()
+def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
+             vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
+             prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
+    """See ``MambaLM.generate``. ``input_ids``: a (b, l) tensor -> (b, l + max_new_tokens) tensor;
+    a list of 1-D tensors (any lengths) -> a list of 1-D tensors (each prompt + its new tokens)."""
+    padded = model.config.padded_vocab_size
+    as_list = not isinstance(input_ids, torch.Tensor)
+    if as_list:
+        device = next(model.parameters()).device
+        prompts = check_prompts(input_ids, padded, device)
+    else:
+        model._check_ids(input_ids)
+        if input_ids.shape[1] < 1:
+            raise ValueError("input_ids: generate needs a prompt of at least one token")
+        device = input_ids.device
+        prompts = None
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+        raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
+    check_sampling(temperature, top_k, top_p)
+    if eos_token_id is not None and not 0 <= int(eos_token_id) < padded:
+        raise ValueError(f"eos_token_id: expected an id in [0, {padded}), got {eos_token_id}")
+    vocab = vocab_size or model.config.vocab_size
+    if not 1 <= vocab <= padded:
+        raise ValueError(f"vocab_size: expected 1..{padded}, got {vocab}")
+    mask = None
+    if allowed_token_ids is not None:
+        allowed = [int(t) for t in allowed_token_ids]
+        bad = [t for t in allowed if not 0 <= t < padded]
+        if not allowed or bad:
+            raise ValueError(f"allowed_token_ids: expected ids in [0, {padded}), got {allowed_token_ids!r}")
+        mask = torch.full((padded,), float("-inf"), device=device)
+        mask[allowed] = 0.0
+    gen = torch.Generator(device=device).manual_seed(int(seed)) if seed is not None else None
+
+    b = len(prompts) if as_list else input_ids.shape[0]
+    new = torch.empty(b, max_new_tokens, dtype=torch.long, device=device)
+    if max_new_tokens > 0:
+        if as_list:
+            cache, logits = prefill(model, prompts, prefill_chunk)
+        else:
+            cache, logits = _prefill_group(model, input_ids, prefill_chunk)
+        graph = graphs_of(model).get(model, b, device) if use_cuda_graph(cuda_graph, device) else None
+        if graph is not None:
+            graph.load(cache)
+            del cache
+        _loop(model, graph, cache if graph is None else None, logits, new, temperature, top_k, top_p, gen,
+              eos_token_id, vocab, mask)
+    if as_list:
+        return [torch.cat([p, new[i]]) for i, p in enumerate(prompts)]
+    return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
+
+
+def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_token_id, vocab, mask):
+    """Sample ``new.shape[1]`` tokens into ``new``, stepping eagerly on ``cache`` or by replaying
+    ``graph``. EOS stays on the device: a ``done`` mask turns every later token into EOS."""
+    b, n = new.shape
+    done = torch.zeros(b, dtype=torch.bool, device=new.device) if eos_token_id is not None else None
+    for i in range(n):
+        scores = logits[:, :vocab] if mask is None else logits.float() + mask
+        nxt = sample_next(scores, temperature, top_k, top_p, gen)
+        if done is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            done |= nxt == eos_token_id
+        new[:, i] = nxt
+        if i + 1 == n:
+            break
+        if done is not None and (i + 1) % DONE_CHECK_EVERY == 0 and bool(done.all()):
+            new[:, i + 1:] = eos_token_id  # every sequence has ended: the rest is EOS anyway
+            break
+        if graph is None:
+            logits = model.step(nxt, cache)
+        else:
+            graph.ids.copy_(nxt)
+            logits = graph.replay()

@@ -1,0 +1,32 @@
+"""`genomamba bench generate`: a tiny CPU run writes the table's numbers and the machine facts as JSON."""
+
+from __future__ import annotations
+
+import json
+
+from genomamba.bench import generate as bg
+from genomamba.bench.cli import main as bench_main
+
+
+def test_bench_generate_cpu_json(tmp_path):
+    assert bench_main(["generate", "--d-model", "16", "--n-layer", "2", "--vocab", "11", "--prompt-len", "5",
+                       "--new-tokens", "4", "--batch", "1,3", "--out", str(tmp_path), "--name", "t"]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["bench"] == "generate" and data["machine"]["device_name"].startswith("cpu")
+    assert data["versions"]["torch"] and "transformers" in data["versions"] and "mamba_ssm" in data["versions"]
+    assert data["shape"] == {"d_model": 16, "n_layer": 2, "vocab_size": 11, "d_state": 16, "prompt_len": 5,
+                             "new_tokens": 4, "dtype": "float32", "device": "cpu", "repeats": 3, "decoding": "greedy"}
+    assert [r["batch"] for r in data["rows"]] == [1, 3]
+    assert "genomamba_graph" not in data["columns"]  # no CUDA graph on CPU
+    for row in data["rows"]:
+        assert row["genomamba_eager_tok_s"] > 0
+        for name in data["columns"]:  # every column has a number or says why it has none
+            assert f"{name}_tok_s" in row or f"{name}_error" in row
+    assert data["params"]["genomamba_eager"] > 0
+
+
+def test_bench_generate_rejects_bad_options(capsys):
+    assert bg.main(["--batch", "1,x"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert bg.main(["--new-tokens", "0"]) == 2
+    assert "--new-tokens" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""GPU decoding: the CUDA-graph decode step equals the eager step token for token, and prompts of
+different lengths batched on CUDA equal each prompt alone; skipped without CUDA.
+
+On a CUDA machine: ``python -m pytest tests/gpu/test_decode_gpu.py -q``.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from genomamba import MambaConfig, MambaLM
+from genomamba.models import decode
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+CFG = dict(d_model=64, n_layer=3, vocab_size=50, d_state=16)
+
+
+def model(dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(**{**CFG, **kw})).eval()
+    with torch.no_grad():  # sharper next-token distributions than the init's: no near-ties for argmax
+        m.backbone.embedding.weight.mul_(5)
+    return m.to("cuda", dtype)
+
+
+def prompts(lengths, vocab=50, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).cuda() for n in lengths]
+
+
+def captured(m):
+    return [k for k, g in decode.graphs_of(m).graphs.items() if g is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 5])
+@torch.no_grad()
+def test_graph_decode_equals_eager_decode(dtype, batch):
+    m = model(dtype)
+    ids = torch.stack(prompts([7] * batch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture warns: that must not happen here
+        graphed = m.generate(ids, 40, temperature=0, cuda_graph=True)
+    assert captured(m) == [(batch, dtype, "cuda:0")]
+    eager = m.generate(ids, 40, temperature=0, cuda_graph=False)
+    assert torch.equal(graphed, eager)
+    # seeded sampling reads the same logits, so it draws the same tokens too
+    a = m.generate(ids, 40, top_k=10, seed=3, cuda_graph=True)
+    b = m.generate(ids, 40, top_k=10, seed=3, cuda_graph=False)
+    assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_graphs_are_kept_per_batch_and_recaptured_when_the_weights_move():
+    m = model()
+    m.generate(torch.stack(prompts([4] * 2)), 5, temperature=0)
+    first = decode.graphs_of(m).graphs[(2, torch.float32, "cuda:0")]
+    m.generate(torch.stack(prompts([4] * 2, seed=2)), 5, temperature=0)
+    assert decode.graphs_of(m).graphs[(2, torch.float32, "cuda:0")] is first  # replayed, not recaptured
+    m.generate(torch.stack(prompts([4] * 3)), 5, temperature=0)
+    assert len(captured(m)) == 2
+    old = [p.data for p in m.parameters()]  # kept alive: the weights below get new addresses
+    m.to(torch.bfloat16).to(torch.float32)  # new weight storage: the old graph must not be replayed
+    ids = torch.stack(prompts([4] * 2))
+    out = m.generate(ids, 12, temperature=0)
+    assert decode.graphs_of(m).graphs[(2, torch.float32, "cuda:0")] is not first
+    assert torch.equal(out, m.generate(ids, 12, temperature=0, cuda_graph=False))
+    del old
+
+
+@pytest.mark.parametrize("cuda_graph", [True, False])
+@torch.no_grad()
+def test_prompts_of_different_lengths_equal_each_alone_on_cuda(cuda_graph):
+    m = model()
+    ps = prompts([9, 1, 30, 9, 17])
+    out = m.generate(ps, 25, temperature=0, prefill_chunk=8, cuda_graph=cuda_graph)
+    for p, o in zip(ps, out):
+        alone = m.generate(p[None], 25, temperature=0, prefill_chunk=8, cuda_graph=cuda_graph)[0]
+        assert torch.equal(o, alone)
+
+
+@torch.no_grad()
+def test_eos_with_graph_matches_eager():
+    m = model()
+    ps = prompts([5, 11, 3])
+    a = m.generate(ps, 50, seed=0, eos_token_id=7, cuda_graph=True)
+    b = m.generate(ps, 50, seed=0, eos_token_id=7, cuda_graph=False)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@torch.no_grad()
+def test_a_capture_that_fails_warns_once_and_decodes_eagerly(monkeypatch):
+    m = model()
+    ids = torch.stack(prompts([6] * 2))
+    eager = m.generate(ids, 10, temperature=0, cuda_graph=False)
+
+    def broken(*args, **kw):
+        raise RuntimeError("capture refused")
+
+    monkeypatch.setattr(decode, "DecodeGraph", broken)
+    monkeypatch.setattr(decode, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        out = m.generate(ids, 10, temperature=0)
+    assert torch.equal(out, eager)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(m.generate(ids, 10, temperature=0), eager)  # no second warning, no retry

@@ -1,0 +1,130 @@
+"""The decode loop: prompts of different lengths in one batch, seeded sampling, EOS, bad input."""
+
+import pytest
+import torch
+
+from genomamba import MambaConfig, MambaLM
+from genomamba.models import decode
+
+CFG = dict(d_model=32, n_layer=3, vocab_size=12, d_state=16)
+LENGTHS = [5, 1, 12, 5, 9]
+
+
+def model():
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(**CFG)).eval()
+    with torch.no_grad():  # sharper next-token distributions than the init's: no near-ties for argmax
+        m.backbone.embedding.weight.mul_(5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def m():
+    return model()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 12, (n,), generator=g) for n in LENGTHS]
+
+
+@torch.no_grad()
+def test_batched_prompts_of_different_lengths_equal_each_prompt_alone(m, prompts):
+    out = m.generate(prompts, 15, temperature=0, prefill_chunk=4)
+    assert isinstance(out, list) and len(out) == len(prompts)
+    for p, o in zip(prompts, out):
+        assert o.dim() == 1 and len(o) == len(p) + 15 and torch.equal(o[:len(p)], p)
+        alone = m.generate(p[None], 15, temperature=0, prefill_chunk=4)[0]
+        assert torch.equal(o, alone)
+
+
+@torch.no_grad()
+def test_greedy_tokens_are_the_argmax_of_a_full_forward(m, prompts):
+    out = m.generate(prompts, 8, temperature=0)
+    for p, o in zip(prompts, out):
+        for t in range(len(p), len(o)):
+            assert int(o[t]) == int(m(o[None, :t])[0, -1, :12].argmax())
+
+
+@torch.no_grad()
+def test_equal_lengths_as_a_list_or_a_tensor_agree(m):
+    ids = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(2))
+    as_tensor = m.generate(ids, 10, top_k=5, seed=4)
+    as_list = m.generate(list(ids), 10, top_k=5, seed=4)
+    assert torch.equal(torch.stack(as_list), as_tensor)
+
+
+@torch.no_grad()
+def test_seeded_sampling_is_reproducible(m, prompts):
+    a = m.generate(prompts, 30, temperature=0.9, top_k=6, top_p=0.95, seed=7)
+    b = m.generate(prompts, 30, temperature=0.9, top_k=6, top_p=0.95, seed=7)
+    c = m.generate(prompts, 30, temperature=0.9, top_k=6, top_p=0.95, seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert max(int(x.max()) for x in a) < 12  # the padded vocab rows are never sampled
+
+
+@torch.no_grad()
+def test_eos_ends_a_sequence(m, prompts):
+    free = m.generate(prompts, 60, seed=3)
+    eos = 3
+    stopped = m.generate(prompts, 60, seed=3, eos_token_id=eos)
+    ended = 0
+    for p, f, s in zip(prompts, free, stopped):
+        new_f, new_s = f[len(p):], s[len(p):]
+        hits = (new_s == eos).nonzero()
+        if len(hits) == 0:
+            assert torch.equal(new_s, new_f)
+            continue
+        ended += 1
+        first = int(hits[0])
+        assert torch.equal(new_s[:first + 1], new_f[:first + 1])  # the same draws up to the EOS
+        assert bool((new_s[first:] == eos).all())  # and only EOS after it
+    assert ended >= 2
+
+
+@torch.no_grad()
+def test_every_sequence_ended_stops_early_with_eos_filled(m, prompts, monkeypatch):
+    monkeypatch.setattr(decode, "DONE_CHECK_EVERY", 2)
+    out = m.generate(prompts, 9, allowed_token_ids=[5], eos_token_id=5)
+    for p, o in zip(prompts, out):
+        assert len(o) == len(p) + 9 and bool((o[len(p):] == 5).all())
+
+
+def test_zero_new_tokens_returns_the_prompts(m, prompts):
+    out = m.generate(prompts, 0)
+    assert all(torch.equal(o, p) for o, p in zip(out, prompts))
+
+
+def test_bad_inputs_name_the_argument_and_the_prompt(m):
+    with pytest.raises(ValueError, match="input_ids: empty list"):
+        m.generate([], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[1\]: empty prompt"):
+        m.generate([torch.tensor([1, 2]), torch.tensor([], dtype=torch.long)], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[0\]: expected a 1-D integer tensor, got shape \(1, 3\)"):
+        m.generate([torch.tensor([[1, 2, 3]])], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[2\]: token ids must lie in \[0, 16\), got range \[0, 16\]"):
+        m.generate([torch.tensor([1]), torch.tensor([2]), torch.tensor([0, 16])], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[1\]: token ids must lie in \[0, 16\), got range \[-1, 2\]"):
+        m.generate([torch.tensor([1]), torch.tensor([-1, 2])], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[0\]: expected an integer tensor"):
+        m.generate([torch.tensor([0.5])], 5)
+    with pytest.raises(ValueError, match=r"input_ids\[1\]: expected a 1-D integer tensor, got list"):
+        m.generate([torch.tensor([1]), [1, 2]], 5)
+    with pytest.raises(ValueError, match="input_ids: expected a \\(batch, length\\) tensor or a list"):
+        m.generate("ACGT", 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        m.generate([torch.tensor([1])], -1)
+    with pytest.raises(ValueError, match="top_p"):
+        m.generate([torch.tensor([1])], 3, top_p=0)
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        m.generate([torch.tensor([1])], 3, allowed_token_ids=[99])
+    with pytest.raises(ValueError, match="eos_token_id"):
+        m.generate([torch.tensor([1])], 3, eos_token_id=16)
+
+
+def test_cuda_graph_is_off_off_cuda(monkeypatch):
+    assert not decode.use_cuda_graph(True, torch.device("cpu"))
+    monkeypatch.setenv(decode.ENV_CUDA_GRAPH, "0")
+    assert not decode.use_cuda_graph(None, torch.device("cpu"))
