@@ -638,11 +638,180 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dx0};
 }
 
+
+// ------------------------------------------------------------------------------ decode step
+//
+// One token through a pre-norm Mamba block, for decoding (semantics of
+// genomamba.ops.reference.mamba_step_ref):
+//   residual' = hidden + residual;  h = rmsnorm(residual') * norm_weight
+//   (x, z)    = in_proj(h);  window = (conv_state, x);  conv_state <- window[1:]
+//   x         = silu(<window, conv_weight> + conv_bias);  (dt_r, B, C) = x_proj(x)
+//   dt        = softplus(dt_proj(dt_r) + dt_bias);  state <- exp(dt A) state + dt B x
+//   out       = out_proj((<state, C> + D x) * silu(z))
+// conv_state and ssm_state are updated in place. The three projections are ATen matrix products;
+// everything between them runs here in one pass over the channels. Every tensor is in one dtype T
+// (float or double), except ssm_state, which is float or T (math in T either way); every tensor is
+// contiguous except conv_state, which is read and written through its strides.
+
+template <typename T, typename S, int64_t NS>
+static void step_channels(int64_t batch, int64_t di, int64_t n, int64_t rank, const T* xz, const T* xs,
+                          const T* xdbl, const T* dt_w, const T* dt_b, const T* A, const T* D, S* ssm, T* y) {
+  const int64_t nn = NS > 0 ? NS : n, width = rank + 2 * nn;
+  at::parallel_for(0, batch * di, 256, [&](int64_t lo, int64_t hi) {
+    std::vector<T> prod(nn);
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      const int64_t bi = ch / di, c = ch % di;
+      const T x = xs[ch];
+      const T* row = xdbl + bi * width;
+      const T* Bv = row + rank;
+      const T* Cv = Bv + nn;
+      T dt = dt_b[c];
+      const T* wr = dt_w + c * rank;
+      for (int64_t r = 0; r < rank; ++r) dt += wr[r] * row[r];
+      dt = softplus_v(dt);
+      const T dtx = dt * x;
+      const T* a = A + c * nn;
+      S* s = ssm + ch * nn;
+      T* p = prod.data();
+#pragma omp simd
+      for (int64_t j = 0; j < nn; ++j) {
+        const T v = exp_vec(dt * a[j]) * static_cast<T>(s[j]) + dtx * Bv[j];
+        s[j] = static_cast<S>(v);
+        p[j] = v * Cv[j];
+      }
+      T acc;
+      if constexpr (NS > 0) {
+        acc = tree_sum<T, NS>(p);
+      } else {
+        acc = 0;
+        for (int64_t j = 0; j < nn; ++j) acc += p[j];
+      }
+      const T zv = xz[bi * 2 * di + di + c];
+      y[ch] = (acc + D[c] * x) * (zv * sigmoid_v(zv));
+    }
+  });
+}
+
+// Rolls the conv window of every channel and writes silu(conv) into xs (b, d_inner). conv_state may
+// be strided (a cached forward leaves a view of its input there): it is written where it lies.
+template <typename T>
+static void step_conv(int64_t batch, int64_t di, int64_t w, const T* xz, T* conv_state, const int64_t* cs,
+                      const T* conv_w, const T* conv_b, T* xs) {
+  for (int64_t bi = 0; bi < batch; ++bi) {
+    for (int64_t c = 0; c < di; ++c) {
+      const T x = xz[bi * 2 * di + c];
+      T* st = conv_state + bi * cs[0] + c * cs[1];
+      const T* wc = conv_w + c * w;
+      T acc = conv_b ? conv_b[c] : T(0);
+      for (int64_t k = 0; k + 1 < w; ++k) acc += st[k * cs[2]] * wc[k];
+      acc += x * wc[w - 1];
+      for (int64_t k = 0; k + 2 < w; ++k) st[k * cs[2]] = st[(k + 1) * cs[2]];
+      if (w > 1) st[(w - 2) * cs[2]] = x;
+      xs[bi * di + c] = acc * sigmoid_v(acc);
+    }
+  }
+}
+
+static void check_step_tensor(const at::Tensor& t, const at::Tensor& like, const char* name,
+                              at::IntArrayRef sizes) {
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, ": dtype ", t.scalar_type(), " != hidden's ",
+              like.scalar_type());
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, ": must be a contiguous CPU tensor");
+  TORCH_CHECK(t.sizes() == sizes, name, ": expected ", sizes, ", got ", t.sizes());
+}
+
+// hidden, residual: (b, ..., d_model) with b * d_model elements; returns (out, residual') shaped as
+// hidden.
+std::vector<at::Tensor> step(const at::Tensor& hidden, const c10::optional<at::Tensor>& residual,
+                             const at::Tensor& conv_state, const at::Tensor& ssm_state,
+                             const at::Tensor& norm_w, double eps, const at::Tensor& in_w,
+                             const c10::optional<at::Tensor>& in_b, const at::Tensor& conv_w,
+                             const c10::optional<at::Tensor>& conv_b, const at::Tensor& xproj_w,
+                             const at::Tensor& dt_w, const at::Tensor& dt_b, const at::Tensor& A,
+                             const at::Tensor& D, const at::Tensor& out_w,
+                             const c10::optional<at::Tensor>& out_b) {
+  TORCH_CHECK(hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kDouble,
+              "mamba step (C++): float32 or float64 only");
+  TORCH_CHECK(hidden.dim() >= 2 && hidden.is_contiguous() && hidden.device().is_cpu(),
+              "hidden: expected a contiguous CPU tensor (b, ..., d_model)");
+  const int64_t dm = hidden.size(-1), batch = hidden.size(0);
+  TORCH_CHECK(hidden.numel() == batch * dm, "hidden: expected one token per sequence, got ", hidden.sizes());
+  TORCH_CHECK(conv_state.dim() == 3 && conv_state.size(0) == batch, "conv_state: expected (", batch,
+              ", d_inner, d_conv - 1), got ", conv_state.sizes());
+  const int64_t di = conv_state.size(1), w = conv_state.size(2) + 1;
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == di, "A: expected (", di, ", n), got ", A.sizes());
+  const int64_t n = A.size(1);
+  TORCH_CHECK(dt_w.dim() == 2 && dt_w.size(0) == di, "dt_proj weight: expected (", di, ", rank), got ",
+              dt_w.sizes());
+  const int64_t rank = dt_w.size(1);
+  if (residual) check_step_tensor(*residual, hidden, "residual", hidden.sizes());
+  TORCH_CHECK(conv_state.scalar_type() == hidden.scalar_type() && conv_state.device().is_cpu(),
+              "conv_state: expected a CPU tensor of hidden's dtype ", hidden.scalar_type());
+  TORCH_CHECK(ssm_state.scalar_type() == hidden.scalar_type() || ssm_state.scalar_type() == at::kFloat,
+              "ssm_state: float32 or hidden's dtype, got ", ssm_state.scalar_type());
+  TORCH_CHECK(ssm_state.is_contiguous() && ssm_state.device().is_cpu() &&
+                  ssm_state.sizes() == at::IntArrayRef({batch, di, n}),
+              "ssm_state: expected a contiguous CPU tensor (", batch, ", ", di, ", ", n, "), got ", ssm_state.sizes());
+  check_step_tensor(norm_w, hidden, "norm weight", {dm});
+  check_step_tensor(in_w, hidden, "in_proj weight", {2 * di, dm});
+  if (in_b) check_step_tensor(*in_b, hidden, "in_proj bias", {2 * di});
+  TORCH_CHECK(conv_w.numel() == di * w, "conv weight: expected ", di * w, " values, got ", conv_w.sizes());
+  check_step_tensor(conv_w, hidden, "conv weight", conv_w.sizes());
+  if (conv_b) check_step_tensor(*conv_b, hidden, "conv bias", {di});
+  check_step_tensor(xproj_w, hidden, "x_proj weight", {rank + 2 * n, di});
+  check_step_tensor(dt_w, hidden, "dt_proj weight", {di, rank});
+  check_step_tensor(dt_b, hidden, "dt_proj bias", {di});
+  check_step_tensor(A, hidden, "A", {di, n});
+  check_step_tensor(D, hidden, "D", {di});
+  check_step_tensor(out_w, hidden, "out_proj weight", {dm, di});
+  if (out_b) check_step_tensor(*out_b, hidden, "out_proj bias", {dm});
+
+  at::Tensor res = residual ? hidden + *residual : hidden;
+  at::Tensor h2 = res.view({batch, dm});
+  at::Tensor normed = at::empty({batch, dm}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "mamba_step_norm", [&] {
+    const scalar_t* r = h2.data_ptr<scalar_t>();
+    const scalar_t* g = norm_w.data_ptr<scalar_t>();
+    scalar_t* o = normed.data_ptr<scalar_t>();
+    for (int64_t bi = 0; bi < batch; ++bi) {
+      scalar_t ss = 0;
+      for (int64_t k = 0; k < dm; ++k) ss += r[bi * dm + k] * r[bi * dm + k];
+      const scalar_t inv = scalar_t(1) / std::sqrt(ss / scalar_t(dm) + scalar_t(eps));
+      for (int64_t k = 0; k < dm; ++k) o[bi * dm + k] = r[bi * dm + k] * inv * g[k];
+    }
+  });
+  at::Tensor xz = in_b ? at::addmm(*in_b, normed, in_w.t()) : at::mm(normed, in_w.t());  // (b, 2 di)
+  at::Tensor xs = at::empty({batch, di}, hidden.options());
+  at::Tensor y = at::empty({batch, di}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "mamba_step", [&] {
+    step_conv<scalar_t>(batch, di, w, xz.data_ptr<scalar_t>(), conv_state.data_ptr<scalar_t>(),
+                        conv_state.strides().data(), conv_w.data_ptr<scalar_t>(),
+                        conv_b ? conv_b->data_ptr<scalar_t>() : nullptr, xs.data_ptr<scalar_t>());
+    at::Tensor xdbl = at::mm(xs, xproj_w.t()).contiguous();  // (b, rank + 2n)
+    auto run = [&](auto* ssm, auto impl) {
+      impl(batch, di, n, rank, xz.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), xdbl.data_ptr<scalar_t>(),
+           dt_w.data_ptr<scalar_t>(), dt_b.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(), ssm,
+           y.data_ptr<scalar_t>());
+    };
+    if (ssm_state.scalar_type() == hidden.scalar_type()) {
+      using S = scalar_t;
+      n == 16 ? run(ssm_state.data_ptr<S>(), step_channels<scalar_t, S, 16>)
+              : run(ssm_state.data_ptr<S>(), step_channels<scalar_t, S, 0>);
+    } else {
+      n == 16 ? run(ssm_state.data_ptr<float>(), step_channels<scalar_t, float, 16>)
+              : run(ssm_state.data_ptr<float>(), step_channels<scalar_t, float, 0>);
+    }
+  });
+  at::Tensor out = out_b ? at::addmm(*out_b, y, out_w.t()) : at::mm(y, out_w.t());
+  return {out.view(hidden.sizes()), res};
+}
+
 }  // namespace genomamba_cpu
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "genomamba selective scan, CPU kernels (forward / backward)";
+  m.doc() = "genomamba selective scan, CPU kernels (forward / backward, decode step)";
   m.def("fwd", &genomamba_cpu::fwd, "selective scan forward");
   m.def("bwd", &genomamba_cpu::bwd, "selective scan backward");
+  m.def("step", &genomamba_cpu::step, "one decoding step of a pre-norm Mamba block");
   m.attr("CHUNK") = genomamba_cpu::kChunk;
 }

@@ -10,6 +10,7 @@ BENCHES = {
     "data": ("genomamba.bench.data:main", "token store: 1M-token window reads per second"),
     "train": ("genomamba.bench.train:main", "training step throughput and peak memory"),
     "synthetic": ("genomamba.bench.synthetic:main", "selective copying / induction heads (paper 4.1)"),
+    "decode": ("genomamba.bench.decode:main", "greedy decoding on CPU: genomamba vs HF transformers' cached generate"),
     "cp": ("genomamba.bench.cp:main", "context parallelism on CPU: one sequence over P processes (gloo) vs one"),
     "generate": ("genomamba.bench.generate:main", "decoding tokens/s: eager and CUDA-graph steps, next to "
                  "mamba_ssm and transformers when installed"),

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from genomamba.config import MambaConfig
-from genomamba.ops import causal_conv1d, selective_scan, selective_state_update
+from genomamba.ops import (
+    StepWeights,
+    causal_conv1d,
+    mamba_step_plan,
+    requested_backend,
+    selective_scan,
+    selective_state_update,
+)
 from genomamba.parallel.context import check_slice, context_parallel_scan, halo_exchange
 
 
@@ -44,13 +51,17 @@ class RMSNorm(nn.Module):
 
 class LayerCache:
     """Recurrent state of one Mamba layer: conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner, n)
-    in fp32 (fp64 in an fp64 model)."""
+    in fp32 (fp64 in an fp64 model).
 
-    __slots__ = ("conv_state", "ssm_state")
+    ``step_plan`` is the decode step prepared for these states (see ``Block.step``), with the key it
+    was prepared under; it is rebuilt whenever the states or the key change."""
+
+    __slots__ = ("conv_state", "ssm_state", "step_plan")
 
     def __init__(self, conv_state: torch.Tensor, ssm_state: torch.Tensor):
         self.conv_state = conv_state
         self.ssm_state = ssm_state
+        self.step_plan = None
 
 
 class Mamba(nn.Module):
@@ -193,8 +204,50 @@ class Block(nn.Module):
         return self.mixer(hidden, cache), residual
 
     def step(self, hidden, residual, cache: LayerCache):
+        """One token: hidden, residual (b, 1, d_model) -> (mixer out, residual); updates ``cache`` in place.
+
+        Where a compiled kernel runs the whole block step (``genomamba.ops.mamba_step``: float32 or
+        float64 on CPU, RMSNorm, no gradients), that is one call; otherwise the step is composed
+        from the per-op functionals."""
+        plan = self._step_plan(hidden, residual, cache)
+        if plan is not None:
+            out, residual = plan(hidden, residual)
+            return out, residual
         hidden, residual = self._pre(hidden, residual)
         return self.mixer.step(hidden, cache), residual
+
+    def _step_plan(self, hidden, residual, cache: LayerCache):
+        """The fused step for ``cache``'s states, validated and dispatched once per generation (None:
+        compose). Prepared again when the states are replaced (a cached forward does that), or when
+        the input's shape or dtype, the grad mode, the forced backend or the SSM parameters change."""
+        mixer = self.mixer
+        a_log, d = mixer.A_log, mixer.D
+        key = (hidden.shape, hidden.dtype, None if residual is None else residual.dtype, torch.is_grad_enabled(),
+               requested_backend(), a_log.data_ptr(), a_log._version, d.data_ptr(), d._version)
+        held = cache.step_plan
+        if held is not None and held[0] == key:
+            plan = held[1]
+            if plan is None or (plan.conv_state is cache.conv_state and plan.ssm_state is cache.ssm_state):
+                return plan
+        plan = None
+        if isinstance(self.norm, RMSNorm):  # (a fused step runs in fp32 / fp64: residual_in_fp32 changes nothing)
+            plan = mamba_step_plan(hidden, residual, cache.conv_state, cache.ssm_state, self._step_weights(hidden))
+            if not plan.fused:
+                plan = None
+        cache.step_plan = (key, plan)
+        return plan
+
+    def _step_weights(self, hidden) -> StepWeights:
+        m = self.mixer
+        ct = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        return StepWeights(
+            norm_weight=self.norm.weight, norm_eps=self.norm.eps,
+            in_proj_weight=m.in_proj.weight, in_proj_bias=m.in_proj.bias,
+            conv_weight=rearrange(m.conv1d.weight, "d 1 w -> d w"), conv_bias=m.conv1d.bias,
+            x_proj_weight=m.x_proj.weight, dt_proj_weight=m.dt_proj.weight, dt_proj_bias=m.dt_proj.bias,
+            A=(-torch.exp(_up(m.A_log))).to(ct), D=_up(m.D).to(ct),
+            out_proj_weight=m.out_proj.weight, out_proj_bias=m.out_proj.bias,
+        )
 
 
 def _layer_norm(config, device, dtype):

@@ -1,4 +1,4 @@
-"""genomamba's kernels behind three functionals; model code imports only these.
+"""genomamba's kernels behind four functionals; model code imports only these.
 
 Each call is validated here once (:mod:`~genomamba.ops.checks`), described by what it asks of a
 backend (device, dtypes, state size, grouped B/C, gradients), and run by the backend the dispatch
@@ -7,6 +7,12 @@ table picks (:mod:`~genomamba.ops.dispatch`; print it with ``genomamba bench ver
     selective_scan          cuda: cuda -> triton -> torch -> ref      cpu: cpp -> torch -> ref
     causal_conv1d           cuda: triton -> torch -> ref              cpu: torch -> ref
     selective_state_update  cuda: triton -> ref                       cpu: ref
+    mamba_step              cuda: ref                                 cpu: cpp -> ref
+
+``mamba_step`` is a whole pre-norm block's decode step in one call. For token after token with the
+same states, :func:`mamba_step_plan` validates and picks the backend once and returns the step to
+call; a plan that would run only the reference tells its caller to compose the step from the
+other functionals instead (``plan.fused`` is False), which pick their own fast backends.
 
 ``GENOMAMBA_SCAN_BACKEND`` (environment) or :func:`use_backend` puts one backend first, for
 benchmarks and tests; :func:`backend_for` says which backend a call would really run on.
@@ -16,10 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from genomamba.ops.backend import Call, describe
-from genomamba.ops.checks import check_conv_args, check_scan_args, check_state_update_args
+from genomamba.ops.backend import Call, StepWeights, describe
+from genomamba.ops.checks import check_conv_args, check_scan_args, check_state_update_args, check_step_args
 from genomamba.ops.dispatch import choose, format_table, requested_backend, run, table, use_backend
-from genomamba.ops.reference import causal_conv1d_ref, selective_scan_ref, selective_state_update_ref
+from genomamba.ops.reference import (
+    causal_conv1d_ref,
+    mamba_step_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
 
 
 def _scan_call(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> Call:
@@ -36,7 +47,13 @@ def _update_call(state, x, dt, A, B, C, D=None, z=None, dt_bias=None) -> Call:
                     state.shape[2], B.dim() == 3 or C.dim() == 3)
 
 
-_CALLS = {"selective_scan": _scan_call, "causal_conv1d": _conv_call, "selective_state_update": _update_call}
+def _step_call(hidden, residual, conv_state, ssm_state, weights) -> Call:
+    data = (hidden, residual, conv_state) + weights.tensors()
+    return describe("mamba_step", data + (ssm_state,), data, ssm_state.shape[2], False)
+
+
+_CALLS = {"selective_scan": _scan_call, "causal_conv1d": _conv_call, "selective_state_update": _update_call,
+          "mamba_step": _step_call}
 
 
 def backend_for(op="selective_scan", *tensors, **named) -> str:
@@ -97,13 +114,53 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                dt_softplus)
 
 
+class StepPlan:
+    """``mamba_step`` for one block's states, validated and dispatched once: ``plan(hidden, residual)``
+    -> (out, residual'), updating ``conv_state`` and ``ssm_state`` in place. Valid while the states,
+    the shapes and dtypes of hidden and residual, the weights and the grad mode stay as they were."""
+
+    __slots__ = ("backend", "fused", "conv_state", "ssm_state", "weights", "_fn")
+
+    def __init__(self, backend, conv_state, ssm_state, weights: StepWeights):
+        self.backend = backend.name
+        self.fused = backend.compiled  # a compiled kernel runs the whole step
+        self.conv_state, self.ssm_state, self.weights = conv_state, ssm_state, weights
+        self._fn = backend.function("mamba_step")
+
+    def __call__(self, hidden, residual):
+        return self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
+
+
+def mamba_step_plan(hidden, residual, conv_state, ssm_state, weights: StepWeights) -> StepPlan:
+    """Validate a ``mamba_step`` call and choose its backend, once, for the tokens that follow."""
+    check_step_args(hidden, residual, conv_state, ssm_state, weights)
+    backend = choose(_step_call(hidden, residual, conv_state, ssm_state, weights))
+    return StepPlan(backend, conv_state, ssm_state, weights)
+
+
+def mamba_step(hidden, residual, conv_state, ssm_state, weights: StepWeights):
+    """One token through a pre-norm Mamba block (residual add, RMSNorm, mixer); updates conv_state and
+    ssm_state in place and returns (out, residual').
+
+    hidden, residual: (b, 1, d_model) (residual None for the first block); conv_state
+    (b, d_inner, d_conv - 1); ssm_state (b, d_inner, n) fp32 (or the model's dtype); ``weights``: a
+    :class:`~genomamba.ops.backend.StepWeights`. Not differentiable on the compiled backend.
+    """
+    return tuple(mamba_step_plan(hidden, residual, conv_state, ssm_state, weights)(hidden, residual))
+
+
 __all__ = [
     "selective_scan",
     "causal_conv1d",
     "selective_state_update",
+    "mamba_step",
+    "mamba_step_plan",
+    "StepPlan",
+    "StepWeights",
     "selective_scan_ref",
     "causal_conv1d_ref",
     "selective_state_update_ref",
+    "mamba_step_ref",
     "use_backend",
     "backend_for",
     "requested_backend",

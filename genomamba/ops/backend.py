@@ -10,6 +10,10 @@ Tensor shapes (einops notation), for every backend:
   (b, d, w - 1); activation None or "silu".
 * ``selective_state_update``: state (b, d, n), updated in place; x, dt, z: (b, d); A: (d, n);
   B, C: (b, n) or (b, g, n); D, dt_bias: (d,). Returns out (b, d).
+* ``mamba_step``: one token through a pre-norm Mamba block (residual add, RMSNorm, the mixer).
+  hidden, residual: (b, 1, d_model) (residual None for the first block); conv_state
+  (b, d_inner, d_conv - 1) and ssm_state (b, d_inner, n), updated in place; the block's weights as
+  :class:`StepWeights`. Returns (out, residual'), both (b, 1, d_model).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
 
-OPS = ("selective_scan", "causal_conv1d", "selective_state_update")
+OPS = ("selective_scan", "causal_conv1d", "selective_state_update", "mamba_step")
 FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 FAST_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -35,6 +39,31 @@ class CausalConv1d(Protocol):
 
 class SelectiveStateUpdate(Protocol):
     def __call__(self, state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False): ...
+
+
+class StepWeights(NamedTuple):
+    """A pre-norm Mamba block's weights, as ``mamba_step`` reads them (biases may be None)."""
+
+    norm_weight: torch.Tensor  # (d_model,)
+    norm_eps: float
+    in_proj_weight: torch.Tensor  # (2 d_inner, d_model)
+    in_proj_bias: Optional[torch.Tensor]  # (2 d_inner,)
+    conv_weight: torch.Tensor  # (d_inner, d_conv)
+    conv_bias: Optional[torch.Tensor]  # (d_inner,)
+    x_proj_weight: torch.Tensor  # (dt_rank + 2 n, d_inner)
+    dt_proj_weight: torch.Tensor  # (d_inner, dt_rank)
+    dt_proj_bias: torch.Tensor  # (d_inner,)
+    A: torch.Tensor  # (d_inner, n), negative
+    D: torch.Tensor  # (d_inner,)
+    out_proj_weight: torch.Tensor  # (d_model, d_inner)
+    out_proj_bias: Optional[torch.Tensor]  # (d_model,)
+
+    def tensors(self) -> tuple:
+        return tuple(t for t in self if isinstance(t, torch.Tensor))
+
+
+class MambaStep(Protocol):
+    def __call__(self, hidden, residual, conv_state, ssm_state, weights: StepWeights): ...
 
 
 class Call(NamedTuple):
@@ -88,6 +117,8 @@ class Backend:
     why_unavailable: Callable[[], str] = field(default=lambda: "not available on this machine")
     # exception -> True if it means "failed to compile" (None: the backend raises no such errors)
     build_error: Optional[Callable[[BaseException], bool]] = None
+    # op -> (call -> why this backend cannot run it, or None): limits of one op beyond those above
+    op_limits: dict = field(default_factory=dict)
 
     def refuses(self, call: Call) -> Optional[str]:
         """Why this backend cannot run ``call`` (None: it can). Availability is checked separately."""
@@ -109,7 +140,8 @@ class Backend:
                 return "has no backward"
             if not self.backward_verified():
                 return "backward did not pass its self-test here"
-        return None
+        limit = self.op_limits.get(call.op)
+        return None if limit is None else limit(call)
 
     def function(self, op: str):
         return self.ops[op]()

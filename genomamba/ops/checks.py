@@ -101,3 +101,39 @@ def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None)
             _check_tensor(arg, M, (b, n), dev)
     _check_tensor("D", D, (d,), dev, optional=True)
     _check_tensor("dt_bias", dt_bias, (d,), dev, optional=True)
+
+
+def check_step_args(hidden, residual, conv_state, ssm_state, weights) -> None:
+    """Validate mamba_step arguments (``weights``: a ``genomamba.ops.backend.StepWeights``)."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[1] != 1:
+        _fail("hidden", "a tensor of shape (b, 1, d_model)",
+              _shape(hidden) if isinstance(hidden, torch.Tensor) else type(hidden).__name__)
+    b, _, dm = hidden.shape
+    dev = hidden.device
+    _check_tensor("hidden", hidden, (b, 1, dm), dev)
+    _check_tensor("residual", residual, (b, 1, dm), dev, optional=True)
+    if not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3 or conv_state.shape[0] != b:
+        _fail("conv_state", f"a tensor of shape ({b}, d_inner, d_conv - 1)",
+              _shape(conv_state) if isinstance(conv_state, torch.Tensor) else type(conv_state).__name__)
+    _, d, wm1 = conv_state.shape
+    _check_tensor("conv_state", conv_state, (b, d, wm1), dev)
+    w = weights
+    if not isinstance(w.A, torch.Tensor) or w.A.dim() != 2 or w.A.shape[0] != d:
+        _fail("A", f"a tensor of shape ({d}, n)", _shape(w.A) if isinstance(w.A, torch.Tensor) else w.A)
+    n = w.A.shape[1]
+    _check_tensor("ssm_state", ssm_state, (b, d, n), dev)
+    if not isinstance(w.dt_proj_weight, torch.Tensor) or w.dt_proj_weight.dim() != 2:
+        _fail("dt_proj_weight", f"a tensor of shape ({d}, dt_rank)", w.dt_proj_weight)
+    rank = w.dt_proj_weight.shape[1]
+    _check_tensor("norm_weight", w.norm_weight, (dm,), dev)
+    _check_tensor("in_proj_weight", w.in_proj_weight, (2 * d, dm), dev)
+    _check_tensor("in_proj_bias", w.in_proj_bias, (2 * d,), dev, optional=True)
+    _check_tensor("conv_weight", w.conv_weight, (d, wm1 + 1), dev)
+    _check_tensor("conv_bias", w.conv_bias, (d,), dev, optional=True)
+    _check_tensor("x_proj_weight", w.x_proj_weight, (rank + 2 * n, d), dev)
+    _check_tensor("dt_proj_weight", w.dt_proj_weight, (d, rank), dev)
+    _check_tensor("dt_proj_bias", w.dt_proj_bias, (d,), dev)
+    _check_tensor("A", w.A, (d, n), dev)
+    _check_tensor("D", w.D, (d,), dev)
+    _check_tensor("out_proj_weight", w.out_proj_weight, (dm, d), dev)
+    _check_tensor("out_proj_bias", w.out_proj_bias, (dm,), dev, optional=True)

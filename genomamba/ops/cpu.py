@@ -1,5 +1,7 @@
 """Fast CPU selective scan: the C++ kernel in ``csrc/cpu/``, JIT-built on first use.
 
+The same extension holds the decode step of a whole pre-norm Mamba block (:func:`mamba_step`).
+
 Layers: ``_fwd`` / ``_bwd`` launchers -> the ``torch.library`` custom ops
 ``genomamba::selective_scan_fwd_cpu`` / ``genomamba::selective_scan_bwd_cpu`` (fake kernels and
 autograd registered, so ``torch.compile`` traces through them) -> :func:`selective_scan` (the
@@ -307,4 +309,21 @@ def selective_scan(
     return (out, last) if return_final_state else out
 
 
-__all__ = ["available", "selective_scan", "extensions_dir", "unavailable_reason"]
+# ----------------------------------------------------------------------------- decode step
+
+
+def mamba_step(hidden, residual, conv_state, ssm_state, weights):
+    """One token through a pre-norm Mamba block with the C++ kernel (``genomamba.ops.mamba_step``).
+
+    Every tensor in one dtype, float32 or float64, except ssm_state (float32 or that dtype);
+    conv_state and ssm_state are updated in place. Inference only (no backward), and called as a
+    plain extension function, not a ``torch.library`` op: per token it is one call per block.
+    """
+    w = weights
+    return _require().step(hidden.contiguous(), None if residual is None else residual.contiguous(), conv_state,
+                           ssm_state, w.norm_weight, float(w.norm_eps), w.in_proj_weight, w.in_proj_bias,
+                           w.conv_weight, w.conv_bias, w.x_proj_weight, w.dt_proj_weight, w.dt_proj_bias, w.A,
+                           w.D, w.out_proj_weight, w.out_proj_bias)
+
+
+__all__ = ["available", "selective_scan", "mamba_step", "extensions_dir", "unavailable_reason"]

@@ -19,9 +19,16 @@ import contextlib
 import os
 import sys
 
+import torch
+
 from genomamba.ops import cpu, cuda, triton
 from genomamba.ops.backend import FAST_FLOATS, Backend, Call
-from genomamba.ops.reference import causal_conv1d_ref, selective_scan_ref, selective_state_update_ref
+from genomamba.ops.reference import (
+    causal_conv1d_ref,
+    mamba_step_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
 from genomamba.ops.torch_conv import causal_conv1d_torch
 from genomamba.ops.torch_scan import selective_scan_chunked
 
@@ -44,6 +51,16 @@ def _triton_update():
     from genomamba.ops.triton.state_update import selective_state_update
 
     return selective_state_update
+
+
+def _cpp_step_limits(call: Call):
+    """The C++ block step: inference in float32 or float64, one dtype (ssm_state float32 or that one)."""
+    if call.needs_grad:
+        return "has no backward for mamba_step"
+    if call.mixed or call.dtypes[0] not in (torch.float32, torch.float64) or (
+            torch.float64 in call.dtypes and call.dtypes[0] != torch.float64):
+        return "takes mamba_step in float32 or float64, one dtype for hidden, weights and states"
+    return None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -78,10 +95,11 @@ BACKENDS: dict[str, Backend] = {
             name="cpp",
             summary="C++ CPU scan from csrc/cpu, JIT-built on first use",
             devices=("cpu",),
-            ops={"selective_scan": lambda: cpu.selective_scan},
+            ops={"selective_scan": lambda: cpu.selective_scan, "mamba_step": lambda: cpu.mamba_step},
             compiled=True,
             available=lambda device: cpu.available(),
             why_unavailable=lambda: cpu.unavailable_reason or "not built",
+            op_limits={"mamba_step": _cpp_step_limits},
         ),
         Backend(
             name="torch",
@@ -94,7 +112,8 @@ BACKENDS: dict[str, Backend] = {
             summary="sequential reference twins (the oracles)",
             devices=("cpu", "cuda", "mps", "xpu"),
             ops={"selective_scan": lambda: selective_scan_ref, "causal_conv1d": lambda: causal_conv1d_ref,
-                 "selective_state_update": lambda: selective_state_update_ref},
+                 "selective_state_update": lambda: selective_state_update_ref,
+                 "mamba_step": lambda: mamba_step_ref},
         ),
     )
 }
@@ -105,6 +124,7 @@ TABLE: dict[str, dict[str, tuple]] = {
                        "*": ("torch", "ref")},
     "causal_conv1d": {"cuda": ("triton", "torch", "ref"), "cpu": ("torch", "ref"), "*": ("torch", "ref")},
     "selective_state_update": {"cuda": ("triton", "ref"), "cpu": ("ref",), "*": ("ref",)},
+    "mamba_step": {"cuda": ("ref",), "cpu": ("cpp", "ref"), "*": ("ref",)},
 }
 
 NAMES = ("auto",) + tuple(BACKENDS)
