@@ -6,13 +6,14 @@ import torch
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """logits: (b, v) -> token ids (b,). ``temperature <= 0`` is greedy."""
+    """logits: (b, v) -> token ids (b,). ``temperature <= 0`` is greedy, and so is ``top_k == 1``
+    (the one token kept is drawn with probability 1; no random numbers are used)."""
     if top_k < 0:
         raise ValueError(f"top_k: expected >= 0, got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p}")
     logits = logits.float()
-    if temperature <= 0:
+    if temperature <= 0 or top_k == 1:
         return logits.argmax(-1)
     logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:

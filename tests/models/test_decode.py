@@ -48,6 +48,14 @@ def test_greedy_tokens_are_the_argmax_of_a_full_forward(m, prompts):
 
 
 @torch.no_grad()
+def test_top_k_one_is_greedy_whatever_the_seed_or_temperature(m, prompts):
+    greedy = m.generate(prompts, 10, temperature=0)
+    for seed, temperature in ((0, 1.0), (5, 3.0), (None, 0.5)):
+        got = m.generate(prompts, 10, temperature=temperature, top_k=1, seed=seed)
+        assert all(torch.equal(a, b) for a, b in zip(got, greedy))
+
+
+@torch.no_grad()
 def test_equal_lengths_as_a_list_or_a_tensor_agree(m):
     ids = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(2))
     as_tensor = m.generate(ids, 10, top_k=5, seed=4)
