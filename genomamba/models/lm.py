@@ -30,6 +30,7 @@ from genomamba.models.io import (
 )
 from genomamba.models.mixer import Block, RMSNorm
 from genomamba.models.segmented import segmented_hidden
+from genomamba.ops import add_rms_norm
 
 
 class MixerModel(nn.Module):
@@ -60,6 +61,11 @@ class MixerModel(nn.Module):
                 hidden, residual = ckpt(layer, hidden, residual, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+        return self._final_norm(hidden, residual)
+
+    def _final_norm(self, hidden, residual):
+        if isinstance(self.norm_f, RMSNorm):
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps)[0]
         residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -72,8 +78,7 @@ class MixerModel(nn.Module):
         residual = None
         for i, layer in enumerate(self.layers):
             hidden, residual = layer.step(hidden, residual, cache.layers[i])
-        residual = hidden if residual is None else residual + hidden
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self._final_norm(hidden, residual)
 
 
 class MambaLM(nn.Module):

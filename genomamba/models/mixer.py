@@ -16,6 +16,7 @@ from einops import rearrange
 from genomamba.config import MambaConfig
 from genomamba.ops import (
     StepWeights,
+    add_rms_norm,
     causal_conv1d,
     mamba_step_plan,
     requested_backend,
@@ -193,6 +194,8 @@ class Block(nn.Module):
         self.mixer = Mamba(config, layer_idx, device=device, dtype=dtype)
 
     def _pre(self, hidden, residual):
+        if isinstance(self.norm, RMSNorm):  # one pass on GPUs (genomamba.ops.add_rms_norm)
+            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
         residual = hidden if residual is None else residual + hidden
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:

@@ -1,4 +1,4 @@
-"""genomamba's kernels behind four functionals; model code imports only these.
+"""genomamba's kernels behind five functionals; model code imports only these.
 
 Each call is validated here once (:mod:`~genomamba.ops.checks`), described by what it asks of a
 backend (device, dtypes, state size, grouped B/C, gradients), and run by the backend the dispatch
@@ -8,6 +8,7 @@ table picks (:mod:`~genomamba.ops.dispatch`; print it with ``genomamba bench ver
     causal_conv1d           cuda: triton -> torch -> ref              cpu: torch -> ref
     selective_state_update  cuda: triton -> ref                       cpu: ref
     mamba_step              cuda: ref                                 cpu: cpp -> ref
+    add_rms_norm            cuda: triton -> ref                       cpu: ref
 
 ``mamba_step`` is a whole pre-norm block's decode step in one call. For token after token with the
 same states, :func:`mamba_step_plan` validates and picks the backend once and returns the step to
@@ -23,9 +24,16 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.backend import Call, StepWeights, describe
-from genomamba.ops.checks import check_conv_args, check_scan_args, check_state_update_args, check_step_args
+from genomamba.ops.checks import (
+    check_add_rms_norm_args,
+    check_conv_args,
+    check_scan_args,
+    check_state_update_args,
+    check_step_args,
+)
 from genomamba.ops.dispatch import choose, format_table, requested_backend, run, table, use_backend
 from genomamba.ops.reference import (
+    add_rms_norm_ref,
     causal_conv1d_ref,
     mamba_step_ref,
     selective_scan_ref,
@@ -52,8 +60,12 @@ def _step_call(hidden, residual, conv_state, ssm_state, weights) -> Call:
     return describe("mamba_step", data + (ssm_state,), data, ssm_state.shape[2], False)
 
 
+def _norm_call(hidden, residual, weight) -> Call:
+    return describe("add_rms_norm", (hidden, residual, weight), (hidden,), 0, False)
+
+
 _CALLS = {"selective_scan": _scan_call, "causal_conv1d": _conv_call, "selective_state_update": _update_call,
-          "mamba_step": _step_call}
+          "mamba_step": _step_call, "add_rms_norm": _norm_call}
 
 
 def backend_for(op="selective_scan", *tensors, **named) -> str:
@@ -114,6 +126,17 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                dt_softplus)
 
 
+def add_rms_norm(hidden, residual, weight, eps=1e-5, residual_in_fp32=False):
+    """A pre-norm block's entry in one pass: ``res = hidden + residual`` (``hidden`` alone when
+    residual is None), then RMSNorm of ``res`` (read in the weight's dtype, computed in fp32, output
+    in the weight's dtype). Returns (normed, res); res is fp32 with ``residual_in_fp32``.
+
+    hidden, residual: (..., d); weight: (d,). Differentiable in all three.
+    """
+    check_add_rms_norm_args(hidden, residual, weight, eps)
+    return run(_norm_call(hidden, residual, weight), hidden, residual, weight, eps, bool(residual_in_fp32))
+
+
 class StepPlan:
     """``mamba_step`` for one block's states, validated and dispatched once: ``plan(hidden, residual)``
     -> (out, residual'), updating ``conv_state`` and ``ssm_state`` in place. Valid while the states,
@@ -155,6 +178,8 @@ __all__ = [
     "selective_state_update",
     "mamba_step",
     "mamba_step_plan",
+    "add_rms_norm",
+    "add_rms_norm_ref",
     "StepPlan",
     "StepWeights",
     "selective_scan_ref",

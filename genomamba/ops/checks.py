@@ -137,3 +137,16 @@ def check_step_args(hidden, residual, conv_state, ssm_state, weights) -> None:
     _check_tensor("D", w.D, (d,), dev)
     _check_tensor("out_proj_weight", w.out_proj_weight, (dm, d), dev)
     _check_tensor("out_proj_bias", w.out_proj_bias, (dm,), dev, optional=True)
+
+
+def check_add_rms_norm_args(hidden, residual, weight, eps) -> None:
+    """Validate add_rms_norm arguments: hidden (..., d), residual like hidden or None, weight (d,)."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1:
+        _fail("hidden", "a tensor of shape (..., d)", _shape(hidden) if isinstance(hidden, torch.Tensor)
+              else type(hidden).__name__)
+    d = hidden.shape[-1]
+    _check_tensor("hidden", hidden, hidden.shape, hidden.device)
+    _check_tensor("residual", residual, hidden.shape, hidden.device, optional=True)
+    _check_tensor("weight", weight, (d,), hidden.device)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        _fail("eps", "a positive number", repr(eps))

@@ -24,6 +24,7 @@ import torch
 from genomamba.ops import cpu, cuda, triton
 from genomamba.ops.backend import FAST_FLOATS, Backend, Call
 from genomamba.ops.reference import (
+    add_rms_norm_ref,
     causal_conv1d_ref,
     mamba_step_ref,
     selective_scan_ref,
@@ -51,6 +52,12 @@ def _triton_update():
     from genomamba.ops.triton.state_update import selective_state_update
 
     return selective_state_update
+
+
+def _triton_norm():
+    from genomamba.ops.triton.norm import add_rms_norm
+
+    return add_rms_norm
 
 
 def _cpp_step_limits(call: Call):
@@ -84,7 +91,7 @@ BACKENDS: dict[str, Backend] = {
             summary="Triton kernels (on CPU only under TRITON_INTERPRET=1)",
             devices=("cuda", "cpu"),
             ops={"selective_scan": _triton_scan, "causal_conv1d": _triton_conv,
-                 "selective_state_update": _triton_update},
+                 "selective_state_update": _triton_update, "add_rms_norm": _triton_norm},
             dtypes=FAST_FLOATS,
             compiled=True,
             available=triton.available,
@@ -113,7 +120,7 @@ BACKENDS: dict[str, Backend] = {
             devices=("cpu", "cuda", "mps", "xpu"),
             ops={"selective_scan": lambda: selective_scan_ref, "causal_conv1d": lambda: causal_conv1d_ref,
                  "selective_state_update": lambda: selective_state_update_ref,
-                 "mamba_step": lambda: mamba_step_ref},
+                 "mamba_step": lambda: mamba_step_ref, "add_rms_norm": lambda: add_rms_norm_ref},
         ),
     )
 }
@@ -125,6 +132,7 @@ TABLE: dict[str, dict[str, tuple]] = {
     "causal_conv1d": {"cuda": ("triton", "torch", "ref"), "cpu": ("torch", "ref"), "*": ("torch", "ref")},
     "selective_state_update": {"cuda": ("triton", "ref"), "cpu": ("ref",), "*": ("ref",)},
     "mamba_step": {"cuda": ("ref",), "cpu": ("cpp", "ref"), "*": ("ref",)},
+    "add_rms_norm": {"cuda": ("triton", "ref"), "cpu": ("ref",), "*": ("ref",)},
 }
 
 NAMES = ("auto",) + tuple(BACKENDS)

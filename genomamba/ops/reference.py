@@ -142,3 +142,17 @@ def mamba_step_ref(hidden, residual, conv_state, ssm_state, weights):
                                    dt_bias=w.dt_proj_bias, dt_softplus=True)
     out = F.linear(y, w.out_proj_weight, w.out_proj_bias)
     return out.reshape(hidden.shape), residual
+
+
+def add_rms_norm_ref(hidden, residual, weight, eps=1e-5, residual_in_fp32=False):
+    """Pre-norm block entry: ``res = hidden + residual`` (``hidden`` when residual is None), then
+    RMSNorm of ``res`` read in the weight's dtype, computed in fp32 (fp64 for fp64), output in the
+    weight's dtype. Returns (normed, res), res in fp32 if ``residual_in_fp32`` (fp64 stays fp64)."""
+    res = hidden if residual is None else residual + hidden
+    x = res.to(weight.dtype)
+    xf = x if x.dtype == torch.float64 else x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    out = (xf * (weight if weight.dtype == torch.float64 else weight.float())).to(x.dtype)
+    if residual_in_fp32 and res.dtype != torch.float64:
+        res = res.float()
+    return out, res

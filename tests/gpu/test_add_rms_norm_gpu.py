@@ -1,0 +1,32 @@
+"""The compiled add_rms_norm kernels on CUDA against the reference (outputs and gradients)."""
+
+import pytest
+import torch
+
+import genomamba.ops as ops
+from tests.ops.test_add_rms_norm import CASES
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("d", [64, 256, 768, 1000])
+@pytest.mark.parametrize("hd, rd, wd, fp32", CASES)
+def test_compiled_kernels_equal_the_reference(hd, rd, wd, fp32, d):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda dt: torch.randn(4, 333, d, device="cuda", generator=g).to(dt).requires_grad_()  # noqa: E731
+    h, r = mk(hd), (mk(rd) if rd is not None else None)
+    w = (1 + 0.1 * torch.randn(d, device="cuda", generator=g)).to(wd).requires_grad_()
+    go, gr = torch.randn(4, 333, d, device="cuda", generator=g), torch.randn(4, 333, d, device="cuda", generator=g)
+    outs = []
+    for backend in ("ref", "triton"):
+        with ops.use_backend(backend):
+            o, res = ops.add_rms_norm(h, r, w, 1e-5, fp32)
+        leaves = [t for t in (h, r, w) if t is not None]
+        outs.append((o, res, torch.autograd.grad((o.float() * go).sum() + (res.float() * gr).sum(), leaves)))
+    (o1, r1, g1), (o2, r2, g2) = outs
+    assert (o2.dtype, r2.dtype) == (o1.dtype, r1.dtype)
+    low = torch.bfloat16 in (hd, rd, wd) or torch.float16 in (hd, rd)
+    tol = 8e-3 if low else 2e-5
+    for name, a, b in [("out", o2, o1), ("res", r2, r1), *((f"grad{i}", x, y) for i, (x, y) in enumerate(zip(g2, g1)))]:
+        err = ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+        assert err < tol, (name, err)
