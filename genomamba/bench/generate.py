@@ -69,6 +69,8 @@ def timed(fn: Callable[[int], object], new_tokens: int, device: str, repeats: in
 
 # ----------------------------------------------------------------------------- the columns
 
+COLUMNS = ("genomamba_eager", "genomamba_graph", "mamba_ssm_cg", "hf_llama", "hf_mamba")
+
 
 def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, cuda_graph: bool):
     torch.manual_seed(0)
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float16 on cuda, float32 on cpu")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per setting, best kept")
     p.add_argument("--no-baselines", action="store_true", help="genomamba only (no mamba_ssm / transformers)")
+    p.add_argument("--skip", action="append", default=[], choices=COLUMNS,
+                   help="leave out this column (repeatable)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="results folder (default: the package's bench/results)")
     p.add_argument("--name", default=None, help="results file name (default generate_cuda / generate_cpu)")
@@ -190,6 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     shape = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "d_state": cfg.d_state,
              "prompt_len": opt["prompt_len"], "new_tokens": opt["new_tokens"], "dtype": opt["dtype"],
              "device": args.device, "repeats": opt["repeats"], "decoding": "greedy"}
+    columns = [(name, fn) for name, fn in columns if name not in args.skip]
     print(f"decoding {opt['new_tokens']} tokens after {opt['prompt_len']} (d_model {cfg.d_model} x {cfg.n_layer}, "
           f"vocab {cfg.vocab_size}, {opt['dtype']}, {args.device})", flush=True)
     rows, params = [], {}
