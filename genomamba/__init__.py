@@ -6,9 +6,10 @@ from genomamba.models.lm import MambaLM
 __version__ = "0.1.0"
 
 
-def load(path, device=None, dtype=None):
+def load(path, device=None, dtype="auto"):
     """Load a saved model directory into a :class:`genomamba.api.GenomeModel` (model + tokenizer +
     optional classifier head) with ``embed`` / ``classify`` / ``score`` / ``generate``.
+    ``dtype="auto"``: bfloat16 weights on a CUDA device, the stored fp32 on CPU.
 
     ``MambaLM.from_pretrained(path)`` returns the bare ``nn.Module`` instead.
     """

@@ -247,7 +247,7 @@ class GenomeModel:
             raise ValueError(f"{where}: {exc}{hint}") from None
 
     # ------------------------------------------------------------------ the chunked engine
-    @torch.no_grad()
+    @torch.inference_mode()
     def _chunks(self, ids: list[np.ndarray], chunk_size: int, logits: bool = False):
         """Run a batch of token arrays (any lengths) through the model ``chunk_size`` tokens at a time,
         carrying the recurrent state. Yields ``(start, out)`` with out (b, c, d_model) hidden states
@@ -538,13 +538,32 @@ def _group(buf, batch_size):
 # ----------------------------------------------------------------------------- load
 
 
-def load(path: PathLike, device=None, dtype=None) -> GenomeModel:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def inference_dtype(device, dtype="auto") -> Optional[torch.dtype]:
+    """The weights' dtype for inference: ``"auto"`` is bfloat16 on a CUDA device (half the bytes
+    to read per token; recurrent states stay fp32) and the stored fp32 elsewhere; None keeps the
+    stored dtype; a torch dtype or its name ("float32", "bfloat16", ...) is taken as is."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else None
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InvalidArgument(f"dtype: expected auto, {', '.join(DTYPES)} or a torch dtype, got {dtype!r}")
+
+
+def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     """Load a saved model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``,
     + ``head.json``/``head.safetensors`` for a classifier) into a :class:`GenomeModel`.
 
+    ``dtype="auto"`` runs bfloat16 weights on a CUDA device and fp32 on CPU (see
+    :func:`inference_dtype`); pass ``dtype=torch.float32`` for fp32 on a GPU.
     A directory without ``tokenizer.json`` gets the default ``DNATokenizer()``. ``MambaLM.from_pretrained``
     remains the loader for the bare ``nn.Module``.
     """
+    dtype = inference_dtype(device, dtype)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"path: {path}: expected a model directory (config.json + model.safetensors)")

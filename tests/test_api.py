@@ -245,3 +245,17 @@ def test_top_level_embed_in_one_call(tmp_path):
     MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(tmp_path)
     emb = genomamba.embed(tmp_path, ["ACGTACGTNN", "ACG"])
     assert emb.shape == (2, 16) and "embed" in genomamba.__all__
+
+
+def test_inference_dtype_auto_is_bf16_on_cuda_only():
+    import torch
+
+    from genomamba.api import inference_dtype
+    from genomamba.errors import InvalidArgument
+
+    assert inference_dtype("cuda") is torch.bfloat16 and inference_dtype("cuda:1") is torch.bfloat16
+    assert inference_dtype(None) is None and inference_dtype("cpu") is None
+    assert inference_dtype("cuda", None) is None and inference_dtype("cpu", "float16") is torch.float16
+    assert inference_dtype("cuda", torch.float32) is torch.float32
+    with pytest.raises(InvalidArgument, match="dtype"):
+        inference_dtype("cpu", "fp8")

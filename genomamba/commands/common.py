@@ -15,13 +15,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (config.json + model.safetensors [+ tokenizer.json])")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--model-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' dtype (auto: bfloat16 on cuda, float32 on cpu)")
 
 
 def load_model(args):
     """The ``genomamba.api`` model named by ``add_model_args``' arguments."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load(args.model, device=args.device)
+    return load(args.model, device=args.device, dtype=args.model_dtype)
 
 
 def model_files(model_dir) -> list[Path]:
