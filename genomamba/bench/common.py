@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -35,6 +37,16 @@ def machine_facts(device: str = "cpu") -> dict:
     else:
         facts["device_name"] = f"cpu ({os.cpu_count()} cores)"
     return facts
+
+
+def cuda_requested(command: str, device: str) -> Optional[bool]:
+    """True for a run on a CUDA device, False for CPU; None, after one line on stderr, when a CUDA
+    device is asked for and torch sees none (the command then exits with status 2)."""
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print(f"genomamba bench {command}: --device {device} but torch sees no CUDA device", file=sys.stderr)
+        return None
+    return cuda
 
 
 def write_results(name: str, payload: dict, out_dir: str | os.PathLike | None = None) -> Path:

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
 
@@ -158,9 +158,8 @@ def _positive(name: str, value) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        print("genomamba bench generate: --device cuda but torch sees no CUDA device", file=sys.stderr)
+    cuda = cuda_requested("generate", args.device)
+    if cuda is None:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

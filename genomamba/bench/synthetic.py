@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 
@@ -271,9 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        print("genomamba bench synthetic: --device cuda but torch sees no CUDA device")
+    cuda = cuda_requested("synthetic", args.device)
+    if cuda is None:
         return 2
     threads = args.threads or (None if cuda else 1)
     if threads:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.api import GenomeModel
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
@@ -158,7 +158,8 @@ def memory_sweep(cfg: MambaConfig, lengths: list[int], segment_len: int, device:
                 torch.cuda.empty_cache()
             r["mode"] = mode
             rows.append(r)
-            mem = "out of memory" if r.get("oom") else f"peak {r['peak_mem_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
+            mem = "out of memory" if r.get("oom") else \
+                f"peak {r['peak_mem_mb']:,.0f} MB, {r['tokens_per_s']:,.0f} tok/s"
             print(f"  l={L:>9,} {mode:<8}: {mem}", flush=True)
     return rows
 
@@ -179,7 +180,8 @@ def plot_memory(rows: list[dict], segment_len: int, path, title: str) -> None:
             ax.plot(*zip(*pts), marker="o", label=label)
     for r in rows:
         if r.get("oom"):
-            ax.axvline(r["seq_len"], color="grey", linestyle=":", label=f"whole window out of memory at {r['seq_len']:,}")
+            ax.axvline(r["seq_len"], color="grey", linestyle=":",
+                       label=f"whole window out of memory at {r['seq_len']:,}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per sequence (batch 1)")
     ax.set_ylabel("peak memory (GiB)")
@@ -303,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        print("genomamba bench train: --device cuda but torch sees no CUDA device", file=sys.stderr)
+    cuda = cuda_requested("train", args.device)
+    if cuda is None:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
