@@ -137,8 +137,9 @@ def test_cached_triton_steps_equal_the_full_forward(dtype):
     for t in range(8, 16):
         logits = m.step(x[:, t], cache)
         assert backends(cache) == ["triton"] * CFG["n_layer"], f"step backends per layer: {backends(cache)}"
-        # half types: the prompt pass and the steps round differently, and the error grows with t
-        check(logits, full[:, t], TOL[dtype] * (1 if dtype == torch.float32 else 3),
+        # the prompt pass (chunked scan) and the steps sum in different orders and, in half types,
+        # round differently; the error grows with t
+        check(logits, full[:, t], 1e-3 if dtype == torch.float32 else 3 * TOL[dtype],
               f"logits at position {t} ({_name(dtype)}): step vs full forward")
 
 
