@@ -209,9 +209,9 @@ class Block(nn.Module):
     def step(self, hidden, residual, cache: LayerCache):
         """One token: hidden, residual (b, 1, d_model) -> (mixer out, residual); updates ``cache`` in place.
 
-        Where a compiled kernel runs the whole block step (``genomamba.ops.mamba_step``: float32 or
-        float64 on CPU, RMSNorm, no gradients), that is one call; otherwise the step is composed
-        from the per-op functionals."""
+        Where compiled kernels run the whole block step (``genomamba.ops.mamba_step`` with RMSNorm
+        and no gradients: C++ in float32 or float64 on CPU, Triton in float32, bfloat16 or float16
+        on CUDA), that is one call; otherwise the step is composed from the per-op functionals."""
         plan = self._step_plan(hidden, residual, cache)
         if plan is not None:
             out, residual = plan(hidden, residual)
@@ -233,7 +233,7 @@ class Block(nn.Module):
             if plan is None or (plan.conv_state is cache.conv_state and plan.ssm_state is cache.ssm_state):
                 return plan
         plan = None
-        if isinstance(self.norm, RMSNorm):  # (a fused step runs in fp32 / fp64: residual_in_fp32 changes nothing)
+        if isinstance(self.norm, RMSNorm):
             plan = mamba_step_plan(hidden, residual, cache.conv_state, cache.ssm_state, self._step_weights(hidden))
             if not plan.fused:
                 plan = None
@@ -248,8 +248,11 @@ class Block(nn.Module):
             in_proj_weight=m.in_proj.weight, in_proj_bias=m.in_proj.bias,
             conv_weight=rearrange(m.conv1d.weight, "d 1 w -> d w"), conv_bias=m.conv1d.bias,
             x_proj_weight=m.x_proj.weight, dt_proj_weight=m.dt_proj.weight, dt_proj_bias=m.dt_proj.bias,
-            A=(-torch.exp(_up(m.A_log))).to(ct), D=_up(m.D).to(ct),
+            # A for the backends that take it; the parameters themselves otherwise, so that a step
+            # replayed from a CUDA graph reads A_log and D as they are now (backends upcast D)
+            A=(-torch.exp(_up(m.A_log))).to(ct), A_log=m.A_log, D=m.D,
             out_proj_weight=m.out_proj.weight, out_proj_bias=m.out_proj.bias,
+            residual_in_fp32=self.residual_in_fp32,
         )
 
 

@@ -7,13 +7,16 @@ table picks (:mod:`~genomamba.ops.dispatch`; print it with ``genomamba bench ver
     selective_scan          cuda: cuda -> triton -> torch -> ref      cpu: cpp -> torch -> ref
     causal_conv1d           cuda: triton -> torch -> ref              cpu: torch -> ref
     selective_state_update  cuda: triton -> ref                       cpu: ref
-    mamba_step              cuda: ref                                 cpu: cpp -> ref
+    mamba_step              cuda: triton -> ref                       cpu: cpp -> ref
     add_rms_norm            cuda: triton -> ref                       cpu: ref
 
 ``mamba_step`` is a whole pre-norm block's decode step in one call. For token after token with the
 same states, :func:`mamba_step_plan` validates and picks the backend once and returns the step to
 call; a plan that would run only the reference tells its caller to compose the step from the
-other functionals instead (``plan.fused`` is False), which pick their own fast backends.
+other functionals instead (``plan.fused`` is False), which pick their own fast backends. On CUDA the
+Triton step (:mod:`genomamba.ops.triton.step`) runs a block's token in seven launches (norm, conv
+step and state update kernels, four cuBLAS matmuls), fit for a captured decode graph; on CPU the
+C++ one runs it in one call.
 
 ``GENOMAMBA_SCAN_BACKEND`` (environment) or :func:`use_backend` puts one backend first, for
 benchmarks and tests; :func:`backend_for` says which backend a call would really run on.
@@ -31,7 +34,7 @@ from genomamba.ops.checks import (
     check_state_update_args,
     check_step_args,
 )
-from genomamba.ops.dispatch import choose, format_table, requested_backend, run, table, use_backend
+from genomamba.ops.dispatch import choose, drop, format_table, requested_backend, run, table, use_backend
 from genomamba.ops.reference import (
     add_rms_norm_ref,
     causal_conv1d_ref,
@@ -142,23 +145,46 @@ class StepPlan:
     -> (out, residual'), updating ``conv_state`` and ``ssm_state`` in place. Valid while the states,
     the shapes and dtypes of hidden and residual, the weights and the grad mode stay as they were."""
 
-    __slots__ = ("backend", "fused", "conv_state", "ssm_state", "weights", "_fn")
+    __slots__ = ("backend", "fused", "conv_state", "ssm_state", "weights", "_fn", "_first")
 
-    def __init__(self, backend, conv_state, ssm_state, weights: StepWeights):
+    def __init__(self, backend, conv_state, ssm_state, weights: StepWeights, call: Call):
         self.backend = backend.name
         self.fused = backend.compiled  # a compiled kernel runs the whole step
         self.conv_state, self.ssm_state, self.weights = conv_state, ssm_state, weights
         self._fn = backend.function("mamba_step")
+        # a backend whose kernels compile at their first call: that call may hand the step down the table
+        self._first = (backend, call) if backend.build_error is not None else None
 
     def __call__(self, hidden, residual):
+        if self._first is not None:
+            return self._first_call(hidden, residual)
         return self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
+
+    def _first_call(self, hidden, residual):
+        """The first token: a kernel that fails to compile drops its backend for ``mamba_step`` (one
+        line), the states are put back as they were (an earlier kernel of the step may have run),
+        and the step runs on the next backend in the table."""
+        (backend, call), self._first = self._first, None
+        saved = (self.conv_state.clone(), self.ssm_state.clone())
+        try:
+            return self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
+        except Exception as exc:
+            if not backend.build_error(exc):
+                raise
+            drop(backend, "mamba_step", exc)
+        self.conv_state.copy_(saved[0])
+        self.ssm_state.copy_(saved[1])
+        nxt = choose(call)
+        self.backend, self._fn = nxt.name, nxt.function("mamba_step")
+        self._first = (nxt, call) if nxt.build_error is not None else None
+        return self(hidden, residual)
 
 
 def mamba_step_plan(hidden, residual, conv_state, ssm_state, weights: StepWeights) -> StepPlan:
     """Validate a ``mamba_step`` call and choose its backend, once, for the tokens that follow."""
     check_step_args(hidden, residual, conv_state, ssm_state, weights)
-    backend = choose(_step_call(hidden, residual, conv_state, ssm_state, weights))
-    return StepPlan(backend, conv_state, ssm_state, weights)
+    call = _step_call(hidden, residual, conv_state, ssm_state, weights)
+    return StepPlan(choose(call), conv_state, ssm_state, weights, call)
 
 
 def mamba_step(hidden, residual, conv_state, ssm_state, weights: StepWeights):

@@ -13,7 +13,8 @@ Tensor shapes (einops notation), for every backend:
 * ``mamba_step``: one token through a pre-norm Mamba block (residual add, RMSNorm, the mixer).
   hidden, residual: (b, 1, d_model) (residual None for the first block); conv_state
   (b, d_inner, d_conv - 1) and ssm_state (b, d_inner, n), updated in place; the block's weights as
-  :class:`StepWeights`. Returns (out, residual'), both (b, 1, d_model).
+  :class:`StepWeights`. Returns (out, residual'), both (b, 1, d_model): out in hidden's dtype,
+  residual' = hidden + residual (in fp32 with ``StepWeights.residual_in_fp32``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class StepWeights(NamedTuple):
     D: torch.Tensor  # (d_inner,)
     out_proj_weight: torch.Tensor  # (d_model, d_inner)
     out_proj_bias: Optional[torch.Tensor]  # (d_model,)
+    # log(-A), (d_inner, n), when the caller has it: the reference and Triton steps then compute
+    # A = -exp(A_log) at every call (a step replayed from a CUDA graph sees A_log change in place);
+    # A must equal -exp(A_log) for the backends that read A.
+    A_log: Optional[torch.Tensor] = None
+    residual_in_fp32: bool = False  # residual' in fp32 whatever hidden's dtype (fp64 stays fp64)
 
     def tensors(self) -> tuple:
         return tuple(t for t in self if isinstance(t, torch.Tensor))

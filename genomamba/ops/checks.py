@@ -134,6 +134,7 @@ def check_step_args(hidden, residual, conv_state, ssm_state, weights) -> None:
     _check_tensor("dt_proj_weight", w.dt_proj_weight, (d, rank), dev)
     _check_tensor("dt_proj_bias", w.dt_proj_bias, (d,), dev)
     _check_tensor("A", w.A, (d, n), dev)
+    _check_tensor("A_log", w.A_log, (d, n), dev, optional=True)
     _check_tensor("D", w.D, (d,), dev)
     _check_tensor("out_proj_weight", w.out_proj_weight, (dm, d), dev)
     _check_tensor("out_proj_bias", w.out_proj_bias, (dm,), dev, optional=True)

@@ -60,6 +60,21 @@ def _triton_norm():
     return add_rms_norm
 
 
+def _triton_step():
+    from genomamba.ops.triton.step import mamba_step
+
+    return mamba_step
+
+
+def _triton_step_limits(call: Call):
+    """The Triton block step: inference, the model in fp32/bf16/fp16 (the backend's dtypes), ssm_state float32."""
+    if call.needs_grad:
+        return "has no backward for mamba_step"
+    if call.dtypes[-1] != torch.float32:  # ssm_state comes last (``genomamba.ops._step_call``)
+        return "keeps ssm_state in float32 for mamba_step"
+    return None
+
+
 def _cpp_step_limits(call: Call):
     """The C++ block step: inference in float32 or float64, one dtype (ssm_state float32 or that one)."""
     if call.needs_grad:
@@ -91,12 +106,14 @@ BACKENDS: dict[str, Backend] = {
             summary="Triton kernels (on CPU only under TRITON_INTERPRET=1)",
             devices=("cuda", "cpu"),
             ops={"selective_scan": _triton_scan, "causal_conv1d": _triton_conv,
-                 "selective_state_update": _triton_update, "add_rms_norm": _triton_norm},
+                 "selective_state_update": _triton_update, "mamba_step": _triton_step,
+                 "add_rms_norm": _triton_norm},
             dtypes=FAST_FLOATS,
             compiled=True,
             available=triton.available,
             why_unavailable=triton.unavailable_reason,
             build_error=triton.is_build_error,
+            op_limits={"mamba_step": _triton_step_limits},
         ),
         Backend(
             name="cpp",
@@ -131,7 +148,7 @@ TABLE: dict[str, dict[str, tuple]] = {
                        "*": ("torch", "ref")},
     "causal_conv1d": {"cuda": ("triton", "torch", "ref"), "cpu": ("torch", "ref"), "*": ("torch", "ref")},
     "selective_state_update": {"cuda": ("triton", "ref"), "cpu": ("ref",), "*": ("ref",)},
-    "mamba_step": {"cuda": ("ref",), "cpu": ("cpp", "ref"), "*": ("ref",)},
+    "mamba_step": {"cuda": ("triton", "ref"), "cpu": ("cpp", "ref"), "*": ("ref",)},
     "add_rms_norm": {"cuda": ("triton", "ref"), "cpu": ("ref",), "*": ("ref",)},
 }
 
@@ -212,9 +229,14 @@ def run(call: Call, *args):
         except Exception as exc:
             if not backend.build_error(exc):
                 raise  # a real error in the call, not a failed compile
-            _broken.add((backend.name, call.op))
-            notice((backend.name, call.op, "build"),
-                   f"{backend.name} {call.op} failed to compile ({type(exc).__name__}); using the next backend")
+            drop(backend, call.op, exc)
+
+
+def drop(backend: Backend, op: str, exc: BaseException) -> None:
+    """Drop ``backend`` for ``op`` for the rest of the process: its kernels failed to compile."""
+    _broken.add((backend.name, op))
+    notice((backend.name, op, "build"),
+           f"{backend.name} {op} failed to compile ({type(exc).__name__}); using the next backend")
 
 
 def table(device_types=("cuda", "cpu")) -> list[dict]:

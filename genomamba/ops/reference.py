@@ -116,29 +116,40 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     return out.to(dtype_in)
 
 
+def conv_step_ref(x, conv_state, weight, bias=None):
+    """One token of the depthwise causal conv with SiLU; ``conv_state`` rolls left in place.
+
+    x: (b, d) (the newest input); conv_state: (b, d, w - 1), the previous w - 1 inputs, oldest
+    first; weight: (d, w); bias: (d,). The conv runs in fp32 (fp64 for fp64). Returns silu(conv)
+    (b, d) in x's dtype; conv_state then holds the last w - 1 inputs, x included.
+    """
+    ct = _compute_dtype(x, conv_state, weight, bias)
+    window = torch.cat([conv_state.to(ct), x.to(ct).unsqueeze(-1)], dim=-1)  # (b, d, w)
+    conv_state.copy_(window[..., 1:])
+    out = (window * weight.to(ct)).sum(-1)
+    if bias is not None:
+        out = out + bias.to(ct)
+    return F.silu(out).to(x.dtype)
+
+
 def mamba_step_ref(hidden, residual, conv_state, ssm_state, weights):
     """One token through a pre-norm Mamba block: residual add, RMSNorm, then the mixer's step.
 
     hidden, residual: (b, 1, d_model) (residual None for the first block); conv_state
     (b, d_inner, d_conv - 1) and ssm_state (b, d_inner, n) are updated in place; ``weights``: a
     ``genomamba.ops.backend.StepWeights``. Returns (out, residual'), both (b, 1, d_model): out in
-    hidden's dtype, residual' = hidden + residual. The norm runs in fp32 (fp64 for fp64 inputs).
+    hidden's dtype, residual' as :func:`add_rms_norm_ref` gives it. The norm and the conv run in
+    fp32 (fp64 for fp64 inputs); A is read as -exp(A_log) where ``weights.A_log`` is given.
     """
     w = weights
-    residual = hidden if residual is None else residual + hidden
-    r = residual.to(_compute_dtype(residual))
-    h = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + w.norm_eps) * w.norm_weight.to(r.dtype)
-    xz = F.linear(h.to(hidden.dtype).reshape(hidden.shape[0], -1), w.in_proj_weight, w.in_proj_bias)
+    h, residual = add_rms_norm_ref(hidden, residual, w.norm_weight, w.norm_eps, w.residual_in_fp32)
+    xz = F.linear(h.to(w.in_proj_weight.dtype).reshape(hidden.shape[0], -1), w.in_proj_weight, w.in_proj_bias)
     x, z = xz.chunk(2, dim=-1)  # (b, d_inner) each
-    window = torch.cat([conv_state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, d_inner, d_conv)
-    conv_state.copy_(window[..., 1:])
-    x = (window * w.conv_weight).sum(-1)
-    if w.conv_bias is not None:
-        x = x + w.conv_bias
-    x = F.silu(x)
+    x = conv_step_ref(x, conv_state, w.conv_weight, w.conv_bias)
     rank, n = w.dt_proj_weight.shape[1], w.A.shape[1]
     dt, B, C = torch.split(F.linear(x, w.x_proj_weight), [rank, n, n], dim=-1)
-    y = selective_state_update_ref(ssm_state, x, F.linear(dt, w.dt_proj_weight), w.A, B, C, w.D, z=z,
+    A = w.A if w.A_log is None else -torch.exp(w.A_log.to(_compute_dtype(w.A_log)))
+    y = selective_state_update_ref(ssm_state, x, F.linear(dt, w.dt_proj_weight), A, B, C, w.D, z=z,
                                    dt_bias=w.dt_proj_bias, dt_softplus=True)
     out = F.linear(y, w.out_proj_weight, w.out_proj_bias)
     return out.reshape(hidden.shape), residual

@@ -51,6 +51,7 @@ def _state_update_kernel(
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
     BD: tl.constexpr,
     BN: tl.constexpr,
 ):
@@ -70,6 +71,8 @@ def _state_update_kernel(
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=m2, other=0.0).to(tl.float32)
+    if A_IS_LOG:  # A_ptr holds log(-A): read at every step, so in-place changes are always seen
+        A = -tl.exp(A)
     # channels of one block may span groups here (no tile is shared along l), so index B/C per channel
     grp = offs_d // d_per_group
     Bt = tl.load(B_ptr + pid_b * s_Bb + grp[:, None] * s_Bg + offs_n[None, :] * s_Bn, mask=m2, other=0.0)
@@ -91,8 +94,10 @@ def _bc(M):
     return M.shape[1], (M.stride(0), M.stride(1), M.stride(2))
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """Arguments as :func:`genomamba.ops.selective_state_update` (validated there)."""
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           a_is_log=False):
+    """Arguments as :func:`genomamba.ops.selective_state_update` (validated there); with
+    ``a_is_log``, ``A`` holds A_log and the kernel uses A = -exp(A_log)."""
     b, d, n = state.shape
     g, sB = _bc(B)
     _g, sC = _bc(C)
@@ -127,6 +132,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus),
+        A_IS_LOG=bool(a_is_log),
         BD=BD,
         BN=BN,
         num_warps=4,
