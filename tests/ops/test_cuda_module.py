@@ -329,3 +329,16 @@ def test_v2_algorithm_model(l, K, seg_tiles, slow):
                 dC=rg[4][0], dD=rg[5], dz=rg[6][0, 0], dbias=rg[7], dh0=rg[8][0, 0])
     for k in want:
         torch.testing.assert_close(got[k].reshape(want[k].shape), want[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
+def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():
+    """A one-token chunk of a transposed tensor is 'contiguous' with a non-unit last stride; the
+    kernels read l with unit stride, so the wrapper must copy it."""
+    t = torch.randn(2, 1, 6).transpose(1, 2)  # (b, d, l=1), strides (6, 1, 6)
+    assert t.is_contiguous() and t.contiguous().stride(-1) == 6
+    got = kernels.unit_stride(t)
+    assert got.stride(-1) == 1 and torch.equal(got, t)
+    wide = torch.randn(2, 5, 6).transpose(1, 2)
+    assert kernels.unit_stride(wide).stride(-1) == 1 and torch.equal(kernels.unit_stride(wide), wide)
+    same = torch.randn(2, 6, 3)
+    assert kernels.unit_stride(same) is same and kernels.unit_stride(None) is None

@@ -143,8 +143,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     u, delta, A, B, C, D, z, bias, tstate = ctx.saved_tensors
     b, d, l = u.shape
     gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype)
-    if gout.stride(-1) != 1:
-        gout = gout.contiguous()
+    gout = unit_stride(gout)
     tiles = ctx.seg_tiles_bwd if ctx.seg_tiles_bwd > 0 else seg_tiles(b, d, l, ctx.kitems)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
         u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
@@ -191,6 +190,18 @@ def _v2_apply(
 
 
 
+def unit_stride(t):
+    """``t`` with a unit stride along its last axis (l), as the kernels read it. ``.contiguous()``
+    alone is not enough: a tensor whose last axis has size 1 counts as contiguous with any stride
+    there (e.g. a one-token chunk cut from a transposed tensor), so that case is copied afresh."""
+    if t is None or t.stride(-1) == 1:
+        return t
+    out = t.contiguous()
+    if out.stride(-1) != 1:
+        out = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    return out
+
+
 def _wants_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -212,10 +223,8 @@ def selective_scan(
     only calls this backend supports: fp32/bf16/fp16, one dtype for u/delta/B/C/z, n <= 64, and
     gradients only where the CUDA backward passed its self-test)."""
 
-    def unit(t):
-        return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-    args = (unit(u), unit(delta), A.float(), unit(B), unit(C), D, unit(z), delta_bias, bool(delta_softplus))
+    args = (unit_stride(u), unit_stride(delta), A.float(), unit_stride(B), unit_stride(C), D, unit_stride(z),
+            delta_bias, bool(delta_softplus))
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     if _wants_grad(tensors):
         kitems = CONFIG["kitems_train"]
