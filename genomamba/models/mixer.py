@@ -113,18 +113,19 @@ class Mamba(nn.Module):
         self.D = _no_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))  # (d_inner,)
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l)."""
-        b, _, l = x.shape
-        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (b*l, dt_rank + 2n)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=l)  # bias goes in as delta_bias
-        B = rearrange(B, "(b l) n -> b n l", l=l).contiguous()
-        C = rearrange(C, "(b l) n -> b n l", l=l).contiguous()
-        return dt, B, C
+        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l), every one with l
+        as its unit-stride axis, computed as (b, ·, l) products: no transposed copy of x."""
+        x_dbl = torch.matmul(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.matmul(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
+        return dt, B.contiguous(), C.contiguous()
 
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
-        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
+        # in_proj straight into (b, 2 * d_inner, l): l is the unit-stride axis the kernels read
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(_up(self.A_log))  # (d_inner, n)
         conv_w = rearrange(self.conv1d.weight, "d 1 w -> d w")
