@@ -50,6 +50,13 @@ class RMSNorm(nn.Module):
         return (xf * _up(self.weight)).to(x.dtype)
 
 
+def channels_first(t: torch.Tensor) -> bool:
+    """Whether a layer computes its projections as (b, ·, l) products (on GPUs: the conv and scan
+    kernels then read x, z, delta, B and C with l as the unit-stride axis, no transposed copies) or
+    as one (b * l, ·) GEMM each (elsewhere: faster on CPUs, whose kernels copy to their own layout)."""
+    return t.device.type == "cuda"
+
+
 class LayerCache:
     """Recurrent state of one Mamba layer: conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner, n)
     in fp32 (fp64 in an fp64 model).
@@ -113,19 +120,28 @@ class Mamba(nn.Module):
         self.D = _no_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))  # (d_inner,)
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l), every one with l
-        as its unit-stride axis, computed as (b, ·, l) products: no transposed copy of x."""
-        x_dbl = torch.matmul(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        dt = torch.matmul(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
-        return dt, B.contiguous(), C.contiguous()
+        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l)."""
+        if channels_first(x):  # (b, ·, l) products: no transposed copy of x
+            x_dbl = torch.matmul(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+            dt = torch.matmul(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
+            return dt, B.contiguous(), C.contiguous()
+        l = x.shape[-1]
+        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (b*l, dt_rank + 2n): one GEMM
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=l)
+        B = rearrange(B, "(b l) n -> b n l", l=l).contiguous()
+        C = rearrange(C, "(b l) n -> b n l", l=l).contiguous()
+        return dt, B, C
 
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
-        # in_proj straight into (b, 2 * d_inner, l): l is the unit-stride axis the kernels read
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        if channels_first(hidden):  # in_proj straight into (b, 2 * d_inner, l), l the unit-stride axis
+            xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        else:
+            xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(_up(self.A_log))  # (d_inner, n)
         conv_w = rearrange(self.conv1d.weight, "d 1 w -> d w")
