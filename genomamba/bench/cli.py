@@ -14,6 +14,8 @@ BENCHES = {
     "cp": ("genomamba.bench.cp:main", "context parallelism on CPU: one sequence over P processes (gloo) vs one"),
     "generate": ("genomamba.bench.generate:main", "decoding tokens/s: eager and CUDA-graph steps, next to "
                  "mamba_ssm and transformers when installed"),
+    "profile": ("genomamba.bench.profile:main", "one training step or inference forward under torch.profiler: "
+                "the operators that take the time, kernel time vs wall time"),
     "verify": ("genomamba.bench.verify:main", "every scan backend vs the fp64 oracle: outputs, states, gradients, "
                "determinism"),
 }

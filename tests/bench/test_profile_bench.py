@@ -1,0 +1,24 @@
+"""`genomamba bench profile` on CPU: a real step profiled, the operators ranked, JSON written."""
+
+import json
+
+from genomamba.bench import profile as bp
+
+
+def test_profile_train_and_forward_write_ranked_operators(tmp_path):
+    assert bp.main(["--d-model", "16", "--n-layer", "2", "--seq-len", "64", "--batch", "2", "--threads", "1",
+                    "--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--name", "t"]) == 0
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["mode"] == "train" and t["tokens_per_s"] > 0 and t["top"]
+    shares = [op["self_ms"] for op in t["top"]]
+    assert shares == sorted(shares, reverse=True)
+    assert any("selective_scan" in op["name"] for op in t["top"])  # the scan shows up by name
+    assert bp.main(["--mode", "forward", "--d-model", "16", "--n-layer", "2", "--seq-len", "64", "--segment-len",
+                    "16", "--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--name", "f"]) == 0
+    f = json.loads((tmp_path / "f.json").read_text())
+    assert f["mode"] == "forward" and f["segment_len"] == 16 and f["dtype"] == "float32"
+
+
+def test_profile_rejects_bad_sizes(capsys):
+    assert bp.main(["--seq-len", "0"]) == 2
+    assert "--seq-len" in capsys.readouterr().err
