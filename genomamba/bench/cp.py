@@ -1,4 +1,4 @@
-"""``genomamba bench cp``: context parallelism on CPU, one sequence over P processes (gloo).
+"""``genomamba bench cp``: context parallelism, one sequence over P processes (gloo on CPU, NCCL on GPUs).
 
 Times a forward + backward of a MambaLM on one ``(b, l)`` batch of random DNA tokens with the
 sequence split over P processes (``torch.multiprocessing``, gloo, ``--threads`` each), against the
@@ -10,12 +10,17 @@ same work in one process (P = 1), and prints what each rank sends per layer, fro
 
     genomamba bench cp                          # tiny model, l = 16384, P = 1, 2
     genomamba bench cp --sizes 1 2 4 --seq-len 32768
+    genomamba bench cp --device cuda --d-model 256 --n-layer 8 --seq-len 2097152 --reference-segment-len 131072
+
+Every size also reports the whole sequence's loss and gradient (summed over the ranks) against
+P = 1's: ``loss_rel_err_vs_P1`` and ``grad_rel_err_vs_P1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from typing import Optional
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 from genomamba.bench.common import machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
+from genomamba.models.segmented import segmented_loss
 from genomamba.parallel import build_context_parallel, slice_bounds
 
 
@@ -40,27 +46,53 @@ def bytes_per_layer(cfg: MambaConfig, batch: int, size: int, element_bytes: int 
 
 
 def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
+    cuda = spec["device"] == "cuda"
     torch.set_num_threads(spec["threads"])
     torch.set_flush_denormal(True)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
     cp = build_context_parallel(world)
     torch.manual_seed(0)
     cfg = MambaConfig(**spec["model"])
-    model = MambaLM(cfg).set_context_parallel(cp).train()
+    model = MambaLM(cfg).to(dev).set_context_parallel(cp).train()
     b, L = spec["batch"], spec["seq_len"]
-    ids = torch.randint(0, 4, (b, L), generator=torch.Generator().manual_seed(1)) + 7
+    ids = (torch.randint(0, 4, (b, L), generator=torch.Generator().manual_seed(1)) + 7).to(dev)
     start, stop = slice_bounds(L, world, rank)
     n_pred = min(stop, L - 1) - start
     tgt = ids[:, start + 1:start + 1 + n_pred]
+    seg = spec.get("reference_segment_len") if world == 1 else None
+    norm = b * (L - 1)
+
+    def segment(logits, s0, s1):  # one segment's summed next-token loss (the single-process reference)
+        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, s0 + 1:s1 + 1].reshape(-1),
+                                reduction="sum"),)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and spec["amp"]):
+            if seg and L > seg:
+                loss, _ = segmented_loss(model, ids[:, :-1], seg, segment, normalizer=norm)
+            else:
+                logits = model(ids[:, start:stop])[:, :n_pred]
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                       reduction="sum") / norm
+        loss.backward()
+        return loss
+
     times, cpu_max, cpu_sum = [], [], []
     for i in range(spec["warmup"] + spec["steps"]):
-        model.zero_grad(set_to_none=True)
         dist.barrier()
+        if cuda:
+            torch.cuda.synchronize()
+            if i == spec["warmup"]:
+                torch.cuda.reset_peak_memory_stats()
         t0, c0 = time.perf_counter(), time.process_time()
-        logits = model(ids[:, start:stop])[:, :n_pred]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum") / (b * (L - 1))
-        loss.backward()
-        dt = torch.tensor([time.perf_counter() - t0, time.process_time() - c0], dtype=torch.float64)
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = torch.tensor([time.perf_counter() - t0, time.process_time() - c0], dtype=torch.float64, device=dev)
         cpu = dt[1:].clone()
         dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # a step lasts as long as its slowest rank
         dist.all_reduce(cpu)
@@ -68,8 +100,16 @@ def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
             times.append(float(dt[0]))
             cpu_max.append(float(dt[1]))
             cpu_sum.append(float(cpu))
+    # the whole sequence's loss and gradient: each rank holds its slice's share, summed over the group
+    loss = step().detach().double().reshape(1)
+    grad = torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
+    dist.all_reduce(loss)
+    dist.all_reduce(grad)
+    peak = torch.tensor([torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else 0.0], device=dev)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:
-        torch.save({"times": times, "cpu_max": cpu_max, "cpu_sum": cpu_sum}, out)
+        torch.save({"times": times, "cpu_max": cpu_max, "cpu_sum": cpu_sum, "loss": float(loss),
+                    "grad": grad.cpu(), "peak_gib": float(peak)}, out)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -81,10 +121,14 @@ def bench_size(size: int, spec: dict) -> dict:
         got = torch.load(out)
     times = got["times"]
     best = min(times)
-    return {"P": size, "sec_per_step": round(best, 4), "median_sec": round(sorted(times)[len(times) // 2], 4),
-            "tokens_per_s": round(spec["batch"] * spec["seq_len"] / best),
-            # CPU seconds of the busiest rank (the step time with a core per process) and of all ranks
-            "cpu_sec_slowest_rank": round(min(got["cpu_max"]), 4), "cpu_sec_all_ranks": round(min(got["cpu_sum"]), 4)}
+    row = {"P": size, "sec_per_step": round(best, 4), "median_sec": round(sorted(times)[len(times) // 2], 4),
+           "tokens_per_s": round(spec["batch"] * spec["seq_len"] / best),
+           # CPU seconds of the busiest rank (the step time with a core per process) and of all ranks
+           "cpu_sec_slowest_rank": round(min(got["cpu_max"]), 4), "cpu_sec_all_ranks": round(min(got["cpu_sum"]), 4),
+           "loss": got["loss"], "_grad": got["grad"]}
+    if spec["device"] == "cuda":
+        row["peak_gib_per_rank"] = round(got["peak_gib"], 3)
+    return row
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--out", default="cp_cpu", help="results name (bench/results/<name>.json)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: one GPU per process (NCCL), bf16 autocast unless --no-amp")
+    ap.add_argument("--no-amp", action="store_true", help="fp32 on cuda")
+    ap.add_argument("--reference-segment-len", type=int, default=None,
+                    help="P = 1 trains segment-wise with segments of this many tokens (a reference for "
+                         "sequences one device cannot hold whole)")
+    ap.add_argument("--out", default=None, help="results name (bench/results/<name>.json; default cp_<device>)")
     ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
     return ap
 
@@ -107,9 +157,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     model = {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state, "vocab_size": 11}
     cfg = MambaConfig(**model)
+    cuda = args.device == "cuda"
+    if cuda and torch.cuda.device_count() < max(args.sizes):
+        print(f"genomamba bench cp: --sizes {max(args.sizes)} needs as many GPUs; torch sees "
+              f"{torch.cuda.device_count()}", file=sys.stderr)
+        return 2
     spec = {"model": model, "batch": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
-            "warmup": args.warmup, "threads": args.threads}
-    print(f"context parallelism on CPU (gloo): d_model={cfg.d_model} n_layer={cfg.n_layer} d_inner={cfg.d_inner} "
+            "warmup": args.warmup, "threads": args.threads, "device": args.device, "amp": not args.no_amp,
+            "reference_segment_len": args.reference_segment_len}
+    where = f"{torch.cuda.device_count()} GPUs (NCCL)" if cuda else "CPU (gloo)"
+    print(f"context parallelism on {where}: d_model={cfg.d_model} n_layer={cfg.n_layer} d_inner={cfg.d_inner} "
           f"d_state={cfg.d_state}, b={args.batch_size} l={args.seq_len}, {args.threads} thread(s) per process")
     rows = []
     for size in args.sizes:
@@ -118,6 +175,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         r["slice_len"] = -(-args.seq_len // size)
         rows.append(r)
         print(f"  P={size}: {r['sec_per_step']} s per forward+backward", flush=True)
+    grads = {r["P"]: r.pop("_grad") for r in rows}
+    ref = next((r for r in rows if r["P"] == 1), None)
+    for r in rows:  # the whole sequence's loss and gradient against one process
+        if ref is not None and r is not ref:
+            r["loss_rel_err_vs_P1"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
+            r["grad_rel_err_vs_P1"] = float((grads[r["P"]] - grads[1]).norm() / grads[1].norm())
     base = next((r["sec_per_step"] for r in rows if r["P"] == 1), None)
     base_cpu = next((r["cpu_sec_slowest_rank"] for r in rows if r["P"] == 1), None)
     for r in rows:
@@ -128,15 +191,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             r["speedup_cpu_time"] = round(base_cpu / r["cpu_sec_slowest_rank"], 2)
     print()
     print_table(rows, ["P", "slice_len", "sec_per_step", "tokens_per_s", "speedup", "efficiency",
-                       "cpu_sec_slowest_rank", "cpu_sec_all_ranks", "speedup_cpu_time", "halo_bytes", "summary_bytes"])
-    facts = machine_facts("cpu")
+                       "cpu_sec_slowest_rank", "speedup_cpu_time", "grad_rel_err_vs_P1", "peak_gib_per_rank",
+                       "halo_bytes", "summary_bytes"])
+    facts = machine_facts(args.device)
     facts["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
     results = {"bench": "cp", "machine": facts, "model": model, "d_inner": cfg.d_inner, "d_conv": cfg.d_conv,
                "batch_size": args.batch_size, "seq_len": args.seq_len, "threads_per_process": args.threads,
-               "steps": args.steps, "backend": "gloo", "rows": rows,
+               "steps": args.steps, "backend": "nccl" if cuda else "gloo", "device": args.device,
+               "amp_bf16": cuda and not args.no_amp, "reference_segment_len": args.reference_segment_len, "rows": rows,
                "note": "bytes are per rank per layer in forward; backward sends the same again. sec_per_step is "
                        "wall time (slowest rank); cpu_sec_slowest_rank is that rank's CPU time, the step time "
                        "when every process has a core of its own"}
-    path = write_results(args.out, results, args.out_dir)
+    path = write_results(args.out or f"cp_{args.device}", results, args.out_dir)
     print(f"\nwrote {path}")
     return 0

@@ -14,4 +14,15 @@ def test_bench_cp_times_one_and_two_processes(tmp_path, capsys):
     # b = 1, d_inner = 128, d_conv = 4, d_state = 16
     assert rows[2]["halo_bytes"] == 3 * 128 * 4 and rows[2]["summary_bytes"] == 2 * 128 * 16 * 4
     assert rows[1]["halo_bytes"] == 0
+    # the split sequence's loss and gradient are the single process's
+    assert rows[2]["loss_rel_err_vs_P1"] < 1e-5 and rows[2]["grad_rel_err_vs_P1"] < 1e-4
     assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_cp_reference_can_run_segment_wise(tmp_path):
+    assert main(["cp", "--sizes", "1", "2", "--seq-len", "200", "--steps", "1", "--warmup", "0",
+                 "--reference-segment-len", "48", "--out", "cp_seg", "--out-dir", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "cp_seg.json").read_text())
+    rows = {r["P"]: r for r in res["rows"]}
+    assert res["reference_segment_len"] == 48
+    assert rows[2]["loss_rel_err_vs_P1"] < 1e-5 and rows[2]["grad_rel_err_vs_P1"] < 1e-4
