@@ -24,6 +24,8 @@ benchmarks and tests; :func:`backend_for` says which backend a call would really
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genomamba.ops.backend import Call, StepWeights, describe
@@ -34,7 +36,7 @@ from genomamba.ops.checks import (
     check_state_update_args,
     check_step_args,
 )
-from genomamba.ops.dispatch import choose, drop, format_table, requested_backend, run, table, use_backend
+from genomamba.ops.dispatch import choose, distrust, drop, format_table, requested_backend, run, table, use_backend
 from genomamba.ops.reference import (
     add_rms_norm_ref,
     causal_conv1d_ref,
@@ -152,8 +154,10 @@ class StepPlan:
         self.fused = backend.compiled  # a compiled kernel runs the whole step
         self.conv_state, self.ssm_state, self.weights = conv_state, ssm_state, weights
         self._fn = backend.function("mamba_step")
-        # a backend whose kernels compile at their first call: that call may hand the step down the table
-        self._first = (backend, call) if backend.build_error is not None else None
+        # a compiled backend's first token is checked: its kernels may fail to compile there (the
+        # step then goes down the table), and once per process and dtype it is compared with the
+        # reference twin (a disagreement drops the backend for mamba_step, with one line)
+        self._first = (backend, call) if backend.compiled else None
 
     def __call__(self, hidden, residual):
         if self._first is not None:
@@ -161,23 +165,47 @@ class StepPlan:
         return self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
 
     def _first_call(self, hidden, residual):
-        """The first token: a kernel that fails to compile drops its backend for ``mamba_step`` (one
-        line), the states are put back as they were (an earlier kernel of the step may have run),
-        and the step runs on the next backend in the table."""
+        """The first token, as the class says; the states are put back as they were before the step
+        runs again on the next backend."""
         (backend, call), self._first = self._first, None
         saved = (self.conv_state.clone(), self.ssm_state.clone())
         try:
-            return self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
+            got = self._fn(hidden, residual, self.conv_state, self.ssm_state, self.weights)
+            key = (backend.name, hidden.dtype, hidden.device.type)
+            if key in _VERIFIED:
+                return got
+            why = self._differs_from_reference(hidden, residual, saved, got)
+            if why is None:
+                _VERIFIED.add(key)
+                return got
+            distrust(backend, "mamba_step", why)
         except Exception as exc:
-            if not backend.build_error(exc):
+            if backend.build_error is None or not backend.build_error(exc):
                 raise
             drop(backend, "mamba_step", exc)
         self.conv_state.copy_(saved[0])
         self.ssm_state.copy_(saved[1])
         nxt = choose(call)
         self.backend, self._fn = nxt.name, nxt.function("mamba_step")
-        self._first = (nxt, call) if nxt.build_error is not None else None
+        self.fused = nxt.compiled
+        self._first = (nxt, call) if nxt.compiled else None
         return self(hidden, residual)
+
+    def _differs_from_reference(self, hidden, residual, saved, got) -> "str | None":
+        """None if one step from ``saved`` states matches ``mamba_step_ref``; else what differs."""
+        conv, ssm = saved[0].clone(), saved[1].clone()
+        ref = mamba_step_ref(hidden, residual, conv, ssm, self.weights)
+        tol = 5e-2 if hidden.dtype in (torch.bfloat16, torch.float16) else 1e-3
+        for name, a, b in (("out", got[0], ref[0]), ("residual", got[1], ref[1]),
+                           ("conv_state", self.conv_state, conv), ("ssm_state", self.ssm_state, ssm)):
+            err = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+            scale = float(b.float().abs().max()) + 1.0 if b.numel() else 1.0
+            if not math.isfinite(err) or err > tol * scale:
+                return f"gave {name} values that differ from the reference (max |diff| {err:.3g})"
+        return None
+
+
+_VERIFIED: set = set()  # (backend, dtype, device type) whose first step matched the reference
 
 
 def mamba_step_plan(hidden, residual, conv_state, ssm_state, weights: StepWeights) -> StepPlan:

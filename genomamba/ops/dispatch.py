@@ -207,7 +207,8 @@ def choose(call: Call) -> Backend:
     skipped = []
     for name in order(call.op, call.device):
         backend = BACKENDS[name]
-        why = "failed to compile here" if (name, call.op) in _broken else backend.refuses(call)
+        why = "failed to compile or to match its reference here" if (name, call.op) in _broken \
+            else backend.refuses(call)
         if why is None and backend.available(call.device):
             for other, reason in skipped:
                 notice((other, call.op, reason), f"{call.op} on {call.device}: {other} {reason}; using {name}")
@@ -237,6 +238,13 @@ def drop(backend: Backend, op: str, exc: BaseException) -> None:
     _broken.add((backend.name, op))
     notice((backend.name, op, "build"),
            f"{backend.name} {op} failed to compile ({type(exc).__name__}); using the next backend")
+
+
+def distrust(backend: Backend, op: str, why: str) -> None:
+    """Drop ``backend`` for ``op`` for the rest of the process: it ran, but its result disagreed with
+    the reference twin."""
+    _broken.add((backend.name, op))
+    notice((backend.name, op, "wrong"), f"{backend.name} {op} {why}; using the next backend")
 
 
 def table(device_types=("cuda", "cpu")) -> list[dict]:

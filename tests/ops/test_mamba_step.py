@@ -140,3 +140,34 @@ def test_step_rejects_bad_arguments(change, expect):
     args.update({k: v for k, v in change.items() if k not in StepWeights._fields})
     with pytest.raises(ValueError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         mamba_step(**args, weights=wts._replace(**wchange))
+
+
+@needs_cpp
+def test_a_compiled_step_that_disagrees_with_its_reference_is_dropped(monkeypatch, capsys):
+    """The first token of a compiled backend is checked against the reference twin (once per process
+    and dtype): a wrong kernel is dropped for mamba_step and the step runs on the next backend."""
+    import genomamba.ops as ops
+    from genomamba.ops import dispatch
+
+    monkeypatch.setattr(ops, "_VERIFIED", set())
+    monkeypatch.setattr(dispatch, "_broken", set())
+    real = cpu.mamba_step
+
+    def off_by_one(*args):
+        out, res = real(*args)
+        return out + 1.0, res
+
+    monkeypatch.setattr(cpu, "mamba_step", off_by_one)
+    b, dm, d, n = 2, 12, 24, 16
+    h, r = torch.randn(b, 1, dm), torch.randn(b, 1, dm)
+    wts = _weights(dm, d, n)
+    cs, ss = _states(b, d, n, 4, torch.float32)
+    want = mamba_step_ref(h, r, cs.clone(), ss.clone(), wts)
+    plan = mamba_step_plan(h, r, cs, ss, wts)
+    assert plan.backend == "cpp"
+    out, res = plan(h, r)
+    assert plan.backend == "ref"
+    assert_close(out, want[0], torch.float32)
+    assert_close(res, want[1], torch.float32)
+    assert "cpp mamba_step gave out values that differ from the reference" in capsys.readouterr().err
+    assert mamba_step_plan(h, r, cs, ss, wts).backend == "ref"  # for the rest of the process
