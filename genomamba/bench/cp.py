@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from genomamba.bench.common import machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
-from genomamba.models.segmented import segmented_loss
+from genomamba.models.segmented import next_token_loss, segmented_loss
 from genomamba.parallel import build_context_parallel, slice_bounds
 
 
@@ -65,9 +65,7 @@ def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
     seg = spec.get("reference_segment_len") if world == 1 else None
     norm = b * (L - 1)
 
-    def segment(logits, s0, s1):  # one segment's summed next-token loss (the single-process reference)
-        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, s0 + 1:s1 + 1].reshape(-1),
-                                reduction="sum"),)
+    segment = next_token_loss(ids)  # the single-process reference's segments
 
     def step():
         model.zero_grad(set_to_none=True)

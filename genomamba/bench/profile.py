@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from genomamba.bench.common import cuda_requested, machine_facts, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
-from genomamba.models.segmented import segmented_loss
+from genomamba.models.segmented import next_token_loss, segmented_loss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,9 +62,7 @@ def _step_fn(model, ids, mode: str, cuda: bool, segment_len: Optional[int]):
         return forward
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
 
-    def segment(logits, start, stop):
-        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                ids[:, start + 1:stop + 1].reshape(-1), reduction="sum"),)
+    segment = next_token_loss(ids)
 
     def train():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):

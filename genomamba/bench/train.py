@@ -36,7 +36,7 @@ from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
 from genomamba.models.lm import MambaLM, optimizer_param_groups
-from genomamba.models.segmented import segmented_loss
+from genomamba.models.segmented import next_token_loss, segmented_loss
 
 # the paper's DNA shapes (Mamba uses twice the blocks of the Transformer/HyenaDNA shapes 6x128, 8x256)
 PRESETS = {
@@ -91,9 +91,7 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     cuda = device.startswith("cuda")
     use_amp = cuda and amp
 
-    def segment(logits, start, stop):  # summed next-token loss of positions start:stop
-        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, start + 1:stop + 1].reshape(-1),
-                                reduction="sum"),)
+    segment = next_token_loss(ids)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):

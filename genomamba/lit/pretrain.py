@@ -56,6 +56,15 @@ class LMMetrics(Metric):
                 "acc": (self.correct.double() / n).float(), "bases": self.n.float()}
 
 
+def scored_targets(ids: torch.Tensor, mask: Optional[torch.Tensor], target_ok: torch.Tensor) -> torch.Tensor:
+    """(b, L - 1) bool: which next-base targets of ``ids`` (b, L) are scored (a target id that counts,
+    and both positions inside ``mask`` when given)."""
+    ok = target_ok[ids[:, 1:]]
+    if mask is not None:
+        ok = ok & mask[:, 1:] & mask[:, :-1]
+    return ok
+
+
 def next_base_loss(logits: torch.Tensor, ids: torch.Tensor, mask: Optional[torch.Tensor], target_ok: torch.Tensor):
     """Causal LM loss on next bases only.
 
@@ -64,9 +73,7 @@ def next_base_loss(logits: torch.Tensor, ids: torch.Tensor, mask: Optional[torch
     Returns (mean nll, nll sum, correct count, n scored) over positions whose *target* is scored.
     """
     tgt = ids[:, 1:]
-    ok = target_ok[tgt]
-    if mask is not None:
-        ok = ok & mask[:, 1:] & mask[:, :-1]
+    ok = scored_targets(ids, mask, target_ok)
     lg = logits[:, :-1].float()
     nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view_as(tgt)
     nll = torch.where(ok, nll, torch.zeros_like(nll))
@@ -135,12 +142,7 @@ class PretrainModule(pl.LightningModule):
         if cp is None:
             return next_base_loss(self.model(ids), ids, mask, self.target_ok)
         start, stop = cp.bounds(ids.shape[1])
-        end = min(stop + 1, ids.shape[1])
-        logits = self.model(ids[:, start:stop])
-        if end > stop:
-            logits = F.pad(logits, (0, 0, 0, 1))  # a last row that predicts nothing (it is never scored)
-        _, nll, correct, n = next_base_loss(logits, ids[:, start:end], None if mask is None else mask[:, start:end],
-                                            self.target_ok)
+        _, nll, correct, n = self._slice_loss(self.model(ids[:, start:stop]), ids, mask, start, stop)
         group_n = n.detach().clone()
         dist.all_reduce(group_n, group=cp.group)
         return nll * cp.size / group_n.clamp_min(1), nll, correct, n
@@ -148,22 +150,22 @@ class PretrainModule(pl.LightningModule):
     def _segmented_loss(self, ids, mask):
         """As ``next_base_loss`` over the whole window, read ``segment_len`` tokens at a time: each
         segment scores the targets its positions predict (its last one is the next segment's first)."""
-        length = ids.shape[1]
 
         def segment(logits, start, stop):
-            end = min(stop + 1, length)
-            if end > stop:
-                logits = F.pad(logits, (0, 0, 0, 1))  # a last row that predicts nothing (never scored)
-            _, nll, correct, n = next_base_loss(logits, ids[:, start:end],
-                                                None if mask is None else mask[:, start:end], self.target_ok)
+            _, nll, correct, n = self._slice_loss(logits, ids, mask, start, stop)
             return nll, nll.detach(), correct, n
 
-        ok = self.target_ok[ids[:, 1:]]
-        if mask is not None:
-            ok = ok & mask[:, 1:] & mask[:, :-1]
-        n_total = ok.sum().clamp_min(1)
+        n_total = scored_targets(ids, mask, self.target_ok).sum().clamp_min(1)
         loss, (nll, correct, n) = segmented_loss(self.model, ids, self.segment_len, segment, n_total)
         return loss, nll, correct, n
+
+    def _slice_loss(self, logits, ids, mask, start, stop):
+        """``next_base_loss`` of positions ``start:stop`` of the window ``ids`` (b, L) from their logits:
+        the last position's target is the next slice's first base (none at the window's end)."""
+        end = min(stop + 1, ids.shape[1])
+        if end > stop:
+            logits = F.pad(logits, (0, 0, 0, 1))  # a last row that predicts nothing (it is never scored)
+        return next_base_loss(logits, ids[:, start:end], None if mask is None else mask[:, start:end], self.target_ok)
 
     def _world_sum(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over every process (itself in one process)."""

@@ -23,6 +23,7 @@ import contextlib
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from genomamba.models.cache import InferenceCache
 from genomamba.models.mixer import LayerCache
@@ -35,6 +36,17 @@ def segment_bounds(length: int, segment_len: int) -> list[tuple[int, int]]:
     if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
         raise ValueError(f"segment_len: expected a positive int, got {segment_len!r}")
     return [(s, min(s + segment_len, length)) for s in range(0, length, segment_len)]
+
+
+def next_token_loss(ids: torch.Tensor) -> SegmentLoss:
+    """``segment_loss`` for ``segmented_loss(model, ids[:, :-1], ...)``: the summed next-token cross
+    entropy of positions ``start:stop``, whose targets are ``ids[:, start + 1:stop + 1]``."""
+
+    def segment(logits, start, stop):
+        return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, start + 1:stop + 1].reshape(-1),
+                                reduction="sum"),)
+
+    return segment
 
 
 def _autocast_state(device_type: str):
