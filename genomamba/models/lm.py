@@ -69,6 +69,10 @@ class MixerModel(nn.Module):
         residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
+        """Zero recurrent states of every layer for ``batch_size`` sequences."""
+        return InferenceCache([layer.mixer.allocate_cache(batch_size, device, dtype) for layer in self.layers])
+
     def step(self, input_ids, cache: InferenceCache, inputs_embeds=None):
         """input_ids: (b,) or (b, 1) -> hidden (b, 1, d_model); advances ``cache`` by one token."""
         if inputs_embeds is None:
@@ -172,7 +176,7 @@ class MambaLM(nn.Module):
         return hidden
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
-        return InferenceCache([layer.mixer.allocate_cache(batch_size, device, dtype) for layer in self.backbone.layers])
+        return self.backbone.allocate_cache(batch_size, device, dtype)
 
     def step(self, input_ids, cache: InferenceCache):
         """One token per sequence: input_ids (b,) or (b, 1) -> logits (b, padded_vocab_size)."""

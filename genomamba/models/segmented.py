@@ -138,19 +138,6 @@ def _check(model, ids, segment_len):
                          "(each rank already holds one slice); use one or the other")
 
 
-class _BackboneCaches:
-    """What the segment runner asks of a model (``allocate_cache``, ``parameters``), for a bare backbone."""
-
-    def __init__(self, backbone):
-        self.backbone = backbone
-
-    def parameters(self):
-        return self.backbone.parameters()
-
-    def allocate_cache(self, batch_size, device=None):
-        return InferenceCache([layer.mixer.allocate_cache(batch_size, device) for layer in self.backbone.layers])
-
-
 def segmented_hidden(backbone, ids: torch.Tensor, segment_len: int) -> torch.Tensor:
     """``backbone(ids)`` (a :class:`~genomamba.models.lm.MixerModel`: final-norm hidden states
     (b, L, d_model)) computed in segments: in training only the boundary states and the output are
@@ -161,7 +148,7 @@ def segmented_hidden(backbone, ids: torch.Tensor, segment_len: int) -> torch.Ten
     def run(piece, cache, start, stop):
         return (backbone(piece, cache=cache),)
 
-    return _Segmented.apply(_BackboneCaches(backbone), run, "cat", ids, segment_len, 1.0, *params)[0]
+    return _Segmented.apply(backbone, run, "cat", ids, segment_len, 1.0, *params)[0]
 
 
 def segmented_loss(model, ids: torch.Tensor, segment_len: int, segment_loss: SegmentLoss,
