@@ -141,13 +141,19 @@ class Backend:
             return f"takes n <= {self.max_state}, got n={call.state_size}"
         if call.grouped and not self.grouped:
             return "does not take grouped B/C"
-        if call.needs_grad:
-            if not self.backward:
-                return "has no backward"
-            if not self.backward_verified():
-                return "backward did not pass its self-test here"
+        if call.needs_grad and not self.backward:
+            return "has no backward"
         limit = self.op_limits.get(call.op)
-        return None if limit is None else limit(call)
+        why = None if limit is None else limit(call)
+        return why if why is not None else self.unverified(call)
+
+    def unverified(self, call: Call) -> Optional[str]:
+        """Why this backend, available, may still not run ``call``: its backward did not pass its
+        self-test. Only meaningful once ``available`` has run (a compiled backend's verdicts are
+        known after its first build), which is why ``choose`` asks it last."""
+        if call.needs_grad and not self.backward_verified():
+            return "backward did not pass its self-test here"
+        return None
 
     def function(self, op: str):
         return self.ops[op]()

@@ -209,6 +209,9 @@ def choose(call: Call) -> Backend:
         backend = BACKENDS[name]
         why = "failed to compile or to match its reference here" if (name, call.op) in _broken \
             else backend.refuses(call)
+        if why is not None and why == backend.unverified(call) and backend.available(call.device):
+            # the verdict of a compiled backend's self-test exists only once it is built: ask again
+            why = backend.unverified(call)
         if why is None and backend.available(call.device):
             for other, reason in skipped:
                 notice((other, call.op, reason), f"{call.op} on {call.device}: {other} {reason}; using {name}")

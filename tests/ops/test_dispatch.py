@@ -128,3 +128,27 @@ def test_gradients_only_where_a_backward_exists():
     assert nobwd.refuses(call) == "has no backward"
     with torch.no_grad():
         assert nobwd.refuses(ops._scan_call(u, delta, A, B, C)) is None
+
+
+def test_a_backward_verified_at_first_build_is_chosen_for_the_first_call(monkeypatch):
+    """A compiled backend learns whether its backward passed its self-test when it is first built
+    (``available``). A process whose first call needs gradients must still get that backward."""
+    state = {"built": False, "ran": 0}
+
+    def build(_device):
+        state["built"] = True
+        return True
+
+    def scan(u, delta, A, B, C, *args, **kwargs):
+        state["ran"] += 1
+        return selective_scan_ref(u, delta, A, B, C, *args, **kwargs)
+
+    late = Backend(name="late", summary="", devices=("cpu",), ops={"selective_scan": lambda: scan},
+                   compiled=True, available=build, backward_verified=lambda: state["built"])
+    monkeypatch.setitem(dispatch.BACKENDS, "late", late)
+    monkeypatch.setitem(dispatch.TABLE, "selective_scan", {**dispatch.TABLE["selective_scan"],
+                                                           "cpu": ("late", "torch", "ref")})
+    u, delta, A, B, C = _scan_inputs(grad=True)
+    assert ops.backend_for("selective_scan", u, delta, A, B, C) == "late"
+    ops.selective_scan(u, delta, A, B, C).sum().backward()
+    assert state["built"] and state["ran"] == 1 and u.grad is not None
