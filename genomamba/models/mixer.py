@@ -57,6 +57,20 @@ def channels_first(t: torch.Tensor) -> bool:
     return t.device.type == "cuda"
 
 
+def channel_proj(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight`` (o, i) applied along axis 1 of ``x`` (b, i, l): (b, o, l), contiguous, l the unit-stride
+    axis. One batched GEMM over the shared weight; ``torch.matmul`` would instead compute it as
+    (x^T W^T)^T, whose result has l as its slowest axis, so every kernel after it paid a transposed copy."""
+    return torch.bmm(weight.unsqueeze(0).expand(x.shape[0], -1, -1), x)
+
+
+def token_proj(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``weight`` (o, i) applied to the channels of ``x`` (b, i, l): (b, l, o), contiguous, read straight
+    from the channels-first layout (a linear layer on its transposed view copies it first when b > 1)."""
+    out = torch.bmm(x.transpose(1, 2), weight.t().unsqueeze(0).expand(x.shape[0], -1, -1))
+    return out if bias is None else out + bias.to(out.dtype)
+
+
 class LayerCache:
     """Recurrent state of one Mamba layer: conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner, n)
     in fp32 (fp64 in an fp64 model).
@@ -122,9 +136,9 @@ class Mamba(nn.Module):
     def _ssm_inputs(self, x: torch.Tensor):
         """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l)."""
         if channels_first(x):  # (b, ·, l) products: no transposed copy of x
-            x_dbl = torch.matmul(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
+            x_dbl = channel_proj(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-            dt = torch.matmul(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
+            dt = channel_proj(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
             return dt, B.contiguous(), C.contiguous()
         l = x.shape[-1]
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (b*l, dt_rank + 2n): one GEMM
@@ -136,8 +150,9 @@ class Mamba(nn.Module):
 
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
-        if channels_first(hidden):  # in_proj straight into (b, 2 * d_inner, l), l the unit-stride axis
-            xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        cf = channels_first(hidden)
+        if cf:  # in_proj straight into (b, 2 * d_inner, l), l the unit-stride axis
+            xz = channel_proj(self.in_proj.weight, hidden.transpose(1, 2))
             if self.in_proj.bias is not None:
                 xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         else:
@@ -161,6 +176,8 @@ class Mamba(nn.Module):
                                           initial_state=cache.ssm_state, return_final_state=True)
             cache.conv_state = conv_state.to(cache.conv_state.dtype)
             cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
+        if cf:
+            return token_proj(y, self.out_proj.weight, self.out_proj.bias)
         return self.out_proj(rearrange(y, "b d l -> b l d"))
 
     def _slice_forward(self, x, z, A, conv_w, cp):

@@ -116,21 +116,28 @@ def test_state_update(groups, dtype):
 
 @pytest.mark.parametrize("w", [1, 2, 4])
 @pytest.mark.parametrize("l", [1, 3, 150])
-def test_causal_conv1d(w, l):
+@pytest.mark.parametrize("layout", ["contiguous", "chunk"])
+@pytest.mark.parametrize("with_h0", [True, False])
+def test_causal_conv1d(w, l, layout, with_h0):
+    """Read in place: a half of a (b, 2d, l) projection (as the mixer passes it) and a plain tensor."""
     b, d = 2, 20
-    x = torch.randn(b, d, l, requires_grad=True)
+    leaf = torch.randn(b, 2 * d if layout == "chunk" else d, l, requires_grad=True)
+    x = leaf[:, d:] if layout == "chunk" else leaf
     wt = torch.randn(d, w, requires_grad=True)
     bias = torch.randn(d, requires_grad=True)
-    h0 = torch.randn(b, d, w - 1, requires_grad=True)
-    ins = [x, wt, bias, h0]
+    h0 = torch.randn(b, d, w - 1, requires_grad=True) if with_h0 else None
+    ins = [t for t in (leaf, wt, bias, h0) if t is not None]
     with ops.use_backend("triton"):
         out, fin = ops.causal_conv1d(x, wt, bias, h0, "silu", True)
-    rins = [t.detach().double().requires_grad_() for t in ins]
-    rout, rfin = causal_conv1d_ref(*rins, "silu", True)
+    rleaf, rw, rb = (t.detach().double().requires_grad_() for t in (leaf, wt, bias))
+    rh0 = h0.detach().double().requires_grad_() if with_h0 else None
+    rout, rfin = causal_conv1d_ref(rleaf[:, d:] if layout == "chunk" else rleaf, rw, rb, rh0, "silu", True)
     assert_close(out, rout, torch.float32, "out")
     assert_close(fin, rfin, torch.float32, "final_state")
+    assert fin.data_ptr() != x.data_ptr()
     go, gf = torch.randn_like(out), torch.randn_like(fin)
     grads = torch.autograd.grad((out, fin), ins, (go, gf))
+    rins = [t for t in (rleaf, rw, rb, rh0) if t is not None]
     rgrads = torch.autograd.grad((rout, rfin), rins, (go.double(), gf.double()))
     for name, a, r in zip(("x", "weight", "bias", "initial_state"), grads, rgrads):
         assert_close(a, r, torch.float32, f"d{name}")

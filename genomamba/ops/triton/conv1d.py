@@ -1,7 +1,8 @@
 """Triton causal depthwise conv1d (width <= 4), forward and backward, with an initial conv state.
 
-The initial state is handled by concatenating it in front of x once (xx, length l + w - 1), so
-out[t] = act(bias + sum_k w[k] * xx[t + k]) has no boundary cases, and the backward is the same
+The forward reads x where it lies (l the unit-stride axis, any batch and channel strides) and the
+initial state beside it. The backward concatenates the initial state in front of x (xx, length
+l + w - 1), so out[t] = act(bias + sum_k w[k] * xx[t + k]) has no boundary cases, and it is the same
 correlation run the other way: dxx[s] = sum_k w[k] * dpre[s - k]. The final state is xx[l:], so its
 gradient is added to dxx's tail. dW and dbias are per-(b, l-block) partials summed on the host
 (fixed order: deterministic).
@@ -16,39 +17,49 @@ import triton.language as tl
 
 @triton.jit
 def _conv_fwd_kernel(
-    xx_ptr,
+    x_ptr,
+    h0_ptr,
     w_ptr,
     b_ptr,
     out_ptr,
     d,
     l,
-    lx,
+    s_xb,
+    s_xd,
     W: tl.constexpr,
+    HAS_H0: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     BD: tl.constexpr,
     BL: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pid_l = tl.program_id(1)
+    # x read where it lies (l the unit-stride axis); positions before 0 come from h0 (b, d, W - 1)
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
-    offs_l = pid_l * BL + tl.arange(0, BL)
+    offs_l = pid_l.to(tl.int64) * BL + tl.arange(0, BL)
     mask_d = offs_d < d
-    m = mask_d[:, None] & (offs_l < l)[None, :]
     acc = tl.zeros([BD, BL], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    xp = xx_ptr + pid_b * d * lx + offs_d[:, None] * lx
+    xp = x_ptr + pid_b * s_xb + offs_d[:, None] * s_xd
+    hp = h0_ptr + pid_b * d * (W - 1) + offs_d[:, None] * (W - 1)
     for k in tl.static_range(W):
         wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-        acc += wk[:, None] * tl.load(xp + (offs_l + k)[None, :], mask=m, other=0.0).to(tl.float32)
+        src = offs_l + (k - (W - 1))
+        xv = tl.load(xp + src[None, :], mask=mask_d[:, None] & ((src >= 0) & (src < l))[None, :], other=0.0)
+        xv = xv.to(tl.float32)
+        if HAS_H0 and k < W - 1:
+            hm = mask_d[:, None] & ((src < 0) & (offs_l < l))[None, :]
+            xv += tl.load(hp + (src + (W - 1))[None, :], mask=hm, other=0.0).to(tl.float32)
+        acc += wk[:, None] * xv
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(
         out_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :],
         acc.to(out_ptr.dtype.element_ty),
-        mask=m,
+        mask=mask_d[:, None] & (offs_l < l)[None, :],
     )
 
 
@@ -130,37 +141,48 @@ class _Conv1dFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, h0, silu):
         b, d, l = x.shape
         W = weight.shape[1]
-        prev = h0.to(x.dtype) if h0 is not None else x.new_zeros((b, d, W - 1))
-        xx = torch.cat([prev, x], dim=-1).contiguous()
+        if x.stride(-1) != 1:  # (a one-token view keeps any stride along l, even a contiguous one)
+            x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+        prev = h0.to(x.dtype).contiguous() if h0 is not None and W > 1 else None
         wc = weight.contiguous()
         out = torch.empty((b, d, l), device=x.device, dtype=x.dtype)
         dummy = torch.empty(1, device=x.device, dtype=torch.float32)
-        grid = (triton.cdiv(d, _BD), triton.cdiv(l, _BL), b)
         if l > 0:
-            _conv_fwd_kernel[grid](
-                xx,
+            # l-blocks on the first grid axis: it alone takes more than 65,535 blocks (l > 8M)
+            _conv_fwd_kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
+                x,
+                prev if prev is not None else dummy,
                 wc,
                 bias if bias is not None else dummy,
                 out,
                 d,
                 l,
-                l + W - 1,
+                x.stride(0),
+                x.stride(1),
                 W=W,
+                HAS_H0=prev is not None,
                 HAS_BIAS=bias is not None,
                 SILU=silu,
                 BD=_BD,
                 BL=_BL,
             )
-        ctx.save_for_backward(xx, wc, bias)
+        # the final state: the last W - 1 inputs, reaching into the initial state when l < W - 1
+        tail = x[..., max(0, l - (W - 1)):]
+        if tail.shape[-1] < W - 1:
+            lead = prev if prev is not None else x.new_zeros((b, d, W - 1))
+            tail = torch.cat([lead, tail], dim=-1)[..., tail.shape[-1]:]
+        ctx.save_for_backward(x, prev, wc, bias)
         ctx.silu, ctx.l, ctx.h0_dtype = silu, l, (h0.dtype if h0 is not None else None)
         ctx.w_dtype = weight.dtype
-        return out, xx[..., l:].clone()
+        return out, tail.clone(memory_format=torch.contiguous_format)
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        xx, wc, bias = ctx.saved_tensors
-        b, d, lx = xx.shape
+        x, prev, wc, bias = ctx.saved_tensors
         W = wc.shape[1]
+        # the input with its initial state in front (length l + W - 1): the backward kernels read that
+        xx = torch.cat([prev if prev is not None else x.new_zeros((*x.shape[:2], W - 1)), x], dim=-1)
+        b, d, lx = xx.shape
         l = ctx.l
         dev = xx.device
         dummy = torch.empty(1, device=dev, dtype=torch.float32)
