@@ -128,9 +128,19 @@ class MambaLM(nn.Module):
             raise ValueError(f"input_ids: expected a (batch, length) integer tensor, got {got}")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids: expected an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.padded_vocab_size):
-            raise ValueError(f"input_ids: token ids must lie in [0, {self.config.padded_vocab_size}), "
-                             f"got range [{int(input_ids.min())}, {int(input_ids.max())}]")
+        if not input_ids.numel():
+            return
+        vocab = self.config.padded_vocab_size
+        if input_ids.device.type != "cpu":
+            # Checked on the device, in order with the forward: reading the range back to the host
+            # would stall every call until the previous one finished (a short forward then costs its
+            # kernels plus its launches, one after the other). An id out of range stops the run at the
+            # next synchronisation with a device-side assertion, as an embedding lookup there would.
+            torch._assert_async(((input_ids >= 0) & (input_ids < vocab)).all())
+            return
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"input_ids: token ids must lie in [0, {vocab}), got range [{lo}, {hi}]")
 
     def forward(self, input_ids, cache: Optional[InferenceCache] = None, num_last_tokens: int = 0):
         """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0)."""

@@ -28,7 +28,10 @@ def _env_int(name: str, default: int) -> int:
 # kitems = 16 it needs ~200 registers, so training runs both at 8 until measured otherwise);
 # target_warps = warps to aim for when cutting l into segments (0: 64 per SM of this GPU);
 # min_seg_tokens: shortest segment (the fix-up / summary passes cost up to ~2-3K tokens per
-# segment for Mamba's usual delta, so shorter segments would spend a large share on them).
+# segment for Mamba's usual delta, so shorter segments would spend a large share on them; of
+# 2K/4K/8K/16K, 4K timed fastest over inference and training shapes on an H200: a single 16K
+# record then runs in four segments instead of two). Every knob's sweep is in the results
+# folder (scan_knobs_nvidia_h200.json).
 CONFIG = {
     "variant": os.environ.get("GENOMAMBA_CUDA_VARIANT", "auto"),  # auto | v1 | v2
     "npt": _env_int("GENOMAMBA_CUDA_NPT", 4),
@@ -42,7 +45,7 @@ CONFIG = {
     # ~0.1 KB spills at kitems 8), 1 -> ~190 registers, no spills, 8 warps/SM (sm_90 report)
     "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
-    "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 8192),
+    "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
