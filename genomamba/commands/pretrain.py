@@ -22,7 +22,15 @@ from genomamba.lit.callbacks import SeqLenWarmup
 from genomamba.lit.config import PretrainConfig, adapter_of, to_plain
 from genomamba.lit.datamodules import PretrainDataModule
 from genomamba.lit.pretrain import PretrainModule
-from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, owns_run_dir, prepare_run_dir, resolve_precision
+from genomamba.lit.trainer import (
+    build_trainer,
+    final_checkpoint,
+    fit,
+    keep_weights,
+    owns_run_dir,
+    prepare_run_dir,
+    resolve_precision,
+)
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -67,21 +75,24 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
     final_checkpoint(trainer, run_dir)
+    kept = keep_weights(trainer, module, dm)
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
                "segment_len": cfg.trainer.segment_len,
-               "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics)}
+               "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics),
+               "kept": kept}
+    steps = int(kept.get("step", trainer.global_step))  # the steps behind the saved weights
     if trainer.world_size > 1:
         results.update(processes=trainer.world_size, context_parallel=cfg.trainer.context_parallel)
     if trainer.interrupted:
         results["interrupted"] = True
     if dna:
         module.model.config.extra.update({"task": "dna-lm", "tokenizer": "genomamba.DNATokenizer",
-                                          "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+                                          "train_seq_len": d.seq_len, "trained_steps": steps})
     else:
         module.model.config.extra.update({"task": f"{adapter.name}-lm", "adapter": adapter.name,
-                                          "train_seq_len": d.seq_len, "trained_steps": int(trainer.global_step)})
+                                          "train_seq_len": d.seq_len, "trained_steps": steps})
         results["adapter"] = adapter.to_dict()
     out = run_dir / "model"
     if trainer.is_global_zero:  # one writer; every rank holds the same weights

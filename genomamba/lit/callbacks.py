@@ -205,3 +205,49 @@ class TrainingCurves(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = {k: [tuple(x) for x in v] for k, v in state_dict.get("history", {}).items()}
+
+
+class BestWeights(pl.Callback):
+    """Keeps a host copy of the weights at the lowest ``monitor`` (validation loss) seen, so a run
+    that overfits late still ends with its best model (see ``trainer.keep``). The copy is taken at
+    each improvement only; it is the module's plain state dict (not kept under sharded strategies,
+    whose state dicts are collective calls: there the last weights are kept, with one line)."""
+
+    def __init__(self, monitor: str = "val/loss"):
+        self.monitor = monitor
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self.last: Optional[float] = None
+        self.last_step: Optional[int] = None
+        self.state: Optional[dict] = None
+        self.disabled: Optional[str] = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.disabled:
+            return
+        if "fsdp" in type(trainer.strategy).__name__.lower():
+            self.disabled = f"{type(trainer.strategy).__name__} shards the weights"
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        self.last, self.last_step = value, int(trainer.global_step)
+        if math.isfinite(value) and (self.best is None or value < self.best):
+            self.best, self.best_step = value, int(trainer.global_step)
+            self.state = {k: t.detach().to("cpu", copy=True) for k, t in pl_module.state_dict().items()}
+
+    def restore(self, pl_module) -> dict:
+        """Load the best weights into ``pl_module`` (if they are not the current ones); returns what
+        was kept, for results.json."""
+        info = {"weights": "last", "monitor": self.monitor, "last_step": self.last_step, "last_value": self.last}
+        if self.disabled:
+            info["why"] = self.disabled
+            warnings.warn(f"trainer.keep=best: the last weights are kept ({self.disabled})", stacklevel=2)
+            return info
+        if self.state is None:
+            return info
+        info.update(weights="best", step=self.best_step, value=self.best)
+        if self.best_step != self.last_step or self.best != self.last:
+            pl_module.load_state_dict(self.state)
+        return info

@@ -115,6 +115,9 @@ class TrainerConfig:
     # read each training window in segments of this many tokens, carrying the recurrent states
     # forward; the backward recomputes one segment at a time (exact; memory of one segment)
     segment_len: Optional[int] = None
+    # which weights a run ends with (saved to model/, tested): "best", those of the lowest validation
+    # loss seen (the last ones when nothing was validated); "last", those of the final step
+    keep: str = "best"
 
 
 @dataclass
@@ -311,6 +314,8 @@ def _check_parallel(cfg, where: str) -> None:
     """The multi-process keys: positive sizes, and a context-parallel size that divides the processes
     (when ``devices`` is a count) and the training windows."""
     t = cfg.trainer
+    if t.keep not in ("best", "last"):
+        raise ConfigError(f"{where}: trainer.keep: expected best or last, got {t.keep!r}")
     if t.num_nodes < 1:
         raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
     seg = t.segment_len

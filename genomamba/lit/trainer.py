@@ -38,7 +38,7 @@ from genomamba.config import MambaConfig
 from genomamba.errors import OutputExistsError
 from genomamba.files import RunDirLock, atomic_path, write_text
 from genomamba.lit._pl import pl
-from genomamba.lit.callbacks import EpochSeed, TimeBudget, TrainingCurves
+from genomamba.lit.callbacks import BestWeights, EpochSeed, TimeBudget, TrainingCurves
 from genomamba.lit.config import ConfigError, TrainerConfig, to_plain
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -269,6 +269,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
                           title=monitor_title)] + callbacks
     if tc.budget_minutes:
         cbs.append(TimeBudget(tc.budget_minutes))
+    if has_val and tc.keep == "best":
+        cbs.append(BestWeights("val/loss"))
     if tc.progress:
         cbs.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, tc.log_every)))
     loggers = [pl.loggers.CSVLogger(str(run_dir), name="logs")]
@@ -297,6 +299,20 @@ def final_checkpoint(trainer, run_dir: Path) -> None:
     """last.ckpt at the step fit ended on, so ``--resume`` with a larger max_steps continues from there."""
     if not trainer.interrupted:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def keep_weights(trainer, module, dm) -> dict:
+    """After fit (and after last.ckpt is written, so ``--resume`` continues from the final step): load
+    the weights ``trainer.keep`` asks for into ``module``; returns what was kept, for results.json.
+
+    With ``keep: best``, a final step that was not validated is validated first, so the last weights
+    compete with the best ones on the same validation set."""
+    best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
+    if best is None:
+        return {"weights": "last"}
+    if not best.disabled and not trainer.interrupted and best.last_step != int(trainer.global_step):
+        trainer.validate(module, datamodule=dm, verbose=False)
+    return best.restore(module)
 
 
 def resume_path(arg, run_dir: Path) -> Optional[str]:

@@ -117,3 +117,49 @@ def test_segment_len_config_errors(tiny_pretrain, trainer, match):
 
     with pytest.raises(ConfigError, match=match):
         load_config(doc=tiny_pretrain(**trainer))
+
+
+def _val_loss_of(model_dir, cfg):
+    """The validation loss of a saved model on the run's validation windows, through a fresh Trainer."""
+    from genomamba.lit._pl import pl
+    from genomamba.lit.datamodules import PretrainDataModule
+    from genomamba.lit.pretrain import PretrainModule
+
+    d = cfg.data
+    dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
+                            d.rc_prob, d.max_n_frac, 0, cfg.trainer.seed, DNATokenizer())
+    lm = MambaLM.from_pretrained(model_dir)
+    module = PretrainModule(lm.config.to_dict(), {}, DNATokenizer().to_dict())
+    module.model.load_state_dict(lm.state_dict())
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    return float(trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_a_run_keeps_its_best_validated_weights(tiny_pretrain, tmp_path, keep):
+    """``trainer.keep: best`` (the default) saves and tests the weights of the lowest validation loss,
+    the final step validated too; ``last`` those of the final step."""
+    doc = tiny_pretrain(max_steps=23, val_every=5, keep=keep)
+    doc["optim"]["lr"] = 0.05  # large steps: the validation loss moves both ways
+    cfg = load_config(doc=doc)
+    res = run_pretrain(cfg, quiet=True)
+    run = tmp_path / "run"
+    vals = [float(r["val/loss"]) for r in _rows(run) if r.get("val/loss")]
+    saved = _val_loss_of(run / "model", cfg)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last_w = {k.removeprefix("model."): v for k, v in last["state_dict"].items() if k.startswith("model.")}
+    kept_w = MambaLM.from_pretrained(run / "model").state_dict()
+    same_as_last = all(torch.equal(v, last_w[k]) for k, v in kept_w.items())
+    if keep == "last":
+        assert res["kept"] == {"weights": "last"} and len(vals) == 4  # steps 5, 10, 15, 20
+        assert same_as_last
+        return
+    assert len(vals) == 5, vals  # steps 5, 10, 15, 20 and the final 23
+    kept = res["kept"]
+    assert kept["weights"] == "best" and kept["value"] == pytest.approx(min(vals), abs=1e-6)
+    assert saved == pytest.approx(min(vals), abs=1e-5)  # what was saved is what scored best
+    assert same_as_last == (kept["step"] == 23)
+    assert MambaLM.from_pretrained(run / "model").config.extra["trained_steps"] == kept["step"]
+    assert json.loads((run / "results.json").read_text())["kept"]["step"] == kept["step"]
