@@ -39,6 +39,15 @@ def _triton_first():
         yield
 
 
+@pytest.fixture(params=["composed", "fused"])
+def variant(request, monkeypatch):
+    """Both Triton steps (``GENOMAMBA_TRITON_STEP``): cuBLAS matmuls, or the products in Triton."""
+    from genomamba.ops.triton import step
+
+    monkeypatch.setattr(step, "VARIANT", request.param)
+    return request.param
+
+
 def _name(dtype):
     return str(dtype).replace("torch.", "")
 
@@ -128,7 +137,7 @@ def test_conv_step_equals_its_twin(dtype, w):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @torch.no_grad()
-def test_cached_triton_steps_equal_the_full_forward(dtype):
+def test_cached_triton_steps_equal_the_full_forward(dtype, variant):
     m = model(dtype)
     x = ids(2, 16)
     full = m(x)
@@ -146,7 +155,7 @@ def test_cached_triton_steps_equal_the_full_forward(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("up", [True, False])
 @torch.no_grad()
-def test_triton_step_equals_the_reference_step(dtype, up):
+def test_triton_step_equals_the_reference_step(dtype, up, variant):
     """Same prefix, then token after token: Triton step vs the step composed from the reference
     functionals (``use_backend("ref")``); residual' bit for bit, states and outputs close."""
     m = model(dtype, residual_in_fp32=up)
@@ -182,9 +191,9 @@ def test_triton_step_equals_the_reference_step(dtype, up):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 17])
 @torch.no_grad()
-def test_graph_decode_on_the_triton_step_equals_eager_decode(dtype, batch):
+def test_graph_decode_on_the_triton_step_equals_eager_decode(dtype, batch, variant):
     m = model(dtype)
     x = ids(batch, 7, seed=3)
     with warnings.catch_warnings():

@@ -127,8 +127,15 @@ CASES = [  # (d_conv, conv bias, in/out bias, first block, residual_in_fp32)
 ]
 
 
+@pytest.fixture(params=["composed", "fused"])
+def variant(request, monkeypatch):
+    """Both Triton steps: seven launches with cuBLAS matmuls, or four with the products in Triton."""
+    monkeypatch.setattr(step, "VARIANT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("w,conv_bias,bias,first,up", CASES)
-def test_triton_step_matches_the_reference_over_several_tokens(w, conv_bias, bias, first, up):
+def test_triton_step_matches_the_reference_over_several_tokens(w, conv_bias, bias, first, up, variant):
     b, dm, d, n, rank = 2, 8, 12, 4, 2
     wts = _weights(dm, d, n, rank, w, bias=bias, conv_bias=conv_bias, residual_in_fp32=up)
     g = _gen(1)
@@ -154,7 +161,41 @@ def test_triton_step_matches_the_reference_over_several_tokens(w, conv_bias, bia
     assert (cs.data_ptr(), ss.data_ptr()) == ptrs, "the states must be updated in place"
 
 
-def test_triton_step_reads_A_log_at_every_call():
+@pytest.mark.parametrize("b,up", [(1, True), (17, False)])  # 17 rows: two row tiles of the fused products
+def test_fused_step_in_half_precision_matches_the_reference(b, up):
+    """The fused step of an fp16 block, token after token: the products accumulate in fp32 and round
+    to fp16 where torch's matmuls do. (bf16 runs compiled in tests/gpu: the interpreter's bf16 dot
+    product is not exact.)"""
+    h16 = torch.float16
+    dm, d, n, rank = 40, 72, 4, 3  # more than one 64-wide tile of channels and of in_proj outputs
+    wts = _weights(dm, d, n, rank, 4, bias=True, residual_in_fp32=up)
+    keep32 = ("A", "A_log", "D", "dt_proj_bias")
+    wts = wts._replace(**{k: v.to(h16) for k, v in wts._asdict().items()
+                          if isinstance(v, torch.Tensor) and k not in keep32})
+    g = _gen(7)
+    cs, ss = torch.randn(b, d, 3, generator=g).to(h16), torch.randn(b, d, n, generator=g)
+    cs2, ss2 = cs.clone(), ss.clone()
+    for t in range(3):
+        h = torch.randn(b, 1, dm, generator=g).to(h16)
+        res = torch.randn(b, 1, dm, generator=g).to(torch.float32 if up else h16)
+        out, r = step.mamba_step_fused(h, res, cs, ss, wts)
+        ro, rr = mamba_step_ref(h, res, cs2, ss2, wts)
+        assert out.dtype == ro.dtype == h16 and r.dtype == rr.dtype
+        assert torch.equal(r, rr), f"residual', token {t}"
+        assert_close(out, ro, h16, f"out, token {t}")
+        assert_close(cs, cs2, h16, f"conv_state, token {t}")
+        assert_close(ss, ss2, h16, f"ssm_state, token {t}")
+
+
+def test_the_step_variant_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv(step.ENV_VARIANT, "fused")
+    assert step._variant() == "fused"
+    monkeypatch.setenv(step.ENV_VARIANT, "unrolled")
+    with pytest.raises(ValueError, match="GENOMAMBA_TRITON_STEP='unrolled': expected composed or fused"):
+        step._variant()
+
+
+def test_triton_step_reads_A_log_at_every_call(variant):
     """A changed in place between tokens (training between generations) is seen by the next token
     through the same plan: the step computes A = -exp(A_log) itself."""
     b, dm, d, n = 2, 8, 12, 4
@@ -234,7 +275,7 @@ def test_a_step_kernel_that_fails_to_compile_hands_the_step_down_with_the_states
     assert "triton mamba_step failed to compile" in capsys.readouterr().err
 
 
-def test_a_model_decodes_on_the_triton_step():
+def test_a_model_decodes_on_the_triton_step(variant):
     """A tiny MambaLM: a cached prefix then Triton steps equal the full forward (fp32)."""
     from genomamba import MambaConfig, MambaLM
 

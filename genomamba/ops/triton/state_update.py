@@ -47,6 +47,12 @@ def _state_update_kernel(
     s_Cb,
     s_Cg,
     s_Cn,
+    wdt_ptr,
+    rank,
+    s_wd,
+    s_wr,
+    DT_PROJ: tl.constexpr,
+    RB: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -65,7 +71,15 @@ def _state_update_kernel(
     sp = st_ptr + pid_b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(sp, mask=m2, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_xb + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * s_tb + offs_d * s_td, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_PROJ:  # dt_ptr holds the rank-wide input of dt_proj: dt = W_dt @ it, rounded as a matmul would
+        offs_r = tl.arange(0, RB)
+        mask_r = offs_r < rank
+        xr = tl.load(dt_ptr + pid_b * s_tb + offs_r * s_td, mask=mask_r, other=0.0).to(tl.float32)
+        wd = tl.load(wdt_ptr + offs_d[:, None] * s_wd + offs_r[None, :] * s_wr,
+                     mask=mask_d[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+        dt = tl.sum(wd * xr[None, :], axis=1).to(out_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        dt = tl.load(dt_ptr + pid_b * s_tb + offs_d * s_td, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -95,9 +109,11 @@ def _bc(M):
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                           a_is_log=False):
+                           a_is_log=False, dt_proj_weight=None):
     """Arguments as :func:`genomamba.ops.selective_state_update` (validated there); with
-    ``a_is_log``, ``A`` holds A_log and the kernel uses A = -exp(A_log)."""
+    ``a_is_log``, ``A`` holds A_log and the kernel uses A = -exp(A_log). With ``dt_proj_weight``
+    (d, rank), ``dt`` is dt_proj's input (b, >= rank; its first rank columns are read) and the
+    kernel computes dt = dt_proj_weight @ it per channel (rounded to x's dtype, as a matmul's result)."""
     b, d, n = state.shape
     g, sB = _bc(B)
     _g, sC = _bc(C)
@@ -128,6 +144,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         *A.stride(),
         *sB,
         *sC,
+        dt_proj_weight if dt_proj_weight is not None else dummy,
+        dt_proj_weight.shape[1] if dt_proj_weight is not None else 0,
+        *(dt_proj_weight.stride() if dt_proj_weight is not None else (0, 0)),
+        DT_PROJ=dt_proj_weight is not None,
+        RB=triton.next_power_of_2(dt_proj_weight.shape[1]) if dt_proj_weight is not None else 1,
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
