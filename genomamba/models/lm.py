@@ -29,8 +29,16 @@ from genomamba.models.io import (
     write_pretrained,
 )
 from genomamba.models.mixer import Block, RMSNorm
+from genomamba.models.recompute import plain_saves
 from genomamba.models.segmented import segmented_hidden
 from genomamba.ops import add_rms_norm
+
+
+def _checkpointed(layer, hidden, residual):
+    """One layer under activation checkpointing: everything is rebuilt in the backward already, so
+    the layer keeps no recipes of its own (the recomputation runs through here too)."""
+    with plain_saves():
+        return layer(hidden, residual, None)
 
 
 class MixerModel(nn.Module):
@@ -58,7 +66,7 @@ class MixerModel(nn.Module):
         checkpoint = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if checkpoint:
-                hidden, residual = ckpt(layer, hidden, residual, use_reentrant=False)
+                hidden, residual = ckpt(_checkpointed, layer, hidden, residual, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
         return self._final_norm(hidden, residual)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from genomamba.config import MambaConfig
+from genomamba.models.recompute import rebuilt
 from genomamba.ops import (
     StepWeights,
     add_rms_norm,
@@ -92,6 +93,10 @@ class Mamba(nn.Module):
     # A ``genomamba.parallel.ContextParallel`` while the sequence is split over its ranks (see
     # ``MambaLM.set_context_parallel``): forward then takes this rank's slice.
     context_parallel = None
+    # Training: keep the conv's output and delta for the backward (False), or rebuild them there
+    # from what stays saved anyway (True; genomamba.models.recompute). None: rebuild on GPUs, whose
+    # memory bounds the context length; keep on CPUs.
+    rebuild_inputs: Optional[bool] = None
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
         super().__init__()
@@ -133,20 +138,36 @@ class Mamba(nn.Module):
         self.A_log = _no_decay(nn.Parameter(torch.log(A)))  # (d_inner, n)
         self.D = _no_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))  # (d_inner,)
 
-    def _ssm_inputs(self, x: torch.Tensor):
-        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l)."""
-        if channels_first(x):  # (b, ·, l) products: no transposed copy of x
+    def _ssm_inputs(self, x: torch.Tensor, recipe=None):
+        """x: (b, d_inner, l) after conv+SiLU -> dt (b, d_inner, l), B, C (b, n, l). ``recipe``
+        (see ``genomamba.models.recompute``) learns how to rebuild dt from x_proj's small output."""
+        cf = channels_first(x)
+        if cf:  # (b, ·, l) products: no transposed copy of x
             x_dbl = channel_proj(self.x_proj.weight, x)  # (b, dt_rank + 2n, l)
-            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-            dt = channel_proj(self.dt_proj.weight, dt)  # (b, d_inner, l); the bias goes in as delta_bias
-            return dt, B.contiguous(), C.contiguous()
-        l = x.shape[-1]
-        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (b*l, dt_rank + 2n): one GEMM
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=l)
-        B = rearrange(B, "(b l) n -> b n l", l=l).contiguous()
-        C = rearrange(C, "(b l) n -> b n l", l=l).contiguous()
+            dt_in, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+            B, C = B.contiguous(), C.contiguous()
+        else:
+            x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (b*l, dt_rank + 2n): one GEMM
+            dt_in, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            B = rearrange(B, "(b l) n -> b n l", l=x.shape[-1]).contiguous()
+            C = rearrange(C, "(b l) n -> b n l", l=x.shape[-1]).contiguous()
+        dt = self._dt(dt_in, x.shape[-1], cf)
+        if recipe is not None:
+            recipe(dt, lambda: self._dt(dt_in, x.shape[-1], cf))
         return dt, B, C
+
+    def _dt(self, dt_in: torch.Tensor, l: int, cf: bool) -> torch.Tensor:
+        """dt_proj without its bias (that goes into the scan as delta_bias): (b, d_inner, l)."""
+        if cf:
+            return channel_proj(self.dt_proj.weight, dt_in)
+        return rearrange(self.dt_proj.weight @ dt_in.t(), "d (b l) -> b d l", l=l)
+
+    def _rebuilds(self, x: torch.Tensor) -> bool:
+        """Whether this forward saves recipes for u and delta instead of the tensors (training only)."""
+        want = self.rebuild_inputs
+        if want is None:
+            want = x.device.type == "cuda"
+        return bool(want) and torch.is_grad_enabled() and self.A_log.requires_grad
 
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
@@ -163,10 +184,13 @@ class Mamba(nn.Module):
         if cache is None and self.context_parallel is not None:
             y = self._slice_forward(x, z, A, conv_w, self.context_parallel)
         elif cache is None:
-            x = causal_conv1d(x, conv_w, self.conv1d.bias, activation="silu")
-            dt, B, C = self._ssm_inputs(x)
-            y = selective_scan(x, dt, A, B, C, _up(self.D), z=z, delta_bias=_up(self.dt_proj.bias),
-                               delta_softplus=True)
+            xin = x
+            x = causal_conv1d(xin, conv_w, self.conv1d.bias, activation="silu")
+            with rebuilt(self._rebuilds(x)) as recipe:  # u and delta: rebuilt in the backward, not kept
+                recipe(x, lambda: causal_conv1d(xin, conv_w, self.conv1d.bias, activation="silu"))
+                dt, B, C = self._ssm_inputs(x, recipe)
+                y = selective_scan(x, dt, A, B, C, _up(self.D), z=z, delta_bias=_up(self.dt_proj.bias),
+                                   delta_softplus=True)
         else:
             x, conv_state = causal_conv1d(x, conv_w, self.conv1d.bias, initial_state=cache.conv_state.to(x.dtype),
                                           activation="silu", return_final_state=True)
