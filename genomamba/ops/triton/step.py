@@ -110,6 +110,16 @@ def _conv_step_kernel(
 
 
 @triton.jit
+def _residual_tile(h_ptr, r_ptr, rout_ptr, rows, ks, m, s_hb, s_hd, s_rb, s_rd, HAS_RES: tl.constexpr):
+    # residual' = hidden (+ residual, rounded to residual's dtype as torch's add rounds it), in fp32
+    r = tl.load(h_ptr + rows[:, None] * s_hb + ks[None, :] * s_hd, mask=m, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r += tl.load(r_ptr + rows[:, None] * s_rb + ks[None, :] * s_rd, mask=m, other=0.0).to(tl.float32)
+        r = r.to(rout_ptr.dtype.element_ty).to(tl.float32)
+    return r
+
+
+@triton.jit
 def _norm_in_proj_kernel(
     h_ptr,
     r_ptr,
@@ -152,10 +162,7 @@ def _norm_in_proj_kernel(
     for k0 in range(0, dm, BK):
         ks = (k0 + tl.arange(0, BK)).to(tl.int64)
         m = mrow[:, None] & (ks < dm)[None, :]
-        r = tl.load(h_ptr + rows[:, None] * s_hb + ks[None, :] * s_hd, mask=m, other=0.0).to(tl.float32)
-        if HAS_RES:
-            r += tl.load(r_ptr + rows[:, None] * s_rb + ks[None, :] * s_rd, mask=m, other=0.0).to(tl.float32)
-            r = r.to(rout_ptr.dtype.element_ty).to(tl.float32)
+        r = _residual_tile(h_ptr, r_ptr, rout_ptr, rows, ks, m, s_hb, s_hd, s_rb, s_rd, HAS_RES)
         xn = r.to(nw_ptr.dtype.element_ty).to(tl.float32)
         ss += tl.sum(xn * xn, axis=1)
     rstd = tl.rsqrt(ss / dm + eps)
@@ -164,10 +171,7 @@ def _norm_in_proj_kernel(
         ks = (k0 + tl.arange(0, BK)).to(tl.int64)
         mk = ks < dm
         m = mrow[:, None] & mk[None, :]
-        r = tl.load(h_ptr + rows[:, None] * s_hb + ks[None, :] * s_hd, mask=m, other=0.0).to(tl.float32)
-        if HAS_RES:
-            r += tl.load(r_ptr + rows[:, None] * s_rb + ks[None, :] * s_rd, mask=m, other=0.0).to(tl.float32)
-            r = r.to(rout_ptr.dtype.element_ty).to(tl.float32)
+        r = _residual_tile(h_ptr, r_ptr, rout_ptr, rows, ks, m, s_hb, s_hd, s_rb, s_rd, HAS_RES)
         if STORE_RES:
             if pid_n == 0:
                 tl.store(rout_ptr + rows[:, None] * s_Rb + ks[None, :] * s_Rd, r.to(rout_ptr.dtype.element_ty),
