@@ -32,6 +32,15 @@ def _up(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def _autocast_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a matmul under the current autocast would read it (cast once here, so that the
+    tensor the matmul keeps for its backward is this one)."""
+    dev = t.device.type
+    if t.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(dev):
+        return t.to(torch.get_autocast_dtype(dev))
+    return t
+
+
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
     p._no_weight_decay = True
     return p
@@ -93,9 +102,9 @@ class Mamba(nn.Module):
     # A ``genomamba.parallel.ContextParallel`` while the sequence is split over its ranks (see
     # ``MambaLM.set_context_parallel``): forward then takes this rank's slice.
     context_parallel = None
-    # Training: keep the conv's output and delta for the backward (False), or rebuild them there
-    # from what stays saved anyway (True; genomamba.models.recompute). None: rebuild on GPUs, whose
-    # memory bounds the context length; keep on CPUs.
+    # Training: keep the block's normed input, the conv's output and delta for the backward (False),
+    # or rebuild them there from what stays saved anyway (True; genomamba.models.recompute). None:
+    # rebuild on GPUs, whose memory bounds the context length; keep on CPUs.
     rebuild_inputs: Optional[bool] = None
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
@@ -262,7 +271,14 @@ class Block(nn.Module):
 
     def forward(self, hidden, residual=None, cache: Optional[LayerCache] = None):
         hidden, residual = self._pre(hidden, residual)
-        return self.mixer(hidden, cache), residual
+        mixer = self.mixer
+        rebuild = cache is None and mixer.context_parallel is None and isinstance(self.norm, RMSNorm) \
+            and mixer._rebuilds(hidden)
+        with rebuilt(rebuild) as recipe:  # in_proj's input: rebuilt from residual' (which the norm keeps)
+            if rebuild:
+                hidden = _autocast_input(hidden)
+                recipe(hidden, lambda: _autocast_input(self._pre(residual, None)[0]))
+            return mixer(hidden, cache), residual
 
     def step(self, hidden, residual, cache: LayerCache):
         """One token: hidden, residual (b, 1, d_model) -> (mixer out, residual); updates ``cache`` in place.

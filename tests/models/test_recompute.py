@@ -1,4 +1,4 @@
-"""Training with the mixer's u and delta rebuilt in the backward instead of kept
+"""Training with each layer's in_proj input, u and delta rebuilt in the backward instead of kept
 (``Mamba.rebuild_inputs``): the gradients are bit for bit those of keeping them, the recipes
 really replace those tensors, and activation checkpointing turns them off."""
 
@@ -36,7 +36,7 @@ def builds(monkeypatch):
 
     def counting(self):
         if self.value is None:
-            seen.append(tuple(self.key[3]))
+            seen.append(self.layout[0])
         return original(self)
 
     monkeypatch.setattr(recompute._Target, "build", counting)
@@ -56,10 +56,12 @@ def test_rebuilt_inputs_give_the_same_gradients_bit_for_bit(monkeypatch, builds,
     for name in kept:
         assert torch.equal(kept[name], rebuilt[name]), f"gradient of {name} differs"
     d_inner = model.config.d_inner
-    if layout == "channels_first" and not autocast:  # the GPU layout: u and delta of every layer, once each
-        assert builds == [(2, d_inner, 96)] * 2 * model.config.n_layer, builds
+    normed, inner = (2, 96, model.config.d_model), (2, d_inner, 96)
+    if layout == "channels_first" and not autocast:  # the GPU layout: in_proj's input, u and delta, once each
+        assert sorted(builds) == sorted([normed, inner, inner] * model.config.n_layer), builds
     else:  # x_proj may read u through a reshape, and a CPU scan backend keeps its own copies of bf16
-        assert builds and all(s == (2, d_inner, 96) for s in builds), builds  # inputs (it runs in fp32)
+        assert builds.count(normed) == model.config.n_layer, builds  # inputs (it runs in fp32)
+        assert builds.count(inner) >= model.config.n_layer, builds
 
 
 def test_checkpointed_layers_keep_no_recipes(monkeypatch, builds):
