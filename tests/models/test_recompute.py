@@ -10,9 +10,10 @@ from genomamba import MambaConfig, MambaLM
 from genomamba.models import recompute
 
 
-def _model(dtype=torch.float64, n_layer=2):
+def _model(dtype=torch.float64, n_layer=2, residual_in_fp32=True):
     torch.manual_seed(0)
-    cfg = MambaConfig(d_model=32, n_layer=n_layer, vocab_size=16, d_state=8, pad_vocab_size_multiple=8)
+    cfg = MambaConfig(d_model=32, n_layer=n_layer, vocab_size=16, d_state=8, pad_vocab_size_multiple=8,
+                      residual_in_fp32=residual_in_fp32)
     return MambaLM(cfg).to(dtype)
 
 
@@ -45,9 +46,10 @@ def builds(monkeypatch):
 
 @pytest.mark.parametrize("dtype,autocast", [(torch.float64, False), (torch.float32, False), (torch.float32, True)])
 @pytest.mark.parametrize("layout", ["channels_first", "tokens_first"])
-def test_rebuilt_inputs_give_the_same_gradients_bit_for_bit(monkeypatch, builds, dtype, autocast, layout):
+@pytest.mark.parametrize("up", [True, False])
+def test_rebuilt_inputs_give_the_same_gradients_bit_for_bit(monkeypatch, builds, dtype, autocast, layout, up):
     monkeypatch.setattr(mixer, "channels_first", lambda t: layout == "channels_first")
-    model = _model(dtype)
+    model = _model(dtype, residual_in_fp32=up)
     ids = torch.randint(0, 5, (2, 96), generator=torch.Generator().manual_seed(1))
     loss_kept, kept = _grads(model, ids, rebuild=False, autocast=autocast)
     assert builds == []
