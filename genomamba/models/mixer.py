@@ -71,12 +71,14 @@ def channel_proj(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``weight`` (o, i) applied along axis 1 of ``x`` (b, i, l): (b, o, l), contiguous, l the unit-stride
     axis. One batched GEMM over the shared weight; ``torch.matmul`` would instead compute it as
     (x^T W^T)^T, whose result has l as its slowest axis, so every kernel after it paid a transposed copy."""
+    weight = _autocast_input(weight)  # cast once, before the expand (a cast after it copies b times)
     return torch.bmm(weight.unsqueeze(0).expand(x.shape[0], -1, -1), x)
 
 
 def token_proj(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``weight`` (o, i) applied to the channels of ``x`` (b, i, l): (b, l, o), contiguous, read straight
     from the channels-first layout (a linear layer on its transposed view copies it first when b > 1)."""
+    weight = _autocast_input(weight)
     out = torch.bmm(x.transpose(1, 2), weight.t().unsqueeze(0).expand(x.shape[0], -1, -1))
     return out if bias is None else out + bias.to(out.dtype)
 
