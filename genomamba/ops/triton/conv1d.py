@@ -83,8 +83,8 @@ def _conv_dpre_kernel(
     BL: tl.constexpr,
 ):
     # gradient before the activation, and this l-block's share of dW and dbias
-    pid_d = tl.program_id(0)
-    pid_l = tl.program_id(1)
+    pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
+    pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
     offs_l = pid_l * BL + tl.arange(0, BL)
@@ -113,8 +113,8 @@ def _conv_dpre_kernel(
 
 @triton.jit
 def _conv_dx_kernel(dpre_ptr, w_ptr, dxx_ptr, d, l, lx, W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_l = tl.program_id(1)
+    pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
+    pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
     offs_s = pid_l * BL + tl.arange(0, BL)
@@ -187,13 +187,16 @@ class _Conv1dFn(torch.autograd.Function):
         dev = xx.device
         dummy = torch.empty(1, device=dev, dtype=torch.float32)
         nlb = max(1, triton.cdiv(l, _BL))
-        dpre = torch.zeros((b, d, l), device=dev, dtype=torch.float32)
-        dw_p = torch.zeros((b, nlb, d, W), device=dev, dtype=torch.float32)
-        db_p = torch.zeros((b, nlb, d), device=dev, dtype=torch.float32)
-        dxx = torch.zeros((b, d, lx), device=dev, dtype=torch.float32)
-        if l > 0 and dout is not None:
+        run = l > 0 and dout is not None
+        # the kernels write every element of these (no zero fill) when they run
+        alloc = torch.empty if run else torch.zeros
+        dpre = alloc((b, d, l), device=dev, dtype=torch.float32)
+        dw_p = alloc((b, nlb, d, W), device=dev, dtype=torch.float32)
+        db_p = alloc((b, nlb, d), device=dev, dtype=torch.float32)
+        dxx = alloc((b, d, lx), device=dev, dtype=torch.float32)
+        if run:
             dout = dout.contiguous()
-            _conv_dpre_kernel[(triton.cdiv(d, _BD), nlb, b)](
+            _conv_dpre_kernel[(nlb, triton.cdiv(d, _BD), b)](
                 xx,
                 wc,
                 bias if bias is not None else dummy,
@@ -211,7 +214,7 @@ class _Conv1dFn(torch.autograd.Function):
                 BD=_BD,
                 BL=_BL,
             )
-            _conv_dx_kernel[(triton.cdiv(d, _BD), triton.cdiv(lx, _BL), b)](
+            _conv_dx_kernel[(triton.cdiv(lx, _BL), triton.cdiv(d, _BD), b)](
                 dpre, wc, dxx, d, l, lx, W=W, BD=_BD, BL=_BL
             )
         if dfinal is not None:
