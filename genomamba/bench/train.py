@@ -77,14 +77,19 @@ def reset_peak_rss() -> bool:
 
 # ----------------------------------------------------------------------------- training throughput
 
+REBUILD = {"auto": None, "on": True, "off": False}
+
 
 def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5, warmup: int = 2,
                 device: str = "cpu", amp: bool = True, grad_checkpointing: bool = False,
-                segment_len: Optional[int] = None) -> dict:
+                segment_len: Optional[int] = None, rebuild: Optional[bool] = None) -> dict:
+    """``rebuild``: the layers' ``rebuild_inputs`` (None: the default, on for GPUs)."""
     torch.manual_seed(0)
     model = MambaLM(cfg).to(device).train()
     if grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
+    for layer in model.backbone.layers:
+        layer.mixer.rebuild_inputs = rebuild
     opt = torch.optim.AdamW(optimizer_param_groups(model, 0.1), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(6, 10, (batch_size, seq_len + 1), generator=gen).to(device)  # A/C/G/T ids
@@ -122,7 +127,8 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     out = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "params": model.num_parameters(),
            "batch": batch_size, "seq_len": seq_len, "steps": steps, "sec_per_step": round(dt / steps, 4),
            "tokens_per_s": round(batch_size * seq_len * steps / dt, 1), "device": device,
-           "amp_bf16": use_amp, "segment_len": segment_len, "grad_checkpointing": grad_checkpointing}
+           "amp_bf16": use_amp, "segment_len": segment_len, "grad_checkpointing": grad_checkpointing,
+           "rebuild_inputs": rebuild}
     if cuda:
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["peak_mem_kind"] = "cuda max_memory_allocated"
@@ -280,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-amp", action="store_true", help="fp32 on cuda (default: bf16 autocast)")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--rebuild-inputs", choices=list(REBUILD), default="auto",
+                   help="rebuild each layer's normed input, conv output and delta in the backward instead of "
+                        "keeping them (auto: on GPUs); 'off' measures what keeping them costs")
     p.add_argument("--segment-len", type=int, default=None,
                    help="read each window in segments of this many tokens (segment-wise training)")
     p.add_argument("--memory-sweep", action="store_true",
@@ -343,7 +352,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for L in seq_lens:
                 cfg = MambaConfig(**kw, vocab_size=11)
                 r = bench_train(cfg, batch, L, steps, args.warmup, args.device, not args.no_amp,
-                                args.grad_checkpointing, args.segment_len)
+                                args.grad_checkpointing, args.segment_len, REBUILD[args.rebuild_inputs])
                 r["preset"] = name
                 rows.append(r)
                 print(f"  {name}: b={batch} l={L}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "

@@ -23,9 +23,9 @@ def test_bench_embed_and_cli_json(tmp_path):
     fasta = str(ASSETS / "umaydis_val.fa.gz")  # real U. maydis slice, 50 kb
     assert bt.main(["--d-model", "16", "--n-layer", "1", "--seq-len", "32", "--batch-size", "1", "--steps", "1",
                     "--embed", "--embed-preset", "tiny", "--embed-bases", "20000", "--embed-chunk", "4096",
-                    "--fasta", fasta, "--out", str(tmp_path), "--name", "t"]) == 0
+                    "--fasta", fasta, "--out", str(tmp_path), "--name", "t", "--rebuild-inputs", "on"]) == 0
     data = json.loads((tmp_path / "t.json").read_text())
-    assert data["train"][0]["seq_len"] == 32
+    assert data["train"][0]["seq_len"] == 32 and data["train"][0]["rebuild_inputs"] is True
     (row,) = data["embed"]["rows"]
     assert row["bases"] == 20000 and row["finite"] and row["peak_rss_mb"] >= row["rss_before_mb"]
 
