@@ -124,6 +124,7 @@ CASES = [  # (d_conv, conv bias, in/out bias, first block, residual_in_fp32)
     (4, False, True, True, False),
     (3, True, True, True, True),
     (2, False, False, False, False),
+    (1, True, True, False, True),  # no conv state at all
 ]
 
 
