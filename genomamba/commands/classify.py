@@ -56,7 +56,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     tok = DNATokenizer() if dna else adapter
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
-                           d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length)
+                           d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length,
+                           augment=d.augment)
     dm.setup("fit")
     if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
         raise ConfigError(f"init_from: {cfg.init_from} is not a saved model directory (no config.json)")

@@ -39,6 +39,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from genomamba.data.augment import AudioAugment
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
 from genomamba.data.windows import Region, check_rc_prob, rank_share, stream_slot
@@ -303,11 +304,29 @@ def _window(source: SequenceSource, ci: int, start: int, stop: int, length: int)
     return out, mask
 
 
+_AUGMENT_STREAM = 0xA0D10  # last in the augmentation seed: never a trailing 0 that would alias another stream
+
+
+def _audio_augment(augment, tokenizer) -> Optional[AudioAugment]:
+    """The checked augmentation of a training source, or None when nothing can change a window."""
+    aug = AudioAugment.from_value(augment)
+    if aug is None:
+        return None
+    rate = getattr(tokenizer, "sample_rate", None)
+    if rate is None or not hasattr(tokenizer, "decode"):
+        name = getattr(tokenizer, "name", type(tokenizer).__name__)
+        raise ValueError(f"augment: waveform augmentation applies to audio only, not to {name!r} tokens")
+    aug.check(rate)
+    return aug if aug.active else None
+
+
 class SpeciesWindows(IterableDataset):
     """Random training windows for species classification; yields ``(ids int64 (L,), label int)``.
 
     ``return_mask=True`` yields ``(ids, mask, label)`` (mask False on padding). ``rc_prob``
     reverse-complements a window (the label of a strand is the label of its complement).
+    ``augment`` (audio tokens only: an ``AudioAugment`` or a mapping of its keys) decodes each window
+    to a float waveform, augments it and encodes it again; the window keeps its length and mask.
     ``span`` restricts each contig to a fraction range (see ``_SpeciesSampler``).
     """
 
@@ -327,6 +346,7 @@ class SpeciesWindows(IterableDataset):
         source: Optional[SequenceSource] = None,
         tokenizer: Optional[DNATokenizer] = None,
         span: tuple = (0.0, 1.0),
+        augment=None,
     ):
         if length <= 0:
             raise ValueError(f"window length must be positive, got {length}")
@@ -334,6 +354,7 @@ class SpeciesWindows(IterableDataset):
         check_rc_prob(self.sampler.source, rc_prob)
         self.length, self.seed, self.num_samples = int(length), int(seed), int(num_samples)
         self.rc_prob, self.return_mask = float(rc_prob), return_mask
+        self.augment = _audio_augment(augment, self.sampler.source.tokenizer)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -348,12 +369,16 @@ class SpeciesWindows(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         src = self.sampler.source
+        tok, aug = src.tokenizer, self.augment
         # every rank yields the same count (ranks that stop together keep DDP's collectives in step)
-        for _ in range(rank_share(self.num_samples, slot // nw, n_slots // nw, wid, nw)):
+        for k in range(rank_share(self.num_samples, slot // nw, n_slots // nw, wid, nw)):
             lab, ci, a, b = self.sampler.draw(rng, self.length)
             ids, mask = _window(src, ci, a, b, self.length)
             if rng.random() < self.rc_prob:  # always tossed: rc_prob never changes the draws
-                ids[: b - a] = src.tokenizer.reverse_complement(ids[: b - a])
+                ids[: b - a] = tok.reverse_complement(ids[: b - a])
+            if aug is not None:  # its own generator per window: augmenting never changes the draws
+                aug_rng = np.random.default_rng([self.seed, self.epoch, slot, k, _AUGMENT_STREAM])
+                ids[: b - a] = tok.encode(aug.apply(tok.decode(ids[: b - a]), aug_rng, tok.sample_rate))
             ids_t = torch.from_numpy(ids)
             yield (ids_t, torch.from_numpy(mask), lab) if self.return_mask else (ids_t, lab)
 

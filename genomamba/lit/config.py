@@ -24,6 +24,7 @@ import yaml
 
 from genomamba.adapters import Adapter, get_adapter
 from genomamba.config import MambaConfig
+from genomamba.data.augment import AudioAugment
 from genomamba.data.corpus import AssetsSource, CorpusError, Source, parse_source
 from genomamba.errors import UserError
 from genomamba.files import read_text
@@ -174,6 +175,9 @@ class SpeciesDataConfig:
     test_per_label: Optional[int] = 200  # None: every test file once
     rc_prob: float = 0.5
     num_workers: int = 0
+    # audio only: random speed, shift, EQ, band limits, gain and noise on the training waveforms
+    # (genomamba.data.augment.AudioAugment; null = off). Validation and test clips are never augmented.
+    augment: Optional[AudioAugment] = None
 
 
 @dataclass
@@ -216,6 +220,15 @@ def adapter_of(cfg, where: str = "config") -> Adapter:
 def _check_adapter_options(cfg, where: str) -> None:
     """Refuse the DNA-only options (reverse complement) for another modality, naming the key."""
     adapter = adapter_of(cfg, where)
+    augment = getattr(cfg.data, "augment", None)
+    if augment is not None:
+        if adapter.name != "audio":
+            raise ConfigError(f"{where}: data.augment: waveform augmentation is audio-only; remove it (or set it to "
+                              f"null) for the {adapter.name!r} adapter")
+        try:
+            augment.check(adapter.sample_rate, prefix="data.augment")
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     if adapter.name == "dna":
         return
     hint = f"reverse complement is DNA-only; set it to 0 / false for the {adapter.name!r} adapter"

@@ -97,12 +97,14 @@ class SpeciesDataModule(pl.LightningDataModule):
     Validation uses the manifest's ``val`` genomes when it has any, else none; ``test`` are the
     held-out strains. ``train_length`` (default ``length``) may be shorter than the evaluation
     windows: with mean pooling a model trained on short windows scores longer ones as is.
+    ``augment`` (audio: ``genomamba.data.augment.AudioAugment`` or a mapping of its keys) augments the
+    training waveforms; validation and test windows are never augmented.
     """
 
     def __init__(self, manifest: str = "assets", length: int = 1024, batch_size: int = 32,
                  train_samples: int = 20_000, val_per_label: int = 100, test_per_label: int = 200,
                  rc_prob: float = 0.5, num_workers: int = 0, seed: int = 0, eval_seed: int = 1234,
-                 tokenizer: Optional[DNATokenizer] = None, train_length: Optional[int] = None):
+                 tokenizer: Optional[DNATokenizer] = None, train_length: Optional[int] = None, augment=None):
         super().__init__()
         self.manifest_spec = manifest
         self.length, self.batch_size, self.train_samples = int(length), int(batch_size), int(train_samples)
@@ -113,6 +115,7 @@ class SpeciesDataModule(pl.LightningDataModule):
         self.test_per_label = None if test_per_label is None else int(test_per_label)
         self.rc_prob, self.num_workers, self.seed, self.eval_seed = rc_prob, num_workers, seed, eval_seed
         self.tokenizer = tokenizer or DNATokenizer()
+        self.augment = augment
         self.manifest = None
 
     def prepare_manifest(self):
@@ -130,7 +133,7 @@ class SpeciesDataModule(pl.LightningDataModule):
         if not hasattr(self, "train_ds") and stage in (None, "fit"):
             self.train_ds = SpeciesWindows(man, "train", self.train_length, seed=self.seed,
                                            num_samples=self.train_samples, rc_prob=self.rc_prob, return_mask=True,
-                                           tokenizer=self.tokenizer)
+                                           tokenizer=self.tokenizer, augment=self.augment)
             self.val_ds = SpeciesEvalWindows(man, "val", self.length, per_label=self.val_per_label,
                                              seed=self.eval_seed, return_mask=True, tokenizer=self.tokenizer) \
                 if man.entries("val") else None
