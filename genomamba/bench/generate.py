@@ -213,7 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             row[f"{name}_ms_step"] = round(res["ms_per_step"], 3)
             print(f"  batch {b}: {name} {row[f'{name}_tok_s']:,.0f} tok/s, {row[f'{name}_ms_step']} ms/step",
                   flush=True)
-        if "genomamba_graph_tok_s" in row:
+        if "genomamba_graph_tok_s" in row and "genomamba_eager_tok_s" in row:
             row["graph_speedup"] = round(row["genomamba_graph_tok_s"] / row["genomamba_eager_tok_s"], 2)
         rows.append(row)
         if cuda:

@@ -130,7 +130,7 @@ CASES = [  # (d_conv, conv bias, in/out bias, first block, residual_in_fp32)
 
 @pytest.fixture(params=["composed", "fused"])
 def variant(request, monkeypatch):
-    """Both Triton steps: seven launches with cuBLAS matmuls, or four with the products in Triton."""
+    """Both Triton steps: seven launches with cuBLAS matmuls, or five with norm + in_proj in Triton."""
     monkeypatch.setattr(step, "VARIANT", request.param)
     return request.param
 

@@ -4,7 +4,7 @@ Per block and token (``composed``, the default): one kernel for the residual add
 cuBLAS for in_proj, one kernel for the conv step (state roll, depthwise conv, SiLU), cuBLAS for
 x_proj and dt_proj, the selective-state-update kernel (dt softplus with the dt_proj bias,
 A = -exp(A_log), D, the z gate) and cuBLAS for out_proj. ``fused`` (``GENOMAMBA_TRITON_STEP=fused``)
-runs the same arithmetic in four launches (add + norm + in_proj, conv step + x_proj, dt_proj + state
+runs the same arithmetic in five launches (add + norm + in_proj, conv step, x_proj, dt_proj + state
 update, out_proj), for the decode step whose time is mostly launches. conv_state and ssm_state are
 updated in place and nothing here syncs with the host, so the step can be captured in a CUDA graph;
 A is computed from A_log inside the update at every call, so a replayed graph follows in-place
@@ -190,76 +190,6 @@ def _norm_in_proj_kernel(
              mask=mrow[:, None] & mcol[None, :])
 
 
-@triton.jit
-def _conv_x_proj_kernel(
-    xz_ptr,
-    st_ptr,
-    cw_ptr,
-    cb_ptr,
-    wx_ptr,
-    x_ptr,
-    xdbl_ptr,
-    b,
-    d,
-    R,
-    s_zb,
-    s_zd,
-    s_sb,
-    s_sd,
-    s_sw,
-    s_cd,
-    s_cw,
-    s_wr,
-    s_wk,
-    s_xb,
-    s_xd,
-    s_yb,
-    s_yr,
-    W: tl.constexpr,
-    HAS_CB: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
-    BB: tl.constexpr,
-    BK: tl.constexpr,
-    RB: tl.constexpr,
-):
-    # the conv step of BB rows (state rolled in place, SiLU) channel block after channel block, each
-    # block's output feeding x_proj at once: one program owns its rows' states, so the roll is race-free
-    pid_b = tl.program_id(0)
-    rows = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)
-    mrow = rows < b
-    rs = tl.arange(0, RB)
-    mr = rs < R
-    acc = tl.zeros([BB, RB], dtype=tl.float32)
-    for k0 in range(0, d, BK):
-        ks = (k0 + tl.arange(0, BK)).to(tl.int64)
-        mk = ks < d
-        m = mrow[:, None] & mk[None, :]
-        xin = tl.load(xz_ptr + rows[:, None] * s_zb + ks[None, :] * s_zd, mask=m, other=0.0)
-        sp = st_ptr + rows[:, None] * s_sb + ks[None, :] * s_sd
-        c = tl.zeros([BB, BK], dtype=tl.float32)
-        for j in tl.static_range(W - 1):
-            sj = tl.load(sp + j * s_sw, mask=m, other=0.0)
-            c += sj.to(tl.float32) * tl.load(cw_ptr + ks * s_cd + j * s_cw, mask=mk, other=0.0).to(tl.float32)[None, :]
-            if j > 0:
-                tl.store(sp + (j - 1) * s_sw, sj, mask=m)
-        c += xin.to(tl.float32) * tl.load(cw_ptr + ks * s_cd + (W - 1) * s_cw, mask=mk, other=0.0).to(tl.float32)[
-            None, :
-        ]
-        if W > 1:
-            tl.store(sp + (W - 2) * s_sw, xin.to(st_ptr.dtype.element_ty), mask=m)
-        if HAS_CB:
-            c += tl.load(cb_ptr + ks, mask=mk, other=0.0).to(tl.float32)[None, :]
-        xo = (c * tl.sigmoid(c)).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + rows[:, None] * s_xb + ks[None, :] * s_xd, xo, mask=m)
-        wt = tl.load(wx_ptr + rs[None, :] * s_wr + ks[:, None] * s_wk, mask=mk[:, None] & mr[None, :], other=0.0)
-        if IEEE_DOT:
-            acc += tl.dot(xo.to(wx_ptr.dtype.element_ty), wt, input_precision="ieee")
-        else:
-            acc += tl.dot(xo.to(wx_ptr.dtype.element_ty), wt)
-    tl.store(xdbl_ptr + rows[:, None] * s_yb + rs[None, :] * s_yr, acc.to(xdbl_ptr.dtype.element_ty),
-             mask=mrow[:, None] & mr[None, :])
-
-
 def residual_dtype(hidden: torch.Tensor, residual, residual_in_fp32: bool) -> torch.dtype:
     """The dtype of residual' = hidden + residual, as ``Block`` leaves it."""
     dt = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
@@ -320,7 +250,7 @@ def mamba_step(hidden, residual, conv_state, ssm_state, weights):
 
     hidden, residual: (b, 1, d_model) -> (out (b, 1, d_model) in out_proj's dtype, residual');
     conv_state and ssm_state are updated in place. ``composed`` (default): seven launches, the
-    matmuls on cuBLAS through torch; ``fused`` (``GENOMAMBA_TRITON_STEP=fused``): four, see
+    matmuls on cuBLAS through torch; ``fused`` (``GENOMAMBA_TRITON_STEP=fused``): five, see
     :func:`mamba_step_fused`.
     """
     if VARIANT == "fused":
@@ -342,21 +272,32 @@ def mamba_step(hidden, residual, conv_state, ssm_state, weights):
     return out.unsqueeze(1), res.unsqueeze(1)
 
 
-_BB, _BN, _BK = 16, 64, 64  # rows, outputs and inputs per tile of the fused kernels' products
+_BB, _BK = 16, 64  # rows and inputs per tile of the fused norm + in_proj product
+
+
+def _out_block(b: int, nout: int, device) -> int:
+    """Outputs per program of the fused norm + in_proj: the widest tile (64, 32 or 16) that still
+    gives every SM a program, since at decode batch sizes the product is a weight read spread over
+    the grid."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    blocks = triton.cdiv(b, _BB)
+    for bn in (64, 32):
+        if triton.cdiv(nout, bn) * blocks >= sms:
+            return bn
+    return 16
 
 
 def mamba_step_fused(hidden, residual, conv_state, ssm_state, weights):
-    """The same step in four launches: residual add + RMSNorm + in_proj (one Triton kernel), the conv
-    step + x_proj (one, a program per 16 rows owning their conv states), dt_proj + the state update
-    + D + gate (the selective-state-update kernel computing dt itself), out_proj on cuBLAS. Products
-    accumulate in fp32 and round as torch's matmuls do; fp32 weights multiply in full fp32."""
+    """The same step in five launches: residual add + RMSNorm + in_proj (one Triton kernel), the conv
+    step (one), x_proj on cuBLAS, dt_proj + the state update + D + gate (the selective-state-update
+    kernel computing dt itself), out_proj on cuBLAS. Products accumulate in fp32 and round as torch's
+    matmuls do; fp32 weights multiply in full fp32."""
     w = weights
     h = hidden[:, 0]
     r = None if residual is None else residual[:, 0]
     b, dm = h.shape
     d, n = conv_state.shape[1], ssm_state.shape[2]
     rank = w.dt_proj_weight.shape[1]
-    R = rank + 2 * n
     dev, wdt = h.device, w.in_proj_weight.dtype
     ieee = wdt == torch.float32
     dummy = torch.empty(1, device=dev, dtype=torch.float32)
@@ -367,25 +308,15 @@ def mamba_step_fused(hidden, residual, conv_state, ssm_state, weights):
     src = r if r is not None else h
     xz = torch.empty((b, 2 * d), device=dev, dtype=wdt)
     wi = w.in_proj_weight
-    _norm_in_proj_kernel[(triton.cdiv(2 * d, _BN), triton.cdiv(b, _BB))](
+    bn = _out_block(b, 2 * d, dev)
+    _norm_in_proj_kernel[(triton.cdiv(2 * d, bn), triton.cdiv(b, _BB))](
         h, src, w.norm_weight, wi, w.in_proj_bias if w.in_proj_bias is not None else dummy, xz, rout,
         b, dm, 2 * d, float(w.norm_eps), *h.stride(), *src.stride(), *rout.stride(), *wi.stride(), *xz.stride(),
         HAS_RES=r is not None, STORE_RES=store, HAS_BIAS=w.in_proj_bias is not None, IEEE_DOT=ieee,
-        BB=_BB, BN=_BN, BK=_BK, num_warps=4,
+        BB=_BB, BN=bn, BK=_BK, num_warps=4,
     )
-
-    cw, wx = w.conv_weight, w.x_proj_weight
-    W = cw.shape[1]
-    x = torch.empty((b, d), device=dev, dtype=xz.dtype)
-    x_dbl = torch.empty((b, R), device=dev, dtype=torch.promote_types(xz.dtype, wx.dtype))
-    s_state = conv_state.stride() if W > 1 else (0, 0, 0)
-    _conv_x_proj_kernel[(triton.cdiv(b, _BB),)](
-        xz, conv_state, cw, w.conv_bias if w.conv_bias is not None else dummy, wx, x, x_dbl,
-        b, d, R, *xz.stride(), *s_state, *cw.stride(), *wx.stride(), *x.stride(), *x_dbl.stride(),
-        W=W, HAS_CB=w.conv_bias is not None, IEEE_DOT=ieee or wx.dtype == torch.float32,
-        BB=_BB, BK=_BK, RB=max(16, triton.next_power_of_2(R)), num_warps=4,
-    )
-
+    x = conv_step(xz[:, :d], conv_state, w.conv_weight, w.conv_bias)
+    x_dbl = F.linear(x, w.x_proj_weight)  # (b, rank + 2 n)
     A, a_is_log = (w.A, False) if w.A_log is None else (w.A_log, True)
     y = selective_state_update(ssm_state, x, x_dbl, A, x_dbl[:, rank:rank + n], x_dbl[:, rank + n:], w.D,
                                xz[:, d:], w.dt_proj_bias, True, a_is_log=a_is_log,
