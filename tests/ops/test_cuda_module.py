@@ -346,3 +346,24 @@ def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():
     assert kernels.unit_stride(wide).stride(-1) == 1 and torch.equal(kernels.unit_stride(wide), wide)
     same = torch.randn(2, 6, 3)
     assert kernels.unit_stride(same) is same and kernels.unit_stride(None) is None
+
+
+def test_wave_segments_fill_whole_waves():
+    """Long sequences are cut into as many segments as make one full wave of resident warps (132 SMs
+    x 16 warps = 2112 here), not more: a second, mostly idle wave costs more than the longer segments."""
+    from genomamba.ops.cuda.knobs import wave_segments
+
+    resident, tile = 16 * 132, 256
+
+    def segs(b, d, l, min_seg=4096):
+        ntiles = -(-l // tile)
+        return wave_segments(b * d, ntiles, tile, min(max(1, l // max(tile, min_seg)), ntiles), resident, 2048)
+
+    assert segs(1, 512, 1 << 20) == 4  # 2048 warps: one wave
+    assert segs(1, 256, 1 << 20) == 8
+    assert segs(1, 1536, 65536) == 4  # 6144 warps in 3 waves beat 2 segments' 3072 warps in 2 half-empty waves
+    assert segs(4, 512, 16384) == 1  # 2048 warps already fill a wave
+    assert segs(8, 1536, 2048) == 1
+    assert segs(1, 512, 16384) == 4  # a single record: segments of the 4K floor
+    assert segs(1, 512, 16384, min_seg=16384) == 1
+    assert segs(1, 1, 1 << 20) == (1 << 20) // 4096  # one channel: every segment the floor allows (256)

@@ -7,6 +7,7 @@ Nothing is selected on trust: a kernel runs only if its part of the self-test pa
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -26,7 +27,8 @@ def _env_int(name: str, default: int) -> int:
 # v2: kitems = tokens per lane (8 or 16; a tile is 32 * kitems tokens), warps = channels per block;
 # *_train: the same for forward + backward (the backward needs the forward's tile size, and at
 # kitems = 16 it needs ~200 registers, so training runs both at 8 until measured otherwise);
-# target_warps = warps to aim for when cutting l into segments (0: 64 per SM of this GPU);
+# target_warps = warps to aim for when cutting l into segments (0: as many segments as make whole
+# waves of resident warps, see wave_segments);
 # min_seg_tokens: shortest segment (the fix-up / summary passes cost up to ~2-3K tokens per
 # segment for Mamba's usual delta, so shorter segments would spend a large share on them; of
 # 2K/4K/8K/16K, 4K timed fastest over inference and training shapes on an H200: a single 16K
@@ -96,14 +98,41 @@ def cuda_backward_enabled() -> bool:
 
 
 def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
-    """Tiles per segment: enough segments that b*d*segments warps fill the GPU, none shorter
-    than min_seg_tokens (the fix-up and summary passes cost up to a few thousand tokens each)."""
+    """Tiles per segment. ``target_warps`` > 0: enough segments that b*d*segments warps reach it.
+    0 (default): the segment count that minimises waves x (tokens per segment + fix-up), see
+    :func:`wave_segments`. Never a segment shorter than min_seg_tokens."""
     tile = 32 * kitems
     ntiles = max(1, math.ceil(l / tile))
+    most = min(max(1, l // max(tile, CONFIG["min_seg_tokens"])), ntiles, 65535)
     target = CONFIG["target_warps"]
-    if target <= 0:
-        target = 64 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    nseg = max(1, math.ceil(target / max(1, b * d)))
-    nseg = min(nseg, max(1, l // max(tile, CONFIG["min_seg_tokens"])), ntiles, 65535)
+    if target > 0:
+        nseg = min(max(1, math.ceil(target / max(1, b * d))), most)
+    else:
+        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        nseg = wave_segments(b * d, ntiles, tile, most, RESIDENT_WARPS_PER_SM * sms, FIXUP_TOKENS)
     return math.ceil(ntiles / nseg)
 
+
+# warps of the scan kernels one SM holds at once (128 registers a thread: 16 warps), and what a
+# segment after the first costs in tokens (its fix-up / reverse summary stops after ~2-3K tokens
+# for Mamba's usual delta)
+RESIDENT_WARPS_PER_SM = 16
+FIXUP_TOKENS = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def wave_segments(rows: int, ntiles: int, tile: int, most: int, resident: int, fixup: int) -> int:
+    """Segments for ``rows`` = b*d warps per segment: the count (1..``most``) minimising
+    ceil(rows * segments / resident) * (tokens per segment + fixup if segments > 1), the time of
+    the waves of warps the GPU runs one after another; ties go to fewer segments. A full wave
+    beats a cut into more, shorter segments that spill into a second, mostly idle wave."""
+    best, best_cost = 1, None
+    limit = min(most, 2 * math.ceil(resident / max(1, rows)) + 1)
+    for nseg in range(1, limit + 1):
+        per = math.ceil(ntiles / nseg)
+        if nseg > 1 and math.ceil(ntiles / per) < nseg:
+            continue  # the same cut as fewer segments
+        cost = math.ceil(rows * nseg / resident) * (per * tile + (fixup if nseg > 1 else 0))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = nseg, cost
+    return best
