@@ -504,8 +504,14 @@ __global__ void bwd_combine_kernel(Params p) {
 // right to left. Per tile and state: recompute h from the saved tile-start state (forward map
 // scan), then the reverse scan g_t = C_t dy_t + a_{t+1} g_{t+1} (suffix map scan), then all
 // gradients of this token. a_t = 2^(A2 delta_t) is computed once and used by both scans.
-// MINB = 2 caps ptxas at 128 registers (16 warps per SM at 8-warp blocks, some spills); MINB = 1
-// lets it use ~190 (no spills at K = 8, but 8 warps per SM); CONFIG["bwd_min_blocks"] picks one.
+// Lean per-state loop: du = delta * u is formed once per tile; the gradients of u and delta are
+// carried as two sums over states, S_t = sum_n g_tn B_tn and sum_n (dL/da_tn a_tn) A_n, and turned
+// into du = delta S + D dy, ddelta = (that sum + u S) softplus' once per tile (u, delta, z and dout
+// are read again there, from cache, instead of being held in registers through the state loop);
+// the lane's product of decays (the forward and the reverse map's factor alike) is one exp2 of
+// A2 * sum(delta); B/C rows are walked by pointer with the vector/tail test once per tile.
+// MINB = 2 caps ptxas at 128 registers (16 warps per SM at 8-warp blocks); MINB = 1 lets it use
+// more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one.
 template <typename T, int K, int MINB>
 __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
@@ -542,51 +548,55 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
 
   for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
     const int64_t t0 = tile * TILE + lane * K;
-    float uv[K], dl[K], sp[K], dy[K], zf[K], y[K], gu[K], gd[K];
-    load_run<T, K>(u, t0, tend, p.vec, uv);
-    load_run<T, K>(dtp, t0, tend, p.vec, dl);
-    load_run<T, K>(gp, t0, tend, p.vec, dy);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const float x = dl[k] + bias;
-      sp[k] = p.softplus ? sigmoid_f(x) : 1.f;  // d softplus / dx
-      dl[k] = (t0 + k < tend) ? (p.softplus ? softplus_f(x) : x) : 0.f;
-      y[k] = Dv * uv[k];
-      gu[k] = 0.f;
-      gd[k] = 0.f;
-    }
-    if (p.has_z) {
-      float zv[K];
-      load_run<T, K>(zp, t0, tend, p.vec, zv);
+    const bool full = p.vec && t0 + K <= tend;
+    float dl[K], du[K], dy[K], y[K], S[K], gA[K];
+    {
+      float uv[K], zv[K];
+      load_run<T, K>(u, t0, tend, p.vec, uv);
+      load_run<T, K>(dtp, t0, tend, p.vec, dl);
+      load_run<T, K>(gp, t0, tend, p.vec, dy);
+      if (p.has_z) load_run<T, K>(zp, t0, tend, p.vec, zv);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        const float s = sigmoid_f(zv[k]);
-        zf[k] = dy[k] * s * (1.f + zv[k] * (1.f - s));  // dout * silu'(z)
-        dy[k] *= zv[k] * s;                              // dL/dy = dout * silu(z)
+        const float x = dl[k] + bias;
+        dl[k] = (t0 + k < tend) ? (p.softplus ? softplus_f(x) : x) : 0.f;
+        du[k] = dl[k] * uv[k];
+        y[k] = Dv * uv[k];
+        if (p.has_z) dy[k] *= zv[k] * sigmoid_f(zv[k]);  // dL/dy = dout * silu(z)
+        S[k] = 0.f;
+        gA[k] = 0.f;
       }
-    } else {
-#pragma unroll
-      for (int k = 0; k < K; ++k) zf[k] = 0.f;
     }
+    float sdl = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) sdl += dl[k];
     {  // an idle warp must hold zeros, not stale shared memory: its dC rows (0 * h) enter the sums
       const float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
       for (int64_t j = lane; j < n; j += 32) s_h[j] = w.valid ? ts[j] : 0.f;
     }
     __syncwarp();
+    const T *Brow = Bp + t0;
+    const T *Crow = Cp + t0;
+    float *pB = s_part + warp * TILE + lane * K;
+    float *pC = s_part + (W + warp) * TILE + lane * K;
+    // this block's dB partial row of state 0 at the tile's first token (+ part_stride: dC), advanced
+    // by a row per state; ntok: the tile's tokens inside the sequence
+    float *part_row = p.dBC_part + part_base * p.l + tile * TILE;
+    const int ntok = static_cast<int>(min(static_cast<int64_t>(TILE), p.l - tile * TILE));
 #pragma unroll 1
-    for (int64_t nn = 0; nn < n; ++nn) {
+    for (int64_t nn = 0; nn < n; ++nn, Brow += p.s_Bn, Crow += p.s_Cn) {
       const float a2 = s_A2[nn], hs = s_h[nn], R = s_R[nn];
       const float An = a2 * kLn2;
       float Bv[K], Cv[K], a[K], hp[K];
-      load_run<T, K>(Bp + nn * p.s_Bn, t0, tend, p.vec, Bv);
-      load_run<T, K>(Cp + nn * p.s_Cn, t0, tend, p.vec, Cv);
-      // forward recompute (as fwd_kernel)
-      float Aa = 1.f, Bb = 0.f;
+      load_lean<T, K>(Brow, t0, tend, full, Bv);
+      load_lean<T, K>(Crow, t0, tend, full, Cv);
+      // forward recompute (as fwd_kernel): the lane's map h -> Al * h + Bb
+      const float Al = ex2(a2 * sdl);
+      float Aa = Al, Bb = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         a[k] = ex2(dl[k] * a2);
-        Bb = a[k] * Bb + dl[k] * uv[k] * Bv[k];
-        Aa *= a[k];
+        Bb = a[k] * Bb + du[k] * Bv[k];
       }
       if (lane == 0) Bb = Aa * hs + Bb;
 #pragma unroll
@@ -600,23 +610,19 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       }
       float h = __shfl_up_sync(kFull, Bb, 1);
       if (lane == 0) h = hs;
-      float *pB = s_part + warp * TILE + lane * K;
-      float *pC = s_part + (W + warp) * TILE + lane * K;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         hp[k] = h;
-        h = a[k] * h + dl[k] * uv[k] * Bv[k];
+        h = a[k] * h + du[k] * Bv[k];
         y[k] += Cv[k] * h;
         pC[k] = dy[k] * h;  // this channel's dC_t
+        Cv[k] *= dy[k];     // from here on: C_t dy_t, the reverse scan's input
       }
       // reverse: lane's tokens as a map on "a_{next} * g_{next}" entering from the right:
       // Gout = P * Gin + Q with Gout = a_first * g_first
-      float P = 1.f, Q = 0.f;
+      float P = Al, Q = 0.f;
 #pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        Q = a[k] * (Cv[k] * dy[k] + Q);
-        P *= a[k];
-      }
+      for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] + Q);
       if (lane == 31) Q = P * R + Q;
 #pragma unroll
       for (int off = 1; off < 32; off <<= 1) {
@@ -633,12 +639,12 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       float dAl = 0.f;
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
-        const float gk = Cv[k] * dy[k] + G;  // dL/dh_t
-        const float wk = gk * a[k] * hp[k];  // dL/da_t * a_t
-        gd[k] += wk * An + gk * Bv[k] * uv[k];
-        gu[k] += gk * dl[k] * Bv[k];
+        const float gk = Cv[k] + G;          // dL/dh_t
+        const float wk = gk * hp[k] * a[k];  // dL/da_t * a_t
+        gA[k] += wk * An;
+        S[k] += gk * Bv[k];
         dAl += wk * dl[k];
-        pB[k] = gk * dl[k] * uv[k];  // this channel's dB_t
+        pB[k] = gk * du[k];  // this channel's dB_t
         G = a[k] * gk;
       }
       s_dA[nn * 32 + lane] += dAl;
@@ -647,29 +653,44 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       // dB, dC of this tile and state: sum over the block's channels in warp order
       __syncthreads();
       for (int i = threadIdx.x; i < 2 * TILE; i += blockDim.x) {
-        const int which = i / TILE, t = i % TILE;
+        const int which = i / TILE, t = i % TILE;  // TILE is a power of two: shifts
+        const float *col = s_part + which * W * TILE + t;
         float s = 0.f;
-        for (int ww = 0; ww < W; ++ww) s += s_part[(which * W + ww) * TILE + t];
-        const int64_t tok = tile * TILE + t;
-        if (tok < p.l) p.dBC_part[which * part_stride + (part_base + nn) * p.l + tok] = s;
+        for (int ww = 0; ww < W; ++ww) s += col[ww * TILE];
+        if (t < ntok) part_row[which * part_stride + t] = s;
       }
+      part_row += p.l;
       __syncthreads();
     }
-    float ddl[K];
+    // per token: du = delta S + D dy; ddelta = (sum_n wk A_n + u S) softplus'(delta + bias);
+    // dz = dout silu'(z) (y + D u)
+    float uv[K], xv[K];
+    load_run<T, K>(u, t0, tend, p.vec, uv);
+    load_run<T, K>(dtp, t0, tend, p.vec, xv);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const bool in = t0 + k < tend;
-      zf[k] *= y[k];  // dz = dout * silu'(z) * (y + D u)
+      const float gd = gA[k] + uv[k] * S[k];
+      S[k] = dl[k] * S[k] + Dv * dy[k];  // du
+      dl[k] = p.softplus ? gd * sigmoid_f(xv[k] + bias) : gd;  // ddelta
       dD_l += in ? dy[k] * uv[k] : 0.f;
-      gu[k] += dy[k] * Dv;
-      ddl[k] = gd[k] * sp[k];
-      dbias_l += in ? ddl[k] : 0.f;
+      dbias_l += in ? dl[k] : 0.f;
+    }
+    if (p.has_z) {
+      float zv[K], gv[K];
+      load_run<T, K>(zp, t0, tend, p.vec, zv);
+      load_run<T, K>(gp, t0, tend, p.vec, gv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float s = sigmoid_f(zv[k]);
+        y[k] *= gv[k] * s * (1.f + zv[k] * (1.f - s));  // dz = dout * silu'(z) * (y + D u)
+      }
     }
     if (w.valid) {
       const int64_t xo = w.bi * p.s_xb + w.dch * p.s_xd;
-      store_run<T, K>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, gu);
-      store_run<T, K>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, ddl);
-      if (p.has_z) store_run<T, K>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, zf);
+      store_run<T, K>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, S);
+      store_run<T, K>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, dl);
+      if (p.has_z) store_run<T, K>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, y);
     }
   }
   __syncwarp();
