@@ -272,6 +272,7 @@ class Block(nn.Module):
         return hidden, residual
 
     def forward(self, hidden, residual=None, cache: Optional[LayerCache] = None):
+        first, hidden_dtype = residual is None, hidden.dtype
         hidden, residual = self._pre(hidden, residual)
         mixer = self.mixer
         rebuild = cache is None and mixer.context_parallel is None and isinstance(self.norm, RMSNorm) \
@@ -279,8 +280,16 @@ class Block(nn.Module):
         with rebuilt(rebuild) as recipe:  # in_proj's input: rebuilt from residual' (which the norm keeps)
             if rebuild:
                 hidden = _autocast_input(hidden)
-                recipe(hidden, lambda: _autocast_input(self._pre(residual, None)[0]))
+                recipe(hidden, lambda: _autocast_input(self._renorm(residual, first, hidden_dtype)))
             return mixer(hidden, cache), residual
+
+    def _renorm(self, residual, first: bool, hidden_dtype: torch.dtype) -> torch.Tensor:
+        """The norm's output again, from residual' alone, bit for bit: called as the forward called it
+        (with a residual, here zeros + residual', where the forward had one), so the same kernel
+        specialisation, with the same reduction order, computes it."""
+        if first:
+            return self._pre(residual, None)[0]
+        return self._pre(torch.zeros(residual.shape, dtype=hidden_dtype, device=residual.device), residual)[0]
 
     def step(self, hidden, residual, cache: LayerCache):
         """One token: hidden, residual (b, 1, d_model) -> (mixer out, residual); updates ``cache`` in place.

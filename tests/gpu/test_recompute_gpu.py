@@ -1,5 +1,7 @@
-"""On a GPU, a layer rebuilds in_proj's input, u and delta in the backward by default: same gradients
-bit for bit as keeping them, and the peak memory of a training step lower by about those tensors."""
+"""On a GPU, a layer rebuilds in_proj's input, u and delta in the backward by default: the same
+gradients as keeping them (bit for bit wherever two runs that keep them agree bit for bit; CUDA's
+embedding backward accumulates with atomics, so it may not), and the activations a forward leaves
+for the backward smaller by about those tensors."""
 
 import pytest
 import torch
@@ -19,10 +21,12 @@ def _step(model, ids, rebuild):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(ids[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    torch.cuda.synchronize()
+    kept = torch.cuda.memory_allocated() - base  # what the forward leaves for the backward
     loss.backward()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, peak
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, kept, peak
 
 
 def test_rebuilt_inputs_same_gradients_less_memory():
@@ -32,11 +36,19 @@ def test_rebuilt_inputs_same_gradients_less_memory():
     b, l = 1, 1 << 16
     ids = torch.randint(0, 5, (b, l + 1), device="cuda")
     _step(model, ids, None)  # warm up (kernel builds, autotuning)
-    loss_kept, kept, peak_kept = _step(model, ids, False)
-    loss_rebuilt, rebuilt, peak_rebuilt = _step(model, ids, None)
+    loss_kept, kept, held_kept, peak_kept = _step(model, ids, False)
+    _, kept2, _, _ = _step(model, ids, False)
+    loss_rebuilt, rebuilt, held_rebuilt, peak_rebuilt = _step(model, ids, None)
     assert torch.equal(loss_kept, loss_rebuilt)
     for name in kept:
-        assert torch.equal(kept[name], rebuilt[name]), f"gradient of {name} differs"
+        if torch.equal(kept[name], kept2[name]):
+            assert torch.equal(kept[name], rebuilt[name]), f"gradient of {name} differs"
+        else:  # run-to-run noise of the atomics: rebuilding adds none of its own
+            noise = (kept[name] - kept2[name]).abs().max()
+            assert (kept[name] - rebuilt[name]).abs().max() <= 4 * noise, name
     per_token = (2 * model.config.d_inner + model.config.d_model) * 2  # u, delta and in_proj's input, bf16
     saved = b * l * per_token * model.config.n_layer
-    assert peak_kept - peak_rebuilt > 0.75 * saved, (peak_kept, peak_rebuilt, saved)
+    print(f"after forward {held_kept / 2**20:.0f} -> {held_rebuilt / 2**20:.0f} MiB, "
+          f"peak {peak_kept / 2**20:.0f} -> {peak_rebuilt / 2**20:.0f} MiB, predicted saving {saved / 2**20:.0f} MiB")
+    assert held_kept - held_rebuilt > 0.9 * saved, (held_kept, held_rebuilt, saved)
+    assert peak_rebuilt < peak_kept - 0.25 * saved, (peak_kept, peak_rebuilt, saved)
