@@ -162,9 +162,10 @@ class Mamba(nn.Module):
             dt_in, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
             B = rearrange(B, "(b l) n -> b n l", l=x.shape[-1]).contiguous()
             C = rearrange(C, "(b l) n -> b n l", l=x.shape[-1]).contiguous()
-        dt = self._dt(dt_in, x.shape[-1], cf)
-        if recipe is not None:
-            recipe(dt, lambda: self._dt(dt_in, x.shape[-1], cf))
+        l = x.shape[-1]
+        dt = self._dt(dt_in, l, cf)
+        if recipe is not None:  # the recipe must not hold x: that would keep u alive
+            recipe(dt, lambda: self._dt(dt_in, l, cf))
         return dt, B, C
 
     def _dt(self, dt_in: torch.Tensor, l: int, cf: bool) -> torch.Tensor:
