@@ -100,3 +100,40 @@ def test_a_recipe_is_built_once_for_all_its_savers(builds, plain):
     y.backward()
     assert builds == ([] if plain else [(5,)])
     torch.testing.assert_close(w.grad, (2 * base * w + (base * w).exp()) * base)
+
+
+@pytest.mark.parametrize("layout", ["tokens", "channels"])
+def test_no_rebuilt_activation_outlives_the_forward(monkeypatch, layout):
+    """What a recipe replaces must be freed when the forward ends: a recipe that captured the
+    tensor itself (or a view of it) would keep every layer's copy alive and save nothing."""
+    import gc
+    import weakref
+
+    if layout == "channels":  # the GPU layout's projections, on CPU tensors
+        monkeypatch.setattr(mixer, "channels_first", lambda t: True)
+    made = []
+    conv, dt = mixer.causal_conv1d, mixer.Mamba._dt
+
+    def conv_spy(*args, **kwargs):
+        out = conv(*args, **kwargs)
+        made.append(weakref.ref(out if isinstance(out, torch.Tensor) else out[0]))
+        return out
+
+    def dt_spy(self, *args):
+        out = dt(self, *args)
+        made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(mixer, "causal_conv1d", conv_spy)
+    monkeypatch.setattr(mixer.Mamba, "_dt", dt_spy)
+    model = _model(torch.float32, n_layer=3)
+    ids = torch.randint(0, 16, (2, 64))
+    for rebuild in (False, True):
+        for layer in model.backbone.layers:
+            layer.mixer.rebuild_inputs = rebuild
+        made.clear()
+        loss = model(ids).logsumexp(-1).mean()
+        gc.collect()
+        alive = sum(r() is not None for r in made)
+        assert (alive == 0) if rebuild else (alive >= 3), (rebuild, alive)  # kept: at least u of each layer
+        loss.backward()
