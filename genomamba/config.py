@@ -45,6 +45,9 @@ class MambaConfig:
     tie_embeddings: bool = True
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
+    # training only: dropout on the embedding and on every block's output before it joins the
+    # residual stream (0 = none, the mamba_ssm architecture); evaluation and inference never drop
+    dropout: float = 0.0
     ssm_cfg: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # free-form metadata (tokenizer name, task, labels, ...)
 
@@ -60,6 +63,9 @@ class MambaConfig:
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(
                 f"MambaConfig.dt_min/dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"MambaConfig.dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.dt_init not in ("random", "constant"):
             raise ValueError(f"MambaConfig.dt_init: expected 'random' or 'constant', got {self.dt_init!r}")
         # mamba_ssm keeps Mamba-block options in ssm_cfg; lift the ones we understand

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
@@ -62,6 +63,9 @@ class MixerModel(nn.Module):
                 and input_ids.shape[1] > self.segment_len:
             return segmented_hidden(self, input_ids, self.segment_len)
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        drop = float(self.config.dropout) if self.training else 0.0
+        if drop:
+            hidden = F.dropout(hidden, drop, True)
         residual = None
         checkpoint = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -69,6 +73,8 @@ class MixerModel(nn.Module):
                 hidden, residual = ckpt(_checkpointed, layer, hidden, residual, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, None if cache is None else cache.layers[i])
+            if drop:
+                hidden = F.dropout(hidden, drop, True)
         return self._final_norm(hidden, residual)
 
     def _final_norm(self, hidden, residual):

@@ -6,7 +6,9 @@ boundary states is kept from the forward pass. The backward visits the segments 
 recomputes a segment from its saved starting states, backpropagates that segment's loss together
 with the gradient of the states it handed on, and passes the gradient of its own starting states
 to the segment before. The loss and every gradient are those of the whole window in one pass (up
-to float rounding); peak activation memory is that of one segment, whatever L is.
+to float rounding); peak activation memory is that of one segment, whatever L is. Each segment's
+random-number state is saved with its boundary states, so a model trained with dropout draws the
+same masks when the backward recomputes the segment.
 
     loss, stats = segmented_loss(model, ids, 65536, segment_loss)
     loss.backward()
@@ -77,13 +79,15 @@ class _Segmented(torch.autograd.Function):
         bounds = segment_bounds(length, segment_len)
         cache = model.allocate_cache(b, device=ids.device)
         starts, outs, stats = [], [], None
+        rng = []
         for start, stop in bounds:
             starts.append([t.detach().clone() for t in _states(cache)])
+            rng.append(_rng_state(ids.device))
             got = run(ids[:, start:stop], cache, start, stop)
             outs.append(got[0].detach())
             rest = [t.detach() for t in got[1:]]
             stats = rest if stats is None else [a + r for a, r in zip(stats, rest)]
-        ctx.model, ctx.run, ctx.how, ctx.bounds, ctx.starts = model, run, how, bounds, starts
+        ctx.model, ctx.run, ctx.how, ctx.bounds, ctx.starts, ctx.rng = model, run, how, bounds, starts, rng
         ctx.autocast = _autocast_state(ids.device.type)
         ctx.normalizer = normalizer
         ctx.save_for_backward(ids)
@@ -102,7 +106,7 @@ class _Segmented(torch.autograd.Function):
             first = k == 0
             starts = [t if first else t.requires_grad_(True) for t in ctx.starts[k]]
             ctx.starts[k] = None  # not needed once this segment is done
-            with torch.enable_grad(), _autocast(ctx.autocast):
+            with torch.enable_grad(), _autocast(ctx.autocast), _replay_rng(ids.device, ctx.rng[k]):
                 cache = _cache_of(starts, start)
                 out = ctx.run(ids[:, start:stop], cache, start, stop)[0]
                 g = grad_out / ctx.normalizer if ctx.how == "sum" else grad_out[:, start:stop]
@@ -117,8 +121,24 @@ class _Segmented(torch.autograd.Function):
                 if gp is not None:
                     grads[i] = gp if grads[i] is None else grads[i] + gp
             state_grads = None if first else list(got[len(params):])
-        ctx.starts = None
+        ctx.starts = ctx.rng = None
         return (None, None, None, None, None, None, *grads)
+
+
+def _rng_state(device: torch.device):
+    """The generator states a segment's forward starts from (CPU, and the tensor's GPU if any)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def _replay_rng(device: torch.device, state):
+    """Run the block from ``state`` (see :func:`_rng_state`) and leave the generators as they were."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
 
 
 def _autocast(state):
