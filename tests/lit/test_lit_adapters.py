@@ -112,7 +112,7 @@ def test_gpu_configs_read_fetched_data():
     """The GPU-sized configs read `genomamba data fetch text|digits` output (checked without fetching)."""
     text = load_config(CONFIGS / "text_kjv.yaml")
     assert text.data.sources[0].fetch == "text" and text.data.sources[0].files == "kjv.txt"
-    assert text.trainer.budget_minutes <= 10 and text.adapter == "text"
+    assert text.trainer.max_minutes <= 10 and text.adapter == "text" and text.model.dropout > 0
     digits = load_config(CONFIGS / "digits_classifier.yaml")
     assert digits.data.manifest == "fetch:digits" and digits.data.length == 16000 and digits.adapter == "audio"
     assert load_config(CONFIGS / "audio_lm.yaml").data.sources[0].fetch == "digits"
