@@ -21,6 +21,7 @@ from genomamba.files import write_json
 from genomamba.lit.callbacks import SeqLenWarmup
 from genomamba.lit.config import PretrainConfig, adapter_of, to_plain
 from genomamba.lit.datamodules import PretrainDataModule
+from genomamba.lit.evaluate import stream_test
 from genomamba.lit.pretrain import PretrainModule
 from genomamba.lit.trainer import (
     build_trainer,
@@ -101,6 +102,14 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     if cfg.test_after_fit and dm.test_ds is not None:
         test = trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = test[0] if test else {}
+        st = cfg.stream_test
+        if st is not None and trainer.world_size == 1:
+            results["test_stream"] = stream_test(module.model, dm.store, dm.splits, module.target_ok, st.chunk_len,
+                                                 st.adapt_lr, bits_key=module.bits_key,
+                                                 device=trainer.strategy.root_device)
+        elif st is not None:
+            results["test_stream"] = {"skipped": "stream_test runs in single-process runs only; score the "
+                                                 "saved model with one process"}
         if not dna:  # the reference point on the very same split: an order-2 Markov model of the tokens
             results["baselines"] = {"markov2": markov_baseline(dm.store, dm.splits, order=2,
                                                                alphabet=len(adapter.data_ids))}
@@ -132,5 +141,10 @@ def main(argv=None) -> int:
     line += f", held-out {bpb:.3f} bits/{unit}" if bpb is not None else ""
     markov = res.get("baselines", {}).get("markov2")
     line += f" (order-2 Markov on the same split: {markov['witten_bell']:.3f})" if markov else ""
+    stream = res.get("test_stream", {})
+    if stream and key in stream:
+        line += f"; read as one stream: {stream[key]:.3f}"
+        if "adaptive" in stream:
+            line += f", adapting as it reads (lr {stream['adaptive']['lr']:g}): {stream['adaptive'][key]:.3f}"
     print(line)
     return 0

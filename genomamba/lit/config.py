@@ -128,6 +128,15 @@ class SeqLenWarmupConfig:
 
 
 @dataclass
+class StreamTestConfig:
+    """After the tiled test: read each held-out sequence whole, as one stream carrying the states."""
+    chunk_len: int = 8192  # tokens per forward (the states carry across chunks, so the score does not change)
+    # > 0: the model also learns while it reads (one SGD step per chunk after scoring it). Several
+    # values: the one that scores best on the validation split is used on the test split
+    adapt_lr: List[float] = field(default_factory=list)
+
+
+@dataclass
 class PretrainDataConfig:
     sources: List[Source] = field(default_factory=lambda: [AssetsSource("pretrain")])
     seq_len: int = 1024
@@ -153,6 +162,7 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seqlen_warmup: Optional[SeqLenWarmupConfig] = None
     test_after_fit: bool = True
+    stream_test: Optional[StreamTestConfig] = None
     run_dir: str = "runs/pretrain"
 
 
@@ -456,6 +466,13 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
             raise ConfigError(f"{where}: seqlen_warmup.start={cfg.seqlen_warmup.start} must divide data.seq_len="
                               f"{cfg.data.seq_len} by a power of two")
     _check_parallel(cfg, where)
+    if k == "pretrain" and cfg.stream_test is not None:
+        st = cfg.stream_test
+        if isinstance(st.chunk_len, bool) or not isinstance(st.chunk_len, int) or st.chunk_len < 1:
+            raise ConfigError(f"{where}: stream_test.chunk_len: expected a positive int, got {st.chunk_len!r}")
+        for lr in st.adapt_lr:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"{where}: stream_test.adapt_lr: expected learning rates > 0, got {lr!r}")
     if k == "classify" and cfg.model is None and not cfg.init_from:
         raise ConfigError(f"{where}: give init_from (a pretrained model dir) or model (train from scratch)")
     _check_ranges(cfg, where)

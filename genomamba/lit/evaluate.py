@@ -1,11 +1,15 @@
-"""Scoring a saved species classifier outside training: accuracy, macro-F1, confusion matrix (+ PNG)."""
+"""Evaluation outside the training loop: a saved species classifier (accuracy, macro-F1, confusion
+matrix) and a language model reading whole held-out sequences as streams (optionally adapting as it reads)."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
 
@@ -57,3 +61,92 @@ def save_confusion_png(cm, labels: Sequence[str], path, title: str = "") -> Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def stream_bits(model, sequences: Sequence, target_ok: torch.Tensor, chunk_len: int = 8192,
+                adapt_lr: float = 0.0, device=None) -> dict:
+    """Bits per scored token of each sequence read front to back as one stream.
+
+    Chunks of ``chunk_len`` tokens hand their recurrent states on, so every token is predicted from
+    everything before it in its sequence (tiled evaluation windows start each window from a blank
+    state instead). ``target_ok`` (vocab,) bool marks the ids that count as targets.
+
+    With ``adapt_lr > 0`` the model also learns while it reads (dynamic evaluation): each chunk is
+    scored first and then the weights take one SGD step on that chunk's mean loss, so a token's
+    code length only ever comes from weights that have not seen it, as in an adaptive compressor
+    (xz, PPM). The weights are restored afterwards.
+
+    Returns ``{"bits": bits per scored token, "tokens": scored tokens, "chunk_len", "adapt_lr"}``.
+    """
+    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
+        raise ValueError(f"chunk_len: expected a positive int, got {chunk_len!r}")
+    if not (isinstance(adapt_lr, (int, float)) and math.isfinite(adapt_lr) and adapt_lr >= 0):
+        raise ValueError(f"adapt_lr: expected a finite learning rate >= 0, got {adapt_lr!r}")
+    device = torch.device(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params] if adapt_lr else None
+    ok_ids = target_ok.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_sum = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        for seq in sequences:
+            ids = torch.as_tensor(seq, dtype=torch.long).to(device).view(1, -1)
+            cache = model.allocate_cache(1, device=device)
+            for start in range(0, ids.shape[1] - 1, chunk_len):
+                stop = min(start + chunk_len, ids.shape[1] - 1)
+                tgt = ids[:, start + 1:stop + 1]
+                with torch.set_grad_enabled(bool(adapt_lr)), (autocast or contextlib.nullcontext()):
+                    logits = model(ids[:, start:stop], cache=cache)
+                    lg = logits if logits.dtype == torch.float64 else logits.float()
+                    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none")
+                    ok = ok_ids[tgt.reshape(-1)]
+                    chunk_nll = torch.where(ok, nll, torch.zeros_like(nll)).sum()
+                nll_sum += chunk_nll.detach().double()
+                n_sum += ok.sum()
+                if adapt_lr:
+                    (chunk_nll / ok.sum().clamp_min(1)).backward()
+                    with torch.no_grad():
+                        for p in params:
+                            if p.grad is not None:
+                                p.sub_(p.grad, alpha=adapt_lr)
+                                p.grad = None
+                    cache.detach()
+    finally:
+        if saved is not None:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+                    p.grad = None
+        model.train(was_training)
+    n = int(n_sum)
+    return {"bits": float(nll_sum) / max(n, 1) / math.log(2.0), "tokens": n, "chunk_len": chunk_len,
+            "adapt_lr": float(adapt_lr)}
+
+
+def stream_test(model, store, splits, target_ok: torch.Tensor, chunk_len: int, adapt_lr: Sequence[float] = (),
+                bits_key: str = "bits", device=None) -> dict:
+    """:func:`stream_bits` of a corpus's held-out test sequences (``splits.test`` regions of ``store``).
+
+    With learning rates in ``adapt_lr`` the test is also read adaptively, at the rate that scores
+    best on the validation sequences (the first rate when there is no validation split). Returns
+    ``{"chunk_len", bits_key, "tokens"[, "adaptive": {"lr", bits_key, "val_by_lr", "chosen_on"}]}``.
+    """
+    def read(regions):
+        return [store.read(r.contig, r.start, r.stop) for r in regions]
+
+    test = read(splits.test)
+    static = stream_bits(model, test, target_ok, chunk_len, device=device)
+    out = {"chunk_len": chunk_len, bits_key: round(static["bits"], 4), "tokens": static["tokens"]}
+    if adapt_lr:
+        val = read(splits.val) if splits.val else []
+        by_lr = {float(lr): stream_bits(model, val, target_ok, chunk_len, float(lr), device=device)["bits"]
+                 for lr in adapt_lr} if val else {}
+        lr = min(by_lr, key=by_lr.get) if by_lr else float(adapt_lr[0])
+        got = stream_bits(model, test, target_ok, chunk_len, lr, device=device)
+        out["adaptive"] = {"lr": lr, bits_key: round(got["bits"], 4),
+                           "val_by_lr": {str(k): round(v, 4) for k, v in by_lr.items()},
+                           "chosen_on": "validation" if by_lr else "none (no validation split): the first rate"}
+    return out

@@ -43,6 +43,14 @@ def test_text_tiny_config_beats_an_order2_byte_markov_model(tmp_path):
     assert bpb < markov["witten_bell"] < markov["additive"], (bpb, markov)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["baselines"]["markov2"] == markov and saved["adapter"]["name"] == "text"
+    # the held-out text read as one stream: every byte but the first scored, from all the text before it
+    stream = saved["test_stream"]
+    assert stream["tokens"] == 6545 - 1 and stream["chunk_len"] == 128
+    assert stream["bits_per_byte"] < bpb + 1e-3, (stream, bpb)
+    adaptive = stream["adaptive"]  # learning while reading helps, at the rate validation picked
+    assert adaptive["chosen_on"] == "validation" and set(adaptive["val_by_lr"]) == {"0.01", "0.03", "0.1"}
+    assert adaptive["val_by_lr"][str(adaptive["lr"])] == min(adaptive["val_by_lr"].values())
+    assert adaptive["bits_per_byte"] < stream["bits_per_byte"] - 0.01, stream
     model = genomamba.load(res["model_dir"])
     assert isinstance(model, AdapterModel) and (Path(res["model_dir"]) / "adapter.json").exists()
     out = model.generate("In the beginning", 40, seed=0, temperature=0.7)
@@ -102,6 +110,8 @@ def test_digit_classifier_tiny_config(tmp_path, audio_lm):
     ("audio_lm_tiny_cpu.yaml", "adapter={name: audio, rate: 8000}", r"adapter: unknown setting 'rate'"),
     ("audio_lm_tiny_cpu.yaml", "adapter=speech", r"adapter: unknown adapter 'speech'"),
     ("text_kjv_tiny_cpu.yaml", "model.vocab_size=16", r"model.vocab_size: 16 is smaller than the 'text' adapter"),
+    ("text_kjv_tiny_cpu.yaml", "stream_test.chunk_len=0", r"stream_test.chunk_len: expected a positive int"),
+    ("text_kjv_tiny_cpu.yaml", "stream_test.adapt_lr=[0.1, -0.01]", r"stream_test.adapt_lr: expected learning rates > 0"),
 ])
 def test_configs_refuse_what_does_not_fit_the_modality(name, override, pattern):
     with pytest.raises(ConfigError, match=f"{name}: {pattern}"):
