@@ -74,7 +74,8 @@ def stream_bits(model, sequences: Sequence, target_ok: torch.Tensor, chunk_len: 
     With ``adapt_lr > 0`` the model also learns while it reads (dynamic evaluation): each chunk is
     scored first and then the weights take one SGD step on that chunk's mean loss, so a token's
     code length only ever comes from weights that have not seen it, as in an adaptive compressor
-    (xz, PPM). The weights are restored afterwards.
+    (xz, PPM). The weights are restored afterwards. ``device`` (default: the model's) is where the
+    model is moved and read.
 
     Returns ``{"bits": bits per scored token, "tokens": scored tokens, "chunk_len", "adapt_lr"}``.
     """
@@ -83,6 +84,7 @@ def stream_bits(model, sequences: Sequence, target_ok: torch.Tensor, chunk_len: 
     if not (isinstance(adapt_lr, (int, float)) and math.isfinite(adapt_lr) and adapt_lr >= 0):
         raise ValueError(f"adapt_lr: expected a finite learning rate >= 0, got {adapt_lr!r}")
     device = torch.device(device or next(model.parameters()).device)
+    model.to(device)  # a trainer leaves its module on the CPU when it is done
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
