@@ -79,3 +79,25 @@ def test_bad_arguments_are_named(setup, kw, pattern):
     model, ids, ok = setup
     with pytest.raises(ValueError, match=pattern):
         stream_bits(model, [ids], ok, **kw)
+
+
+def test_dna_stream_skips_n_targets_and_keeps_them_as_context():
+    """On a real genome slice with a run of N: N bases are read but never scored."""
+    from genomamba.data.fasta import read_fasta
+    from genomamba.tokenizers.dna import DNATokenizer
+
+    tok = DNATokenizer()
+    seq = next(read_fasta(assets_dir() / "umaydis_val.fa.gz")).sequence[:3000]
+    seq = seq[:1000] + "N" * 50 + seq[1000:]
+    ids = torch.as_tensor(tok.encode(seq)).long()
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=tok.vocab_size, d_state=8)).double()
+    ok = torch.zeros(model.config.padded_vocab_size, dtype=torch.bool)
+    ok[[tok.a_id, tok.c_id, tok.g_id, tok.t_id]] = True
+    got = stream_bits(model, [ids], ok, chunk_len=333)
+    targets = ids[1:]
+    assert got["tokens"] == int(ok[targets].sum()) == len(seq) - 1 - 50
+    with torch.no_grad():
+        logits = model(ids.view(1, -1))[0, :-1]
+    nll = F.cross_entropy(logits, targets, reduction="none")[ok[targets]].sum().item()
+    assert got["bits"] == pytest.approx(nll / got["tokens"] / math.log(2), rel=1e-10)
