@@ -146,9 +146,11 @@ def stream_test(model, store, splits, target_ok: torch.Tensor, chunk_len: int, a
         val = read(splits.val) if splits.val else []
         by_lr = {float(lr): stream_bits(model, val, target_ok, chunk_len, float(lr), device=device)["bits"]
                  for lr in adapt_lr} if val else {}
-        lr = min(by_lr, key=by_lr.get) if by_lr else float(adapt_lr[0])
+        # a rate that blew the weights up (inf / nan bits) is never chosen
+        lr = min(by_lr, key=lambda r: by_lr[r] if math.isfinite(by_lr[r]) else math.inf) if by_lr \
+            else float(adapt_lr[0])
         got = stream_bits(model, test, target_ok, chunk_len, lr, device=device)
         out["adaptive"] = {"lr": lr, bits_key: round(got["bits"], 4),
-                           "val_by_lr": {str(k): round(v, 4) for k, v in by_lr.items()},
+                           "val_by_lr": {str(k): (round(v, 4) if math.isfinite(v) else str(v)) for k, v in by_lr.items()},
                            "chosen_on": "validation" if by_lr else "none (no validation split): the first rate"}
     return out

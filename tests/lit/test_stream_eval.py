@@ -101,3 +101,22 @@ def test_dna_stream_skips_n_targets_and_keeps_them_as_context():
         logits = model(ids.view(1, -1))[0, :-1]
     nll = F.cross_entropy(logits, targets, reduction="none")[ok[targets]].sum().item()
     assert got["bits"] == pytest.approx(nll / got["tokens"] / math.log(2), rel=1e-10)
+
+
+def test_stream_test_picks_the_rate_on_validation_and_never_a_diverged_one():
+    """On the shipped KJV slice's own split: a rate that blows the weights up is reported, not chosen."""
+    from genomamba.data.corpus import build_corpus
+    from genomamba.lit.evaluate import stream_test
+
+    store, splits = build_corpus([{"assets": "text"}], TEXT)
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=TEXT.vocab_size, d_state=8))
+    ok = torch.zeros(model.config.padded_vocab_size, dtype=torch.bool)
+    ok[TEXT.data_ids] = True
+    out = stream_test(model, store, splits, ok, 512, [1e9, 0.01], bits_key="bits_per_byte")
+    n_test = sum(len(r) - 1 for r in splits.test)
+    assert out["tokens"] == n_test and out["chunk_len"] == 512
+    ad = out["adaptive"]
+    assert ad["lr"] == 0.01 and ad["chosen_on"] == "validation"
+    assert not math.isfinite(float(ad["val_by_lr"]["1000000000.0"])) or ad["val_by_lr"]["1000000000.0"] > 8
+    assert math.isfinite(ad["bits_per_byte"])
