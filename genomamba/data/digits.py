@@ -101,7 +101,7 @@ class DigitsConfig:
     peak: float = 0.9
     seconds: float = 1.0
     audio_format: str = "flac"
-    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
 
     def check(self) -> None:
         if self.takes < 1 or self.flite_takes < 0:

@@ -124,5 +124,6 @@ def test_gpu_configs_read_fetched_data():
     assert text.data.sources[0].fetch == "text" and text.data.sources[0].files == "kjv.txt"
     assert text.trainer.max_minutes <= 10 and text.adapter == "text" and text.model.dropout > 0
     digits = load_config(CONFIGS / "digits_classifier.yaml")
-    assert digits.data.manifest == "fetch:digits" and digits.data.length == 16000 and digits.adapter == "audio"
+    assert digits.data.manifest == "fetch:digits" and digits.adapter["name"] == "audio"
+    assert digits.data.length == digits.adapter["sample_rate"] == 4000  # one whole 1 s clip
     assert load_config(CONFIGS / "audio_lm.yaml").data.sources[0].fetch == "digits"
