@@ -275,7 +275,7 @@ def test_on_in_the_digits_configs_only():
         else:
             assert augment is None, path
     tiny = load_config(TINY).data.augment
-    assert tiny.lowpass_hz == [1200, 1900] and tiny.speed == [0.8, 1.25]  # merged over the GPU config's
+    assert tiny.lowpass_hz == [1200, 1900] and tiny.speed == [0.8, 1.25]  # inherited from the GPU config
     assert load_config(TINY, ["data.augment=null"]).data.augment is None
 
 
