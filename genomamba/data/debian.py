@@ -68,37 +68,61 @@ def package_version(deb: Path) -> str:
     return run(["dpkg-deb", "-f", deb, "Version"], f"reading {deb.name}").stdout.decode().strip()
 
 
-def unpack(packages: list, root: PathLike, with_deps: bool = True, quiet: bool = False) -> dict:
+def unpack(packages: list, root: PathLike, with_deps: bool = True, quiet: bool = False,
+           top_up: bool = False) -> dict:
     """Download and unpack ``packages`` under ``root/fs``; returns ``{package: version}``.
 
     With ``with_deps``, dependencies not installed here are unpacked too. A finished unpack is
-    recorded in ``root`` and reused by the next call with the same packages.
+    recorded in ``root`` and reused by the next call with the same packages. A folder unpacked on
+    another machine (a shared data directory) skipped the dependencies installed *there*; with
+    ``top_up`` the dependencies that are neither installed here nor unpacked yet are added.
     """
     root = Path(root)
     done = root / _DONE
-    if done.exists():
-        rec = json.loads(done.read_text())
-        if set(packages) <= set(rec.get("requested", [])):
-            return rec["versions"]
-    want = list(packages)
+    rec = json.loads(done.read_text()) if done.exists() else {"requested": [], "versions": {}}
+    if set(packages) <= set(rec["requested"]) and not top_up:
+        return rec["versions"]
+    have = set(rec["versions"]) if top_up else set()
+    want = [p for p in packages if p not in have]
     if with_deps:
-        want += [p for p in dependency_closure(packages) if p not in packages and not is_installed(p)]
+        want += [p for p in dependency_closure(packages)
+                 if p not in packages and p not in have and not is_installed(p)]
+    versions = dict(rec["versions"])
+    if want:
+        versions.update(_download_and_unpack(sorted(set(want)), root, quiet))
+    requested = sorted(set(packages) | set(rec["requested"]))
+    done.write_text(json.dumps({"requested": requested, "versions": versions}, indent=1))
+    return versions
+
+
+def _download_and_unpack(packages: list, root: Path, quiet: bool) -> dict:
     debs_dir, fs = root / "debs", root / "fs"
     if debs_dir.exists():
         shutil.rmtree(debs_dir)
     debs_dir.mkdir(parents=True)
     fs.mkdir(parents=True, exist_ok=True)
-    download(sorted(set(want)), debs_dir, quiet)
+    download(packages, debs_dir, quiet)
     versions = {}
     for deb in sorted(debs_dir.glob("*.deb")):
         run(["dpkg", "-x", deb, fs], f"unpacking {deb.name}")
         versions[deb.name.split("_")[0]] = package_version(deb)
     shutil.rmtree(debs_dir)
-    requested = sorted(set(packages) | set(json.loads(done.read_text())["requested"] if done.exists() else []))
-    done.write_text(json.dumps({"requested": requested, "versions": versions}, indent=1))
     if not quiet:
         print(f"unpacked {len(versions)} Debian packages into {fs}", file=sys.stderr)
     return versions
+
+
+def unpacked_programs(names: list, packages: list, root: PathLike, quiet: bool = False) -> tuple:
+    """Unpack ``packages`` under ``root`` and locate the programs ``names`` there, each able to load
+    its shared libraries: ``(Toolbox, {name: path}, {package: version})``. When a program misses a
+    library (the folder was unpacked on a machine that had it installed), the dependencies this
+    machine lacks are added once; a library still missing then raises DebianError naming it."""
+    versions = unpack(packages, root, quiet=quiet)
+    toolbox = Toolbox(Path(root) / "fs")
+    if any(toolbox.missing_libraries(n) for n in names):
+        versions = unpack(packages, root, quiet=quiet, top_up=True)
+        toolbox = Toolbox(Path(root) / "fs")
+    return toolbox, {n: toolbox.check(n) for n in names}, versions
 
 
 def download(packages: list, where: Path, quiet: bool = False) -> None:
@@ -139,14 +163,18 @@ class Toolbox:
                 return p
         raise DebianError(f"{name}: not found under {self.fs} (was its package unpacked?)")
 
+    def missing_libraries(self, name: str) -> list:
+        """The shared libraries ``ldd`` cannot find for the binary (empty without ``ldd``)."""
+        try:
+            res = subprocess.run(["ldd", str(self.binary(name))], env=self.env, capture_output=True, text=True)
+        except FileNotFoundError:
+            return []  # no ldd: the first real run reports a missing library instead
+        return sorted({ln.split()[0] for ln in res.stdout.splitlines() if "not found" in ln})
+
     def check(self, name: str) -> Path:
         """Path of the binary; DebianError naming any shared library it cannot find."""
         exe = self.binary(name)
-        try:
-            res = subprocess.run(["ldd", str(exe)], env=self.env, capture_output=True, text=True)
-        except FileNotFoundError:
-            return exe  # no ldd: the first real run reports a missing library instead
-        missing = sorted({ln.split()[0] for ln in res.stdout.splitlines() if "not found" in ln})
+        missing = self.missing_libraries(name)
         if missing:
             raise DebianError(f"{exe} cannot find shared libraries {missing}; install the program with apt-get instead")
         return exe

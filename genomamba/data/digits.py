@@ -45,7 +45,7 @@ from typing import Optional, Union
 import numpy as np
 
 from genomamba.data.audio import read_audio, write_audio
-from genomamba.data.debian import DebianError, Toolbox, dataset_complete, unpack, write_marker
+from genomamba.data.debian import DebianError, dataset_complete, unpacked_programs, write_marker
 from genomamba.data.fasta import file_sha256
 
 PathLike = Union[str, os.PathLike]
@@ -137,11 +137,10 @@ class Synthesizers:
                     "`apt-get install espeak-ng flite`, or pass a tools folder to unpack them into"
                 )
             try:
-                self.packages = unpack(sorted({p for pkgs in missing for p in pkgs}), Path(tools_dir), quiet=quiet)
-                toolbox = Toolbox(Path(tools_dir) / "fs")
-                for name, _ in want:
-                    if not found[name]:
-                        found[name] = str(toolbox.check(name))
+                names = [n for n, _ in want if not found[n]]
+                toolbox, paths, self.packages = unpacked_programs(
+                    names, sorted({p for pkgs in missing for p in pkgs}), Path(tools_dir), quiet=quiet)
+                found.update({n: str(p) for n, p in paths.items()})
             except DebianError as e:
                 raise DigitsError(str(e)) from None
             self.env = toolbox.env
