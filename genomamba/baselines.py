@@ -267,14 +267,13 @@ def markov_baseline(store, splits, order: int = 2, alphabet: int = 256, eval_spl
     Reports the Witten-Bell interpolated model and the plain add-alpha one (alpha picked on val when
     there is a val split, else 0.1).
     """
-    read = lambda regions: [store.read(r.contig, r.start, r.stop) for r in regions]  # noqa: E731
-    train, ev = read(splits.train), read(splits[eval_split])
+    train, ev = store.read_regions(splits.train), store.read_regions(splits[eval_split])
     lm = MarkovLM(order, alphabet).fit(train)
     out = {"order": order, "alphabet": alphabet, "split": eval_split,
            "train_tokens": int(sum(len(s) for s in train)), "eval_tokens": int(sum(max(len(s) - order, 0) for s in ev)),
            "witten_bell": round(lm.bits(ev), 4)}
     alphas = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
-    val = read(splits.val) if splits.val else None
+    val = store.read_regions(splits.val) if splits.val else None
     alpha = min(alphas, key=lambda a: lm.additive_bits(val, a)) if val else 0.1
     out["additive"] = round(lm.additive_bits(ev, alpha), 4)
     out["additive_alpha"] = alpha

@@ -177,6 +177,10 @@ class SequenceSource:
     def read(self, contig, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_regions(self, regions) -> list:
+        """The tokens of each region (anything with ``contig``, ``start``, ``stop``), in order."""
+        return [self.read(r.contig, r.start, r.stop) for r in regions]
+
     def softmask(self, contig, start: int, stop: int) -> np.ndarray:
         i = self._check(contig, int(start), int(stop))
         return self._soft[i].fill(int(start), int(stop))

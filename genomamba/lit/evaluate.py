@@ -106,10 +106,11 @@ def stream_bits(model, sequences: Sequence, target_ok: torch.Tensor, chunk_len: 
                     nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none")
                     ok = ok_ids[tgt.reshape(-1)]
                     chunk_nll = torch.where(ok, nll, torch.zeros_like(nll)).sum()
+                n_ok = ok.sum()
                 nll_sum += chunk_nll.detach().double()
-                n_sum += ok.sum()
+                n_sum += n_ok
                 if adapt_lr:
-                    (chunk_nll / ok.sum().clamp_min(1)).backward()
+                    (chunk_nll / n_ok.clamp_min(1)).backward()
                     with torch.no_grad():
                         for p in params:
                             if p.grad is not None:
@@ -136,21 +137,18 @@ def stream_test(model, store, splits, target_ok: torch.Tensor, chunk_len: int, a
     best on the validation sequences (the first rate when there is no validation split). Returns
     ``{"chunk_len", bits_key, "tokens"[, "adaptive": {"lr", bits_key, "val_by_lr", "chosen_on"}]}``.
     """
-    def read(regions):
-        return [store.read(r.contig, r.start, r.stop) for r in regions]
-
-    test = read(splits.test)
+    test = store.read_regions(splits.test)
     static = stream_bits(model, test, target_ok, chunk_len, device=device)
     out = {"chunk_len": chunk_len, bits_key: round(static["bits"], 4), "tokens": static["tokens"]}
     if adapt_lr:
-        val = read(splits.val) if splits.val else []
+        val = store.read_regions(splits.val) if splits.val else []
         by_lr = {float(lr): stream_bits(model, val, target_ok, chunk_len, float(lr), device=device)["bits"]
                  for lr in adapt_lr} if val else {}
         # a rate that blew the weights up (inf / nan bits) is never chosen
         lr = min(by_lr, key=lambda r: by_lr[r] if math.isfinite(by_lr[r]) else math.inf) if by_lr \
             else float(adapt_lr[0])
         got = stream_bits(model, test, target_ok, chunk_len, lr, device=device)
-        out["adaptive"] = {"lr": lr, bits_key: round(got["bits"], 4),
-                           "val_by_lr": {str(k): (round(v, 4) if math.isfinite(v) else str(v)) for k, v in by_lr.items()},
+        val_by_lr = {str(k): (round(v, 4) if math.isfinite(v) else str(v)) for k, v in by_lr.items()}
+        out["adaptive"] = {"lr": lr, bits_key: round(got["bits"], 4), "val_by_lr": val_by_lr,
                            "chosen_on": "validation" if by_lr else "none (no validation split): the first rate"}
     return out

@@ -3,7 +3,6 @@ machine that had a library installed topped up with what this machine lacks (rea
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -111,7 +111,8 @@ def test_digit_classifier_tiny_config(tmp_path, audio_lm):
     ("audio_lm_tiny_cpu.yaml", "adapter=speech", r"adapter: unknown adapter 'speech'"),
     ("text_kjv_tiny_cpu.yaml", "model.vocab_size=16", r"model.vocab_size: 16 is smaller than the 'text' adapter"),
     ("text_kjv_tiny_cpu.yaml", "stream_test.chunk_len=0", r"stream_test.chunk_len: expected a positive int"),
-    ("text_kjv_tiny_cpu.yaml", "stream_test.adapt_lr=[0.1, -0.01]", r"stream_test.adapt_lr: expected learning rates > 0"),
+    ("text_kjv_tiny_cpu.yaml", "stream_test.adapt_lr=[0.1, -0.01]",
+     r"stream_test.adapt_lr: expected learning rates > 0"),
 ])
 def test_configs_refuse_what_does_not_fit_the_modality(name, override, pattern):
     with pytest.raises(ConfigError, match=f"{name}: {pattern}"):
