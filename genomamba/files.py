@@ -22,7 +22,8 @@ the same new file, the second to finish gets ``OutputExistsError`` and the first
 ``check_output`` is what a command runs on an output path before doing any work: not a directory,
 not one of its inputs, not an existing file unless ``--force``, and in a folder that can be made.
 
-``RunDirLock`` owns a folder (a run directory) while a process works in it.
+``RunDirLock`` owns a folder (a run directory) while a process works in it; ``file_lock`` makes
+processes take turns on one piece of work (a download, a self-test).
 """
 
 from __future__ import annotations
@@ -170,6 +171,18 @@ def atomic_path(dest: PathLike, mode: Optional[int] = None, replace: bool = True
             pass
         raise
     _fsync_dir(dest.parent)
+
+
+@contextmanager
+def file_lock(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the block: processes that share a
+    folder take turns (``flock``; released when the process dies, so a crash never leaves it held)."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_text(path: PathLike) -> str:

@@ -21,7 +21,6 @@ changes a genome file fails loudly; pass ``verify=False`` (``--no-verify``) to a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -43,6 +42,7 @@ from genomamba.data.digits import fetch_digits
 from genomamba.data.fasta import file_sha256
 from genomamba.data.textcorpus import fetch_text
 from genomamba.errors import UserError
+from genomamba.files import file_lock
 
 PathLike = Union[str, os.PathLike]
 
@@ -215,7 +215,7 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
     if name in GENERATED:  # built from programs in Debian packages rather than copied out of them
         out = Path(dest or cache_dir()) / name
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(out.parent / f".{name}.lock"):
+        with file_lock(out.parent / f".{name}.lock"):
             try:
                 return GENERATED[name](out, verify=verify, quiet=quiet)
             except DebianError as e:
@@ -229,25 +229,10 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
         return out
     out.mkdir(parents=True, exist_ok=True)
     # Parallel test workers (pytest -n) may fetch the same set: one downloads, the others wait.
-    with _locked(out.parent / f".{name}.lock"):
+    with file_lock(out.parent / f".{name}.lock"):
         if _complete(out, files, verify):
             return out
         return _fetch_locked(name, out, files, verify, quiet)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, fetch proceeds unguarded
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _fetch_locked(name: str, out: Path, files: list[PackagedFile], verify: bool, quiet: bool) -> Path:
