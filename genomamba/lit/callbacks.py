@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from genomamba.lit._pl import pl
 
 try:  # pragma: no cover
@@ -250,4 +252,39 @@ class BestWeights(pl.Callback):
         info.update(weights="best", step=self.best_step, value=self.best)
         if self.best_step != self.last_step or self.best != self.last:
             pl_module.load_state_dict(self.state)
+        return info
+
+
+class AveragedWeights(pl.callbacks.EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights (``trainer.ema_decay``), updated after
+    every optimizer step from step ``start`` on; validation scores the average.
+
+    Unlike Lightning's default, the module keeps its own (raw) weights when fit ends, so the final
+    checkpoint written after fit resumes exactly; :meth:`finish` then loads the average into the
+    module (the weights a run saves and tests)."""
+
+    def __init__(self, decay: float, start: int = 0):
+        super().__init__(decay=float(decay), update_starting_at_step=int(start))
+        self.decay, self.start = float(decay), int(start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass  # see finish()
+
+    def updates(self) -> int:
+        """How many optimizer steps went into the average."""
+        avg = self._average_model
+        return 0 if avg is None else int(avg.n_averaged.item())
+
+    def finish(self, pl_module) -> dict:
+        """Load the average into ``pl_module`` (if any step was averaged); returns what was kept."""
+        info = {"weights": "ema", "decay": self.decay, "from_step": self.start, "updates": self.updates()}
+        if info["updates"] == 0:
+            info.update(weights="last", why=f"no step reached trainer.ema_start={self.start}")
+            warnings.warn(f"trainer.ema_decay: the last weights are kept ({info['why']})", stacklevel=2)
+            return info
+        src = list(self._average_model.module.parameters()) + list(self._average_model.module.buffers())
+        dst = list(pl_module.parameters()) + list(pl_module.buffers())
+        with torch.no_grad():
+            for a, c in zip(src, dst):
+                c.copy_(a.to(c.device, c.dtype))
         return info

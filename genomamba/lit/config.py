@@ -119,6 +119,11 @@ class TrainerConfig:
     # which weights a run ends with (saved to model/, tested): "best", those of the lowest validation
     # loss seen (the last ones when nothing was validated); "last", those of the final step
     keep: str = "best"
+    # exponential moving average of the weights (e.g. 0.999; null: off), updated after every
+    # optimizer step from step ema_start on: validation scores the averaged weights, and the run
+    # ends with them (saved to model/ and tested; trainer.keep then does not apply)
+    ema_decay: Optional[float] = None
+    ema_start: int = 0
 
 
 @dataclass
@@ -341,6 +346,15 @@ def _check_parallel(cfg, where: str) -> None:
         raise ConfigError(f"{where}: trainer.keep: expected best or last, got {t.keep!r}")
     if t.num_nodes < 1:
         raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
+    if t.ema_decay is not None:
+        if isinstance(t.ema_decay, bool) or not isinstance(t.ema_decay, (int, float)) or not 0 < t.ema_decay < 1:
+            raise ConfigError(f"{where}: trainer.ema_decay: expected a number in (0, 1) (e.g. 0.999) or null, "
+                              f"got {t.ema_decay!r}")
+        if "fsdp" in str(t.strategy).lower():
+            raise ConfigError(f"{where}: trainer.ema_decay: weight averaging needs whole weights on every "
+                              "process; it does not work with the sharded strategy fsdp")
+    if isinstance(t.ema_start, bool) or not isinstance(t.ema_start, int) or t.ema_start < 0:
+        raise ConfigError(f"{where}: trainer.ema_start: expected a step >= 0, got {t.ema_start!r}")
     seg = t.segment_len
     if seg is not None:
         if isinstance(seg, bool) or not isinstance(seg, int) or seg < 1:

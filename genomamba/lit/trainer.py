@@ -38,7 +38,7 @@ from genomamba.config import MambaConfig
 from genomamba.errors import OutputExistsError
 from genomamba.files import RunDirLock, atomic_path, write_text
 from genomamba.lit._pl import pl
-from genomamba.lit.callbacks import BestWeights, EpochSeed, TimeBudget, TrainingCurves
+from genomamba.lit.callbacks import AveragedWeights, BestWeights, EpochSeed, TimeBudget, TrainingCurves
 from genomamba.lit.config import ConfigError, TrainerConfig, to_plain
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -269,7 +269,9 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
                           title=monitor_title)] + callbacks
     if tc.budget_minutes:
         cbs.append(TimeBudget(tc.budget_minutes))
-    if has_val and tc.keep == "best":
+    if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
+        cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start))
+    elif has_val and tc.keep == "best":
         cbs.append(BestWeights("val/loss"))
     if tc.progress:
         cbs.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, tc.log_every)))
@@ -298,7 +300,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
 def final_checkpoint(trainer, run_dir: Path) -> None:
     """last.ckpt at the step fit ended on, so ``--resume`` with a larger max_steps continues from there."""
     if not trainer.interrupted:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        # the full state (optimizer, loops, callbacks): resuming needs it
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
 
 
 def keep_weights(trainer, module, dm) -> dict:
@@ -307,6 +310,9 @@ def keep_weights(trainer, module, dm) -> dict:
 
     With ``keep: best``, a final step that was not validated is validated first, so the last weights
     compete with the best ones on the same validation set."""
+    ema = next((cb for cb in trainer.callbacks if isinstance(cb, AveragedWeights)), None)
+    if ema is not None:
+        return ema.finish(module)
     best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
     if best is None:
         return {"weights": "last"}
