@@ -2,6 +2,8 @@
 and never routes gradients to a CUDA backward that did not pass its self-test."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +103,54 @@ def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))
     assert selftest.verdicts(tmp_path) == verdict
+
+
+_SLOW_CHILD = """
+import json, time
+from pathlib import Path
+Path(PATH).write_text(json.dumps({"v1": "running", "v2": "not run", "bwd": "not run", "lean": "not run"}))
+with open(Path(PATH).parent / "children.txt", "a") as fh:
+    fh.write("1")
+time.sleep(1.5)
+Path(PATH).write_text(json.dumps({"v1": True, "v2": True, "bwd": True, "lean": "lean out rel. error"}))
+"""
+
+_VERDICT_CALL = """
+import json, sys
+from pathlib import Path
+from genomamba.ops.cuda import selftest
+print(json.dumps(selftest.verdicts(Path(sys.argv[1]), child_code=sys.argv[2])))
+"""
+
+
+def test_selftest_runs_once_when_processes_start_together(tmp_path):
+    """Three processes asking for the verdict at once (the ranks of a multi-GPU run): one child runs
+    the test, and every process gets its finished verdict, never a test still in progress."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", _VERDICT_CALL, str(tmp_path), _SLOW_CHILD], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    want = {"v1": True, "v2": True, "bwd": True, "lean": "lean out rel. error"}
+    for (out, err), p in zip(outs, procs):
+        assert p.returncode == 0, err
+        assert json.loads(out) == want
+    assert (tmp_path / "children.txt").read_text() == "1", "the self-test must run once"
+    assert json.loads((tmp_path / "selftest.json").read_text()) == want
+    assert not (tmp_path / "selftest.partial.json").exists()
+
+
+def test_a_crashed_selftest_is_recorded_and_not_selected(tmp_path):
+    crash = "import json, os\nfrom pathlib import Path\n" \
+            "Path(PATH).write_text(json.dumps({'v1': True, 'v2': 'running', 'bwd': 'not run', 'lean': 'not run'}))\n" \
+            "os._exit(3)"
+    status = selftest.verdicts(tmp_path, child_code=crash)
+    assert status["v1"] is True
+    for part in ("v2", "bwd", "lean"):
+        assert status[part].startswith("self-test process exited 3"), status
+    assert selftest.verdicts(tmp_path) == status, "the crash verdict is cached, not re-run"
 
 
 def test_fake_kernels_shapes():

@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from genomamba.files import file_lock, write_text
 from genomamba.ops.cuda.build import extension
 from genomamba.ops.cuda.kernels import _v2_apply
 from genomamba.ops.cuda.knobs import CONFIG
@@ -24,29 +26,54 @@ _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genoma
 PARTS = ("v1", "v2", "bwd", "lean")
 
 
-def verdicts(build_dir: Path) -> dict:
-    """Run the self-test once per build in a child process; cache its verdict in the build folder."""
-    path = build_dir / "selftest.json"
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except Exception:
-            pass
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_PKG_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    code = f"from genomamba.ops.cuda.selftest import child_main; child_main({str(path)!r})"
-    status = {k: "self-test did not run" for k in PARTS}
+def _cached(path: Path):
+    """The finished verdict in ``path``, or None (absent, unreadable, or a test still in progress)."""
     try:
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-        if path.exists():
-            status = json.loads(path.read_text())
-        if r.returncode != 0:
-            # a part still "running" is the one that crashed the child: never selected
-            why = f"self-test process exited {r.returncode}: {(r.stderr or '').strip()[-300:]}"
-            status = {k: (why if v == "running" else v) for k, v in status.items()}
-    except Exception as exc:
-        status = {k: f"self-test process failed: {type(exc).__name__}: {exc}" for k in status}
-    path.write_text(json.dumps(status, indent=1))
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or any(v in ("running", "not run") for v in status.values()):
+        return None
+    return status
+
+
+def verdicts(build_dir: Path, child_code: Optional[str] = None) -> dict:
+    """Run the self-test once per build in a child process; cache its verdict in the build folder.
+
+    Processes that start together (the ranks of a multi-GPU run, runs launched side by side) take
+    turns on a lock: one runs the test, the others wait for its verdict instead of reading a test
+    in progress. The child writes its progress to ``selftest.partial.json``; ``selftest.json`` only
+    ever holds a finished verdict (written whole, then renamed into place). ``child_code`` replaces
+    the child's Python code (it gets the progress file's path as ``PATH``)."""
+    path = build_dir / "selftest.json"
+    status = _cached(path)
+    if status is not None:
+        return status
+    with file_lock(build_dir / "selftest.lock"):
+        status = _cached(path)  # finished by another process while this one waited
+        if status is not None:
+            return status
+        partial = build_dir / "selftest.partial.json"
+        partial.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(_PKG_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if child_code is None:
+            code = f"from genomamba.ops.cuda.selftest import child_main; child_main({str(partial)!r})"
+        else:
+            code = f"PATH = {str(partial)!r}\n{child_code}"
+        status = {k: "self-test did not run" for k in PARTS}
+        try:
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+            if partial.exists():
+                status = json.loads(partial.read_text())
+            if r.returncode != 0:
+                # a part still "running" is the one that crashed the child: never selected
+                why = f"self-test process exited {r.returncode}: {(r.stderr or '').strip()[-300:]}"
+                status = {k: (why if v in ("running", "not run") else v) for k, v in status.items()}
+        except Exception as exc:
+            status = {k: f"self-test process failed: {type(exc).__name__}: {exc}" for k in status}
+        write_text(path, json.dumps(status, indent=1))
+        partial.unlink(missing_ok=True)
     return status
 
 
