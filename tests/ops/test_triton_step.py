@@ -128,9 +128,10 @@ CASES = [  # (d_conv, conv bias, in/out bias, first block, residual_in_fp32)
 ]
 
 
-@pytest.fixture(params=["composed", "fused"])
+@pytest.fixture(params=["composed", "hybrid", "fused"])
 def variant(request, monkeypatch):
-    """Both Triton steps: seven launches with cuBLAS matmuls, or five with norm + in_proj in Triton."""
+    """Every Triton step: seven launches with cuBLAS matmuls, six with dt_proj inside the state
+    update, or five with norm + in_proj in Triton as well."""
     monkeypatch.setattr(step, "VARIANT", request.param)
     return request.param
 
@@ -192,7 +193,7 @@ def test_the_step_variant_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv(step.ENV_VARIANT, "fused")
     assert step._variant() == "fused"
     monkeypatch.setenv(step.ENV_VARIANT, "unrolled")
-    with pytest.raises(ValueError, match="GENOMAMBA_TRITON_STEP='unrolled': expected composed or fused"):
+    with pytest.raises(ValueError, match="GENOMAMBA_TRITON_STEP='unrolled': expected one of composed, hybrid, fused"):
         step._variant()
 
 

@@ -236,12 +236,13 @@ def conv_step(x, conv_state, weight, bias=None):
 
 def _variant() -> str:
     v = os.environ.get(ENV_VARIANT, "composed").strip().lower() or "composed"
-    if v not in ("composed", "fused"):
-        raise ValueError(f"{ENV_VARIANT}={v!r}: expected composed or fused")
+    if v not in VARIANTS:
+        raise ValueError(f"{ENV_VARIANT}={v!r}: expected one of {', '.join(VARIANTS)}")
     return v
 
 
 ENV_VARIANT = "GENOMAMBA_TRITON_STEP"
+VARIANTS = ("composed", "hybrid", "fused")
 VARIANT = _variant()  # read once: the step runs per token, often from a captured graph
 
 
@@ -250,7 +251,8 @@ def mamba_step(hidden, residual, conv_state, ssm_state, weights):
 
     hidden, residual: (b, 1, d_model) -> (out (b, 1, d_model) in out_proj's dtype, residual');
     conv_state and ssm_state are updated in place. ``composed`` (default): seven launches, the
-    matmuls on cuBLAS through torch; ``fused`` (``GENOMAMBA_TRITON_STEP=fused``): five, see
+    matmuls on cuBLAS through torch; ``hybrid`` (``GENOMAMBA_TRITON_STEP=hybrid``): six, as composed
+    but with dt_proj computed inside the state-update kernel; ``fused``: five, see
     :func:`mamba_step_fused`.
     """
     if VARIANT == "fused":
@@ -264,10 +266,13 @@ def mamba_step(hidden, residual, conv_state, ssm_state, weights):
     xz = F.linear(normed.to(w.in_proj_weight.dtype), w.in_proj_weight, w.in_proj_bias)  # (b, 2 d)
     x = conv_step(xz[:, :d], conv_state, w.conv_weight, w.conv_bias)
     x_dbl = F.linear(x, w.x_proj_weight)  # (b, rank + 2 n)
-    dt = F.linear(x_dbl[:, :rank], w.dt_proj_weight)  # the bias goes in as dt_bias
     A, a_is_log = (w.A, False) if w.A_log is None else (w.A_log, True)
+    if VARIANT == "hybrid":  # dt = dt_proj(x_dbl[:, :rank]) inside the state update
+        dt, wdt = x_dbl, w.dt_proj_weight
+    else:
+        dt, wdt = F.linear(x_dbl[:, :rank], w.dt_proj_weight), None  # the bias goes in as dt_bias
     y = selective_state_update(ssm_state, x, dt, A, x_dbl[:, rank:rank + n], x_dbl[:, rank + n:], w.D,
-                               xz[:, d:], w.dt_proj_bias, True, a_is_log=a_is_log)
+                               xz[:, d:], w.dt_proj_bias, True, a_is_log=a_is_log, dt_proj_weight=wdt)
     out = F.linear(y, w.out_proj_weight, w.out_proj_bias)
     return out.unsqueeze(1), res.unsqueeze(1)
 
