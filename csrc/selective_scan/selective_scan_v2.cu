@@ -41,6 +41,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 namespace ssv2 {
@@ -71,6 +72,7 @@ struct Params {
   int64_t s_xb, s_xd;  // du, ddelta, dz (allocated contiguous here, whatever the inputs' strides)
   int64_t s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_Ad, s_An;
   int64_t ntiles, seg_tiles, nseg;
+  int64_t ns;  // backward: states whose dB/dC partials are reduced per pair of block barriers
   bool has_D, has_z, has_bias, softplus, vec, save;
 };
 
@@ -520,11 +522,12 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
   const WarpPos w = warp_pos(p, warp, 0);
   const int64_t n = p.n;
   constexpr int TILE = 32 * K;
-  float *s_part = smem;                        // [2][W][TILE]: dB, dC per warp (channel)
-  float *s_A2 = s_part + 2 * W * TILE + warp * 3 * n;  // [W][3][n]: A2, tile-start h, reverse carry
+  const int ns = static_cast<int>(p.ns);
+  float *s_part = smem;  // [ns][2][W][TILE]: dB, dC per state slot and warp (channel)
+  float *s_A2 = s_part + 2 * ns * W * TILE + warp * 3 * n;  // [W][3][n]: A2, tile-start h, reverse carry
   float *s_h = s_A2 + n;
   float *s_R = s_h + n;
-  float *s_dA = smem + 2 * W * TILE + 3 * W * n + warp * n * 32;  // [W][n][32] per-lane dA sums
+  float *s_dA = smem + 2 * ns * W * TILE + 3 * W * n + warp * n * 32;  // [W][n][32] per-lane dA sums
   for (int64_t j = lane; j < n; j += 32) {
     s_A2[j] = w.valid ? p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
     s_R[j] = w.valid ? p.carry[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j] : 0.f;
@@ -577,14 +580,15 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
     __syncwarp();
     const T *Brow = Bp + t0;
     const T *Crow = Cp + t0;
-    float *pB = s_part + warp * TILE + lane * K;
-    float *pC = s_part + (W + warp) * TILE + lane * K;
     // this block's dB partial row of state 0 at the tile's first token (+ part_stride: dC), advanced
-    // by a row per state; ntok: the tile's tokens inside the sequence
+    // by ns rows per reduction; ntok: the tile's tokens inside the sequence
     float *part_row = p.dBC_part + part_base * p.l + tile * TILE;
     const int ntok = static_cast<int>(min(static_cast<int64_t>(TILE), p.l - tile * TILE));
+    int slot = 0;  // state nn's slot in s_part: nn % ns
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn, Brow += p.s_Bn, Crow += p.s_Cn) {
+      float *pB = s_part + (slot * 2 * W + warp) * TILE + lane * K;
+      float *pC = pB + W * TILE;
       const float a2 = s_A2[nn], hs = s_h[nn], R = s_R[nn];
       const float An = a2 * kLn2;
       float Bv[K], Cv[K], a[K], hp[K];
@@ -650,16 +654,19 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       s_dA[nn * 32 + lane] += dAl;
       __syncwarp();
       if (lane == 0) s_R[nn] = Rnew;
-      // dB, dC of this tile and state: sum over the block's channels in warp order
+      if (++slot < ns && nn + 1 < n) continue;  // block-uniform: every warp walks the same states
+      // dB, dC of this tile and the last `slot` states: sums over the block's channels in warp order
       __syncthreads();
-      for (int i = threadIdx.x; i < 2 * TILE; i += blockDim.x) {
-        const int which = i / TILE, t = i % TILE;  // TILE is a power of two: shifts
-        const float *col = s_part + which * W * TILE + t;
+      const int rows = 2 * slot * TILE;
+      for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        const int sw = i / TILE, t = i % TILE;  // sw = 2 * state slot + (0: dB, 1: dC); TILE: shifts
+        const float *col = s_part + sw * W * TILE + t;
         float s = 0.f;
         for (int ww = 0; ww < W; ++ww) s += col[ww * TILE];
-        if (t < ntok) part_row[which * part_stride + t] = s;
+        if (t < ntok) part_row[(sw >> 1) * p.l + (sw & 1) * part_stride + t] = s;
       }
-      part_row += p.l;
+      part_row += slot * p.l;
+      slot = 0;
       __syncthreads();
     }
     // per token: du = delta S + D dy; ddelta = (sum_n wk A_n + u S) softplus'(delta + bias);
@@ -866,9 +873,11 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, torch::Tensor tstate, torch::Tensor dout,
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
-                                                 int64_t warps, int64_t seg_tiles, int64_t min_blocks) {
+                                                 int64_t warps, int64_t seg_tiles, int64_t min_blocks,
+                                                 int64_t states_per_sync) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
+  TORCH_CHECK(states_per_sync >= 1, "selective_scan v2 bwd: states_per_sync >= 1");
   const c10::cuda::CUDAGuard guard(u.device());
   TORCH_CHECK(warps <= kMaxWarpsBwd, "selective_scan v2 bwd: at most ", kMaxWarpsBwd, " warps a block");
   Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
@@ -916,7 +925,16 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     const int64_t tot = p.b * p.d * p.n;
     bwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);
     check_cuda("bwd combine");
-    const size_t smem = sizeof(float) * (2 * c.W * 32 * c.K + 3 * c.W * p.n + c.W * p.n * 32);
+    // dB/dC slots for ns states, as many as asked for that fit the per-block shared memory (>= 1)
+    const size_t fixed = sizeof(float) * (3 * c.W * p.n + c.W * p.n * 32);
+    const size_t per_state = sizeof(float) * 2 * c.W * 32 * c.K;
+    int smem_max = 0;
+    cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, u.get_device());
+    const int64_t fit = smem_max > static_cast<int64_t>(fixed + per_state)
+                            ? (static_cast<int64_t>(smem_max) - static_cast<int64_t>(fixed)) / static_cast<int64_t>(per_state)
+                            : 1;
+    p.ns = std::max<int64_t>(1, std::min({states_per_sync, std::max<int64_t>(p.n, 1), fit}));
+    const size_t smem = fixed + per_state * p.ns;
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       if (min_blocks == 2) {
         set_smem(bwd_kernel<scalar_t, kK, 2>, smem);

@@ -120,6 +120,34 @@ def bench_one(backend, shape, bw, warmup=25, rep=100):
     return row
 
 
+def knob_settings(specs: list) -> list:
+    """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label). A name that is
+    not a knob of ``genomamba.ops.cuda.CONFIG``, or a value that is not an integer, is an error that
+    names it and lists the knobs."""
+    import itertools
+
+    from genomamba.ops.cuda.knobs import CONFIG
+
+    axes = []
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in CONFIG or not isinstance(CONFIG[name], int):
+            knobs = ", ".join(k for k, v in CONFIG.items() if isinstance(v, int))
+            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: expected NAME=V1,V2 with NAME one of {knobs}")
+        try:
+            vals = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: values must be integers") from None
+        if not vals:
+            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: no values")
+        axes.append([(name, v) for v in vals])
+    out = []
+    for combo in itertools.product(*axes):
+        out.append((dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]"))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="genomamba bench scan --device cuda", description=__doc__)
     p.add_argument("--device", default="cuda")
@@ -136,6 +164,14 @@ def main(argv=None) -> int:
         help="skip the torch fallback above this l (it is far slower; the table is about kernels)",
     )
     p.add_argument("--cuda-variants", default="", help="e.g. 16:32768,16:8192,4:98304 (npt:target_threads)")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="time the cuda backend at each value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
+        "every combination), e.g. --knob bwd_states_per_sync=1,4,16; one row per setting",
+    )
     p.add_argument("--out-dir", default=None, help="directory for the JSON (default: bench/results)")
     # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
     args, _ = p.parse_known_args(argv)
@@ -144,7 +180,12 @@ def main(argv=None) -> int:
         return 1
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
     # CUDA variants (npt, target_threads) to time; the first is the shipped default
-    cuda_variants = [tuple(int(x) for x in v.split(":")) for v in args.cuda_variants.split(",") if v]
+    cuda_variants = [
+        ({"npt": npt, "target_threads": target}, f"cuda[npt{npt},t{target // 1024}k]")
+        for npt, target in (tuple(int(x) for x in v.split(":")) for v in args.cuda_variants.split(",") if v)
+    ]
+    if args.knob:
+        cuda_variants = knob_settings(args.knob)
     backends = []
     for name in args.backends.split(","):
         if name == "torch":
@@ -188,14 +229,16 @@ def main(argv=None) -> int:
                 import genomamba.ops.cuda as cu
 
                 saved = dict(cu.CONFIG)
-                for npt, target in cuda_variants:
-                    cu.CONFIG.update(npt=npt, target_threads=target)
-                    row = bench_one(be, shape, bw)
-                    row["backend"] = f"cuda[npt{npt},t{target // 1024}k]"
-                    results.append(row)
-                    print(row, flush=True)
-                    save()
-                cu.CONFIG.update(saved)
+                try:
+                    for update, label in cuda_variants:
+                        cu.CONFIG.update(update)
+                        row = bench_one(be, shape, bw)
+                        row["backend"] = label
+                        results.append(row)
+                        print(row, flush=True)
+                        save()
+                finally:
+                    cu.CONFIG.update(saved)
                 continue
             try:
                 results.append(bench_one(be, shape, bw))

@@ -100,18 +100,19 @@ def _v2_bwd_op(
     warps: int,
     seg_tiles: int,
     min_blocks: int,
+    states_per_sync: int,
 ) -> list[torch.Tensor]:
     return list(
         extension().selective_scan_bwd_v2(
             u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-            min_blocks,
+            min_blocks, states_per_sync,
         )
     )
 
 
 @_v2_bwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-      min_blocks):
+      min_blocks, states_per_sync):
     b, d, l = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32)
@@ -147,7 +148,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     tiles = ctx.seg_tiles_bwd if ctx.seg_tiles_bwd > 0 else seg_tiles(b, d, l, ctx.kitems)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
         u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
-        ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"],
+        ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"],
     )
     return (
         du,

@@ -46,6 +46,10 @@ CONFIG = {
     # blocks per SM promised to ptxas for the backward: 2 -> at most 128 registers (16 warps/SM,
     # ~0.1 KB spills at kitems 8), 1 -> ~190 registers, no spills, 8 warps/SM (sm_90 report)
     "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2),
+    # states whose dB/dC partials the backward sums per pair of block-wide barriers (1: a pair per
+    # state; more lets the block's warps drift apart by that many states, at 2 * warps * 32 * kitems
+    # floats of shared memory per state; capped by n and by what fits)
+    "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 1),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off

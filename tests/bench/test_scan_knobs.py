@@ -1,0 +1,34 @@
+"""`genomamba bench scan --device cuda --knob NAME=V1,V2`: the settings it times (no GPU needed)."""
+
+import pytest
+
+from genomamba.bench.scan_gpu import knob_settings
+from genomamba.ops.cuda.knobs import CONFIG
+
+
+def test_every_combination_in_order_with_labels():
+    got = knob_settings(["bwd_states_per_sync=1,4", "bwd_min_blocks=2,1"])
+    assert [u for u, _ in got] == [
+        {"bwd_states_per_sync": 1, "bwd_min_blocks": 2},
+        {"bwd_states_per_sync": 1, "bwd_min_blocks": 1},
+        {"bwd_states_per_sync": 4, "bwd_min_blocks": 2},
+        {"bwd_states_per_sync": 4, "bwd_min_blocks": 1},
+    ]
+    assert got[2][1] == "cuda[bwd_states_per_sync=4,bwd_min_blocks=2]"
+    assert all(set(u) <= set(CONFIG) for u, _ in got)
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("no_such_knob=1", "no_such_knob"),
+        ("variant=v2", "variant"),  # a string knob is not swept
+        ("bwd_states_per_sync", "NAME=V1,V2"),
+        ("bwd_states_per_sync=four", "integers"),
+        ("bwd_states_per_sync=", "no values"),
+    ],
+)
+def test_bad_knob_names_the_argument(spec, says):
+    with pytest.raises(SystemExit) as e:
+        knob_settings([spec])
+    assert says in str(e.value) and "--knob" in str(e.value)
