@@ -11,6 +11,8 @@ BENCHES = {
     "train": ("genomamba.bench.train:main", "training step throughput and peak memory"),
     "synthetic": ("genomamba.bench.synthetic:main", "selective copying / induction heads (paper 4.1)"),
     "decode": ("genomamba.bench.decode:main", "greedy decoding on CPU: genomamba vs HF transformers' cached generate"),
+    "scaling": ("genomamba.bench.scaling:main", "one pretraining config on 1, 2, ... processes (DDP, FSDP) for the "
+                "same tokens: tokens/s, speed-up, peak memory per process, held-out bits"),
     "cp": ("genomamba.bench.cp:main", "context parallelism on CPU: one sequence over P processes (gloo) vs one"),
     "generate": ("genomamba.bench.generate:main", "decoding tokens/s: eager and CUDA-graph steps, next to "
                  "mamba_ssm and transformers when installed"),

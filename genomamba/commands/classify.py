@@ -30,7 +30,15 @@ from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
 from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png
-from genomamba.lit.trainer import build_trainer, final_checkpoint, fit, keep_weights, owns_run_dir, prepare_run_dir
+from genomamba.lit.trainer import (
+    build_trainer,
+    final_checkpoint,
+    fit,
+    keep_weights,
+    owns_run_dir,
+    prepare_run_dir,
+    throughput,
+)
 from genomamba.models.heads import SequenceClassifier
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -78,7 +86,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads
     results = {"kind": "classify", "name": cfg.name, "global_step": int(trainer.global_step),
                "fit_seconds": round(fit_s, 1), "length": d.length, "labels": dm.labels, "model_dir": str(out),
-               "init_from": cfg.init_from, "head_from": module.head_from, "kept": kept}
+               "init_from": cfg.init_from, "head_from": module.head_from, "kept": kept,
+               "throughput": throughput(trainer)}
     if not dna:
         results["adapter"] = adapter.to_dict()
     if getattr(dm, "test_ds", None) is not None:

@@ -31,6 +31,7 @@ from genomamba.lit.trainer import (
     owns_run_dir,
     prepare_run_dir,
     resolve_precision,
+    throughput,
 )
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -82,7 +83,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
                "segment_len": cfg.trainer.segment_len,
                "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics),
-               "kept": kept}
+               "kept": kept, "throughput": throughput(trainer)}
     steps = int(kept.get("step", trainer.global_step))  # the steps behind the saved weights
     if trainer.world_size > 1:
         results.update(processes=trainer.world_size, context_parallel=cfg.trainer.context_parallel)

@@ -1,5 +1,6 @@
 """Training callbacks: the Mamba paper's sequence-length warmup, a wall-clock step budget,
-training-curve plots, and per-epoch reseeding of the random training windows.
+training-curve plots, per-epoch reseeding of the random training windows, and the measured
+training throughput and peak memory.
 
 The first three keep their state in the Lightning checkpoint (``state_dict``/``load_state_dict``), so a
 resumed run continues the same schedule and the final plot shows the whole run, not only the part
@@ -288,3 +289,90 @@ class AveragedWeights(pl.callbacks.EMAWeightAveraging):
             for a, c in zip(src, dst):
                 c.copy_(a.to(c.device, c.dtype))
         return info
+
+
+def _batch_tokens(batch) -> int:
+    """Positions in a training batch: the ids tensor, alone or first in a (ids, ...) tuple or dict."""
+    if isinstance(batch, dict):
+        batch = batch.get("ids", next(iter(batch.values()), None))
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0] if batch else None
+    return int(batch.numel()) if isinstance(batch, torch.Tensor) else 0
+
+
+class TrainThroughput(pl.Callback):
+    """Training tokens per second over all processes and the peak memory of each, for results.json.
+
+    The clock starts at the end of training step ``skip`` (the first steps build kernels and fill
+    caches) and stops at the end of fit, with validation taken out; the device is synchronised only
+    at those points, never per step. Tokens are every position of every training batch after step
+    ``skip``, summed over the processes (a context-parallel rank counts its own slice). Peak memory:
+    ``torch.cuda.max_memory_allocated`` on GPUs, the process's peak resident set on CPU. The result
+    is in ``summary`` on every process once fit ends."""
+
+    def __init__(self, skip: int = 2):
+        self.skip = int(skip)
+        self.summary: dict = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tokens, self.seconds, self.steps, self.seen = 0, 0.0, 0, 0
+        self._t0: Optional[float] = None  # set while the clock runs
+        self._paused = False
+
+    @staticmethod
+    def _now(trainer) -> float:
+        dev = trainer.strategy.root_device
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self._reset()
+        if self.skip <= 0:
+            self._t0 = self._now(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen += 1
+        if self.seen > self.skip:
+            self.tokens += _batch_tokens(batch)
+            self.steps += 1
+        elif self.seen == self.skip:
+            self._t0 = self._now(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        if self._t0 is not None and not trainer.sanity_checking:
+            self.seconds += self._now(trainer) - self._t0
+            self._t0, self._paused = None, True
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._paused:
+            self._t0, self._paused = self._now(trainer), False
+
+    def on_train_end(self, trainer, pl_module):
+        if self._t0 is not None:
+            self.seconds += self._now(trainer) - self._t0
+            self._t0 = None
+        dev = trainer.strategy.root_device
+        if dev.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(dev), "cuda max_memory_allocated"
+        else:
+            import resource
+
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak resident set (ru_maxrss)"
+        mine = torch.tensor([float(self.tokens), self.seconds, float(peak)], dtype=torch.float64, device=dev)
+        every = trainer.strategy.all_gather(mine)
+        every = (every if every.dim() == 2 else every.unsqueeze(0)).cpu()
+        tokens, seconds = int(every[:, 0].sum()), float(every[:, 1].max())
+        world = every.shape[0]
+        self.summary = {
+            "timed_steps": self.steps,
+            "skipped_steps": self.skip,
+            "tokens": tokens,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
+            "tokens_per_s_per_process": round(tokens / seconds / world, 1) if seconds > 0 and tokens else None,
+            "processes": world,
+            "peak_memory_gib": [round(float(x) / 2**30, 3) for x in every[:, 2]],
+            "peak_memory_kind": kind,
+        }

@@ -38,7 +38,7 @@ from genomamba.config import MambaConfig
 from genomamba.errors import OutputExistsError
 from genomamba.files import RunDirLock, atomic_path, write_text
 from genomamba.lit._pl import pl
-from genomamba.lit.callbacks import AveragedWeights, BestWeights, EpochSeed, TimeBudget, TrainingCurves
+from genomamba.lit.callbacks import AveragedWeights, BestWeights, EpochSeed, TimeBudget, TrainingCurves, TrainThroughput
 from genomamba.lit.config import ConfigError, TrainerConfig, to_plain
 from genomamba.tokenizers.dna import DNATokenizer
 
@@ -269,6 +269,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
                           title=monitor_title)] + callbacks
     if tc.budget_minutes:
         cbs.append(TimeBudget(tc.budget_minutes))
+    cbs.append(TrainThroughput())
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
         cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start))
     elif has_val and tc.keep == "best":
@@ -295,6 +296,12 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         enable_progress_bar=tc.progress, plugins=[AtomicCheckpointIO()], max_epochs=-1,
         enable_model_summary=not quiet, **kw,
     )
+
+
+def throughput(trainer) -> dict:
+    """The fit's measured training tokens/s and peak memory per process (``TrainThroughput``), for
+    results.json; empty if it did not run."""
+    return next((dict(c.summary) for c in trainer.callbacks if isinstance(c, TrainThroughput)), {})
 
 
 def final_checkpoint(trainer, run_dir: Path) -> None:
