@@ -513,8 +513,10 @@ __global__ void bwd_combine_kernel(Params p) {
 // the lane's product of decays (the forward and the reverse map's factor alike) is one exp2 of
 // A2 * sum(delta); B/C rows are walked by pointer with the vector/tail test once per tile.
 // MINB = 2 caps ptxas at 128 registers (16 warps per SM at 8-warp blocks); MINB = 1 lets it use
-// more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one.
-template <typename T, int K, int MINB>
+// more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one. JOINT: the reverse map is folded before
+// the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
+// CONFIG["bwd_joint_scan"] picks it.
+template <typename T, int K, int MINB, bool JOINT>
 __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
@@ -603,13 +605,39 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
         Bb = a[k] * Bb + du[k] * Bv[k];
       }
       if (lane == 0) Bb = Aa * hs + Bb;
+      // reverse: lane's tokens as a map on "a_{next} * g_{next}" entering from the right:
+      // Gout = P * Gin + Q with Gout = a_first * g_first. It needs a and C dy only, not h, so the
+      // JOINT build folds it here and runs the two shuffle scans in the same five steps (one chain of
+      // five shuffle rounds per state instead of two chains of five).
+      float P = Al, Q = 0.f;
+      if constexpr (JOINT) {
 #pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float pa = __shfl_up_sync(kFull, Aa, off);
-        const float pb = __shfl_up_sync(kFull, Bb, off);
-        if (lane >= off) {
-          Bb = Aa * pb + Bb;
-          Aa *= pa;
+        for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] * dy[k] + Q);
+        if (lane == 31) Q = P * R + Q;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const float pa = __shfl_up_sync(kFull, Aa, off);
+          const float pb = __shfl_up_sync(kFull, Bb, off);
+          const float pn = __shfl_down_sync(kFull, P, off);
+          const float qn = __shfl_down_sync(kFull, Q, off);
+          if (lane >= off) {
+            Bb = Aa * pb + Bb;
+            Aa *= pa;
+          }
+          if (lane + off < 32) {
+            Q = P * qn + Q;
+            P *= pn;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const float pa = __shfl_up_sync(kFull, Aa, off);
+          const float pb = __shfl_up_sync(kFull, Bb, off);
+          if (lane >= off) {
+            Bb = Aa * pb + Bb;
+            Aa *= pa;
+          }
         }
       }
       float h = __shfl_up_sync(kFull, Bb, 1);
@@ -622,19 +650,18 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
         pC[k] = dy[k] * h;  // this channel's dC_t
         Cv[k] *= dy[k];     // from here on: C_t dy_t, the reverse scan's input
       }
-      // reverse: lane's tokens as a map on "a_{next} * g_{next}" entering from the right:
-      // Gout = P * Gin + Q with Gout = a_first * g_first
-      float P = Al, Q = 0.f;
+      if constexpr (!JOINT) {
 #pragma unroll
-      for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] + Q);
-      if (lane == 31) Q = P * R + Q;
+        for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] + Q);
+        if (lane == 31) Q = P * R + Q;
 #pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float pn = __shfl_down_sync(kFull, P, off);
-        const float qn = __shfl_down_sync(kFull, Q, off);
-        if (lane + off < 32) {
-          Q = P * qn + Q;
-          P *= pn;
+        for (int off = 1; off < 32; off <<= 1) {
+          const float pn = __shfl_down_sync(kFull, P, off);
+          const float qn = __shfl_down_sync(kFull, Q, off);
+          if (lane + off < 32) {
+            Q = P * qn + Q;
+            P *= pn;
+          }
         }
       }
       float G = __shfl_down_sync(kFull, Q, 1);
@@ -867,14 +894,16 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
 
 // Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0); absent inputs get empty tensors.
 // tstate and kitems must come from the forward (save = true); seg_tiles may differ from it;
-// min_blocks: 1 or 2 blocks per SM promised to ptxas (register cap 255 or 128 at 256 threads).
+// min_blocks: 1 or 2 blocks per SM promised to ptxas (register cap 255 or 128 at 256 threads);
+// states_per_sync: states per pair of block barriers (capped by n and shared memory); joint_scan: the
+// JOINT build of bwd_kernel (forward and reverse shuffle scans in the same rounds).
 std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, torch::Tensor tstate, torch::Tensor dout,
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
                                                  int64_t warps, int64_t seg_tiles, int64_t min_blocks,
-                                                 int64_t states_per_sync) {
+                                                 int64_t states_per_sync, bool joint_scan) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
   TORCH_CHECK(states_per_sync >= 1, "selective_scan v2 bwd: states_per_sync >= 1");
@@ -936,12 +965,18 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     p.ns = std::max<int64_t>(1, std::min({states_per_sync, std::max<int64_t>(p.n, 1), fit}));
     const size_t smem = fixed + per_state * p.ns;
     SSV2_DISPATCH(u.scalar_type(), c.K, {
-      if (min_blocks == 2) {
-        set_smem(bwd_kernel<scalar_t, kK, 2>, smem);
-        bwd_kernel<scalar_t, kK, 2><<<c.grid, threads, smem, stream>>>(p);
+      if (min_blocks == 2 && joint_scan) {
+        set_smem(bwd_kernel<scalar_t, kK, 2, true>, smem);
+        bwd_kernel<scalar_t, kK, 2, true><<<c.grid, threads, smem, stream>>>(p);
+      } else if (min_blocks == 2) {
+        set_smem(bwd_kernel<scalar_t, kK, 2, false>, smem);
+        bwd_kernel<scalar_t, kK, 2, false><<<c.grid, threads, smem, stream>>>(p);
+      } else if (joint_scan) {
+        set_smem(bwd_kernel<scalar_t, kK, 1, true>, smem);
+        bwd_kernel<scalar_t, kK, 1, true><<<c.grid, threads, smem, stream>>>(p);
       } else {
-        set_smem(bwd_kernel<scalar_t, kK, 1>, smem);
-        bwd_kernel<scalar_t, kK, 1><<<c.grid, threads, smem, stream>>>(p);
+        set_smem(bwd_kernel<scalar_t, kK, 1, false>, smem);
+        bwd_kernel<scalar_t, kK, 1, false><<<c.grid, threads, smem, stream>>>(p);
       }
     });
     check_cuda("bwd");

@@ -168,7 +168,7 @@ def test_fake_kernels_shapes():
         assert out.shape == (b, d, l) and out.dtype == torch.bfloat16
         assert final.shape == (b, d, n) and final.dtype == torch.float32
         assert ts.shape == (b, d, 4, n + 1)  # 4 tiles of 256 tokens
-        grads = kernels._v2_bwd_op(u, u, A, B, B, D, u, D, True, ts, u, final, True, 8, 8, 2, 2, 4)
+        grads = kernels._v2_bwd_op(u, u, A, B, B, D, u, D, True, ts, u, final, True, 8, 8, 2, 2, 4, True)
         assert [tuple(x.shape) for x in grads] == [
             (b, d, l), (b, d, l), (d, n), (b, g, n, l), (b, g, n, l), (d,), (b, d, l), (d,), (b, d, n)
         ]

@@ -101,18 +101,19 @@ def _v2_bwd_op(
     seg_tiles: int,
     min_blocks: int,
     states_per_sync: int,
+    joint_scan: bool,
 ) -> list[torch.Tensor]:
     return list(
         extension().selective_scan_bwd_v2(
             u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-            min_blocks, states_per_sync,
+            min_blocks, states_per_sync, joint_scan,
         )
     )
 
 
 @_v2_bwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-      min_blocks, states_per_sync):
+      min_blocks, states_per_sync, joint_scan):
     b, d, l = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32)
@@ -149,6 +150,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
         u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
         ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"],
+        bool(CONFIG["bwd_joint_scan"]),
     )
     return (
         du,

@@ -50,6 +50,9 @@ CONFIG = {
     # state; more lets the block's warps drift apart by that many states, at 2 * warps * 32 * kitems
     # floats of shared memory per state; capped by n and by what fits)
     "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 1),
+    # 1: the backward runs its forward (prefix) and reverse (suffix) shuffle scans in the same five
+    # rounds per state (shorter dependent chain, same arithmetic); 0: one after the other
+    "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 0),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off

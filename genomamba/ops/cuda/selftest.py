@@ -187,24 +187,25 @@ def _test_bwd(ext, lean: bool = False) -> None:
         gst = torch.randn(rst.shape, device="cuda", generator=g)
         rgrads = torch.autograd.grad((rout, rst), ref, (gout.double(), gst.double()))
         tol = 1e-3 if dtype == torch.float32 else 3e-2
-        # (kitems, forward warps, backward warps, seg_tiles, blocks per SM, states per barrier pair);
-        # 3 and 5 states per pair leave a shorter last group whenever n is not a multiple
-        configs = ((8, 4, 8, 1000, 2, 1), (8, 4, 8, 1, 1, 1), (8, 4, 8, 1, 2, 4), (16, 4, 4, 2, 1, 3),
-                   (8, 2, 3, 1, 2, 5), (8, 4, 8, 1000, 2, 64))
+        # (kitems, forward warps, backward warps, seg_tiles, blocks per SM, states per barrier pair,
+        # joint scans); 3 and 5 states per pair leave a shorter last group whenever n is not a multiple
+        configs = ((8, 4, 8, 1000, 2, 1, 0), (8, 4, 8, 1, 1, 1, 0), (8, 4, 8, 1, 2, 4, 1), (16, 4, 4, 2, 1, 3, 1),
+                   (8, 2, 3, 1, 2, 5, 0), (8, 4, 8, 1000, 2, 64, 1), (8, 4, 8, 1, 1, 2, 1), (16, 4, 8, 1, 2, 1, 1))
         if lean:
             configs = configs[:3]
-        for kitems, wf, wb, seg_tiles, minb, nsync in configs:
+        knobs = ("bwd_min_blocks", "bwd_states_per_sync", "bwd_joint_scan")
+        for kitems, wf, wb, seg_tiles, *setting in configs:
             leaves = [t.detach().clone().requires_grad_(True) for t in ins + [h0]]
             runs = []
-            saved = CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"]
-            CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"] = minb, nsync
+            saved = {k: CONFIG[k] for k in knobs}
+            CONFIG.update(zip(knobs, setting))
             try:
                 for _ in range(2):
                     out, st = _v2_apply(*leaves[:8], True, leaves[8], kitems, wf, wb, seg_tiles, seg_tiles, lean)
                     runs.append(torch.autograd.grad((out, st), leaves, (gout, gst)))
             finally:
-                CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"] = saved
-            where = (case, kitems, wf, wb, seg_tiles, minb, nsync)
+                CONFIG.update(saved)
+            where = (case, kitems, wf, wb, seg_tiles, *setting)
             for nm, a, b_, r in zip(names, runs[0], runs[1], rgrads):
                 _check(f"bwd d{nm}", a, r, tol, where)
                 if not torch.equal(a, b_):
