@@ -203,7 +203,11 @@ __device__ __forceinline__ WarpPos warp_pos(const Params &p, int warp, int64_t s
 // latency, see NOTES.md): B/C row pointers advanced per state and the vector/tail test made once per tile
 // (load_lean), the lane's decay product as one ex2 of its summed delta instead of K multiplies, and
 // silu(z) with a fast divide instead of the IEEE division's slow path.
-template <typename T, int K, bool kLean>
+// kPair (lean only, CONFIG["fwd_pair_states"]): states two at a time, their folds, shuffle scans and
+// replays interleaved (two independent chains per warp instead of one); C is loaded after the scan
+// to leave registers for the second state. Every output sums the states in the same order as the
+// one-state loop; an odd n ends with one state through that loop.
+template <typename T, int K, bool kLean, bool kPair = false>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -254,8 +258,65 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
       if (lane == 0) ts[n] = tsum;
     }
     const T *Brow = Bp + t0, *Crow = Cp + t0;  // kLean: this lane's run of B/C rows, one state at a time
+    int64_t nn = 0;
+    if constexpr (kPair) {
 #pragma unroll 1
-    for (int64_t nn = 0; nn < n; ++nn) {
+      for (; nn + 1 < n; nn += 2) {
+        const float a2x = s_A2[nn], a2y = s_A2[nn + 1];
+        const float cx = s_h[nn], cy = s_h[nn + 1];
+        float Bx[K], By[K], ax[K], ay[K];
+        load_lean<T, K>(Brow, t0, p.l, full, Bx);
+        load_lean<T, K>(Brow + p.s_Bn, t0, p.l, full, By);
+        float Ax = ex2(lane_sum * a2x), Ay = ex2(lane_sum * a2y), Bbx = 0.f, Bby = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          ax[k] = ex2(dl[k] * a2x);
+          ay[k] = ex2(dl[k] * a2y);
+          Bbx = ax[k] * Bbx + du[k] * Bx[k];
+          Bby = ay[k] * Bby + du[k] * By[k];
+        }
+        if (lane == 0) {
+          Bbx = Ax * cx + Bbx;
+          Bby = Ay * cy + Bby;
+        }
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const float pax = __shfl_up_sync(kFull, Ax, off), pbx = __shfl_up_sync(kFull, Bbx, off);
+          const float pay = __shfl_up_sync(kFull, Ay, off), pby = __shfl_up_sync(kFull, Bby, off);
+          if (lane >= off) {
+            Bbx = Ax * pbx + Bbx;
+            Ax *= pax;
+            Bby = Ay * pby + Bby;
+            Ay *= pay;
+          }
+        }
+        float hx = __shfl_up_sync(kFull, Bbx, 1), hy = __shfl_up_sync(kFull, Bby, 1);
+        if (lane == 0) {
+          hx = cx;
+          hy = cy;
+        }
+        const float lastx = __shfl_sync(kFull, Bbx, 31), lasty = __shfl_sync(kFull, Bby, 31);
+        float Cx[K], Cy[K];
+        load_lean<T, K>(Crow, t0, p.l, full, Cx);
+        load_lean<T, K>(Crow + p.s_Cn, t0, p.l, full, Cy);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          hx = ax[k] * hx + du[k] * Bx[k];
+          hy = ay[k] * hy + du[k] * By[k];
+          y[k] += Cx[k] * hx;
+          y[k] += Cy[k] * hy;
+        }
+        Brow += 2 * p.s_Bn;
+        Crow += 2 * p.s_Cn;
+        __syncwarp();  // every lane has read the carries before they are overwritten
+        if (lane == 0) {
+          s_h[nn] = lastx;
+          s_h[nn + 1] = lasty;
+        }
+      }
+    }
+#pragma unroll 1
+    for (; nn < n; ++nn) {
       const float a2 = s_A2[nn];
       const float carry = s_h[nn];
       float Bv[K], Cv[K], a[K];
@@ -832,13 +893,14 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 }  // namespace ssv2
 
 // Returns (out, final_state, tstate); tstate (b, d, ntiles, n + 1) holds the state at every tile
-// start and each tile's sum(delta) when `save` (for the backward), else it is empty. `lean`: the
-// fwd_kernel<..., true> build of the main pass (same results to rounding; see fwd_kernel).
+// start and each tile's sum(delta) when `save` (for the backward), else it is empty. `build`: 0 the
+// plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
+// (same results to rounding; see fwd_kernel).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
-                                                 int64_t warps, int64_t seg_tiles, bool save, bool lean) {
+                                                 int64_t warps, int64_t seg_tiles, bool save, int64_t build) {
   using namespace ssv2;
   const c10::cuda::CUDAGuard guard(u.device());
   Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
@@ -867,8 +929,12 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
+  TORCH_CHECK(build >= 0 && build <= 2, "selective_scan v2: build is 0 (plain), 1 (lean) or 2 (lean, states in pairs)");
   SSV2_DISPATCH(u.scalar_type(), c.K, {
-    if (lean) {
+    if (build == 2) {
+      set_smem(fwd_kernel<scalar_t, kK, true, true>, smem);
+      fwd_kernel<scalar_t, kK, true, true><<<c.grid, threads, smem, stream>>>(p);
+    } else if (build == 1) {
       set_smem(fwd_kernel<scalar_t, kK, true>, smem);
       fwd_kernel<scalar_t, kK, true><<<c.grid, threads, smem, stream>>>(p);
     } else {

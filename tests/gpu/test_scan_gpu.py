@@ -236,17 +236,18 @@ def test_cuda_selftest_passed():
     and this test says why)."""
     import genomamba.ops.cuda as cu
 
-    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True}, cu.STATUS
+    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
-@pytest.mark.parametrize("fwd", ["v1", "v2", "v2lean"])
+@pytest.mark.parametrize("fwd", ["v1", "v2", "v2lean", "v2pair"])
 @pytest.mark.parametrize("l", [1, 7, 255, 256, 257, 511, 512, 513, 4097])
 def test_cuda_forward_variants(fwd, l):
-    cu, saved = _cuda_config(variant=fwd.removesuffix("lean"), fwd_lean=int(fwd.endswith("lean")))
+    variant, build = fwd[:2], {"": 0, "lean": 1, "pair": 2}[fwd[2:]]
+    cu, saved = _cuda_config(variant=variant, fwd_lean=int(build > 0), fwd_pair_states=int(build == 2))
     try:
-        assert cu.forward_variant() == fwd.removesuffix("lean")
-        assert cu.use_lean() == fwd.endswith("lean"), cu.STATUS
+        assert cu.forward_variant() == variant
+        assert cu.fwd_build() == build, cu.STATUS
         _check("cuda", 2, 64, 16, l, torch.float32, VARIANTS[0], grads=False)
         _check("cuda", 2, 48, 5, l, torch.bfloat16, VARIANTS[2], grads=False)
     finally:

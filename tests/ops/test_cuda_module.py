@@ -99,6 +99,27 @@ def test_lean_gate(status, monkeypatch):
     assert not cu.use_lean(torch.bfloat16) and not cu.use_lean(torch.float32, training=True)
 
 
+def test_paired_build_gate(status, monkeypatch):
+    """The forward's build: 0 plain, 1 lean, 2 lean with states in pairs; pairs only where the lean
+    build runs, only when asked for, and only if their own self-test part passed."""
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    saved = dict(cu.CONFIG)
+    try:
+        status.update(v1=True, v2=True, bwd=True, lean=True, pair=True)
+        cu.CONFIG.update(fwd_lean=-1, fwd_pair_states=0)
+        assert cu.fwd_build(torch.bfloat16) == 1 and cu.fwd_build(torch.float32) == 0
+        cu.CONFIG.update(fwd_pair_states=1)
+        assert cu.fwd_build(torch.bfloat16) == 2 and cu.fwd_build(torch.float32, training=True) == 2
+        assert cu.fwd_build(torch.float32) == 0  # no lean build there, so no pairs either
+        status.update(pair="pair out rel. error")
+        assert cu.fwd_build(torch.bfloat16) == 1
+        status.update(pair=True, lean="lean out rel. error")
+        assert cu.fwd_build(torch.bfloat16) == 0
+    finally:
+        cu.CONFIG.clear()
+        cu.CONFIG.update(saved)
+
+
 def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))
@@ -144,11 +165,12 @@ def test_selftest_runs_once_when_processes_start_together(tmp_path):
 
 def test_a_crashed_selftest_is_recorded_and_not_selected(tmp_path):
     crash = "import json, os\nfrom pathlib import Path\n" \
-            "Path(PATH).write_text(json.dumps({'v1': True, 'v2': 'running', 'bwd': 'not run', 'lean': 'not run'}))\n" \
+            "Path(PATH).write_text(json.dumps({'v1': True, 'v2': 'running', 'bwd': 'not run', 'lean': 'not run', " \
+            "'pair': 'not run'}))\n" \
             "os._exit(3)"
     status = selftest.verdicts(tmp_path, child_code=crash)
     assert status["v1"] is True
-    for part in ("v2", "bwd", "lean"):
+    for part in ("v2", "bwd", "lean", "pair"):
         assert status[part].startswith("self-test process exited 3"), status
     assert selftest.verdicts(tmp_path) == status, "the crash verdict is cached, not re-run"
 
@@ -164,7 +186,7 @@ def test_fake_kernels_shapes():
         A = torch.empty(d, n)
         B = torch.empty(b, g, n, l, dtype=torch.bfloat16)
         D = torch.empty(d)
-        out, final, ts = kernels._v2_fwd_op(u, u, A, B, B, D, u, D, True, None, 8, 4, 8, 2, 0, True)
+        out, final, ts = kernels._v2_fwd_op(u, u, A, B, B, D, u, D, True, None, 8, 4, 8, 2, 0, True, 2)
         assert out.shape == (b, d, l) and out.dtype == torch.bfloat16
         assert final.shape == (b, d, n) and final.dtype == torch.float32
         assert ts.shape == (b, d, 4, n + 1)  # 4 tiles of 256 tokens

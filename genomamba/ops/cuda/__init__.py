@@ -18,7 +18,7 @@ import torch
 
 from genomamba.ops.cuda import build, selftest
 from genomamba.ops.cuda.kernels import selective_scan
-from genomamba.ops.cuda.knobs import CONFIG, STATUS, cuda_backward_enabled, forward_variant, use_lean
+from genomamba.ops.cuda.knobs import CONFIG, STATUS, cuda_backward_enabled, forward_variant, fwd_build, use_lean
 
 _ready: bool | None = None  # None: not tried yet
 unavailable_reason: str | None = None
@@ -36,7 +36,8 @@ def available() -> bool:
         STATUS.update(selftest.verdicts(build.build_dir()))
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
-        for part in ("v2", "bwd") + (("lean",) if CONFIG["fwd_lean"] else ()):  # -1 (auto) counts
+        wanted = ["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
+        for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
         _ready = True
@@ -54,6 +55,7 @@ __all__ = [
     "forward_variant",
     "cuda_backward_enabled",
     "use_lean",
+    "fwd_build",
     "STATUS",
     "CONFIG",
     "unavailable_reason",

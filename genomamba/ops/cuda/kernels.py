@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, forward_variant, seg_tiles, use_lean
+from genomamba.ops.cuda.knobs import CONFIG, forward_variant, fwd_build, seg_tiles
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -63,17 +63,17 @@ def _v2_fwd_op(
     seg_tiles: int,
     seg_tiles_bwd: int,
     save: bool,
-    lean: bool = False,
+    build: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, final, tstate = extension().selective_scan_fwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, lean
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, build
     )
     return out, final, tstate
 
 
 @_v2_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd,
-      save, lean=False):
+      save, build=0):
     b, d, l = u.shape
     n = A.shape[1]
     ntiles = (l + 32 * kitems - 1) // (32 * kitems)
@@ -178,15 +178,16 @@ _v2_fwd_op.register_autograd(_v2_backward, setup_context=_v2_setup_context)
 
 def _v2_apply(
     u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles, seg_tiles_bwd=0,
-    lean=None,
+    build=None,
 ):
     """v2 forward (saving states when autograd will need them) with the CUDA backward attached;
-    seg_tiles_bwd 0: the backward picks its own segments; lean None: as configured (use_lean())."""
+    seg_tiles_bwd 0: the backward picks its own segments; build (0 plain, 1 lean, 2 lean in pairs)
+    None: as configured (fwd_build())."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, final, _ = _v2_fwd_op(
         u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, warps_bwd, seg_tiles,
-        seg_tiles_bwd, save, use_lean(u.dtype, training=save) if lean is None else bool(lean),
+        seg_tiles_bwd, save, fwd_build(u.dtype, training=save) if build is None else int(build),
     )
     return out, final
 
@@ -240,7 +241,7 @@ def selective_scan(
         b, d, l = u.shape
         out, final, _ = _v2_fwd_op(
             *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems), 0, False,
-            use_lean(u.dtype),
+            fwd_build(u.dtype),
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)

@@ -1,5 +1,6 @@
 """What the CUDA backend runs: tuning knobs read from the environment, the self-test verdicts, and
-the gates that pick among this backend's own kernels (v1/v2 forward, lean build, CUDA backward).
+the gates that pick among this backend's own kernels (v1/v2 forward, lean and paired builds, CUDA
+backward).
 
 Nothing is selected on trust: a kernel runs only if its part of the self-test passed on this GPU
 (``STATUS``), unless ``GENOMAMBA_CUDA_UNVERIFIED=1`` (debugging only).
@@ -15,7 +16,8 @@ import sys
 import torch
 
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
-STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built"}
+STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
+                             "pair": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -62,6 +64,10 @@ CONFIG = {
     # (the bf16 forward and training timed faster);
     # 0: never; 1: always
     "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1),
+    # 1: the lean forward takes the states two at a time (two independent scan chains per warp;
+    # fwd_kernel<..., true, true>), used only where the lean build runs and if its own self-test
+    # ("pair") passed; 0: one state at a time
+    "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", 0),
 }
 
 _noticed: set[str] = set()
@@ -95,6 +101,17 @@ def use_lean(dtype=None, training: bool = False) -> bool:
     if not mode or (mode < 0 and dtype == torch.float32 and not training):
         return False
     return STATUS.get("lean") is True or _unverified_ok()
+
+
+def fwd_build(dtype=None, training: bool = False) -> int:
+    """Which build of the v2 forward's main pass runs for inputs of ``dtype`` in a training (saving)
+    or inference forward: 0 plain, 1 lean (``use_lean``), 2 lean with states in pairs
+    (CONFIG['fwd_pair_states'] and its self-test passed)."""
+    if not use_lean(dtype, training):
+        return 0
+    if CONFIG["fwd_pair_states"] and (STATUS.get("pair") is True or _unverified_ok()):
+        return 2
+    return 1
 
 
 def cuda_backward_enabled() -> bool:

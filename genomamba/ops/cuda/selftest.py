@@ -1,7 +1,7 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``) is cached as ``selftest.json`` in the
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``) is cached as ``selftest.json`` in the
 build folder: an unchanged build is tested once.
 """
 
@@ -23,7 +23,7 @@ from genomamba.ops.cuda.knobs import CONFIG
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean")
+PARTS = ("v1", "v2", "bwd", "lean", "pair")
 
 
 def _cached(path: Path):
@@ -78,7 +78,7 @@ def verdicts(build_dir: Path, child_code: Optional[str] = None) -> dict:
 
 
 def child_main(path: str) -> None:
-    """Child-process entry: build (cached), test v1, v2, the backward and the lean forward; write each
+    """Child-process entry: build (cached), test v1, v2, the backward, the lean and paired forwards; write each
     verdict as it is known (a part left "running" crashed the process)."""
     ext = extension()
     status = {k: "not run" for k in PARTS}
@@ -86,8 +86,9 @@ def child_main(path: str) -> None:
     def save():
         Path(path).write_text(json.dumps(status, indent=1))
 
-    for part, fn in (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean)):
-        if part in ("bwd", "lean") and status["v2"] is not True:
+    tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair))
+    for part, fn in tests:
+        if part in ("bwd", "lean", "pair") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
             continue
         status[part] = "running"
@@ -151,7 +152,7 @@ def _test_v1(ext) -> None:
             _check("v1 final_state", st, rst, tol, (case, npt))
 
 
-def _test_v2(ext, lean: bool = False) -> None:
+def _test_v2(ext, build: int = 0) -> None:
     for case in _cases():
         ins, h0 = _inputs(*case)
         ref = {
@@ -163,7 +164,7 @@ def _test_v2(ext, lean: bool = False) -> None:
         for kitems, warps, seg_tiles in ((16, 4, 1000), (8, 4, 1), (16, 8, 1), (8, 3, 2)):
             for with_h0 in (True, False):
                 h = h0 if with_h0 else None
-                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, lean)
+                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, build)
                 r_o, r_s = ref[with_h0]
                 _check("v2 out", out, r_o, tol, (case, kitems, warps, seg_tiles, with_h0))
                 _check("v2 final_state", st, r_s, tol, (case, kitems, warps, seg_tiles, with_h0))
@@ -171,11 +172,18 @@ def _test_v2(ext, lean: bool = False) -> None:
 
 def _test_lean(ext) -> None:
     """The lean forward: the v2 forward's cases, and a backward from its saved tile states."""
-    _test_v2(ext, lean=True)
-    _test_bwd(ext, lean=True)
+    _test_v2(ext, build=1)
+    _test_bwd(ext, build=1)
 
 
-def _test_bwd(ext, lean: bool = False) -> None:
+def _test_pair(ext) -> None:
+    """The lean forward taking states in pairs (odd n included: the last state runs alone), and a
+    backward from its saved tile states."""
+    _test_v2(ext, build=2)
+    _test_bwd(ext, build=2)
+
+
+def _test_bwd(ext, build: int = 0) -> None:
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
     for case in _cases():
         ins, h0 = _inputs(*case)
@@ -191,7 +199,7 @@ def _test_bwd(ext, lean: bool = False) -> None:
         # joint scans); 3 and 5 states per pair leave a shorter last group whenever n is not a multiple
         configs = ((8, 4, 8, 1000, 2, 1, 0), (8, 4, 8, 1, 1, 1, 0), (8, 4, 8, 1, 2, 4, 1), (16, 4, 4, 2, 1, 3, 1),
                    (8, 2, 3, 1, 2, 5, 0), (8, 4, 8, 1000, 2, 64, 1), (8, 4, 8, 1, 1, 2, 1), (16, 4, 8, 1, 2, 1, 1))
-        if lean:
+        if build:
             configs = configs[:3]
         knobs = ("bwd_min_blocks", "bwd_states_per_sync", "bwd_joint_scan")
         for kitems, wf, wb, seg_tiles, *setting in configs:
@@ -201,7 +209,7 @@ def _test_bwd(ext, lean: bool = False) -> None:
             CONFIG.update(zip(knobs, setting))
             try:
                 for _ in range(2):
-                    out, st = _v2_apply(*leaves[:8], True, leaves[8], kitems, wf, wb, seg_tiles, seg_tiles, lean)
+                    out, st = _v2_apply(*leaves[:8], True, leaves[8], kitems, wf, wb, seg_tiles, seg_tiles, build)
                     runs.append(torch.autograd.grad((out, st), leaves, (gout, gst)))
             finally:
                 CONFIG.update(saved)
