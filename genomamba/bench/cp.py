@@ -11,6 +11,8 @@ same work in one process (P = 1), and prints what each rank sends per layer, fro
     genomamba bench cp                          # tiny model, l = 16384, P = 1, 2
     genomamba bench cp --sizes 1 2 4 --seq-len 32768
     genomamba bench cp --device cuda --d-model 256 --n-layer 8 --seq-len 2097152 --reference-segment-len 131072
+    genomamba bench cp --device cuda --sizes 2 --d-model 256 --n-layer 8 --grad-checkpointing \
+        --seq-len 4194304 8388608 16777216 33554432    # the longest sequence one step reaches on 2 GPUs
 
 Every size also reports the whole sequence's loss and gradient (summed over the ranks) against
 P = 1's: ``loss_rel_err_vs_P1`` and ``grad_rel_err_vs_P1``.
@@ -57,6 +59,7 @@ def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
     torch.manual_seed(0)
     cfg = MambaConfig(**spec["model"])
     model = MambaLM(cfg).to(dev).set_context_parallel(cp).train()
+    model.gradient_checkpointing_enable(bool(spec.get("grad_checkpointing")))
     b, L = spec["batch"], spec["seq_len"]
     ids = (torch.randint(0, 4, (b, L), generator=torch.Generator().manual_seed(1)) + 7).to(dev)
     start, stop = slice_bounds(L, world, rank)
@@ -112,14 +115,25 @@ def _rank(rank: int, world: int, store: str, spec: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "OutOfMemoryError" in text or "out of memory" in text.lower()
+
+
 def bench_size(size: int, spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times.pt")
-        mp.spawn(_rank, args=(size, os.path.join(tmp, "store"), spec, out), nprocs=size, join=True)
+        try:
+            mp.spawn(_rank, args=(size, os.path.join(tmp, "store"), spec, out), nprocs=size, join=True)
+        except Exception as exc:  # a rank that ran out of memory: the row says so, the next size runs
+            if not _out_of_memory(exc):
+                raise
+            return {"P": size, "seq_len": spec["seq_len"], "oom": True}
         got = torch.load(out)
     times = got["times"]
     best = min(times)
-    row = {"P": size, "sec_per_step": round(best, 4), "median_sec": round(sorted(times)[len(times) // 2], 4),
+    row = {"P": size, "seq_len": spec["seq_len"], "sec_per_step": round(best, 4),
+           "median_sec": round(sorted(times)[len(times) // 2], 4),
            "tokens_per_s": round(spec["batch"] * spec["seq_len"] / best),
            # CPU seconds of the busiest rank (the step time with a core per process) and of all ranks
            "cpu_sec_slowest_rank": round(min(got["cpu_max"]), 4), "cpu_sec_all_ranks": round(min(got["cpu_sum"]), 4),
@@ -129,6 +143,25 @@ def bench_size(size: int, spec: dict) -> dict:
     return row
 
 
+def _compare(rows: list) -> None:
+    """Rows of one sequence length: loss and gradient against P = 1's, speed-ups over it."""
+    done = [r for r in rows if not r.get("oom")]
+    grads = {r["P"]: r.pop("_grad") for r in done}
+    ref = next((r for r in done if r["P"] == 1), None)
+    for r in done:  # the whole sequence's loss and gradient against one process
+        if ref is not None and r is not ref:
+            r["loss_rel_err_vs_P1"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
+            r["grad_rel_err_vs_P1"] = float((grads[r["P"]] - grads[1]).norm() / grads[1].norm())
+    base = ref["sec_per_step"] if ref else None
+    base_cpu = ref["cpu_sec_slowest_rank"] if ref else None
+    for r in done:
+        if base:
+            r["speedup"] = round(base / r["sec_per_step"], 2)
+            r["efficiency"] = round(base / r["sec_per_step"] / r["P"], 2)
+        if base_cpu:
+            r["speedup_cpu_time"] = round(base_cpu / r["cpu_sec_slowest_rank"], 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genomamba bench cp", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2], help="context-parallel sizes P to time")
@@ -136,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--d-state", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--seq-len", type=int, default=16384)
+    ap.add_argument("--seq-len", type=int, nargs="+", default=[16384],
+                    help="sequence lengths (several: each with every P; a size that runs out of GPU memory "
+                         "gets a row saying so, e.g. to find the longest sequence one step reaches)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -146,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-segment-len", type=int, default=None,
                     help="P = 1 trains segment-wise with segments of this many tokens (a reference for "
                          "sequences one device cannot hold whole)")
+    ap.add_argument("--grad-checkpointing", action="store_true",
+                    help="every rank recomputes each layer in the backward (activations of one layer at a time "
+                         "besides the layer inputs; the exchanges between ranks run again in the recompute)")
     ap.add_argument("--out", default=None, help="results name (bench/results/<name>.json; default cp_<device>)")
     ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
     return ap
@@ -160,41 +198,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"genomamba bench cp: --sizes {max(args.sizes)} needs as many GPUs; torch sees "
               f"{torch.cuda.device_count()}", file=sys.stderr)
         return 2
-    spec = {"model": model, "batch": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
+    spec = {"model": model, "batch": args.batch_size, "steps": args.steps,
             "warmup": args.warmup, "threads": args.threads, "device": args.device, "amp": not args.no_amp,
-            "reference_segment_len": args.reference_segment_len}
+            "reference_segment_len": args.reference_segment_len, "grad_checkpointing": args.grad_checkpointing}
     where = f"{torch.cuda.device_count()} GPUs (NCCL)" if cuda else "CPU (gloo)"
+    lengths = ", ".join(str(n) for n in args.seq_len)
     print(f"context parallelism on {where}: d_model={cfg.d_model} n_layer={cfg.n_layer} d_inner={cfg.d_inner} "
-          f"d_state={cfg.d_state}, b={args.batch_size} l={args.seq_len}, {args.threads} thread(s) per process")
+          f"d_state={cfg.d_state}, b={args.batch_size} l={lengths}, {args.threads} thread(s) per process"
+          + (", layers recomputed in the backward" if args.grad_checkpointing else ""))
     rows = []
-    for size in args.sizes:
-        r = bench_size(size, spec)
-        r.update(bytes_per_layer(cfg, args.batch_size, size))
-        r["slice_len"] = -(-args.seq_len // size)
-        rows.append(r)
-        print(f"  P={size}: {r['sec_per_step']} s per forward+backward", flush=True)
-    grads = {r["P"]: r.pop("_grad") for r in rows}
-    ref = next((r for r in rows if r["P"] == 1), None)
-    for r in rows:  # the whole sequence's loss and gradient against one process
-        if ref is not None and r is not ref:
-            r["loss_rel_err_vs_P1"] = abs(r["loss"] - ref["loss"]) / abs(ref["loss"])
-            r["grad_rel_err_vs_P1"] = float((grads[r["P"]] - grads[1]).norm() / grads[1].norm())
-    base = next((r["sec_per_step"] for r in rows if r["P"] == 1), None)
-    base_cpu = next((r["cpu_sec_slowest_rank"] for r in rows if r["P"] == 1), None)
-    for r in rows:
-        if base:
-            r["speedup"] = round(base / r["sec_per_step"], 2)
-            r["efficiency"] = round(base / r["sec_per_step"] / r["P"], 2)
-        if base_cpu:
-            r["speedup_cpu_time"] = round(base_cpu / r["cpu_sec_slowest_rank"], 2)
+    for seq_len in args.seq_len:
+        group = []
+        for size in args.sizes:
+            r = bench_size(size, {**spec, "seq_len": seq_len})
+            r["slice_len"] = -(-seq_len // size)
+            if r.get("oom"):
+                print(f"  P={size} l={seq_len}: out of memory", flush=True)
+            else:
+                r.update(bytes_per_layer(cfg, args.batch_size, size))
+                print(f"  P={size} l={seq_len}: {r['sec_per_step']} s per forward+backward", flush=True)
+            group.append(r)
+        _compare(group)
+        rows += group
     print()
-    print_table(rows, ["P", "slice_len", "sec_per_step", "tokens_per_s", "speedup", "efficiency",
+    print_table(rows, ["P", "seq_len", "slice_len", "sec_per_step", "tokens_per_s", "speedup", "efficiency",
                        "cpu_sec_slowest_rank", "speedup_cpu_time", "grad_rel_err_vs_P1", "peak_gib_per_rank",
                        "halo_bytes", "summary_bytes"])
     facts = machine_facts(args.device)
     facts["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
     results = {"bench": "cp", "machine": facts, "model": model, "d_inner": cfg.d_inner, "d_conv": cfg.d_conv,
-               "batch_size": args.batch_size, "seq_len": args.seq_len, "threads_per_process": args.threads,
+               "batch_size": args.batch_size, "seq_len": args.seq_len if len(args.seq_len) > 1 else args.seq_len[0],
+               "threads_per_process": args.threads, "grad_checkpointing": args.grad_checkpointing,
                "steps": args.steps, "backend": "nccl" if cuda else "gloo", "device": args.device,
                "amp_bf16": cuda and not args.no_amp, "reference_segment_len": args.reference_segment_len, "rows": rows,
                "note": "bytes are per rank per layer in forward; backward sends the same again. sec_per_step is "
