@@ -166,6 +166,34 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Inclusive scan over the warp's lanes of affine maps h -> A h + B: afterwards lane i holds lanes
+// 0..i composed (lane 0's map applied first). Five rounds of two shuffles.
+__device__ __forceinline__ void scan_maps_up(float &A, float &B, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float pa = __shfl_up_sync(kFull, A, off);
+    const float pb = __shfl_up_sync(kFull, B, off);
+    if (lane >= off) {
+      B = A * pb + B;
+      A *= pa;
+    }
+  }
+}
+
+// The same from the right: lane i ends holding lanes 31..i composed (lane 31's map applied first),
+// for the reverse recurrence of the backward.
+__device__ __forceinline__ void scan_maps_down(float &P, float &Q, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float pn = __shfl_down_sync(kFull, P, off);
+    const float qn = __shfl_down_sync(kFull, Q, off);
+    if (lane + off < 32) {
+      Q = P * qn + Q;
+      P *= pn;
+    }
+  }
+}
+
 // delta after bias and softplus, zero past the end of the sequence (so a = 1, b = 0 there: the
 // state passes unchanged through the padding of the last tile)
 template <int K>
@@ -340,15 +368,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_kernel(Params p) {
       if constexpr (kLean) Aa = ex2(lane_sum * a2);
       if (lane == 0) Bb = Aa * carry + Bb;  // fold the tile's entering state into lane 0
       // inclusive scan of the maps over lanes; afterwards Bb = state after this lane's last token
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const float pa = __shfl_up_sync(kFull, Aa, off);
-        const float pb = __shfl_up_sync(kFull, Bb, off);
-        if (lane >= off) {
-          Bb = Aa * pb + Bb;
-          Aa *= pa;
-        }
-      }
+      scan_maps_up(Aa, Bb, lane);
       float h = __shfl_up_sync(kFull, Bb, 1);
       if (lane == 0) h = carry;
       const float hlast = __shfl_sync(kFull, Bb, 31);
@@ -691,15 +711,7 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
           }
         }
       } else {
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const float pa = __shfl_up_sync(kFull, Aa, off);
-          const float pb = __shfl_up_sync(kFull, Bb, off);
-          if (lane >= off) {
-            Bb = Aa * pb + Bb;
-            Aa *= pa;
-          }
-        }
+        scan_maps_up(Aa, Bb, lane);
       }
       float h = __shfl_up_sync(kFull, Bb, 1);
       if (lane == 0) h = hs;
@@ -715,15 +727,7 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
 #pragma unroll
         for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] + Q);
         if (lane == 31) Q = P * R + Q;
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const float pn = __shfl_down_sync(kFull, P, off);
-          const float qn = __shfl_down_sync(kFull, Q, off);
-          if (lane + off < 32) {
-            Q = P * qn + Q;
-            P *= pn;
-          }
-        }
+        scan_maps_down(P, Q, lane);
       }
       float G = __shfl_down_sync(kFull, Q, 1);
       if (lane == 31) G = R;

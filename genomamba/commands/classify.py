@@ -120,6 +120,8 @@ def fit_main(argv) -> int:
     for k, v in res.get("baselines", {}).items():
         if k.startswith("nb") or k in ("gc", "logspec"):
             line += f"; {k} {v:.3f}"
+    speed = (res.get("throughput") or {}).get("tokens_per_s")
+    line += f"; trained at {speed:,.0f} tokens/s" if speed else ""
     print(line)
     return 0
 

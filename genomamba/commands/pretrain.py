@@ -147,5 +147,7 @@ def main(argv=None) -> int:
         line += f"; read as one stream: {stream[key]:.3f}"
         if "adaptive" in stream:
             line += f", adapting as it reads (lr {stream['adaptive']['lr']:g}): {stream['adaptive'][key]:.3f}"
+    speed = (res.get("throughput") or {}).get("tokens_per_s")
+    line += f"; trained at {speed:,.0f} tokens/s" if speed else ""
     print(line)
     return 0

@@ -74,5 +74,6 @@ def test_results_json_of_a_run_has_its_throughput(tmp_path):
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     tp = json.loads((run / "results.json").read_text())["throughput"]
+    assert f"trained at {tp['tokens_per_s']:,.0f} tokens/s" in out.stdout  # the run's last line says it too
     assert tp["timed_steps"] == 2 and tp["tokens"] == 2 * 4 * 128 and tp["processes"] == 1
     assert tp["seconds"] > 0 and tp["tokens_per_s"] == pytest.approx(tp["tokens"] / tp["seconds"], rel=1e-2)
