@@ -615,7 +615,8 @@ class AdapterModel(GenomeModel):
     """
 
     def __init__(self, lm: MambaLM, adapter: Adapter, head: Optional[torch.nn.Linear] = None,
-                 labels: Optional[list[str]] = None, head_pooling: str = "mean", path: Optional[PathLike] = None):
+                 labels: Optional[list[str]] = None, head_pooling: str = "mean", path: Optional[PathLike] = None,
+                 classifier: Optional[SequenceClassifier] = None):
         if not isinstance(lm, MambaLM):
             raise ValueError(f"lm: expected a genomamba.MambaLM, got {type(lm).__name__}")
         if adapter.vocab_size > lm.config.padded_vocab_size:
@@ -629,6 +630,8 @@ class AdapterModel(GenomeModel):
         self.add_bos = False
         self.path = Path(path) if path is not None else None
         self._base_ids = torch.tensor(adapter.data_ids)
+        # a classifier with a spectral front end classifies whole clips through its own forward
+        self.classifier = classifier.eval() if classifier is not None and classifier.frontend is not None else None
 
     def __repr__(self) -> str:
         return super().__repr__().replace("GenomeModel(", f"AdapterModel(adapter={self.adapter!r}, ", 1)
@@ -680,7 +683,20 @@ class AdapterModel(GenomeModel):
         """Predicted label and class probabilities per input (needs a classifier head)."""
         if both_strands:
             raise ValueError("both_strands: reverse complement is DNA-only")
-        return super().classify(seqs, batch_size, chunk_size, both_strands=False)
+        if self.classifier is None:
+            return super().classify(seqs, batch_size, chunk_size, both_strands=False)
+        clf, names, probs = self.classifier, [], []
+        with torch.no_grad():
+            for name, item in self._iter_inputs(seqs, "seqs"):
+                ids = self.encode(item, f"seqs: {name}").astype(np.int64)
+                if len(ids) < clf.frontend.min_samples():
+                    raise ValueError(f"seqs: {name}: {len(ids)} samples is shorter than the classifier's "
+                                     f"shortest clip ({clf.frontend.min_samples()} samples)")
+                logits = clf(torch.from_numpy(ids).unsqueeze(0).to(self.device))
+                probs.append(torch.softmax(logits.float(), -1)[0].cpu().numpy())
+                names.append(name)
+        p = np.stack(probs).astype(np.float32)
+        return Classification([self.labels[j] for j in p.argmax(1)], p, list(self.labels), names)
 
     def score(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Scores:
         """Log-likelihood of each input and its bits per byte (text) or per sample (audio)."""
@@ -716,7 +732,7 @@ class AdapterModel(GenomeModel):
 
 
 def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -> AdapterModel:
-    head = labels = None
+    head = labels = clf = None
     pooling = "mean"
     if has_head(path):
         clf = SequenceClassifier.from_pretrained(path, device=device)
@@ -724,10 +740,8 @@ def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -
     else:
         lm = MambaLM.from_pretrained(path, device=device)
     if dtype is not None:
-        lm.to(dtype)
-        if head is not None:
-            head.to(dtype)
-    return AdapterModel(lm, adapter, head=head, labels=labels, head_pooling=pooling, path=path)
+        (clf if clf is not None else lm).to(dtype)
+    return AdapterModel(lm, adapter, head=head, labels=labels, head_pooling=pooling, path=path, classifier=clf)
 
 
 __all__ = ["GenomeModel", "AdapterModel", "Classification", "Scores", "load", "embed", "iter_sequences"]

@@ -73,7 +73,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
                               optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc,
-                              adapter=None if dna else adapter.to_dict())
+                              adapter=None if dna else adapter.to_dict(), frontend=cfg.head.frontend)
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)

@@ -17,6 +17,7 @@ from genomamba.files import read_text
 from genomamba.lit._pl import pl
 from genomamba.lit.evaluate import save_confusion_png
 from genomamba.lit.optim import build_optimizer, optim_settings
+from genomamba.models.frontend import SpectralFrontEnd
 from genomamba.models.heads import HEAD_CONFIG, HEAD_WEIGHTS, POOLINGS, SequenceClassifier, has_head
 from genomamba.models.io import read_state_dict
 from genomamba.models.lm import MambaLM, optimizer_param_groups
@@ -49,12 +50,15 @@ class ClassifierModule(pl.LightningModule):
         tta_rc: evaluate (val/test) on both strands: average the class probabilities of each window
             and of its reverse complement (training already sees both strands through ``rc_prob``).
         adapter: ``Adapter.to_dict()`` of another modality (audio clips, texts); None is DNA.
+        frontend: settings of a spectral front end (audio only; see
+            :class:`~genomamba.models.frontend.SpectralFrontEnd`): the backbone reads normalised log-mel
+            frames of the clip instead of its samples. The adapter's sample rate and mu are used.
     """
 
     def __init__(self, labels: Sequence[str], model: Optional[dict] = None, init_from: Optional[str] = None,
                  pooling: str = "mean", freeze_backbone: bool = False, dropout: float = 0.0,
                  optim: Optional[dict] = None, plot_dir: Optional[str] = None, tta_rc: bool = True,
-                 adapter: Optional[dict] = None):
+                 adapter: Optional[dict] = None, frontend: Optional[dict] = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
@@ -69,7 +73,18 @@ class ClassifierModule(pl.LightningModule):
             lm = MambaLM(model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model)))
             model = lm.config.to_dict()
         self.save_hyperparameters()
-        self.net = SequenceClassifier(lm, list(labels), pooling=pooling, dropout=dropout)
+        front = None
+        if frontend is not None:
+            if not adapter or adapter.get("name") != "audio":
+                raise ValueError("head.frontend: the spectral front end reads audio clips; this run's adapter is "
+                                 f"{(adapter or {}).get('name', 'dna')!r}")
+            settings = adapter.get("settings", {})
+            fixed = {"sample_rate": settings.get("sample_rate"), "mu": settings.get("mu")}
+            clash = sorted(k for k in fixed if k in frontend and frontend[k] != fixed[k])
+            if clash:
+                raise ValueError(f"head.frontend: {clash} come from the adapter ({fixed}); leave them out")
+            front = SpectralFrontEnd.from_config(lm.config.d_model, {**dict(frontend), **fixed})
+        self.net = SequenceClassifier(lm, list(labels), pooling=pooling, dropout=dropout, frontend=front)
         self.head_from = None
         if init_from is not None and has_head(init_from):
             self.head_from = self._reuse_head(init_from)

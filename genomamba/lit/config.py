@@ -177,6 +177,9 @@ class HeadConfig:
     freeze_backbone: bool = False
     dropout: float = 0.0
     tta_rc: bool = True  # evaluate on both strands (mean class probability of window + reverse complement)
+    # audio only: a spectral front end (normalised log-mel frames, see genomamba.models.frontend), e.g.
+    # {n_mels: 40, fmax: 4000}; null: the backbone reads the samples' token embeddings
+    frontend: Optional[dict] = None
 
 
 @dataclass
@@ -235,6 +238,24 @@ def adapter_of(cfg, where: str = "config") -> Adapter:
 def _check_adapter_options(cfg, where: str) -> None:
     """Refuse the DNA-only options (reverse complement) for another modality, naming the key."""
     adapter = adapter_of(cfg, where)
+    frontend = cfg.head.frontend if cfg.kind == "classify" else None
+    if frontend is not None:
+        if adapter.name != "audio":
+            raise ConfigError(f"{where}: head.frontend: the spectral front end reads audio clips, not the "
+                              f"{adapter.name!r} adapter's tokens; remove it (or set it to null)")
+        if not isinstance(frontend, dict):
+            raise ConfigError(f"{where}: head.frontend: expected a mapping of settings (e.g. {{n_mels: 40}}) or "
+                              f"null, got {frontend!r}")
+        from genomamba.models.frontend import SpectralFrontEnd
+
+        fixed = {"sample_rate": adapter.sample_rate, "mu": adapter.mu}
+        clash = sorted(k for k in fixed if k in frontend and frontend[k] != fixed[k])
+        if clash:
+            raise ConfigError(f"{where}: head.frontend: {clash} come from the adapter ({fixed}); leave them out")
+        try:
+            SpectralFrontEnd.from_config(8, {**frontend, **fixed})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: head.{e}") from None
     augment = getattr(cfg.data, "augment", None)
     if augment is not None:
         if adapter.name != "audio":

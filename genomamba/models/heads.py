@@ -1,8 +1,10 @@
 """Task heads on the Mamba backbone: pooling and sequence classification.
 
 A classifier saved with ``save_pretrained`` is a normal LM directory (``config.json`` +
-``model.safetensors``) plus ``head.safetensors`` and ``head.json`` (labels, pooling), so the backbone
-stays loadable by anything that reads mamba_ssm checkpoints.
+``model.safetensors``) plus ``head.safetensors`` and ``head.json`` (labels, pooling, and the settings
+of an audio classifier's spectral front end, whose projection is saved with the head as
+``frontend.weight`` / ``frontend.bias``), so the backbone stays loadable by anything that reads
+mamba_ssm checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from genomamba.files import atomic_path, read_text, write_text
+from genomamba.models.frontend import SpectralFrontEnd
 from genomamba.models.io import CheckpointError, read_state_dict
 from genomamba.models.lm import MambaLM
 
@@ -53,9 +56,13 @@ def pool(hidden: torch.Tensor, mask: Optional[torch.Tensor], how: str) -> torch.
 
 
 class SequenceClassifier(nn.Module):
-    """Backbone (a MambaLM, its LM head unused) + pooling + linear head -> logits (b, num_labels)."""
+    """Backbone (a MambaLM, its LM head unused) + pooling + linear head -> logits (b, num_labels).
 
-    def __init__(self, lm: MambaLM, labels: Sequence[str], pooling: str = "mean", dropout: float = 0.0):
+    With a ``frontend`` (:class:`~genomamba.models.frontend.SpectralFrontEnd`, audio only) the backbone
+    reads the front end's frames instead of the token embeddings, and pooling runs over frames."""
+
+    def __init__(self, lm: MambaLM, labels: Sequence[str], pooling: str = "mean", dropout: float = 0.0,
+                 frontend: Optional[SpectralFrontEnd] = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
@@ -68,9 +75,17 @@ class SequenceClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(lm.config.d_model, len(labels))
         self.head.bias._no_weight_decay = True
+        if frontend is not None and frontend.proj.out_features != lm.config.d_model:
+            raise ValueError(f"frontend: projects to {frontend.proj.out_features} features, the backbone's "
+                             f"d_model is {lm.config.d_model}")
+        self.frontend = frontend
 
     def forward(self, input_ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        hidden = self.lm.hidden_states(input_ids)  # (b, l, d_model)
+        if self.frontend is not None:
+            embeds, mask = self.frontend(input_ids, mask)
+            hidden = self.lm.backbone(inputs_embeds=embeds)  # (b, frames, d_model)
+        else:
+            hidden = self.lm.hidden_states(input_ids)  # (b, l, d_model)
         return self.head(self.dropout(pool(hidden, mask, self.pooling)))
 
     def freeze_backbone(self, freeze: bool = True) -> None:
@@ -80,9 +95,14 @@ class SequenceClassifier(nn.Module):
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
         directory = Path(self.lm.save_pretrained(directory))
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        meta = {"labels": self.labels, "pooling": self.pooling}
+        if self.frontend is not None:
+            proj = self.frontend.proj.state_dict()
+            tensors.update({f"frontend.{k}": v.detach().contiguous().cpu() for k, v in proj.items()})
+            meta["frontend"] = self.frontend.config()
         with atomic_path(directory / HEAD_WEIGHTS) as tmp:
             save_file(tensors, str(tmp))
-        meta = json.dumps({"labels": self.labels, "pooling": self.pooling}, indent=2) + "\n"
+        meta = json.dumps(meta, indent=2) + "\n"
         write_text(directory / HEAD_CONFIG, meta)
         return directory
 
@@ -100,6 +120,7 @@ class SequenceClassifier(nn.Module):
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise CheckpointError(f"{meta_path}: expected a mapping with 'labels': a list of class names")
         state = read_state_dict(directory / HEAD_WEIGHTS)
+        front = {k.removeprefix("frontend."): state.pop(k) for k in [k for k in state if k.startswith("frontend.")]}
         weight = state.get("weight")
         if weight is None or weight.ndim != 2 or "bias" not in state:
             raise CheckpointError(f"{directory / HEAD_WEIGHTS}: expected a linear head (weight, bias), "
@@ -112,7 +133,17 @@ class SequenceClassifier(nn.Module):
             raise CheckpointError(f"{directory / HEAD_WEIGHTS}: head input width {weight.shape[1]} differs from "
                                   f"the model's d_model {lm.config.d_model}")
         try:
-            model = cls(lm, labels, meta.get("pooling", "mean"))
+            frontend = None
+            if meta.get("frontend") is not None:
+                if not isinstance(meta["frontend"], dict):
+                    raise ValueError(f"frontend: expected a mapping of settings, got {meta['frontend']!r}")
+                frontend = SpectralFrontEnd.from_config(lm.config.d_model, meta["frontend"])
+                want = tuple(frontend.proj.weight.shape)
+                if sorted(front) != ["bias", "weight"] or tuple(front["weight"].shape) != want:
+                    raise ValueError(f"{HEAD_WEIGHTS} holds no front-end projection of shape {want} "
+                                     f"(got {sorted(front)})")
+                frontend.proj.load_state_dict(front)
+            model = cls(lm, labels, meta.get("pooling", "mean"), frontend=frontend)
         except ValueError as exc:
             raise CheckpointError(f"{meta_path}: {exc}") from None
         model.head.load_state_dict(state)

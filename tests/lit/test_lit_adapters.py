@@ -103,7 +103,29 @@ def test_digit_classifier_tiny_config(tmp_path, audio_lm):
         run_classify(_cfg("digits_classifier_tiny_cpu.yaml", tmp_path / "run2", f"init_from={lm_dir}"), quiet=True)
 
 
+def test_digit_classifier_with_spectral_frontend(tmp_path):
+    """The front end rides along the whole path: the run, head.json, genomamba.load and classify."""
+    res = run_classify(_cfg("digits_spectral_tiny_cpu.yaml", tmp_path / "run", "trainer.max_steps=6"), quiet=True)
+    assert res["test"]["n_windows"] == 20 and 0 <= res["test"]["acc"] <= 1
+    meta = json.loads((Path(res["model_dir"]) / "head.json").read_text())
+    assert meta["frontend"]["kind"] == "spectral" and meta["frontend"]["sample_rate"] == 16000
+    assert meta["frontend"]["n_mels"] == 40 and meta["frontend"]["fmax"] == 4000.0
+    model = genomamba.load(res["model_dir"])
+    clips = sorted((assets_dir() / "digits" / "test").glob("*/*.flac"))[:2]
+    out = model.classify([clips[0], str(clips[1])])
+    assert out.probabilities.shape == (2, 10) and np.allclose(out.probabilities.sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="shorter than the classifier's shortest clip"):
+        model.classify(np.zeros(100, np.float32))
+    with pytest.raises(ConfigError, match="head.frontend: expected dict, got 40"):
+        load_config(CONFIGS / "digits_spectral_tiny_cpu.yaml", ["head.frontend=40"])
+    with pytest.raises(ConfigError, match="head.frontend: the spectral front end reads audio clips"):
+        load_config(CONFIGS / "digits_spectral_tiny_cpu.yaml", ["adapter=text"])
+
+
 @pytest.mark.parametrize("name, override, pattern", [
+    ("digits_spectral_tiny_cpu.yaml", "head.frontend.n_mels=0", r"head.frontend.n_mels: expected an int in 1..256"),
+    ("digits_spectral_tiny_cpu.yaml", "head.frontend.fmax=12000", r"head.frontend.fmax: expected a frequency"),
+    ("digits_spectral_tiny_cpu.yaml", "head.frontend.sample_rate=8000", r"head.frontend: \['sample_rate'\] come from"),
     ("text_kjv_tiny_cpu.yaml", "data.rc_prob=0.5", r"data.rc_prob: reverse complement is DNA-only"),
     ("digits_classifier_tiny_cpu.yaml", "head.tta_rc=true", r"head.tta_rc: reverse complement is DNA-only"),
     ("digits_classifier_tiny_cpu.yaml", "baselines=[4]", r"baselines: the k-mer baselines are DNA-only"),

@@ -1,0 +1,143 @@
+"""A spectral front end for audio classifiers: mu-law token ids -> normalised log-mel frames -> d_model.
+
+A classifier that reads raw samples must learn its own filter bank, and one trained on some speech
+synthesizers learns theirs: their timbre, not the words. ``SpectralFrontEnd`` gives the backbone what
+tells the words apart instead: the energy of ``n_mels`` mel bands (``fmin`` .. ``fmax``) in ``win_ms``
+Hann frames every ``hop_ms``, on a log scale, with each band's mean and spread over the clip removed
+(so a voice's fixed colouring, a channel's tilt and the loudness drop out), ``stack`` consecutive
+frames side by side, projected to ``d_model`` by one linear layer. The backbone then reads ~50
+vectors per second instead of thousands of samples.
+
+It runs inside the model on the same token ids as everything else (the audio adapter's mu-law ids at
+its sample rate), so data loading, augmentation, saved models and ``genomamba.load(...).classify``
+need nothing new; the only weights are the projection's (saved with the head).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from genomamba.adapters.audio import mu_law_decode
+
+FRONTEND_KINDS = ("spectral",)
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced on the mel scale (HTK formula)."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    edges = hz(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
+    fb = np.zeros((n_mels, len(freqs)))
+    for i in range(n_mels):
+        lo, mid, hi = edges[i], edges[i + 1], edges[i + 2]
+        fb[i] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0.0, None)
+    return fb
+
+
+class SpectralFrontEnd(nn.Module):
+    """Token ids (b, l) of the audio adapter -> (embeddings (b, T, d_model), frame mask (b, T)).
+
+    ``sample_rate`` and ``mu`` are the adapter's; ``fmax`` None is the Nyquist frequency. A frame
+    counts only if every sample under it is real (``mask``); a clip needs at least one frame of
+    ``win_ms`` x ``stack``. Every bad setting is a ``ValueError`` naming it."""
+
+    def __init__(self, d_model: int, sample_rate: int, mu: int = 255, n_mels: int = 40, win_ms: float = 25.0,
+                 hop_ms: float = 10.0, stack: int = 2, fmin: float = 60.0, fmax: Optional[float] = None):
+        super().__init__()
+        nyquist = sample_rate / 2 if isinstance(sample_rate, (int, float)) else None
+        fmax = nyquist if fmax is None else fmax
+        checks = [
+            ("sample_rate", sample_rate, isinstance(sample_rate, int) and sample_rate >= 1000, "an int >= 1000 (Hz)"),
+            ("mu", mu, isinstance(mu, int) and mu >= 1, "a positive int"),
+            ("n_mels", n_mels, isinstance(n_mels, int) and 1 <= n_mels <= 256, "an int in 1..256"),
+            ("win_ms", win_ms, isinstance(win_ms, (int, float)) and 1.0 <= win_ms <= 200.0, "1 .. 200 (ms)"),
+            ("hop_ms", hop_ms, isinstance(hop_ms, (int, float)) and 0.5 <= hop_ms <= win_ms, "0.5 .. win_ms (ms)"),
+            ("stack", stack, isinstance(stack, int) and 1 <= stack <= 16, "an int in 1..16"),
+            ("fmin", fmin, isinstance(fmin, (int, float)) and 0.0 <= fmin, "a frequency >= 0 (Hz)"),
+            ("fmax", fmax, isinstance(fmax, (int, float)) and nyquist is not None and fmin < fmax <= nyquist,
+             f"a frequency above fmin and at most half the sample rate ({nyquist} Hz)"),
+        ]
+        for name, value, ok, want in checks:
+            if isinstance(value, bool) or not ok:
+                raise ValueError(f"frontend.{name}: expected {want}, got {value!r}")
+        self.sample_rate, self.mu, self.n_mels, self.stack = int(sample_rate), int(mu), int(n_mels), int(stack)
+        self.win_ms, self.hop_ms, self.fmin, self.fmax = float(win_ms), float(hop_ms), float(fmin), float(fmax)
+        self.win = max(2, round(self.win_ms * sample_rate / 1000))
+        self.hop = max(1, round(self.hop_ms * sample_rate / 1000))
+        self.n_fft = 1 << math.ceil(math.log2(self.win))
+        table = mu_law_decode(np.arange(mu + 1), mu)  # the adapter's decoding, as a lookup table
+        self.register_buffer("table", torch.tensor(table, dtype=torch.float32), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.win, periodic=False, dtype=torch.float32),
+                             persistent=False)
+        fb = mel_filterbank(n_mels, self.n_fft, sample_rate, self.fmin, self.fmax)
+        self.register_buffer("filters", torch.tensor(fb.T, dtype=torch.float32), persistent=False)
+        self.proj = nn.Linear(n_mels * stack, d_model)
+
+    def config(self) -> dict:
+        """What rebuilds this front end (saved in head.json)."""
+        return {"kind": "spectral", "sample_rate": self.sample_rate, "mu": self.mu, "n_mels": self.n_mels,
+                "win_ms": self.win_ms, "hop_ms": self.hop_ms, "stack": self.stack, "fmin": self.fmin,
+                "fmax": self.fmax}
+
+    @classmethod
+    def from_config(cls, d_model: int, cfg: dict) -> "SpectralFrontEnd":
+        cfg = dict(cfg)
+        kind = cfg.pop("kind", "spectral")
+        if kind not in FRONTEND_KINDS:
+            raise ValueError(f"frontend.kind: expected one of {FRONTEND_KINDS}, got {kind!r}")
+        unknown = sorted(set(cfg) - {"sample_rate", "mu", "n_mels", "win_ms", "hop_ms", "stack", "fmin", "fmax"})
+        if unknown:
+            raise ValueError(f"frontend: unknown settings {unknown}")
+        return cls(d_model, **cfg)
+
+    def min_samples(self) -> int:
+        """The shortest clip (samples) that gives one stacked frame."""
+        return self.win + (self.stack - 1) * self.hop
+
+    def features(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, l) ids -> (normalised log-mel frames (b, T, n_mels * stack) float32, frame mask (b, T))."""
+        b, l = ids.shape
+        if l < self.min_samples():
+            raise ValueError(f"ids: {l} samples is shorter than one front-end frame ({self.min_samples()} samples "
+                             f"= {self.win_ms:g} ms + {self.stack - 1} x {self.hop_ms:g} ms at {self.sample_rate} Hz)")
+        # float32 whatever the model's dtype: the buffers may have been cast with the weights
+        table, window, filters = self.table.float(), self.window.float(), self.filters.float()
+        wave = table[ids.long().clamp(0, self.mu)]
+        if mask is not None:
+            wave = wave * mask.to(wave.dtype)
+        frames = wave.unfold(1, self.win, self.hop) * window  # (b, F, win)
+        power = torch.fft.rfft(frames, n=self.n_fft).abs().square()
+        logmel = torch.log(power @ filters + 1e-6)  # (b, F, n_mels)
+        if mask is None:
+            fmask = torch.ones(logmel.shape[:2], dtype=torch.bool, device=ids.device)
+        else:
+            fmask = mask.to(torch.bool).unfold(1, self.win, self.hop).all(-1)
+        w = fmask.unsqueeze(-1).to(logmel.dtype)
+        count = w.sum(1, keepdim=True)
+        if bool((count == 0).any()):
+            raise ValueError("mask: a clip has no frame of real samples")
+        mean = (logmel * w).sum(1, keepdim=True) / count
+        var = (((logmel - mean) * w) ** 2).sum(1, keepdim=True) / count
+        feats = (logmel - mean) / (var.sqrt() + 1e-3) * w
+        t = feats.shape[1] // self.stack * self.stack
+        feats = feats[:, :t].reshape(b, t // self.stack, self.stack * self.n_mels)
+        fmask = fmask[:, :t].reshape(b, t // self.stack, self.stack).all(-1)
+        return feats, fmask
+
+    def forward(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(ids.device.type, enabled=False):
+            feats, fmask = self.features(ids, mask)
+        return self.proj(feats.to(self.proj.weight.dtype)), fmask
+
+
+__all__ = ["FRONTEND_KINDS", "SpectralFrontEnd", "mel_filterbank"]
