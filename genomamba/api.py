@@ -39,7 +39,7 @@ from genomamba.adapters import ADAPTER_FILE, Adapter, adapter_from_json
 from genomamba.data.fasta import read_records
 from genomamba.errors import InvalidArgument, check_input_file
 from genomamba.files import read_text
-from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head
+from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head, pool
 from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
 
@@ -676,6 +676,28 @@ class AdapterModel(GenomeModel):
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         return ids
+
+    def iter_embed(self, seqs=None, pooling: Optional[str] = "mean", batch_size: int = 8,
+                   chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, arg: str = "seqs",
+                   path: Optional[PathLike] = None):
+        """As :meth:`GenomeModel.iter_embed`; a classifier with a spectral front end embeds what its
+        backbone reads, the clip's frames (``pooling=None``: one vector per frame)."""
+        if self.classifier is None:
+            yield from super().iter_embed(seqs, pooling, batch_size, chunk_size, dtype, arg, path)
+            return
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS} or None, got {pooling!r}")
+        clf = self.classifier
+        with torch.no_grad():
+            for name, item in self._iter_inputs(seqs if path is None else Path(path), arg):
+                ids = self.encode(item, f"{arg}: {name}").astype(np.int64)
+                if len(ids) < clf.frontend.min_samples():
+                    raise ValueError(f"{arg}: {name}: {len(ids)} samples is shorter than the classifier's "
+                                     f"shortest clip ({clf.frontend.min_samples()} samples)")
+                embeds, fmask = clf.frontend(torch.from_numpy(ids).unsqueeze(0).to(self.device))
+                hidden = clf.lm.backbone(inputs_embeds=embeds)
+                out = hidden[0] if pooling is None else pool(hidden, fmask, pooling)[0]
+                yield name, out.float().cpu().numpy().astype(dtype)
 
     # ------------------------------------------------------------------ tasks
     def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,

@@ -100,6 +100,10 @@ def test_classifier_with_frontend_saves_loads_and_classifies_files(tmp_path):
     assert pred.probabilities.shape == (3, 10) and np.allclose(pred.probabilities.sum(1), 1, atol=1e-5)
     whole = torch.softmax(clf(torch.from_numpy(clips[0]).unsqueeze(0)), -1)[0].detach().numpy()
     np.testing.assert_allclose(pred.probabilities[0], whole, atol=1e-5)  # the whole file, one clip
+    emb = model.embed([DIGITS / rows[0]["path"]])  # what the backbone reads: the frames
+    frames = model.embed(DIGITS / rows[0]["path"], pooling=None)[0]
+    assert emb.shape == (1, 16) and frames.shape[1] == 16 and frames.shape[0] > 10
+    np.testing.assert_allclose(emb[0], frames.mean(0), atol=1e-5)
     # a head file whose front-end projection is missing is refused, naming the file
     from safetensors.torch import load_file, save_file
 
