@@ -270,7 +270,7 @@ def test_on_in_the_digits_configs_only():
     for path in sorted(configs_dir().rglob("*.yaml")):
         cfg = load_config(path)
         augment = getattr(cfg.data, "augment", None)
-        if path.stem.startswith("digits_classifier"):
+        if path.stem.startswith(("digits_classifier", "digits_spectral")):  # the digit classifiers
             assert augment is not None and augment.active, path
         else:
             assert augment is None, path
