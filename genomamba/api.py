@@ -677,6 +677,16 @@ class AdapterModel(GenomeModel):
             raise ValueError(f"{where}: {exc}") from None
         return ids
 
+    def _clip_ids(self, item, where: str) -> torch.Tensor:
+        """One clip as (1, l) ids on the model's device for the front-end classifier; too short for
+        one of its frames is a ValueError naming ``where``."""
+        ids = self.encode(item, where).astype(np.int64)
+        shortest = self.classifier.frontend.min_samples()
+        if len(ids) < shortest:
+            raise ValueError(f"{where}: {len(ids)} samples is shorter than the classifier's shortest clip "
+                             f"({shortest} samples)")
+        return torch.from_numpy(ids).unsqueeze(0).to(self.device)
+
     def iter_embed(self, seqs=None, pooling: Optional[str] = "mean", batch_size: int = 8,
                    chunk_size: int = DEFAULT_CHUNK, dtype=np.float32, arg: str = "seqs",
                    path: Optional[PathLike] = None):
@@ -690,11 +700,7 @@ class AdapterModel(GenomeModel):
         clf = self.classifier
         with torch.no_grad():
             for name, item in self._iter_inputs(seqs if path is None else Path(path), arg):
-                ids = self.encode(item, f"{arg}: {name}").astype(np.int64)
-                if len(ids) < clf.frontend.min_samples():
-                    raise ValueError(f"{arg}: {name}: {len(ids)} samples is shorter than the classifier's "
-                                     f"shortest clip ({clf.frontend.min_samples()} samples)")
-                embeds, fmask = clf.frontend(torch.from_numpy(ids).unsqueeze(0).to(self.device))
+                embeds, fmask = clf.frontend(self._clip_ids(item, f"{arg}: {name}"))
                 hidden = clf.lm.backbone(inputs_embeds=embeds)
                 out = hidden[0] if pooling is None else pool(hidden, fmask, pooling)[0]
                 yield name, out.float().cpu().numpy().astype(dtype)
@@ -710,11 +716,7 @@ class AdapterModel(GenomeModel):
         clf, names, probs = self.classifier, [], []
         with torch.no_grad():
             for name, item in self._iter_inputs(seqs, "seqs"):
-                ids = self.encode(item, f"seqs: {name}").astype(np.int64)
-                if len(ids) < clf.frontend.min_samples():
-                    raise ValueError(f"seqs: {name}: {len(ids)} samples is shorter than the classifier's "
-                                     f"shortest clip ({clf.frontend.min_samples()} samples)")
-                logits = clf(torch.from_numpy(ids).unsqueeze(0).to(self.device))
+                logits = clf(self._clip_ids(item, f"seqs: {name}"))
                 probs.append(torch.softmax(logits.float(), -1)[0].cpu().numpy())
                 names.append(name)
         p = np.stack(probs).astype(np.float32)
