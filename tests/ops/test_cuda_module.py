@@ -101,7 +101,8 @@ def test_lean_gate(status, monkeypatch):
 
 def test_paired_build_gate(status, monkeypatch):
     """The forward's build: 0 plain, 1 lean, 2 lean with states in pairs; pairs only where the lean
-    build runs, only when asked for, and only if their own self-test part passed."""
+    build runs, only when asked for (1, or -1 in a training forward), and only if their own self-test
+    part passed."""
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     saved = dict(cu.CONFIG)
     try:
@@ -111,8 +112,11 @@ def test_paired_build_gate(status, monkeypatch):
         cu.CONFIG.update(fwd_pair_states=1)
         assert cu.fwd_build(torch.bfloat16) == 2 and cu.fwd_build(torch.float32, training=True) == 2
         assert cu.fwd_build(torch.float32) == 0  # no lean build there, so no pairs either
+        cu.CONFIG.update(fwd_pair_states=-1)  # auto: pairs in training forwards only
+        assert cu.fwd_build(torch.bfloat16, training=True) == 2 and cu.fwd_build(torch.bfloat16) == 1
+        assert cu.fwd_build(torch.float32, training=True) == 2 and cu.fwd_build(torch.float32) == 0
         status.update(pair="pair out rel. error")
-        assert cu.fwd_build(torch.bfloat16) == 1
+        assert cu.fwd_build(torch.bfloat16) == 1 and cu.fwd_build(torch.bfloat16, training=True) == 1
         status.update(pair=True, lean="lean out rel. error")
         assert cu.fwd_build(torch.bfloat16) == 0
     finally:

@@ -50,11 +50,12 @@ CONFIG = {
     "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2),
     # states whose dB/dC partials the backward sums per pair of block-wide barriers (1: a pair per
     # state; more lets the block's warps drift apart by that many states, at 2 * warps * 32 * kitems
-    # floats of shared memory per state; capped by n and by what fits)
-    "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 1),
+    # floats of shared memory per state; capped by n and by what fits). 4 with the joint scan timed
+    # fastest of 1/2/4/8 x 0/1 summed over three training shapes on an H200 (8: twice as slow)
+    "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 4),
     # 1: the backward runs its forward (prefix) and reverse (suffix) shuffle scans in the same five
     # rounds per state (shorter dependent chain, same arithmetic); 0: one after the other
-    "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 0),
+    "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 1),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
@@ -64,10 +65,12 @@ CONFIG = {
     # (the bf16 forward and training timed faster);
     # 0: never; 1: always
     "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1),
-    # 1: the lean forward takes the states two at a time (two independent scan chains per warp;
+    # the lean forward taking the states two at a time (two independent scan chains per warp;
     # fwd_kernel<..., true, true>), used only where the lean build runs and if its own self-test
-    # ("pair") passed; 0: one state at a time
-    "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", 0),
+    # ("pair") passed: 1 always; 0 never; -1 (auto) in training (saving) forwards only, whose tiles
+    # are kitems_train = 8 tokens per lane: there it timed faster on an H200, while at the inference
+    # forward's 16 it spills registers and timed slower
+    "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", -1),
 }
 
 _noticed: set[str] = set()
@@ -106,10 +109,11 @@ def use_lean(dtype=None, training: bool = False) -> bool:
 def fwd_build(dtype=None, training: bool = False) -> int:
     """Which build of the v2 forward's main pass runs for inputs of ``dtype`` in a training (saving)
     or inference forward: 0 plain, 1 lean (``use_lean``), 2 lean with states in pairs
-    (CONFIG['fwd_pair_states'] and its self-test passed)."""
+    (CONFIG['fwd_pair_states']: 1, or -1 in a training forward; and its self-test passed)."""
     if not use_lean(dtype, training):
         return 0
-    if CONFIG["fwd_pair_states"] and (STATUS.get("pair") is True or _unverified_ok()):
+    pair = CONFIG["fwd_pair_states"]
+    if (pair > 0 or (pair < 0 and training)) and (STATUS.get("pair") is True or _unverified_ok()):
         return 2
     return 1
 
