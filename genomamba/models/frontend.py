@@ -11,6 +11,19 @@ vectors per second instead of thousands of samples.
 It runs inside the model on the same token ids as everything else (the audio adapter's mu-law ids at
 its sample rate), so data loading, augmentation, saved models and ``genomamba.load(...).classify``
 need nothing new; the only weights are the projection's (saved with the head).
+
+``augment`` (training only; a module in eval mode never applies it) perturbs the features of each
+training clip, drawn with torch's random generator:
+
+- ``warp: [lo, hi]``: stretch the clip's spectrum along frequency by a factor uniform in ``[lo, hi]``
+  (formants and pitch move together, as between a short and a long vocal tract), by linear
+  interpolation between FFT bins;
+- ``freq_masks`` bands of up to ``freq_width`` mel channels and ``time_masks`` spans of up to
+  ``time_width`` frames set to the clip's mean (0 after normalisation).
+
+Synthesizers differ from each other mostly in exactly these directions (formant placement, a missing
+or smeared band, a shorter or longer segment), which is what a classifier trained on some of them
+must ignore to hear the words of another.
 """
 
 from __future__ import annotations
@@ -25,6 +38,44 @@ import torch.nn as nn
 from genomamba.adapters.audio import mu_law_decode
 
 FRONTEND_KINDS = ("spectral",)
+AUGMENT_KEYS = ("warp", "freq_masks", "freq_width", "time_masks", "time_width")
+
+
+def check_augment(augment) -> Optional[dict]:
+    """``head.frontend.augment`` -> a normalised dict (or None); a bad value is a ``ValueError`` naming it."""
+    if augment is None:
+        return None
+    if not isinstance(augment, dict):
+        raise ValueError(f"frontend.augment: expected a mapping with keys among {list(AUGMENT_KEYS)}, got {augment!r}")
+    unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+    if unknown:
+        raise ValueError(f"frontend.augment: unknown settings {unknown} (known: {list(AUGMENT_KEYS)})")
+    out = {}
+    warp = augment.get("warp")
+    if warp is not None:
+        ok = (isinstance(warp, (list, tuple)) and len(warp) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in warp)
+              and 0.5 <= warp[0] <= warp[1] <= 2.0)
+        if not ok:
+            raise ValueError(f"frontend.augment.warp: expected [lo, hi] with 0.5 <= lo <= hi <= 2, got {warp!r}")
+        out["warp"] = [float(warp[0]), float(warp[1])]
+    for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+        v = augment.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1000:
+            raise ValueError(f"frontend.augment.{key}: expected an int in 0..1000, got {v!r}")
+        out[key] = v
+    for count, width in (("freq_masks", "freq_width"), ("time_masks", "time_width")):
+        if out[count] and not out[width]:
+            raise ValueError(f"frontend.augment.{width}: {count} = {out[count]} needs a width >= 1")
+    return out
+
+
+def _draw_masks(n_masks: int, width: int, size: int, b: int, device) -> torch.Tensor:
+    """(b, size) bool: per row, ``n_masks`` spans of 0..width positions at uniform starts."""
+    pos = torch.arange(size, device=device)
+    widths = torch.randint(0, width + 1, (b, n_masks, 1), device=device)
+    starts = (torch.rand(b, n_masks, 1, device=device) * (size - widths + 1).clamp(min=1)).long()
+    return ((pos >= starts) & (pos < starts + widths)).any(1)
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
@@ -52,8 +103,10 @@ class SpectralFrontEnd(nn.Module):
     ``win_ms`` x ``stack``. Every bad setting is a ``ValueError`` naming it."""
 
     def __init__(self, d_model: int, sample_rate: int, mu: int = 255, n_mels: int = 40, win_ms: float = 25.0,
-                 hop_ms: float = 10.0, stack: int = 2, fmin: float = 60.0, fmax: Optional[float] = None):
+                 hop_ms: float = 10.0, stack: int = 2, fmin: float = 60.0, fmax: Optional[float] = None,
+                 augment: Optional[dict] = None):
         super().__init__()
+        self.augment = check_augment(augment)
         nyquist = sample_rate / 2 if isinstance(sample_rate, (int, float)) else None
         fmax = nyquist if fmax is None else fmax
         checks = [
@@ -87,7 +140,7 @@ class SpectralFrontEnd(nn.Module):
         """What rebuilds this front end (saved in head.json)."""
         return {"kind": "spectral", "sample_rate": self.sample_rate, "mu": self.mu, "n_mels": self.n_mels,
                 "win_ms": self.win_ms, "hop_ms": self.hop_ms, "stack": self.stack, "fmin": self.fmin,
-                "fmax": self.fmax}
+                "fmax": self.fmax, **({"augment": dict(self.augment)} if self.augment else {})}
 
     @classmethod
     def from_config(cls, d_model: int, cfg: dict) -> "SpectralFrontEnd":
@@ -95,7 +148,8 @@ class SpectralFrontEnd(nn.Module):
         kind = cfg.pop("kind", "spectral")
         if kind not in FRONTEND_KINDS:
             raise ValueError(f"frontend.kind: expected one of {FRONTEND_KINDS}, got {kind!r}")
-        unknown = sorted(set(cfg) - {"sample_rate", "mu", "n_mels", "win_ms", "hop_ms", "stack", "fmin", "fmax"})
+        unknown = sorted(set(cfg) - {"sample_rate", "mu", "n_mels", "win_ms", "hop_ms", "stack", "fmin", "fmax",
+                                     "augment"})
         if unknown:
             raise ValueError(f"frontend: unknown settings {unknown}")
         return cls(d_model, **cfg)
@@ -117,6 +171,9 @@ class SpectralFrontEnd(nn.Module):
             wave = wave * mask.to(wave.dtype)
         frames = wave.unfold(1, self.win, self.hop) * window  # (b, F, win)
         power = torch.fft.rfft(frames, n=self.n_fft).abs().square()
+        aug = self.augment if self.training else None
+        if aug and aug.get("warp") and aug["warp"][0] != aug["warp"][1]:
+            power = self._warp(power, aug["warp"])
         logmel = torch.log(power @ filters + 1e-6)  # (b, F, n_mels)
         if mask is None:
             fmask = torch.ones(logmel.shape[:2], dtype=torch.bool, device=ids.device)
@@ -129,10 +186,28 @@ class SpectralFrontEnd(nn.Module):
         mean = (logmel * w).sum(1, keepdim=True) / count
         var = (((logmel - mean) * w) ** 2).sum(1, keepdim=True) / count
         feats = (logmel - mean) / (var.sqrt() + 1e-3) * w
+        if aug and aug["freq_masks"]:
+            feats = feats.masked_fill(
+                _draw_masks(aug["freq_masks"], aug["freq_width"], self.n_mels, b, ids.device).unsqueeze(1), 0.0)
+        if aug and aug["time_masks"]:
+            feats = feats.masked_fill(
+                _draw_masks(aug["time_masks"], aug["time_width"], feats.shape[1], b, ids.device).unsqueeze(2), 0.0)
         t = feats.shape[1] // self.stack * self.stack
         feats = feats[:, :t].reshape(b, t // self.stack, self.stack * self.n_mels)
         fmask = fmask[:, :t].reshape(b, t // self.stack, self.stack).all(-1)
         return feats, fmask
+
+    @staticmethod
+    def _warp(power: torch.Tensor, lo_hi) -> torch.Tensor:
+        """Each clip's spectrum (b, F, bins) stretched along frequency by its own factor in ``lo_hi``:
+        bin k takes the (interpolated) power of bin k / factor."""
+        b, _, bins = power.shape
+        factor = torch.empty(b, 1, 1, device=power.device).uniform_(*lo_hi)
+        src = (torch.arange(bins, device=power.device, dtype=torch.float32) / factor).clamp(max=bins - 1)
+        lo = src.floor().long().clamp(max=bins - 2)
+        frac = src - lo
+        lo, frac = lo.expand(b, power.shape[1], bins), frac.expand(b, power.shape[1], bins)
+        return power.gather(2, lo) * (1 - frac) + power.gather(2, lo + 1) * frac
 
     def forward(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(ids.device.type, enabled=False):
@@ -140,4 +215,4 @@ class SpectralFrontEnd(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype)), fmask
 
 
-__all__ = ["FRONTEND_KINDS", "SpectralFrontEnd", "mel_filterbank"]
+__all__ = ["AUGMENT_KEYS", "FRONTEND_KINDS", "SpectralFrontEnd", "check_augment", "mel_filterbank"]

@@ -75,10 +75,58 @@ def test_padding_is_masked_out_and_does_not_change_the_real_frames():
 
 @pytest.mark.parametrize("bad, says", [({"n_mels": 0}, "frontend.n_mels"), ({"fmax": 9000.0}, "frontend.fmax"),
                                        ({"hop_ms": 40.0}, "frontend.hop_ms"), ({"stack": 1.5}, "frontend.stack"),
-                                       ({"kind": "mfcc"}, "frontend.kind"), ({"bands": 3}, "unknown settings")])
+                                       ({"kind": "mfcc"}, "frontend.kind"), ({"bands": 3}, "unknown settings"),
+                                       ({"augment": {"warp": [1.2, 0.9]}}, "frontend.augment.warp"),
+                                       ({"augment": {"warp": 1.1}}, "frontend.augment.warp"),
+                                       ({"augment": {"freq_masks": 2}}, "frontend.augment.freq_width"),
+                                       ({"augment": {"time_masks": -1}}, "frontend.augment.time_masks"),
+                                       ({"augment": {"specaug": 1}}, "frontend.augment: unknown settings"),
+                                       ({"augment": [0.9, 1.1]}, "frontend.augment: expected a mapping")])
 def test_bad_settings_name_the_key(bad, says):
     with pytest.raises(ValueError, match=says):
         SpectralFrontEnd.from_config(16, {"sample_rate": 16000, "mu": 255, **bad})
+
+
+def test_augment_warps_the_spectrum_like_np_interp():
+    """The frequency warp of one clip at a fixed factor equals NumPy's linear interpolation at k / factor."""
+    g = torch.Generator().manual_seed(0)
+    power = torch.rand(2, 5, 257, generator=g, dtype=torch.float32) ** 2
+    for factor in (0.85, 1.0, 1.15):
+        got = SpectralFrontEnd._warp(power, (factor, factor)).numpy()
+        bins = np.arange(257)
+        for c in range(2):
+            for f in range(5):
+                want = np.interp(np.minimum(bins / float(np.float32(factor)), 256), bins, power[c, f].double().numpy())
+                np.testing.assert_allclose(got[c, f], want, rtol=1e-5, atol=2e-5)  # fp32 bin positions
+
+
+def test_augment_applies_in_training_only_and_masks_what_it_says():
+    clips, audio = _clips(3)
+    ids = torch.from_numpy(np.stack([c[:16000] for c in clips]))
+    plain = SpectralFrontEnd(16, 16000, audio.mu, stack=1)
+    aug = SpectralFrontEnd(16, 16000, audio.mu, stack=1,
+                           augment={"warp": [0.9, 1.1], "freq_masks": 2, "freq_width": 5, "time_masks": 2,
+                                    "time_width": 7})
+    want, _ = plain.features(ids)
+    got, _ = aug.eval().features(ids)  # eval: no augmentation at all
+    torch.testing.assert_close(got, want)
+    torch.manual_seed(3)
+    masks_only = SpectralFrontEnd(16, 16000, audio.mu, stack=1,
+                                  augment={"freq_masks": 2, "freq_width": 5, "time_masks": 2, "time_width": 7})
+    got, fmask = masks_only.train().features(ids)
+    zero = got == 0
+    bands = zero.all(1)  # (b, n_mels): a masked band is zero in every frame
+    frames = zero.all(2)  # (b, T): a masked span is zero in every band
+    assert bands.sum(1).max() <= 2 * 5 and frames.sum(1).max() <= 2 * 7
+    assert bands.any() and frames.any()
+    untouched = ~bands.unsqueeze(1) & ~frames.unsqueeze(2)
+    torch.testing.assert_close(got[untouched], want[untouched])  # everything else is the plain feature
+    torch.manual_seed(4)
+    warped, _ = aug.train().features(ids)
+    assert not torch.allclose(warped, want) and torch.isfinite(warped).all()
+    assert aug.config()["augment"]["warp"] == [0.9, 1.1]
+    again = SpectralFrontEnd.from_config(16, aug.config())
+    assert again.augment == aug.augment
 
 
 def test_classifier_with_frontend_saves_loads_and_classifies_files(tmp_path):
