@@ -124,6 +124,9 @@ class TrainerConfig:
     # ends with them (saved to model/ and tested; trainer.keep then does not apply)
     ema_decay: Optional[float] = None
     ema_start: int = 0
+    # true: the k-th update after the first uses min(ema_decay, (1 + k) / (10 + k)), so a short run's
+    # average is not dominated by its first steps; false: ema_decay throughout
+    ema_warmup: bool = True
 
 
 @dataclass

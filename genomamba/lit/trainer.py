@@ -271,7 +271,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         cbs.append(TimeBudget(tc.budget_minutes))
     cbs.append(TrainThroughput())
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
-        cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start))
+        cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start, tc.ema_warmup))
     elif has_val and tc.keep == "best":
         cbs.append(BestWeights("val/loss"))
     if tc.progress:

@@ -29,9 +29,9 @@ def test_ema_is_the_average_of_the_raw_weights_and_the_run_ends_with_it(tmp_path
     d * w1 + (1 - d) * w2. The saved model is the average, while last.ckpt keeps the raw weights to
     resume from."""
     d = 0.6
-    res1, run1 = _run(tmp_path, "one", 1, ema_decay=d)
-    res2, run2 = _run(tmp_path, "two", 2, ema_decay=d)
-    assert res2["kept"] == {"weights": "ema", "decay": d, "from_step": 0, "updates": 2}
+    res1, run1 = _run(tmp_path, "one", 1, ema_decay=d, ema_warmup=False)
+    res2, run2 = _run(tmp_path, "two", 2, ema_decay=d, ema_warmup=False)
+    assert res2["kept"] == {"weights": "ema", "decay": d, "warmup": False, "from_step": 0, "updates": 2}
     w1 = _net(_ckpt(run1)["current_model_state"])
     ck2 = _ckpt(run2)
     w2 = _net(ck2["current_model_state"])
@@ -53,10 +53,10 @@ def test_resume_continues_the_average(tmp_path):
     """--resume last with a larger max_steps continues from the raw weights and the saved average:
     after the resumed step 3 the average is d * avg2 + (1 - d) * w3 (not restarted from w3)."""
     d = 0.5
-    _, run = _run(tmp_path, "part", 2, ema_decay=d)
+    _, run = _run(tmp_path, "part", 2, ema_decay=d, ema_warmup=False)
     ck2 = _ckpt(run)
     avg2 = _net(ck2["state_dict"])
-    doc = tiny_pretrain_doc(run, max_steps=3, ema_decay=d)
+    doc = tiny_pretrain_doc(run, max_steps=3, ema_decay=d, ema_warmup=False)
     res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
     assert res["global_step"] == 3 and res["kept"]["updates"] == 3
     ck3 = _ckpt(run)
@@ -66,6 +66,26 @@ def test_resume_continues_the_average(tmp_path):
         torch.testing.assert_close(v.double(), d * avg2[k].double() + (1 - d) * w3[k].double(),
                                    rtol=1e-5, atol=1e-6, msg=k)
         moved += int(not torch.equal(avg2[k], w3[k]))
+    assert moved > 0
+
+
+def test_warmed_up_decay_follows_the_early_weights(tmp_path):
+    """With the default warm-up, update k uses min(d, (1 + k) / (10 + k)): three runs from the same
+    seed give the raw weights w1, w2, w3, and the third run's saved average is
+    a2 = w1 + (w2 - w1)(1 - 2/11), a3 = a2 + (w3 - a2)(1 - 3/12) (d = 0.99 never binds here)."""
+    d = 0.99
+    raws = []
+    for steps in (1, 2, 3):
+        res, run = _run(tmp_path, f"w{steps}", steps, ema_decay=d)
+        raws.append(_net(_ckpt(run)["current_model_state"]))
+    assert res["kept"] == {"weights": "ema", "decay": d, "warmup": True, "from_step": 0, "updates": 3}
+    w1, w2, w3 = raws
+    moved = 0
+    for k, v in load_file(str(run / "model" / "model.safetensors")).items():
+        a2 = w1[k].double() + (w2[k].double() - w1[k].double()) * (1 - 2 / 11)
+        a3 = a2 + (w3[k].double() - a2) * (1 - 3 / 12)
+        torch.testing.assert_close(v.double(), a3, rtol=1e-5, atol=1e-6, msg=k)
+        moved += int(not torch.equal(w2[k], w3[k]))
     assert moved > 0
 
 
@@ -84,6 +104,7 @@ def test_ema_that_never_started_keeps_the_last_weights(tmp_path):
     ({"ema_decay": "high"}, "trainer.ema_decay"),
     ({"ema_decay": 0.99, "strategy": "fsdp"}, "does not work with the sharded strategy fsdp"),
     ({"ema_decay": 0.99, "ema_start": -1}, "trainer.ema_start: expected a step >= 0"),
+    ({"ema_decay": 0.99, "ema_warmup": "yes"}, "trainer.ema_warmup: expected bool"),
 ])
 def test_bad_ema_settings_are_refused(tmp_path, trainer, msg):
     with pytest.raises(ConfigError, match=msg):
