@@ -51,7 +51,7 @@ CONFIG = {
     # states whose dB/dC partials the backward sums per pair of block-wide barriers (1: a pair per
     # state; more lets the block's warps drift apart by that many states, at 2 * warps * 32 * kitems
     # floats of shared memory per state; capped by n and by what fits). 4 with the joint scan timed
-    # fastest of 1/2/4/8 x 0/1 summed over three training shapes on an H200 (8: twice as slow)
+    # fastest of 1/2/4/8 x 0/1 summed over three training shapes on an H200 (8: one block per SM, slower)
     "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 4),
     # 1: the backward runs its forward (prefix) and reverse (suffix) shuffle scans in the same five
     # rounds per state (shorter dependent chain, same arithmetic); 0: one after the other
