@@ -172,7 +172,7 @@ class SpectralFrontEnd(nn.Module):
         frames = wave.unfold(1, self.win, self.hop) * window  # (b, F, win)
         power = torch.fft.rfft(frames, n=self.n_fft).abs().square()
         aug = self.augment if self.training else None
-        if aug and aug.get("warp") and aug["warp"][0] != aug["warp"][1]:
+        if aug and aug.get("warp") and aug["warp"] != [1.0, 1.0]:
             power = self._warp(power, aug["warp"])
         logmel = torch.log(power @ filters + 1e-6)  # (b, F, n_mels)
         if mask is None:

@@ -124,6 +124,10 @@ def test_augment_applies_in_training_only_and_masks_what_it_says():
     torch.manual_seed(4)
     warped, _ = aug.train().features(ids)
     assert not torch.allclose(warped, want) and torch.isfinite(warped).all()
+    fixed = SpectralFrontEnd(16, 16000, audio.mu, stack=1, augment={"warp": [1.1, 1.1]}).train()
+    assert not torch.allclose(fixed.features(ids)[0], want)  # one fixed factor is still a warp
+    same = SpectralFrontEnd(16, 16000, audio.mu, stack=1, augment={"warp": [1.0, 1.0]}).train()
+    torch.testing.assert_close(same.features(ids)[0], want)
     assert aug.config()["augment"]["warp"] == [0.9, 1.1]
     again = SpectralFrontEnd.from_config(16, aug.config())
     assert again.augment == aug.augment
