@@ -443,3 +443,20 @@ def test_wave_segments_fill_whole_waves():
     assert segs(1, 512, 16384) == 4  # a single record: segments of the 4K floor
     assert segs(1, 512, 16384, min_seg=16384) == 1
     assert segs(1, 1, 1 << 20) == (1 << 20) // 4096  # one channel: every segment the floor allows (256)
+
+
+def test_build_flags_split_the_optimiser_only_where_nvcc_has_it():
+    import shutil
+
+    from genomamba.ops.cuda.build import cuda_flags, nvcc_version
+
+    base = ["-O3", "-lineinfo", "-gencode=arch=compute_90,code=sm_90"]
+    assert cuda_flags("90", None) == base
+    assert cuda_flags("90", (12, 1)) == base
+    assert cuda_flags("90", (12, 4)) == base + ["-split-compile=0"]
+    assert cuda_flags("80", (13, 0))[2] == "-gencode=arch=compute_80,code=sm_80"
+    assert nvcc_version("/nonexistent/nvcc") is None
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:  # the real compiler where there is one
+        major, minor = nvcc_version(nvcc)
+        assert major >= 10 and minor >= 0

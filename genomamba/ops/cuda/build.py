@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import torch
@@ -30,6 +32,30 @@ def _nvcc() -> str | None:
     if CUDA_HOME and (Path(CUDA_HOME) / "bin" / "nvcc").exists():
         return str(Path(CUDA_HOME) / "bin" / "nvcc")
     return shutil.which("nvcc")
+
+
+def nvcc_version(nvcc: str | None = None) -> tuple[int, int] | None:
+    """(major, minor) of ``nvcc --version`` ("... release 13.0, ..."), or None if it cannot be read."""
+    nvcc = nvcc or _nvcc()
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def cuda_flags(arch: str, version: tuple[int, int] | None) -> list[str]:
+    """nvcc flags of the build: only the local architecture (a short build, native code for this GPU);
+    from CUDA 12.4 on also ``-split-compile=0``, which optimises the kernels of a source file on all
+    CPU cores at once (the same machine code: every kernel section of the cubin is byte-identical
+    with and without it under nvcc 13.0, sm_90; only the wall time of the build shrinks)."""
+    flags = ["-O3", "-lineinfo", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    if version is not None and version >= (12, 4):
+        flags.append("-split-compile=0")
+    return flags
 
 
 def build_dir() -> Path:
@@ -69,8 +95,7 @@ def extension():
         "the CUDA scan kernels (a few minutes)",
         sources=[str(SRC_DIR / s) for s in SOURCES],
         extra_cflags=["-O3"],
-        # only the local architecture: a short build, and native code for this GPU
-        extra_cuda_cflags=["-O3", "-lineinfo", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+        extra_cuda_cflags=cuda_flags(arch, nvcc_version()),
         verbose=False,
     )
     return _ext
