@@ -17,7 +17,7 @@ from genomamba.files import read_text
 from genomamba.lit._pl import pl
 from genomamba.lit.evaluate import save_confusion_png
 from genomamba.lit.optim import build_optimizer, optim_settings
-from genomamba.models.frontend import SpectralFrontEnd
+from genomamba.models.frontend import SpectralFrontEnd, with_adapter
 from genomamba.models.heads import HEAD_CONFIG, HEAD_WEIGHTS, POOLINGS, SequenceClassifier, has_head
 from genomamba.models.io import read_state_dict
 from genomamba.models.lm import MambaLM, optimizer_param_groups
@@ -79,11 +79,11 @@ class ClassifierModule(pl.LightningModule):
                 raise ValueError("head.frontend: the spectral front end reads audio clips; this run's adapter is "
                                  f"{(adapter or {}).get('name', 'dna')!r}")
             settings = adapter.get("settings", {})
-            fixed = {"sample_rate": settings.get("sample_rate"), "mu": settings.get("mu")}
-            clash = sorted(k for k in fixed if k in frontend and frontend[k] != fixed[k])
-            if clash:
-                raise ValueError(f"head.frontend: {clash} come from the adapter ({fixed}); leave them out")
-            front = SpectralFrontEnd.from_config(lm.config.d_model, {**dict(frontend), **fixed})
+            try:
+                full = with_adapter(frontend, settings.get("sample_rate"), settings.get("mu"))
+            except ValueError as e:
+                raise ValueError(f"head.{e}") from None
+            front = SpectralFrontEnd.from_config(lm.config.d_model, full)
         self.net = SequenceClassifier(lm, list(labels), pooling=pooling, dropout=dropout, frontend=front)
         self.head_from = None
         if init_from is not None and has_head(init_from):

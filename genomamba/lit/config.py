@@ -249,14 +249,10 @@ def _check_adapter_options(cfg, where: str) -> None:
         if not isinstance(frontend, dict):
             raise ConfigError(f"{where}: head.frontend: expected a mapping of settings (e.g. {{n_mels: 40}}) or "
                               f"null, got {frontend!r}")
-        from genomamba.models.frontend import SpectralFrontEnd
+        from genomamba.models.frontend import SpectralFrontEnd, with_adapter
 
-        fixed = {"sample_rate": adapter.sample_rate, "mu": adapter.mu}
-        clash = sorted(k for k in fixed if k in frontend and frontend[k] != fixed[k])
-        if clash:
-            raise ConfigError(f"{where}: head.frontend: {clash} come from the adapter ({fixed}); leave them out")
         try:
-            SpectralFrontEnd.from_config(8, {**frontend, **fixed})
+            SpectralFrontEnd.from_config(8, with_adapter(frontend, adapter.sample_rate, adapter.mu))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: head.{e}") from None
     augment = getattr(cfg.data, "augment", None)

@@ -70,6 +70,16 @@ def check_augment(augment) -> Optional[dict]:
     return out
 
 
+def with_adapter(settings: dict, sample_rate: int, mu: int) -> dict:
+    """Front-end settings (``head.frontend``) completed with the audio adapter's sample rate and mu,
+    which a config leaves out; a value that contradicts the adapter is a ``ValueError`` naming it."""
+    fixed = {"sample_rate": sample_rate, "mu": mu}
+    clash = sorted(k for k in fixed if k in settings and settings[k] != fixed[k])
+    if clash:
+        raise ValueError(f"frontend: {clash} come from the adapter ({fixed}); leave them out")
+    return {**dict(settings), **fixed}
+
+
 def _draw_masks(n_masks: int, width: int, size: int, b: int, device) -> torch.Tensor:
     """(b, size) bool: per row, ``n_masks`` spans of 0..width positions at uniform starts."""
     pos = torch.arange(size, device=device)
@@ -215,4 +225,4 @@ class SpectralFrontEnd(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype)), fmask
 
 
-__all__ = ["AUGMENT_KEYS", "FRONTEND_KINDS", "SpectralFrontEnd", "check_augment", "mel_filterbank"]
+__all__ = ["AUGMENT_KEYS", "FRONTEND_KINDS", "SpectralFrontEnd", "check_augment", "mel_filterbank", "with_adapter"]
