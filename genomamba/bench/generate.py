@@ -1,7 +1,8 @@
 """``genomamba bench generate``: decoding throughput (new tokens per second) of a Mamba LM.
 
 genomamba's ``MambaLM.generate`` with random weights and random prompts, greedy, for each batch
-size: eager steps, and on CUDA the step replayed from a CUDA graph. Next to it, when the packages
+size: eager steps, and on CUDA the step replayed from a CUDA graph (the default step, one kernel
+for the whole model at batch <= 16, and the layered step, ``genomamba_graph_layers``). Next to it, when the packages
 import: mamba_ssm's ``MambaLMHeadModel.generate(cg=True)`` (CUDA only), an HF transformers Llama
 of about the same parameter count with its KV cache (half the layers, MLP width 8/3 d_model: the
 Transformer counterpart the Mamba paper pairs with a Mamba of twice the layers), and HF
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from typing import Callable, Optional
@@ -69,14 +71,25 @@ def timed(fn: Callable[[int], object], new_tokens: int, device: str, repeats: in
 
 # ----------------------------------------------------------------------------- the columns
 
-COLUMNS = ("genomamba_eager", "genomamba_graph", "mamba_ssm_cg", "hf_llama", "hf_mamba")
+COLUMNS = ("genomamba_eager", "genomamba_graph", "genomamba_graph_layers", "mamba_ssm_cg", "hf_llama", "hf_mamba")
 
 
-def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, cuda_graph: bool):
+def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, cuda_graph: bool,
+                     step: str = "model"):
+    """``step``: "model" (the default decode step: one kernel for the whole model where it applies)
+    or "layers" (the layered step, ``GENOMAMBA_DECODE_STEP=layers``)."""
     torch.manual_seed(0)
     model = MambaLM(cfg, device=device, dtype=dtype).eval()
-    return timed(lambda n: model.generate(prompts, n, temperature=0, cuda_graph=cuda_graph), new_tokens,
-                 device, repeats), model.num_parameters()
+    before = os.environ.get("GENOMAMBA_DECODE_STEP")
+    os.environ["GENOMAMBA_DECODE_STEP"] = step
+    try:
+        return timed(lambda n: model.generate(prompts, n, temperature=0, cuda_graph=cuda_graph), new_tokens,
+                     device, repeats), model.num_parameters()
+    finally:
+        if before is None:
+            os.environ.pop("GENOMAMBA_DECODE_STEP", None)
+        else:
+            os.environ["GENOMAMBA_DECODE_STEP"] = before
 
 
 def mamba_ssm_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats):
@@ -182,6 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     columns = [("genomamba_eager", lambda *a: genomamba_column(*a, cuda_graph=False))]
     if cuda:
         columns.append(("genomamba_graph", lambda *a: genomamba_column(*a, cuda_graph=True)))
+        columns.append(("genomamba_graph_layers", lambda *a: genomamba_column(*a, cuda_graph=True, step="layers")))
     versions = {"torch": torch.__version__, "transformers": _version("transformers"),
                 "mamba_ssm": _version("mamba_ssm")}
     if not args.no_baselines:

@@ -33,6 +33,7 @@ from genomamba.models.mixer import Block, RMSNorm
 from genomamba.models.recompute import plain_saves
 from genomamba.models.segmented import segmented_hidden
 from genomamba.ops import add_rms_norm
+from genomamba.ops.cuda.model_step import model_step
 
 
 def _checkpointed(layer, hidden, residual):
@@ -203,10 +204,15 @@ class MambaLM(nn.Module):
         return self.backbone.allocate_cache(batch_size, device, dtype)
 
     def step(self, input_ids, cache: InferenceCache):
-        """One token per sequence: input_ids (b,) or (b, 1) -> logits (b, padded_vocab_size)."""
-        hidden = self.backbone.step(input_ids, cache)
+        """One token per sequence: input_ids (b,) or (b, 1) -> logits (b, padded_vocab_size).
+
+        On CUDA at batch <= 16 one kernel runs the whole step (:mod:`genomamba.ops.cuda.model_step`);
+        otherwise, or with ``GENOMAMBA_DECODE_STEP=layers``, the layers step one after another."""
+        logits = model_step(self, input_ids, cache) if input_ids.is_cuda else None
+        if logits is None:
+            logits = self.lm_head(self.backbone.step(input_ids, cache)[:, 0])
         cache.seqlen_offset += 1
-        return self.lm_head(hidden[:, 0])
+        return logits
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,

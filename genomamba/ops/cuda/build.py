@@ -1,6 +1,7 @@
-"""JIT build of ``csrc/selective_scan`` for the local GPU, cached on disk.
+"""JIT builds of the CUDA extensions for the local GPU, cached on disk: ``csrc/selective_scan`` (the
+scan kernels) and ``csrc/model_step`` (the whole-model decode step, built only when a model decodes).
 
-The extension is cached under ``$GENOMAMBA_CACHE`` (default ``~/.cache/genomamba``) in a folder keyed
+Each extension is cached under ``$GENOMAMBA_CACHE`` (default ``~/.cache/genomamba``) in a folder keyed
 by a hash of the sources, the torch version, the CUDA version and the GPU architecture, so a
 changed source or toolchain rebuilds (and re-tests) and an unchanged one loads in a second.
 """
@@ -21,9 +22,11 @@ from genomamba.ops._sources import csrc_dir
 
 SRC_DIR = csrc_dir("selective_scan")
 SOURCES = ("selective_scan_fwd.cu", "selective_scan_v2.cu", "bindings.cpp")
+STEP_DIR = csrc_dir("model_step")
+STEP_SOURCES = ("model_step.cu",)
 
-_ext = None
-_build_dir: Path | None = None
+_built: dict = {}  # name -> module
+_dirs: dict = {}  # name -> cache folder
 
 
 def _nvcc() -> str | None:
@@ -58,44 +61,56 @@ def cuda_flags(arch: str, version: tuple[int, int] | None) -> list[str]:
     return flags
 
 
-def build_dir() -> Path:
-    """The cache folder of this build (sources x toolchain x GPU architecture)."""
-    global _build_dir
-    if _build_dir is None:
+def _folder(name: str, src_dir: Path, sources: tuple) -> Path:
+    if name not in _dirs:
         major, minor = torch.cuda.get_device_capability()
         h = hashlib.sha256()
-        for s in SOURCES:
-            h.update((SRC_DIR / s).read_bytes())
+        for s in sources:
+            h.update((src_dir / s).read_bytes())
         h.update(f"{torch.__version__}|{torch.version.cuda}|sm_{major}{minor}".encode())
         root = Path(os.environ.get("GENOMAMBA_CACHE", Path.home() / ".cache" / "genomamba"))
-        _build_dir = root / "torch_ext" / f"selective_scan_{h.hexdigest()[:16]}"
-    return _build_dir
+        _dirs[name] = root / "torch_ext" / f"{name}_{h.hexdigest()[:16]}"
+    return _dirs[name]
 
 
-def extension():
-    """The compiled extension (built on the first call, then cached); raises RuntimeError saying
-    why it cannot be built here."""
-    global _ext
-    if _ext is not None:
-        return _ext
+def build_dir() -> Path:
+    """The cache folder of the scan build (sources x toolchain x GPU architecture)."""
+    return _folder("selective_scan", SRC_DIR, SOURCES)
+
+
+def _compile(name: str, src_dir: Path, sources: tuple, what: str):
+    """Extension ``name`` from ``src_dir`` (built on the first call, then cached); raises RuntimeError
+    saying why it cannot be built here."""
+    if name in _built:
+        return _built[name]
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device")
     if torch.version.cuda is None:
         raise RuntimeError("torch was built without CUDA")
     if _nvcc() is None:
         raise RuntimeError("nvcc not found (set CUDA_HOME)")
-    if not all((SRC_DIR / s).exists() for s in SOURCES):
-        raise RuntimeError(f"sources missing under {SRC_DIR}")
+    if not all((src_dir / s).exists() for s in sources):
+        raise RuntimeError(f"sources missing under {src_dir}")
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
-    folder = build_dir()
-    _ext = build_or_load(
-        f"genomamba_selective_scan_{folder.name.rsplit('_', 1)[-1]}",
+    folder = _folder(name, src_dir, sources)
+    _built[name] = build_or_load(
+        f"genomamba_{name}_{folder.name.rsplit('_', 1)[-1]}",
         folder,
-        "the CUDA scan kernels (a few minutes)",
-        sources=[str(SRC_DIR / s) for s in SOURCES],
+        what,
+        sources=[str(src_dir / s) for s in sources],
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags(arch, nvcc_version()),
         verbose=False,
     )
-    return _ext
+    return _built[name]
+
+
+def extension():
+    """The compiled scan extension (built on the first call, then cached)."""
+    return _compile("selective_scan", SRC_DIR, SOURCES, "the CUDA scan kernels (a few minutes)")
+
+
+def step_extension():
+    """The compiled whole-model decode step (built on the first call, then cached)."""
+    return _compile("model_step", STEP_DIR, STEP_SOURCES, "the CUDA decode step (about a minute)")

@@ -1,0 +1,56 @@
+"""Which decode steps the whole-model CUDA kernel takes, decided without a GPU: the reasons it
+gives for the models and caches it leaves to the layered step, and its environment switch."""
+
+import pytest
+import torch
+
+from genomamba import MambaConfig, MambaLM
+from genomamba.ops.cuda import model_step as ms
+
+
+def why(batch=1, dtype=torch.float32, grad=False, **cfg):
+    m = MambaLM(MambaConfig(**{"d_model": 64, "n_layer": 2, "vocab_size": 50, **cfg})).eval().to(dtype)
+    ids = torch.zeros(batch, dtype=torch.long)
+    with torch.set_grad_enabled(grad):
+        return ms.unsupported(m, ids, m.allocate_cache(batch))
+
+
+def test_a_plain_model_is_taken_but_for_the_device():
+    assert why() == "not on CUDA"
+    assert why(batch=16, dtype=torch.bfloat16) == "not on CUDA"
+
+
+@pytest.mark.parametrize("kw, reason", [
+    (dict(batch=17), "batch 17"),
+    (dict(dtype=torch.float64), "torch.float64 weights"),
+    (dict(grad=True), "gradients are on"),
+    (dict(rms_norm=False), "LayerNorm"),
+    (dict(d_state=12), "d_state 12"),
+    (dict(d_model=60), "d_model or d_inner not a multiple of 8"),
+])
+def test_reasons(kw, reason):
+    assert why(**kw).startswith(reason)
+
+
+def test_forced_backend_and_switch(monkeypatch):
+    monkeypatch.setenv("GENOMAMBA_SCAN_BACKEND", "torch")
+    assert why() == "the scan backend is forced to torch"
+    monkeypatch.delenv("GENOMAMBA_SCAN_BACKEND")
+    monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "layers")
+    assert not ms.enabled() and why() == "turned off"
+    monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "fast")
+    with pytest.raises(ValueError, match="GENOMAMBA_DECODE_STEP='fast'"):
+        ms.enabled()
+
+
+def test_cache_of_another_dtype_is_refused():
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50)).eval().half()
+    with torch.no_grad():
+        assert ms.unsupported(m, torch.zeros(2, dtype=torch.long), m.allocate_cache(2, dtype=torch.float32)) \
+            == "cache states of another dtype"
+
+
+def test_cpu_steps_do_not_reach_the_kernel():
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50)).eval()
+    with torch.no_grad():
+        assert ms.model_step(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1)) is None
