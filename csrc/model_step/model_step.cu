@@ -65,6 +65,7 @@ struct Params {
   float* dbc;   // (b, R + 2N)
   float* ys;    // (b, E): gated scan output
   unsigned* sync;  // [0] launch epoch, [1], [2] barrier counters (one per epoch parity)
+  unsigned long long* times;  // null, or (8 n_layer + 2) phase timestamps of block 0 (ns)
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -81,32 +82,6 @@ template <typename T> __device__ __forceinline__ float round_t(float v) { return
 
 template <typename T> __device__ __forceinline__ float ld(const void* p, int64_t i) {
   return to_f<T>(__ldg(static_cast<const T*>(p) + i));
-}
-
-// 8 consecutive weights (16-byte aligned rows) as floats, through the read-only path.
-template <typename T> __device__ __forceinline__ void load8(const T* p, float* o);
-template <> __device__ __forceinline__ void load8<float>(const float* p, float* o) {
-  float4 a = __ldg(reinterpret_cast<const float4*>(p));
-  float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
-  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-}
-template <> __device__ __forceinline__ void load8<__half>(const __half* p, float* o) {
-  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x; o[2 * i + 1] = f.y;
-  }
-}
-template <> __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float* o) {
-  uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x; o[2 * i + 1] = f.y;
-  }
 }
 
 __device__ __forceinline__ float dot8(const float* w, const float* a) {
@@ -156,33 +131,56 @@ __device__ __forceinline__ void prefetch_slice(const void* base, int64_t bytes) 
 }
 
 // residual' = residual + hidden (the embedding row at the first layer); act = RMSNorm(residual') * w
-// in the model dtype, into shared memory; block 0 writes residual' for the next layer.
-template <typename T>
+// in the model dtype, into shared memory; ``res_out`` (block 0 only) gets residual'. All threads
+// of the block share each row, so every load of the row is in flight at once.
+template <typename T, int BB>
 __device__ void add_norm(const Params& p, bool first, const float* res_in, float* res_out, const void* w,
                          float* act) {
+  __shared__ float part[kWarps][BB];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int D = p.D;
-  for (int i = warp; i < p.b; i += kWarps) {
-    int64_t tok = p.ids[i];
-    tok = tok < 0 ? 0 : (tok >= p.V ? p.V - 1 : tok);
-    float ss = 0.f;
-    for (int k = lane; k < D; k += 32) {
+  const int D = p.D, b = p.b;
+  float ss[BB];
+#pragma unroll
+  for (int i = 0; i < BB; ++i) ss[i] = 0.f;
+  for (int k = threadIdx.x; k < D; k += kThreads) {
+#pragma unroll
+    for (int i = 0; i < BB; ++i) {
+      if (i >= b) continue;
       float r;
       if (first) {
+        int64_t tok = p.ids[i];
+        tok = tok < 0 ? 0 : (tok >= p.V ? p.V - 1 : tok);
         r = ld<T>(p.emb, tok * D + k);
       } else {
         r = __ldcg(res_in + (int64_t)i * D + k) + __ldcg(p.hid + (int64_t)i * D + k);
         if (!p.res_fp32) r = round_t<T>(r);
       }
       act[i * D + k] = r;
-      ss += r * r;
+      ss[i] += r * r;
     }
-    ss = warp_sum(ss);
-    const float inv = rsqrtf(ss / D + p.eps);
-    for (int k = lane; k < D; k += 32) {
+  }
+#pragma unroll
+  for (int i = 0; i < BB; ++i) {
+    const float v = warp_sum(ss[i]);
+    if (lane == 0) part[warp][i] = v;
+  }
+  __syncthreads();
+  float inv[BB];
+#pragma unroll
+  for (int i = 0; i < BB; ++i) {
+    float t = 0.f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) t += part[j][i];
+    inv[i] = rsqrtf(t / D + p.eps);
+  }
+  for (int k = threadIdx.x; k < D; k += kThreads) {
+    const float wk = ld<T>(w, k);
+#pragma unroll
+    for (int i = 0; i < BB; ++i) {
+      if (i >= b) continue;
       const float r = act[i * D + k];
       if (res_out != nullptr) res_out[(int64_t)i * D + k] = r;
-      act[i * D + k] = round_t<T>(r * inv * ld<T>(w, k));
+      act[i * D + k] = round_t<T>(r * inv[i] * wk);
     }
   }
   __syncthreads();
@@ -194,22 +192,110 @@ __device__ __forceinline__ void stage(const float* src, float* dst, int n) {
   __syncthreads();
 }
 
-// acc[i] = row . act[i] for i < b, reduced over the warp (every lane holds the sums).
-template <typename T, int BB>
-__device__ __forceinline__ void row_dot(const T* row, const float* act, int K, int b, float* acc) {
-  const int lane = threadIdx.x & 31;
+// 8 weights as raw bytes (one 16-byte load for 16-bit types, two for fp32), unpacked later, so that
+// a warp issues all its loads before it waits for the first.
+template <typename T> struct Raw8 { uint4 v[sizeof(T) / 2]; };
+
+template <typename T> __device__ __forceinline__ void load_raw(const T* p, Raw8<T>& r) {
 #pragma unroll
-  for (int i = 0; i < BB; ++i) acc[i] = 0.f;
-  for (int k = lane * 8; k < K; k += 256) {
-    float w[8];
-    load8<T>(row + k, w);
-#pragma unroll
-    for (int i = 0; i < BB; ++i)
-      if (i < b) acc[i] += dot8(w, act + i * K + k);
-  }
-#pragma unroll
-  for (int i = 0; i < BB; ++i) acc[i] = warp_sum(acc[i]);
+  for (int j = 0; j < (int)(sizeof(T) / 2); ++j) r.v[j] = __ldg(reinterpret_cast<const uint4*>(p) + j);
 }
+
+template <typename T> __device__ __forceinline__ void unpack8(const Raw8<T>& r, float* o);
+template <> __device__ __forceinline__ void unpack8<float>(const Raw8<float>& r, float* o) {
+  const float* f = reinterpret_cast<const float*>(r.v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = f[j];
+}
+template <> __device__ __forceinline__ void unpack8<__half>(const Raw8<__half>& r, float* o) {
+  const __half2* h = reinterpret_cast<const __half2*>(r.v);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __half22float2(h[j]);
+    o[2 * j] = f.x; o[2 * j + 1] = f.y;
+  }
+}
+template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const Raw8<__nv_bfloat16>& r, float* o) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(r.v);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    o[2 * j] = f.x; o[2 * j + 1] = f.y;
+  }
+}
+
+// The first PRE chunks (of 8 weights per lane, 256 per warp) of NR rows, loaded ahead: issued
+// before the barrier that precedes their use, so their latency overlaps the wait.
+template <typename T, int NR, int PRE>
+struct Rows {
+  Raw8<T> raw[NR][PRE];
+  const T* row0;
+  int64_t stride;
+  int K;
+
+  __device__ __forceinline__ void load(const T* r0, int64_t s, int k) {
+    row0 = r0; stride = s; K = k;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int u = 0; u < PRE; ++u) {
+      const int kk = lane * 8 + u * 256;
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+        if (kk < K) load_raw<T>(row0 + r * stride + kk, raw[r][u]);
+    }
+  }
+
+  // acc[r][i] = row r . act[i] (act: b rows of K floats), summed over the warp
+  template <int BB>
+  __device__ __forceinline__ void dot(const float* act, int b, float (&acc)[NR][BB]) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+      for (int i = 0; i < BB; ++i) acc[r][i] = 0.f;
+#pragma unroll
+    for (int u = 0; u < PRE; ++u) {
+      const int kk = lane * 8 + u * 256;
+      if (kk < K) {
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          float w[8];
+          unpack8<T>(raw[r][u], w);
+#pragma unroll
+          for (int i = 0; i < BB; ++i)
+            if (i < b) acc[r][i] += dot8(w, act + i * K + kk);
+        }
+      }
+    }
+    // the rest of the row, two chunks per row in flight at a time
+    for (int k0 = lane * 8 + PRE * 256; k0 < K; k0 += 512) {
+      Raw8<T> rest[NR][2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int r = 0; r < NR; ++r)
+          if (k0 + u * 256 < K) load_raw<T>(row0 + r * stride + k0 + u * 256, rest[r][u]);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int kk = k0 + u * 256;
+        if (kk < K) {
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            float w[8];
+            unpack8<T>(rest[r][u], w);
+#pragma unroll
+            for (int i = 0; i < BB; ++i)
+              if (i < b) acc[r][i] += dot8(w, act + i * K + kk);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+      for (int i = 0; i < BB; ++i) acc[r][i] = warp_sum(acc[r][i]);
+  }
+};
 
 template <int BB>
 __device__ __forceinline__ float pick(const float* acc, int i) {
@@ -220,9 +306,21 @@ __device__ __forceinline__ float pick(const float* acc, int i) {
   return v;
 }
 
+__device__ __forceinline__ void stamp(const Params& p, int slot) {
+  if (p.times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.times[slot] = t;
+  }
+}
+
+// How many 256-weight chunks per row a warp loads ahead (registers: fewer for fp32 and big batches).
+template <typename T, int BB> constexpr int pre_chunks() { return (sizeof(T) == 4 ? 2 : 4) / (BB > 1 ? 2 : 1); }
+
 template <typename T, int BB>
 __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
   extern __shared__ float smem[];
+  constexpr int PRE = pre_chunks<T, BB>();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // warps numbered across blocks first, so that a phase with few rows spreads over many SMs
   const int sw = warp * gridDim.x + blockIdx.x, nw = gridDim.x * kWarps;
@@ -233,13 +331,18 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
   unsigned* counter = p.sync + 1 + (epoch & 1u);
   unsigned target = 0;
 
+  Rows<T, 2, PRE> in_rows;   // phase A: in_proj rows c and E + c
+  Rows<T, 1, PRE> one_row;   // phases B and D: an x_proj or out_proj row
+  if (sw < E) in_rows.load(static_cast<const T*>(p.layers[0].in_w) + (int64_t)sw * D, (int64_t)E * D, D);
+
   for (int l = 0; l < p.n_layer; ++l) {
     const LayerPtrs L = p.layers[l];
     const float* res_in = p.res + (int64_t)(l & 1) * b * D;
     float* res_out = p.res + (int64_t)((l + 1) & 1) * b * D;
+    stamp(p, l * 8 + 0);
 
     // ---- A: add + norm, in_proj (rows c and E + c together), conv step, SiLU
-    add_norm<T>(p, l == 0, res_in, blockIdx.x == 0 ? res_out : nullptr, L.norm_w, smem);
+    add_norm<T, BB>(p, l == 0, res_in, blockIdx.x == 0 ? res_out : nullptr, L.norm_w, smem);
     if (l + 1 < p.n_layer) {
       const LayerPtrs& M = p.layers[l + 1];
       prefetch_slice(M.in_w, (int64_t)2 * E * D * sizeof(T));
@@ -248,83 +351,127 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
       prefetch_slice(M.out_w, (int64_t)D * E * sizeof(T));
     }
     for (int c = sw; c < E; c += nw) {
-      float ax[BB], az[BB];
-      const T* wx = static_cast<const T*>(L.in_w) + (int64_t)c * D;
-      row_dot<T, BB>(wx, smem, D, b, ax);
-      row_dot<T, BB>(wx + (int64_t)E * D, smem, D, b, az);
-      const float xv = pick<BB>(ax, lane), zv = pick<BB>(az, lane);
+      if (c != sw) in_rows.load(static_cast<const T*>(L.in_w) + (int64_t)c * D, (int64_t)E * D, D);
+      // this lane's conv operands (lane i < b: batch row i), loaded before the dot products
+      float cw[4], cs_old[3], cb = 0.f, bx = 0.f, bz = 0.f;
+      T* cs = nullptr;
+      if (lane < b) {
+        cs = static_cast<T*>(L.conv_state) + ((int64_t)lane * E + c) * (W - 1);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cw[j] = j < W ? ld<T>(L.conv_w, (int64_t)c * W + j) : 0.f;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) cs_old[j] = j < W - 1 ? to_f<T>(cs[j]) : 0.f;
+        if (L.conv_b) cb = ld<T>(L.conv_b, c);
+        if (L.in_b) { bx = ld<T>(L.in_b, c); bz = ld<T>(L.in_b, E + c); }
+      }
+      float acc[2][BB];
+      in_rows.template dot<BB>(smem, b, acc);
+      const float xv = pick<BB>(acc[0], lane), zv = pick<BB>(acc[1], lane);
       if (lane < b) {
         const int i = lane;
-        const float x = round_t<T>(xv + (L.in_b ? ld<T>(L.in_b, c) : 0.f));
-        const float z = round_t<T>(zv + (L.in_b ? ld<T>(L.in_b, E + c) : 0.f));
-        T* cs = static_cast<T*>(L.conv_state) + ((int64_t)i * E + c) * (W - 1);
-        float acc = L.conv_b ? ld<T>(L.conv_b, c) : 0.f;
-        for (int j = 0; j < W - 1; ++j) acc += ld<T>(L.conv_w, (int64_t)c * W + j) * to_f<T>(cs[j]);
-        acc += ld<T>(L.conv_w, (int64_t)c * W + W - 1) * x;
-        for (int j = 0; j + 1 < W - 1; ++j) cs[j] = cs[j + 1];
+        const float x = round_t<T>(xv + bx);
+        const float z = round_t<T>(zv + bz);
+        float a = cb;
+#pragma unroll
+        for (int j = 0; j < 3; ++j)
+          if (j < W - 1) a += cw[j] * cs_old[j];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (j == W - 1) a += cw[j] * x;
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (j + 1 < W - 1) cs[j] = from_f<T>(cs_old[j + 1]);
         if (W > 1) cs[W - 2] = from_f<T>(x);
-        const float xc = round_t<T>(acc / (1.f + __expf(-acc)));
+        const float xc = round_t<T>(a / (1.f + __expf(-a)));
         p.xs[(int64_t)i * E + c] = xc;
         p.zs[(int64_t)i * E + c] = z;
       }
     }
+    if (sw < XW) one_row.load(static_cast<const T*>(L.x_w) + (int64_t)sw * E, 0, E);
+    stamp(p, l * 8 + 1);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 2);
 
     // ---- B: x_proj
     if ((int)blockIdx.x < XW) {
       stage(p.xs, smem, b * E);
       for (int r = sw; r < XW; r += nw) {
-        float acc[BB];
-        row_dot<T, BB>(static_cast<const T*>(L.x_w) + (int64_t)r * E, smem, E, b, acc);
-        const float v = pick<BB>(acc, lane);
+        if (r != sw) one_row.load(static_cast<const T*>(L.x_w) + (int64_t)r * E, 0, E);
+        float acc[1][BB];
+        one_row.template dot<BB>(smem, b, acc);
+        const float v = pick<BB>(acc[0], lane);
         if (lane < b) p.dbc[(int64_t)lane * XW + r] = round_t<T>(v);
       }
     }
+    // phase C's per-channel operands of this warp's first task, loaded before the barrier
+    const int per_warp = 32 / N;
+    const int n = lane % N, g = lane / N;
+    const int total = b * E;
+    float c_dtw[4], c_a = 0.f, c_h = 0.f, c_dtb = 0.f, c_d = 0.f;
+    auto load_c = [&](int t) {
+      const int c = t % E, i = t / E;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = n + j * N;
+        c_dtw[j] = r < R ? ld<T>(L.dt_w, (int64_t)c * R + r) : 0.f;
+      }
+      c_a = -__expf(ld<T>(L.a_log, (int64_t)c * N + n));
+      c_h = L.ssm_state[((int64_t)i * E + c) * N + n];
+      c_dtb = ld<T>(L.dt_b, c);
+      c_d = ld<T>(L.skip_d, c);
+    };
+    if (sw * per_warp + g < total) load_c(sw * per_warp + g);
+    stamp(p, l * 8 + 3);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 4);
 
     // ---- C: dt_proj + softplus, state update, D skip, gate; N lanes per (row, channel)
     {
       stage(p.dbc, smem, b * XW);
-      const int per_warp = 32 / N;
-      const int n = lane % N, g = lane / N;
-      const int total = b * E;
       for (int base = sw * per_warp; base < total; base += nw * per_warp) {
         const int t = base + g;
         const bool on = t < total;
+        if (on && base != sw * per_warp) load_c(t);
         const int i = on ? t / E : 0, c = on ? t % E : 0;
         const float* db = smem + i * XW;
         float dt = 0.f;
-        if (on)
-          for (int r = n; r < R; r += N) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+        if (on) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (n + j * N < R) dt += c_dtw[j] * db[n + j * N];
+          for (int r = n + 4 * N; r < R; r += N) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+        }
         for (int o = N / 2; o > 0; o >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, o);
         float y = 0.f, x = 0.f, z = 0.f;
         if (on) {
-          dt = round_t<T>(dt) + ld<T>(L.dt_b, c);
+          dt = round_t<T>(dt) + c_dtb;
           dt = dt > 20.f ? dt : log1pf(__expf(dt));
           x = __ldcg(p.xs + (int64_t)i * E + c);
           z = __ldcg(p.zs + (int64_t)i * E + c);
-          const float a = -__expf(ld<T>(L.a_log, (int64_t)c * N + n));
-          float* st = L.ssm_state + ((int64_t)i * E + c) * N + n;
-          const float h = *st * __expf(dt * a) + dt * db[R + n] * x;
-          *st = h;
+          const float h = c_h * __expf(dt * c_a) + dt * db[R + n] * x;
+          L.ssm_state[((int64_t)i * E + c) * N + n] = h;
           y = h * db[R + N + n];
         }
         for (int o = N / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
         if (on && n == 0) {
-          y += x * ld<T>(L.skip_d, c);
+          y += x * c_d;
           y *= z / (1.f + __expf(-z));
           p.ys[(int64_t)i * E + c] = round_t<T>(y);
         }
       }
     }
+    if (sw < D) one_row.load(static_cast<const T*>(L.out_w) + (int64_t)sw * E, 0, E);
+    stamp(p, l * 8 + 5);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 6);
 
     // ---- D: out_proj
     stage(p.ys, smem, b * E);
     for (int d = sw; d < D; d += nw) {
-      float acc[BB];
-      row_dot<T, BB>(static_cast<const T*>(L.out_w) + (int64_t)d * E, smem, E, b, acc);
-      const float v = pick<BB>(acc, lane);
+      if (d != sw) one_row.load(static_cast<const T*>(L.out_w) + (int64_t)d * E, 0, E);
+      float acc[1][BB];
+      one_row.template dot<BB>(smem, b, acc);
+      const float v = pick<BB>(acc[0], lane);
       if (lane < b) p.hid[(int64_t)lane * D + d] = round_t<T>(v + (L.out_b ? ld<T>(L.out_b, d) : 0.f));
     }
     if (l == 0 && blockIdx.x == 0 && threadIdx.x == 0) {
@@ -332,17 +479,24 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
       p.sync[1 + ((epoch + 1u) & 1u)] = 0u;
       p.sync[0] = epoch + 1u;
     }
+    if (l + 1 < p.n_layer && sw < E)
+      in_rows.load(static_cast<const T*>(p.layers[l + 1].in_w) + (int64_t)sw * D, (int64_t)E * D, D);
+    stamp(p, l * 8 + 7);
     grid_sync(counter, target);
   }
 
   // ---- final add + RMSNorm, LM head
-  add_norm<T>(p, false, p.res + (int64_t)(p.n_layer & 1) * b * D, nullptr, p.norm_f, smem);
+  stamp(p, p.n_layer * 8);
+  add_norm<T, BB>(p, false, p.res + (int64_t)(p.n_layer & 1) * b * D, nullptr, p.norm_f, smem);
+  Rows<T, 1, PRE> head_row;
   for (int v = sw; v < p.V; v += nw) {
-    float acc[BB];
-    row_dot<T, BB>(static_cast<const T*>(p.head) + (int64_t)v * D, smem, D, b, acc);
-    const float s = pick<BB>(acc, lane);
+    head_row.load(static_cast<const T*>(p.head) + (int64_t)v * D, 0, D);
+    float acc[1][BB];
+    head_row.template dot<BB>(smem, b, acc);
+    const float s = pick<BB>(acc[0], lane);
     if (lane < b) static_cast<T*>(p.logits)[(int64_t)lane * p.V + v] = from_f<T>(s);
   }
+  stamp(p, p.n_layer * 8 + 1);
 }
 
 template <typename T, int BB>
@@ -363,7 +517,8 @@ void launch(const Params& p, int blocks, size_t smem, cudaStream_t stream) {
 // workspace_floats(b, D, E, R, N) elements followed by 3 uint32 sync words (zeroed once).
 torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor emb, torch::Tensor norm_f,
                          torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
-                         int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32) {
+                         int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32,
+                         c10::optional<torch::Tensor> times) {
   TORCH_CHECK(layers.is_cuda() && layers.scalar_type() == torch::kInt64 && layers.dim() == 2 &&
                   layers.size(1) == kLayerFields && layers.is_contiguous(),
               "model_step: layers must be a contiguous (n_layer, 14) int64 CUDA tensor");
@@ -403,6 +558,12 @@ torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor 
   p.ys = w; w += b * E;
   p.dbc = w;
   p.sync = reinterpret_cast<unsigned*>(sync.data_ptr<int32_t>());
+  p.times = nullptr;
+  if (times.has_value() && times->numel() > 0) {
+    TORCH_CHECK(times->scalar_type() == torch::kInt64 && times->numel() >= 8 * p.n_layer + 2,
+                "model_step: times must hold 8 n_layer + 2 int64");
+    p.times = reinterpret_cast<unsigned long long*>(times->data_ptr<int64_t>());
+  }
 
   const int64_t width = std::max<int64_t>(D, std::max<int64_t>(E, XW));
   const size_t smem = (size_t)(b * width) * sizeof(float);
@@ -411,10 +572,10 @@ torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor 
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto st = emb.scalar_type();
-  TORCH_CHECK(p.b >= 1 && p.b <= 16, "model_step: batch must be 1..16");
+  TORCH_CHECK(p.b >= 1 && p.b <= 4, "model_step: batch must be 1..4");
 #define GM_LAUNCH(T)                                            \
   if (p.b == 1) launch<T, 1>(p, sms, smem, stream);            \
-  else launch<T, 16>(p, sms, smem, stream);
+  else launch<T, 4>(p, sms, smem, stream);
   if (st == torch::kFloat16) {
     GM_LAUNCH(__half)
   } else if (st == torch::kBFloat16) {

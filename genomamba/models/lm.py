@@ -206,7 +206,7 @@ class MambaLM(nn.Module):
     def step(self, input_ids, cache: InferenceCache):
         """One token per sequence: input_ids (b,) or (b, 1) -> logits (b, padded_vocab_size).
 
-        On CUDA at batch <= 16 one kernel runs the whole step (:mod:`genomamba.ops.cuda.model_step`);
+        On CUDA at batch <= 4 one kernel runs the whole step (:mod:`genomamba.ops.cuda.model_step`);
         otherwise, or with ``GENOMAMBA_DECODE_STEP=layers``, the layers step one after another."""
         logits = model_step(self, input_ids, cache) if input_ids.is_cuda else None
         if logits is None:

@@ -11,7 +11,7 @@ process, in one line, with the layered step taking over.
 
 It runs when the model and the step allow it (:func:`unsupported` says why not otherwise): a
 model on CUDA in float16, bfloat16 or float32 (all parameters in that dtype), RMSNorm, d_state a
-power of two up to 32, d_conv up to 4, d_model and d_inner multiples of 8, batch 1 to 16, no
+power of two up to 32, d_conv up to 4, d_model and d_inner multiples of 8, batch 1 to 4, no
 gradients, the scan backend not forced to another one. ``GENOMAMBA_DECODE_STEP=layers`` turns it
 off (the layered step then runs, e.g. to compare the two).
 """
@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-MAX_BATCH = 16
+MAX_BATCH = 4
 MAX_SHARED_BYTES = 200 * 1024
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _VERIFIED: set = set()  # (dtype, batch class, device index) whose first fused step matched the layered one
@@ -92,10 +92,9 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
 class _Buffers:
     """What the kernel reads besides the model: the per-layer address table (weights and this
     cache's states), the fp32 workspace and the barrier words. Kept on the cache, so a captured
-    graph and its cache share them; rebuilt when a weight or a state tensor moves."""
+    graph and its cache share them."""
 
     def __init__(self, model, cache, b: int, device):
-        self.key = _key(model, cache, b)
         bb = model.backbone
         rows = []
         for layer, c in zip(bb.layers, cache.layers):
@@ -113,9 +112,35 @@ class _Buffers:
         self.sync = torch.zeros(3, dtype=torch.int32, device=device)
 
 
-def _key(model, cache, b: int) -> tuple:
-    return (b, tuple(p.data_ptr() for p in model.parameters()),
-            tuple((c.conv_state.data_ptr(), c.ssm_state.data_ptr()) for c in cache.layers))
+class _Verdict:
+    """Whether the kernel takes steps on a cache, decided once per state of what it depends on (the
+    batch, grad mode, training mode, forced backend, the model's parameters and the cache's states;
+    checked per step by a cheap key: the model, where its embedding and the states live)."""
+
+    __slots__ = ("key", "why", "buffers")
+
+    def __init__(self, key, why, buffers):
+        self.key, self.why, self.buffers = key, why, buffers
+
+
+def _quick_key(model, cache, b: int) -> tuple:
+    from genomamba.ops.dispatch import requested_backend
+
+    w = model.backbone.embedding.weight
+    return (b, torch.is_grad_enabled(), model.training, requested_backend(), id(model), w.data_ptr(), w.dtype,
+            model.lm_head.weight.data_ptr(), tuple((c.conv_state.data_ptr(), c.ssm_state.data_ptr())
+                                                   for c in cache.layers))
+
+
+def _verdict(model, ids, cache) -> _Verdict:
+    b = ids.numel()
+    key = _quick_key(model, cache, b)
+    held = cache.extra.get("model_step")
+    if held is None or held.key != key:
+        why = unsupported(model, ids, cache)
+        held = _Verdict(key, why, None if why else _Buffers(model, cache, b, ids.device))
+        cache.extra["model_step"] = held
+    return held
 
 
 def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
@@ -124,8 +149,8 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     layer). ``cache.seqlen_offset`` is left to the caller."""
     if not enabled():
         return None
-    why = unsupported(model, input_ids, cache)
-    if why is not None:
+    ids = input_ids.reshape(-1).to(torch.int64).contiguous()
+    if _verdict(model, ids, cache).why is not None:
         return None
     from genomamba.ops.cuda.build import step_extension
 
@@ -134,10 +159,8 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     except Exception as exc:  # no nvcc, a failed build: the layered step serves, said once
         _turn_off(f"could not be built ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return None
-    ids = input_ids.reshape(-1).to(torch.int64).contiguous()
-    b = ids.numel()
     w = model.backbone.embedding.weight
-    check = (w.dtype, b == 1, w.device.index)
+    check = (w.dtype, ids.numel() == 1, w.device.index)
     if check not in _VERIFIED:
         if torch.cuda.is_current_stream_capturing():
             return None  # checked outside a capture first (a captured graph warms up before)
@@ -145,18 +168,16 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     return _launch(model, ext, ids, cache)
 
 
-def _launch(model, ext, ids, cache) -> torch.Tensor:
+def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``times``: an int64 tensor of 8 n_layer + 2 slots for the phase timestamps (ns) of one block."""
+    buf = _verdict(model, ids, cache).buffers
     b = ids.numel()
-    buf = cache.extra.get("model_step")
-    if buf is None or buf.key != _key(model, cache, b):
-        buf = _Buffers(model, cache, b, ids.device)
-        cache.extra["model_step"] = buf
     bb = model.backbone
     m = bb.layers[0].mixer
     logits = torch.empty(b, model.lm_head.weight.shape[0], dtype=model.lm_head.weight.dtype, device=ids.device)
     return ext.model_step(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                           buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
-                          float(bb.norm_f.eps), bool(model.config.residual_in_fp32))
+                          float(bb.norm_f.eps), bool(model.config.residual_in_fp32), times)
 
 
 def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
