@@ -292,16 +292,20 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
     b = len(prompts) if as_list else input_ids.shape[0]
     new = torch.empty(b, max_new_tokens, dtype=torch.long, device=device)
     if max_new_tokens > 0:
-        if as_list:
-            cache, logits = prefill(model, prompts, prefill_chunk)
-        else:
-            cache, logits = _prefill_group(model, input_ids, prefill_chunk)
-        graph = graphs_of(model).get(model, b, device) if use_cuda_graph(cuda_graph, device) else None
-        if graph is not None:
-            graph.load(cache)
-            del cache
-        _loop(model, graph, cache if graph is None else None, logits, new, temperature, top_k, top_p, gen,
-              eos_token_id, vocab, mask)
+        # inference mode: no version counters or view tracking per op (a 2,048-token prefill of a
+        # 24-layer model issues ~500 ops; each is cheaper to launch); ``new`` was made outside it,
+        # so the ids returned are ordinary tensors
+        with torch.inference_mode():
+            if as_list:
+                cache, logits = prefill(model, prompts, prefill_chunk)
+            else:
+                cache, logits = _prefill_group(model, input_ids, prefill_chunk)
+            graph = graphs_of(model).get(model, b, device) if use_cuda_graph(cuda_graph, device) else None
+            if graph is not None:
+                graph.load(cache)
+                del cache
+            _loop(model, graph, cache if graph is None else None, logits, new, temperature, top_k, top_p, gen,
+                  eos_token_id, vocab, mask)
     if as_list:
         return [torch.cat([p, new[i]]) for i, p in enumerate(prompts)]
     return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
