@@ -485,16 +485,18 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
     grid_sync(counter, target);
   }
 
-  // ---- final add + RMSNorm, LM head
+  // ---- final add + RMSNorm, LM head (the next row's load in flight while a row is summed)
   stamp(p, p.n_layer * 8);
+  Rows<T, 1, PRE> cur, nxt;
+  if (sw < p.V) cur.load(static_cast<const T*>(p.head) + (int64_t)sw * D, 0, D);
   add_norm<T, BB>(p, false, p.res + (int64_t)(p.n_layer & 1) * b * D, nullptr, p.norm_f, smem);
-  Rows<T, 1, PRE> head_row;
   for (int v = sw; v < p.V; v += nw) {
-    head_row.load(static_cast<const T*>(p.head) + (int64_t)v * D, 0, D);
+    if (v + nw < p.V) nxt.load(static_cast<const T*>(p.head) + (int64_t)(v + nw) * D, 0, D);
     float acc[1][BB];
-    head_row.template dot<BB>(smem, b, acc);
+    cur.template dot<BB>(smem, b, acc);
     const float s = pick<BB>(acc[0], lane);
     if (lane < b) static_cast<T*>(p.logits)[(int64_t)lane * p.V + v] = from_f<T>(s);
+    cur = nxt;
   }
   stamp(p, p.n_layer * 8 + 1);
 }
