@@ -142,6 +142,12 @@ __device__ void add_norm(const Params& p, bool first, const float* res_in, float
   float ss[BB];
 #pragma unroll
   for (int i = 0; i < BB; ++i) ss[i] = 0.f;
+  float wk_held[4];  // the norm weights of this thread's first columns, loaded with the rows
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int k = threadIdx.x + j * kThreads;
+    wk_held[j] = k < D ? ld<T>(w, k) : 0.f;
+  }
   for (int k = threadIdx.x; k < D; k += kThreads) {
 #pragma unroll
     for (int i = 0; i < BB; ++i) {
@@ -173,8 +179,12 @@ __device__ void add_norm(const Params& p, bool first, const float* res_in, float
     for (int j = 0; j < kWarps; ++j) t += part[j][i];
     inv[i] = rsqrtf(t / D + p.eps);
   }
-  for (int k = threadIdx.x; k < D; k += kThreads) {
-    const float wk = ld<T>(w, k);
+  for (int k = threadIdx.x, j = 0; k < D; k += kThreads, ++j) {
+    float wk = 0.f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q == j) wk = wk_held[q];
+    if (j >= 4) wk = ld<T>(w, k);
 #pragma unroll
     for (int i = 0; i < BB; ++i) {
       if (i >= b) continue;
@@ -342,6 +352,21 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
     stamp(p, l * 8 + 0);
 
     // ---- A: add + norm, in_proj (rows c and E + c together), conv step, SiLU
+    // this lane's conv operands (lane i < b: batch row i) for channel c, loaded ahead of their use
+    float cw[4], cs_old[3], cb = 0.f, bx = 0.f, bz = 0.f;
+    auto load_conv = [&](int c) {
+      if (lane < b) {
+        const T* cs = static_cast<const T*>(L.conv_state) + ((int64_t)lane * E + c) * (W - 1);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cw[j] = j < W ? ld<T>(L.conv_w, (int64_t)c * W + j) : 0.f;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) cs_old[j] = j < W - 1 ? to_f<T>(cs[j]) : 0.f;
+        cb = L.conv_b ? ld<T>(L.conv_b, c) : 0.f;
+        bx = L.in_b ? ld<T>(L.in_b, c) : 0.f;
+        bz = L.in_b ? ld<T>(L.in_b, E + c) : 0.f;
+      }
+    };
+    if (sw < E) load_conv(sw);
     add_norm<T, BB>(p, l == 0, res_in, blockIdx.x == 0 ? res_out : nullptr, L.norm_w, smem);
     if (l + 1 < p.n_layer) {
       const LayerPtrs& M = p.layers[l + 1];
@@ -351,19 +376,11 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
       prefetch_slice(M.out_w, (int64_t)D * E * sizeof(T));
     }
     for (int c = sw; c < E; c += nw) {
-      if (c != sw) in_rows.load(static_cast<const T*>(L.in_w) + (int64_t)c * D, (int64_t)E * D, D);
-      // this lane's conv operands (lane i < b: batch row i), loaded before the dot products
-      float cw[4], cs_old[3], cb = 0.f, bx = 0.f, bz = 0.f;
-      T* cs = nullptr;
-      if (lane < b) {
-        cs = static_cast<T*>(L.conv_state) + ((int64_t)lane * E + c) * (W - 1);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) cw[j] = j < W ? ld<T>(L.conv_w, (int64_t)c * W + j) : 0.f;
-#pragma unroll
-        for (int j = 0; j < 3; ++j) cs_old[j] = j < W - 1 ? to_f<T>(cs[j]) : 0.f;
-        if (L.conv_b) cb = ld<T>(L.conv_b, c);
-        if (L.in_b) { bx = ld<T>(L.in_b, c); bz = ld<T>(L.in_b, E + c); }
+      if (c != sw) {
+        in_rows.load(static_cast<const T*>(L.in_w) + (int64_t)c * D, (int64_t)E * D, D);
+        load_conv(c);
       }
+      T* cs = static_cast<T*>(L.conv_state) + ((int64_t)(lane < b ? lane : 0) * E + c) * (W - 1);
       float acc[2][BB];
       in_rows.template dot<BB>(smem, b, acc);
       const float xv = pick<BB>(acc[0], lane), zv = pick<BB>(acc[1], lane);
@@ -407,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
     const int per_warp = 32 / N;
     const int n = lane % N, g = lane / N;
     const int total = b * E;
-    float c_dtw[4], c_a = 0.f, c_h = 0.f, c_dtb = 0.f, c_d = 0.f;
+    float c_dtw[4], c_a = 0.f, c_h = 0.f, c_dtb = 0.f, c_d = 0.f, c_x = 0.f, c_z = 0.f;
     auto load_c = [&](int t) {
       const int c = t % E, i = t / E;
 #pragma unroll
@@ -419,6 +436,8 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
       c_h = L.ssm_state[((int64_t)i * E + c) * N + n];
       c_dtb = ld<T>(L.dt_b, c);
       c_d = ld<T>(L.skip_d, c);
+      c_x = __ldcg(p.xs + (int64_t)i * E + c);
+      c_z = __ldcg(p.zs + (int64_t)i * E + c);
     };
     if (sw * per_warp + g < total) load_c(sw * per_warp + g);
     stamp(p, l * 8 + 3);
@@ -446,8 +465,8 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
         if (on) {
           dt = round_t<T>(dt) + c_dtb;
           dt = dt > 20.f ? dt : log1pf(__expf(dt));
-          x = __ldcg(p.xs + (int64_t)i * E + c);
-          z = __ldcg(p.zs + (int64_t)i * E + c);
+          x = c_x;
+          z = c_z;
           const float h = c_h * __expf(dt * c_a) + dt * db[R + n] * x;
           L.ssm_state[((int64_t)i * E + c) * N + n] = h;
           y = h * db[R + N + n];
@@ -460,7 +479,11 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
         }
       }
     }
-    if (sw < D) one_row.load(static_cast<const T*>(L.out_w) + (int64_t)sw * E, 0, E);
+    float ob = 0.f;
+    if (sw < D) {
+      one_row.load(static_cast<const T*>(L.out_w) + (int64_t)sw * E, 0, E);
+      if (L.out_b) ob = ld<T>(L.out_b, sw);
+    }
     stamp(p, l * 8 + 5);
     grid_sync(counter, target);
     stamp(p, l * 8 + 6);
@@ -468,11 +491,14 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
     // ---- D: out_proj
     stage(p.ys, smem, b * E);
     for (int d = sw; d < D; d += nw) {
-      if (d != sw) one_row.load(static_cast<const T*>(L.out_w) + (int64_t)d * E, 0, E);
+      if (d != sw) {
+        one_row.load(static_cast<const T*>(L.out_w) + (int64_t)d * E, 0, E);
+        ob = L.out_b ? ld<T>(L.out_b, d) : 0.f;
+      }
       float acc[1][BB];
       one_row.template dot<BB>(smem, b, acc);
       const float v = pick<BB>(acc[0], lane);
-      if (lane < b) p.hid[(int64_t)lane * D + d] = round_t<T>(v + (L.out_b ? ld<T>(L.out_b, d) : 0.f));
+      if (lane < b) p.hid[(int64_t)lane * D + d] = round_t<T>(v + ob);
     }
     if (l == 0 && blockIdx.x == 0 && threadIdx.x == 0) {
       // every block has read the epoch (it passed a barrier): the next launch uses the other counter
