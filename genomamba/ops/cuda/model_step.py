@@ -150,6 +150,11 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     if not enabled():
         return None
     ids = input_ids.reshape(-1).to(torch.int64).contiguous()
+    for c in cache.layers:  # a prefill leaves views of its buffers: the kernel wants dense states
+        if c.conv_state.is_cuda and not c.conv_state.is_contiguous():
+            c.conv_state = c.conv_state.contiguous()
+        if c.ssm_state.is_cuda and not c.ssm_state.is_contiguous():
+            c.ssm_state = c.ssm_state.contiguous()
     if _verdict(model, ids, cache).why is not None:
         return None
     from genomamba.ops.cuda.build import step_extension
