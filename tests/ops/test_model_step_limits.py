@@ -54,3 +54,28 @@ def test_cpu_steps_do_not_reach_the_kernel():
     m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50)).eval()
     with torch.no_grad():
         assert ms.model_step(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1)) is None
+
+
+def test_layer_table_matches_the_kernel_struct():
+    """The address table's columns are the fields of ``struct LayerPtrs``, in its order, and each
+    holds the address of the tensor it names (0 for an absent bias)."""
+    import re
+
+    from genomamba.ops._sources import csrc_dir
+
+    src = (csrc_dir("model_step") / "model_step.cu").read_text()
+    body = re.search(r"struct LayerPtrs \{(.*?)\};", src, re.S).group(1)
+    fields = tuple(re.findall(r"\*\s*(\w+);", body))
+    assert fields == ms.LAYER_FIELDS
+    assert f"kLayerFields = {len(fields)};" in src
+
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50, bias=True, conv_bias=False)).eval()
+    cache = m.allocate_cache(3)
+    buf = ms._Buffers(m, cache, 3, torch.device("cpu"))
+    assert buf.table.shape == (2, len(fields))
+    mixer = m.backbone.layers[1].mixer
+    row = dict(zip(fields, buf.table[1].tolist()))
+    assert row["in_b"] == mixer.in_proj.bias.data_ptr() and row["conv_b"] == 0
+    assert row["a_log"] == mixer.A_log.data_ptr() and row["ssm_state"] == cache.layers[1].ssm_state.data_ptr()
+    # residual (2 rows), mixer output, x, z, y per sequence and the x_proj outputs
+    assert buf.workspace.numel() == 3 * (3 * 64 + 3 * 128 + mixer.dt_rank + 2 * 16)

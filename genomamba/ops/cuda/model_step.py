@@ -96,20 +96,27 @@ class _Buffers:
 
     def __init__(self, model, cache, b: int, device):
         bb = model.backbone
-        rows = []
-        for layer, c in zip(bb.layers, cache.layers):
-            m = layer.mixer
-            opt = (lambda t: 0 if t is None else t.data_ptr())
-            rows.append([layer.norm.weight.data_ptr(), m.in_proj.weight.data_ptr(), opt(m.in_proj.bias),
-                         m.conv1d.weight.data_ptr(), opt(m.conv1d.bias), m.x_proj.weight.data_ptr(),
-                         m.dt_proj.weight.data_ptr(), m.dt_proj.bias.data_ptr(), m.A_log.data_ptr(), m.D.data_ptr(),
-                         m.out_proj.weight.data_ptr(), opt(m.out_proj.bias), c.conv_state.data_ptr(),
-                         c.ssm_state.data_ptr()])
+        rows = [[_address(layer, c, name) for name in LAYER_FIELDS] for layer, c in zip(bb.layers, cache.layers)]
         self.table = torch.tensor(rows, dtype=torch.int64).to(device)
         m = bb.layers[0].mixer
         d, e, xw = model.config.d_model, m.d_inner, m.dt_rank + 2 * m.d_state
         self.workspace = torch.zeros(b * (3 * d + 3 * e + xw), dtype=torch.float32, device=device)
         self.sync = torch.zeros(3, dtype=torch.int32, device=device)
+
+
+# One row of the kernel's layer table, in the order of ``struct LayerPtrs`` in csrc/model_step/model_step.cu
+LAYER_FIELDS = ("norm_w", "in_w", "in_b", "conv_w", "conv_b", "x_w", "dt_w", "dt_b", "a_log", "skip_d", "out_w",
+                "out_b", "conv_state", "ssm_state")
+
+
+def _address(layer, c, name: str) -> int:
+    """The device address of field ``name`` of ``layer`` (a Block) and its cache ``c``; 0 for no bias."""
+    m = layer.mixer
+    t = {"norm_w": layer.norm.weight, "in_w": m.in_proj.weight, "in_b": m.in_proj.bias, "conv_w": m.conv1d.weight,
+         "conv_b": m.conv1d.bias, "x_w": m.x_proj.weight, "dt_w": m.dt_proj.weight, "dt_b": m.dt_proj.bias,
+         "a_log": m.A_log, "skip_d": m.D, "out_w": m.out_proj.weight, "out_b": m.out_proj.bias,
+         "conv_state": c.conv_state, "ssm_state": c.ssm_state}[name]
+    return 0 if t is None else t.data_ptr()
 
 
 class _Verdict:
