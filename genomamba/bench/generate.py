@@ -30,7 +30,9 @@ import torch
 
 from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
+from genomamba.models.decode import graphs_of
 from genomamba.models.lm import MambaLM
+from genomamba.ops.cuda.model_step import step_kind
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CUDA_DEFAULTS = dict(d_model=768, n_layer=24, vocab=50277, prompt_len=128, new_tokens=256, batch="1,16,64",
@@ -83,8 +85,12 @@ def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repea
     before = os.environ.get("GENOMAMBA_DECODE_STEP")
     os.environ["GENOMAMBA_DECODE_STEP"] = step
     try:
-        return timed(lambda n: model.generate(prompts, n, temperature=0, cuda_graph=cuda_graph), new_tokens,
-                     device, repeats), model.num_parameters()
+        res = timed(lambda n: model.generate(prompts, n, temperature=0, cuda_graph=cuda_graph), new_tokens,
+                    device, repeats)
+        graphs = [g for g in graphs_of(model).graphs.values() if g is not None]
+        if graphs:  # which step the captured graph replays, and if not the kernel, why
+            res["step"] = step_kind(graphs[-1].cache)
+        return res, model.num_parameters()
     finally:
         if before is None:
             os.environ.pop("GENOMAMBA_DECODE_STEP", None)
@@ -225,7 +231,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             params[name] = n_params
             row[f"{name}_tok_s"] = round(b * opt["new_tokens"] / res["seconds"], 1)
             row[f"{name}_ms_step"] = round(res["ms_per_step"], 3)
-            print(f"  batch {b}: {name} {row[f'{name}_tok_s']:,.0f} tok/s, {row[f'{name}_ms_step']} ms/step",
+            if "step" in res:
+                row[f"{name}_step"] = res["step"]
+            kind = f" [{res['step']}]" if "step" in res else ""
+            print(f"  batch {b}: {name} {row[f'{name}_tok_s']:,.0f} tok/s, {row[f'{name}_ms_step']} ms/step{kind}",
                   flush=True)
         if "genomamba_graph_tok_s" in row and "genomamba_eager_tok_s" in row:
             row["graph_speedup"] = round(row["genomamba_graph_tok_s"] / row["genomamba_eager_tok_s"], 2)

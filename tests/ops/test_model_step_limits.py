@@ -79,3 +79,12 @@ def test_layer_table_matches_the_kernel_struct():
     assert row["a_log"] == mixer.A_log.data_ptr() and row["ssm_state"] == cache.layers[1].ssm_state.data_ptr()
     # residual (2 rows), mixer output, x, z, y per sequence and the x_proj outputs
     assert buf.workspace.numel() == 3 * (3 * 64 + 3 * 128 + mixer.dt_rank + 2 * 16)
+
+
+def test_step_kind_says_why_the_layers_ran():
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50)).eval()
+    cache = m.allocate_cache(1)
+    assert ms.step_kind(cache) == "layers (not tried)"
+    with torch.no_grad():
+        ms._verdict(m, torch.zeros(1, dtype=torch.long), cache)
+    assert ms.step_kind(cache) == "layers (not on CUDA)"

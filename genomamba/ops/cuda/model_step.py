@@ -192,6 +192,16 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
                           float(bb.norm_f.eps), bool(model.config.residual_in_fp32), times)
 
 
+def step_kind(cache) -> str:
+    """Which step last ran on ``cache``: "model" (the whole-model kernel) or "layers (why)"."""
+    if _OFF:
+        return f"layers ({_OFF['why']})"
+    held = cache.extra.get("model_step")
+    if held is None:
+        return "layers (not tried)"
+    return "model" if held.why is None else f"layers ({held.why})"
+
+
 def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
     """The first fused step of its kind: compared with the layered step from copies of the states."""
     from genomamba.models.cache import InferenceCache
