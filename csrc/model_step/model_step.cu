@@ -38,8 +38,8 @@ struct LayerPtrs {
   const void* x_w;     // (R + 2N, E)
   const void* dt_w;    // (E, R)
   const void* dt_b;    // (E)
-  const void* a_log;   // (E, N)
-  const void* skip_d;  // (E)
+  const void* a_log;   // (E, N), model dtype or fp32 (Params::ad_fp32)
+  const void* skip_d;  // (E), as a_log
   const void* out_w;   // (D, E)
   const void* out_b;   // (D) or null
   void* conv_state;    // (b, E, W - 1), model dtype
@@ -58,6 +58,7 @@ struct Params {
   int b, D, E, R, N, W, V;
   float eps;
   bool res_fp32;
+  bool ad_fp32;  // A_log and D kept in fp32 (as a model built in half precision keeps them)
   float* res;   // (2, b, D): ping-pong residual stream
   float* hid;   // (b, D): mixer output
   float* xs;    // (b, E): conv + SiLU output
@@ -432,10 +433,10 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_kernel(Params p) {
         const int r = n + j * N;
         c_dtw[j] = r < R ? ld<T>(L.dt_w, (int64_t)c * R + r) : 0.f;
       }
-      c_a = -__expf(ld<T>(L.a_log, (int64_t)c * N + n));
+      c_a = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
       c_h = L.ssm_state[((int64_t)i * E + c) * N + n];
       c_dtb = ld<T>(L.dt_b, c);
-      c_d = ld<T>(L.skip_d, c);
+      c_d = p.ad_fp32 ? ld<float>(L.skip_d, c) : ld<T>(L.skip_d, c);
       c_x = __ldcg(p.xs + (int64_t)i * E + c);
       c_z = __ldcg(p.zs + (int64_t)i * E + c);
     };
@@ -545,7 +546,7 @@ void launch(const Params& p, int blocks, size_t smem, cudaStream_t stream) {
 // workspace_floats(b, D, E, R, N) elements followed by 3 uint32 sync words (zeroed once).
 torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor emb, torch::Tensor norm_f,
                          torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
-                         int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32,
+                         int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32,
                          c10::optional<torch::Tensor> times) {
   TORCH_CHECK(layers.is_cuda() && layers.scalar_type() == torch::kInt64 && layers.dim() == 2 &&
                   layers.size(1) == kLayerFields && layers.is_contiguous(),
@@ -572,6 +573,7 @@ torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor 
   p.V = (int)head.size(0);
   p.eps = (float)eps;
   p.res_fp32 = res_fp32;
+  p.ad_fp32 = ad_fp32;
   TORCH_CHECK(p.D % 8 == 0 && p.E % 8 == 0, "model_step: d_model and d_inner must be multiples of 8");
   TORCH_CHECK(logits.size(0) == p.b && logits.size(1) == p.V && logits.is_contiguous(), "model_step: logits shape");
   const int64_t b = p.b, D = p.D, XW = R + 2 * N;

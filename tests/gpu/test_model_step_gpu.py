@@ -21,15 +21,16 @@ SHAPES = {
 }
 
 
-def model(shape="default", dtype=torch.float32, device="cuda"):
+def model(shape="default", dtype=torch.float32, device="cuda", built_in_dtype=False):
+    """``built_in_dtype``: made in ``dtype`` (A_log and D then stay float32), else converted to it."""
     torch.manual_seed(0)
-    m = MambaLM(MambaConfig(**SHAPES[shape])).eval()
+    m = MambaLM(MambaConfig(**SHAPES[shape]), dtype=dtype if built_in_dtype else None).eval()
     with torch.no_grad():
         m.backbone.embedding.weight.mul_(5)
         for p in m.parameters():  # nonzero biases and a varied D: every term of the step matters
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
-    return m.to(device, dtype)
+    return m.to(device) if built_in_dtype else m.to(device, dtype)
 
 
 def random_states(cache, seed=0):
@@ -116,3 +117,18 @@ def test_batches_above_the_kernel_limit_step_by_layers(monkeypatch):
     monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "layers")
     want = m.step(ids, m.allocate_cache(ids.numel()))
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_half_model_with_float32_a_log_and_d(dtype, monkeypatch):
+    m = model("default", dtype, built_in_dtype=True)
+    assert m.backbone.layers[0].mixer.A_log.dtype == torch.float32
+    ids = torch.tensor([4, 9]).cuda()
+    assert ms.unsupported(m, ids, m.allocate_cache(2)) is None
+    got, gc = step_pair(m, ids, monkeypatch, "model")
+    assert ms.step_kind(gc) == "model" and not ms._OFF
+    want, wc = step_pair(m, ids, monkeypatch, "layers")
+    assert (got.float() - want.float()).abs().max() <= 3e-2 * (want.float().abs().max() + 1)
+    for a, b in zip(gc.layers, wc.layers):
+        assert torch.allclose(a.ssm_state, b.ssm_state, atol=3e-2 * (b.ssm_state.abs().max() + 1), rtol=0)

@@ -88,3 +88,14 @@ def test_step_kind_says_why_the_layers_ran():
     with torch.no_grad():
         ms._verdict(m, torch.zeros(1, dtype=torch.long), cache)
     assert ms.step_kind(cache) == "layers (not on CUDA)"
+
+
+def test_float32_a_log_and_d_of_a_half_model_are_taken():
+    """A model built in half precision keeps A_log and D in float32: the kernel reads them so."""
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50), dtype=torch.float16).eval()
+    assert m.backbone.layers[0].mixer.A_log.dtype == torch.float32
+    with torch.no_grad():
+        assert ms.unsupported(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1)) == "not on CUDA"
+        m.backbone.layers[1].mixer.D.data = m.backbone.layers[1].mixer.D.data.half()
+        assert ms.unsupported(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1)) \
+            == "A_log and D of mixed dtypes"

@@ -10,7 +10,8 @@ batch class in a process is checked against it, and a disagreement turns the ker
 process, in one line, with the layered step taking over.
 
 It runs when the model and the step allow it (:func:`unsupported` says why not otherwise): a
-model on CUDA in float16, bfloat16 or float32 (all parameters in that dtype), RMSNorm, d_state a
+model on CUDA in float16, bfloat16 or float32 (all parameters in that dtype, but A_log and D may be
+float32), RMSNorm, d_state a
 power of two up to 32, d_conv up to 4, d_model and d_inner multiples of 8, batch 1 to 4, no
 gradients, the scan backend not forced to another one. ``GENOMAMBA_DECODE_STEP=layers`` turns it
 off (the layered step then runs, e.g. to compare the two).
@@ -73,8 +74,14 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
         return f"d_conv {k}"
     if b * max(d, e, r + 2 * n) * 4 > MAX_SHARED_BYTES:
         return "batch x width too large for shared memory"
+    # A_log and D may stay in float32 (a model built in half precision keeps them so), all alike
+    ad = {id(t) for layer in bb.layers for t in (layer.mixer.A_log, layer.mixer.D)}
+    ad_dtypes = {t.dtype for layer in bb.layers for t in (layer.mixer.A_log, layer.mixer.D)}
+    if len(ad_dtypes) != 1 or not ad_dtypes <= {w.dtype, torch.float32}:
+        return "A_log and D of mixed dtypes"
     for p in model.parameters():
-        if p.dtype != w.dtype or p.device != w.device or not p.is_contiguous() or p.data_ptr() % 16:
+        if (p.dtype != w.dtype and id(p) not in ad) or p.device != w.device or not p.is_contiguous() \
+                or p.data_ptr() % 16:
             return "parameters of mixed dtype, device or layout"
     for layer, c in zip(bb.layers, cache.layers):
         if getattr(layer.mixer, "context_parallel", None) is not None:
@@ -189,7 +196,8 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
     logits = torch.empty(b, model.lm_head.weight.shape[0], dtype=model.lm_head.weight.dtype, device=ids.device)
     return ext.model_step(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                           buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
-                          float(bb.norm_f.eps), bool(model.config.residual_in_fp32), times)
+                          float(bb.norm_f.eps), bool(model.config.residual_in_fp32),
+                          m.A_log.dtype == torch.float32, times)
 
 
 def step_kind(cache) -> str:
