@@ -11,10 +11,9 @@ process, in one line, with the layered step taking over.
 
 It runs when the model and the step allow it (:func:`unsupported` says why not otherwise): a
 model on CUDA in float16, bfloat16 or float32 (all parameters in that dtype, but A_log and D may be
-float32), RMSNorm, d_state a
-power of two up to 32, d_conv up to 4, d_model and d_inner multiples of 8, batch 1 to 4, no
-gradients, the scan backend not forced to another one. ``GENOMAMBA_DECODE_STEP=layers`` turns it
-off (the layered step then runs, e.g. to compare the two).
+float32), RMSNorm, d_state a power of two up to 32, d_conv up to 4, d_model and d_inner multiples
+of 8, batch 1 to 4, no gradients, the scan backend not forced to another one.
+``GENOMAMBA_DECODE_STEP=layers`` turns it off (the layered step then runs, e.g. to compare the two).
 """
 
 from __future__ import annotations
