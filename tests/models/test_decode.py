@@ -136,3 +136,12 @@ def test_cuda_graph_is_off_off_cuda(monkeypatch):
     assert not decode.use_cuda_graph(True, torch.device("cpu"))
     monkeypatch.setenv(decode.ENV_CUDA_GRAPH, "0")
     assert not decode.use_cuda_graph(None, torch.device("cpu"))
+
+
+def test_generated_ids_are_ordinary_tensors(m, prompts):
+    """The loop runs in inference mode; what it returns is usable anywhere (in place, in autograd code)."""
+    outs = m.generate(prompts, 4, temperature=0) + [m.generate(prompts[0][None], 4, temperature=0)]
+    for out in outs:
+        assert not out.is_inference()
+        out.add_(0)  # an inference tensor would refuse this outside inference mode
+    assert not torch.is_inference_mode_enabled()
