@@ -16,6 +16,11 @@ class InferenceCache:
     def nbytes(self) -> int:
         return sum(c.conv_state.nbytes + c.ssm_state.nbytes for c in self.layers)
 
+    def clone(self) -> "InferenceCache":
+        """Copies of the states (a reference run beside the real one, which leaves these untouched)."""
+        return InferenceCache([LayerCache(c.conv_state.clone(), c.ssm_state.clone()) for c in self.layers],
+                              self.seqlen_offset)
+
     def detach(self) -> "InferenceCache":
         """States cut from the autograd graph (truncated BPTT, or carrying state across chunks)."""
         for c in self.layers:

@@ -24,8 +24,6 @@ benchmarks and tests; :func:`backend_for` says which backend a call would really
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from genomamba.ops.backend import Call, StepWeights, describe
@@ -35,6 +33,7 @@ from genomamba.ops.checks import (
     check_scan_args,
     check_state_update_args,
     check_step_args,
+    first_mismatch,
 )
 from genomamba.ops.dispatch import choose, distrust, drop, format_table, requested_backend, run, table, use_backend
 from genomamba.ops.reference import (
@@ -196,13 +195,9 @@ class StepPlan:
         conv, ssm = saved[0].clone(), saved[1].clone()
         ref = mamba_step_ref(hidden, residual, conv, ssm, self.weights)
         tol = 5e-2 if hidden.dtype in (torch.bfloat16, torch.float16) else 1e-3
-        for name, a, b in (("out", got[0], ref[0]), ("residual", got[1], ref[1]),
-                           ("conv_state", self.conv_state, conv), ("ssm_state", self.ssm_state, ssm)):
-            err = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
-            scale = float(b.float().abs().max()) + 1.0 if b.numel() else 1.0
-            if not math.isfinite(err) or err > tol * scale:
-                return f"gave {name} values that differ from the reference (max |diff| {err:.3g})"
-        return None
+        bad = first_mismatch((("out", got[0], ref[0]), ("residual", got[1], ref[1]),
+                              ("conv_state", self.conv_state, conv), ("ssm_state", self.ssm_state, ssm)), tol)
+        return None if bad is None else f"gave {bad[0]} values that differ from the reference (max |diff| {bad[1]:.3g})"
 
 
 _VERIFIED: set = set()  # (backend, dtype, device type) whose first step matched the reference

@@ -3,6 +3,8 @@ was given, so every backend sees validated inputs."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -151,3 +153,15 @@ def check_add_rms_norm_args(hidden, residual, weight, eps) -> None:
     _check_tensor("weight", weight, (d,), hidden.device)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         _fail("eps", "a positive number", repr(eps))
+
+
+def first_mismatch(pairs, tol: float):
+    """The first ``(name, max |diff|)`` of ``(name, got, want)`` pairs whose largest difference exceeds
+    ``tol`` x (max |want| + 1) or is not finite; None if every pair agrees. A fused kernel's one-time
+    check against its reference twin."""
+    for name, got, want in pairs:
+        err = float((got.float() - want.float()).abs().max()) if got.numel() else 0.0
+        scale = float(want.float().abs().max()) + 1.0 if want.numel() else 1.0
+        if not math.isfinite(err) or err > tol * scale:
+            return name, err
+    return None

@@ -145,3 +145,13 @@ def test_generated_ids_are_ordinary_tensors(m, prompts):
         assert not out.is_inference()
         out.add_(0)  # an inference tensor would refuse this outside inference mode
     assert not torch.is_inference_mode_enabled()
+
+
+def test_cache_clone_copies_the_states(m):
+    cache = m.allocate_cache(2)
+    cache.seqlen_offset = 7
+    copy = cache.clone()
+    assert copy.seqlen_offset == 7 and len(copy.layers) == len(cache.layers)
+    copy.layers[0].ssm_state.add_(1)
+    assert cache.layers[0].ssm_state.abs().max() == 0
+    assert torch.equal(copy.layers[1].conv_state, cache.layers[1].conv_state)

@@ -18,7 +18,6 @@ of 8, batch 1 to 4, no gradients, the scan backend not forced to another one.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import Optional
@@ -211,26 +210,22 @@ def step_kind(cache) -> str:
 
 def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
     """The first fused step of its kind: compared with the layered step from copies of the states."""
-    from genomamba.models.cache import InferenceCache
-    from genomamba.models.mixer import LayerCache
+    from genomamba.ops.checks import first_mismatch
 
-    ref_cache = InferenceCache([LayerCache(c.conv_state.clone(), c.ssm_state.clone()) for c in cache.layers])
+    ref_cache = cache.clone()
     ref = model.lm_head(model.backbone.step(ids, ref_cache)[:, 0])
     got = _launch(model, ext, ids, cache)
-    tol = 1e-3 if got.dtype == torch.float32 else 5e-2
     pairs = [("logits", got, ref)]
     for i, (c, r) in enumerate(zip(cache.layers, ref_cache.layers)):
-        pairs += [(f"layer {i} conv_state", c.conv_state, r.conv_state), (f"layer {i} ssm_state", c.ssm_state,
-                                                                          r.ssm_state)]
-    for name, a, r in pairs:
-        err = float((a.float() - r.float()).abs().max())
-        scale = float(r.float().abs().max()) + 1.0
-        if not math.isfinite(err) or err > tol * scale:
-            for c, rc in zip(cache.layers, ref_cache.layers):  # keep the layered step's result
-                c.conv_state.copy_(rc.conv_state)
-                c.ssm_state.copy_(rc.ssm_state)
-            _turn_off(f"gave {name} values that differ from the layered step (max |diff| {err:.3g})")
-            return ref
+        pairs += [(f"layer {i} conv_state", c.conv_state, r.conv_state),
+                  (f"layer {i} ssm_state", c.ssm_state, r.ssm_state)]
+    bad = first_mismatch(pairs, 1e-3 if got.dtype == torch.float32 else 5e-2)
+    if bad is not None:
+        for c, rc in zip(cache.layers, ref_cache.layers):  # keep the layered step's result
+            c.conv_state.copy_(rc.conv_state)
+            c.ssm_state.copy_(rc.ssm_state)
+        _turn_off(f"gave {bad[0]} values that differ from the layered step (max |diff| {bad[1]:.3g})")
+        return ref
     _VERIFIED.add(check)
     return got
 
