@@ -2,7 +2,7 @@
 
 genomamba's ``MambaLM.generate`` with random weights and random prompts, greedy, for each batch
 size: eager steps, and on CUDA the step replayed from a CUDA graph (the default step, one kernel
-for the whole model at batch <= 16, and the layered step, ``genomamba_graph_layers``). Next to it, when the packages
+for the whole model at batch <= 4, and the layered step, ``genomamba_graph_layers``). Next to it, when the packages
 import: mamba_ssm's ``MambaLMHeadModel.generate(cg=True)`` (CUDA only), an HF transformers Llama
 of about the same parameter count with its KV cache (half the layers, MLP width 8/3 d_model: the
 Transformer counterpart the Mamba paper pairs with a Mamba of twice the layers), and HF
