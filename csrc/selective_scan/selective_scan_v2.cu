@@ -505,6 +505,245 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   }
 }
 
+
+// ----------------------------------------------------------------------------- forward, lane per channel
+// build 3 ("chan"): one lane = one channel, all of its states (n <= 16) in registers, walking the
+// tokens in order. Per (token, state) that is one exp2 and four FP operations with no shuffles and
+// 16 independent recurrences per lane, instead of the lane-per-tokens layout's map fold, shuffle
+// scan and replay. The price is parallelism: one warp per 32 channels and no split of l, so it is
+// chosen only when b * d alone fills the GPU (the host's rule) and l is one segment.
+// Staging: 64-token tiles of delta, u, z (each warp its 32 rows) and of B, C (the block's, shared
+// by its warps) go global -> shared with 16-byte cp.async, double-buffered so the next tile loads
+// while this one is computed; rows are padded by 16 bytes so a lane reading 8 tokens of its own
+// row with one 16-byte load hits distinct banks. B and C are converted once per tile to fp32
+// [token][32] (B at 0..15, C at 16..31), read by every lane as broadcast float4 loads. Outputs are
+// written back into the lane's delta row (already consumed) and stored row by row, coalesced.
+constexpr int kChanTile = 64;  // tokens per staged tile
+constexpr int kChanN = 16;     // states held per lane (missing states: A = B = C = 0)
+
+template <typename T> struct ChanShape {
+  static constexpr int kRowBytes = kChanTile * static_cast<int>(sizeof(T));
+  static constexpr int kPitch = kRowBytes + 16;
+  static constexpr int kChunks = kRowBytes / 16;  // 16-byte chunks per row
+  static constexpr int kE = 16 / static_cast<int>(sizeof(T));
+  // per warp: delta, u, z rows of 32 channels; per block: B and C rows (16 each); two stages
+  static constexpr int kWarpStage = 3 * 32 * kPitch;
+  static constexpr int kBCStage = 2 * kChanN * kPitch;
+};
+
+__host__ __device__ constexpr size_t chan_smem_bytes(int warps, int row_bytes) {
+  return static_cast<size_t>(2) * (3 * 32 * (row_bytes + 16) * warps + 2 * kChanN * (row_bytes + 16)) +
+         sizeof(float) * kChanTile * 2 * kChanN;
+}
+
+__device__ __forceinline__ void cp_async16(void *smem_dst, const void *gsrc, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gsrc), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// 8 consecutive T from shared memory (16-byte aligned) as float
+template <typename T> __device__ __forceinline__ void lds8(const char *src, float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 a = *reinterpret_cast<const float4 *>(src), b = *reinterpret_cast<const float4 *>(src + 16);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    const uint4 raw = *reinterpret_cast<const uint4 *>(src);
+    alignas(16) T tmp[8];
+    *reinterpret_cast<uint4 *>(tmp) = raw;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = to_f(tmp[e]);
+  }
+}
+template <typename T> __device__ __forceinline__ void sts8(char *dst, const float (&v)[8]) {
+  alignas(16) T tmp[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) tmp[e] = from_f<T>(v[e]);
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<uint4 *>(dst)[0] = reinterpret_cast<const uint4 *>(tmp)[0];
+    reinterpret_cast<uint4 *>(dst)[1] = reinterpret_cast<const uint4 *>(tmp)[1];
+  } else {
+    *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(tmp);
+  }
+}
+
+// Host guarantees: n <= kChanN, one segment, every row of u, delta, z, B, C, out 16-byte aligned
+// (p.vec). grid = (g * ceil(dpg / (32 * warps)), 1, b); dynamic smem chan_smem_bytes(warps, ...).
+// With p.save, tstate gets the state at every (32 * ktile_k)-token tile start and each tile's
+// sum(delta), exactly as fwd_kernel<T, ktile_k> writes them for the backward.
+template <typename T>
+__global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_tokens) {
+  using S = ChanShape<T>;
+  extern __shared__ __align__(16) unsigned char chan_smem[];
+  const int warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  char *stage_base = reinterpret_cast<char *>(chan_smem);
+  const int stage_bytes = S::kWarpStage * warps + S::kBCStage;
+  float *sBC = reinterpret_cast<float *>(stage_base + 2 * stage_bytes);  // [kChanTile][32]
+
+  const int64_t nblk = (p.dpg + 32 * warps - 1) / (32 * warps);
+  const int64_t gi = blockIdx.x / nblk, dblk = blockIdx.x % nblk;
+  const int64_t bi = blockIdx.z;
+  const int64_t dloc0 = dblk * 32 * warps + warp * 32;  // this warp's first channel in the group
+  const int64_t dloc = dloc0 + lane;
+  const bool valid = dloc < p.dpg;
+  const int64_t dch = gi * p.dpg + (valid ? dloc : 0);
+  const int64_t n = p.n;
+
+  float A2[kChanN], h[kChanN];
+#pragma unroll
+  for (int j = 0; j < kChanN; ++j) {
+    A2[j] = j < n ? p.A[dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
+    h[j] = (j < n && p.h0 != nullptr) ? p.h0[(bi * p.d + dch) * n + j] : 0.f;
+  }
+  const float Dv = p.has_D ? p.D[dch] : 0.f;
+  const float bias = p.has_bias ? p.bias[dch] : 0.f;
+
+  const T *ug = static_cast<const T *>(p.u) + bi * p.s_ub;
+  const T *dg = static_cast<const T *>(p.dt) + bi * p.s_tb;
+  const T *zg = static_cast<const T *>(p.z) + bi * p.s_zb;
+  const T *Bg = static_cast<const T *>(p.B) + bi * p.s_Bb + gi * p.s_Bg;
+  const T *Cg = static_cast<const T *>(p.C) + bi * p.s_Cb + gi * p.s_Cg;
+  T *og = static_cast<T *>(p.out) + bi * p.s_ob;
+  const int64_t gch0 = gi * p.dpg + dloc0;  // global channel of the warp's row 0
+  const int64_t rows_valid = min(static_cast<int64_t>(32), p.dpg - dloc0);  // may be <= 0 for an idle warp
+
+  // issue the copies of tile `it` into stage `st`; a chunk past the end (or of an absent row) is
+  // zero-filled, with an in-bounds dummy source address
+  auto issue = [&](int64_t it, int st) {
+    const int64_t t0 = it * kChanTile;
+    char *wbase = stage_base + st * stage_bytes + warp * S::kWarpStage;
+    const int narr = p.has_z ? 3 : 2;
+    for (int arr = 0; arr < narr; ++arr) {
+      const T *src = arr == 0 ? dg : (arr == 1 ? ug : zg);
+      const int64_t s_row = arr == 0 ? p.s_td : (arr == 1 ? p.s_ud : p.s_zd);
+#pragma unroll
+      for (int i = 0; i < S::kChunks; ++i) {
+        const int idx = i * 32 + lane;
+        const int r = idx / S::kChunks, c = idx % S::kChunks;
+        const int64_t t = t0 + c * S::kE;
+        const bool ok = r < rows_valid && t < p.l;
+        const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), p.l - t) * sizeof(T)) : 0;
+        const T *g = ok ? src + (gch0 + r) * s_row + t : src;
+        cp_async16(wbase + (arr * 32 + r) * S::kPitch + c * 16, g, bytes);
+      }
+    }
+    char *bcbase = stage_base + st * stage_bytes + warps * S::kWarpStage;
+    for (int idx = threadIdx.x; idx < 2 * kChanN * S::kChunks; idx += blockDim.x) {
+      const int row = idx / S::kChunks, c = idx % S::kChunks;  // row: 0..15 B, 16..31 C
+      const int nn = row % kChanN;
+      const int64_t t = t0 + c * S::kE;
+      const bool ok = nn < n && t < p.l;
+      const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), p.l - t) * sizeof(T)) : 0;
+      const T *base = row < kChanN ? Bg + nn * p.s_Bn : Cg + nn * p.s_Cn;
+      cp_async16(bcbase + row * S::kPitch + c * 16, ok ? base + t : Bg, bytes);
+    }
+  };
+
+  const int64_t niter = (p.l + kChanTile - 1) / kChanTile;
+  float tsum = 0.f;  // sum(delta) of the current backward tile (p.save)
+  issue(0, 0);
+  cp_async_commit();
+  for (int64_t it = 0; it < niter; ++it) {
+    const int st = static_cast<int>(it & 1);
+    if (it + 1 < niter) issue(it + 1, st ^ 1);
+    cp_async_commit();
+    cp_async_wait1();
+    __syncthreads();
+    {  // B, C of this tile to fp32 [token][32]; lanes take consecutive rows (distinct banks)
+      const char *bcbase = stage_base + st * stage_bytes + warps * S::kWarpStage;
+      for (int idx = threadIdx.x; idx < 2 * kChanN * S::kChunks; idx += blockDim.x) {
+        const int row = idx % (2 * kChanN), c = idx / (2 * kChanN);
+        float v[8];
+        if constexpr (sizeof(T) == 4) {
+          const float4 a = *reinterpret_cast<const float4 *>(bcbase + row * S::kPitch + c * 16);
+          v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sBC[(c * 4 + e) * 32 + row] = v[e];
+        } else {
+          lds8<T>(bcbase + row * S::kPitch + c * 16, v);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) sBC[(c * 8 + e) * 32 + row] = v[e];
+        }
+      }
+    }
+    __syncthreads();
+    const int64_t t0 = it * kChanTile;
+    if (p.save && t0 % ktile_tokens == 0) {  // a backward tile starts here: its entering state
+      float *ts = p.tstate + ((bi * p.d + dch) * p.ntiles + t0 / ktile_tokens) * (n + 1);
+      if (valid) {
+        if (t0 > 0) ts[-1] = tsum;  // the previous tile's sum(delta) (its slot n)
+        for (int j = 0; j < kChanN; ++j)
+          if (j < n) ts[j] = h[j];
+      }
+      tsum = 0.f;
+    }
+    char *myrow = stage_base + st * stage_bytes + warp * S::kWarpStage;
+    char *drow = myrow + lane * S::kPitch, *urow = myrow + (32 + lane) * S::kPitch,
+         *zrow = myrow + (64 + lane) * S::kPitch;
+    const int64_t count = min(static_cast<int64_t>(kChanTile), p.l - t0);
+#pragma unroll 1
+    for (int gq = 0; gq < kChanTile / 8; ++gq) {
+      float dl[8], uv[8], yv[8];
+      lds8<T>(drow + gq * 8 * sizeof(T), dl);
+      lds8<T>(urow + gq * 8 * sizeof(T), uv);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        float x = dl[k] + bias;
+        if (p.softplus) x = softplus_f(x);
+        x = (gq * 8 + k < count) ? x : 0.f;  // past the end: a = 1, no input (state unchanged)
+        tsum += x;
+        const float du = x * uv[k];
+        const float4 *bc = reinterpret_cast<const float4 *>(sBC + (gq * 8 + k) * 32);
+        float Bv[kChanN], Cv[kChanN];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float4 b4 = bc[q], c4 = bc[4 + q];
+          Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
+          Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
+        }
+        float y0 = Dv * uv[k], y1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < kChanN; ++j) {
+          h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
+          if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+        }
+        yv[k] = y0 + y1;
+      }
+      if (p.has_z) {
+        float zv[8];
+        lds8<T>(zrow + gq * 8 * sizeof(T), zv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) yv[k] *= __fdividef(zv[k], 1.f + __expf(-zv[k]));  // z * sigmoid(z)
+      }
+      sts8<T>(drow + gq * 8 * sizeof(T), yv);  // this lane's delta of these tokens is consumed
+    }
+    __syncwarp();
+    // the warp's 32 output rows of this tile, coalesced (16-byte stores)
+#pragma unroll
+    for (int i = 0; i < S::kChunks; ++i) {
+      const int idx = i * 32 + lane;
+      const int r = idx / S::kChunks, c = idx % S::kChunks;
+      const int64_t t = t0 + c * S::kE;
+      if (r < rows_valid && t < p.l) {
+        const char *src = myrow + r * S::kPitch + c * 16;
+        T *dst = og + (gch0 + r) * p.s_od + t;
+        if (t + S::kE <= p.l) {
+          *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+        } else {
+          for (int e = 0; e < p.l - t; ++e) dst[e] = reinterpret_cast<const T *>(src)[e];
+        }
+      }
+    }
+    __syncwarp();  // every lane's reads of this stage are done before the next copies into it
+  }
+  if (!valid) return;
+  if (p.save) p.tstate[((bi * p.d + dch) * p.ntiles + (niter * kChanTile - 1) / ktile_tokens) * (n + 1) + n] = tsum;
+#pragma unroll
+  for (int j = 0; j < kChanN; ++j)
+    if (j < n) p.final_state[(bi * p.d + dch) * n + j] = h[j];
+}
 // ----------------------------------------------------------------------------- backward
 
 // dL/dh entering segment s from the right, from segment s alone with zero carry: the segment's
@@ -899,7 +1138,8 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 // Returns (out, final_state, tstate); tstate (b, d, ntiles, n + 1) holds the state at every tile
 // start and each tile's sum(delta) when `save` (for the backward), else it is empty. `build`: 0 the
 // plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
-// (same results to rounding; see fwd_kernel).
+// (same results to rounding; see fwd_kernel), 3 one lane per channel (fwd_chan_kernel: n <= 16,
+// aligned rows, l in one segment whatever seg_tiles says; `warps` 1..4 per block).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -923,6 +1163,27 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   p.save = save; p.tstate = save ? tstate.data_ptr<float>() : nullptr;
   p.s_ob = out.stride(0); p.s_od = out.stride(1);
   p.vec = p.vec && aligned16(out, 0);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (build == 3) {  // one lane per channel, l in one segment (fwd_chan_kernel)
+    TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
+    TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
+    TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
+    p.seg_tiles = p.ntiles;
+    p.nseg = 1;
+    // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
+    const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
+    const size_t sm = chan_smem_bytes(static_cast<int>(cw), kChanTile * static_cast<int>(u.element_size()));
+    const int64_t nblk = (p.dpg + 32 * cw - 1) / (32 * cw);
+    const dim3 grid(static_cast<unsigned>(p.g * nblk), 1, static_cast<unsigned>(p.b));
+    const int ktile = static_cast<int>(32 * c.K);
+    SSV2_DISPATCH(u.scalar_type(), c.K, {
+      (void)kK;
+      set_smem(fwd_chan_kernel<scalar_t>, sm);
+      fwd_chan_kernel<scalar_t><<<grid, static_cast<unsigned>(32 * cw), sm, stream>>>(p, ktile);
+    });
+    check_cuda("fwd (lane per channel)");
+    return {out, final_state, tstate};
+  }
   torch::Tensor hend, dsum, carry;
   if (p.nseg > 1) {
     hend = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
@@ -930,10 +1191,10 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
     carry = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
     p.hend = hend.data_ptr<float>(); p.dsum_seg = dsum.data_ptr<float>(); p.carry = carry.data_ptr<float>();
   }
-  auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
-  TORCH_CHECK(build >= 0 && build <= 2, "selective_scan v2: build is 0 (plain), 1 (lean) or 2 (lean, states in pairs)");
+  TORCH_CHECK(build >= 0 && build <= 2,
+              "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in pairs) or 3 (lane per channel)");
   SSV2_DISPATCH(u.scalar_type(), c.K, {
     if (build == 2) {
       set_smem(fwd_kernel<scalar_t, kK, true, true>, smem);

@@ -236,7 +236,7 @@ def test_cuda_selftest_passed():
     and this test says why)."""
     import genomamba.ops.cuda as cu
 
-    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True}, cu.STATUS
+    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
@@ -250,6 +250,45 @@ def test_cuda_forward_variants(fwd, l):
         assert cu.fwd_build() == build, cu.STATUS
         _check("cuda", 2, 64, 16, l, torch.float32, VARIANTS[0], grads=False)
         _check("cuda", 2, 48, 5, l, torch.bfloat16, VARIANTS[2], grads=False)
+    finally:
+        cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("l", [8, 64, 256, 264, 4096, 4104])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_lane_per_channel_forward(l, dtype):
+    """The lane-per-channel forward (chosen through the dispatch, forced on) against the fp64
+    oracle: forward, final state, and gradients through the backward that reads its saved states;
+    lengths at its 64-token tile edges (all 16-byte aligned rows, as it requires), n = 16 and
+    n = 5, channels that do not fill a warp."""
+    cu, saved = _cuda_config(fwd_chan=1)
+    try:
+        _check("cuda", 2, 40, 16, l, dtype, VARIANTS[0])
+        _check("cuda", 1, 48, 5, l, dtype, VARIANTS[2], grads=False)
+    finally:
+        cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+def test_cuda_lane_per_channel_is_chosen_only_where_it_applies():
+    import genomamba.ops.cuda as cu
+    from genomamba.ops.cuda.knobs import chan_applies
+
+    dev = torch.device("cuda")
+    u = torch.zeros(1, 64, 264, device=dev, dtype=torch.bfloat16)
+    B = torch.zeros(1, 16, 264, device=dev, dtype=torch.bfloat16)
+    saved = dict(cu.CONFIG)
+    try:
+        cu.CONFIG.update(fwd_chan=1)
+        assert chan_applies(u, u, B, B, None, 16)
+        assert not chan_applies(u, u, B, B, None, 17)  # more states than a lane holds
+        odd = torch.zeros(1, 64, 263, device=dev, dtype=torch.bfloat16)  # rows not 16-byte aligned
+        assert not chan_applies(odd, odd, odd[:, :16], odd[:, :16], None, 16)
+        cu.CONFIG.update(fwd_chan=-1, chan_min_channels=65)
+        assert not chan_applies(u, u, B, B, None, 16)  # b * d = 64: too few channels to fill the GPU
+        cu.CONFIG.update(fwd_chan=0)
+        assert not chan_applies(u, u, B, B, None, 16)
     finally:
         cu.CONFIG.update(saved)
 

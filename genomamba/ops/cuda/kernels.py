@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, forward_variant, fwd_build, seg_tiles
+from genomamba.ops.cuda.knobs import CONFIG, chan_applies, forward_variant, fwd_build, seg_tiles
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -181,8 +181,8 @@ def _v2_apply(
     build=None,
 ):
     """v2 forward (saving states when autograd will need them) with the CUDA backward attached;
-    seg_tiles_bwd 0: the backward picks its own segments; build (0 plain, 1 lean, 2 lean in pairs)
-    None: as configured (fwd_build())."""
+    seg_tiles_bwd 0: the backward picks its own segments; build (0 plain, 1 lean, 2 lean in pairs,
+    3 lane per channel) None: as configured (fwd_build())."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, final, _ = _v2_fwd_op(
@@ -230,18 +230,20 @@ def selective_scan(
     args = (unit_stride(u), unit_stride(delta), A.float(), unit_stride(B), unit_stride(C), D, unit_stride(z),
             delta_bias, bool(delta_softplus))
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1])
     if _wants_grad(tensors):
         kitems = CONFIG["kitems_train"]
         b, d, l = u.shape
         out, final = _v2_apply(
-            *args, initial_state, kitems, CONFIG["warps_fwd_train"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems)
+            *args, initial_state, kitems, CONFIG["chan_warps"] if chan else CONFIG["warps_fwd_train"],
+            CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems), build=3 if chan else None,
         )
     elif forward_variant() == "v2":
         kitems = CONFIG["kitems"]
         b, d, l = u.shape
         out, final, _ = _v2_fwd_op(
-            *args, initial_state, kitems, CONFIG["warps"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems), 0, False,
-            fwd_build(u.dtype),
+            *args, initial_state, kitems, CONFIG["chan_warps"] if chan else CONFIG["warps"], CONFIG["warps_bwd"],
+            seg_tiles(b, d, l, kitems), 0, False, 3 if chan else fwd_build(u.dtype),
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)

@@ -17,7 +17,7 @@ import torch
 
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
-                             "pair": "not built"}
+                             "pair": "not built", "chan": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -71,6 +71,13 @@ CONFIG = {
     # are kitems_train = 8 tokens per lane: there it timed faster on an H200, while at the inference
     # forward's 16 it spills registers and timed slower
     "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", -1),
+    # the lane-per-channel forward (fwd_chan_kernel: a lane holds all n <= 16 states of one channel
+    # and walks the tokens; no split of l), used only if its self-test ("chan") passed, the rows are
+    # 16-byte aligned and n <= 16: 1 always then; 0 never; -1 (auto) when b * d >= chan_min_channels
+    # (enough warps to fill the GPU without cutting l). chan_warps: warps (32 channels each) per block
+    "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", 0),
+    "chan_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_MIN_CHANNELS", 8192),
+    "chan_warps": _env_int("GENOMAMBA_CUDA_CHAN_WARPS", 2),
 }
 
 _noticed: set[str] = set()
@@ -116,6 +123,27 @@ def fwd_build(dtype=None, training: bool = False) -> int:
     if (pair > 0 or (pair < 0 and training)) and (STATUS.get("pair") is True or _unverified_ok()):
         return 2
     return 1
+
+
+def _rows_aligned(t: torch.Tensor) -> bool:
+    """Every row (all dims but the unit-stride last one) starts on a 16-byte boundary."""
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1])
+
+
+def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int) -> bool:
+    """True if the forward of this call runs the lane-per-channel build (``CONFIG['fwd_chan']``):
+    its self-test passed, n <= 16, every row of u, delta, z, B, C and of the output (l elements)
+    16-byte aligned, and (auto) b * d large enough to fill the GPU without cutting l."""
+    mode = CONFIG["fwd_chan"]
+    if not mode or n > 16 or not (STATUS.get("chan") is True or _unverified_ok()):
+        return False
+    b, d, l = u.shape
+    if mode < 0 and b * d < CONFIG["chan_min_channels"]:
+        return False
+    if (l * u.element_size()) % 16:
+        return False
+    return all(_rows_aligned(t) for t in (u, delta, B, C) + ((z,) if z is not None else ()))
 
 
 def cuda_backward_enabled() -> bool:

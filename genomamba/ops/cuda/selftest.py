@@ -1,7 +1,7 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``) is cached as ``selftest.json`` in the
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``) is cached as ``selftest.json`` in the
 build folder: an unchanged build is tested once.
 """
 
@@ -23,7 +23,7 @@ from genomamba.ops.cuda.knobs import CONFIG
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean", "pair")
+PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan")
 
 
 def _cached(path: Path):
@@ -78,7 +78,8 @@ def verdicts(build_dir: Path, child_code: Optional[str] = None) -> dict:
 
 
 def child_main(path: str) -> None:
-    """Child-process entry: build (cached), test v1, v2, the backward, the lean and paired forwards; write each
+    """Child-process entry: build (cached), test v1, v2, the backward, the lean, paired and lane-per-channel
+    forwards; write each
     verdict as it is known (a part left "running" crashed the process)."""
     ext = extension()
     status = {k: "not run" for k in PARTS}
@@ -86,9 +87,10 @@ def child_main(path: str) -> None:
     def save():
         Path(path).write_text(json.dumps(status, indent=1))
 
-    tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair))
+    tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair),
+             ("chan", _test_chan))
     for part, fn in tests:
-        if part in ("bwd", "lean", "pair") and status["v2"] is not True:
+        if part in ("bwd", "lean", "pair", "chan") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
             continue
         status[part] = "running"
@@ -183,9 +185,38 @@ def _test_pair(ext) -> None:
     _test_bwd(ext, build=2)
 
 
-def _test_bwd(ext, build: int = 0) -> None:
+def _chan_cases():
+    # the lane-per-channel forward needs 16-byte aligned rows (l * element size a multiple of 16);
+    # l not a multiple of its 64-token tile, channels not a multiple of 32, n < 16, groups, slow decays
+    return (
+        (2, 24, 16, 304, torch.float32, None),
+        (1, 16, 5, 704, torch.float32, 2),
+        (1, 40, 16, 264, torch.bfloat16, None),
+        (2, 16, 16, 2104, torch.float32, None),
+        (1, 72, 16, 1504, torch.float16, 3),
+        (1, 16, 16, 3000, torch.float32, None, True),
+    )
+
+
+def _test_chan(ext) -> None:
+    """The lane-per-channel forward (1, 2 and 4 warps a block, with and without an initial state),
+    and a backward from the tile states it saves."""
+    for case in _chan_cases():
+        ins, h0 = _inputs(*case)
+        tol = 1e-4 if case[4] == torch.float32 else 2e-2
+        for with_h0 in (True, False):
+            h = h0 if with_h0 else None
+            r_o, r_s = selective_scan_ref(*[t.double() for t in ins], True, h.double() if with_h0 else None, True)
+            for kitems, warps in ((16, 1), (8, 2), (16, 4)):
+                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, 1, True, 3)
+                _check("chan out", out, r_o, tol, (case, kitems, warps, with_h0))
+                _check("chan final_state", st, r_s, tol, (case, kitems, warps, with_h0))
+    _test_bwd(ext, build=3, cases=_chan_cases())
+
+
+def _test_bwd(ext, build: int = 0, cases=None) -> None:
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
-    for case in _cases():
+    for case in cases or _cases():
         ins, h0 = _inputs(*case)
         dtype = case[4]
         ref = [t.double().requires_grad_(True) for t in ins + [h0]]
