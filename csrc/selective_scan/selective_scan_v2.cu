@@ -510,8 +510,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 // build 3 ("chan"): one lane = one channel, all of its states (n <= 16) in registers, walking the
 // tokens in order. Per (token, state) that is one exp2 and four FP operations with no shuffles and
 // 16 independent recurrences per lane, instead of the lane-per-tokens layout's map fold, shuffle
-// scan and replay. The price is parallelism: one warp per 32 channels and no split of l, so it is
-// chosen only when b * d alone fills the GPU (the host's rule) and l is one segment.
+// scan and replay. The price is parallelism: one warp per 32 channels, so l is cut into segments
+// (as fwd_kernel's, with the same combine and fix-up passes) unless b * d alone fills the GPU.
 // Staging: 64-token tiles of delta, u, z (each warp its 32 rows) and of B, C (the block's, shared
 // by its warps) go global -> shared with 16-byte cp.async, double-buffered so the next tile loads
 // while this one is computed; rows are padded by 16 bytes so a lane reading 8 tokens of its own
@@ -568,10 +568,13 @@ template <typename T> __device__ __forceinline__ void sts8(char *dst, const floa
   }
 }
 
-// Host guarantees: n <= kChanN, one segment, every row of u, delta, z, B, C, out 16-byte aligned
-// (p.vec). grid = (g * ceil(dpg / (32 * warps)), 1, b); dynamic smem chan_smem_bytes(warps, ...).
-// With p.save, tstate gets the state at every (32 * ktile_k)-token tile start and each tile's
-// sum(delta), exactly as fwd_kernel<T, ktile_k> writes them for the backward.
+// Host guarantees: n <= kChanN, every row of u, delta, z, B, C, out 16-byte aligned (p.vec).
+// grid = (g * ceil(dpg / (32 * warps)), nseg, b); dynamic smem chan_smem_bytes(warps, ...). A
+// segment is seg_tiles tiles of ktile_tokens = 32 * K tokens (a multiple of kChanTile), and ends as
+// fwd_kernel's do: the final state (one segment) or the end state from zero and sum(delta) for
+// fwd_combine_kernel. With p.save, tstate gets the state at every tile start and each tile's
+// sum(delta), as fwd_kernel<T, K> writes them for the backward (segments after the first from zero:
+// fwd_fix_kernel adds the carry).
 template <typename T>
 __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_tokens) {
   using S = ChanShape<T>;
@@ -590,12 +593,15 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
   const bool valid = dloc < p.dpg;
   const int64_t dch = gi * p.dpg + (valid ? dloc : 0);
   const int64_t n = p.n;
+  const int64_t seg = blockIdx.y;
+  const int64_t t_begin = seg * p.seg_tiles * ktile_tokens;
+  const int64_t t_end = min(p.l, t_begin + p.seg_tiles * ktile_tokens);
 
   float A2[kChanN], h[kChanN];
 #pragma unroll
   for (int j = 0; j < kChanN; ++j) {
     A2[j] = j < n ? p.A[dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
-    h[j] = (j < n && p.h0 != nullptr) ? p.h0[(bi * p.d + dch) * n + j] : 0.f;
+    h[j] = (j < n && seg == 0 && p.h0 != nullptr) ? p.h0[(bi * p.d + dch) * n + j] : 0.f;
   }
   const float Dv = p.has_D ? p.D[dch] : 0.f;
   const float bias = p.has_bias ? p.bias[dch] : 0.f;
@@ -612,7 +618,7 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
   // issue the copies of tile `it` into stage `st`; a chunk past the end (or of an absent row) is
   // zero-filled, with an in-bounds dummy source address
   auto issue = [&](int64_t it, int st) {
-    const int64_t t0 = it * kChanTile;
+    const int64_t t0 = t_begin + it * kChanTile;
     char *wbase = stage_base + st * stage_bytes + warp * S::kWarpStage;
     const int narr = p.has_z ? 3 : 2;
     for (int arr = 0; arr < narr; ++arr) {
@@ -623,8 +629,8 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
         const int idx = i * 32 + lane;
         const int r = idx / S::kChunks, c = idx % S::kChunks;
         const int64_t t = t0 + c * S::kE;
-        const bool ok = r < rows_valid && t < p.l;
-        const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), p.l - t) * sizeof(T)) : 0;
+        const bool ok = r < rows_valid && t < t_end;
+        const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), t_end - t) * sizeof(T)) : 0;
         const T *g = ok ? src + (gch0 + r) * s_row + t : src;
         cp_async16(wbase + (arr * 32 + r) * S::kPitch + c * 16, g, bytes);
       }
@@ -634,15 +640,16 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       const int row = idx / S::kChunks, c = idx % S::kChunks;  // row: 0..15 B, 16..31 C
       const int nn = row % kChanN;
       const int64_t t = t0 + c * S::kE;
-      const bool ok = nn < n && t < p.l;
-      const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), p.l - t) * sizeof(T)) : 0;
+      const bool ok = nn < n && t < t_end;
+      const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), t_end - t) * sizeof(T)) : 0;
       const T *base = row < kChanN ? Bg + nn * p.s_Bn : Cg + nn * p.s_Cn;
       cp_async16(bcbase + row * S::kPitch + c * 16, ok ? base + t : Bg, bytes);
     }
   };
 
-  const int64_t niter = (p.l + kChanTile - 1) / kChanTile;
+  const int64_t niter = (t_end - t_begin + kChanTile - 1) / kChanTile;
   float tsum = 0.f;  // sum(delta) of the current backward tile (p.save)
+  float ssum = 0.f;  // sum(delta) of the segment so far (for the combine pass)
   issue(0, 0);
   cp_async_commit();
   for (int64_t it = 0; it < niter; ++it) {
@@ -669,20 +676,21 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       }
     }
     __syncthreads();
-    const int64_t t0 = it * kChanTile;
+    const int64_t t0 = t_begin + it * kChanTile;
     if (p.save && t0 % ktile_tokens == 0) {  // a backward tile starts here: its entering state
       float *ts = p.tstate + ((bi * p.d + dch) * p.ntiles + t0 / ktile_tokens) * (n + 1);
       if (valid) {
-        if (t0 > 0) ts[-1] = tsum;  // the previous tile's sum(delta) (its slot n)
+        if (t0 > t_begin) ts[-1] = tsum;  // the previous tile's sum(delta) (its slot n)
         for (int j = 0; j < kChanN; ++j)
           if (j < n) ts[j] = h[j];
       }
+      ssum += tsum;
       tsum = 0.f;
     }
     char *myrow = stage_base + st * stage_bytes + warp * S::kWarpStage;
     char *drow = myrow + lane * S::kPitch, *urow = myrow + (32 + lane) * S::kPitch,
          *zrow = myrow + (64 + lane) * S::kPitch;
-    const int64_t count = min(static_cast<int64_t>(kChanTile), p.l - t0);
+    const int64_t count = min(static_cast<int64_t>(kChanTile), t_end - t0);
 #pragma unroll 1
     for (int gq = 0; gq < kChanTile / 8; ++gq) {
       float dl[8], uv[8], yv[8];
@@ -726,23 +734,31 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       const int idx = i * 32 + lane;
       const int r = idx / S::kChunks, c = idx % S::kChunks;
       const int64_t t = t0 + c * S::kE;
-      if (r < rows_valid && t < p.l) {
+      if (r < rows_valid && t < t_end) {
         const char *src = myrow + r * S::kPitch + c * 16;
         T *dst = og + (gch0 + r) * p.s_od + t;
-        if (t + S::kE <= p.l) {
+        if (t + S::kE <= t_end) {
           *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
         } else {
-          for (int e = 0; e < p.l - t; ++e) dst[e] = reinterpret_cast<const T *>(src)[e];
+          for (int e = 0; e < t_end - t; ++e) dst[e] = reinterpret_cast<const T *>(src)[e];
         }
       }
     }
     __syncwarp();  // every lane's reads of this stage are done before the next copies into it
   }
   if (!valid) return;
-  if (p.save) p.tstate[((bi * p.d + dch) * p.ntiles + (niter * kChanTile - 1) / ktile_tokens) * (n + 1) + n] = tsum;
+  if (p.save) p.tstate[((bi * p.d + dch) * p.ntiles + (t_end - 1) / ktile_tokens) * (n + 1) + n] = tsum;
+  if (p.nseg == 1) {
 #pragma unroll
-  for (int j = 0; j < kChanN; ++j)
-    if (j < n) p.final_state[(bi * p.d + dch) * n + j] = h[j];
+    for (int j = 0; j < kChanN; ++j)
+      if (j < n) p.final_state[(bi * p.d + dch) * n + j] = h[j];
+  } else {
+    const int64_t base = (bi * p.nseg + seg) * p.d + dch;
+#pragma unroll
+    for (int j = 0; j < kChanN; ++j)
+      if (j < n) p.hend[base * n + j] = h[j];
+    p.dsum_seg[base] = ssum + tsum;
+  }
 }
 // ----------------------------------------------------------------------------- backward
 
@@ -1139,7 +1155,7 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 // start and each tile's sum(delta) when `save` (for the backward), else it is empty. `build`: 0 the
 // plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
 // (same results to rounding; see fwd_kernel), 3 one lane per channel (fwd_chan_kernel: n <= 16,
-// aligned rows, l in one segment whatever seg_tiles says; `warps` 1..4 per block).
+// aligned rows; `warps` 1..4 per block).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -1163,27 +1179,6 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   p.save = save; p.tstate = save ? tstate.data_ptr<float>() : nullptr;
   p.s_ob = out.stride(0); p.s_od = out.stride(1);
   p.vec = p.vec && aligned16(out, 0);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  if (build == 3) {  // one lane per channel, l in one segment (fwd_chan_kernel)
-    TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
-    TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
-    TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
-    p.seg_tiles = p.ntiles;
-    p.nseg = 1;
-    // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
-    const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
-    const size_t sm = chan_smem_bytes(static_cast<int>(cw), kChanTile * static_cast<int>(u.element_size()));
-    const int64_t nblk = (p.dpg + 32 * cw - 1) / (32 * cw);
-    const dim3 grid(static_cast<unsigned>(p.g * nblk), 1, static_cast<unsigned>(p.b));
-    const int ktile = static_cast<int>(32 * c.K);
-    SSV2_DISPATCH(u.scalar_type(), c.K, {
-      (void)kK;
-      set_smem(fwd_chan_kernel<scalar_t>, sm);
-      fwd_chan_kernel<scalar_t><<<grid, static_cast<unsigned>(32 * cw), sm, stream>>>(p, ktile);
-    });
-    check_cuda("fwd (lane per channel)");
-    return {out, final_state, tstate};
-  }
   torch::Tensor hend, dsum, carry;
   if (p.nseg > 1) {
     hend = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
@@ -1191,11 +1186,27 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
     carry = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
     p.hend = hend.data_ptr<float>(); p.dsum_seg = dsum.data_ptr<float>(); p.carry = carry.data_ptr<float>();
   }
+  auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
-  TORCH_CHECK(build >= 0 && build <= 2,
+  TORCH_CHECK(build >= 0 && build <= 3,
               "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in pairs) or 3 (lane per channel)");
-  SSV2_DISPATCH(u.scalar_type(), c.K, {
+  if (build == 3) {  // one lane per channel (fwd_chan_kernel), then the same combine and fix-up
+    TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
+    TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
+    TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
+    // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
+    const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
+    const size_t sm = chan_smem_bytes(static_cast<int>(cw), kChanTile * static_cast<int>(u.element_size()));
+    const int64_t nblk = (p.dpg + 32 * cw - 1) / (32 * cw);
+    const dim3 grid(static_cast<unsigned>(p.g * nblk), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
+    const int ktile = static_cast<int>(32 * c.K);
+    SSV2_DISPATCH(u.scalar_type(), c.K, {
+      (void)kK;
+      set_smem(fwd_chan_kernel<scalar_t>, sm);
+      fwd_chan_kernel<scalar_t><<<grid, static_cast<unsigned>(32 * cw), sm, stream>>>(p, ktile);
+    });
+  } else SSV2_DISPATCH(u.scalar_type(), c.K, {
     if (build == 2) {
       set_smem(fwd_kernel<scalar_t, kK, true, true>, smem);
       fwd_kernel<scalar_t, kK, true, true><<<c.grid, threads, smem, stream>>>(p);
@@ -1207,7 +1218,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
       fwd_kernel<scalar_t, kK, false><<<c.grid, threads, smem, stream>>>(p);
     }
   });
-  check_cuda("fwd");
+  check_cuda(build == 3 ? "fwd (lane per channel)" : "fwd");
   if (p.nseg > 1) {
     const int64_t tot = p.b * p.d * p.n;
     fwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, chan_applies, forward_variant, fwd_build, seg_tiles
+from genomamba.ops.cuda.knobs import CONFIG, chan_applies, chan_seg_tiles, forward_variant, fwd_build, seg_tiles
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -231,19 +231,22 @@ def selective_scan(
             delta_bias, bool(delta_softplus))
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1])
+    b, d, l = u.shape
     if _wants_grad(tensors):
         kitems = CONFIG["kitems_train"]
-        b, d, l = u.shape
-        out, final = _v2_apply(
-            *args, initial_state, kitems, CONFIG["chan_warps"] if chan else CONFIG["warps_fwd_train"],
-            CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems), build=3 if chan else None,
-        )
+        if chan:
+            out, final = _v2_apply(*args, initial_state, kitems, CONFIG["chan_warps"], CONFIG["warps_bwd"],
+                                   chan_seg_tiles(b, d, l, kitems), seg_tiles(b, d, l, kitems), build=3)
+        else:
+            out, final = _v2_apply(
+                *args, initial_state, kitems, CONFIG["warps_fwd_train"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems)
+            )
     elif forward_variant() == "v2":
         kitems = CONFIG["kitems"]
-        b, d, l = u.shape
+        tiles = chan_seg_tiles(b, d, l, kitems) if chan else seg_tiles(b, d, l, kitems)
         out, final, _ = _v2_fwd_op(
             *args, initial_state, kitems, CONFIG["chan_warps"] if chan else CONFIG["warps"], CONFIG["warps_bwd"],
-            seg_tiles(b, d, l, kitems), 0, False, 3 if chan else fwd_build(u.dtype),
+            tiles, 0, False, 3 if chan else fwd_build(u.dtype),
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)

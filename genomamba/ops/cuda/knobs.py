@@ -72,12 +72,16 @@ CONFIG = {
     # forward's 16 it spills registers and timed slower
     "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", -1),
     # the lane-per-channel forward (fwd_chan_kernel: a lane holds all n <= 16 states of one channel
-    # and walks the tokens; no split of l), used only if its self-test ("chan") passed, the rows are
-    # 16-byte aligned and n <= 16: 1 always then; 0 never; -1 (auto) when b * d >= chan_min_channels
-    # (enough warps to fill the GPU without cutting l). chan_warps: warps (32 channels each) per block
+    # and walks the tokens; l cut into segments when b * d is small), used only if its self-test
+    # ("chan") passed, the rows are 16-byte aligned and n <= 16: 1 always then; 0 never; -1 (auto)
+    # when b * d >= chan_min_channels or l >= chan_min_len. chan_warps: warps (32 channels each) per
+    # block; chan_resident: its warps per SM that the segment rule fills (one per scheduler: a lane's
+    # exp2 per state keeps the special-function unit busy)
     "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", 0),
     "chan_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_MIN_CHANNELS", 8192),
+    "chan_min_len": _env_int("GENOMAMBA_CUDA_CHAN_MIN_LEN", 32768),
     "chan_warps": _env_int("GENOMAMBA_CUDA_CHAN_WARPS", 2),
+    "chan_resident": _env_int("GENOMAMBA_CUDA_CHAN_RESIDENT", 4),
 }
 
 _noticed: set[str] = set()
@@ -134,12 +138,13 @@ def _rows_aligned(t: torch.Tensor) -> bool:
 def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int) -> bool:
     """True if the forward of this call runs the lane-per-channel build (``CONFIG['fwd_chan']``):
     its self-test passed, n <= 16, every row of u, delta, z, B, C and of the output (l elements)
-    16-byte aligned, and (auto) b * d large enough to fill the GPU without cutting l."""
+    16-byte aligned, and (auto) b * d or l large enough (a few channels over a short l: the
+    lane-per-tokens build keeps more lanes busy)."""
     mode = CONFIG["fwd_chan"]
     if not mode or n > 16 or not (STATUS.get("chan") is True or _unverified_ok()):
         return False
     b, d, l = u.shape
-    if mode < 0 and b * d < CONFIG["chan_min_channels"]:
+    if mode < 0 and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
         return False
     if (l * u.element_size()) % 16:
         return False
@@ -166,6 +171,17 @@ def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
     else:
         sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
         nseg = wave_segments(b * d, ntiles, tile, most, RESIDENT_WARPS_PER_SM * sms, FIXUP_TOKENS)
+    return math.ceil(ntiles / nseg)
+
+
+def chan_seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
+    """Tiles (of 32 * kitems tokens) per segment for the lane-per-channel forward: one warp per 32
+    channels and segment, ``chan_resident`` warps per SM, segments by :func:`wave_segments`."""
+    tile = 32 * kitems
+    ntiles = max(1, math.ceil(l / tile))
+    most = min(max(1, l // max(tile, CONFIG["min_seg_tokens"])), ntiles, 65535)
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    nseg = wave_segments(b * math.ceil(d / 32), ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
     return math.ceil(ntiles / nseg)
 
 

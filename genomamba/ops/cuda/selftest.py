@@ -199,18 +199,19 @@ def _chan_cases():
 
 
 def _test_chan(ext) -> None:
-    """The lane-per-channel forward (1, 2 and 4 warps a block, with and without an initial state),
-    and a backward from the tile states it saves."""
+    """The lane-per-channel forward (1, 2 and 4 warps a block, one segment and several, with and
+    without an initial state), and a backward from the tile states it saves."""
     for case in _chan_cases():
         ins, h0 = _inputs(*case)
         tol = 1e-4 if case[4] == torch.float32 else 2e-2
         for with_h0 in (True, False):
             h = h0 if with_h0 else None
             r_o, r_s = selective_scan_ref(*[t.double() for t in ins], True, h.double() if with_h0 else None, True)
-            for kitems, warps in ((16, 1), (8, 2), (16, 4)):
-                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, 1, True, 3)
-                _check("chan out", out, r_o, tol, (case, kitems, warps, with_h0))
-                _check("chan final_state", st, r_s, tol, (case, kitems, warps, with_h0))
+            # seg_tiles 1000: one segment; 1 to 3: the combine and fix-up passes on segment boundaries
+            for kitems, warps, seg in ((16, 1, 1000), (8, 2, 1), (16, 4, 2), (8, 1, 3)):
+                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, 3)
+                _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0))
+                _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0))
     _test_bwd(ext, build=3, cases=_chan_cases())
 
 
