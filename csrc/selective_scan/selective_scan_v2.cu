@@ -518,11 +518,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 // row with one 16-byte load hits distinct banks. B and C are converted once per tile to fp32
 // [token][32] (B at 0..15, C at 16..31), read by every lane as broadcast float4 loads. Outputs are
 // written back into the lane's delta row (already consumed) and stored row by row, coalesced.
-constexpr int kChanTile = 64;  // tokens per staged tile
+constexpr int kChanTile = 64;  // tokens per staged tile (the default; 32 is the smaller-footprint build)
 constexpr int kChanN = 16;     // states held per lane (missing states: A = B = C = 0)
 
-template <typename T> struct ChanShape {
-  static constexpr int kRowBytes = kChanTile * static_cast<int>(sizeof(T));
+template <typename T, int TILE> struct ChanShape {
+  static constexpr int kRowBytes = TILE * static_cast<int>(sizeof(T));
   static constexpr int kPitch = kRowBytes + 16;
   static constexpr int kChunks = kRowBytes / 16;  // 16-byte chunks per row
   static constexpr int kE = 16 / static_cast<int>(sizeof(T));
@@ -531,9 +531,9 @@ template <typename T> struct ChanShape {
   static constexpr int kBCStage = 2 * kChanN * kPitch;
 };
 
-__host__ __device__ constexpr size_t chan_smem_bytes(int warps, int row_bytes) {
-  return static_cast<size_t>(2) * (3 * 32 * (row_bytes + 16) * warps + 2 * kChanN * (row_bytes + 16)) +
-         sizeof(float) * kChanTile * 2 * kChanN;
+__host__ __device__ constexpr size_t chan_smem_bytes(int warps, int tile, int elem_bytes) {
+  return static_cast<size_t>(2) * (3 * 32 * (tile * elem_bytes + 16) * warps + 2 * kChanN * (tile * elem_bytes + 16)) +
+         sizeof(float) * tile * 2 * kChanN;
 }
 
 __device__ __forceinline__ void cp_async16(void *smem_dst, const void *gsrc, int src_bytes) {
@@ -542,6 +542,16 @@ __device__ __forceinline__ void cp_async16(void *smem_dst, const void *gsrc, int
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// softplus without branches (so the compiler can interleave several): log(1 + e^x) =
+// max(x, 0) + log1p(e^-|x|), log1p(e) = log(w) * e / (w - 1) with w = 1 + e (exact to a few ulp);
+// above x = 20 the second term is below half an ulp of x, as torch's threshold assumes
+__device__ __forceinline__ float softplus_nb(float x) {
+  const float e = __expf(-fabsf(x));
+  const float w = 1.f + e;
+  const float l1p = (w == 1.f) ? e : logf(w) * __fdividef(e, w - 1.f);
+  return fmaxf(x, 0.f) + l1p;
+}
 
 // 8 consecutive T from shared memory (16-byte aligned) as float
 template <typename T> __device__ __forceinline__ void lds8(const char *src, float (&v)[8]) {
@@ -575,15 +585,16 @@ template <typename T> __device__ __forceinline__ void sts8(char *dst, const floa
 // fwd_combine_kernel. With p.save, tstate gets the state at every tile start and each tile's
 // sum(delta), as fwd_kernel<T, K> writes them for the backward (segments after the first from zero:
 // fwd_fix_kernel adds the carry).
-template <typename T>
+template <typename T, int TILE>
 __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_tokens) {
-  using S = ChanShape<T>;
+  using S = ChanShape<T, TILE>;
+  constexpr int kChanTile = TILE;
   extern __shared__ __align__(16) unsigned char chan_smem[];
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   char *stage_base = reinterpret_cast<char *>(chan_smem);
   const int stage_bytes = S::kWarpStage * warps + S::kBCStage;
-  float *sBC = reinterpret_cast<float *>(stage_base + 2 * stage_bytes);  // [kChanTile][32]
+  float *sBC = reinterpret_cast<float *>(stage_base + 2 * stage_bytes);  // [TILE][32]
 
   const int64_t nblk = (p.dpg + 32 * warps - 1) / (32 * warps);
   const int64_t gi = blockIdx.x / nblk, dblk = blockIdx.x % nblk;
@@ -696,13 +707,20 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       float dl[8], uv[8], yv[8];
       lds8<T>(drow + gq * 8 * sizeof(T), dl);
       lds8<T>(urow + gq * 8 * sizeof(T), uv);
+      // the group's 8 deltas first, without branches, so their softplus chains overlap
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         float x = dl[k] + bias;
-        if (p.softplus) x = softplus_f(x);
+        if (p.softplus) x = softplus_nb(x);
         x = (gq * 8 + k < count) ? x : 0.f;  // past the end: a = 1, no input (state unchanged)
         tsum += x;
-        const float du = x * uv[k];
+        dl[k] = x;
+        yv[k] = Dv * uv[k];
+        uv[k] *= x;
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float x = dl[k], du = uv[k];
         const float4 *bc = reinterpret_cast<const float4 *>(sBC + (gq * 8 + k) * 32);
         float Bv[kChanN], Cv[kChanN];
 #pragma unroll
@@ -711,13 +729,13 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
           Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
           Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
         }
-        float y0 = Dv * uv[k], y1 = 0.f;
+        float y0 = 0.f, y1 = 0.f;
 #pragma unroll
         for (int j = 0; j < kChanN; ++j) {
           h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        yv[k] = y0 + y1;
+        yv[k] += y0 + y1;
       }
       if (p.has_z) {
         float zv[8];
@@ -1155,7 +1173,7 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 // start and each tile's sum(delta) when `save` (for the backward), else it is empty. `build`: 0 the
 // plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
 // (same results to rounding; see fwd_kernel), 3 one lane per channel (fwd_chan_kernel: n <= 16,
-// aligned rows; `warps` 1..4 per block).
+// aligned rows; `warps` 1..4 per block), 4 the same staging 32-token tiles (half the shared memory).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -1189,22 +1207,29 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
-  TORCH_CHECK(build >= 0 && build <= 3,
-              "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in pairs) or 3 (lane per channel)");
-  if (build == 3) {  // one lane per channel (fwd_chan_kernel), then the same combine and fix-up
+  TORCH_CHECK(build >= 0 && build <= 4, "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in "
+              "pairs), 3 (lane per channel, 64-token tiles) or 4 (the same with 32-token tiles)");
+  if (build >= 3) {  // one lane per channel (fwd_chan_kernel), then the same combine and fix-up
     TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
     TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
     TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
     // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
     const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
-    const size_t sm = chan_smem_bytes(static_cast<int>(cw), kChanTile * static_cast<int>(u.element_size()));
+    const int tile = build == 4 ? 32 : kChanTile;
+    const size_t sm = chan_smem_bytes(static_cast<int>(cw), tile, static_cast<int>(u.element_size()));
     const int64_t nblk = (p.dpg + 32 * cw - 1) / (32 * cw);
     const dim3 grid(static_cast<unsigned>(p.g * nblk), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
     const int ktile = static_cast<int>(32 * c.K);
+    const unsigned nthr = static_cast<unsigned>(32 * cw);
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       (void)kK;
-      set_smem(fwd_chan_kernel<scalar_t>, sm);
-      fwd_chan_kernel<scalar_t><<<grid, static_cast<unsigned>(32 * cw), sm, stream>>>(p, ktile);
+      if (tile == 32) {
+        set_smem(fwd_chan_kernel<scalar_t, 32>, sm);
+        fwd_chan_kernel<scalar_t, 32><<<grid, nthr, sm, stream>>>(p, ktile);
+      } else {
+        set_smem(fwd_chan_kernel<scalar_t, kChanTile>, sm);
+        fwd_chan_kernel<scalar_t, kChanTile><<<grid, nthr, sm, stream>>>(p, ktile);
+      }
     });
   } else SSV2_DISPATCH(u.scalar_type(), c.K, {
     if (build == 2) {
@@ -1218,7 +1243,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
       fwd_kernel<scalar_t, kK, false><<<c.grid, threads, smem, stream>>>(p);
     }
   });
-  check_cuda(build == 3 ? "fwd (lane per channel)" : "fwd");
+  check_cuda(build >= 3 ? "fwd (lane per channel)" : "fwd");
   if (p.nseg > 1) {
     const int64_t tot = p.b * p.d * p.n;
     fwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);

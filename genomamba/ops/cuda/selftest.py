@@ -209,9 +209,10 @@ def _test_chan(ext) -> None:
             r_o, r_s = selective_scan_ref(*[t.double() for t in ins], True, h.double() if with_h0 else None, True)
             # seg_tiles 1000: one segment; 1 to 3: the combine and fix-up passes on segment boundaries
             for kitems, warps, seg in ((16, 1, 1000), (8, 2, 1), (16, 4, 2), (8, 1, 3)):
-                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, 3)
-                _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0))
-                _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0))
+                for build in (3, 4):  # 64- and 32-token staging tiles
+                    out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, build)
+                    _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0, build))
+                    _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0, build))
     _test_bwd(ext, build=3, cases=_chan_cases())
 
 
