@@ -257,12 +257,13 @@ def test_cuda_forward_variants(fwd, l):
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
 @pytest.mark.parametrize("l", [8, 64, 256, 264, 4096, 4104])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_lane_per_channel_forward(l, dtype):
-    """The lane-per-channel forward (chosen through the dispatch, forced on) against the fp64
-    oracle: forward, final state, and gradients through the backward that reads its saved states;
-    lengths at its 64-token tile edges (all 16-byte aligned rows, as it requires), n = 16 and
-    n = 5, channels that do not fill a warp."""
-    cu, saved = _cuda_config(fwd_chan=1)
+@pytest.mark.parametrize("tile", [64, 32])
+def test_cuda_lane_per_channel_forward(l, dtype, tile):
+    """The lane-per-channel forward (chosen through the dispatch, forced on, with its 64- and its
+    32-token staging tiles) against the fp64 oracle: forward, final state, and gradients through
+    the backward that reads its saved states; lengths at the tile edges (all 16-byte aligned rows,
+    as it requires), n = 16 and n = 5, channels that do not fill a warp."""
+    cu, saved = _cuda_config(fwd_chan=1, chan_tile32_above=0 if tile == 32 else 1 << 30)
     try:
         _check("cuda", 2, 40, 16, l, dtype, VARIANTS[0])
         _check("cuda", 1, 48, 5, l, dtype, VARIANTS[2], grads=False)
@@ -273,7 +274,7 @@ def test_cuda_lane_per_channel_forward(l, dtype):
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
 def test_cuda_lane_per_channel_is_chosen_only_where_it_applies():
     import genomamba.ops.cuda as cu
-    from genomamba.ops.cuda.knobs import chan_applies
+    from genomamba.ops.cuda.knobs import chan_applies, chan_plan
 
     dev = torch.device("cuda")
     u = torch.zeros(1, 64, 264, device=dev, dtype=torch.bfloat16)
@@ -286,11 +287,19 @@ def test_cuda_lane_per_channel_is_chosen_only_where_it_applies():
         odd = torch.zeros(1, 64, 263, device=dev, dtype=torch.bfloat16)  # rows not 16-byte aligned
         assert not chan_applies(odd, odd, odd[:, :16], odd[:, :16], None, 16)
         cu.CONFIG.update(fwd_chan=-1, chan_min_channels=65)
-        assert not chan_applies(u, u, B, B, None, 16)  # b * d = 64: too few channels to fill the GPU
+        assert not chan_applies(u, u, B, B, None, 16)  # b * d = 64 over a short l: lane-per-tokens
+        assert chan_applies(u, u, B, B, None, 16, training=True)  # training forwards: always
+        u32, B32 = u.float(), B.float()
+        assert not chan_applies(u32, u32, B32, B32, None, 16, training=True)  # auto: not in fp32
         cu.CONFIG.update(fwd_chan=0)
         assert not chan_applies(u, u, B, B, None, 16)
     finally:
         cu.CONFIG.update(saved)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # 384 warps, one segment: 64-token tiles
+    assert chan_plan(64, 1536, 2048, 16)[1] == 4  # 3072 warps: 32-token tiles, more blocks per SM
+    per, _ = chan_plan(1, 512, 1 << 20, 16)
+    assert 16 * (2048 // per) <= cu.CONFIG["chan_resident"] * sms  # segments fill at most one wave
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, chan_applies, chan_seg_tiles, forward_variant, fwd_build, seg_tiles
+from genomamba.ops.cuda.knobs import CONFIG, chan_applies, chan_plan, forward_variant, fwd_build, seg_tiles
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -182,7 +182,7 @@ def _v2_apply(
 ):
     """v2 forward (saving states when autograd will need them) with the CUDA backward attached;
     seg_tiles_bwd 0: the backward picks its own segments; build (0 plain, 1 lean, 2 lean in pairs,
-    3 lane per channel) None: as configured (fwd_build())."""
+    3 / 4 lane per channel with 64- / 32-token tiles) None: as configured (fwd_build())."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, final, _ = _v2_fwd_op(
@@ -230,23 +230,28 @@ def selective_scan(
     args = (unit_stride(u), unit_stride(delta), A.float(), unit_stride(B), unit_stride(C), D, unit_stride(z),
             delta_bias, bool(delta_softplus))
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
-    chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1])
     b, d, l = u.shape
-    if _wants_grad(tensors):
+    training = _wants_grad(tensors)
+    chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1], training)
+    if training:
         kitems = CONFIG["kitems_train"]
         if chan:
-            out, final = _v2_apply(*args, initial_state, kitems, CONFIG["chan_warps"], CONFIG["warps_bwd"],
-                                   chan_seg_tiles(b, d, l, kitems), seg_tiles(b, d, l, kitems), build=3)
+            tiles, build = chan_plan(b, d, l, kitems)
+            out, final = _v2_apply(*args, initial_state, kitems, CONFIG["chan_warps"], CONFIG["warps_bwd"], tiles,
+                                   seg_tiles(b, d, l, kitems), build=build)
         else:
             out, final = _v2_apply(
                 *args, initial_state, kitems, CONFIG["warps_fwd_train"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems)
             )
     elif forward_variant() == "v2":
         kitems = CONFIG["kitems"]
-        tiles = chan_seg_tiles(b, d, l, kitems) if chan else seg_tiles(b, d, l, kitems)
+        if chan:
+            tiles, build = chan_plan(b, d, l, kitems)
+            warps = CONFIG["chan_warps"]
+        else:
+            tiles, build, warps = seg_tiles(b, d, l, kitems), fwd_build(u.dtype), CONFIG["warps"]
         out, final, _ = _v2_fwd_op(
-            *args, initial_state, kitems, CONFIG["chan_warps"] if chan else CONFIG["warps"], CONFIG["warps_bwd"],
-            tiles, 0, False, 3 if chan else fwd_build(u.dtype),
+            *args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, 0, False, build,
         )
     else:
         out, final = _scan_fwd_op(*args, initial_state)

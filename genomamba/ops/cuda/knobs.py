@@ -74,14 +74,21 @@ CONFIG = {
     # the lane-per-channel forward (fwd_chan_kernel: a lane holds all n <= 16 states of one channel
     # and walks the tokens; l cut into segments when b * d is small), used only if its self-test
     # ("chan") passed, the rows are 16-byte aligned and n <= 16: 1 always then; 0 never; -1 (auto)
-    # when b * d >= chan_min_channels or l >= chan_min_len. chan_warps: warps (32 channels each) per
-    # block; chan_resident: its warps per SM that the segment rule fills (one per scheduler: a lane's
-    # exp2 per state keeps the special-function unit busy)
-    "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", 0),
+    # in half-precision training forwards (timed 1.5-2.2x faster than the lane-per-tokens build on
+    # an H200) and half-precision inference forwards with b * d >= chan_min_channels or
+    # l >= chan_min_len (below both the lane-per-tokens build timed as fast or faster; in fp32 the
+    # lane-per-channel build holds 251 registers and timed slower). chan_warps: warps (32 channels
+    # each) per block; chan_resident: its warps per SM that the segment rule (wave_segments) fills;
+    # chan_min_seg_tokens: its shortest segment; chan_tile32_above: above this many of its warps per
+    # SM in a call, the 32-token staging tile (half the shared memory, more blocks per SM) runs
+    # instead of the 64-token one (timings: scan_chan_nvidia_h200.json)
+    "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", -1),
     "chan_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_MIN_CHANNELS", 8192),
     "chan_min_len": _env_int("GENOMAMBA_CUDA_CHAN_MIN_LEN", 32768),
-    "chan_warps": _env_int("GENOMAMBA_CUDA_CHAN_WARPS", 2),
-    "chan_resident": _env_int("GENOMAMBA_CUDA_CHAN_RESIDENT", 4),
+    "chan_warps": _env_int("GENOMAMBA_CUDA_CHAN_WARPS", 4),
+    "chan_resident": _env_int("GENOMAMBA_CUDA_CHAN_RESIDENT", 8),
+    "chan_min_seg_tokens": _env_int("GENOMAMBA_CUDA_CHAN_MIN_SEG_TOKENS", 1024),
+    "chan_tile32_above": _env_int("GENOMAMBA_CUDA_CHAN_TILE32_ABOVE", 4),
 }
 
 _noticed: set[str] = set()
@@ -135,20 +142,40 @@ def _rows_aligned(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1])
 
 
-def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int) -> bool:
+def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int,
+                 training: bool = False) -> bool:
     """True if the forward of this call runs the lane-per-channel build (``CONFIG['fwd_chan']``):
     its self-test passed, n <= 16, every row of u, delta, z, B, C and of the output (l elements)
-    16-byte aligned, and (auto) b * d or l large enough (a few channels over a short l: the
-    lane-per-tokens build keeps more lanes busy)."""
+    16-byte aligned, and (auto) half precision and either a training forward or b * d or l large
+    enough (a few channels over a short l: the lane-per-tokens build keeps more lanes busy)."""
     mode = CONFIG["fwd_chan"]
     if not mode or n > 16 or not (STATUS.get("chan") is True or _unverified_ok()):
         return False
     b, d, l = u.shape
-    if mode < 0 and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
-        return False
+    if mode < 0:
+        if u.dtype == torch.float32:
+            return False
+        if not training and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
+            return False
     if (l * u.element_size()) % 16:
         return False
     return all(_rows_aligned(t) for t in (u, delta, B, C) + ((z,) if z is not None else ()))
+
+
+def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
+    """(tiles per segment, build) of the lane-per-channel forward for this call: segments by
+    :func:`wave_segments` (one warp per 32 channels and segment, ``chan_resident`` warps per SM,
+    none shorter than ``chan_min_seg_tokens``); build 4 (32-token staging tiles) when the call has
+    more than ``chan_tile32_above`` of its warps per SM, else build 3 (64-token tiles)."""
+    tile = 32 * kitems
+    ntiles = max(1, math.ceil(l / tile))
+    most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    rows = b * math.ceil(d / 32)
+    nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
+    per = math.ceil(ntiles / nseg)
+    warps = rows * math.ceil(ntiles / per)
+    return per, (4 if warps > CONFIG["chan_tile32_above"] * sms else 3)
 
 
 def cuda_backward_enabled() -> bool:
@@ -171,17 +198,6 @@ def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
     else:
         sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
         nseg = wave_segments(b * d, ntiles, tile, most, RESIDENT_WARPS_PER_SM * sms, FIXUP_TOKENS)
-    return math.ceil(ntiles / nseg)
-
-
-def chan_seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
-    """Tiles (of 32 * kitems tokens) per segment for the lane-per-channel forward: one warp per 32
-    channels and segment, ``chan_resident`` warps per SM, segments by :func:`wave_segments`."""
-    tile = 32 * kitems
-    ntiles = max(1, math.ceil(l / tile))
-    most = min(max(1, l // max(tile, CONFIG["min_seg_tokens"])), ntiles, 65535)
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    nseg = wave_segments(b * math.ceil(d / 32), ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
     return math.ceil(ntiles / nseg)
 
 

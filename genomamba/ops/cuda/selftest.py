@@ -214,6 +214,7 @@ def _test_chan(ext) -> None:
                     _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0, build))
                     _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0, build))
     _test_bwd(ext, build=3, cases=_chan_cases())
+    _test_bwd(ext, build=4, cases=_chan_cases()[:3])
 
 
 def _test_bwd(ext, build: int = 0, cases=None) -> None:
