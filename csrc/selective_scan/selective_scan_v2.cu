@@ -521,18 +521,21 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 constexpr int kChanTile = 64;  // tokens per staged tile (the default; 32 is the smaller-footprint build)
 constexpr int kChanN = 16;     // states held per lane (missing states: A = B = C = 0)
 
-template <typename T, int TILE> struct ChanShape {
+template <typename T, int TILE, int TPC = 1> struct ChanShape {
+  static constexpr int kCPW = 32 / TPC;  // channels per warp (TPC lanes share a channel's states)
+  static constexpr int kNS = kChanN / TPC;  // states per lane
   static constexpr int kRowBytes = TILE * static_cast<int>(sizeof(T));
   static constexpr int kPitch = kRowBytes + 16;
   static constexpr int kChunks = kRowBytes / 16;  // 16-byte chunks per row
   static constexpr int kE = 16 / static_cast<int>(sizeof(T));
-  // per warp: delta, u, z rows of 32 channels; per block: B and C rows (16 each); two stages
-  static constexpr int kWarpStage = 3 * 32 * kPitch;
+  // per warp: delta, u, z rows of its channels; per block: B and C rows (16 each); two stages
+  static constexpr int kWarpStage = 3 * kCPW * kPitch;
   static constexpr int kBCStage = 2 * kChanN * kPitch;
 };
 
-__host__ __device__ constexpr size_t chan_smem_bytes(int warps, int tile, int elem_bytes) {
-  return static_cast<size_t>(2) * (3 * 32 * (tile * elem_bytes + 16) * warps + 2 * kChanN * (tile * elem_bytes + 16)) +
+__host__ __device__ constexpr size_t chan_smem_bytes(int warps, int tile, int elem_bytes, int tpc = 1) {
+  return static_cast<size_t>(2) *
+             (3 * (32 / tpc) * (tile * elem_bytes + 16) * warps + 2 * kChanN * (tile * elem_bytes + 16)) +
          sizeof(float) * tile * 2 * kChanN;
 }
 
@@ -585,10 +588,10 @@ template <typename T> __device__ __forceinline__ void sts8(char *dst, const floa
 // fwd_combine_kernel. With p.save, tstate gets the state at every tile start and each tile's
 // sum(delta), as fwd_kernel<T, K> writes them for the backward (segments after the first from zero:
 // fwd_fix_kernel adds the carry).
-template <typename T, int TILE>
+template <typename T, int TILE, int TPC>
 __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_tokens) {
-  using S = ChanShape<T, TILE>;
-  constexpr int kChanTile = TILE;
+  using S = ChanShape<T, TILE, TPC>;
+  constexpr int kChanTile = TILE, kCPW = S::kCPW, kNS = S::kNS;
   extern __shared__ __align__(16) unsigned char chan_smem[];
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -596,11 +599,12 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
   const int stage_bytes = S::kWarpStage * warps + S::kBCStage;
   float *sBC = reinterpret_cast<float *>(stage_base + 2 * stage_bytes);  // [TILE][32]
 
-  const int64_t nblk = (p.dpg + 32 * warps - 1) / (32 * warps);
+  const int64_t nblk = (p.dpg + kCPW * warps - 1) / (kCPW * warps);
   const int64_t gi = blockIdx.x / nblk, dblk = blockIdx.x % nblk;
   const int64_t bi = blockIdx.z;
-  const int64_t dloc0 = dblk * 32 * warps + warp * 32;  // this warp's first channel in the group
-  const int64_t dloc = dloc0 + lane;
+  const int64_t dloc0 = dblk * kCPW * warps + warp * kCPW;  // this warp's first channel in the group
+  const int cl = lane / TPC, sub = lane % TPC;  // the lane's channel in the warp, its share of states
+  const int64_t dloc = dloc0 + cl;
   const bool valid = dloc < p.dpg;
   const int64_t dch = gi * p.dpg + (valid ? dloc : 0);
   const int64_t n = p.n;
@@ -608,11 +612,12 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
   const int64_t t_begin = seg * p.seg_tiles * ktile_tokens;
   const int64_t t_end = min(p.l, t_begin + p.seg_tiles * ktile_tokens);
 
-  float A2[kChanN], h[kChanN];
+  const int j0 = sub * kNS;  // this lane's states are j0 .. j0 + kNS - 1
+  float A2[kNS], h[kNS];
 #pragma unroll
-  for (int j = 0; j < kChanN; ++j) {
-    A2[j] = j < n ? p.A[dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
-    h[j] = (j < n && seg == 0 && p.h0 != nullptr) ? p.h0[(bi * p.d + dch) * n + j] : 0.f;
+  for (int j = 0; j < kNS; ++j) {
+    A2[j] = j0 + j < n ? p.A[dch * p.s_Ad + (j0 + j) * p.s_An] * kLog2e : 0.f;
+    h[j] = (j0 + j < n && seg == 0 && p.h0 != nullptr) ? p.h0[(bi * p.d + dch) * n + j0 + j] : 0.f;
   }
   const float Dv = p.has_D ? p.D[dch] : 0.f;
   const float bias = p.has_bias ? p.bias[dch] : 0.f;
@@ -624,7 +629,7 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
   const T *Cg = static_cast<const T *>(p.C) + bi * p.s_Cb + gi * p.s_Cg;
   T *og = static_cast<T *>(p.out) + bi * p.s_ob;
   const int64_t gch0 = gi * p.dpg + dloc0;  // global channel of the warp's row 0
-  const int64_t rows_valid = min(static_cast<int64_t>(32), p.dpg - dloc0);  // may be <= 0 for an idle warp
+  const int64_t rows_valid = min(static_cast<int64_t>(kCPW), p.dpg - dloc0);  // may be <= 0 for an idle warp
 
   // issue the copies of tile `it` into stage `st`; a chunk past the end (or of an absent row) is
   // zero-filled, with an in-bounds dummy source address
@@ -636,14 +641,14 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       const T *src = arr == 0 ? dg : (arr == 1 ? ug : zg);
       const int64_t s_row = arr == 0 ? p.s_td : (arr == 1 ? p.s_ud : p.s_zd);
 #pragma unroll
-      for (int i = 0; i < S::kChunks; ++i) {
+      for (int i = 0; i < kCPW * S::kChunks / 32; ++i) {
         const int idx = i * 32 + lane;
         const int r = idx / S::kChunks, c = idx % S::kChunks;
         const int64_t t = t0 + c * S::kE;
         const bool ok = r < rows_valid && t < t_end;
         const int bytes = ok ? static_cast<int>(min(static_cast<int64_t>(S::kE), t_end - t) * sizeof(T)) : 0;
         const T *g = ok ? src + (gch0 + r) * s_row + t : src;
-        cp_async16(wbase + (arr * 32 + r) * S::kPitch + c * 16, g, bytes);
+        cp_async16(wbase + (arr * kCPW + r) * S::kPitch + c * 16, g, bytes);
       }
     }
     char *bcbase = stage_base + st * stage_bytes + warps * S::kWarpStage;
@@ -691,16 +696,16 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
     if (p.save && t0 % ktile_tokens == 0) {  // a backward tile starts here: its entering state
       float *ts = p.tstate + ((bi * p.d + dch) * p.ntiles + t0 / ktile_tokens) * (n + 1);
       if (valid) {
-        if (t0 > t_begin) ts[-1] = tsum;  // the previous tile's sum(delta) (its slot n)
-        for (int j = 0; j < kChanN; ++j)
-          if (j < n) ts[j] = h[j];
+        if (t0 > t_begin && sub == 0) ts[-1] = tsum;  // the previous tile's sum(delta) (its slot n)
+        for (int j = 0; j < kNS; ++j)
+          if (j0 + j < n) ts[j0 + j] = h[j];
       }
       ssum += tsum;
       tsum = 0.f;
     }
     char *myrow = stage_base + st * stage_bytes + warp * S::kWarpStage;
-    char *drow = myrow + lane * S::kPitch, *urow = myrow + (32 + lane) * S::kPitch,
-         *zrow = myrow + (64 + lane) * S::kPitch;
+    char *drow = myrow + cl * S::kPitch, *urow = myrow + (kCPW + cl) * S::kPitch,
+         *zrow = myrow + (2 * kCPW + cl) * S::kPitch;
     const int64_t count = min(static_cast<int64_t>(kChanTile), t_end - t0);
 #pragma unroll 1
     for (int gq = 0; gq < kChanTile / 8; ++gq) {
@@ -722,20 +727,22 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
       for (int k = 0; k < 8; ++k) {
         const float x = dl[k], du = uv[k];
         const float4 *bc = reinterpret_cast<const float4 *>(sBC + (gq * 8 + k) * 32);
-        float Bv[kChanN], Cv[kChanN];
+        float Bv[kNS], Cv[kNS];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float4 b4 = bc[q], c4 = bc[4 + q];
+        for (int q = 0; q < kNS / 4; ++q) {
+          const float4 b4 = bc[j0 / 4 + q], c4 = bc[4 + j0 / 4 + q];
           Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
           Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
         }
         float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-        for (int j = 0; j < kChanN; ++j) {
+        for (int j = 0; j < kNS; ++j) {
           h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        yv[k] += y0 + y1;
+        float ys = y0 + y1;
+        if constexpr (TPC == 2) ys += __shfl_xor_sync(kFull, ys, 1);  // the pair's two halves of the states
+        yv[k] += ys;
       }
       if (p.has_z) {
         float zv[8];
@@ -743,12 +750,13 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
 #pragma unroll
         for (int k = 0; k < 8; ++k) yv[k] *= __fdividef(zv[k], 1.f + __expf(-zv[k]));  // z * sigmoid(z)
       }
-      sts8<T>(drow + gq * 8 * sizeof(T), yv);  // this lane's delta of these tokens is consumed
+      if constexpr (TPC > 1) __syncwarp();  // the lanes sharing a row have read its deltas of these tokens
+      if (sub == 0) sts8<T>(drow + gq * 8 * sizeof(T), yv);  // over the consumed deltas
     }
     __syncwarp();
     // the warp's 32 output rows of this tile, coalesced (16-byte stores)
 #pragma unroll
-    for (int i = 0; i < S::kChunks; ++i) {
+    for (int i = 0; i < kCPW * S::kChunks / 32; ++i) {
       const int idx = i * 32 + lane;
       const int r = idx / S::kChunks, c = idx % S::kChunks;
       const int64_t t = t0 + c * S::kE;
@@ -765,17 +773,18 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
     __syncwarp();  // every lane's reads of this stage are done before the next copies into it
   }
   if (!valid) return;
-  if (p.save) p.tstate[((bi * p.d + dch) * p.ntiles + (t_end - 1) / ktile_tokens) * (n + 1) + n] = tsum;
+  if (p.save && sub == 0)
+    p.tstate[((bi * p.d + dch) * p.ntiles + (t_end - 1) / ktile_tokens) * (n + 1) + n] = tsum;
   if (p.nseg == 1) {
 #pragma unroll
-    for (int j = 0; j < kChanN; ++j)
-      if (j < n) p.final_state[(bi * p.d + dch) * n + j] = h[j];
+    for (int j = 0; j < kNS; ++j)
+      if (j0 + j < n) p.final_state[(bi * p.d + dch) * n + j0 + j] = h[j];
   } else {
     const int64_t base = (bi * p.nseg + seg) * p.d + dch;
 #pragma unroll
-    for (int j = 0; j < kChanN; ++j)
-      if (j < n) p.hend[base * n + j] = h[j];
-    p.dsum_seg[base] = ssum + tsum;
+    for (int j = 0; j < kNS; ++j)
+      if (j0 + j < n) p.hend[base * n + j0 + j] = h[j];
+    if (sub == 0) p.dsum_seg[base] = ssum + tsum;
   }
 }
 // ----------------------------------------------------------------------------- backward
@@ -1173,7 +1182,8 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 // start and each tile's sum(delta) when `save` (for the backward), else it is empty. `build`: 0 the
 // plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
 // (same results to rounding; see fwd_kernel), 3 one lane per channel (fwd_chan_kernel: n <= 16,
-// aligned rows; `warps` 1..4 per block), 4 the same staging 32-token tiles (half the shared memory).
+// aligned rows; `warps` 1..4 per block), 4 the same staging 32-token tiles (half the shared memory),
+// 5 / 6 as 3 / 4 with two lanes per channel (8 states each, one shuffle per token for the output).
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -1207,28 +1217,32 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
-  TORCH_CHECK(build >= 0 && build <= 4, "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in "
-              "pairs), 3 (lane per channel, 64-token tiles) or 4 (the same with 32-token tiles)");
+  TORCH_CHECK(build >= 0 && build <= 6, "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in "
+              "pairs), 3 / 4 (lane per channel, 64- / 32-token tiles) or 5 / 6 (two lanes per channel)");
   if (build >= 3) {  // one lane per channel (fwd_chan_kernel), then the same combine and fix-up
     TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
     TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
     TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
     // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
     const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
-    const int tile = build == 4 ? 32 : kChanTile;
-    const size_t sm = chan_smem_bytes(static_cast<int>(cw), tile, static_cast<int>(u.element_size()));
-    const int64_t nblk = (p.dpg + 32 * cw - 1) / (32 * cw);
+    const int tile = (build == 4 || build == 6) ? 32 : kChanTile;
+    const int tpc = build >= 5 ? 2 : 1;
+    const size_t sm = chan_smem_bytes(static_cast<int>(cw), tile, static_cast<int>(u.element_size()), tpc);
+    const int64_t cpb = 32 / tpc * cw;  // channels per block
+    const int64_t nblk = (p.dpg + cpb - 1) / cpb;
     const dim3 grid(static_cast<unsigned>(p.g * nblk), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
     const int ktile = static_cast<int>(32 * c.K);
     const unsigned nthr = static_cast<unsigned>(32 * cw);
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       (void)kK;
-      if (tile == 32) {
-        set_smem(fwd_chan_kernel<scalar_t, 32>, sm);
-        fwd_chan_kernel<scalar_t, 32><<<grid, nthr, sm, stream>>>(p, ktile);
+      auto launch = [&](auto kernel) {
+        set_smem(kernel, sm);
+        kernel<<<grid, nthr, sm, stream>>>(p, ktile);
+      };
+      if (tpc == 1) {
+        if (tile == 32) launch(fwd_chan_kernel<scalar_t, 32, 1>); else launch(fwd_chan_kernel<scalar_t, kChanTile, 1>);
       } else {
-        set_smem(fwd_chan_kernel<scalar_t, kChanTile>, sm);
-        fwd_chan_kernel<scalar_t, kChanTile><<<grid, nthr, sm, stream>>>(p, ktile);
+        if (tile == 32) launch(fwd_chan_kernel<scalar_t, 32, 2>); else launch(fwd_chan_kernel<scalar_t, kChanTile, 2>);
       }
     });
   } else SSV2_DISPATCH(u.scalar_type(), c.K, {

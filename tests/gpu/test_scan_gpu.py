@@ -236,7 +236,8 @@ def test_cuda_selftest_passed():
     and this test says why)."""
     import genomamba.ops.cuda as cu
 
-    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True}, cu.STATUS
+    assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True,
+                         "chan2": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
@@ -258,12 +259,13 @@ def test_cuda_forward_variants(fwd, l):
 @pytest.mark.parametrize("l", [8, 64, 256, 264, 4096, 4104])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile", [64, 32])
-def test_cuda_lane_per_channel_forward(l, dtype, tile):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_cuda_lane_per_channel_forward(l, dtype, tile, lanes):
     """The lane-per-channel forward (chosen through the dispatch, forced on, with its 64- and its
-    32-token staging tiles) against the fp64 oracle: forward, final state, and gradients through
+    32-token staging tiles, one or two lanes per channel) against the fp64 oracle: forward, final state, and gradients through
     the backward that reads its saved states; lengths at the tile edges (all 16-byte aligned rows,
     as it requires), n = 16 and n = 5, channels that do not fill a warp."""
-    cu, saved = _cuda_config(fwd_chan=1, chan_tile32_above=0 if tile == 32 else 1 << 30)
+    cu, saved = _cuda_config(fwd_chan=1, chan_tile32_above=0 if tile == 32 else 1 << 30, chan_lanes=lanes)
     try:
         _check("cuda", 2, 40, 16, l, dtype, VARIANTS[0])
         _check("cuda", 1, 48, 5, l, dtype, VARIANTS[2], grads=False)

@@ -17,7 +17,7 @@ import torch
 
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
-                             "pair": "not built", "chan": "not built"}
+                             "pair": "not built", "chan": "not built", "chan2": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -89,6 +89,10 @@ CONFIG = {
     "chan_resident": _env_int("GENOMAMBA_CUDA_CHAN_RESIDENT", 8),
     "chan_min_seg_tokens": _env_int("GENOMAMBA_CUDA_CHAN_MIN_SEG_TOKENS", 1024),
     "chan_tile32_above": _env_int("GENOMAMBA_CUDA_CHAN_TILE32_ABOVE", 4),
+    # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), or 2 (8 states
+    # each and one shuffle per token for the output: twice the warps for the same channels, for
+    # calls with fewer warps than the GPU has schedulers; self-tested as part "chan2", not yet timed)
+    "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", 1),
 }
 
 _noticed: set[str] = set()
@@ -149,7 +153,8 @@ def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch
     16-byte aligned, and (auto) half precision and either a training forward or b * d or l large
     enough (a few channels over a short l: the lane-per-tokens build keeps more lanes busy)."""
     mode = CONFIG["fwd_chan"]
-    if not mode or n > 16 or not (STATUS.get("chan") is True or _unverified_ok()):
+    part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
+    if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
         return False
     b, d, l = u.shape
     if mode < 0:
@@ -166,16 +171,19 @@ def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
     """(tiles per segment, build) of the lane-per-channel forward for this call: segments by
     :func:`wave_segments` (one warp per 32 channels and segment, ``chan_resident`` warps per SM,
     none shorter than ``chan_min_seg_tokens``); build 4 (32-token staging tiles) when the call has
-    more than ``chan_tile32_above`` of its warps per SM, else build 3 (64-token tiles)."""
+    more than ``chan_tile32_above`` of its warps per SM, else build 3 (64-token tiles); builds 6 and 5
+    for two lanes per channel (``chan_lanes``)."""
     tile = 32 * kitems
     ntiles = max(1, math.ceil(l / tile))
     most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    rows = b * math.ceil(d / 32)
+    lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
+    rows = b * math.ceil(d * lanes / 32)
     nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
     per = math.ceil(ntiles / nseg)
     warps = rows * math.ceil(ntiles / per)
-    return per, (4 if warps > CONFIG["chan_tile32_above"] * sms else 3)
+    build = 4 if warps > CONFIG["chan_tile32_above"] * sms else 3
+    return per, build + (2 if lanes == 2 else 0)
 
 
 def cuda_backward_enabled() -> bool:

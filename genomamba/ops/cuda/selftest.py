@@ -1,7 +1,7 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``) is cached as ``selftest.json`` in the
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``) is cached as ``selftest.json`` in the
 build folder: an unchanged build is tested once.
 """
 
@@ -23,7 +23,7 @@ from genomamba.ops.cuda.knobs import CONFIG
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan")
+PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2")
 
 
 def _cached(path: Path):
@@ -88,9 +88,9 @@ def child_main(path: str) -> None:
         Path(path).write_text(json.dumps(status, indent=1))
 
     tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair),
-             ("chan", _test_chan))
+             ("chan", _test_chan), ("chan2", _test_chan2))
     for part, fn in tests:
-        if part in ("bwd", "lean", "pair", "chan") and status["v2"] is not True:
+        if part in ("bwd", "lean", "pair", "chan", "chan2") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
             continue
         status[part] = "running"
@@ -198,7 +198,7 @@ def _chan_cases():
     )
 
 
-def _test_chan(ext) -> None:
+def _test_chan(ext, builds=(3, 4)) -> None:
     """The lane-per-channel forward (1, 2 and 4 warps a block, one segment and several, with and
     without an initial state), and a backward from the tile states it saves."""
     for case in _chan_cases():
@@ -209,12 +209,17 @@ def _test_chan(ext) -> None:
             r_o, r_s = selective_scan_ref(*[t.double() for t in ins], True, h.double() if with_h0 else None, True)
             # seg_tiles 1000: one segment; 1 to 3: the combine and fix-up passes on segment boundaries
             for kitems, warps, seg in ((16, 1, 1000), (8, 2, 1), (16, 4, 2), (8, 1, 3)):
-                for build in (3, 4):  # 64- and 32-token staging tiles
+                for build in builds:  # 64- and 32-token staging tiles
                     out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, build)
                     _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0, build))
                     _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0, build))
-    _test_bwd(ext, build=3, cases=_chan_cases())
-    _test_bwd(ext, build=4, cases=_chan_cases()[:3])
+    _test_bwd(ext, build=builds[0], cases=_chan_cases())
+    _test_bwd(ext, build=builds[1], cases=_chan_cases()[:3])
+
+
+def _test_chan2(ext) -> None:
+    """The same with two lanes per channel (8 states each)."""
+    _test_chan(ext, builds=(5, 6))
 
 
 def _test_bwd(ext, build: int = 0, cases=None) -> None:
