@@ -262,9 +262,10 @@ def test_cuda_forward_variants(fwd, l):
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_cuda_lane_per_channel_forward(l, dtype, tile, lanes):
     """The lane-per-channel forward (chosen through the dispatch, forced on, with its 64- and its
-    32-token staging tiles, one or two lanes per channel) against the fp64 oracle: forward, final state, and gradients through
-    the backward that reads its saved states; lengths at the tile edges (all 16-byte aligned rows,
-    as it requires), n = 16 and n = 5, channels that do not fill a warp."""
+    32-token staging tiles, one or two lanes per channel) against the fp64 oracle: forward, final
+    state, and gradients through the backward that reads its saved states; lengths at the tile
+    edges (all 16-byte aligned rows, as it requires), n = 16 and n = 5, channels that do not fill a
+    warp."""
     cu, saved = _cuda_config(fwd_chan=1, chan_tile32_above=0 if tile == 32 else 1 << 30, chan_lanes=lanes)
     try:
         _check("cuda", 2, 40, 16, l, dtype, VARIANTS[0])
@@ -317,3 +318,44 @@ def test_cuda_many_segments(l, kitems):
         _check("cuda", 1, 16, 16, l, torch.float32, VARIANTS[3])
     finally:
         cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_model_with_lane_per_channel_forward_matches_lane_per_tokens(lanes, monkeypatch):
+    """A whole model in bf16 autocast: the loss, its gradients and the inference logits with the
+    lane-per-channel forward (forced on) against the lane-per-tokens one, on the same weights and
+    windows (bf16 rounding apart); every scan call of the forced run takes the lane-per-channel
+    build (windows of 4104 tokens: 16-byte aligned rows)."""
+    import genomamba
+    import genomamba.ops.cuda.kernels as kernels
+
+    chosen = []
+    real = kernels.chan_applies
+    monkeypatch.setattr(kernels, "chan_applies", lambda *a, **k: chosen.append(real(*a, **k)) or chosen[-1])
+    torch.manual_seed(0)
+    model = genomamba.MambaLM(genomamba.MambaConfig(d_model=64, n_layer=2, vocab_size=16)).cuda()
+    ids = torch.randint(0, 5, (2, 4105), device="cuda")
+    results = {}
+    for mode in (0, 1):
+        cu, saved = _cuda_config(fwd_chan=mode, chan_lanes=lanes)
+        chosen.clear()
+        try:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(ids[:, :-1])
+                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 16), ids[:, 1:].reshape(-1))
+            loss.backward()
+            grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                infer = model(ids[:, :-1]).float()
+            results[mode] = (loss.item(), grads, infer)
+        finally:
+            cu.CONFIG.update(saved)
+        assert len(chosen) >= 4 and all(c == bool(mode) for c in chosen), chosen  # 2 layers x (train, infer)
+    (l0, g0, i0), (l1, g1, i1) = results[0], results[1]
+    assert abs(l0 - l1) < 1e-3 * abs(l0)
+    assert ((i0 - i1).norm() / i0.norm()).item() < 1e-2
+    for k in g0:
+        err = ((g0[k] - g1[k]).norm() / g0[k].norm().clamp_min(1e-12)).item()
+        assert err < 3e-2, (k, err)

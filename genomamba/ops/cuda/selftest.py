@@ -1,8 +1,8 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``) is cached as ``selftest.json`` in the
-build folder: an unchanged build is tested once.
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``) is cached as
+``selftest.json`` in the build folder: an unchanged build is tested once.
 """
 
 from __future__ import annotations
