@@ -120,6 +120,15 @@ def bench_one(backend, shape, bw, warmup=25, rep=100):
     return row
 
 
+def _layouts(shape) -> dict:
+    """The CUDA forward layouts a row's inference and training forwards ran (for the JSON)."""
+    from genomamba.ops.cuda.knobs import forward_layout
+
+    b, d, n, l, dtype = shape
+    return {"cuda_forward": forward_layout(b, d, n, l, DTYPES[dtype]),
+            "cuda_training_forward": forward_layout(b, d, n, l, DTYPES[dtype], training=True)}
+
+
 def knob_settings(specs: list) -> list:
     """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label). A name that is
     not a knob of ``genomamba.ops.cuda.CONFIG``, or a value that is not an integer, is an error that
@@ -234,6 +243,7 @@ def main(argv=None) -> int:
                         cu.CONFIG.update(update)
                         row = bench_one(be, shape, bw)
                         row["backend"] = label
+                        row.update(_layouts(shape))
                         results.append(row)
                         print(row, flush=True)
                         save()
@@ -242,6 +252,8 @@ def main(argv=None) -> int:
                 continue
             try:
                 results.append(bench_one(be, shape, bw))
+                if be == "cuda":
+                    results[-1].update(_layouts(shape))
             except Exception as exc:
                 results.append({"backend": be, "shape": f"{shape}", "error": f"{type(exc).__name__}: {exc}"})
                 torch.cuda.empty_cache()

@@ -124,6 +124,52 @@ def test_paired_build_gate(status, monkeypatch):
         cu.CONFIG.update(saved)
 
 
+def test_lane_per_channel_gate_and_plan(status, monkeypatch):
+    """Which calls take the lane-per-channel forward: only with its own self-test part passed,
+    n <= 16, in auto half-precision training forwards and large inference calls; and its plan
+    (segments, staging tile) for the shapes it was timed on, on a 132-SM GPU."""
+    from types import SimpleNamespace
+
+    from genomamba.ops.cuda.knobs import chan_plan, chan_wanted
+
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    bf16, f32 = torch.bfloat16, torch.float32
+    status.update(v1=True, v2=True, bwd=True, chan=True, chan2="chan2 out rel. error")
+    cu.CONFIG.update(fwd_chan=-1, chan_lanes=1, chan_min_channels=8192, chan_min_len=32768)
+    assert chan_wanted(4, 512, 16384, 16, bf16, training=True)  # every half-precision training forward
+    assert not chan_wanted(4, 512, 16384, 16, bf16)  # a small inference call: lanes over tokens
+    assert chan_wanted(8, 1536, 2048, 16, bf16) and chan_wanted(1, 512, 1 << 20, 16, bf16)
+    assert not chan_wanted(8, 1536, 2048, 16, f32, training=True)  # auto: never fp32
+    assert not chan_wanted(8, 1536, 2048, 17, bf16, training=True)  # more states than a lane holds
+    cu.CONFIG.update(fwd_chan=1)
+    assert chan_wanted(1, 16, 64, 16, f32)  # forced: wherever it can run
+    cu.CONFIG.update(chan_lanes=2)
+    assert not chan_wanted(1, 16, 64, 16, f32)  # two lanes per channel: its own part did not pass
+    cu.CONFIG.update(fwd_chan=0, chan_lanes=1)
+    assert not chan_wanted(8, 1536, 2048, 16, bf16, training=True)
+    status.update(chan="chan out rel. error")
+    cu.CONFIG.update(fwd_chan=1)
+    assert not chan_wanted(8, 1536, 2048, 16, bf16)
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
+    cu.CONFIG.update(chan_resident=8, chan_min_seg_tokens=1024, chan_tile32_above=4)
+    assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # 384 warps: one segment, 64-token tiles
+    assert chan_plan(64, 1536, 2048, 16) == (4, 4)  # 3072 warps: 32-token tiles
+    assert chan_plan(32, 512, 1024, 8) == (4, 3)
+    assert chan_plan(1, 512, 1 << 20, 16) == (32, 4)  # 64 segments of 16K tokens, 1024 warps
+    assert chan_plan(1, 1536, 65536, 16) == (6, 4)  # 22 segments
+    cu.CONFIG.update(chan_lanes=2)
+    assert chan_plan(8, 1536, 2048, 16) == (4, 6)  # 768 warps at two lanes a channel: 32-token tiles
+    from genomamba.ops.cuda.knobs import forward_layout
+
+    status.update(chan=True)
+    cu.CONFIG.update(fwd_chan=-1, chan_lanes=1)
+    assert forward_layout(8, 1536, 16, 2048, bf16) == "lane per channel (build 3, 1 segments)"
+    assert forward_layout(1, 512, 16, 1 << 20, bf16) == "lane per channel (build 4, 64 segments)"
+    assert forward_layout(8, 1536, 16, 2048, f32).startswith("lane per tokens")
+
+
 def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))

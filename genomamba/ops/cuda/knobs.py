@@ -146,25 +146,46 @@ def _rows_aligned(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1])
 
 
+def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -> bool:
+    """The shape and mode half of :func:`chan_applies` (everything but the alignment of the
+    tensors' rows): ``CONFIG['fwd_chan']``, the self-test verdict, n <= 16, and the auto rule."""
+    mode = CONFIG["fwd_chan"]
+    part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
+    if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
+        return False
+    if mode < 0:
+        if dtype == torch.float32:
+            return False
+        if not training and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
+            return False
+    return True
+
+
 def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int,
                  training: bool = False) -> bool:
     """True if the forward of this call runs the lane-per-channel build (``CONFIG['fwd_chan']``):
     its self-test passed, n <= 16, every row of u, delta, z, B, C and of the output (l elements)
     16-byte aligned, and (auto) half precision and either a training forward or b * d or l large
     enough (a few channels over a short l: the lane-per-tokens build keeps more lanes busy)."""
-    mode = CONFIG["fwd_chan"]
-    part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
-    if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
-        return False
     b, d, l = u.shape
-    if mode < 0:
-        if u.dtype == torch.float32:
-            return False
-        if not training and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
-            return False
+    if not chan_wanted(b, d, l, n, u.dtype, training):
+        return False
     if (l * u.element_size()) % 16:
         return False
     return all(_rows_aligned(t) for t in (u, delta, B, C) + ((z,) if z is not None else ()))
+
+
+def forward_layout(b: int, d: int, n: int, l: int, dtype, training: bool = False) -> str:
+    """Which CUDA forward a call of this shape (contiguous inputs) runs, in words, for benchmark
+    records: the layout, its build and the number of segments along l."""
+    kitems = CONFIG["kitems_train"] if training else CONFIG["kitems"]
+    ntiles = max(1, math.ceil(l / (32 * kitems)))
+    elem = torch.empty((), dtype=dtype).element_size()
+    if chan_wanted(b, d, l, n, dtype, training) and (l * elem) % 16 == 0:
+        tiles, build = chan_plan(b, d, l, kitems)
+        return f"lane per channel (build {build}, {math.ceil(ntiles / tiles)} segments)"
+    tiles = seg_tiles(b, d, l, kitems)
+    return f"lane per tokens (build {fwd_build(dtype, training)}, {math.ceil(ntiles / tiles)} segments)"
 
 
 def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
