@@ -289,9 +289,11 @@ def test_cuda_lane_per_channel_is_chosen_only_where_it_applies():
         assert not chan_applies(u, u, B, B, None, 17)  # more states than a lane holds
         odd = torch.zeros(1, 64, 263, device=dev, dtype=torch.bfloat16)  # rows not 16-byte aligned
         assert not chan_applies(odd, odd, odd[:, :16], odd[:, :16], None, 16)
-        cu.CONFIG.update(fwd_chan=-1, chan_min_channels=65)
+        cu.CONFIG.update(fwd_chan=-1, chan_min_channels=65, chan_min_warps_per_sm=0)
         assert not chan_applies(u, u, B, B, None, 16)  # b * d = 64 over a short l: lane-per-tokens
-        assert chan_applies(u, u, B, B, None, 16, training=True)  # training forwards: always
+        assert chan_applies(u, u, B, B, None, 16, training=True)  # training forwards: always...
+        cu.CONFIG.update(chan_min_warps_per_sm=2)
+        assert not chan_applies(u, u, B, B, None, 16, training=True)  # ...with work for >= 2 warps per SM
         u32, B32 = u.float(), B.float()
         assert not chan_applies(u32, u32, B32, B32, None, 16, training=True)  # auto: not in fp32
         cu.CONFIG.update(fwd_chan=0)

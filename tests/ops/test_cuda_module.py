@@ -133,14 +133,18 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     from genomamba.ops.cuda.knobs import chan_plan, chan_wanted
 
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
     bf16, f32 = torch.bfloat16, torch.float32
     status.update(v1=True, v2=True, bwd=True, chan=True, chan2="chan2 out rel. error")
+    cu.CONFIG.update(chan_resident=8, chan_min_seg_tokens=1024, chan_tile32_above=4, chan_min_warps_per_sm=2)
     cu.CONFIG.update(fwd_chan=-1, chan_lanes=1, chan_min_channels=8192, chan_min_len=32768)
     assert chan_wanted(4, 512, 16384, 16, bf16, training=True)  # every half-precision training forward
     assert not chan_wanted(4, 512, 16384, 16, bf16)  # a small inference call: lanes over tokens
     assert chan_wanted(8, 1536, 2048, 16, bf16) and chan_wanted(1, 512, 1 << 20, 16, bf16)
     assert not chan_wanted(8, 1536, 2048, 16, f32, training=True)  # auto: never fp32
     assert not chan_wanted(8, 1536, 2048, 17, bf16, training=True)  # more states than a lane holds
+    assert not chan_wanted(1, 512, 2048, 16, bf16, training=True)  # 32 warps: too little to spread
     cu.CONFIG.update(fwd_chan=1)
     assert chan_wanted(1, 16, 64, 16, f32)  # forced: wherever it can run
     cu.CONFIG.update(chan_lanes=2)
@@ -151,9 +155,6 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     cu.CONFIG.update(fwd_chan=1)
     assert not chan_wanted(8, 1536, 2048, 16, bf16)
 
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
-    cu.CONFIG.update(chan_resident=8, chan_min_seg_tokens=1024, chan_tile32_above=4)
     assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # 384 warps: one segment, 64-token tiles
     assert chan_plan(64, 1536, 2048, 16) == (4, 4)  # 3072 warps: 32-token tiles
     assert chan_plan(32, 512, 1024, 8) == (4, 3)

@@ -89,6 +89,9 @@ CONFIG = {
     "chan_resident": _env_int("GENOMAMBA_CUDA_CHAN_RESIDENT", 8),
     "chan_min_seg_tokens": _env_int("GENOMAMBA_CUDA_CHAN_MIN_SEG_TOKENS", 1024),
     "chan_tile32_above": _env_int("GENOMAMBA_CUDA_CHAN_TILE32_ABOVE", 4),
+    # auto: not below this many of its warps per SM (after cutting l), where lanes over tokens keep
+    # more of the GPU busy (every timed win had >= 2.9)
+    "chan_min_warps_per_sm": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM", 2),
     # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), or 2 (8 states
     # each and one shuffle per token for the output: twice the warps for the same channels, for
     # calls with fewer warps than the GPU has schedulers; self-tested as part "chan2", not yet timed)
@@ -148,7 +151,8 @@ def _rows_aligned(t: torch.Tensor) -> bool:
 
 def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -> bool:
     """The shape and mode half of :func:`chan_applies` (everything but the alignment of the
-    tensors' rows): ``CONFIG['fwd_chan']``, the self-test verdict, n <= 16, and the auto rule."""
+    tensors' rows): ``CONFIG['fwd_chan']``, the self-test verdict, n <= 16, and the auto rule (half
+    precision; training, or b * d or l large; at least ``chan_min_warps_per_sm`` of its warps per SM)."""
     mode = CONFIG["fwd_chan"]
     part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
     if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
@@ -158,7 +162,22 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
             return False
         if not training and b * d < CONFIG["chan_min_channels"] and l < CONFIG["chan_min_len"]:
             return False
+        # too little work to spread (a few channels over a short l): lanes over tokens keep more busy
+        kitems = CONFIG["kitems_train"] if training else CONFIG["kitems"]
+        if _chan_warps(b, d, l, kitems) < CONFIG["chan_min_warps_per_sm"] * _sm_count():
+            return False
     return True
+
+
+def _sm_count() -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def _chan_warps(b: int, d: int, l: int, kitems: int) -> int:
+    """Warps of the lane-per-channel forward for this call (its channels' warps x segments)."""
+    tiles, _ = chan_plan(b, d, l, kitems)
+    lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
+    return b * math.ceil(d * lanes / 32) * math.ceil(math.ceil(l / (32 * kitems)) / tiles)
 
 
 def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int,
@@ -197,7 +216,7 @@ def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
     tile = 32 * kitems
     ntiles = max(1, math.ceil(l / tile))
     most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    sms = _sm_count()
     lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
     rows = b * math.ceil(d * lanes / 32)
     nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
