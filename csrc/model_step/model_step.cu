@@ -256,6 +256,16 @@ struct Rows {
     }
   }
 
+  // a[i] += one 8-element chunk of a weight row . the same chunk of activation row i (rows K apart)
+  template <int BB>
+  __device__ __forceinline__ void add_chunk(const Raw8<T>& chunk, const float* act, int b, float (&a)[BB]) const {
+    float w[8];
+    unpack8<T>(chunk, w);
+#pragma unroll
+    for (int i = 0; i < BB; ++i)
+      if (i < b) a[i] += dot8(w, act + i * K);
+  }
+
   // acc[r][i] = row r . act[i] (act: b rows of K floats), summed over the warp
   template <int BB>
   __device__ __forceinline__ void dot(const float* act, int b, float (&acc)[NR][BB]) const {
@@ -269,13 +279,7 @@ struct Rows {
       const int kk = lane * 8 + u * 256;
       if (kk < K) {
 #pragma unroll
-        for (int r = 0; r < NR; ++r) {
-          float w[8];
-          unpack8<T>(raw[r][u], w);
-#pragma unroll
-          for (int i = 0; i < BB; ++i)
-            if (i < b) acc[r][i] += dot8(w, act + i * K + kk);
-        }
+        for (int r = 0; r < NR; ++r) add_chunk<BB>(raw[r][u], act + kk, b, acc[r]);
       }
     }
     // the rest of the row, two chunks per row in flight at a time
@@ -291,13 +295,7 @@ struct Rows {
         const int kk = k0 + u * 256;
         if (kk < K) {
 #pragma unroll
-          for (int r = 0; r < NR; ++r) {
-            float w[8];
-            unpack8<T>(rest[r][u], w);
-#pragma unroll
-            for (int i = 0; i < BB; ++i)
-              if (i < b) acc[r][i] += dot8(w, act + i * K + kk);
-          }
+          for (int r = 0; r < NR; ++r) add_chunk<BB>(rest[r][u], act + kk, b, acc[r]);
         }
       }
     }
