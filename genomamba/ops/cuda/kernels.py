@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, chan_applies, chan_plan, forward_variant, fwd_build, seg_tiles
+from genomamba.ops.cuda.knobs import CONFIG, chan_applies, forward_plan, forward_variant, fwd_build, seg_tiles
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -230,30 +230,16 @@ def selective_scan(
     args = (unit_stride(u), unit_stride(delta), A.float(), unit_stride(B), unit_stride(C), D, unit_stride(z),
             delta_bias, bool(delta_softplus))
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
-    b, d, l = u.shape
     training = _wants_grad(tensors)
-    chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1], training)
-    if training:
-        kitems = CONFIG["kitems_train"]
-        if chan:
-            tiles, build = chan_plan(b, d, l, kitems)
-            out, final = _v2_apply(*args, initial_state, kitems, CONFIG["chan_warps"], CONFIG["warps_bwd"], tiles,
-                                   seg_tiles(b, d, l, kitems), build=build)
-        else:
-            out, final = _v2_apply(
-                *args, initial_state, kitems, CONFIG["warps_fwd_train"], CONFIG["warps_bwd"], seg_tiles(b, d, l, kitems)
-            )
-    elif forward_variant() == "v2":
-        kitems = CONFIG["kitems"]
-        if chan:
-            tiles, build = chan_plan(b, d, l, kitems)
-            warps = CONFIG["chan_warps"]
-        else:
-            tiles, build, warps = seg_tiles(b, d, l, kitems), fwd_build(u.dtype), CONFIG["warps"]
-        out, final, _ = _v2_fwd_op(
-            *args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, 0, False, build,
-        )
-    else:
+    if not training and forward_variant() != "v2":
         out, final = _scan_fwd_op(*args, initial_state)
+    else:
+        b, d, l = u.shape
+        chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1], training)
+        kitems, warps, tiles, build = forward_plan(b, d, l, u.dtype, training, chan)
+        if training:  # the backward picks its own segments (seg_tiles_bwd 0)
+            out, final = _v2_apply(*args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, build=build)
+        else:
+            out, final, _ = _v2_fwd_op(*args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, 0, False, build)
     return (out, final) if return_final_state else out
 

@@ -194,17 +194,25 @@ def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch
     return all(_rows_aligned(t) for t in (u, delta, B, C) + ((z,) if z is not None else ()))
 
 
+def forward_plan(b: int, d: int, l: int, dtype, training: bool, chan: bool) -> tuple[int, int, int, int]:
+    """(tokens per lane, warps per block, tiles per segment, build) of the v2 forward for a call of
+    this shape; ``chan``: whether it takes the lane-per-channel build (:func:`chan_applies`)."""
+    kitems = CONFIG["kitems_train"] if training else CONFIG["kitems"]
+    if chan:
+        tiles, build = chan_plan(b, d, l, kitems)
+        return kitems, CONFIG["chan_warps"], tiles, build
+    warps = CONFIG["warps_fwd_train"] if training else CONFIG["warps"]
+    return kitems, warps, seg_tiles(b, d, l, kitems), fwd_build(dtype, training)
+
+
 def forward_layout(b: int, d: int, n: int, l: int, dtype, training: bool = False) -> str:
     """Which CUDA forward a call of this shape (contiguous inputs) runs, in words, for benchmark
     records: the layout, its build and the number of segments along l."""
-    kitems = CONFIG["kitems_train"] if training else CONFIG["kitems"]
-    ntiles = max(1, math.ceil(l / (32 * kitems)))
     elem = torch.empty((), dtype=dtype).element_size()
-    if chan_wanted(b, d, l, n, dtype, training) and (l * elem) % 16 == 0:
-        tiles, build = chan_plan(b, d, l, kitems)
-        return f"lane per channel (build {build}, {math.ceil(ntiles / tiles)} segments)"
-    tiles = seg_tiles(b, d, l, kitems)
-    return f"lane per tokens (build {fwd_build(dtype, training)}, {math.ceil(ntiles / tiles)} segments)"
+    chan = chan_wanted(b, d, l, n, dtype, training) and (l * elem) % 16 == 0
+    kitems, _, tiles, build = forward_plan(b, d, l, dtype, training, chan)
+    layout = "lane per channel" if chan else "lane per tokens"
+    return f"{layout} (build {build}, {math.ceil(max(1, math.ceil(l / (32 * kitems))) / tiles)} segments)"
 
 
 def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
