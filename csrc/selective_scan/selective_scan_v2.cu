@@ -1091,6 +1091,261 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
   }
 }
 
+// ----------------------------------------------------------------------------- backward, lane per channel
+// layout 1 of selective_scan_bwd_v2 ("bwdchan"): one warp = 32 channels, one lane = one channel with
+// all of its n <= 16 states, reverse carries and dA sums in registers. Per backward tile (the
+// forward's 32 * K tokens, whose entering state the forward saved in tstate):
+//   1. checkpoint pass: walk the tile forward from its saved state and write the state at every
+//      8-token sub-tile start to a per-warp scratch area in global memory (L2-resident: 64 B per
+//      channel and sub-tile);
+//   2. reverse pass, sub-tiles right to left: recompute the sub-tile's 8 states from its checkpoint
+//      into shared memory (and the pre-gate output for dz), then walk its tokens right to left:
+//      g_t = C_t dy_t + a_{t+1} g_{t+1} and every gradient of the token, per state 1 exp2 and ~10 FP
+//      operations, no shuffles.
+// dB_t and dC_t are sums over channels, i.e. over the warp's lanes: every lane writes its 32 values
+// of a token (16 dB, 16 dC) as a row of a shared [32][36] buffer and lane q sums column q over the
+// 32 rows in a fixed order; the per-warp sums go to partials (2, b, g, warps per group, n, l) that
+// torch sums over warps, as bwd_kernel's per-block partials. Deterministic, no atomics.
+constexpr int kBcSub = 8;      // tokens per sub-tile
+constexpr int kRedPitch = 36;  // floats per row of the dB/dC reduction buffer (16-byte rows, no bank conflicts)
+
+__host__ __device__ constexpr size_t bwd_chan_smem_bytes() {
+  return sizeof(float) * (kBcSub * kChanN * 32 + 2 * 32 * kRedPitch + kBcSub * 32);
+}
+
+// B (lanes 0..15) and C (lanes 16..31) rows of tokens t0..t0+7 as fp32 into sBC[token][32]
+template <typename T>
+__device__ __forceinline__ void bc_stage(const Params &p, const T *Bg, const T *Cg, int64_t t0, float *sBC, int lane) {
+  const int j = lane % kChanN;
+  float v[kBcSub];
+  if (j < p.n) {
+    const T *row = lane < kChanN ? Bg + j * p.s_Bn : Cg + j * p.s_Cn;
+    load_run<T, kBcSub>(row, t0, p.l, p.vec, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kBcSub; ++k) v[k] = 0.f;
+  }
+#pragma unroll
+  for (int k = 0; k < kBcSub; ++k) sBC[k * 32 + lane] = v[k];
+}
+
+__device__ __forceinline__ void bc_read(const float *sBC, int k, float (&Bv)[kChanN], float (&Cv)[kChanN]) {
+  const float4 *bc = reinterpret_cast<const float4 *>(sBC + k * 32);
+#pragma unroll
+  for (int q = 0; q < kChanN / 4; ++q) {
+    const float4 b4 = bc[q], c4 = bc[kChanN / 4 + q];
+    Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
+    Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
+  }
+}
+
+// grid = (g * ceil(dpg / 32), nseg, b), 32 threads, bwd_chan_smem_bytes() of shared memory;
+// ckpt: per block ktile / 8 * kChanN * 32 floats of scratch
+template <typename T>
+__global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float *ckpt) {
+  extern __shared__ __align__(16) float bc_smem[];
+  float *hbuf = bc_smem;                          // [k][state / 4][lane][4]: h_{t-1} of the sub-tile
+  float *red = hbuf + kBcSub * kChanN * 32;       // [2][32][kRedPitch]
+  float *sBC = red + 2 * 32 * kRedPitch;          // [k][32]
+  const int lane = threadIdx.x;
+  const int64_t nw = (p.dpg + 31) / 32;
+  const int64_t gi = blockIdx.x / nw, wblk = blockIdx.x % nw;
+  const int64_t seg = blockIdx.y, bi = blockIdx.z;
+  const int64_t dloc = wblk * 32 + lane;
+  const bool valid = dloc < p.dpg;
+  const int64_t dch = gi * p.dpg + (valid ? dloc : 0);
+  const int64_t n = p.n;
+  const int nsub_max = ktile / kBcSub;
+  float *ck = ckpt + ((bi * p.nseg + seg) * gridDim.x + blockIdx.x) * static_cast<int64_t>(nsub_max) * kChanN * 32;
+
+  float A2[kChanN], G[kChanN], dA[kChanN];
+#pragma unroll
+  for (int j = 0; j < kChanN; ++j) {
+    const bool on = valid && j < n;
+    A2[j] = on ? p.A[dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
+    G[j] = on ? p.carry[((bi * p.nseg + seg) * p.d + dch) * n + j] : 0.f;  // a_{t+1} g_{t+1} entering from the right
+    dA[j] = 0.f;
+  }
+  const float Dv = (p.has_D && valid) ? p.D[dch] : 0.f;
+  const float bias = (p.has_bias && valid) ? p.bias[dch] : 0.f;
+  const T *urow = static_cast<const T *>(p.u) + bi * p.s_ub + dch * p.s_ud;
+  const T *drow = static_cast<const T *>(p.dt) + bi * p.s_tb + dch * p.s_td;
+  const T *grow = static_cast<const T *>(p.dout) + bi * p.s_gb + dch * p.s_gd;
+  const T *zrow = static_cast<const T *>(p.z) + bi * p.s_zb + dch * p.s_zd;
+  const T *Bg = static_cast<const T *>(p.B) + bi * p.s_Bb + gi * p.s_Bg;
+  const T *Cg = static_cast<const T *>(p.C) + bi * p.s_Cb + gi * p.s_Cg;
+  const int64_t xo = bi * p.s_xb + dch * p.s_xd;
+  // this lane's dB (lanes 0..15) or dC (16..31) partial row of state lane % 16
+  const int jq = lane % kChanN;
+  float *part_row = p.dBC_part +
+                    ((((static_cast<int64_t>(lane / kChanN) * p.b + bi) * p.g + gi) * nw + wblk) * n + jq) * p.l;
+  const int64_t tile0 = seg * p.seg_tiles;
+  const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  float dD_l = 0.f, dbias_l = 0.f;
+  int buf = 0;
+
+  for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
+    const int64_t ta = tile * ktile;
+    const int nsub = static_cast<int>((min(ta + ktile, p.l) - ta + kBcSub - 1) / kBcSub);
+    float h[kChanN];
+    {
+      const float *ts = p.tstate + ((bi * p.d + dch) * p.ntiles + tile) * (n + 1);
+#pragma unroll
+      for (int j = 0; j < kChanN; ++j) h[j] = (valid && j < n) ? ts[j] : 0.f;
+    }
+    // 1. checkpoints: the state entering every sub-tile
+#pragma unroll 1
+    for (int s = 0; s < nsub; ++s) {
+#pragma unroll
+      for (int j = 0; j < kChanN; ++j) ck[(s * kChanN + j) * 32 + lane] = h[j];
+      if (s == nsub - 1) break;
+      const int64_t t0 = ta + s * kBcSub;
+      __syncwarp();
+      bc_stage<T>(p, Bg, Cg, t0, sBC, lane);
+      float dl[kBcSub], uv[kBcSub];
+      load_run<T, kBcSub>(drow, t0, p.l, p.vec, dl);
+      load_run<T, kBcSub>(urow, t0, p.l, p.vec, uv);
+      __syncwarp();
+#pragma unroll
+      for (int k = 0; k < kBcSub; ++k) {
+        const float x = p.softplus ? softplus_nb(dl[k] + bias) : dl[k] + bias;
+        const float dk = t0 + k < p.l ? x : 0.f;
+        const float duk = dk * uv[k];
+        float Bv[kChanN], Cv[kChanN];
+        bc_read(sBC, k, Bv, Cv);
+#pragma unroll
+        for (int j = 0; j < kChanN; ++j) h[j] = ex2(dk * A2[j]) * h[j] + duk * Bv[j];
+      }
+    }
+    // 2. sub-tiles right to left
+#pragma unroll 1
+    for (int s = nsub - 1; s >= 0; --s) {
+      const int64_t t0 = ta + s * kBcSub;
+      __syncwarp();
+      bc_stage<T>(p, Bg, Cg, t0, sBC, lane);
+      float dr[kBcSub], uv[kBcSub], gv[kBcSub], zv[kBcSub];
+      load_run<T, kBcSub>(drow, t0, p.l, p.vec, dr);
+      load_run<T, kBcSub>(urow, t0, p.l, p.vec, uv);
+      load_run<T, kBcSub>(grow, t0, p.l, p.vec, gv);
+      if (p.has_z) load_run<T, kBcSub>(zrow, t0, p.l, p.vec, zv);
+#pragma unroll
+      for (int j = 0; j < kChanN; ++j) h[j] = ck[(s * kChanN + j) * 32 + lane];
+      float dl[kBcSub], dy[kBcSub], dz[kBcSub];
+#pragma unroll
+      for (int k = 0; k < kBcSub; ++k) {
+        const bool in = valid && t0 + k < p.l;
+        const float x = p.softplus ? softplus_nb(dr[k] + bias) : dr[k] + bias;
+        dl[k] = t0 + k < p.l ? x : 0.f;
+        float gy = gv[k];
+        dz[k] = 0.f;
+        if (p.has_z) {
+          const float sg = sigmoid_f(zv[k]);
+          gy *= zv[k] * sg;                                 // dL/dy = dout * silu(z)
+          dz[k] = gv[k] * sg * (1.f + zv[k] * (1.f - sg));  // times (y + D u) below
+        }
+        dy[k] = in ? gy : 0.f;  // an idle lane or a token past the end: no cotangent
+      }
+      __syncwarp();
+      // recompute the sub-tile's states: h_{t-1} to shared memory, y + D u for dz
+#pragma unroll
+      for (int k = 0; k < kBcSub; ++k) {
+        float4 *hb = reinterpret_cast<float4 *>(hbuf + k * kChanN * 32) + lane;
+#pragma unroll
+        for (int q = 0; q < kChanN / 4; ++q) hb[q * 32] = make_float4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+        float Bv[kChanN], Cv[kChanN];
+        bc_read(sBC, k, Bv, Cv);
+        const float duk = dl[k] * uv[k];
+        float y0 = Dv * uv[k], y1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < kChanN; ++j) {
+          h[j] = ex2(dl[k] * A2[j]) * h[j] + duk * Bv[j];
+          if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+        }
+        dz[k] *= y0 + y1;
+      }
+      if (p.has_z && valid) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
+      // reverse walk; h holds h_t of the token being walked
+      float Sv[kBcSub], gAv[kBcSub];
+#pragma unroll
+      for (int k = kBcSub - 1; k >= 0; --k) {
+        float Bv[kChanN], Cv[kChanN], hp[kChanN];
+        bc_read(sBC, k, Bv, Cv);
+        {
+          const float4 *hb = reinterpret_cast<const float4 *>(hbuf + k * kChanN * 32) + lane;
+#pragma unroll
+          for (int q = 0; q < kChanN / 4; ++q) {
+            const float4 v = hb[q * 32];
+            hp[4 * q] = v.x; hp[4 * q + 1] = v.y; hp[4 * q + 2] = v.z; hp[4 * q + 3] = v.w;
+          }
+        }
+        const float dk = dl[k], duk = dk * uv[k], dyk = dy[k];
+        float S0 = 0.f, S1 = 0.f, gA0 = 0.f, gA1 = 0.f;
+        float *row = red + (buf * 32 + lane) * kRedPitch;
+#pragma unroll
+        for (int q = 0; q < kChanN / 4; ++q) {
+          float db[4], dc[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = 4 * q + e;
+            const float a = ex2(dk * A2[j]);
+            const float gt = fmaf(dyk, Cv[j], G[j]);  // dL/dh_t
+            dc[e] = dyk * h[j];
+            db[e] = gt * duk;
+            const float w = gt * a * hp[j];  // dL/da_t * a_t
+            dA[j] = fmaf(dk, w, dA[j]);
+            if (j & 1) { S1 = fmaf(gt, Bv[j], S1); gA1 = fmaf(A2[j], w, gA1); }
+            else { S0 = fmaf(gt, Bv[j], S0); gA0 = fmaf(A2[j], w, gA0); }
+            G[j] = a * gt;
+            h[j] = hp[j];
+          }
+          reinterpret_cast<float4 *>(row)[q] = make_float4(db[0], db[1], db[2], db[3]);
+          reinterpret_cast<float4 *>(row)[kChanN / 4 + q] = make_float4(dc[0], dc[1], dc[2], dc[3]);
+        }
+        Sv[k] = S0 + S1;
+        gAv[k] = (gA0 + gA1) * kLn2;
+        __syncwarp();
+        const float *col = red + buf * 32 * kRedPitch + lane;
+        float r0 = 0.f, r1 = 0.f, r2 = 0.f, r3 = 0.f;
+#pragma unroll
+        for (int r = 0; r < 32; r += 4) {
+          r0 += col[r * kRedPitch];
+          r1 += col[(r + 1) * kRedPitch];
+          r2 += col[(r + 2) * kRedPitch];
+          r3 += col[(r + 3) * kRedPitch];
+        }
+        if (jq < n && t0 + k < p.l) part_row[t0 + k] = (r0 + r1) + (r2 + r3);
+        buf ^= 1;
+      }
+      // per token: du = delta S + D dy; ddelta = (sum_n w A_n + u S) softplus'(delta + bias)
+      float du[kBcSub], dd[kBcSub];
+#pragma unroll
+      for (int k = 0; k < kBcSub; ++k) {
+        const bool in = valid && t0 + k < p.l;
+        du[k] = dl[k] * Sv[k] + Dv * dy[k];
+        const float gd = gAv[k] + uv[k] * Sv[k];
+        dd[k] = p.softplus ? gd * sigmoid_f(dr[k] + bias) : gd;
+        dD_l += in ? dy[k] * uv[k] : 0.f;
+        dbias_l += in ? dd[k] : 0.f;
+      }
+      if (valid) {
+        store_run<T, kBcSub>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, du);
+        store_run<T, kBcSub>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, dd);
+      }
+    }
+  }
+  if (!valid) return;
+  const int64_t base = (bi * p.nseg + seg) * p.d + dch;
+#pragma unroll
+  for (int j = 0; j < kChanN; ++j) {
+    if (j < n) {
+      p.dA_part[base * n + j] = dA[j];
+      if (seg == 0 && p.dh0 != nullptr) p.dh0[(bi * p.d + dch) * n + j] = G[j];
+    }
+  }
+  p.dD_part[base] = dD_l;
+  p.dbias_part[base] = dbias_l;
+}
+
 // ----------------------------------------------------------------------------- host
 
 void check_cuda(const char *what) {
@@ -1277,16 +1532,19 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
 // tstate and kitems must come from the forward (save = true); seg_tiles may differ from it;
 // min_blocks: 1 or 2 blocks per SM promised to ptxas (register cap 255 or 128 at 256 threads);
 // states_per_sync: states per pair of block barriers (capped by n and shared memory); joint_scan: the
-// JOINT build of bwd_kernel (forward and reverse shuffle scans in the same rounds).
+// JOINT build of bwd_kernel (forward and reverse shuffle scans in the same rounds); layout 1: the
+// lane-per-channel backward (bwd_chan_kernel: n <= 16; min_blocks, states_per_sync, joint_scan and
+// warps do not apply to it).
 std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, torch::Tensor tstate, torch::Tensor dout,
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
                                                  int64_t warps, int64_t seg_tiles, int64_t min_blocks,
-                                                 int64_t states_per_sync, bool joint_scan) {
+                                                 int64_t states_per_sync, bool joint_scan, int64_t layout) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
+  TORCH_CHECK(layout == 0 || layout == 1, "selective_scan v2 bwd: layout is 0 (lanes over tokens) or 1 (lane per channel)");
   TORCH_CHECK(states_per_sync >= 1, "selective_scan v2 bwd: states_per_sync >= 1");
   const c10::cuda::CUDAGuard guard(u.device());
   TORCH_CHECK(warps <= kMaxWarpsBwd, "selective_scan v2 bwd: at most ", kMaxWarpsBwd, " warps a block");
@@ -1301,7 +1559,10 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
   auto ddelta = torch::empty({p.b, p.d, p.l}, u.options());
   auto dz = z.has_value() ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
   auto dh0 = want_dh0 ? torch::empty({p.b, p.d, p.n}, f32) : torch::empty({0}, f32);
-  auto dBC = torch::empty({2, p.b, p.g, p.nblk_pg, p.n, p.l}, f32);
+  TORCH_CHECK(layout == 0 || p.n <= kChanN, "selective_scan v2 bwd: the lane-per-channel backward takes n <= ", kChanN);
+  // dB/dC partials: one per block (lanes over tokens) or per warp of 32 channels (lane per channel)
+  const int64_t nwarps_pg = (p.dpg + 31) / 32;
+  auto dBC = torch::empty({2, p.b, p.g, layout == 1 ? nwarps_pg : p.nblk_pg, p.n, p.l}, f32);
   auto dA_part = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
   auto dD_part = torch::empty({p.b, p.nseg, p.d}, f32);
   auto dbias_part = torch::empty({p.b, p.nseg, p.d}, f32);
@@ -1335,6 +1596,23 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     const int64_t tot = p.b * p.d * p.n;
     bwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);
     check_cuda("bwd combine");
+    if (layout == 1) {
+      const int ktile = static_cast<int>(32 * c.K);
+      const dim3 grid(static_cast<unsigned>(p.g * nwarps_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
+      auto ckpt = torch::empty({static_cast<int64_t>(grid.x) * p.nseg * p.b * (ktile / kBcSub) * kChanN * 32}, f32);
+      const size_t sm = bwd_chan_smem_bytes();
+      AT_DISPATCH_SWITCH(u.scalar_type(), "selective_scan_v2_bwd_chan",
+          AT_DISPATCH_CASE(at::ScalarType::Float, [&] {
+            set_smem(bwd_chan_kernel<scalar_t>, sm);
+            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); })
+          AT_DISPATCH_CASE(at::ScalarType::Half, [&] {
+            set_smem(bwd_chan_kernel<scalar_t>, sm);
+            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); })
+          AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] {
+            set_smem(bwd_chan_kernel<scalar_t>, sm);
+            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); }));
+      check_cuda("bwd (lane per channel)");
+    } else {
     // dB/dC slots for ns states, as many as asked for that fit the per-block shared memory (>= 1)
     const size_t fixed = sizeof(float) * (3 * c.W * p.n + c.W * p.n * 32);
     const size_t per_state = sizeof(float) * 2 * c.W * 32 * c.K;
@@ -1361,6 +1639,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
       }
     });
     check_cuda("bwd");
+    }
   } else {
     dBC.zero_(); dA_part.zero_(); dD_part.zero_(); dbias_part.zero_();
     if (want_dh0) {

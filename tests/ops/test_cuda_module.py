@@ -507,3 +507,34 @@ def test_build_flags_split_the_optimiser_only_where_nvcc_has_it():
     if nvcc is not None:  # the real compiler where there is one
         major, minor = nvcc_version(nvcc)
         assert major >= 10 and minor >= 0
+
+
+def test_lane_per_channel_backward_gate_and_segments(status, monkeypatch, capsys):
+    """Which backward runs: the lane-per-channel one only when asked for, with its own self-test
+    part passed and n <= 16 (asked for with a failed self-test: a notice, then lanes over tokens);
+    its segments bring its warps to about bwd_chan_resident per SM on a 132-SM GPU and are never
+    shorter than chan_min_seg_tokens."""
+    from types import SimpleNamespace
+
+    from genomamba.ops.cuda import knobs
+    from genomamba.ops.cuda.knobs import bwd_chan_seg_tiles, bwd_layout
+
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
+    status.update(v1=True, v2=True, bwd=True, bwdchan=True)
+    cu.CONFIG.update(bwd_chan=0, bwd_chan_resident=8, chan_min_seg_tokens=1024)
+    assert bwd_layout(16) == 0  # the default: lanes over tokens
+    cu.CONFIG.update(bwd_chan=1)
+    assert bwd_layout(16) == 1 and bwd_layout(5) == 1
+    assert bwd_layout(17) == 0  # more states than a lane holds
+    status.update(bwdchan="bwdchan dB rel. error")
+    knobs._noticed.discard("bwdchan")
+    assert bwd_layout(16) == 0
+    assert "did not pass its self-test" in capsys.readouterr().err
+    # (8, 1536, 2048): 384 warps a segment; 1056 wanted, but no segment under 1024 tokens: two
+    assert bwd_chan_seg_tiles(8, 1536, 2048, 8) == 4
+    cu.CONFIG.update(chan_min_seg_tokens=512)
+    assert bwd_chan_seg_tiles(8, 1536, 2048, 8) == 3  # three segments (3, 3 and 2 tiles)
+    # (1, 256, 2^20): 8 warps a segment, 132 segments of 32 tiles (8192 tokens)
+    assert bwd_chan_seg_tiles(1, 256, 1 << 20, 8) == 32

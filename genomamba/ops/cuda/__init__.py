@@ -37,7 +37,8 @@ def available() -> bool:
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
-                  + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2))
+                  + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
+                  + ["bwdchan"] * bool(CONFIG["bwd_chan"]))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)

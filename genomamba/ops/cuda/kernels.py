@@ -17,7 +17,16 @@ from __future__ import annotations
 import torch
 
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.knobs import CONFIG, chan_applies, forward_plan, forward_variant, fwd_build, seg_tiles
+from genomamba.ops.cuda.knobs import (
+    CONFIG,
+    bwd_chan_seg_tiles,
+    bwd_layout,
+    chan_applies,
+    forward_plan,
+    forward_variant,
+    fwd_build,
+    seg_tiles,
+)
 
 
 @torch.library.custom_op("genomamba::selective_scan_fwd_cuda", mutates_args=())
@@ -102,18 +111,19 @@ def _v2_bwd_op(
     min_blocks: int,
     states_per_sync: int,
     joint_scan: bool,
+    layout: int = 0,
 ) -> list[torch.Tensor]:
     return list(
         extension().selective_scan_bwd_v2(
             u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-            min_blocks, states_per_sync, joint_scan,
+            min_blocks, states_per_sync, joint_scan, layout,
         )
     )
 
 
 @_v2_bwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-      min_blocks, states_per_sync, joint_scan):
+      min_blocks, states_per_sync, joint_scan, layout=0):
     b, d, l = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32)
@@ -146,11 +156,17 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     b, d, l = u.shape
     gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype)
     gout = unit_stride(gout)
-    tiles = ctx.seg_tiles_bwd if ctx.seg_tiles_bwd > 0 else seg_tiles(b, d, l, ctx.kitems)
+    layout = bwd_layout(A.shape[1])
+    if ctx.seg_tiles_bwd > 0:
+        tiles = ctx.seg_tiles_bwd
+    elif layout == 1:
+        tiles = bwd_chan_seg_tiles(b, d, l, ctx.kitems)
+    else:
+        tiles = seg_tiles(b, d, l, ctx.kitems)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
         u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
         ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"],
-        bool(CONFIG["bwd_joint_scan"]),
+        bool(CONFIG["bwd_joint_scan"]), layout,
     )
     return (
         du,

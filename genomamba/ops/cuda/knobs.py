@@ -17,7 +17,8 @@ import torch
 
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
-                             "pair": "not built", "chan": "not built", "chan2": "not built"}
+                             "pair": "not built", "chan": "not built", "chan2": "not built",
+                             "bwdchan": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -96,6 +97,15 @@ CONFIG = {
     # each and one shuffle per token for the output: twice the warps for the same channels, for
     # calls with fewer warps than the GPU has schedulers; self-tested as part "chan2", not yet timed)
     "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", 1),
+    # the lane-per-channel backward (bwd_chan_kernel: one lane = one channel with all n <= 16
+    # states, reverse carries and dA sums in registers; dB/dC summed over the warp's lanes through
+    # shared memory), used only if its self-test part "bwdchan" passed: 1 wherever it applies
+    # (n <= 16); 0 (default) never: it executes half the instructions of the lanes-over-tokens
+    # backward but holds 255 registers a thread (8 warps per SM at most) and timed 4-8 % slower in
+    # fwd+bwd on an H200 (scan_bwd_chan_nvidia_h200.json). bwd_chan_resident: its warps per SM
+    # that the segment rule aims for
+    "bwd_chan": _env_int("GENOMAMBA_CUDA_BWD_CHAN", 0),
+    "bwd_chan_resident": _env_int("GENOMAMBA_CUDA_BWD_CHAN_RESIDENT", 8),
 }
 
 _noticed: set[str] = set()
@@ -239,6 +249,33 @@ def cuda_backward_enabled() -> bool:
     if CONFIG["use_cuda_bwd"] == "off" or CONFIG["variant"] == "v1":
         return False
     return (STATUS["v2"] is True and STATUS["bwd"] is True) or _unverified_ok()
+
+
+def bwd_layout(n: int) -> int:
+    """1 if the backward of a call with n states runs the lane-per-channel kernel
+    (``CONFIG['bwd_chan']`` and its self-test), else 0 (lanes over tokens)."""
+    if not CONFIG["bwd_chan"] or n > 16:
+        return 0
+    if STATUS.get("bwdchan") is not True and not _unverified_ok():
+        if "bwdchan" not in _noticed:
+            _noticed.add("bwdchan")
+            why = STATUS.get("bwdchan")
+            print(f"genomamba: the lane-per-channel CUDA backward did not pass its self-test ({why}); "
+                  "using the lanes-over-tokens one", file=sys.stderr)
+        return 0
+    return 1
+
+
+def bwd_chan_seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
+    """Tiles per segment of the lane-per-channel backward: enough segments that its warps (one per
+    32 channels and segment) reach ``bwd_chan_resident`` per SM, none shorter than
+    ``chan_min_seg_tokens``."""
+    tile = 32 * kitems
+    ntiles = max(1, math.ceil(l / tile))
+    most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
+    rows = b * math.ceil(d / 32)
+    nseg = min(most, max(1, math.ceil(CONFIG["bwd_chan_resident"] * _sm_count() / rows)))
+    return math.ceil(ntiles / nseg)
 
 
 def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
