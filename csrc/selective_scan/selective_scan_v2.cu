@@ -1106,11 +1106,18 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
 // of a token (16 dB, 16 dC) as a row of a shared [32][36] buffer and lane q sums column q over the
 // 32 rows in a fixed order; the per-warp sums go to partials (2, b, g, warps per group, n, l) that
 // torch sums over warps, as bwd_kernel's per-block partials. Deterministic, no atomics.
-constexpr int kBcSub = 8;      // tokens per sub-tile
-constexpr int kRedPitch = 36;  // floats per row of the dB/dC reduction buffer (16-byte rows, no bank conflicts)
+constexpr int kBcSub = 8;  // tokens per sub-tile
 
-__host__ __device__ constexpr size_t bwd_chan_smem_bytes() {
-  return sizeof(float) * (kBcSub * kChanN * 32 + 2 * 32 * kRedPitch + kBcSub * 32);
+// shared-memory row of one lane's dB/dC values of a token (2 * states per lane, padded so that
+// 16-byte row stores and the column sums hit distinct banks)
+template <int TPC> struct BwdChanShape {
+  static constexpr int kCPW = 32 / TPC;     // channels per warp
+  static constexpr int kNS = kChanN / TPC;  // states per lane
+  static constexpr int kPitch = TPC == 1 ? 36 : 20;
+};
+
+__host__ __device__ constexpr size_t bwd_chan_smem_bytes(int tpc) {
+  return sizeof(float) * (kBcSub * kChanN * 32 / tpc + 2 * 32 * (tpc == 1 ? 36 : 20) + kBcSub * 32);
 }
 
 // B (lanes 0..15) and C (lanes 16..31) rows of tokens t0..t0+7 as fp32 into sBC[token][32]
@@ -1129,41 +1136,55 @@ __device__ __forceinline__ void bc_stage(const Params &p, const T *Bg, const T *
   for (int k = 0; k < kBcSub; ++k) sBC[k * 32 + lane] = v[k];
 }
 
-__device__ __forceinline__ void bc_read(const float *sBC, int k, float (&Bv)[kChanN], float (&Cv)[kChanN]) {
+// this lane's NS states (from j0) of B and C at token k of the staged sub-tile
+template <int NS>
+__device__ __forceinline__ void bc_read(const float *sBC, int k, int j0, float (&Bv)[NS], float (&Cv)[NS]) {
   const float4 *bc = reinterpret_cast<const float4 *>(sBC + k * 32);
 #pragma unroll
-  for (int q = 0; q < kChanN / 4; ++q) {
-    const float4 b4 = bc[q], c4 = bc[kChanN / 4 + q];
+  for (int q = 0; q < NS / 4; ++q) {
+    const float4 b4 = bc[j0 / 4 + q], c4 = bc[kChanN / 4 + j0 / 4 + q];
     Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
     Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
   }
 }
 
-// grid = (g * ceil(dpg / 32), nseg, b), 32 threads, bwd_chan_smem_bytes() of shared memory;
-// ckpt: per block ktile / 8 * kChanN * 32 floats of scratch
-template <typename T>
-__global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float *ckpt) {
+// the sum over the TPC lanes sharing a channel (a no-op for one lane a channel)
+template <int TPC> __device__ __forceinline__ float pair_sum(float x) {
+  if constexpr (TPC == 2) x += __shfl_xor_sync(kFull, x, 1);
+  return x;
+}
+
+// grid = (g * ceil(dpg / (32 / TPC)), nseg, b), 32 threads, bwd_chan_smem_bytes(TPC) of shared
+// memory; ckpt: per block ktile / 8 * 16 / TPC * 32 floats of scratch. TPC = 2: two lanes per
+// channel, 8 states each (registers capped at 168 for 12 blocks per SM, 14 KB of shared memory a
+// block, twice the warps for the same channels; the per-token sums over states and the output take
+// one shuffle each).
+template <typename T, int TPC>
+__global__ void __launch_bounds__(32, TPC == 2 ? 12 : 1) bwd_chan_kernel(Params p, int ktile, float *ckpt) {
+  using S = BwdChanShape<TPC>;
+  constexpr int kNS = S::kNS, kCPW = S::kCPW, kPitch = S::kPitch;
   extern __shared__ __align__(16) float bc_smem[];
-  float *hbuf = bc_smem;                          // [k][state / 4][lane][4]: h_{t-1} of the sub-tile
-  float *red = hbuf + kBcSub * kChanN * 32;       // [2][32][kRedPitch]
-  float *sBC = red + 2 * 32 * kRedPitch;          // [k][32]
+  float *hbuf = bc_smem;                      // [k][state / 4][lane][4]: h_{t-1} of the sub-tile
+  float *red = hbuf + kBcSub * kNS * 32;      // [2][32][kPitch]
+  float *sBC = red + 2 * 32 * kPitch;         // [k][32]
   const int lane = threadIdx.x;
-  const int64_t nw = (p.dpg + 31) / 32;
+  const int cl = lane / TPC, sub = lane % TPC, j0 = sub * kNS;
+  const int64_t nw = (p.dpg + kCPW - 1) / kCPW;
   const int64_t gi = blockIdx.x / nw, wblk = blockIdx.x % nw;
   const int64_t seg = blockIdx.y, bi = blockIdx.z;
-  const int64_t dloc = wblk * 32 + lane;
+  const int64_t dloc = wblk * kCPW + cl;
   const bool valid = dloc < p.dpg;
   const int64_t dch = gi * p.dpg + (valid ? dloc : 0);
   const int64_t n = p.n;
   const int nsub_max = ktile / kBcSub;
-  float *ck = ckpt + ((bi * p.nseg + seg) * gridDim.x + blockIdx.x) * static_cast<int64_t>(nsub_max) * kChanN * 32;
+  float *ck = ckpt + ((bi * p.nseg + seg) * gridDim.x + blockIdx.x) * static_cast<int64_t>(nsub_max) * kNS * 32;
 
-  float A2[kChanN], G[kChanN], dA[kChanN];
+  float A2[kNS], G[kNS], dA[kNS];
 #pragma unroll
-  for (int j = 0; j < kChanN; ++j) {
-    const bool on = valid && j < n;
-    A2[j] = on ? p.A[dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
-    G[j] = on ? p.carry[((bi * p.nseg + seg) * p.d + dch) * n + j] : 0.f;  // a_{t+1} g_{t+1} entering from the right
+  for (int j = 0; j < kNS; ++j) {
+    const bool on = valid && j0 + j < n;
+    A2[j] = on ? p.A[dch * p.s_Ad + (j0 + j) * p.s_An] * kLog2e : 0.f;
+    G[j] = on ? p.carry[((bi * p.nseg + seg) * p.d + dch) * n + j0 + j] : 0.f;  // a_{t+1} g_{t+1} from the right
     dA[j] = 0.f;
   }
   const float Dv = (p.has_D && valid) ? p.D[dch] : 0.f;
@@ -1175,10 +1196,12 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
   const T *Bg = static_cast<const T *>(p.B) + bi * p.s_Bb + gi * p.s_Bg;
   const T *Cg = static_cast<const T *>(p.C) + bi * p.s_Cb + gi * p.s_Cg;
   const int64_t xo = bi * p.s_xb + dch * p.s_xd;
-  // this lane's dB (lanes 0..15) or dC (16..31) partial row of state lane % 16
-  const int jq = lane % kChanN;
-  float *part_row = p.dBC_part +
-                    ((((static_cast<int64_t>(lane / kChanN) * p.b + bi) * p.g + gi) * nw + wblk) * n + jq) * p.l;
+  const bool writer = valid && sub == 0;  // one lane per channel stores its per-token gradients
+  // lane q sums dB (q < 16) or dC (q >= 16) of state jq over the warp's channels: the column of
+  // those values in the rows of the lanes holding state jq
+  const int jq = lane % kChanN, which = lane / kChanN;
+  const int qhalf = jq / kNS, qcol = which * kNS + jq % kNS;
+  float *part_row = p.dBC_part + ((((static_cast<int64_t>(which) * p.b + bi) * p.g + gi) * nw + wblk) * n + jq) * p.l;
   const int64_t tile0 = seg * p.seg_tiles;
   const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
   float dD_l = 0.f, dbias_l = 0.f;
@@ -1187,17 +1210,17 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
   for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
     const int64_t ta = tile * ktile;
     const int nsub = static_cast<int>((min(ta + ktile, p.l) - ta + kBcSub - 1) / kBcSub);
-    float h[kChanN];
+    float h[kNS];
     {
       const float *ts = p.tstate + ((bi * p.d + dch) * p.ntiles + tile) * (n + 1);
 #pragma unroll
-      for (int j = 0; j < kChanN; ++j) h[j] = (valid && j < n) ? ts[j] : 0.f;
+      for (int j = 0; j < kNS; ++j) h[j] = (valid && j0 + j < n) ? ts[j0 + j] : 0.f;
     }
     // 1. checkpoints: the state entering every sub-tile
 #pragma unroll 1
     for (int s = 0; s < nsub; ++s) {
 #pragma unroll
-      for (int j = 0; j < kChanN; ++j) ck[(s * kChanN + j) * 32 + lane] = h[j];
+      for (int j = 0; j < kNS; ++j) ck[(s * kNS + j) * 32 + lane] = h[j];
       if (s == nsub - 1) break;
       const int64_t t0 = ta + s * kBcSub;
       __syncwarp();
@@ -1211,10 +1234,10 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
         const float x = p.softplus ? softplus_nb(dl[k] + bias) : dl[k] + bias;
         const float dk = t0 + k < p.l ? x : 0.f;
         const float duk = dk * uv[k];
-        float Bv[kChanN], Cv[kChanN];
-        bc_read(sBC, k, Bv, Cv);
+        float Bv[kNS], Cv[kNS];
+        bc_read<kNS>(sBC, k, j0, Bv, Cv);
 #pragma unroll
-        for (int j = 0; j < kChanN; ++j) h[j] = ex2(dk * A2[j]) * h[j] + duk * Bv[j];
+        for (int j = 0; j < kNS; ++j) h[j] = ex2(dk * A2[j]) * h[j] + duk * Bv[j];
       }
     }
     // 2. sub-tiles right to left
@@ -1229,7 +1252,7 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
       load_run<T, kBcSub>(grow, t0, p.l, p.vec, gv);
       if (p.has_z) load_run<T, kBcSub>(zrow, t0, p.l, p.vec, zv);
 #pragma unroll
-      for (int j = 0; j < kChanN; ++j) h[j] = ck[(s * kChanN + j) * 32 + lane];
+      for (int j = 0; j < kNS; ++j) h[j] = ck[(s * kNS + j) * 32 + lane];
       float dl[kBcSub], dy[kBcSub], dz[kBcSub];
 #pragma unroll
       for (int k = 0; k < kBcSub; ++k) {
@@ -1249,40 +1272,40 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
       // recompute the sub-tile's states: h_{t-1} to shared memory, y + D u for dz
 #pragma unroll
       for (int k = 0; k < kBcSub; ++k) {
-        float4 *hb = reinterpret_cast<float4 *>(hbuf + k * kChanN * 32) + lane;
+        float4 *hb = reinterpret_cast<float4 *>(hbuf + k * kNS * 32) + lane;
 #pragma unroll
-        for (int q = 0; q < kChanN / 4; ++q) hb[q * 32] = make_float4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
-        float Bv[kChanN], Cv[kChanN];
-        bc_read(sBC, k, Bv, Cv);
+        for (int q = 0; q < kNS / 4; ++q) hb[q * 32] = make_float4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+        float Bv[kNS], Cv[kNS];
+        bc_read<kNS>(sBC, k, j0, Bv, Cv);
         const float duk = dl[k] * uv[k];
-        float y0 = Dv * uv[k], y1 = 0.f;
+        float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-        for (int j = 0; j < kChanN; ++j) {
+        for (int j = 0; j < kNS; ++j) {
           h[j] = ex2(dl[k] * A2[j]) * h[j] + duk * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        dz[k] *= y0 + y1;
+        dz[k] *= pair_sum<TPC>(y0 + y1) + Dv * uv[k];
       }
-      if (p.has_z && valid) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
+      if (p.has_z && writer) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
       // reverse walk; h holds h_t of the token being walked
       float Sv[kBcSub], gAv[kBcSub];
 #pragma unroll
       for (int k = kBcSub - 1; k >= 0; --k) {
-        float Bv[kChanN], Cv[kChanN], hp[kChanN];
-        bc_read(sBC, k, Bv, Cv);
+        float Bv[kNS], Cv[kNS], hp[kNS];
+        bc_read<kNS>(sBC, k, j0, Bv, Cv);
         {
-          const float4 *hb = reinterpret_cast<const float4 *>(hbuf + k * kChanN * 32) + lane;
+          const float4 *hb = reinterpret_cast<const float4 *>(hbuf + k * kNS * 32) + lane;
 #pragma unroll
-          for (int q = 0; q < kChanN / 4; ++q) {
+          for (int q = 0; q < kNS / 4; ++q) {
             const float4 v = hb[q * 32];
             hp[4 * q] = v.x; hp[4 * q + 1] = v.y; hp[4 * q + 2] = v.z; hp[4 * q + 3] = v.w;
           }
         }
         const float dk = dl[k], duk = dk * uv[k], dyk = dy[k];
         float S0 = 0.f, S1 = 0.f, gA0 = 0.f, gA1 = 0.f;
-        float *row = red + (buf * 32 + lane) * kRedPitch;
+        float *row = red + (buf * 32 + lane) * kPitch;
 #pragma unroll
-        for (int q = 0; q < kChanN / 4; ++q) {
+        for (int q = 0; q < kNS / 4; ++q) {
           float db[4], dc[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
@@ -1299,19 +1322,19 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
             h[j] = hp[j];
           }
           reinterpret_cast<float4 *>(row)[q] = make_float4(db[0], db[1], db[2], db[3]);
-          reinterpret_cast<float4 *>(row)[kChanN / 4 + q] = make_float4(dc[0], dc[1], dc[2], dc[3]);
+          reinterpret_cast<float4 *>(row)[kNS / 4 + q] = make_float4(dc[0], dc[1], dc[2], dc[3]);
         }
-        Sv[k] = S0 + S1;
-        gAv[k] = (gA0 + gA1) * kLn2;
+        Sv[k] = pair_sum<TPC>(S0 + S1);
+        gAv[k] = pair_sum<TPC>(gA0 + gA1) * kLn2;
         __syncwarp();
-        const float *col = red + buf * 32 * kRedPitch + lane;
+        const float *col = red + (buf * 32 + qhalf) * kPitch + qcol;
         float r0 = 0.f, r1 = 0.f, r2 = 0.f, r3 = 0.f;
 #pragma unroll
-        for (int r = 0; r < 32; r += 4) {
-          r0 += col[r * kRedPitch];
-          r1 += col[(r + 1) * kRedPitch];
-          r2 += col[(r + 2) * kRedPitch];
-          r3 += col[(r + 3) * kRedPitch];
+        for (int c = 0; c < kCPW; c += 4) {
+          r0 += col[(c * TPC) * kPitch];
+          r1 += col[((c + 1) * TPC) * kPitch];
+          r2 += col[((c + 2) * TPC) * kPitch];
+          r3 += col[((c + 3) * TPC) * kPitch];
         }
         if (jq < n && t0 + k < p.l) part_row[t0 + k] = (r0 + r1) + (r2 + r3);
         buf ^= 1;
@@ -1320,14 +1343,14 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
       float du[kBcSub], dd[kBcSub];
 #pragma unroll
       for (int k = 0; k < kBcSub; ++k) {
-        const bool in = valid && t0 + k < p.l;
+        const bool in = writer && t0 + k < p.l;
         du[k] = dl[k] * Sv[k] + Dv * dy[k];
         const float gd = gAv[k] + uv[k] * Sv[k];
         dd[k] = p.softplus ? gd * sigmoid_f(dr[k] + bias) : gd;
         dD_l += in ? dy[k] * uv[k] : 0.f;
         dbias_l += in ? dd[k] : 0.f;
       }
-      if (valid) {
+      if (writer) {
         store_run<T, kBcSub>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, du);
         store_run<T, kBcSub>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, dd);
       }
@@ -1336,14 +1359,16 @@ __global__ void __launch_bounds__(32) bwd_chan_kernel(Params p, int ktile, float
   if (!valid) return;
   const int64_t base = (bi * p.nseg + seg) * p.d + dch;
 #pragma unroll
-  for (int j = 0; j < kChanN; ++j) {
-    if (j < n) {
-      p.dA_part[base * n + j] = dA[j];
-      if (seg == 0 && p.dh0 != nullptr) p.dh0[(bi * p.d + dch) * n + j] = G[j];
+  for (int j = 0; j < kNS; ++j) {
+    if (j0 + j < n) {
+      p.dA_part[base * n + j0 + j] = dA[j];
+      if (seg == 0 && p.dh0 != nullptr) p.dh0[(bi * p.d + dch) * n + j0 + j] = G[j];
     }
   }
-  p.dD_part[base] = dD_l;
-  p.dbias_part[base] = dbias_l;
+  if (sub == 0) {
+    p.dD_part[base] = dD_l;
+    p.dbias_part[base] = dbias_l;
+  }
 }
 
 // ----------------------------------------------------------------------------- host
@@ -1534,7 +1559,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
 // states_per_sync: states per pair of block barriers (capped by n and shared memory); joint_scan: the
 // JOINT build of bwd_kernel (forward and reverse shuffle scans in the same rounds); layout 1: the
 // lane-per-channel backward (bwd_chan_kernel: n <= 16; min_blocks, states_per_sync, joint_scan and
-// warps do not apply to it).
+// warps do not apply to it), 2: the same with two lanes per channel (8 states each).
 std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -1544,7 +1569,8 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  int64_t states_per_sync, bool joint_scan, int64_t layout) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
-  TORCH_CHECK(layout == 0 || layout == 1, "selective_scan v2 bwd: layout is 0 (lanes over tokens) or 1 (lane per channel)");
+  TORCH_CHECK(layout >= 0 && layout <= 2, "selective_scan v2 bwd: layout is 0 (lanes over tokens), 1 (lane per "
+              "channel) or 2 (two lanes per channel)");
   TORCH_CHECK(states_per_sync >= 1, "selective_scan v2 bwd: states_per_sync >= 1");
   const c10::cuda::CUDAGuard guard(u.device());
   TORCH_CHECK(warps <= kMaxWarpsBwd, "selective_scan v2 bwd: at most ", kMaxWarpsBwd, " warps a block");
@@ -1561,8 +1587,8 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
   auto dh0 = want_dh0 ? torch::empty({p.b, p.d, p.n}, f32) : torch::empty({0}, f32);
   TORCH_CHECK(layout == 0 || p.n <= kChanN, "selective_scan v2 bwd: the lane-per-channel backward takes n <= ", kChanN);
   // dB/dC partials: one per block (lanes over tokens) or per warp of 32 channels (lane per channel)
-  const int64_t nwarps_pg = (p.dpg + 31) / 32;
-  auto dBC = torch::empty({2, p.b, p.g, layout == 1 ? nwarps_pg : p.nblk_pg, p.n, p.l}, f32);
+  const int64_t nwarps_pg = layout == 0 ? 0 : (p.dpg + 32 / layout - 1) / (32 / layout);
+  auto dBC = torch::empty({2, p.b, p.g, layout >= 1 ? nwarps_pg : p.nblk_pg, p.n, p.l}, f32);
   auto dA_part = torch::empty({p.b, p.nseg, p.d, p.n}, f32);
   auto dD_part = torch::empty({p.b, p.nseg, p.d}, f32);
   auto dbias_part = torch::empty({p.b, p.nseg, p.d}, f32);
@@ -1596,21 +1622,20 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     const int64_t tot = p.b * p.d * p.n;
     bwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);
     check_cuda("bwd combine");
-    if (layout == 1) {
+    if (layout >= 1) {
       const int ktile = static_cast<int>(32 * c.K);
+      const int tpc = static_cast<int>(layout);
       const dim3 grid(static_cast<unsigned>(p.g * nwarps_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
-      auto ckpt = torch::empty({static_cast<int64_t>(grid.x) * p.nseg * p.b * (ktile / kBcSub) * kChanN * 32}, f32);
-      const size_t sm = bwd_chan_smem_bytes();
-      AT_DISPATCH_SWITCH(u.scalar_type(), "selective_scan_v2_bwd_chan",
-          AT_DISPATCH_CASE(at::ScalarType::Float, [&] {
-            set_smem(bwd_chan_kernel<scalar_t>, sm);
-            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); })
-          AT_DISPATCH_CASE(at::ScalarType::Half, [&] {
-            set_smem(bwd_chan_kernel<scalar_t>, sm);
-            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); })
-          AT_DISPATCH_CASE(at::ScalarType::BFloat16, [&] {
-            set_smem(bwd_chan_kernel<scalar_t>, sm);
-            bwd_chan_kernel<scalar_t><<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>()); }));
+      auto ckpt = torch::empty({static_cast<int64_t>(grid.x) * p.nseg * p.b * (ktile / kBcSub) * (kChanN / tpc) * 32}, f32);
+      const size_t sm = bwd_chan_smem_bytes(tpc);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, u.scalar_type(),
+                                      "selective_scan_v2_bwd_chan", [&] {
+        auto launch = [&](auto kernel) {
+          set_smem(kernel, sm);
+          kernel<<<grid, 32, sm, stream>>>(p, ktile, ckpt.data_ptr<float>());
+        };
+        if (tpc == 2) launch(bwd_chan_kernel<scalar_t, 2>); else launch(bwd_chan_kernel<scalar_t, 1>);
+      });
       check_cuda("bwd (lane per channel)");
     } else {
     // dB/dC slots for ns states, as many as asked for that fit the per-block shared memory (>= 1)

@@ -237,7 +237,7 @@ def test_cuda_selftest_passed():
     import genomamba.ops.cuda as cu
 
     assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True,
-                         "chan2": True, "bwdchan": True}, cu.STATUS
+                         "chan2": True, "bwdchan": True, "bwdchan2": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
@@ -278,16 +278,17 @@ def test_cuda_lane_per_channel_forward(l, dtype, tile, lanes):
 @pytest.mark.parametrize("l", [1, 7, 8, 255, 257, 264, 4096, 4103])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fwd_chan", [0, 1])
-def test_cuda_lane_per_channel_backward(l, dtype, fwd_chan, request):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_cuda_lane_per_channel_backward(l, dtype, fwd_chan, lanes, request):
     """The lane-per-channel backward (switched on) against the fp64 oracle: every gradient, from the
     tile states of either forward (the lane-per-channel forward where its rows are aligned); lengths
     around its 8-token sub-tiles and the 256-token tiles, n = 16 and n = 5, grouped B/C, channels
-    that do not fill a warp."""
+    that do not fill a warp; one lane or two lanes per channel."""
     if dtype == torch.float16 and l == 4096 and fwd_chan == 0:
         # seen on an H200: one ddelta element of 196,608 (n = 5 case) off by 6.8e-3 against the
         # elementwise 5e-3 + 3e-3 * |x|; every other case and dtype passed; cause not established
         request.node.add_marker(pytest.mark.xfail(reason="one fp16 ddelta element beyond tolerance", strict=False))
-    cu, saved = _cuda_config(bwd_chan=1, fwd_chan=fwd_chan)
+    cu, saved = _cuda_config(bwd_chan=lanes, fwd_chan=fwd_chan)
     try:
         _check("cuda", 2, 40, 16, l, dtype, VARIANTS[0])
         _check("cuda", 1, 48, 5, l, dtype, VARIANTS[2])
@@ -297,12 +298,13 @@ def test_cuda_lane_per_channel_backward(l, dtype, fwd_chan, request):
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
 def test_cuda_backward_layouts_bit_identical_and_agree():
-    """Both backward layouts are deterministic (two runs bit-identical over 100,000 tokens and several
-    segments) and agree with each other to rounding."""
+    """The backward layouts (lanes over tokens, one and two lanes per channel) are deterministic (two
+    runs bit-identical over 100,000 tokens and several segments) and agree with each other to
+    rounding."""
     kw, _ = make_scan_inputs(2, 64, 16, 100_000, torch.bfloat16, VARIANTS[2])
     kw = _to_cuda(kw)
     grads = {}
-    for mode in (0, 1):
+    for mode in (0, 1, 2):
         cu, saved = _cuda_config(bwd_chan=mode)
         try:
             _, _, g1 = run_with_grads(_scan("cuda"), kw)
@@ -312,9 +314,10 @@ def test_cuda_backward_layouts_bit_identical_and_agree():
         for k in g1:
             assert torch.equal(g1[k], g2[k]), f"d{k} differs between runs (bwd_chan={mode})"
         grads[mode] = g1
-    for k in grads[0]:
-        a, b = grads[0][k].double(), grads[1][k].double()
-        assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() < 2e-2, k
+    for mode in (1, 2):
+        for k in grads[0]:
+            a, b = grads[mode][k].double(), grads[0][k].double()
+            assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() < 2e-2, (mode, k)
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")

@@ -510,8 +510,9 @@ def test_build_flags_split_the_optimiser_only_where_nvcc_has_it():
 
 
 def test_lane_per_channel_backward_gate_and_segments(status, monkeypatch, capsys):
-    """Which backward runs: the lane-per-channel one only when asked for, with its own self-test
-    part passed and n <= 16 (asked for with a failed self-test: a notice, then lanes over tokens);
+    """Which backward runs: the lane-per-channel one (one or two lanes a channel) only when asked
+    for, with its own self-test part passed and n <= 16 (asked for with a failed self-test: a
+    notice, then lanes over tokens);
     its segments bring its warps to about bwd_chan_resident per SM on a 132-SM GPU and are never
     shorter than chan_min_seg_tokens."""
     from types import SimpleNamespace
@@ -528,10 +529,16 @@ def test_lane_per_channel_backward_gate_and_segments(status, monkeypatch, capsys
     cu.CONFIG.update(bwd_chan=1)
     assert bwd_layout(16) == 1 and bwd_layout(5) == 1
     assert bwd_layout(17) == 0  # more states than a lane holds
-    status.update(bwdchan="bwdchan dB rel. error")
+    status.update(bwdchan="bwdchan dB rel. error", bwdchan2=True)
     knobs._noticed.discard("bwdchan")
     assert bwd_layout(16) == 0
     assert "did not pass its self-test" in capsys.readouterr().err
+    cu.CONFIG.update(bwd_chan=2)  # two lanes per channel: its own self-test part
+    assert bwd_layout(16) == 2
+    # (2, 1536, 65536): 192 warps a segment with two lanes a channel, 96 with one: 6 or 11 segments
+    assert bwd_chan_seg_tiles(2, 1536, 65536, 8) == 43
+    cu.CONFIG.update(bwd_chan=1)
+    assert bwd_chan_seg_tiles(2, 1536, 65536, 8) == 24
     # (8, 1536, 2048): 384 warps a segment; 1056 wanted, but no segment under 1024 tokens: two
     assert bwd_chan_seg_tiles(8, 1536, 2048, 8) == 4
     cu.CONFIG.update(chan_min_seg_tokens=512)

@@ -38,7 +38,7 @@ def available() -> bool:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
                   + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
-                  + ["bwdchan"] * bool(CONFIG["bwd_chan"]))
+                  + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)

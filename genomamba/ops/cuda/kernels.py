@@ -159,7 +159,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     layout = bwd_layout(A.shape[1])
     if ctx.seg_tiles_bwd > 0:
         tiles = ctx.seg_tiles_bwd
-    elif layout == 1:
+    elif layout:
         tiles = bwd_chan_seg_tiles(b, d, l, ctx.kitems)
     else:
         tiles = seg_tiles(b, d, l, ctx.kitems)

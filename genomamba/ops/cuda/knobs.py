@@ -18,7 +18,7 @@ import torch
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
                              "pair": "not built", "chan": "not built", "chan2": "not built",
-                             "bwdchan": "not built"}
+                             "bwdchan": "not built", "bwdchan2": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -102,8 +102,10 @@ CONFIG = {
     # shared memory), used only if its self-test part "bwdchan" passed: 1 wherever it applies
     # (n <= 16); 0 (default) never: it executes half the instructions of the lanes-over-tokens
     # backward but holds 255 registers a thread (8 warps per SM at most) and timed 4-8 % slower in
-    # fwd+bwd on an H200 (scan_bwd_chan_nvidia_h200.json). bwd_chan_resident: its warps per SM
-    # that the segment rule aims for
+    # fwd+bwd on an H200 (scan_bwd_chan_nvidia_h200.json); 2: two lanes per channel (8 states
+    # each: about half the registers and shared memory per channel, twice the warps; self-tested as
+    # part "bwdchan2", not yet timed). bwd_chan_resident: its warps per SM that the segment rule
+    # aims for
     "bwd_chan": _env_int("GENOMAMBA_CUDA_BWD_CHAN", 0),
     "bwd_chan_resident": _env_int("GENOMAMBA_CUDA_BWD_CHAN_RESIDENT", 8),
 }
@@ -252,28 +254,32 @@ def cuda_backward_enabled() -> bool:
 
 
 def bwd_layout(n: int) -> int:
-    """1 if the backward of a call with n states runs the lane-per-channel kernel
-    (``CONFIG['bwd_chan']`` and its self-test), else 0 (lanes over tokens)."""
-    if not CONFIG["bwd_chan"] or n > 16:
+    """The backward layout of a call with n states: 1 (lane per channel) or 2 (two lanes per
+    channel) as ``CONFIG['bwd_chan']`` asks, if n <= 16 and that layout's self-test part passed;
+    else 0 (lanes over tokens)."""
+    mode = CONFIG["bwd_chan"]
+    if mode not in (1, 2) or n > 16:
         return 0
-    if STATUS.get("bwdchan") is not True and not _unverified_ok():
-        if "bwdchan" not in _noticed:
-            _noticed.add("bwdchan")
-            why = STATUS.get("bwdchan")
-            print(f"genomamba: the lane-per-channel CUDA backward did not pass its self-test ({why}); "
+    part = "bwdchan" if mode == 1 else "bwdchan2"
+    if STATUS.get(part) is not True and not _unverified_ok():
+        if part not in _noticed:
+            _noticed.add(part)
+            why = STATUS.get(part)
+            print(f"genomamba: the lane-per-channel CUDA backward ({part}) did not pass its self-test ({why}); "
                   "using the lanes-over-tokens one", file=sys.stderr)
         return 0
-    return 1
+    return mode
 
 
 def bwd_chan_seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
     """Tiles per segment of the lane-per-channel backward: enough segments that its warps (one per
-    32 channels and segment) reach ``bwd_chan_resident`` per SM, none shorter than
+    32 channels, or 16 with two lanes a channel, and segment) reach ``bwd_chan_resident`` per SM,
+    none shorter than
     ``chan_min_seg_tokens``."""
     tile = 32 * kitems
     ntiles = max(1, math.ceil(l / tile))
     most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
-    rows = b * math.ceil(d / 32)
+    rows = b * math.ceil(d * (2 if CONFIG["bwd_chan"] == 2 else 1) / 32)
     nseg = min(most, max(1, math.ceil(CONFIG["bwd_chan_resident"] * _sm_count() / rows)))
     return math.ceil(ntiles / nseg)
 

@@ -1,8 +1,8 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``bwdchan``) is cached as
-``selftest.json`` in the build folder: an unchanged build is tested once.
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``bwdchan``,
+``bwdchan2``) is cached as ``selftest.json`` in the build folder: an unchanged build is tested once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from genomamba.ops.cuda.knobs import CONFIG, STATUS
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "bwdchan")
+PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2")
 
 
 def _cached(path: Path):
@@ -88,9 +88,10 @@ def child_main(path: str) -> None:
         Path(path).write_text(json.dumps(status, indent=1))
 
     tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair),
-             ("chan", _test_chan), ("chan2", _test_chan2), ("bwdchan", _test_bwdchan))
+             ("chan", _test_chan), ("chan2", _test_chan2), ("bwdchan", _test_bwdchan),
+             ("bwdchan2", _test_bwdchan2))
     for part, fn in tests:
-        if part in ("bwd", "lean", "pair", "chan", "chan2", "bwdchan") and status["v2"] is not True:
+        if part in ("bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
             continue
         status[part] = "running"
@@ -222,17 +223,23 @@ def _test_chan2(ext) -> None:
     _test_chan(ext, builds=(5, 6))
 
 
-def _test_bwdchan(ext) -> None:
+def _test_bwdchan(ext, lanes: int = 1) -> None:
     """The lane-per-channel backward: every gradient against the oracle and bit-identical twice, from
     the tile states of the lanes-over-tokens and the lane-per-channel forwards (one segment, one per
     tile, two tiles each; tiles of 256 and 512 tokens; l not a multiple of its 8-token sub-tile)."""
-    saved = CONFIG["bwd_chan"], STATUS.get("bwdchan")
-    CONFIG["bwd_chan"], STATUS["bwdchan"] = 1, True  # this child's own verdict table
+    part = "bwdchan" if lanes == 1 else "bwdchan2"
+    saved = CONFIG["bwd_chan"], STATUS.get(part)
+    CONFIG["bwd_chan"], STATUS[part] = lanes, True  # this child's own verdict table
     try:
         _test_bwd(ext, build=0, cases=_cases(), short_configs=((8, 4, 8, 1000), (8, 4, 8, 1), (16, 4, 4, 2)))
         _test_bwd(ext, build=3, cases=_chan_cases(), short_configs=((8, 4, 8, 1000), (8, 2, 8, 1), (16, 4, 8, 3)))
     finally:
-        CONFIG["bwd_chan"], STATUS["bwdchan"] = saved
+        CONFIG["bwd_chan"], STATUS[part] = saved
+
+
+def _test_bwdchan2(ext) -> None:
+    """The same with two lanes per channel (8 states each)."""
+    _test_bwdchan(ext, lanes=2)
 
 
 def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
