@@ -581,6 +581,25 @@ template <typename T> __device__ __forceinline__ void sts8(char *dst, const floa
   }
 }
 
+// this lane's NS states (from j0) of B and C at token k of a tile staged as fp32 [token][32]
+// (B at 0..15, C at 16..31): broadcast float4 loads
+template <int NS>
+__device__ __forceinline__ void bc_read(const float *sBC, int k, int j0, float (&Bv)[NS], float (&Cv)[NS]) {
+  const float4 *bc = reinterpret_cast<const float4 *>(sBC + k * 32);
+#pragma unroll
+  for (int q = 0; q < NS / 4; ++q) {
+    const float4 b4 = bc[j0 / 4 + q], c4 = bc[kChanN / 4 + j0 / 4 + q];
+    Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
+    Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
+  }
+}
+
+// the sum over the TPC lanes sharing a channel (a no-op for one lane a channel)
+template <int TPC> __device__ __forceinline__ float pair_sum(float x) {
+  if constexpr (TPC == 2) x += __shfl_xor_sync(kFull, x, 1);
+  return x;
+}
+
 // Host guarantees: n <= kChanN, every row of u, delta, z, B, C, out 16-byte aligned (p.vec).
 // grid = (g * ceil(dpg / (32 * warps)), nseg, b); dynamic smem chan_smem_bytes(warps, ...). A
 // segment is seg_tiles tiles of ktile_tokens = 32 * K tokens (a multiple of kChanTile), and ends as
@@ -726,23 +745,15 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         const float x = dl[k], du = uv[k];
-        const float4 *bc = reinterpret_cast<const float4 *>(sBC + (gq * 8 + k) * 32);
         float Bv[kNS], Cv[kNS];
-#pragma unroll
-        for (int q = 0; q < kNS / 4; ++q) {
-          const float4 b4 = bc[j0 / 4 + q], c4 = bc[4 + j0 / 4 + q];
-          Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
-          Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
-        }
+        bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
         float y0 = 0.f, y1 = 0.f;
 #pragma unroll
         for (int j = 0; j < kNS; ++j) {
           h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        float ys = y0 + y1;
-        if constexpr (TPC == 2) ys += __shfl_xor_sync(kFull, ys, 1);  // the pair's two halves of the states
-        yv[k] += ys;
+        yv[k] += pair_sum<TPC>(y0 + y1);  // with two lanes a channel: the pair's two halves of the states
       }
       if (p.has_z) {
         float zv[8];
@@ -1134,24 +1145,6 @@ __device__ __forceinline__ void bc_stage(const Params &p, const T *Bg, const T *
   }
 #pragma unroll
   for (int k = 0; k < kBcSub; ++k) sBC[k * 32 + lane] = v[k];
-}
-
-// this lane's NS states (from j0) of B and C at token k of the staged sub-tile
-template <int NS>
-__device__ __forceinline__ void bc_read(const float *sBC, int k, int j0, float (&Bv)[NS], float (&Cv)[NS]) {
-  const float4 *bc = reinterpret_cast<const float4 *>(sBC + k * 32);
-#pragma unroll
-  for (int q = 0; q < NS / 4; ++q) {
-    const float4 b4 = bc[j0 / 4 + q], c4 = bc[kChanN / 4 + j0 / 4 + q];
-    Bv[4 * q] = b4.x; Bv[4 * q + 1] = b4.y; Bv[4 * q + 2] = b4.z; Bv[4 * q + 3] = b4.w;
-    Cv[4 * q] = c4.x; Cv[4 * q + 1] = c4.y; Cv[4 * q + 2] = c4.z; Cv[4 * q + 3] = c4.w;
-  }
-}
-
-// the sum over the TPC lanes sharing a channel (a no-op for one lane a channel)
-template <int TPC> __device__ __forceinline__ float pair_sum(float x) {
-  if constexpr (TPC == 2) x += __shfl_xor_sync(kFull, x, 1);
-  return x;
 }
 
 // grid = (g * ceil(dpg / (32 / TPC)), nseg, b), 32 threads, bwd_chan_smem_bytes(TPC) of shared
