@@ -39,6 +39,7 @@ from genomamba.adapters import ADAPTER_FILE, Adapter, adapter_from_json
 from genomamba.data.fasta import read_records
 from genomamba.errors import InvalidArgument, check_input_file
 from genomamba.files import read_text
+from genomamba.models import graphed
 from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head, pool
 from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
@@ -268,10 +269,10 @@ class GenomeModel:
                 seg = x[start:stop]
                 block[r, : len(seg)] = seg
             t = torch.from_numpy(block).to(dev)
-            if logits:
-                out = self.lm(t, cache=cache)
-            else:
-                out = self.lm.hidden_states(t, cache=cache)
+            # a long record's full chunks share one shape: replayed from a CUDA graph from the first on
+            full = cache is not None and stop - start == chunk_size
+            with graphed.capture_policy("first" if full else "second"):
+                out = self.lm(t, cache=cache) if logits else self.lm.hidden_states(t, cache=cache)
             yield start, out
 
     def _batches(self, seqs, arg: str, batch_size: int, chunk_size: int, buffer_factor: int = 8):

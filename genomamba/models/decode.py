@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from genomamba.models import graphed
 from genomamba.models.cache import InferenceCache
 from genomamba.models.mixer import LayerCache
 from genomamba.models.sampling import sample_next
@@ -90,7 +91,7 @@ def use_cuda_graph(requested: Optional[bool], device: torch.device) -> bool:
 # ----------------------------------------------------------------------------- prefill
 
 
-def prefill(model, prompts: list[torch.Tensor], prefill_chunk: Optional[int]):
+def prefill(model, prompts: list[torch.Tensor], prefill_chunk: Optional[int], graphs: bool = True):
     """Read every prompt into its recurrent state. Prompts of equal length run as one batch (no
     padding ever enters a state). Returns (cache (b, ...) in the prompts' order, last-position
     logits (b, padded_vocab))."""
@@ -99,11 +100,11 @@ def prefill(model, prompts: list[torch.Tensor], prefill_chunk: Optional[int]):
     for i, p in enumerate(prompts):
         groups.setdefault(len(p), []).append(i)
     if len(groups) == 1:  # one length: no reassembly needed
-        return _prefill_group(model, torch.stack(prompts), prefill_chunk)
+        return _prefill_group(model, torch.stack(prompts), prefill_chunk, graphs)
     b = len(prompts)
     cache = logits = None
     for length, idx in groups.items():
-        part_cache, part_logits = _prefill_group(model, torch.stack([prompts[i] for i in idx]), prefill_chunk)
+        part_cache, part_logits = _prefill_group(model, torch.stack([prompts[i] for i in idx]), prefill_chunk, graphs)
         if cache is None:
             cache = InferenceCache([
                 LayerCache(c.conv_state.new_empty((b, *c.conv_state.shape[1:])),
@@ -119,12 +120,16 @@ def prefill(model, prompts: list[torch.Tensor], prefill_chunk: Optional[int]):
     return cache, logits
 
 
-def _prefill_group(model, ids: torch.Tensor, prefill_chunk: Optional[int]):
+def _prefill_group(model, ids: torch.Tensor, prefill_chunk: Optional[int], graphs: bool = True):
     cache = model.allocate_cache(ids.shape[0], device=ids.device)
     step = prefill_chunk or ids.shape[1]
     logits = None
     for start in range(0, ids.shape[1], step):
-        logits = model(ids[:, start:start + step], cache=cache, num_last_tokens=1)[:, -1]
+        piece = ids[:, start:start + step]
+        # the whole prompt, or a full chunk of it: captured at once (its decode graph is too)
+        when = ("first" if piece.shape[1] == step else "second") if graphs else "never"
+        with graphed.capture_policy(when):
+            logits = model(piece, cache=cache, num_last_tokens=1)[:, -1]
     return cache, logits
 
 
@@ -293,12 +298,13 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
         # inference mode: no version counters or view tracking per op (a 2,048-token prefill of a
         # 24-layer model issues ~500 ops; each is cheaper to launch); ``new`` was made outside it,
         # so the ids returned are ordinary tensors
+        graphs = use_cuda_graph(cuda_graph, device)
         with torch.inference_mode():
             if as_list:
-                cache, logits = prefill(model, prompts, prefill_chunk)
+                cache, logits = prefill(model, prompts, prefill_chunk, graphs)
             else:
-                cache, logits = _prefill_group(model, input_ids, prefill_chunk)
-            graph = graphs_of(model).get(model, b, device) if use_cuda_graph(cuda_graph, device) else None
+                cache, logits = _prefill_group(model, input_ids, prefill_chunk, graphs)
+            graph = graphs_of(model).get(model, b, device) if graphs else None
             if graph is not None:
                 graph.load(cache)
                 del cache

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
-from genomamba.models import decode
+from genomamba.models import decode, graphed
 from genomamba.models.cache import InferenceCache
 from genomamba.models.io import (
     check_state_dict,
@@ -158,13 +158,26 @@ class MambaLM(nn.Module):
             raise ValueError(f"input_ids: token ids must lie in [0, {vocab}), got range [{lo}, {hi}]")
 
     def forward(self, input_ids, cache: Optional[InferenceCache] = None, num_last_tokens: int = 0):
-        """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0)."""
+        """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0).
+
+        Without gradients on CUDA, a shape called again replays a captured CUDA graph
+        (:mod:`genomamba.models.graphed`); the result is the same."""
         self._check_ids(input_ids)
+        num_last_tokens = max(int(num_last_tokens), 0)
+        out = None
+        if graphed.eligible(self, input_ids, cache):
+            out = graphed.graphs_of(self).run(self, "logits", lambda ids, c: self._logits(ids, c, num_last_tokens),
+                                              input_ids, cache, extra=(num_last_tokens,))
+        if out is None:
+            out = self._logits(input_ids, cache, num_last_tokens)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return out
+
+    def _logits(self, input_ids, cache: Optional[InferenceCache], num_last_tokens: int):
         hidden = self.backbone(input_ids, cache=cache)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
-        if cache is not None:
-            cache.seqlen_offset += input_ids.shape[1]
         return self.lm_head(hidden)
 
     def gradient_checkpointing_enable(self, enable: bool = True) -> "MambaLM":
@@ -195,7 +208,12 @@ class MambaLM(nn.Module):
     def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
         """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""
         self._check_ids(input_ids)
-        hidden = self.backbone(input_ids, cache=cache)
+        hidden = None
+        if graphed.eligible(self, input_ids, cache):
+            hidden = graphed.graphs_of(self).run(self, "hidden", lambda ids, c: self.backbone(ids, cache=c),
+                                                 input_ids, cache)
+        if hidden is None:
+            hidden = self.backbone(input_ids, cache=cache)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         return hidden

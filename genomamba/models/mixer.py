@@ -41,6 +41,12 @@ def _autocast_input(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version counter; 0 for a tensor made under ``torch.inference_mode`` (a model
+    built there), which keeps none."""
+    return 0 if t.is_inference() else t._version
+
+
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
     p._no_weight_decay = True
     return p
@@ -312,7 +318,7 @@ class Block(nn.Module):
         mixer = self.mixer
         a_log, d = mixer.A_log, mixer.D
         key = (hidden.shape, hidden.dtype, None if residual is None else residual.dtype, torch.is_grad_enabled(),
-               requested_backend(), a_log.data_ptr(), a_log._version, d.data_ptr(), d._version)
+               requested_backend(), a_log.data_ptr(), _version(a_log), d.data_ptr(), _version(d))
         held = cache.step_plan
         if held is not None and held[0] == key:
             plan = held[1]

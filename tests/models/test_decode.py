@@ -155,3 +155,22 @@ def test_cache_clone_copies_the_states(m):
     copy.layers[0].ssm_state.add_(1)
     assert cache.layers[0].ssm_state.abs().max() == 0
     assert torch.equal(copy.layers[1].conv_state, cache.layers[1].conv_state)
+
+
+def test_forward_graphs_are_never_used_off_cuda_and_their_settings_are_checked(m, monkeypatch):
+    from genomamba.models import graphed
+
+    x = torch.randint(0, 10, (2, 16))
+    with torch.no_grad():
+        assert not graphed.eligible(m, x, None)
+        for _ in range(3):
+            m(x)
+    assert not graphed.graphs_of(m).graphs and not graphed.graphs_of(m).seen
+    with pytest.raises(ValueError, match="when: expected 'first', 'second' or 'never', got 'always'"):
+        with graphed.capture_policy("always"):
+            pass
+    monkeypatch.setenv(graphed.ENV_ELEMENTS, "lots")
+    with pytest.raises(ValueError, match="GENOMAMBA_CUDA_GRAPH_FORWARD_ELEMENTS='lots'"):
+        graphed.max_elements()
+    monkeypatch.setenv(graphed.ENV_ELEMENTS, "4096")
+    assert graphed.max_elements() == 4096
