@@ -17,7 +17,6 @@ eager step, is dropped with one warning and decoding runs eagerly.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections import OrderedDict
 from typing import Optional, Sequence
@@ -26,11 +25,11 @@ import torch
 
 from genomamba.models import graphed
 from genomamba.models.cache import InferenceCache
+from genomamba.models.graphed import ENV_CUDA_GRAPH, use_cuda_graph
 from genomamba.models.mixer import LayerCache
 from genomamba.models.sampling import sample_next
 from genomamba.ops.checks import first_mismatch
 
-ENV_CUDA_GRAPH = "GENOMAMBA_CUDA_GRAPH"
 MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
 DONE_CHECK_EVERY = 64  # with an EOS id: look whether every sequence has ended once per this many tokens
 _warned: set = set()  # capture failures already reported (one warning per reason and process)
@@ -71,21 +70,6 @@ def check_sampling(temperature, top_k, top_p) -> None:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
-
-
-def use_cuda_graph(requested: Optional[bool], device: torch.device) -> bool:
-    """Whether to replay the step from a CUDA graph: never off CUDA; else ``requested``, else the
-    ``GENOMAMBA_CUDA_GRAPH`` variable (``auto``: on)."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return False
-    if requested is not None:
-        return bool(requested)
-    env = os.environ.get(ENV_CUDA_GRAPH, "auto").strip().lower() or "auto"
-    if env in ("0", "off", "false", "no"):
-        return False
-    if env in ("1", "on", "true", "yes", "auto"):
-        return True
-    raise ValueError(f"{ENV_CUDA_GRAPH}={env!r}: expected auto, 0 or 1")
 
 
 # ----------------------------------------------------------------------------- prefill

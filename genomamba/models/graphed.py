@@ -35,12 +35,28 @@ import torch
 from genomamba.models.cache import InferenceCache
 from genomamba.ops.checks import first_mismatch
 
+ENV_CUDA_GRAPH = "GENOMAMBA_CUDA_GRAPH"  # the one switch for every graph replay (forwards and decode steps)
 ENV_ELEMENTS = "GENOMAMBA_CUDA_GRAPH_FORWARD_ELEMENTS"
 DEFAULT_ELEMENTS = 1 << 26
 MAX_GRAPHS = 4  # captured forward shapes kept per model (least recently used dropped first)
 MAX_SEEN = 64  # shapes remembered while waiting for their second call
 _warned: set = set()
 _local = threading.local()  # capture_policy's setting, per thread
+
+
+def use_cuda_graph(requested: Optional[bool], device: torch.device) -> bool:
+    """Whether to replay forwards and decode steps from CUDA graphs: never off CUDA; else ``requested``, else the
+    ``GENOMAMBA_CUDA_GRAPH`` variable (``auto``: on)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if requested is not None:
+        return bool(requested)
+    env = os.environ.get(ENV_CUDA_GRAPH, "auto").strip().lower() or "auto"
+    if env in ("0", "off", "false", "no"):
+        return False
+    if env in ("1", "on", "true", "yes", "auto"):
+        return True
+    raise ValueError(f"{ENV_CUDA_GRAPH}={env!r}: expected auto, 0 or 1")
 
 
 def max_elements() -> int:
@@ -59,8 +75,6 @@ def max_elements() -> int:
 def eligible(model, input_ids: torch.Tensor, cache: Optional[InferenceCache]) -> bool:
     """Whether this call may replay a captured forward: CUDA, no gradients, evaluation mode, whole
     sequences on one device (no segments, no context parallelism), small enough, graphs not off."""
-    from genomamba.models.decode import use_cuda_graph  # the one switch for every graph replay
-
     if not input_ids.is_cuda or torch.is_grad_enabled() or model.training:
         return False
     if getattr(_local, "when", "second") == "never":

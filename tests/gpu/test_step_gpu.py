@@ -218,12 +218,13 @@ def test_a_captured_step_follows_A_log_and_D_changed_in_place(dtype):
     assert graph is not None, "the decode step was not captured"
 
     def replay_vs_eager():
-        cache = m.allocate_cache(2, device="cuda")
-        m(x, cache=cache)
-        graph.load(cache)
-        graph.ids.copy_(x[:, -1])
-        got = graph.replay().clone()
-        return got, m.step(x[:, -1], cache)
+        with torch.inference_mode():  # generate made the graph's static tensors in inference mode
+            cache = m.allocate_cache(2, device="cuda")
+            m(x, cache=cache)
+            graph.load(cache)
+            graph.ids.copy_(x[:, -1])
+            got = graph.replay().clone()
+            return got, m.step(x[:, -1], cache)
 
     before, _ = replay_vs_eager()
     for block in m.backbone.layers:
