@@ -228,11 +228,7 @@ class DecodeGraph:
 
 
 def graphs_of(model) -> DecodeGraphs:
-    g = model.__dict__.get("_decode_graphs")
-    if g is None:
-        g = DecodeGraphs()
-        model.__dict__["_decode_graphs"] = g
-    return g
+    return graphed.attached(model, "_decode_graphs", DecodeGraphs)
 
 
 # ----------------------------------------------------------------------------- the loop

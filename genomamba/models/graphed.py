@@ -230,10 +230,15 @@ def capture_policy(when: str):
         _local.when = before
 
 
+def attached(model, key: str, make):
+    """The object kept on ``model`` under ``key`` (made by ``make()`` on first use); outside the
+    module's parameters and buffers, so it is never saved, moved or copied with the model's state."""
+    obj = model.__dict__.get(key)
+    if obj is None:
+        obj = model.__dict__[key] = make()
+    return obj
+
+
 def graphs_of(model) -> ForwardGraphs:
-    g = model.__dict__.get("_forward_graphs")
-    if g is None:
-        g = ForwardGraphs()
-        model.__dict__["_forward_graphs"] = g
-    return g
+    return attached(model, "_forward_graphs", ForwardGraphs)
 
