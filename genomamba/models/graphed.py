@@ -5,7 +5,9 @@ dozen kernels, each behind Python dispatch, and the GPU waits for them. Without 
 CUDA, ``MambaLM.forward`` and ``MambaLM.hidden_states`` therefore capture a shape on its second
 call (the same batch, length, dtype and mode; with or without carried states) into a
 ``torch.cuda.CUDAGraph``, and later calls of that shape copy their ids (and states) into the
-graph's static inputs and replay it: one launch for the whole model. The chunked API (``embed`` /
+graph's static inputs and replay it: one launch for the whole backbone. The LM head runs after the
+replay (one matrix product), so a graph never holds a (batch, length, vocabulary) tensor, and a
+shape's forward and hidden states share one graph. The chunked API (``embed`` /
 ``score`` / ``classify``, 16,384 tokens a chunk) and ``generate``'s prefill capture on the first call
 (:func:`capture_policy`): their chunks, and the decode that follows, run at the GPU's speed.
 A capture costs about two eager forwards, once per shape.

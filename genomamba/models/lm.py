@@ -164,21 +164,23 @@ class MambaLM(nn.Module):
         (:mod:`genomamba.models.graphed`); the result is the same."""
         self._check_ids(input_ids)
         num_last_tokens = max(int(num_last_tokens), 0)
-        out = None
-        if graphed.eligible(self, input_ids, cache):
-            out = graphed.graphs_of(self).run(self, "logits", lambda ids, c: self._logits(ids, c, num_last_tokens),
-                                              input_ids, cache, extra=(num_last_tokens,))
-        if out is None:
-            out = self._logits(input_ids, cache, num_last_tokens)
-        if cache is not None:
-            cache.seqlen_offset += input_ids.shape[1]
-        return out
-
-    def _logits(self, input_ids, cache: Optional[InferenceCache], num_last_tokens: int):
-        hidden = self.backbone(input_ids, cache=cache)
+        hidden = self._hidden(input_ids, cache)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
         return self.lm_head(hidden)
+
+    def _hidden(self, input_ids, cache: Optional[InferenceCache]):
+        """The backbone's output, from a replayed graph where :mod:`graphed` allows (the LM head stays
+        outside the graph, so no captured forward holds a (b, l, vocab) tensor); advances the cache."""
+        hidden = None
+        if graphed.eligible(self, input_ids, cache):
+            hidden = graphed.graphs_of(self).run(self, "hidden", lambda ids, c: self.backbone(ids, cache=c),
+                                                 input_ids, cache)
+        if hidden is None:
+            hidden = self.backbone(input_ids, cache=cache)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return hidden
 
     def gradient_checkpointing_enable(self, enable: bool = True) -> "MambaLM":
         """Trade compute for memory at long context: each layer is recomputed during backward."""
@@ -208,15 +210,7 @@ class MambaLM(nn.Module):
     def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
         """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""
         self._check_ids(input_ids)
-        hidden = None
-        if graphed.eligible(self, input_ids, cache):
-            hidden = graphed.graphs_of(self).run(self, "hidden", lambda ids, c: self.backbone(ids, cache=c),
-                                                 input_ids, cache)
-        if hidden is None:
-            hidden = self.backbone(input_ids, cache=cache)
-        if cache is not None:
-            cache.seqlen_offset += input_ids.shape[1]
-        return hidden
+        return self._hidden(input_ids, cache)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
         return self.backbone.allocate_cache(batch_size, device, dtype)

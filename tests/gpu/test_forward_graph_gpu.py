@@ -55,6 +55,7 @@ def test_replayed_forward_equals_eager_forward(dtype, mode):
         assert torch.equal(outs[0], eager(lambda: m(ids(2, 300, seed=1))))
         hidden = [m.hidden_states(ids(2, 300, seed=s)) for s in range(3)]
         assert torch.equal(hidden[2], eager(lambda: m.hidden_states(ids(2, 300, seed=2))))
+        assert len(captured(m)) == 1  # the graph ends at the final norm: logits and hidden states share it
 
 
 @torch.inference_mode()
