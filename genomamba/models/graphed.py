@@ -243,4 +243,3 @@ def attached(model, key: str, make):
 
 def graphs_of(model) -> ForwardGraphs:
     return attached(model, "_forward_graphs", ForwardGraphs)
-
