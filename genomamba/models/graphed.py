@@ -167,13 +167,12 @@ class ForwardGraphs:
     def __reduce__(self):
         return (ForwardGraphs, ())
 
-    def run(self, model, kind: str, run, input_ids: torch.Tensor, cache: Optional[InferenceCache],
-            extra: tuple = ()) -> Optional[torch.Tensor]:
+    def run(self, model, run, input_ids: torch.Tensor, cache: Optional[InferenceCache]) -> Optional[torch.Tensor]:
         """The output of ``run(input_ids, cache)`` from a replayed graph, or None: run it eagerly
         (first sighting of this shape, or its capture failed)."""
-        key = (kind, tuple(input_ids.shape), input_ids.dtype, str(input_ids.device), _cache_layout(cache),
+        key = (tuple(input_ids.shape), input_ids.dtype, str(input_ids.device), _cache_layout(cache),
                torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cuda"),
-               torch.get_autocast_dtype("cuda"), extra)
+               torch.get_autocast_dtype("cuda"))
         graph = self.graphs.get(key)
         fp = None
         if graph is not None:

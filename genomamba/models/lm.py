@@ -174,8 +174,7 @@ class MambaLM(nn.Module):
         outside the graph, so no captured forward holds a (b, l, vocab) tensor); advances the cache."""
         hidden = None
         if graphed.eligible(self, input_ids, cache):
-            hidden = graphed.graphs_of(self).run(self, "hidden", lambda ids, c: self.backbone(ids, cache=c),
-                                                 input_ids, cache)
+            hidden = graphed.graphs_of(self).run(self, lambda ids, c: self.backbone(ids, cache=c), input_ids, cache)
         if hidden is None:
             hidden = self.backbone(input_ids, cache=cache)
         if cache is not None:
