@@ -23,11 +23,11 @@ def __getattr__(name):  # lazy: keeps `import genomamba` light
         from genomamba.tokenizers.dna import DNATokenizer
 
         return DNATokenizer
-    if name == "embed":
-        from genomamba.api import embed
+    if name in ("embed", "load_ensemble"):
+        from genomamba import api
 
-        return embed
+        return getattr(api, name)
     raise AttributeError(f"module 'genomamba' has no attribute {name!r}")
 
 
-__all__ = ["MambaConfig", "MambaLM", "DNATokenizer", "load", "embed", "__version__"]
+__all__ = ["MambaConfig", "MambaLM", "DNATokenizer", "load", "load_ensemble", "embed", "__version__"]

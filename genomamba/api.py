@@ -591,6 +591,60 @@ def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     return GenomeModel(lm, tok, head=head, labels=labels, head_pooling=pooling, add_bos=add_bos, path=path)
 
 
+class Ensemble:
+    """Several classifiers trained for the same labels, their class probabilities averaged.
+
+    Build it with :func:`load_ensemble`. ``classify`` takes what each member's ``classify`` takes
+    (the inputs are read once and given to every member) and returns one :class:`Classification`
+    whose probabilities are the members' mean. Members trained with different seeds make different
+    mistakes on data unlike their training set, so the mean is steadier than any one of them.
+    """
+
+    def __init__(self, members: Sequence[GenomeModel]):
+        members = list(members)
+        if not members:
+            raise ValueError("members: an ensemble needs at least one classifier")
+        first = members[0]
+        for i, m in enumerate(members):
+            where = f"members[{i}]" + (f" ({m.path})" if m.path else "")
+            if not isinstance(m, GenomeModel):
+                raise ValueError(f"{where}: expected a loaded genomamba model, got {type(m).__name__}")
+            if m.labels is None:
+                raise ValueError(f"{where}: has no classifier head (head.json + head.safetensors)")
+            if list(m.labels) != list(first.labels):
+                raise ValueError(f"{where}: labels {list(m.labels)} differ from members[0]'s {list(first.labels)}")
+            kind, want = _modality(m), _modality(first)
+            if kind != want:
+                raise ValueError(f"{where}: reads {kind!r} input, members[0] reads {want!r}")
+        self.members = members
+        self.labels = list(first.labels)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def classify(self, seqs=None, **kwargs) -> Classification:
+        """Mean class probabilities of the members; the label of each input is the mean's argmax."""
+        if seqs is not None and not isinstance(seqs, (str, bytes, os.PathLike, list, tuple, np.ndarray)):
+            seqs = list(seqs)  # an iterator is read once, then given to every member
+        results = [m.classify(seqs, **kwargs) for m in self.members]
+        for i, r in enumerate(results[1:], 1):
+            if r.names != results[0].names:
+                raise RuntimeError(f"members[{i}] read different inputs than members[0]")
+        p = np.mean([r.probabilities for r in results], axis=0).astype(np.float32)
+        return Classification([self.labels[j] for j in p.argmax(1)], p, list(self.labels), list(results[0].names))
+
+
+def _modality(model: GenomeModel) -> str:
+    return model.adapter.name if isinstance(model, AdapterModel) else "dna"
+
+
+def load_ensemble(paths: Sequence[PathLike], device=None, dtype="auto") -> Ensemble:
+    """:func:`load` each classifier directory of ``paths`` into one :class:`Ensemble`."""
+    if isinstance(paths, (str, os.PathLike)):
+        raise ValueError("paths: expected a list of model directories, got one path")
+    return Ensemble([load(p, device=device, dtype=dtype) for p in paths])
+
+
 def embed(path_or_model, seqs, **kwargs):
     """Load and embed in one call: ``genomamba.embed(model_dir, Path("genome.fa"), pooling="mean")``."""
     model = path_or_model if isinstance(path_or_model, GenomeModel) else load(path_or_model)
@@ -769,4 +823,5 @@ def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -
     return AdapterModel(lm, adapter, head=head, labels=labels, head_pooling=pooling, path=path, classifier=clf)
 
 
-__all__ = ["GenomeModel", "AdapterModel", "Classification", "Scores", "load", "embed", "iter_sequences"]
+__all__ = ["GenomeModel", "AdapterModel", "Classification", "Ensemble", "Scores", "load", "load_ensemble", "embed",
+           "iter_sequences"]

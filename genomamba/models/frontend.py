@@ -8,6 +8,11 @@ Hann frames every ``hop_ms``, on a log scale, with each band's mean and spread o
 frames side by side, projected to ``d_model`` by one linear layer. The backbone then reads ~50
 vectors per second instead of thousands of samples.
 
+``n_ceps`` (off by default) keeps only the first ``n_ceps`` cosine coefficients of each frame's log-mel
+energies (mel-frequency cepstra), each normalised over the clip in the same way. The low coefficients
+describe the spectral envelope (the formants, which carry the word); the higher ones, dropped, carry
+the fine ripple of the voice's harmonics, i.e. its pitch, which is a property of the speaker.
+
 It runs inside the model on the same token ids as everything else (the audio adapter's mu-law ids at
 its sample rate), so data loading, augmentation, saved models and ``genomamba.load(...).classify``
 need nothing new; the only weights are the projection's (saved with the head).
@@ -88,6 +93,15 @@ def _draw_masks(n_masks: int, width: int, size: int, b: int, device) -> torch.Te
     return ((pos >= starts) & (pos < starts + widths)).any(1)
 
 
+def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_in, n_out) orthonormal DCT-II: ``x @ dct_matrix(n, k)`` keeps the first k cosine coefficients."""
+    i = np.arange(n_in, dtype=np.float64)[:, None] + 0.5
+    k = np.arange(n_out, dtype=np.float64)[None, :]
+    m = np.cos(np.pi * i * k / n_in) * math.sqrt(2.0 / n_in)
+    m[:, 0] /= math.sqrt(2.0)
+    return m
+
+
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced on the mel scale (HTK formula)."""
     def mel(f):
@@ -114,7 +128,7 @@ class SpectralFrontEnd(nn.Module):
 
     def __init__(self, d_model: int, sample_rate: int, mu: int = 255, n_mels: int = 40, win_ms: float = 25.0,
                  hop_ms: float = 10.0, stack: int = 2, fmin: float = 60.0, fmax: Optional[float] = None,
-                 augment: Optional[dict] = None):
+                 n_ceps: Optional[int] = None, augment: Optional[dict] = None):
         super().__init__()
         self.augment = check_augment(augment)
         nyquist = sample_rate / 2 if isinstance(sample_rate, (int, float)) else None
@@ -126,6 +140,8 @@ class SpectralFrontEnd(nn.Module):
             ("win_ms", win_ms, isinstance(win_ms, (int, float)) and 1.0 <= win_ms <= 200.0, "1 .. 200 (ms)"),
             ("hop_ms", hop_ms, isinstance(hop_ms, (int, float)) and 0.5 <= hop_ms <= win_ms, "0.5 .. win_ms (ms)"),
             ("stack", stack, isinstance(stack, int) and 1 <= stack <= 16, "an int in 1..16"),
+            ("n_ceps", n_ceps, n_ceps is None or (isinstance(n_ceps, int) and isinstance(n_mels, int)
+                                                  and 1 <= n_ceps <= n_mels), "null or an int in 1..n_mels"),
             ("fmin", fmin, isinstance(fmin, (int, float)) and 0.0 <= fmin, "a frequency >= 0 (Hz)"),
             ("fmax", fmax, isinstance(fmax, (int, float)) and nyquist is not None and fmin < fmax <= nyquist,
              f"a frequency above fmin and at most half the sample rate ({nyquist} Hz)"),
@@ -134,6 +150,7 @@ class SpectralFrontEnd(nn.Module):
             if isinstance(value, bool) or not ok:
                 raise ValueError(f"frontend.{name}: expected {want}, got {value!r}")
         self.sample_rate, self.mu, self.n_mels, self.stack = int(sample_rate), int(mu), int(n_mels), int(stack)
+        self.n_ceps = None if n_ceps is None else int(n_ceps)
         self.win_ms, self.hop_ms, self.fmin, self.fmax = float(win_ms), float(hop_ms), float(fmin), float(fmax)
         self.win = max(2, round(self.win_ms * sample_rate / 1000))
         self.hop = max(1, round(self.hop_ms * sample_rate / 1000))
@@ -144,13 +161,22 @@ class SpectralFrontEnd(nn.Module):
                              persistent=False)
         fb = mel_filterbank(n_mels, self.n_fft, sample_rate, self.fmin, self.fmax)
         self.register_buffer("filters", torch.tensor(fb.T, dtype=torch.float32), persistent=False)
-        self.proj = nn.Linear(n_mels * stack, d_model)
+        if self.n_ceps is not None:
+            self.register_buffer("dct", torch.tensor(dct_matrix(self.n_mels, self.n_ceps), dtype=torch.float32),
+                                 persistent=False)
+        self.proj = nn.Linear(self.n_features * stack, d_model)
+
+    @property
+    def n_features(self) -> int:
+        """Values per frame: the mel bands, or the cepstral coefficients when ``n_ceps`` is set."""
+        return self.n_mels if self.n_ceps is None else self.n_ceps
 
     def config(self) -> dict:
         """What rebuilds this front end (saved in head.json)."""
         return {"kind": "spectral", "sample_rate": self.sample_rate, "mu": self.mu, "n_mels": self.n_mels,
                 "win_ms": self.win_ms, "hop_ms": self.hop_ms, "stack": self.stack, "fmin": self.fmin,
-                "fmax": self.fmax, **({"augment": dict(self.augment)} if self.augment else {})}
+                "fmax": self.fmax, **({"n_ceps": self.n_ceps} if self.n_ceps is not None else {}),
+                **({"augment": dict(self.augment)} if self.augment else {})}
 
     @classmethod
     def from_config(cls, d_model: int, cfg: dict) -> "SpectralFrontEnd":
@@ -159,7 +185,7 @@ class SpectralFrontEnd(nn.Module):
         if kind not in FRONTEND_KINDS:
             raise ValueError(f"frontend.kind: expected one of {FRONTEND_KINDS}, got {kind!r}")
         unknown = sorted(set(cfg) - {"sample_rate", "mu", "n_mels", "win_ms", "hop_ms", "stack", "fmin", "fmax",
-                                     "augment"})
+                                     "n_ceps", "augment"})
         if unknown:
             raise ValueError(f"frontend: unknown settings {unknown}")
         return cls(d_model, **cfg)
@@ -169,7 +195,7 @@ class SpectralFrontEnd(nn.Module):
         return self.win + (self.stack - 1) * self.hop
 
     def features(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, l) ids -> (normalised log-mel frames (b, T, n_mels * stack) float32, frame mask (b, T))."""
+        """(b, l) ids -> (normalised frames (b, T, n_features * stack) float32, frame mask (b, T))."""
         b, l = ids.shape
         if l < self.min_samples():
             raise ValueError(f"ids: {l} samples is shorter than one front-end frame ({self.min_samples()} samples "
@@ -193,17 +219,24 @@ class SpectralFrontEnd(nn.Module):
         count = w.sum(1, keepdim=True)
         if bool((count == 0).any()):
             raise ValueError("mask: a clip has no frame of real samples")
-        mean = (logmel * w).sum(1, keepdim=True) / count
-        var = (((logmel - mean) * w) ** 2).sum(1, keepdim=True) / count
-        feats = (logmel - mean) / (var.sqrt() + 1e-3) * w
+        bands = None  # (b, 1, n_mels): the masked mel bands of each clip
         if aug and aug["freq_masks"]:
-            feats = feats.masked_fill(
-                _draw_masks(aug["freq_masks"], aug["freq_width"], self.n_mels, b, ids.device).unsqueeze(1), 0.0)
+            bands = _draw_masks(aug["freq_masks"], aug["freq_width"], self.n_mels, b, ids.device).unsqueeze(1)
+        x = logmel
+        if self.n_ceps is not None:  # cepstra: a masked band reads its own mean over the clip
+            if bands is not None:
+                x = torch.where(bands, (x * w).sum(1, keepdim=True) / count, x)
+            x = x @ self.dct.float()  # (b, F, n_ceps)
+        mean = (x * w).sum(1, keepdim=True) / count
+        var = (((x - mean) * w) ** 2).sum(1, keepdim=True) / count
+        feats = (x - mean) / (var.sqrt() + 1e-3) * w
+        if bands is not None and self.n_ceps is None:
+            feats = feats.masked_fill(bands, 0.0)
         if aug and aug["time_masks"]:
             feats = feats.masked_fill(
                 _draw_masks(aug["time_masks"], aug["time_width"], feats.shape[1], b, ids.device).unsqueeze(2), 0.0)
         t = feats.shape[1] // self.stack * self.stack
-        feats = feats[:, :t].reshape(b, t // self.stack, self.stack * self.n_mels)
+        feats = feats[:, :t].reshape(b, t // self.stack, self.stack * self.n_features)
         fmask = fmask[:, :t].reshape(b, t // self.stack, self.stack).all(-1)
         return feats, fmask
 
@@ -225,4 +258,5 @@ class SpectralFrontEnd(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype)), fmask
 
 
-__all__ = ["AUGMENT_KEYS", "FRONTEND_KINDS", "SpectralFrontEnd", "check_augment", "mel_filterbank", "with_adapter"]
+__all__ = ["AUGMENT_KEYS", "FRONTEND_KINDS", "SpectralFrontEnd", "check_augment", "dct_matrix", "mel_filterbank",
+           "with_adapter"]

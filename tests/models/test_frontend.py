@@ -13,7 +13,7 @@ import torch
 from genomamba.adapters import get_adapter
 from genomamba.adapters.audio import mu_law_decode
 from genomamba.config import MambaConfig
-from genomamba.models.frontend import SpectralFrontEnd, mel_filterbank
+from genomamba.models.frontend import SpectralFrontEnd, dct_matrix, mel_filterbank
 from genomamba.models.heads import SequenceClassifier
 from genomamba.models.io import CheckpointError
 from genomamba.models.lm import MambaLM
@@ -36,13 +36,20 @@ def _twin(ids, fe: SpectralFrontEnd) -> np.ndarray:
     frames = np.stack([w[i * fe.hop:i * fe.hop + fe.win] * win for i in range(n)])
     power = np.abs(np.fft.rfft(frames, n=fe.n_fft, axis=1)) ** 2
     logmel = np.log(power @ mel_filterbank(fe.n_mels, fe.n_fft, fe.sample_rate, fe.fmin, fe.fmax).T + 1e-6)
+    if fe.n_ceps is not None:  # DCT-II, orthonormal, written as the sum it is
+        m = fe.n_mels
+        k = np.arange(fe.n_ceps)[:, None]
+        basis = np.cos(np.pi * k * (np.arange(m)[None, :] + 0.5) / m) * np.sqrt(2.0 / m)
+        basis[0] /= np.sqrt(2.0)
+        logmel = logmel @ basis.T
     z = (logmel - logmel.mean(0)) / (logmel.std(0) + 1e-3)
     t = n // fe.stack * fe.stack
-    return z[:t].reshape(t // fe.stack, fe.stack * fe.n_mels)
+    return z[:t].reshape(t // fe.stack, fe.stack * z.shape[1])
 
 
 @pytest.mark.parametrize("rate, settings", [(16000, {}), (8000, {"n_mels": 24, "stack": 3, "fmax": 3500.0}),
-                                            (4000, {"win_ms": 32.0, "hop_ms": 16.0, "stack": 1})])
+                                            (4000, {"win_ms": 32.0, "hop_ms": 16.0, "stack": 1}),
+                                            (16000, {"n_ceps": 13}), (8000, {"n_mels": 24, "n_ceps": 24, "stack": 3})])
 def test_features_match_the_float64_twin_on_real_clips(rate, settings):
     clips, audio = _clips(2, rate)
     fe = SpectralFrontEnd(16, rate, audio.mu, **settings)
@@ -53,7 +60,7 @@ def test_features_match_the_float64_twin_on_real_clips(rate, settings):
         want = _twin(c[:rate], fe)
         assert feats.shape[1:] == want.shape
         np.testing.assert_allclose(feats[i].numpy(), want, atol=2e-3, rtol=1e-3)
-    per_band = feats[0].reshape(-1, fe.stack, fe.n_mels)  # normalised over the clip, band by band
+    per_band = feats[0].reshape(-1, fe.stack, fe.n_features)  # normalised over the clip, band by band
     assert per_band.mean((0, 1)).abs().max() < 0.05
 
 
@@ -75,7 +82,9 @@ def test_padding_is_masked_out_and_does_not_change_the_real_frames():
 
 @pytest.mark.parametrize("bad, says", [({"n_mels": 0}, "frontend.n_mels"), ({"fmax": 9000.0}, "frontend.fmax"),
                                        ({"hop_ms": 40.0}, "frontend.hop_ms"), ({"stack": 1.5}, "frontend.stack"),
-                                       ({"kind": "mfcc"}, "frontend.kind"), ({"bands": 3}, "unknown settings"),
+                                       ({"kind": "mfcc"}, "frontend.kind"), ({"n_ceps": 41}, "frontend.n_ceps"),
+                                       ({"n_ceps": 0}, "frontend.n_ceps"), ({"n_ceps": 12.0}, "frontend.n_ceps"),
+                                       ({"bands": 3}, "unknown settings"),
                                        ({"augment": {"warp": [1.2, 0.9]}}, "frontend.augment.warp"),
                                        ({"augment": {"warp": 1.1}}, "frontend.augment.warp"),
                                        ({"augment": {"freq_masks": 2}}, "frontend.augment.freq_width"),
@@ -85,6 +94,16 @@ def test_padding_is_masked_out_and_does_not_change_the_real_frames():
 def test_bad_settings_name_the_key(bad, says):
     with pytest.raises(ValueError, match=says):
         SpectralFrontEnd.from_config(16, {"sample_rate": 16000, "mu": 255, **bad})
+
+
+def test_dct_matrix_is_orthonormal_and_is_the_type_ii_transform():
+    full = dct_matrix(40, 40)
+    np.testing.assert_allclose(full.T @ full, np.eye(40), atol=1e-12)
+    x = np.random.default_rng(0).normal(size=(5, 40))
+    want = np.stack([[np.sum(r * np.cos(np.pi * k * (np.arange(40) + 0.5) / 40)) for k in range(13)] for r in x])
+    want *= np.sqrt(2 / 40)
+    want[:, 0] /= np.sqrt(2)
+    np.testing.assert_allclose(x @ dct_matrix(40, 13), want, atol=1e-12)
 
 
 def test_augment_warps_the_spectrum_like_np_interp():
@@ -128,6 +147,14 @@ def test_augment_applies_in_training_only_and_masks_what_it_says():
     assert not torch.allclose(fixed.features(ids)[0], want)  # one fixed factor is still a warp
     same = SpectralFrontEnd(16, 16000, audio.mu, stack=1, augment={"warp": [1.0, 1.0]}).train()
     torch.testing.assert_close(same.features(ids)[0], want)
+    ceps = SpectralFrontEnd(16, 16000, audio.mu, stack=1, n_ceps=13,
+                            augment={"freq_masks": 2, "freq_width": 5, "time_masks": 2, "time_width": 7})
+    torch.testing.assert_close(ceps.eval().features(ids)[0],
+                               SpectralFrontEnd(16, 16000, audio.mu, stack=1, n_ceps=13).features(ids)[0])
+    torch.manual_seed(5)
+    got, _ = ceps.train().features(ids)
+    assert got.shape[-1] == 13 and torch.isfinite(got).all()
+    assert SpectralFrontEnd.from_config(16, ceps.config()).n_ceps == 13
     assert aug.config()["augment"]["warp"] == [0.9, 1.1]
     again = SpectralFrontEnd.from_config(16, aug.config())
     assert again.augment == aug.augment
