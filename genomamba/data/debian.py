@@ -119,8 +119,17 @@ def unpacked_programs(names: list, packages: list, root: PathLike, quiet: bool =
     machine lacks are added once; a library still missing then raises DebianError naming it."""
     versions = unpack(packages, root, quiet=quiet)
     toolbox = Toolbox(Path(root) / "fs")
-    if any(toolbox.missing_libraries(n) for n in names):
-        versions = unpack(packages, root, quiet=quiet, top_up=True)
+    missing = {n: libs for n in names if (libs := toolbox.missing_libraries(n))}
+    if missing:
+        try:
+            versions = unpack(packages, root, quiet=quiet, top_up=True)
+        except DebianError as e:
+            needs = "; ".join(f"{n} needs {', '.join(libs)}" for n, libs in missing.items())
+            raise DebianError(
+                f"the programs unpacked under {Path(root) / 'fs'} cannot run on this machine: {needs}, which "
+                f"neither this machine nor that folder has, and adding their packages failed ({e}). Install the "
+                f"libraries with apt-get, or unpack their Debian packages into that folder (dpkg -x PKG.deb "
+                f"{Path(root) / 'fs'})") from None
         toolbox = Toolbox(Path(root) / "fs")
     return toolbox, {n: toolbox.check(n) for n in names}, versions
 

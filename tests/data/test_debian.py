@@ -41,3 +41,27 @@ def test_a_folder_unpacked_elsewhere_is_topped_up_with_the_missing_library(tmp_p
     assert "libflite1" in versions and "flite" in versions
     assert json.loads((tmp_path / ".unpacked.json").read_text())["versions"] == versions
     assert paths["flite"].is_file()
+
+
+@pytest.mark.skipif(not HAVE_APT, reason="needs apt-get, dpkg and ldd")
+def test_a_folder_that_cannot_be_topped_up_names_the_programs_and_their_libraries(tmp_path, monkeypatch):
+    # flite without its library, on a machine whose apt knows no packages (offline, empty lists)
+    if shutil.which("flite"):
+        pytest.skip("flite is installed here, so its library would not be missing")
+    try:
+        unpack(["flite"], tmp_path / "tools", with_deps=False, quiet=True)
+    except DebianError as e:
+        pytest.skip(f"the Debian archive cannot be reached: {e}")
+    lists = tmp_path / "apt" / "lists"
+    (lists / "partial").mkdir(parents=True)
+    (tmp_path / "apt" / "parts").mkdir()
+    conf = tmp_path / "apt" / "apt.conf"
+    conf.write_text(f'Dir::State::Lists "{lists}";\nDir::Cache "{tmp_path / "apt"}";\n'
+                    f'Dir::Etc::SourceList "{tmp_path / "apt" / "none.list"}";\n'
+                    f'Dir::Etc::SourceParts "{tmp_path / "apt" / "parts"}";\n')
+    monkeypatch.setenv("APT_CONFIG", str(conf))
+    with pytest.raises(DebianError) as err:
+        unpacked_programs(["flite"], ["flite"], tmp_path / "tools", quiet=True)
+    msg = str(err.value)
+    assert "flite needs libflite.so.1" in msg and str(tmp_path / "tools" / "fs") in msg
+    assert "apt-cache depends failed" in msg and "dpkg -x" in msg
