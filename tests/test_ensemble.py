@@ -64,3 +64,41 @@ def test_ensemble_refuses_members_that_do_not_belong_together(tmp_path):
         genomamba.load_ensemble(a)
     with pytest.raises(ValueError, match="at least one"):
         genomamba.load_ensemble([])
+
+
+def test_classify_evaluate_scores_one_audio_model_and_the_ensemble_of_several(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    dirs = [_digit_classifier(tmp_path / "a", 0), _digit_classifier(tmp_path / "b", 1, n_ceps=13)]
+
+    def evaluate(*extra):
+        out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "evaluate", *extra],
+                             capture_output=True, text=True, timeout=300)
+        return out
+
+    one = evaluate("--model", str(dirs[0]), "--manifest", "assets:digits", "--out", str(tmp_path / "a.json"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    both = evaluate("--model", str(dirs[0]), "--model", str(dirs[1]), "--manifest", "assets:digits",
+                    "--baselines", "logspec", "--out", str(tmp_path / "ens.json"))
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert "ensemble of 2 models" in both.stdout and "windows of 16000 samples" in both.stdout
+    single, ens = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "ens.json").read_text())
+    rows = [r for r in csv.DictReader(open(DIGITS / "manifest.csv")) if r["split"] == "test"]
+    assert ens["n_windows"] == single["n_windows"] == len(rows)
+    assert ens["members"][0]["acc"] == pytest.approx(single["acc"])
+    assert 0.0 <= ens["baselines"]["logspec"] <= 1.0 and (tmp_path / "ens.png").exists()
+    # the ensemble's accuracy is that of the mean probabilities, as genomamba.load_ensemble gives them
+    api = genomamba.load_ensemble(dirs).classify([DIGITS / r["path"] for r in rows])
+    want = np.mean([a == r["label"] for a, r in zip(api.labels, rows)])
+    assert ens["acc"] == pytest.approx(want)
+    assert int(np.array(ens["confusion"]).sum()) == len(rows)
+
+    other = _digit_classifier(tmp_path / "c", 2, labels=list("abcdefghij"))
+    bad = evaluate("--model", str(dirs[0]), "--model", str(other), "--manifest", "assets:digits")
+    assert bad.returncode == 2 and "labels" in bad.stderr and str(other) in bad.stderr
+    bad = evaluate("--model", str(dirs[0]))
+    assert bad.returncode == 2 and "--manifest: the audio classifier" in bad.stderr and "needs one" in bad.stderr
+    bad = evaluate("--model", str(dirs[0]), "--manifest", "assets:digits", "--baselines", "4")
+    assert bad.returncode == 2 and "--baselines '4'" in bad.stderr

@@ -1,8 +1,8 @@
 """``genomamba classify fit | evaluate | predict``: the species classifier.
 
 ``fit`` fine-tunes a pretrained LM (or trains from scratch) from a classify config and tests it on
-the held-out strains; ``evaluate`` scores a saved classifier on a manifest split; ``predict``
-labels the records of FASTA files.
+the held-out strains; ``evaluate`` scores a saved classifier (or the ensemble of several) on a
+manifest split; ``predict`` labels the records of FASTA files.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
-from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png
+from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png, score_probabilities
 from genomamba.lit.trainer import (
     build_trainer,
     final_checkpoint,
@@ -126,47 +126,105 @@ def fit_main(argv) -> int:
     return 0
 
 
+def _classifier_input(model: str):
+    """What a saved classifier reads: its adapter (text, audio) or its DNA tokenizer."""
+    if (Path(model) / ADAPTER_FILE).exists():
+        adapter = adapter_from_json(model)
+        if adapter.name != "dna":
+            return adapter
+    return DNATokenizer.from_pretrained(model) if (Path(model) / "tokenizer.json").exists() else DNATokenizer()
+
+
 def evaluate_main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="genomamba classify evaluate",
-                                 description="Score a saved classifier on a manifest split (held-out strains).")
-    ap.add_argument("--model", required=True, help="classifier dir (classify fit's RUN_DIR/model)")
-    ap.add_argument("--manifest", default="assets", help="manifest path, 'assets' or 'fetch:bacteria'")
+    ap = argparse.ArgumentParser(
+        prog="genomamba classify evaluate",
+        description="Score a saved classifier, or the ensemble of several, on a manifest split (held-out "
+                    "strains, voices or engines).")
+    ap.add_argument("--model", required=True, action="append",
+                    help="classifier dir (classify fit's RUN_DIR/model); repeat it to score the ensemble of "
+                         "several (their class probabilities averaged)")
+    ap.add_argument("--manifest", default=None,
+                    help="manifest path, 'assets', 'fetch:bacteria', 'fetch:digits' or 'assets:digits' "
+                         "(default: 'assets' for DNA; text and audio classifiers need one)")
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ap.add_argument("--length", type=int, default=1024)
-    ap.add_argument("--per-label", type=int, default=200)
+    ap.add_argument("--length", type=int, default=None,
+                    help="window length in tokens (default: 1024 for DNA, one second of samples for audio)")
+    ap.add_argument("--per-label", type=int, default=None,
+                    help="windows per class (default: 200 for DNA; text and audio: every file of the split once)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--baselines", default="4", help="comma-separated k of k-mer NB baselines ('' for none)")
+    ap.add_argument("--baselines", default=None,
+                    help="DNA: comma-separated k of k-mer NB baselines (default '4'; '' for none); "
+                         "audio: 'logspec' for log-spectral features + softmax regression (default none)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
     args = ap.parse_args(argv)
     for name in ("length", "per_label", "batch_size"):
-        positive_int("--" + name.replace("_", "-"), getattr(args, name))
+        if getattr(args, name) is not None:
+            positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    for model in args.model:
+        if not (Path(model) / "head.json").exists():
+            raise ConfigError(f"--model {model}: not a classifier directory (no head.json)")
     if args.out:
-        inputs = model_files(args.model)
+        inputs = [f for model in args.model for f in model_files(model)]
         check_output(args.out, inputs, "--out", args.force)
         check_output(Path(args.out).with_suffix(".png"), inputs, "--out (its confusion PNG)", args.force)
-    if not (Path(args.model) / "head.json").exists():
-        raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
-    net = SequenceClassifier.from_pretrained(args.model)
-    man = SpeciesManifest.from_file(resolve_species_manifest(args.manifest))
-    if list(man.labels) != list(net.labels):
-        raise ConfigError(f"--manifest labels {man.labels} differ from the model's {net.labels}")
-    ds = SpeciesEvalWindows(man, args.split, args.length, per_label=args.per_label, seed=args.seed,
-                            return_mask=True)
-    res = evaluate_classifier(net, ds, args.batch_size)
+    reader = _classifier_input(args.model[0])
+    nets = []
+    for model in args.model:
+        theirs = _classifier_input(model)
+        if theirs != reader:
+            raise ConfigError(f"--model {model} reads its input as {theirs!r}, --model {args.model[0]} as {reader!r}: "
+                              "an ensemble's members must read the same input")
+        net = SequenceClassifier.from_pretrained(model)
+        if nets and list(net.labels) != list(nets[0].labels):
+            raise ConfigError(f"--model {model}: labels {net.labels} differ from --model {args.model[0]}'s "
+                              f"{nets[0].labels}")
+        nets.append(net)
+    dna = isinstance(reader, DNATokenizer)
+    if args.manifest is None and not dna:
+        raise ConfigError(f"--manifest: the {reader.name} classifier {args.model[0]} needs one (e.g. fetch:digits, "
+                          "assets:digits, or a labelled-file manifest)")
+    man = SpeciesManifest.from_file(resolve_species_manifest(args.manifest or "assets"))
+    if list(man.labels) != list(nets[0].labels):
+        raise ConfigError(f"--manifest labels {man.labels} differ from the model's {nets[0].labels}")
+    length = args.length or (1024 if dna else getattr(reader, "sample_rate", None) or 1024)
+    per_label = args.per_label if args.per_label is not None else (200 if dna else None)
+    ds = SpeciesEvalWindows(man, args.split, length, per_label=per_label, seed=args.seed, return_mask=True,
+                            tokenizer=reader)
+    members = [evaluate_classifier(net, ds, args.batch_size) for net in nets]
+    if len(members) == 1:
+        res = members[0]
+    else:
+        res = score_probabilities(torch.stack([m["probs"] for m in members]).mean(0), members[0]["targets"],
+                                  nets[0].labels)
+        res["members"] = [{"model": str(model), "acc": m["acc"], "f1_macro": m["f1_macro"]}
+                          for model, m in zip(args.model, members)]
     res.pop("probs")
-    ks = [int(k) for k in args.baselines.split(",") if k.strip()]
-    if ks:
-        res["baselines"] = species_baselines(man, args.length, ks=ks, eval_windows=ds)
-    print(f"{args.split}: accuracy {res['acc']:.4f}, macro-F1 {res['f1_macro']:.4f} "
-          f"({res['n_windows']} windows of {args.length} bp)")
+    res.pop("targets")
+    baselines = args.baselines if args.baselines is not None else ("4" if dna else "")
+    wanted = [b.strip() for b in baselines.split(",") if b.strip()]
+    if wanted and dna:
+        if not all(b.isdigit() for b in wanted):
+            raise ConfigError(f"--baselines {baselines!r}: a DNA classifier takes k-mer sizes, e.g. '2,4'")
+        res["baselines"] = species_baselines(man, length, ks=[int(k) for k in wanted], eval_windows=ds)
+    elif wanted:
+        if wanted != ["logspec"] or reader.name != "audio":
+            raise ConfigError(f"--baselines {baselines!r}: a {reader.name} classifier takes 'logspec' (audio only) "
+                              "or ''")
+        res["baselines"] = audio_clip_baselines(man, reader, eval_split=args.split)
+    unit = "bp" if dna else f"{reader.unit}s"
+    what = "ensemble of " + str(len(nets)) + " models" if len(nets) > 1 else "model"
+    print(f"{args.split} ({what}): accuracy {res['acc']:.4f}, macro-F1 {res['f1_macro']:.4f} "
+          f"({res['n_windows']} windows of {length} {unit})")
+    for m in res.get("members", []):
+        print(f"  member {m['model']}: accuracy {m['acc']:.4f}, macro-F1 {m['f1_macro']:.4f}")
     for k, v in res.get("baselines", {}).items():
-        if k == "gc" or k.startswith("nb"):
+        if k in ("gc", "logspec") or k.startswith("nb"):
             print(f"  baseline {k}: {v:.4f}")
     if args.out:
         write_json(Path(args.out), res, replace=args.force)
-        save_confusion_png(np.array(res["confusion"]), net.labels,
+        save_confusion_png(np.array(res["confusion"]), nets[0].labels,
                            Path(args.out).with_suffix(".png"), f"{args.split}: acc {res['acc']:.3f}")
     return 0
 

@@ -15,21 +15,24 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix, 
 
 
 def evaluate_classifier(net, dataset, batch_size: int = 32, device=None) -> dict:
-    """Accuracy, macro-F1, confusion matrix of a SequenceClassifier on (ids, mask, label) windows."""
+    """Accuracy, macro-F1, confusion matrix of a SequenceClassifier on (ids, mask, label) windows;
+    also the class probabilities (``probs``) and true classes (``targets``) of every window."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = net.to(device).eval()
-    preds, ys, probs = [], [], []
+    ys, probs = [], []
     with torch.no_grad():
         for ids, mask, y in DataLoader(dataset, batch_size=batch_size):
-            logits = net(ids.to(device), mask.to(device)).float()
-            probs.append(logits.softmax(-1).cpu())
-            preds.append(logits.argmax(-1).cpu())
+            probs.append(net(ids.to(device), mask.to(device)).float().softmax(-1).cpu())
             ys.append(y)
-    p, y = torch.cat(preds), torch.cat(ys)
-    n = len(net.labels)
+    return score_probabilities(torch.cat(probs), torch.cat(ys), net.labels)
+
+
+def score_probabilities(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 and confusion matrix of the argmax of ``probs`` (n, classes) against ``targets``."""
+    p, y, n = probs.argmax(-1), targets.long(), len(labels)
     return {"acc": float((p == y).float().mean()), "f1_macro": float(multiclass_f1_score(p, y, n, average="macro")),
-            "confusion": multiclass_confusion_matrix(p, y, n).tolist(), "labels": list(net.labels),
-            "n_windows": int(len(y)), "probs": torch.cat(probs)}
+            "confusion": multiclass_confusion_matrix(p, y, n).tolist(), "labels": list(labels),
+            "n_windows": int(len(y)), "probs": probs, "targets": y}
 
 
 def save_confusion_png(cm, labels: Sequence[str], path, title: str = "") -> Path:
