@@ -303,6 +303,28 @@ def logspec_features(wave: np.ndarray, sample_rate: int, n_bands: int = 32, n_se
     return np.concatenate([loge[s].mean(0) if len(s) else loge.mean(0) for s in segs])
 
 
+def mfcc_features(wave: np.ndarray, sample_rate: int, n_mels: int = 40, n_ceps: int = 13,
+                  fmax: float = 4000.0, n_segments: int = 8) -> np.ndarray:
+    """Mel-frequency cepstra of a clip: 25 ms Hann frames (10 ms hop), ``n_mels`` mel bands from 60 Hz
+    to ``fmax`` (or Nyquist), the first ``n_ceps`` cosine coefficients of their log energies with the
+    clip's mean removed, averaged over ``n_segments`` equal stretches of time -> (n_ceps * n_segments,)."""
+    from genomamba.models.frontend import dct_matrix, mel_filterbank
+
+    w = np.asarray(wave, dtype=np.float64)
+    win, hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
+    if len(w) < win:
+        w = np.pad(w, (0, win - len(w)))
+    n = 1 + (len(w) - win) // hop
+    n_fft = 1 << int(np.ceil(np.log2(win)))
+    frames = np.lib.stride_tricks.sliding_window_view(w, win)[::hop][:n] * np.hanning(win)
+    power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
+    fb = mel_filterbank(n_mels, n_fft, sample_rate, 60.0, min(fmax, sample_rate / 2))
+    ceps = np.log(power @ fb.T + 1e-8) @ dct_matrix(n_mels, n_ceps)
+    ceps -= ceps.mean(0)
+    segs = np.array_split(np.arange(n), n_segments)
+    return np.concatenate([ceps[s].mean(0) if len(s) else ceps.mean(0) for s in segs])
+
+
 class SoftmaxRegression:
     """Multinomial logistic regression on standardised features, full-batch gradient descent with L2."""
 
@@ -328,21 +350,24 @@ class SoftmaxRegression:
 
 
 def audio_clip_baselines(manifest, adapter, eval_split: str = "test", train_split: str = "train") -> dict:
-    """Accuracy of log-spectral features + softmax regression on whole clips of a labelled-file
-    manifest (fit on ``train_split``, scored on ``eval_split``), computed on the clips as the model
-    reads them (the adapter's sample rate, mu-law decoded)."""
+    """Accuracy of softmax regression on whole clips of a labelled-file manifest (fit on
+    ``train_split``, scored on ``eval_split``), computed on the clips as the model reads them (the
+    adapter's sample rate, mu-law decoded), with two feature sets: log band energies (``logspec``)
+    and mel-frequency cepstra (``mfcc``); ``*_train``: the same on the training clips."""
 
     def table(split):
         src = manifest.load(split, adapter)
         wanted = {g.id: manifest.label_to_id[g.label] for g in manifest.entries(split)}
-        X = np.stack([logspec_features(adapter.decode(src.read(i, 0, c.length)), adapter.sample_rate)
-                      for i, c in enumerate(src.contigs)])
+        waves = (adapter.decode(src.read(i, 0, c.length)) for i, c in enumerate(src.contigs))
+        feats = [(logspec_features(w, adapter.sample_rate), mfcc_features(w, adapter.sample_rate)) for w in waves]
         y = np.array([wanted[src.genome_of(i)] for i in range(len(src.contigs))])
-        return X, y
+        return {"logspec": np.stack([f[0] for f in feats]), "mfcc": np.stack([f[1] for f in feats])}, y
 
     Xtr, ytr = table(train_split)
     Xev, yev = table(eval_split)
-    clf = SoftmaxRegression().fit(Xtr, ytr, manifest.num_labels)
-    return {"split": eval_split, "n_train": int(len(ytr)), "n_eval": int(len(yev)),
-            "logspec": float((clf.predict(Xev) == yev).mean()),
-            "logspec_train": float((clf.predict(Xtr) == ytr).mean())}
+    out = {"split": eval_split, "n_train": int(len(ytr)), "n_eval": int(len(yev))}
+    for name in ("logspec", "mfcc"):
+        clf = SoftmaxRegression().fit(Xtr[name], ytr, manifest.num_labels)
+        out[name] = float((clf.predict(Xev[name]) == yev).mean())
+        out[name + "_train"] = float((clf.predict(Xtr[name]) == ytr).mean())
+    return out

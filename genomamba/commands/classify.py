@@ -118,7 +118,7 @@ def fit_main(argv) -> int:
     if t:
         line += f"; held-out accuracy {t['acc']:.3f}, macro-F1 {t['f1_macro']:.3f} on {t['n_windows']} windows"
     for k, v in res.get("baselines", {}).items():
-        if k.startswith("nb") or k in ("gc", "logspec"):
+        if k.startswith("nb") or k in ("gc", "logspec", "mfcc"):
             line += f"; {k} {v:.3f}"
     speed = (res.get("throughput") or {}).get("tokens_per_s")
     line += f"; trained at {speed:,.0f} tokens/s" if speed else ""
@@ -155,7 +155,7 @@ def evaluate_main(argv) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--baselines", default=None,
                     help="DNA: comma-separated k of k-mer NB baselines (default '4'; '' for none); "
-                         "audio: 'logspec' for log-spectral features + softmax regression (default none)")
+                         "audio: 'logspec' for softmax regression on log-spectral and cepstral features (default none)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
     args = ap.parse_args(argv)
@@ -220,7 +220,7 @@ def evaluate_main(argv) -> int:
     for m in res.get("members", []):
         print(f"  member {m['model']}: accuracy {m['acc']:.4f}, macro-F1 {m['f1_macro']:.4f}")
     for k, v in res.get("baselines", {}).items():
-        if k in ("gc", "logspec") or k.startswith("nb"):
+        if k in ("gc", "logspec", "mfcc") or k.startswith("nb"):
             print(f"  baseline {k}: {v:.4f}")
     if args.out:
         write_json(Path(args.out), res, replace=args.force)

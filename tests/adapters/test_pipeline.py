@@ -144,12 +144,34 @@ def test_markov_model_is_a_distribution_and_learns_a_cycle():
     assert MarkovLM(2, 4).fit([cyc]).bits([cyc[:600]]) < 0.05
 
 
+def test_mfcc_features_are_the_cepstra_of_the_front_end_averaged_over_time():
+    import torch
+
+    from genomamba.baselines import mfcc_features
+    from genomamba.models.frontend import SpectralFrontEnd
+
+    audio = get_adapter("audio", sample_rate=16000)
+    rows = [r for r in SpeciesManifest.from_file(DIGITS).entries("test")][:1]
+    ids = audio.encode_file(rows[0].path)[:16000]
+    f = mfcc_features(audio.decode(ids), 16000, n_segments=1)
+    assert f.shape == (13,) and np.abs(f).max() < 1e-9  # one segment: the clip mean, removed
+    f8 = mfcc_features(audio.decode(ids), 16000).reshape(8, 13)
+    fe = SpectralFrontEnd(16, 16000, audio.mu, n_ceps=13, stack=1, fmax=4000.0)
+    table, window = fe.table.double(), fe.window.double()
+    frames = table[torch.from_numpy(ids).long()].unfold(0, fe.win, fe.hop) * window
+    ceps = torch.log(torch.fft.rfft(frames, n=fe.n_fft).abs().square() @ fe.filters.double() + 1e-8) @ fe.dct.double()
+    ceps = (ceps - ceps.mean(0)).numpy()
+    want = np.stack([ceps[s].mean(0) for s in np.array_split(np.arange(len(ceps)), 8)])
+    np.testing.assert_allclose(f8, want, atol=1e-3)
+
+
 def test_baselines_on_the_shipped_assets():
     store, splits = build_corpus([{"assets": "text"}], TEXT)
     m = markov_baseline(store, splits)
     assert m["eval_tokens"] == 6545 - 2 and 2.0 < m["witten_bell"] < 3.2 and m["additive"] > m["witten_bell"]
     res = audio_clip_baselines(SpeciesManifest.from_file(DIGITS), get_adapter("audio", sample_rate=4000))
-    assert res["n_train"] == 40 and res["n_eval"] == 20 and 0.0 <= res["logspec"] <= 1.0
+    assert res["n_train"] == 40 and res["n_eval"] == 20 and 0.0 <= res["logspec"] <= 1.0 and 0.0 <= res["mfcc"] <= 1.0
+    assert res["mfcc_train"] > 0.5  # 40 clips of 10 words: the cepstra separate the training clips
 
 
 # ----------------------------------------------------------------------------- the on-disk token store
