@@ -9,8 +9,12 @@ every sequence at once. The result is exactly what generating each prompt alone 
 On CUDA the one-token step (embedding, every layer's ``step``, final norm, LM head) is captured
 once per batch size into a ``torch.cuda.CUDAGraph`` whose static input ids, recurrent states and
 logits are fixed tensors: each new token then costs one replay instead of hundreds of kernel
-launches. Sampling stays eager. A capture that fails, or whose first replay disagrees with the
-eager step, is dropped with one warning and decoding runs eagerly.
+launches. The graph ends with the greedy choice: the argmax of the logits over the allowed tokens
+(a static bias of 0 or -inf per token id), written to the graph's ``token`` and back into its input
+ids, so greedy decoding is one replay and one copy per token with no sampling kernels in between.
+Temperature / top-k / top-p sampling stays eager and writes its token into the input ids before
+each replay. A capture that fails, or whose first replay disagrees with the eager step, is dropped
+with one warning and decoding runs eagerly.
 ``GENOMAMBA_CUDA_GRAPH`` (``auto`` / ``0`` / ``1``) overrides the default.
 """
 
@@ -177,34 +181,55 @@ def _recover_stream(device) -> None:
 
 
 class DecodeGraph:
-    """One captured ``model.step`` for a batch size: ``ids`` (b,) in, ``logits`` (b, vocab) out,
-    ``cache`` the recurrent states the step reads and updates in place. Load states with
-    :meth:`load`, then per token write ``ids`` and :meth:`replay`."""
+    """One captured ``model.step`` for a batch size: ``ids`` (b,) in, ``logits`` (b, vocab) and the
+    greedy ``token`` (b,) out (also written back into ``ids``), ``cache`` the recurrent states the
+    step reads and updates in place. Load states with :meth:`load`, set the allowed ids with
+    :meth:`allow`, then per token :meth:`replay` (writing ``ids`` first unless decoding greedily)."""
 
     def __init__(self, model, batch: int, device: torch.device, fingerprint: tuple):
         self.fingerprint = fingerprint
         self.cache = model.allocate_cache(batch, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
+        self.bias = self._default_bias(model, device)
         before = self._addresses()
         # warm up on a side stream (kernels compile and backends are picked outside the capture)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                model.step(self.ids, self.cache)
+                self._body(model)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = model.step(self.ids, self.cache)
+            self.logits, self.token = self._body(model)
         if self._addresses() != before:
             raise RuntimeError("the step replaced its cache tensors instead of updating them in place")
         self._self_check(model, batch, device)
+
+    @staticmethod
+    def _default_bias(model, device) -> torch.Tensor:
+        """(padded vocab,) float32: 0 where the greedy token may fall, -inf elsewhere."""
+        bias = torch.zeros(model.config.padded_vocab_size, dtype=torch.float32, device=device)
+        bias[model.config.vocab_size:] = float("-inf")
+        return bias
+
+    def _body(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """What one replay runs: the step on ``ids``, then the greedy token, written back into ``ids``
+        (the next replay reads it unless the caller writes another)."""
+        logits = model.step(self.ids, self.cache)
+        token = self._greedy(logits)
+        self.ids.copy_(token)
+        return logits, token
+
+    def _greedy(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.float() + self.bias).argmax(-1)
 
     def _addresses(self) -> list:
         return [(c.conv_state.data_ptr(), c.ssm_state.data_ptr()) for c in self.cache.layers]
 
     def _self_check(self, model, batch: int, device) -> None:
-        """One replay from nonzero states against the eager step from copies of them."""
+        """One replay from nonzero states against the eager step from copies of them (the logits),
+        and the replayed greedy token against the argmax of the replayed logits."""
         gen = torch.Generator(device=device).manual_seed(0)
         for c in self.cache.layers:
             c.conv_state.copy_(torch.randn(c.conv_state.shape, generator=gen, device=device))
@@ -216,6 +241,17 @@ class DecodeGraph:
         bad = first_mismatch((("logits", self.logits, ref),), tol)
         if bad is not None:
             raise RuntimeError(f"the replayed step differs from the eager step (max |diff| {bad[1]:.3g})")
+        if not torch.equal(self.token, self._greedy(self.logits)) or not torch.equal(self.ids, self.token):
+            raise RuntimeError("the replayed greedy token differs from the argmax of the replayed logits")
+
+    def allow(self, vocab: int, mask: Optional[torch.Tensor]) -> None:
+        """What the greedy token may be for the next replays: ids below ``vocab``, or where ``mask``
+        (padded vocab,) is 0 when it is given (-inf elsewhere), as the eager loop samples."""
+        if mask is not None:
+            self.bias.copy_(mask)
+        else:
+            self.bias.zero_()
+            self.bias[vocab:] = float("-inf")
 
     def load(self, cache: InferenceCache) -> None:
         for mine, theirs in zip(self.cache.layers, cache.layers):
@@ -297,12 +333,21 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
 
 def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_token_id, vocab, mask):
     """Sample ``new.shape[1]`` tokens into ``new``, stepping eagerly on ``cache`` or by replaying
-    ``graph``. EOS stays on the device: a ``done`` mask turns every later token into EOS."""
+    ``graph``. EOS stays on the device: a ``done`` mask turns every later token into EOS. Greedy
+    decoding through a graph takes each token from the replay itself (``graph.token``); a sequence
+    that has ended keeps reading its own greedy tokens, which its EOS outputs hide, and no other
+    sequence sees them."""
     b, n = new.shape
     done = torch.zeros(b, dtype=torch.bool, device=new.device) if eos_token_id is not None else None
+    greedy = graph is not None and (temperature <= 0 or top_k == 1)
+    if greedy:
+        graph.allow(vocab, mask)
     for i in range(n):
-        scores = logits[:, :vocab] if mask is None else logits.float() + mask
-        nxt = sample_next(scores, temperature, top_k, top_p, gen)
+        if greedy and i > 0:
+            nxt = graph.token
+        else:
+            scores = logits[:, :vocab] if mask is None else logits.float() + mask
+            nxt = sample_next(scores, temperature, top_k, top_p, gen)
         if done is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id
@@ -315,5 +360,6 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
         if graph is None:
             logits = model.step(nxt, cache)
         else:
-            graph.ids.copy_(nxt)
+            if not greedy or i == 0:
+                graph.ids.copy_(nxt)
             logits = graph.replay()

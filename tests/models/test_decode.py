@@ -174,3 +174,72 @@ def test_forward_graphs_are_never_used_off_cuda_and_their_settings_are_checked(m
         graphed.max_elements()
     monkeypatch.setenv(graphed.ENV_ELEMENTS, "4096")
     assert graphed.max_elements() == 4096
+
+
+class _ReplayedEagerly(decode.DecodeGraph):
+    """The captured decode step's body (step, greedy token over the allowed ids, token back into the
+    input ids) run eagerly on each replay: the loop's side of the contract, without a CUDA graph."""
+
+    def __init__(self, model, batch):
+        self.model = model
+        self.cache = model.allocate_cache(batch)
+        self.ids = torch.zeros(batch, dtype=torch.long)
+        self.bias = self._default_bias(model, "cpu")
+
+    def replay(self):
+        self.logits, self.token = self._body(self.model)
+        return self.logits
+
+
+@pytest.fixture(scope="module")
+def counter():
+    """A model trained to count 0, 1, ..., 11, 0, ...: its greedy tokens change at every step, so a
+    step fed a stale or a disallowed token shows in the output."""
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12, d_state=16))
+    seq = torch.arange(12).repeat(8)[None]
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(m(seq[:, :-1])[0, :, :12], seq[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.mark.parametrize("how", [dict(temperature=0), dict(top_k=1, temperature=0.7), dict(temperature=0, eos="seen"),
+                                 dict(temperature=0, allowed=[0, 1, 2, 4, 5, 6, 7, 9, 10, 11]),
+                                 dict(temperature=0.8, seed=5), dict(temperature=0.9, seed=2, eos=4)])
+@torch.no_grad()
+def test_the_loop_on_a_replayed_step_equals_the_eager_loop(counter, prompts, how):
+    """Greedy tokens taken from the replay itself (``graph.token``), and sampled tokens written into
+    the replay's input ids, give what the eager loop gives, token for token."""
+    m, (vocab, n) = counter, (counter.config.vocab_size, 30)
+    mask = None
+    if "allowed" in how:
+        mask = torch.full((m.config.padded_vocab_size,), float("-inf"))
+        mask[how["allowed"]] = 0.0
+
+    def run(graph, eos):
+        cache, logits = decode.prefill(m, prompts, None, graphs=False)
+        if graph is not None:
+            graph.load(cache)
+            cache = None
+        new = torch.empty(len(prompts), n, dtype=torch.long)
+        gen = torch.Generator().manual_seed(how["seed"]) if "seed" in how else None
+        decode._loop(m, graph, cache, logits, new, how.get("temperature", 1.0), how.get("top_k", 0), 1.0, gen,
+                     eos, vocab, mask)
+        return new
+
+    eos = how.get("eos")
+    if eos == "seen":  # a token that greedy decoding emits for some sequences, at some step after the first
+        eos = int(run(None, None)[1, 3])
+    eager = run(None, eos)
+    if how.get("temperature", 1.0) <= 0:  # the greedy tokens move, so a stale step input would show
+        assert sum(len(set(row[:8].tolist())) > 1 for row in eager) >= 2
+    replayed = run(_ReplayedEagerly(m, len(prompts)), eos)
+    assert torch.equal(replayed, eager)
+    if "allowed" in how:
+        assert set(eager.unique().tolist()) <= set(how["allowed"])
+    if eos is not None:
+        assert bool((eager == eos).any())  # sequences ended, so the EOS path ran
