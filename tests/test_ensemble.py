@@ -102,3 +102,9 @@ def test_classify_evaluate_scores_one_audio_model_and_the_ensemble_of_several(tm
     assert bad.returncode == 2 and "--manifest: the audio classifier" in bad.stderr and "needs one" in bad.stderr
     bad = evaluate("--model", str(dirs[0]), "--manifest", "assets:digits", "--baselines", "4")
     assert bad.returncode == 2 and "--baselines '4'" in bad.stderr
+    dna = SequenceClassifier(MambaLM(MambaConfig(d_model=16, n_layer=1, d_state=8, vocab_size=16)),
+                             ["a", "b", "c", "d", "e"]).save_pretrained(tmp_path / "dna")
+    bad = evaluate("--model", str(dna), "--baselines", "logspec")
+    assert bad.returncode == 2 and "k-mer sizes" in bad.stderr
+    bad = evaluate("--model", str(dirs[0]), "--model", str(dna), "--manifest", "assets:digits")
+    assert bad.returncode == 2 and "must read the same input" in bad.stderr

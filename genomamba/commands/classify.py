@@ -185,6 +185,12 @@ def evaluate_main(argv) -> int:
     if args.manifest is None and not dna:
         raise ConfigError(f"--manifest: the {reader.name} classifier {args.model[0]} needs one (e.g. fetch:digits, "
                           "assets:digits, or a labelled-file manifest)")
+    baselines = args.baselines if args.baselines is not None else ("4" if dna else "")
+    wanted = [b.strip() for b in baselines.split(",") if b.strip()]
+    if dna and not all(b.isdigit() for b in wanted):
+        raise ConfigError(f"--baselines {baselines!r}: a DNA classifier takes k-mer sizes, e.g. '2,4'")
+    if not dna and wanted and (wanted != ["logspec"] or reader.name != "audio"):
+        raise ConfigError(f"--baselines {baselines!r}: a {reader.name} classifier takes 'logspec' (audio only) or ''")
     man = SpeciesManifest.from_file(resolve_species_manifest(args.manifest or "assets"))
     if list(man.labels) != list(nets[0].labels):
         raise ConfigError(f"--manifest labels {man.labels} differ from the model's {nets[0].labels}")
@@ -202,16 +208,9 @@ def evaluate_main(argv) -> int:
                           for model, m in zip(args.model, members)]
     res.pop("probs")
     res.pop("targets")
-    baselines = args.baselines if args.baselines is not None else ("4" if dna else "")
-    wanted = [b.strip() for b in baselines.split(",") if b.strip()]
     if wanted and dna:
-        if not all(b.isdigit() for b in wanted):
-            raise ConfigError(f"--baselines {baselines!r}: a DNA classifier takes k-mer sizes, e.g. '2,4'")
         res["baselines"] = species_baselines(man, length, ks=[int(k) for k in wanted], eval_windows=ds)
     elif wanted:
-        if wanted != ["logspec"] or reader.name != "audio":
-            raise ConfigError(f"--baselines {baselines!r}: a {reader.name} classifier takes 'logspec' (audio only) "
-                              "or ''")
         res["baselines"] = audio_clip_baselines(man, reader, eval_split=args.split)
     unit = "bp" if dna else f"{reader.unit}s"
     what = "ensemble of " + str(len(nets)) + " models" if len(nets) > 1 else "model"
