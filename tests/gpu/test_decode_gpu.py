@@ -11,6 +11,7 @@ import torch
 
 from genomamba import MambaConfig, MambaLM
 from genomamba.models import decode
+from tests.models.counting import counting_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -109,25 +110,10 @@ def test_a_capture_that_fails_warns_once_and_decodes_eagerly(monkeypatch):
         assert torch.equal(m.generate(ids, 10, temperature=0), eager)  # no second warning, no retry
 
 
-def counter(dtype):
-    """A model trained (on the CPU, in a second) to count 0, 1, ..., 11, 0, ...: its greedy tokens
-    change at every step, so a replay fed a stale or a disallowed token shows in the output."""
-    torch.manual_seed(0)
-    m = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12, d_state=16))
-    seq = torch.arange(12).repeat(8)[None]
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(m(seq[:, :-1])[0, :, :12], seq[0, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval().to("cuda", dtype)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @torch.no_grad()
 def test_greedy_tokens_taken_from_the_replay_equal_eager_greedy_decoding(dtype):
-    m = counter(dtype)
+    m = counting_model().to("cuda", dtype)
     ps = prompts([5, 1, 12, 5, 9], vocab=12)
     for kw in (dict(), dict(allowed_token_ids=[0, 1, 2, 4, 5, 6, 7, 9, 10, 11]), dict(eos_token_id=5)):
         with warnings.catch_warnings():

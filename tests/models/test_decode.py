@@ -5,6 +5,7 @@ import torch
 
 from genomamba import MambaConfig, MambaLM
 from genomamba.models import decode
+from tests.models.counting import counting_model
 
 CFG = dict(d_model=32, n_layer=3, vocab_size=12, d_state=16)
 LENGTHS = [5, 1, 12, 5, 9]
@@ -193,18 +194,7 @@ class _ReplayedEagerly(decode.DecodeGraph):
 
 @pytest.fixture(scope="module")
 def counter():
-    """A model trained to count 0, 1, ..., 11, 0, ...: its greedy tokens change at every step, so a
-    step fed a stale or a disallowed token shows in the output."""
-    torch.manual_seed(0)
-    m = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=12, d_state=16))
-    seq = torch.arange(12).repeat(8)[None]
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(m(seq[:, :-1])[0, :, :12], seq[0, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return counting_model()
 
 
 @pytest.mark.parametrize("how", [dict(temperature=0), dict(top_k=1, temperature=0.7), dict(temperature=0, eos="seen"),
