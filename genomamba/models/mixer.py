@@ -24,6 +24,7 @@ from genomamba.ops import (
     selective_scan,
     selective_state_update,
 )
+from genomamba.ops.mixer_fn import kernels_for, mixer_forward
 from genomamba.parallel.context import check_slice, context_parallel_scan, halo_exchange
 
 
@@ -187,8 +188,26 @@ class Mamba(nn.Module):
             want = x.device.type == "cuda"
         return bool(want) and torch.is_grad_enabled() and self.A_log.requires_grad
 
+    def _fused_kernels(self, hidden: torch.Tensor):
+        """The kernels of the one-node training mixer (``genomamba.ops.mixer_fn``) for this call, or None
+        (the per-op path): training on CUDA, where the CUDA scan backward and the Triton conv run."""
+        if not (torch.is_grad_enabled() and self.A_log.requires_grad and hidden.dim() == 3):
+            return None
+        dev = hidden.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.dtype != torch.float64 \
+            else hidden.dtype
+        return kernels_for(hidden.device, dtype, self.d_state, self.d_conv)
+
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
+        if cache is None and self.context_parallel is None:
+            kernels = self._fused_kernels(hidden)
+            if kernels is not None:
+                return mixer_forward(
+                    hidden, self.in_proj.weight, self.in_proj.bias, rearrange(self.conv1d.weight, "d 1 w -> d w"),
+                    self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, _up(self.dt_proj.bias),
+                    -torch.exp(_up(self.A_log)), _up(self.D), self.out_proj.weight, self.out_proj.bias,
+                    self.d_state, kernels)
         cf = channels_first(hidden)
         if cf:  # in_proj straight into (b, 2 * d_inner, l), l the unit-stride axis
             xz = channel_proj(self.in_proj.weight, hidden.transpose(1, 2))

@@ -141,3 +141,34 @@ def test_causal_conv1d(w, l, layout, with_h0):
     rgrads = torch.autograd.grad((rout, rfin), rins, (go.double(), gf.double()))
     for name, a, r in zip(("x", "weight", "bias", "initial_state"), grads, rgrads):
         assert_close(a, r, torch.float32, f"d{name}")
+
+
+@pytest.mark.parametrize("b,l", [(1, 37), (3, 130)])
+def test_fused_mixer_with_the_triton_conv(b, l):
+    """The one-node training mixer with the Triton conv kernels (output written into the function's
+    (channels, b * l) layout, gradient read from it) and the generic scan, in float32, against the
+    per-op mixer in float64: output and every gradient."""
+    from genomamba import MambaConfig
+    from genomamba.models.mixer import Mamba
+    from genomamba.ops.mixer_fn import GENERIC, Kernels, mixer_forward, triton_conv_pair
+
+    torch.manual_seed(0)
+    m = Mamba(MambaConfig(d_model=16, n_layer=1, vocab_size=8, d_state=4, conv_bias=True))
+    with torch.no_grad():
+        m.conv1d.bias.normal_()
+    kernels = Kernels("triton conv", *triton_conv_pair(), GENERIC.scan_forward, GENERIC.scan_backward)
+    h = torch.randn(b, l, 16, requires_grad=True)
+    g = torch.randn(b, l, 16)
+    import copy
+
+    m64, h64 = copy.deepcopy(m).double(), h.detach().double().requires_grad_(True)
+    ref = m64(h64)
+    ref_grads = torch.autograd.grad(ref, [h64] + list(m64.parameters()), g.double())
+    out = mixer_forward(h, m.in_proj.weight, m.in_proj.bias, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight,
+                        m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log), m.D, m.out_proj.weight,
+                        m.out_proj.bias, 4, kernels)
+    grads = torch.autograd.grad(out, [h] + list(m.parameters()), g)
+    assert_close(out, ref, torch.float32, "out")
+    names = ["hidden"] + [n for n, _ in m.named_parameters()]
+    for name, a, e in zip(names, grads, ref_grads):
+        assert_close(a, e, torch.float32, name)

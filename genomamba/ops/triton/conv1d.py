@@ -26,6 +26,8 @@ def _conv_fwd_kernel(
     l,
     s_xb,
     s_xd,
+    s_ob,
+    s_od,
     W: tl.constexpr,
     HAS_H0: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -57,7 +59,7 @@ def _conv_fwd_kernel(
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(
-        out_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :],
+        out_ptr + pid_b * s_ob + offs_d[:, None] * s_od + offs_l[None, :],
         acc.to(out_ptr.dtype.element_ty),
         mask=mask_d[:, None] & (offs_l < l)[None, :],
     )
@@ -76,6 +78,8 @@ def _conv_dpre_kernel(
     l,
     lx,
     nlb,
+    s_gb,
+    s_gd,
     W: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
@@ -91,7 +95,7 @@ def _conv_dpre_kernel(
     mask_d = offs_d < d
     m = mask_d[:, None] & (offs_l < l)[None, :]
     xp = xx_ptr + pid_b * d * lx + offs_d[:, None] * lx
-    g = tl.load(gout_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :], mask=m, other=0.0).to(
+    g = tl.load(gout_ptr + pid_b * s_gb + offs_d[:, None] * s_gd + offs_l[None, :], mask=m, other=0.0).to(
         tl.float32
     )
     if SILU:
@@ -136,6 +140,87 @@ def _conv_dx_kernel(dpre_ptr, w_ptr, dxx_ptr, d, l, lx, W: tl.constexpr, BD: tl.
 _BD, _BL = 16, 128
 
 
+def conv_forward(x, weight, bias, h0, silu, out):
+    """out (b, d, l; l the unit-stride axis, any batch and channel strides) = the causal conv of x (read
+    where it lies) with weight (d, W) contiguous and h0 (b, d, W - 1) contiguous or None."""
+    b, d, l = x.shape
+    W = weight.shape[1]
+    if l > 0:
+        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
+        # l-blocks on the first grid axis: it alone takes more than 65,535 blocks (l > 8M)
+        _conv_fwd_kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
+            x,
+            h0 if h0 is not None else dummy,
+            weight,
+            bias if bias is not None else dummy,
+            out,
+            d,
+            l,
+            x.stride(0),
+            x.stride(1),
+            out.stride(0),
+            out.stride(1),
+            W=W,
+            HAS_H0=h0 is not None,
+            HAS_BIAS=bias is not None,
+            SILU=silu,
+            BD=_BD,
+            BL=_BL,
+        )
+    return out
+
+
+def conv_backward(x, prev, wc, bias, silu, dout, dfinal=None):
+    """Gradients of :func:`conv_forward` (x, its initial state ``prev`` or None, weight ``wc``, bias)
+    for ``dout`` (b, d, l; l the unit-stride axis, any batch and channel strides) and the final state's
+    ``dfinal`` (or None): dxx (b, d, W - 1 + l) float32 (the initial state's gradient first), dW and
+    dbias in float32."""
+    W = wc.shape[1]
+    # the input with its initial state in front (length l + W - 1): the backward kernels read that
+    xx = torch.cat([prev if prev is not None else x.new_zeros((*x.shape[:2], W - 1)), x], dim=-1)
+    b, d, lx = xx.shape
+    l = x.shape[-1]
+    dev = xx.device
+    dummy = torch.empty(1, device=dev, dtype=torch.float32)
+    nlb = max(1, triton.cdiv(l, _BL))
+    run = l > 0 and dout is not None
+    # the kernels write every element of these (no zero fill) when they run
+    alloc = torch.empty if run else torch.zeros
+    dpre = alloc((b, d, l), device=dev, dtype=torch.float32)
+    dw_p = alloc((b, nlb, d, W), device=dev, dtype=torch.float32)
+    db_p = alloc((b, nlb, d), device=dev, dtype=torch.float32)
+    dxx = alloc((b, d, lx), device=dev, dtype=torch.float32)
+    if run:
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        _conv_dpre_kernel[(nlb, triton.cdiv(d, _BD), b)](
+            xx,
+            wc,
+            bias if bias is not None else dummy,
+            dout,
+            dpre,
+            dw_p,
+            db_p,
+            d,
+            l,
+            lx,
+            nlb,
+            dout.stride(0),
+            dout.stride(1),
+            W=W,
+            HAS_BIAS=bias is not None,
+            SILU=silu,
+            BD=_BD,
+            BL=_BL,
+        )
+        _conv_dx_kernel[(triton.cdiv(lx, _BL), triton.cdiv(d, _BD), b)](
+            dpre, wc, dxx, d, l, lx, W=W, BD=_BD, BL=_BL
+        )
+    if dfinal is not None:
+        dxx[..., l:] += dfinal.float()
+    return dxx, dw_p.sum((0, 1)), db_p.sum((0, 1))
+
+
 class _Conv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, h0, silu):
@@ -145,34 +230,14 @@ class _Conv1dFn(torch.autograd.Function):
             x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
         prev = h0.to(x.dtype).contiguous() if h0 is not None and W > 1 else None
         wc = weight.contiguous()
-        out = torch.empty((b, d, l), device=x.device, dtype=x.dtype)
-        dummy = torch.empty(1, device=x.device, dtype=torch.float32)
-        if l > 0:
-            # l-blocks on the first grid axis: it alone takes more than 65,535 blocks (l > 8M)
-            _conv_fwd_kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
-                x,
-                prev if prev is not None else dummy,
-                wc,
-                bias if bias is not None else dummy,
-                out,
-                d,
-                l,
-                x.stride(0),
-                x.stride(1),
-                W=W,
-                HAS_H0=prev is not None,
-                HAS_BIAS=bias is not None,
-                SILU=silu,
-                BD=_BD,
-                BL=_BL,
-            )
+        out = conv_forward(x, wc, bias, prev, silu, torch.empty((b, d, l), device=x.device, dtype=x.dtype))
         # the final state: the last W - 1 inputs, reaching into the initial state when l < W - 1
         tail = x[..., max(0, l - (W - 1)):]
         if tail.shape[-1] < W - 1:
             lead = prev if prev is not None else x.new_zeros((b, d, W - 1))
             tail = torch.cat([lead, tail], dim=-1)[..., tail.shape[-1]:]
         ctx.save_for_backward(x, prev, wc, bias)
-        ctx.silu, ctx.l, ctx.h0_dtype = silu, l, (h0.dtype if h0 is not None else None)
+        ctx.silu, ctx.h0_dtype = silu, (h0.dtype if h0 is not None else None)
         ctx.w_dtype = weight.dtype
         return out, tail.clone(memory_format=torch.contiguous_format)
 
@@ -180,50 +245,10 @@ class _Conv1dFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, prev, wc, bias = ctx.saved_tensors
         W = wc.shape[1]
-        # the input with its initial state in front (length l + W - 1): the backward kernels read that
-        xx = torch.cat([prev if prev is not None else x.new_zeros((*x.shape[:2], W - 1)), x], dim=-1)
-        b, d, lx = xx.shape
-        l = ctx.l
-        dev = xx.device
-        dummy = torch.empty(1, device=dev, dtype=torch.float32)
-        nlb = max(1, triton.cdiv(l, _BL))
-        run = l > 0 and dout is not None
-        # the kernels write every element of these (no zero fill) when they run
-        alloc = torch.empty if run else torch.zeros
-        dpre = alloc((b, d, l), device=dev, dtype=torch.float32)
-        dw_p = alloc((b, nlb, d, W), device=dev, dtype=torch.float32)
-        db_p = alloc((b, nlb, d), device=dev, dtype=torch.float32)
-        dxx = alloc((b, d, lx), device=dev, dtype=torch.float32)
-        if run:
-            dout = dout.contiguous()
-            _conv_dpre_kernel[(nlb, triton.cdiv(d, _BD), b)](
-                xx,
-                wc,
-                bias if bias is not None else dummy,
-                dout,
-                dpre,
-                dw_p,
-                db_p,
-                d,
-                l,
-                lx,
-                nlb,
-                W=W,
-                HAS_BIAS=bias is not None,
-                SILU=ctx.silu,
-                BD=_BD,
-                BL=_BL,
-            )
-            _conv_dx_kernel[(triton.cdiv(lx, _BL), triton.cdiv(d, _BD), b)](
-                dpre, wc, dxx, d, l, lx, W=W, BD=_BD, BL=_BL
-            )
-        if dfinal is not None:
-            dxx[..., l:] += dfinal.float()
-        dx = dxx[..., W - 1 :].to(xx.dtype)
+        dxx, dw, db = conv_backward(x, prev, wc, bias, ctx.silu, dout, dfinal)
+        dx = dxx[..., W - 1 :].to(x.dtype)
         dh0 = dxx[..., : W - 1].to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
-        dw = dw_p.sum((0, 1)).to(ctx.w_dtype)
-        db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw, db, dh0, None
+        return dx, dw.to(ctx.w_dtype), db.to(bias.dtype) if bias is not None else None, dh0, None
 
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):

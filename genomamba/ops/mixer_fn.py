@@ -1,0 +1,239 @@
+"""The Mamba mixer's training step from in_proj to out_proj as one autograd function.
+
+Layout: the tokens of all batch rows side by side. in_proj writes xz as one (2 d_inner, b * l) matrix,
+and every tensor after it keeps that layout (channels as rows, each batch row's tokens contiguous
+inside a row): the conv output, x_proj's output (dt_low, B, C), delta, and their gradients. The conv
+and scan kernels read a (b, d, l) view of such a matrix (strides (l, b * l, 1)), so every projection
+and every weight gradient is one GEMM over all b * l tokens: no per-batch-row products summed
+afterwards, no transposed copies, no concatenation of dx and dz in the backward.
+
+Saved for the backward: the mixer's input, xz, x_proj's output, the scan output (out_proj's weight
+gradient needs it) and the scan's own state checkpoints. The conv output and delta are recomputed
+in the backward (one conv and one small GEMM), so a layer keeps about what the per-op path keeps
+with its rebuilt activations, without saved-tensor hooks for them.
+
+Under autocast the products run in the autocast dtype and the SSM parameters (A, D, delta bias, conv
+weight and bias) stay as they are, as in the per-op path; gradients come back in each input's dtype.
+
+:class:`Kernels` names the four primitives the function needs (conv forward into a given layout,
+conv backward, scan forward keeping what its backward needs, scan backward). On CUDA they are the
+Triton conv kernels and the CUDA scan kernels, called directly; elsewhere (and as the reference twin
+in tests) they are the dispatched ops, with the backward recomputed under autograd.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple, Optional
+
+import torch
+
+from genomamba.ops.backend import Call
+
+
+class Kernels(NamedTuple):
+    name: str
+    conv_forward: object  # (x, weight, bias, out) -> None: silu(conv(x)) written into out
+    conv_backward: object  # (x, weight, bias, dout) -> (dx, dweight, dbias)
+    scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias) -> (out, saved)
+    scan_backward: object  # (saved, u, delta, A, B, C, D, z, delta_bias, dout) -> 8 gradients
+
+
+def _leaf(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().requires_grad_(True)
+
+
+def _generic_conv_forward(x, weight, bias, out):
+    from genomamba.ops import causal_conv1d
+
+    with torch.no_grad():
+        out.copy_(causal_conv1d(x, weight, bias, activation="silu"))
+
+
+def _generic_conv_backward(x, weight, bias, dout):
+    from genomamba.ops import causal_conv1d
+
+    leaves = [_leaf(x), _leaf(weight), _leaf(bias)]
+    with torch.enable_grad():
+        out = causal_conv1d(leaves[0], leaves[1], leaves[2], activation="silu")
+        wanted = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, wanted, dout))
+    return tuple(None if t is None else next(grads) for t in leaves)
+
+
+def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias):
+    from genomamba.ops import selective_scan
+
+    with torch.no_grad():
+        out = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+    return out, None
+
+
+def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, dout):
+    from genomamba.ops import selective_scan
+
+    leaves = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    with torch.enable_grad():
+        out = selective_scan(*leaves[:6], z=leaves[6], delta_bias=leaves[7], delta_softplus=True)
+        wanted = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, wanted, dout))
+    return tuple(None if t is None else next(grads) for t in leaves)
+
+
+GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _generic_scan_forward,
+                  _generic_scan_backward)
+
+
+def triton_conv_pair():
+    """The Triton conv kernels as :class:`Kernels` takes them (forward into any (b, d, l) layout with l
+    the unit-stride axis; backward for a gradient in any such layout)."""
+    from genomamba.ops.triton.conv1d import conv_backward, conv_forward
+
+    def conv_fwd(x, weight, bias, out):
+        conv_forward(x, weight.contiguous(), bias, None, True, out)
+
+    def conv_bwd(x, weight, bias, dout):
+        w = weight.shape[1]
+        dxx, dw, db = conv_backward(x, None, weight.contiguous(), bias, True, dout)
+        return dxx[..., w - 1:], dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)
+
+    return conv_fwd, conv_bwd
+
+
+def _gpu_kernels() -> Kernels:
+    from genomamba.ops.cuda.kernels import scan_backward, scan_forward_saving
+
+    return Kernels("cuda", *triton_conv_pair(), scan_forward_saving, scan_backward)
+
+
+def kernels_for(device: torch.device, dtype: torch.dtype, d_state: int, d_conv: int) -> Optional[Kernels]:
+    """The fast kernels for a mixer trained on ``device`` in ``dtype``, or None where the per-op path
+    should run: off CUDA, or where the dispatch table would not give this call to the CUDA scan with
+    its backward and the Triton conv (a forced backend, an unverified backward, n > 64, a conv wider
+    than 4). ``GENOMAMBA_FUSED_MIXER=0`` turns the function off, ``=1`` asks for it (the generic
+    kernels where the fast ones do not apply)."""
+    from genomamba.ops.dispatch import requested_backend
+
+    want = os.environ.get("GENOMAMBA_FUSED_MIXER", "auto").strip().lower()
+    return _kernels_for(device.type, dtype, d_state, d_conv, want, requested_backend())
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels_for(device: str, dtype, d_state: int, d_conv: int, want: str, backend: str) -> Optional[Kernels]:
+    if want in ("0", "off", "false", "no"):
+        return None
+    if want not in ("1", "on", "true", "yes", "auto"):
+        raise ValueError(f"GENOMAMBA_FUSED_MIXER={want!r}: expected auto, 0 or 1")
+    fast = None
+    if device == "cuda" and d_conv <= 4:
+        from genomamba.ops.dispatch import choose
+
+        grads = Call("selective_scan", "cuda", (dtype,) * 5 + (torch.float32,) * 3, False, d_state, False, True)
+        conv = Call("causal_conv1d", "cuda", (dtype, torch.float32, torch.float32), False, 0, False, True)
+        if choose(grads).name == "cuda" and choose(conv).name == "triton":
+            fast = _gpu_kernels()
+    if fast is None and want in ("1", "on", "true", "yes"):
+        return GENERIC
+    return fast
+
+
+def _rows(t: torch.Tensor, d: int, b: int, l: int) -> torch.Tensor:
+    """(b, d, l) ``t`` as the (d, b * l) matrix of the function's layout: a view where ``t`` has that
+    layout already, else a copy."""
+    if t.stride() == (l, b * l, 1) or b == 1 and t.is_contiguous():
+        return t.transpose(0, 1).reshape(d, b * l)
+    return t.transpose(0, 1).contiguous().view(d, b * l)
+
+
+def _bdl(m: torch.Tensor, b: int, l: int) -> torch.Tensor:
+    """The (rows, b * l) matrix ``m`` as a (b, rows, l) view."""
+    return m.view(m.shape[0], b, l).transpose(0, 1)
+
+
+class MixerFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, sizes, kernels):
+        d, r, n = sizes
+        b, l, dm = hidden.shape
+        dev = hidden.device.type
+        ct = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.is_floating_point() \
+            and hidden.dtype != torch.float64 else hidden.dtype
+        with torch.autocast(dev, enabled=False):
+            X = hidden.to(ct).reshape(b * l, dm)
+            in_wc, x_wc, dt_wc, out_wc = (w.to(ct) for w in (in_w, x_w, dt_w, out_w))
+            xz = torch.mm(in_wc, X.t())  # (2d, b*l)
+            if in_b is not None:
+                xz += in_b.to(ct)[:, None]
+            xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
+            kernels.conv_forward(_bdl(xz[:d], b, l), conv_w, conv_b, _bdl(xc, b, l))
+            x_dbl = torch.mm(x_wc, xc)  # (r + 2n, b*l)
+            delta = torch.mm(dt_wc, x_dbl[:r])
+            y, saved = kernels.scan_forward(_bdl(xc, b, l), _bdl(delta, b, l), A, _bdl(x_dbl[r:r + n], b, l),
+                                            _bdl(x_dbl[r + n:], b, l), D, _bdl(xz[d:], b, l), dt_bias)
+            ym = _rows(y, d, b, l)
+            out = torch.mm(ym.t(), out_wc.t())  # (b*l, dm)
+            if out_b is not None:
+                out += out_b.to(ct)
+        ctx.save_for_backward(X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b)
+        ctx.sizes, ctx.kernels, ctx.ct, ctx.saved_scan = (b, l, dm, d, r, n), kernels, ct, saved
+        ctx.hidden_dtype = hidden.dtype
+        return out.view(b, l, dm)
+
+    @staticmethod
+    def backward(ctx, dout):
+        X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b = ctx.saved_tensors
+        b, l, dm, d, r, n = ctx.sizes
+        k, ct = ctx.kernels, ctx.ct
+        dev = X.device.type
+        with torch.autocast(dev, enabled=False):
+            in_wc, x_wc, dt_wc, out_wc = (w.to(ct) for w in (in_w, x_w, dt_w, out_w))
+            dO = dout.reshape(b * l, dm).to(ct)
+            d_out_w = torch.mm(dO.t(), ym.t())  # (dm, d)
+            d_out_b = dO.sum(0) if out_b is not None else None
+            dy = torch.mm(out_wc.t(), dO.t())  # (d, b*l)
+            # the conv output and delta again, as the forward computed them
+            x = _bdl(xz[:d], b, l)
+            xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
+            k.conv_forward(x, conv_w, conv_b, _bdl(xc, b, l))
+            delta = torch.mm(dt_wc, x_dbl[:r])
+            B, C = _bdl(x_dbl[r:r + n], b, l), _bdl(x_dbl[r + n:], b, l)
+            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias = k.scan_backward(
+                ctx.saved_scan, _bdl(xc, b, l), _bdl(delta, b, l), A, B, C, D, _bdl(xz[d:], b, l), dt_bias,
+                _bdl(dy, b, l))
+            ddm = _rows(ddelta, d, b, l)
+            dx_dbl = torch.empty_like(x_dbl)
+            torch.mm(dt_wc.t(), ddm, out=dx_dbl[:r])
+            _bdl(dx_dbl[r:r + n], b, l).copy_(dB)
+            _bdl(dx_dbl[r + n:], b, l).copy_(dC)
+            d_dt_w = torch.mm(ddm, x_dbl[:r].t())  # (d, r)
+            d_x_w = torch.mm(dx_dbl, xc.t())  # (r + 2n, d)
+            dxc = torch.mm(x_wc.t(), dx_dbl)  # (d, b*l)
+            dxc_v = _bdl(dxc, b, l)
+            dxc_v += du
+            dx, d_conv_w, d_conv_b = k.conv_backward(x, conv_w, conv_b, dxc_v)
+            dxz = torch.empty_like(xz)
+            _bdl(dxz[:d], b, l).copy_(dx)
+            _bdl(dxz[d:], b, l).copy_(dz)
+            d_in_w = torch.mm(dxz, X)  # (2d, dm)
+            d_in_b = dxz.sum(1) if in_b is not None else None
+            dX = torch.mm(dxz.t(), in_wc)  # (b*l, dm)
+
+        def like(g, t):
+            return None if g is None or t is None else g.to(t.dtype)
+
+        return (dX.view(b, l, dm).to(ctx.hidden_dtype), like(d_in_w, in_w), like(d_in_b, in_b),
+                like(d_conv_w, conv_w), like(d_conv_b, conv_b), like(d_x_w, x_w), like(d_dt_w, dt_w),
+                like(d_dt_bias, dt_bias), like(dA, A), like(dD, D), like(d_out_w, out_w), like(d_out_b, out_b),
+                None, None)
+
+
+def mixer_forward(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, d_state: int,
+                  kernels: Kernels) -> torch.Tensor:
+    """The mixer (in_proj -> conv -> SiLU -> x_proj -> dt_proj -> scan with D and the SiLU(z) gate ->
+    out_proj) on ``hidden`` (b, l, d_model) as one autograd node: conv_w (d_inner, d_conv); A (d_inner,
+    n), D and dt_bias (d_inner,) as the scan takes them; the rest as the nn.Linear weights and biases."""
+    d = conv_w.shape[0]
+    r = dt_w.shape[1]
+    return MixerFn.apply(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b,
+                         (d, r, d_state), kernels)

@@ -1,0 +1,69 @@
+"""The one-node training mixer on CUDA (Triton conv, CUDA scan, the (channels, b * l) layout) against
+the per-op mixer: output and every gradient, float32 and bf16 autocast, aligned and unaligned
+lengths, one and several batch rows; two backward runs bit-identical; a whole model's training step.
+Skipped without CUDA. On a CUDA machine: ``python -m pytest tests/gpu/test_mixer_fn_gpu.py -q``."""
+
+import pytest
+import torch
+
+from genomamba import MambaConfig, MambaLM
+from genomamba.models.mixer import Mamba
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _mixer(d_model=64, d_state=16, bias=False):
+    torch.manual_seed(0)
+    m = Mamba(MambaConfig(d_model=d_model, n_layer=1, vocab_size=8, d_state=d_state, bias=bias)).cuda()
+    with torch.no_grad():
+        m.D.uniform_(-1, 1)
+        m.A_log.add_(torch.rand_like(m.A_log))
+    return m
+
+
+def _run(m, h, g, fused, monkeypatch, amp):
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", fused)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        out = m(h)
+    grads = torch.autograd.grad(out, [h] + list(m.parameters()), g)
+    return out, grads
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("b,l", [(1, 1000), (2, 512), (4, 333), (3, 4096)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_mixer_equals_per_op_mixer(amp, b, l, bias, monkeypatch):
+    m = _mixer(bias=bias)
+    h = torch.randn(b, l, 64, device="cuda", requires_grad=True)
+    g = torch.randn(b, l, 64, device="cuda")
+    ref, ref_grads = _run(m, h, g, "0", monkeypatch, amp)
+    out, grads = _run(m, h, g, "auto", monkeypatch, amp)
+    assert type(out.grad_fn).__name__.startswith("MixerFn")
+    assert not type(ref.grad_fn).__name__.startswith("MixerFn")
+    tol = 2e-2 if amp else 1e-4  # bf16 products in a different GEMM order; fp32 TF32-free GEMMs
+    names = ["out", "hidden"] + [n for n, _ in m.named_parameters()]
+    for name, a, e in zip(names, [out] + list(grads), [ref] + list(ref_grads)):
+        err = ((a.float() - e.float()).norm() / e.float().norm().clamp_min(1e-30)).item()
+        assert err < tol, (name, err)
+    again = _run(m, h, g, "auto", monkeypatch, amp)[1]
+    for name, a, e in zip(names[1:], grads, again):
+        assert torch.equal(a, e), f"{name}: two backward runs differ"
+
+
+def test_model_training_step_with_the_fused_mixer(monkeypatch):
+    def step(fused):
+        monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", fused)
+        torch.manual_seed(1)
+        m = MambaLM(MambaConfig(d_model=128, n_layer=3, vocab_size=16)).cuda()
+        ids = torch.randint(0, 16, (4, 2049), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            lg = m(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        return loss.item(), {n: p.grad.float() for n, p in m.named_parameters()}
+
+    (l0, g0), (l1, g1) = step("0"), step("auto")
+    assert abs(l0 - l1) < 1e-3 * abs(l0)
+    for n in g0:
+        err = ((g1[n] - g0[n]).norm() / g0[n].norm().clamp_min(1e-30)).item()
+        assert err < 3e-2, (n, err)
