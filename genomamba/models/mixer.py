@@ -200,14 +200,22 @@ class Mamba(nn.Module):
 
     def forward(self, hidden: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """hidden: (b, l, d_model). With ``cache``, start from its states and leave the final ones in it."""
-        if cache is None and self.context_parallel is None:
+        if self.context_parallel is None:
             kernels = self._fused_kernels(hidden)
             if kernels is not None:
-                return mixer_forward(
-                    hidden, self.in_proj.weight, self.in_proj.bias, rearrange(self.conv1d.weight, "d 1 w -> d w"),
-                    self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, _up(self.dt_proj.bias),
-                    -torch.exp(_up(self.A_log)), _up(self.D), self.out_proj.weight, self.out_proj.bias,
-                    self.d_state, kernels)
+                args = (hidden, self.in_proj.weight, self.in_proj.bias, rearrange(self.conv1d.weight, "d 1 w -> d w"),
+                        self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, _up(self.dt_proj.bias),
+                        -torch.exp(_up(self.A_log)), _up(self.D), self.out_proj.weight, self.out_proj.bias,
+                        self.d_state, kernels)
+                if cache is None:
+                    return mixer_forward(*args)
+                # a segment of a longer window (segment-wise training): from the cache's states, leaving
+                # the final ones there, differentiable both ways
+                out, conv_state, ssm_state = mixer_forward(*args, conv_state=cache.conv_state,
+                                                           ssm_state=cache.ssm_state, states=True)
+                cache.conv_state = conv_state.to(cache.conv_state.dtype)
+                cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
+                return out
         cf = channels_first(hidden)
         if cf:  # in_proj straight into (b, 2 * d_inner, l), l the unit-stride axis
             xz = channel_proj(self.in_proj.weight, hidden.transpose(1, 2))

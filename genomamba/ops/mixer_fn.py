@@ -34,51 +34,62 @@ from genomamba.ops.backend import Call
 
 class Kernels(NamedTuple):
     name: str
-    conv_forward: object  # (x, weight, bias, out) -> None: silu(conv(x)) written into out
-    conv_backward: object  # (x, weight, bias, dout) -> (dx, dweight, dbias)
-    scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias) -> (out, saved)
-    scan_backward: object  # (saved, u, delta, A, B, C, D, z, delta_bias, dout) -> 8 gradients
+    conv_forward: object  # (x, weight, bias, h0, out) -> None: silu(conv(x)) from initial state h0, into out
+    conv_backward: object  # (x, weight, bias, h0, dout, dfinal) -> (dx, dweight, dbias, dh0)
+    scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias, h0) -> (out, final state, saved)
+    scan_backward: object  # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal) -> 9 gradients
 
 
 def _leaf(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.detach().requires_grad_(True)
 
 
-def _generic_conv_forward(x, weight, bias, out):
+def _grad(outputs, grad_outputs, leaves):
+    """autograd.grad of ``outputs`` (those with a gradient given) for the present ``leaves``, None
+    for the absent ones."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    wanted = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+    out = []
+    for t in leaves:
+        g = None if t is None else next(grads)
+        out.append(torch.zeros_like(t) if t is not None and g is None else g)
+    return tuple(out)
+
+
+def _generic_conv_forward(x, weight, bias, h0, out):
     from genomamba.ops import causal_conv1d
 
     with torch.no_grad():
-        out.copy_(causal_conv1d(x, weight, bias, activation="silu"))
+        out.copy_(causal_conv1d(x, weight, bias, initial_state=h0, activation="silu"))
 
 
-def _generic_conv_backward(x, weight, bias, dout):
+def _generic_conv_backward(x, weight, bias, h0, dout, dfinal):
     from genomamba.ops import causal_conv1d
 
-    leaves = [_leaf(x), _leaf(weight), _leaf(bias)]
+    leaves = [_leaf(x), _leaf(weight), _leaf(bias), _leaf(h0)]
     with torch.enable_grad():
-        out = causal_conv1d(leaves[0], leaves[1], leaves[2], activation="silu")
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(out, wanted, dout))
-    return tuple(None if t is None else next(grads) for t in leaves)
+        out, final = causal_conv1d(*leaves[:3], initial_state=leaves[3], activation="silu", return_final_state=True)
+        return _grad([out, final], [dout, dfinal], leaves)
 
 
-def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias):
+def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias, h0):
     from genomamba.ops import selective_scan
 
     with torch.no_grad():
-        out = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
-    return out, None
+        out, final = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True,
+                                    initial_state=h0, return_final_state=True)
+    return out, final, None
 
 
-def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, dout):
+def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal):
     from genomamba.ops import selective_scan
 
-    leaves = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    leaves = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
     with torch.enable_grad():
-        out = selective_scan(*leaves[:6], z=leaves[6], delta_bias=leaves[7], delta_softplus=True)
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(out, wanted, dout))
-    return tuple(None if t is None else next(grads) for t in leaves)
+        out, final = selective_scan(*leaves[:6], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
+                                    initial_state=leaves[8], return_final_state=True)
+        return _grad([out, final], [dout, dfinal], leaves)
 
 
 GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _generic_scan_forward,
@@ -90,13 +101,15 @@ def triton_conv_pair():
     the unit-stride axis; backward for a gradient in any such layout)."""
     from genomamba.ops.triton.conv1d import conv_backward, conv_forward
 
-    def conv_fwd(x, weight, bias, out):
-        conv_forward(x, weight.contiguous(), bias, None, True, out)
+    def conv_fwd(x, weight, bias, h0, out):
+        conv_forward(x, weight.contiguous(), bias, None if h0 is None else h0.contiguous(), True, out)
 
-    def conv_bwd(x, weight, bias, dout):
+    def conv_bwd(x, weight, bias, h0, dout, dfinal):
         w = weight.shape[1]
-        dxx, dw, db = conv_backward(x, None, weight.contiguous(), bias, True, dout)
-        return dxx[..., w - 1:], dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)
+        prev = None if h0 is None else h0.contiguous()
+        dxx, dw, db = conv_backward(x, prev, weight.contiguous(), bias, True, dout, dfinal)
+        return (dxx[..., w - 1:], dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
+                None if h0 is None else dxx[..., :w - 1].to(h0.dtype))
 
     return conv_fwd, conv_bwd
 
@@ -151,10 +164,22 @@ def _bdl(m: torch.Tensor, b: int, l: int) -> torch.Tensor:
     return m.view(m.shape[0], b, l).transpose(0, 1)
 
 
+def _conv_tail(x: torch.Tensor, h0: Optional[torch.Tensor], w: int) -> torch.Tensor:
+    """The conv state a call leaves: its last w - 1 inputs, reaching into ``h0`` (zeros when None)
+    when the call is shorter than that; contiguous, x's dtype."""
+    b, d, l = x.shape
+    tail = x[..., max(0, l - (w - 1)):]
+    if tail.shape[-1] < w - 1:
+        lead = h0.to(x.dtype) if h0 is not None else x.new_zeros((b, d, w - 1))
+        tail = torch.cat([lead, tail], dim=-1)[..., tail.shape[-1]:]
+    return tail.contiguous()
+
+
 class MixerFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, sizes, kernels):
-        d, r, n = sizes
+    def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_h0, ssm_h0,
+                sizes, kernels):
+        d, r, n, states = sizes
         b, l, dm = hidden.shape
         dev = hidden.device.type
         ct = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.is_floating_point() \
@@ -162,32 +187,41 @@ class MixerFn(torch.autograd.Function):
         with torch.autocast(dev, enabled=False):
             X = hidden.to(ct).reshape(b * l, dm)
             in_wc, x_wc, dt_wc, out_wc = (w.to(ct) for w in (in_w, x_w, dt_w, out_w))
+            ch0 = None if conv_h0 is None else conv_h0.to(ct)
             xz = torch.mm(in_wc, X.t())  # (2d, b*l)
             if in_b is not None:
                 xz += in_b.to(ct)[:, None]
+            x = _bdl(xz[:d], b, l)
             xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
-            kernels.conv_forward(_bdl(xz[:d], b, l), conv_w, conv_b, _bdl(xc, b, l))
+            kernels.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
             x_dbl = torch.mm(x_wc, xc)  # (r + 2n, b*l)
             delta = torch.mm(dt_wc, x_dbl[:r])
-            y, saved = kernels.scan_forward(_bdl(xc, b, l), _bdl(delta, b, l), A, _bdl(x_dbl[r:r + n], b, l),
-                                            _bdl(x_dbl[r + n:], b, l), D, _bdl(xz[d:], b, l), dt_bias)
+            y, final, saved = kernels.scan_forward(_bdl(xc, b, l), _bdl(delta, b, l), A, _bdl(x_dbl[r:r + n], b, l),
+                                                   _bdl(x_dbl[r + n:], b, l), D, _bdl(xz[d:], b, l), dt_bias, ssm_h0)
             ym = _rows(y, d, b, l)
             out = torch.mm(ym.t(), out_wc.t())  # (b*l, dm)
             if out_b is not None:
                 out += out_b.to(ct)
-        ctx.save_for_backward(X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b)
+            conv_final = _conv_tail(x, ch0, conv_w.shape[1]) if states else None
+        ctx.save_for_backward(X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b,
+                              ch0, ssm_h0)
         ctx.sizes, ctx.kernels, ctx.ct, ctx.saved_scan = (b, l, dm, d, r, n), kernels, ct, saved
-        ctx.hidden_dtype = hidden.dtype
-        return out.view(b, l, dm)
+        ctx.dtypes = (hidden.dtype, None if conv_h0 is None else conv_h0.dtype)
+        if not states:
+            return out.view(b, l, dm)
+        return out.view(b, l, dm), conv_final, final
 
     @staticmethod
-    def backward(ctx, dout):
-        X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b = ctx.saved_tensors
+    def backward(ctx, dout, d_conv_final=None, d_ssm_final=None):
+        (X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, ch0,
+         ssm_h0) = ctx.saved_tensors
         b, l, dm, d, r, n = ctx.sizes
         k, ct = ctx.kernels, ctx.ct
         dev = X.device.type
         with torch.autocast(dev, enabled=False):
             in_wc, x_wc, dt_wc, out_wc = (w.to(ct) for w in (in_w, x_w, dt_w, out_w))
+            if dout is None:
+                dout = X.new_zeros((b, l, dm))
             dO = dout.reshape(b * l, dm).to(ct)
             d_out_w = torch.mm(dO.t(), ym.t())  # (dm, d)
             d_out_b = dO.sum(0) if out_b is not None else None
@@ -195,12 +229,12 @@ class MixerFn(torch.autograd.Function):
             # the conv output and delta again, as the forward computed them
             x = _bdl(xz[:d], b, l)
             xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
-            k.conv_forward(x, conv_w, conv_b, _bdl(xc, b, l))
+            k.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
             delta = torch.mm(dt_wc, x_dbl[:r])
             B, C = _bdl(x_dbl[r:r + n], b, l), _bdl(x_dbl[r + n:], b, l)
-            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias = k.scan_backward(
-                ctx.saved_scan, _bdl(xc, b, l), _bdl(delta, b, l), A, B, C, D, _bdl(xz[d:], b, l), dt_bias,
-                _bdl(dy, b, l))
+            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias, d_ssm_h0 = k.scan_backward(
+                ctx.saved_scan, _bdl(xc, b, l), _bdl(delta, b, l), A, B, C, D, _bdl(xz[d:], b, l), dt_bias, ssm_h0,
+                _bdl(dy, b, l), d_ssm_final)
             ddm = _rows(ddelta, d, b, l)
             dx_dbl = torch.empty_like(x_dbl)
             torch.mm(dt_wc.t(), ddm, out=dx_dbl[:r])
@@ -211,7 +245,7 @@ class MixerFn(torch.autograd.Function):
             dxc = torch.mm(x_wc.t(), dx_dbl)  # (d, b*l)
             dxc_v = _bdl(dxc, b, l)
             dxc_v += du
-            dx, d_conv_w, d_conv_b = k.conv_backward(x, conv_w, conv_b, dxc_v)
+            dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, dxc_v, d_conv_final)
             dxz = torch.empty_like(xz)
             _bdl(dxz[:d], b, l).copy_(dx)
             _bdl(dxz[d:], b, l).copy_(dz)
@@ -222,18 +256,24 @@ class MixerFn(torch.autograd.Function):
         def like(g, t):
             return None if g is None or t is None else g.to(t.dtype)
 
-        return (dX.view(b, l, dm).to(ctx.hidden_dtype), like(d_in_w, in_w), like(d_in_b, in_b),
+        hidden_dtype, conv_h0_dtype = ctx.dtypes
+        return (dX.view(b, l, dm).to(hidden_dtype), like(d_in_w, in_w), like(d_in_b, in_b),
                 like(d_conv_w, conv_w), like(d_conv_b, conv_b), like(d_x_w, x_w), like(d_dt_w, dt_w),
                 like(d_dt_bias, dt_bias), like(dA, A), like(dD, D), like(d_out_w, out_w), like(d_out_b, out_b),
-                None, None)
+                None if d_conv_h0 is None else d_conv_h0.to(conv_h0_dtype), like(d_ssm_h0, ssm_h0), None, None)
 
 
 def mixer_forward(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, d_state: int,
-                  kernels: Kernels) -> torch.Tensor:
+                  kernels: Kernels, conv_state: Optional[torch.Tensor] = None,
+                  ssm_state: Optional[torch.Tensor] = None, states: bool = False):
     """The mixer (in_proj -> conv -> SiLU -> x_proj -> dt_proj -> scan with D and the SiLU(z) gate ->
     out_proj) on ``hidden`` (b, l, d_model) as one autograd node: conv_w (d_inner, d_conv); A (d_inner,
-    n), D and dt_bias (d_inner,) as the scan takes them; the rest as the nn.Linear weights and biases."""
+    n), D and dt_bias (d_inner,) as the scan takes them; the rest as the nn.Linear weights and biases.
+
+    ``conv_state`` (b, d_inner, d_conv - 1) and ``ssm_state`` (b, d_inner, n) are where the call
+    starts (zeros when None). With ``states``, returns (out, conv state, ssm state) it leaves, all
+    differentiable (segment-wise training backpropagates through them); else out alone."""
     d = conv_w.shape[0]
     r = dt_w.shape[1]
-    return MixerFn.apply(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b,
-                         (d, r, d_state), kernels)
+    return MixerFn.apply(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_state,
+                         ssm_state, (d, r, d_state, bool(states)), kernels)

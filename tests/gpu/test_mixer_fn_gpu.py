@@ -67,3 +67,58 @@ def test_model_training_step_with_the_fused_mixer(monkeypatch):
     for n in g0:
         err = ((g1[n] - g0[n]).norm() / g0[n].norm().clamp_min(1e-30)).item()
         assert err < 3e-2, (n, err)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("l", [3, 1000])
+def test_fused_mixer_from_and_to_states_equals_the_per_op_cache_path(amp, l, monkeypatch):
+    from genomamba.models.mixer import LayerCache
+
+    m = _mixer(bias=True)
+    b, d, n, w = 2, m.d_inner, m.d_state, m.d_conv
+    h = torch.randn(b, l, 64, device="cuda", requires_grad=True)
+    conv0 = torch.randn(b, d, w - 1, device="cuda", requires_grad=True)
+    ssm0 = torch.randn(b, d, n, device="cuda", requires_grad=True)
+    cot = [torch.randn(b, l, 64, device="cuda"), torch.randn(b, d, w - 1, device="cuda"),
+           torch.randn(b, d, n, device="cuda")]
+    wrt = [h, conv0, ssm0] + list(m.parameters())
+
+    def run(fused):
+        monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", fused)
+        cache = LayerCache(conv0, ssm0)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = m(h, cache=cache)
+        outs = [out, cache.conv_state, cache.ssm_state]
+        return outs, torch.autograd.grad(outs, wrt, cot)
+
+    ref, ref_grads = run("0")
+    got, grads = run("auto")
+    tol = 2e-2 if amp else 1e-4
+    names = ["out", "conv state", "ssm state", "hidden", "conv0", "ssm0"] + [n for n, _ in m.named_parameters()]
+    for name, a, e in zip(names, got + list(grads), ref + list(ref_grads)):
+        err = ((a.float() - e.float()).norm() / e.float().norm().clamp_min(1e-30)).item()
+        assert err < tol, (name, err)
+
+
+def test_segment_wise_training_with_the_fused_mixer_equals_the_whole_window(monkeypatch):
+    from genomamba.models.segmented import segmented_loss
+
+    torch.manual_seed(3)
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=16)).cuda()
+    ids = torch.randint(0, 16, (2, 3001), device="cuda")
+
+    def segment(logits, start, stop):
+        return (torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                  ids[:, start + 1:stop + 1].reshape(-1), reduction="sum"),)
+
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "0")
+    lg = m(ids[:, :-1])
+    whole = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+    want = torch.autograd.grad(whole, list(m.parameters()))
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "auto")
+    loss, _ = segmented_loss(m, ids[:, :-1], 1024, segment)
+    got = torch.autograd.grad(loss, list(m.parameters()))
+    assert abs(loss.item() - whole.item()) < 1e-5 * abs(whole.item())
+    for (name, _), a, e in zip(m.named_parameters(), got, want):
+        err = ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+        assert err < 1e-4, (name, err)

@@ -75,3 +75,64 @@ def test_choice(monkeypatch):
     monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "sometimes")
     with pytest.raises(ValueError, match="GENOMAMBA_FUSED_MIXER='sometimes'"):
         m._fused_kernels(h)
+
+
+def _with_states(m, h, conv0, ssm0, fused: str, monkeypatch):
+    """Mixer output and the states it leaves, from (conv0, ssm0), through the cache path."""
+    from genomamba.models.mixer import LayerCache
+
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", fused)
+    cache = LayerCache(conv0, ssm0)
+    out = m(h, cache=cache)
+    return out, cache.conv_state, cache.ssm_state
+
+
+@pytest.mark.parametrize("l", [2, 11])  # 2: shorter than the conv's state (its tail reaches into conv0)
+def test_fused_mixer_from_and_to_states_equals_the_per_op_cache_path(l, monkeypatch):
+    m = _mixer(True)
+    b, d, n = 2, m.d_inner, m.d_state
+    h = torch.randn(b, l, 16, dtype=torch.float64, requires_grad=True)
+    conv0 = torch.randn(b, d, m.d_conv - 1, dtype=torch.float64, requires_grad=True)
+    ssm0 = torch.randn(b, d, n, dtype=torch.float64, requires_grad=True)
+    cot = [torch.randn(b, l, 16, dtype=torch.float64), torch.randn(b, d, m.d_conv - 1, dtype=torch.float64),
+           torch.randn(b, d, n, dtype=torch.float64)]
+    wrt = [h, conv0, ssm0] + list(m.parameters())
+    ref = _with_states(m, h, conv0, ssm0, "0", monkeypatch)
+    ref_grads = torch.autograd.grad(ref, wrt, cot)
+    got = _with_states(m, h, conv0, ssm0, "1", monkeypatch)
+    assert type(got[0].grad_fn).__name__.startswith("MixerFn")
+    grads = torch.autograd.grad(got, wrt, cot)
+    for name, a, e in zip(["out", "conv state", "ssm state"], got, ref):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+    names = ["hidden", "conv0", "ssm0"] + [n for n, _ in m.named_parameters()]
+    for name, a, e in zip(names, grads, ref_grads):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_segment_wise_training_through_the_fused_mixer_equals_the_whole_window(monkeypatch):
+    from genomamba.models.segmented import segmented_loss
+
+    torch.manual_seed(2)
+    m = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8, d_state=4)).double()
+    ids = torch.randint(0, 8, (2, 30))
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "0")
+    lg = m(ids[:, :-1])
+    whole = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+    want = torch.autograd.grad(whole, list(m.parameters()))
+    monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "1")
+    import genomamba.models.mixer as mixer_module
+
+    calls = []
+    original = mixer_module.mixer_forward
+    monkeypatch.setattr(mixer_module, "mixer_forward", lambda *a, **k: calls.append(k) or original(*a, **k))
+
+    def segment(logits, start, stop):  # next-token loss in the model's float64
+        return (torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                  ids[:, start + 1:stop + 1].reshape(-1), reduction="sum"),)
+
+    loss, _ = segmented_loss(m, ids[:, :-1], 8, segment)
+    got = torch.autograd.grad(loss, list(m.parameters()))
+    assert len(calls) == 4 * 2 and all(k.get("states") for k in calls)  # the backward's recomputed segments
+    torch.testing.assert_close(loss, whole, rtol=1e-12, atol=0)
+    for (name, _), a, e in zip(m.named_parameters(), got, want):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=name)

@@ -143,13 +143,15 @@ def test_causal_conv1d(w, l, layout, with_h0):
         assert_close(a, r, torch.float32, f"d{name}")
 
 
-@pytest.mark.parametrize("b,l", [(1, 37), (3, 130)])
-def test_fused_mixer_with_the_triton_conv(b, l):
+@pytest.mark.parametrize("b,l,states", [(1, 37, False), (3, 130, False), (2, 2, True), (2, 45, True)])
+def test_fused_mixer_with_the_triton_conv(b, l, states):
     """The one-node training mixer with the Triton conv kernels (output written into the function's
-    (channels, b * l) layout, gradient read from it) and the generic scan, in float32, against the
-    per-op mixer in float64: output and every gradient."""
+    (channels, b * l) layout, gradient read from it; from and to conv and SSM states) and the generic
+    scan, in float32, against the per-op mixer in float64: outputs and every gradient."""
+    import copy
+
     from genomamba import MambaConfig
-    from genomamba.models.mixer import Mamba
+    from genomamba.models.mixer import LayerCache, Mamba
     from genomamba.ops.mixer_fn import GENERIC, Kernels, mixer_forward, triton_conv_pair
 
     torch.manual_seed(0)
@@ -157,18 +159,27 @@ def test_fused_mixer_with_the_triton_conv(b, l):
     with torch.no_grad():
         m.conv1d.bias.normal_()
     kernels = Kernels("triton conv", *triton_conv_pair(), GENERIC.scan_forward, GENERIC.scan_backward)
+    d, w = m.d_inner, m.d_conv
     h = torch.randn(b, l, 16, requires_grad=True)
-    g = torch.randn(b, l, 16)
-    import copy
-
-    m64, h64 = copy.deepcopy(m).double(), h.detach().double().requires_grad_(True)
-    ref = m64(h64)
-    ref_grads = torch.autograd.grad(ref, [h64] + list(m64.parameters()), g.double())
+    conv0 = torch.randn(b, d, w - 1, requires_grad=True) if states else None
+    ssm0 = torch.randn(b, d, 4, requires_grad=True) if states else None
+    inputs = [t for t in (h, conv0, ssm0) if t is not None]
+    cot = [torch.randn(b, l, 16)] + ([torch.randn(b, d, w - 1), torch.randn(b, d, 4)] if states else [])
+    m64 = copy.deepcopy(m).double()
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    if states:
+        cache = LayerCache(inputs64[1], inputs64[2])
+        ref = [m64(inputs64[0], cache=cache), cache.conv_state, cache.ssm_state]
+    else:
+        ref = [m64(inputs64[0])]
+    ref_grads = torch.autograd.grad(ref, inputs64 + list(m64.parameters()), [c.double() for c in cot])
     out = mixer_forward(h, m.in_proj.weight, m.in_proj.bias, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight,
                         m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log), m.D, m.out_proj.weight,
-                        m.out_proj.bias, 4, kernels)
-    grads = torch.autograd.grad(out, [h] + list(m.parameters()), g)
-    assert_close(out, ref, torch.float32, "out")
-    names = ["hidden"] + [n for n, _ in m.named_parameters()]
+                        m.out_proj.bias, 4, kernels, conv_state=conv0, ssm_state=ssm0, states=states)
+    out = list(out) if states else [out]
+    grads = torch.autograd.grad(out, inputs + list(m.parameters()), cot)
+    for name, a, e in zip(["out", "conv state", "ssm state"], out, ref):
+        assert_close(a, e, torch.float32, name)
+    names = ["hidden", "conv0", "ssm0"][:len(inputs)] + [n for n, _ in m.named_parameters()]
     for name, a, e in zip(names, grads, ref_grads):
         assert_close(a, e, torch.float32, name)

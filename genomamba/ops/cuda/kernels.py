@@ -209,33 +209,33 @@ def _v2_apply(
 
 
 
-def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias):
-    """The v2 forward with softplus on delta, keeping the tile states its backward needs, called on the
-    extension directly (no autograd node: for callers that run the backward themselves, as
-    :mod:`genomamba.ops.mixer_fn` does). Returns out (b, d, l) and what :func:`scan_backward` takes."""
+def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None):
+    """The v2 forward with softplus on delta, from initial state ``h0`` (or zeros), keeping the tile
+    states its backward needs, called on the extension directly (no autograd node: for callers that
+    run the backward themselves, as :mod:`genomamba.ops.mixer_fn` does). Returns out (b, d, l), the
+    final state (b, d, n) float32 and what :func:`scan_backward` takes."""
     b, d, l = u.shape
     chan = chan_applies(u, delta, B, C, z, A.shape[1], True)
     kitems, warps, tiles, build = forward_plan(b, d, l, u.dtype, True, chan)
-    out, _, tstate = extension().selective_scan_fwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, True, None, kitems, warps, tiles, True, build
+    out, final, tstate = extension().selective_scan_fwd_v2(
+        u, delta, A, B, C, D, z, delta_bias, True, h0, kitems, warps, tiles, True, build
     )
-    return out, (tstate, kitems)
+    return out, final, (tstate, kitems)
 
 
-def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, dout):
-    """Gradients of :func:`scan_forward_saving` for ``dout`` (u's dtype, l the unit-stride axis):
-    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (dA, dD, ddelta_bias in float32)."""
+def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal):
+    """Gradients of :func:`scan_forward_saving` for ``dout`` (u's dtype, l the unit-stride axis) and the
+    final state's ``dfinal`` (or None): du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 (dA, dD,
+    ddelta_bias, dh0 in float32; dh0 None without ``h0``)."""
     tstate, kitems = saved
     b, d, l = u.shape
     layout = bwd_layout(A.shape[1])
     tiles = bwd_chan_seg_tiles(b, d, l, kitems) if layout else seg_tiles(b, d, l, kitems)
-    du, dd, dA, dB, dC, dD, dz, dbias, _ = extension().selective_scan_bwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, None, False, kitems, CONFIG["warps_bwd"], tiles,
-        CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
+    du, dd, dA, dB, dC, dD, dz, dbias, dh0 = extension().selective_scan_bwd_v2(
+        u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, CONFIG["warps_bwd"],
+        tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
     )
-    return du, dd, dA, dB, dC, dD, dz, dbias
-
-
+    return du, dd, dA, dB, dC, dD, dz, dbias, (dh0 if h0 is not None else None)
 
 
 def unit_stride(t):
