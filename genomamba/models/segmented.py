@@ -2,7 +2,8 @@
 
 A window of L tokens is read in segments of ``segment_len`` tokens that hand their recurrent states
 (each layer's conv inputs and SSM state) to the next, as inference does. Nothing but those
-boundary states is kept from the forward pass. The backward visits the segments last to first: it
+boundary states is kept from the forward pass, except the last segment's activations: the backward
+starts there, so that segment runs once. The backward visits the segments last to first: it
 recomputes a segment from its saved starting states, backpropagates that segment's loss together
 with the gradient of the states it handed on, and passes the gradient of its own starting states
 to the segment before. The loss and every gradient are those of the whole window in one pass (up
@@ -74,16 +75,26 @@ class _Segmented(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, model, run, how, ids, segment_len, normalizer, *params):
+    def forward(ctx, model, run, how, ids, segment_len, normalizer, keep_last, *params):
         b, length = ids.shape
         bounds = segment_bounds(length, segment_len)
         cache = model.allocate_cache(b, device=ids.device)
         starts, outs, stats = [], [], None
         rng = []
-        for start, stop in bounds:
-            starts.append([t.detach().clone() for t in _states(cache)])
-            rng.append(_rng_state(ids.device))
-            got = run(ids[:, start:stop], cache, start, stop)
+        ctx.kept = None
+        for k, (start, stop) in enumerate(bounds):
+            if keep_last and k == len(bounds) - 1:
+                # the last segment keeps its graph: the backward starts there, so it is never recomputed
+                leaves = [t.detach().requires_grad_(k > 0) for t in _states(cache)]
+                starts.append(leaves)
+                rng.append(None)
+                with torch.enable_grad():
+                    got = run(ids[:, start:stop], _cache_of(leaves, start), start, stop)
+                ctx.kept = got[0]
+            else:
+                starts.append([t.detach().clone() for t in _states(cache)])
+                rng.append(_rng_state(ids.device))
+                got = run(ids[:, start:stop], cache, start, stop)
             outs.append(got[0].detach())
             rest = [t.detach() for t in got[1:]]
             stats = rest if stats is None else [a + r for a, r in zip(stats, rest)]
@@ -106,9 +117,11 @@ class _Segmented(torch.autograd.Function):
             first = k == 0
             starts = [t if first else t.requires_grad_(True) for t in ctx.starts[k]]
             ctx.starts[k] = None  # not needed once this segment is done
-            with torch.enable_grad(), _autocast(ctx.autocast), _replay_rng(ids.device, ctx.rng[k]):
+            kept, ctx.kept = (ctx.kept, None) if k == len(ctx.bounds) - 1 else (None, ctx.kept)
+            with torch.enable_grad(), _autocast(ctx.autocast), \
+                    _replay_rng(ids.device, ctx.rng[k]) if kept is None else contextlib.nullcontext():
                 cache = _cache_of(starts, start)
-                out = ctx.run(ids[:, start:stop], cache, start, stop)[0]
+                out = ctx.run(ids[:, start:stop], cache, start, stop)[0] if kept is None else kept
                 g = grad_out / ctx.normalizer if ctx.how == "sum" else grad_out[:, start:stop]
                 outputs, grad_outputs = [out], [g]
                 for t, gs in zip(_states(cache), state_grads or []):
@@ -122,7 +135,12 @@ class _Segmented(torch.autograd.Function):
                     grads[i] = gp if grads[i] is None else grads[i] + gp
             state_grads = None if first else list(got[len(params):])
         ctx.starts = ctx.rng = None
-        return (None, None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, None, *grads)
+
+
+def _wants_grad(params) -> bool:
+    """Whether the backward will run: then the last segment keeps its graph from the forward."""
+    return torch.is_grad_enabled() and bool(params)
 
 
 def _rng_state(device: torch.device):
@@ -168,7 +186,7 @@ def segmented_hidden(backbone, ids: torch.Tensor, segment_len: int) -> torch.Ten
     def run(piece, cache, start, stop):
         return (backbone(piece, cache=cache),)
 
-    return _Segmented.apply(backbone, run, "cat", ids, segment_len, 1.0, *params)[0]
+    return _Segmented.apply(backbone, run, "cat", ids, segment_len, 1.0, _wants_grad(params), *params)[0]
 
 
 def segmented_loss(model, ids: torch.Tensor, segment_len: int, segment_loss: SegmentLoss,
@@ -187,5 +205,5 @@ def segmented_loss(model, ids: torch.Tensor, segment_len: int, segment_loss: Seg
     def run(piece, cache, start, stop):
         return segment_loss(model(piece, cache=cache), start, stop)
 
-    out = _Segmented.apply(model, run, "sum", ids, segment_len, normalizer, *params)
+    out = _Segmented.apply(model, run, "sum", ids, segment_len, normalizer, _wants_grad(params), *params)
     return out[0], list(out[1:])

@@ -117,3 +117,25 @@ def test_model_level_segments_give_the_same_logits_and_gradients(segment_len):
     with pytest.raises(ValueError, match="segment_len"):
         model.set_segment_len(0)
     assert model.set_segment_len(None).backbone.segment_len is None
+
+
+def test_the_backward_recomputes_every_segment_but_the_last():
+    """The last segment keeps its graph from the forward (its backward comes first); the others are
+    recomputed once each. Without gradients nothing is kept."""
+    model = _model()
+    ids = torch.randint(0, 12, (1, 40), generator=torch.Generator().manual_seed(5))
+    inner = _next_token_loss(ids)
+    seen = []
+
+    def counting(logits, start, stop):
+        seen.append((start, torch.is_grad_enabled()))
+        return inner(logits, start, stop)
+
+    loss, _ = segmented_loss(model, ids, 16, counting)
+    assert seen == [(0, False), (16, False), (32, True)]
+    seen.clear()
+    loss.backward()
+    assert seen == [(16, True), (0, True)]
+    with torch.no_grad():
+        segmented_loss(model, ids, 16, counting)
+    assert [g for _, g in seen[2:]] == [False, False, False]
