@@ -35,7 +35,9 @@ from genomamba.ops.backend import Call
 class Kernels(NamedTuple):
     name: str
     conv_forward: object  # (x, weight, bias, h0, out) -> None: silu(conv(x)) from initial state h0, into out
-    conv_backward: object  # (x, weight, bias, h0, dout, dfinal) -> (dx, dweight, dbias, dh0)
+    # (x, weight, bias, h0, dout, dfinal, dx_out) -> (dx, dweight, dbias, dh0); dx may be written into
+    # dx_out (then returned as dx) or be a new tensor
+    conv_backward: object
     scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias, h0) -> (out, final state, saved)
     scan_backward: object  # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal) -> 9 gradients
 
@@ -64,7 +66,7 @@ def _generic_conv_forward(x, weight, bias, h0, out):
         out.copy_(causal_conv1d(x, weight, bias, initial_state=h0, activation="silu"))
 
 
-def _generic_conv_backward(x, weight, bias, h0, dout, dfinal):
+def _generic_conv_backward(x, weight, bias, h0, dout, dfinal, dx_out=None):
     from genomamba.ops import causal_conv1d
 
     leaves = [_leaf(x), _leaf(weight), _leaf(bias), _leaf(h0)]
@@ -98,16 +100,21 @@ GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _gen
 
 def triton_conv_pair():
     """The Triton conv kernels as :class:`Kernels` takes them (forward into any (b, d, l) layout with l
-    the unit-stride axis; backward for a gradient in any such layout)."""
-    from genomamba.ops.triton.conv1d import conv_backward, conv_forward
+    the unit-stride axis; backward for a gradient in any such layout). With
+    ``GENOMAMBA_CONV_BWD_IN_PLACE=1``, a call without states takes its gradient in one kernel that
+    writes dx straight into ``dx_out``."""
+    from genomamba.ops.triton import conv1d
 
     def conv_fwd(x, weight, bias, h0, out):
-        conv_forward(x, weight.contiguous(), bias, None if h0 is None else h0.contiguous(), True, out)
+        conv1d.conv_forward(x, weight.contiguous(), bias, None if h0 is None else h0.contiguous(), True, out)
 
-    def conv_bwd(x, weight, bias, h0, dout, dfinal):
+    def conv_bwd(x, weight, bias, h0, dout, dfinal, dx_out=None):
         w = weight.shape[1]
+        if conv1d.CONFIG["bwd_in_place"] and h0 is None and dfinal is None and dx_out is not None:
+            dw, db = conv1d.conv_backward_in_place(x, weight.contiguous(), bias, True, dout, dx_out)
+            return dx_out, dw.to(weight.dtype), None if bias is None else db.to(bias.dtype), None
         prev = None if h0 is None else h0.contiguous()
-        dxx, dw, db = conv_backward(x, prev, weight.contiguous(), bias, True, dout, dfinal)
+        dxx, dw, db = conv1d.conv_backward(x, prev, weight.contiguous(), bias, True, dout, dfinal)
         return (dxx[..., w - 1:], dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
                 None if h0 is None else dxx[..., :w - 1].to(h0.dtype))
 
@@ -245,9 +252,11 @@ class MixerFn(torch.autograd.Function):
             dxc = torch.mm(x_wc.t(), dx_dbl)  # (d, b*l)
             dxc_v = _bdl(dxc, b, l)
             dxc_v += du
-            dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, dxc_v, d_conv_final)
             dxz = torch.empty_like(xz)
-            _bdl(dxz[:d], b, l).copy_(dx)
+            dx_rows = _bdl(dxz[:d], b, l)
+            dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, dxc_v, d_conv_final, dx_rows)
+            if dx is not dx_rows:
+                dx_rows.copy_(dx)
             _bdl(dxz[d:], b, l).copy_(dz)
             d_in_w = torch.mm(dxz, X)  # (2d, dm)
             d_in_b = dxz.sum(1) if in_b is not None else None

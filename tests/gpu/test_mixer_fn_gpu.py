@@ -122,3 +122,14 @@ def test_segment_wise_training_with_the_fused_mixer_equals_the_whole_window(monk
     for (name, _), a, e in zip(m.named_parameters(), got, want):
         err = ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
         assert err < 1e-4, (name, err)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("b,l", [(1, 1000), (3, 4096)])
+def test_fused_mixer_with_the_in_place_conv_backward(amp, b, l, monkeypatch):
+    """GENOMAMBA_CONV_BWD_IN_PLACE=1: the one-kernel conv backward inside the mixer, against the
+    per-op mixer (as test_fused_mixer_equals_per_op_mixer)."""
+    from genomamba.ops.triton import conv1d
+
+    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", True)
+    test_fused_mixer_equals_per_op_mixer(amp, b, l, True, monkeypatch)

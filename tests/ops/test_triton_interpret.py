@@ -183,3 +183,41 @@ def test_fused_mixer_with_the_triton_conv(b, l, states):
     names = ["hidden", "conv0", "ssm0"][:len(inputs)] + [n for n, _ in m.named_parameters()]
     for name, a, e in zip(names, grads, ref_grads):
         assert_close(a, e, torch.float32, name)
+
+
+@pytest.mark.parametrize("w", [1, 2, 4])
+@pytest.mark.parametrize("l", [1, 3, 129, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_backward_in_place(w, l, bias):
+    """The one-kernel conv backward (no states): x and dout read from (channels, b * l)-layout views,
+    dx written into one, against the float64 reference's gradients."""
+    from genomamba.ops.triton.conv1d import conv_backward_in_place
+
+    b, d = 3, 20
+    xm = torch.randn(2 * d, b * l)  # x in the first d rows, as the mixer lays out xz
+    x = xm[:d].view(d, b, l).transpose(0, 1)
+    wt, bs = torch.randn(d, w), torch.randn(d) if bias else None
+    g = torch.randn(d, b * l).view(d, b, l).transpose(0, 1)
+    dxm = torch.full((2 * d, b * l), float("nan"))
+    dx = dxm[:d].view(d, b, l).transpose(0, 1)
+    dw, db = conv_backward_in_place(x, wt, bs, True, g, dx)
+    rx, rw = x.double().requires_grad_(), wt.double().requires_grad_()
+    rb = bs.double().requires_grad_() if bias else None
+    rout = causal_conv1d_ref(rx, rw, rb, None, "silu")
+    want = torch.autograd.grad(rout, [t for t in (rx, rw, rb) if t is not None], g.double())
+    assert_close(dx, want[0], torch.float32, "dx")
+    assert torch.isnan(dxm[d:]).all()  # the other rows untouched
+    assert_close(dw, want[1], torch.float32, "dweight")
+    if bias:
+        assert_close(db, want[2], torch.float32, "dbias")
+
+
+def test_fused_mixer_with_the_in_place_conv_backward(monkeypatch):
+    from genomamba.ops.triton import conv1d
+
+    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", True)
+    calls = []
+    original = conv1d.conv_backward_in_place
+    monkeypatch.setattr(conv1d, "conv_backward_in_place", lambda *a: calls.append(1) or original(*a))
+    test_fused_mixer_with_the_triton_conv(3, 130, False)
+    assert calls == [1]

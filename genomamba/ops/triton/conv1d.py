@@ -10,6 +10,8 @@ gradient is added to dxx's tail. dW and dbias are per-(b, l-block) partials summ
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -137,7 +139,76 @@ def _conv_dx_kernel(dpre_ptr, w_ptr, dxx_ptr, d, l, lx, W: tl.constexpr, BD: tl.
     )
 
 
+@triton.jit
+def _conv_bwd_in_place_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    gout_ptr,
+    dx_ptr,
+    dw_ptr,
+    db_ptr,
+    d,
+    l,
+    nlb,
+    s_xb,
+    s_xd,
+    s_gb,
+    s_gd,
+    s_ob,
+    s_od,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+):
+    # one pass, no initial state: dx[s] = sum_j w[W-1-j] * dpre[s + j], where dpre at the W - 1
+    # positions past the block is recomputed here (x, dout and dx read and written where they lie)
+    pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    offs_s = pid_l.to(tl.int64) * BL + tl.arange(0, BL)
+    mask_d = offs_d < d
+    xp = x_ptr + pid_b * s_xb + offs_d[:, None] * s_xd
+    gp = gout_ptr + pid_b * s_gb + offs_d[:, None] * s_gd
+    dx = tl.zeros([BD, BL], dtype=tl.float32)
+    for j in tl.static_range(W):
+        t = offs_s + j
+        g = tl.load(gp + t[None, :], mask=mask_d[:, None] & (t < l)[None, :], other=0.0).to(tl.float32)
+        if SILU:
+            pre = tl.zeros([BD, BL], dtype=tl.float32)
+            if HAS_BIAS:
+                pre += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            for k in tl.static_range(W):
+                src = t + (k - (W - 1))
+                wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+                xm = mask_d[:, None] & ((src >= 0) & (src < l))[None, :]
+                pre += wk[:, None] * tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
+            sg = tl.sigmoid(pre)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        wj = tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=mask_d, other=0.0).to(tl.float32)
+        dx += wj[:, None] * g
+        if j == 0:  # this block's share of dW and dbias: the tokens t = s of the block
+            part = (pid_b * nlb + pid_l) * d + offs_d
+            for k in tl.static_range(W):
+                src = offs_s + (k - (W - 1))
+                xm = mask_d[:, None] & ((src >= 0) & (src < l))[None, :]
+                xk = tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
+                tl.store(dw_ptr + part * W + k, tl.sum(g * xk, axis=1), mask=mask_d)
+            tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
+    tl.store(
+        dx_ptr + pid_b * s_ob + offs_d[:, None] * s_od + offs_s[None, :],
+        dx.to(dx_ptr.dtype.element_ty),
+        mask=mask_d[:, None] & (offs_s < l)[None, :],
+    )
+
+
 _BD, _BL = 16, 128
+# GENOMAMBA_CONV_BWD_IN_PLACE=1: the one-node training mixer takes the conv's gradient (no states)
+# from the one-kernel backward (``conv_backward_in_place``) instead of the two-kernel one
+CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "0").strip() == "1"}
 
 
 def conv_forward(x, weight, bias, h0, silu, out):
@@ -219,6 +290,44 @@ def conv_backward(x, prev, wc, bias, silu, dout, dfinal=None):
     if dfinal is not None:
         dxx[..., l:] += dfinal.float()
     return dxx, dw_p.sum((0, 1)), db_p.sum((0, 1))
+
+
+def conv_backward_in_place(x, wc, bias, silu, dout, dx):
+    """Gradients of :func:`conv_forward` without an initial or a final state, in one kernel: x, dout
+    and ``dx`` (written, in its own dtype) are (b, d, l) with l the unit-stride axis and any batch
+    and channel strides. Returns dW and dbias in float32."""
+    b, d, l = x.shape
+    W = wc.shape[1]
+    nlb = max(1, triton.cdiv(l, _BL))
+    dev = x.device
+    dw_p = torch.zeros((b, nlb, d, W), device=dev, dtype=torch.float32)
+    db_p = torch.zeros((b, nlb, d), device=dev, dtype=torch.float32)
+    if l > 0:
+        dummy = torch.empty(1, device=dev, dtype=torch.float32)
+        _conv_bwd_in_place_kernel[(nlb, triton.cdiv(d, _BD), b)](
+            x,
+            wc,
+            bias if bias is not None else dummy,
+            dout,
+            dx,
+            dw_p,
+            db_p,
+            d,
+            l,
+            nlb,
+            x.stride(0),
+            x.stride(1),
+            dout.stride(0),
+            dout.stride(1),
+            dx.stride(0),
+            dx.stride(1),
+            W=W,
+            HAS_BIAS=bias is not None,
+            SILU=silu,
+            BD=_BD,
+            BL=_BL,
+        )
+    return dw_p.sum((0, 1)), db_p.sum((0, 1))
 
 
 class _Conv1dFn(torch.autograd.Function):
