@@ -157,12 +157,7 @@ def _v2_backward(ctx, gout, gfinal, _gtstate):
     gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype)
     gout = unit_stride(gout)
     layout = bwd_layout(A.shape[1])
-    if ctx.seg_tiles_bwd > 0:
-        tiles = ctx.seg_tiles_bwd
-    elif layout:
-        tiles = bwd_chan_seg_tiles(b, d, l, ctx.kitems)
-    else:
-        tiles = seg_tiles(b, d, l, ctx.kitems)
+    tiles = ctx.seg_tiles_bwd if ctx.seg_tiles_bwd > 0 else _bwd_tiles(b, d, l, ctx.kitems, layout)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = _v2_bwd_op(
         u, delta, A, B, C, D, z, bias, ctx.softplus, tstate, gout, gfinal, ctx.has_h0, ctx.kitems,
         ctx.warps_bwd, tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"],
@@ -208,6 +203,10 @@ def _v2_apply(
     return out, final
 
 
+def _bwd_tiles(b, d, l, kitems, layout):
+    """Tiles per backward segment: the cut of l each backward layout aims for."""
+    return bwd_chan_seg_tiles(b, d, l, kitems) if layout else seg_tiles(b, d, l, kitems)
+
 
 def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None):
     """The v2 forward with softplus on delta, from initial state ``h0`` (or zeros), keeping the tile
@@ -230,7 +229,7 @@ def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal):
     tstate, kitems = saved
     b, d, l = u.shape
     layout = bwd_layout(A.shape[1])
-    tiles = bwd_chan_seg_tiles(b, d, l, kitems) if layout else seg_tiles(b, d, l, kitems)
+    tiles = _bwd_tiles(b, d, l, kitems, layout)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0 = extension().selective_scan_bwd_v2(
         u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, CONFIG["warps_bwd"],
         tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
