@@ -1068,15 +1068,25 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       dD_l += in ? dy[k] * uv[k] : 0.f;
       dbias_l += in ? dl[k] : 0.f;
     }
-    if (p.has_z) {
+    if (p.has_z || p.out != nullptr) {
+      // p.out (optional): the forward's output again, (y + D u) silu(z), for callers that did not keep it
       float zv[K], gv[K];
-      load_run<T, K>(zp, t0, tend, p.vec, zv);
-      load_run<T, K>(gp, t0, tend, p.vec, gv);
+      if (p.has_z) {
+        load_run<T, K>(zp, t0, tend, p.vec, zv);
+        load_run<T, K>(gp, t0, tend, p.vec, gv);
+      }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        const float s = sigmoid_f(zv[k]);
-        y[k] *= gv[k] * s * (1.f + zv[k] * (1.f - s));  // dz = dout * silu'(z) * (y + D u)
+        if (p.has_z) {
+          const float zk = zv[k], s = sigmoid_f(zk);
+          zv[k] = y[k] * zk * s;                        // the output
+          y[k] *= gv[k] * s * (1.f + zk * (1.f - s));  // dz = dout * silu'(z) * (y + D u)
+        } else {
+          zv[k] = y[k];
+        }
       }
+      if (p.out != nullptr && w.valid)
+        store_run<T, K>(static_cast<T *>(p.out) + w.bi * p.s_xb + w.dch * p.s_xd, t0, p.l, p.vec, zv);
     }
     if (w.valid) {
       const int64_t xo = w.bi * p.s_xb + w.dch * p.s_xd;
@@ -1258,6 +1268,7 @@ __global__ void __launch_bounds__(32, TPC == 2 ? 12 : 1) bwd_chan_kernel(Params 
           const float sg = sigmoid_f(zv[k]);
           gy *= zv[k] * sg;                                 // dL/dy = dout * silu(z)
           dz[k] = gv[k] * sg * (1.f + zv[k] * (1.f - sg));  // times (y + D u) below
+          zv[k] *= sg;                                      // silu(z), for the output
         }
         dy[k] = in ? gy : 0.f;  // an idle lane or a token past the end: no cotangent
       }
@@ -1277,9 +1288,12 @@ __global__ void __launch_bounds__(32, TPC == 2 ? 12 : 1) bwd_chan_kernel(Params 
           h[j] = ex2(dl[k] * A2[j]) * h[j] + duk * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        dz[k] *= pair_sum<TPC>(y0 + y1) + Dv * uv[k];
+        const float yk = pair_sum<TPC>(y0 + y1) + Dv * uv[k];
+        dz[k] *= yk;
+        zv[k] = p.has_z ? yk * zv[k] : yk;  // the forward's output again (p.out); z is not read after this
       }
       if (p.has_z && writer) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
+      if (p.out != nullptr && writer) store_run<T, kBcSub>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, zv);
       // reverse walk; h holds h_t of the token being walked
       float Sv[kBcSub], gAv[kBcSub];
 #pragma unroll
@@ -1546,7 +1560,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   return {out, final_state, tstate};
 }
 
-// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0); absent inputs get empty tensors.
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0, out); absent inputs get empty tensors.
 // tstate and kitems must come from the forward (save = true); seg_tiles may differ from it;
 // min_blocks: 1 or 2 blocks per SM promised to ptxas (register cap 255 or 128 at 256 threads);
 // states_per_sync: states per pair of block barriers (capped by n and shared memory); joint_scan: the
@@ -1559,7 +1573,8 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  bool softplus, torch::Tensor tstate, torch::Tensor dout,
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
                                                  int64_t warps, int64_t seg_tiles, int64_t min_blocks,
-                                                 int64_t states_per_sync, bool joint_scan, int64_t layout) {
+                                                 int64_t states_per_sync, bool joint_scan, int64_t layout,
+                                                 bool want_out) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
   TORCH_CHECK(layout >= 0 && layout <= 2, "selective_scan v2 bwd: layout is 0 (lanes over tokens), 1 (lane per "
@@ -1578,6 +1593,9 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
   auto ddelta = torch::empty({p.b, p.d, p.l}, u.options());
   auto dz = z.has_value() ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
   auto dh0 = want_dh0 ? torch::empty({p.b, p.d, p.n}, f32) : torch::empty({0}, f32);
+  // want_out: the forward's output written again by the replay (callers that did not keep it)
+  auto out = want_out ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
+  p.out = nullptr;
   TORCH_CHECK(layout == 0 || p.n <= kChanN, "selective_scan v2 bwd: the lane-per-channel backward takes n <= ", kChanN);
   // dB/dC partials: one per block (lanes over tokens) or per warp of 32 channels (lane per channel)
   const int64_t nwarps_pg = layout == 0 ? 0 : (p.dpg + 32 / layout - 1) / (32 / layout);
@@ -1592,6 +1610,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     p.dout = dout.data_ptr(); p.s_gb = dout.stride(0); p.s_gd = dout.stride(1);
     p.du = du.data_ptr(); p.ddt = ddelta.data_ptr(); p.dz = z.has_value() ? dz.data_ptr() : nullptr;
     p.s_xb = du.stride(0); p.s_xd = du.stride(1);
+    if (want_out) p.out = out.data_ptr();
     p.tstate = tstate.data_ptr<float>();
     p.dfinal = dfinal.has_value() ? dfc.data_ptr<float>() : nullptr;
     p.dBC_part = dBC.data_ptr<float>(); p.dA_part = dA_part.data_ptr<float>();
@@ -1675,5 +1694,5 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
   auto dA = dA_part.sum(at::IntArrayRef{0, 1});
   auto dD = D.has_value() ? dD_part.sum(at::IntArrayRef{0, 1}) : torch::empty({0}, f32);
   auto dbias = bias.has_value() ? dbias_part.sum(at::IntArrayRef{0, 1}) : torch::empty({0}, f32);
-  return {du, ddelta, dA, dB.to(B.scalar_type()), dC.to(C.scalar_type()), dD, dz, dbias, dh0};
+  return {du, ddelta, dA, dB.to(B.scalar_type()), dC.to(C.scalar_type()), dD, dz, dbias, dh0, out};
 }

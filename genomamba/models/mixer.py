@@ -112,8 +112,9 @@ class Mamba(nn.Module):
     # ``MambaLM.set_context_parallel``): forward then takes this rank's slice.
     context_parallel = None
     # Training: keep the block's normed input, the conv's output and delta for the backward (False),
-    # or rebuild them there from what stays saved anyway (True; genomamba.models.recompute). None:
-    # rebuild on GPUs, whose memory bounds the context length; keep on CPUs.
+    # or rebuild them there from what stays saved anyway (True; genomamba.models.recompute; the one-node
+    # mixer then also runs in_proj again instead of keeping its output). None: rebuild on GPUs, whose
+    # memory bounds the context length (in_proj again only in segment-wise training); keep on CPUs.
     rebuild_inputs: Optional[bool] = None
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
@@ -207,12 +208,15 @@ class Mamba(nn.Module):
                         self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, _up(self.dt_proj.bias),
                         -torch.exp(_up(self.A_log)), _up(self.D), self.out_proj.weight, self.out_proj.bias,
                         self.d_state, kernels)
+                # in_proj's output computed again in the backward instead of kept: asked for, or by default
+                # in segment-wise training on GPUs (memory is what segments are for)
+                lean = self._rebuilds(hidden) and (self.rebuild_inputs is True or cache is not None)
                 if cache is None:
-                    return mixer_forward(*args)
+                    return mixer_forward(*args, lean=lean)
                 # a segment of a longer window (segment-wise training): from the cache's states, leaving
                 # the final ones there, differentiable both ways
                 out, conv_state, ssm_state = mixer_forward(*args, conv_state=cache.conv_state,
-                                                           ssm_state=cache.ssm_state, states=True)
+                                                           ssm_state=cache.ssm_state, states=True, lean=lean)
                 cache.conv_state = conv_state.to(cache.conv_state.dtype)
                 cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
                 return out
@@ -309,8 +313,7 @@ class Block(nn.Module):
         first, hidden_dtype = residual is None, hidden.dtype
         hidden, residual = self._pre(hidden, residual)
         mixer = self.mixer
-        rebuild = cache is None and mixer.context_parallel is None and isinstance(self.norm, RMSNorm) \
-            and mixer._rebuilds(hidden)
+        rebuild = mixer.context_parallel is None and isinstance(self.norm, RMSNorm) and mixer._rebuilds(hidden)
         with rebuilt(rebuild) as recipe:  # in_proj's input: rebuilt from residual' (which the norm keeps)
             if rebuild:
                 hidden = _autocast_input(hidden)

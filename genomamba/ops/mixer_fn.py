@@ -7,10 +7,12 @@ and scan kernels read a (b, d, l) view of such a matrix (strides (l, b * l, 1)),
 and every weight gradient is one GEMM over all b * l tokens: no per-batch-row products summed
 afterwards, no transposed copies, no concatenation of dx and dz in the backward.
 
-Saved for the backward: the mixer's input, xz, x_proj's output, the scan output (out_proj's weight
-gradient needs it) and the scan's own state checkpoints. The conv output and delta are recomputed
-in the backward (one conv and one small GEMM), so a layer keeps about what the per-op path keeps
-with its rebuilt activations, without saved-tensor hooks for them.
+Saved for the backward: the mixer's input, xz, x_proj's output and the scan's own state checkpoints.
+The conv output and delta are recomputed in the backward (one conv and one small GEMM), and the scan
+output (out_proj's weight gradient needs it) comes back from the scan backward, which replays the
+forward anyway. With ``lean``, xz is not kept either: the backward runs in_proj again on the mixer's
+input (one GEMM), so a layer keeps x_proj's small output, the scan's checkpoints and what the block
+keeps (its residual stream, from which it rebuilds the mixer's input).
 
 Under autocast the products run in the autocast dtype and the SSM parameters (A, D, delta bias, conv
 weight and bias) stay as they are, as in the per-op path; gradients come back in each input's dtype.
@@ -39,7 +41,9 @@ class Kernels(NamedTuple):
     # dx_out (then returned as dx) or be a new tensor
     conv_backward: object
     scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias, h0) -> (out, final state, saved)
-    scan_backward: object  # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal) -> 9 gradients
+    # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=True) -> 9 gradients and
+    # the forward's out again (b, d, l)
+    scan_backward: object
 
 
 def _leaf(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -84,14 +88,14 @@ def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias, h0):
     return out, final, None
 
 
-def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal):
+def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False):
     from genomamba.ops import selective_scan
 
     leaves = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
     with torch.enable_grad():
         out, final = selective_scan(*leaves[:6], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
                                     initial_state=leaves[8], return_final_state=True)
-        return _grad([out, final], [dout, dfinal], leaves)
+        return _grad([out, final], [dout, dfinal], leaves) + ((out.detach() if want_out else None),)
 
 
 GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _generic_scan_forward,
@@ -100,9 +104,9 @@ GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _gen
 
 def triton_conv_pair():
     """The Triton conv kernels as :class:`Kernels` takes them (forward into any (b, d, l) layout with l
-    the unit-stride axis; backward for a gradient in any such layout). With
-    ``GENOMAMBA_CONV_BWD_IN_PLACE=1``, a call without states takes its gradient in one kernel that
-    writes dx straight into ``dx_out``."""
+    the unit-stride axis; backward for a gradient in any such layout). A call without states takes its
+    gradient in one kernel that writes dx straight into ``dx_out`` (``GENOMAMBA_CONV_BWD_IN_PLACE=0``:
+    in the two-kernel backward)."""
     from genomamba.ops.triton import conv1d
 
     def conv_fwd(x, weight, bias, h0, out):
@@ -186,7 +190,7 @@ class MixerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_h0, ssm_h0,
                 sizes, kernels):
-        d, r, n, states = sizes
+        d, r, n, states, lean = sizes
         b, l, dm = hidden.shape
         dev = hidden.device.type
         ct = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.is_floating_point() \
@@ -210,8 +214,8 @@ class MixerFn(torch.autograd.Function):
             if out_b is not None:
                 out += out_b.to(ct)
             conv_final = _conv_tail(x, ch0, conv_w.shape[1]) if states else None
-        ctx.save_for_backward(X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b,
-                              ch0, ssm_h0)
+        ctx.save_for_backward(X, None if lean else xz, x_dbl, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D,
+                              out_w, out_b, ch0, ssm_h0)
         ctx.sizes, ctx.kernels, ctx.ct, ctx.saved_scan = (b, l, dm, d, r, n), kernels, ct, saved
         ctx.dtypes = (hidden.dtype, None if conv_h0 is None else conv_h0.dtype)
         if not states:
@@ -220,7 +224,7 @@ class MixerFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, d_conv_final=None, d_ssm_final=None):
-        (X, xz, x_dbl, ym, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, ch0,
+        (X, xz, x_dbl, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, ch0,
          ssm_h0) = ctx.saved_tensors
         b, l, dm, d, r, n = ctx.sizes
         k, ct = ctx.kernels, ctx.ct
@@ -230,18 +234,23 @@ class MixerFn(torch.autograd.Function):
             if dout is None:
                 dout = X.new_zeros((b, l, dm))
             dO = dout.reshape(b * l, dm).to(ct)
-            d_out_w = torch.mm(dO.t(), ym.t())  # (dm, d)
             d_out_b = dO.sum(0) if out_b is not None else None
             dy = torch.mm(out_wc.t(), dO.t())  # (d, b*l)
+            if xz is None:  # lean: in_proj again
+                xz = torch.mm(in_wc, X.t())
+                if in_b is not None:
+                    xz += in_b.to(ct)[:, None]
             # the conv output and delta again, as the forward computed them
             x = _bdl(xz[:d], b, l)
             xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
             k.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
             delta = torch.mm(dt_wc, x_dbl[:r])
             B, C = _bdl(x_dbl[r:r + n], b, l), _bdl(x_dbl[r + n:], b, l)
-            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias, d_ssm_h0 = k.scan_backward(
+            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias, d_ssm_h0, y = k.scan_backward(
                 ctx.saved_scan, _bdl(xc, b, l), _bdl(delta, b, l), A, B, C, D, _bdl(xz[d:], b, l), dt_bias, ssm_h0,
-                _bdl(dy, b, l), d_ssm_final)
+                _bdl(dy, b, l), d_ssm_final, want_out=True)
+            d_out_w = torch.mm(dO.t(), _rows(y, d, b, l).t())  # (dm, d)
+            del y
             ddm = _rows(ddelta, d, b, l)
             dx_dbl = torch.empty_like(x_dbl)
             torch.mm(dt_wc.t(), ddm, out=dx_dbl[:r])
@@ -274,15 +283,16 @@ class MixerFn(torch.autograd.Function):
 
 def mixer_forward(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, d_state: int,
                   kernels: Kernels, conv_state: Optional[torch.Tensor] = None,
-                  ssm_state: Optional[torch.Tensor] = None, states: bool = False):
+                  ssm_state: Optional[torch.Tensor] = None, states: bool = False, lean: bool = False):
     """The mixer (in_proj -> conv -> SiLU -> x_proj -> dt_proj -> scan with D and the SiLU(z) gate ->
     out_proj) on ``hidden`` (b, l, d_model) as one autograd node: conv_w (d_inner, d_conv); A (d_inner,
     n), D and dt_bias (d_inner,) as the scan takes them; the rest as the nn.Linear weights and biases.
 
     ``conv_state`` (b, d_inner, d_conv - 1) and ``ssm_state`` (b, d_inner, n) are where the call
     starts (zeros when None). With ``states``, returns (out, conv state, ssm state) it leaves, all
-    differentiable (segment-wise training backpropagates through them); else out alone."""
+    differentiable (segment-wise training backpropagates through them); else out alone. ``lean``: keep
+    less for the backward (in_proj's output is computed again there)."""
     d = conv_w.shape[0]
     r = dt_w.shape[1]
     return MixerFn.apply(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_state,
-                         ssm_state, (d, r, d_state, bool(states)), kernels)
+                         ssm_state, (d, r, d_state, bool(states), bool(lean)), kernels)

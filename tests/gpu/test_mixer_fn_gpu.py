@@ -126,10 +126,11 @@ def test_segment_wise_training_with_the_fused_mixer_equals_the_whole_window(monk
 
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("b,l", [(1, 1000), (3, 4096)])
-def test_fused_mixer_with_the_in_place_conv_backward(amp, b, l, monkeypatch):
-    """GENOMAMBA_CONV_BWD_IN_PLACE=1: the one-kernel conv backward inside the mixer, against the
-    per-op mixer (as test_fused_mixer_equals_per_op_mixer)."""
+def test_fused_mixer_with_the_two_kernel_conv_backward_keeping_xz(amp, b, l, monkeypatch):
+    """GENOMAMBA_CONV_BWD_IN_PLACE=0 and rebuild_inputs=False (in_proj's output kept, not computed
+    again): the other variants of the function, against the per-op mixer."""
     from genomamba.ops.triton import conv1d
 
-    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", True)
+    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", False)
+    monkeypatch.setattr(Mamba, "rebuild_inputs", False)
     test_fused_mixer_equals_per_op_mixer(amp, b, l, True, monkeypatch)

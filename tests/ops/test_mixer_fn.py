@@ -29,10 +29,12 @@ def _grads(m, h, g, fused: str, monkeypatch):
     return out, torch.autograd.grad(out, [h] + list(m.parameters()), g)
 
 
+@pytest.mark.parametrize("rebuild", [False, True])  # True: the lean function (in_proj run again in the backward)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("b,l", [(1, 9), (3, 17)])
-def test_fused_mixer_equals_per_op_mixer_in_float64(bias, b, l, monkeypatch):
+def test_fused_mixer_equals_per_op_mixer_in_float64(bias, b, l, rebuild, monkeypatch):
     m = _mixer(bias)
+    m.rebuild_inputs = rebuild
     h = torch.randn(b, l, 16, dtype=torch.float64, requires_grad=True)
     g = torch.randn(b, l, 16, dtype=torch.float64)
     ref, ref_grads = _grads(m, h, g, "0", monkeypatch)
@@ -44,12 +46,15 @@ def test_fused_mixer_equals_per_op_mixer_in_float64(bias, b, l, monkeypatch):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_fused_mixer_inside_a_model_trains_like_the_per_op_model(monkeypatch):
+@pytest.mark.parametrize("rebuild", [False, True])  # True: the mixer's input rebuilt from the residual, lean
+def test_fused_mixer_inside_a_model_trains_like_the_per_op_model(rebuild, monkeypatch):
     """Whole model, loss and parameter gradients (the block's residual path around the mixer)."""
     def step(fused):
         monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", fused)
         torch.manual_seed(1)
         m = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8, d_state=4)).double()
+        for layer in m.backbone.layers:
+            layer.mixer.rebuild_inputs = rebuild
         ids = torch.randint(0, 8, (2, 21))
         loss = torch.nn.functional.cross_entropy(m(ids[:, :-1]).reshape(-1, m.config.padded_vocab_size),
                                                  ids[:, 1:].reshape(-1))
@@ -109,11 +114,14 @@ def test_fused_mixer_from_and_to_states_equals_the_per_op_cache_path(l, monkeypa
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_segment_wise_training_through_the_fused_mixer_equals_the_whole_window(monkeypatch):
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_segment_wise_training_through_the_fused_mixer_equals_the_whole_window(rebuild, monkeypatch):
     from genomamba.models.segmented import segmented_loss
 
     torch.manual_seed(2)
     m = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8, d_state=4)).double()
+    for layer in m.backbone.layers:
+        layer.mixer.rebuild_inputs = rebuild
     ids = torch.randint(0, 8, (2, 30))
     monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "0")
     lg = m(ids[:, :-1])
@@ -136,3 +144,32 @@ def test_segment_wise_training_through_the_fused_mixer_equals_the_whole_window(m
     torch.testing.assert_close(loss, whole, rtol=1e-12, atol=0)
     for (name, _), a, e in zip(m.named_parameters(), got, want):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_what_the_function_keeps_for_its_backward(lean):
+    """Neither variant keeps the scan's output (its backward writes it again); the lean one does not
+    keep in_proj's output either."""
+    m = _mixer(True)
+    b, l, d = 2, 13, m.d_inner
+    h = torch.randn(b, l, 16, dtype=torch.float64, requires_grad=True)
+    kept = []
+
+    def pack(t):
+        kept.append(tuple(t.shape))
+        return t
+
+    args = (h, m.in_proj.weight, m.in_proj.bias, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight,
+            m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log), m.D, m.out_proj.weight, m.out_proj.bias,
+            m.d_state, mixer_fn.GENERIC)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = mixer_fn.mixer_forward(*args, lean=lean)
+    activations = [s for s in kept if len(s) == 2 and s[1] == b * l or len(s) == 2 and s[0] == b * l]
+    assert (b * l, 16) in activations  # the mixer's input (the block rebuilds it where it can)
+    assert ((2 * d, b * l) in activations) is not lean
+    assert (d, b * l) not in activations  # the scan's output
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [h] + list(m.parameters()), g)
+    want = torch.autograd.grad(m(h), [h] + list(m.parameters()), g)  # CPU: the per-op path
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)

@@ -212,12 +212,15 @@ def test_conv_backward_in_place(w, l, bias):
         assert_close(db, want[2], torch.float32, "dbias")
 
 
-def test_fused_mixer_with_the_in_place_conv_backward(monkeypatch):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_fused_mixer_with_either_conv_backward(in_place, monkeypatch):
+    """A call without states takes the one-kernel conv backward (the default) or, with
+    GENOMAMBA_CONV_BWD_IN_PLACE=0, the two-kernel one."""
     from genomamba.ops.triton import conv1d
 
-    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", True)
+    monkeypatch.setitem(conv1d.CONFIG, "bwd_in_place", in_place)
     calls = []
     original = conv1d.conv_backward_in_place
     monkeypatch.setattr(conv1d, "conv_backward_in_place", lambda *a: calls.append(1) or original(*a))
     test_fused_mixer_with_the_triton_conv(3, 130, False)
-    assert calls == [1]
+    assert calls == ([1] if in_place else [])

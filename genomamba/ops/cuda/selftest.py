@@ -18,7 +18,7 @@ import torch
 
 from genomamba.files import file_lock, write_text
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.kernels import _v2_apply
+from genomamba.ops.cuda.kernels import _v2_apply, scan_backward, scan_forward_saving
 from genomamba.ops.cuda.knobs import CONFIG, STATUS
 from genomamba.ops.reference import selective_scan_ref
 
@@ -279,4 +279,9 @@ def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
                 _check(f"bwd d{nm}", a, r, tol, where)
                 if not torch.equal(a, b_):
                     raise RuntimeError(f"bwd d{nm} differs between two runs at {where}")
+        # the forward's output written again by the backward's replay (the training mixer's out_proj
+        # weight gradient takes it from there instead of keeping it)
+        _, _, kept = scan_forward_saving(*ins, h0)
+        again = scan_backward(kept, *ins, h0, gout, gst, want_out=True)[9]
+        _check("bwd out", again, rout, tol, (case, "want_out"))
 

@@ -206,9 +206,9 @@ def _conv_bwd_in_place_kernel(
 
 
 _BD, _BL = 16, 128
-# GENOMAMBA_CONV_BWD_IN_PLACE=1: the one-node training mixer takes the conv's gradient (no states)
-# from the one-kernel backward (``conv_backward_in_place``) instead of the two-kernel one
-CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "0").strip() == "1"}
+# The one-node training mixer takes the conv's gradient (calls without states) from the one-kernel
+# backward (``conv_backward_in_place``); GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
+CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "1").strip() != "0"}
 
 
 def conv_forward(x, weight, bias, h0, silu, out):
