@@ -19,7 +19,10 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
                                                  int64_t warps, int64_t seg_tiles, int64_t min_blocks,
                                                  int64_t states_per_sync, bool joint_scan, int64_t layout,
-                                                 bool want_out);
+                                                 bool want_out, c10::optional<torch::Tensor> du_into,
+                                                 c10::optional<torch::Tensor> ddelta_into,
+                                                 c10::optional<torch::Tensor> dz_into,
+                                                 c10::optional<torch::Tensor> out_into);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "selective scan forward, v1 (CUDA)");

@@ -69,7 +69,7 @@ struct Params {
   float *P;              // bwd summaries (b, S, d, n)
   int64_t b, d, n, l, g, dpg, nblk_pg;
   int64_t s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_ob, s_od, s_gb, s_gd;  // u, delta, z, out, dout
-  int64_t s_xb, s_xd;  // du, ddelta, dz (allocated contiguous here, whatever the inputs' strides)
+  int64_t s_xb, s_xd;  // du, ddelta, dz and the backward's out (one layout, the caller's or contiguous)
   int64_t s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_Ad, s_An;
   int64_t ntiles, seg_tiles, nseg;
   int64_t ns;  // backward: states whose dB/dC partials are reduced per pair of block barriers
@@ -1574,7 +1574,10 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  c10::optional<torch::Tensor> dfinal, bool want_dh0, int64_t kitems,
                                                  int64_t warps, int64_t seg_tiles, int64_t min_blocks,
                                                  int64_t states_per_sync, bool joint_scan, int64_t layout,
-                                                 bool want_out) {
+                                                 bool want_out, c10::optional<torch::Tensor> du_into,
+                                                 c10::optional<torch::Tensor> ddelta_into,
+                                                 c10::optional<torch::Tensor> dz_into,
+                                                 c10::optional<torch::Tensor> out_into) {
   using namespace ssv2;
   TORCH_CHECK(min_blocks == 1 || min_blocks == 2, "selective_scan v2 bwd: min_blocks is 1 or 2");
   TORCH_CHECK(layout >= 0 && layout <= 2, "selective_scan v2 bwd: layout is 0 (lanes over tokens), 1 (lane per "
@@ -1589,12 +1592,34 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
               "selective_scan v2 bwd: tstate does not match (same kitems as the forward?)");
   auto f32 = u.options().dtype(torch::kFloat32);
   const bool grouped = B.dim() == 4;
-  auto du = torch::empty({p.b, p.d, p.l}, u.options());
-  auto ddelta = torch::empty({p.b, p.d, p.l}, u.options());
-  auto dz = z.has_value() ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
+  // *_into: where the caller wants du, ddelta, dz and out (e.g. rows of its own (channels, b * l)
+  // matrices): (b, d, l) in u's dtype, unit last stride, dense, all with the same strides (the kernels
+  // store the four at one offset); those not given are allocated with those strides
+  TORCH_CHECK(!dz_into.has_value() || z.has_value(), "selective_scan v2 bwd: dz_into without z");
+  TORCH_CHECK(!out_into.has_value() || want_out, "selective_scan v2 bwd: out_into without want_out");
+  int64_t xs0 = -1, xs1 = -1;
+  for (const c10::optional<torch::Tensor> *t : {&du_into, &ddelta_into, &dz_into, &out_into}) {
+    if (!t->has_value()) continue;
+    const torch::Tensor &v = t->value();
+    TORCH_CHECK(v.dim() == 3 && v.size(0) == p.b && v.size(1) == p.d && v.size(2) == p.l &&
+                    v.scalar_type() == u.scalar_type() && v.device() == u.device() && v.stride(2) == 1 &&
+                    v.is_non_overlapping_and_dense(),
+                "selective_scan v2 bwd: an output buffer is not a dense (b, d, l) tensor of u's dtype and "
+                "device with a unit last stride");
+    if (xs0 < 0) { xs0 = v.stride(0); xs1 = v.stride(1); }
+    TORCH_CHECK(v.stride(0) == xs0 && v.stride(1) == xs1, "selective_scan v2 bwd: the output buffers' strides differ");
+  }
+  auto alloc = [&](const c10::optional<torch::Tensor> &given) {
+    if (given.has_value()) return given.value();
+    if (xs0 < 0) return torch::empty({p.b, p.d, p.l}, u.options());
+    return torch::empty_strided({p.b, p.d, p.l}, {xs0, xs1, 1}, u.options());
+  };
+  auto du = alloc(du_into);
+  auto ddelta = alloc(ddelta_into);
+  auto dz = z.has_value() ? alloc(dz_into) : torch::empty({0}, u.options());
   auto dh0 = want_dh0 ? torch::empty({p.b, p.d, p.n}, f32) : torch::empty({0}, f32);
   // want_out: the forward's output written again by the replay (callers that did not keep it)
-  auto out = want_out ? torch::empty({p.b, p.d, p.l}, u.options()) : torch::empty({0}, u.options());
+  auto out = want_out ? alloc(out_into) : torch::empty({0}, u.options());
   p.out = nullptr;
   TORCH_CHECK(layout == 0 || p.n <= kChanN, "selective_scan v2 bwd: the lane-per-channel backward takes n <= ", kChanN);
   // dB/dC partials: one per block (lanes over tokens) or per warp of 32 channels (lane per channel)
@@ -1618,7 +1643,8 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     p.dh0 = want_dh0 ? dh0.data_ptr<float>() : nullptr;
     p.carry = carry.data_ptr<float>();
     p.P = p.nseg > 1 ? Pbuf.data_ptr<float>() : nullptr;
-    p.vec = p.vec && aligned16(dout, 0) && aligned16(du, 0);
+    p.vec = p.vec && aligned16(dout, 0) && aligned16(du, 0) && aligned16(ddelta, 0) &&
+            (!z.has_value() || aligned16(dz, 0)) && (!want_out || aligned16(out, 0));
     auto stream = c10::cuda::getCurrentCUDAStream();
     const unsigned threads = static_cast<unsigned>(32 * c.W);
     const size_t smem_small = sizeof(float) * 2 * p.n * c.W;

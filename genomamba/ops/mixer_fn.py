@@ -41,8 +41,9 @@ class Kernels(NamedTuple):
     # dx_out (then returned as dx) or be a new tensor
     conv_backward: object
     scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias, h0) -> (out, final state, saved)
-    # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=True) -> 9 gradients and
-    # the forward's out again (b, d, l)
+    # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=True, into=(du, ddelta, dz,
+    # out)) -> 9 gradients and the forward's out again (b, d, l); du, ddelta, dz and out may be written
+    # into the given views (then returned as the results) or be new tensors
     scan_backward: object
 
 
@@ -88,7 +89,8 @@ def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias, h0):
     return out, final, None
 
 
-def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False):
+def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False,
+                           into=None):
     from genomamba.ops import selective_scan
 
     leaves = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
@@ -170,6 +172,12 @@ def _rows(t: torch.Tensor, d: int, b: int, l: int) -> torch.Tensor:
     return t.transpose(0, 1).contiguous().view(d, b * l)
 
 
+def _place(result: torch.Tensor, view: torch.Tensor) -> None:
+    """``result`` into ``view``, unless a kernel wrote it there already."""
+    if result.data_ptr() != view.data_ptr() or result.stride() != view.stride():
+        view.copy_(result)
+
+
 def _bdl(m: torch.Tensor, b: int, l: int) -> torch.Tensor:
     """The (rows, b * l) matrix ``m`` as a (b, rows, l) view."""
     return m.view(m.shape[0], b, l).transpose(0, 1)
@@ -246,12 +254,20 @@ class MixerFn(torch.autograd.Function):
             k.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
             delta = torch.mm(dt_wc, x_dbl[:r])
             B, C = _bdl(x_dbl[r:r + n], b, l), _bdl(x_dbl[r + n:], b, l)
-            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias, d_ssm_h0, y = k.scan_backward(
+            # the scan writes du, ddelta, dz and its output again straight into rows of the function's
+            # matrices (dz into the lower half of in_proj's output gradient)
+            dxz = torch.empty_like(xz)
+            dum, ddm, ym = (torch.empty((d, b * l), device=xz.device, dtype=ct) for _ in range(3))
+            into = tuple(_bdl(m, b, l) for m in (dum, ddm, dxz[d:], ym))
+            got = k.scan_backward(
                 ctx.saved_scan, _bdl(xc, b, l), _bdl(delta, b, l), A, B, C, D, _bdl(xz[d:], b, l), dt_bias, ssm_h0,
-                _bdl(dy, b, l), d_ssm_final, want_out=True)
-            d_out_w = torch.mm(dO.t(), _rows(y, d, b, l).t())  # (dm, d)
-            del y
-            ddm = _rows(ddelta, d, b, l)
+                _bdl(dy, b, l), d_ssm_final, want_out=True, into=into)
+            du, ddelta, dA, dB, dC, dD, dz, d_dt_bias, d_ssm_h0, y = got
+            for result, view in zip((du, ddelta, dz, y), into):
+                _place(result, view)
+            del du, ddelta, dz, y, got
+            d_out_w = torch.mm(dO.t(), ym.t())  # (dm, d)
+            del ym
             dx_dbl = torch.empty_like(x_dbl)
             torch.mm(dt_wc.t(), ddm, out=dx_dbl[:r])
             _bdl(dx_dbl[r:r + n], b, l).copy_(dB)
@@ -259,14 +275,12 @@ class MixerFn(torch.autograd.Function):
             d_dt_w = torch.mm(ddm, x_dbl[:r].t())  # (d, r)
             d_x_w = torch.mm(dx_dbl, xc.t())  # (r + 2n, d)
             dxc = torch.mm(x_wc.t(), dx_dbl)  # (d, b*l)
-            dxc_v = _bdl(dxc, b, l)
-            dxc_v += du
-            dxz = torch.empty_like(xz)
+            dxc += dum
+            del dum
             dx_rows = _bdl(dxz[:d], b, l)
-            dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, dxc_v, d_conv_final, dx_rows)
-            if dx is not dx_rows:
-                dx_rows.copy_(dx)
-            _bdl(dxz[d:], b, l).copy_(dz)
+            dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, _bdl(dxc, b, l), d_conv_final,
+                                                                dx_rows)
+            _place(dx, dx_rows)
             d_in_w = torch.mm(dxz, X)  # (2d, dm)
             d_in_b = dxz.sum(1) if in_b is not None else None
             dX = torch.mm(dxz.t(), in_wc)  # (b*l, dm)

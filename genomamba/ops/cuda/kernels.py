@@ -116,7 +116,7 @@ def _v2_bwd_op(
     return list(
         extension().selective_scan_bwd_v2(
             u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
-            min_blocks, states_per_sync, joint_scan, layout, False,
+            min_blocks, states_per_sync, joint_scan, layout, False, None, None, None, None,
         )[:9]
     )
 
@@ -222,11 +222,14 @@ def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None):
     return out, final, (tstate, kitems)
 
 
-def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False):
+def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False, into=None):
     """Gradients of :func:`scan_forward_saving` for ``dout`` (u's dtype, l the unit-stride axis) and the
     final state's ``dfinal`` (or None): du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 (dA, dD,
     ddelta_bias, dh0 in float32; dh0 None without ``h0``), then the forward's output (b, d, l),
-    written again by the backward's replay, with ``want_out`` (else None)."""
+    written again by the backward's replay, with ``want_out`` (else None). ``into``: (du, ddelta, dz,
+    out), each a (b, d, l) tensor to write that result into or None; those given share one layout
+    (e.g. rows of (channels, b * l) matrices) and come back as the results."""
+    du_into, dd_into, dz_into, out_into = into if into is not None else (None,) * 4
     tstate, kitems = saved
     b, d, l = u.shape
     layout = bwd_layout(A.shape[1])
@@ -234,7 +237,7 @@ def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, 
     du, dd, dA, dB, dC, dD, dz, dbias, dh0, out = extension().selective_scan_bwd_v2(
         u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, CONFIG["warps_bwd"],
         tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
-        bool(want_out),
+        bool(want_out), du_into, dd_into, dz_into, out_into,
     )
     return du, dd, dA, dB, dC, dD, dz, dbias, (dh0 if h0 is not None else None), (out if want_out else None)
 

@@ -280,8 +280,18 @@ def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
                 if not torch.equal(a, b_):
                     raise RuntimeError(f"bwd d{nm} differs between two runs at {where}")
         # the forward's output written again by the backward's replay (the training mixer's out_proj
-        # weight gradient takes it from there instead of keeping it)
+        # weight gradient takes it from there instead of keeping it), and du, ddelta, dz and that output
+        # written into rows of (channels, b * l) matrices, as the training mixer asks
         _, _, kept = scan_forward_saving(*ins, h0)
         again = scan_backward(kept, *ins, h0, gout, gst, want_out=True)[9]
         _check("bwd out", again, rout, tol, (case, "want_out"))
+        b, d, l = ins[0].shape
+        into = [torch.full((d, b * l), float("nan"), device="cuda", dtype=dtype).view(d, b, l).transpose(0, 1)
+                for _ in range(4)]
+        got = scan_backward(kept, *ins, h0, gout, gst, want_out=True, into=into)
+        for nm, i, want, view in (("du", 0, rgrads[0], into[0]), ("ddelta", 1, rgrads[1], into[1]),
+                                  ("dz", 6, rgrads[6], into[2]), ("out", 9, rout, into[3])):
+            if got[i].data_ptr() != view.data_ptr() or got[i].stride() != view.stride():
+                raise RuntimeError(f"bwd {nm}: not written into the given rows at {case}")
+            _check(f"bwd {nm} into rows", view, want, tol, (case, "into"))
 
