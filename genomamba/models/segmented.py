@@ -23,6 +23,8 @@ returned is the summed loss divided by ``normalizer`` (default 1).
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -165,11 +167,24 @@ def _autocast(state):
     return torch.autocast(state[0], dtype=state[1])
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_unaligned(segment_len: int) -> None:
+    # the CUDA kernels load and store 16 bytes at a time only where every row of a (channels, tokens)
+    # operand starts 16-byte aligned: a segment of 16-bit values whose length is not a multiple of 8
+    # runs them element by element
+    near = sorted({max(8, segment_len // 8 * 8), (segment_len // 8 + 1) * 8})
+    warnings.warn(f"segment_len={segment_len} is not a multiple of 8: the GPU kernels run without their "
+                  f"vector loads on such segments, much slower; {' or '.join(map(str, near))} keeps them",
+                  UserWarning, stacklevel=4)
+
+
 def _check(model, ids, segment_len):
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
         got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"ids: expected a (batch, length >= 1) integer tensor, got {got}")
     segment_bounds(ids.shape[1], segment_len)
+    if ids.is_cuda and ids.shape[1] > segment_len and segment_len % 8:
+        _warn_unaligned(segment_len)
     layers = getattr(getattr(model, "backbone", model), "layers", [])
     if any(getattr(layer.mixer, "context_parallel", None) is not None for layer in layers):
         raise ValueError("segment_len: segment-wise training does not combine with context parallelism "

@@ -42,3 +42,20 @@ def test_segments_equal_whole_window_on_cuda(backend, amp):
     for name, g in want.items():
         err = (got[name] - g).norm().item() / (g.norm().item() + 1e-30)
         assert err < tol * 3, (backend, amp, name, err)
+
+
+def test_a_segment_length_off_the_kernels_alignment_is_named():
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=1, vocab_size=11)).cuda()
+    ids = torch.randint(0, 11, (1, 64), device="cuda")
+
+    def segment(logits, start, stop):
+        return (logits.float().sum(),)
+
+    with pytest.warns(UserWarning, match=r"segment_len=21 is not a multiple of 8: .* 16 or 24 keeps them"):
+        segmented_loss(model, ids, 21, segment)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segmented_loss(model, ids, 24, segment)
