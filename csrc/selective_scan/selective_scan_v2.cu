@@ -1054,45 +1054,48 @@ __global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) 
       slot = 0;
       __syncthreads();
     }
-    // per token: du = delta S + D dy; ddelta = (sum_n wk A_n + u S) softplus'(delta + bias);
-    // dz = dout silu'(z) (y + D u)
-    float uv[K], xv[K];
-    load_run<T, K>(u, t0, tend, p.vec, uv);
-    load_run<T, K>(dtp, t0, tend, p.vec, xv);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const bool in = t0 + k < tend;
-      const float gd = gA[k] + uv[k] * S[k];
-      S[k] = dl[k] * S[k] + Dv * dy[k];  // du
-      dl[k] = p.softplus ? gd * sigmoid_f(xv[k] + bias) : gd;  // ddelta
-      dD_l += in ? dy[k] * uv[k] : 0.f;
-      dbias_l += in ? dl[k] : 0.f;
-    }
-    if (p.has_z || p.out != nullptr) {
-      // p.out (optional): the forward's output again, (y + D u) silu(z), for callers that did not keep it
-      float zv[K], gv[K];
-      if (p.has_z) {
-        load_run<T, K>(zp, t0, tend, p.vec, zv);
-        load_run<T, K>(gp, t0, tend, p.vec, gv);
-      }
+    // per token: du = delta S + D dy; ddelta = (sum_n wk A_n + u S) softplus'(delta + bias), stored
+    // first (their registers are free for what follows); then dz = dout silu'(z) (y + D u) and, where
+    // asked for (p.out), the forward's output again, (y + D u) silu(z)
+    const int64_t xo = w.bi * p.s_xb + w.dch * p.s_xd;
+    {
+      float uv[K], xv[K];
+      load_run<T, K>(u, t0, tend, p.vec, uv);
+      load_run<T, K>(dtp, t0, tend, p.vec, xv);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (p.has_z) {
-          const float zk = zv[k], s = sigmoid_f(zk);
-          zv[k] = y[k] * zk * s;                        // the output
-          y[k] *= gv[k] * s * (1.f + zk * (1.f - s));  // dz = dout * silu'(z) * (y + D u)
-        } else {
-          zv[k] = y[k];
-        }
+        const bool in = t0 + k < tend;
+        const float gd = gA[k] + uv[k] * S[k];
+        S[k] = dl[k] * S[k] + Dv * dy[k];  // du
+        dl[k] = p.softplus ? gd * sigmoid_f(xv[k] + bias) : gd;  // ddelta
+        dD_l += in ? dy[k] * uv[k] : 0.f;
+        dbias_l += in ? dl[k] : 0.f;
       }
-      if (p.out != nullptr && w.valid)
-        store_run<T, K>(static_cast<T *>(p.out) + w.bi * p.s_xb + w.dch * p.s_xd, t0, p.l, p.vec, zv);
     }
     if (w.valid) {
-      const int64_t xo = w.bi * p.s_xb + w.dch * p.s_xd;
       store_run<T, K>(static_cast<T *>(p.du) + xo, t0, p.l, p.vec, S);
       store_run<T, K>(static_cast<T *>(p.ddt) + xo, t0, p.l, p.vec, dl);
-      if (p.has_z) store_run<T, K>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, y);
+    }
+    if (p.has_z) {
+      float zv[K], gv[K];
+      load_run<T, K>(zp, t0, tend, p.vec, zv);
+      load_run<T, K>(gp, t0, tend, p.vec, gv);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float s = sigmoid_f(zv[k]);
+        gv[k] *= s * (1.f + zv[k] * (1.f - s));  // dout silu'(z)
+        zv[k] *= s;                               // silu(z)
+      }
+      if (p.out != nullptr) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) zv[k] *= y[k];
+        if (w.valid) store_run<T, K>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, zv);
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) y[k] *= gv[k];  // dz
+      if (w.valid) store_run<T, K>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, y);
+    } else if (p.out != nullptr && w.valid) {
+      store_run<T, K>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, y);
     }
   }
   __syncwarp();
