@@ -1266,13 +1266,7 @@ __global__ void __launch_bounds__(32, TPC == 2 ? 12 : 1) bwd_chan_kernel(Params 
         const float x = p.softplus ? softplus_nb(dr[k] + bias) : dr[k] + bias;
         dl[k] = t0 + k < p.l ? x : 0.f;
         float gy = gv[k];
-        dz[k] = 0.f;
-        if (p.has_z) {
-          const float sg = sigmoid_f(zv[k]);
-          gy *= zv[k] * sg;                                 // dL/dy = dout * silu(z)
-          dz[k] = gv[k] * sg * (1.f + zv[k] * (1.f - sg));  // times (y + D u) below
-          zv[k] *= sg;                                      // silu(z), for the output
-        }
+        if (p.has_z) gy *= zv[k] * sigmoid_f(zv[k]);  // dL/dy = dout * silu(z)
         dy[k] = in ? gy : 0.f;  // an idle lane or a token past the end: no cotangent
       }
       __syncwarp();
@@ -1291,12 +1285,25 @@ __global__ void __launch_bounds__(32, TPC == 2 ? 12 : 1) bwd_chan_kernel(Params 
           h[j] = ex2(dl[k] * A2[j]) * h[j] + duk * Bv[j];
           if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
         }
-        const float yk = pair_sum<TPC>(y0 + y1) + Dv * uv[k];
-        dz[k] *= yk;
-        zv[k] = p.has_z ? yk * zv[k] : yk;  // the forward's output again (p.out); z is not read after this
+        dz[k] = pair_sum<TPC>(y0 + y1) + Dv * uv[k];  // y + D u
       }
-      if (p.has_z && writer) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
-      if (p.out != nullptr && writer) store_run<T, kBcSub>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, zv);
+      // dz = dout silu'(z) (y + D u) and (p.out) the forward's output again, (y + D u) silu(z): z and
+      // dout read again (cached) instead of held in registers through the recompute
+      if (p.has_z) {
+        load_run<T, kBcSub>(grow, t0, p.l, p.vec, gv);
+        load_run<T, kBcSub>(zrow, t0, p.l, p.vec, zv);
+#pragma unroll
+        for (int k = 0; k < kBcSub; ++k) {
+          const float sg = sigmoid_f(zv[k]);
+          gv[k] *= sg * (1.f + zv[k] * (1.f - sg));
+          zv[k] *= sg * dz[k];
+          dz[k] *= gv[k];
+        }
+        if (writer) store_run<T, kBcSub>(static_cast<T *>(p.dz) + xo, t0, p.l, p.vec, dz);
+        if (p.out != nullptr && writer) store_run<T, kBcSub>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, zv);
+      } else if (p.out != nullptr && writer) {
+        store_run<T, kBcSub>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, dz);
+      }
       // reverse walk; h holds h_t of the token being walked
       float Sv[kBcSub], gAv[kBcSub];
 #pragma unroll
