@@ -14,6 +14,15 @@ for pooled and per-token output: memory is bounded by ``chunk_size``, not by the
     genomamba bench train --preset 7M --batch-size 2 --seq-len 16384 --device cuda
     genomamba bench train --embed                            # 1 Mb embedding memory on CPU
     genomamba bench train --device cuda --memory-sweep       # memory vs length, 2^14 .. 2^23 tokens
+
+A million-token window in segments of 2^19 next to mamba_ssm's whole window, one process:
+
+    genomamba bench train --device cuda --d-model 256 --n-layer 8 --batch-size 1 --seq-len 1048576
+        --segment-len 524288 --vs-mamba-ssm   (one command line)
+
+With ``--vs-mamba-ssm`` (CUDA, mamba_ssm importable) each shape and length also trains whole through
+mamba_ssm's ``MambaLMHeadModel`` in the same process, with the same weights (the state-dict keys
+are shared), data, optimizer groups and clipping; genomamba's rows get ``ratio_vs_mamba_ssm``.
 """
 
 from __future__ import annotations
@@ -80,17 +89,47 @@ def reset_peak_rss() -> bool:
 REBUILD = {"auto": None, "on": True, "off": False}
 
 
+def mamba_ssm_twin(model: MambaLM):
+    """mamba_ssm's ``MambaLMHeadModel`` of ``model``'s shape with ``model``'s weights (the state-dict
+    keys are the same), on its device, and its AdamW groups (the same parameters decay)."""
+    from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    c = model.config
+    twin = MambaLMHeadModel(SsmConfig(d_model=c.d_model, n_layer=c.n_layer, vocab_size=c.vocab_size, ssm_cfg={},
+                                      rms_norm=c.rms_norm, residual_in_fp32=c.residual_in_fp32, fused_add_norm=True,
+                                      pad_vocab_size_multiple=c.pad_vocab_size_multiple),
+                            device=next(model.parameters()).device)
+    missing, _ = twin.load_state_dict(model.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"mamba_ssm's model has weights genomamba's lacks: {missing[:5]}")
+    no_decay = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    named = dict(twin.named_parameters())
+    groups = [{"params": [p for n, p in named.items() if n not in no_decay], "weight_decay": 0.1},
+              {"params": [p for n, p in named.items() if n in no_decay], "weight_decay": 0.0}]
+    return twin.train(), groups
+
+
 def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5, warmup: int = 2,
                 device: str = "cpu", amp: bool = True, grad_checkpointing: bool = False,
-                segment_len: Optional[int] = None, rebuild: Optional[bool] = None) -> dict:
-    """``rebuild``: the layers' ``rebuild_inputs`` (None: the default, on for GPUs)."""
+                segment_len: Optional[int] = None, rebuild: Optional[bool] = None, impl: str = "genomamba") -> dict:
+    """``rebuild``: the layers' ``rebuild_inputs`` (None: the default, on for GPUs). ``impl="mamba_ssm"``:
+    the same step (same weights, data, optimizer and clipping) through mamba_ssm's model, whole
+    windows only."""
     torch.manual_seed(0)
     model = MambaLM(cfg).to(device).train()
     if grad_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     for layer in model.backbone.layers:
         layer.mixer.rebuild_inputs = rebuild
-    opt = torch.optim.AdamW(optimizer_param_groups(model, 0.1), lr=1e-3)
+    groups = optimizer_param_groups(model, 0.1)
+    if impl == "mamba_ssm":
+        if segment_len or grad_checkpointing:
+            raise ValueError("the mamba_ssm row trains whole windows without checkpointing")
+        model, groups = mamba_ssm_twin(model)
+    elif impl != "genomamba":
+        raise ValueError(f"impl: expected genomamba or mamba_ssm, got {impl!r}")
+    opt = torch.optim.AdamW(groups, lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(6, 10, (batch_size, seq_len + 1), generator=gen).to(device)  # A/C/G/T ids
     cuda = device.startswith("cuda")
@@ -104,6 +143,7 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
                 loss, _ = segmented_loss(model, ids[:, :-1], segment_len, segment, normalizer=ids[:, 1:].numel())
             else:
                 logits = model(ids[:, :-1])
+                logits = getattr(logits, "logits", logits)  # mamba_ssm returns a named tuple
         if not segment_len:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -124,7 +164,8 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    out = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "params": model.num_parameters(),
+    out = {"impl": impl, "d_model": cfg.d_model, "n_layer": cfg.n_layer,
+           "params": sum(p.numel() for p in model.parameters()),
            "batch": batch_size, "seq_len": seq_len, "steps": steps, "sec_per_step": round(dt / steps, 4),
            "tokens_per_s": round(batch_size * seq_len * steps / dt, 1), "device": device,
            "amp_bf16": use_amp, "segment_len": segment_len, "grad_checkpointing": grad_checkpointing,
@@ -136,6 +177,42 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
         out["peak_mem_mb"] = round(peak_rss_mb(), 1)
         out["peak_mem_kind"] = "process peak RSS (VmHWM" + (", reset before timing)" if reset_ok else ")")
     return out
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return None
+
+
+def mamba_ssm_unavailable(cuda: bool) -> Optional[str]:
+    """Why a mamba_ssm row cannot run here, or None."""
+    if not cuda:
+        return "mamba_ssm trains on CUDA only (add --device cuda)"
+    try:
+        import mamba_ssm.models.mixer_seq_simple  # noqa: F401
+    except Exception as exc:  # not installed, or its compiled extensions do not load
+        return f"mamba_ssm does not import here ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _row(name: str, batch: int, seq_len: int, rows: list, run) -> Optional[dict]:
+    """One measured row (an out-of-memory run recorded as such), printed and appended to ``rows``."""
+    try:
+        r = run()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        print(f"  {name}: b={batch} l={seq_len}  out of memory", flush=True)
+        rows.append({"preset": name, "batch": batch, "seq_len": seq_len, "oom": True})
+        return None
+    r["preset"] = name
+    rows.append(r)
+    print(f"  {r['impl']} {name}: b={batch} l={seq_len}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
+          f"peak {r['peak_mem_mb']} MB", flush=True)
+    return r
 
 
 # ----------------------------------------------------------------------------- memory vs length
@@ -291,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "keeping them (auto: on GPUs); 'off' measures what keeping them costs")
     p.add_argument("--segment-len", type=int, default=None,
                    help="read each window in segments of this many tokens (segment-wise training)")
+    p.add_argument("--vs-mamba-ssm", action="store_true",
+                   help="also train each shape and length whole through mamba_ssm's model in this process (CUDA, "
+                        "mamba_ssm importable): same weights, data and step; genomamba rows get the ratio")
     p.add_argument("--memory-sweep", action="store_true",
                    help="peak memory vs length at batch 1, whole-window and segment-wise (--seq-len values; "
                         "default 2^14 .. 2^23 on cuda, 2^10 .. 2^14 on cpu), with a PNG plot")
@@ -347,18 +427,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         seq_lens = args.seq_len or ([1024, 16384] if cuda else [1024])
         batch = args.batch_size or (8 if cuda else 4)
         steps = args.steps or (20 if cuda else 3)
+        if args.vs_mamba_ssm:
+            why = mamba_ssm_unavailable(cuda)
+            if why:
+                print(f"genomamba bench train: --vs-mamba-ssm: {why}", file=sys.stderr)
+                return 2
+            results["machine"]["mamba_ssm"] = _version("mamba_ssm")
         rows = []
         for name, kw in shapes.items():
             for L in seq_lens:
                 cfg = MambaConfig(**kw, vocab_size=11)
-                r = bench_train(cfg, batch, L, steps, args.warmup, args.device, not args.no_amp,
-                                args.grad_checkpointing, args.segment_len, REBUILD[args.rebuild_inputs])
-                r["preset"] = name
-                rows.append(r)
-                print(f"  {name}: b={batch} l={L}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
-                      f"peak {r['peak_mem_mb']} MB", flush=True)
+                ref = None
+                if args.vs_mamba_ssm:
+                    ref = _row(name, batch, L, rows, lambda: bench_train(
+                        cfg, batch, L, steps, args.warmup, args.device, not args.no_amp, impl="mamba_ssm"))
+                r = _row(name, batch, L, rows, lambda: bench_train(
+                    cfg, batch, L, steps, args.warmup, args.device, not args.no_amp, args.grad_checkpointing,
+                    args.segment_len, REBUILD[args.rebuild_inputs]))
+                if ref and r and ref.get("tokens_per_s") and r.get("tokens_per_s"):
+                    r["ratio_vs_mamba_ssm"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
         print()
-        print_table(rows, ["preset", "params", "batch", "seq_len", "sec_per_step", "tokens_per_s", "peak_mem_mb"])
+        print_table(rows, ["impl", "preset", "params", "batch", "seq_len", "segment_len", "sec_per_step",
+                           "tokens_per_s", "peak_mem_mb"] + (["ratio_vs_mamba_ssm"] if args.vs_mamba_ssm else []))
         results["train"] = rows
     if args.embed or args.embed_only:
         bases = args.embed_bases or [100_000, 1_000_000]

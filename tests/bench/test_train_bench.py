@@ -41,3 +41,23 @@ def test_memory_sweep_writes_json_and_plot(tmp_path):
         [("whole", 64, None), ("whole", 256, None), ("segments", 256, 64)]
     assert all(r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
     assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_the_mamba_ssm_row_says_why_it_cannot_run_here(tmp_path, capsys):
+    # on CPU: mamba_ssm trains on CUDA only; the command stops before measuring anything
+    assert bt.main(["--d-model", "16", "--n-layer", "1", "--seq-len", "32", "--steps", "1", "--vs-mamba-ssm",
+                    "--out", str(tmp_path), "--name", "v"]) == 2
+    assert "--vs-mamba-ssm: mamba_ssm trains on CUDA only" in capsys.readouterr().err
+    assert not (tmp_path / "v.json").exists()
+    assert bt.mamba_ssm_unavailable(True) is None or "does not import" in bt.mamba_ssm_unavailable(True)
+
+
+def test_rows_name_their_implementation_and_the_twin_refuses_segments():
+    cfg = MambaConfig(d_model=16, n_layer=1, vocab_size=11)
+    assert bt.bench_train(cfg, batch_size=1, seq_len=32, steps=1, warmup=0)["impl"] == "genomamba"
+    import pytest
+
+    with pytest.raises(ValueError, match="whole windows"):
+        bt.bench_train(cfg, batch_size=1, seq_len=32, steps=1, warmup=0, segment_len=16, impl="mamba_ssm")
+    with pytest.raises(ValueError, match="impl: expected"):
+        bt.bench_train(cfg, batch_size=1, seq_len=32, steps=1, warmup=0, impl="hyena")
