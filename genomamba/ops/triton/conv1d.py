@@ -68,6 +68,22 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _through_silu(g, xp, pos0, hi, w_ptr, b_ptr, offs_d, mask_d, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # g (BD, BL) times silu'(pre) at the tokens whose tap 0 reads x at pos0: pre = bias + sum_k
+    # w[k] * x[pos0 + k], x read from the rows at xp and taken as zero outside [0, hi)
+    pre = tl.zeros_like(g)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    for k in tl.static_range(W):
+        src = pos0 + k
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+        xm = mask_d[:, None] & ((src >= 0) & (src < hi))[None, :]
+        pre += wk[:, None] * tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
+    sg = tl.sigmoid(pre)
+    return g * sg * (1.0 + pre * (1.0 - sg))
+
+
+@triton.jit
 def _conv_dpre_kernel(
     xx_ptr,
     w_ptr,
@@ -100,15 +116,8 @@ def _conv_dpre_kernel(
     g = tl.load(gout_ptr + pid_b * s_gb + offs_d[:, None] * s_gd + offs_l[None, :], mask=m, other=0.0).to(
         tl.float32
     )
-    if SILU:
-        pre = tl.zeros([BD, BL], dtype=tl.float32)
-        if HAS_BIAS:
-            pre += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-        for k in tl.static_range(W):
-            wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-            pre += wk[:, None] * tl.load(xp + (offs_l + k)[None, :], mask=m, other=0.0).to(tl.float32)
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
+    if SILU:  # xx holds the W - 1 inputs before the block: tap k of token t reads xx[t + k]
+        g = _through_silu(g, xp, offs_l, lx, w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS)
     tl.store(dpre_ptr + pid_b * d * l + offs_d[:, None] * l + offs_l[None, :], g, mask=m)
     part = (pid_b * nlb + pid_l) * d + offs_d
     for k in tl.static_range(W):
@@ -177,17 +186,8 @@ def _conv_bwd_in_place_kernel(
     for j in tl.static_range(W):
         t = offs_s + j
         g = tl.load(gp + t[None, :], mask=mask_d[:, None] & (t < l)[None, :], other=0.0).to(tl.float32)
-        if SILU:
-            pre = tl.zeros([BD, BL], dtype=tl.float32)
-            if HAS_BIAS:
-                pre += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-            for k in tl.static_range(W):
-                src = t + (k - (W - 1))
-                wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-                xm = mask_d[:, None] & ((src >= 0) & (src < l))[None, :]
-                pre += wk[:, None] * tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
-            sg = tl.sigmoid(pre)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
+        if SILU:  # no initial state: tap k of token t reads x[t + k - (W - 1)], zero before 0
+            g = _through_silu(g, xp, t - (W - 1), l, w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS)
         wj = tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=mask_d, other=0.0).to(tl.float32)
         dx += wj[:, None] * g
         if j == 0:  # this block's share of dW and dbias: the tokens t = s of the block
