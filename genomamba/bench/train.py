@@ -173,6 +173,8 @@ def bench_train(cfg: MambaConfig, batch_size: int, seq_len: int, steps: int = 5,
     if cuda:
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["peak_mem_kind"] = "cuda max_memory_allocated"
+        # replayed CUDA graphs allocate from their own pools, which only the reserved figure counts
+        out["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     else:
         out["peak_mem_mb"] = round(peak_rss_mb(), 1)
         out["peak_mem_kind"] = "process peak RSS (VmHWM" + (", reset before timing)" if reset_ok else ")")

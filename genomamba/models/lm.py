@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
-from genomamba.models import decode, graphed
+from genomamba.models import decode, graphed, graphed_train
 from genomamba.models.cache import InferenceCache
 from genomamba.models.io import (
     check_state_dict,
@@ -160,8 +160,9 @@ class MambaLM(nn.Module):
     def forward(self, input_ids, cache: Optional[InferenceCache] = None, num_last_tokens: int = 0):
         """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0).
 
-        Without gradients on CUDA, a shape called again replays a captured CUDA graph
-        (:mod:`genomamba.models.graphed`); the result is the same."""
+        On CUDA, a shape called again replays captured CUDA graphs: the forward without gradients
+        (:mod:`genomamba.models.graphed`), the forward and its backward with them
+        (:mod:`genomamba.models.graphed_train`); the results are the same."""
         self._check_ids(input_ids)
         num_last_tokens = max(int(num_last_tokens), 0)
         hidden = self._hidden(input_ids, cache)
@@ -175,6 +176,8 @@ class MambaLM(nn.Module):
         hidden = None
         if graphed.eligible(self, input_ids, cache):
             hidden = graphed.graphs_of(self).run(self, lambda ids, c: self.backbone(ids, cache=c), input_ids, cache)
+        elif graphed_train.eligible(self, input_ids, cache):
+            hidden = graphed_train.graphs_of(self).run(self, input_ids)
         if hidden is None:
             hidden = self.backbone(input_ids, cache=cache)
         if cache is not None:
