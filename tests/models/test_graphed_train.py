@@ -32,8 +32,8 @@ def test_forward_through_aliases_equals_the_model_and_leaves_grad_alone():
     want = torch.autograd.grad(want_out, [p for _, p in params], weight, allow_unused=True)
     assert torch.equal(out, want_out)
     for (name, p), g, w in zip(params, got, want):
-        assert g.shape == p.shape, name
-        assert torch.equal(g, torch.zeros_like(p) if w is None else w), name
+        assert (g is None) == (w is None), name
+        assert w is None or torch.equal(g, w), name
     # an update in place is seen through the aliases
     with torch.no_grad():
         m.backbone.layers[0].mixer.out_proj.weight.mul_(2)
