@@ -362,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, action="append", default=None,
                    help="sequence length(s) (repeatable; default 1024 on cpu, 1024 and 16384 on cuda)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on cpu, 20 on cuda)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 1 on cpu, 3 on cuda: a shape's CUDA graphs are captured "
+                        "on its second step)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on cuda (default: bf16 autocast)")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--rebuild-inputs", choices=list(REBUILD), default="auto",
@@ -408,7 +410,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = MambaConfig(**kw, vocab_size=11)
         lengths = args.seq_len or [2**k for k in (range(14, 24) if cuda else range(10, 15))]
         seg = args.segment_len or (65536 if cuda else 2048)
-        rows = memory_sweep(cfg, lengths, seg, args.device, steps=args.steps or 2, warmup=args.warmup,
+        rows = memory_sweep(cfg, lengths, seg, args.device, steps=args.steps or 2,
+                            warmup=1 if args.warmup is None else args.warmup,
                             amp=not args.no_amp)
         print()
         print_table(rows, ["mode", "seq_len", "segment_len", "sec_per_step", "tokens_per_s", "peak_mem_mb", "oom"])
@@ -429,6 +432,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         seq_lens = args.seq_len or ([1024, 16384] if cuda else [1024])
         batch = args.batch_size or (8 if cuda else 4)
         steps = args.steps or (20 if cuda else 3)
+        warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
         if args.vs_mamba_ssm:
             why = mamba_ssm_unavailable(cuda)
             if why:
@@ -442,9 +446,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ref = None
                 if args.vs_mamba_ssm:
                     ref = _row(name, batch, L, rows, lambda: bench_train(
-                        cfg, batch, L, steps, args.warmup, args.device, not args.no_amp, impl="mamba_ssm"))
+                        cfg, batch, L, steps, warmup, args.device, not args.no_amp, impl="mamba_ssm"))
                 r = _row(name, batch, L, rows, lambda: bench_train(
-                    cfg, batch, L, steps, args.warmup, args.device, not args.no_amp, args.grad_checkpointing,
+                    cfg, batch, L, steps, warmup, args.device, not args.no_amp, args.grad_checkpointing,
                     args.segment_len, REBUILD[args.rebuild_inputs]))
                 if ref and r and ref.get("tokens_per_s") and r.get("tokens_per_s"):
                     r["ratio_vs_mamba_ssm"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
