@@ -195,25 +195,31 @@ class ForwardGraphs:
         return graph.replay(input_ids, cache)
 
     def _capture(self, model, run, input_ids, cache, fp, key) -> Optional[ForwardGraph]:
-        try:
-            graph = ForwardGraph(run, input_ids, cache, fp)
-        except Exception as exc:  # anything that breaks capture: run eagerly, never a wrong result
-            try:
-                torch.cuda.synchronize(input_ids.device)
-            except Exception:
-                pass
-            why = f"{type(exc).__name__}: {str(exc)[:300]}"
-            if why not in _warned:
-                _warned.add(why)
-                warnings.warn(f"genomamba: a forward of shape {tuple(input_ids.shape)} could not be replayed "
-                              f"from a CUDA graph ({why}); running it eagerly. Set GENOMAMBA_CUDA_GRAPH=0 "
-                              f"to skip the attempt.", RuntimeWarning, stacklevel=3)
-            graph = None
+        graph = try_capture(lambda: ForwardGraph(run, input_ids, cache, fp), input_ids.device,
+                            f"a forward of shape {tuple(input_ids.shape)}", stacklevel=4)
         self.graphs[key] = graph
         self.graphs.move_to_end(key)
         while len(self.graphs) > MAX_GRAPHS:
             self.graphs.popitem(last=False)
         return graph
+
+
+def try_capture(make, device: torch.device, what: str, stacklevel: int):
+    """``make()``, or None after one warning per distinct failure: anything that breaks a capture
+    makes ``what`` run eagerly, never return a wrong result."""
+    try:
+        return make()
+    except Exception as exc:
+        try:
+            torch.cuda.synchronize(device)
+        except Exception:
+            pass
+        why = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if why not in _warned:
+            _warned.add(why)
+            warnings.warn(f"genomamba: {what} could not be replayed from CUDA graphs ({why}); running eagerly. "
+                          f"Set GENOMAMBA_CUDA_GRAPH=0 to skip the attempt.", RuntimeWarning, stacklevel=stacklevel)
+        return None
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ Memory: a replayed graph allocates nothing through the caching allocator, so
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from typing import Optional
 
@@ -47,7 +46,6 @@ from genomamba.ops.checks import first_mismatch
 
 MAX_GRAPHS = 2  # captured training shapes kept per model: each holds one step's activations
 MAX_CAPTURES = 8  # captures per model: a run whose shapes keep changing trains eagerly after that
-_warned: set = set()
 
 
 def eligible(model, input_ids: torch.Tensor, cache) -> bool:
@@ -225,20 +223,8 @@ class TrainGraphs:
         while len(self.graphs) >= MAX_GRAPHS:
             self.graphs.popitem(last=False)
         self.captures += 1
-        try:
-            graph = TrainGraph(model.backbone, input_ids, params, fp)
-        except Exception as exc:  # anything that breaks capture: run eagerly, never a wrong result
-            try:
-                torch.cuda.synchronize(input_ids.device)
-            except Exception:
-                pass
-            why = f"{type(exc).__name__}: {str(exc)[:300]}"
-            if why not in _warned:
-                _warned.add(why)
-                warnings.warn(f"genomamba: training steps of shape {tuple(input_ids.shape)} could not be replayed "
-                              f"from CUDA graphs ({why}); running them eagerly. Set GENOMAMBA_CUDA_GRAPH=0 "
-                              f"to skip the attempt.", RuntimeWarning, stacklevel=4)
-            graph = None
+        graph = graphed.try_capture(lambda: TrainGraph(model.backbone, input_ids, params, fp), input_ids.device,
+                                    f"training steps of shape {tuple(input_ids.shape)}", stacklevel=5)
         self.graphs[key] = graph
         return graph
 
