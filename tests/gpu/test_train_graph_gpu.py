@@ -84,6 +84,12 @@ def grads(m):
     return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
+def same_grads(graph_model, eager_model):
+    got, want = grads(graph_model), grads(eager_model)
+    for name in want:
+        assert close(got[name], want[name], 1e-4), name
+
+
 def warm(m, x):
     """Two calls of this shape: the second captures it."""
     for _ in range(2):
@@ -100,10 +106,8 @@ def test_two_forwards_of_one_shape_before_their_backward():
     with graphed.capture_policy("never"):
         (loss_of(eager_model, a, False) + 2 * loss_of(eager_model, b, False)).backward()
     assert counts(graph_model) == (2, 1)  # warm's call and b's backward replayed, a's recomputed
-    got, want = grads(graph_model), grads(eager_model)
-    assert got.keys() == want.keys()
-    for name in want:
-        assert close(got[name], want[name], 1e-4), name
+    assert grads(graph_model).keys() == grads(eager_model).keys()
+    same_grads(graph_model, eager_model)
 
 
 def test_second_backward_through_a_retained_graph_and_accumulation():
@@ -117,9 +121,7 @@ def test_second_backward_through_a_retained_graph_and_accumulation():
             loss.backward()  # activations of the replay are gone: recomputed, still exact
             loss_of(m, y, False).backward()  # accumulated into the existing gradients
     assert counts(graph_model) == (3, 1)  # warm, the first backward and y's replayed; the second recomputed
-    got, want = grads(graph_model), grads(eager_model)
-    for name in want:
-        assert close(got[name], want[name], 1e-4), name
+    same_grads(graph_model, eager_model)
 
 
 def test_replaced_weights_are_captured_again():
@@ -136,9 +138,7 @@ def test_replaced_weights_are_captured_again():
         loss_of(eager_model, x, False).backward()
     after = graphed_train.graphs_of(graph_model).graphs.get(first)
     assert after is not None and after is not before
-    got, want = grads(graph_model), grads(eager_model)
-    for name in want:
-        assert close(got[name], want[name], 1e-4), name
+    same_grads(graph_model, eager_model)
 
 
 def test_calls_that_are_never_captured():
