@@ -185,10 +185,11 @@ def test_fused_mixer_with_the_triton_conv(b, l, states):
         assert_close(a, e, torch.float32, name)
 
 
-@pytest.mark.parametrize("w", [1, 2, 4])
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
 @pytest.mark.parametrize("l", [1, 3, 129, 300])
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_backward_in_place(w, l, bias):
+@pytest.mark.parametrize("silu", [True, False])
+def test_conv_backward_in_place(w, l, bias, silu):
     """The one-kernel conv backward (no states): x and dout read from (channels, b * l)-layout views,
     dx written into one, against the float64 reference's gradients."""
     from genomamba.ops.triton.conv1d import conv_backward_in_place
@@ -200,10 +201,10 @@ def test_conv_backward_in_place(w, l, bias):
     g = torch.randn(d, b * l).view(d, b, l).transpose(0, 1)
     dxm = torch.full((2 * d, b * l), float("nan"))
     dx = dxm[:d].view(d, b, l).transpose(0, 1)
-    dw, db = conv_backward_in_place(x, wt, bs, True, g, dx)
+    dw, db = conv_backward_in_place(x, wt, bs, silu, g, dx)
     rx, rw = x.double().requires_grad_(), wt.double().requires_grad_()
     rb = bs.double().requires_grad_() if bias else None
-    rout = causal_conv1d_ref(rx, rw, rb, None, "silu")
+    rout = causal_conv1d_ref(rx, rw, rb, None, "silu" if silu else None)
     want = torch.autograd.grad(rout, [t for t in (rx, rw, rb) if t is not None], g.double())
     assert_close(dx, want[0], torch.float32, "dx")
     assert torch.isnan(dxm[d:]).all()  # the other rows untouched

@@ -149,6 +149,20 @@ def _conv_dx_kernel(dpre_ptr, w_ptr, dxx_ptr, d, l, lx, W: tl.constexpr, BD: tl.
 
 
 @triton.jit
+def _pick(w0, w1, w2, w3, k: tl.constexpr):
+    # tap k's weights (k a compile-time constant)
+    if k == 0:
+        r = w0
+    elif k == 1:
+        r = w1
+    elif k == 2:
+        r = w2
+    else:
+        r = w3
+    return r
+
+
+@triton.jit
 def _conv_bwd_in_place_kernel(
     x_ptr,
     w_ptr,
@@ -172,8 +186,10 @@ def _conv_bwd_in_place_kernel(
     BD: tl.constexpr,
     BL: tl.constexpr,
 ):
-    # one pass, no initial state: dx[s] = sum_j w[W-1-j] * dpre[s + j], where dpre at the W - 1
-    # positions past the block is recomputed here (x, dout and dx read and written where they lie)
+    # one pass, no initial state: dx[s] = sum_j w[W-1-j] * dpre[s + j]. The pre-activations of the
+    # W tokens s + j (j < W) are built from the 2W - 1 shifted x tiles, each read once; dpre at the
+    # W - 1 positions past the block is recomputed here. x, dout and dx are read and written where
+    # they lie.
     pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -182,21 +198,67 @@ def _conv_bwd_in_place_kernel(
     mask_d = offs_d < d
     xp = x_ptr + pid_b * s_xb + offs_d[:, None] * s_xd
     gp = gout_ptr + pid_b * s_gb + offs_d[:, None] * s_gd
+    wp = w_ptr + offs_d * W
+    w0 = tl.load(wp, mask=mask_d, other=0.0).to(tl.float32)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if W > 1:
+        w1 = tl.load(wp + 1, mask=mask_d, other=0.0).to(tl.float32)
+    if W > 2:
+        w2 = tl.load(wp + 2, mask=mask_d, other=0.0).to(tl.float32)
+    if W > 3:
+        w3 = tl.load(wp + 3, mask=mask_d, other=0.0).to(tl.float32)
+    p0 = tl.zeros([BD, BL], dtype=tl.float32)  # pre-activation of token s + j, j = 0 .. W - 1
+    if HAS_BIAS:
+        p0 += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    x0 = tl.zeros([BD, BL], dtype=tl.float32)  # x[s - (W - 1) + k], k < W: dW's inputs
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    for o in tl.static_range(2 * W - 1):  # x at s + o - (W - 1): tap o - j of token s + j
+        if SILU or o < W:
+            src = offs_s + (o - (W - 1))
+            xm = mask_d[:, None] & ((src >= 0) & (src < l))[None, :]
+            xv = tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
+            if SILU:
+                if o < W:
+                    p0 += _pick(w0, w1, w2, w3, o)[:, None] * xv
+                if W > 1:
+                    if o >= 1:
+                        if o < W + 1:
+                            p1 += _pick(w0, w1, w2, w3, o - 1)[:, None] * xv
+                if W > 2:
+                    if o >= 2:
+                        if o < W + 2:
+                            p2 += _pick(w0, w1, w2, w3, o - 2)[:, None] * xv
+                if W > 3:
+                    if o >= 3:
+                        p3 += _pick(w0, w1, w2, w3, o - 3)[:, None] * xv
+            if o == 0:
+                x0 = xv
+            elif o == 1:
+                x1 = xv
+            elif o == 2:
+                x2 = xv
+            elif o == 3:
+                x3 = xv
     dx = tl.zeros([BD, BL], dtype=tl.float32)
     for j in tl.static_range(W):
         t = offs_s + j
         g = tl.load(gp + t[None, :], mask=mask_d[:, None] & (t < l)[None, :], other=0.0).to(tl.float32)
-        if SILU:  # no initial state: tap k of token t reads x[t + k - (W - 1)], zero before 0
-            g = _through_silu(g, xp, t - (W - 1), l, w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS)
-        wj = tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=mask_d, other=0.0).to(tl.float32)
-        dx += wj[:, None] * g
+        if SILU:
+            pre = _pick(p0, p1, p2, p3, j)
+            sg = tl.sigmoid(pre)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        dx += _pick(w0, w1, w2, w3, W - 1 - j)[:, None] * g
         if j == 0:  # this block's share of dW and dbias: the tokens t = s of the block
             part = (pid_b * nlb + pid_l) * d + offs_d
             for k in tl.static_range(W):
-                src = offs_s + (k - (W - 1))
-                xm = mask_d[:, None] & ((src >= 0) & (src < l))[None, :]
-                xk = tl.load(xp + src[None, :], mask=xm, other=0.0).to(tl.float32)
-                tl.store(dw_ptr + part * W + k, tl.sum(g * xk, axis=1), mask=mask_d)
+                tl.store(dw_ptr + part * W + k, tl.sum(g * _pick(x0, x1, x2, x3, k), axis=1), mask=mask_d)
             tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
     tl.store(
         dx_ptr + pid_b * s_ob + offs_d[:, None] * s_od + offs_s[None, :],
@@ -206,6 +268,7 @@ def _conv_bwd_in_place_kernel(
 
 
 _BD, _BL = 16, 128
+_BWD_WARPS = 8  # the one-kernel backward holds 2W tiles a thread: eight warps keep them in registers
 # The one-node training mixer takes the conv's gradient (calls without states) from the one-kernel
 # backward (``conv_backward_in_place``); GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
 CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "1").strip() != "0"}
@@ -327,6 +390,7 @@ def conv_backward_in_place(x, wc, bias, silu, dout, dx):
             SILU=silu,
             BD=_BD,
             BL=_BL,
+            num_warps=_BWD_WARPS,
         )
     return dw_p.sum((0, 1)), db_p.sum((0, 1))
 
