@@ -114,11 +114,12 @@ def test_state_update(groups, dtype):
     assert_close(st, ref_st, dtype, "state")
 
 
-@pytest.mark.parametrize("w", [1, 2, 4])
-@pytest.mark.parametrize("l", [1, 3, 150])
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
+@pytest.mark.parametrize("l", [1, 3, 150, 300])
 @pytest.mark.parametrize("layout", ["contiguous", "chunk"])
 @pytest.mark.parametrize("with_h0", [True, False])
-def test_causal_conv1d(w, l, layout, with_h0):
+@pytest.mark.parametrize("act", ["silu", None])
+def test_causal_conv1d(w, l, layout, with_h0, act):
     """Read in place: a half of a (b, 2d, l) projection (as the mixer passes it) and a plain tensor."""
     b, d = 2, 20
     leaf = torch.randn(b, 2 * d if layout == "chunk" else d, l, requires_grad=True)
@@ -128,10 +129,10 @@ def test_causal_conv1d(w, l, layout, with_h0):
     h0 = torch.randn(b, d, w - 1, requires_grad=True) if with_h0 else None
     ins = [t for t in (leaf, wt, bias, h0) if t is not None]
     with ops.use_backend("triton"):
-        out, fin = ops.causal_conv1d(x, wt, bias, h0, "silu", True)
+        out, fin = ops.causal_conv1d(x, wt, bias, h0, act, True)
     rleaf, rw, rb = (t.detach().double().requires_grad_() for t in (leaf, wt, bias))
     rh0 = h0.detach().double().requires_grad_() if with_h0 else None
-    rout, rfin = causal_conv1d_ref(rleaf[:, d:] if layout == "chunk" else rleaf, rw, rb, rh0, "silu", True)
+    rout, rfin = causal_conv1d_ref(rleaf[:, d:] if layout == "chunk" else rleaf, rw, rb, rh0, act, True)
     assert_close(out, rout, torch.float32, "out")
     assert_close(fin, rfin, torch.float32, "final_state")
     assert fin.data_ptr() != x.data_ptr()

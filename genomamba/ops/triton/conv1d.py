@@ -6,6 +6,12 @@ l + w - 1), so out[t] = act(bias + sum_k w[k] * xx[t + k]) has no boundary cases
 correlation run the other way: dxx[s] = sum_k w[k] * dpre[s - k]. The final state is xx[l:], so its
 gradient is added to dxx's tail. dW and dbias are per-(b, l-block) partials summed on the host
 (fixed order: deterministic).
+
+The forward and the one-kernel backward (no states, the training mixer's) come in two builds: by
+default every load and store is a whole 8-token vector and a thread takes the values the taps shift
+in from its own registers (the 3 tokens before its vector and, in the backward, the 3 after);
+``GENOMAMBA_CONV_VEC=0`` selects the kernels that load each shifted tile from memory instead (one
+element at a time, as the shifts leave them unaligned).
 """
 
 from __future__ import annotations
@@ -267,11 +273,233 @@ def _conv_bwd_in_place_kernel(
     )
 
 
+@triton.jit
+def _split8(t):
+    # the 8 elements along t's last axis (t: (r, c, 8)) as 8 (r, c) tensors; the axis lies within a
+    # thread, so this moves no data between threads
+    r: tl.constexpr = t.shape[0]
+    c: tl.constexpr = t.shape[1]
+    ev, od = tl.split(tl.reshape(t, (r, c, 4, 2)))  # elements 0 2 4 6 and 1 3 5 7
+    e04, e26 = tl.split(tl.reshape(ev, (r, c, 2, 2)))
+    o15, o37 = tl.split(tl.reshape(od, (r, c, 2, 2)))
+    a0, a4 = tl.split(e04)
+    a2, a6 = tl.split(e26)
+    a1, a5 = tl.split(o15)
+    a3, a7 = tl.split(o37)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _join8(a0, a1, a2, a3, a4, a5, a6, a7):
+    # the inverse of _split8
+    r: tl.constexpr = a0.shape[0]
+    c: tl.constexpr = a0.shape[1]
+    ev = tl.reshape(tl.join(tl.join(a0, a4), tl.join(a2, a6)), (r, c, 4))
+    od = tl.reshape(tl.join(tl.join(a1, a5), tl.join(a3, a7)), (r, c, 4))
+    return tl.reshape(tl.join(ev, od), (r, c, 8))
+
+
+@triton.jit
+def _dpre(g, bias, q0, q1, q2, q3, xa, xb, xc, xd, SILU: tl.constexpr):
+    # the gradient before the activation at one token: g through silu at pre = bias + q . (xa..xd)
+    if SILU:
+        pre = bias + q0 * xa + q1 * xb + q2 * xc + q3 * xd
+        sg = tl.sigmoid(pre)
+        g = g * sg * (1.0 + pre * (1.0 - sg))
+    return g
+
+
+@triton.jit
+def _dot8(a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7):
+    # sum over the block's rows of a . b (one value per channel)
+    return tl.sum(a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3 + a4 * b4 + a5 * b5 + a6 * b6 + a7 * b7, axis=1)
+
+
+@triton.jit
+def _conv_fwd_vec_kernel(
+    x_ptr,
+    h0_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    d,
+    l,
+    s_xb,
+    s_xd,
+    s_ob,
+    s_od,
+    W: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+):
+    # _conv_fwd_kernel with every load and store a whole 8-token vector (the layout of
+    # _conv_bwd_vec_kernel): a thread's tokens 8v .. 8v + 7 and the 3 before them are its registers
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    NV: tl.constexpr = BL // 8
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    mask_d = offs_d < d
+    pos = pid_l.to(tl.int64) * BL + (tl.arange(0, NV)[:, None] * 8 + tl.arange(0, 8)[None, :])
+    md = mask_d[:, None, None]
+    xrow = x_ptr + pid_b * s_xb + offs_d[:, None, None] * s_xd
+    q0, q1, q2, q3, bias = _taps4(w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS, BD, NV)
+    p = pos - 8
+    prev = tl.load(xrow + p[None], mask=md & ((p >= 0) & (p < l))[None], other=0.0).to(tl.float32)
+    if HAS_H0:  # the tokens -(W - 1) .. -1 from the initial state (b, d, W - 1)
+        hrow = h0_ptr + pid_b * d * (W - 1) + offs_d[:, None, None] * (W - 1)
+        hm = md & ((p < 0) & (p >= 1 - W))[None]
+        prev += tl.load(hrow + (p + (W - 1))[None], mask=hm, other=0.0).to(tl.float32)
+    _, _, _, _, _, xm3, xm2, xm1 = _split8(prev)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(
+        tl.load(xrow + pos[None], mask=md & (pos < l)[None], other=0.0).to(tl.float32))
+    out = _join8(
+        _act(bias + q0 * xm3 + q1 * xm2 + q2 * xm1 + q3 * x0, SILU),
+        _act(bias + q0 * xm2 + q1 * xm1 + q2 * x0 + q3 * x1, SILU),
+        _act(bias + q0 * xm1 + q1 * x0 + q2 * x1 + q3 * x2, SILU),
+        _act(bias + q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3, SILU),
+        _act(bias + q0 * x1 + q1 * x2 + q2 * x3 + q3 * x4, SILU),
+        _act(bias + q0 * x2 + q1 * x3 + q2 * x4 + q3 * x5, SILU),
+        _act(bias + q0 * x3 + q1 * x4 + q2 * x5 + q3 * x6, SILU),
+        _act(bias + q0 * x4 + q1 * x5 + q2 * x6 + q3 * x7, SILU),
+    )
+    tl.store(out_ptr + pid_b * s_ob + offs_d[:, None, None] * s_od + pos[None], out.to(out_ptr.dtype.element_ty),
+             mask=md & (pos < l)[None])
+
+
+@triton.jit
+def _act(v, SILU: tl.constexpr):
+    if SILU:
+        v = v * tl.sigmoid(v)
+    return v
+
+
+@triton.jit
+def _taps4(w_ptr, b_ptr, offs_d, mask_d, W: tl.constexpr, HAS_BIAS: tl.constexpr, BD: tl.constexpr,
+           NV: tl.constexpr):
+    # the weights padded to 4 taps in front with zeros (tap k reads x[t + k - 3]) and the bias, each
+    # broadcast to (BD, NV)
+    zero = tl.zeros([BD, NV], dtype=tl.float32)
+    wp = w_ptr + offs_d * W
+    q0 = zero + tl.load(wp + (W - 4), mask=mask_d & (W >= 4), other=0.0).to(tl.float32)[:, None]
+    q1 = zero + tl.load(wp + (W - 3), mask=mask_d & (W >= 3), other=0.0).to(tl.float32)[:, None]
+    q2 = zero + tl.load(wp + (W - 2), mask=mask_d & (W >= 2), other=0.0).to(tl.float32)[:, None]
+    q3 = zero + tl.load(wp + (W - 1), mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    bias = zero
+    if HAS_BIAS:
+        bias += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    return q0, q1, q2, q3, bias
+
+
+@triton.jit
+def _conv_bwd_vec_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    gout_ptr,
+    dx_ptr,
+    dw_ptr,
+    db_ptr,
+    d,
+    l,
+    nlb,
+    s_xb,
+    s_xd,
+    s_gb,
+    s_gd,
+    s_ob,
+    s_od,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+):
+    # The one-kernel backward with every load and store a whole 8-token vector: a thread holds the
+    # tokens 8v .. 8v + 7 of a row plus the 3 before (from the vector before) and the 3 after (from
+    # the vector after), so the shifted values the taps need are its own registers. Taps are padded
+    # to 4 in front with zero weights: out[t] = act(bias + sum_k q[k] x[t + k - 3]), x = 0 before 0.
+    pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    NV: tl.constexpr = BL // 8
+    offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)
+    mask_d = offs_d < d
+    pos = pid_l.to(tl.int64) * BL + (tl.arange(0, NV)[:, None] * 8 + tl.arange(0, 8)[None, :])  # (NV, 8)
+    md = mask_d[:, None, None]
+    xrow = x_ptr + pid_b * s_xb + offs_d[:, None, None] * s_xd
+    grow = gout_ptr + pid_b * s_gb + offs_d[:, None, None] * s_gd
+    q0, q1, q2, q3, bias = _taps4(w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS, BD, NV)
+    zero = tl.zeros([BD, NV], dtype=tl.float32)
+    p = pos - 8
+    _, _, _, _, _, xm3, xm2, xm1 = _split8(
+        tl.load(xrow + p[None], mask=md & ((p >= 0) & (p < l))[None], other=0.0).to(tl.float32))
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(
+        tl.load(xrow + pos[None], mask=md & (pos < l)[None], other=0.0).to(tl.float32))
+    g0, g1, g2, g3, g4, g5, g6, g7 = _split8(
+        tl.load(grow + pos[None], mask=md & (pos < l)[None], other=0.0).to(tl.float32))
+    p = pos + 8
+    g8, g9, g10, _, _, _, _, _ = _split8(tl.load(grow + p[None], mask=md & (p < l)[None], other=0.0).to(tl.float32))
+    if SILU:
+        x8, x9, x10, _, _, _, _, _ = _split8(
+            tl.load(xrow + p[None], mask=md & (p < l)[None], other=0.0).to(tl.float32))
+    else:
+        x8 = zero
+        x9 = zero
+        x10 = zero
+    # gradients before the activation at the tokens 8v + e, e = 0 .. 10
+    d0 = _dpre(g0, bias, q0, q1, q2, q3, xm3, xm2, xm1, x0, SILU)
+    d1 = _dpre(g1, bias, q0, q1, q2, q3, xm2, xm1, x0, x1, SILU)
+    d2 = _dpre(g2, bias, q0, q1, q2, q3, xm1, x0, x1, x2, SILU)
+    d3 = _dpre(g3, bias, q0, q1, q2, q3, x0, x1, x2, x3, SILU)
+    d4 = _dpre(g4, bias, q0, q1, q2, q3, x1, x2, x3, x4, SILU)
+    d5 = _dpre(g5, bias, q0, q1, q2, q3, x2, x3, x4, x5, SILU)
+    d6 = _dpre(g6, bias, q0, q1, q2, q3, x3, x4, x5, x6, SILU)
+    d7 = _dpre(g7, bias, q0, q1, q2, q3, x4, x5, x6, x7, SILU)
+    d8 = _dpre(g8, bias, q0, q1, q2, q3, x5, x6, x7, x8, SILU)
+    d9 = _dpre(g9, bias, q0, q1, q2, q3, x6, x7, x8, x9, SILU)
+    d10 = _dpre(g10, bias, q0, q1, q2, q3, x7, x8, x9, x10, SILU)
+    # dx[s] = sum_k q[k] dpre[s + 3 - k]
+    dx = _join8(
+        q3 * d0 + q2 * d1 + q1 * d2 + q0 * d3,
+        q3 * d1 + q2 * d2 + q1 * d3 + q0 * d4,
+        q3 * d2 + q2 * d3 + q1 * d4 + q0 * d5,
+        q3 * d3 + q2 * d4 + q1 * d5 + q0 * d6,
+        q3 * d4 + q2 * d5 + q1 * d6 + q0 * d7,
+        q3 * d5 + q2 * d6 + q1 * d7 + q0 * d8,
+        q3 * d6 + q2 * d7 + q1 * d8 + q0 * d9,
+        q3 * d7 + q2 * d8 + q1 * d9 + q0 * d10,
+    )
+    tl.store(dx_ptr + pid_b * s_ob + offs_d[:, None, None] * s_od + pos[None], dx.to(dx_ptr.dtype.element_ty),
+             mask=md & (pos < l)[None])
+    # this block's share of dW (tap k of the padded four reads x[t + k - 3]) and dbias
+    part = (pid_b * nlb + pid_l) * d + offs_d
+    if W >= 4:
+        tl.store(dw_ptr + part * W + (W - 4), _dot8(d0, d1, d2, d3, d4, d5, d6, d7,
+                                                    xm3, xm2, xm1, x0, x1, x2, x3, x4), mask=mask_d)
+    if W >= 3:
+        tl.store(dw_ptr + part * W + (W - 3), _dot8(d0, d1, d2, d3, d4, d5, d6, d7,
+                                                    xm2, xm1, x0, x1, x2, x3, x4, x5), mask=mask_d)
+    if W >= 2:
+        tl.store(dw_ptr + part * W + (W - 2), _dot8(d0, d1, d2, d3, d4, d5, d6, d7,
+                                                    xm1, x0, x1, x2, x3, x4, x5, x6), mask=mask_d)
+    tl.store(dw_ptr + part * W + (W - 1), _dot8(d0, d1, d2, d3, d4, d5, d6, d7,
+                                                x0, x1, x2, x3, x4, x5, x6, x7), mask=mask_d)
+    tl.store(db_ptr + part, tl.sum(d0 + d1 + d2 + d3 + d4 + d5 + d6 + d7, axis=1), mask=mask_d)
+
+
 _BD, _BL = 16, 128
-_BWD_WARPS = 8  # the one-kernel backward holds 2W tiles a thread: eight warps keep them in registers
+_BWD_WARPS = 8  # the shifted-tile backward holds 2W tiles a thread: eight warps keep them in registers
+_VEC_WARPS = 4  # the 8-token-vector backward: two vectors a thread
 # The one-node training mixer takes the conv's gradient (calls without states) from the one-kernel
 # backward (``conv_backward_in_place``); GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
-CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "1").strip() != "0"}
+CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "1").strip() != "0",
+          # the forward and the one-kernel backward with 8-token vectors (_conv_fwd_vec_kernel,
+          # _conv_bwd_vec_kernel); 0: the kernels loading shifted tiles
+          "vec": os.environ.get("GENOMAMBA_CONV_VEC", "1").strip() != "0"}
 
 
 def conv_forward(x, weight, bias, h0, silu, out):
@@ -282,7 +510,8 @@ def conv_forward(x, weight, bias, h0, silu, out):
     if l > 0:
         dummy = torch.empty(1, device=x.device, dtype=torch.float32)
         # l-blocks on the first grid axis: it alone takes more than 65,535 blocks (l > 8M)
-        _conv_fwd_kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
+        kernel = _conv_fwd_vec_kernel if CONFIG["vec"] else _conv_fwd_kernel
+        kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
             x,
             h0 if h0 is not None else dummy,
             weight,
@@ -368,7 +597,9 @@ def conv_backward_in_place(x, wc, bias, silu, dout, dx):
     db_p = alloc((b, nlb, d), device=dev, dtype=torch.float32)
     if l > 0:
         dummy = torch.empty(1, device=dev, dtype=torch.float32)
-        _conv_bwd_in_place_kernel[(nlb, triton.cdiv(d, _BD), b)](
+        vec = CONFIG["vec"]
+        kernel = _conv_bwd_vec_kernel if vec else _conv_bwd_in_place_kernel
+        kernel[(nlb, triton.cdiv(d, _BD), b)](
             x,
             wc,
             bias if bias is not None else dummy,
@@ -390,7 +621,7 @@ def conv_backward_in_place(x, wc, bias, silu, dout, dx):
             SILU=silu,
             BD=_BD,
             BL=_BL,
-            num_warps=_BWD_WARPS,
+            num_warps=_VEC_WARPS if vec else _BWD_WARPS,
         )
     return dw_p.sum((0, 1)), db_p.sum((0, 1))
 
