@@ -116,9 +116,14 @@ def triton_conv_pair():
 
     def conv_bwd(x, weight, bias, h0, dout, dfinal, dx_out=None):
         w = weight.shape[1]
-        if conv1d.CONFIG["bwd_in_place"] and h0 is None and dfinal is None and dx_out is not None:
-            dw, db = conv1d.conv_backward_in_place(x, weight.contiguous(), bias, True, dout, dx_out)
-            return dx_out, dw.to(weight.dtype), None if bias is None else db.to(bias.dtype), None
+        states = h0 is not None or dfinal is not None
+        if conv1d.CONFIG["bwd_in_place"] and dx_out is not None and (conv1d.CONFIG["vec"] or not states):
+            dw, db, dh0 = conv1d.conv_backward_in_place(
+                x, weight.contiguous(), bias, True, dout, dx_out, None if h0 is None else h0.contiguous(),
+                None if dfinal is None else dfinal.contiguous())
+            if h0 is not None:
+                dh0 = h0.new_zeros(h0.shape) if dh0 is None else dh0.to(h0.dtype)
+            return dx_out, dw.to(weight.dtype), None if bias is None else db.to(bias.dtype), dh0
         prev = None if h0 is None else h0.contiguous()
         dxx, dw, db = conv1d.conv_backward(x, prev, weight.contiguous(), bias, True, dout, dfinal)
         return (dxx[..., w - 1:], dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),

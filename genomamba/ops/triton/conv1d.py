@@ -1,19 +1,20 @@
 """Triton causal depthwise conv1d (width <= 4), forward and backward, with an initial conv state.
 
 The forward reads x where it lies (l the unit-stride axis, any batch and channel strides) and the
-initial state beside it. The backward concatenates the initial state in front of x (xx, length
-l + w - 1), so out[t] = act(bias + sum_k w[k] * xx[t + k]) has no boundary cases, and it is the same
-correlation run the other way: dxx[s] = sum_k w[k] * dpre[s - k]. The final state is xx[l:], so its
-gradient is added to dxx's tail. dW and dbias are per-(b, l-block) partials summed on the host
-(fixed order: deterministic).
+initial state beside it. The backward is one kernel (``conv_backward_in_place``): it recomputes the
+pre-activation where it needs it, reads x, the initial state, the output's and the final state's
+gradients where they lie and writes dx in x's dtype (into any such layout, e.g. rows of the
+training mixer's matrices) and the initial state's gradient. dW and dbias are per-(b, l-block)
+partials summed on the host (fixed order: deterministic).
 
-The forward and the one-kernel backward (no states, the training mixer's) come in two builds: by
-default every load and store is a whole 8-token vector and a thread takes the values the taps shift
-in from its own registers (the 3 tokens before its vector and, in the backward, the 3 after);
-``GENOMAMBA_CONV_VEC=0`` selects the kernels that load each shifted tile from memory instead (one
-element at a time, as the shifts leave them unaligned).
+By default every load and store of the forward and the backward is a whole 8-token vector, and a
+thread takes the values the taps shift in from its own registers (the 3 tokens before its vector
+and, in the backward, the 3 after). ``GENOMAMBA_CONV_VEC=0`` selects the earlier kernels, which load
+each shifted tile from memory (one element at a time, as the shifts leave them unaligned): a
+one-kernel backward for calls without states, and for calls with states a two-kernel backward that
+concatenates the initial state in front of x (xx, length l + w - 1) and runs the correlation the
+other way, dxx[s] = sum_k w[k] * dpre[s - k], adding the final state's gradient to dxx's tail.
 """
-
 from __future__ import annotations
 
 import os
@@ -400,9 +401,12 @@ def _conv_bwd_vec_kernel(
     w_ptr,
     b_ptr,
     gout_ptr,
+    h0_ptr,
+    dfinal_ptr,
     dx_ptr,
     dw_ptr,
     db_ptr,
+    dh0_ptr,
     d,
     l,
     nlb,
@@ -413,6 +417,8 @@ def _conv_bwd_vec_kernel(
     s_ob,
     s_od,
     W: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     BD: tl.constexpr,
@@ -421,7 +427,10 @@ def _conv_bwd_vec_kernel(
     # The one-kernel backward with every load and store a whole 8-token vector: a thread holds the
     # tokens 8v .. 8v + 7 of a row plus the 3 before (from the vector before) and the 3 after (from
     # the vector after), so the shifted values the taps need are its own registers. Taps are padded
-    # to 4 in front with zero weights: out[t] = act(bias + sum_k q[k] x[t + k - 3]), x = 0 before 0.
+    # to 4 in front with zero weights: out[t] = act(bias + sum_k q[k] x[t + k - 3]); x before 0 is
+    # the initial state h0 (b, d, W - 1) at x[p] = h0[p + W - 1], or 0. The final state is the last
+    # W - 1 inputs: its gradient dfinal (b, d, W - 1) adds to dx there (to dh0 where l < W - 1).
+    # With HAS_H0 the l-block 0 also writes dh0 (float32 (b, d, W - 1)).
     pid_l = tl.program_id(0)  # l-blocks first: that grid axis takes more than 65,535 blocks
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -435,8 +444,13 @@ def _conv_bwd_vec_kernel(
     q0, q1, q2, q3, bias = _taps4(w_ptr, b_ptr, offs_d, mask_d, W, HAS_BIAS, BD, NV)
     zero = tl.zeros([BD, NV], dtype=tl.float32)
     p = pos - 8
-    _, _, _, _, _, xm3, xm2, xm1 = _split8(
-        tl.load(xrow + p[None], mask=md & ((p >= 0) & (p < l))[None], other=0.0).to(tl.float32))
+    prev = tl.load(xrow + p[None], mask=md & ((p >= 0) & (p < l))[None], other=0.0).to(tl.float32)
+    srow = pid_b * d * (W - 1) + offs_d[:, None, None] * (W - 1)  # rows of the (b, d, W - 1) states
+    if HAS_H0:
+        if pid_l == 0:
+            prev += tl.load(h0_ptr + srow + (p + (W - 1))[None], mask=md & ((p < 0) & (p >= 1 - W))[None],
+                            other=0.0).to(tl.float32)
+    _, _, _, _, _, xm3, xm2, xm1 = _split8(prev)
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(
         tl.load(xrow + pos[None], mask=md & (pos < l)[None], other=0.0).to(tl.float32))
     g0, g1, g2, g3, g4, g5, g6, g7 = _split8(
@@ -473,8 +487,29 @@ def _conv_bwd_vec_kernel(
         q3 * d6 + q2 * d7 + q1 * d8 + q0 * d9,
         q3 * d7 + q2 * d8 + q1 * d9 + q0 * d10,
     )
+    if HAS_DFINAL:  # dfinal[i] is the gradient of x[l - (W - 1) + i] (in the last block or two)
+        f = pos - (l - (W - 1))
+        if (pid_l + 1) * BL > l - (W - 1):
+            dx += tl.load(dfinal_ptr + srow + f[None], mask=md & ((f >= 0) & (f < W - 1) & (pos < l))[None],
+                          other=0.0).to(tl.float32)
     tl.store(dx_ptr + pid_b * s_ob + offs_d[:, None, None] * s_od + pos[None], dx.to(dx_ptr.dtype.element_ty),
              mask=md & (pos < l)[None])
+    if HAS_H0:
+        if pid_l == 0:  # dh0 at the tokens -3 .. -1 (vector 0 of the block; those of -(W - 1) .. -1 kept)
+            vrow = (tl.arange(0, NV) == 0)[None, :]
+            srow2 = pid_b * d * (W - 1) + offs_d[:, None] * (W - 1) + tl.zeros([BD, NV], dtype=tl.int64)
+            for j in tl.static_range(1, W):  # token -j, j < W
+                hm = mask_d[:, None] & vrow
+                if j == 1:
+                    v = q0 * d2 + q1 * d1 + q2 * d0
+                elif j == 2:
+                    v = q0 * d1 + q1 * d0
+                else:
+                    v = q0 * d0
+                if HAS_DFINAL:  # where l < W - 1, the final state reaches into the initial one
+                    fi = tl.zeros([BD, NV], dtype=tl.int64) + ((W - 1 - j) - l)  # token -j's index in the final state
+                    v += tl.load(dfinal_ptr + srow2 + fi, mask=hm & (fi >= 0), other=0.0).to(tl.float32)
+                tl.store(dh0_ptr + srow2 + (W - 1 - j), v, mask=hm)
     # this block's share of dW (tap k of the padded four reads x[t + k - 3]) and dbias
     part = (pid_b * nlb + pid_l) * d + offs_d
     if W >= 4:
@@ -584,46 +619,46 @@ def conv_backward(x, prev, wc, bias, silu, dout, dfinal=None):
     return dxx, dw_p.sum((0, 1)), db_p.sum((0, 1))
 
 
-def conv_backward_in_place(x, wc, bias, silu, dout, dx):
-    """Gradients of :func:`conv_forward` without an initial or a final state, in one kernel: x, dout
-    and ``dx`` (written, in its own dtype) are (b, d, l) with l the unit-stride axis and any batch
-    and channel strides. Returns dW and dbias in float32."""
+def conv_backward_in_place(x, wc, bias, silu, dout, dx, h0=None, dfinal=None):
+    """Gradients of :func:`conv_forward` in one kernel: x, dout and ``dx`` (written, in its own dtype)
+    are (b, d, l) with l the unit-stride axis and any batch and channel strides; ``h0`` (the initial
+    state, x's dtype) and ``dfinal`` (the final state's gradient) are contiguous (b, d, W - 1) or None.
+    Returns dW and dbias in float32, and dh0 in float32 (None without ``h0``). With states, only the
+    vector build (``CONFIG["vec"]``) runs here."""
     b, d, l = x.shape
     W = wc.shape[1]
+    vec = CONFIG["vec"]
+    states = W > 1 and (h0 is not None or dfinal is not None)
+    if states and not vec:
+        raise ValueError("conv_backward_in_place: initial or final states need the vector build (GENOMAMBA_CONV_VEC=1)")
     nlb = max(1, triton.cdiv(l, _BL))
     dev = x.device
     alloc = torch.empty if l > 0 else torch.zeros  # the kernel writes every partial when it runs
     dw_p = alloc((b, nlb, d, W), device=dev, dtype=torch.float32)
     db_p = alloc((b, nlb, d), device=dev, dtype=torch.float32)
+    has_h0 = h0 is not None and W > 1
+    dh0 = None
+    if has_h0:
+        dh0 = torch.empty((b, d, W - 1), device=dev, dtype=torch.float32) if l > 0 else (
+            dfinal.float().clone() if dfinal is not None else torch.zeros((b, d, W - 1), device=dev))
     if l > 0:
         dummy = torch.empty(1, device=dev, dtype=torch.float32)
-        vec = CONFIG["vec"]
-        kernel = _conv_bwd_vec_kernel if vec else _conv_bwd_in_place_kernel
-        kernel[(nlb, triton.cdiv(d, _BD), b)](
-            x,
-            wc,
-            bias if bias is not None else dummy,
-            dout,
-            dx,
-            dw_p,
-            db_p,
-            d,
-            l,
-            nlb,
-            x.stride(0),
-            x.stride(1),
-            dout.stride(0),
-            dout.stride(1),
-            dx.stride(0),
-            dx.stride(1),
-            W=W,
-            HAS_BIAS=bias is not None,
-            SILU=silu,
-            BD=_BD,
-            BL=_BL,
-            num_warps=_VEC_WARPS if vec else _BWD_WARPS,
-        )
-    return dw_p.sum((0, 1)), db_p.sum((0, 1))
+        if vec:
+            _conv_bwd_vec_kernel[(nlb, triton.cdiv(d, _BD), b)](
+                x, wc, bias if bias is not None else dummy, dout,
+                h0 if has_h0 else dummy, dfinal if dfinal is not None and W > 1 else dummy,
+                dx, dw_p, db_p, dh0 if has_h0 else dummy,
+                d, l, nlb, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
+                W=W, HAS_H0=has_h0, HAS_DFINAL=dfinal is not None and W > 1, HAS_BIAS=bias is not None,
+                SILU=silu, BD=_BD, BL=_BL, num_warps=_VEC_WARPS,
+            )
+        else:
+            _conv_bwd_in_place_kernel[(nlb, triton.cdiv(d, _BD), b)](
+                x, wc, bias if bias is not None else dummy, dout, dx, dw_p, db_p,
+                d, l, nlb, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
+                W=W, HAS_BIAS=bias is not None, SILU=silu, BD=_BD, BL=_BL, num_warps=_BWD_WARPS,
+            )
+    return dw_p.sum((0, 1)), db_p.sum((0, 1)), dh0
 
 
 class _Conv1dFn(torch.autograd.Function):
@@ -650,6 +685,15 @@ class _Conv1dFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, prev, wc, bias = ctx.saved_tensors
         W = wc.shape[1]
+        if CONFIG["vec"]:  # one kernel, dx in x's dtype
+            if dout.stride(-1) != 1:
+                dout = dout.contiguous()
+            dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            dw, db, dh0 = conv_backward_in_place(x, wc, bias, ctx.silu, dout, dx, prev,
+                                                 None if dfinal is None else dfinal.contiguous())
+            if ctx.h0_dtype is not None:
+                dh0 = (torch.zeros((*x.shape[:2], W - 1), device=x.device) if dh0 is None else dh0).to(ctx.h0_dtype)
+            return dx, dw.to(ctx.w_dtype), db.to(bias.dtype) if bias is not None else None, dh0, None
         dxx, dw, db = conv_backward(x, prev, wc, bias, ctx.silu, dout, dfinal)
         dx = dxx[..., W - 1 :].to(x.dtype)
         dh0 = dxx[..., : W - 1].to(ctx.h0_dtype) if ctx.h0_dtype is not None else None
