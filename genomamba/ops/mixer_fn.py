@@ -279,8 +279,7 @@ class MixerFn(torch.autograd.Function):
             _bdl(dx_dbl[r + n:], b, l).copy_(dC)
             d_dt_w = torch.mm(ddm, x_dbl[:r].t())  # (d, r)
             d_x_w = torch.mm(dx_dbl, xc.t())  # (r + 2n, d)
-            dxc = torch.mm(x_wc.t(), dx_dbl)  # (d, b*l)
-            dxc += dum
+            dxc = dum.addmm_(x_wc.t(), dx_dbl)  # (d, b*l): du plus x_proj's input gradient, one GEMM
             del dum
             dx_rows = _bdl(dxz[:d], b, l)
             dx, d_conv_w, d_conv_b, d_conv_h0 = k.conv_backward(x, conv_w, conv_b, ch0, _bdl(dxc, b, l), d_conv_final,
