@@ -212,8 +212,11 @@ def _row(name: str, batch: int, seq_len: int, rows: list, run) -> Optional[dict]
         return None
     r["preset"] = name
     rows.append(r)
+    # on CUDA also the reserved peak: a step replayed from a CUDA graph allocates from the graph's
+    # pool, which only the reserved figure counts
+    reserved = f" allocated, {r['peak_reserved_mb']:,.0f} MB reserved" if "peak_reserved_mb" in r else ""
     print(f"  {r['impl']} {name}: b={batch} l={seq_len}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
-          f"peak {r['peak_mem_mb']} MB", flush=True)
+          f"peak {r['peak_mem_mb']:,.0f} MB{reserved}", flush=True)
     return r
 
 
@@ -454,7 +457,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     r["ratio_vs_mamba_ssm"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
         print()
         print_table(rows, ["impl", "preset", "params", "batch", "seq_len", "segment_len", "sec_per_step",
-                           "tokens_per_s", "peak_mem_mb"] + (["ratio_vs_mamba_ssm"] if args.vs_mamba_ssm else []))
+                           "tokens_per_s", "peak_mem_mb"]
+                    + (["peak_reserved_mb"] if any("peak_reserved_mb" in r for r in rows) else [])
+                    + (["ratio_vs_mamba_ssm"] if args.vs_mamba_ssm else []))
         results["train"] = rows
     if args.embed or args.embed_only:
         bases = args.embed_bases or [100_000, 1_000_000]
