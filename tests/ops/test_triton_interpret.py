@@ -190,28 +190,51 @@ def test_fused_mixer_with_the_triton_conv(b, l, states):
 @pytest.mark.parametrize("l", [1, 3, 129, 300])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("silu", [True, False])
-def test_conv_backward_in_place(w, l, bias, silu):
-    """The one-kernel conv backward (no states): x and dout read from (channels, b * l)-layout views,
-    dx written into one, against the float64 reference's gradients."""
-    from genomamba.ops.triton.conv1d import conv_backward_in_place
+@pytest.mark.parametrize("build", ["vec", "vec_states", "tiles"])
+def test_conv_backward_in_place(w, l, bias, silu, build, monkeypatch):
+    """The one-kernel conv backward: x and dout read from (channels, b * l)-layout views, dx written
+    into one, against the float64 reference's gradients; the 8-token-vector build also with an
+    initial state and the final state's gradient (dh0 included), the shifted-tile build without."""
+    from genomamba.ops.triton import conv1d
 
+    monkeypatch.setitem(conv1d.CONFIG, "vec", build != "tiles")
+    states = build == "vec_states"
     b, d = 3, 20
     xm = torch.randn(2 * d, b * l)  # x in the first d rows, as the mixer lays out xz
     x = xm[:d].view(d, b, l).transpose(0, 1)
     wt, bs = torch.randn(d, w), torch.randn(d) if bias else None
+    h0 = torch.randn(b, d, w - 1) if states else None
     g = torch.randn(d, b * l).view(d, b, l).transpose(0, 1)
+    gf = torch.randn(b, d, w - 1) if states else None
     dxm = torch.full((2 * d, b * l), float("nan"))
     dx = dxm[:d].view(d, b, l).transpose(0, 1)
-    dw, db, _ = conv_backward_in_place(x, wt, bs, silu, g, dx)
+    dw, db, dh0 = conv1d.conv_backward_in_place(x, wt, bs, silu, g, dx, h0, gf)
     rx, rw = x.double().requires_grad_(), wt.double().requires_grad_()
     rb = bs.double().requires_grad_() if bias else None
-    rout = causal_conv1d_ref(rx, rw, rb, None, "silu" if silu else None)
-    want = torch.autograd.grad(rout, [t for t in (rx, rw, rb) if t is not None], g.double())
-    assert_close(dx, want[0], torch.float32, "dx")
+    rh0 = h0.double().requires_grad_() if states else None
+    rout, rfin = causal_conv1d_ref(rx, rw, rb, rh0, "silu" if silu else None, True)
+    leaves = [t for t in (rx, rw, rb, rh0) if t is not None]
+    outs, grads = ([rout, rfin], [g.double(), gf.double()]) if states else ([rout], [g.double()])
+    want = dict(zip(["x", "w", "b", "h0"] if bias else ["x", "w", "h0"],
+                    torch.autograd.grad(outs, leaves, grads, allow_unused=True)))
+    assert_close(dx, want["x"], torch.float32, "dx")
     assert torch.isnan(dxm[d:]).all()  # the other rows untouched
-    assert_close(dw, want[1], torch.float32, "dweight")
+    assert_close(dw, want["w"], torch.float32, "dweight")
     if bias:
-        assert_close(db, want[2], torch.float32, "dbias")
+        assert_close(db, want["b"], torch.float32, "dbias")
+    if states and w > 1:
+        assert_close(dh0, want["h0"], torch.float32, "dinitial_state")
+    else:
+        assert dh0 is None
+
+
+def test_conv_backward_in_place_states_need_the_vector_build(monkeypatch):
+    from genomamba.ops.triton import conv1d
+
+    monkeypatch.setitem(conv1d.CONFIG, "vec", False)
+    x, g = torch.randn(1, 4, 9), torch.randn(1, 4, 9)
+    with pytest.raises(ValueError, match="GENOMAMBA_CONV_VEC=1"):
+        conv1d.conv_backward_in_place(x, torch.randn(4, 4), None, True, g, torch.empty_like(x), torch.randn(1, 4, 3))
 
 
 @pytest.mark.parametrize("in_place", [True, False])
