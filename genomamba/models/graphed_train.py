@@ -102,7 +102,8 @@ class TrainGraph:
         self.ids = input_ids.clone()
         # the blocks cached by the eager steps before it go back first, and the warm-up's blocks
         # before the capture: the graph's pool then takes their place instead of adding to them
-        torch.cuda.empty_cache()
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # kernels compile, self-tests run and backends are picked outside the capture
@@ -116,7 +117,8 @@ class TrainGraph:
             del out, leaves
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
         # the graphs differentiate with respect to aliases of the parameters (same memory, so updates
         # in place are seen): the parameters' own gradient accumulators may belong to an earlier
         # step's autograd graph that the caller still holds, on another stream
