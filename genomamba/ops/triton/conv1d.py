@@ -529,8 +529,9 @@ def _conv_bwd_vec_kernel(
 _BD, _BL = 16, 128
 _BWD_WARPS = 8  # the shifted-tile backward holds 2W tiles a thread: eight warps keep them in registers
 _VEC_WARPS = 4  # the 8-token-vector backward: two vectors a thread
-# The one-node training mixer takes the conv's gradient (calls without states) from the one-kernel
-# backward (``conv_backward_in_place``); GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
+# The one-node training mixer takes the conv's gradient from the one-kernel backward
+# (``conv_backward_in_place``; calls with states only in the vector build);
+# GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
 CONFIG = {"bwd_in_place": os.environ.get("GENOMAMBA_CONV_BWD_IN_PLACE", "1").strip() != "0",
           # the forward and the one-kernel backward with 8-token vectors (_conv_fwd_vec_kernel,
           # _conv_bwd_vec_kernel); 0: the kernels loading shifted tiles
