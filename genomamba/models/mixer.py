@@ -42,6 +42,14 @@ def _autocast_input(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype a matmul under the current autocast reads ``t`` in, where it would cast it; else None."""
+    dev = t.device.type
+    if t.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
 def _version(t: torch.Tensor) -> int:
     """``t``'s in-place version counter; 0 for a tensor made under ``torch.inference_mode`` (a model
     built there), which keeps none."""
@@ -302,7 +310,9 @@ class Block(nn.Module):
 
     def _pre(self, hidden, residual):
         if isinstance(self.norm, RMSNorm):  # one pass on GPUs (genomamba.ops.add_rms_norm)
-            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
+            # written in the dtype in_proj reads under autocast: no separate cast of the normed rows
+            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
+                                _autocast_dtype(self.norm.weight))
         residual = hidden if residual is None else residual + hidden
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:

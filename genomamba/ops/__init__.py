@@ -130,15 +130,17 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                dt_softplus)
 
 
-def add_rms_norm(hidden, residual, weight, eps=1e-5, residual_in_fp32=False):
+def add_rms_norm(hidden, residual, weight, eps=1e-5, residual_in_fp32=False, out_dtype=None):
     """A pre-norm block's entry in one pass: ``res = hidden + residual`` (``hidden`` alone when
     residual is None), then RMSNorm of ``res`` (read in the weight's dtype, computed in fp32, output
-    in the weight's dtype). Returns (normed, res); res is fp32 with ``residual_in_fp32``.
+    in the weight's dtype, or in ``out_dtype``: e.g. the autocast dtype the next matmul reads, without
+    a separate cast). Returns (normed, res); res is fp32 with ``residual_in_fp32``.
 
     hidden, residual: (..., d); weight: (d,). Differentiable in all three.
     """
-    check_add_rms_norm_args(hidden, residual, weight, eps)
-    return run(_norm_call(hidden, residual, weight), hidden, residual, weight, eps, bool(residual_in_fp32))
+    check_add_rms_norm_args(hidden, residual, weight, eps, out_dtype)
+    return run(_norm_call(hidden, residual, weight), hidden, residual, weight, eps, bool(residual_in_fp32),
+               out_dtype)
 
 
 class StepPlan:

@@ -142,8 +142,9 @@ def check_step_args(hidden, residual, conv_state, ssm_state, weights) -> None:
     _check_tensor("out_proj_bias", w.out_proj_bias, (dm,), dev, optional=True)
 
 
-def check_add_rms_norm_args(hidden, residual, weight, eps) -> None:
-    """Validate add_rms_norm arguments: hidden (..., d), residual like hidden or None, weight (d,)."""
+def check_add_rms_norm_args(hidden, residual, weight, eps, out_dtype=None) -> None:
+    """Validate add_rms_norm arguments: hidden (..., d), residual like hidden or None, weight (d,),
+    out_dtype a floating dtype or None."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1:
         _fail("hidden", "a tensor of shape (..., d)", _shape(hidden) if isinstance(hidden, torch.Tensor)
               else type(hidden).__name__)
@@ -153,6 +154,8 @@ def check_add_rms_norm_args(hidden, residual, weight, eps) -> None:
     _check_tensor("weight", weight, (d,), hidden.device)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         _fail("eps", "a positive number", repr(eps))
+    if out_dtype is not None and (not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point):
+        _fail("out_dtype", "a floating-point torch.dtype or None", repr(out_dtype))
 
 
 def first_mismatch(pairs, tol: float):

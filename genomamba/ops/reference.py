@@ -155,15 +155,17 @@ def mamba_step_ref(hidden, residual, conv_state, ssm_state, weights):
     return out.reshape(hidden.shape), residual
 
 
-def add_rms_norm_ref(hidden, residual, weight, eps=1e-5, residual_in_fp32=False):
+def add_rms_norm_ref(hidden, residual, weight, eps=1e-5, residual_in_fp32=False, out_dtype=None):
     """Pre-norm block entry: ``res = hidden + residual`` (``hidden`` when residual is None), then
     RMSNorm of ``res`` read in the weight's dtype, computed in fp32 (fp64 for fp64), output in the
-    weight's dtype. Returns (normed, res), res in fp32 if ``residual_in_fp32`` (fp64 stays fp64)."""
+    weight's dtype (in ``out_dtype`` where given: rounded once from the fp32 result, as casting the
+    fp32 output would round it). Returns (normed, res), res in fp32 if ``residual_in_fp32`` (fp64
+    stays fp64)."""
     res = hidden if residual is None else residual + hidden
     x = res.to(weight.dtype)
     xf = x if x.dtype == torch.float64 else x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    out = (xf * (weight if weight.dtype == torch.float64 else weight.float())).to(x.dtype)
+    out = (xf * (weight if weight.dtype == torch.float64 else weight.float())).to(out_dtype or x.dtype)
     if residual_in_fp32 and res.dtype != torch.float64:
         res = res.float()
     return out, res

@@ -79,3 +79,36 @@ def test_bad_arguments_name_the_argument():
         ops.add_rms_norm(h, None, torch.ones(8), eps=0)
     with pytest.raises(ValueError, match="hidden"):
         ops.add_rms_norm("x", None, torch.ones(8))
+
+
+@pytest.mark.parametrize("hd, rd, wd, fp32", [c for c in CASES if c[2] == torch.float32])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_out_dtype_is_the_cast_of_the_output_bit_for_bit(hd, rd, wd, fp32, out_dtype):
+    """Writing the normed rows in the autocast dtype equals casting the weight-dtype output, so the
+    block's in_proj reads the same values without a separate cast."""
+    h, r, w = _inputs(hd, rd, wd)
+    want, want_res = ops.add_rms_norm_ref(h, r, w, 1e-5, fp32)
+    got, got_res = ops.add_rms_norm_ref(h, r, w, 1e-5, fp32, out_dtype)
+    assert got.dtype == out_dtype and torch.equal(got, want.to(out_dtype)) and torch.equal(got_res, want_res)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: tests/gpu runs the compiled kernels")
+def test_triton_out_dtype_equals_the_reference():
+    pytest.importorskip("triton")
+    h, r, w = _inputs(torch.bfloat16, torch.float32, torch.float32, d=40, shape=(3, 7))
+    outs = []
+    for backend in ("ref", "triton"):
+        with ops.use_backend(backend):
+            out, res = ops.add_rms_norm(h, r, w, 1e-5, True, torch.bfloat16)
+        grads = torch.autograd.grad((out.float() * 1.5).sum() + res.sum(), [h, r, w])
+        outs.append((out, res, grads))
+    (o1, r1, g1), (o2, r2, g2) = outs
+    assert o2.dtype == o1.dtype == torch.bfloat16 and r2.dtype == r1.dtype == torch.float32
+    for a, b in [(o2, o1), (r2, r1), *zip(g2, g1)]:
+        err = ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
+        assert err < 1e-2, err
+
+
+def test_bad_out_dtype_is_named():
+    with pytest.raises(ValueError, match="out_dtype"):
+        ops.add_rms_norm(torch.randn(2, 8), None, torch.ones(8), 1e-5, False, torch.int32)

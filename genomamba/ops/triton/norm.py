@@ -2,10 +2,10 @@
 
 Per row of d features: ``res = hidden + residual`` (rounded to the residual stream's dtype),
 ``x = res`` read in the norm weight's dtype, ``out = x * rsqrt(mean(x^2) + eps) * weight`` computed in
-fp32 and stored in the weight's dtype. The forward keeps ``rstd`` (one fp32 per row); the backward
-recomputes ``x`` from the saved residual stream, so nothing of size (rows, d) is saved besides it.
-The weight gradient is summed per program into (programs, d) fp32 partials and reduced on the host
-(fixed order: deterministic).
+fp32 and stored in the weight's dtype (or the caller's ``out_dtype``). The forward keeps ``rstd``
+(one fp32 per row); the backward recomputes ``x`` from the saved residual stream, so nothing of size
+(rows, d) is saved besides it. The weight gradient is summed per program into (programs, d) fp32
+partials and reduced on the host (fixed order: deterministic).
 """
 
 from __future__ import annotations
@@ -75,13 +75,13 @@ def _launch_shape(d: int):
 
 class _AddRMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, residual, weight, eps, res_dtype, promote_dtype):
+    def forward(ctx, hidden, residual, weight, eps, res_dtype, promote_dtype, out_dtype):
         d = hidden.shape[-1]
         h2 = hidden.reshape(-1, d).contiguous()
         r2 = residual.reshape(-1, d).contiguous() if residual is not None else h2
         rows = h2.shape[0]
         res = torch.empty((rows, d), device=hidden.device, dtype=res_dtype)
-        out = torch.empty((rows, d), device=hidden.device, dtype=weight.dtype)
+        out = torch.empty((rows, d), device=hidden.device, dtype=out_dtype)
         rstd = torch.empty(rows, device=hidden.device, dtype=torch.float32)
         BR, BD, warps = _launch_shape(d)
         _add_rms_fwd_kernel[(triton.cdiv(rows, BR),)](
@@ -111,11 +111,11 @@ class _AddRMSNorm(torch.autograd.Function):
         dh = dx.to(h_dtype) if ctx.needs_input_grad[0] else None
         dr = dx.to(r_dtype) if ctx.has_residual and ctx.needs_input_grad[1] else None
         dw = dw_part.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return dh, dr, dw, None, None, None
+        return dh, dr, dw, None, None, None, None
 
 
-def add_rms_norm(hidden, residual, weight, eps, residual_in_fp32=False):
+def add_rms_norm(hidden, residual, weight, eps, residual_in_fp32=False, out_dtype=None):
     """Arguments as :func:`genomamba.ops.add_rms_norm` (validated there)."""
     promote = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
     res_dtype = torch.float32 if residual_in_fp32 else promote
-    return _AddRMSNorm.apply(hidden, residual, weight, eps, res_dtype, promote)
+    return _AddRMSNorm.apply(hidden, residual, weight, eps, res_dtype, promote, out_dtype or weight.dtype)
