@@ -40,8 +40,11 @@ def _add_rms_fwd_kernel(h_ptr, r_ptr, w_ptr, res_ptr, out_ptr, rstd_ptr, rows, d
 
 
 @triton.jit
-def _add_rms_bwd_kernel(res_ptr, w_ptr, rstd_ptr, dout_ptr, dres_ptr, dx_ptr, dw_ptr, rows, d,
-                        HAS_DRES: tl.constexpr, W_DT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+def _add_rms_bwd_kernel(res_ptr, w_ptr, rstd_ptr, dout_ptr, dres_ptr, dx_ptr, dx2_ptr, dw_ptr, rows, d,
+                        HAS_DRES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DX2: tl.constexpr, W_DT: tl.constexpr,
+                        BR: tl.constexpr, BD: tl.constexpr):
+    # the input gradient (one for hidden and residual alike) is rounded from fp32 into dx's dtype and,
+    # where the two inputs' dtypes differ, into dx2's: each read of the rows yields both
     pid = tl.program_id(0)
     offs_r = (pid * BR + tl.arange(0, BR)).to(tl.int64)
     offs_d = tl.arange(0, BD)
@@ -59,7 +62,10 @@ def _add_rms_bwd_kernel(res_ptr, w_ptr, rstd_ptr, dout_ptr, dres_ptr, dx_ptr, dw
     dx = (g - xhat * c[:, None]) * rstd[:, None]
     if HAS_DRES:
         dx += tl.load(dres_ptr + idx, mask=m, other=0.0).to(tl.float32)
-    tl.store(dx_ptr + idx, dx, mask=m)
+    if WRITE_DX:
+        tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=m)
+    if WRITE_DX2:
+        tl.store(dx2_ptr + idx, dx.to(dx2_ptr.dtype.element_ty), mask=m)
     tl.store(dw_ptr + pid * d + offs_d, tl.sum(dy * xhat, axis=0), mask=md)
 
 
@@ -99,17 +105,24 @@ class _AddRMSNorm(torch.autograd.Function):
         rows, d = res.shape
         BR, BD, warps = _launch_shape(d)
         grid = triton.cdiv(rows, BR)
-        dx = torch.empty((rows, d), device=res.device, dtype=torch.float32)
+        h_dtype, r_dtype = ctx.dtypes
+        need_h = ctx.needs_input_grad[0]
+        need_r = ctx.has_residual and ctx.needs_input_grad[1]
+        dr = torch.empty((rows, d), device=res.device, dtype=r_dtype) if need_r else None
+        dh = dr if need_h and need_r and h_dtype == r_dtype else \
+            torch.empty((rows, d), device=res.device, dtype=h_dtype) if need_h else None
+        first = dr if dr is not None else dh
+        second = dh if dh is not None and dh is not first else None
         dw_part = torch.empty((grid, d), device=res.device, dtype=torch.float32)
         dout = dout.reshape(rows, d).contiguous()
         dres = dres.reshape(rows, d).contiguous() if dres is not None else None
         _add_rms_bwd_kernel[(grid,)](
-            res, weight, rstd, dout, dres if dres is not None else dout, dx, dw_part, rows, d,
-            HAS_DRES=dres is not None, W_DT=_TL[weight.dtype], BR=BR, BD=BD, num_warps=warps)
-        dx = dx.view(ctx.shape)
-        h_dtype, r_dtype = ctx.dtypes
-        dh = dx.to(h_dtype) if ctx.needs_input_grad[0] else None
-        dr = dx.to(r_dtype) if ctx.has_residual and ctx.needs_input_grad[1] else None
+            res, weight, rstd, dout, dres if dres is not None else dout, first if first is not None else dw_part,
+            second if second is not None else dw_part, dw_part, rows, d,
+            HAS_DRES=dres is not None, WRITE_DX=first is not None, WRITE_DX2=second is not None,
+            W_DT=_TL[weight.dtype], BR=BR, BD=BD, num_warps=warps)
+        dh = dh.view(ctx.shape) if dh is not None else None
+        dr = dr.view(ctx.shape) if dr is not None else None
         dw = dw_part.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
         return dh, dr, dw, None, None, None, None
 
