@@ -1,4 +1,5 @@
-"""The compiled add_rms_norm kernels on CUDA against the reference (outputs and gradients)."""
+"""The compiled add_rms_norm kernels on CUDA against the reference (outputs and gradients), the output
+in the weight's dtype and in bf16 (as the block asks under autocast)."""
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("d", [64, 256, 768, 1000])
 @pytest.mark.parametrize("hd, rd, wd, fp32", CASES)
-def test_compiled_kernels_equal_the_reference(hd, rd, wd, fp32, d):
+@pytest.mark.parametrize("out_dtype", [None, torch.bfloat16])
+def test_compiled_kernels_equal_the_reference(hd, rd, wd, fp32, d, out_dtype):
     g = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda dt: torch.randn(4, 333, d, device="cuda", generator=g).to(dt).requires_grad_()  # noqa: E731
     h, r = mk(hd), (mk(rd) if rd is not None else None)
@@ -20,12 +22,12 @@ def test_compiled_kernels_equal_the_reference(hd, rd, wd, fp32, d):
     outs = []
     for backend in ("ref", "triton"):
         with ops.use_backend(backend):
-            o, res = ops.add_rms_norm(h, r, w, 1e-5, fp32)
+            o, res = ops.add_rms_norm(h, r, w, 1e-5, fp32, out_dtype)
         leaves = [t for t in (h, r, w) if t is not None]
         outs.append((o, res, torch.autograd.grad((o.float() * go).sum() + (res.float() * gr).sum(), leaves)))
     (o1, r1, g1), (o2, r2, g2) = outs
     assert (o2.dtype, r2.dtype) == (o1.dtype, r1.dtype)
-    low = torch.bfloat16 in (hd, rd, wd) or torch.float16 in (hd, rd)
+    low = torch.bfloat16 in (hd, rd, wd, out_dtype) or torch.float16 in (hd, rd)
     tol = 8e-3 if low else 2e-5
     for name, a, b in [("out", o2, o1), ("res", r2, r1), *((f"grad{i}", x, y) for i, (x, y) in enumerate(zip(g2, g1)))]:
         err = ((a.double() - b.double()).norm() / (b.double().norm() + 1e-30)).item()
