@@ -36,10 +36,8 @@ def _up(t: torch.Tensor) -> torch.Tensor:
 def _autocast_input(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a matmul under the current autocast would read it (cast once here, so that the
     tensor the matmul keeps for its backward is this one)."""
-    dev = t.device.type
-    if t.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(dev):
-        return t.to(torch.get_autocast_dtype(dev))
-    return t
+    dtype = _autocast_dtype(t)
+    return t if dtype is None else t.to(dtype)
 
 
 def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:

@@ -106,9 +106,9 @@ GENERIC = Kernels("generic", _generic_conv_forward, _generic_conv_backward, _gen
 
 def triton_conv_pair():
     """The Triton conv kernels as :class:`Kernels` takes them (forward into any (b, d, l) layout with l
-    the unit-stride axis; backward for a gradient in any such layout). A call without states takes its
-    gradient in one kernel that writes dx straight into ``dx_out`` (``GENOMAMBA_CONV_BWD_IN_PLACE=0``:
-    in the two-kernel backward)."""
+    the unit-stride axis; backward for a gradient in any such layout). The gradient comes from one
+    kernel that writes dx straight into ``dx_out`` (``GENOMAMBA_CONV_BWD_IN_PLACE=0``: from the
+    two-kernel backward; calls with states take it there too under ``GENOMAMBA_CONV_VEC=0``)."""
     from genomamba.ops.triton import conv1d
 
     def conv_fwd(x, weight, bias, h0, out):
