@@ -11,7 +11,8 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
-                                                 int64_t warps, int64_t seg_tiles, bool save, int64_t build);
+                                                 int64_t warps, int64_t seg_tiles, bool save, int64_t build,
+                                                 c10::optional<torch::Tensor> out_into);
 std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,

@@ -53,9 +53,13 @@ constexpr unsigned kFull = 0xffffffffu;
 // relative size 2^-64 cannot change an fp32 result
 constexpr float kCutLog2 = 64.f;
 constexpr int kMaxWarps = 16;
-// backward: at most 8 warps per block, so ptxas may use up to 255 registers a thread (at 512
-// threads it is capped at 128 and the K = 16 backward spilled ~0.9 KB a thread)
+// backward: blocks of up to 8 warps take the builds whose launch bounds let ptxas use up to 255
+// registers a thread (MINB = 1) or 128 (MINB = 2); 9..16 warps take the wide build (K = 8 only: one
+// 512-thread block per SM, capped at 128 registers, as MINB = 2; the K = 16 backward spilled ~0.9 KB a
+// thread there). A wider block sums the dB/dC of more channels before writing its partials, so the
+// partials (and their reduction over blocks) shrink by the same factor.
 constexpr int kMaxWarpsBwd = 8;
+constexpr int kMaxWarpsBwdWide = 16;
 
 struct Params {
   const void *u, *dt, *z, *B, *C, *dout;
@@ -890,8 +894,8 @@ __global__ void bwd_combine_kernel(Params p) {
 // more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one. JOINT: the reverse map is folded before
 // the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
 // CONFIG["bwd_joint_scan"] picks it.
-template <typename T, int K, int MINB, bool JOINT>
-__global__ void __launch_bounds__(kMaxWarpsBwd * 32, MINB) bwd_kernel(Params p) {
+template <typename T, int K, int MINB, bool JOINT, bool WIDE = false>
+__global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32, WIDE ? 1 : MINB) bwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1485,13 +1489,24 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
                                                  bool softplus, c10::optional<torch::Tensor> h0, int64_t kitems,
-                                                 int64_t warps, int64_t seg_tiles, bool save, int64_t build) {
+                                                 int64_t warps, int64_t seg_tiles, bool save, int64_t build,
+                                                 c10::optional<torch::Tensor> out_into) {
   using namespace ssv2;
   const c10::cuda::CUDAGuard guard(u.device());
   Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
   Params &p = c.p;
   auto f32 = u.options().dtype(torch::kFloat32);
-  auto out = torch::empty({p.b, p.d, p.l}, u.options());
+  // out_into: where the caller wants the output (e.g. rows of its own (channels, b * l) matrix): a
+  // (b, d, l) tensor of u's dtype and device with a unit last stride, not overlapping itself
+  if (out_into.has_value()) {
+    const torch::Tensor &v = out_into.value();
+    TORCH_CHECK(v.dim() == 3 && v.size(0) == p.b && v.size(1) == p.d && v.size(2) == p.l &&
+                    v.scalar_type() == u.scalar_type() && v.device() == u.device() && v.stride(2) == 1 &&
+                    v.is_non_overlapping_and_dense(),
+                "selective_scan v2: out_into is not a dense (b, d, l) tensor of u's dtype and device with a "
+                "unit last stride");
+  }
+  auto out = out_into.has_value() ? out_into.value() : torch::empty({p.b, p.d, p.l}, u.options());
   auto final_state = torch::empty({p.b, p.d, p.n}, f32);
   torch::Tensor h0c = h0.has_value() ? h0.value().to(torch::kFloat32).contiguous() : torch::Tensor();
   torch::Tensor tstate = save ? torch::empty({p.b, p.d, p.ntiles, p.n + 1}, f32) : torch::empty({0}, f32);
@@ -1594,7 +1609,9 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
               "channel) or 2 (two lanes per channel)");
   TORCH_CHECK(states_per_sync >= 1, "selective_scan v2 bwd: states_per_sync >= 1");
   const c10::cuda::CUDAGuard guard(u.device());
-  TORCH_CHECK(warps <= kMaxWarpsBwd, "selective_scan v2 bwd: at most ", kMaxWarpsBwd, " warps a block");
+  TORCH_CHECK(warps <= kMaxWarpsBwdWide, "selective_scan v2 bwd: at most ", kMaxWarpsBwdWide, " warps a block");
+  TORCH_CHECK(warps <= kMaxWarpsBwd || kitems == 8 || layout != 0, "selective_scan v2 bwd: more than ",
+              kMaxWarpsBwd, " warps a block take kitems 8");
   Common c = setup(u, delta, A, B, C, D, z, bias, softplus, kitems, warps, seg_tiles);
   Params &p = c.p;
   TORCH_CHECK(dout.scalar_type() == u.scalar_type() && dout.stride(2) == 1, "selective_scan v2 bwd: dout layout/dtype");
@@ -1697,6 +1714,18 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     p.ns = std::max<int64_t>(1, std::min({states_per_sync, std::max<int64_t>(p.n, 1), fit}));
     const size_t smem = fixed + per_state * p.ns;
     SSV2_DISPATCH(u.scalar_type(), c.K, {
+      if constexpr (kK == 8) {
+        if (c.W > kMaxWarpsBwd) {
+          if (joint_scan) {
+            set_smem(bwd_kernel<scalar_t, kK, 1, true, true>, smem);
+            bwd_kernel<scalar_t, kK, 1, true, true><<<c.grid, threads, smem, stream>>>(p);
+          } else {
+            set_smem(bwd_kernel<scalar_t, kK, 1, false, true>, smem);
+            bwd_kernel<scalar_t, kK, 1, false, true><<<c.grid, threads, smem, stream>>>(p);
+          }
+          return;
+        }
+      }
       if (min_blocks == 2 && joint_scan) {
         set_smem(bwd_kernel<scalar_t, kK, 2, true>, smem);
         bwd_kernel<scalar_t, kK, 2, true><<<c.grid, threads, smem, stream>>>(p);

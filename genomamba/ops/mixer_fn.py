@@ -40,7 +40,9 @@ class Kernels(NamedTuple):
     # (x, weight, bias, h0, dout, dfinal, dx_out) -> (dx, dweight, dbias, dh0); dx may be written into
     # dx_out (then returned as dx) or be a new tensor
     conv_backward: object
-    scan_forward: object  # (u, delta, A, B, C, D, z, delta_bias, h0) -> (out, final state, saved)
+    # (u, delta, A, B, C, D, z, delta_bias, h0, out=None) -> (out, final state, saved); out may be written
+    # into the given (b, d, l) view (then returned as out) or be a new tensor
+    scan_forward: object
     # (saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=True, into=(du, ddelta, dz,
     # out)) -> 9 gradients and the forward's out again (b, d, l); du, ddelta, dz and out may be written
     # into the given views (then returned as the results) or be new tensors
@@ -80,13 +82,13 @@ def _generic_conv_backward(x, weight, bias, h0, dout, dfinal, dx_out=None):
         return _grad([out, final], [dout, dfinal], leaves)
 
 
-def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias, h0):
+def _generic_scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, out=None):
     from genomamba.ops import selective_scan
 
     with torch.no_grad():
-        out, final = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True,
-                                    initial_state=h0, return_final_state=True)
-    return out, final, None
+        y, final = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True,
+                                  initial_state=h0, return_final_state=True)
+    return y, final, None
 
 
 def _generic_scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, want_out=False,
@@ -169,14 +171,6 @@ def _kernels_for(device: str, dtype, d_state: int, d_conv: int, want: str, backe
     return fast
 
 
-def _rows(t: torch.Tensor, d: int, b: int, l: int) -> torch.Tensor:
-    """(b, d, l) ``t`` as the (d, b * l) matrix of the function's layout: a view where ``t`` has that
-    layout already, else a copy."""
-    if t.stride() == (l, b * l, 1) or b == 1 and t.is_contiguous():
-        return t.transpose(0, 1).reshape(d, b * l)
-    return t.transpose(0, 1).contiguous().view(d, b * l)
-
-
 def _place(result: torch.Tensor, view: torch.Tensor) -> None:
     """``result`` into ``view``, unless a kernel wrote it there already."""
     if result.data_ptr() != view.data_ptr() or result.stride() != view.stride():
@@ -220,15 +214,22 @@ class MixerFn(torch.autograd.Function):
             kernels.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
             x_dbl = torch.mm(x_wc, xc)  # (r + 2n, b*l)
             delta = torch.mm(dt_wc, x_dbl[:r])
+            # the scan writes its output straight into the rows out_proj reads
+            ym = torch.empty((d, b * l), device=xz.device, dtype=ct)
             y, final, saved = kernels.scan_forward(_bdl(xc, b, l), _bdl(delta, b, l), A, _bdl(x_dbl[r:r + n], b, l),
-                                                   _bdl(x_dbl[r + n:], b, l), D, _bdl(xz[d:], b, l), dt_bias, ssm_h0)
-            ym = _rows(y, d, b, l)
+                                                   _bdl(x_dbl[r + n:], b, l), D, _bdl(xz[d:], b, l), dt_bias, ssm_h0,
+                                                   _bdl(ym, b, l))
+            _place(y, _bdl(ym, b, l))
+            del y
             out = torch.mm(ym.t(), out_wc.t())  # (b*l, dm)
             if out_b is not None:
                 out += out_b.to(ct)
             conv_final = _conv_tail(x, ch0, conv_w.shape[1]) if states else None
-        ctx.save_for_backward(X, None if lean else xz, x_dbl, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D,
-                              out_w, out_b, ch0, ssm_h0)
+        # the weights are kept as the products used them (the autocast dtype): the backward does not
+        # cast them again
+        ctx.save_for_backward(X, None if lean else xz, x_dbl, in_wc, in_b, conv_w, conv_b, x_wc, dt_wc, dt_bias, A, D,
+                              out_wc, out_b, ch0, ssm_h0)
+        ctx.weight_dtypes = (in_w.dtype, x_w.dtype, dt_w.dtype, out_w.dtype)
         ctx.sizes, ctx.kernels, ctx.ct, ctx.saved_scan = (b, l, dm, d, r, n), kernels, ct, saved
         ctx.dtypes = (hidden.dtype, None if conv_h0 is None else conv_h0.dtype)
         if not states:
@@ -237,13 +238,12 @@ class MixerFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, d_conv_final=None, d_ssm_final=None):
-        (X, xz, x_dbl, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, ch0,
+        (X, xz, x_dbl, in_wc, in_b, conv_w, conv_b, x_wc, dt_wc, dt_bias, A, D, out_wc, out_b, ch0,
          ssm_h0) = ctx.saved_tensors
         b, l, dm, d, r, n = ctx.sizes
         k, ct = ctx.kernels, ctx.ct
         dev = X.device.type
         with torch.autocast(dev, enabled=False):
-            in_wc, x_wc, dt_wc, out_wc = (w.to(ct) for w in (in_w, x_w, dt_w, out_w))
             if dout is None:
                 dout = X.new_zeros((b, l, dm))
             dO = dout.reshape(b * l, dm).to(ct)
@@ -293,9 +293,10 @@ class MixerFn(torch.autograd.Function):
             return None if g is None or t is None else g.to(t.dtype)
 
         hidden_dtype, conv_h0_dtype = ctx.dtypes
-        return (dX.view(b, l, dm).to(hidden_dtype), like(d_in_w, in_w), like(d_in_b, in_b),
-                like(d_conv_w, conv_w), like(d_conv_b, conv_b), like(d_x_w, x_w), like(d_dt_w, dt_w),
-                like(d_dt_bias, dt_bias), like(dA, A), like(dD, D), like(d_out_w, out_w), like(d_out_b, out_b),
+        in_dt, x_dt, dt_dt, out_dt = ctx.weight_dtypes
+        return (dX.view(b, l, dm).to(hidden_dtype), d_in_w.to(in_dt), like(d_in_b, in_b),
+                like(d_conv_w, conv_w), like(d_conv_b, conv_b), d_x_w.to(x_dt), d_dt_w.to(dt_dt),
+                like(d_dt_bias, dt_bias), like(dA, A), like(dD, D), d_out_w.to(out_dt), like(d_out_b, out_b),
                 None if d_conv_h0 is None else d_conv_h0.to(conv_h0_dtype), like(d_ssm_h0, ssm_h0), None, None)
 
 

@@ -75,7 +75,7 @@ def _v2_fwd_op(
     build: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, final, tstate = extension().selective_scan_fwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, build
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, build, None
     )
     return out, final, tstate
 
@@ -208,16 +208,18 @@ def _bwd_tiles(b, d, l, kitems, layout):
     return bwd_chan_seg_tiles(b, d, l, kitems) if layout else seg_tiles(b, d, l, kitems)
 
 
-def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None):
+def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None, out=None):
     """The v2 forward with softplus on delta, from initial state ``h0`` (or zeros), keeping the tile
     states its backward needs, called on the extension directly (no autograd node: for callers that
     run the backward themselves, as :mod:`genomamba.ops.mixer_fn` does). Returns out (b, d, l), the
-    final state (b, d, n) float32 and what :func:`scan_backward` takes."""
+    final state (b, d, n) float32 and what :func:`scan_backward` takes. ``out``: a (b, d, l) tensor of
+    u's dtype with l the unit-stride axis (e.g. rows of a (d, b * l) matrix) to write the output into
+    (then returned as out), or None."""
     b, d, l = u.shape
     chan = chan_applies(u, delta, B, C, z, A.shape[1], True)
     kitems, warps, tiles, build = forward_plan(b, d, l, u.dtype, True, chan)
     out, final, tstate = extension().selective_scan_fwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, True, h0, kitems, warps, tiles, True, build
+        u, delta, A, B, C, D, z, delta_bias, True, h0, kitems, warps, tiles, True, build, out
     )
     return out, final, (tstate, kitems)
 

@@ -167,10 +167,24 @@ def _test_v2(ext, build: int = 0) -> None:
         for kitems, warps, seg_tiles in ((16, 4, 1000), (8, 4, 1), (16, 8, 1), (8, 3, 2)):
             for with_h0 in (True, False):
                 h = h0 if with_h0 else None
-                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, build)
+                out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, build, None)
                 r_o, r_s = ref[with_h0]
                 _check("v2 out", out, r_o, tol, (case, kitems, warps, seg_tiles, with_h0))
                 _check("v2 final_state", st, r_s, tol, (case, kitems, warps, seg_tiles, with_h0))
+                _check_out_into(ext, ins, h, kitems, warps, seg_tiles, build, out, (case, kitems, warps, seg_tiles))
+
+
+def _check_out_into(ext, ins, h, kitems, warps, seg_tiles, build, out, where) -> None:
+    """The forward writing its output into rows of a (d, b * l) matrix (as the training mixer asks):
+    the same values as into its own (b, d, l) tensor, nothing outside them touched."""
+    b, d, l = ins[0].shape
+    rows = torch.full((d + 1, b * l), float("nan"), device="cuda", dtype=ins[0].dtype)
+    view = rows[:d].view(d, b, l).transpose(0, 1)
+    got = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, build, view)[0]
+    if got.data_ptr() != view.data_ptr():
+        raise RuntimeError(f"v2 forward: not written into the given rows at {where}")
+    if not torch.equal(view, out) or not bool(rows[d].isnan().all()):
+        raise RuntimeError(f"v2 forward: the output written into rows differs at {where}")
 
 
 def _test_lean(ext) -> None:
@@ -211,9 +225,10 @@ def _test_chan(ext, builds=(3, 4)) -> None:
             # seg_tiles 1000: one segment; 1 to 3: the combine and fix-up passes on segment boundaries
             for kitems, warps, seg in ((16, 1, 1000), (8, 2, 1), (16, 4, 2), (8, 1, 3)):
                 for build in builds:  # 64- and 32-token staging tiles
-                    out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, build)
+                    out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg, True, build, None)
                     _check("chan out", out, r_o, tol, (case, kitems, warps, seg, with_h0, build))
                     _check("chan final_state", st, r_s, tol, (case, kitems, warps, seg, with_h0, build))
+                    _check_out_into(ext, ins, h, kitems, warps, seg, build, out, (case, kitems, warps, seg, build))
     _test_bwd(ext, build=builds[0], cases=_chan_cases())
     _test_bwd(ext, build=builds[1], cases=_chan_cases()[:3])
 
@@ -255,9 +270,11 @@ def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
         rgrads = torch.autograd.grad((rout, rst), ref, (gout.double(), gst.double()))
         tol = 1e-3 if dtype == torch.float32 else 3e-2
         # (kitems, forward warps, backward warps, seg_tiles, blocks per SM, states per barrier pair,
-        # joint scans); 3 and 5 states per pair leave a shorter last group whenever n is not a multiple
+        # joint scans); 3 and 5 states per pair leave a shorter last group whenever n is not a multiple;
+        # 16 and 12 backward warps: the wide build (one 512-thread block per SM)
         configs = ((8, 4, 8, 1000, 2, 1, 0), (8, 4, 8, 1, 1, 1, 0), (8, 4, 8, 1, 2, 4, 1), (16, 4, 4, 2, 1, 3, 1),
-                   (8, 2, 3, 1, 2, 5, 0), (8, 4, 8, 1000, 2, 64, 1), (8, 4, 8, 1, 1, 2, 1), (16, 4, 8, 1, 2, 1, 1))
+                   (8, 2, 3, 1, 2, 5, 0), (8, 4, 8, 1000, 2, 64, 1), (8, 4, 8, 1, 1, 2, 1), (16, 4, 8, 1, 2, 1, 1),
+                   (8, 4, 16, 1, 2, 4, 1), (8, 4, 12, 1000, 1, 3, 0))
         if build:
             configs = configs[:3]
         if short_configs is not None:
