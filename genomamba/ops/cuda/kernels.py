@@ -21,6 +21,7 @@ from genomamba.ops.cuda.knobs import (
     CONFIG,
     bwd_chan_seg_tiles,
     bwd_layout,
+    bwd_warps,
     chan_applies,
     forward_plan,
     forward_variant,
@@ -237,7 +238,7 @@ def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, 
     layout = bwd_layout(A.shape[1])
     tiles = _bwd_tiles(b, d, l, kitems, layout)
     du, dd, dA, dB, dC, dD, dz, dbias, dh0, out = extension().selective_scan_bwd_v2(
-        u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, CONFIG["warps_bwd"],
+        u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, bwd_warps(kitems),
         tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
         bool(want_out), du_into, dd_into, dz_into, out_into,
     )
@@ -288,8 +289,8 @@ def selective_scan(
         chan = chan_applies(args[0], args[1], args[3], args[4], args[6], A.shape[1], training)
         kitems, warps, tiles, build = forward_plan(b, d, l, u.dtype, training, chan)
         if training:  # the backward picks its own segments (seg_tiles_bwd 0)
-            out, final = _v2_apply(*args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, build=build)
+            out, final = _v2_apply(*args, initial_state, kitems, warps, bwd_warps(kitems), tiles, build=build)
         else:
-            out, final, _ = _v2_fwd_op(*args, initial_state, kitems, warps, CONFIG["warps_bwd"], tiles, 0, False, build)
+            out, final, _ = _v2_fwd_op(*args, initial_state, kitems, warps, bwd_warps(kitems), tiles, 0, False, build)
     return (out, final) if return_final_state else out
 

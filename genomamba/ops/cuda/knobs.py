@@ -45,7 +45,10 @@ CONFIG = {
     "warps": _env_int("GENOMAMBA_CUDA_WARPS", 4),
     "kitems_train": _env_int("GENOMAMBA_CUDA_KITEMS_TRAIN", 8),
     "warps_fwd_train": _env_int("GENOMAMBA_CUDA_WARPS_FWD_TRAIN", 4),
-    "warps_bwd": _env_int("GENOMAMBA_CUDA_WARPS_BWD", 8),
+    # warps a backward block (channels whose dB/dC it sums before writing partials): 9..16 take the
+    # wide build (one 512-thread block per SM at 128 registers; kitems 8 only, 8 otherwise). 16 timed
+    # 1.5-2.4 % faster training steps than 8 on an H200 (half the partials), 12 slower
+    "warps_bwd": _env_int("GENOMAMBA_CUDA_WARPS_BWD", 16),
     # blocks per SM promised to ptxas for the backward: 2 -> at most 128 registers (16 warps/SM,
     # ~0.1 KB spills at kitems 8), 1 -> ~190 registers, no spills, 8 warps/SM (sm_90 report)
     "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2),
@@ -204,6 +207,13 @@ def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch
     if (l * u.element_size()) % 16:
         return False
     return all(_rows_aligned(t) for t in (u, delta, B, C) + ((z,) if z is not None else ()))
+
+
+def bwd_warps(kitems: int) -> int:
+    """Warps a block of the backward (lanes over tokens) for a forward of ``kitems`` tokens a lane:
+    ``CONFIG["warps_bwd"]``, at most 8 unless kitems is 8 (the wide build's only tile)."""
+    warps = CONFIG["warps_bwd"]
+    return warps if kitems == 8 else min(warps, 8)
 
 
 def forward_plan(b: int, d: int, l: int, dtype, training: bool, chan: bool) -> tuple[int, int, int, int]:
