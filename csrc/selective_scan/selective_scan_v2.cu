@@ -1044,15 +1044,29 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       __syncwarp();
       if (lane == 0) s_R[nn] = Rnew;
       if (++slot < ns && nn + 1 < n) continue;  // block-uniform: every warp walks the same states
-      // dB, dC of this tile and the last `slot` states: sums over the block's channels in warp order
+      // dB, dC of this tile and the last `slot` states: sums over the block's channels in warp order,
+      // four tokens a thread (one 16-byte shared load per warp's row, one 16-byte partial store where
+      // the partial rows are 16-byte aligned, i.e. l % 4 == 0; scalar stores at a ragged tile end)
       __syncthreads();
-      const int rows = 2 * slot * TILE;
-      for (int i = threadIdx.x; i < rows; i += blockDim.x) {
-        const int sw = i / TILE, t = i % TILE;  // sw = 2 * state slot + (0: dB, 1: dC); TILE: shifts
-        const float *col = s_part + sw * W * TILE + t;
-        float s = 0.f;
-        for (int ww = 0; ww < W; ++ww) s += col[ww * TILE];
-        if (t < ntok) part_row[(sw >> 1) * p.l + (sw & 1) * part_stride + t] = s;
+      const int quads = 2 * slot * (TILE / 4);
+      for (int i = threadIdx.x; i < quads; i += blockDim.x) {
+        const int sw = i / (TILE / 4), t = (i % (TILE / 4)) * 4;  // sw = 2 * state slot + (0: dB, 1: dC)
+        const float4 *col = reinterpret_cast<const float4 *>(s_part + sw * W * TILE + t);
+        float4 s = col[0];
+#pragma unroll 4
+        for (int ww = 1; ww < W; ++ww) {
+          const float4 v = col[ww * (TILE / 4)];
+          s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+        }
+        float *dst = part_row + (sw >> 1) * p.l + (sw & 1) * part_stride + t;
+        if (t + 4 <= ntok && (p.l & 3) == 0) {
+          *reinterpret_cast<float4 *>(dst) = s;
+        } else {
+          if (t < ntok) dst[0] = s.x;
+          if (t + 1 < ntok) dst[1] = s.y;
+          if (t + 2 < ntok) dst[2] = s.z;
+          if (t + 3 < ntok) dst[3] = s.w;
+        }
       }
       part_row += slot * p.l;
       slot = 0;

@@ -529,6 +529,9 @@ def _conv_bwd_vec_kernel(
 _BD, _BL = 16, 128
 _BWD_WARPS = 8  # the shifted-tile backward holds 2W tiles a thread: eight warps keep them in registers
 _VEC_WARPS = 4  # the 8-token-vector backward: two vectors a thread
+# block shape of the 8-token-vector kernels (channels, tokens; powers of two, tokens >= 64) and the
+# forward's warps
+_VEC_BD, _VEC_BL, _VEC_FWD_WARPS = 16, 128, 4
 # The one-node training mixer takes the conv's gradient from the one-kernel backward
 # (``conv_backward_in_place``; calls with states only in the vector build);
 # GENOMAMBA_CONV_BWD_IN_PLACE=0 gives it the two-kernel one
@@ -546,8 +549,10 @@ def conv_forward(x, weight, bias, h0, silu, out):
     if l > 0:
         dummy = torch.empty(1, device=x.device, dtype=torch.float32)
         # l-blocks on the first grid axis: it alone takes more than 65,535 blocks (l > 8M)
-        kernel = _conv_fwd_vec_kernel if CONFIG["vec"] else _conv_fwd_kernel
-        kernel[(triton.cdiv(l, _BL), triton.cdiv(d, _BD), b)](
+        vec = CONFIG["vec"]
+        kernel = _conv_fwd_vec_kernel if vec else _conv_fwd_kernel
+        bd, bl, nw = (_VEC_BD, _VEC_BL, _VEC_FWD_WARPS) if vec else (_BD, _BL, 4)
+        kernel[(triton.cdiv(l, bl), triton.cdiv(d, bd), b)](
             x,
             h0 if h0 is not None else dummy,
             weight,
@@ -563,8 +568,9 @@ def conv_forward(x, weight, bias, h0, silu, out):
             HAS_H0=h0 is not None,
             HAS_BIAS=bias is not None,
             SILU=silu,
-            BD=_BD,
-            BL=_BL,
+            BD=bd,
+            BL=bl,
+            num_warps=nw,
         )
     return out
 
@@ -632,7 +638,8 @@ def conv_backward_in_place(x, wc, bias, silu, dout, dx, h0=None, dfinal=None):
     states = W > 1 and (h0 is not None or dfinal is not None)
     if states and not vec:
         raise ValueError("conv_backward_in_place: initial or final states need the vector build (GENOMAMBA_CONV_VEC=1)")
-    nlb = max(1, triton.cdiv(l, _BL))
+    bd, bl = (_VEC_BD, _VEC_BL) if vec else (_BD, _BL)
+    nlb = max(1, triton.cdiv(l, bl))
     dev = x.device
     alloc = torch.empty if l > 0 else torch.zeros  # the kernel writes every partial when it runs
     dw_p = alloc((b, nlb, d, W), device=dev, dtype=torch.float32)
@@ -645,13 +652,13 @@ def conv_backward_in_place(x, wc, bias, silu, dout, dx, h0=None, dfinal=None):
     if l > 0:
         dummy = torch.empty(1, device=dev, dtype=torch.float32)
         if vec:
-            _conv_bwd_vec_kernel[(nlb, triton.cdiv(d, _BD), b)](
+            _conv_bwd_vec_kernel[(nlb, triton.cdiv(d, bd), b)](
                 x, wc, bias if bias is not None else dummy, dout,
                 h0 if has_h0 else dummy, dfinal if dfinal is not None and W > 1 else dummy,
                 dx, dw_p, db_p, dh0 if has_h0 else dummy,
                 d, l, nlb, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
                 W=W, HAS_H0=has_h0, HAS_DFINAL=dfinal is not None and W > 1, HAS_BIAS=bias is not None,
-                SILU=silu, BD=_BD, BL=_BL, num_warps=_VEC_WARPS,
+                SILU=silu, BD=bd, BL=bl, num_warps=_VEC_WARPS,
             )
         else:
             _conv_bwd_in_place_kernel[(nlb, triton.cdiv(d, _BD), b)](
