@@ -372,6 +372,46 @@ def test_cuda_many_segments(l, kitems):
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("warps_bwd", [8, 12, 16])
+def test_cuda_backward_block_widths(warps_bwd):
+    """Backward blocks of 8 warps and of the wide build (12 and 16): every gradient against the fp64
+    oracle, with channel counts that leave idle warps in the last block, grouped B/C, bf16 and an l
+    whose partial rows are not 16-byte aligned (scalar partial stores)."""
+    cu, saved = _cuda_config(warps_bwd=warps_bwd)
+    try:
+        _check("cuda", 2, 40, 16, 1500, torch.float32, VARIANTS[0])
+        _check("cuda", 1, 24, 16, 2050, torch.bfloat16, VARIANTS[3])
+        _check("cuda", 2, 40, 16, 1021, torch.float32, VARIANTS[0])
+    finally:
+        cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+def test_cuda_forward_into_rows():
+    """The training mixer's scan forward writing its output into rows of a (d, b * l) matrix: the same
+    values as into its own tensor, the row beyond untouched, and the backward from the saved states
+    equal to the oracle's."""
+    from genomamba.ops.cuda.kernels import scan_backward, scan_forward_saving
+
+    kw, _ = make_scan_inputs(3, 48, 16, 1024, torch.bfloat16, VARIANTS[0])
+    kw = {k: v.detach().cuda() for k, v in kw.items() if isinstance(v, torch.Tensor)}
+    args = [kw["u"], kw["delta"], kw["A"].float(), kw["B"], kw["C"], kw["D"].float(), kw["z"],
+            kw["delta_bias"].float()]
+    b, d, l = kw["u"].shape
+    own, final, saved = scan_forward_saving(*args)
+    rows = torch.full((d + 1, b * l), float("nan"), device="cuda", dtype=torch.bfloat16)
+    view = rows[:d].view(d, b, l).transpose(0, 1)
+    got, final2, saved2 = scan_forward_saving(*args, out=view)
+    assert got.data_ptr() == view.data_ptr()
+    assert torch.equal(view, own) and torch.equal(final2, final) and rows[d].isnan().all()
+    dout = torch.randn(b, d, l, device="cuda").to(torch.bfloat16)
+    g1 = scan_backward(saved, *args, None, dout, None)
+    g2 = scan_backward(saved2, *args, None, dout, None)
+    for a, c in zip(g1[:8], g2[:8]):
+        assert (a is None and c is None) or torch.equal(a, c)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_model_with_lane_per_channel_forward_matches_lane_per_tokens(lanes, monkeypatch):
     """A whole model in bf16 autocast: the loss, its gradients and the inference logits with the

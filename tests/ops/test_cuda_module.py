@@ -171,6 +171,17 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     assert forward_layout(8, 1536, 16, 2048, f32).startswith("lane per tokens")
 
 
+def test_backward_block_width(monkeypatch):
+    """The wide backward build takes 8-token lanes only: a 16-warp setting falls back to 8 warps for
+    forwards whose lanes hold 16 tokens; a width of up to 8 is kept for either."""
+    from genomamba.ops.cuda.knobs import bwd_warps
+
+    monkeypatch.setitem(cu.CONFIG, "warps_bwd", 16)
+    assert bwd_warps(8) == 16 and bwd_warps(16) == 8
+    monkeypatch.setitem(cu.CONFIG, "warps_bwd", 4)
+    assert bwd_warps(8) == 4 and bwd_warps(16) == 4
+
+
 def test_selftest_verdict_is_cached(tmp_path):
     verdict = {"v1": True, "v2": True, "bwd": "bwd ddelta rel. error 1e-1"}
     (tmp_path / "selftest.json").write_text(json.dumps(verdict))
