@@ -14,8 +14,10 @@ forward anyway. With ``lean``, xz is not kept either: the backward runs in_proj 
 input (one GEMM), so a layer keeps x_proj's small output, the scan's checkpoints and what the block
 keeps (its residual stream, from which it rebuilds the mixer's input).
 
-Under autocast the products run in the autocast dtype and the SSM parameters (A, D, delta bias, conv
+Under autocast the products run in the autocast dtype (the four projection weights are cast once, in
+the forward, and those casts kept for the backward) and the SSM parameters (A, D, delta bias, conv
 weight and bias) stay as they are, as in the per-op path; gradients come back in each input's dtype.
+The scan writes its output straight into the (d_inner, b * l) rows out_proj reads.
 
 :class:`Kernels` names the four primitives the function needs (conv forward into a given layout,
 conv backward, scan forward keeping what its backward needs, scan backward). On CUDA they are the
