@@ -62,6 +62,9 @@ CONFIG = {
     "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 1),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
+    # what the segment rule (wave_segments) charges a segment after the first, in tokens of the
+    # main pass: its fix-up (forward) or reverse summary (backward) pass
+    "fixup_tokens": _env_int("GENOMAMBA_CUDA_FIXUP_TOKENS", 2048),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
@@ -249,7 +252,7 @@ def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
     sms = _sm_count()
     lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
     rows = b * math.ceil(d * lanes / 32)
-    nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, FIXUP_TOKENS)
+    nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, CONFIG["fixup_tokens"])
     per = math.ceil(ntiles / nseg)
     warps = rows * math.ceil(ntiles / per)
     build = 4 if warps > CONFIG["chan_tile32_above"] * sms else 3
@@ -306,15 +309,12 @@ def seg_tiles(b: int, d: int, l: int, kitems: int) -> int:
         nseg = min(max(1, math.ceil(target / max(1, b * d))), most)
     else:
         sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-        nseg = wave_segments(b * d, ntiles, tile, most, RESIDENT_WARPS_PER_SM * sms, FIXUP_TOKENS)
+        nseg = wave_segments(b * d, ntiles, tile, most, RESIDENT_WARPS_PER_SM * sms, CONFIG["fixup_tokens"])
     return math.ceil(ntiles / nseg)
 
 
-# warps of the scan kernels one SM holds at once (128 registers a thread: 16 warps), and what a
-# segment after the first costs in tokens (its fix-up / reverse summary stops after ~2-3K tokens
-# for Mamba's usual delta)
+# warps of the scan kernels one SM holds at once (128 registers a thread: 16 warps)
 RESIDENT_WARPS_PER_SM = 16
-FIXUP_TOKENS = 2048
 
 
 @functools.lru_cache(maxsize=4096)
