@@ -160,7 +160,10 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     assert chan_plan(32, 512, 1024, 8) == (4, 3)
     assert chan_plan(1, 512, 1 << 20, 16) == (32, 4)  # 64 segments of 16K tokens, 1024 warps
     assert chan_plan(1, 1536, 65536, 16) == (6, 4)  # 22 segments
-    cu.CONFIG.update(chan_lanes=2)
+    assert chan_plan(8, 1536, 2048, 8) == (8, 3)  # the training tile: one segment while a fix-up costs 2048 tokens
+    cu.CONFIG.update(fixup_tokens=512)
+    assert chan_plan(8, 1536, 2048, 8) == (4, 4)  # two 1024-token segments, 768 warps: 32-token tiles
+    cu.CONFIG.update(fixup_tokens=2048, chan_lanes=2)
     assert chan_plan(8, 1536, 2048, 16) == (4, 6)  # 768 warps at two lanes a channel: 32-token tiles
     from genomamba.ops.cuda.knobs import forward_layout
 
