@@ -49,8 +49,9 @@ namespace ssv2 {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
-// fix-up / summary passes stop once every remaining decay factor is below 2^-kCutLog2: a term of
-// relative size 2^-64 cannot change an fp32 result
+// fix-up / summary passes skip a state from the first tile where its decay factor is below
+// 2^-kCutLog2, and stop once every state's is: a term of relative size 2^-64 cannot change an fp32
+// result
 constexpr float kCutLog2 = 64.f;
 constexpr int kMaxWarps = 16;
 // backward: blocks of up to 8 warps take the builds whose launch bounds let ptxas use up to 255
@@ -78,6 +79,7 @@ struct Params {
   int64_t ntiles, seg_tiles, nseg;
   int64_t ns;  // backward: states whose dB/dC partials are reduced per pair of block barriers
   bool has_D, has_z, has_bias, softplus, vec, save;
+  bool state_exit;  // fix-up / summaries: a state drops out once its own decay is complete
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
@@ -448,7 +450,8 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 }
 
 // segments >= 1: out_t += silu(z_t) * sum_n C_tn * 2^(A2_n * cum_t) * carry_n, and the saved
-// tile-start states get the same carry term, until every decay is below 2^-kCutLog2
+// tile-start states get the same carry term; a state drops out at the first tile where its decay is
+// below 2^-kCutLog2 (the fast states after a few hundred tokens), the pass ends when every state has
 template <typename T, int K>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
@@ -488,6 +491,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn], c = s_c[nn];
+      if (p.state_exit && a2 * cum < -kCutLog2) continue;  // this state's decay is complete (warp-uniform)
       float Cv[K];
       load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
 #pragma unroll
@@ -846,6 +850,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn];
+      if (p.state_exit && a2 * cum < -kCutLog2) continue;  // as in fwd_fix_kernel
       float Cv[K];
       load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
       float v = 0.f;
@@ -1429,6 +1434,11 @@ bool aligned16(const torch::Tensor &t, int rows_from_dim) {
   return true;
 }
 
+// per-state exit of the fix-up and summary passes (on by default; set_state_exit(False) gives the
+// earlier rule, every state to the last tile any state needs, for same-machine comparisons)
+static bool g_state_exit = true;
+void set_state_exit(bool on) { g_state_exit = on; }
+
 struct Common {
   Params p{};
   int64_t K, W;
@@ -1476,6 +1486,7 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
   p.s_Cb = C.stride(0); p.s_Cg = grouped ? C.stride(1) : 0; p.s_Cn = C.stride(-2);
   p.s_Ad = A.stride(0); p.s_An = A.stride(1);
   p.has_D = D.has_value(); p.has_z = z.has_value(); p.has_bias = bias.has_value(); p.softplus = softplus;
+  p.state_exit = g_state_exit;
   p.vec = aligned16(u, 0) && aligned16(delta, 0) && aligned16(c.zt, 0) && aligned16(B, 0) && aligned16(C, 0);
   TORCH_CHECK(p.nseg <= 65535 && p.b <= 65535, "selective_scan v2: too many segments or batches for the grid");
   c.grid = dim3(static_cast<unsigned>(p.g * p.nblk_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));

@@ -6,6 +6,7 @@ across two runs. On a CUDA machine: ``python -m pytest tests/gpu -q``.
 """
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -369,6 +370,41 @@ def test_cuda_many_segments(l, kitems):
         _check("cuda", 1, 16, 16, l, torch.float32, VARIANTS[3])
     finally:
         cu.CONFIG.update(saved)
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("state_exit", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fix_state_exit(state_exit, dtype):
+    """Decays from -0.5 to -300 over the states and a small delta, in three segments of six 256-token
+    tiles: with the per-state exit the fast states leave the fix-up and the reverse summaries after a
+    tile while the slow ones run the whole segment. Output, final state and every gradient against
+    the fp64 oracle, with the exit on and off; the two agree to rounding."""
+    kw, _ = make_scan_inputs(2, 24, 16, 4000, dtype, VARIANTS[0])
+    with torch.no_grad():
+        kw["delta"].copy_(kw["delta"] * 0.01)  # softplus(delta + bias) ~ 0.003: slow channels
+        kw["delta_bias"].copy_(kw["delta_bias"] * 0.1 - 6.0)
+        kw["A"].copy_(-torch.logspace(math.log10(0.5), math.log10(300.0), 16, dtype=torch.float64).to(dtype))
+    kw = _to_cuda(kw)
+    ref = fp64_copy(kw)
+    cu, saved = _cuda_config(min_seg_tokens=1024, target_warps=1 << 20, kitems=8, kitems_train=8,
+                             fix_state_exit=state_exit)
+    try:
+        out, st, g = run_with_grads(_scan("cuda"), kw)
+        cu.CONFIG.update(fix_state_exit=1 - state_exit)
+        out2, st2, g2 = run_with_grads(_scan("cuda"), kw)
+    finally:
+        cu.CONFIG.update(saved)
+    rout, rst, rg = run_with_grads(selective_scan_ref, ref)
+    assert_close(out, rout, dtype, "out")
+    assert_close(st, rst, dtype, "final_state")
+    assert_close(out, out2, dtype, "out, exit on vs off")
+    for name, gr in g.items():
+        if name in REDUCED and dtype == torch.bfloat16:
+            _assert_close_norm(gr, rg[name], dtype, f"d{name}")
+        else:
+            assert_close(gr, rg[name], dtype, f"d{name}")
+        assert_close(gr, g2[name], dtype, f"d{name}, exit on vs off")
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")

@@ -368,7 +368,8 @@ def _model(u, dl, A, B, C, D, z, h0, dout, dfinal, K, seg_tiles):
         for t in tiles[s]:
             tstate[t, :n] += torch.exp2(A2 * cum) * carry[s]
             cs = cum + torch.cumsum(dl[t * T:(t + 1) * T], 0)
-            fix = (C[:, t * T:(t + 1) * T] * torch.exp2(A2[:, None] * cs) * carry[s][:, None]).sum(0)
+            live = (A2 * cum >= -CUT).to(u.dtype)[:, None]  # states whose decay is complete drop out
+            fix = (C[:, t * T:(t + 1) * T] * torch.exp2(A2[:, None] * cs) * carry[s][:, None] * live).sum(0)
             out[t * T:(t + 1) * T] += fix * (z * sig)[t * T:(t + 1) * T]
             cum = cum + dl[t * T:(t + 1) * T].sum()
             if amax * cum < -CUT:
@@ -381,7 +382,8 @@ def _model(u, dl, A, B, C, D, z, h0, dout, dfinal, K, seg_tiles):
         cum = 0.0
         for t in tiles[s]:
             cs = cum + torch.cumsum(dl[t * T:(t + 1) * T], 0)
-            P[s] += (torch.exp2(A2[:, None] * cs) * C[:, t * T:(t + 1) * T] * dy[t * T:(t + 1) * T]).sum(1)
+            live = (A2 * cum >= -CUT).to(u.dtype)
+            P[s] += (torch.exp2(A2[:, None] * cs) * C[:, t * T:(t + 1) * T] * dy[t * T:(t + 1) * T]).sum(1) * live
             cum = cum + dl[t * T:(t + 1) * T].sum()
             if amax * cum < -CUT:
                 break
@@ -440,10 +442,13 @@ def _model(u, dl, A, B, C, D, z, h0, dout, dfinal, K, seg_tiles):
     return (out[:l], final, du[:l], gd[:l], dA, dB[:, :l], dC[:, :l], dD, dz[:l], dh0)
 
 
-@pytest.mark.parametrize("l,K,seg_tiles,slow", [(1, 8, 1, False), (300, 8, 1, False), (700, 8, 2, True),
-                                                 (1100, 16, 1, True), (513, 16, 5, False),
-                                                 (2000, 8, 3, False)])
-def test_v2_algorithm_model(l, K, seg_tiles, slow):
+@pytest.mark.parametrize("l,K,seg_tiles,slow,spread", [(1, 8, 1, False, False), (300, 8, 1, False, False),
+                                                        (700, 8, 2, True, False), (1100, 16, 1, True, False),
+                                                        (513, 16, 5, False, False), (2000, 8, 3, False, False),
+                                                        (3000, 8, 4, True, True)])
+def test_v2_algorithm_model(l, K, seg_tiles, slow, spread):
+    """spread: decays from -0.5 to -300, so within a segment the fast states drop out of the fix-up
+    and the reverse summaries tiles before the slow ones."""
     from genomamba.ops.reference import selective_scan_ref
 
     g = torch.Generator().manual_seed(l)
@@ -452,6 +457,8 @@ def test_v2_algorithm_model(l, K, seg_tiles, slow):
     raw = torch.randn(1, 1, l, generator=g, dtype=torch.float64) * (0.1 if slow else 1.0)
     bias = torch.tensor([-6.0 if slow else 0.3], dtype=torch.float64)
     A = -(torch.rand(1, n, generator=g, dtype=torch.float64) + 0.5)
+    if spread:
+        A = -torch.tensor([[0.5, 2.0, 20.0, 100.0, 300.0]], dtype=torch.float64)
     B, C = (torch.randn(1, n, l, generator=g, dtype=torch.float64) for _ in range(2))
     D = torch.randn(1, dtype=torch.float64)
     h0, dfinal = (torch.randn(1, 1, n, generator=g, dtype=torch.float64) for _ in range(2))

@@ -65,6 +65,10 @@ CONFIG = {
     # what the segment rule (wave_segments) charges a segment after the first, in tokens of the
     # main pass: its fix-up (forward) or reverse summary (backward) pass
     "fixup_tokens": _env_int("GENOMAMBA_CUDA_FIXUP_TOKENS", 2048),
+    # 1: the fix-up and reverse-summary passes drop each state at the first tile where its own decay
+    # factor is below 2^-64 (fast states leave after a few hundred tokens); 0: every state runs to
+    # the last tile the slowest one needs (the rule before, kept for same-machine comparisons)
+    "fix_state_exit": _env_int("GENOMAMBA_CUDA_FIX_STATE_EXIT", 1),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.

@@ -8,6 +8,7 @@ its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``c
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -119,6 +120,9 @@ def _cases():
         (1, 24, 16, 1500, torch.float16, 3),
         # slow decays (delta ~ 0.002, |A| ~ 0.5): fix-up and summaries run whole segments, no early exit
         (1, 16, 16, 3000, torch.float32, None, True),
+        # slow delta with decays from -0.5 to -300 across the states: within a segment the fast states
+        # drop out of the fix-up and the summaries tiles before the slow ones
+        (1, 16, 16, 3000, torch.float32, None, "spread"),
     )
 
 
@@ -134,6 +138,8 @@ def _inputs(b, d, n, l, dtype, groups, slow=False, seed=0):
     D, bias = torch.randn(d, device="cuda", generator=g), torch.randn(d, device="cuda", generator=g)
     if slow:
         delta, bias = (delta.float() * 0.1).to(dtype), bias * 0.1 - 6.0
+    if slow == "spread":
+        A = -torch.logspace(math.log10(0.5), math.log10(300.0), n, device="cuda").expand(d, n).contiguous()
     h0 = torch.randn(b, d, n, device="cuda", generator=g)
     return [u, delta, A, B, C, D, z, bias], h0
 
@@ -210,6 +216,9 @@ def _chan_cases():
         (2, 16, 16, 2104, torch.float32, None),
         (1, 72, 16, 1504, torch.float16, 3),
         (1, 16, 16, 3000, torch.float32, None, True),
+        # slow delta with decays from -0.5 to -300 across the states: within a segment the fast states
+        # drop out of the fix-up and the summaries tiles before the slow ones
+        (1, 16, 16, 3000, torch.float32, None, "spread"),
     )
 
 
