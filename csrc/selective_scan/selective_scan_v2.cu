@@ -451,7 +451,7 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 
 // segments >= 1: out_t += silu(z_t) * sum_n C_tn * 2^(A2_n * cum_t) * carry_n, and the saved
 // tile-start states get the same carry term; a state drops out at the first tile where its decay is
-// below 2^-kCutLog2 (the fast states after a few hundred tokens), the pass ends when every state has
+// below 2^-kCutLog2 (the fast states after a few hundred tokens), and the pass ends once all have
 template <typename T, int K>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
