@@ -80,6 +80,11 @@ struct Params {
   int64_t ns;  // backward: states whose dB/dC partials are reduced per pair of block barriers
   bool has_D, has_z, has_bias, softplus, vec, save;
   bool state_exit;  // fix-up / summaries: a state drops out once its own decay is complete
+  // B/C rows copied into shared memory this many states ahead of their use (0: loaded at use); the
+  // main backward (pf_bwd) and the fix-up / reverse-summary passes (pf_fix); pf_off: where the
+  // per-warp rings start in the kernel's dynamic shared memory, in floats
+  int pf_bwd, pf_fix;
+  int64_t pf_off;
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
@@ -162,6 +167,64 @@ __device__ __forceinline__ void load_lean(const T *row, int64_t t0, int64_t tend
   } else {
 #pragma unroll
     for (int k = 0; k < K; ++k) v[k] = (t0 + k < tend) ? to_f(row[k]) : 0.f;
+  }
+}
+
+__device__ __forceinline__ void cp_async16(void *smem_dst, const void *gsrc, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gsrc), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+// 16 bytes global -> shared through L1 (rows that the block's other warps read too)
+__device__ __forceinline__ void cp_async16_ca(void *smem_dst, const void *gsrc) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc));
+}
+// wait until at most `pending` (0..3) of this thread's newest copy groups are still in flight
+__device__ __forceinline__ void cp_async_wait_upto(int pending) {
+  if (pending >= 3) asm volatile("cp.async.wait_group 3;\n" ::);
+  else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::);
+  else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::);
+  else asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
+// Prefetch rings (Params::pf_bwd / pf_fix): each lane copies its own K-token runs of the B and/or C
+// rows of states still to come into its warp's ring in shared memory and reads them back itself, so
+// no barrier is involved. A slot holds `rows` runs, chunk-major (16-byte chunk q of lane i at
+// (q * 32 + i) * 16 bytes): a warp's read of one chunk is 512 contiguous bytes, free of bank conflicts.
+template <typename T, int K> struct Ring {
+  static constexpr int kChunks = K * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks of a run
+  static constexpr int kRunBytes = kChunks * 32 * 16;                  // one row's runs, all lanes
+};
+
+// copy this lane's run of `row` (already at the lane's first token) into slot row `dst` (chunk-major)
+template <typename T, int K>
+__device__ __forceinline__ void ring_put(char *dst, int lane, const T *row) {
+#pragma unroll
+  for (int q = 0; q < Ring<T, K>::kChunks; ++q) cp_async16_ca(dst + (q * 32 + lane) * 16, row + q * (16 / sizeof(T)));
+}
+
+// this lane's run from slot row `src` as float (bf16 widened with one integer op per value)
+template <typename T, int K>
+__device__ __forceinline__ void ring_get(const char *src, int lane, float (&v)[K]) {
+  constexpr int E = 16 / sizeof(T);
+#pragma unroll
+  for (int q = 0; q < K / E; ++q) {
+    const uint4 raw = *reinterpret_cast<const uint4 *>(src + (q * 32 + lane) * 16);
+    if constexpr (std::is_same<T, c10::BFloat16>::value) {
+      const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[q * E + 2 * i] = __uint_as_float(w[i] << 16);
+        v[q * E + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      }
+    } else {
+      alignas(16) T tmp[E];
+      *reinterpret_cast<uint4 *>(tmp) = raw;
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[q * E + e] = to_f(tmp[e]);
+    }
   }
 }
 
@@ -452,7 +515,9 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 // segments >= 1: out_t += silu(z_t) * sum_n C_tn * 2^(A2_n * cum_t) * carry_n, and the saved
 // tile-start states get the same carry term; a state drops out at the first tile where its decay is
 // below 2^-kCutLog2 (the fast states after a few hundred tokens), and the pass ends once all have
-template <typename T, int K>
+// PF: the build with the C-row prefetch ring (Params::pf_fix states ahead); without it, the same code
+// as before the ring existed
+template <typename T, int K, bool PF = false>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -475,9 +540,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   T *op = static_cast<T *>(p.out) + w.bi * p.s_ob + w.dch * p.s_od;
   const int64_t tile0 = w.seg * p.seg_tiles;
   const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  constexpr int kRB = Ring<T, K>::kRunBytes;
+  const int pfd = PF ? p.pf_fix : 0;  // C rows in flight ahead of their use (0: loaded at use)
+  char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * kRB;
   float cum = 0.f;
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * 32 * K + lane * K;
+    const bool full = p.vec && t0 + K <= p.l;
     if (p.save) {
       float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
       for (int64_t j = lane; j < n; j += 32) ts[j] += ex2(s_A2[j] * cum) * s_c[j];
@@ -488,12 +557,31 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
     const float tot = cum_delta<K>(cum, lane, cs);
 #pragma unroll
     for (int k = 0; k < K; ++k) fix[k] = 0.f;
+    // the C rows of the states this tile runs, issued pfd states ahead (skipping those it drops)
+    int64_t inx = 0;
+    int put = 0, get = 0;
+    auto issue = [&]() {
+      while (inx < n && p.state_exit && s_A2[inx] * cum < -kCutLog2) ++inx;
+      if (inx < n && full) ring_put<T, K>(ring + put * kRB, lane, Cp + inx * p.s_Cn + t0);
+      cp_async_commit();
+      ++inx;
+      put = put == pfd ? 0 : put + 1;
+    };
+    for (int i = 0; i < pfd; ++i) issue();
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn], c = s_c[nn];
       if (p.state_exit && a2 * cum < -kCutLog2) continue;  // this state's decay is complete (warp-uniform)
       float Cv[K];
-      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      if (pfd) {
+        issue();
+        cp_async_wait_upto(pfd);
+        if (full) ring_get<T, K>(ring + get * kRB, lane, Cv);
+        else load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+        get = get == pfd ? 0 : get + 1;
+      } else {
+        load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      }
 #pragma unroll
       for (int k = 0; k < K; ++k) fix[k] += Cv[k] * (ex2(a2 * cs[k]) * c);
     }
@@ -547,12 +635,6 @@ __host__ __device__ constexpr size_t chan_smem_bytes(int warps, int tile, int el
          sizeof(float) * tile * 2 * kChanN;
 }
 
-__device__ __forceinline__ void cp_async16(void *smem_dst, const void *gsrc, int src_bytes) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gsrc), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
 // softplus without branches (so the compiler can interleave several): log(1 + e^x) =
 // max(x, 0) + log1p(e^-|x|), log1p(e) = log(w) * e / (w - 1) with w = 1 + e (exact to a few ulp);
@@ -810,7 +892,7 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
 
 // dL/dh entering segment s from the right, from segment s alone with zero carry: the segment's
 // first-token term a_t0 * g_t0 = sum_t 2^(A2 * cum_t) * C_t * dy_t (early exit like the fix-up)
-template <typename T, int K>
+template <typename T, int K, bool PF = false>  // PF: as in fwd_fix_kernel
 __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -833,9 +915,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
   const T *Cp = static_cast<const T *>(p.C) + w.bi * p.s_Cb + w.gi * p.s_Cg;
   const int64_t tile0 = w.seg * p.seg_tiles;
   const int64_t tile1 = min(tile0 + p.seg_tiles, p.ntiles);
+  constexpr int kRB = Ring<T, K>::kRunBytes;
+  const int pfd = PF ? p.pf_fix : 0;  // as in fwd_fix_kernel
+  char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * kRB;
   float cum = 0.f;
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * 32 * K + lane * K;
+    const bool full = p.vec && t0 + K <= p.l;
     float cs[K], dy[K];
     load_run<T, K>(dtp, t0, p.l, p.vec, cs);
     prep_delta<K>(p, w.dch, t0, cs);
@@ -847,12 +933,30 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
 #pragma unroll
       for (int k = 0; k < K; ++k) dy[k] *= zv[k] * sigmoid_f(zv[k]);
     }
+    int64_t inx = 0;
+    int put = 0, get = 0;
+    auto issue = [&]() {
+      while (inx < n && p.state_exit && s_A2[inx] * cum < -kCutLog2) ++inx;
+      if (inx < n && full) ring_put<T, K>(ring + put * kRB, lane, Cp + inx * p.s_Cn + t0);
+      cp_async_commit();
+      ++inx;
+      put = put == pfd ? 0 : put + 1;
+    };
+    for (int i = 0; i < pfd; ++i) issue();
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn];
       if (p.state_exit && a2 * cum < -kCutLog2) continue;  // as in fwd_fix_kernel
       float Cv[K];
-      load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      if (pfd) {
+        issue();
+        cp_async_wait_upto(pfd);
+        if (full) ring_get<T, K>(ring + get * kRB, lane, Cv);
+        else load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+        get = get == pfd ? 0 : get + 1;
+      } else {
+        load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+      }
       float v = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) v += ex2(a2 * cs[k]) * Cv[k] * dy[k];
@@ -899,7 +1003,8 @@ __global__ void bwd_combine_kernel(Params p) {
 // more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one. JOINT: the reverse map is folded before
 // the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
 // CONFIG["bwd_joint_scan"] picks it.
-template <typename T, int K, int MINB, bool JOINT, bool WIDE = false>
+// PF (wide joint build only): B/C rows through the prefetch ring, Params::pf_bwd states ahead.
+template <typename T, int K, int MINB, bool JOINT, bool WIDE = false, bool PF = false>
 __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32, WIDE ? 1 : MINB) bwd_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
@@ -933,6 +1038,31 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
   const int64_t part_base = ((w.bi * p.g + w.gi) * p.nblk_pg + w.dblk) * n;  // row (.., n=0) of this block
   const int64_t part_stride = p.b * p.g * p.nblk_pg * n * p.l;                // dB -> dC
   float dD_l = 0.f, dbias_l = 0.f;
+  // B/C prefetch (p.pf_bwd states ahead, across tile boundaries; 0: loaded at use): the ring's slot
+  // holds a state's B runs then its C runs; (itile, inx) is the next (tile, state) to issue, in the
+  // order the loops below consume them
+  constexpr int kRB = Ring<T, K>::kRunBytes;
+  const int pfd = PF ? p.pf_bwd : 0;
+  char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * 2 * kRB;
+  int64_t itile = tile1 - 1;
+  int inx = 0, put = 0, get = 0;
+  auto issue = [&]() {
+    if (itile >= tile0) {
+      const int64_t tx = itile * TILE + lane * K;
+      if (p.vec && tx + K <= tend) {
+        char *slot = ring + put * 2 * kRB;
+        ring_put<T, K>(slot, lane, Bp + inx * p.s_Bn + tx);
+        ring_put<T, K>(slot + kRB, lane, Cp + inx * p.s_Cn + tx);
+      }
+      if (++inx == n) {
+        inx = 0;
+        --itile;
+      }
+    }
+    cp_async_commit();
+    put = put == pfd ? 0 : put + 1;
+  };
+  for (int i = 0; i < pfd; ++i) issue();
 
   for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
     const int64_t t0 = tile * TILE + lane * K;
@@ -977,8 +1107,21 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       const float a2 = s_A2[nn], hs = s_h[nn], R = s_R[nn];
       const float An = a2 * kLn2;
       float Bv[K], Cv[K], a[K], hp[K];
-      load_lean<T, K>(Brow, t0, tend, full, Bv);
-      load_lean<T, K>(Crow, t0, tend, full, Cv);
+      if (pfd) {
+        issue();
+        cp_async_wait_upto(pfd);
+        if (full) {
+          ring_get<T, K>(ring + get * 2 * kRB, lane, Bv);
+          ring_get<T, K>(ring + get * 2 * kRB + kRB, lane, Cv);
+        } else {
+          load_lean<T, K>(Brow, t0, tend, false, Bv);
+          load_lean<T, K>(Crow, t0, tend, false, Cv);
+        }
+        get = get == pfd ? 0 : get + 1;
+      } else {
+        load_lean<T, K>(Brow, t0, tend, full, Bv);
+        load_lean<T, K>(Crow, t0, tend, full, Cv);
+      }
       // forward recompute (as fwd_kernel): the lane's map h -> Al * h + Bb
       const float Al = ex2(a2 * sdl);
       float Aa = Al, Bb = 0.f;
@@ -1439,6 +1582,32 @@ bool aligned16(const torch::Tensor &t, int rows_from_dim) {
 static bool g_state_exit = true;
 void set_state_exit(bool on) { g_state_exit = on; }
 
+// B/C prefetch depths (states ahead) of the main backward and of the fix-up / reverse-summary passes;
+// 0 (the default) loads each row where it is used
+static int g_pf_bwd = 0, g_pf_fix = 0;
+void set_prefetch(int64_t bwd, int64_t fix) {
+  TORCH_CHECK(bwd >= 0 && bwd <= 3 && fix >= 0 && fix <= 3, "selective_scan v2: prefetch depths are 0..3");
+  g_pf_bwd = static_cast<int>(bwd);
+  g_pf_fix = static_cast<int>(fix);
+}
+
+// dynamic shared memory of a kernel whose own arrays take `base_floats` floats, plus W warps' prefetch
+// rings of (depth + 1) slots of `rows` rows of K-token runs; lowers the depth until it fits the
+// device (0: no ring) and sets p.pf_off. Returns the bytes to launch with.
+static size_t with_rings(Params &p, int &depth, size_t base_floats, int64_t W, int rows, int64_t K,
+                         int64_t esize, int device) {
+  int smem_max = 0;
+  cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  p.pf_off = static_cast<int64_t>((base_floats + 3) / 4 * 4);
+  auto bytes = [&](int d) {
+    return sizeof(float) * static_cast<size_t>(p.pf_off) +
+           (d ? static_cast<size_t>(W * (d + 1) * rows * K * esize * 32) : 0);
+  };
+  if (p.n < 1) depth = 0;
+  while (depth > 0 && bytes(depth) > static_cast<size_t>(smem_max)) --depth;
+  return depth ? bytes(depth) : sizeof(float) * base_floats;
+}
+
 struct Common {
   Params p{};
   int64_t K, W;
@@ -1487,6 +1656,8 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
   p.s_Ad = A.stride(0); p.s_An = A.stride(1);
   p.has_D = D.has_value(); p.has_z = z.has_value(); p.has_bias = bias.has_value(); p.softplus = softplus;
   p.state_exit = g_state_exit;
+  p.pf_bwd = g_pf_bwd;
+  p.pf_fix = g_pf_fix;
   p.vec = aligned16(u, 0) && aligned16(delta, 0) && aligned16(c.zt, 0) && aligned16(B, 0) && aligned16(C, 0);
   TORCH_CHECK(p.nseg <= 65535 && p.b <= 65535, "selective_scan v2: too many segments or batches for the grid");
   c.grid = dim3(static_cast<unsigned>(p.g * p.nblk_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
@@ -1601,9 +1772,15 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
     check_cuda("fwd combine");
     dim3 g2 = c.grid;
     g2.y = static_cast<unsigned>(p.nseg - 1);
+    const size_t smem_fix = with_rings(p, p.pf_fix, 2 * p.n * c.W, c.W, 1, c.K, u.element_size(), u.get_device());
     SSV2_DISPATCH(u.scalar_type(), c.K, {
-      set_smem(fwd_fix_kernel<scalar_t, kK>, smem);
-      fwd_fix_kernel<scalar_t, kK><<<g2, threads, smem, stream>>>(p);
+      if (p.pf_fix) {
+        set_smem(fwd_fix_kernel<scalar_t, kK, true>, smem_fix);
+        fwd_fix_kernel<scalar_t, kK, true><<<g2, threads, smem_fix, stream>>>(p);
+      } else {
+        set_smem(fwd_fix_kernel<scalar_t, kK>, smem_fix);
+        fwd_fix_kernel<scalar_t, kK><<<g2, threads, smem_fix, stream>>>(p);
+      }
     });
     check_cuda("fwd fix-up");
   }
@@ -1699,13 +1876,18 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
             (!z.has_value() || aligned16(dz, 0)) && (!want_out || aligned16(out, 0));
     auto stream = c10::cuda::getCurrentCUDAStream();
     const unsigned threads = static_cast<unsigned>(32 * c.W);
-    const size_t smem_small = sizeof(float) * 2 * p.n * c.W;
     if (p.nseg > 1) {
+      const size_t smem_small = with_rings(p, p.pf_fix, 2 * p.n * c.W, c.W, 1, c.K, u.element_size(), u.get_device());
       dim3 g2 = c.grid;
       g2.y = static_cast<unsigned>(p.nseg - 1);
       SSV2_DISPATCH(u.scalar_type(), c.K, {
-        set_smem(bwd_summary_kernel<scalar_t, kK>, smem_small);
-        bwd_summary_kernel<scalar_t, kK><<<g2, threads, smem_small, stream>>>(p);
+        if (p.pf_fix) {
+          set_smem(bwd_summary_kernel<scalar_t, kK, true>, smem_small);
+          bwd_summary_kernel<scalar_t, kK, true><<<g2, threads, smem_small, stream>>>(p);
+        } else {
+          set_smem(bwd_summary_kernel<scalar_t, kK>, smem_small);
+          bwd_summary_kernel<scalar_t, kK><<<g2, threads, smem_small, stream>>>(p);
+        }
       });
       check_cuda("bwd summary");
     }
@@ -1733,15 +1915,28 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     const size_t per_state = sizeof(float) * 2 * c.W * 32 * c.K;
     int smem_max = 0;
     cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, u.get_device());
-    const int64_t fit = smem_max > static_cast<int64_t>(fixed + per_state)
-                            ? (static_cast<int64_t>(smem_max) - static_cast<int64_t>(fixed)) / static_cast<int64_t>(per_state)
+    // the prefetch ring (16 bytes of alignment slack before it) comes out of what the dB/dC slots may
+    // take; a ring that leaves no room for one slot is made shallower
+    if (!(c.K == 8 && c.W > kMaxWarpsBwd && joint_scan)) p.pf_bwd = 0;  // the builds with a ring
+    const size_t ring_unit = static_cast<size_t>(c.W * 2 * c.K * u.element_size() * 32);  // per slot
+    while (p.pf_bwd > 0 && fixed + per_state + 16 + ring_unit * (p.pf_bwd + 1) > static_cast<size_t>(smem_max))
+      --p.pf_bwd;
+    const size_t ring = p.pf_bwd ? 16 + ring_unit * (p.pf_bwd + 1) : 0;
+    const int64_t fit = smem_max > static_cast<int64_t>(fixed + per_state + ring)
+                            ? (static_cast<int64_t>(smem_max) - static_cast<int64_t>(fixed + ring)) /
+                                  static_cast<int64_t>(per_state)
                             : 1;
     p.ns = std::max<int64_t>(1, std::min({states_per_sync, std::max<int64_t>(p.n, 1), fit}));
-    const size_t smem = fixed + per_state * p.ns;
+    const size_t smem = p.pf_bwd ? with_rings(p, p.pf_bwd, (fixed + per_state * p.ns) / sizeof(float), c.W, 2,
+                                              c.K, u.element_size(), u.get_device())
+                                 : fixed + per_state * p.ns;
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       if constexpr (kK == 8) {
         if (c.W > kMaxWarpsBwd) {
-          if (joint_scan) {
+          if (joint_scan && p.pf_bwd) {
+            set_smem(bwd_kernel<scalar_t, kK, 1, true, true, true>, smem);
+            bwd_kernel<scalar_t, kK, 1, true, true, true><<<c.grid, threads, smem, stream>>>(p);
+          } else if (joint_scan) {
             set_smem(bwd_kernel<scalar_t, kK, 1, true, true>, smem);
             bwd_kernel<scalar_t, kK, 1, true, true><<<c.grid, threads, smem, stream>>>(p);
           } else {

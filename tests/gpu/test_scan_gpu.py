@@ -238,7 +238,7 @@ def test_cuda_selftest_passed():
     import genomamba.ops.cuda as cu
 
     assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True,
-                         "chan2": True, "bwdchan": True, "bwdchan2": True}, cu.STATUS
+                         "chan2": True, "bwdchan": True, "bwdchan2": True, "prefetch": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
@@ -405,6 +405,46 @@ def test_cuda_fix_state_exit(state_exit, dtype):
         else:
             assert_close(gr, rg[name], dtype, f"d{name}")
         assert_close(gr, g2[name], dtype, f"d{name}, exit on vs off")
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_prefetch(depth, dtype):
+    """B/C rows copied into shared memory ``depth`` states ahead, in the backward (across tiles) and in
+    the fix-up and reverse summaries (three segments, decays spread over the states so that states
+    drop out at different tiles, a ragged last tile on the vector path): bit-identical to loading
+    each row where it is used (the arithmetic is the same instructions), and close to the fp64
+    oracle."""
+    import genomamba.ops.cuda as cu
+
+    if cu.STATUS.get("prefetch") is not True:
+        pytest.fail(f"the prefetch self-test did not pass: {cu.STATUS.get('prefetch')}")
+    kw, _ = make_scan_inputs(2, 40, 16, 4000, dtype, VARIANTS[0])
+    with torch.no_grad():
+        kw["delta"].copy_(kw["delta"] * 0.01)
+        kw["delta_bias"].copy_(kw["delta_bias"] * 0.1 - 6.0)
+        kw["A"].copy_(-torch.logspace(math.log10(0.5), math.log10(300.0), 16, dtype=torch.float64).to(dtype))
+    kw = _to_cuda(kw)
+    ref = fp64_copy(kw)
+    cu_, saved = _cuda_config(min_seg_tokens=1024, target_warps=1 << 20, kitems=8, kitems_train=8,
+                              bwd_prefetch=0, fix_prefetch=0)
+    try:
+        out0, st0, g0 = run_with_grads(_scan("cuda"), kw)
+        cu_.CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)
+        out, st, g = run_with_grads(_scan("cuda"), kw)
+    finally:
+        cu_.CONFIG.update(saved)
+    rout, rst, rg = run_with_grads(selective_scan_ref, ref)
+    assert torch.equal(out, out0) and torch.equal(st, st0)
+    for name, gr in g.items():
+        assert torch.equal(gr, g0[name]), f"d{name} differs with prefetch depth {depth}"
+        if name in REDUCED and dtype == torch.bfloat16:
+            _assert_close_norm(gr, rg[name], dtype, f"d{name}")
+        else:
+            assert_close(gr, rg[name], dtype, f"d{name}")
+    assert_close(out, rout, dtype, "out")
+    assert_close(st, rst, dtype, "final_state")
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")

@@ -479,6 +479,104 @@ def test_v2_algorithm_model(l, K, seg_tiles, slow, spread):
         torch.testing.assert_close(got[k].reshape(want[k].shape), want[k], rtol=1e-9, atol=1e-9, msg=k)
 
 
+class _Ring:
+    """The prefetch ring of ``selective_scan_v2.cu`` as its kernels drive it: ``depth + 1`` slots, one
+    copy group committed per issue, ``cp.async.wait_group depth`` before each read. Records what each
+    read finds and fails if a slot is overwritten before it was read or read before its group is done."""
+
+    def __init__(self, depth):
+        self.depth, self.slots, self.put, self.get = depth, [None] * (depth + 1), 0, 0
+        self.groups, self.reads = 0, 0  # groups committed, slots read
+        self.unread = set()
+
+    def issue(self, item):
+        if item is not None:
+            assert self.put not in self.unread, "a slot overwritten before it was read"
+            self.slots[self.put] = item
+            self.unread.add(self.put)
+        self.groups += 1
+        self.put = 0 if self.put == self.depth else self.put + 1
+
+    def read(self):
+        # wait_group(depth): every group but the newest `depth` is complete; this read's group is the
+        # (reads)-th one committed
+        assert self.reads <= self.groups - 1 - self.depth, "read before its copy group was waited for"
+        item = self.slots[self.get]
+        self.unread.discard(self.get)
+        self.reads += 1
+        self.get = 0 if self.get == self.depth else self.get + 1
+        return item
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("n,tiles", [(1, 5), (2, 1), (5, 3), (16, 4)])
+def test_backward_prefetch_ring_order(depth, n, tiles):
+    """The main backward's ring (bwd_kernel with PF): issues run ``depth`` (tile, state) pairs ahead of
+    the loops, across tile boundaries (tiles right to left), and every read finds its own pair."""
+    tile0, tile1 = 3, 3 + tiles
+    ring, cursor = _Ring(depth), [tile1 - 1, 0]
+
+    def issue():
+        item = None
+        if cursor[0] >= tile0:
+            item = tuple(cursor)
+            cursor[1] += 1
+            if cursor[1] == n:
+                cursor[:] = [cursor[0] - 1, 0]
+        ring.issue(item)
+
+    for _ in range(depth):
+        issue()
+    for tile in range(tile1 - 1, tile0 - 1, -1):
+        for nn in range(n):
+            issue()
+            assert ring.read() == (tile, nn)
+    assert ring.unread == set()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_fixup_prefetch_ring_order(depth):
+    """The fix-up and reverse-summary rings: within a tile, issues skip the states whose decay is
+    complete by the tile's start (the same test as the loop's), so reads stay in step with the states
+    the loop runs, whichever drop out."""
+    a2 = [-0.5, -300.0, -2.0, -90.0, -20.0]  # per state, log2 decay per unit of delta
+    cut = 64.0
+    for cum in (0.0, 0.25, 1.0, 5.0, 40.0, 200.0):  # the tile's starting sum of delta
+        ring, nxt = _Ring(depth), [0]
+
+        def issue():
+            j = nxt[0]
+            while j < len(a2) and a2[j] * cum < -cut:
+                j += 1
+            ring.issue(j if j < len(a2) else None)
+            nxt[0] = j + 1
+
+        for _ in range(depth):
+            issue()
+        ran = []
+        for nn in range(len(a2)):
+            if a2[nn] * cum < -cut:
+                continue
+            issue()
+            assert ring.read() == nn
+            ran.append(nn)
+        assert ran == [j for j in range(len(a2)) if a2[j] * cum >= -cut]
+        assert ring.unread == set()
+
+
+def test_prefetch_gate(status, monkeypatch):
+    """The prefetch depths reach the kernels only when the self-test part "prefetch" passed, clamped
+    to 0..3."""
+    monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
+    status.update(v1=True, v2=True, bwd=True, prefetch="failed: bwd dB rel. error")
+    cu.CONFIG.update(bwd_prefetch=2, fix_prefetch=1)
+    assert cu.prefetch_depths() == (0, 0)
+    status.update(prefetch=True)
+    assert cu.prefetch_depths() == (2, 1)
+    cu.CONFIG.update(bwd_prefetch=7, fix_prefetch=-1)
+    assert cu.prefetch_depths() == (3, 0)
+
+
 def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():
     """A one-token chunk of a transposed tensor is 'contiguous' with a non-unit last stride; the
     kernels read l with unit stride, so the wrapper must copy it."""

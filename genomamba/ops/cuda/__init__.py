@@ -18,7 +18,15 @@ import torch
 
 from genomamba.ops.cuda import build, selftest
 from genomamba.ops.cuda.kernels import selective_scan
-from genomamba.ops.cuda.knobs import CONFIG, STATUS, cuda_backward_enabled, forward_variant, fwd_build, use_lean
+from genomamba.ops.cuda.knobs import (
+    CONFIG,
+    STATUS,
+    cuda_backward_enabled,
+    forward_variant,
+    fwd_build,
+    prefetch_depths,
+    use_lean,
+)
 
 _ready: bool | None = None  # None: not tried yet
 unavailable_reason: str | None = None
@@ -38,7 +46,8 @@ def available() -> bool:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
                   + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
-                  + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2))
+                  + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
+                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] or CONFIG["fix_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
@@ -58,6 +67,7 @@ __all__ = [
     "cuda_backward_enabled",
     "use_lean",
     "fwd_build",
+    "prefetch_depths",
     "STATUS",
     "CONFIG",
     "unavailable_reason",

@@ -26,14 +26,17 @@ from genomamba.ops.cuda.knobs import (
     forward_plan,
     forward_variant,
     fwd_build,
+    prefetch_depths,
     seg_tiles,
 )
 
 
 def _v2():
-    """The extension, with this process's choice of the fix-up / summary passes' per-state exit."""
+    """The extension, with this process's choice of the fix-up / summary passes' per-state exit and
+    of the B/C prefetch depths."""
     ext = extension()
     ext.set_state_exit(bool(CONFIG["fix_state_exit"]))
+    ext.set_prefetch(*prefetch_depths())
     return ext
 
 

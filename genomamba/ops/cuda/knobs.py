@@ -18,7 +18,7 @@ import torch
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
                              "pair": "not built", "chan": "not built", "chan2": "not built",
-                             "bwdchan": "not built", "bwdchan2": "not built"}
+                             "bwdchan": "not built", "bwdchan2": "not built", "prefetch": "not built"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -69,6 +69,13 @@ CONFIG = {
     # factor is below 2^-64 (fast states leave after a few hundred tokens); 0: every state runs to
     # the last tile the slowest one needs (the rule before, kept for same-machine comparisons)
     "fix_state_exit": _env_int("GENOMAMBA_CUDA_FIX_STATE_EXIT", 1),
+    # B/C rows copied into shared memory (asynchronous 16-byte copies, each lane its own runs) this
+    # many states ahead of their use, 0..3: in the main backward (bwd_prefetch, across tile
+    # boundaries) and in the fix-up / reverse-summary passes (fix_prefetch, within a tile); 0 loads
+    # each row where it is used. Used only if the self-test part "prefetch" passed; not yet timed,
+    # hence off
+    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 0),
+    "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
@@ -125,6 +132,15 @@ _noticed: set[str] = set()
 
 def _unverified_ok() -> bool:
     return os.environ.get("GENOMAMBA_CUDA_UNVERIFIED", "") == "1"
+
+
+def prefetch_depths() -> tuple[int, int]:
+    """(main backward, fix-up and summaries): the B/C prefetch depths this process runs with (0..3;
+    both 0 unless the self-test part "prefetch" passed)."""
+    if STATUS.get("prefetch") is not True and not _unverified_ok():
+        return 0, 0
+    clamp = lambda v: max(0, min(3, int(v)))  # noqa: E731
+    return clamp(CONFIG["bwd_prefetch"]), clamp(CONFIG["fix_prefetch"])
 
 
 def forward_variant() -> str:

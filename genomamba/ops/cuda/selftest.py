@@ -2,7 +2,7 @@
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
 its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``bwdchan``,
-``bwdchan2``) is cached as ``selftest.json`` in the build folder: an unchanged build is tested once.
+``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is tested once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from genomamba.ops.cuda.knobs import CONFIG, STATUS
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2")
+PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2", "prefetch")
 
 
 def _cached(path: Path):
@@ -90,10 +90,13 @@ def child_main(path: str) -> None:
 
     tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair),
              ("chan", _test_chan), ("chan2", _test_chan2), ("bwdchan", _test_bwdchan),
-             ("bwdchan2", _test_bwdchan2))
+             ("bwdchan2", _test_bwdchan2), ("prefetch", _test_prefetch))
     for part, fn in tests:
-        if part in ("bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2") and status["v2"] is not True:
+        if part not in ("v1", "v2") and status["v2"] is not True:
             status[part] = "v2 forward did not pass"
+            continue
+        if part == "prefetch" and status["bwd"] is not True:
+            status[part] = "backward did not pass"
             continue
         status[part] = "running"
         save()
@@ -161,8 +164,8 @@ def _test_v1(ext) -> None:
             _check("v1 final_state", st, rst, tol, (case, npt))
 
 
-def _test_v2(ext, build: int = 0) -> None:
-    for case in _cases():
+def _test_v2(ext, build: int = 0, cases=None) -> None:
+    for case in cases or _cases():
         ins, h0 = _inputs(*case)
         ref = {
             True: selective_scan_ref(*[t.double() for t in ins], True, h0.double(), True),
@@ -204,6 +207,26 @@ def _test_pair(ext) -> None:
     backward from its saved tile states."""
     _test_v2(ext, build=2)
     _test_bwd(ext, build=2)
+
+
+def _test_prefetch(ext) -> None:
+    """B/C rows copied ahead into shared memory (``CONFIG["bwd_prefetch"]`` / ``["fix_prefetch"]``) at
+    depths 1 to 3: the forward's fix-up passes (segments of one and two tiles) and the backward with
+    its reverse summaries, over the usual cases plus a half-precision one whose rows take the vector
+    path and end in a ragged tile."""
+    cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
+    saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], STATUS.get("prefetch"))
+    STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
+    try:
+        for depth in (1, 2, 3):
+            CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)
+            ext.set_prefetch(depth, depth)
+            _test_v2(ext, cases=cases)
+            _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
+    finally:
+        CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1])
+        STATUS["prefetch"] = saved[2]
+        ext.set_prefetch(0, 0)
 
 
 def _chan_cases():
