@@ -12,9 +12,12 @@ logits are fixed tensors: each new token then costs one replay instead of hundre
 launches. The graph ends with the greedy choice: the argmax of the logits over the allowed tokens
 (a static bias of 0 or -inf per token id), written to the graph's ``token`` and back into its input
 ids, so greedy decoding is one replay and one copy per token with no sampling kernels in between.
-Temperature / top-k / top-p sampling stays eager and writes its token into the input ids before
-each replay. A capture that fails, or whose first replay disagrees with the eager step, is dropped
-with one warning and decoding runs eagerly.
+Temperature / top-k / top-p sampling is a second, small captured graph per filter kind
+(``DecodeSampler``): the uniform noise of the Gumbel-max draw (``genomamba.models.sampling``) is
+drawn from the caller's generator into its static input, then one replay filters, draws and writes
+the token into the step's input ids, so a sampled token costs one noise kernel and two replays, and
+the tokens equal the eager loop's for the same seed. A capture that fails, or whose first replay
+disagrees with the eager computation, is dropped with one warning and that part runs eagerly.
 ``GENOMAMBA_CUDA_GRAPH`` (``auto`` / ``0`` / ``1``) overrides the default.
 """
 
@@ -31,7 +34,7 @@ from genomamba.models import graphed
 from genomamba.models.cache import InferenceCache
 from genomamba.models.graphed import ENV_CUDA_GRAPH, use_cuda_graph
 from genomamba.models.mixer import LayerCache
-from genomamba.models.sampling import sample_next
+from genomamba.models.sampling import draw, filter_values, filters_sort, greedy, noise_like
 from genomamba.ops.checks import first_mismatch
 
 MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
@@ -188,6 +191,7 @@ class DecodeGraph:
 
     def __init__(self, model, batch: int, device: torch.device, fingerprint: tuple):
         self.fingerprint = fingerprint
+        self.samplers: dict = {}  # filter kind -> DecodeSampler, or None where its capture failed
         self.cache = model.allocate_cache(batch, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.bias = self._default_bias(model, device)
@@ -261,6 +265,75 @@ class DecodeGraph:
     def replay(self) -> torch.Tensor:
         self.graph.replay()
         return self.logits
+
+    def sampler(self, sort: bool) -> Optional["DecodeSampler"]:
+        """The captured draw for this step's logits (``sort``: with the top-k / top-p filters); None
+        where it could not be captured (the loop then samples eagerly)."""
+        key = bool(sort)
+        if key not in self.samplers:
+            try:
+                self.samplers[key] = DecodeSampler(self, key)
+            except Exception as exc:
+                _recover_stream(self.ids.device)
+                why = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if why not in _warned:
+                    _warned.add(why)
+                    warnings.warn(f"genomamba: sampling could not be captured in a CUDA graph ({why}); sampling "
+                                  f"eagerly between replays of the decode step.", RuntimeWarning, stacklevel=3)
+                self.samplers[key] = None
+        return self.samplers[key]
+
+
+class DecodeSampler:
+    """One captured draw (:func:`genomamba.models.sampling.draw`) from a :class:`DecodeGraph`'s logits
+    plus its bias: static ``noise`` (b, padded vocab) and filter values in, the ``token`` out (also
+    written into the step's input ids). Per token: :meth:`draw` fills the noise from the caller's
+    generator, exactly as the eager sampler does, and replays."""
+
+    def __init__(self, step: DecodeGraph, sort: bool):
+        self.step, self.sort = step, sort
+        device = step.ids.device
+        self.noise = torch.full(step.logits.shape, 0.5, dtype=torch.float32, device=device)
+        self.values = filter_values(1.0, 0, 1.0, step.logits.shape[-1], device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.token = self._body()
+        self._self_check()
+
+    def _body(self) -> torch.Tensor:
+        token = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.sort)
+        self.step.ids.copy_(token)
+        return token
+
+    def set(self, temperature: float, top_k: int, top_p: float) -> None:
+        for mine, value in zip(self.values, filter_values(temperature, top_k, top_p, self.noise.shape[-1],
+                                                          self.noise.device)):
+            mine.copy_(value)
+
+    def draw(self, generator: Optional[torch.Generator]) -> torch.Tensor:
+        self.noise.uniform_(0.0, 1.0, generator=generator)
+        self.graph.replay()
+        return self.token
+
+    def _self_check(self) -> None:
+        """One replay on random logits and noise, with filters that act, against the eager draw."""
+        gen = torch.Generator(device=self.noise.device).manual_seed(0)
+        saved_bias = self.step.bias.clone()
+        self.step.logits.copy_(torch.randn(self.step.logits.shape, generator=gen, device=self.noise.device) * 3)
+        self.set(0.8, 5 if self.sort else 0, 0.9 if self.sort else 1.0)
+        self.step.bias.zero_()
+        self.step.bias[-1] = float("-inf")
+        got = self.draw(gen).clone()
+        want = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.sort)
+        self.step.bias.copy_(saved_bias)
+        if not torch.equal(got, want) or not torch.equal(self.step.ids, got):
+            raise RuntimeError("the replayed draw differs from the eager one")
 
 
 def graphs_of(model) -> DecodeGraphs:
@@ -336,18 +409,35 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
     ``graph``. EOS stays on the device: a ``done`` mask turns every later token into EOS. Greedy
     decoding through a graph takes each token from the replay itself (``graph.token``); a sequence
     that has ended keeps reading its own greedy tokens, which its EOS outputs hide, and no other
-    sequence sees them."""
+    sequence sees them. Sampling through a graph draws with its captured sampler, from the same
+    noise as the eager draw (the scores are the padded logits plus the same 0 / -inf bias)."""
     b, n = new.shape
     done = torch.zeros(b, dtype=torch.bool, device=new.device) if eos_token_id is not None else None
-    greedy = graph is not None and (temperature <= 0 or top_k == 1)
-    if greedy:
+    width = logits.shape[-1]
+    sort = filters_sort(top_k, top_p, width)
+    values = None if greedy(temperature, top_k) else filter_values(temperature, top_k, top_p, width, new.device)
+    by_token = graph is not None and values is None
+    sampler = None
+    if graph is not None and values is not None:
+        sampler = graph.sampler(sort)
+        if sampler is not None:
+            sampler.set(temperature, top_k, top_p)
+    if graph is not None:
         graph.allow(vocab, mask)
+    bias = mask
+    if bias is None:
+        bias = torch.zeros(width, dtype=torch.float32, device=new.device)
+        bias[vocab:] = float("-inf")
     for i in range(n):
-        if greedy and i > 0:
+        if by_token and i > 0:
             nxt = graph.token
+        elif sampler is not None:
+            if i == 0:
+                graph.logits.copy_(logits)  # the prompt's last logits: the replays' logits from here on
+            nxt = sampler.draw(gen)
         else:
-            scores = logits[:, :vocab] if mask is None else logits.float() + mask
-            nxt = sample_next(scores, temperature, top_k, top_p, gen)
+            scores = logits.float() + bias
+            nxt = scores.argmax(-1) if values is None else draw(scores, noise_like(scores, gen), *values, sort)
         if done is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id
@@ -360,6 +450,6 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
         if graph is None:
             logits = model.step(nxt, cache)
         else:
-            if not greedy or i == 0:
+            if not by_token or i == 0:
                 graph.ids.copy_(nxt)
             logits = graph.replay()

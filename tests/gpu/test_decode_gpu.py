@@ -53,6 +53,30 @@ def test_graph_decode_equals_eager_decode(dtype, batch):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_captured_sampling_equals_eager_sampling(dtype):
+    """Temperature, top-k and top-p draws replayed from the captured sampler (noise from the seeded
+    generator, filters and the Gumbel-max draw inside the graph) give the eager loop's tokens, with an
+    allowed-id mask and an EOS id too; both filter kinds are captured, none falls back."""
+    m = model(dtype)
+    ids = torch.stack(prompts([9] * 4))
+    for kw in (dict(temperature=0.9), dict(temperature=1.3, top_k=7), dict(temperature=0.8, top_p=0.9),
+               dict(temperature=1.0, top_k=12, top_p=0.95, allowed_token_ids=list(range(0, 50, 3))),
+               dict(temperature=1.1, eos_token_id=5)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            a = m.generate(ids, 30, seed=11, cuda_graph=True, **kw)
+        b = m.generate(ids, 30, seed=11, cuda_graph=False, **kw)
+        assert torch.equal(a, b), kw
+        if "allowed_token_ids" in kw:
+            assert set(a[:, 9:].unique().tolist()) <= set(kw["allowed_token_ids"])
+    graph = decode.graphs_of(m).graphs[(4, dtype, "cuda:0")]
+    assert set(graph.samplers) == {False, True} and all(v is not None for v in graph.samplers.values())
+    c = m.generate(ids, 30, temperature=0.9, seed=12, cuda_graph=True)
+    assert not torch.equal(c, m.generate(ids, 30, temperature=0.9, seed=11, cuda_graph=True))
+
+
 @torch.no_grad()
 def test_graphs_are_kept_per_batch_and_recaptured_when_the_weights_move():
     m = model()

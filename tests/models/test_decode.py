@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genomamba import MambaConfig, MambaLM
-from genomamba.models import decode
+from genomamba.models import decode, sampling
 from tests.models.counting import counting_model
 
 CFG = dict(d_model=32, n_layer=3, vocab_size=12, d_state=16)
@@ -186,10 +186,31 @@ class _ReplayedEagerly(decode.DecodeGraph):
         self.cache = model.allocate_cache(batch)
         self.ids = torch.zeros(batch, dtype=torch.long)
         self.bias = self._default_bias(model, "cpu")
+        self.logits = torch.zeros(batch, model.config.padded_vocab_size)
+        self.samplers = {}
 
     def replay(self):
-        self.logits, self.token = self._body(self.model)
+        self.logits.copy_(self._body(self.model)[0])
+        self.token = self._greedy(self.logits)
         return self.logits
+
+    def sampler(self, sort):
+        return self.samplers.setdefault(sort, _SampledEagerly(self, sort))
+
+
+class _SampledEagerly(decode.DecodeSampler):
+    """The captured draw's body (noise from the caller's generator, filters, Gumbel-max token into
+    the step's input ids) run eagerly on each draw."""
+
+    def __init__(self, step, sort):
+        self.step, self.sort = step, sort
+        self.noise = torch.zeros(step.logits.shape)
+        self.values = sampling.filter_values(1.0, 0, 1.0, step.logits.shape[-1], "cpu")
+
+    def draw(self, generator):
+        self.noise.uniform_(0.0, 1.0, generator=generator)
+        self.token = self._body()
+        return self.token
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +220,13 @@ def counter():
 
 @pytest.mark.parametrize("how", [dict(temperature=0), dict(top_k=1, temperature=0.7), dict(temperature=0, eos="seen"),
                                  dict(temperature=0, allowed=[0, 1, 2, 4, 5, 6, 7, 9, 10, 11]),
-                                 dict(temperature=0.8, seed=5), dict(temperature=0.9, seed=2, eos=4)])
+                                 dict(temperature=0.8, seed=5), dict(temperature=0.9, seed=2, eos=4),
+                                 dict(temperature=1.2, top_k=5, top_p=0.8, seed=3),
+                                 dict(temperature=1.5, seed=9, allowed=[1, 2, 3, 5, 8, 13])])
 @torch.no_grad()
 def test_the_loop_on_a_replayed_step_equals_the_eager_loop(counter, prompts, how):
-    """Greedy tokens taken from the replay itself (``graph.token``), and sampled tokens written into
-    the replay's input ids, give what the eager loop gives, token for token."""
+    """Greedy tokens taken from the replay itself (``graph.token``), and sampled tokens drawn by the
+    graph's sampler into the replay's input ids, give what the eager loop gives, token for token."""
     m, (vocab, n) = counter, (counter.config.vocab_size, 30)
     mask = None
     if "allowed" in how:
@@ -217,8 +240,8 @@ def test_the_loop_on_a_replayed_step_equals_the_eager_loop(counter, prompts, how
             cache = None
         new = torch.empty(len(prompts), n, dtype=torch.long)
         gen = torch.Generator().manual_seed(how["seed"]) if "seed" in how else None
-        decode._loop(m, graph, cache, logits, new, how.get("temperature", 1.0), how.get("top_k", 0), 1.0, gen,
-                     eos, vocab, mask)
+        decode._loop(m, graph, cache, logits, new, how.get("temperature", 1.0), how.get("top_k", 0),
+                     how.get("top_p", 1.0), gen, eos, vocab, mask)
         return new
 
     eos = how.get("eos")
