@@ -10,11 +10,14 @@ Transformer counterpart the Mamba paper pairs with a Mamba of twice the layers),
 the same prompt length. A column that fails records its error instead of a number.
 
 ``tokens_per_s`` counts the new tokens of the whole batch over the whole call (prefill included);
-``ms_per_step`` is the time of one more token, from two calls of different lengths.
+``ms_per_step`` is the time of one more token, from two calls of different lengths. Decoding is
+greedy unless ``--temperature`` is above 0: then every column samples with that temperature and the
+same top-k / top-p filters (genomamba seeded; on CUDA its captured sampler).
 
     genomamba bench generate                                   # small shape on CPU
     genomamba bench generate --device cuda                     # 130M shape (768 x 24), fp16, batch 1,16,64
     genomamba bench generate --device cuda --d-model 1024 --n-layer 48 --batch 1,8
+    genomamba bench generate --device cuda --temperature 0.9 --top-p 0.95   # sampled decoding
 """
 
 from __future__ import annotations
@@ -76,8 +79,11 @@ def timed(fn: Callable[[int], object], new_tokens: int, device: str, repeats: in
 COLUMNS = ("genomamba_eager", "genomamba_graph", "genomamba_graph_layers", "mamba_ssm_cg", "hf_llama", "hf_mamba")
 
 
+GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0)
+
+
 def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, cuda_graph: bool,
-                     step: str = "model"):
+                     step: str = "model", sampling: dict = GREEDY):
     """``step``: "model" (the default decode step: one kernel for the whole model where it applies)
     or "layers" (the layered step, ``GENOMAMBA_DECODE_STEP=layers``)."""
     torch.manual_seed(0)
@@ -85,7 +91,7 @@ def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repea
     before = os.environ.get("GENOMAMBA_DECODE_STEP")
     os.environ["GENOMAMBA_DECODE_STEP"] = step
     try:
-        res = timed(lambda n: model.generate(prompts, n, temperature=0, cuda_graph=cuda_graph), new_tokens,
+        res = timed(lambda n: model.generate(prompts, n, seed=0, cuda_graph=cuda_graph, **sampling), new_tokens,
                     device, repeats)
         graphs = [g for g in graphs_of(model).graphs.values() if g is not None]
         if graphs:  # which step the captured graph replays, and if not the kernel, why
@@ -98,7 +104,7 @@ def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repea
             os.environ["GENOMAMBA_DECODE_STEP"] = before
 
 
-def mamba_ssm_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats):
+def mamba_ssm_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, sampling: dict = GREEDY):
     from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
@@ -106,12 +112,17 @@ def mamba_ssm_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repea
     model = MambaLMHeadModel(SsmConfig(d_model=cfg.d_model, n_layer=cfg.n_layer, vocab_size=cfg.vocab_size),
                              device=device, dtype=dtype).eval()
     length = prompts.shape[1]
-    res = timed(lambda n: model.generate(prompts, max_length=length + n, top_k=1, cg=True), new_tokens, device,
+    if sampling["temperature"] > 0:  # its top_p 0 means no nucleus filter, top_k 0 no top-k
+        kw = dict(temperature=sampling["temperature"], top_k=sampling["top_k"],
+                  top_p=sampling["top_p"] if sampling["top_p"] < 1.0 else 0.0)
+    else:
+        kw = dict(top_k=1)
+    res = timed(lambda n: model.generate(prompts, max_length=length + n, cg=True, **kw), new_tokens, device,
                 repeats)
     return res, sum(p.numel() for p in model.parameters())
 
 
-def hf_llama_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats):
+def hf_llama_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, sampling: dict = GREEDY):
     import transformers
 
     d = cfg.d_model
@@ -121,26 +132,30 @@ def hf_llama_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeat
                                   num_key_value_heads=heads, max_position_embeddings=4096, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(lc).to(device=device, dtype=dtype).eval()
-    return _hf_timed(model, prompts, new_tokens, device, repeats)
+    return _hf_timed(model, prompts, new_tokens, device, repeats, sampling)
 
 
-def hf_mamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats):
+def hf_mamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, sampling: dict = GREEDY):
     import transformers
 
     hc = transformers.MambaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer,
                                   state_size=cfg.d_state, expand=cfg.expand, conv_kernel=cfg.d_conv)
     torch.manual_seed(0)
     model = transformers.MambaForCausalLM(hc).to(device=device, dtype=dtype).eval()
-    return _hf_timed(model, prompts, new_tokens, device, repeats)
+    return _hf_timed(model, prompts, new_tokens, device, repeats, sampling)
 
 
-def _hf_timed(model, prompts, new_tokens, device, repeats):
+def _hf_timed(model, prompts, new_tokens, device, repeats, sampling: dict = GREEDY):
     mask = torch.ones_like(prompts)
+    kw = dict(do_sample=False)
+    if sampling["temperature"] > 0:  # top_k 0 switches transformers' default top-k of 50 off
+        kw = dict(do_sample=True, temperature=sampling["temperature"], top_k=sampling["top_k"],
+                  top_p=sampling["top_p"])
 
     @torch.no_grad()
     def run(n):
-        return model.generate(prompts, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                              use_cache=True, pad_token_id=0)
+        return model.generate(prompts, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, use_cache=True,
+                              pad_token_id=0, **kw)
 
     return timed(run, new_tokens, device, repeats), model.num_parameters()
 
@@ -160,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16,64 on cuda, 1,4 on cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float16 on cuda, float32 on cpu")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per setting, best kept")
+    p.add_argument("--temperature", type=float, default=0.0, help="above 0: sampled decoding (default 0: greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="sampled decoding: keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampled decoding: nucleus mass (1: off)")
     p.add_argument("--no-baselines", action="store_true", help="genomamba only (no mamba_ssm / transformers)")
     p.add_argument("--skip", action="append", default=[], choices=COLUMNS,
                    help="leave out this column (repeatable)")
@@ -193,26 +211,38 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ValueError(f"--batch: expected comma-separated positive ints, got {opt['batch']!r}") from None
         if not batches:
             raise ValueError("--batch: give at least one batch size")
+        if not args.temperature >= 0 or args.temperature == float("inf"):
+            raise ValueError(f"--temperature: expected a number >= 0, got {args.temperature}")
+        if args.top_k < 0:
+            raise ValueError(f"--top-k: expected an int >= 0, got {args.top_k}")
+        if not 0.0 < args.top_p <= 1.0:
+            raise ValueError(f"--top-p: expected 0 < p <= 1, got {args.top_p}")
+        if args.temperature == 0 and (args.top_k or args.top_p < 1.0):
+            raise ValueError("--top-k / --top-p filter sampled decoding: give a --temperature above 0 too")
     except ValueError as exc:
         print(f"genomamba bench generate: {exc}", file=sys.stderr)
         return 2
     dtype = DTYPES[opt["dtype"]]
     cfg = MambaConfig(d_model=opt["d_model"], n_layer=opt["n_layer"], vocab_size=opt["vocab"])
-    columns = [("genomamba_eager", lambda *a: genomamba_column(*a, cuda_graph=False))]
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    columns = [("genomamba_eager", lambda *a: genomamba_column(*a, cuda_graph=False, sampling=sampling))]
     if cuda:
-        columns.append(("genomamba_graph", lambda *a: genomamba_column(*a, cuda_graph=True)))
-        columns.append(("genomamba_graph_layers", lambda *a: genomamba_column(*a, cuda_graph=True, step="layers")))
+        columns.append(("genomamba_graph", lambda *a: genomamba_column(*a, cuda_graph=True, sampling=sampling)))
+        columns.append(("genomamba_graph_layers", lambda *a: genomamba_column(*a, cuda_graph=True, step="layers",
+                                                                              sampling=sampling)))
     versions = {"torch": torch.__version__, "transformers": _version("transformers"),
                 "mamba_ssm": _version("mamba_ssm")}
     if not args.no_baselines:
         if cuda and versions["mamba_ssm"]:
-            columns.append(("mamba_ssm_cg", mamba_ssm_column))
+            columns.append(("mamba_ssm_cg", lambda *a: mamba_ssm_column(*a, sampling=sampling)))
         if versions["transformers"]:
-            columns.append(("hf_llama", hf_llama_column))
-            columns.append(("hf_mamba", hf_mamba_column))
+            columns.append(("hf_llama", lambda *a: hf_llama_column(*a, sampling=sampling)))
+            columns.append(("hf_mamba", lambda *a: hf_mamba_column(*a, sampling=sampling)))
     shape = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size, "d_state": cfg.d_state,
              "prompt_len": opt["prompt_len"], "new_tokens": opt["new_tokens"], "dtype": opt["dtype"],
-             "device": args.device, "repeats": opt["repeats"], "decoding": "greedy"}
+             "device": args.device, "repeats": opt["repeats"],
+             "decoding": "greedy" if args.temperature == 0 else
+             f"sampled (temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p})"}
     columns = [(name, fn) for name, fn in columns if name not in args.skip]
     print(f"decoding {opt['new_tokens']} tokens after {opt['prompt_len']} (d_model {cfg.d_model} x {cfg.n_layer}, "
           f"vocab {cfg.vocab_size}, {opt['dtype']}, {args.device})", flush=True)

@@ -30,3 +30,22 @@ def test_bench_generate_rejects_bad_options(capsys):
     assert "--batch" in capsys.readouterr().err
     assert bg.main(["--new-tokens", "0"]) == 2
     assert "--new-tokens" in capsys.readouterr().err
+
+
+def test_bench_generate_sampled(tmp_path):
+    """Sampled decoding: every column samples with the same filters, and the shape says so."""
+    assert bench_main(["generate", "--d-model", "16", "--n-layer", "2", "--vocab", "11", "--prompt-len", "5",
+                       "--new-tokens", "4", "--batch", "2", "--temperature", "0.9", "--top-k", "5", "--top-p", "0.9",
+                       "--out", str(tmp_path), "--name", "s"]) == 0
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["shape"]["decoding"] == "sampled (temperature 0.9, top_k 5, top_p 0.9)"
+    assert data["rows"][0]["genomamba_eager_tok_s"] > 0
+    for name in data["columns"]:
+        assert f"{name}_tok_s" in data["rows"][0], data["rows"][0].get(f"{name}_error")
+
+
+def test_bench_generate_rejects_bad_sampling(capsys):
+    for argv, name in ((["--temperature", "-1"], "--temperature"), (["--top-p", "0"], "--top-p"),
+                       (["--top-k", "-2", "--temperature", "1"], "--top-k"), (["--top-k", "4"], "--temperature")):
+        assert bg.main(argv) == 2
+        assert name in capsys.readouterr().err
