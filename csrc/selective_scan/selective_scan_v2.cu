@@ -989,6 +989,18 @@ __global__ void bwd_combine_kernel(Params p) {
   p.carry[(bi * p.nseg * p.d + dc) * p.n + nn] = R;
 }
 
+// The PF build's dB/dC slot rows (K = 8 fp32 values a lane, 32 bytes): the lane's two 16-byte halves
+// swap places in every other group of four lanes, so the eight lanes of each quarter-warp store to 32
+// distinct banks (unswizzled, lanes i and i + 4 share banks: two wavefronts a store). swizzled(t): where
+// the value of tile token t sits in its row (t ^ 4 in the swapped groups of lanes).
+__device__ __forceinline__ void put_swizzled(float *row_at_lane, int lane, const float (&v)[8]) {
+  float4 *q = reinterpret_cast<float4 *>(row_at_lane);
+  const int s = (lane >> 2) & 1;
+  q[s] = make_float4(v[0], v[1], v[2], v[3]);
+  q[s ^ 1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ int swizzled(int t) { return t ^ (((t >> 5) & 1) << 2); }
+
 // Main backward: one warp per (b, channel, segment), W channels of one group per block; tiles
 // right to left. Per tile and state: recompute h from the saved tile-start state (forward map
 // scan), then the reverse scan g_t = C_t dy_t + a_{t+1} g_{t+1} (suffix map scan), then all
@@ -1003,9 +1015,11 @@ __global__ void bwd_combine_kernel(Params p) {
 // more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one. JOINT: the reverse map is folded before
 // the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
 // CONFIG["bwd_joint_scan"] picks it.
-// PF (wide joint build only): B/C rows through the prefetch ring, Params::pf_bwd states ahead.
+// PF (wide joint build at K = 8 only): the dB/dC slot rows swizzled (put_swizzled), and B/C rows
+// through the prefetch ring when Params::pf_bwd >= 1 (that many states ahead).
 template <typename T, int K, int MINB, bool JOINT, bool WIDE = false, bool PF = false>
 __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32, WIDE ? 1 : MINB) bwd_kernel(Params p) {
+  static_assert(!PF || K == 8, "the PF build takes K = 8");
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1042,7 +1056,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
   // holds a state's B runs then its C runs; (itile, inx) is the next (tile, state) to issue, in the
   // order the loops below consume them
   constexpr int kRB = Ring<T, K>::kRunBytes;
-  const int pfd = PF ? p.pf_bwd : 0;
+  const int pfd = PF ? max(p.pf_bwd, 0) : 0;
   char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * 2 * kRB;
   int64_t itile = tile1 - 1;
   int inx = 0, put = 0, get = 0;
@@ -1160,14 +1174,17 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       }
       float h = __shfl_up_sync(kFull, Bb, 1);
       if (lane == 0) h = hs;
+      float vC[K];  // this channel's dC_t (PF: stored below, swizzled)
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         hp[k] = h;
         h = a[k] * h + du[k] * Bv[k];
         y[k] += Cv[k] * h;
-        pC[k] = dy[k] * h;  // this channel's dC_t
+        vC[k] = dy[k] * h;
+        if constexpr (!PF) pC[k] = vC[k];
         Cv[k] *= dy[k];     // from here on: C_t dy_t, the reverse scan's input
       }
+      if constexpr (PF) put_swizzled(pC, lane, vC);
       if constexpr (!JOINT) {
 #pragma unroll
         for (int k = K - 1; k >= 0; --k) Q = a[k] * (Cv[k] + Q);
@@ -1178,6 +1195,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       if (lane == 31) G = R;
       const float Rnew = __shfl_sync(kFull, Q, 0);
       float dAl = 0.f;
+      float vB[K];  // this channel's dB_t (PF: stored below, swizzled)
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
         const float gk = Cv[k] + G;          // dL/dh_t
@@ -1185,9 +1203,11 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
         gA[k] += wk * An;
         S[k] += gk * Bv[k];
         dAl += wk * dl[k];
-        pB[k] = gk * du[k];  // this channel's dB_t
+        vB[k] = gk * du[k];
+        if constexpr (!PF) pB[k] = vB[k];
         G = a[k] * gk;
       }
+      if constexpr (PF) put_swizzled(pB, lane, vB);
       s_dA[nn * 32 + lane] += dAl;
       __syncwarp();
       if (lane == 0) s_R[nn] = Rnew;
@@ -1199,7 +1219,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       const int quads = 2 * slot * (TILE / 4);
       for (int i = threadIdx.x; i < quads; i += blockDim.x) {
         const int sw = i / (TILE / 4), t = (i % (TILE / 4)) * 4;  // sw = 2 * state slot + (0: dB, 1: dC)
-        const float4 *col = reinterpret_cast<const float4 *>(s_part + sw * W * TILE + t);
+        const float4 *col = reinterpret_cast<const float4 *>(s_part + sw * W * TILE + (PF ? swizzled(t) : t));
         float4 s = col[0];
 #pragma unroll 4
         for (int ww = 1; ww < W; ++ww) {
@@ -1582,11 +1602,13 @@ bool aligned16(const torch::Tensor &t, int rows_from_dim) {
 static bool g_state_exit = true;
 void set_state_exit(bool on) { g_state_exit = on; }
 
-// B/C prefetch depths (states ahead) of the main backward and of the fix-up / reverse-summary passes;
-// 0 (the default) loads each row where it is used
-static int g_pf_bwd = 0, g_pf_fix = 0;
+// B/C prefetch depths (states ahead) of the main backward and of the fix-up / reverse-summary passes.
+// Backward: -1 (the default) runs the shipped build; 0..3 the PF build (swizzled dB/dC slots) with a
+// ring that deep (0: rows loaded at use). Fix-up and summaries: 0 (the default) loads at use.
+static int g_pf_bwd = -1, g_pf_fix = 0;
 void set_prefetch(int64_t bwd, int64_t fix) {
-  TORCH_CHECK(bwd >= 0 && bwd <= 3 && fix >= 0 && fix <= 3, "selective_scan v2: prefetch depths are 0..3");
+  TORCH_CHECK(bwd >= -1 && bwd <= 3 && fix >= 0 && fix <= 3,
+              "selective_scan v2: prefetch depths are -1..3 (backward) and 0..3 (fix-up)");
   g_pf_bwd = static_cast<int>(bwd);
   g_pf_fix = static_cast<int>(fix);
 }
@@ -1917,23 +1939,23 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, u.get_device());
     // the prefetch ring (16 bytes of alignment slack before it) comes out of what the dB/dC slots may
     // take; a ring that leaves no room for one slot is made shallower
-    if (!(c.K == 8 && c.W > kMaxWarpsBwd && joint_scan)) p.pf_bwd = 0;  // the builds with a ring
+    if (!(c.K == 8 && c.W > kMaxWarpsBwd && joint_scan)) p.pf_bwd = -1;  // only the wide joint build has PF
     const size_t ring_unit = static_cast<size_t>(c.W * 2 * c.K * u.element_size() * 32);  // per slot
     while (p.pf_bwd > 0 && fixed + per_state + 16 + ring_unit * (p.pf_bwd + 1) > static_cast<size_t>(smem_max))
       --p.pf_bwd;
-    const size_t ring = p.pf_bwd ? 16 + ring_unit * (p.pf_bwd + 1) : 0;
+    const size_t ring = p.pf_bwd > 0 ? 16 + ring_unit * (p.pf_bwd + 1) : 0;
     const int64_t fit = smem_max > static_cast<int64_t>(fixed + per_state + ring)
                             ? (static_cast<int64_t>(smem_max) - static_cast<int64_t>(fixed + ring)) /
                                   static_cast<int64_t>(per_state)
                             : 1;
     p.ns = std::max<int64_t>(1, std::min({states_per_sync, std::max<int64_t>(p.n, 1), fit}));
-    const size_t smem = p.pf_bwd ? with_rings(p, p.pf_bwd, (fixed + per_state * p.ns) / sizeof(float), c.W, 2,
-                                              c.K, u.element_size(), u.get_device())
-                                 : fixed + per_state * p.ns;
+    const size_t smem = p.pf_bwd > 0 ? with_rings(p, p.pf_bwd, (fixed + per_state * p.ns) / sizeof(float), c.W, 2,
+                                                  c.K, u.element_size(), u.get_device())
+                                     : fixed + per_state * p.ns;
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       if constexpr (kK == 8) {
         if (c.W > kMaxWarpsBwd) {
-          if (joint_scan && p.pf_bwd) {
+          if (joint_scan && p.pf_bwd >= 0) {
             set_smem(bwd_kernel<scalar_t, kK, 1, true, true, true>, smem);
             bwd_kernel<scalar_t, kK, 1, true, true, true><<<c.grid, threads, smem, stream>>>(p);
           } else if (joint_scan) {

@@ -408,14 +408,14 @@ def test_cuda_fix_state_exit(state_exit, dtype):
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
-@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_prefetch(depth, dtype):
-    """B/C rows copied into shared memory ``depth`` states ahead, in the backward (across tiles) and in
-    the fix-up and reverse summaries (three segments, decays spread over the states so that states
-    drop out at different tiles, a ragged last tile on the vector path): bit-identical to loading
-    each row where it is used (the arithmetic is the same instructions), and close to the fp64
-    oracle."""
+    """The backward's PF build (swizzled dB/dC slots) with B/C rows copied into shared memory ``depth``
+    states ahead (across tiles), and the fix-up and reverse summaries with theirs (three segments,
+    decays spread over the states so that states drop out at different tiles, a ragged last tile on
+    the vector path): bit-identical to the shipped kernels (the same arithmetic and sums in the same
+    order), and close to the fp64 oracle."""
     import genomamba.ops.cuda as cu
 
     if cu.STATUS.get("prefetch") is not True:
@@ -428,7 +428,7 @@ def test_cuda_prefetch(depth, dtype):
     kw = _to_cuda(kw)
     ref = fp64_copy(kw)
     cu_, saved = _cuda_config(min_seg_tokens=1024, target_warps=1 << 20, kitems=8, kitems_train=8,
-                              bwd_prefetch=0, fix_prefetch=0)
+                              bwd_prefetch=-1, fix_prefetch=0)
     try:
         out0, st0, g0 = run_with_grads(_scan("cuda"), kw)
         cu_.CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)

@@ -565,16 +565,18 @@ def test_fixup_prefetch_ring_order(depth):
 
 
 def test_prefetch_gate(status, monkeypatch):
-    """The prefetch depths reach the kernels only when the self-test part "prefetch" passed, clamped
-    to 0..3."""
+    """The prefetch settings reach the kernels only when the self-test part "prefetch" passed, clamped
+    to -1..3 (backward; -1 the shipped build) and 0..3 (fix-up)."""
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     status.update(v1=True, v2=True, bwd=True, prefetch="failed: bwd dB rel. error")
     cu.CONFIG.update(bwd_prefetch=2, fix_prefetch=1)
-    assert cu.prefetch_depths() == (0, 0)
+    assert cu.prefetch_depths() == (-1, 0)  # the shipped kernels
     status.update(prefetch=True)
     assert cu.prefetch_depths() == (2, 1)
     cu.CONFIG.update(bwd_prefetch=7, fix_prefetch=-1)
     assert cu.prefetch_depths() == (3, 0)
+    cu.CONFIG.update(bwd_prefetch=-4, fix_prefetch=9)
+    assert cu.prefetch_depths() == (-1, 3)
 
 
 def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():

@@ -47,7 +47,7 @@ def available() -> bool:
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
                   + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
                   + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
-                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] or CONFIG["fix_prefetch"]))
+                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)

@@ -70,11 +70,12 @@ CONFIG = {
     # the last tile the slowest one needs (the rule before, kept for same-machine comparisons)
     "fix_state_exit": _env_int("GENOMAMBA_CUDA_FIX_STATE_EXIT", 1),
     # B/C rows copied into shared memory (asynchronous 16-byte copies, each lane its own runs) this
-    # many states ahead of their use, 0..3: in the main backward (bwd_prefetch, across tile
-    # boundaries) and in the fix-up / reverse-summary passes (fix_prefetch, within a tile); 0 loads
-    # each row where it is used. Used only if the self-test part "prefetch" passed; not yet timed,
-    # hence off
-    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 0),
+    # many states ahead of their use. bwd_prefetch: -1 runs the shipped backward; 0..3 its PF build
+    # (wide joint blocks at kitems 8: dB/dC slot rows swizzled free of bank conflicts) with a ring
+    # that deep, across tile boundaries (0: rows loaded at use). fix_prefetch, 0..3: the fix-up and
+    # reverse-summary passes, within a tile (0: loaded at use). Used only if the self-test part
+    # "prefetch" passed; not yet timed, hence off
+    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
@@ -135,12 +136,11 @@ def _unverified_ok() -> bool:
 
 
 def prefetch_depths() -> tuple[int, int]:
-    """(main backward, fix-up and summaries): the B/C prefetch depths this process runs with (0..3;
-    both 0 unless the self-test part "prefetch" passed)."""
+    """(main backward -1..3, fix-up and summaries 0..3): the B/C prefetch settings this process runs
+    with; (-1, 0), the shipped kernels, unless the self-test part "prefetch" passed."""
     if STATUS.get("prefetch") is not True and not _unverified_ok():
-        return 0, 0
-    clamp = lambda v: max(0, min(3, int(v)))  # noqa: E731
-    return clamp(CONFIG["bwd_prefetch"]), clamp(CONFIG["fix_prefetch"])
+        return -1, 0
+    return max(-1, min(3, int(CONFIG["bwd_prefetch"]))), max(0, min(3, int(CONFIG["fix_prefetch"])))
 
 
 def forward_variant() -> str:

@@ -210,23 +210,25 @@ def _test_pair(ext) -> None:
 
 
 def _test_prefetch(ext) -> None:
-    """B/C rows copied ahead into shared memory (``CONFIG["bwd_prefetch"]`` / ``["fix_prefetch"]``) at
-    depths 1 to 3: the forward's fix-up passes (segments of one and two tiles) and the backward with
-    its reverse summaries, over the usual cases plus a half-precision one whose rows take the vector
-    path and end in a ragged tile."""
+    """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
+    (``CONFIG["bwd_prefetch"]`` 0 to 3) and the fix-up / summary rings (``["fix_prefetch"]``): the
+    forward's fix-up passes (segments of one and two tiles) and the backward with its reverse
+    summaries, over the usual cases plus a half-precision one whose rows take the vector path and end
+    in a ragged tile."""
     cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
     saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
     try:
-        for depth in (1, 2, 3):
+        for depth in (0, 1, 2, 3):
             CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)
             ext.set_prefetch(depth, depth)
-            _test_v2(ext, cases=cases)
+            if depth:
+                _test_v2(ext, cases=cases)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
     finally:
         CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1])
         STATUS["prefetch"] = saved[2]
-        ext.set_prefetch(0, 0)
+        ext.set_prefetch(-1, 0)
 
 
 def _chan_cases():
