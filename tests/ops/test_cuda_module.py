@@ -564,6 +564,18 @@ def test_fixup_prefetch_ring_order(depth):
         assert ring.unread == set()
 
 
+def test_a_knob_that_is_not_an_integer_is_named(monkeypatch):
+    from genomamba.ops.cuda.knobs import _env_int
+
+    monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "two")
+    with pytest.raises(ValueError, match="GENOMAMBA_CUDA_BWD_PREFETCH='two': expected an integer"):
+        _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1)
+    monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", " 2 ")
+    assert _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1) == 2
+    monkeypatch.delenv("GENOMAMBA_CUDA_BWD_PREFETCH")
+    assert _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1) == -1
+
+
 def test_prefetch_gate(status, monkeypatch):
     """The prefetch settings reach the kernels only when the self-test part "prefetch" passed, clamped
     to -1..3 (backward; -1 the shipped build) and 0..3 (fix-up)."""

@@ -22,7 +22,13 @@ STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not b
 
 
 def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r}: expected an integer (default {default})") from None
 
 
 # v1: npt = states per thread (4 or 16), target_threads = threads to aim for when cutting l into
