@@ -142,28 +142,32 @@ __device__ __forceinline__ void store_run(T *p, int64_t t0, int64_t tend, bool v
 // (vector path allowed and the whole run inside the sequence) is decided once per tile by the caller,
 // so the per-state loop carries no 64-bit address arithmetic or alignment tests; bf16 is widened with
 // one integer op per value (its bits are the high half of an fp32) instead of PRMT + shift.
+// 16 bytes of T as float into v[0 .. 16 / sizeof(T)) (bf16: one integer op per value)
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4 raw, float *v) {
+  constexpr int E = 16 / sizeof(T);
+  if constexpr (std::is_same<T, c10::BFloat16>::value) {
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(w[i] << 16);
+      v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  } else {
+    alignas(16) T tmp[E];
+    *reinterpret_cast<uint4 *>(tmp) = raw;
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = to_f(tmp[e]);
+  }
+}
+
 template <typename T, int K>
 __device__ __forceinline__ void load_lean(const T *row, int64_t t0, int64_t tend, bool full, float (&v)[K]) {
   constexpr int E = 16 / sizeof(T);
   static_assert(K % E == 0, "K must be a multiple of 16 / sizeof(T)");
   if (full) {
 #pragma unroll
-    for (int q = 0; q < K / E; ++q) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(row + q * E));
-      if constexpr (std::is_same<T, c10::BFloat16>::value) {
-        const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          v[q * E + 2 * i] = __uint_as_float(w[i] << 16);
-          v[q * E + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-      } else {
-        alignas(16) T tmp[E];
-        *reinterpret_cast<uint4 *>(tmp) = raw;
-#pragma unroll
-        for (int e = 0; e < E; ++e) v[q * E + e] = to_f(tmp[e]);
-      }
-    }
+    for (int q = 0; q < K / E; ++q) unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(row + q * E)), v + q * E);
   } else {
 #pragma unroll
     for (int k = 0; k < K; ++k) v[k] = (t0 + k < tend) ? to_f(row[k]) : 0.f;
@@ -210,23 +214,33 @@ template <typename T, int K>
 __device__ __forceinline__ void ring_get(const char *src, int lane, float (&v)[K]) {
   constexpr int E = 16 / sizeof(T);
 #pragma unroll
-  for (int q = 0; q < K / E; ++q) {
-    const uint4 raw = *reinterpret_cast<const uint4 *>(src + (q * 32 + lane) * 16);
-    if constexpr (std::is_same<T, c10::BFloat16>::value) {
-      const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        v[q * E + 2 * i] = __uint_as_float(w[i] << 16);
-        v[q * E + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      }
-    } else {
-      alignas(16) T tmp[E];
-      *reinterpret_cast<uint4 *>(tmp) = raw;
-#pragma unroll
-      for (int e = 0; e < E; ++e) v[q * E + e] = to_f(tmp[e]);
-    }
-  }
+  for (int q = 0; q < K / E; ++q) unpack16<T>(*reinterpret_cast<const uint4 *>(src + (q * 32 + lane) * 16), v + q * E);
 }
+
+// The fix-up / reverse-summary passes' C-row ring, within one tile: `issue` copies the run of the next
+// state the loop will run (skipping, as the loop does, states whose decay is complete by the tile's
+// start, cum), `read` gives the run of the state the loop has reached (ragged runs loaded directly).
+template <typename T, int K> struct TileRing {
+  char *base;
+  int depth, put = 0, get = 0;
+  int64_t next = 0;
+  __device__ __forceinline__ void issue(const Params &p, const float *s_A2, float cum, bool full, int lane,
+                                        const T *Cp, int64_t t0) {
+    while (next < p.n && p.state_exit && s_A2[next] * cum < -kCutLog2) ++next;
+    if (next < p.n && full) ring_put<T, K>(base + put * Ring<T, K>::kRunBytes, lane, Cp + next * p.s_Cn + t0);
+    cp_async_commit();
+    ++next;
+    put = put == depth ? 0 : put + 1;
+  }
+  __device__ __forceinline__ void read(const Params &p, const float *s_A2, float cum, bool full, int lane,
+                                       const T *Cp, int64_t t0, int64_t nn, float (&Cv)[K]) {
+    issue(p, s_A2, cum, full, lane, Cp, t0);
+    cp_async_wait_upto(depth);
+    if (full) ring_get<T, K>(base + get * Ring<T, K>::kRunBytes, lane, Cv);
+    else load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
+    get = get == depth ? 0 : get + 1;
+  }
+};
 
 __device__ __forceinline__ float warp_sum(float x) {
   // xor butterfly: every lane ends with the same value, summed in a fixed order (deterministic)
@@ -558,27 +572,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 #pragma unroll
     for (int k = 0; k < K; ++k) fix[k] = 0.f;
     // the C rows of the states this tile runs, issued pfd states ahead (skipping those it drops)
-    int64_t inx = 0;
-    int put = 0, get = 0;
-    auto issue = [&]() {
-      while (inx < n && p.state_exit && s_A2[inx] * cum < -kCutLog2) ++inx;
-      if (inx < n && full) ring_put<T, K>(ring + put * kRB, lane, Cp + inx * p.s_Cn + t0);
-      cp_async_commit();
-      ++inx;
-      put = put == pfd ? 0 : put + 1;
-    };
-    for (int i = 0; i < pfd; ++i) issue();
+    TileRing<T, K> cr{ring, pfd};
+    for (int i = 0; i < pfd; ++i) cr.issue(p, s_A2, cum, full, lane, Cp, t0);
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn], c = s_c[nn];
       if (p.state_exit && a2 * cum < -kCutLog2) continue;  // this state's decay is complete (warp-uniform)
       float Cv[K];
       if (pfd) {
-        issue();
-        cp_async_wait_upto(pfd);
-        if (full) ring_get<T, K>(ring + get * kRB, lane, Cv);
-        else load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
-        get = get == pfd ? 0 : get + 1;
+        cr.read(p, s_A2, cum, full, lane, Cp, t0, nn, Cv);
       } else {
         load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
       }
@@ -933,27 +935,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
 #pragma unroll
       for (int k = 0; k < K; ++k) dy[k] *= zv[k] * sigmoid_f(zv[k]);
     }
-    int64_t inx = 0;
-    int put = 0, get = 0;
-    auto issue = [&]() {
-      while (inx < n && p.state_exit && s_A2[inx] * cum < -kCutLog2) ++inx;
-      if (inx < n && full) ring_put<T, K>(ring + put * kRB, lane, Cp + inx * p.s_Cn + t0);
-      cp_async_commit();
-      ++inx;
-      put = put == pfd ? 0 : put + 1;
-    };
-    for (int i = 0; i < pfd; ++i) issue();
+    TileRing<T, K> cr{ring, pfd};
+    for (int i = 0; i < pfd; ++i) cr.issue(p, s_A2, cum, full, lane, Cp, t0);
 #pragma unroll 1
     for (int64_t nn = 0; nn < n; ++nn) {
       const float a2 = s_A2[nn];
       if (p.state_exit && a2 * cum < -kCutLog2) continue;  // as in fwd_fix_kernel
       float Cv[K];
       if (pfd) {
-        issue();
-        cp_async_wait_upto(pfd);
-        if (full) ring_get<T, K>(ring + get * kRB, lane, Cv);
-        else load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
-        get = get == pfd ? 0 : get + 1;
+        cr.read(p, s_A2, cum, full, lane, Cp, t0, nn, Cv);
       } else {
         load_run<T, K>(Cp + nn * p.s_Cn, t0, p.l, p.vec, Cv);
       }
