@@ -36,6 +36,11 @@ def machine_facts(device: str = "cpu") -> dict:
             pass
     else:
         facts["device_name"] = f"cpu ({os.cpu_count()} cores)"
+    # the genomamba knobs this run was started with (kernel choices, graph limits): a result says
+    # which variant it timed
+    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENOMAMBA_")}
+    if knobs:
+        facts["genomamba_env"] = knobs
     return facts
 
 

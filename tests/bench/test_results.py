@@ -18,3 +18,13 @@ def test_the_results_the_readme_cites_ship_with_the_package():
     assert not missing, f"README.md cites results that are not in {RESULTS_DIR}: {missing}"
     for name in cited:
         json.loads((RESULTS_DIR / name).read_text())
+
+
+def test_machine_facts_record_the_genomamba_knobs(monkeypatch):
+    from genomamba.bench.common import machine_facts
+
+    monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "2")
+    monkeypatch.setenv("OTHER_TOOL_SETTING", "x")
+    facts = machine_facts("cpu")
+    assert facts["genomamba_env"]["GENOMAMBA_CUDA_BWD_PREFETCH"] == "2"
+    assert "OTHER_TOOL_SETTING" not in facts["genomamba_env"]
