@@ -71,8 +71,8 @@ def check_prompts(prompts, padded_vocab: int, device) -> list[torch.Tensor]:
 
 
 def check_sampling(temperature, top_k, top_p) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature):
-        raise ValueError(f"temperature: expected a number (<= 0: greedy), got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite number (<= 0: greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:

@@ -16,10 +16,13 @@ import torch
 OFF_TOP_P = 2.0  # a top_p filter value that keeps every token
 
 
+GREEDY_BELOW = 1e-30  # temperatures below this decode greedily: their limit, and 1 / T would overflow
+
+
 def greedy(temperature: float, top_k: int) -> bool:
     """``temperature <= 0`` is greedy, and so is ``top_k == 1`` (the one token kept is drawn with
-    probability 1; no random numbers are used)."""
-    return temperature <= 0 or top_k == 1
+    probability 1; no random numbers are used), and a temperature below ``GREEDY_BELOW``."""
+    return temperature < GREEDY_BELOW or top_k == 1
 
 
 def filters_sort(top_k: int, top_p: float, width: int) -> bool:

@@ -83,3 +83,24 @@ def test_same_noise_same_tokens_and_filters_as_tensors():
         assert torch.equal(a, b)
         c = sampling.draw(logits, noise, *sampling.filter_values(kw["temperature"], k, p, 11, "cpu"), True)
         assert torch.equal(a, c)  # the sorting build with filters off draws the same
+
+
+def test_tiny_temperatures_are_greedy_and_never_draw_a_masked_token():
+    logits = torch.tensor([[0.0, 3.0, -2.0, float("-inf")], [1.0, 0.0, float("-inf"), 0.5]])
+    for t in (1e-31, 1e-45, 5e-324):
+        assert sampling.sample_next(logits, temperature=t).tolist() == [1, 0]
+    g = torch.Generator().manual_seed(0)
+    rows = logits.repeat(500, 1)
+    for t in (1e-6, 1e-20):  # a large but finite scale: still a draw, and all of it on the argmax
+        assert sampling.sample_next(rows, temperature=t, generator=g).tolist() == [1, 0] * 500
+
+
+@pytest.mark.parametrize("kw,name", [(dict(temperature=float("inf")), "temperature"),
+                                     (dict(temperature=float("nan")), "temperature"),
+                                     (dict(temperature=True), "temperature"), (dict(top_k=2.5), "top_k"),
+                                     (dict(top_p=0.0), "top_p"), (dict(top_p=float("nan")), "top_p")])
+def test_generate_names_a_bad_sampling_argument(kw, name):
+    from genomamba.models import decode
+
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        decode.check_sampling(**{**dict(temperature=1.0, top_k=0, top_p=1.0), **kw})
