@@ -67,3 +67,30 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join("-" * widths[c] for c in columns))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def knob_settings(specs: list, command: str) -> list:
+    """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label). A name that is
+    not an integer knob of ``genomamba.ops.cuda.CONFIG``, or a value that is not an integer, is an
+    error (``genomamba bench <command>: --knob ...``) that names it and lists the knobs."""
+    import itertools
+
+    from genomamba.ops.cuda.knobs import CONFIG
+
+    axes = []
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in CONFIG or not isinstance(CONFIG[name], int):
+            knobs = ", ".join(k for k, v in CONFIG.items() if isinstance(v, int))
+            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: expected NAME=V1,V2 with NAME one of "
+                             f"{knobs}")
+        try:
+            vals = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: values must be integers") from None
+        if not vals:
+            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: no values")
+        axes.append([(name, v) for v in vals])
+    return [(dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]")
+            for combo in itertools.product(*axes)]

@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from genomamba.bench.common import knob_settings as common_knob_settings
 from genomamba.bench.common import machine_facts, print_table, write_results
 from genomamba.ops.torch_scan import selective_scan_chunked
 
@@ -130,31 +131,9 @@ def _layouts(shape) -> dict:
 
 
 def knob_settings(specs: list) -> list:
-    """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label). A name that is
-    not a knob of ``genomamba.ops.cuda.CONFIG``, or a value that is not an integer, is an error that
-    names it and lists the knobs."""
-    import itertools
-
-    from genomamba.ops.cuda.knobs import CONFIG
-
-    axes = []
-    for spec in specs:
-        name, sep, values = spec.partition("=")
-        name = name.strip()
-        if not sep or name not in CONFIG or not isinstance(CONFIG[name], int):
-            knobs = ", ".join(k for k, v in CONFIG.items() if isinstance(v, int))
-            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: expected NAME=V1,V2 with NAME one of {knobs}")
-        try:
-            vals = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: values must be integers") from None
-        if not vals:
-            raise SystemExit(f"genomamba bench scan: --knob {spec!r}: no values")
-        axes.append([(name, v) for v in vals])
-    out = []
-    for combo in itertools.product(*axes):
-        out.append((dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]"))
-    return out
+    """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label); see
+    :func:`genomamba.bench.common.knob_settings`."""
+    return common_knob_settings(specs, "scan")
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,12 @@ A million-token window in segments of 2^19 next to mamba_ssm's whole window, one
     genomamba bench train --device cuda --d-model 256 --n-layer 8 --batch-size 1 --seq-len 1048576
         --segment-len 524288 --vs-mamba-ssm   (one command line)
 
+Kernel variants on one machine (``--knob``, CUDA; each setting a fresh model, so captured graphs
+replay it; ``--rounds`` interleaves the settings to spread the machine's drift over all of them):
+
+    genomamba bench train --device cuda --d-model 256 --n-layer 8 --batch-size 4 --seq-len 16384
+        --knob bwd_prefetch=-1,0,2 --rounds 2   (one command line)
+
 With ``--vs-mamba-ssm`` (CUDA, mamba_ssm importable) each shape and length also trains whole through
 mamba_ssm's ``MambaLMHeadModel`` in the same process, with the same weights (the state-dict keys
 are shared), data, optimizer groups and clipping; genomamba's rows get ``ratio_vs_mamba_ssm``.
@@ -28,6 +34,7 @@ are shared), data, optimizer groups and clipping; genomamba's rows get ``ratio_v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -41,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.api import GenomeModel
-from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, knob_settings, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
@@ -209,21 +216,42 @@ def mamba_ssm_unavailable(cuda: bool) -> Optional[str]:
     return None
 
 
-def _row(name: str, batch: int, seq_len: int, rows: list, run) -> Optional[dict]:
-    """One measured row (an out-of-memory run recorded as such), printed and appended to ``rows``."""
+@contextlib.contextmanager
+def knobs_set(update: dict):
+    """``genomamba.ops.cuda.CONFIG`` with ``update`` applied for the block, restored after."""
+    if not update:
+        yield
+        return
+    from genomamba.ops.cuda.knobs import CONFIG
+
+    saved = {k: CONFIG[k] for k in update}
+    CONFIG.update(update)
+    try:
+        yield
+    finally:
+        CONFIG.update(saved)
+
+
+def _row(name: str, batch: int, seq_len: int, rows: list, run, variant: Optional[str] = None) -> Optional[dict]:
+    """One measured row (an out-of-memory run recorded as such), printed and appended to ``rows``;
+    ``variant``: the knob setting it ran with, if any."""
+    shown = name if variant is None else f"{name} {variant}"
     try:
         r = run()
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        print(f"  {name}: b={batch} l={seq_len}  out of memory", flush=True)
-        rows.append({"preset": name, "batch": batch, "seq_len": seq_len, "oom": True})
+        print(f"  {shown}: b={batch} l={seq_len}  out of memory", flush=True)
+        rows.append({"preset": name, "batch": batch, "seq_len": seq_len, "oom": True}
+                    | ({"variant": variant} if variant else {}))
         return None
     r["preset"] = name
+    if variant:
+        r["variant"] = variant
     rows.append(r)
     # on CUDA also the reserved peak: a step replayed from a CUDA graph allocates from the graph's
     # pool, which only the reserved figure counts
     reserved = f" allocated, {r['peak_reserved_mb']:,.0f} MB reserved" if "peak_reserved_mb" in r else ""
-    print(f"  {r['impl']} {name}: b={batch} l={seq_len}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
+    print(f"  {r['impl']} {shown}: b={batch} l={seq_len}  {r['tokens_per_s']:,.0f} tok/s  {r['sec_per_step']} s/step  "
           f"peak {r['peak_mem_mb']:,.0f} MB{reserved}", flush=True)
     return r
 
@@ -389,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-sweep", action="store_true",
                    help="peak memory vs length at batch 1, whole-window and segment-wise (--seq-len values; "
                         "default 2^14 .. 2^23 on cuda, 2^10 .. 2^14 on cpu), with a PNG plot")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2",
+                   help="CUDA: train each shape once per value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
+                        "every combination), each with a fresh model, so captured graphs use the setting; e.g. "
+                        "--knob bwd_prefetch=-1,2")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --knob: run the settings this many times, interleaved (A B A B), so drift of the "
+                        "machine's speed falls on every setting alike")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--embed", action="store_true", help="also measure embedding memory on one long record")
     p.add_argument("--embed-only", action="store_true", help="only the embedding memory measurement")
@@ -444,6 +479,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         batch = args.batch_size or (8 if cuda else 4)
         steps = args.steps or (20 if cuda else 3)
         warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+        settings = [({}, None)]
+        if args.knob:
+            if not cuda:
+                print("genomamba bench train: --knob sets CUDA kernel knobs; add --device cuda", file=sys.stderr)
+                return 2
+            settings = knob_settings(args.knob, "train")
+        if args.rounds < 1:
+            print(f"genomamba bench train: --rounds: expected a positive int, got {args.rounds}", file=sys.stderr)
+            return 2
         if args.vs_mamba_ssm:
             why = mamba_ssm_unavailable(cuda)
             if why:
@@ -458,14 +502,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if args.vs_mamba_ssm:
                     ref = _row(name, batch, L, rows, lambda: bench_train(
                         cfg, batch, L, steps, warmup, args.device, not args.no_amp, impl="mamba_ssm"))
-                r = _row(name, batch, L, rows, lambda: bench_train(
-                    cfg, batch, L, steps, warmup, args.device, not args.no_amp, args.grad_checkpointing,
-                    args.segment_len, REBUILD[args.rebuild_inputs]))
-                if ref and r and ref.get("tokens_per_s") and r.get("tokens_per_s"):
-                    r["ratio_vs_mamba_ssm"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
+                for rnd in range(args.rounds if args.knob else 1):
+                    for update, label in settings:
+                        with knobs_set(update):
+                            r = _row(name, batch, L, rows, lambda: bench_train(
+                                cfg, batch, L, steps, warmup, args.device, not args.no_amp, args.grad_checkpointing,
+                                args.segment_len, REBUILD[args.rebuild_inputs]), label)
+                        if r and label:
+                            r.update(knobs=update, round=rnd)
+                        if ref and r and ref.get("tokens_per_s") and r.get("tokens_per_s"):
+                            r["ratio_vs_mamba_ssm"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
         print()
-        print_table(rows, ["impl", "preset", "params", "batch", "seq_len", "segment_len", "sec_per_step",
-                           "tokens_per_s", "peak_mem_mb"]
+        print_table(rows, ["impl", "preset"] + (["variant"] if args.knob else [])
+                    + ["params", "batch", "seq_len", "segment_len", "sec_per_step", "tokens_per_s", "peak_mem_mb"]
                     + (["peak_reserved_mb"] if any("peak_reserved_mb" in r for r in rows) else [])
                     + (["ratio_vs_mamba_ssm"] if args.vs_mamba_ssm else []))
         results["train"] = rows

@@ -61,3 +61,34 @@ def test_rows_name_their_implementation_and_the_twin_refuses_segments():
         bt.bench_train(cfg, batch_size=1, seq_len=32, steps=1, warmup=0, segment_len=16, impl="mamba_ssm")
     with pytest.raises(ValueError, match="impl: expected"):
         bt.bench_train(cfg, batch_size=1, seq_len=32, steps=1, warmup=0, impl="hyena")
+
+
+def test_knob_rows_run_each_setting_interleaved_and_restore_the_knobs(tmp_path, monkeypatch, capsys):
+    """``--knob`` / ``--rounds`` (CUDA kernels cannot run here, so the step itself is replaced by one
+    that records the knob it saw): settings A B A B, each row labelled, the knobs restored after."""
+    from genomamba.ops.cuda.knobs import CONFIG
+
+    assert bt.main(["--knob", "bwd_prefetch=0", "--out", str(tmp_path)]) == 2
+    assert "--device cuda" in capsys.readouterr().err
+    seen = []
+
+    def fake(cfg, batch, L, *a, **kw):
+        seen.append((CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"]))
+        return {"impl": "genomamba", "tokens_per_s": 1.0, "sec_per_step": 1.0, "peak_mem_mb": 1.0, "params": 1,
+                "batch": batch, "seq_len": L}
+
+    monkeypatch.setattr(bt, "cuda_requested", lambda command, device: True)
+    monkeypatch.setattr(bt, "bench_train", fake)
+    monkeypatch.setattr(bt, "machine_facts", lambda device: {"device_name": "test"})
+    before = dict(CONFIG)
+    assert bt.main(["--device", "cuda", "--d-model", "16", "--n-layer", "1", "--seq-len", "32", "--knob",
+                    "bwd_prefetch=-1,2", "--knob", "fix_prefetch=0,1", "--rounds", "2", "--out", str(tmp_path),
+                    "--name", "k"]) == 0
+    assert seen == [(-1, 0), (-1, 1), (2, 0), (2, 1)] * 2
+    assert CONFIG == before
+    rows = json.loads((tmp_path / "k.json").read_text())["train"]
+    assert [r["round"] for r in rows] == [0] * 4 + [1] * 4
+    assert rows[2]["variant"] == "cuda[bwd_prefetch=2,fix_prefetch=0]"
+    assert rows[2]["knobs"] == {"bwd_prefetch": 2, "fix_prefetch": 0}
+    assert bt.main(["--device", "cuda", "--knob", "bwd_prefetch=0", "--rounds", "0", "--out", str(tmp_path)]) == 2
+    assert "--rounds" in capsys.readouterr().err
