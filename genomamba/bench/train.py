@@ -518,6 +518,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     + (["peak_reserved_mb"] if any("peak_reserved_mb" in r for r in rows) else [])
                     + (["ratio_vs_mamba_ssm"] if args.vs_mamba_ssm else []))
         results["train"] = rows
+        if cuda:  # which kernels ran: a knob whose self-test part failed falls back to the shipped kernel
+            from genomamba.ops.cuda.knobs import CONFIG, STATUS
+
+            results["cuda"] = {"self_test": {k: v if v is True else str(v) for k, v in STATUS.items()},
+                               "config": dict(CONFIG)}
+            failed = [f"{k} ({v})" for k, v in STATUS.items() if v is not True and v != "not built"]
+            if args.knob and failed:
+                print(f"note: CUDA self-test parts not passed, their knobs had no effect: {'; '.join(failed)}",
+                      flush=True)
     if args.embed or args.embed_only:
         bases = args.embed_bases or [100_000, 1_000_000]
         args.embed_pooling = args.embed_pooling or ["mean"]
