@@ -25,12 +25,12 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  c10::optional<torch::Tensor> dz_into,
                                                  c10::optional<torch::Tensor> out_into);
 void set_state_exit(bool on);
-void set_prefetch(int64_t bwd, int64_t fix);
+void set_prefetch(int64_t bwd, int64_t fix, bool l2);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "selective scan forward, v1 (CUDA)");
   m.def("selective_scan_fwd_v2", &selective_scan_fwd_v2, "selective scan forward, v2 (CUDA)");
   m.def("selective_scan_bwd_v2", &selective_scan_bwd_v2, "selective scan backward, v2 (CUDA)");
   m.def("set_state_exit", &set_state_exit, "v2 fix-up and summaries: drop each state once its decay is complete");
-  m.def("set_prefetch", &set_prefetch, "v2: B/C rows copied this many states ahead (main backward, fix-up and summaries)");
+  m.def("set_prefetch", &set_prefetch, "v2: B/C rows copied this many states ahead (main backward, fix-up and summaries); L2 hints for the next tile");
 }

@@ -85,6 +85,7 @@ struct Params {
   // per-warp rings start in the kernel's dynamic shared memory, in floats
   int pf_bwd, pf_fix;
   int64_t pf_off;
+  bool l2pf;  // L2 prefetch hints for the rows of the next tile (no effect on results)
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
@@ -215,6 +216,17 @@ __device__ __forceinline__ void ring_get(const char *src, int lane, float (&v)[K
   constexpr int E = 16 / sizeof(T);
 #pragma unroll
   for (int q = 0; q < K / E; ++q) unpack16<T>(*reinterpret_cast<const uint4 *>(src + (q * 32 + lane) * 16), v + q * E);
+}
+
+// L2 prefetch hints (Params::l2pf) for the rows a pass reads at its next tile, issued a tile ahead: the
+// warp's lanes take the 128-byte lines of `nrows` rows (row r at rows(r), already at the next tile's
+// first token) that hold tokens [0, ntok), addresses inside the rows only. A hint changes no result.
+__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+template <typename T, typename Rows>
+__device__ __forceinline__ void l2_rows(Rows rows, int nrows, int64_t ntok, int lane) {
+  constexpr int E = 128 / static_cast<int>(sizeof(T));  // tokens per line
+  const int lines = static_cast<int>((ntok + E - 1) / E);
+  for (int i = lane; i < nrows * lines; i += 32) l2_prefetch(rows(i / lines) + (i % lines) * E);
 }
 
 // The fix-up / reverse-summary passes' C-row ring, within one tile: `issue` copies the run of the next
@@ -529,8 +541,8 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 // segments >= 1: out_t += silu(z_t) * sum_n C_tn * 2^(A2_n * cum_t) * carry_n, and the saved
 // tile-start states get the same carry term; a state drops out at the first tile where its decay is
 // below 2^-kCutLog2 (the fast states after a few hundred tokens), and the pass ends once all have
-// PF: the build with the C-row prefetch ring (Params::pf_fix states ahead); without it, the same code
-// as before the ring existed
+// PF: the build with the C-row prefetch ring (Params::pf_fix states ahead) and the L2 hints
+// (Params::l2pf); without it, the same code as before either existed
 template <typename T, int K, bool PF = false>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
@@ -557,6 +569,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   constexpr int kRB = Ring<T, K>::kRunBytes;
   const int pfd = PF ? p.pf_fix : 0;  // C rows in flight ahead of their use (0: loaded at use)
   char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * kRB;
+  // L2 hints (PF build): the delta, output, z and C rows of tile tx, issued at the end of tile tx - 2,
+  // when the registers of a tile's work are free
+  auto hint = [&](int64_t tx) {
+    const int64_t nx = tx * 32 * K, ntok = min(static_cast<int64_t>(32 * K), p.l - nx);
+    const T *zr = static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd;
+    l2_rows<T>([&](int r) { return (r == 0 ? dtp : r == 1 ? static_cast<const T *>(op) : zr) + nx; },
+               p.has_z ? 3 : 2, ntok, lane);
+    l2_rows<T>([&](int r) { return Cp + r * p.s_Cn + nx; }, static_cast<int>(n), ntok, lane);
+  };
+  if (PF && p.l2pf && tile0 + 1 < tile1) hint(tile0 + 1);
   float cum = 0.f;
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * 32 * K + lane * K;
@@ -598,6 +620,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
 #pragma unroll
     for (int k = 0; k < K; ++k) ov[k] += fix[k];
     store_run<T, K>(op, t0, p.l, p.vec, ov);
+    if (PF && p.l2pf && tile + 2 < tile1) hint(tile + 2);
     cum += tot;
     if (amax * cum < -kCutLog2) break;  // warp-uniform: cum and amax are the same in every lane
   }
@@ -920,6 +943,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
   constexpr int kRB = Ring<T, K>::kRunBytes;
   const int pfd = PF ? p.pf_fix : 0;  // as in fwd_fix_kernel
   char *ring = reinterpret_cast<char *>(smem + p.pf_off) + warp * (pfd + 1) * kRB;
+  auto hint = [&](int64_t tx) {  // as in fwd_fix_kernel: delta, dout, z and C rows of tile tx
+    const int64_t nx = tx * 32 * K, ntok = min(static_cast<int64_t>(32 * K), p.l - nx);
+    const T *zr = static_cast<const T *>(p.z) + w.bi * p.s_zb + w.dch * p.s_zd;
+    l2_rows<T>([&](int r) { return (r == 0 ? dtp : r == 1 ? gp : zr) + nx; }, p.has_z ? 3 : 2, ntok, lane);
+    l2_rows<T>([&](int r) { return Cp + r * p.s_Cn + nx; }, static_cast<int>(n), ntok, lane);
+  };
+  if (PF && p.l2pf && tile0 + 1 < tile1) hint(tile0 + 1);
   float cum = 0.f;
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     const int64_t t0 = tile * 32 * K + lane * K;
@@ -953,6 +983,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
       v = warp_sum(v);
       if (lane == 0) s_P[nn] += v;
     }
+    if (PF && p.l2pf && tile + 2 < tile1) hint(tile + 2);
     cum += tot;
     if (amax * cum < -kCutLog2) break;
   }
@@ -1005,8 +1036,8 @@ __device__ __forceinline__ int swizzled(int t) { return t ^ (((t >> 5) & 1) << 2
 // more (8 warps per SM); CONFIG["bwd_min_blocks"] picks one. JOINT: the reverse map is folded before
 // the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
 // CONFIG["bwd_joint_scan"] picks it.
-// PF (wide joint build at K = 8 only): the dB/dC slot rows swizzled (put_swizzled), and B/C rows
-// through the prefetch ring when Params::pf_bwd >= 1 (that many states ahead).
+// PF (wide joint build at K = 8 only): the dB/dC slot rows swizzled (put_swizzled), B/C rows through
+// the prefetch ring when Params::pf_bwd >= 1 (that many states ahead), L2 hints with Params::l2pf.
 template <typename T, int K, int MINB, bool JOINT, bool WIDE = false, bool PF = false>
 __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32, WIDE ? 1 : MINB) bwd_kernel(Params p) {
   static_assert(!PF || K == 8, "the PF build takes K = 8");
@@ -1067,6 +1098,18 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     put = put == pfd ? 0 : put + 1;
   };
   for (int i = 0; i < pfd; ++i) issue();
+  // L2 hints (PF build): this warp's u, delta, dout, z rows of tile tx and the B/C rows of states warp,
+  // warp + W, ... (the block's warps share them), issued at the end of tile tx + 2 (tiles run right to
+  // left; all but the first are whole), when the registers of a tile's work are free
+  auto hint = [&](int64_t tx) {
+    if (!w.valid) return;
+    const int64_t nx = tx * TILE;
+    l2_rows<T>([&](int r) { return (r == 0 ? u : r == 1 ? dtp : r == 2 ? gp : zp) + nx; }, p.has_z ? 4 : 3,
+               TILE, lane);
+    for (int64_t j = warp; j < n; j += W)
+      l2_rows<T>([&](int r) { return (r == 0 ? Bp + j * p.s_Bn : Cp + j * p.s_Cn) + nx; }, 2, TILE, lane);
+  };
+  if (PF && p.l2pf && tile1 - 2 >= tile0) hint(tile1 - 2);
 
   for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
     const int64_t t0 = tile * TILE + lane * K;
@@ -1273,6 +1316,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     } else if (p.out != nullptr && w.valid) {
       store_run<T, K>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, y);
     }
+    if (PF && p.l2pf && tile - 2 >= tile0) hint(tile - 2);
   }
   __syncwarp();
   if (!w.valid) return;
@@ -1595,12 +1639,16 @@ void set_state_exit(bool on) { g_state_exit = on; }
 // B/C prefetch depths (states ahead) of the main backward and of the fix-up / reverse-summary passes.
 // Backward: -1 (the default) runs the shipped build; 0..3 the PF build (swizzled dB/dC slots) with a
 // ring that deep (0: rows loaded at use). Fix-up and summaries: 0 (the default) loads at use.
+// l2: L2 prefetch hints for the next tile's rows in the PF builds of the backward (bwd >= 0), fix-up and
+// summaries (off by default)
 static int g_pf_bwd = -1, g_pf_fix = 0;
-void set_prefetch(int64_t bwd, int64_t fix) {
+static bool g_l2pf = false;
+void set_prefetch(int64_t bwd, int64_t fix, bool l2) {
   TORCH_CHECK(bwd >= -1 && bwd <= 3 && fix >= 0 && fix <= 3,
               "selective_scan v2: prefetch depths are -1..3 (backward) and 0..3 (fix-up)");
   g_pf_bwd = static_cast<int>(bwd);
   g_pf_fix = static_cast<int>(fix);
+  g_l2pf = l2;
 }
 
 // dynamic shared memory of a kernel whose own arrays take `base_floats` floats, plus W warps' prefetch
@@ -1670,6 +1718,7 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
   p.state_exit = g_state_exit;
   p.pf_bwd = g_pf_bwd;
   p.pf_fix = g_pf_fix;
+  p.l2pf = g_l2pf;
   p.vec = aligned16(u, 0) && aligned16(delta, 0) && aligned16(c.zt, 0) && aligned16(B, 0) && aligned16(C, 0);
   TORCH_CHECK(p.nseg <= 65535 && p.b <= 65535, "selective_scan v2: too many segments or batches for the grid");
   c.grid = dim3(static_cast<unsigned>(p.g * p.nblk_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
@@ -1786,7 +1835,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
     g2.y = static_cast<unsigned>(p.nseg - 1);
     const size_t smem_fix = with_rings(p, p.pf_fix, 2 * p.n * c.W, c.W, 1, c.K, u.element_size(), u.get_device());
     SSV2_DISPATCH(u.scalar_type(), c.K, {
-      if (p.pf_fix) {
+      if (p.pf_fix || p.l2pf) {
         set_smem(fwd_fix_kernel<scalar_t, kK, true>, smem_fix);
         fwd_fix_kernel<scalar_t, kK, true><<<g2, threads, smem_fix, stream>>>(p);
       } else {
@@ -1893,7 +1942,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
       dim3 g2 = c.grid;
       g2.y = static_cast<unsigned>(p.nseg - 1);
       SSV2_DISPATCH(u.scalar_type(), c.K, {
-        if (p.pf_fix) {
+        if (p.pf_fix || p.l2pf) {
           set_smem(bwd_summary_kernel<scalar_t, kK, true>, smem_small);
           bwd_summary_kernel<scalar_t, kK, true><<<g2, threads, smem_small, stream>>>(p);
         } else {

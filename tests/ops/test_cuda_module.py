@@ -581,14 +581,14 @@ def test_prefetch_gate(status, monkeypatch):
     to -1..3 (backward; -1 the shipped build) and 0..3 (fix-up)."""
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     status.update(v1=True, v2=True, bwd=True, prefetch="failed: bwd dB rel. error")
-    cu.CONFIG.update(bwd_prefetch=2, fix_prefetch=1)
-    assert cu.prefetch_depths() == (-1, 0)  # the shipped kernels
+    cu.CONFIG.update(bwd_prefetch=2, fix_prefetch=1, l2_prefetch=1)
+    assert cu.prefetch_settings() == (-1, 0, False)  # the shipped kernels
     status.update(prefetch=True)
-    assert cu.prefetch_depths() == (2, 1)
-    cu.CONFIG.update(bwd_prefetch=7, fix_prefetch=-1)
-    assert cu.prefetch_depths() == (3, 0)
+    assert cu.prefetch_settings() == (2, 1, True)
+    cu.CONFIG.update(bwd_prefetch=7, fix_prefetch=-1, l2_prefetch=0)
+    assert cu.prefetch_settings() == (3, 0, False)
     cu.CONFIG.update(bwd_prefetch=-4, fix_prefetch=9)
-    assert cu.prefetch_depths() == (-1, 3)
+    assert cu.prefetch_settings() == (-1, 3, False)
 
 
 def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():

@@ -24,7 +24,7 @@ from genomamba.ops.cuda.knobs import (
     cuda_backward_enabled,
     forward_variant,
     fwd_build,
-    prefetch_depths,
+    prefetch_settings,
     use_lean,
 )
 
@@ -47,7 +47,7 @@ def available() -> bool:
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
                   + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
                   + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
-                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"]))
+                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"] or CONFIG["l2_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)
@@ -67,7 +67,7 @@ __all__ = [
     "cuda_backward_enabled",
     "use_lean",
     "fwd_build",
-    "prefetch_depths",
+    "prefetch_settings",
     "STATUS",
     "CONFIG",
     "unavailable_reason",

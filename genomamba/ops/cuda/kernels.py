@@ -26,17 +26,17 @@ from genomamba.ops.cuda.knobs import (
     forward_plan,
     forward_variant,
     fwd_build,
-    prefetch_depths,
+    prefetch_settings,
     seg_tiles,
 )
 
 
 def _v2():
     """The extension, with this process's choice of the fix-up / summary passes' per-state exit and
-    of the B/C prefetch depths."""
+    of the prefetch settings."""
     ext = extension()
     ext.set_state_exit(bool(CONFIG["fix_state_exit"]))
-    ext.set_prefetch(*prefetch_depths())
+    ext.set_prefetch(*prefetch_settings())
     return ext
 
 

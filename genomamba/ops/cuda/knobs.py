@@ -83,6 +83,10 @@ CONFIG = {
     # "prefetch" passed; not yet timed, hence off
     "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
+    # 1: the backward, fix-up and reverse-summary passes issue L2 prefetch hints for the rows of their
+    # next tile (their own u / delta / dout / z rows and the B / C rows), a tile ahead; results are
+    # unchanged. Gated like the two above; not yet timed, hence off
+    "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 0),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
@@ -141,12 +145,13 @@ def _unverified_ok() -> bool:
     return os.environ.get("GENOMAMBA_CUDA_UNVERIFIED", "") == "1"
 
 
-def prefetch_depths() -> tuple[int, int]:
-    """(main backward -1..3, fix-up and summaries 0..3): the B/C prefetch settings this process runs
-    with; (-1, 0), the shipped kernels, unless the self-test part "prefetch" passed."""
+def prefetch_settings() -> tuple[int, int, bool]:
+    """(main backward -1..3, fix-up and summaries 0..3, L2 hints): the prefetch settings this process
+    runs with; (-1, 0, False), the shipped kernels, unless the self-test part "prefetch" passed."""
     if STATUS.get("prefetch") is not True and not _unverified_ok():
-        return -1, 0
-    return max(-1, min(3, int(CONFIG["bwd_prefetch"]))), max(0, min(3, int(CONFIG["fix_prefetch"])))
+        return -1, 0, False
+    return (max(-1, min(3, int(CONFIG["bwd_prefetch"]))), max(0, min(3, int(CONFIG["fix_prefetch"]))),
+            bool(CONFIG["l2_prefetch"]))
 
 
 def forward_variant() -> str:

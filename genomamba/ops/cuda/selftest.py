@@ -211,24 +211,29 @@ def _test_pair(ext) -> None:
 
 def _test_prefetch(ext) -> None:
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
-    (``CONFIG["bwd_prefetch"]`` 0 to 3) and the fix-up / summary rings (``["fix_prefetch"]``): the
+    (``CONFIG["bwd_prefetch"]`` 0 to 3), the fix-up / summary rings (``["fix_prefetch"]``) and the L2
+    hints for the next tile (``["l2_prefetch"]``, also on the shipped kernels): the
     forward's fix-up passes (segments of one and two tiles) and the backward with its reverse
     summaries, over the usual cases plus a half-precision one whose rows take the vector path and end
     in a ragged tile."""
     cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
-    saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], STATUS.get("prefetch"))
+    saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], CONFIG["l2_prefetch"], STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
     try:
-        for depth in (0, 1, 2, 3):
-            CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)
-            ext.set_prefetch(depth, depth)
+        for depth, l2 in ((0, 1), (1, 0), (2, 1), (3, 1)):
+            CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=l2)
+            ext.set_prefetch(depth, depth, bool(l2))
             if depth:
                 _test_v2(ext, cases=cases)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
+        CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)  # the hints on the shipped kernels
+        ext.set_prefetch(-1, 0, True)
+        _test_v2(ext, cases=cases[5:])
+        _test_bwd(ext, cases=cases[5:])
     finally:
-        CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1])
-        STATUS["prefetch"] = saved[2]
-        ext.set_prefetch(-1, 0)
+        CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1], l2_prefetch=saved[2])
+        STATUS["prefetch"] = saved[3]
+        ext.set_prefetch(-1, 0, False)
 
 
 def _chan_cases():
