@@ -414,8 +414,8 @@ def test_cuda_prefetch(depth, dtype):
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied into shared memory ``depth``
     states ahead (across tiles), and the fix-up and reverse summaries with theirs (three segments,
     decays spread over the states so that states drop out at different tiles, a ragged last tile on
-    the vector path): bit-identical to the shipped kernels (the same arithmetic and sums in the same
-    order), and close to the fp64 oracle."""
+    the vector path), with the L2 hints at depths 0 and 2: bit-identical to the shipped kernels (the
+    same arithmetic and sums in the same order), and close to the fp64 oracle."""
     import genomamba.ops.cuda as cu
 
     if cu.STATUS.get("prefetch") is not True:
@@ -428,10 +428,10 @@ def test_cuda_prefetch(depth, dtype):
     kw = _to_cuda(kw)
     ref = fp64_copy(kw)
     cu_, saved = _cuda_config(min_seg_tokens=1024, target_warps=1 << 20, kitems=8, kitems_train=8,
-                              bwd_prefetch=-1, fix_prefetch=0)
+                              bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=0)
     try:
         out0, st0, g0 = run_with_grads(_scan("cuda"), kw)
-        cu_.CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth)
+        cu_.CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=depth % 2 == 0)
         out, st, g = run_with_grads(_scan("cuda"), kw)
     finally:
         cu_.CONFIG.update(saved)
