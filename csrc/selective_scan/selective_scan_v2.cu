@@ -85,7 +85,7 @@ struct Params {
   // per-warp rings start in the kernel's dynamic shared memory, in floats
   int pf_bwd, pf_fix;
   int64_t pf_off;
-  bool l2pf;  // L2 prefetch hints for the rows of the next tile (no effect on results)
+  bool l2pf;  // PF builds: L2 prefetch hints for the rows of the tile after next (no effect on results)
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
@@ -139,10 +139,6 @@ __device__ __forceinline__ void store_run(T *p, int64_t t0, int64_t tend, bool v
   }
 }
 
-// The "lean" forward's loads (fwd_kernel<..., true>): `row` already points at token t0 and `full`
-// (vector path allowed and the whole run inside the sequence) is decided once per tile by the caller,
-// so the per-state loop carries no 64-bit address arithmetic or alignment tests; bf16 is widened with
-// one integer op per value (its bits are the high half of an fp32) instead of PRMT + shift.
 // 16 bytes of T as float into v[0 .. 16 / sizeof(T)) (bf16: one integer op per value)
 template <typename T>
 __device__ __forceinline__ void unpack16(const uint4 raw, float *v) {
@@ -162,6 +158,10 @@ __device__ __forceinline__ void unpack16(const uint4 raw, float *v) {
   }
 }
 
+// The "lean" forward's loads (fwd_kernel<..., true>): `row` already points at token t0 and `full`
+// (vector path allowed and the whole run inside the sequence) is decided once per tile by the caller,
+// so the per-state loop carries no 64-bit address arithmetic or alignment tests; bf16 is widened with
+// one integer op per value (its bits are the high half of an fp32) instead of PRMT + shift.
 template <typename T, int K>
 __device__ __forceinline__ void load_lean(const T *row, int64_t t0, int64_t tend, bool full, float (&v)[K]) {
   constexpr int E = 16 / sizeof(T);
@@ -218,9 +218,9 @@ __device__ __forceinline__ void ring_get(const char *src, int lane, float (&v)[K
   for (int q = 0; q < K / E; ++q) unpack16<T>(*reinterpret_cast<const uint4 *>(src + (q * 32 + lane) * 16), v + q * E);
 }
 
-// L2 prefetch hints (Params::l2pf) for the rows a pass reads at its next tile, issued a tile ahead: the
-// warp's lanes take the 128-byte lines of `nrows` rows (row r at rows(r), already at the next tile's
-// first token) that hold tokens [0, ntok), addresses inside the rows only. A hint changes no result.
+// L2 prefetch hints (Params::l2pf) for rows a pass will read at a later tile: the warp's lanes take the
+// 128-byte lines of `nrows` rows (row r at rows(r), already at that tile's first token) that hold
+// tokens [0, ntok), addresses inside the rows only. A hint changes no result.
 __device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 template <typename T, typename Rows>
 __device__ __forceinline__ void l2_rows(Rows rows, int nrows, int64_t ntok, int lane) {
@@ -542,7 +542,7 @@ __device__ __forceinline__ float cum_delta(float base, int lane, float (&dl)[K])
 // tile-start states get the same carry term; a state drops out at the first tile where its decay is
 // below 2^-kCutLog2 (the fast states after a few hundred tokens), and the pass ends once all have
 // PF: the build with the C-row prefetch ring (Params::pf_fix states ahead) and the L2 hints
-// (Params::l2pf); without it, the same code as before either existed
+// (Params::l2pf); the PF = false build has neither
 template <typename T, int K, bool PF = false>
 __global__ void __launch_bounds__(kMaxWarps * 32) fwd_fix_kernel(Params p) {
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
@@ -659,7 +659,6 @@ __host__ __device__ constexpr size_t chan_smem_bytes(int warps, int tile, int el
              (3 * (32 / tpc) * (tile * elem_bytes + 16) * warps + 2 * kChanN * (tile * elem_bytes + 16)) +
          sizeof(float) * tile * 2 * kChanN;
 }
-
 
 // softplus without branches (so the compiler can interleave several): log(1 + e^x) =
 // max(x, 0) + log1p(e^-|x|), log1p(e) = log(w) * e / (w - 1) with w = 1 + e (exact to a few ulp);
