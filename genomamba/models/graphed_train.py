@@ -31,7 +31,11 @@ than capturing again and again. The switch is the one for every graph replay,
 
 Memory: a replayed graph allocates nothing through the caching allocator, so
 ``torch.cuda.max_memory_allocated`` does not see its intermediate tensors;
-``torch.cuda.max_memory_reserved`` does (the graph's pool is reserved memory).
+``torch.cuda.max_memory_reserved`` does (the graph's pool is reserved memory). The pool is private:
+the gradients handed to autograd each step are ordinary allocations that cannot reuse the pool's
+activation memory, so a loop that frees its gradients before the next forward
+(``zero_grad(set_to_none=True)`` first) reserves about one set of parameter gradients more than the
+same loop run eagerly, where the next forward's activations take the gradients' place.
 """
 
 from __future__ import annotations
