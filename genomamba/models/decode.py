@@ -12,8 +12,8 @@ logits are fixed tensors: each new token then costs one replay instead of hundre
 launches. The graph ends with the greedy choice: the argmax of the logits over the allowed tokens
 (a static bias of 0 or -inf per token id), written to the graph's ``token`` and back into its input
 ids, so greedy decoding is one replay and one copy per token with no sampling kernels in between.
-Temperature / top-k / top-p sampling is a second, small captured graph per filter kind
-(``DecodeSampler``): the uniform noise of the Gumbel-max draw (``genomamba.models.sampling``) is
+Temperature / top-k / top-p sampling is a second, small captured graph per filter kind (top-k size,
+nucleus or not; ``DecodeSampler``): the uniform noise of the Gumbel-max draw (``genomamba.models.sampling``) is
 drawn from the caller's generator into its static input, then one replay filters, draws and writes
 the token into the step's input ids, so a sampled token costs one noise kernel and two replays, and
 the tokens equal the eager loop's for the same seed. A capture that fails, or whose first replay
@@ -34,10 +34,11 @@ from genomamba.models import graphed
 from genomamba.models.cache import InferenceCache
 from genomamba.models.graphed import ENV_CUDA_GRAPH, use_cuda_graph
 from genomamba.models.mixer import LayerCache
-from genomamba.models.sampling import draw, filter_values, filters_sort, greedy, noise_like
+from genomamba.models.sampling import draw, filter_values, filters, greedy, noise_like
 from genomamba.ops.checks import first_mismatch
 
 MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
+MAX_SAMPLERS = 4  # captured samplers (filter kinds) kept per decode graph (oldest dropped first)
 DONE_CHECK_EVERY = 64  # with an EOS id: look whether every sequence has ended once per this many tokens
 _warned: set = set()  # capture failures already reported (one warning per reason and process)
 
@@ -191,7 +192,7 @@ class DecodeGraph:
 
     def __init__(self, model, batch: int, device: torch.device, fingerprint: tuple):
         self.fingerprint = fingerprint
-        self.samplers: dict = {}  # filter kind -> DecodeSampler, or None where its capture failed
+        self.samplers: dict = {}  # (k, nucleus) -> DecodeSampler, or None where its capture failed
         self.cache = model.allocate_cache(batch, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.bias = self._default_bias(model, device)
@@ -266,13 +267,15 @@ class DecodeGraph:
         self.graph.replay()
         return self.logits
 
-    def sampler(self, sort: bool) -> Optional["DecodeSampler"]:
-        """The captured draw for this step's logits (``sort``: with the top-k / top-p filters); None
-        where it could not be captured (the loop then samples eagerly)."""
-        key = bool(sort)
+    def sampler(self, k: int, nucleus: bool) -> Optional["DecodeSampler"]:
+        """The captured draw for this step's logits with the filters ``k`` / ``nucleus`` (see
+        ``sampling.filters``); None where it could not be captured (the loop then samples eagerly)."""
+        key = (int(k), bool(nucleus))
         if key not in self.samplers:
+            while len(self.samplers) >= MAX_SAMPLERS:  # oldest first
+                self.samplers.pop(next(iter(self.samplers)))
             try:
-                self.samplers[key] = DecodeSampler(self, key)
+                self.samplers[key] = DecodeSampler(self, *key)
             except Exception as exc:
                 _recover_stream(self.ids.device)
                 why = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -290,11 +293,11 @@ class DecodeSampler:
     written into the step's input ids). Per token: :meth:`draw` fills the noise from the caller's
     generator, exactly as the eager sampler does, and replays."""
 
-    def __init__(self, step: DecodeGraph, sort: bool):
-        self.step, self.sort = step, sort
+    def __init__(self, step: DecodeGraph, k: int, nucleus: bool):
+        self.step, self.k, self.nucleus = step, k, nucleus
         device = step.ids.device
         self.noise = torch.full(step.logits.shape, 0.5, dtype=torch.float32, device=device)
-        self.values = filter_values(1.0, 0, 1.0, step.logits.shape[-1], device)
+        self.values = filter_values(1.0, 1.0, device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -307,13 +310,12 @@ class DecodeSampler:
         self._self_check()
 
     def _body(self) -> torch.Tensor:
-        token = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.sort)
+        token = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.k, self.nucleus)
         self.step.ids.copy_(token)
         return token
 
-    def set(self, temperature: float, top_k: int, top_p: float) -> None:
-        for mine, value in zip(self.values, filter_values(temperature, top_k, top_p, self.noise.shape[-1],
-                                                          self.noise.device)):
+    def set(self, temperature: float, top_p: float) -> None:
+        for mine, value in zip(self.values, filter_values(temperature, top_p, self.noise.device)):
             mine.copy_(value)
 
     def draw(self, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -326,11 +328,11 @@ class DecodeSampler:
         gen = torch.Generator(device=self.noise.device).manual_seed(0)
         saved_bias = self.step.bias.clone()
         self.step.logits.copy_(torch.randn(self.step.logits.shape, generator=gen, device=self.noise.device) * 3)
-        self.set(0.8, 5 if self.sort else 0, 0.9 if self.sort else 1.0)
+        self.set(0.8, 0.9)
         self.step.bias.zero_()
         self.step.bias[-1] = float("-inf")
         got = self.draw(gen).clone()
-        want = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.sort)
+        want = draw(self.step.logits.float() + self.step.bias, self.noise, *self.values, self.k, self.nucleus)
         self.step.bias.copy_(saved_bias)
         if not torch.equal(got, want) or not torch.equal(self.step.ids, got):
             raise RuntimeError("the replayed draw differs from the eager one")
@@ -414,14 +416,14 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
     b, n = new.shape
     done = torch.zeros(b, dtype=torch.bool, device=new.device) if eos_token_id is not None else None
     width = logits.shape[-1]
-    sort = filters_sort(top_k, top_p, width)
-    values = None if greedy(temperature, top_k) else filter_values(temperature, top_k, top_p, width, new.device)
+    kinds = filters(top_k, top_p, width)
+    values = None if greedy(temperature, top_k) else filter_values(temperature, top_p, new.device)
     by_token = graph is not None and values is None
     sampler = None
     if graph is not None and values is not None:
-        sampler = graph.sampler(sort)
+        sampler = graph.sampler(*kinds)
         if sampler is not None:
-            sampler.set(temperature, top_k, top_p)
+            sampler.set(temperature, top_p)
     if graph is not None:
         graph.allow(vocab, mask)
     bias = mask
@@ -437,7 +439,7 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
             nxt = sampler.draw(gen)
         else:
             scores = logits.float() + bias
-            nxt = scores.argmax(-1) if values is None else draw(scores, noise_like(scores, gen), *values, sort)
+            nxt = scores.argmax(-1) if values is None else draw(scores, noise_like(scores, gen), *values, *kinds)
         if done is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id

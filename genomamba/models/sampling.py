@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import torch
 
-OFF_TOP_P = 2.0  # a top_p filter value that keeps every token
-
-
 GREEDY_BELOW = 1e-30  # temperatures below this decode greedily: their limit, and 1 / T would overflow
 
 
@@ -25,38 +22,34 @@ def greedy(temperature: float, top_k: int) -> bool:
     return temperature < GREEDY_BELOW or top_k == 1
 
 
-def filters_sort(top_k: int, top_p: float, width: int) -> bool:
-    """Whether the top-k / top-p filters do anything for scores ``width`` wide (they need a sort)."""
-    return 0 < top_k < width or top_p < 1.0
+def filters(top_k: int, top_p: float, width: int) -> tuple[int, bool]:
+    """(k, nucleus) for scores ``width`` wide: k > 0 when the top-k filter drops tokens (a static
+    size: ``torch.topk`` takes it as an int), nucleus when the top-p filter is on (it needs a sort)."""
+    return (top_k if 0 < top_k < width else 0), top_p < 1.0
 
 
-def draw(scores: torch.Tensor, noise: torch.Tensor, inv_temp: torch.Tensor, top_k: torch.Tensor,
-         top_p: torch.Tensor, sort: bool) -> torch.Tensor:
+def draw(scores: torch.Tensor, noise: torch.Tensor, inv_temp: torch.Tensor, top_p: torch.Tensor, k: int,
+         nucleus: bool) -> torch.Tensor:
     """One token per row. ``scores``: (b, v) float32, -inf where a token may not be drawn; ``noise``:
-    (b, v) uniform on [0, 1); ``inv_temp``, ``top_k`` (int64, >= v: off) and ``top_p`` (> 1: off) are
-    0-dim tensors on the scores' device, so one captured graph serves any values; ``sort``: whether
-    the filters run at all (see :func:`filters_sort`). Every operation is a fixed-shape kernel with no
-    host synchronisation."""
+    (b, v) uniform on [0, 1); ``inv_temp`` and ``top_p`` are 0-dim tensors on the scores' device, so one
+    captured graph serves any values; ``k`` and ``nucleus`` as :func:`filters` gives them. Every
+    operation is a fixed-shape kernel with no host synchronisation."""
     s = scores * inv_temp
-    if sort:
-        v = s.shape[-1]
+    if k:
+        kth = torch.topk(s, k, dim=-1).values[:, -1:]
+        s = s.masked_fill(s < kth, float("-inf"))
+    if nucleus:  # sorting after the top-k mask: mostly -inf rows sort fast
         sv, idx = torch.sort(s, dim=-1, descending=True)
-        kth = sv.gather(-1, (top_k - 1).clamp(0, v - 1).expand(s.shape[0], 1))
-        sv = sv.masked_fill(sv < kth, float("-inf"))
         probs = torch.softmax(sv, dim=-1)
         sv = sv.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))
         s = torch.full_like(s, float("-inf")).scatter(-1, idx, sv)
     return (s - torch.log(-torch.log(noise))).argmax(-1)
 
 
-def filter_values(temperature: float, top_k: int, top_p: float, width: int, device) -> tuple:
-    """(inv_temp, top_k, top_p) as the 0-dim tensors :func:`draw` takes, filters off where they keep
-    every token."""
-    k = top_k if 0 < top_k < width else width
-    p = top_p if top_p < 1.0 else OFF_TOP_P
+def filter_values(temperature: float, top_p: float, device) -> tuple:
+    """(inv_temp, top_p) as the 0-dim tensors :func:`draw` takes."""
     return (torch.tensor(1.0 / temperature, dtype=torch.float32, device=device),
-            torch.tensor(k, dtype=torch.long, device=device),
-            torch.tensor(p, dtype=torch.float32, device=device))
+            torch.tensor(min(top_p, 1.0), dtype=torch.float32, device=device))
 
 
 def noise_like(scores: torch.Tensor, generator=None) -> torch.Tensor:
@@ -75,6 +68,5 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     scores = logits.float()
     if greedy(temperature, top_k):
         return scores.argmax(-1)
-    width = scores.shape[-1]
-    return draw(scores, noise_like(scores, generator), *filter_values(temperature, top_k, top_p, width, scores.device),
-                filters_sort(top_k, top_p, width))
+    return draw(scores, noise_like(scores, generator), *filter_values(temperature, top_p, scores.device),
+                *filters(top_k, top_p, scores.shape[-1]))

@@ -58,7 +58,7 @@ def test_graph_decode_equals_eager_decode(dtype, batch):
 def test_captured_sampling_equals_eager_sampling(dtype):
     """Temperature, top-k and top-p draws replayed from the captured sampler (noise from the seeded
     generator, filters and the Gumbel-max draw inside the graph) give the eager loop's tokens, with an
-    allowed-id mask and an EOS id too; both filter kinds are captured, none falls back."""
+    allowed-id mask and an EOS id too; every filter kind is captured, none falls back."""
     m = model(dtype)
     ids = torch.stack(prompts([9] * 4))
     for kw in (dict(temperature=0.9), dict(temperature=1.3, top_k=7), dict(temperature=0.8, top_p=0.9),
@@ -72,7 +72,8 @@ def test_captured_sampling_equals_eager_sampling(dtype):
         if "allowed_token_ids" in kw:
             assert set(a[:, 9:].unique().tolist()) <= set(kw["allowed_token_ids"])
     graph = decode.graphs_of(m).graphs[(4, dtype, "cuda:0")]
-    assert set(graph.samplers) == {False, True} and all(v is not None for v in graph.samplers.values())
+    assert set(graph.samplers) == {(0, False), (7, False), (0, True), (12, True)}  # (top-k size, nucleus)
+    assert all(v is not None for v in graph.samplers.values())
     c = m.generate(ids, 30, temperature=0.9, seed=12, cuda_graph=True)
     assert not torch.equal(c, m.generate(ids, 30, temperature=0.9, seed=11, cuda_graph=True))
 

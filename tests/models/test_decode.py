@@ -194,18 +194,18 @@ class _ReplayedEagerly(decode.DecodeGraph):
         self.token = self._greedy(self.logits)
         return self.logits
 
-    def sampler(self, sort):
-        return self.samplers.setdefault(sort, _SampledEagerly(self, sort))
+    def sampler(self, k, nucleus):
+        return self.samplers.setdefault((k, nucleus), _SampledEagerly(self, k, nucleus))
 
 
 class _SampledEagerly(decode.DecodeSampler):
     """The captured draw's body (noise from the caller's generator, filters, Gumbel-max token into
     the step's input ids) run eagerly on each draw."""
 
-    def __init__(self, step, sort):
-        self.step, self.sort = step, sort
+    def __init__(self, step, k, nucleus):
+        self.step, self.k, self.nucleus = step, k, nucleus
         self.noise = torch.zeros(step.logits.shape)
-        self.values = sampling.filter_values(1.0, 0, 1.0, step.logits.shape[-1], "cpu")
+        self.values = sampling.filter_values(1.0, 1.0, "cpu")
 
     def draw(self, generator):
         self.noise.uniform_(0.0, 1.0, generator=generator)
