@@ -132,7 +132,11 @@ class TrainGraph:
         with torch.cuda.graph(self.forward_graph, pool=pool):
             out = run_aliased(self.backbone, self.params, self.ids, leaves)
         self.out = out.detach()
-        self.grad_out = torch.empty_like(self.out)
+        # the incoming gradient lands where the forward left its output: the output is copied out by every
+        # forward replay (``forward``) and the backward reads only what the forward saved (the final
+        # norm keeps its input, not its output), so one (b, l, d_model) buffer serves both; the check
+        # below compares the replay with the eager step and would catch a backward that read it
+        self.grad_out = self.out
         self.backward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.backward_graph, pool=pool):
             grads = param_grads(out, self.grad_out, leaves)
@@ -141,10 +145,11 @@ class TrainGraph:
         del out, leaves
         # once against the eager forward and backward of the same inputs
         self.forward_graph.replay()
+        got_out = self.out.clone()
         self.grad_out.copy_(probe)
         self.backward_graph.replay()
         tol = 1e-3 if self.out.dtype in (torch.float32, torch.float64) else 5e-2
-        pairs = [("output", self.out, want_out)]
+        pairs = [("output", got_out, want_out)]
         pairs += [(f"gradient of {name}", got, want) for name, got, want in zip(
             (n for n, _ in params), self.grads, want_grads) if want is not None]
         bad = first_mismatch(tuple(pairs), tol)
