@@ -83,9 +83,10 @@ CONFIG = {
     # "prefetch" passed; not yet timed, hence off
     "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
-    # 1: the backward, fix-up and reverse-summary passes issue L2 prefetch hints for the rows of their
-    # next tile (their own u / delta / dout / z rows and the B / C rows), a tile ahead; results are
-    # unchanged. Gated like the two above; not yet timed, hence off
+    # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
+    # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
+    # reverse summaries' whenever this is on; results are unchanged. Gated like the two above; not yet
+    # timed, hence off
     "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 0),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to

@@ -2,7 +2,8 @@
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
 its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``bwdchan``,
-``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is tested once.
+``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is
+tested once.
 """
 
 from __future__ import annotations
@@ -212,10 +213,9 @@ def _test_pair(ext) -> None:
 def _test_prefetch(ext) -> None:
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
     (``CONFIG["bwd_prefetch"]`` 0 to 3), the fix-up / summary rings (``["fix_prefetch"]``) and the L2
-    hints for the next tile (``["l2_prefetch"]``, also on the shipped kernels): the
-    forward's fix-up passes (segments of one and two tiles) and the backward with its reverse
-    summaries, over the usual cases plus a half-precision one whose rows take the vector path and end
-    in a ragged tile."""
+    hints (``["l2_prefetch"]``, also next to the shipped backward): the forward's fix-up passes
+    (segments of one and two tiles) and the backward with its reverse summaries, over the usual cases
+    plus a half-precision one whose rows take the vector path and end in a ragged tile."""
     cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
     saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], CONFIG["l2_prefetch"], STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
@@ -226,7 +226,8 @@ def _test_prefetch(ext) -> None:
             if depth:
                 _test_v2(ext, cases=cases)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
-        CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)  # the hints on the shipped kernels
+        # the hints next to the shipped backward (the fix-up and summaries take their PF builds)
+        CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)
         ext.set_prefetch(-1, 0, True)
         _test_v2(ext, cases=cases[5:])
         _test_bwd(ext, cases=cases[5:])
