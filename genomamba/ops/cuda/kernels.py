@@ -30,13 +30,18 @@ from genomamba.ops.cuda.knobs import (
     seg_tiles,
 )
 
+_SET: dict = {}  # the switches last passed to the extension (they are process-wide there)
+
 
 def _v2():
     """The extension, with this process's choice of the fix-up / summary passes' per-state exit and
-    of the prefetch settings."""
+    of the prefetch settings (passed on only when they changed: this runs before every scan call)."""
     ext = extension()
-    ext.set_state_exit(bool(CONFIG["fix_state_exit"]))
-    ext.set_prefetch(*prefetch_settings())
+    want = (bool(CONFIG["fix_state_exit"]), prefetch_settings())
+    if _SET.get(id(ext)) != want:
+        ext.set_state_exit(want[0])
+        ext.set_prefetch(*want[1])
+        _SET[id(ext)] = want
     return ext
 
 

@@ -20,7 +20,7 @@ import torch
 
 from genomamba.files import file_lock, write_text
 from genomamba.ops.cuda.build import extension
-from genomamba.ops.cuda.kernels import _v2_apply, scan_backward, scan_forward_saving
+from genomamba.ops.cuda.kernels import _v2, _v2_apply, scan_backward, scan_forward_saving
 from genomamba.ops.cuda.knobs import CONFIG, STATUS
 from genomamba.ops.reference import selective_scan_ref
 
@@ -222,19 +222,19 @@ def _test_prefetch(ext) -> None:
     try:
         for depth, l2 in ((0, 1), (1, 0), (2, 1), (3, 1)):
             CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=l2)
-            ext.set_prefetch(depth, depth, bool(l2))
+            _v2()  # the extension's switches follow CONFIG
             if depth:
                 _test_v2(ext, cases=cases)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
         # the hints next to the shipped backward (the fix-up and summaries take their PF builds)
         CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)
-        ext.set_prefetch(-1, 0, True)
+        _v2()
         _test_v2(ext, cases=cases[5:])
         _test_bwd(ext, cases=cases[5:])
     finally:
         CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1], l2_prefetch=saved[2])
         STATUS["prefetch"] = saved[3]
-        ext.set_prefetch(-1, 0, False)
+        _v2()
 
 
 def _chan_cases():
