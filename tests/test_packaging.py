@@ -59,6 +59,9 @@ def test_wheel_carries_configs_and_commands(tmp_path):
                for p in (ROOT / "configs").rglob("*.yaml")}
     assert shipped <= names
     assert {"genomamba/commands/demo.py", "genomamba/files.py", "genomamba/data/corpus.py"} <= names
+    kernels = {f"genomamba/_csrc/{p.relative_to(ROOT / 'csrc').as_posix()}" for p in (ROOT / "csrc").rglob("*")
+               if p.suffix in (".cu", ".cuh", ".cpp", ".h")}
+    assert kernels and kernels <= names, sorted(kernels - names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("from genomamba.lit.config import configs_dir, load_config; print(configs_dir()); "

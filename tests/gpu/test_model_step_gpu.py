@@ -132,3 +132,79 @@ def test_half_model_with_float32_a_log_and_d(dtype, monkeypatch):
     assert (got.float() - want.float()).abs().max() <= 3e-2 * (want.float().abs().max() + 1)
     for a, b in zip(gc.layers, wc.layers):
         assert torch.allclose(a.ssm_state, b.ssm_state, atol=3e-2 * (b.ssm_state.abs().max() + 1), rtol=0)
+
+
+# ---- batch 5 to 64: the tensor-core kernel (model_step_mma.cu), on with GENOMAMBA_DECODE_MMA=1
+SHAPES["130m"] = dict(d_model=768, n_layer=2, vocab_size=50277)
+
+
+@pytest.mark.parametrize("shape", ["default", "wide", "130m"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [5, 16, 17, 40, 64])
+@torch.no_grad()
+def test_tensor_core_step_equals_layered_step(shape, dtype, batch, monkeypatch):
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", "1")
+    m = model(shape, dtype)
+    ids = torch.randint(0, m.config.vocab_size, (batch,), generator=torch.Generator().manual_seed(batch)).cuda()
+    assert ms.unsupported(m, ids, m.allocate_cache(batch)) is None
+    got, gc = step_pair(m, ids, monkeypatch, "model")
+    assert ms.step_kind(gc) == "model (tensor cores)", ms.step_kind(gc)
+    want, wc = step_pair(m, ids, monkeypatch, "layers")
+    scale = want.float().abs().max() + 1
+    assert (got.float() - want.float()).abs().max() <= 3e-2 * scale
+    for a, b in zip(gc.layers, wc.layers):
+        assert torch.allclose(a.ssm_state, b.ssm_state, atol=3e-2 * (b.ssm_state.abs().max() + 1), rtol=0)
+        ref = b.conv_state.float()
+        assert torch.allclose(a.conv_state.float(), ref, atol=3e-2 * (ref.abs().max() + 1), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_tensor_core_step_carries_states_and_is_deterministic(dtype, monkeypatch):
+    """Five tokens through the kernel against the layered step from the same states (what one
+    launch leaves, the next reads), and the same launch twice gives the same bits."""
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", "1")
+    m = model("wide", dtype)
+    b = 24
+    ids = torch.randint(0, 1000, (b,), generator=torch.Generator().manual_seed(1)).cuda()
+    cache, ref = m.allocate_cache(b), m.allocate_cache(b)
+    random_states(cache)
+    random_states(ref)
+    for t in range(5):
+        monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "model")
+        twin = cache.clone()
+        got = m.step((ids + t) % 1000, cache)
+        again = m.step((ids + t) % 1000, twin)
+        assert torch.equal(got, again)
+        monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "layers")
+        want = m.step((ids + t) % 1000, ref)
+        assert (got.float() - want.float()).abs().max() <= 5e-2 * (want.float().abs().max() + 1)
+    assert ms.step_kind(cache) == "model (tensor cores)"
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+@torch.no_grad()
+def test_tensor_core_greedy_tokens_equal_the_layered_steps(cuda_graph, monkeypatch):
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", "1")
+    m = model("default", torch.float16)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 50, (n,), generator=g).cuda() for n in range(3, 19)]  # 16 prompts
+    monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "layers")
+    want = m.generate(prompts, 24, temperature=0, cuda_graph=cuda_graph)
+    monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "model")
+    got = m.generate(prompts, 24, temperature=0, cuda_graph=cuda_graph)
+    for p, a, b in zip(prompts, got, want):
+        assert torch.equal(a[:p.numel() + 8], b[:p.numel() + 8])
+
+
+@pytest.mark.parametrize("shape", ["default", "wide", "130m"])
+def test_tensor_core_shared_memory_formula_matches_the_extension(shape):
+    from genomamba.ops.cuda.build import step_extension
+
+    ext = step_extension()
+    cfg = MambaConfig(**SHAPES[shape])
+    e, r = cfg.expand * cfg.d_model, cfg.resolved_dt_rank
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for b in (5, 16, 17, 33, 64):
+        assert ext.model_step_mma_sizes(b, cfg.d_model, e, r, cfg.d_state)[1] == \
+            ms.mma_shared_bytes(b, cfg.d_model, e, r, cfg.d_state, sms)

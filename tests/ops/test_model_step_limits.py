@@ -32,6 +32,33 @@ def test_reasons(kw, reason):
     assert why(**kw).startswith(reason)
 
 
+def test_batches_of_5_to_64_need_the_tensor_core_switch_and_half_weights(monkeypatch):
+    assert why(batch=16, dtype=torch.float16).startswith("batch 16 (1..4; 5..64 with GENOMAMBA_DECODE_MMA=1)")
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", "1")
+    assert ms.kernel_for(4) == "small" and ms.kernel_for(5) == "mma"
+    assert why(batch=5, dtype=torch.float16) == "not on CUDA"
+    assert why(batch=64, dtype=torch.bfloat16) == "not on CUDA"
+    assert why(batch=65, dtype=torch.bfloat16).startswith("batch 65")
+    assert why(batch=16) == "torch.float32 weights at batch 16"
+    assert why(batch=16, dtype=torch.float16, d_model=48) == "d_model or d_inner not a multiple of 32"
+    assert why(batch=4) == "not on CUDA"  # the CUDA-core kernel keeps float32 at 1-4
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", "yes")
+    with pytest.raises(ValueError, match="GENOMAMBA_DECODE_MMA='yes'"):
+        ms.mma_enabled()
+
+
+def test_tensor_core_kernel_shared_memory_fits_the_130m_model_at_batch_64():
+    """The 130M shape (d_model 768, d_inner 1536, dt_rank 48, d_state 16) at batch 64 on a 132-SM GPU
+    fits in the 227 KB a block may have on an H100/H200; d_model 2048 fits at batch 16, not at 64."""
+    h200 = 227 * 1024
+    assert ms.mma_shared_bytes(64, 768, 1536, 48, 16, 132) <= h200
+    assert ms.mma_shared_bytes(16, 2048, 4096, 128, 16, 132) <= h200
+    assert ms.mma_shared_bytes(64, 2048, 4096, 128, 16, 132) > h200
+    # more rows of the batch never take less memory
+    sizes = [ms.mma_shared_bytes(b, 768, 1536, 48, 16, 132) for b in range(5, 65)]
+    assert sizes == sorted(sizes)
+
+
 def test_forced_backend_and_switch(monkeypatch):
     monkeypatch.setenv("GENOMAMBA_SCAN_BACKEND", "torch")
     assert why() == "the scan backend is forced to torch"
@@ -63,7 +90,7 @@ def test_layer_table_matches_the_kernel_struct():
 
     from genomamba.ops._sources import csrc_dir
 
-    src = (csrc_dir("model_step") / "model_step.cu").read_text()
+    src = (csrc_dir("model_step") / "common.cuh").read_text()
     body = re.search(r"struct LayerPtrs \{(.*?)\};", src, re.S).group(1)
     fields = tuple(re.findall(r"\*\s*(\w+);", body))
     assert fields == ms.LAYER_FIELDS

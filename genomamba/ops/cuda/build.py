@@ -23,7 +23,7 @@ from genomamba.ops._sources import csrc_dir
 SRC_DIR = csrc_dir("selective_scan")
 SOURCES = ("selective_scan_fwd.cu", "selective_scan_v2.cu", "bindings.cpp")
 STEP_DIR = csrc_dir("model_step")
-STEP_SOURCES = ("model_step.cu",)
+STEP_SOURCES = ("model_step.cu", "model_step_mma.cu")
 
 _built: dict = {}  # name -> module
 _dirs: dict = {}  # name -> cache folder
@@ -67,6 +67,8 @@ def _folder(name: str, src_dir: Path, sources: tuple) -> Path:
         h = hashlib.sha256()
         for s in sources:
             h.update((src_dir / s).read_bytes())
+        for header in sorted(src_dir.glob("*.cuh")):  # included by the sources
+            h.update(header.name.encode() + header.read_bytes())
         h.update(f"{torch.__version__}|{torch.version.cuda}|sm_{major}{minor}".encode())
         root = Path(os.environ.get("GENOMAMBA_CACHE", Path.home() / ".cache" / "genomamba"))
         _dirs[name] = root / "torch_ext" / f"{name}_{h.hexdigest()[:16]}"

@@ -3,17 +3,21 @@
 At small batch a decode step is a chain of tiny matrix-vector products; launching the ~7 kernels
 per layer of the layered step costs more than their work. :func:`model_step` runs every layer,
 the final norm and the LM head of a :class:`~genomamba.models.lm.MambaLM` in one launch (one block
-per SM, a grid-wide barrier between the four phases of a layer, the next layer's weights
-prefetched into L2 while the current one runs). Its reference twin is the layered step
-(``MambaLM.step`` with ``GENOMAMBA_DECODE_STEP=layers``): the first fused step of each dtype and
-batch class in a process is checked against it, and a disagreement turns the kernel off for the
-process, in one line, with the layered step taking over.
+per SM, grid-wide barriers between the phases of a layer, weights prefetched into L2 ahead of their
+phase). Two kernels: batch 1 to 4 on the CUDA cores (``model_step.cu``), and batch 5 to 64 with
+the matrix products on the tensor cores (``model_step_mma.cu``, float16 and bfloat16; turned on by
+``GENOMAMBA_DECODE_MMA=1``). Their reference twin is the layered step (``MambaLM.step`` with
+``GENOMAMBA_DECODE_STEP=layers``): the first fused step of each dtype and batch class in a process
+is checked against it, and a disagreement turns that kernel off for the process, in one line, with
+the layered step taking over.
 
-It runs when the model and the step allow it (:func:`unsupported` says why not otherwise): a
+A kernel runs when the model and the step allow it (:func:`unsupported` says why not otherwise): a
 model on CUDA in float16, bfloat16 or float32 (all parameters in that dtype, but A_log and D may be
 float32), RMSNorm, d_state a power of two up to 32, d_conv up to 4, d_model and d_inner multiples
-of 8, batch 1 to 4, no gradients, the scan backend not forced to another one.
-``GENOMAMBA_DECODE_STEP=layers`` turns it off (the layered step then runs, e.g. to compare the two).
+of 8, batch 1 to 4, no gradients, the scan backend not forced to another one; at batch 5 to 64 also
+float16 or bfloat16, d_model and d_inner multiples of 32, and the batch's activations fitting in one
+SM's shared memory (d_model 768 at batch 64; wider models at smaller batches).
+``GENOMAMBA_DECODE_STEP=layers`` turns both off (the layered step then runs, e.g. to compare).
 """
 
 from __future__ import annotations
@@ -25,18 +29,57 @@ from typing import Optional
 import torch
 
 MAX_BATCH = 4
+MMA_MAX_BATCH = 64
 MAX_SHARED_BYTES = 200 * 1024
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MMA_DTYPES = (torch.float16, torch.bfloat16)
 _VERIFIED: set = set()  # (dtype, batch class, device index) whose first fused step matched the layered one
-_OFF: dict = {}  # why the kernel is off for this process (build failure, a failed check), once said
+_OFF: dict = {}  # kernel ("small", "mma", or "all" for both) -> why it is off in this process, said once
 
 
 def enabled() -> bool:
-    """False when ``GENOMAMBA_DECODE_STEP=layers`` (or the kernel was turned off in this process)."""
+    """False when ``GENOMAMBA_DECODE_STEP=layers`` (or the kernels were turned off in this process)."""
     mode = os.environ.get("GENOMAMBA_DECODE_STEP", "model").strip().lower() or "model"
     if mode not in ("model", "layers"):
         raise ValueError(f"GENOMAMBA_DECODE_STEP={mode!r}: expected 'model' or 'layers'")
-    return mode == "model" and not _OFF
+    return mode == "model" and "all" not in _OFF
+
+
+def mma_enabled() -> bool:
+    """``GENOMAMBA_DECODE_MMA=1``: batches of 5 to 64 take the tensor-core kernel (default 0)."""
+    raw = os.environ.get("GENOMAMBA_DECODE_MMA", "0").strip() or "0"
+    if raw not in ("0", "1"):
+        raise ValueError(f"GENOMAMBA_DECODE_MMA={raw!r}: expected 0 or 1")
+    return raw == "1"
+
+
+def kernel_for(b: int) -> str:
+    """Which kernel takes a batch of ``b``: "small" (1-4) or "mma" (5-64)."""
+    return "small" if b <= MAX_BATCH else "mma"
+
+
+def mma_shared_bytes(b: int, d: int, e: int, r: int, n: int, sms: int) -> int:
+    """Shared memory per block of the tensor-core kernel (the formula of ``sizes`` in
+    csrc/model_step/model_step_mma.cu): staged activations, the warps' partial tiles, phase C's staging."""
+    nt = 2 if b <= 16 else (4 if b <= 32 else 8)
+    bp = 8 * nt
+    groups, kc = (d // 16 + 3) // 4, e // 32
+    s = max(1, min(kc, sms // groups))
+    kc_slice = -(-kc // s)
+
+    def stride(k):
+        return k + ((32 - k % 64) + 64) % 64
+
+    act = max(bp * stride(d) * 2, bp * stride(32 * kc_slice) * 2)
+    total = (act + 15) // 16 * 16 + 16 * 16 * (bp + 8) * 4 + 2 * 16 * bp * 4 + bp * 16 * 2
+    x16 = (r + 2 * n + 15) // 16 * 16
+    rows = -(-(b * e) // sms) // e + 2
+    return max(total, 2 * rows * x16 * 4, (d + 16) * 4)
+
+
+def _shared_limit(device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 227 * 1024))
 
 
 def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
@@ -58,8 +101,13 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
     if model.training and cfg.dropout > 0:
         return "dropout in training mode"
     b = input_ids.numel()
-    if not 1 <= b <= MAX_BATCH:
-        return f"batch {b} (1..{MAX_BATCH})"
+    kind = kernel_for(b)
+    if kind in _OFF:
+        return "turned off"
+    if not 1 <= b <= MMA_MAX_BATCH or (kind == "mma" and not mma_enabled()):
+        return f"batch {b} (1..{MAX_BATCH}; 5..{MMA_MAX_BATCH} with GENOMAMBA_DECODE_MMA=1)"
+    if kind == "mma" and w.dtype not in MMA_DTYPES:
+        return f"{w.dtype} weights at batch {b}"
     if not isinstance(bb.norm_f, RMSNorm) or any(not isinstance(layer.norm, RMSNorm) for layer in bb.layers):
         return "LayerNorm"
     m = bb.layers[0].mixer
@@ -70,8 +118,10 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
         return f"d_state {n} (a power of two up to 32)"
     if k > 4:
         return f"d_conv {k}"
-    if b * max(d, e, r + 2 * n) * 4 > MAX_SHARED_BYTES:
+    if kind == "small" and b * max(d, e, r + 2 * n) * 4 > MAX_SHARED_BYTES:
         return "batch x width too large for shared memory"
+    if kind == "mma" and (d % 32 or e % 32):
+        return "d_model or d_inner not a multiple of 32"
     # A_log and D may stay in float32 (a model built in half precision keeps them so), all alike
     ad = {id(t) for layer in bb.layers for t in (layer.mixer.A_log, layer.mixer.D)}
     ad_dtypes = {t.dtype for layer in bb.layers for t in (layer.mixer.A_log, layer.mixer.D)}
@@ -91,13 +141,18 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
             return "cache states of another shape or layout"
     if input_ids.device.type != "cuda" or w.device != input_ids.device:
         return "not on CUDA"
+    if kind == "mma":
+        sms = torch.cuda.get_device_properties(w.device).multi_processor_count
+        if mma_shared_bytes(b, d, e, r, n, sms) > _shared_limit(w.device):
+            return "batch x width too large for shared memory"
     return None
 
 
 class _Buffers:
     """What the kernel reads besides the model: the per-layer address table (weights and this
     cache's states), the fp32 workspace and the barrier words. Kept on the cache, so a captured
-    graph and its cache share them."""
+    graph and its cache share them. The tensor-core kernel's workspace is sized by the extension
+    (it depends on the GPU's SM count) at the first launch."""
 
     def __init__(self, model, cache, b: int, device):
         bb = model.backbone
@@ -105,7 +160,9 @@ class _Buffers:
         self.table = torch.tensor(rows, dtype=torch.int64).to(device)
         m = bb.layers[0].mixer
         d, e, xw = model.config.d_model, m.d_inner, m.dt_rank + 2 * m.d_state
-        self.workspace = torch.zeros(b * (3 * d + 3 * e + xw), dtype=torch.float32, device=device)
+        self.workspace = None
+        if kernel_for(b) == "small":
+            self.workspace = torch.zeros(b * (3 * d + 3 * e + xw), dtype=torch.float32, device=device)
         self.sync = torch.zeros(3, dtype=torch.int32, device=device)
 
 
@@ -139,9 +196,9 @@ def _quick_key(model, cache, b: int) -> tuple:
     from genomamba.ops.dispatch import requested_backend
 
     w = model.backbone.embedding.weight
-    return (b, torch.is_grad_enabled(), model.training, requested_backend(), id(model), w.data_ptr(), w.dtype,
-            model.lm_head.weight.data_ptr(), tuple((c.conv_state.data_ptr(), c.ssm_state.data_ptr())
-                                                   for c in cache.layers))
+    return (b, torch.is_grad_enabled(), model.training, requested_backend(), mma_enabled(), id(model), w.data_ptr(),
+            w.dtype, model.lm_head.weight.data_ptr(),
+            tuple((c.conv_state.data_ptr(), c.ssm_state.data_ptr()) for c in cache.layers))
 
 
 def _verdict(model, ids, cache) -> _Verdict:
@@ -162,6 +219,8 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     if not enabled():
         return None
     ids = input_ids.reshape(-1).to(torch.int64).contiguous()
+    if kernel_for(ids.numel()) in _OFF:
+        return None
     for c in cache.layers:  # a prefill leaves views of its buffers: the kernel wants dense states
         if c.conv_state.is_cuda and not c.conv_state.is_contiguous():
             c.conv_state = c.conv_state.contiguous()
@@ -174,10 +233,11 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
     try:
         ext = step_extension()
     except Exception as exc:  # no nvcc, a failed build: the layered step serves, said once
-        _turn_off(f"could not be built ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        _turn_off("all", f"could not be built ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return None
     w = model.backbone.embedding.weight
-    check = (w.dtype, ids.numel() == 1, w.device.index)
+    b = ids.numel()
+    check = (w.dtype, "1" if b == 1 else kernel_for(b), w.device.index)
     if check not in _VERIFIED:
         if torch.cuda.is_current_stream_capturing():
             return None  # checked outside a capture first (a captured graph warms up before)
@@ -192,6 +252,14 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
     bb = model.backbone
     m = bb.layers[0].mixer
     logits = torch.empty(b, model.lm_head.weight.shape[0], dtype=model.lm_head.weight.dtype, device=ids.device)
+    if kernel_for(b) == "mma":
+        if buf.workspace is None:
+            floats = ext.model_step_mma_sizes(b, model.config.d_model, m.d_inner, m.dt_rank, m.d_state)[0]
+            buf.workspace = torch.zeros(floats, dtype=torch.float32, device=ids.device)
+        return ext.model_step_mma(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
+                                  buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
+                                  float(bb.norm_f.eps), bool(model.config.residual_in_fp32),
+                                  m.A_log.dtype == torch.float32)
     return ext.model_step(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                           buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
                           float(bb.norm_f.eps), bool(model.config.residual_in_fp32),
@@ -199,13 +267,18 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
 
 
 def step_kind(cache) -> str:
-    """Which step last ran on ``cache``: "model" (the whole-model kernel) or "layers (why)"."""
-    if _OFF:
-        return f"layers ({_OFF['why']})"
+    """Which step last ran on ``cache``: "model" (the whole-model kernel; "model (tensor cores)" at
+    batch 5 to 64) or "layers (why)"."""
     held = cache.extra.get("model_step")
     if held is None:
-        return "layers (not tried)"
-    return "model" if held.why is None else f"layers ({held.why})"
+        return f"layers ({_OFF['all']})" if "all" in _OFF else "layers (not tried)"
+    kind = kernel_for(held.key[0])
+    for k in ("all", kind):
+        if k in _OFF:
+            return f"layers ({_OFF[k]})"
+    if held.why is not None:
+        return f"layers ({held.why})"
+    return "model (tensor cores)" if kind == "mma" else "model"
 
 
 def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
@@ -214,7 +287,15 @@ def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
 
     ref_cache = cache.clone()
     ref = model.lm_head(model.backbone.step(ids, ref_cache)[:, 0])
-    got = _launch(model, ext, ids, cache)
+    kind = kernel_for(ids.numel())
+    try:
+        got = _launch(model, ext, ids, cache)
+    except RuntimeError as exc:  # e.g. a launch the GPU refuses: the layered step's result stands
+        for c, rc in zip(cache.layers, ref_cache.layers):
+            c.conv_state.copy_(rc.conv_state)
+            c.ssm_state.copy_(rc.ssm_state)
+        _turn_off(kind, f"could not run ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        return ref
     pairs = [("logits", got, ref)]
     for i, (c, r) in enumerate(zip(cache.layers, ref_cache.layers)):
         pairs += [(f"layer {i} conv_state", c.conv_state, r.conv_state),
@@ -224,13 +305,15 @@ def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
         for c, rc in zip(cache.layers, ref_cache.layers):  # keep the layered step's result
             c.conv_state.copy_(rc.conv_state)
             c.ssm_state.copy_(rc.ssm_state)
-        _turn_off(f"gave {bad[0]} values that differ from the layered step (max |diff| {bad[1]:.3g})")
+        _turn_off(kind, f"gave {bad[0]} values that differ from the layered step (max |diff| {bad[1]:.3g})")
         return ref
     _VERIFIED.add(check)
     return got
 
 
-def _turn_off(why: str) -> None:
-    if not _OFF:
-        _OFF["why"] = why
-        print(f"genomamba: the whole-model CUDA decode step {why}; decoding layer by layer", file=sys.stderr)
+def _turn_off(kind: str, why: str) -> None:
+    """Turn kernel ``kind`` ("small", "mma" or "all") off for this process, saying so once."""
+    if kind not in _OFF:
+        _OFF[kind] = why
+        what = {"small": " (batch 1-4)", "mma": " (batch 5-64, tensor cores)"}.get(kind, "")
+        print(f"genomamba: the whole-model CUDA decode step{what} {why}; decoding layer by layer", file=sys.stderr)
