@@ -2,7 +2,9 @@
 
 genomamba's ``MambaLM.generate`` with random weights and random prompts, greedy, for each batch
 size: eager steps, and on CUDA the step replayed from a CUDA graph (the default step, one kernel
-for the whole model at batch <= 4, and the layered step, ``genomamba_graph_layers``). Next to it, when the packages
+for the whole model at batch <= 4; ``genomamba_graph_mma``: the same with the tensor-core kernel
+for batches of 5 to 64, ``GENOMAMBA_DECODE_MMA=1``; and the layered step,
+``genomamba_graph_layers``). Next to it, when the packages
 import: mamba_ssm's ``MambaLMHeadModel.generate(cg=True)`` (CUDA only), an HF transformers Llama
 of about the same parameter count with its KV cache (half the layers, MLP width 8/3 d_model: the
 Transformer counterpart the Mamba paper pairs with a Mamba of twice the layers), and HF
@@ -23,6 +25,7 @@ same top-k / top-p filters (genomamba seeded; on CUDA its captured sampler).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -76,32 +79,45 @@ def timed(fn: Callable[[int], object], new_tokens: int, device: str, repeats: in
 
 # ----------------------------------------------------------------------------- the columns
 
-COLUMNS = ("genomamba_eager", "genomamba_graph", "genomamba_graph_layers", "mamba_ssm_cg", "hf_llama", "hf_mamba")
+COLUMNS = ("genomamba_eager", "genomamba_graph", "genomamba_graph_mma", "genomamba_graph_layers", "mamba_ssm_cg",
+           "hf_llama", "hf_mamba")
 
 
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0)
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set these variables for the block, then put back what was there."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def genomamba_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, cuda_graph: bool,
-                     step: str = "model", sampling: dict = GREEDY):
+                     step: str = "model", sampling: dict = GREEDY, mma: Optional[bool] = None):
     """``step``: "model" (the default decode step: one kernel for the whole model where it applies)
-    or "layers" (the layered step, ``GENOMAMBA_DECODE_STEP=layers``)."""
+    or "layers" (the layered step, ``GENOMAMBA_DECODE_STEP=layers``); ``mma``: batches of 5 to 64 on
+    the tensor-core kernel or not (``GENOMAMBA_DECODE_MMA``; None: as the environment says)."""
     torch.manual_seed(0)
     model = MambaLM(cfg, device=device, dtype=dtype).eval()
-    before = os.environ.get("GENOMAMBA_DECODE_STEP")
-    os.environ["GENOMAMBA_DECODE_STEP"] = step
-    try:
+    switches = {"GENOMAMBA_DECODE_STEP": step}
+    if mma is not None:
+        switches["GENOMAMBA_DECODE_MMA"] = "1" if mma else "0"
+    with _environment(**switches):
         res = timed(lambda n: model.generate(prompts, n, seed=0, cuda_graph=cuda_graph, **sampling), new_tokens,
                     device, repeats)
         graphs = [g for g in graphs_of(model).graphs.values() if g is not None]
         if graphs:  # which step the captured graph replays, and if not the kernel, why
             res["step"] = step_kind(graphs[-1].cache)
-        return res, model.num_parameters()
-    finally:
-        if before is None:
-            os.environ.pop("GENOMAMBA_DECODE_STEP", None)
-        else:
-            os.environ["GENOMAMBA_DECODE_STEP"] = before
+    return res, model.num_parameters()
 
 
 def mamba_ssm_column(cfg: MambaConfig, device, dtype, prompts, new_tokens, repeats, sampling: dict = GREEDY):
@@ -228,6 +244,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     columns = [("genomamba_eager", lambda *a: genomamba_column(*a, cuda_graph=False, sampling=sampling))]
     if cuda:
         columns.append(("genomamba_graph", lambda *a: genomamba_column(*a, cuda_graph=True, sampling=sampling)))
+        columns.append(("genomamba_graph_mma", lambda *a: genomamba_column(*a, cuda_graph=True, sampling=sampling,
+                                                                           mma=True)))
         columns.append(("genomamba_graph_layers", lambda *a: genomamba_column(*a, cuda_graph=True, step="layers",
                                                                               sampling=sampling)))
     versions = {"torch": torch.__version__, "transformers": _version("transformers"),

@@ -49,3 +49,25 @@ def test_bench_generate_rejects_bad_sampling(capsys):
                        (["--top-k", "-2", "--temperature", "1"], "--top-k"), (["--top-k", "4"], "--temperature")):
         assert bg.main(argv) == 2
         assert name in capsys.readouterr().err
+
+
+def test_columns_set_their_switches_only_while_they_run(monkeypatch):
+    """The tensor-core column turns GENOMAMBA_DECODE_MMA on for its own calls and puts the
+    environment back afterwards, also when the call fails."""
+    import os
+
+    from genomamba.bench import generate as bench
+
+    monkeypatch.setenv("GENOMAMBA_DECODE_STEP", "layers")
+    monkeypatch.delenv("GENOMAMBA_DECODE_MMA", raising=False)
+    seen = []
+    with bench._environment(GENOMAMBA_DECODE_STEP="model", GENOMAMBA_DECODE_MMA="1"):
+        seen.append((os.environ["GENOMAMBA_DECODE_STEP"], os.environ["GENOMAMBA_DECODE_MMA"]))
+    assert seen == [("model", "1")]
+    assert os.environ["GENOMAMBA_DECODE_STEP"] == "layers" and "GENOMAMBA_DECODE_MMA" not in os.environ
+    try:
+        with bench._environment(GENOMAMBA_DECODE_MMA="1"):
+            raise RuntimeError("column failed")
+    except RuntimeError:
+        pass
+    assert "GENOMAMBA_DECODE_MMA" not in os.environ
