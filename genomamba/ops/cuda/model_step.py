@@ -58,6 +58,13 @@ def kernel_for(b: int) -> str:
     return "small" if b <= MAX_BATCH else "mma"
 
 
+def _batch_class(b: int) -> str:
+    """The kernel specialisation a batch of ``b`` runs (each is checked on its first step)."""
+    if b <= MAX_BATCH:
+        return "1" if b == 1 else "2-4"
+    return "5-16" if b <= 16 else ("17-32" if b <= 32 else "33-64")
+
+
 def mma_shared_bytes(b: int, d: int, e: int, r: int, n: int, sms: int) -> int:
     """Shared memory per block of the tensor-core kernel (the formula of ``sizes`` in
     csrc/model_step/model_step_mma.cu): staged activations, the warps' partial tiles, phase C's staging."""
@@ -237,7 +244,7 @@ def model_step(model, input_ids: torch.Tensor, cache) -> Optional[torch.Tensor]:
         return None
     w = model.backbone.embedding.weight
     b = ids.numel()
-    check = (w.dtype, "1" if b == 1 else kernel_for(b), w.device.index)
+    check = (w.dtype, _batch_class(b), w.device.index)
     if check not in _VERIFIED:
         if torch.cuda.is_current_stream_capturing():
             return None  # checked outside a capture first (a captured graph warms up before)
