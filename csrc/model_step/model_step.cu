@@ -534,7 +534,8 @@ torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor 
 std::vector<int64_t> model_step_mma_sizes(int64_t b, int64_t D, int64_t E, int64_t R, int64_t N);
 torch::Tensor model_step_mma(torch::Tensor layers, torch::Tensor ids, torch::Tensor emb, torch::Tensor norm_f,
                              torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
-                             int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32);
+                             int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32,
+                             c10::optional<torch::Tensor> times);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("model_step", &model_step, "one decoding step of a whole Mamba LM (CUDA, persistent kernel)");

@@ -53,7 +53,16 @@ struct MmaParams {
   float* xp;   // (E / 16, b, 16 XM) x_proj partial sums, one per channel tile
   float* op;   // (S, b, D) out_proj partial sums, one per slice
   unsigned* sync;
+  unsigned long long* times;  // null, or (8 n_layer + 2) phase timestamps of block 0 (ns)
 };
+
+__device__ __forceinline__ void stamp(const MmaParams& p, int slot) {
+  if (p.times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.times[slot] = t;
+  }
+}
 
 // Shared-memory row stride (elements) of staged activations: K plus padding so that rows are
 // 64 bytes apart modulo 128 (a quarter warp's 16-byte loads of two rows hit distinct banks).
@@ -468,22 +477,32 @@ __global__ void __launch_bounds__(kThreads, 1) model_step_mma_kernel(MmaParams p
   }
   for (int l = 0; l < p.n_layer; ++l) {
     const LayerPtrs L = p.layers[l];
+    stamp(p, l * 8 + 0);
     // L2 prefetches for the phases after A: this layer's states and weights
     prefetch_slice(L.ssm_state, (int64_t)b * E * N * 4);
     prefetch_slice(L.dt_w, (int64_t)E * p.R * sizeof(T));
     prefetch_slice(L.out_w, (int64_t)D * E * sizeof(T));
     prefetch_slice(L.x_w, (int64_t)XW * E * sizeof(T));
     phase_in_proj<T, NT>(p, L, smem, ly);
+    stamp(p, l * 8 + 1);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 2);
     if (l + 1 < p.n_layer) prefetch_slice(p.layers[l + 1].in_w, (int64_t)2 * E * D * sizeof(T));
     phase_scan<T>(p, L, smem, smem_bytes);
+    stamp(p, l * 8 + 3);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 4);
     phase_out_proj<T, NT>(p, L, smem, ly);
+    stamp(p, l * 8 + 5);
     grid_sync(counter, target);
+    stamp(p, l * 8 + 6);
     phase_norm<T>(p, &L, l + 1 < p.n_layer ? p.layers[l + 1].norm_w : p.norm_f, smem);
+    stamp(p, l * 8 + 7);
     grid_sync(counter, target);
   }
+  stamp(p, p.n_layer * 8);
   phase_head<T, NT>(p, smem, ly);
+  stamp(p, p.n_layer * 8 + 1);
 }
 
 // Sizes of one launch: shared memory (bytes) and workspace (floats, each part 16-byte aligned).
@@ -551,7 +570,8 @@ std::vector<int64_t> model_step_mma_sizes(int64_t b, int64_t D, int64_t E, int64
 // model_step_mma_sizes(...)[0] elements; sync: 3 int32 words (zeroed once).
 torch::Tensor model_step_mma(torch::Tensor layers, torch::Tensor ids, torch::Tensor emb, torch::Tensor norm_f,
                              torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
-                             int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32) {
+                             int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32,
+                             c10::optional<torch::Tensor> times) {
   TORCH_CHECK(layers.is_cuda() && layers.scalar_type() == torch::kInt64 && layers.dim() == 2 &&
                   layers.size(1) == kLayerFields && layers.is_contiguous(),
               "model_step_mma: layers must be a contiguous (n_layer, 14) int64 CUDA tensor");
@@ -600,6 +620,12 @@ torch::Tensor model_step_mma(torch::Tensor layers, torch::Tensor ids, torch::Ten
   p.xp = w + z.xp;
   p.op = w + z.op;
   p.sync = reinterpret_cast<unsigned*>(sync.data_ptr<int32_t>());
+  p.times = nullptr;
+  if (times.has_value() && times->numel() > 0) {
+    TORCH_CHECK(times->scalar_type() == torch::kInt64 && times->numel() >= 8 * p.n_layer + 2,
+                "model_step_mma: times must hold 8 n_layer + 2 int64");
+    p.times = reinterpret_cast<unsigned long long*>(times->data_ptr<int64_t>());
+  }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 #define GM_LAUNCH(T)                                                    \
   if (z.nt == 2) launch_mma<T, 2>(p, blocks, z.smem, dev, stream);      \

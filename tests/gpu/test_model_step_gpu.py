@@ -208,3 +208,14 @@ def test_tensor_core_shared_memory_formula_matches_the_extension(shape):
     for b in (5, 16, 17, 33, 64):
         assert ext.model_step_mma_sizes(b, cfg.d_model, e, r, cfg.d_state)[1] == \
             ms.mma_shared_bytes(b, cfg.d_model, e, r, cfg.d_state, sms)
+
+
+@pytest.mark.parametrize("batch, mma", [(1, "0"), (3, "0"), (16, "1"), (64, "1")])
+@torch.no_grad()
+def test_profile_step_times_every_phase(batch, mma, monkeypatch):
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", mma)
+    m = model("wide", torch.float16)
+    prof = ms.profile_step(m, torch.arange(batch).cuda(), m.allocate_cache(batch))
+    kind = "mma" if mma == "1" else "small"
+    assert [k for k in prof if not k.startswith("barrier")][:4] == list(ms.PHASES[kind])
+    assert all(v >= 0 for v in prof.values()) and prof["whole step"] > prof["LM head"] > 0

@@ -126,3 +126,9 @@ def test_float32_a_log_and_d_of_a_half_model_are_taken():
         m.backbone.layers[1].mixer.D.data = m.backbone.layers[1].mixer.D.data.half()
         assert ms.unsupported(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1)) \
             == "A_log and D of mixed dtypes"
+
+
+def test_profile_step_says_why_the_kernel_did_not_run():
+    m = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=50)).eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="not on CUDA"):
+        ms.profile_step(m, torch.zeros(1, dtype=torch.long), m.allocate_cache(1))

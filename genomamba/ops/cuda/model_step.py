@@ -266,7 +266,7 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
         return ext.model_step_mma(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                                   buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
                                   float(bb.norm_f.eps), bool(model.config.residual_in_fp32),
-                                  m.A_log.dtype == torch.float32)
+                                  m.A_log.dtype == torch.float32, times)
     return ext.model_step(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                           buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
                           float(bb.norm_f.eps), bool(model.config.residual_in_fp32),
@@ -324,3 +324,36 @@ def _turn_off(kind: str, why: str) -> None:
         _OFF[kind] = why
         what = {"small": " (batch 1-4)", "mma": " (batch 5-64, tensor cores)"}.get(kind, "")
         print(f"genomamba: the whole-model CUDA decode step{what} {why}; decoding layer by layer", file=sys.stderr)
+
+
+PHASES = {"small": ("A add+norm+in_proj+conv", "B x_proj", "C dt+state update", "D out_proj"),
+          "mma": ("A in_proj+conv+x_proj partials", "C x_proj sums+dt+state update", "D1 out_proj slices",
+                  "D2 residual add+norm")}
+
+
+def profile_step(model, input_ids: torch.Tensor, cache) -> dict:
+    """One whole-model step with block 0's phase timestamps: the mean time (us) of each phase and of
+    the barrier after it over layers 1.. (the first layer also waits for the launch), the LM head's
+    and the whole kernel's. Advances ``cache`` by two tokens (an untimed step, which is also the
+    checked first step of its kind in a process, then the timed one). Raises RuntimeError when the
+    kernel does not take this step (``step_kind`` says why)."""
+    ids = input_ids.reshape(-1).to(torch.int64).contiguous()
+    if model_step(model, ids, cache) is None:  # the first step of its kind is the checked one
+        raise RuntimeError(f"the whole-model kernel does not take this step: {step_kind(cache)}")
+    from genomamba.ops.cuda.build import step_extension
+
+    n = model.config.n_layer
+    times = torch.zeros(8 * n + 2, dtype=torch.int64, device=ids.device)
+    _launch(model, step_extension(), ids, cache, times)
+    t = times.cpu().double() / 1e3
+    names = PHASES[kernel_for(ids.numel())]
+    layers = range(1, n) if n > 1 else range(n)
+    out = {}
+    for j, name in enumerate(names):
+        out[name] = sum(t[8 * l + 2 * j + 1] - t[8 * l + 2 * j] for l in layers).item() / len(layers)
+        nxt = [t[8 * (l + 1)] if 2 * j + 2 == 8 else t[8 * l + 2 * j + 2] for l in layers]
+        out[f"barrier after {name.split()[0]}"] = sum(a - t[8 * l + 2 * j + 1] for a, l in zip(nxt, layers)).item() \
+            / len(layers)
+    out["LM head"] = (t[8 * n + 1] - t[8 * n]).item()
+    out["whole step"] = (t[8 * n + 1] - t[0]).item()
+    return {k: round(v, 2) for k, v in out.items()}
