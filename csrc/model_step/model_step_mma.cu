@@ -294,11 +294,59 @@ __device__ void phase_in_proj(const MmaParams& p, const LayerPtrs& L, char* smem
   }
 }
 
+// The state update of pairs [p0, p1) (pair q = batch row q / E, channel q % E). NS: d_state known
+// at compile time (16, every load of a pair issued at once), or 0 (p.N, a loop).
+template <typename T, int NS>
+__device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& L, const float* dbc, int i0,
+                                           int64_t p0, int64_t p1) {
+  const int E = p.E, R = p.R, N = NS > 0 ? NS : p.N, X16 = 16 * p.XM;
+  for (int64_t q = p0 + threadIdx.x; q < p1; q += kThreads) {
+    const int i = (int)(q / E), c = (int)(q % E);
+    const float* db = dbc + (i - i0) * X16;
+    float dt = 0.f;
+    for (int r = 0; r < R; ++r) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+    dt = round_t<T>(dt) + ld<T>(L.dt_b, c);
+    dt = dt > 20.f ? dt : log1pf(__expf(dt));
+    const float x = __ldcg(p.xs + q), z = __ldcg(p.zs + q);
+    float* h = L.ssm_state + q * N;
+    float y = 0.f;
+    if constexpr (NS > 0) {
+      float hv[NS], av[NS];
+#pragma unroll
+      for (int k = 0; k < NS / 4; ++k) {
+        const float4 v = *reinterpret_cast<const float4*>(h + 4 * k);
+        hv[4 * k] = v.x; hv[4 * k + 1] = v.y; hv[4 * k + 2] = v.z; hv[4 * k + 3] = v.w;
+      }
+#pragma unroll
+      for (int n = 0; n < NS; ++n)
+        av[n] = p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * NS + n) : ld<T>(L.a_log, (int64_t)c * NS + n);
+#pragma unroll
+      for (int n = 0; n < NS; ++n) {
+        hv[n] = hv[n] * __expf(dt * -__expf(av[n])) + dt * db[R + n] * x;
+        y += hv[n] * db[R + NS + n];
+      }
+#pragma unroll
+      for (int k = 0; k < NS / 4; ++k)
+        *reinterpret_cast<float4*>(h + 4 * k) = make_float4(hv[4 * k], hv[4 * k + 1], hv[4 * k + 2], hv[4 * k + 3]);
+    } else {
+      for (int n = 0; n < N; ++n) {
+        const float a = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
+        const float hn = h[n] * __expf(dt * a) + dt * db[R + n] * x;
+        h[n] = hn;
+        y += hn * db[R + N + n];
+      }
+    }
+    y += x * (p.ad_fp32 ? ld<float>(L.skip_d, c) : ld<T>(L.skip_d, c));
+    y *= z / (1.f + __expf(-z));
+    static_cast<T*>(p.ys)[q] = from_f<T>(y);
+  }
+}
+
 // ---- C: x_proj sums, dt_proj + softplus, state update, D skip, gate; a contiguous range of
 // (batch row, channel) pairs per block
 template <typename T>
 __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, int smem_bytes) {
-  const int b = p.b, E = p.E, R = p.R, N = p.N, X16 = 16 * p.XM, J = E / 16;
+  const int b = p.b, E = p.E, N = p.N, X16 = 16 * p.XM, J = E / 16;
   const int64_t pairs = (int64_t)b * E, per = (pairs + gridDim.x - 1) / gridDim.x;
   const int64_t p0 = (int64_t)blockIdx.x * per, p1 = p0 + per < pairs ? p0 + per : pairs;
   if (p0 >= p1) return;
@@ -324,26 +372,8 @@ __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, i
   }
   for (int o = threadIdx.x; o < run; o += kThreads) dbc[o] = round_t<T>(dbc[o]);
   __syncthreads();
-  for (int64_t q = p0 + threadIdx.x; q < p1; q += kThreads) {
-    const int i = (int)(q / E), c = (int)(q % E);
-    const float* db = dbc + (i - i0) * X16;
-    float dt = 0.f;
-    for (int r = 0; r < R; ++r) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
-    dt = round_t<T>(dt) + ld<T>(L.dt_b, c);
-    dt = dt > 20.f ? dt : log1pf(__expf(dt));
-    const float x = __ldcg(p.xs + q), z = __ldcg(p.zs + q);
-    float* h = L.ssm_state + q * N;
-    float y = 0.f;
-    for (int n = 0; n < N; ++n) {
-      const float a = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
-      const float hn = h[n] * __expf(dt * a) + dt * db[R + n] * x;
-      h[n] = hn;
-      y += hn * db[R + N + n];
-    }
-    y += x * (p.ad_fp32 ? ld<float>(L.skip_d, c) : ld<T>(L.skip_d, c));
-    y *= z / (1.f + __expf(-z));
-    static_cast<T*>(p.ys)[q] = from_f<T>(y);
-  }
+  if (N == 16) scan_pairs<T, 16>(p, L, dbc, i0, p0, p1);
+  else scan_pairs<T, 0>(p, L, dbc, i0, p0, p1);
 }
 
 // ---- D1: out_proj partial sums; a block per (4 row tiles, slice of d_inner)
@@ -385,14 +415,21 @@ __device__ void phase_out_proj(const MmaParams& p, const LayerPtrs& L, char* sme
 // residual is the embedding row (before the first layer).
 template <typename T>
 __device__ void phase_norm(const MmaParams& p, const LayerPtrs* L, const void* norm_w, char* smem) {
-  const int D = p.D, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int D = p.D, S = p.S, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* row = reinterpret_cast<float*>(smem);
   float* part = row + D;
+  float* stg = part + kWarps;  // (S, D): this row's out_proj slices
   for (int i = blockIdx.x; i < p.b; i += gridDim.x) {
     int64_t tok = 0;
     if (L == nullptr) {
       tok = p.ids[i];
       tok = tok < 0 ? 0 : (tok >= p.V ? p.V - 1 : tok);
+    } else {  // every slice in flight at once, then summed in order
+      const int v = D / 4;
+      for (int q = threadIdx.x; q < S * v; q += kThreads)
+        cp_async16(stg + 4 * q, p.op + ((int64_t)(q / v) * p.b + i) * D + 4 * (q % v));
+      cp_async_wait_all();
+      __syncthreads();
     }
     float ss = 0.f;
     for (int d = threadIdx.x; d < D; d += kThreads) {
@@ -401,7 +438,7 @@ __device__ void phase_norm(const MmaParams& p, const LayerPtrs* L, const void* n
         r = ld<T>(p.emb, tok * D + d);
       } else {
         float h = 0.f;
-        for (int s = 0; s < p.S; ++s) h += __ldcg(p.op + ((int64_t)s * p.b + i) * D + d);
+        for (int s = 0; s < S; ++s) h += stg[s * D + d];
         h = round_t<T>(h + (L->out_b ? ld<T>(L->out_b, d) : 0.f));
         r = __ldcg(p.res + (int64_t)i * D + d) + h;
         if (!p.res_fp32) r = round_t<T>(r);
@@ -519,7 +556,7 @@ Sizes sizes(int64_t b, int64_t D, int64_t E, int64_t R, int64_t N, int blocks) {
   const Layout ly = layout(z.nt * 8, (int)D, kc_slice);
   const int64_t X16 = (R + 2 * N + 15) / 16 * 16;
   const int64_t per = (b * E + blocks - 1) / blocks, nr = per / E + 2;
-  const int64_t scan = 2 * nr * X16 * 4, norm = (D + kWarps) * 4;
+  const int64_t scan = 2 * nr * X16 * 4, norm = (D + kWarps + z.S * D) * 4;
   z.smem = (int)std::max<int64_t>({(int64_t)ly.total, scan, norm});
   auto up = [](int64_t n) { return (n + 3) / 4 * 4; };
   int64_t o = 0;

@@ -81,7 +81,7 @@ def mma_shared_bytes(b: int, d: int, e: int, r: int, n: int, sms: int) -> int:
     total = (act + 15) // 16 * 16 + 16 * 16 * (bp + 8) * 4 + 2 * 16 * bp * 4 + bp * 16 * 2
     x16 = (r + 2 * n + 15) // 16 * 16
     rows = -(-(b * e) // sms) // e + 2
-    return max(total, 2 * rows * x16 * 4, (d + 16) * 4)
+    return max(total, 2 * rows * x16 * 4, (d + 16 + s * d) * 4)
 
 
 def _shared_limit(device) -> int:
