@@ -106,7 +106,8 @@ __device__ __forceinline__ void cp_async_wait_all() {
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
 
 // Columns [c0, c0 + n) of rows [0, b) of a (b, ld) model-dtype matrix written earlier in this launch
-// (copied through L2), into shared rows ``stride`` elements apart; rows [b, BP) are zeros.
+// (copied through L2), into shared rows ``stride`` elements apart; rows [b, BP) are zeros. The copies
+// are only issued here: stage_wait() waits for them (weights can be requested in between).
 template <typename T>
 __device__ void stage_rows(T* dst, int stride, const T* src, int64_t ld, int c0, int n, int b, int BP) {
   const int v = n / 8;
@@ -115,58 +116,76 @@ __device__ void stage_rows(T* dst, int stride, const T* src, int64_t ld, int c0,
     if (i < b) cp_async16(dst + i * stride + k, src + (int64_t)i * ld + c0 + k);
     else *reinterpret_cast<uint4*>(dst + i * stride + k) = make_uint4(0u, 0u, 0u, 0u);
   }
+}
+
+__device__ __forceinline__ void stage_wait() {
   cp_async_wait_all();
   __syncthreads();
 }
 
-// acc[nt] += W[r0 .. r0 + 15, chunks] . act[8 nt .. 8 nt + 7, chunks] over the 32-column chunks
-// k0, k0 + dk, ... (n of them). w: row-major, ``ldw`` elements a row, ``rows`` rows (beyond: zeros);
-// act: shared rows ``stride`` apart, chunk j at column 32 (k0 + j dk) as in w. The weights of the
-// next U chunks are in flight while the current ones are multiplied.
+// One warp's product of a 16-row weight tile with the staged batch rows over the 32-column chunks
+// k0, k0 + dk, ... (n of them): acc[nt] += W[r0 .. r0 + 15, chunks] . act[8 nt .. 8 nt + 7, chunks].
+// w: row-major, ``ldw`` elements a row, ``rows`` rows (beyond: zeros); act: shared rows ``stride``
+// apart, chunk j at column 32 (k0 + j dk) as in w. prime() requests the first U chunks' weights (it
+// may run before the activations are staged); run() multiplies, the next U chunks' weights in
+// flight while the current ones are used.
 template <typename T, int NT>
-__device__ __forceinline__ void tile_mma(float (&acc)[NT][4], const T* w, int64_t ldw, int r0, int rows, int k0,
-                                         int dk, int n, const T* act, int stride) {
-  constexpr int U = NT >= 8 ? 2 : 4;
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const bool ok_lo = r0 + g < rows, ok_hi = r0 + g + 8 < rows;
-  const T* plo = w + (int64_t)(ok_lo ? r0 + g : 0) * ldw + 8 * t;
-  const T* phi = w + (int64_t)(ok_hi ? r0 + g + 8 : 0) * ldw + 8 * t;
-  const T* pa = act + g * stride + 8 * t;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+struct TileMma {
+  static constexpr int U = NT >= 8 ? 2 : 4;
   uint4 lo[U], hi[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t col = (int64_t)(k0 + u * dk) * 32;
-    lo[u] = u < n && ok_lo ? ldg16(plo + col) : zero;
-    hi[u] = u < n && ok_hi ? ldg16(phi + col) : zero;
-  }
-  for (int j0 = 0; j0 < n; j0 += U) {
-    uint4 cl[U], ch[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      cl[u] = lo[u];
-      ch[u] = hi[u];
-    }
+  const T* plo;
+  const T* phi;
+  bool ok_lo, ok_hi;
+  int k0, dk, n;
+
+  __device__ __forceinline__ void fetch(int j0) {
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int j = j0 + U + u;
+      const int j = j0 + u;
       const int64_t col = (int64_t)(k0 + j * dk) * 32;
       lo[u] = j < n && ok_lo ? ldg16(plo + col) : zero;
       hi[u] = j < n && ok_hi ? ldg16(phi + col) : zero;
     }
+  }
+
+  __device__ __forceinline__ void prime(const T* w, int64_t ldw, int r0, int rows, int k0_, int dk_, int n_) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    ok_lo = r0 + g < rows;
+    ok_hi = r0 + g + 8 < rows;
+    plo = w + (int64_t)(ok_lo ? r0 + g : 0) * ldw + 8 * t;
+    phi = w + (int64_t)(ok_hi ? r0 + g + 8 : 0) * ldw + 8 * t;
+    k0 = k0_;
+    dk = dk_;
+    n = n_;
+    fetch(0);
+  }
+
+  __device__ __forceinline__ void run(float (&acc)[NT][4], const T* act, int stride) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const T* pa = act + g * stride + 8 * t;
+    for (int j0 = 0; j0 < n; j0 += U) {
+      uint4 cl[U], ch[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (j0 + u >= n) break;
-      const int col = (k0 + (j0 + u) * dk) * 32;
+      for (int u = 0; u < U; ++u) {
+        cl[u] = lo[u];
+        ch[u] = hi[u];
+      }
+      fetch(j0 + U);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const uint4 bv = *reinterpret_cast<const uint4*>(pa + nt * 8 * stride + col);
-        mma_step<T>(acc[nt], make_uint2(cl[u].x, cl[u].y), make_uint2(ch[u].x, ch[u].y), make_uint2(bv.x, bv.y));
-        mma_step<T>(acc[nt], make_uint2(cl[u].z, cl[u].w), make_uint2(ch[u].z, ch[u].w), make_uint2(bv.z, bv.w));
+      for (int u = 0; u < U; ++u) {
+        if (j0 + u >= n) break;
+        const int col = (k0 + (j0 + u) * dk) * 32;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint4 bv = *reinterpret_cast<const uint4*>(pa + nt * 8 * stride + col);
+          mma_step<T>(acc[nt], make_uint2(cl[u].x, cl[u].y), make_uint2(ch[u].x, ch[u].y), make_uint2(bv.x, bv.y));
+          mma_step<T>(acc[nt], make_uint2(cl[u].z, cl[u].w), make_uint2(ch[u].z, ch[u].w), make_uint2(bv.z, bv.w));
+        }
       }
     }
   }
-}
+};
 
 template <int NT>
 __device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) {
@@ -223,14 +242,18 @@ __device__ void phase_in_proj(const MmaParams& p, const LayerPtrs& L, char* smem
   float* red = reinterpret_cast<float*>(smem + ly.red);
   float* sum = reinterpret_cast<float*>(smem + ly.sum);
   T* xc = reinterpret_cast<T*>(smem + ly.xc);
-  stage_rows<T>(act, sa, static_cast<const T*>(p.xn), D, 0, D, b, BP);
   const int m = warp & 1, kg = warp >> 1, KC = D / 32;  // x or z rows; 8 slices of d_model
+  const int nk = kg < KC ? (KC - kg + 7) / 8 : 0;
+  TileMma<T, NT> wtile;
+  stage_rows<T>(act, sa, static_cast<const T*>(p.xn), D, 0, D, b, BP);
+  wtile.prime(static_cast<const T*>(L.in_w), D, m * E + (int)blockIdx.x * 16, 2 * E, kg, 8, nk);
+  stage_wait();
   for (int j = blockIdx.x; j < tiles; j += gridDim.x) {
     const int c0 = j * 16;
+    if (j != (int)blockIdx.x) wtile.prime(static_cast<const T*>(L.in_w), D, m * E + c0, 2 * E, kg, 8, nk);
     float acc[NT][4];
     zero_acc<NT>(acc);
-    tile_mma<T, NT>(acc, static_cast<const T*>(L.in_w), D, m * E + c0, 2 * E, kg, 8, kg < KC ? (KC - kg + 7) / 8 : 0,
-                    act, sa);
+    wtile.run(acc, act, sa);
     park<NT>(acc, red + warp * 16 * RS, RS);
     __syncthreads();
     for (int q = threadIdx.x; q < 2 * 16 * BP; q += kThreads) {  // sum[m][r][i], slices in order
@@ -390,13 +413,15 @@ __device__ void phase_out_proj(const MmaParams& p, const LayerPtrs& L, char* sme
     const int grp = task % groups, s = task / groups;
     const int kc0 = (int)((int64_t)s * KC / S), nk = (int)((int64_t)(s + 1) * KC / S) - kc0;
     const int sa = act_stride(32 * nk);
-    stage_rows<T>(act, sa, static_cast<const T*>(p.ys), E, 32 * kc0, 32 * nk, b, BP);
     const int mt = grp * 4 + mm;
+    TileMma<T, NT> wtile;
+    stage_rows<T>(act, sa, static_cast<const T*>(p.ys), E, 32 * kc0, 32 * nk, b, BP);
+    wtile.prime(static_cast<const T*>(L.out_w) + 32 * kc0, E, mt * 16, mt < MT ? D : 0, kq, 4,
+              kq < nk ? (nk - kq + 3) / 4 : 0);
+    stage_wait();
     float acc[NT][4];
     zero_acc<NT>(acc);
-    if (mt < MT && kq < nk)
-      tile_mma<T, NT>(acc, static_cast<const T*>(L.out_w) + 32 * kc0, E, mt * 16, D, kq, 4, (nk - kq + 3) / 4, act,
-                      sa);
+    wtile.run(acc, act, sa);
     park<NT>(acc, red + warp * 16 * RS, RS);
     __syncthreads();
     for (int q = threadIdx.x; q < BP * 64; q += kThreads) {  // (batch row, 64 output rows of the group)
@@ -469,8 +494,10 @@ __device__ void phase_head(const MmaParams& p, char* smem, const Layout& ly) {
   const int MV = (V + 15) / 16, nw = gridDim.x * kWarps;
   T* act = reinterpret_cast<T*>(smem + ly.act);
   const T* head = static_cast<const T*>(p.head);
-  stage_rows<T>(act, sa, static_cast<const T*>(p.xn), D, 0, D, b, BP);
   const int64_t lines = (int64_t)D * sizeof(T) / 128;  // per row (D * sizeof(T) is a multiple of 64)
+  TileMma<T, NT> wtile;
+  stage_rows<T>(act, sa, static_cast<const T*>(p.xn), D, 0, D, b, BP);
+  stage_wait();
   for (int q = warp * gridDim.x + blockIdx.x; q < MV; q += nw) {
     const int qn = q + nw;  // the next tile's rows, asked of L2 while this one is multiplied
     if (qn < MV)
@@ -478,9 +505,10 @@ __device__ void phase_head(const MmaParams& p, char* smem, const Layout& ly) {
         const int r = qn * 16 + (int)(k / lines);
         if (r < V) prefetch_l2(head + (int64_t)r * D + (k % lines) * (128 / sizeof(T)));
       }
+    wtile.prime(head, D, q * 16, V, 0, 1, D / 32);
     float acc[NT][4];
     zero_acc<NT>(acc);
-    tile_mma<T, NT>(acc, head, D, q * 16, V, 0, 1, D / 32, act, sa);
+    wtile.run(acc, act, sa);
     T* out = static_cast<T*>(p.logits);
     const int v = q * 16 + g;
 #pragma unroll
