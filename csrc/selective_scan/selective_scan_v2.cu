@@ -184,14 +184,15 @@ __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_g
 // 16 bytes global -> shared through L1 (rows that the block's other warps read too)
 __device__ __forceinline__ void cp_async16_ca(void *smem_dst, const void *gsrc) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
 }
-// wait until at most `pending` (0..3) of this thread's newest copy groups are still in flight
+// wait until at most `pending` (0..3) of this thread's newest copy groups are still in flight; a
+// compiler barrier too (the ring's reader loads the slot right after, with no __syncthreads between)
 __device__ __forceinline__ void cp_async_wait_upto(int pending) {
-  if (pending >= 3) asm volatile("cp.async.wait_group 3;\n" ::);
-  else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::);
-  else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::);
-  else asm volatile("cp.async.wait_group 0;\n" ::);
+  if (pending >= 3) asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+  else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
 // Prefetch rings (Params::pf_bwd / pf_fix): each lane copies its own K-token runs of the B and/or C

@@ -165,7 +165,10 @@ def _test_v1(ext) -> None:
             _check("v1 final_state", st, rst, tol, (case, npt))
 
 
-def _test_v2(ext, build: int = 0, cases=None) -> None:
+V2_CONFIGS = ((16, 4, 1000), (8, 4, 1), (16, 8, 1), (8, 3, 2))
+
+
+def _test_v2(ext, build: int = 0, cases=None, configs=V2_CONFIGS) -> None:
     for case in cases or _cases():
         ins, h0 = _inputs(*case)
         ref = {
@@ -174,7 +177,7 @@ def _test_v2(ext, build: int = 0, cases=None) -> None:
         }
         tol = 1e-4 if case[4] == torch.float32 else 2e-2
         # seg_tiles 1: every tile its own segment (combine + fix-up on every boundary); 1000: one
-        for kitems, warps, seg_tiles in ((16, 4, 1000), (8, 4, 1), (16, 8, 1), (8, 3, 2)):
+        for kitems, warps, seg_tiles in configs:
             for with_h0 in (True, False):
                 h = h0 if with_h0 else None
                 out, st, _ = ext.selective_scan_fwd_v2(*ins, True, h, kitems, warps, seg_tiles, True, build, None)
@@ -214,9 +217,13 @@ def _test_prefetch(ext) -> None:
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
     (``CONFIG["bwd_prefetch"]`` 0 to 3), the fix-up / summary rings (``["fix_prefetch"]``) and the L2
     hints (``["l2_prefetch"]``, also next to the shipped backward): the forward's fix-up passes
-    (segments of one and two tiles) and the backward with its reverse summaries, over the usual cases
-    plus a half-precision one whose rows take the vector path and end in a ragged tile."""
+    (segments of one, two and three tiles) and the backward with its reverse summaries, over the usual
+    cases plus a half-precision one whose rows take the vector path and end in a ragged tile; and the
+    wide joint backward (the PF build) over segments of several tiles, so that its ring crosses tile
+    boundaries and its L2 hints for the tile after next are issued."""
     cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
+    fwd_configs = V2_CONFIGS + ((8, 4, 3),)
+    multi_tile = ((8, 4, 16, 1000, 1, 4, 1), (8, 4, 16, 3, 1, 3, 1), (8, 4, 16, 2, 2, 4, 1))
     saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], CONFIG["l2_prefetch"], STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
     try:
@@ -224,13 +231,15 @@ def _test_prefetch(ext) -> None:
             CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=l2)
             _v2()  # the extension's switches follow CONFIG
             if depth:
-                _test_v2(ext, cases=cases)
+                _test_v2(ext, cases=cases, configs=fwd_configs)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
+            _test_bwd(ext, cases=cases[3:], configs=multi_tile)
         # the hints next to the shipped backward (the fix-up and summaries take their PF builds)
         CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)
         _v2()
-        _test_v2(ext, cases=cases[5:])
+        _test_v2(ext, cases=cases[5:], configs=fwd_configs)
         _test_bwd(ext, cases=cases[5:])
+        _test_bwd(ext, cases=cases[5:], configs=multi_tile)
     finally:
         CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1], l2_prefetch=saved[2])
         STATUS["prefetch"] = saved[3]
@@ -297,8 +306,11 @@ def _test_bwdchan2(ext) -> None:
     _test_bwdchan(ext, lanes=2)
 
 
-def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
+def _test_bwd(ext, build: int = 0, cases=None, short_configs=None, configs=None) -> None:
+    """``configs``: full (kitems, forward warps, backward warps, seg_tiles, blocks per SM, states per
+    barrier pair, joint scans) tuples instead of the usual ones."""
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+    explicit = configs
     for case in cases or _cases():
         ins, h0 = _inputs(*case)
         dtype = case[4]
@@ -319,6 +331,8 @@ def _test_bwd(ext, build: int = 0, cases=None, short_configs=None) -> None:
             configs = configs[:3]
         if short_configs is not None:
             configs = tuple(tuple(c) + (2, 1, 0) for c in short_configs)
+        if explicit is not None:
+            configs = explicit
         knobs = ("bwd_min_blocks", "bwd_states_per_sync", "bwd_joint_scan")
         for kitems, wf, wb, seg_tiles, *setting in configs:
             leaves = [t.detach().clone().requires_grad_(True) for t in ins + [h0]]
