@@ -1979,6 +1979,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     // the prefetch ring (16 bytes of alignment slack before it) comes out of what the dB/dC slots may
     // take; a ring that leaves no room for one slot is made shallower
     if (!(c.K == 8 && c.W > kMaxWarpsBwd && joint_scan)) p.pf_bwd = -1;  // only the wide joint build has PF
+    if (!p.vec && p.pf_bwd > 0) p.pf_bwd = 0;  // unaligned rows load every run directly: no ring to fill
     const size_t ring_unit = static_cast<size_t>(c.W * 2 * c.K * u.element_size() * 32);  // per slot
     while (p.pf_bwd > 0 && fixed + per_state + 16 + ring_unit * (p.pf_bwd + 1) > static_cast<size_t>(smem_max))
       --p.pf_bwd;
