@@ -76,7 +76,8 @@ __device__ void add_norm(const Params& p, bool first, const float* res_in, float
         if (!p.res_fp32) r = round_t<T>(r);
       }
       act[i * D + k] = r;
-      ss[i] += r * r;
+      const float x = round_t<T>(r);  // the norm reads residual' in the model dtype, as the layered step
+      ss[i] += x * x;
     }
   }
 #pragma unroll
@@ -104,7 +105,7 @@ __device__ void add_norm(const Params& p, bool first, const float* res_in, float
       if (i >= b) continue;
       const float r = act[i * D + k];
       if (res_out != nullptr) res_out[(int64_t)i * D + k] = r;
-      act[i * D + k] = round_t<T>(r * inv[i] * wk);
+      act[i * D + k] = round_t<T>(round_t<T>(r) * inv[i] * wk);
     }
   }
   __syncthreads();

@@ -469,8 +469,9 @@ __device__ void phase_norm(const MmaParams& p, const LayerPtrs* L, const void* n
         if (!p.res_fp32) r = round_t<T>(r);
       }
       p.res[(int64_t)i * D + d] = r;
-      row[d] = r;
-      ss += r * r;
+      const float x = round_t<T>(r);  // the norm reads residual' in the model dtype, as the layered step
+      row[d] = x;
+      ss += x * x;
     }
     ss = warp_sum(ss);
     if (lane == 0) part[warp] = ss;
@@ -494,7 +495,7 @@ __device__ void phase_head(const MmaParams& p, char* smem, const Layout& ly) {
   const int MV = (V + 15) / 16, nw = gridDim.x * kWarps;
   T* act = reinterpret_cast<T*>(smem + ly.act);
   const T* head = static_cast<const T*>(p.head);
-  const int64_t lines = (int64_t)D * sizeof(T) / 128;  // per row (D * sizeof(T) is a multiple of 64)
+  const int64_t lines = ((int64_t)D * sizeof(T) + 127) / 128;  // per row (each starts inside the row)
   TileMma<T, NT> wtile;
   stage_rows<T>(act, sa, static_cast<const T*>(p.xn), D, 0, D, b, BP);
   stage_wait();

@@ -144,7 +144,7 @@ def unsupported(model, input_ids: torch.Tensor, cache) -> Optional[str]:
         if c.conv_state.dtype != w.dtype or c.ssm_state.dtype != torch.float32:
             return "cache states of another dtype"
         if c.conv_state.shape != (b, e, k - 1) or c.ssm_state.shape != (b, e, n) \
-                or not c.conv_state.is_contiguous() or not c.ssm_state.is_contiguous():
+                or not c.conv_state.is_contiguous() or not c.ssm_state.is_contiguous() or c.ssm_state.data_ptr() % 16:
             return "cache states of another shape or layout"
     if input_ids.device.type != "cuda" or w.device != input_ids.device:
         return "not on CUDA"
@@ -261,7 +261,8 @@ def _launch(model, ext, ids, cache, times: Optional[torch.Tensor] = None) -> tor
     logits = torch.empty(b, model.lm_head.weight.shape[0], dtype=model.lm_head.weight.dtype, device=ids.device)
     if kernel_for(b) == "mma":
         if buf.workspace is None:
-            floats = ext.model_step_mma_sizes(b, model.config.d_model, m.d_inner, m.dt_rank, m.d_state)[0]
+            with torch.cuda.device(ids.device):  # sized for the SM count of the model's GPU
+                floats = ext.model_step_mma_sizes(b, model.config.d_model, m.d_inner, m.dt_rank, m.d_state)[0]
             buf.workspace = torch.zeros(floats, dtype=torch.float32, device=ids.device)
         return ext.model_step_mma(buf.table, ids, bb.embedding.weight, bb.norm_f.weight, model.lm_head.weight,
                                   buf.workspace, buf.sync, logits, m.d_inner, m.dt_rank, m.d_state, m.d_conv,
