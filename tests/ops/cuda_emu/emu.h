@@ -33,7 +33,8 @@ struct Dim {
 };
 extern thread_local Dim threadIdx, blockIdx;
 extern Dim gridDim;
-extern thread_local char* t_smem;
+extern thread_local char* t_smem;    // the block's dynamic shared memory
+extern thread_local char* t_static;  // the block's statically declared shared variables
 
 struct BlockCtl {
   std::barrier<>* bar;
