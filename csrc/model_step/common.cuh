@@ -36,6 +36,32 @@ struct LayerPtrs {
 };
 static_assert(sizeof(LayerPtrs) == kLayerFields * 8, "layer table row");
 
+// What both kernels are told about the model and the step; each kernel's parameters add its scratch.
+struct StepModel {
+  const LayerPtrs* layers;
+  int n_layer;
+  const int64_t* ids;  // (b)
+  const void* emb;     // (V, D)
+  const void* norm_f;  // (D)
+  const void* head;    // (V, D)
+  void* logits;        // (b, V)
+  int b, D, E, R, N, W, V;
+  float eps;
+  bool res_fp32;
+  bool ad_fp32;  // A_log and D kept in fp32 (as a model built in half precision keeps them)
+  unsigned* sync;  // [0] launch epoch, [1], [2] barrier counters (one per epoch parity)
+  unsigned long long* times;  // null, or (8 n_layer + 2) phase timestamps of block 0 (ns)
+};
+
+// Block 0's timestamp for phase boundary ``slot`` (when timing was asked for).
+__device__ __forceinline__ void stamp(const StepModel& p, int slot) {
+  if (p.times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.times[slot] = t;
+  }
+}
+
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }

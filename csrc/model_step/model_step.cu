@@ -22,26 +22,13 @@ namespace {
 
 using namespace gm_step;
 
-struct Params {
-  const LayerPtrs* layers;
-  int n_layer;
-  const int64_t* ids;  // (b)
-  const void* emb;     // (V, D)
-  const void* norm_f;  // (D)
-  const void* head;    // (V, D)
-  void* logits;        // (b, V)
-  int b, D, E, R, N, W, V;
-  float eps;
-  bool res_fp32;
-  bool ad_fp32;  // A_log and D kept in fp32 (as a model built in half precision keeps them)
+struct Params : StepModel {
   float* res;   // (2, b, D): ping-pong residual stream
   float* hid;   // (b, D): mixer output
   float* xs;    // (b, E): conv + SiLU output
   float* zs;    // (b, E): gate input
   float* dbc;   // (b, R + 2N)
   float* ys;    // (b, E): gated scan output
-  unsigned* sync;  // [0] launch epoch, [1], [2] barrier counters (one per epoch parity)
-  unsigned long long* times;  // null, or (8 n_layer + 2) phase timestamps of block 0 (ns)
 };
 
 // residual' = residual + hidden (the embedding row at the first layer); act = RMSNorm(residual') * w
@@ -227,14 +214,6 @@ __device__ __forceinline__ float pick(const float* acc, int i) {
   for (int j = 0; j < BB; ++j)
     if (j == i) v = acc[j];
   return v;
-}
-
-__device__ __forceinline__ void stamp(const Params& p, int slot) {
-  if (p.times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.times[slot] = t;
-  }
 }
 
 // How many 256-weight chunks per row a warp loads ahead (registers: fewer for fp32 and big batches).
@@ -454,44 +433,22 @@ void launch(const Params& p, int blocks, size_t smem, cudaStream_t stream) {
 
 }  // namespace
 
+#include "step_host.h"
+
 // layers: (n_layer, 14) int64 device table; ints: b, D, E, R, N, W, V; workspace: float32 of
 // workspace_floats(b, D, E, R, N) elements followed by 3 uint32 sync words (zeroed once).
 torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor emb, torch::Tensor norm_f,
                          torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
                          int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32,
                          c10::optional<torch::Tensor> times) {
-  TORCH_CHECK(layers.is_cuda() && layers.scalar_type() == torch::kInt64 && layers.dim() == 2 &&
-                  layers.size(1) == kLayerFields && layers.is_contiguous(),
-              "model_step: layers must be a contiguous (n_layer, 14) int64 CUDA tensor");
-  TORCH_CHECK(ids.is_cuda() && ids.scalar_type() == torch::kInt64 && ids.dim() == 1 && ids.is_contiguous(),
-              "model_step: ids must be a contiguous 1-D int64 CUDA tensor");
-  TORCH_CHECK(emb.dim() == 2 && head.dim() == 2 && emb.size(1) == head.size(1) && emb.is_contiguous() &&
-                  head.is_contiguous(),
-              "model_step: emb and head must be contiguous (V, D)");
   TORCH_CHECK(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "model_step: d_state must be a power of two <= 32");
-  TORCH_CHECK(W >= 1 && W <= 4, "model_step: d_conv must be 1..4");
   const c10::cuda::CUDAGuard guard(ids.device());
   Params p;
-  p.layers = reinterpret_cast<const LayerPtrs*>(layers.data_ptr<int64_t>());
-  p.n_layer = (int)layers.size(0);
-  p.ids = ids.data_ptr<int64_t>();
-  p.emb = emb.data_ptr();
-  p.norm_f = norm_f.data_ptr();
-  p.head = head.data_ptr();
-  p.logits = logits.data_ptr();
-  p.b = (int)ids.size(0);
-  p.D = (int)emb.size(1);
-  p.E = (int)E; p.R = (int)R; p.N = (int)N; p.W = (int)W;
-  p.V = (int)head.size(0);
-  p.eps = (float)eps;
-  p.res_fp32 = res_fp32;
-  p.ad_fp32 = ad_fp32;
+  fill_model(p, "model_step", layers, ids, emb, norm_f, head, logits, sync, E, R, N, W, eps, res_fp32, ad_fp32, times);
   TORCH_CHECK(p.D % 8 == 0 && p.E % 8 == 0, "model_step: d_model and d_inner must be multiples of 8");
-  TORCH_CHECK(logits.size(0) == p.b && logits.size(1) == p.V && logits.is_contiguous(), "model_step: logits shape");
   const int64_t b = p.b, D = p.D, XW = R + 2 * N;
   TORCH_CHECK(workspace.scalar_type() == torch::kFloat32 && workspace.numel() >= b * (3 * D + 3 * E + XW),
               "model_step: workspace too small");
-  TORCH_CHECK(sync.scalar_type() == torch::kInt32 && sync.numel() >= 3, "model_step: sync words");
   float* w = workspace.data_ptr<float>();
   p.res = w; w += 2 * b * D;
   p.hid = w; w += b * D;
@@ -499,13 +456,6 @@ torch::Tensor model_step(torch::Tensor layers, torch::Tensor ids, torch::Tensor 
   p.zs = w; w += b * E;
   p.ys = w; w += b * E;
   p.dbc = w;
-  p.sync = reinterpret_cast<unsigned*>(sync.data_ptr<int32_t>());
-  p.times = nullptr;
-  if (times.has_value() && times->numel() > 0) {
-    TORCH_CHECK(times->scalar_type() == torch::kInt64 && times->numel() >= 8 * p.n_layer + 2,
-                "model_step: times must hold 8 n_layer + 2 int64");
-    p.times = reinterpret_cast<unsigned long long*>(times->data_ptr<int64_t>());
-  }
 
   const int64_t width = std::max<int64_t>(D, std::max<int64_t>(E, XW));
   const size_t smem = (size_t)(b * width) * sizeof(float);

@@ -31,20 +31,9 @@ namespace {
 
 using namespace gm_step;
 
-struct MmaParams {
-  const LayerPtrs* layers;
-  int n_layer;
-  const int64_t* ids;  // (b)
-  const void* emb;     // (V, D)
-  const void* norm_f;  // (D)
-  const void* head;    // (V, D)
-  void* logits;        // (b, V)
-  int b, D, E, R, N, W, V;
-  int XM;  // x_proj row tiles: ceil((R + 2N) / 16)
-  int S;   // out_proj slices of d_inner
-  float eps;
-  bool res_fp32;
-  bool ad_fp32;
+struct MmaParams : StepModel {
+  int XM;      // x_proj row tiles: ceil((R + 2N) / 16)
+  int S;       // out_proj slices of d_inner
   float* res;  // (b, D) residual stream
   void* xn;    // (b, D) model dtype: the normed input of the next in_proj (or of the head)
   float* xs;   // (b, E) conv + SiLU output
@@ -52,17 +41,7 @@ struct MmaParams {
   void* ys;    // (b, E) model dtype: gated scan output
   float* xp;   // (E / 16, b, 16 XM) x_proj partial sums, one per channel tile
   float* op;   // (S, b, D) out_proj partial sums, one per slice
-  unsigned* sync;
-  unsigned long long* times;  // null, or (8 n_layer + 2) phase timestamps of block 0 (ns)
 };
-
-__device__ __forceinline__ void stamp(const MmaParams& p, int slot) {
-  if (p.times != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.times[slot] = t;
-  }
-}
 
 // Shared-memory row stride (elements) of staged activations: K plus padding so that rows are
 // 64 bytes apart modulo 128 (a quarter warp's 16-byte loads of two rows hit distinct banks).
@@ -626,6 +605,8 @@ void launch_mma(const MmaParams& p, int blocks, int smem, int dev, cudaStream_t 
 
 }  // namespace
 
+#include "step_host.h"
+
 // (workspace floats, shared-memory bytes) of model_step_mma at this shape on the current device
 std::vector<int64_t> model_step_mma_sizes(int64_t b, int64_t D, int64_t E, int64_t R, int64_t N) {
   const Sizes z = sizes(b, D, E, R, N, sm_count(c10::cuda::current_device()));
@@ -638,45 +619,22 @@ torch::Tensor model_step_mma(torch::Tensor layers, torch::Tensor ids, torch::Ten
                              torch::Tensor head, torch::Tensor workspace, torch::Tensor sync, torch::Tensor logits,
                              int64_t E, int64_t R, int64_t N, int64_t W, double eps, bool res_fp32, bool ad_fp32,
                              c10::optional<torch::Tensor> times) {
-  TORCH_CHECK(layers.is_cuda() && layers.scalar_type() == torch::kInt64 && layers.dim() == 2 &&
-                  layers.size(1) == kLayerFields && layers.is_contiguous(),
-              "model_step_mma: layers must be a contiguous (n_layer, 14) int64 CUDA tensor");
-  TORCH_CHECK(ids.is_cuda() && ids.scalar_type() == torch::kInt64 && ids.dim() == 1 && ids.is_contiguous(),
-              "model_step_mma: ids must be a contiguous 1-D int64 CUDA tensor");
-  TORCH_CHECK(emb.dim() == 2 && head.dim() == 2 && emb.size(1) == head.size(1) && emb.is_contiguous() &&
-                  head.is_contiguous(),
-              "model_step_mma: emb and head must be contiguous (V, D)");
   const auto st = emb.scalar_type();
   TORCH_CHECK(st == torch::kFloat16 || st == torch::kBFloat16, "model_step_mma: float16 or bfloat16 weights");
   TORCH_CHECK(N >= 1 && N <= 32, "model_step_mma: d_state must be 1..32");
-  TORCH_CHECK(W >= 1 && W <= 4, "model_step_mma: d_conv must be 1..4");
   const c10::cuda::CUDAGuard guard(ids.device());
-  const int64_t b = ids.size(0), D = emb.size(1);
+  MmaParams p;
+  fill_model(p, "model_step_mma", layers, ids, emb, norm_f, head, logits, sync, E, R, N, W, eps, res_fp32, ad_fp32,
+             times);
+  const int64_t b = p.b, D = p.D;
   TORCH_CHECK(b >= 1 && b <= 64, "model_step_mma: batch must be 1..64");
   TORCH_CHECK(D % 32 == 0 && E % 32 == 0, "model_step_mma: d_model and d_inner must be multiples of 32");
   const int dev = ids.get_device(), blocks = sm_count(dev);
   const Sizes z = sizes(b, D, E, R, N, blocks);
   TORCH_CHECK(workspace.scalar_type() == torch::kFloat32 && workspace.numel() >= z.total && workspace.is_contiguous(),
               "model_step_mma: workspace too small");
-  TORCH_CHECK(sync.scalar_type() == torch::kInt32 && sync.numel() >= 3, "model_step_mma: sync words");
-  TORCH_CHECK(logits.size(0) == b && logits.size(1) == head.size(0) && logits.is_contiguous() &&
-                  logits.scalar_type() == st,
-              "model_step_mma: logits shape");
-  MmaParams p;
-  p.layers = reinterpret_cast<const LayerPtrs*>(layers.data_ptr<int64_t>());
-  p.n_layer = (int)layers.size(0);
-  p.ids = ids.data_ptr<int64_t>();
-  p.emb = emb.data_ptr();
-  p.norm_f = norm_f.data_ptr();
-  p.head = head.data_ptr();
-  p.logits = logits.data_ptr();
-  p.b = (int)b; p.D = (int)D; p.E = (int)E; p.R = (int)R; p.N = (int)N; p.W = (int)W;
-  p.V = (int)head.size(0);
   p.XM = (int)((R + 2 * N + 15) / 16);
   p.S = z.S;
-  p.eps = (float)eps;
-  p.res_fp32 = res_fp32;
-  p.ad_fp32 = ad_fp32;
   float* w = workspace.data_ptr<float>();
   p.res = w + z.res;
   p.xn = w + z.xn;
@@ -685,13 +643,6 @@ torch::Tensor model_step_mma(torch::Tensor layers, torch::Tensor ids, torch::Ten
   p.ys = w + z.ys;
   p.xp = w + z.xp;
   p.op = w + z.op;
-  p.sync = reinterpret_cast<unsigned*>(sync.data_ptr<int32_t>());
-  p.times = nullptr;
-  if (times.has_value() && times->numel() > 0) {
-    TORCH_CHECK(times->scalar_type() == torch::kInt64 && times->numel() >= 8 * p.n_layer + 2,
-                "model_step_mma: times must hold 8 n_layer + 2 int64");
-    p.times = reinterpret_cast<unsigned long long*>(times->data_ptr<int64_t>());
-  }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 #define GM_LAUNCH(T)                                                    \
   if (z.nt == 2) launch_mma<T, 2>(p, blocks, z.smem, dev, stream);      \

@@ -56,8 +56,8 @@ def host_sources(out: Path) -> None:
         ('asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");',
          "v = emu_load_acquire(p);"),
         ('asm volatile("prefetch.global.L2 [%0];" ::"l"(p));', "(void)p;"),
+        ('asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));', "t = 0;"),
     ])
-    stamp = ('asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));', "t = 0;")
     kernel = (csrc_dir("model_step") / "model_step_mma.cu").read_text()
     start, end = kernel.index("template <> struct Mma<__half> {"), kernel.index("// One k16 step")
     kernel = kernel[:start] + kernel[end:]
@@ -65,7 +65,6 @@ def host_sources(out: Path) -> None:
     kernel = _rewrite(kernel, [
         ('#include "common.cuh"', '#include "common_emu.cuh"'),
         ("template <typename T> struct Mma;", '#include "mma.h"'),
-        stamp,
         ("  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));\n"
          '  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");',
          "  memcpy(dst, src, 16);"),
@@ -78,7 +77,6 @@ def host_sources(out: Path) -> None:
         ('#include "common.cuh"', '#include "common_emu.cuh"'),
         ("__shared__ float part[kWarps][BB];",
          "float (&part)[kWarps][BB] = *reinterpret_cast<float (*)[kWarps][BB]>(t_static);"),
-        stamp,
         ("extern __shared__ float smem[];", "float* smem = reinterpret_cast<float*>(t_smem);"),
     ])
     for name, text in (("common_emu.cuh", common), ("kernel.inc", kernel), ("kernel_small.inc", small)):
