@@ -32,29 +32,16 @@ int main(int argc, char** argv) {
   dir = argv[1];
   const Case c = read_case();
   MmaParams p{};
-  p.layers = c.layers.data();
-  p.n_layer = c.n_layer;
-  p.ids = c.ids;
-  p.emb = c.emb; p.norm_f = c.norm_f; p.head = c.head;
-  const size_t logit_bytes = (size_t)c.b * c.V * 2;
-  p.logits = malloc(logit_bytes);
-  memset(p.logits, 0xff, logit_bytes);
-  p.b = c.b; p.D = c.D; p.E = c.E; p.R = c.R; p.N = c.N; p.W = c.W; p.V = c.V;
+  fill_model(p, c);
   p.XM = (c.R + 2 * c.N + 15) / 16;
   const Sizes z = sizes(c.b, c.D, c.E, c.R, c.N, c.G);  // the launch's own sizing, for G blocks
   p.S = z.S;
-  p.eps = c.eps;
-  p.res_fp32 = c.res_fp32;
-  p.ad_fp32 = c.ad_fp32;
   float* w = static_cast<float*>(malloc(z.total * 4));
   memset(w, 0xff, z.total * 4);
   p.res = w + z.res; p.xn = w + z.xn; p.xs = w + z.xs; p.zs = w + z.zs; p.ys = w + z.ys; p.xp = w + z.xp;
   p.op = w + z.op;
-  unsigned* sync = static_cast<unsigned*>(calloc(3, 4));
-  p.sync = sync;
-  p.times = nullptr;
   printf("nt %d slices %d smem %d workspace %lld\n", z.nt, z.S, z.smem, (long long)z.total);
-  if (c.dtype == 1) launches<__nv_bfloat16>(c, p, z, sync);
-  else launches<__half>(c, p, z, sync);
+  if (c.dtype == 1) launches<__nv_bfloat16>(c, p, z, p.sync);
+  else launches<__half>(c, p, z, p.sync);
   return 0;
 }

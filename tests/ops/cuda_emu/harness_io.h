@@ -111,6 +111,26 @@ static void launch_blocks(int G, size_t smem, std::function<void()> body) {
   for (auto& t : th) pthread_join(t, nullptr);
 }
 
+// The StepModel part of a kernel's parameters from the case: tensors, shape, NaN-filled logits, zeroed
+// sync words, no timestamps.
+static void fill_model(StepModel& p, const Case& c) {
+  p.layers = c.layers.data();
+  p.n_layer = c.n_layer;
+  p.ids = c.ids;
+  p.emb = c.emb;
+  p.norm_f = c.norm_f;
+  p.head = c.head;
+  const size_t logit_bytes = (size_t)c.b * c.V * c.elem();
+  p.logits = malloc(logit_bytes);
+  memset(p.logits, 0xff, logit_bytes);
+  p.b = c.b; p.D = c.D; p.E = c.E; p.R = c.R; p.N = c.N; p.W = c.W; p.V = c.V;
+  p.eps = c.eps;
+  p.res_fp32 = c.res_fp32;
+  p.ad_fp32 = c.ad_fp32;
+  p.sync = static_cast<unsigned*>(calloc(3, 4));
+  p.times = nullptr;
+}
+
 static void save_outputs(const Case& c, int launch, const void* logits) {
   const std::string s = std::to_string(launch);
   save("out_logits_" + s + ".bin", logits, (size_t)c.b * c.V * c.elem());

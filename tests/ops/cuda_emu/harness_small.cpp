@@ -28,17 +28,7 @@ int main(int argc, char** argv) {
   dir = argv[1];
   const Case c = read_case();
   Params p{};
-  p.layers = c.layers.data();
-  p.n_layer = c.n_layer;
-  p.ids = c.ids;
-  p.emb = c.emb; p.norm_f = c.norm_f; p.head = c.head;
-  const size_t logit_bytes = (size_t)c.b * c.V * c.elem();
-  p.logits = malloc(logit_bytes);
-  memset(p.logits, 0xff, logit_bytes);
-  p.b = c.b; p.D = c.D; p.E = c.E; p.R = c.R; p.N = c.N; p.W = c.W; p.V = c.V;
-  p.eps = c.eps;
-  p.res_fp32 = c.res_fp32;
-  p.ad_fp32 = c.ad_fp32;
+  fill_model(p, c);
   const int64_t XW = c.R + 2 * c.N, floats = (int64_t)c.b * (3 * c.D + 3 * c.E + XW);
   float* w = static_cast<float*>(malloc(floats * 4));  // the layout of model_step()'s workspace
   memset(w, 0xff, floats * 4);
@@ -48,12 +38,9 @@ int main(int argc, char** argv) {
   p.zs = w; w += c.b * c.E;
   p.ys = w; w += c.b * c.E;
   p.dbc = w;
-  unsigned* sync = static_cast<unsigned*>(calloc(3, 4));
-  p.sync = sync;
-  p.times = nullptr;
   const size_t smem = (size_t)c.b * std::max<int64_t>(c.D, std::max<int64_t>(c.E, XW)) * 4;
-  if (c.dtype == 1) launches<__nv_bfloat16>(c, p, smem, sync);
-  else if (c.dtype == 0) launches<__half>(c, p, smem, sync);
-  else launches<float>(c, p, smem, sync);
+  if (c.dtype == 1) launches<__nv_bfloat16>(c, p, smem, p.sync);
+  else if (c.dtype == 0) launches<__half>(c, p, smem, p.sync);
+  else launches<float>(c, p, smem, p.sync);
   return 0;
 }
