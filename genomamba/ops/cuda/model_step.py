@@ -339,7 +339,8 @@ def profile_step(model, input_ids: torch.Tensor, cache) -> dict:
     checked first step of its kind in a process, then the timed one). Raises RuntimeError when the
     kernel does not take this step (``step_kind`` says why)."""
     ids = input_ids.reshape(-1).to(torch.int64).contiguous()
-    if model_step(model, ids, cache) is None:  # the first step of its kind is the checked one
+    # the first step of its kind is the checked one: it may also turn the kernel off
+    if model_step(model, ids, cache) is None or not step_kind(cache).startswith("model"):
         raise RuntimeError(f"the whole-model kernel does not take this step: {step_kind(cache)}")
     from genomamba.ops.cuda.build import step_extension
 
