@@ -433,7 +433,7 @@ void launch(const Params& p, int blocks, size_t smem, cudaStream_t stream) {
 
 }  // namespace
 
-#include "step_host.h"
+#include "step_host.cuh"
 
 // layers: (n_layer, 14) int64 device table; ints: b, D, E, R, N, W, V; workspace: float32 of
 // workspace_floats(b, D, E, R, N) elements followed by 3 uint32 sync words (zeroed once).

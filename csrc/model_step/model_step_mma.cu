@@ -605,7 +605,7 @@ void launch_mma(const MmaParams& p, int blocks, int smem, int dev, cudaStream_t 
 
 }  // namespace
 
-#include "step_host.h"
+#include "step_host.cuh"
 
 // (workspace floats, shared-memory bytes) of model_step_mma at this shape on the current device
 std::vector<int64_t> model_step_mma_sizes(int64_t b, int64_t D, int64_t E, int64_t R, int64_t N) {

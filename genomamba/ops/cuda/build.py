@@ -67,7 +67,7 @@ def _folder(name: str, src_dir: Path, sources: tuple) -> Path:
         h = hashlib.sha256()
         for s in sources:
             h.update((src_dir / s).read_bytes())
-        for header in sorted(src_dir.glob("*.cuh")):  # included by the sources
+        for header in sorted(p for p in src_dir.iterdir() if p.suffix in (".cuh", ".h")):  # included by the sources
             h.update(header.name.encode() + header.read_bytes())
         h.update(f"{torch.__version__}|{torch.version.cuda}|sm_{major}{minor}".encode())
         root = Path(os.environ.get("GENOMAMBA_CACHE", Path.home() / ".cache" / "genomamba"))
