@@ -1,7 +1,8 @@
-"""What every benchmark shares: machine facts, JSON results, a plain-text table."""
+"""What every benchmark shares: machine facts, JSON results, a plain-text table, kernel knob settings."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -94,3 +95,20 @@ def knob_settings(specs: list, command: str) -> list:
         axes.append([(name, v) for v in vals])
     return [(dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]")
             for combo in itertools.product(*axes)]
+
+
+@contextlib.contextmanager
+def knobs_set(update: dict):
+    """``genomamba.ops.cuda.CONFIG`` with ``update`` (one of :func:`knob_settings`' settings) applied for
+    the block, restored after."""
+    if not update:
+        yield
+        return
+    from genomamba.ops.cuda.knobs import CONFIG
+
+    saved = {k: CONFIG[k] for k in update}
+    CONFIG.update(update)
+    try:
+        yield
+    finally:
+        CONFIG.update(saved)

@@ -16,7 +16,7 @@ import re
 import torch
 
 from genomamba.bench.common import knob_settings as common_knob_settings
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import knobs_set, machine_facts, print_table, write_results
 from genomamba.ops.torch_scan import selective_scan_chunked
 
 # (b, d, n, l, dtype): the benchmark's rows, with z, D, delta_bias, softplus, A = -(1..n)
@@ -214,20 +214,14 @@ def main(argv=None) -> int:
             if be == "torch" and shape[3] > args.torch_max_len:
                 continue
             if be == "cuda" and cuda_variants:
-                import genomamba.ops.cuda as cu
-
-                saved = dict(cu.CONFIG)
-                try:
-                    for update, label in cuda_variants:
-                        cu.CONFIG.update(update)
+                for update, label in cuda_variants:
+                    with knobs_set(update):
                         row = bench_one(be, shape, bw)
-                        row["backend"] = label
-                        row.update(_layouts(shape))
-                        results.append(row)
-                        print(row, flush=True)
-                        save()
-                finally:
-                    cu.CONFIG.update(saved)
+                    row["backend"] = label
+                    row.update(_layouts(shape))
+                    results.append(row)
+                    print(row, flush=True)
+                    save()
                 continue
             try:
                 results.append(bench_one(be, shape, bw))

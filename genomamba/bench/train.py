@@ -34,7 +34,6 @@ are shared), data, optimizer groups and clipping; genomamba's rows get ``ratio_v
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -48,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.api import GenomeModel
-from genomamba.bench.common import cuda_requested, knob_settings, machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, knob_settings, knobs_set, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
@@ -214,22 +213,6 @@ def mamba_ssm_unavailable(cuda: bool) -> Optional[str]:
     except Exception as exc:  # not installed, or its compiled extensions do not load
         return f"mamba_ssm does not import here ({type(exc).__name__}: {exc})"
     return None
-
-
-@contextlib.contextmanager
-def knobs_set(update: dict):
-    """``genomamba.ops.cuda.CONFIG`` with ``update`` applied for the block, restored after."""
-    if not update:
-        yield
-        return
-    from genomamba.ops.cuda.knobs import CONFIG
-
-    saved = {k: CONFIG[k] for k in update}
-    CONFIG.update(update)
-    try:
-        yield
-    finally:
-        CONFIG.update(saved)
 
 
 def _row(name: str, batch: int, seq_len: int, rows: list, run, variant: Optional[str] = None) -> Optional[dict]:
