@@ -13,6 +13,8 @@ tests/gpu/test_model_step_gpu.py).
 import numpy as np
 import pytest
 
+from genomamba.ops.cuda.model_step import mma_out_slices
+
 
 def mma_m16n8k16(a_regs, b_regs, c):
     """D = A B + C for one warp, from per-lane registers laid out as PTX's mma.m16n8k16 (.row.col):
@@ -74,11 +76,6 @@ def test_eight_byte_loads_as_one_k16_step_give_the_plain_product():
     np.testing.assert_allclose(mma_m16n8k16(a_regs, b_regs, np.zeros((16, 8))), w @ x.T, rtol=1e-12, atol=1e-12)
 
 
-def out_slices(d, e, blocks):
-    groups, kc = (d // 16 + 3) // 4, e // 32
-    return max(1, min(kc, blocks // groups))
-
-
 @pytest.mark.parametrize("d, e", [(64, 128), (256, 512), (768, 1536), (1024, 2048), (2560, 5120), (96, 192)])
 @pytest.mark.parametrize("blocks", [1, 46, 108, 132])
 def test_work_splits_cover_every_index_once(d, e, blocks):
@@ -87,7 +84,7 @@ def test_work_splits_cover_every_index_once(d, e, blocks):
     seen = [kg + 8 * j for kg in range(8) for j in range((kc - kg + 7) // 8 if kg < kc else 0)]
     assert sorted(seen) == list(range(kc))
     # phase D1: slice s of S, quarter kq of the slice's chunks
-    s_count, kc_e = out_slices(d, e, blocks), e // 32
+    s_count, kc_e = mma_out_slices(d, e, blocks), e // 32
     seen = []
     for s in range(s_count):
         kc0, nk = s * kc_e // s_count, (s + 1) * kc_e // s_count - s * kc_e // s_count

@@ -65,13 +65,19 @@ def _batch_class(b: int) -> str:
     return "5-16" if b <= 16 else ("17-32" if b <= 32 else "33-64")
 
 
+def mma_out_slices(d: int, e: int, sms: int) -> int:
+    """How many slices of d_inner the tensor-core kernel's out_proj is split into (``out_slices`` in
+    csrc/model_step/model_step_mma.cu): enough (4 row tiles, slice) tasks for every SM."""
+    groups, kc = (d // 16 + 3) // 4, e // 32
+    return max(1, min(kc, sms // groups))
+
+
 def mma_shared_bytes(b: int, d: int, e: int, r: int, n: int, sms: int) -> int:
     """Shared memory per block of the tensor-core kernel (the formula of ``sizes`` in
     csrc/model_step/model_step_mma.cu): staged activations, the warps' partial tiles, phase C's staging."""
     nt = 2 if b <= 16 else (4 if b <= 32 else 8)
     bp = 8 * nt
-    groups, kc = (d // 16 + 3) // 4, e // 32
-    s = max(1, min(kc, sms // groups))
+    kc, s = e // 32, mma_out_slices(d, e, sms)
     kc_slice = -(-kc // s)
 
     def stride(k):
