@@ -74,8 +74,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f<T>(from_f<T>(v)); }
 
+// A read-only load of element i. Half precision goes through the 16-bit integer load: cuda_fp16.h's
+// and cuda_bf16.h's __ldg overloads are inline assembly the compiler may treat as free of side effects
+// and so move out of a loop or a branch, reading past the end of a tensor (a fault where the tensor
+// ends a memory segment); the integer overload cannot be moved.
+template <typename T> __device__ __forceinline__ T bits_as(unsigned short u);
+template <> __device__ __forceinline__ __half bits_as<__half>(unsigned short u) { return __ushort_as_half(u); }
+template <> __device__ __forceinline__ __nv_bfloat16 bits_as<__nv_bfloat16>(unsigned short u) {
+  return __ushort_as_bfloat16(u);
+}
+
 template <typename T> __device__ __forceinline__ float ld(const void* p, int64_t i) {
-  return to_f<T>(__ldg(static_cast<const T*>(p) + i));
+  if constexpr (sizeof(T) == 2) {
+    return to_f<T>(bits_as<T>(__ldg(static_cast<const unsigned short*>(p) + i)));
+  } else {
+    return __ldg(static_cast<const float*>(p) + i);
+  }
 }
 
 __device__ __forceinline__ float dot8(const float* w, const float* a) {
