@@ -219,3 +219,35 @@ def test_profile_step_times_every_phase(batch, mma, monkeypatch):
     kind = "mma" if mma == "1" else "small"
     assert [k for k in prof if not k.startswith("barrier")][:4] == list(ms.PHASES[kind])
     assert all(v >= 0 for v in prof.values()) and prof["whole step"] > prof["LM head"] > 0
+
+
+def _at_segment_ends(m):
+    """Moves every parameter to the very end of its own CUDA allocation and releases the address
+    range after it, so a load past the end of any weight (one the compiler moved out of its bound
+    check) is an illegal-address fault instead of a read of a neighbouring tensor."""
+    seg, guards = 2 << 20, []
+    for p in m.parameters():
+        nbytes = p.numel() * p.element_size()
+        size = max(12 * seg, -(-nbytes // seg) * seg)  # above the allocator's 10 MB: a segment of its own
+        torch.cuda.empty_cache()
+        buf = torch.empty(size, dtype=torch.uint8, device="cuda")
+        guards.append(torch.empty(size, dtype=torch.uint8, device="cuda"))  # the addresses just after buf
+        p.data = buf[size - nbytes:].view(p.dtype).view(p.shape)
+    del guards
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("batch, mma", [(3, "0"), (16, "1"), (64, "1")])
+@torch.no_grad()
+def test_step_reads_nothing_past_a_weight(batch, mma, monkeypatch):
+    monkeypatch.setenv("GENOMAMBA_DECODE_MMA", mma)
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(d_model=768, n_layer=6, vocab_size=1000)).eval().to("cuda", torch.float16)
+    _at_segment_ends(m)
+    ids = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(batch)).cuda()
+    assert ms.unsupported(m, ids, m.allocate_cache(batch)) is None
+    got, gc = step_pair(m, ids, monkeypatch, "model")
+    torch.cuda.synchronize()  # a fault surfaces here
+    assert ms.step_kind(gc).startswith("model"), ms.step_kind(gc)
+    want, _ = step_pair(m, ids, monkeypatch, "layers")
+    assert (got.float() - want.float()).abs().max() <= 3e-2 * (want.float().abs().max() + 1)
