@@ -296,17 +296,36 @@ __device__ void phase_in_proj(const MmaParams& p, const LayerPtrs& L, char* smem
   }
 }
 
+// This block's channels' dt_proj rows and -exp(A_log) rows, staged in shared memory (slot s holds
+// channel (c0 + s) mod E): read per (row, channel) pair from global memory, consecutive lanes would
+// touch rows 2 R bytes apart, one cache line each per load. Row strides are odd word counts, so
+// the lanes of a warp read distinct banks.
+struct ScanStage {
+  const void* dtw;  // T (slots, 2 wh), or null: read from global memory
+  const float* na;  // float (slots, an)
+  int c0, wh, an;
+};
+
+__host__ __device__ inline int stage_words(int R) { return (R / 2 + 1) | 1; }
+
 // The state update of pairs [p0, p1) (pair q = batch row q / E, channel q % E). NS: d_state known
 // at compile time (16, every load of a pair issued at once), or 0 (p.N, a loop).
 template <typename T, int NS>
 __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& L, const float* dbc, int i0,
-                                           int64_t p0, int64_t p1) {
+                                           int64_t p0, int64_t p1, const ScanStage& st) {
   const int E = p.E, R = p.R, N = NS > 0 ? NS : p.N, X16 = 16 * p.XM;
   for (int64_t q = p0 + threadIdx.x; q < p1; q += kThreads) {
     const int i = (int)(q / E), c = (int)(q % E);
     const float* db = dbc + (i - i0) * X16;
+    const int slot = c - st.c0 < 0 ? c - st.c0 + E : c - st.c0;
+    const float* na = st.dtw != nullptr ? st.na + slot * st.an : nullptr;
     float dt = 0.f;
-    for (int r = 0; r < R; ++r) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+    if (st.dtw != nullptr) {
+      const T* ws = static_cast<const T*>(st.dtw) + slot * 2 * st.wh;
+      for (int r = 0; r < R; ++r) dt += to_f<T>(ws[r]) * db[r];
+    } else {
+      for (int r = 0; r < R; ++r) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+    }
     dt = round_t<T>(dt) + ld<T>(L.dt_b, c);
     dt = dt > 20.f ? dt : log1pf(__expf(dt));
     const float x = __ldcg(p.xs + q), z = __ldcg(p.zs + q);
@@ -319,12 +338,17 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
         const float4 v = *reinterpret_cast<const float4*>(h + 4 * k);
         hv[4 * k] = v.x; hv[4 * k + 1] = v.y; hv[4 * k + 2] = v.z; hv[4 * k + 3] = v.w;
       }
+      if (st.dtw != nullptr) {
 #pragma unroll
-      for (int n = 0; n < NS; ++n)
-        av[n] = p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * NS + n) : ld<T>(L.a_log, (int64_t)c * NS + n);
+        for (int n = 0; n < NS; ++n) av[n] = na[n];
+      } else {
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+          av[n] = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * NS + n) : ld<T>(L.a_log, (int64_t)c * NS + n));
+      }
 #pragma unroll
       for (int n = 0; n < NS; ++n) {
-        hv[n] = hv[n] * __expf(dt * -__expf(av[n])) + dt * db[R + n] * x;
+        hv[n] = hv[n] * __expf(dt * av[n]) + dt * db[R + n] * x;
         y += hv[n] * db[R + NS + n];
       }
 #pragma unroll
@@ -332,7 +356,8 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
         *reinterpret_cast<float4*>(h + 4 * k) = make_float4(hv[4 * k], hv[4 * k + 1], hv[4 * k + 2], hv[4 * k + 3]);
     } else {
       for (int n = 0; n < N; ++n) {
-        const float a = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
+        const float a = st.dtw != nullptr ? na[n]
+            : -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
         const float hn = h[n] * __expf(dt * a) + dt * db[R + n] * x;
         h[n] = hn;
         y += hn * db[R + N + n];
@@ -348,7 +373,7 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
 // (batch row, channel) pairs per block
 template <typename T>
 __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, int smem_bytes) {
-  const int b = p.b, E = p.E, N = p.N, X16 = 16 * p.XM, J = E / 16;
+  const int b = p.b, E = p.E, N = p.N, R = p.R, X16 = 16 * p.XM, J = E / 16;
   const int64_t pairs = (int64_t)b * E, per = (pairs + gridDim.x - 1) / gridDim.x;
   const int64_t p0 = (int64_t)blockIdx.x * per, p1 = p0 + per < pairs ? p0 + per : pairs;
   if (p0 >= p1) return;
@@ -373,9 +398,28 @@ __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, i
     __syncthreads();
   }
   for (int o = threadIdx.x; o < run; o += kThreads) dbc[o] = round_t<T>(dbc[o]);
+  // the channels' rows into the staging area, where they fit (they do on every shape of the 130M
+  // model up to batch 64 on 132 SMs: shared memory is sized for the products)
+  const int slots = (int)(p1 - p0 < E ? p1 - p0 : E), wh = stage_words(R), an = N | 1;
+  const int64_t dtw_bytes = ((int64_t)slots * 4 * wh + 15) / 16 * 16;
+  ScanStage st{nullptr, nullptr, (int)(p0 % E), wh, an};
+  if ((int64_t)run * 4 + dtw_bytes + (int64_t)slots * an * 4 <= smem_bytes) {
+    T* sw = reinterpret_cast<T*>(stg);
+    float* sa = reinterpret_cast<float*>(reinterpret_cast<char*>(stg) + dtw_bytes);
+    for (int f = threadIdx.x; f < slots * R; f += kThreads) {
+      const int s = f / R, r = f % R, c = st.c0 + s < E ? st.c0 + s : st.c0 + s - E;
+      sw[s * 2 * wh + r] = bits_as<T>(__ldg(static_cast<const unsigned short*>(L.dt_w) + (int64_t)c * R + r));
+    }
+    for (int f = threadIdx.x; f < slots * N; f += kThreads) {
+      const int s = f / N, n = f % N, c = st.c0 + s < E ? st.c0 + s : st.c0 + s - E;
+      sa[s * an + n] = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
+    }
+    st.dtw = sw;
+    st.na = sa;
+  }
   __syncthreads();
-  if (N == 16) scan_pairs<T, 16>(p, L, dbc, i0, p0, p1);
-  else scan_pairs<T, 0>(p, L, dbc, i0, p0, p1);
+  if (N == 16) scan_pairs<T, 16>(p, L, dbc, i0, p0, p1, st);
+  else scan_pairs<T, 0>(p, L, dbc, i0, p0, p1, st);
 }
 
 // ---- D1: out_proj partial sums; a block per (4 row tiles, slice of d_inner)

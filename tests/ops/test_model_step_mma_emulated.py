@@ -175,6 +175,10 @@ CASES = {
     # d_model 256 on 3 blocks: out_proj in one slice of 16 chunks (every quarter of the block busy,
     # several rounds of the weight double-buffer), more channel tiles than blocks
     "b36_fp16_wide": dict(dtype=torch.float16, batch=36, blocks=3, cfg=dict(d_model=256, n_layer=1, vocab_size=40)),
+    # phase C reading dt_proj and A_log from global memory: its channels' rows (512 of them) do not fit
+    # in the shared memory sized for the products at 16 rows; everywhere else they are staged
+    "b5_fp16_d256_unstaged": dict(dtype=torch.float16, batch=5, blocks=2,
+                                  cfg=dict(d_model=256, n_layer=1, vocab_size=40)),
     # a layer of the 130M model (d_model 768, d_inner 1536, dt_rank 48, five x_proj row tiles) at batch
     # 64: the specialisation `genomamba bench generate` times, on 4 blocks (24 channel tiles each)
     "b64_130m_layer": dict(dtype=torch.float16, batch=64, blocks=4, cfg=dict(d_model=768, n_layer=1, vocab_size=64)),
