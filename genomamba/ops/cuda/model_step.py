@@ -305,9 +305,7 @@ def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
     try:
         got = _launch(model, ext, ids, cache)
     except RuntimeError as exc:  # e.g. a launch the GPU refuses: the layered step's result stands
-        for c, rc in zip(cache.layers, ref_cache.layers):
-            c.conv_state.copy_(rc.conv_state)
-            c.ssm_state.copy_(rc.ssm_state)
+        _keep_states(cache, ref_cache)
         _turn_off(kind, f"could not run ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
         return ref
     pairs = [("logits", got, ref)]
@@ -315,14 +313,19 @@ def _first_step(model, ext, ids, cache, check) -> Optional[torch.Tensor]:
         pairs += [(f"layer {i} conv_state", c.conv_state, r.conv_state),
                   (f"layer {i} ssm_state", c.ssm_state, r.ssm_state)]
     bad = first_mismatch(pairs, 1e-3 if got.dtype == torch.float32 else 5e-2)
-    if bad is not None:
-        for c, rc in zip(cache.layers, ref_cache.layers):  # keep the layered step's result
-            c.conv_state.copy_(rc.conv_state)
-            c.ssm_state.copy_(rc.ssm_state)
+    if bad is not None:  # keep the layered step's result
+        _keep_states(cache, ref_cache)
         _turn_off(kind, f"gave {bad[0]} values that differ from the layered step (max |diff| {bad[1]:.3g})")
         return ref
     _VERIFIED.add(check)
     return got
+
+
+def _keep_states(cache, ref_cache) -> None:
+    """The layered step's states (``ref_cache``) copied into ``cache``, in place."""
+    for c, rc in zip(cache.layers, ref_cache.layers):
+        c.conv_state.copy_(rc.conv_state)
+        c.ssm_state.copy_(rc.ssm_state)
 
 
 def _turn_off(kind: str, why: str) -> None:
