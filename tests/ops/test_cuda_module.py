@@ -137,11 +137,15 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
     bf16, f32 = torch.bfloat16, torch.float32
     status.update(v1=True, v2=True, bwd=True, chan=True, chan2="chan2 out rel. error")
-    cu.CONFIG.update(chan_resident=8, chan_min_seg_tokens=1024, chan_tile32_above=4, chan_min_warps_per_sm=2)
+    cu.CONFIG.update(chan_resident=8, chan_min_seg_tokens=1024, chan_tile32_above=4, chan_min_warps_per_sm=2,
+                     chan_min_warps_per_sm_inference=3)
     cu.CONFIG.update(fwd_chan=-1, chan_lanes=1, chan_min_channels=8192, chan_min_len=32768)
     assert chan_wanted(4, 512, 16384, 16, bf16, training=True)  # every half-precision training forward
     assert not chan_wanted(4, 512, 16384, 16, bf16)  # a small inference call: lanes over tokens
-    assert chan_wanted(8, 1536, 2048, 16, bf16) and chan_wanted(1, 512, 1 << 20, 16, bf16)
+    assert chan_wanted(16, 1536, 2048, 16, bf16) and chan_wanted(1, 512, 1 << 20, 16, bf16)
+    # 384 warps (2.9 per SM): enough for a training forward, too few for an inference one
+    assert chan_wanted(8, 1536, 2048, 16, bf16, training=True) and not chan_wanted(8, 1536, 2048, 16, bf16)
+    assert chan_wanted(16, 1024, 2048, 16, bf16)  # 512 warps (3.9 per SM)
     assert not chan_wanted(8, 1536, 2048, 16, f32, training=True)  # auto: never fp32
     assert not chan_wanted(8, 1536, 2048, 17, bf16, training=True)  # more states than a lane holds
     assert not chan_wanted(1, 512, 2048, 16, bf16, training=True)  # 32 warps: too little to spread
@@ -169,7 +173,8 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
 
     status.update(chan=True)
     cu.CONFIG.update(fwd_chan=-1, chan_lanes=1)
-    assert forward_layout(8, 1536, 16, 2048, bf16) == "lane per channel (build 3, 1 segments)"
+    assert forward_layout(8, 1536, 16, 2048, bf16).startswith("lane per tokens")  # 2.9 warps per SM
+    assert forward_layout(16, 1024, 16, 2048, bf16) == "lane per channel (build 3, 1 segments)"
     assert forward_layout(1, 512, 16, 1 << 20, bf16) == "lane per channel (build 4, 64 segments)"
     assert forward_layout(8, 1536, 16, 2048, f32).startswith("lane per tokens")
 

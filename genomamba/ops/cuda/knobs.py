@@ -120,8 +120,11 @@ CONFIG = {
     "chan_min_seg_tokens": _env_int("GENOMAMBA_CUDA_CHAN_MIN_SEG_TOKENS", 1024),
     "chan_tile32_above": _env_int("GENOMAMBA_CUDA_CHAN_TILE32_ABOVE", 4),
     # auto: not below this many of its warps per SM (after cutting l), where lanes over tokens keep
-    # more of the GPU busy (every timed win had >= 2.9)
+    # more of the GPU busy; training forwards (which also save the backward's tile states) from 2,
+    # inference forwards from 3 (at 2.9, e.g. (8, 1536, 16, 2048), lanes over tokens timed 13 % faster;
+    # at 3.9 and above the lane-per-channel build 7-35 % faster: scan_activations_nvidia_h200.json)
     "chan_min_warps_per_sm": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM", 2),
+    "chan_min_warps_per_sm_inference": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM_INFERENCE", 3),
     # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), or 2 (8 states
     # each and one shuffle per token for the output: twice the warps for the same channels, for
     # calls with fewer warps than the GPU has schedulers; self-tested as part "chan2", not yet timed)
@@ -202,7 +205,8 @@ def _rows_aligned(t: torch.Tensor) -> bool:
 def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -> bool:
     """The shape and mode half of :func:`chan_applies` (everything but the alignment of the
     tensors' rows): ``CONFIG['fwd_chan']``, the self-test verdict, n <= 16, and the auto rule (half
-    precision; training, or b * d or l large; at least ``chan_min_warps_per_sm`` of its warps per SM)."""
+    precision; training, or b * d or l large; at least ``chan_min_warps_per_sm`` (training) or
+    ``chan_min_warps_per_sm_inference`` of its warps per SM)."""
     mode = CONFIG["fwd_chan"]
     part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
     if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
@@ -214,7 +218,8 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
             return False
         # too little work to spread (a few channels over a short l): lanes over tokens keep more busy
         kitems = CONFIG["kitems_train"] if training else CONFIG["kitems"]
-        if _chan_warps(b, d, l, kitems) < CONFIG["chan_min_warps_per_sm"] * _sm_count():
+        least = CONFIG["chan_min_warps_per_sm"] if training else CONFIG["chan_min_warps_per_sm_inference"]
+        if _chan_warps(b, d, l, kitems) < least * _sm_count():
             return False
     return True
 
