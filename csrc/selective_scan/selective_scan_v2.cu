@@ -726,6 +726,24 @@ template <int TPC> __device__ __forceinline__ float pair_sum(float x) {
   return x;
 }
 
+// The sums over the TPC lanes of a channel of 8 per-token values, scattered: afterwards v[j * TPC]
+// holds the sum for token j * TPC + sub (sub: the lane's place among the TPC). Recursive halving:
+// at bit m each lane keeps the tokens whose owner agrees with it on bit m and sends the others to
+// the lane that differs in that bit (one shuffle a token pair).
+template <int TPC> __device__ __forceinline__ void reduce_scatter8(float (&v)[8], int sub) {
+  static_assert(TPC == 2 || TPC == 4, "two or four lanes a channel");
+#pragma unroll
+  for (int m = TPC / 2; m >= 1; m /= 2) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if ((k % TPC) & (TPC - m)) continue;  // k: a live slot whose owner bit m is still 0
+      const bool hi = (sub & m) != 0;
+      const float send = hi ? v[k] : v[k + m], keep = hi ? v[k + m] : v[k];
+      v[k] = keep + __shfl_xor_sync(kFull, send, m);
+    }
+  }
+}
+
 // Host guarantees: n <= kChanN, every row of u, delta, z, B, C, out 16-byte aligned (p.vec).
 // grid = (g * ceil(dpg / (32 * warps)), nseg, b); dynamic smem chan_smem_bytes(warps, ...). A
 // segment is seg_tiles tiles of ktile_tokens = 32 * K tokens (a multiple of kChanTile), and ends as
@@ -854,41 +872,90 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
     const int64_t count = min(static_cast<int64_t>(kChanTile), t_end - t0);
 #pragma unroll 1
     for (int gq = 0; gq < kChanTile / 8; ++gq) {
-      float dl[8], uv[8], yv[8];
-      lds8<T>(drow + gq * 8 * sizeof(T), dl);
-      lds8<T>(urow + gq * 8 * sizeof(T), uv);
-      // the group's 8 deltas first, without branches, so their softplus chains overlap
+      if constexpr (TPC == 1) {
+        float dl[8], uv[8], yv[8];
+        lds8<T>(drow + gq * 8 * sizeof(T), dl);
+        lds8<T>(urow + gq * 8 * sizeof(T), uv);
+        // the group's 8 deltas first, without branches, so their softplus chains overlap
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        float x = dl[k] + bias;
-        if (p.softplus) x = softplus_f(x);
-        x = (gq * 8 + k < count) ? x : 0.f;  // past the end: a = 1, no input (state unchanged)
-        tsum += x;
-        dl[k] = x;
-        yv[k] = Dv * uv[k];
-        uv[k] *= x;
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float x = dl[k], du = uv[k];
-        float Bv[kNS], Cv[kNS];
-        bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
-        float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-        for (int j = 0; j < kNS; ++j) {
-          h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
-          if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+        for (int k = 0; k < 8; ++k) {
+          float x = dl[k] + bias;
+          if (p.softplus) x = softplus_f(x);
+          x = (gq * 8 + k < count) ? x : 0.f;  // past the end: a = 1, no input (state unchanged)
+          tsum += x;
+          dl[k] = x;
+          yv[k] = Dv * uv[k];
+          uv[k] *= x;
         }
-        yv[k] += pair_sum<TPC>(y0 + y1);  // with two lanes a channel: the pair's two halves of the states
-      }
-      if (p.has_z) {
-        float zv[8];
-        lds8<T>(zrow + gq * 8 * sizeof(T), zv);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) yv[k] *= silu_f(zv[k]);
+        for (int k = 0; k < 8; ++k) {
+          const float x = dl[k], du = uv[k];
+          float Bv[kNS], Cv[kNS];
+          bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
+          float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+          for (int j = 0; j < kNS; ++j) {
+            h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
+            if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+          }
+          yv[k] += y0 + y1;
+        }
+        if (p.has_z) {
+          float zv[8];
+          lds8<T>(zrow + gq * 8 * sizeof(T), zv);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) yv[k] *= silu_f(zv[k]);
+        }
+        sts8<T>(drow + gq * 8 * sizeof(T), yv);  // over the consumed deltas
+      } else {
+        // TPC lanes share a channel: each computes the activations of the group's tokens it owns
+        // (k = j * TPC + sub), hands its deltas to the others by shuffles, and after the states
+        // receives the channel's output sums of its own tokens (reduce-scatter), gates and writes
+        // them. A lane reads and overwrites only its own tokens of the delta row: no other lane's
+        // read can race its writes.
+        constexpr int kJ = 8 / TPC;
+        const int owner0 = lane - sub;  // the channel's first lane
+        const T *dt_row = reinterpret_cast<const T *>(drow) + gq * 8;
+        const T *u_row = reinterpret_cast<const T *>(urow) + gq * 8;
+        float mine[kJ];
+#pragma unroll
+        for (int j = 0; j < kJ; ++j) {
+          const int k = j * TPC + sub;
+          float x = to_f(dt_row[k]) + bias;
+          if (p.softplus) x = softplus_f(x);
+          mine[j] = (gq * 8 + k < count) ? x : 0.f;  // past the end: a = 1, no input
+        }
+        float dl[8], uv[8], part[8];
+        lds8<T>(urow + gq * 8 * sizeof(T), uv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          dl[k] = __shfl_sync(kFull, mine[k / TPC], owner0 + k % TPC);
+          tsum += dl[k];
+          uv[k] *= dl[k];
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float x = dl[k], du = uv[k];
+          float Bv[kNS], Cv[kNS];
+          bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
+          float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+          for (int j = 0; j < kNS; ++j) {
+            h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
+            if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+          }
+          part[k] = y0 + y1;
+        }
+        reduce_scatter8<TPC>(part, sub);  // part[j * TPC]: the channel's sum for token j * TPC + sub
+        T *out_row = reinterpret_cast<T *>(drow) + gq * 8;
+#pragma unroll
+        for (int j = 0; j < kJ; ++j) {
+          const int k = j * TPC + sub;
+          float y = part[j * TPC] + Dv * to_f(u_row[k]);
+          if (p.has_z) y *= silu_f(to_f(reinterpret_cast<const T *>(zrow)[gq * 8 + k]));
+          out_row[k] = from_f<T>(y);
+        }
       }
-      if constexpr (TPC > 1) __syncwarp();  // the lanes sharing a row have read its deltas of these tokens
-      if (sub == 0) sts8<T>(drow + gq * 8 * sizeof(T), yv);  // over the consumed deltas
     }
     __syncwarp();
     // the warp's 32 output rows of this tile, coalesced (16-byte stores)
@@ -1752,7 +1819,8 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
 // plain main pass, 1 its lean build fwd_kernel<..., true>, 2 the lean build taking states in pairs
 // (same results to rounding; see fwd_kernel), 3 one lane per channel (fwd_chan_kernel: n <= 16,
 // aligned rows; `warps` 1..4 per block), 4 the same staging 32-token tiles (half the shared memory),
-// 5 / 6 as 3 / 4 with two lanes per channel (8 states each, one shuffle per token for the output).
+// 5 / 6 as 3 / 4 with two lanes per channel (8 states each), 7 / 8 with four (4 states each); the lanes
+// of a channel share the activations of its tokens and reduce-scatter its outputs.
 std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                                  torch::Tensor B, torch::Tensor C, c10::optional<torch::Tensor> D,
                                                  c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> bias,
@@ -1797,16 +1865,17 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
   auto stream = c10::cuda::getCurrentCUDAStream();
   const size_t smem = sizeof(float) * 2 * p.n * c.W;
   const unsigned threads = static_cast<unsigned>(32 * c.W);
-  TORCH_CHECK(build >= 0 && build <= 6, "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in "
-              "pairs), 3 / 4 (lane per channel, 64- / 32-token tiles) or 5 / 6 (two lanes per channel)");
+  TORCH_CHECK(build >= 0 && build <= 8, "selective_scan v2: build is 0 (plain), 1 (lean), 2 (lean, states in "
+              "pairs), 3 / 4 (lane per channel, 64- / 32-token tiles), 5 / 6 (two lanes per channel) or 7 / 8 "
+              "(four lanes per channel)");
   if (build >= 3) {  // one lane per channel (fwd_chan_kernel), then the same combine and fix-up
     TORCH_CHECK(p.n <= kChanN, "selective_scan v2: the lane-per-channel forward takes n <= ", kChanN);
     TORCH_CHECK(p.vec, "selective_scan v2: the lane-per-channel forward needs 16-byte aligned rows");
     TORCH_CHECK(c.W >= 1 && c.W <= 4, "selective_scan v2: the lane-per-channel forward takes 1..4 warps");
     // fp32 rows are twice as long: at most 2 warps a block fit the opt-in shared memory
     const int64_t cw = std::min<int64_t>(c.W, u.element_size() == 4 ? 2 : 4);
-    const int tile = (build == 4 || build == 6) ? 32 : kChanTile;
-    const int tpc = build >= 5 ? 2 : 1;
+    const int tile = (build % 2 == 0) ? 32 : kChanTile;
+    const int tpc = build >= 7 ? 4 : (build >= 5 ? 2 : 1);
     const size_t sm = chan_smem_bytes(static_cast<int>(cw), tile, static_cast<int>(u.element_size()), tpc);
     const int64_t cpb = 32 / tpc * cw;  // channels per block
     const int64_t nblk = (p.dpg + cpb - 1) / cpb;
@@ -1821,8 +1890,10 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
       };
       if (tpc == 1) {
         if (tile == 32) launch(fwd_chan_kernel<scalar_t, 32, 1>); else launch(fwd_chan_kernel<scalar_t, kChanTile, 1>);
-      } else {
+      } else if (tpc == 2) {
         if (tile == 32) launch(fwd_chan_kernel<scalar_t, 32, 2>); else launch(fwd_chan_kernel<scalar_t, kChanTile, 2>);
+      } else {
+        if (tile == 32) launch(fwd_chan_kernel<scalar_t, 32, 4>); else launch(fwd_chan_kernel<scalar_t, kChanTile, 4>);
       }
     });
   } else SSV2_DISPATCH(u.scalar_type(), c.K, {

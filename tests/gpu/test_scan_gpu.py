@@ -238,7 +238,7 @@ def test_cuda_selftest_passed():
     import genomamba.ops.cuda as cu
 
     assert cu.STATUS == {"v1": True, "v2": True, "bwd": True, "lean": True, "pair": True, "chan": True,
-                         "chan2": True, "bwdchan": True, "bwdchan2": True, "prefetch": True}, cu.STATUS
+                         "chan2": True, "chan4": True, "bwdchan": True, "bwdchan2": True, "prefetch": True}, cu.STATUS
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
@@ -260,10 +260,10 @@ def test_cuda_forward_variants(fwd, l):
 @pytest.mark.parametrize("l", [8, 64, 256, 264, 4096, 4104])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tile", [64, 32])
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_cuda_lane_per_channel_forward(l, dtype, tile, lanes):
     """The lane-per-channel forward (chosen through the dispatch, forced on, with its 64- and its
-    32-token staging tiles, one or two lanes per channel) against the fp64 oracle: forward, final
+    32-token staging tiles, one, two or four lanes per channel) against the fp64 oracle: forward, final
     state, and gradients through the backward that reads its saved states; lengths at the tile
     edges (all 16-byte aligned rows, as it requires), n = 16 and n = 5, channels that do not fill a
     warp."""
@@ -488,7 +488,7 @@ def test_cuda_forward_into_rows():
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_model_with_lane_per_channel_forward_matches_lane_per_tokens(lanes, monkeypatch):
     """A whole model in bf16 autocast: the loss, its gradients and the inference logits with the
     lane-per-channel forward (forced on) against the lane-per-tokens one, on the same weights and

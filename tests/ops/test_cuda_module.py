@@ -153,6 +153,10 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     assert chan_wanted(1, 16, 64, 16, f32)  # forced: wherever it can run
     cu.CONFIG.update(chan_lanes=2)
     assert not chan_wanted(1, 16, 64, 16, f32)  # two lanes per channel: its own part did not pass
+    cu.CONFIG.update(chan_lanes=4)
+    assert not chan_wanted(1, 16, 64, 16, f32)  # four: the same, until its part passes
+    status.update(chan4=True)
+    assert chan_wanted(1, 16, 64, 16, f32)
     cu.CONFIG.update(fwd_chan=0, chan_lanes=1)
     assert not chan_wanted(8, 1536, 2048, 16, bf16, training=True)
     status.update(chan="chan out rel. error")
@@ -169,6 +173,11 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     assert chan_plan(8, 1536, 2048, 8) == (4, 4)  # two 1024-token segments, 768 warps: 32-token tiles
     cu.CONFIG.update(fixup_tokens=2048, chan_lanes=2)
     assert chan_plan(8, 1536, 2048, 16) == (4, 6)  # 768 warps at two lanes a channel: 32-token tiles
+    cu.CONFIG.update(chan_lanes=4)
+    assert chan_plan(8, 1536, 2048, 16) == (4, 8)  # 1536 warps at four lanes a channel
+    assert chan_plan(1, 64, 2048, 16) == (4, 7)  # 8 warps: 64-token tiles
+    cu.CONFIG.update(chan_lanes=3)
+    assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # not a lane count it has: one lane
     from genomamba.ops.cuda.knobs import forward_layout
 
     status.update(chan=True)
@@ -683,3 +692,46 @@ def test_lane_per_channel_backward_gate_and_segments(status, monkeypatch, capsys
     assert bwd_chan_seg_tiles(8, 1536, 2048, 8) == 3  # three segments (3, 3 and 2 tiles)
     # (1, 256, 2^20): 8 warps a segment, 132 segments of 32 tiles (8192 tokens)
     assert bwd_chan_seg_tiles(1, 256, 1 << 20, 8) == 32
+
+
+@pytest.mark.parametrize("tpc", [2, 4])
+def test_lanes_per_channel_sharing_model(tpc):
+    """A lane-by-lane model of how the TPC lanes of a channel share its tokens in the lane-per-channel
+    forward (fwd_chan_kernel, TPC > 1), with the kernel's loops and index expressions: each lane
+    computes the activation of the tokens k = j * TPC + sub of an 8-token group, every lane then
+    holds all 8 after the shuffles, and the reduce-scatter (recursive halving over the lane bits)
+    leaves each lane the channel's sum for exactly its own tokens."""
+    rng = torch.Generator().manual_seed(tpc)
+    lanes = range(32)
+    sub = {lane: lane % tpc for lane in lanes}
+    delta = torch.randn(32 // tpc, 8, generator=rng, dtype=torch.float64)  # per channel and token
+    # shares: mine[j] = activation of token j * TPC + sub of the lane's channel
+    mine = {lane: [delta[lane // tpc, j * tpc + sub[lane]] for j in range(8 // tpc)] for lane in lanes}
+    for lane in lanes:  # dl[k] = shfl(mine[k / TPC], owner0 + k % TPC)
+        owner0 = lane - sub[lane]
+        dl = [mine[owner0 + k % tpc][k // tpc] for k in range(8)]
+        assert torch.equal(torch.stack(dl), delta[lane // tpc])
+    # per-lane partial outputs (its share of the states), reduce-scattered as reduce_scatter8<TPC>
+    part = {lane: list(torch.randn(8, generator=rng, dtype=torch.float64)) for lane in lanes}
+    v = {lane: list(part[lane]) for lane in lanes}
+    m = tpc // 2
+    while m >= 1:
+        new = {lane: list(v[lane]) for lane in lanes}
+        for k in range(8):
+            if (k % tpc) & (tpc - m):
+                continue
+            for lane in lanes:
+                hi = (sub[lane] & m) != 0
+                other = lane ^ m  # __shfl_xor_sync(kFull, send, m): the partner's send
+                o_hi = (sub[other] & m) != 0
+                send_other = v[other][k] if o_hi else v[other][k + m]
+                keep = v[lane][k + m] if hi else v[lane][k]
+                new[lane][k] = keep + send_other
+        v = new
+        m //= 2
+    for lane in lanes:
+        group = [lane - sub[lane] + s for s in range(tpc)]
+        for j in range(8 // tpc):
+            k = j * tpc + sub[lane]
+            want = sum(part[g][k] for g in group)
+            assert torch.allclose(v[lane][j * tpc], want, rtol=0, atol=1e-12), (tpc, lane, j)

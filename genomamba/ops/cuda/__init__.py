@@ -19,8 +19,10 @@ import torch
 from genomamba.ops.cuda import build, selftest
 from genomamba.ops.cuda.kernels import selective_scan
 from genomamba.ops.cuda.knobs import (
+    CHAN_PARTS,
     CONFIG,
     STATUS,
+    chan_lanes,
     cuda_backward_enabled,
     forward_variant,
     fwd_build,
@@ -45,7 +47,7 @@ def available() -> bool:
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
-                  + ["chan"] * bool(CONFIG["fwd_chan"]) + ["chan2"] * (CONFIG["chan_lanes"] == 2)
+                  + ["chan"] * bool(CONFIG["fwd_chan"]) + [CHAN_PARTS[chan_lanes()]] * (chan_lanes() > 1)
                   + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
                   + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"] or CONFIG["l2_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts

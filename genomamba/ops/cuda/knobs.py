@@ -17,7 +17,7 @@ import torch
 
 # self-test outcome per part: True (passed), or a string saying why not; filled when the kernels load
 STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not built", "lean": "not built",
-                             "pair": "not built", "chan": "not built", "chan2": "not built",
+                             "pair": "not built", "chan": "not built", "chan2": "not built", "chan4": "not built",
                              "bwdchan": "not built", "bwdchan2": "not built", "prefetch": "not built"}
 
 
@@ -125,9 +125,12 @@ CONFIG = {
     # at 3.9 and above the lane-per-channel build 7-35 % faster: scan_activations_nvidia_h200.json)
     "chan_min_warps_per_sm": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM", 2),
     "chan_min_warps_per_sm_inference": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM_INFERENCE", 3),
-    # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), or 2 (8 states
-    # each and one shuffle per token for the output: twice the warps for the same channels, for
-    # calls with fewer warps than the GPU has schedulers; self-tested as part "chan2", not yet timed)
+    # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), 2 (8 states each)
+    # or 4 (4 states each): two or four times the warps for the same channels, for calls with fewer
+    # warps than the GPU has schedulers. The lanes of a channel share its activations (each computes
+    # the softplus and the gate of its own share of the tokens) and reduce-scatter its outputs, so
+    # the work per channel stays about that of one lane. Self-tested as parts "chan2" / "chan4";
+    # two lanes before the sharing timed even with one (scan_chan_nvidia_h200.json); not yet timed since
     "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", 1),
     # the lane-per-channel backward (bwd_chan_kernel: one lane = one channel with all n <= 16
     # states, reverse carries and dA sums in registers; dB/dC summed over the warp's lanes through
@@ -208,7 +211,7 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
     precision; training, or b * d or l large; at least ``chan_min_warps_per_sm`` (training) or
     ``chan_min_warps_per_sm_inference`` of its warps per SM)."""
     mode = CONFIG["fwd_chan"]
-    part = "chan2" if CONFIG["chan_lanes"] == 2 else "chan"
+    part = CHAN_PARTS[chan_lanes()]
     if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
         return False
     if mode < 0:
@@ -224,6 +227,15 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
     return True
 
 
+CHAN_PARTS = {1: "chan", 2: "chan2", 4: "chan4"}  # the self-test part of each lane count
+
+
+def chan_lanes() -> int:
+    """Lanes per channel of the lane-per-channel forward: ``CONFIG["chan_lanes"]`` if 2 or 4, else 1."""
+    lanes = CONFIG["chan_lanes"]
+    return lanes if lanes in (2, 4) else 1
+
+
 def _sm_count() -> int:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
@@ -231,8 +243,7 @@ def _sm_count() -> int:
 def _chan_warps(b: int, d: int, l: int, kitems: int) -> int:
     """Warps of the lane-per-channel forward for this call (its channels' warps x segments)."""
     tiles, _ = chan_plan(b, d, l, kitems)
-    lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
-    return b * math.ceil(d * lanes / 32) * math.ceil(math.ceil(l / (32 * kitems)) / tiles)
+    return b * math.ceil(d * chan_lanes() / 32) * math.ceil(math.ceil(l / (32 * kitems)) / tiles)
 
 
 def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int,
@@ -282,18 +293,18 @@ def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
     :func:`wave_segments` (one warp per 32 channels and segment, ``chan_resident`` warps per SM,
     none shorter than ``chan_min_seg_tokens``); build 4 (32-token staging tiles) when the call has
     more than ``chan_tile32_above`` of its warps per SM, else build 3 (64-token tiles); builds 6 and 5
-    for two lanes per channel (``chan_lanes``)."""
+    for two lanes per channel, 8 and 7 for four (``chan_lanes``)."""
     tile = 32 * kitems
     ntiles = max(1, math.ceil(l / tile))
     most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
     sms = _sm_count()
-    lanes = 2 if CONFIG["chan_lanes"] == 2 else 1
+    lanes = chan_lanes()
     rows = b * math.ceil(d * lanes / 32)
     nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, CONFIG["fixup_tokens"])
     per = math.ceil(ntiles / nseg)
     warps = rows * math.ceil(ntiles / per)
     build = 4 if warps > CONFIG["chan_tile32_above"] * sms else 3
-    return per, build + (2 if lanes == 2 else 0)
+    return per, build + {1: 0, 2: 2, 4: 4}[lanes]
 
 
 def cuda_backward_enabled() -> bool:

@@ -1,8 +1,8 @@
 """The CUDA kernels' self-test: every part against the fp64 oracle on this GPU, before first use.
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
-its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``bwdchan``,
-``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is
+its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``chan4``,
+``bwdchan``, ``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is
 tested once.
 """
 
@@ -25,7 +25,7 @@ from genomamba.ops.cuda.knobs import CONFIG, STATUS
 from genomamba.ops.reference import selective_scan_ref
 
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder holding the genomamba package
-PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "bwdchan", "bwdchan2", "prefetch")
+PARTS = ("v1", "v2", "bwd", "lean", "pair", "chan", "chan2", "chan4", "bwdchan", "bwdchan2", "prefetch")
 
 
 def _cached(path: Path):
@@ -90,7 +90,7 @@ def child_main(path: str) -> None:
         Path(path).write_text(json.dumps(status, indent=1))
 
     tests = (("v1", _test_v1), ("v2", _test_v2), ("bwd", _test_bwd), ("lean", _test_lean), ("pair", _test_pair),
-             ("chan", _test_chan), ("chan2", _test_chan2), ("bwdchan", _test_bwdchan),
+             ("chan", _test_chan), ("chan2", _test_chan2), ("chan4", _test_chan4), ("bwdchan", _test_bwdchan),
              ("bwdchan2", _test_bwdchan2), ("prefetch", _test_prefetch))
     for part, fn in tests:
         if part not in ("v1", "v2") and status["v2"] is not True:
@@ -285,6 +285,11 @@ def _test_chan(ext, builds=(3, 4)) -> None:
 def _test_chan2(ext) -> None:
     """The same with two lanes per channel (8 states each)."""
     _test_chan(ext, builds=(5, 6))
+
+
+def _test_chan4(ext) -> None:
+    """The same with four lanes per channel (4 states each)."""
+    _test_chan(ext, builds=(7, 8))
 
 
 def _test_bwdchan(ext, lanes: int = 1) -> None:
