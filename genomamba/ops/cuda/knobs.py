@@ -121,8 +121,9 @@ CONFIG = {
     "chan_tile32_above": _env_int("GENOMAMBA_CUDA_CHAN_TILE32_ABOVE", 4),
     # auto: not below this many of its warps per SM (after cutting l), where lanes over tokens keep
     # more of the GPU busy; training forwards (which also save the backward's tile states) from 2,
-    # inference forwards from 3 (at 2.9, e.g. (8, 1536, 16, 2048), lanes over tokens timed 13 % faster;
-    # at 3.9 and above the lane-per-channel build 7-35 % faster: scan_activations_nvidia_h200.json)
+    # inference forwards from 3 (at 2.9, e.g. (8, 1536, 16, 2048), lanes over tokens took 0.456 ms
+    # against 0.526; at 3.9 and above the lane-per-channel build timed 1.08-1.54x faster:
+    # scan_activations_nvidia_h200.json)
     "chan_min_warps_per_sm": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM", 2),
     "chan_min_warps_per_sm_inference": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM_INFERENCE", 3),
     # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), 2 (8 states each)
