@@ -726,6 +726,22 @@ template <int TPC> __device__ __forceinline__ float pair_sum(float x) {
   return x;
 }
 
+// One token of a lane's NS states (delta x, delta * u du, B and C of token k of the staged tile):
+// h <- 2^(x A2) h + du B, returning this lane's share of the output, sum_j C_j h_j
+template <int NS>
+__device__ __forceinline__ float chan_token(const float *sBC, int k, int j0, float x, float du,
+                                            const float (&A2)[NS], float (&h)[NS]) {
+  float Bv[NS], Cv[NS];
+  bc_read<NS>(sBC, k, j0, Bv, Cv);
+  float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
+    if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
+  }
+  return y0 + y1;
+}
+
 // The sums over the TPC lanes of a channel of 8 per-token values, scattered: afterwards v[j * TPC]
 // holds the sum for token j * TPC + sub (sub: the lane's place among the TPC). Recursive halving:
 // at bit m each lane keeps the tokens whose owner agrees with it on bit m and sends the others to
@@ -888,18 +904,7 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
           uv[k] *= x;
         }
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const float x = dl[k], du = uv[k];
-          float Bv[kNS], Cv[kNS];
-          bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
-          float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-          for (int j = 0; j < kNS; ++j) {
-            h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
-            if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
-          }
-          yv[k] += y0 + y1;
-        }
+        for (int k = 0; k < 8; ++k) yv[k] += chan_token<kNS>(sBC, gq * 8 + k, j0, dl[k], uv[k], A2, h);
         if (p.has_z) {
           float zv[8];
           lds8<T>(zrow + gq * 8 * sizeof(T), zv);
@@ -934,18 +939,7 @@ __global__ void __launch_bounds__(128) fwd_chan_kernel(Params p, int ktile_token
           uv[k] *= dl[k];
         }
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const float x = dl[k], du = uv[k];
-          float Bv[kNS], Cv[kNS];
-          bc_read<kNS>(sBC, gq * 8 + k, j0, Bv, Cv);
-          float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-          for (int j = 0; j < kNS; ++j) {
-            h[j] = ex2(x * A2[j]) * h[j] + du * Bv[j];
-            if (j & 1) y1 += Cv[j] * h[j]; else y0 += Cv[j] * h[j];
-          }
-          part[k] = y0 + y1;
-        }
+        for (int k = 0; k < 8; ++k) part[k] = chan_token<kNS>(sBC, gq * 8 + k, j0, dl[k], uv[k], A2, h);
         reduce_scatter8<TPC>(part, sub);  // part[j * TPC]: the channel's sum for token j * TPC + sub
         T *out_row = reinterpret_cast<T *>(drow) + gq * 8;
 #pragma unroll
