@@ -101,7 +101,7 @@ __device__ __forceinline__ float ex2(float x) {
 // where possible (per token they sit next to 16 exponentials of the states, on the same unit).
 // softplus: log(1 + e^x) = max(x, 0) + log1p(e), e = e^-|x| in (0, 1]; log1p(e) = e q(e) with q a
 // degree-8 polynomial fitted to log1p(e) / e on [0, 1] (relative error below 2e-7 in fp32 over the
-// whole range, checked by tests/ops/test_cuda_sources.py); one exponential and nine FMAs. Above
+// whole range, checked by tests/ops/test_cuda_activations.py); one exponential and nine FMAs. Above
 // x = 20 the second term is below half an ulp of x, as torch's threshold assumes; below -87 e
 // flushes to zero and softplus to 0, as in fp32.
 __device__ __forceinline__ float softplus_f(float x) {

@@ -2,8 +2,8 @@
 
 It runs in a child process, so a kernel that faults cannot poison the caller's CUDA context, and
 its verdict per part (``v1``, ``v2``, ``bwd``, ``lean``, ``pair``, ``chan``, ``chan2``, ``chan4``,
-``bwdchan``, ``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an unchanged build is
-tested once.
+``bwdchan``, ``bwdchan2``, ``prefetch``) is cached as ``selftest.json`` in the build folder: an
+unchanged build is tested once.
 """
 
 from __future__ import annotations
