@@ -308,6 +308,13 @@ struct ScanStage {
 
 __host__ __device__ inline int stage_words(int R) { return (R / 2 + 1) | 1; }
 
+// -exp(A_log[c, n]) read from global memory (A_log fp32 or the model's dtype), d_state N
+template <typename T>
+__device__ __forceinline__ float neg_a(const MmaParams& p, const LayerPtrs& L, int c, int n, int N) {
+  const int64_t i = (int64_t)c * N + n;
+  return -__expf(p.ad_fp32 ? ld<float>(L.a_log, i) : ld<T>(L.a_log, i));
+}
+
 // The state update of pairs [p0, p1) (pair q = batch row q / E, channel q % E). NS: d_state known
 // at compile time (16, every load of a pair issued at once), or 0 (p.N, a loop).
 template <typename T, int NS>
@@ -344,7 +351,7 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
       } else {
 #pragma unroll
         for (int n = 0; n < NS; ++n)
-          av[n] = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * NS + n) : ld<T>(L.a_log, (int64_t)c * NS + n));
+          av[n] = neg_a<T>(p, L, c, n, NS);
       }
 #pragma unroll
       for (int n = 0; n < NS; ++n) {
@@ -356,8 +363,7 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
         *reinterpret_cast<float4*>(h + 4 * k) = make_float4(hv[4 * k], hv[4 * k + 1], hv[4 * k + 2], hv[4 * k + 3]);
     } else {
       for (int n = 0; n < N; ++n) {
-        const float a = st.dtw != nullptr ? na[n]
-            : -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
+        const float a = st.dtw != nullptr ? na[n] : neg_a<T>(p, L, c, n, N);
         const float hn = h[n] * __expf(dt * a) + dt * db[R + n] * x;
         h[n] = hn;
         y += hn * db[R + N + n];
@@ -412,7 +418,7 @@ __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, i
     }
     for (int f = threadIdx.x; f < slots * N; f += kThreads) {
       const int s = f / N, n = f % N, c = st.c0 + s < E ? st.c0 + s : st.c0 + s - E;
-      sa[s * an + n] = -__expf(p.ad_fp32 ? ld<float>(L.a_log, (int64_t)c * N + n) : ld<T>(L.a_log, (int64_t)c * N + n));
+      sa[s * an + n] = neg_a<T>(p, L, c, n, N);
     }
     st.dtw = sw;
     st.na = sa;
