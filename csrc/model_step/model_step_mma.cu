@@ -296,17 +296,25 @@ __device__ void phase_in_proj(const MmaParams& p, const LayerPtrs& L, char* smem
   }
 }
 
-// This block's channels' dt_proj rows and -exp(A_log) rows, staged in shared memory (slot s holds
-// channel (c0 + s) mod E): read per (row, channel) pair from global memory, consecutive lanes would
-// touch rows 2 R bytes apart, one cache line each per load. Row strides are odd word counts, so
-// the lanes of a warp read distinct banks.
+// This block's channels' dt_proj rows and A_log rows, staged in shared memory (slot s holds channel
+// (c0 + s) mod E): read per (row, channel) pair from global memory, consecutive lanes would touch rows
+// 2 R bytes apart, one cache line each per load.
+// - Copied (the usual case: rows of whole 16-byte units, 16-byte aligned weights): each row as it is,
+//   one cp.async per 16 bytes, all in flight at once and issued before the partial sums are staged,
+//   so they share one wait. Rows sit an odd number of 16-byte units apart, so the 16-byte reads of a
+//   quarter warp (8 consecutive slots) cover the 32 banks once. -exp(A_log) is taken at use.
+// - Otherwise: dt_proj rows and -exp(A_log) rows written one element at a time (row strides of an
+//   odd number of words), or, where even those do not fit, read from global memory.
 struct ScanStage {
-  const void* dtw;  // T (slots, 2 wh), or null: read from global memory
-  const float* na;  // float (slots, an)
-  int c0, wh, an;
+  const void* dtw;  // T rows, or null: read from global memory
+  const void* al;   // copied: A_log rows (fp32 or T); else -exp(A_log) rows (float)
+  int c0;
+  int dstride, astride;  // elements between slots: copied, in T / A_log's type; else T / float
 };
 
 __host__ __device__ inline int stage_words(int R) { return (R / 2 + 1) | 1; }
+// bytes between copied rows of ``bytes`` each (a multiple of 16): an odd number of 16-byte units
+__host__ __device__ inline int copy_stride(int bytes) { return (bytes / 16) | 1; }
 
 // -exp(A_log[c, n]) read from global memory (A_log fp32 or the model's dtype), d_state N
 template <typename T>
@@ -315,9 +323,20 @@ __device__ __forceinline__ float neg_a(const MmaParams& p, const LayerPtrs& L, i
   return -__expf(p.ad_fp32 ? ld<float>(L.a_log, i) : ld<T>(L.a_log, i));
 }
 
+// Rows of ``bytes`` (a multiple of 16) of channels c0 .. c0 + slots - 1 (mod E) into shared slots
+// 16 * copy_stride(bytes) bytes apart; only issued (the caller waits).
+__device__ void copy_rows(char* dst, const void* src, int bytes, int c0, int slots, int E) {
+  const int u = bytes / 16, su = copy_stride(bytes) * 16;
+  for (int q = threadIdx.x; q < slots * u; q += kThreads) {
+    const int s = q / u, k = q % u, c = c0 + s < E ? c0 + s : c0 + s - E;
+    cp_async16(dst + s * su + k * 16, static_cast<const char*>(src) + (int64_t)c * bytes + k * 16);
+  }
+}
+
 // The state update of pairs [p0, p1) (pair q = batch row q / E, channel q % E). NS: d_state known
-// at compile time (16, every load of a pair issued at once), or 0 (p.N, a loop).
-template <typename T, int NS>
+// at compile time (16, every load of a pair issued at once), or 0 (p.N, a loop). COPIED: the rows
+// were copied as they are (ScanStage).
+template <typename T, int NS, bool COPIED>
 __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& L, const float* dbc, int i0,
                                            int64_t p0, int64_t p1, const ScanStage& st) {
   const int E = p.E, R = p.R, N = NS > 0 ? NS : p.N, X16 = 16 * p.XM;
@@ -325,13 +344,31 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
     const int i = (int)(q / E), c = (int)(q % E);
     const float* db = dbc + (i - i0) * X16;
     const int slot = c - st.c0 < 0 ? c - st.c0 + E : c - st.c0;
-    const float* na = st.dtw != nullptr ? st.na + slot * st.an : nullptr;
+    // -exp(A_log[c, n]) of this pair's channel
+    auto a_of = [&](int n) -> float {
+      if (st.dtw == nullptr) return neg_a<T>(p, L, c, n, N);
+      if constexpr (COPIED) {
+        const int64_t o = (int64_t)slot * st.astride + n;
+        return -__expf(p.ad_fp32 ? static_cast<const float*>(st.al)[o] : to_f<T>(static_cast<const T*>(st.al)[o]));
+      } else {
+        return static_cast<const float*>(st.al)[slot * st.astride + n];
+      }
+    };
     float dt = 0.f;
-    if (st.dtw != nullptr) {
-      const T* ws = static_cast<const T*>(st.dtw) + slot * 2 * st.wh;
-      for (int r = 0; r < R; ++r) dt += to_f<T>(ws[r]) * db[r];
-    } else {
+    if (st.dtw == nullptr) {
       for (int r = 0; r < R; ++r) dt += ld<T>(L.dt_w, (int64_t)c * R + r) * db[r];
+    } else if constexpr (COPIED) {
+      const T* ws = static_cast<const T*>(st.dtw) + slot * st.dstride;
+      for (int r0 = 0; r0 < R; r0 += 8) {
+        const uint4 v = *reinterpret_cast<const uint4*>(ws + r0);
+        T w8[8];
+        memcpy(w8, &v, 16);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) dt += to_f<T>(w8[k]) * db[r0 + k];
+      }
+    } else {
+      const T* ws = static_cast<const T*>(st.dtw) + slot * st.dstride;
+      for (int r = 0; r < R; ++r) dt += to_f<T>(ws[r]) * db[r];
     }
     dt = round_t<T>(dt) + ld<T>(L.dt_b, c);
     dt = dt > 20.f ? dt : log1pf(__expf(dt));
@@ -345,14 +382,8 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
         const float4 v = *reinterpret_cast<const float4*>(h + 4 * k);
         hv[4 * k] = v.x; hv[4 * k + 1] = v.y; hv[4 * k + 2] = v.z; hv[4 * k + 3] = v.w;
       }
-      if (st.dtw != nullptr) {
 #pragma unroll
-        for (int n = 0; n < NS; ++n) av[n] = na[n];
-      } else {
-#pragma unroll
-        for (int n = 0; n < NS; ++n)
-          av[n] = neg_a<T>(p, L, c, n, NS);
-      }
+      for (int n = 0; n < NS; ++n) av[n] = a_of(n);
 #pragma unroll
       for (int n = 0; n < NS; ++n) {
         hv[n] = hv[n] * __expf(dt * av[n]) + dt * db[R + n] * x;
@@ -363,8 +394,7 @@ __device__ __forceinline__ void scan_pairs(const MmaParams& p, const LayerPtrs& 
         *reinterpret_cast<float4*>(h + 4 * k) = make_float4(hv[4 * k], hv[4 * k + 1], hv[4 * k + 2], hv[4 * k + 3]);
     } else {
       for (int n = 0; n < N; ++n) {
-        const float a = st.dtw != nullptr ? na[n] : neg_a<T>(p, L, c, n, N);
-        const float hn = h[n] * __expf(dt * a) + dt * db[R + n] * x;
+        const float hn = h[n] * __expf(dt * a_of(n)) + dt * db[R + n] * x;
         h[n] = hn;
         y += hn * db[R + N + n];
       }
@@ -384,9 +414,26 @@ __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, i
   const int64_t p0 = (int64_t)blockIdx.x * per, p1 = p0 + per < pairs ? p0 + per : pairs;
   if (p0 >= p1) return;
   const int i0 = (int)(p0 / E), nr = (int)((p1 - 1) / E) - i0 + 1, run = nr * X16;
+  const int slots = (int)(p1 - p0 < E ? p1 - p0 : E), c0 = (int)(p0 % E);
   float* dbc = reinterpret_cast<float*>(smem);  // (nr, X16): dt_low, B, C of this block's rows
+  // the copied rows: after dbc, in flight while the partial sums are staged behind them
+  const int dbytes = R * (int)sizeof(T), abytes = N * (p.ad_fp32 ? 4 : (int)sizeof(T));
+  const int64_t dcopy = (int64_t)slots * copy_stride(dbytes) * 16, acopy = (int64_t)slots * copy_stride(abytes) * 16;
+  const int64_t head = ((int64_t)run * 4 + 15) / 16 * 16;
+  const bool copied = dbytes % 16 == 0 && abytes % 16 == 0 && reinterpret_cast<uintptr_t>(L.dt_w) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(L.a_log) % 16 == 0 &&
+                      head + dcopy + acopy + (int64_t)run * 4 <= smem_bytes;
+  ScanStage st{nullptr, nullptr, c0, 0, 0};
   float* stg = dbc + run;
-  const int jc = (smem_bytes / 4 - run) / run;  // partials staged at once
+  if (copied) {
+    char* dst = smem + head;
+    copy_rows(dst, L.dt_w, dbytes, c0, slots, E);
+    copy_rows(dst + dcopy, L.a_log, abytes, c0, slots, E);
+    st = ScanStage{dst, dst + dcopy, c0, copy_stride(dbytes) * 16 / (int)sizeof(T),
+                   copy_stride(abytes) * 16 / (p.ad_fp32 ? 4 : (int)sizeof(T))};
+    stg = reinterpret_cast<float*>(dst + dcopy + acopy);
+  }
+  const int jc = (int)((smem_bytes - (reinterpret_cast<char*>(stg) - smem)) / 4 / run);  // partials staged at once
   for (int o = threadIdx.x; o < run; o += kThreads) dbc[o] = 0.f;
   for (int j0 = 0; j0 < J; j0 += jc) {
     const int n = J - j0 < jc ? J - j0 : jc, v = run / 4;
@@ -404,28 +451,31 @@ __device__ void phase_scan(const MmaParams& p, const LayerPtrs& L, char* smem, i
     __syncthreads();
   }
   for (int o = threadIdx.x; o < run; o += kThreads) dbc[o] = round_t<T>(dbc[o]);
-  // the channels' rows into the staging area, where they fit (they do on every shape of the 130M
-  // model up to batch 64 on 132 SMs: shared memory is sized for the products)
-  const int slots = (int)(p1 - p0 < E ? p1 - p0 : E), wh = stage_words(R), an = N | 1;
+  if (copied) {
+    __syncthreads();
+    if (N == 16) scan_pairs<T, 16, true>(p, L, dbc, i0, p0, p1, st);
+    else scan_pairs<T, 0, true>(p, L, dbc, i0, p0, p1, st);
+    return;
+  }
+  // written one element at a time, where they fit (after the partial sums, over their space)
+  const int wh = stage_words(R), an = N | 1;
   const int64_t dtw_bytes = ((int64_t)slots * 4 * wh + 15) / 16 * 16;
-  ScanStage st{nullptr, nullptr, (int)(p0 % E), wh, an};
   if ((int64_t)run * 4 + dtw_bytes + (int64_t)slots * an * 4 <= smem_bytes) {
     T* sw = reinterpret_cast<T*>(stg);
     float* sa = reinterpret_cast<float*>(reinterpret_cast<char*>(stg) + dtw_bytes);
     for (int f = threadIdx.x; f < slots * R; f += kThreads) {
-      const int s = f / R, r = f % R, c = st.c0 + s < E ? st.c0 + s : st.c0 + s - E;
+      const int s = f / R, r = f % R, c = c0 + s < E ? c0 + s : c0 + s - E;
       sw[s * 2 * wh + r] = bits_as<T>(__ldg(static_cast<const unsigned short*>(L.dt_w) + (int64_t)c * R + r));
     }
     for (int f = threadIdx.x; f < slots * N; f += kThreads) {
-      const int s = f / N, n = f % N, c = st.c0 + s < E ? st.c0 + s : st.c0 + s - E;
+      const int s = f / N, n = f % N, c = c0 + s < E ? c0 + s : c0 + s - E;
       sa[s * an + n] = neg_a<T>(p, L, c, n, N);
     }
-    st.dtw = sw;
-    st.na = sa;
+    st = ScanStage{sw, sa, c0, 2 * wh, an};
   }
   __syncthreads();
-  if (N == 16) scan_pairs<T, 16>(p, L, dbc, i0, p0, p1, st);
-  else scan_pairs<T, 0>(p, L, dbc, i0, p0, p1, st);
+  if (N == 16) scan_pairs<T, 16, false>(p, L, dbc, i0, p0, p1, st);
+  else scan_pairs<T, 0, false>(p, L, dbc, i0, p0, p1, st);
 }
 
 // ---- D1: out_proj partial sums; a block per (4 row tiles, slice of d_inner)

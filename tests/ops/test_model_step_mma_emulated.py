@@ -179,6 +179,10 @@ CASES = {
     # in the shared memory sized for the products at 16 rows; everywhere else they are staged
     "b5_fp16_d256_unstaged": dict(dtype=torch.float16, batch=5, blocks=2,
                                   cfg=dict(d_model=256, n_layer=1, vocab_size=40)),
+    # phase C copying its rows as they are (dt_rank 8, d_state 8: the loop over states), 1.5 rows of
+    # pairs a block, so the channels of every other block wrap past d_inner
+    "b9_fp16_d128_wrap": dict(dtype=torch.float16, batch=9, blocks=6,
+                              cfg=dict(d_model=128, n_layer=2, vocab_size=33, d_state=8)),
     # a layer of the 130M model (d_model 768, d_inner 1536, dt_rank 48, five x_proj row tiles) at batch
     # 64: the specialisation `genomamba bench generate` times, on 4 blocks (24 channel tiles each)
     "b64_130m_layer": dict(dtype=torch.float16, batch=64, blocks=4, cfg=dict(d_model=768, n_layer=1, vocab_size=64)),
@@ -194,6 +198,27 @@ SMALL_CASES = {
     "b4_bf16": dict(dtype=torch.bfloat16, batch=4, blocks=2, cfg=dict(d_model=64, n_layer=2, vocab_size=29,
                                                                        d_state=32, d_conv=3)),
 }
+
+
+# the cases whose phase C copies its channels' dt_proj and A_log rows as they are (the rest write
+# them one element at a time, or read them from global memory)
+COPIED = {"b40_bf16_converted", "b36_fp16_wide", "b9_fp16_d128_wrap"}
+
+
+def copies_rows(m: MambaLM, b: int, blocks: int, smem: int) -> bool:
+    """Whether block 0's phase C takes the copied path (the kernel's test, for its first block's pairs)."""
+    mx = m.backbone.layers[0].mixer
+    E, R, N = mx.d_inner, mx.dt_rank, mx.d_state
+    X16 = -(-(R + 2 * N) // 16) * 16
+    per = -(-(b * E) // blocks)
+    nr = (min(per, b * E) - 1) // E + 1
+    run, slots = nr * X16, min(per, E)
+    dbytes, abytes = R * mx.dt_proj.weight.element_size(), N * mx.A_log.element_size()
+
+    def stride(n):  # an odd number of 16-byte units
+        return (n // 16 | 1) * 16
+    need = -(-run * 4 // 16) * 16 + slots * (stride(dbytes) + stride(abytes)) + run * 4
+    return dbytes % 16 == 0 and abytes % 16 == 0 and need <= smem
 
 
 @pytest.mark.parametrize("name", list(CASES) + list(SMALL_CASES))
@@ -217,6 +242,9 @@ def test_emulated_kernel_equals_the_layered_step(name, harnesses, tmp_path):
     res = subprocess.run([str(harness), str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "launch 1: sync words 2 " in res.stdout, res.stdout  # the epoch moved on once per launch
+    if name in CASES:
+        smem = int(res.stdout.split(" smem ")[1].split()[0])
+        assert copies_rows(m, b, case["blocks"], smem) == (name in COPIED), name
     vocab = m.lm_head.weight.shape[0]
     for launch in range(launches):
         want = m.step(ids, cache).float()  # the layered step, on the CPU
