@@ -27,6 +27,10 @@ def __getattr__(name):  # lazy: keeps `import genomamba` light
         from genomamba import api
 
         return getattr(api, name)
+    if name == "data":  # the data pipeline (read_fasta, TokenStore, windows, ...), imported on first use
+        import importlib
+
+        return importlib.import_module("genomamba.data")
     raise AttributeError(f"module 'genomamba' has no attribute {name!r}")
 
 

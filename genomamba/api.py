@@ -40,6 +40,7 @@ from genomamba.data.fasta import read_records
 from genomamba.errors import InvalidArgument, check_input_file
 from genomamba.files import read_text
 from genomamba.models import graphed
+from genomamba.models.decode import check_seed
 from genomamba.models.heads import POOLINGS, SequenceClassifier, has_head, pool
 from genomamba.models.lm import MambaLM
 from genomamba.tokenizers.dna import TOKENIZER_FILE, DNATokenizer
@@ -514,6 +515,7 @@ class GenomeModel:
             raise InvalidArgument(f"top_k: expected an int >= 0 (0 = off), got {top_k!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise InvalidArgument(f"top_p: expected a number in (0, 1], got {top_p!r}")
+        check_seed(seed)
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
         step = batch_size or len(encoded)
         texts = []
@@ -555,6 +557,25 @@ def inference_dtype(device, dtype="auto") -> Optional[torch.dtype]:
     raise InvalidArgument(f"dtype: expected auto, {', '.join(DTYPES)} or a torch dtype, got {dtype!r}")
 
 
+def check_device(device, name: str = "device") -> None:
+    """InvalidArgument naming ``name`` for a device that is no device name (``"gpu"``) or that this
+    machine or torch build lacks (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` with two GPUs)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidArgument(f"{name}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise InvalidArgument(f"{name}: {device!r} asked for, but {why} (torch {torch.__version__}); use cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidArgument(f"{name}: {device!r} asked for, but this machine shows "
+                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")
+
+
 def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     """Load a saved model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``,
     + ``head.json``/``head.safetensors`` for a classifier) into a :class:`GenomeModel`.
@@ -564,10 +585,13 @@ def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     A directory without ``tokenizer.json`` gets the default ``DNATokenizer()``. ``MambaLM.from_pretrained``
     remains the loader for the bare ``nn.Module``.
     """
+    check_device(device)
     dtype = inference_dtype(device, dtype)
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"path: {path}: expected a model directory (config.json + model.safetensors)")
+        what = "is a file" if path.is_file() else "no such directory"
+        raise FileNotFoundError(f"path: {path}: {what}; expected a model directory "
+                                "(config.json + model.safetensors)")
     if (path / ADAPTER_FILE).exists():
         adapter = adapter_from_json(path)
         if adapter.name != "dna":

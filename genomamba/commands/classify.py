@@ -24,7 +24,7 @@ from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
-from genomamba.errors import UserError, check_input_file, report
+from genomamba.errors import InvalidArgument, UserError, check_input_file, report
 from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
@@ -240,22 +240,35 @@ def predict_main(argv) -> int:
     args = ap.parse_args(argv)
     positive_int("--length", args.length)
     positive_int("--max-windows", args.max_windows)
+    seen: dict = {}
     for path in args.fasta:
         check_input_file(path, "fasta")
+        key = Path(path).resolve()
+        if key in seen:
+            raise InvalidArgument(f"fasta: {path} is given twice (also as {seen[key]})")
+        seen[key] = path
     if args.out:
         check_output(args.out, [*args.fasta, *model_files(args.model)], "--out", args.force)
+    if not Path(args.model).is_dir():
+        raise ConfigError(f"--model {args.model}: " + ("not a directory" if Path(args.model).exists()
+                                                       else "no such directory") + "; expected a classifier directory")
     if not (Path(args.model) / "head.json").exists():
         raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
     net = SequenceClassifier.from_pretrained(args.model)
     tok = DNATokenizer.from_pretrained(args.model) if (Path(args.model) / "tokenizer.json").exists() \
         else DNATokenizer()
-    rows = ["record\tlength\twindows\tlabel\t" + "\t".join(f"p_{lab}" for lab in net.labels)]
+    # several files: a leading file column, since record names need only be unique within a file
+    several = len(args.fasta) > 1
+    rows = [("file\t" if several else "") + "record\tlength\twindows\tlabel\t"
+            + "\t".join(f"p_{lab}" for lab in net.labels)]
     acgt = np.array([tok.a_id, tok.c_id, tok.g_id, tok.t_id])
     for path in args.fasta:
         for rec in read_records(path):
             ids = tok.encode(rec.sequence).astype(np.int64)
             L = min(args.length, len(ids))
-            why = weak_input(len(ids), int(np.isin(ids, acgt).sum()))
+            n_acgt = int(np.isin(ids, acgt).sum())
+            why = weak_input(len(ids), n_acgt) if n_acgt else \
+                f"no A/C/G/T base in {len(ids):,} bases (all N or ambiguity codes): not labelled (NA)"
             if why is None and L < args.length:
                 why = f"{len(ids):,} bases, shorter than --length {args.length}: classified on one shorter window"
             if why:
@@ -265,8 +278,11 @@ def predict_main(argv) -> int:
             x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
             with torch.no_grad():
                 p = net(x).float().softmax(-1).mean(0)
-            rows.append(f"{rec.name}\t{len(ids)}\t{len(starts)}\t{net.labels[int(p.argmax())]}\t"
-                        + "\t".join(f"{float(v):.4f}" for v in p))
+            lead = (f"{path}\t" if several else "") + f"{rec.name}\t{len(ids)}\t{len(starts)}\t"
+            if not n_acgt:  # nothing to go by: no label, not a confident-looking guess
+                rows.append(lead + "NA\t" + "\t".join("NA" for _ in p))
+            else:
+                rows.append(lead + f"{net.labels[int(p.argmax())]}\t" + "\t".join(f"{float(v):.4f}" for v in p))
     text = "\n".join(rows) + "\n"
     if args.out:
         write_text(args.out, text, replace=args.force)

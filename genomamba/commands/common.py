@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
 import torch
 
-from genomamba.api import load
-from genomamba.errors import InvalidArgument, report
+from genomamba.api import check_device, load
+from genomamba.errors import InputFileError, InvalidArgument, MissingInputError, report
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -21,8 +22,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model(args):
     """The ``genomamba.api`` model named by ``add_model_args``' arguments."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_device(args.device, "--device")
+    if args.threads is not None:
+        torch.set_num_threads(positive_int("--threads", args.threads))
+    model = Path(args.model)
+    if not model.is_dir():
+        want = "expected a model directory (config.json + model.safetensors)"
+        if model.exists():
+            raise InputFileError(errno.ENOTDIR, f"MODEL {args.model}: not a directory; {want}")
+        raise MissingInputError(errno.ENOENT, f"MODEL {args.model}: no such directory; {want}")
     return load(args.model, device=args.device, dtype=args.model_dtype)
 
 

@@ -24,6 +24,7 @@ disagrees with the eager computation, is dropped with one warning and that part 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections import OrderedDict
 from typing import Optional, Sequence
@@ -78,6 +79,18 @@ def check_sampling(temperature, top_k, top_p) -> None:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+
+
+def check_seed(seed) -> None:
+    """None or an int (a Python or NumPy integer; not a bool)."""
+    if seed is None:
+        return
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        operator.index(seed)
+    except TypeError:
+        raise ValueError(f"seed: expected an int or None, got {seed!r}") from None
 
 
 # ----------------------------------------------------------------------------- prefill
@@ -358,9 +371,9 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
         device = next(model.parameters()).device
         prompts = check_prompts(input_ids, padded, device)
     else:
-        model._check_ids(input_ids)
-        if input_ids.shape[1] < 1:
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] < 1:
             raise ValueError("input_ids: generate needs a prompt of at least one token")
+        input_ids = model._check_ids(input_ids)
         device = input_ids.device
         prompts = None
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -368,6 +381,7 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
     if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
         raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
     check_sampling(temperature, top_k, top_p)
+    check_seed(seed)
     if eos_token_id is not None and not 0 <= int(eos_token_id) < padded:
         raise ValueError(f"eos_token_id: expected an id in [0, {padded}), got {eos_token_id}")
     vocab = vocab_size or model.config.vocab_size

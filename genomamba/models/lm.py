@@ -137,14 +137,19 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.backbone.embedding.weight
 
     # ------------------------------------------------------------------ forward / step
-    def _check_ids(self, input_ids):
+    def _check_ids(self, input_ids) -> torch.Tensor:
+        """``input_ids`` checked: a (batch, length) integer tensor with at least one token, ids in range;
+        returned as int64 when it came in a narrower integer type (e.g. a tokenizer's uint8 array)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids: expected a (batch, length) integer tensor, got {got}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids: expected an integer tensor, got {input_ids.dtype}")
         if not input_ids.numel():
-            return
+            raise ValueError(f"input_ids: expected at least one token in each of at least one sequence, "
+                             f"got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            input_ids = input_ids.long()
         vocab = self.config.padded_vocab_size
         if input_ids.device.type != "cpu":
             # Checked on the device, in order with the forward: reading the range back to the host
@@ -152,10 +157,11 @@ class MambaLM(nn.Module):
             # kernels plus its launches, one after the other). An id out of range stops the run at the
             # next synchronisation with a device-side assertion, as an embedding lookup there would.
             torch._assert_async(((input_ids >= 0) & (input_ids < vocab)).all())
-            return
+            return input_ids
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= vocab:
             raise ValueError(f"input_ids: token ids must lie in [0, {vocab}), got range [{lo}, {hi}]")
+        return input_ids
 
     def forward(self, input_ids, cache: Optional[InferenceCache] = None, num_last_tokens: int = 0):
         """input_ids: (b, l) -> logits (b, l, padded_vocab_size) (only the last ``num_last_tokens`` if > 0).
@@ -163,7 +169,7 @@ class MambaLM(nn.Module):
         On CUDA, a shape called again replays captured CUDA graphs: the forward without gradients
         (:mod:`genomamba.models.graphed`), the forward and its backward with them
         (:mod:`genomamba.models.graphed_train`); the results are the same."""
-        self._check_ids(input_ids)
+        input_ids = self._check_ids(input_ids)
         num_last_tokens = max(int(num_last_tokens), 0)
         hidden = self._hidden(input_ids, cache)
         if num_last_tokens > 0:
@@ -211,7 +217,7 @@ class MambaLM(nn.Module):
 
     def hidden_states(self, input_ids, cache: Optional[InferenceCache] = None):
         """input_ids: (b, l) -> final-norm hidden states (b, l, d_model) (for embeddings and heads)."""
-        self._check_ids(input_ids)
+        input_ids = self._check_ids(input_ids)
         return self._hidden(input_ids, cache)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:

@@ -1,0 +1,164 @@
+"""Arguments that name no real thing are refused at the edge, naming the argument: devices the machine
+lacks, thread counts, model directories that are not there; what ``classify predict`` writes for records
+it cannot label and for several input files; integer ids of any width and seeds in the Python API.
+
+Each test drives the real command line (``genomamba.__main__.main``) or the real Python API on real
+files (a slice of the shipped lambda phage genome, tiny models saved to disk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import genomamba
+from genomamba import DNATokenizer, MambaConfig, MambaLM
+from genomamba.__main__ import main as cli
+from genomamba.api import load
+from genomamba.data.fasta import read_fasta
+from genomamba.models.heads import SequenceClassifier
+from tests.commands.test_safety import _one_line_error
+
+LAMBDA = Path(genomamba.__file__).parent / "assets" / "lambda_virus.fa.gz"
+
+
+@pytest.fixture(scope="module")
+def lambda_seq() -> str:
+    return next(iter(read_fasta(LAMBDA))).sequence
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("lm")
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(d)
+    DNATokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def clf_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("clf")
+    lm = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11))
+    SequenceClassifier(lm, ["E_coli", "S_aureus", "H_pylori"]).save_pretrained(d)
+    DNATokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def fasta(tmp_path, lambda_seq):
+    f = tmp_path / "i.fa"
+    f.write_text(f">a\n{lambda_seq[:300]}\n>b\n{lambda_seq[300:500]}\n")
+    return f
+
+
+@pytest.mark.parametrize("command", ["score", "embed", "generate"])
+def test_devices_threads_and_model_dirs_are_named(command, lm_dir, fasta, tmp_path, capsys):
+    def argv(model, *extra):
+        if command == "score":
+            return ["score", str(model), str(fasta), *extra]
+        if command == "embed":
+            return ["embed", str(model), str(fasta), "-o", str(tmp_path / "e.h5"), *extra]
+        return ["generate", str(model), "--prompt", "ACGT", "-n", "4", *extra]
+
+    cases = [(["--device", "gpu"], ("--device", "expected cpu, cuda or cuda:N", "'gpu'")),
+             (["--threads", "0"], ("--threads", "expected a positive int, got 0")),
+             (["--threads", "-2"], ("--threads", "got -2"))]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], ("--device", "'cuda' asked for", "use cpu")))
+    else:
+        n = torch.cuda.device_count()
+        cases.append((["--device", f"cuda:{n}"], ("--device", f"shows {n} CUDA device")))
+    for extra, needles in cases:
+        assert cli(argv(lm_dir, *extra)) == 1, extra
+        _one_line_error(capsys.readouterr().err, *needles)
+    assert not (tmp_path / "e.h5").exists()
+    assert cli(argv(tmp_path / "nope")) == 1
+    _one_line_error(capsys.readouterr().err, "nope", "no such directory", "expected a model directory")
+    assert cli(argv(fasta)) == 1
+    _one_line_error(capsys.readouterr().err, "i.fa", "not a directory")
+    assert cli(argv(lm_dir, "--threads", "1", "--device", "cpu")) == 0  # the valid spellings still run
+    capsys.readouterr()
+
+
+def test_load_names_its_device_argument(lm_dir):
+    with pytest.raises(ValueError, match=r"^device: expected cpu, cuda or cuda:N, got 'gpu'"):
+        load(lm_dir, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device: 'cuda' asked for"):
+            load(lm_dir, device="cuda")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        load(lm_dir / "missing")
+
+
+def test_predict_leaves_records_without_bases_unlabelled(clf_dir, fasta, tmp_path, capsys):
+    weak = tmp_path / "weak.fa"
+    weak.write_text(">alln\n" + "N" * 300 + "\n>one\nNNNNANNNN\n")
+    out = tmp_path / "p.tsv"
+    assert cli(["classify", "predict", str(weak), "--model", str(clf_dir), "--length", "64", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "alln: no A/C/G/T base in 300 bases" in err and "not labelled (NA)" in err
+    assert "one: only 1 A/C/G/T base" in err
+    header, alln, one = out.read_text().splitlines()
+    assert header.split("\t")[:4] == ["record", "length", "windows", "label"]
+    assert alln.split("\t")[:2] == ["alln", "300"] and alln.split("\t")[3:] == ["NA"] * 4
+    cols = one.split("\t")
+    assert cols[3] in ("E_coli", "S_aureus", "H_pylori")  # a guess, labelled, with the warning above
+    assert abs(sum(float(v) for v in cols[4:]) - 1) < 1e-3
+
+
+def test_predict_on_several_files_names_the_file_of_each_row(clf_dir, fasta, tmp_path, capsys):
+    other = tmp_path / "other.fa"
+    other.write_text(fasta.read_text())  # the same record names in another file
+    assert cli(["classify", "predict", str(fasta), str(other), "--model", str(clf_dir), "--length", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[:2] == ["file", "record"] and len(lines) == 5
+    assert [ln.split("\t")[:2] for ln in lines[1:]] == [[str(fasta), "a"], [str(fasta), "b"],
+                                                        [str(other), "a"], [str(other), "b"]]
+    assert lines[1].split("\t")[2:] == lines[3].split("\t")[2:]  # same sequence, same prediction
+    alias = tmp_path / "sub" / ".." / "i.fa"
+    (tmp_path / "sub").mkdir()
+    assert cli(["classify", "predict", str(fasta), str(alias), "--model", str(clf_dir)]) == 2
+    _one_line_error(capsys.readouterr().err, "given twice")
+    assert cli(["classify", "predict", str(fasta), "--model", str(tmp_path / "nope")]) == 2
+    _one_line_error(capsys.readouterr().err, "nope", "no such directory")
+
+
+def test_ids_of_any_integer_width_and_clear_errors_for_empty_input_and_bad_seeds(lm_dir):
+    model = load(lm_dir)
+    lm = model.lm
+    ids = DNATokenizer().encode("ACGTTGCAAC")  # uint8, as the tokenizer returns them
+    assert ids.dtype == np.uint8
+    x8 = torch.from_numpy(ids)[None]
+    with torch.no_grad():
+        want = lm(x8.long())
+        for dt in (torch.uint8, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(lm(x8.to(dt)), want), dt
+        assert torch.equal(lm.hidden_states(x8), lm.hidden_states(x8.long()))
+    out = lm.generate(x8, 5, temperature=0)
+    assert out.shape == (1, 15) and torch.equal(out[:, :10], x8.long())
+    assert torch.equal(out, lm.generate(x8.long(), 5, temperature=0))
+    with pytest.raises(ValueError, match=r"input_ids: expected at least one token.*\(1, 0\)"):
+        lm(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_ids: expected at least one token.*\(0, 4\)"):
+        lm(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_ids: expected an integer tensor, got torch.float32"):
+        lm(torch.zeros(1, 4))
+    for bad in ("a", 1.5, True):
+        with pytest.raises(ValueError, match=r"^seed: expected an int or None"):
+            model.generate("ACGT", 4, seed=bad)
+        with pytest.raises(ValueError, match=r"^seed: expected an int or None"):
+            lm.generate(x8, 4, seed=bad)
+    assert model.generate("ACGT", 6, seed=np.int64(3)) == model.generate("ACGT", 6, seed=3)
+
+
+def test_the_data_pipeline_is_reachable_from_the_package():
+    import genomamba as gm
+
+    assert gm.data.read_fasta is read_fasta
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        gm.nothing  # noqa: B018
