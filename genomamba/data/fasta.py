@@ -9,9 +9,14 @@ Accepted FASTA (documented behaviour, each case covered by ``tests/data/test_fas
   IUPAC ambiguity codes ``RYSWKMBDHV``; ``*`` (translation stop) is *not* accepted.
 
 ``FastaFormatError`` (a ``ValueError``) for: an empty file, text before the first ``>`` (no
-header), binary or non-UTF-8 content, protein or other non-nucleotide letters, alignment gaps,
-a ``>`` with no name, a header with no sequence, duplicate record names, classic-Mac CR-only line
-endings, a truncated/corrupt gzip/xz/bzip2 stream.
+header; a FASTQ file is named as such), binary or non-UTF-8 content, protein or other
+non-nucleotide letters, alignment gaps, a ``>`` with no name, a header with no sequence, duplicate
+record names, classic-Mac CR-only line endings, a truncated/corrupt gzip/xz/bzip2 stream. A bad
+character is reported at its line and its 1-based column in the line as written (spaces and tabs
+count).
+
+GenBank goes through ``Bio.SeqIO``; a record cut short by the end of the file, or whose sequence
+length differs from its LOCUS line, is an error too (``read_genbank``).
 
 ``.name`` is the first whitespace-separated word of the header, ``.description`` the whole header
 text (the same as ``Bio.SeqIO``'s ``id`` and ``description``).
@@ -23,9 +28,12 @@ import bz2
 import gzip
 import hashlib
 import io
+import itertools
 import logging
 import lzma
 import os
+import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +143,7 @@ def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iter
     name = desc = None
     header_line = 0
     chunks: list[bytes] = []  # stripped sequence lines of the current record, blank ones as b""
+    spaced: dict[int, bytes] = {}  # chunk index -> raw line, for lines with spaces before or among the bases
     lineno = 0
     any_content = False
 
@@ -143,7 +152,7 @@ def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iter
         if not seq:
             raise FastaFormatError(f"{src}: record {name!r} (header at line {header_line}) has no sequence")
         if seq.translate(None, NUCLEOTIDES):
-            _raise_bad_char(src, name, header_line, chunks)
+            _raise_bad_char(src, name, header_line, chunks, spaced)
         if not allow_duplicates:
             if name in seen:
                 raise FastaFormatError(
@@ -185,15 +194,20 @@ def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iter
             header_line = lineno
             state["record"] = name
             chunks = []
+            spaced = {}
             any_content = True
             continue
         if raw[:1] == b";":  # old-style comment line
+            if name is not None:
+                chunks.append(b"")  # keeps the line numbers of the lines after it
             continue
         stripped = raw.translate(None, _WHITESPACE)
         if name is None:
             if not stripped:
                 continue
-            _raise_no_header(src, lineno, raw)
+            _raise_no_header(src, lineno, raw, fh)
+        if not raw.startswith(stripped):  # spaces before or among the bases: columns differ from `stripped`
+            spaced[len(chunks)] = raw
         chunks.append(stripped)
     if name is not None:
         yield finish()
@@ -201,7 +215,7 @@ def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iter
         raise FastaFormatError(f"{src}: empty file (no '>' header, no sequence)")
 
 
-def _raise_no_header(src: str, lineno: int, raw: bytes) -> None:
+def _raise_no_header(src: str, lineno: int, raw: bytes, fh: IO[bytes]) -> None:
     if b"\x00" in raw:
         raise FastaFormatError(f"{src}: line {lineno}: binary content (NUL bytes); not a FASTA file")
     try:
@@ -210,31 +224,39 @@ def _raise_no_header(src: str, lineno: int, raw: bytes) -> None:
         raise FastaFormatError(f"{src}: line {lineno}: binary/non-UTF-8 content; not a FASTA file") from None
     if text.startswith("LOCUS"):
         raise FastaFormatError(f"{src}: line {lineno}: this is GenBank, not FASTA (read it with format 'auto')")
+    if text.startswith("@"):
+        # FASTQ: '@name', bases, '+' separator, qualities. Only this error path reads ahead.
+        following = list(itertools.islice(fh, 2))
+        if len(following) == 2 and following[1][:1] == b"+":
+            raise FastaFormatError(
+                f"{src}: line {lineno}: this looks like FASTQ ('@' header, '+' separator at line {lineno + 2}); "
+                f"genomamba reads FASTA and GenBank, not FASTQ: convert it to FASTA first"
+            )
     raise FastaFormatError(
         f"{src}: line {lineno}: sequence data before the first '>' header (no FASTA header): {text[:40]!r}"
     )
 
 
-def _raise_bad_char(src: str, name: str, header_line: int, chunks: list[bytes]) -> None:
-    # Slow path, taken only on error: find the first offending line and column.
+def _raise_bad_char(src: str, name: str, header_line: int, chunks: list[bytes], spaced: dict[int, bytes]) -> None:
+    # Slow path, taken only on error: find the first offending line and its column in the line as written.
     for i, chunk in enumerate(chunks):
-        bad = chunk.translate(None, NUCLEOTIDES)
-        if bad:
-            col = next(j for j, b in enumerate(chunk) if b not in NUCLEOTIDES)
-            byte = chunk[col]
+        if chunk.translate(None, NUCLEOTIDES):
+            line = spaced.get(i, chunk)
+            col = next(j for j, b in enumerate(line) if b not in NUCLEOTIDES and b not in _WHITESPACE)
             lineno = header_line + 1 + i
-            where = f"{src}: record {name!r}, line {lineno}, column {col + 1}"
-            if byte == 0 or byte >= 0x80 or (byte < 0x20):
-                raise FastaFormatError(f"{where}: binary/non-ASCII byte 0x{byte:02x} in sequence")
-            ch = chr(byte)
-            if ch in "-.":
-                raise FastaFormatError(
-                    f"{where}: alignment gap {ch!r}; remove gaps (this reader takes unaligned DNA)"
-                )
-            if byte in _PROTEIN_ONLY:
-                raise FastaFormatError(f"{where}: {ch!r} is not a nucleotide (protein sequence?)")
-            raise FastaFormatError(f"{where}: invalid character {ch!r} in nucleotide sequence")
+            _raise_bad_byte(f"{src}: record {name!r}, line {lineno}, column {col + 1}", line[col])
     raise AssertionError("unreachable: a bad byte was detected but not located")
+
+
+def _raise_bad_byte(where: str, byte: int) -> None:
+    if byte == 0 or byte >= 0x80 or (byte < 0x20):
+        raise FastaFormatError(f"{where}: binary/non-ASCII byte 0x{byte:02x} in sequence")
+    ch = chr(byte)
+    if ch in "-.":
+        raise FastaFormatError(f"{where}: alignment gap {ch!r}; remove gaps (this reader takes unaligned DNA)")
+    if byte in _PROTEIN_ONLY:
+        raise FastaFormatError(f"{where}: {ch!r} is not a nucleotide (protein sequence?)")
+    raise FastaFormatError(f"{where}: invalid character {ch!r} in nucleotide sequence")
 
 
 # --------------------------------------------------------------------------- GenBank via biopython
@@ -254,35 +276,111 @@ def sniff_format(path: PathLike) -> str:
     return "fasta"
 
 
+# Biopython's GenBank parser only warns when sequence data is lost or inconsistent and then carries
+# on with what it has; these warnings are errors here. The others (feature tables, LOCUS layout,
+# qualifier quoting) leave the sequence intact.
+_GENBANK_SEQUENCE_WARNINGS = ("Premature end of file in sequence data", "Expected sequence length")
+
+
+class _GenBankLines:
+    """The text handle given to ``Bio.SeqIO``: counts lines and remembers the current record's LOCUS
+    line, so that an error can name the record and the line even when Biopython cannot."""
+
+    def __init__(self, fh: IO[str]):
+        self._fh = fh
+        self.line = 0  # lines read so far
+        self.record = 0  # 1-based index of the record being read
+        self.locus_name = ""
+        self.locus_line = 0
+        self.eof = False
+
+    def read(self, size: int = -1) -> str:
+        return self._fh.read(size)
+
+    def readline(self) -> str:
+        text = self._fh.readline()
+        self.eof = not text
+        if text:
+            self.line += 1
+            if text.startswith("LOCUS"):
+                self.record += 1
+                self.locus_name = (text.split() + [""])[1]
+                self.locus_line = self.line
+        return text
+
+    def where(self) -> str:
+        """``record N 'NAME' (LOCUS at line L): `` for the record being read, ``""`` before the first."""
+        if not self.record:
+            return ""
+        return f"record {self.record} {self.locus_name!r} (LOCUS at line {self.locus_line}): "
+
+    def truncated(self) -> str:
+        return f"the file ends at line {self.line}, before the record's closing '//': truncated file?"
+
+
 def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
-    """GenBank records through ``Bio.SeqIO`` (the format is too rich to hand-parse), validated like FASTA."""
-    from Bio import SeqIO
+    """GenBank records through ``Bio.SeqIO`` (the format is too rich to hand-parse), validated like FASTA.
+
+    A record cut short (the file ends before its ``//``) or whose sequence length differs from its
+    LOCUS line is a ``FastaFormatError``, as is anything Biopython cannot parse.
+    """
+    from Bio import BiopythonParserWarning, SeqIO
 
     path = Path(path)
     check_input_file(path, "GenBank file")
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, int]] = {}
     with open_binary(path) as fhb:
-        fh = io.TextIOWrapper(fhb, encoding="utf-8", errors="strict")
+        lines = _GenBankLines(io.TextIOWrapper(fhb, encoding="utf-8", errors="strict"))
         try:
-            for i, rec in enumerate(SeqIO.parse(fh, "genbank")):
+            records = SeqIO.parse(lines, "genbank")
+            while True:
+                # Only around the parsing itself: the warning filters are global, and the caller
+                # runs between records.
+                with warnings.catch_warnings():
+                    for message in _GENBANK_SEQUENCE_WARNINGS:
+                        warnings.filterwarnings("error", message=re.escape(message), category=BiopythonParserWarning)
+                    rec = next(records, None)
+                if rec is None:
+                    break
+                where = f"{path}: record {lines.record} {rec.id!r} (LOCUS at line {lines.locus_line})"
                 try:
                     seq = bytes(rec.seq)
                 except Exception as e:  # Bio's UndefinedSequenceError: a CONTIG-only record
-                    raise FastaFormatError(f"{path}: record {rec.id!r} has no sequence ({e})") from None
+                    raise FastaFormatError(f"{where} has no sequence ({e})") from None
                 if not seq:
-                    raise FastaFormatError(f"{path}: record {rec.id!r} has no sequence")
+                    raise FastaFormatError(f"{where} has no sequence")
                 if rec.id in seen:
+                    first, first_line = seen[rec.id]
                     raise FastaFormatError(
-                        f"{path}: duplicate record name {rec.id!r} (records {seen[rec.id]} and {i})"
+                        f"{where}: duplicate record name {rec.id!r} (first seen as record {first}, "
+                        f"LOCUS at line {first_line})"
                     )
-                seen[rec.id] = i
+                seen[rec.id] = (lines.record, lines.locus_line)
                 if seq.translate(None, NUCLEOTIDES):
-                    _raise_bad_char(str(path), rec.id, 0, [seq])
-                yield FastaRecord(rec.id, rec.description, seq.decode("ascii"), 0)
+                    pos = next(j for j, b in enumerate(seq) if b not in NUCLEOTIDES)
+                    _raise_bad_byte(f"{where}, base {pos + 1} of the sequence", seq[pos])
+                yield FastaRecord(rec.id, rec.description, seq.decode("ascii"), lines.locus_line)
         except FastaFormatError:
             raise
+        except BiopythonParserWarning as w:
+            text = str(w)
+            length = re.match(r"Expected sequence length (\d+), found (\d+)", text)
+            if length:
+                why = (
+                    f"the LOCUS line says {length[1]} bp but the sequence has {length[2]} bases "
+                    f"(record ends at line {lines.line}); truncated or edited record?"
+                )
+            elif text.startswith(_GENBANK_SEQUENCE_WARNINGS[0]):
+                why = lines.truncated()
+            else:
+                why = text
+            raise FastaFormatError(f"{path}: {lines.where()}{why}") from None
         except (ValueError, UnicodeDecodeError) + _DECOMPRESS_ERRORS as e:
-            raise FastaFormatError(f"{path}: malformed GenBank file: {e}") from None
+            if lines.eof and lines.record and str(e).startswith("Premature end"):  # Bio: "... of file", "... of line"
+                raise FastaFormatError(f"{path}: {lines.where()}{lines.truncated()}") from None
+            raise FastaFormatError(
+                f"{path}: {lines.where()}malformed GenBank file at line {lines.line}: {e}"
+            ) from None
 
 
 def read_records(path: PathLike, format: str = "auto") -> Iterator[FastaRecord]:
