@@ -443,6 +443,9 @@ class GenomeModel:
         ll = np.array([out[i][3] for i in order], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             bpb = np.where(n_scored > 0, -ll / (np.maximum(n_scored, 1) * np.log(2.0)), np.nan)
+        for i in np.flatnonzero(n_scored == 0):
+            warnings.warn(f"seqs: {_describe(names[i], int(i))}: nothing to score (no target it scores after the "
+                          "first token): n_scored is 0 and its bits per token NaN, not 0", UserWarning, stacklevel=2)
         return Scores(ll, bpb, n_scored, lengths, names)
 
     def _score_group(self, ids: list[np.ndarray], chunk_size: int):

@@ -10,7 +10,13 @@ temporary file is removed and ``dest`` is left as it was::
         with h5py.File(tmp, "w") as h5:
             ...
 
-``write_text``, ``write_bytes`` and ``write_json`` cover the one-call cases.
+``write_text``, ``write_bytes`` and ``write_json`` cover the one-call cases; ``atomic_text``
+yields a text stream for a writer that streams. A text file whose name ends in ``.gz`` is written
+gzip-compressed (``write_text``, ``write_json``, ``atomic_text``); the gzip stream is closed, its
+trailer written, before the commit, so a crash leaves no truncated ``.gz`` behind::
+
+    with atomic_text("samples.fa.gz") as fh:
+        fh.write(">a\nACGT\n")
 
 The temporary name is ``.<name>.<pid>.<random>.tmp``: a writer killed with ``kill -9`` leaves it
 behind, and the next write of the same file (by any process) removes the temporary files whose
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
+import io
 import json
 import math
 import os
@@ -37,7 +45,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, TextIO, Union
 
 from genomamba.errors import InputFileError, OutputError, OutputExistsError, RunDirBusy, TextEncodingError
 
@@ -315,9 +323,29 @@ def write_bytes(dest: PathLike, data: bytes, replace: bool = True) -> Path:
     return Path(dest)
 
 
+def gzip_name(dest: PathLike) -> bool:
+    """Whether a text output named ``dest`` is written gzip-compressed: its name ends in ``.gz``."""
+    return Path(dest).name.lower().endswith(".gz")
+
+
+@contextmanager
+def atomic_text(dest: PathLike, mode: Optional[int] = None, replace: bool = True) -> Iterator[TextIO]:
+    """Yield a UTF-8 text stream that becomes ``dest`` as ``atomic_path`` says: gzip-compressed when
+    the name ends in ``.gz`` (``gzip_name``). The stream is closed (a gzip stream's trailer written)
+    before the commit; when the block raises, nothing is committed and the temporary file goes."""
+    dest = Path(dest)
+    with atomic_path(dest, mode=mode, replace=replace) as tmp, open(tmp, "wb") as raw:
+        binary = raw
+        if gzip_name(dest):  # no timestamp: the same text gives the same bytes
+            binary = gzip.GzipFile(filename=dest.name, mode="wb", fileobj=raw, mtime=0)
+        with io.TextIOWrapper(binary, encoding="utf-8") as fh:
+            yield fh
+
+
 def write_text(dest: PathLike, text: str, replace: bool = True) -> Path:
-    with atomic_path(dest, replace=replace) as tmp:
-        tmp.write_text(text)
+    """``text`` as UTF-8, atomically; gzip-compressed when the name ends in ``.gz``."""
+    with atomic_text(dest, replace=replace) as fh:
+        fh.write(text)
     return Path(dest)
 
 

@@ -1,5 +1,6 @@
 """genomamba.files: atomic writes that honour the umask, clean up after a failure and write strict JSON."""
 
+import gzip
 import json
 import os
 import stat
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from genomamba.errors import InputFileError, OutputError, OutputExistsError, RunDirBusy, TextEncodingError
-from genomamba.files import RunDirLock, atomic_path, check_output, read_text, write_json, write_text
+from genomamba.files import RunDirLock, atomic_path, atomic_text, check_output, read_text, write_json, write_text
 
 
 @pytest.fixture
@@ -64,6 +65,48 @@ def test_success_replaces_and_temps_are_unique(tmp_path):
         b.write_text("b")
     assert dest.read_text() == "a"  # the outer block ends last and wins
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_text_named_gz_is_gzip_compressed(tmp_path):
+    text = "name\tbits\nchr1\t1.9\n" * 50 + "caf\u00e9\n"
+    p = write_text(tmp_path / "s.tsv.gz", text)
+    assert p.read_bytes()[:2] == b"\x1f\x8b" and p.stat().st_size < len(text)
+    with gzip.open(p, "rt", encoding="utf-8") as fh:
+        assert fh.read() == text
+    assert write_text(tmp_path / "again" / "s.tsv.gz", text).read_bytes() == p.read_bytes()  # no timestamp inside
+    write_json(tmp_path / "r.json.gz", {"acc": float("nan")})
+    with gzip.open(tmp_path / "r.json.gz", "rt") as fh:
+        assert json.load(fh) == {"acc": None}
+    with atomic_text(tmp_path / "g.fa.GZ") as fh:
+        for i in range(3):
+            fh.write(f">s{i}\nACGT\n")
+    with gzip.open(tmp_path / "g.fa.GZ", "rt") as fh:
+        assert fh.read() == ">s0\nACGT\n>s1\nACGT\n>s2\nACGT\n"
+    assert write_text(tmp_path / "plain.tsv", text).read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "g.fa.GZ", "plain.tsv", "r.json.gz", "s.tsv.gz"]
+
+
+def test_failed_gz_stream_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    dest = tmp_path / "samples.fa.gz"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_text(dest) as fh:
+            fh.write(">s1\nACGT\n" * 1000)
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    write_text(dest, ">old\nAC\n")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_text(dest) as fh:
+            fh.write(">new\nGGGG\n")
+            raise RuntimeError("disk on fire")
+    with gzip.open(dest, "rt") as fh:
+        assert fh.read() == ">old\nAC\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.fa.gz"]
+    with pytest.raises(OutputExistsError):
+        with atomic_text(dest, replace=False) as fh:
+            fh.write(">late\nT\n")
+    with gzip.open(dest, "rt") as fh:
+        assert fh.read() == ">old\nAC\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.fa.gz"]
 
 
 def test_json_writes_nan_and_infinities_as_null(tmp_path):

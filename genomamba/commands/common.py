@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 from pathlib import Path
 
 import torch
@@ -50,3 +51,23 @@ def positive_int(name: str, value: int) -> int:
 def fail(cmd: str, exc: BaseException) -> int:
     """Report ``exc`` as one line (``genomamba.errors.report``); exit code 1."""
     return report(cmd, exc, 1)
+
+
+# the tokenizer's remedy names its Python setting; on the command line the remedy is the input's
+_UNKNOWN_HINT = re.compile(r"\s*\(use unknown='unk' to map it to <unk>\)")
+
+
+def cli_error(exc: BaseException, names: dict[str, str]) -> BaseException:
+    """``exc`` in the words of the command line: a message that starts with a Python parameter
+    (``top_k: ...``) starts with its option instead (``names``: ``{"top_k": "--top-k"}``), and the
+    tokenizer's hint about a setting the command line does not have becomes the remedy there.
+    Anything else (files, other errors) is returned as it is."""
+    if not isinstance(exc, ValueError):
+        return exc
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    new = text
+    if sep and head in names:
+        new = rest if rest.startswith(names[head] + ":") else f"{names[head]}: {rest}"
+    new = _UNKNOWN_HINT.sub("; remove or replace that character", new)
+    return exc if new == text else InvalidArgument(new)

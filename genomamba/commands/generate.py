@@ -5,23 +5,31 @@ beside it).
 
 ``genomamba generate MODEL_DIR --prompts prompts.fa --num-samples K -n N -o out.fa``: K samples after
 every record of a FASTA file, decoded ``--batch-size`` at a time, written as FASTA records
-``>{record}_sample{k}`` (k = 1..K). Exit codes: 0 success, 1 bad input or model, 2 usage error.
+``>{record}_sample{k}`` (k = 1..K); ``--prompt ACGT --num-samples K`` (K > 1) the same for one prompt,
+records ``>prompt_sample{k}``. A batch ``j`` draws from ``seed + j``, so a sample depends on the seed
+and the batch size; its header records both (``seed=``, ``batch_size=``, ``batch_seed=``). An output
+named ``.gz`` is gzip-compressed. Exit codes: 0 success, 1 bad input or model, 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from genomamba.commands.common import add_model_args, fail, load_model, model_files, positive_int
+from genomamba.commands.common import add_model_args, cli_error, fail, load_model, model_files, positive_int
 from genomamba.data.fasta import read_fasta
-from genomamba.errors import UserError, check_input_file
-from genomamba.files import atomic_path, check_output, write_text
+from genomamba.errors import InvalidArgument, UserError, check_input_file
+from genomamba.files import atomic_text, check_output, write_text
 
 LINE = 80  # FASTA line width
+
+# the Python parameters of ``model.generate`` that errors may name, as the options that set them
+OPTIONS = {"n": "-n/--num-bases", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+           "seed": "--seed", "prompt": "--prompt", "batch_size": "--batch-size"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,23 +42,64 @@ def parser() -> argparse.ArgumentParser:
                      help="DNA or text prompt (required for those); for audio a WAV/FLAC file (default: silence)")
     src.add_argument("--prompts", default=None, metavar="FASTA",
                      help="DNA models: sample after every record of this FASTA file")
-    p.add_argument("--num-samples", type=int, default=1, help="--prompts: samples per record (default 1)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="DNA models: samples per prompt (default 1); more than one are written as FASTA records "
+                        ">{record}_sample{k} (--prompt: >prompt_sample{k}), to stdout or -o")
     p.add_argument("--batch-size", type=int, default=16,
-                   help="--prompts: sequences decoded together (default 16)")
-    p.add_argument("--no-progress", action="store_true", help="--prompts: no progress bar on stderr")
+                   help="DNA models: samples decoded together when there are several (--prompts, or "
+                        "--num-samples > 1; default 16)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="--prompts, --num-samples > 1: no progress bar on stderr")
     p.add_argument("-n", "--num-bases", type=int, default=None,
                    help="tokens to generate: bases, bytes or samples (default 1000; audio: --seconds)")
-    p.add_argument("--seconds", type=float, default=None, help="audio: seconds to generate (default 1)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="audio models only: seconds to generate (default 1), instead of -n")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample among the likeliest tokens that make up this probability, in (0, 1] (1 = off)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for reproducible samples; several samples are decoded --batch-size at a time, "
+                        "batch j from seed + j, and a sample depends on its batch: the same prompts, options, "
+                        "--seed and --batch-size give the same samples (each FASTA header records seed, "
+                        "batch_size and batch_seed)")
     p.add_argument("--include-prompt", action="store_true", help="print the prompt before the sample")
     p.add_argument("-o", "--output", default=None,
                    help="DNA: FASTA (else the bare sequence to stdout); text: a text file; audio: a WAV file "
-                        "(required; its spectrogram goes to .png)")
+                        "(required; its spectrogram goes to .png). A FASTA or text file named .gz is "
+                        "gzip-compressed")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     return p
+
+
+def check_options(args) -> None:
+    """The numbers given, checked before the model loads; an error names the option."""
+    if args.num_bases is not None and args.num_bases < 0:
+        raise InvalidArgument(f"-n/--num-bases: expected an int >= 0, got {args.num_bases}")
+    if args.seconds is not None:
+        if not (math.isfinite(args.seconds) and args.seconds > 0):
+            raise InvalidArgument(f"--seconds: expected a positive number, got {args.seconds}")
+        if args.num_bases is not None:
+            raise InvalidArgument("--seconds: give either --seconds or -n/--num-bases, not both")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise InvalidArgument(f"--temperature: expected a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise InvalidArgument(f"--top-k: expected an int >= 0 (0 = off), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise InvalidArgument(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    positive_int("--num-samples", args.num_samples)
+    positive_int("--batch-size", args.batch_size)
+
+
+def check_kind(args, kind: str) -> None:
+    """The options that only one kind of model reads, refused for the others."""
+    name = "DNA" if kind == "dna" else kind
+    if args.seconds is not None and kind != "audio":
+        raise InvalidArgument(f"--seconds: audio models only; this is a {name} model (use -n/--num-bases)")
+    if args.num_samples > 1 and kind != "dna":
+        raise InvalidArgument(f"--num-samples: several samples are for DNA models; this is a {name} model")
+    if args.prompts is not None and kind != "dna":
+        raise InvalidArgument(f"--prompts: reads DNA prompts from FASTA; this is a {name} model (use --prompt)")
 
 
 def _audio(model, args) -> int:
@@ -85,35 +134,42 @@ def read_prompts(model, path) -> list[tuple[str, str]]:
     return records
 
 
+def check_prompt(model, prompt: str) -> list[tuple[str, str]]:
+    """``--prompt`` as the one record ``("prompt", prompt)``, checked against the model's tokenizer."""
+    if len(model.encode(prompt, where="--prompt")) == 0:
+        raise InvalidArgument("--prompt: empty; generation needs at least one base "
+                              "(this model was trained without a <bos> token)")
+    return [("prompt", prompt)]
+
+
 def generate_fasta(model, records: list[tuple[str, str]], out, n: int, num_samples: int = 1,
                    batch_size: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    seed=None, include_prompt: bool = False, progress: bool = False) -> int:
     """``num_samples`` samples of ``n`` bases after each record, ``batch_size`` sequences at a time
     (with a ``seed``, batch ``j`` draws from ``seed + j``), written as FASTA to the text stream
-    ``out``. Returns the number of records written."""
+    ``out``. A sample depends on the seed and on its batch (the batch size, its place in it), so
+    each header records ``seed``, ``batch_size`` and its batch's ``batch_seed``: the same records,
+    options, seed and batch size give the same samples. Returns the number of records written."""
     jobs = [(name, seq, k) for name, seq in records for k in range(1, num_samples + 1)]
     bar = tqdm(total=len(jobs), desc="generate", unit="seq", file=sys.stderr, disable=not progress)
     try:
         for j, start in enumerate(range(0, len(jobs), batch_size)):
             part = jobs[start:start + batch_size]
+            batch_seed = None if seed is None else seed + j
             texts = model.generate([seq for _, seq, _ in part], n, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, seed=None if seed is None else seed + j,
-                                   include_prompt=include_prompt)
+                                   top_p=top_p, seed=batch_seed, include_prompt=include_prompt)
             for (name, seq, k), text in zip(part, texts):
                 out.write(_fasta_lines(f"{name}_sample{k} n={n} temperature={temperature} top_k={top_k} "
-                                       f"top_p={top_p} seed={seed} prompt_len={len(seq)}", text))
+                                       f"top_p={top_p} seed={seed} batch_size={batch_size} "
+                                       f"batch_seed={batch_seed} prompt_len={len(seq)}", text))
             bar.update(len(part))
     finally:
         bar.close()
     return len(jobs)
 
 
-def _prompts(model, args, kind: str) -> int:
-    if kind != "dna":
-        raise ValueError(f"--prompts: reads DNA prompts from FASTA; this is a {kind} model (use --prompt)")
-    positive_int("--num-samples", args.num_samples)
-    positive_int("--batch-size", args.batch_size)
-    records = read_prompts(model, args.prompts)
+def _samples(model, args, records: list[tuple[str, str]]) -> int:
+    """``--num-samples`` samples after every record, as FASTA to ``-o`` or stdout."""
     n = args.num_bases if args.num_bases is not None else 1000
     kw = dict(n=n, num_samples=args.num_samples, batch_size=args.batch_size, temperature=args.temperature,
               top_k=args.top_k, top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt,
@@ -121,9 +177,10 @@ def _prompts(model, args, kind: str) -> int:
     if not args.output:
         generate_fasta(model, records, sys.stdout, **kw)
         return 0
-    with atomic_path(args.output, replace=args.force) as tmp, open(tmp, "w") as fh:
+    with atomic_text(args.output, replace=args.force) as fh:
         count = generate_fasta(model, records, fh, **kw)
-    print(f"wrote {count} samples ({len(records)} prompts x {args.num_samples}) to {args.output}", file=sys.stderr)
+    what = f"{len(records)} prompts" if args.prompts is not None else "--prompt"
+    print(f"wrote {count} samples ({what} x {args.num_samples}) to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -150,6 +207,7 @@ def save_spectrogram(wave, sample_rate: int, path, title: str = "") -> Path:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
+        check_options(args)
         inputs = model_files(args.model)
         if args.prompts is not None:
             check_input_file(args.prompts, "--prompts")
@@ -158,28 +216,33 @@ def main(argv: list[str]) -> int:
             check_output(args.output, inputs, "--output", args.force)
         model = load_model(args)
         kind = getattr(getattr(model, "adapter", None), "name", "dna")
+        check_kind(args, kind)
         if args.prompts is not None:
-            return _prompts(model, args, kind)
+            return _samples(model, args, read_prompts(model, args.prompts))
         if kind == "audio":
             return _audio(model, args)
         if args.prompt is None:
             raise ValueError("--prompt: required for a DNA or text model")
-        n = args.num_bases if args.num_bases is not None else 1000
-        seq = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt)
+        if args.num_samples > 1:
+            return _samples(model, args, check_prompt(model, args.prompt))
+        return _one(model, args, kind)
+    except BrokenPipeError:
+        raise  # the reader of stdout went away (`| head`): the entry point stops quietly
     except (UserError, ValueError, OSError) as exc:
-        return fail("generate", exc)
-    if kind == "text":
-        if args.output:
-            write_text(args.output, seq)
-        else:
-            print(seq)
-        return 0
-    if args.output:
-        header = (f">generated n={n} temperature={args.temperature} top_k={args.top_k} "
-                  f"top_p={args.top_p} seed={args.seed} prompt_len={len(args.prompt)}")
-        body = "\n".join(seq[i:i + 80] for i in range(0, len(seq), 80))
-        write_text(args.output, header + "\n" + body + "\n", replace=args.force)
-    else:
+        return fail("generate", cli_error(exc, OPTIONS))
+
+
+def _one(model, args, kind: str) -> int:
+    """One sample after ``--prompt``: text as it is, DNA bare on stdout or as one FASTA record."""
+    n = args.num_bases if args.num_bases is not None else 1000
+    seq = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt)
+    if not args.output:
         print(seq)
+    elif kind == "text":
+        write_text(args.output, seq, replace=args.force)
+    else:
+        header = (f"generated n={n} temperature={args.temperature} top_k={args.top_k} "
+                  f"top_p={args.top_p} seed={args.seed} prompt_len={len(args.prompt)}")
+        write_text(args.output, _fasta_lines(header, seq), replace=args.force)
     return 0

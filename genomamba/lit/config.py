@@ -432,13 +432,21 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_where(e: yaml.YAMLError) -> str:
+    """`` at line L, column C: what the parser found`` on one line (PyYAML's own text spans several)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+    return f"{where}: {what}" if what else where or f" ({' '.join(str(e).split())})"
+
+
 def _read_mapping(path: Path, label: str) -> dict:
     if not path.exists():
         raise ConfigError(f"{label}: no such file")
     try:
         doc = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(e)}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return doc
@@ -480,6 +488,31 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
     for o in overrides:
         apply_override(doc, o)
     where = str(path) if path else "config"
+    try:
+        return _build(doc, kind, where)
+    except ConfigError as e:
+        raise _blame_override(e, where, overrides) from None
+
+
+def _blame_override(e: ConfigError, where: str, overrides) -> ConfigError:
+    """An error about a key that a ``--set`` gave names that ``--set`` (the file did not say it): the
+    message is about the key itself, or about a section of it and mentions the key's last part."""
+    msg = str(e)
+    if not msg.startswith(f"{where}: "):
+        return e
+    rest = msg[len(where) + 2:]
+    for o in reversed(list(overrides)):  # the last --set of a key is the one that counts
+        parts = o.split("=", 1)[0].strip().split(".")
+        for n in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:n])
+            if rest.startswith(prefix) and rest[len(prefix):len(prefix) + 1] in (":", "=", " ", ".", ""):
+                if n == len(parts) or parts[-1] in rest[len(prefix):]:
+                    return ConfigError(f"--set {o.strip()} (over {where}): {rest}")
+                break
+    return e
+
+
+def _build(doc: dict, kind: Optional[str], where: str):
     k = doc.get("kind", kind)
     if k not in KINDS:
         raise ConfigError(f"{where}: kind must be one of {sorted(KINDS)}, got {k!r}")
@@ -532,3 +565,33 @@ def _check_ranges(cfg, where: str) -> None:
     for key, v in (("trainer.max_minutes", t.max_minutes), ("trainer.budget_minutes", t.budget_minutes)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{where}: {key}: expected a positive number of minutes, got {v}")
+    if d.num_workers < 0:
+        raise ConfigError(f"{where}: data.num_workers: expected an int >= 0, got {d.num_workers}")
+    fractions = {"data.rc_prob": d.rc_prob}
+    if cfg.kind == "pretrain":
+        fractions["data.max_n_frac"] = d.max_n_frac
+    _check_optim(cfg.optim, where, fractions)
+
+
+def _check_optim(o: OptimConfig, where: str, fractions: dict) -> None:
+    """The optimizer's numbers, and probabilities / fractions in [0, 1], before any training starts."""
+    def bad(key, want, v):
+        raise ConfigError(f"{where}: {key}: expected {want}, got {v!r}")
+
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        bad("optim.lr", "a learning rate > 0", o.lr)
+    for key, v in (("optim.weight_decay", o.weight_decay), ("optim.head_lr_mult", o.head_lr_mult)):
+        if not (math.isfinite(v) and v >= 0):
+            bad(key, "a number >= 0", v)
+    if not (math.isfinite(o.eps) and o.eps > 0):
+        bad("optim.eps", "a number > 0 (e.g. 1e-8)", o.eps)
+    if o.warmup_steps < 0:
+        bad("optim.warmup_steps", "an int >= 0", o.warmup_steps)
+    fractions = {**fractions, "optim.min_lr_ratio": o.min_lr_ratio}
+    for key, v in fractions.items():
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            bad(key, "a number in [0, 1]", v)
+    betas = o.betas
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        bad("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.95]", betas)

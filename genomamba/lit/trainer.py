@@ -28,6 +28,7 @@ import os
 import pickle
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -185,6 +186,9 @@ def _expected_model(cfg) -> Optional[dict]:
 def check_resume(cfg, ckpt_path: str) -> None:
     """Refuse (``ConfigError``, one line) a checkpoint that ``cfg`` cannot continue: not a training
     checkpoint, another task's (a pretraining checkpoint for ``classify fit``), or another model shape."""
+    if not zipfile.is_zipfile(ckpt_path):  # torch's own error would be about its mmap option
+        raise ConfigError(f"--resume: {ckpt_path}: not a checkpoint (training writes them as zip archives "
+                          "under RUN_DIR/checkpoints/)")
     try:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
@@ -196,6 +200,11 @@ def check_resume(cfg, ckpt_path: str) -> None:
         raise ConfigError(f"--resume: {ckpt_path}: not a readable checkpoint ({first[:300]})") from None
     if not isinstance(ck, dict) or "state_dict" not in ck:
         raise ConfigError(f"--resume: {ckpt_path}: not a genomamba training checkpoint (no state_dict)")
+    step = ck.get("global_step")
+    if isinstance(step, int) and step >= cfg.trainer.max_steps and _primary_process():
+        print(f"genomamba: warning: --resume: {ckpt_path} is at step {step} and trainer.max_steps is "
+              f"{cfg.trainer.max_steps}: nothing is left to train (raise it, e.g. --max-steps, to go on); "
+              "the run only validates and tests", file=sys.stderr)
     hp = ck.get("hyper_parameters") or {}
     is_classifier = "labels" in hp
     if cfg.kind == "classify" and not is_classifier:

@@ -319,7 +319,12 @@ class DNATokenizer:
             raise FileNotFoundError(f"no {TOKENIZER_FILE} at {path}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object (a tokenizer's settings), got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def _rc_permutation_np(is_nuc: np.ndarray):

@@ -162,3 +162,23 @@ def test_the_data_pipeline_is_reachable_from_the_package():
     assert gm.data.read_fasta is read_fasta
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         gm.nothing  # noqa: B018
+
+
+def test_nothing_to_score_is_said_once(lm_dir, tmp_path, capsys):
+    import warnings
+
+    model = load(lm_dir)
+    with pytest.warns(UserWarning, match=r"seqs: record 0 \('seq0'\): nothing to score") as rec:
+        s = model.score(["NNNN", "ACGTACGT"])
+    assert len([w for w in rec if "nothing to score" in str(w.message)]) == 1
+    assert s.n_scored.tolist() == [0, 7] and np.isnan(s.bits_per_base[0]) and np.isfinite(s.bits_per_base[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.score(["ACGTACGT"])  # nothing to say
+    fa = tmp_path / "n.fa"
+    fa.write_text(">alln\nNNNNNN\n>ok\nACGTACGT\n")
+    assert cli(["score", str(lm_dir), str(fa)]) == 0
+    cap = capsys.readouterr()
+    assert [ln for ln in cap.err.splitlines() if ln.strip()] == [
+        "genomamba score: warning: alln: nothing scored; its bits per base is undefined (null / NA), not 0"]
+    assert cap.out.splitlines()[1].split("\t")[-1] == "NA"

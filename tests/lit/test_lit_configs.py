@@ -2,6 +2,7 @@
 model section into a MambaConfig); any other kind at least into a mapping with a ``kind:``. The
 ``base:`` key, typed corpus sources and the shipped-config resolver."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,13 @@ def test_bad_configs_name_file_and_key(tmp_path):
     p.write_text("kind: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+    p.write_text("kind: pretrain\nmodel: {d_model: 64\n")  # one line, where the parser stopped
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line 3, column 1: while parsing a flow "
+                                          r"mapping expected ',' or '}', but got '<stream end>'$"):
+        load_config(p)
+    p.write_text("kind: pretrain\n  x: 1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 2, column 4: mapping values are not allowed here$"):
+        load_config(p)
 
 
 def test_model_section_is_typed_and_lists_only_what_is_set(tmp_path):
@@ -119,6 +127,43 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.seqlen_warmup.start == 256
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(src, ["trainer.max_steps"])
+
+
+@pytest.mark.parametrize("assignment, needle", [
+    ("data.batch_size=0", "data.batch_size: expected a positive int, got 0"),
+    ("optim.lr=-1", "optim.lr: expected a learning rate > 0, got -1.0"),
+    ("optim.lr=.nan", "optim.lr: expected a learning rate > 0"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps: expected an int >= 0, got -5"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: expected a number >= 0"),
+    ("optim.eps=0", "optim.eps: expected a number > 0"),
+    ("optim.betas=[0.9]", "optim.betas: expected two numbers in [0, 1)"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas: expected two numbers in [0, 1)"),
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio: expected a number in [0, 1]"),
+    ("data.rc_prob=2", "data.rc_prob: expected a number in [0, 1], got 2.0"),
+    ("data.max_n_frac=-0.5", "data.max_n_frac: expected a number in [0, 1]"),
+    ("data.num_workers=-1", "data.num_workers: expected an int >= 0"),
+    ("model.d_model=-3", "MambaConfig.d_model: expected a positive int"),
+])
+def test_a_bad_value_from_set_names_the_set_not_the_file(assignment, needle, tmp_path):
+    """Numbers that would fail only once Lightning runs (or train nonsense) stop at loading, and the
+    message names the ``--set`` that gave them; the same value written in a file names the file."""
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(src, ["trainer.max_steps=7", assignment])
+    msg = str(err.value)
+    assert msg.startswith(f"--set {assignment} (over {src})") and needle in msg, msg
+    key, value = assignment.split("=", 1)
+    doc = read_yaml(src)
+    section, leaf = key.split(".")
+    doc.setdefault(section, {})[leaf] = yaml.safe_load(value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, ["trainer.max_steps=7"])
+    assert str(err.value).startswith(f"{bad}: ") and needle in str(err.value), str(err.value)
+    # a later --set of the same key decides: the file's own value again loads
+    good = to_plain(load_config(src))[section][leaf]
+    assert load_config(src, [assignment, f"{key}={json.dumps(good)}"])
 
 
 def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):

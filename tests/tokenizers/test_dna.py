@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,7 +94,12 @@ def test_save_load(tmp_path):
     d = json.loads((tmp_path / "tokenizer.json").read_text())
     d["vocab"] = d["vocab"][::-1]
     (tmp_path / "tokenizer.json").write_text(json.dumps(d))
-    with pytest.raises(ValueError, match="vocab mismatch"):
+    with pytest.raises(ValueError, match=r"tokenizer\.json: tokenizer vocab mismatch"):
         DNATokenizer.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError):
         DNATokenizer.from_pretrained(tmp_path / "nothing")
+    for text, needle in (('{"type": "x"}', "not a genomamba.DNATokenizer config: type='x'"),
+                         ("[1, 2]", "expected a JSON object")):
+        (tmp_path / "tokenizer.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'tokenizer.json'))}: {re.escape(needle)}"):
+            DNATokenizer.from_pretrained(tmp_path)

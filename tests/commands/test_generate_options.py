@@ -1,0 +1,154 @@
+"""`genomamba generate` / `score` options end to end: several samples after one prompt, samples
+reproducible from their FASTA headers, errors in the command line's words, `.gz` outputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import genomamba
+from genomamba.__main__ import main as cli
+from genomamba.data import read_fasta
+
+ASSETS = Path(genomamba.__file__).parent / "assets"
+LAMBDA = ASSETS / "lambda_virus.fa.gz"
+
+
+@pytest.fixture(scope="module")
+def prompts_fa(tmp_path_factory):
+    """Three real lambda pieces of different lengths as a FASTA file of prompts."""
+    (rec,) = list(read_fasta(LAMBDA))
+    f = tmp_path_factory.mktemp("prompts") / "prompts.fa"
+    f.write_text("".join(f">p{i} lambda piece {i}\n{rec.sequence[i * 900:i * 900 + 30 + 20 * i]}\n" for i in range(3)))
+    return f
+
+
+def _fields(description: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in description.split()[1:])
+
+
+def read_fasta_text(text: str, path: Path):
+    path.write_text(text)
+    return read_fasta(path)
+
+
+def test_num_samples_after_one_prompt(model_dir, tmp_path, capsys):
+    gm = genomamba.load(model_dir)
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--num-samples", "3", "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    recs = list(read_fasta_text(printed, tmp_path / "printed.fa"))
+    assert [r.name for r in recs] == ["prompt_sample1", "prompt_sample2", "prompt_sample3"]
+    assert [r.sequence for r in recs] == gm.generate(["ACGT"] * 3, 5, seed=0)
+    assert len({r.sequence for r in recs}) > 1
+    # -o, decoded two at a time: batch 0 from seed 0, batch 1 from seed 1
+    out = tmp_path / "three.fa"
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--num-samples", "3", "--seed", "0",
+                "--batch-size", "2", "-o", str(out)]) == 0
+    assert "wrote 3 samples" in capsys.readouterr().err
+    recs = list(read_fasta(out))
+    assert [r.sequence for r in recs] == gm.generate(["ACGT"] * 2, 5, seed=0) + gm.generate(["ACGT"], 5, seed=1)
+    assert [_fields(r.description)["batch_seed"] for r in recs] == ["0", "0", "1"]
+    # one sample: the bare sequence, whatever --batch-size says
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--seed", "0", "--batch-size", "4"]) == 0
+    assert capsys.readouterr().out.strip() == gm.generate("ACGT", 5, seed=0)
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_every_sample_is_reproduced_from_its_header(model_dir, prompts_fa, tmp_path, batch_size):
+    prompts = {r.name: r.sequence for r in read_fasta(prompts_fa)}
+    out = tmp_path / "s.fa"
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "30",
+                "--seed", "7", "--batch-size", str(batch_size), "-o", str(out)]) == 0
+    recs = list(read_fasta(out))
+    assert len(recs) == 6
+    gm = genomamba.load(model_dir)
+    for i, r in enumerate(recs):
+        f = _fields(r.description)
+        assert f["seed"] == "7" and f["batch_size"] == str(batch_size)
+        assert f["batch_seed"] == str(7 + i // batch_size)
+        # the header says which batch drew it: decode that batch again, alone
+        j = i // batch_size
+        batch = [prompts[re.sub(r"_sample\d+$", "", x.name)] for x in recs[j * batch_size:(j + 1) * batch_size]]
+        again = gm.generate(batch, int(f["n"]), seed=int(f["batch_seed"]))
+        assert again[i - j * batch_size] == r.sequence
+
+
+GENERATE_ERRORS = [
+    (["--prompt", "AC*GT"], "--prompt: invalid nucleotide character '*'"),
+    (["--prompt", "AC*GT", "--num-samples", "2"], "--prompt: invalid nucleotide character '*'"),
+    (["--prompt", "ACGT", "-n", "-1"], "-n/--num-bases: expected an int >= 0"),
+    (["--prompt", "ACGT", "--top-k", "-1"], "--top-k: expected an int >= 0"),
+    (["--prompt", "ACGT", "--top-p", "2"], "--top-p: expected a number in (0, 1]"),
+    (["--prompt", "ACGT", "--seconds", "2"], "--seconds: audio models only; this is a DNA model"),
+    (["--prompt", "ACGT", "--num-samples", "0"], "--num-samples: expected a positive int"),
+]
+
+
+@pytest.mark.parametrize("args, message", GENERATE_ERRORS)
+def test_generate_errors_name_the_option(model_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "never.fa"
+    assert cli(["generate", str(model_dir), *args, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("genomamba generate: error: ") and err.count("\n") == 1
+    assert message in err and "unknown=" not in err and "top_k" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_score_errors_name_the_option(model_dir, capsys):
+    assert cli(["score", str(model_dir), "--seq", "ACGT*X"]) == 1
+    err = capsys.readouterr().err
+    assert "--seq: invalid nucleotide character '*'" in err and "position 4" in err
+    assert "unknown=" not in err and "remove or replace" in err
+    assert cli(["score", str(model_dir), "--seq", "ACGT", "--seq", "AC*"]) == 1
+    assert "--seq #2: invalid nucleotide character" in capsys.readouterr().err
+
+
+def test_gz_outputs_are_gzip(model_dir, prompts_fa, tmp_path, capsys):
+    gm = genomamba.load(model_dir)
+    one = tmp_path / "g.fa.gz"
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--seed", "0", "-o", str(one)]) == 0
+    assert one.read_bytes()[:2] == b"\x1f\x8b"
+    (rec,) = list(read_fasta(one))
+    assert rec.name == "generated" and rec.sequence == gm.generate("ACGT", 5, seed=0)
+    many = tmp_path / "samples.fa.gz"
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "20",
+                "--seed", "3", "-o", str(many)]) == 0
+    plain = tmp_path / "samples.fa"
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "20",
+                "--seed", "3", "-o", str(plain)]) == 0
+    with gzip.open(many, "rt") as fh:
+        assert fh.read() == plain.read_text()
+    multi = tmp_path / "multi.fa"
+    multi.write_text(">a\nACGTACGTAA\n>b\nGGCCTTAACG\n")
+    capsys.readouterr()
+    assert cli(["score", str(model_dir), str(multi)]) == 0
+    tsv = capsys.readouterr().out
+    assert cli(["score", str(model_dir), str(multi), "-o", str(tmp_path / "s.tsv.gz")]) == 0
+    with gzip.open(tmp_path / "s.tsv.gz", "rt") as fh:
+        assert fh.read() == tsv
+    assert cli(["score", str(model_dir), str(multi), "-o", str(tmp_path / "s.json.gz")]) == 0
+    with gzip.open(tmp_path / "s.json.gz", "rt") as fh:
+        assert [r["name"] for r in json.load(fh)["records"]] == ["a", "b"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_closed_pipe_stops_generate_quietly(model_dir, tmp_path):
+    """``genomamba generate ... | head -2``: no error line once the reader has gone, the shell's code
+    for a tool stopped by a closed pipe."""
+    import subprocess
+    import sys
+
+    many = tmp_path / "many.fa"
+    many.write_text("".join(f">r{i}\n{'ACGT' * 10}\n" for i in range(2000)))
+    proc = subprocess.Popen([sys.executable, "-m", "genomamba", "generate", str(model_dir), "--prompts", str(many),
+                             "-n", "3", "--no-progress", "--batch-size", "64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as `head -1` would
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert first.startswith(b">r0_sample1 ") and "error" not in err, err
