@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from genomamba.commands.common import add_model_args, cli_error, fail, load_model, model_files, positive_int
 from genomamba.data.fasta import read_fasta
 from genomamba.errors import InvalidArgument, UserError, check_input_file
-from genomamba.files import atomic_text, check_output, write_text
+from genomamba.files import atomic_path, atomic_text, check_output, write_text
 
 LINE = 80  # FASTA line width
 
@@ -106,12 +107,19 @@ def _audio(model, args) -> int:
     a = model.adapter
     if not args.output:
         raise ValueError("--output: an audio model writes a WAV file; give -o out.wav")
+    out = Path(args.output)
+    if out.suffix.lower() != ".wav":
+        raise InvalidArgument(f"--output {out}: an audio model writes a WAV file; name it .wav")
+    png = out.with_suffix(".png")  # checked like the WAV itself, before any work
+    check_output(png, model_files(args.model), "--output (its spectrogram PNG)", args.force)
     n = args.num_bases if args.num_bases is not None else int(round((args.seconds or 1.0) * a.sample_rate))
     wave = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, include_prompt=args.include_prompt)
-    out = a.write_wav(wave, args.output)
-    png = save_spectrogram(wave, a.sample_rate, Path(out).with_suffix(".png"),
-                           f"generated: {len(wave) / a.sample_rate:.2f} s at {a.sample_rate} Hz")
+    with atomic_path(out, replace=args.force) as tmp:
+        a.write_wav(wave, tmp)
+    with atomic_path(png, replace=args.force) as tmp:
+        seconds = len(wave) / a.sample_rate
+        save_spectrogram(wave, a.sample_rate, tmp, f"generated: {seconds:.2f} s at {a.sample_rate} Hz")
     print(f"wrote {out} ({len(wave) / a.sample_rate:.2f} s) and {png}")
     return 0
 
@@ -193,13 +201,15 @@ def save_spectrogram(wave, sample_rate: int, path, title: str = "") -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 3))
     nfft = max(64, int(0.025 * sample_rate))
-    ax.specgram(wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma")
+    with warnings.catch_warnings():  # a clip shorter than one window is drawn as one column, as it should
+        warnings.filterwarnings("ignore", message="Only one segment is calculated", category=UserWarning)
+        ax.specgram(wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma")
     ax.set_xlabel("seconds")
     ax.set_ylabel("Hz")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
 

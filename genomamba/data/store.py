@@ -124,13 +124,21 @@ class StoredVocab:
 
 
 def _iter_files(paths: Sequence[PathLike], tokenizer, genome_ids: Optional[Sequence[str]]):
-    """One contig per file, ``"<id>:<file name>"``, tokenized by ``tokenizer.encode_file``."""
+    """One contig per file, ``"<id>:<file name>"``, tokenized by ``tokenizer.encode_file``; two files
+    that would get one name (same file name in two folders) are refused, naming both."""
+    seen: dict[str, PathLike] = {}
     for s, p in enumerate(paths):
         gid = genome_ids[s] if genome_ids is not None else _genome_id(p)
+        name = f"{gid}:{Path(p).name}"
+        if name in seen:
+            raise FastaFormatError(
+                f"{p}: would be stored as {name!r}, as {seen[name]} is; give each file its own genome id "
+                "(--genome-ids, or genome_ids= in Python) or rename one")
+        seen[name] = p
         ids = np.asarray(tokenizer.encode_file(p))
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"{p}: no tokens (an empty file)")
-        yield s, f"{gid}:{Path(p).name}", str(p), ids, np.zeros(ids.shape[0], dtype=np.bool_)
+        yield s, name, str(p), ids, np.zeros(ids.shape[0], dtype=np.bool_)
 
 
 class SequenceSource:
@@ -223,7 +231,8 @@ def _iter_encoded(paths: Sequence[PathLike], tokenizer: DNATokenizer, prefixes: 
                 raise FastaFormatError(
                     f"{p}: record {rec.name!r} (line {rec.line}) has the same name as a record "
                     f"in {seen[name]}; "
-                    "pass genome_ids= to prefix names per file"
+                    + ("give each file its own genome id" if prefixes is not None else
+                       "prefix names per file with genome ids (--genome-ids, or genome_ids= in Python)")
                 )
             seen[name] = str(p)
             try:

@@ -105,16 +105,16 @@ class TimeBudget(pl.Callback):
     After ``probe`` optimizer steps (past ``skip`` warm-up steps: compilation, autotuning) it
     measures seconds per step and lowers ``max_steps`` to what fits in ``minutes`` (x ``safety``,
     which leaves room for validation and saving), then re-targets the cosine schedule's end. It never
-    raises ``max_steps``. A resumed run keeps the planned count (it is in the checkpoint).
+    raises ``max_steps``. A resumed run keeps the planned count (it is in the checkpoint), unless
+    ``max_steps`` was changed since the plan (``--resume --max-steps N``): then it trains to N.
     """
 
     def __init__(self, minutes: float, skip: int = 5, probe: int = 20, safety: float = 0.85):
         self.minutes, self.skip, self.probe, self.safety = float(minutes), int(skip), int(probe), float(safety)
         self.planned: Optional[int] = None
+        self._planned_under: Optional[int] = None  # trainer.max_steps when the plan was made
+        self._retarget = False
         self._t0 = self._t_skip = None
-
-    def on_train_start(self, trainer, pl_module):
-        self._t0 = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.planned is not None:
@@ -128,6 +128,7 @@ class TimeBudget(pl.Callback):
             fit = step + max(1, int(left / per_step))
             self.planned = min(int(trainer.max_steps), fit) if trainer.max_steps and trainer.max_steps > 0 else fit
             self.planned = int(trainer.strategy.broadcast(self.planned, src=0))  # every rank stops at one step
+            self._planned_under = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None
             trainer.fit_loop.epoch_loop.max_steps = self.planned
             for cfg in trainer.lr_scheduler_configs:
                 for lam in getattr(cfg.scheduler, "lr_lambdas", []):
@@ -136,14 +137,34 @@ class TimeBudget(pl.Callback):
             rank_zero_info(f"TimeBudget: {per_step:.3f} s/step -> {self.planned} steps in {self.minutes} min")
 
     def state_dict(self) -> dict:
-        return {"planned": self.planned}
+        return {"planned": self.planned, "max_steps": self._planned_under}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.planned = state_dict.get("planned")
+        self._planned_under = state_dict.get("max_steps")
 
     def on_fit_start(self, trainer, pl_module):
-        if self.planned is not None:  # resumed after planning
-            trainer.fit_loop.epoch_loop.max_steps = self.planned
+        if self.planned is None:
+            return
+        # resumed after planning: the plan stands, unless trainer.max_steps (--max-steps) was changed
+        # since; then the new count is what the user asked for, and the schedule ends there
+        asked = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None
+        if asked is not None and self._planned_under is not None and asked != self._planned_under:
+            rank_zero_info(f"TimeBudget: trainer.max_steps is now {asked} (was {self._planned_under} when "
+                           f"{self.planned} steps were planned for the time budget): training to step {asked}")
+            self.planned, self._planned_under, self._retarget = asked, asked, True
+        elif asked is not None and asked < self.planned:
+            self.planned = asked
+        trainer.fit_loop.epoch_loop.max_steps = self.planned
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.time()
+        if self._retarget:  # after the scheduler's state came back from the checkpoint
+            for cfg in trainer.lr_scheduler_configs:
+                for lam in getattr(cfg.scheduler, "lr_lambdas", []):
+                    if hasattr(lam, "total"):
+                        lam.total = self.planned
+            self._retarget = False
 
 
 class TrainingCurves(pl.Callback):
@@ -239,6 +260,19 @@ class BestWeights(pl.Callback):
         if math.isfinite(value) and (self.best is None or value < self.best):
             self.best, self.best_step = value, int(trainer.global_step)
             self.state = {k: t.detach().to("cpu", copy=True) for k, t in pl_module.state_dict().items()}
+
+    # The best so far travels in every checkpoint, so a resumed run still ends with the best weights
+    # of the whole run, not only of the part after the resume.
+    def state_dict(self) -> dict:
+        return {"monitor": self.monitor, "best": self.best, "best_step": self.best_step, "last": self.last,
+                "last_step": self.last_step, "weights": self.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("monitor") != self.monitor:
+            return  # another criterion: what was best by it says nothing here
+        self.best, self.best_step = state_dict.get("best"), state_dict.get("best_step")
+        self.last, self.last_step = state_dict.get("last"), state_dict.get("last_step")
+        self.state = state_dict.get("weights")
 
     def restore(self, pl_module) -> dict:
         """Load the best weights into ``pl_module`` (if they are not the current ones); returns what

@@ -36,3 +36,32 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["build", str(bad), "--out", str(tmp_path / "x.h5")]) == 1
     assert main(["assets"]) == 0
     assert capsys.readouterr().out.strip().endswith("manifest.yaml")
+
+
+def test_two_inputs_never_share_a_contig_name(tmp_path, capsys):
+    """Text files of one name in two folders, or DNA records of one name under one genome id, would be
+    one contig name in the store (and a read of it the wrong data): refused, naming both inputs."""
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    first, second = tmp_path / "d1" / "x.txt", tmp_path / "d2" / "x.txt"
+    first.write_text("hello world one\n")
+    second.write_text("second file, other words\n")
+    out = tmp_path / "t.h5"
+    assert main(["build", "--adapter", "text", str(first), str(second), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "would be stored as 'x:x.txt'" in err and str(first) in err and "--genome-ids" in err
+    assert not out.exists()
+    assert main(["build", "--adapter", "text", str(first), str(second), "--genome-ids", "a", "b",
+                 "--out", str(out)]) == 0
+    store = TokenStore(out)
+    assert store.names == ["a:x.txt", "b:x.txt"]
+    assert store.lengths.tolist() == [len(first.read_bytes()), len(second.read_bytes())]
+    assert (store.read("a:x.txt", 0, 6) != store.read("b:x.txt", 0, 6)).any()  # each file's own tokens
+    fa1, fa2 = tmp_path / "one.fa", tmp_path / "two.fa"
+    fa1.write_text(">chr1\nACGT\n")
+    fa2.write_text(">chr1\nGGCC\n")
+    capsys.readouterr()
+    assert main(["build", str(fa1), str(fa2), "--out", str(tmp_path / "d.h5")]) == 1
+    assert "(--genome-ids, or genome_ids= in Python)" in capsys.readouterr().err
+    assert main(["build", str(fa1), str(fa2), "--genome-ids", "g", "g", "--out", str(tmp_path / "d.h5")]) == 1
+    assert "give each file its own genome id" in capsys.readouterr().err

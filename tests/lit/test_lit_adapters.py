@@ -84,6 +84,16 @@ def test_audio_lm_reports_bits_per_sample_and_generates_a_wav(audio_lm, tmp_path
     assert (tmp_path / "out.png").stat().st_size > 0
     assert cli(["generate", str(run_dir / "model"), "--seconds", "0.1"]) == 1  # a waveform needs -o
     assert "-o out.wav" in capsys.readouterr().err
+    # the spectrogram beside it is an output too: an existing PNG of that name is not replaced silently
+    (tmp_path / "b.png").write_text("a figure of the user's")
+    assert cli(["generate", str(run_dir / "model"), "--seconds", "0.05", "-o", str(tmp_path / "b.wav")]) == 1
+    assert "its spectrogram PNG" in capsys.readouterr().err
+    assert (tmp_path / "b.png").read_text() == "a figure of the user's" and not (tmp_path / "b.wav").exists()
+    assert cli(["generate", str(run_dir / "model"), "--seconds", "0.05", "-o", str(tmp_path / "b.wav"),
+                "--force"]) == 0
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG" and sf.info(str(tmp_path / "b.wav")).frames == 400
+    assert cli(["generate", str(run_dir / "model"), "--seconds", "0.05", "-o", str(tmp_path / "c.fa")]) == 1
+    assert "name it .wav" in capsys.readouterr().err and not (tmp_path / "c.fa").exists()
 
 
 def test_digit_classifier_tiny_config(tmp_path, audio_lm):

@@ -74,3 +74,35 @@ def test_kill9_then_resume_ends_with_same_step_count(tmp_path):
     train_steps = [s for s, _ in hist["train/loss"]]
     assert min(train_steps) < killed_at and max(train_steps) >= MAX_STEPS - 1
     assert (run / "model" / "model.safetensors").exists()
+
+
+def test_resume_keeps_the_best_weights_of_the_whole_run(tmp_path):
+    """trainer.keep: best across a resume: the best weights seen before the resume travel in the
+    checkpoint, so the resumed run saves them when nothing after the resume beats them."""
+    from safetensors.torch import load_file
+
+    from genomamba.commands.pretrain import run_pretrain
+    from genomamba.lit.config import load_config
+    from tests.lit.conftest import tiny_pretrain_doc
+
+    doc = tiny_pretrain_doc(tmp_path / "run", max_steps=6, seq_len=128, val_every=2, ckpt_every=2)
+    first = run_pretrain(load_config(doc=doc), quiet=True)
+    assert first["kept"]["weights"] == "best"
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    best = [v for k, v in ck["callbacks"].items() if k.startswith("BestWeights")][0]
+    assert best["best_step"] == first["kept"]["step"] and best["weights"] is not None
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    for name, t in saved.items():  # the checkpoint's best weights are those the run saved
+        assert torch.equal(best["weights"]["model." + name].to(t.dtype), t), name
+    # make the pre-resume best unbeatable (a loss of 0 at step 2, with recognisable weights): the
+    # resumed run must keep it, though every validation after the resume is worse
+    marked = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in best["weights"].items()}
+    best.update(best=0.0, best_step=2, weights=marked)
+    torch.save(ck, last)
+    doc["trainer"]["max_steps"] = 10
+    second = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert second["global_step"] == 10
+    assert second["kept"]["step"] == 2 and second["kept"]["value"] == 0.0
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert all(torch.all(t == 0.25) for t in saved.values() if t.is_floating_point())

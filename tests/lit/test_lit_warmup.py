@@ -70,6 +70,15 @@ def test_time_budget_plans_steps_and_retargets_the_schedule(tiny_pretrain, tmp_p
     # the cosine schedule now ends at the planned step: the last lr is the floor
     lam = ck["lr_schedulers"][0]["lr_lambdas"][0]
     assert lam["total"] == plan
+    # resumed with the same max_steps: the plan stands (nothing left to train)
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert res["global_step"] == plan
+    # resumed with another max_steps (--resume --max-steps N): N is trained to, the schedule ends there
+    doc["trainer"]["max_steps"] = plan + 4
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert res["global_step"] == plan + 4
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["lr_schedulers"][0]["lr_lambdas"][0]["total"] == plan + 4
 
 
 class _WritesAFile:
