@@ -17,6 +17,19 @@ from genomamba.files import write_json
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def positive_count(text: str) -> int:
+    """argparse type of a count that must be >= 1 (``--repeats``): the usage error names the option."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
 def machine_facts(device: str = "cpu") -> dict:
     facts = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import machine_facts, positive_count, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM, to_hf
 from genomamba.ops import use_backend
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=positive_count, default=7)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--no-hf", action="store_true", help="leave out HF transformers")
     ap.add_argument("--out", default="decode_cpu", help="results name (bench/results/<name>.json)")

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 import torch
 
-from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
+from genomamba.bench.common import cuda_requested, machine_facts, positive_count, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.decode import graphs_of
 from genomamba.models.lm import MambaLM
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=None, help="default 256 on cuda, 32 on cpu")
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16,64 on cuda, 1,4 on cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float16 on cuda, float32 on cpu")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per setting, best kept")
+    p.add_argument("--repeats", type=positive_count, default=None, help="timed calls per setting, best kept")
     p.add_argument("--temperature", type=float, default=0.0, help="above 0: sampled decoding (default 0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sampled decoding: keep the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampled decoding: nucleus mass (1: off)")

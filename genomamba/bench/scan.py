@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.bench import scan_gpu
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import machine_facts, positive_count, print_table, write_results
 from genomamba.ops import cpu
 from genomamba.ops.torch_scan import selective_scan_chunked
 
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="genomamba bench scan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (GPU backends)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--repeats", type=positive_count, default=5, help="timed runs per measurement (median)")
     p.add_argument("--quick", action="store_true", help="only the target shape")
     p.add_argument("--paths", default="loop,chunked,cpp", help="comma list of paths to time")
     p.add_argument("--baseline-max-l", type=int, default=8192,

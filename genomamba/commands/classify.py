@@ -162,9 +162,14 @@ def evaluate_main(argv) -> int:
     for name in ("length", "per_label", "batch_size"):
         if getattr(args, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    seen: dict = {}
     for model in args.model:
         if not (Path(model) / "head.json").exists():
             raise ConfigError(f"--model {model}: not a classifier directory (no head.json)")
+        key = Path(model).resolve()
+        if key in seen:  # an ensemble of a model with itself is that model, not two opinions
+            raise ConfigError(f"--model {model}: given twice (also as {seen[key]})")
+        seen[key] = model
     if args.out:
         inputs = [f for model in args.model for f in model_files(model)]
         check_output(args.out, inputs, "--out", args.force)

@@ -105,6 +105,10 @@ def _dispatch(args) -> int:
             store = man.build_store(args.out, tok, replace=args.force, compression=compression)
         else:
             if not args.inputs:
+                if args.genome_ids:  # the option took every word after it, the files too
+                    raise InvalidArgument(f"--genome-ids took every word after it ({' '.join(args.genome_ids)}) "
+                                          "and no input file is left; put the files first: "
+                                          "data build a.fa b.fa --genome-ids A B --out store.h5")
                 print("genomamba data build: give FASTA files or --manifest", file=sys.stderr)
                 return 2
             if args.genome_ids is not None and len(args.genome_ids) != len(args.inputs):

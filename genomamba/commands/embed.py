@@ -81,11 +81,13 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
         summary["records"] += 1
         summary["bases"] += length
         if not quiet:
-            print(f"  {name}: {length:,} bases", file=sys.stderr)
+            print(f"  {name}: {length:,} {unit}s", file=sys.stderr)
         return ds
 
     # A text or audio model embeds the file itself (one record: its bytes or its samples).
     modal = hasattr(model, "adapter")
+    unit = getattr(model.adapter, "unit", "token") if modal else "base"
+    summary["unit"] = unit  # "bases" counts tokens of this unit (bases, bytes or samples)
     source = Path(fasta) if modal else fasta
 
     def records():
@@ -136,5 +138,5 @@ def main(argv: list[str]) -> int:
                         args.batch_size, args.chunk_size, args.dtype, quiet=False, replace=args.force)
     except (UserError, ValueError, OSError) as exc:
         return fail("embed", exc)
-    print(f"embedded {s['records']} records ({s['bases']:,} bases) in {s['seconds']}s -> {s['output']}")
+    print(f"embedded {s['records']} records ({s['bases']:,} {s['unit']}s) in {s['seconds']}s -> {s['output']}")
     return 0

@@ -59,6 +59,8 @@ def main(argv: list[str]) -> int:
         positive_int("--batch-size", args.batch_size)
         positive_int("--chunk-size", args.chunk_size)
         model = load_model(args)
+        if args.seq and getattr(getattr(model, "adapter", None), "name", "dna") == "audio":
+            raise InvalidArgument("--seq: an audio model scores recordings; give the audio file (WAV, FLAC) instead")
         check_seqs(model, args.seq)
         seqs = Path(args.fasta) if args.fasta else list(args.seq)
         with warnings.catch_warnings():  # said below, once per record, in the command's own words

@@ -8,7 +8,7 @@ HDF5 layout (``format = "genomamba.TokenStore"``, ``format_version = 1``)::
     /contigs/description (c,) str    full header
     /contigs/length    (c,) int64
     /contigs/source    (c,) int32    index into /sources
-    /sources/path      (s,) str      source file as given at build time
+    /sources/path      (s,) str      source file's absolute path at build time (verify_sources from any folder)
     /sources/sha256    (s,) str      checksum of the source file's bytes
     /sources/genome    (s,) str      genome/strain id (file stem unless given)
     /seq/<i>           (length,) token ids of contig i, chunked (uint8; an adapter's dtype otherwise)
@@ -445,7 +445,7 @@ class TokenStore(SequenceSource):
                 f.create_dataset("contigs/length", data=np.array(lengths, dtype=np.int64))
                 f.create_dataset("contigs/source", data=np.array(sources, dtype=np.int32))
                 f.create_dataset(
-                    "sources/path", data=np.array([str(p) for p in paths], dtype=object), dtype=str_dt
+                    "sources/path", data=np.array([os.path.abspath(p) for p in paths], dtype=object), dtype=str_dt
                 )
                 f.create_dataset(
                     "sources/sha256",

@@ -182,3 +182,18 @@ def test_nothing_to_score_is_said_once(lm_dir, tmp_path, capsys):
     assert [ln for ln in cap.err.splitlines() if ln.strip()] == [
         "genomamba score: warning: alln: nothing scored; its bits per base is undefined (null / NA), not 0"]
     assert cap.out.splitlines()[1].split("\t")[-1] == "NA"
+
+
+def test_an_ensemble_of_one_model_twice_is_refused(clf_dir, capsys):
+    assert cli(["classify", "evaluate", "--model", str(clf_dir), "--model", str(clf_dir / ".." / clf_dir.name)]) == 2
+    _one_line_error(capsys.readouterr().err, "given twice")
+
+
+@pytest.mark.parametrize("bench", ["scan", "decode", "generate"])
+def test_bench_repeats_must_be_positive(bench, capsys):
+    from genomamba.bench.cli import main as bench_main
+
+    with pytest.raises(SystemExit) as e:
+        bench_main([bench, "--device", "cpu", "--repeats", "0"])
+    assert e.value.code == 2
+    assert "argument --repeats: expected a positive int, got 0" in capsys.readouterr().err

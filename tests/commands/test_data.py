@@ -65,3 +65,11 @@ def test_two_inputs_never_share_a_contig_name(tmp_path, capsys):
     assert "(--genome-ids, or genome_ids= in Python)" in capsys.readouterr().err
     assert main(["build", str(fa1), str(fa2), "--genome-ids", "g", "g", "--out", str(tmp_path / "d.h5")]) == 1
     assert "give each file its own genome id" in capsys.readouterr().err
+
+
+def test_genome_ids_before_the_files_is_explained(tmp_path, capsys):
+    fa = tmp_path / "a.fa"
+    fa.write_text(">c\nACGT\n")
+    assert main(["build", "--genome-ids", "A", str(fa), "--out", str(tmp_path / "s.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "--genome-ids took every word after it" in err and "put the files first" in err

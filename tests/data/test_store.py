@@ -88,6 +88,20 @@ def test_source_checksums(tmp_path, fly_slice):
     assert st.verify_sources() == [str(src)]
 
 
+def test_sources_are_found_from_any_folder(tmp_path, fly_slice, monkeypatch):
+    """A store built from a path relative to the folder of the build checks its sources from anywhere."""
+    import shutil
+
+    (tmp_path / "work").mkdir()
+    shutil.copy(fly_slice, tmp_path / "work" / "fly.fa.gz")
+    monkeypatch.chdir(tmp_path / "work")
+    TokenStore.build(["fly.fa.gz"], "s.h5")
+    monkeypatch.chdir(tmp_path)
+    st = TokenStore(tmp_path / "work" / "s.h5")
+    assert st.source_paths == [str(tmp_path / "work" / "fly.fa.gz")]
+    assert st.verify_sources() == []
+
+
 def test_bad_input_leaves_no_store(tmp_path):
     bad = tmp_path / "bad.fa"
     bad.write_bytes(b">a\nACGT\n>b\nMKLV\n")

@@ -94,6 +94,10 @@ def test_audio_lm_reports_bits_per_sample_and_generates_a_wav(audio_lm, tmp_path
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG" and sf.info(str(tmp_path / "b.wav")).frames == 400
     assert cli(["generate", str(run_dir / "model"), "--seconds", "0.05", "-o", str(tmp_path / "c.fa")]) == 1
     assert "name it .wav" in capsys.readouterr().err and not (tmp_path / "c.fa").exists()
+    assert cli(["score", str(run_dir / "model"), "--seq", "ACGT"]) == 1
+    assert "--seq: an audio model scores recordings" in capsys.readouterr().err
+    assert cli(["embed", str(run_dir / "model"), str(clip), "-o", str(tmp_path / "e.h5")]) == 0
+    assert "(8,000 samples)" in capsys.readouterr().out  # counted in the model's own unit
 
 
 def test_digit_classifier_tiny_config(tmp_path, audio_lm):
