@@ -68,9 +68,18 @@ def cuda_requested(command: str, device: str) -> Optional[bool]:
     return cuda
 
 
+def default_results_dir() -> Path:
+    """Where results go without ``--out``: ``genomamba/bench/results`` in a source checkout (next to
+    the figures the README cites), else ``./genomamba-bench-results``: an installed package's folder
+    is no place for a user's files (and may be read-only)."""
+    checkout = (RESULTS_DIR.parents[2] / "pyproject.toml").is_file()
+    writable = os.access(RESULTS_DIR.parent, os.W_OK)
+    return RESULTS_DIR if checkout and writable else Path.cwd() / "genomamba-bench-results"
+
+
 def write_results(name: str, payload: dict, out_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``payload`` to ``<out_dir>/<name>.json`` (default: the package's bench/results)."""
-    out = Path(out_dir) if out_dir else RESULTS_DIR
+    """Write ``payload`` to ``<out_dir>/<name>.json`` (default: ``default_results_dir()``)."""
+    out = Path(out_dir) if out_dir else default_results_dir()
     out.mkdir(parents=True, exist_ok=True)
     return write_json(out / f"{name}.json", payload)
 

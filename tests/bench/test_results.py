@@ -28,3 +28,19 @@ def test_machine_facts_record_the_genomamba_knobs(monkeypatch):
     facts = machine_facts("cpu")
     assert facts["genomamba_env"]["GENOMAMBA_CUDA_BWD_PREFETCH"] == "2"
     assert "OTHER_TOOL_SETTING" not in facts["genomamba_env"]
+
+
+def test_results_go_beside_the_source_or_into_the_working_folder(tmp_path, monkeypatch):
+    """Without --out: a source checkout's genomamba/bench/results; an installed package's folder is
+    left alone (results go to ./genomamba-bench-results)."""
+    import genomamba.bench.common as common
+
+    installed = tmp_path / "site" / "genomamba" / "bench" / "results"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(common, "RESULTS_DIR", installed)
+    monkeypatch.chdir(tmp_path)
+    path = common.write_results("probe", {"a": 1})
+    assert path == tmp_path / "genomamba-bench-results" / "probe.json" and json.loads(path.read_text()) == {"a": 1}
+    assert not any(installed.iterdir())
+    (tmp_path / "site" / "pyproject.toml").write_text("[project]\nname = 'genomamba'\n")
+    assert common.write_results("probe", {"a": 2}) == installed / "probe.json"
