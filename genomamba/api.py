@@ -485,7 +485,9 @@ class GenomeModel:
 
         A list of prompts (any lengths) returns a list of strings, one per prompt, decoded together
         ``batch_size`` at a time (default: all at once); greedy results equal those of each prompt
-        alone. With a ``seed``, batch ``j`` draws from ``seed + j``.
+        alone. With a ``seed``, prompt ``i`` draws from its own generator seeded ``seed + i``, so its
+        sample does not depend on ``batch_size`` or on the prompts beside it (prompt ``i`` with seed
+        ``s`` equals that prompt alone with seed ``s + i``).
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n: expected a non-negative int, got {n!r}")
@@ -522,11 +524,12 @@ class GenomeModel:
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
         step = batch_size or len(encoded)
         texts = []
-        for j, start in enumerate(range(0, len(encoded), step)):
+        for start in range(0, len(encoded), step):
             part = encoded[start:start + step]
             ts = [torch.from_numpy(ids.astype(np.int64)).to(self.device) for ids in part]
             outs = self.lm.generate(ts, n, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    seed=None if seed is None else seed + j, allowed_token_ids=allowed,
+                                    seed=None if seed is None else [int(seed) + start + i for i in range(len(part))],
+                                    allowed_token_ids=allowed,
                                     prefill_chunk=DEFAULT_CHUNK)
             for ids, out in zip(part, outs):
                 text = self.tokenizer.decode(out[len(ids):].cpu().numpy().astype(np.uint8))

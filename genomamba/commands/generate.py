@@ -6,9 +6,10 @@ beside it).
 ``genomamba generate MODEL_DIR --prompts prompts.fa --num-samples K -n N -o out.fa``: K samples after
 every record of a FASTA file, decoded ``--batch-size`` at a time, written as FASTA records
 ``>{record}_sample{k}`` (k = 1..K); ``--prompt ACGT --num-samples K`` (K > 1) the same for one prompt,
-records ``>prompt_sample{k}``. A batch ``j`` draws from ``seed + j``, so a sample depends on the seed
-and the batch size; its header records both (``seed=``, ``batch_size=``, ``batch_seed=``). An output
-named ``.gz`` is gzip-compressed. Exit codes: 0 success, 1 bad input or model, 2 usage error.
+records ``>prompt_sample{k}``. With ``--seed S`` sample ``g`` (counting every sample of the run, in
+output order) draws from its own generator seeded ``S + g``, whatever ``--batch-size``; its header
+records both (``seed=``, ``sample_seed=``). An output named ``.gz`` is gzip-compressed. Exit codes:
+0 success, 1 bad input or model, 2 usage error.
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample among the likeliest tokens that make up this probability, in (0, 1] (1 = off)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed for reproducible samples; several samples are decoded --batch-size at a time, "
-                        "batch j from seed + j, and a sample depends on its batch: the same prompts, options, "
-                        "--seed and --batch-size give the same samples (each FASTA header records seed, "
-                        "batch_size and batch_seed)")
+                   help="seed for reproducible samples: sample g of the run (in output order) draws from its own "
+                        "generator seeded seed + g, so it does not depend on --batch-size (each FASTA header "
+                        "records seed and sample_seed)")
     p.add_argument("--include-prompt", action="store_true", help="print the prompt before the sample")
     p.add_argument("-o", "--output", default=None,
                    help="DNA: FASTA (else the bare sequence to stdout); text: a text file; audio: a WAV file "
@@ -153,23 +153,22 @@ def check_prompt(model, prompt: str) -> list[tuple[str, str]]:
 def generate_fasta(model, records: list[tuple[str, str]], out, n: int, num_samples: int = 1,
                    batch_size: int = 16, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    seed=None, include_prompt: bool = False, progress: bool = False) -> int:
-    """``num_samples`` samples of ``n`` bases after each record, ``batch_size`` sequences at a time
-    (with a ``seed``, batch ``j`` draws from ``seed + j``), written as FASTA to the text stream
-    ``out``. A sample depends on the seed and on its batch (the batch size, its place in it), so
-    each header records ``seed``, ``batch_size`` and its batch's ``batch_seed``: the same records,
-    options, seed and batch size give the same samples. Returns the number of records written."""
+    """``num_samples`` samples of ``n`` bases after each record, ``batch_size`` sequences at a time,
+    written as FASTA to the text stream ``out``. With a ``seed``, sample ``g`` (in output order) draws
+    from its own generator seeded ``seed + g``, so the samples do not depend on ``batch_size``; each
+    header records ``seed`` and its ``sample_seed``. Returns the number of records written."""
     jobs = [(name, seq, k) for name, seq in records for k in range(1, num_samples + 1)]
     bar = tqdm(total=len(jobs), desc="generate", unit="seq", file=sys.stderr, disable=not progress)
     try:
-        for j, start in enumerate(range(0, len(jobs), batch_size)):
+        for start in range(0, len(jobs), batch_size):
             part = jobs[start:start + batch_size]
-            batch_seed = None if seed is None else seed + j
             texts = model.generate([seq for _, seq, _ in part], n, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, seed=batch_seed, include_prompt=include_prompt)
-            for (name, seq, k), text in zip(part, texts):
+                                   top_p=top_p, seed=None if seed is None else seed + start,
+                                   include_prompt=include_prompt)
+            for g, ((name, seq, k), text) in enumerate(zip(part, texts), start):
                 out.write(_fasta_lines(f"{name}_sample{k} n={n} temperature={temperature} top_k={top_k} "
-                                       f"top_p={top_p} seed={seed} batch_size={batch_size} "
-                                       f"batch_seed={batch_seed} prompt_len={len(seq)}", text))
+                                       f"top_p={top_p} seed={seed} sample_seed={None if seed is None else seed + g} "
+                                       f"prompt_len={len(seq)}", text))
             bar.update(len(part))
     finally:
         bar.close()

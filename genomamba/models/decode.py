@@ -35,7 +35,7 @@ from genomamba.models import graphed
 from genomamba.models.cache import InferenceCache
 from genomamba.models.graphed import ENV_CUDA_GRAPH, use_cuda_graph
 from genomamba.models.mixer import LayerCache
-from genomamba.models.sampling import draw, filter_values, filters, greedy, noise_like
+from genomamba.models.sampling import draw, fill_uniform, filter_values, filters, greedy, noise_like
 from genomamba.ops.checks import first_mismatch
 
 MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
@@ -81,16 +81,37 @@ def check_sampling(temperature, top_k, top_p) -> None:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
 
 
-def check_seed(seed) -> None:
-    """None or an int (a Python or NumPy integer; not a bool)."""
+def check_seed(seed, rows: Optional[int] = None) -> None:
+    """None or an int (a Python or NumPy integer; not a bool); with ``rows``, also a list of ``rows``
+    ints (one seed per sequence)."""
     if seed is None:
+        return
+    if rows is not None and isinstance(seed, (list, tuple)):
+        if len(seed) != rows:
+            raise ValueError(f"seed: {len(seed)} seeds for {rows} sequences; give one per sequence (or one int)")
+        for i, s in enumerate(seed):
+            try:
+                check_seed(s)
+            except ValueError:
+                raise ValueError(f"seed[{i}]: expected an int, got {s!r}") from None
         return
     try:
         if isinstance(seed, bool):
             raise TypeError
         operator.index(seed)
     except TypeError:
-        raise ValueError(f"seed: expected an int or None, got {seed!r}") from None
+        want = "an int or None" if rows is None else "an int, a list of ints (one per sequence) or None"
+        raise ValueError(f"seed: expected {want}, got {seed!r}") from None
+
+
+def make_generators(seed, device):
+    """``seed`` (checked by :func:`check_seed`) as what the draws take: None, one generator, or one
+    generator per sequence."""
+    if seed is None:
+        return None
+    if isinstance(seed, (list, tuple)):
+        return [torch.Generator(device=device).manual_seed(int(s)) for s in seed]
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 # ----------------------------------------------------------------------------- prefill
@@ -331,8 +352,8 @@ class DecodeSampler:
         for mine, value in zip(self.values, filter_values(temperature, top_p, self.noise.device)):
             mine.copy_(value)
 
-    def draw(self, generator: Optional[torch.Generator]) -> torch.Tensor:
-        self.noise.uniform_(0.0, 1.0, generator=generator)
+    def draw(self, generator) -> torch.Tensor:
+        fill_uniform(self.noise, generator)
         self.graph.replay()
         return self.token
 
@@ -381,7 +402,7 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
     if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
         raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
     check_sampling(temperature, top_k, top_p)
-    check_seed(seed)
+    check_seed(seed, len(prompts) if as_list else input_ids.shape[0])
     if eos_token_id is not None and not 0 <= int(eos_token_id) < padded:
         raise ValueError(f"eos_token_id: expected an id in [0, {padded}), got {eos_token_id}")
     vocab = vocab_size or model.config.vocab_size
@@ -395,7 +416,7 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
             raise ValueError(f"allowed_token_ids: expected ids in [0, {padded}), got {allowed_token_ids!r}")
         mask = torch.full((padded,), float("-inf"), device=device)
         mask[allowed] = 0.0
-    gen = torch.Generator(device=device).manual_seed(int(seed)) if seed is not None else None
+    gen = make_generators(seed, device)
 
     b = len(prompts) if as_list else input_ids.shape[0]
     new = torch.empty(b, max_new_tokens, dtype=torch.long, device=device)

@@ -236,7 +236,7 @@ class MambaLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
+                 top_p: float = 1.0, seed: Union[int, Sequence[int], None] = None, eos_token_id: Optional[int] = None,
                  vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
                  prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
         """Sample ``max_new_tokens`` after the prompt; memory does not grow with the generated length
@@ -250,6 +250,8 @@ class MambaLM(nn.Module):
         defaults to config.vocab_size). ``allowed_token_ids`` restricts sampling to those ids instead
         (e.g. the four bases). ``eos_token_id``: a sequence that sampled it gets only that id after.
         ``prefill_chunk`` reads the prompt that many tokens at a time (bounded memory for long prompts).
+        ``seed``: one int (one generator for the batch), or one int per sequence (each sequence draws
+        from its own generator, so its sample does not depend on the batch it is decoded in).
         ``cuda_graph``: replay the decode step from a CUDA graph (None: on for a model on CUDA,
         unless ``GENOMAMBA_CUDA_GRAPH=0``); see :mod:`genomamba.models.decode`.
         """

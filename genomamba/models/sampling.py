@@ -52,9 +52,20 @@ def filter_values(temperature: float, top_p: float, device) -> tuple:
             torch.tensor(min(top_p, 1.0), dtype=torch.float32, device=device))
 
 
+def fill_uniform(noise: torch.Tensor, generator=None) -> torch.Tensor:
+    """``noise`` (b, v) filled with uniform numbers in place: from ``generator`` (the default one when
+    None), or row i from ``generator[i]`` when it is a list of generators (one per sequence: a
+    sequence's draws then depend on its own seed alone, not on the batch it is decoded in)."""
+    if isinstance(generator, (list, tuple)):
+        for row, g in zip(noise, generator):
+            row.uniform_(0.0, 1.0, generator=g)
+        return noise
+    return noise.uniform_(0.0, 1.0, generator=generator)
+
+
 def noise_like(scores: torch.Tensor, generator=None) -> torch.Tensor:
-    """The draw's uniform noise for ``scores``, from ``generator`` (the default one when None)."""
-    return torch.empty_like(scores).uniform_(0.0, 1.0, generator=generator)
+    """The draw's uniform noise for ``scores``, from ``generator`` (see :func:`fill_uniform`)."""
+    return fill_uniform(torch.empty_like(scores), generator)
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):

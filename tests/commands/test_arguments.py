@@ -151,8 +151,16 @@ def test_ids_of_any_integer_width_and_clear_errors_for_empty_input_and_bad_seeds
     for bad in ("a", 1.5, True):
         with pytest.raises(ValueError, match=r"^seed: expected an int or None"):
             model.generate("ACGT", 4, seed=bad)
-        with pytest.raises(ValueError, match=r"^seed: expected an int or None"):
+        with pytest.raises(ValueError, match=r"^seed: expected an int, a list of ints \(one per sequence\) or None"):
             lm.generate(x8, 4, seed=bad)
+    with pytest.raises(ValueError, match=r"^seed: 2 seeds for 1 sequences"):
+        lm.generate(x8, 4, seed=[1, 2])
+    with pytest.raises(ValueError, match=r"^seed\[1\]: expected an int, got 'b'"):
+        lm.generate([x8[0], x8[0, :3]], 4, seed=[1, "b"])
+    # a seed per sequence: each sequence's sample is its own, whatever is decoded beside it
+    two = lm.generate([x8[0], x8[0, :3]], 6, seed=[5, 9])
+    assert torch.equal(two[0], lm.generate([x8[0]], 6, seed=[5])[0])
+    assert torch.equal(two[1], lm.generate([x8[0, :3]], 6, seed=9)[0])
     assert model.generate("ACGT", 6, seed=np.int64(3)) == model.generate("ACGT", 6, seed=3)
 
 

@@ -44,37 +44,41 @@ def test_num_samples_after_one_prompt(model_dir, tmp_path, capsys):
     assert [r.name for r in recs] == ["prompt_sample1", "prompt_sample2", "prompt_sample3"]
     assert [r.sequence for r in recs] == gm.generate(["ACGT"] * 3, 5, seed=0)
     assert len({r.sequence for r in recs}) > 1
-    # -o, decoded two at a time: batch 0 from seed 0, batch 1 from seed 1
+    # -o, decoded two at a time: sample g from seed 0 + g, the same samples as in one batch
     out = tmp_path / "three.fa"
     assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--num-samples", "3", "--seed", "0",
                 "--batch-size", "2", "-o", str(out)]) == 0
     assert "wrote 3 samples" in capsys.readouterr().err
     recs = list(read_fasta(out))
-    assert [r.sequence for r in recs] == gm.generate(["ACGT"] * 2, 5, seed=0) + gm.generate(["ACGT"], 5, seed=1)
-    assert [_fields(r.description)["batch_seed"] for r in recs] == ["0", "0", "1"]
+    assert [r.sequence for r in recs] == gm.generate(["ACGT"] * 3, 5, seed=0)
+    assert [r.sequence for r in recs] == [gm.generate("ACGT", 5, seed=g) for g in range(3)]
+    assert [_fields(r.description)["sample_seed"] for r in recs] == ["0", "1", "2"]
     # one sample: the bare sequence, whatever --batch-size says
     assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "5", "--seed", "0", "--batch-size", "4"]) == 0
     assert capsys.readouterr().out.strip() == gm.generate("ACGT", 5, seed=0)
 
 
-@pytest.mark.parametrize("batch_size", [2, 4])
-def test_every_sample_is_reproduced_from_its_header(model_dir, prompts_fa, tmp_path, batch_size):
+def test_samples_do_not_depend_on_the_batch_size_and_each_is_reproduced_from_its_header(
+        model_dir, prompts_fa, tmp_path):
     prompts = {r.name: r.sequence for r in read_fasta(prompts_fa)}
-    out = tmp_path / "s.fa"
-    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "30",
-                "--seed", "7", "--batch-size", str(batch_size), "-o", str(out)]) == 0
-    recs = list(read_fasta(out))
-    assert len(recs) == 6
+    runs = {}
+    for batch_size in (1, 2, 4, 16):
+        out = tmp_path / f"s{batch_size}.fa"
+        assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "30",
+                    "--seed", "7", "--batch-size", str(batch_size), "-o", str(out)]) == 0
+        runs[batch_size] = list(read_fasta(out))
+    recs = runs[1]
+    assert len(recs) == 6 and len({r.sequence for r in recs}) == 6
+    for batch_size, other in runs.items():
+        assert [(r.name, r.description, r.sequence) for r in other] == \
+            [(r.name, r.description, r.sequence) for r in recs], batch_size
     gm = genomamba.load(model_dir)
-    for i, r in enumerate(recs):
+    for g, r in enumerate(recs):
         f = _fields(r.description)
-        assert f["seed"] == "7" and f["batch_size"] == str(batch_size)
-        assert f["batch_seed"] == str(7 + i // batch_size)
-        # the header says which batch drew it: decode that batch again, alone
-        j = i // batch_size
-        batch = [prompts[re.sub(r"_sample\d+$", "", x.name)] for x in recs[j * batch_size:(j + 1) * batch_size]]
-        again = gm.generate(batch, int(f["n"]), seed=int(f["batch_seed"]))
-        assert again[i - j * batch_size] == r.sequence
+        assert f["seed"] == "7" and f["sample_seed"] == str(7 + g)
+        # the header says how it was drawn: that prompt alone, from that seed, gives it again
+        prompt = prompts[re.sub(r"_sample\d+$", "", r.name)]
+        assert gm.generate(prompt, int(f["n"]), seed=int(f["sample_seed"])) == r.sequence
 
 
 GENERATE_ERRORS = [
