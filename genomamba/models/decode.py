@@ -15,8 +15,9 @@ ids, so greedy decoding is one replay and one copy per token with no sampling ke
 Temperature / top-k / top-p sampling is a second, small captured graph per filter kind (top-k size,
 nucleus or not; ``DecodeSampler``): the uniform noise of the Gumbel-max draw (``genomamba.models.sampling``) is
 drawn from the caller's generator into its static input, then one replay filters, draws and writes
-the token into the step's input ids, so a sampled token costs one noise kernel and two replays, and
-the tokens equal the eager loop's for the same seed. A capture that fails, or whose first replay
+the token into the step's input ids, so a sampled token costs one noise kernel (one per sequence
+with a seed per sequence, ``generate(prompts, seed=[...])``) and two replays, and the tokens equal
+the eager loop's for the same seed. A capture that fails, or whose first replay
 disagrees with the eager computation, is dropped with one warning and that part runs eagerly.
 ``GENOMAMBA_CUDA_GRAPH`` (``auto`` / ``0`` / ``1``) overrides the default.
 """
