@@ -8,45 +8,15 @@ files (a slice of the shipped lambda phage genome, tiny models saved to disk).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-import genomamba
-from genomamba import DNATokenizer, MambaConfig, MambaLM
+from genomamba import DNATokenizer
 from genomamba.__main__ import main as cli
 from genomamba.api import load
 from genomamba.data.fasta import read_fasta
-from genomamba.models.heads import SequenceClassifier
 from tests.commands.test_safety import _one_line_error
-
-LAMBDA = Path(genomamba.__file__).parent / "assets" / "lambda_virus.fa.gz"
-
-
-@pytest.fixture(scope="module")
-def lambda_seq() -> str:
-    return next(iter(read_fasta(LAMBDA))).sequence
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("lm")
-    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(d)
-    DNATokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def clf_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("clf")
-    lm = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11))
-    SequenceClassifier(lm, ["E_coli", "S_aureus", "H_pylori"]).save_pretrained(d)
-    DNATokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture
@@ -57,7 +27,7 @@ def fasta(tmp_path, lambda_seq):
 
 
 @pytest.mark.parametrize("command", ["score", "embed", "generate"])
-def test_devices_threads_and_model_dirs_are_named(command, lm_dir, fasta, tmp_path, capsys):
+def test_devices_threads_and_model_dirs_are_named(command, model_dir, fasta, tmp_path, capsys):
     def argv(model, *extra):
         if command == "score":
             return ["score", str(model), str(fasta), *extra]
@@ -74,25 +44,25 @@ def test_devices_threads_and_model_dirs_are_named(command, lm_dir, fasta, tmp_pa
         n = torch.cuda.device_count()
         cases.append((["--device", f"cuda:{n}"], ("--device", f"shows {n} CUDA device")))
     for extra, needles in cases:
-        assert cli(argv(lm_dir, *extra)) == 1, extra
+        assert cli(argv(model_dir, *extra)) == 1, extra
         _one_line_error(capsys.readouterr().err, *needles)
     assert not (tmp_path / "e.h5").exists()
     assert cli(argv(tmp_path / "nope")) == 1
     _one_line_error(capsys.readouterr().err, "nope", "no such directory", "expected a model directory")
     assert cli(argv(fasta)) == 1
     _one_line_error(capsys.readouterr().err, "i.fa", "not a directory")
-    assert cli(argv(lm_dir, "--threads", "1", "--device", "cpu")) == 0  # the valid spellings still run
+    assert cli(argv(model_dir, "--threads", "1", "--device", "cpu")) == 0  # the valid spellings still run
     capsys.readouterr()
 
 
-def test_load_names_its_device_argument(lm_dir):
+def test_load_names_its_device_argument(model_dir):
     with pytest.raises(ValueError, match=r"^device: expected cpu, cuda or cuda:N, got 'gpu'"):
-        load(lm_dir, device="gpu")
+        load(model_dir, device="gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device: 'cuda' asked for"):
-            load(lm_dir, device="cuda")
+            load(model_dir, device="cuda")
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        load(lm_dir / "missing")
+        load(model_dir / "missing")
 
 
 def test_predict_leaves_records_without_bases_unlabelled(clf_dir, fasta, tmp_path, capsys):
@@ -128,8 +98,8 @@ def test_predict_on_several_files_names_the_file_of_each_row(clf_dir, fasta, tmp
     _one_line_error(capsys.readouterr().err, "nope", "no such directory")
 
 
-def test_ids_of_any_integer_width_and_clear_errors_for_empty_input_and_bad_seeds(lm_dir):
-    model = load(lm_dir)
+def test_ids_of_any_integer_width_and_clear_errors_for_empty_input_and_bad_seeds(model_dir):
+    model = load(model_dir)
     lm = model.lm
     ids = DNATokenizer().encode("ACGTTGCAAC")  # uint8, as the tokenizer returns them
     assert ids.dtype == np.uint8
@@ -172,10 +142,10 @@ def test_the_data_pipeline_is_reachable_from_the_package():
         gm.nothing  # noqa: B018
 
 
-def test_nothing_to_score_is_said_once(lm_dir, tmp_path, capsys):
+def test_nothing_to_score_is_said_once(model_dir, tmp_path, capsys):
     import warnings
 
-    model = load(lm_dir)
+    model = load(model_dir)
     with pytest.warns(UserWarning, match=r"seqs: record 0 \('seq0'\): nothing to score") as rec:
         s = model.score(["NNNN", "ACGTACGT"])
     assert len([w for w in rec if "nothing to score" in str(w.message)]) == 1
@@ -185,7 +155,7 @@ def test_nothing_to_score_is_said_once(lm_dir, tmp_path, capsys):
         model.score(["ACGTACGT"])  # nothing to say
     fa = tmp_path / "n.fa"
     fa.write_text(">alln\nNNNNNN\n>ok\nACGTACGT\n")
-    assert cli(["score", str(lm_dir), str(fa)]) == 0
+    assert cli(["score", str(model_dir), str(fa)]) == 0
     cap = capsys.readouterr()
     assert [ln for ln in cap.err.splitlines() if ln.strip()] == [
         "genomamba score: warning: alln: nothing scored; its bits per base is undefined (null / NA), not 0"]

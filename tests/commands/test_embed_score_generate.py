@@ -142,15 +142,6 @@ def test_generate_cli(model_dir, tmp_path, capsys):
     assert cli(["generate", str(tmp_path / "no_model"), "--prompt", "A"]) == 1
 
 
-@pytest.fixture(scope="module")
-def prompts_fa(tmp_path_factory):
-    """Three real lambda pieces of different lengths as a FASTA file of prompts."""
-    (rec,) = list(read_fasta(LAMBDA))
-    f = tmp_path_factory.mktemp("prompts") / "prompts.fa"
-    f.write_text("".join(f">p{i} lambda piece {i}\n{rec.sequence[i * 700:i * 700 + 40 + 55 * i]}\n" for i in range(3)))
-    return f
-
-
 def test_generate_cli_from_a_fasta_of_prompts(model_dir, prompts_fa, tmp_path, capsys):
     prompts = [r.sequence for r in read_fasta(prompts_fa)]
     out = tmp_path / "samples.fa"

@@ -14,18 +14,6 @@ import genomamba
 from genomamba.__main__ import main as cli
 from genomamba.data import read_fasta
 
-ASSETS = Path(genomamba.__file__).parent / "assets"
-LAMBDA = ASSETS / "lambda_virus.fa.gz"
-
-
-@pytest.fixture(scope="module")
-def prompts_fa(tmp_path_factory):
-    """Three real lambda pieces of different lengths as a FASTA file of prompts."""
-    (rec,) = list(read_fasta(LAMBDA))
-    f = tmp_path_factory.mktemp("prompts") / "prompts.fa"
-    f.write_text("".join(f">p{i} lambda piece {i}\n{rec.sequence[i * 900:i * 900 + 30 + 20 * i]}\n" for i in range(3)))
-    return f
-
 
 def _fields(description: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in description.split()[1:])

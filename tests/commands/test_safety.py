@@ -35,12 +35,10 @@ from genomamba.data.fasta import IndexedFasta, read_fasta
 from genomamba.data.store import TokenStore
 from genomamba.errors import UserError
 from genomamba.lit.config import ConfigError, load_config
-from genomamba.models.heads import SequenceClassifier
 from genomamba.models.io import CheckpointError
 from tests.lit.conftest import tiny_pretrain_doc
 
 ASSETS = Path(genomamba.__file__).parent / "assets"
-LAMBDA = ASSETS / "lambda_virus.fa.gz"
 UMAYDIS = ASSETS / "umaydis_test.fa.gz"
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -63,21 +61,6 @@ def _one_line_error(err: str, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def lambda_seq() -> str:
-    return next(iter(read_fasta(LAMBDA))).sequence
-
-
-@pytest.fixture(scope="module")
-def clf_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("clf")
-    lm = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11))
-    SequenceClassifier(lm, ["E_coli", "S_aureus", "H_pylori"]).save_pretrained(d)
-    DNATokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture
