@@ -341,6 +341,8 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
                         warnings.filterwarnings("error", message=re.escape(message), category=BiopythonParserWarning)
                     rec = next(records, None)
                 if rec is None:
+                    if not lines.record:  # Biopython reads a file without a LOCUS line as no records
+                        raise FastaFormatError(f"{path}: no GenBank record (no LOCUS line in {lines.line} lines)")
                     break
                 where = f"{path}: record {lines.record} {rec.id!r} (LOCUS at line {lines.locus_line})"
                 try:

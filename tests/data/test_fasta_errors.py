@@ -200,3 +200,14 @@ def test_comment_line_inside_a_record_keeps_line_numbers(tmp_path):
     p.write_bytes(b">a\nACGT\n;a comment\nACXT\n")
     with pytest.raises(FastaFormatError, match=r"record 'a', line 4, column 3: 'X' is not a nucleotide"):
         list(read_fasta(p))
+
+
+def test_genbank_without_a_locus_line_is_an_error(tmp_path):
+    """Read as GenBank (format="genbank"), a file with no LOCUS line is no records: said, not empty."""
+    p = tmp_path / "notes.gb"
+    p.write_text("DEFINITION  something.\nORIGIN\n        1 acgt\n")
+    with pytest.raises(FastaFormatError, match=r"notes\.gb: no GenBank record \(no LOCUS line in 3 lines\)"):
+        list(read_genbank(p))
+    p.write_text("")
+    with pytest.raises(FastaFormatError, match=r"no GenBank record \(no LOCUS line in 0 lines\)"):
+        list(read_genbank(p))
