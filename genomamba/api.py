@@ -24,6 +24,7 @@ measures it).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -37,7 +38,7 @@ import torch
 
 from genomamba.adapters import ADAPTER_FILE, Adapter, adapter_from_json
 from genomamba.data.fasta import read_records
-from genomamba.errors import InvalidArgument, check_input_file
+from genomamba.errors import InputFileError, InvalidArgument, MissingInputError, check_input_file
 from genomamba.files import read_text
 from genomamba.models import graphed
 from genomamba.models.decode import check_seed
@@ -582,6 +583,17 @@ def check_device(device, name: str = "device") -> None:
                               f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")
 
 
+def check_model_dir(path: PathLike, name: str = "path") -> Path:
+    """``path`` if it is a directory; else a one-line error naming ``name``: no such directory, or not one."""
+    path = Path(path)
+    if not path.is_dir():
+        want = "expected a model directory (config.json + model.safetensors)"
+        if path.exists():
+            raise InputFileError(errno.ENOTDIR, f"{name} {path}: not a directory; {want}")
+        raise MissingInputError(errno.ENOENT, f"{name} {path}: no such directory; {want}")
+    return path
+
+
 def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     """Load a saved model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``,
     + ``head.json``/``head.safetensors`` for a classifier) into a :class:`GenomeModel`.
@@ -593,11 +605,7 @@ def load(path: PathLike, device=None, dtype="auto") -> GenomeModel:
     """
     check_device(device)
     dtype = inference_dtype(device, dtype)
-    path = Path(path)
-    if not path.is_dir():
-        what = "is a file" if path.is_file() else "no such directory"
-        raise FileNotFoundError(f"path: {path}: {what}; expected a model directory "
-                                "(config.json + model.safetensors)")
+    path = check_model_dir(path)
     if (path / ADAPTER_FILE).exists():
         adapter = adapter_from_json(path)
         if adapter.name != "dna":

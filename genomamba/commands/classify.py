@@ -19,12 +19,12 @@ import torch
 from genomamba.adapters import ADAPTER_FILE, adapter_from_json
 from genomamba.api import weak_input
 from genomamba.baselines import audio_clip_baselines, species_baselines
-from genomamba.commands.common import model_files, positive_int
+from genomamba.commands.common import model_files, positive_int, refuse_repeats
 from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
-from genomamba.errors import InvalidArgument, UserError, check_input_file, report
+from genomamba.errors import UserError, check_input_file, report
 from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
@@ -162,14 +162,10 @@ def evaluate_main(argv) -> int:
     for name in ("length", "per_label", "batch_size"):
         if getattr(args, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(args, name))
-    seen: dict = {}
     for model in args.model:
         if not (Path(model) / "head.json").exists():
             raise ConfigError(f"--model {model}: not a classifier directory (no head.json)")
-        key = Path(model).resolve()
-        if key in seen:  # an ensemble of a model with itself is that model, not two opinions
-            raise ConfigError(f"--model {model}: given twice (also as {seen[key]})")
-        seen[key] = model
+    refuse_repeats(args.model, "--model")  # an ensemble of a model with itself is that model, not two opinions
     if args.out:
         inputs = [f for model in args.model for f in model_files(model)]
         check_output(args.out, inputs, "--out", args.force)
@@ -245,13 +241,9 @@ def predict_main(argv) -> int:
     args = ap.parse_args(argv)
     positive_int("--length", args.length)
     positive_int("--max-windows", args.max_windows)
-    seen: dict = {}
     for path in args.fasta:
         check_input_file(path, "fasta")
-        key = Path(path).resolve()
-        if key in seen:
-            raise InvalidArgument(f"fasta: {path} is given twice (also as {seen[key]})")
-        seen[key] = path
+    refuse_repeats(args.fasta, "fasta")
     if args.out:
         check_output(args.out, [*args.fasta, *model_files(args.model)], "--out", args.force)
     if not Path(args.model).is_dir():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import re
 from pathlib import Path
 
 import torch
 
-from genomamba.api import check_device, load
-from genomamba.errors import InputFileError, InvalidArgument, MissingInputError, report
+from genomamba.api import check_device, check_model_dir, load
+from genomamba.errors import InvalidArgument, report
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -26,13 +25,18 @@ def load_model(args):
     check_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(positive_int("--threads", args.threads))
-    model = Path(args.model)
-    if not model.is_dir():
-        want = "expected a model directory (config.json + model.safetensors)"
-        if model.exists():
-            raise InputFileError(errno.ENOTDIR, f"MODEL {args.model}: not a directory; {want}")
-        raise MissingInputError(errno.ENOENT, f"MODEL {args.model}: no such directory; {want}")
+    check_model_dir(args.model, "MODEL")
     return load(args.model, device=args.device, dtype=args.model_dtype)
+
+
+def refuse_repeats(paths, what: str) -> None:
+    """``InvalidArgument`` naming ``what`` when one path is given twice (by any spelling of it)."""
+    seen: dict = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            raise InvalidArgument(f"{what} {p}: given twice (also as {seen[key]})")
+        seen[key] = p
 
 
 def model_files(model_dir) -> list[Path]:

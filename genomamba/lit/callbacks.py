@@ -130,10 +130,7 @@ class TimeBudget(pl.Callback):
             self.planned = int(trainer.strategy.broadcast(self.planned, src=0))  # every rank stops at one step
             self._planned_under = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None
             trainer.fit_loop.epoch_loop.max_steps = self.planned
-            for cfg in trainer.lr_scheduler_configs:
-                for lam in getattr(cfg.scheduler, "lr_lambdas", []):
-                    if hasattr(lam, "total"):
-                        lam.total = self.planned
+            _end_schedule_at(trainer, self.planned)
             rank_zero_info(f"TimeBudget: {per_step:.3f} s/step -> {self.planned} steps in {self.minutes} min")
 
     def state_dict(self) -> dict:
@@ -160,11 +157,16 @@ class TimeBudget(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.time()
         if self._retarget:  # after the scheduler's state came back from the checkpoint
-            for cfg in trainer.lr_scheduler_configs:
-                for lam in getattr(cfg.scheduler, "lr_lambdas", []):
-                    if hasattr(lam, "total"):
-                        lam.total = self.planned
+            _end_schedule_at(trainer, self.planned)
             self._retarget = False
+
+
+def _end_schedule_at(trainer, total: int) -> None:
+    """Re-target the LR schedule (``WarmupCosine``) to end at step ``total``."""
+    for cfg in trainer.lr_scheduler_configs:
+        for lam in getattr(cfg.scheduler, "lr_lambdas", []):
+            if hasattr(lam, "total"):
+                lam.total = total
 
 
 class TrainingCurves(pl.Callback):
