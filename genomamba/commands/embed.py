@@ -94,7 +94,7 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
         return model._iter_inputs(source, "fasta") if modal else iter_sequences(fasta, "fasta")
 
     def size(i, name, s):
-        return len(model.encode(s, where=f"fasta: record {i} ({name!r})")) if modal else len(s)
+        return len(model.encode(s, where=f"fasta: record {i + 1} ({name!r})")) if modal else len(s)
 
     def fill(h5):
         h5.attrs["format"] = EMBED_FORMAT
@@ -111,7 +111,7 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
                 add(h5, name, vec, lengths[name])
         else:
             for i, (name, s) in enumerate(records()):
-                ids = model.encode(s, where=f"fasta: record {i} ({name!r})")
+                ids = model.encode(s, where=f"fasta: record {i + 1} ({name!r})")
                 ds = add(h5, name, (len(ids), model.d_model), size(i, name, s))
                 with torch.no_grad():
                     for start, h in model._chunks([ids], chunk_size):

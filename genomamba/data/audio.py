@@ -108,7 +108,8 @@ def read_audio(path: PathLike, sample_rate: int = 16000, quality: str = "HQ", al
     try:
         data, rate = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile's errors come as several types; all mean the same here
-        raise ValueError(f"{p}: cannot read audio: not an audio file libsndfile reads ({one_line(e)})") from None
+        why = one_line(e).replace(f"Error opening {str(p)!r}: ", "")  # libsndfile names the file again
+        raise ValueError(f"{p}: cannot read audio: not an audio file libsndfile reads ({why})") from None
     check_wav_chunks(p)
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise ValueError(f"{p}: no audio samples (an empty clip)")

@@ -151,6 +151,7 @@ def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path, digit_clips):
     with pytest.raises(ValueError, match="notes.wav: cannot read audio") as e:
         AUDIO.load(text)
     _one_line(e)
+    assert str(e.value).count("notes.wav") == 1  # libsndfile's own "Error opening '...'" is dropped
     truncated = tmp_path / "truncated.flac"
     truncated.write_bytes(digit_clips[0]["file"].read_bytes()[:60])
     with pytest.raises(ValueError, match="truncated.flac"):
