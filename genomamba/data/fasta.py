@@ -336,10 +336,13 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
             while True:
                 # Only around the parsing itself: the warning filters are global, and the caller
                 # runs between records.
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     for message in _GENBANK_SEQUENCE_WARNINGS:
                         warnings.filterwarnings("error", message=re.escape(message), category=BiopythonParserWarning)
                     rec = next(records, None)
+                for w in caught:  # Biopython's other warnings, said again with the file and record
+                    warnings.warn(f"{path}: {lines.where()}{w.message}", w.category, stacklevel=2)
                 if rec is None:
                     if not lines.record:  # Biopython reads a file without a LOCUS line as no records
                         raise FastaFormatError(f"{path}: no GenBank record (no LOCUS line in {lines.line} lines)")

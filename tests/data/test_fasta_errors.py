@@ -102,9 +102,11 @@ def test_harmless_biopython_warnings_stay_warnings(tmp_path):
     # A blank line inside ORIGIN loses nothing: Biopython warns and the record reads whole.
     p = tmp_path / "blank.gb"
     p.write_text(T1.replace("ORIGIN\n", "ORIGIN\n\n"))
-    with pytest.warns(BiopythonParserWarning, match="Blank line in sequence data"):
+    with pytest.warns(BiopythonParserWarning, match="Blank line in sequence data") as rec_warnings:
         (rec,) = read_genbank(p)
     assert rec.sequence == "ACGTNNACGTAC"
+    (w,) = [w for w in rec_warnings if "Blank line" in str(w.message)]  # said once, with file and record
+    assert str(w.message).startswith(f"{p}: record 1 'T1' (LOCUS at line 1): ")
 
 
 def test_warning_filters_are_not_changed_between_records(tmp_path):
