@@ -327,8 +327,10 @@ def _check_type(value, tp, where: str):
     return value
 
 
-def from_dict(cls, d, where: str):
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types (naming ``where``)."""
+def from_dict(cls, d, where: str, root: bool = False):
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types (naming ``where``).
+    ``root``: ``where`` is the file itself, so keys are named after it as ``FILE: section.key``, not
+    joined to the file name with a dot."""
     if d is None:
         d = {}
     if not isinstance(d, dict):
@@ -338,7 +340,7 @@ def from_dict(cls, d, where: str):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in d.items()})
+    return cls(**{k: _check_type(v, hints[k], f"{where}: {k}" if root else f"{where}.{k}") for k, v in d.items()})
 
 
 def to_plain(cfg) -> dict:
@@ -501,12 +503,13 @@ def _blame_override(e: ConfigError, where: str, overrides) -> ConfigError:
     if not msg.startswith(f"{where}: "):
         return e
     rest = msg[len(where) + 2:]
+    said = rest.split("; known: ")[0]  # an unknown-key error lists every known key after this
     for o in reversed(list(overrides)):  # the last --set of a key is the one that counts
         parts = o.split("=", 1)[0].strip().split(".")
         for n in range(len(parts), 0, -1):
             prefix = ".".join(parts[:n])
             if rest.startswith(prefix) and rest[len(prefix):len(prefix) + 1] in (":", "=", " ", ".", ""):
-                if n == len(parts) or parts[-1] in rest[len(prefix):]:
+                if n == len(parts) or parts[-1] in said[len(prefix):]:
                     return ConfigError(f"--set {o.strip()} (over {where}): {rest}")
                 break
     return e
@@ -518,7 +521,7 @@ def _build(doc: dict, kind: Optional[str], where: str):
         raise ConfigError(f"{where}: kind must be one of {sorted(KINDS)}, got {k!r}")
     if kind is not None and k != kind:
         raise ConfigError(f"{where}: is a {k!r} config, expected {kind!r}")
-    cfg = from_dict(KINDS[k], doc, where)
+    cfg = from_dict(KINDS[k], doc, where, root=True)
     if cfg.model is not None and not cfg.model.to_dict():
         cfg.model = None  # `model: {}` is no model
     if cfg.model is not None:

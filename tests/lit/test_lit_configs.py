@@ -85,10 +85,10 @@ def test_bad_configs_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: model: .*d_model"):
         load_config(p)
     p.write_text("kind: pretrain\nmodel: {d_model: 8, n_layer: 1, d_modle: 3}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml.model: unknown key\(s\) \['d_modle'\]"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: model: unknown key\(s\) \['d_modle'\]"):
         load_config(p)
     p.write_text("kind: pretrain\nmodel: {d_model: 8, n_layer: 1, dt_rank: yes}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml.model.dt_rank: expected int or str, got True"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: model.dt_rank: expected int or str, got True"):
         load_config(p)
     p.write_text("kind: pretrian\n")
     with pytest.raises(ConfigError, match="kind must be one of"):
@@ -166,6 +166,21 @@ def test_a_bad_value_from_set_names_the_set_not_the_file(assignment, needle, tmp
     assert load_config(src, [assignment, f"{key}={json.dumps(good)}"])
 
 
+def test_an_unknown_key_or_a_wrong_type_from_set_names_the_set(tmp_path):
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    for assignment, needle in [("trainer.max_stepz=10", "trainer: unknown key(s) ['max_stepz']"),
+                               ("data.seq_len=abc", "data.seq_len: expected int, got 'abc'")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(src, ["trainer.max_steps=7", assignment])
+        assert str(err.value).startswith(f"--set {assignment} (over {src}): {needle}"), str(err.value)
+    # the same mistakes written in a file name the file, then the key (not "FILE.trainer")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {src}\ntrainer: {{max_stepz: 10}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, ["trainer.max_steps=7"])
+    assert str(err.value).startswith(f"{bad}: trainer: unknown key(s) ['max_stepz']"), str(err.value)
+
+
 def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):
     src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
     cfg = load_config(src, ["data.sources=[{fetch: bacteria, splits: [train]}, {path: g.fa, split: val, id: g}]"])
@@ -173,10 +188,10 @@ def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):
     assert to_plain(cfg)["data"]["sources"] == [{"fetch": "bacteria", "splits": ["train"]},
                                                 {"path": "g.fa", "split": "val", "id": "g"}]
     bad = {
-        "[{asets: pretrain}]": r"tiny_cpu.yaml.data.sources\[0\]: give exactly one of assets / fetch / manifest / "
+        "[{asets: pretrain}]": r"tiny_cpu.yaml\): data.sources\[0\]: give exactly one of assets / fetch / manifest / "
                                r"path / files, got none \(unknown key\(s\) \['asets'\]\)",
         "[{assets: pretrain, path: x.fa}]": r"data.sources\[0\]: give exactly one of",
-        "[{assets: pretrain}, {assets: everything}]": r"tiny_cpu.yaml.data.sources\[1\].assets: must be one of",
+        "[{assets: pretrain}, {assets: everything}]": r"tiny_cpu.yaml\): data.sources\[1\].assets: must be one of",
         "[{assets: pretrain, dest: /tmp}]": r"data.sources\[0\]: unknown key\(s\) \['dest'\] for a assets source",
         "[{path: g.fa, split: training}]": r"data.sources\[0\].split: must be one of",
         "[{path: g.fa, split: {by: chromosome}}]": r"data.sources\[0\].split.by: must be one of \['contig', 'region', "
