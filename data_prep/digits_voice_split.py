@@ -2,7 +2,7 @@
 """Write a second split of the spoken-digit set: some flite voices join training, the rest are the test.
 
     python data_prep/digits_voice_split.py $GENOMAMBA_DATA/digits/manifest.csv \
-        --train-voices kal kal16 awb [--out manifest_voices.csv]
+        --train-voices kal kal16 awb [--out manifest_voices.csv] [--force]
 
 ``genomamba data fetch digits`` holds out the whole flite engine (test) and whole espeak-ng variants
 (val). This script keeps those val clips and moves the clips of the named flite voices into train, so
@@ -12,12 +12,14 @@ recognise new speakers of a synthesizer family it has heard, rather than a famil
 
 The new manifest is written beside the original (same relative clip paths), with every other column
 unchanged; point a classifier config at it with ``--set data.manifest=.../manifest_voices.csv``.
+An existing ``--out`` is replaced only with ``--force``, and never when it is the input manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -48,9 +50,17 @@ def main(argv=None) -> int:
     p.add_argument("--train-voices", nargs="+", default=["kal", "kal16", "awb"],
                    help="flite voices moved into train (default: kal kal16 awb)")
     p.add_argument("--out", default="manifest_voices.csv", help="file name, written beside the manifest")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     if not a.manifest.is_file():
         p.error(f"{a.manifest}: not a file")
+    out = a.manifest.parent / a.out
+    if os.path.realpath(out) == os.path.realpath(a.manifest) or (out.exists() and os.path.samefile(out, a.manifest)):
+        p.error(f"--out {out}: is the input manifest; writing it would destroy the input, choose another name")
+    if out.is_dir():
+        p.error(f"--out {out}: is a directory; give a file name")
+    if (out.exists() or out.is_symlink()) and not a.force:
+        p.error(f"--out {out}: exists; use --force to replace it")
     with open(a.manifest, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, list(reader)
@@ -61,7 +71,6 @@ def main(argv=None) -> int:
         rows = split_by_voice(rows, set(a.train_voices), str(a.manifest))
     except ValueError as e:
         p.error(str(e))
-    out = a.manifest.parent / a.out
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()

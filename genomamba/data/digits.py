@@ -23,7 +23,9 @@ loudest) -> centred in exactly 1 s (a longer utterance keeps its central second,
 ``cropped``) -> peak-normalised -> 16-bit FLAC (or WAV). ``manifest.csv`` lists path, label, word,
 engine, voice, accent, variant, the synthesis parameters, split and speech duration;
 ``provenance.json`` records the programs, their package versions, the settings and the counts.
-The output is a function of the settings and the seed (the programs are deterministic).
+The output is a function of the settings and the seed (the programs are deterministic). The set is
+built beside its folder and then replaces it; a folder that holds anything but an earlier set is
+refused unless ``force`` is given (:func:`check_replaceable`).
 
 If ``espeak-ng`` / ``flite`` / ``festival`` (the last only when festival voices are asked for) are
 not on PATH they are fetched with ``apt-get download`` + ``dpkg -x`` (with the libraries they need
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -53,8 +56,9 @@ from typing import Optional, Union
 import numpy as np
 
 from genomamba.data.audio import read_audio, write_audio
-from genomamba.data.debian import DebianError, dataset_complete, unpacked_programs, write_marker
+from genomamba.data.debian import MARKER, DebianError, dataset_complete, unpacked_programs, write_marker
 from genomamba.data.fasta import file_sha256
+from genomamba.errors import OutputExistsError
 
 PathLike = Union[str, os.PathLike]
 
@@ -150,6 +154,9 @@ class DigitsConfig:
         unknown = [w for w in self.words if w not in WORDS]
         if unknown or not self.words:
             raise ValueError(f"words must be a non-empty subset of {list(WORDS)}, got {list(self.words)}")
+        bad = [a for a in self.accents if a not in ESPEAK_ACCENTS]
+        if bad:
+            raise ValueError(f"unknown espeak-ng accents {bad}; the English accents are {list(ESPEAK_ACCENTS)}")
         bad = [v for v in self.flite_voices if v not in FLITE_VOICES]
         if bad:
             raise ValueError(f"unknown flite voices {bad}; flite has {list(FLITE_VOICES)}")
@@ -189,8 +196,8 @@ class Synthesizers:
         names = [n for n, _ in want if not found[n]]
         toolbox = None
         if names:
+            apt = ["espeak-ng", "flite"] + (["festival", *voice_packages] if self.festival_voices else [])
             if tools_dir is None:
-                apt = ["espeak-ng", "flite"] + (["festival", *voice_packages] if self.festival_voices else [])
                 raise DigitsError(
                     f"{names} not on PATH and no tools folder given: "
                     f"`apt-get install {' '.join(apt)}`, or pass a tools folder to unpack them into"
@@ -199,7 +206,10 @@ class Synthesizers:
             try:
                 toolbox, paths, self.packages = unpacked_programs(names, packages, Path(tools_dir), quiet=quiet)
             except DebianError as e:
-                raise DigitsError(str(e)) from None
+                raise DigitsError(
+                    f"{names} not on PATH (`apt-get install {' '.join(apt)}` installs them) and unpacking them "
+                    f"from Debian packages into {tools_dir} failed: {e}"
+                ) from None
             found.update({n: str(p) for n, p in paths.items()})
             self.env = toolbox.env
         self.espeak = found["espeak-ng"]
@@ -459,19 +469,103 @@ def _make_festival(jobs: list, synth: Synthesizers, cfg: DigitsConfig, out: Path
         script.unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- the output folder
+def unexpected_files(out: PathLike) -> list:
+    """What replacing ``out`` with a new spoken-digit set would delete that a build did not write:
+    the paths (relative to ``out``, sorted) of its files other than ``manifest.csv``,
+    ``provenance.json``, the fetch record and the clips that manifest lists. An earlier set, an
+    empty folder or a missing one gives ``[]``; a folder without a spoken-digit ``provenance.json``
+    gives all its files; ``out`` that is a file (or a link) gives ``["."]``."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return ["."]
+    if not out.exists():
+        return []
+    ours: set = set()
+    try:
+        is_set = json.loads((out / PROVENANCE).read_text()).get("dataset") == "spoken-digits"
+    except (OSError, ValueError, AttributeError):
+        is_set = False
+    if is_set:
+        ours = {MANIFEST, PROVENANCE, MARKER}
+        try:
+            with open(out / MANIFEST, newline="") as fh:
+                ours |= {r.get("path") or "" for r in csv.DictReader(fh)}
+        except (OSError, ValueError, csv.Error):
+            pass  # no readable manifest: only the files named above are the set's
+    found = []
+    for root, dirs, files in os.walk(out):
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]  # not walked into, but deleted
+        for name in files + links:
+            rel = Path(root, name).relative_to(out).as_posix()
+            if rel not in ours:
+                found.append(rel)
+    return sorted(found)
+
+
+def check_replaceable(out: PathLike, force: bool = False,
+                      how: str = "choose another folder, or pass force=True to replace it") -> None:
+    """Refuse (``OutputExistsError``, one line naming ``out``) to replace ``out`` unless it is missing,
+    empty or an earlier spoken-digit set (see :func:`unexpected_files`), or ``force`` is given.
+    ``how`` ends the message: what the caller can do instead."""
+    if force:
+        return
+    extra = unexpected_files(out)
+    if extra == ["."]:
+        raise OutputExistsError(errno.EEXIST, f"{out}: is a file or a symbolic link, not a folder; {how}")
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise OutputExistsError(
+            errno.EEXIST,
+            f"{out}: holds {len(extra)} file(s) that are not part of a spoken-digit set ({shown}); building "
+            f"the set there would delete them: move them elsewhere, {how}",
+        )
+
+
+def staging_folder(out: PathLike) -> Path:
+    """A new empty folder beside ``out`` (hidden, a name no other build uses) to build the set in
+    before it replaces ``out``; its permissions are those of a folder made with ``mkdir``."""
+    out = Path(os.path.abspath(out))  # "." or "x/..": beside the folder itself, never inside it
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(work, 0o777 & ~mask)
+    return work
+
+
+def replace_folder(work: PathLike, out: PathLike, force: bool = False,
+                   how: str = "choose another folder, or pass force=True to replace it") -> Path:
+    """Move the finished folder ``work`` to ``out``, replacing an earlier ``out``; checked again with
+    :func:`check_replaceable` first, as files may have been added to ``out`` while the set was built."""
+    work, out = Path(work), Path(out)
+    check_replaceable(out, force, how)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        out.unlink()
+    elif out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return out
+
+
 def make_spoken_digits(
     out: PathLike,
     cfg: Optional[DigitsConfig] = None,
     tools_dir: Optional[PathLike] = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> Path:
-    """Synthesize the spoken-digit set into ``out`` (replaced); returns ``out``.
+    """Synthesize the spoken-digit set into ``out``; returns ``out``.
 
+    ``out`` is replaced when it is missing, empty or an earlier spoken-digit set; a folder holding
+    other files is refused (``OutputExistsError``, before any synthesis) unless ``force``.
     ``tools_dir``: where espeak-ng / flite / festival (with the requested voices) are unpacked when
     they are not on PATH.
     """
     cfg = cfg or DigitsConfig()
     cfg.check()
+    out = Path(out)
+    check_replaceable(out, force)
     t0 = time.time()
     synth = Synthesizers(
         tools_dir,
@@ -485,11 +579,23 @@ def make_spoken_digits(
     if unknown:
         raise ValueError(f"unknown espeak-ng variants {unknown}; the data has {len(available)}, e.g. {available[:6]}")
     jobs = plan(cfg, variants)
-    out = Path(out)
-    work = out.with_name(out.name + ".partial")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = staging_folder(out)
+    try:
+        prov = _build(jobs, synth, cfg, work, t0, quiet)
+        replace_folder(work, out, force)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if not quiet:
+        print(
+            f"spoken digits: {prov['clips']} clips ({prov['counts']}) into {out} in {time.time() - t0:.1f}s",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _build(jobs: list, synth: Synthesizers, cfg: DigitsConfig, work: Path, t0: float, quiet: bool) -> dict:
+    """Synthesize ``jobs`` into ``work``, write its manifest.csv and provenance.json; returns the provenance."""
     # Pool tasks: one per espeak-ng / flite clip, one per chunk of a festival voice's clips (one
     # festival process each). Results are gathered in plan order.
     festival = {}
@@ -551,15 +657,7 @@ def make_spoken_digits(
         "seconds_to_build": round(time.time() - t0, 1),
     }  # fmt: skip
     (work / PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
-    if not quiet:
-        print(
-            f"spoken digits: {len(rows)} clips ({counts}) into {out} in {time.time() - t0:.1f}s",
-            file=sys.stderr,
-        )
-    return out
+    return prov
 
 
 def read_manifest(path: PathLike) -> list:
@@ -615,6 +713,7 @@ def fetch_digits(out: PathLike, verify: bool = True, quiet: bool = False) -> Pat
     cfg = default_config()
     if dataset_complete(out, verify) and built_with(out, cfg):
         return out
+    check_replaceable(out, how="choose another --dest (genomamba data fetch digits rebuilds the set in DEST/digits)")
     if out.exists() and not quiet:
         print(f"spoken digits: {out} was built with other settings or is incomplete; rebuilding", file=sys.stderr)
     make_spoken_digits(out, cfg, tools_dir=out.parent / ".debian-tools", quiet=quiet)

@@ -201,6 +201,20 @@ UMAYDIS_TEST = r"Umaydis:chr2[123]:.*"
 
 
 
+def dataset_names() -> list:
+    """Every name :func:`fetch` accepts, sorted."""
+    return sorted({*DATASETS, *GENERATED})
+
+
+def check_name(name: str) -> None:
+    """FetchError (one line, listing the names and the URL route) unless :func:`fetch` knows ``name``."""
+    if name not in DATASETS and name not in GENERATED:
+        raise FetchError(
+            f"unknown dataset {name!r}; choose from {dataset_names()}, or download a file by URL with "
+            "`genomamba data fetch url URL` (in Python: `from genomamba.data.fetch import fetch_url`)"
+        )
+
+
 def cache_dir() -> Path:
     """``$GENOMAMBA_DATA`` or ``~/.cache/genomamba``."""
     return Path(os.environ.get("GENOMAMBA_DATA") or Path.home() / ".cache" / "genomamba").expanduser()
@@ -212,6 +226,7 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
     Returns the dataset folder. For ``bacteria`` it holds ``manifest.yaml`` (a SpeciesManifest),
     for ``umaydis`` a ``split.yaml``.
     """
+    check_name(name)
     if name in GENERATED:  # built from programs in Debian packages rather than copied out of them
         out = Path(dest or cache_dir()) / name
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,9 +235,6 @@ def fetch(name: str, dest: Optional[PathLike] = None, verify: bool = True, quiet
                 return GENERATED[name](out, verify=verify, quiet=quiet)
             except DebianError as e:
                 raise FetchError(str(e)) from None
-    if name not in DATASETS:
-        known = sorted({*DATASETS, *GENERATED})
-        raise FetchError(f"unknown dataset {name!r}; choose from {known} (or fetch_url for a URL)")
     out = Path(dest or cache_dir()) / name
     files = DATASETS[name]
     if _complete(out, files, verify):
