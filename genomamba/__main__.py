@@ -20,13 +20,13 @@ from genomamba.errors import DEBUG_ENV, report
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (entry point, one-line help)
     "demo": ("genomamba.commands.demo:main", "end-to-end demo on shipped/fetched real genomes"),
-    "data": ("genomamba.commands.data:main", "fetch genomes, build token stores, manifests"),
-    "pretrain": ("genomamba.commands.pretrain:main", "pretrain a DNA language model"),
-    "classify": ("genomamba.commands.classify:main", "species classifier: fit / evaluate / predict"),
-    "embed": ("genomamba.commands.embed:main", "embed FASTA records into HDF5"),
-    "score": ("genomamba.commands.score:main", "log-likelihood / bits per base of sequences"),
-    "generate": ("genomamba.commands.generate:main", "sample DNA from a trained model"),
-    "bench": ("genomamba.bench.cli:main", "benchmarks: scan, data, train, synthetic"),
+    "data": ("genomamba.commands.data:main", "fetch genomes, text and speech; build token stores; inspect them"),
+    "pretrain": ("genomamba.commands.pretrain:main", "pretrain a language model (DNA; text or audio via adapters)"),
+    "classify": ("genomamba.commands.classify:main", "classifier (species, spoken digits): fit / evaluate / predict"),
+    "embed": ("genomamba.commands.embed:main", "embed records (FASTA, or text / audio files) into HDF5"),
+    "score": ("genomamba.commands.score:main", "log-likelihood / bits per base (byte, sample) of sequences"),
+    "generate": ("genomamba.commands.generate:main", "sample from a trained model (DNA, text or audio)"),
+    "bench": ("genomamba.bench.cli:main", "benchmarks: scan, train, generate, ... (genomamba bench --help lists them)"),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from genomamba.adapters import get_adapter
 from genomamba.data.fasta import read_records
-from genomamba.data.fetch import cache_dir, default_assets, fetch, fetch_url
+from genomamba.data.fetch import cache_dir, dataset_names, default_assets, fetch, fetch_url
 from genomamba.data.species import SpeciesManifest
 from genomamba.data.store import TokenStore
 from genomamba.errors import InvalidArgument, UserError, check_input_file, report
@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genomamba data", description="genome data: fetch, build, inspect")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    f = sub.add_parser("fetch", help="fetch a named genome set from Debian packages, or `url URL`")
-    f.add_argument("name", help="bacteria | umaydis | fly | lambda | url")
+    f = sub.add_parser("fetch", help="fetch a named data set (from Debian packages), or `url URL`")
+    f.add_argument("name", help=f"{' | '.join(dataset_names())} | url")
     f.add_argument("url", nargs="?", help="with name=url: the https URL")
     f.add_argument(
         "--dest", type=Path, default=None, help="cache folder (default $GENOMAMBA_DATA or ~/.cache/genomamba)"
@@ -109,8 +109,8 @@ def _dispatch(args) -> int:
                     raise InvalidArgument(f"--genome-ids took every word after it ({' '.join(args.genome_ids)}) "
                                           "and no input file is left; put the files first: "
                                           "data build a.fa b.fa --genome-ids A B --out store.h5")
-                print("genomamba data build: give FASTA files or --manifest", file=sys.stderr)
-                return 2
+                raise InvalidArgument("give input files (FASTA / GenBank, or text / audio files with --adapter) "
+                                      "or --manifest")
             if args.genome_ids is not None and len(args.genome_ids) != len(args.inputs):
                 raise InvalidArgument(f"--genome-ids: {len(args.genome_ids)} ids for {len(args.inputs)} input "
                                       "files; give one id per file")

@@ -73,3 +73,10 @@ def test_genome_ids_before_the_files_is_explained(tmp_path, capsys):
     assert main(["build", "--genome-ids", "A", str(fa), "--out", str(tmp_path / "s.h5")]) == 1
     err = capsys.readouterr().err
     assert "--genome-ids took every word after it" in err and "put the files first" in err
+
+
+def test_build_without_inputs_is_an_error_line(tmp_path, capsys):
+    assert main(["build", "--out", str(tmp_path / "s.h5")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("genomamba data build: error: give input files") and "--manifest" in err
+    assert not (tmp_path / "s.h5").exists()
