@@ -28,6 +28,7 @@ import os
 import pickle
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -351,7 +352,11 @@ def fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
     """trainer.fit, resuming (if asked) with ``weights_only=True``: a checkpoint is read as tensors and
     plain data only, never as pickled code, and one that holds anything else is refused by name."""
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():
+            # Training windows are drawn from the global step (EpochSeed), not from a position in an
+            # epoch, so a run resumed mid-epoch has nothing to restore that Lightning's warning means.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except pickle.UnpicklingError as exc:
         if ckpt_path is None:
             raise
