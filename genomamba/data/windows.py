@@ -387,9 +387,10 @@ class RandomWindows(IterableDataset):
         # The coin is always tossed, so rc_prob changes which windows flip, never which are drawn.
         if rng.random() < self.rc_prob:
             # On the uint8 read, before widening: 8x less memory traffic than on int64.
-            ids = tok.reverse_complement(ids)
-            if soft is not None:
-                soft = soft[::-1]
+            if soft is None:
+                ids = tok.reverse_complement(ids)
+            else:  # the soft-mask moves with its bases
+                ids, soft = tok.reverse_complement(ids, soft)
         out, mask, sm = _pad(ids, soft, self.length, tok.pad_id)
         item = (torch.from_numpy(out), torch.from_numpy(mask))
         return item + (torch.from_numpy(sm),) if sm is not None else item

@@ -207,10 +207,11 @@ class DNATokenizer:
     def reverse_complement(self, ids: Any, mask: Any = None):
         """Reverse complement of token ids, numpy or torch, shape (L,) or (b, L).
 
-        Nucleotide tokens are reversed among themselves and complemented; pad and the other
-        specials keep their positions (so a right-padded window stays right-padded, a leading
-        ``<bos>`` stays first). ``mask`` (any per-position array: soft-mask, valid mask) is
-        permuted the same way and returned as a second value.
+        Nucleotide tokens and ``<unk>`` (a base that could not be read: its own complement) are
+        reversed among themselves and complemented; pad and the other specials keep their positions
+        (so a right-padded window stays right-padded, a leading ``<bos>`` stays first). ``mask`` (any
+        per-position array: soft-mask, valid mask) is permuted the same way and returned as a second
+        value.
         """
         if _is_torch(ids):
             return self._rc_torch(ids, mask)
@@ -220,7 +221,7 @@ class DNATokenizer:
         m = None if mask is None else np.asarray(mask)
         if m is not None and m.shape != x.shape:
             raise ValueError(f"mask shape {m.shape} != ids shape {x.shape}")
-        is_nuc = x >= self.first_base_id
+        is_nuc = (x >= self.first_base_id) | (x == self.unk_id)
         if x.dtype == np.uint8 and x.ndim == 1 and is_nuc.all():
             # Hot path of RC augmentation on store windows: bytes.translate is the fastest LUT.
             out = np.frombuffer(x.tobytes().translate(self._comp_bytes), dtype=np.uint8)[::-1].copy()
@@ -254,7 +255,7 @@ class DNATokenizer:
             raise ValueError(f"mask shape {tuple(mask.shape)} != ids shape {tuple(ids.shape)}")
         comp_t = torch.as_tensor(self._comp, device=ids.device)
         comp = comp_t[ids.long()].to(ids.dtype)
-        is_nuc = ids >= self.first_base_id
+        is_nuc = (ids >= self.first_base_id) | (ids == self.unk_id)
         if bool(is_nuc.all()):
             out = comp.flip(-1)
             return out if mask is None else (out, mask.flip(-1))

@@ -73,6 +73,19 @@ def test_reverse_complement_basic_and_specials_stay():
     assert t.decode(t.reverse_complement(t.encode("RYKMBVDHSWN"))) == "NWSDHBVKMRY"
 
 
+def test_reverse_complement_moves_unk_with_the_bases():
+    # <unk> is a base that could not be read: it is its own complement and sits where its base does
+    t = DNATokenizer(iupac="unk")
+    ids = t.encode("AARC")  # R -> <unk>
+    assert ids.tolist() == [6, 6, t.unk_id, 7]
+    want = [8, t.unk_id, 9, 9]  # G <unk> T T
+    assert t.reverse_complement(ids).tolist() == want
+    assert t.reverse_complement(torch.from_numpy(ids)).tolist() == want
+    framed = np.array([1, 6, 6, t.unk_id, 7, 0, 0], np.int64)  # <bos> A A <unk> C <pad> <pad>
+    out, soft = t.reverse_complement(framed, np.array([0, 1, 1, 1, 0, 0, 0]))
+    assert out.tolist() == [1, 8, t.unk_id, 9, 9, 0, 0] and soft.tolist() == [0, 0, 1, 1, 1, 0, 0]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 10), min_size=1, max_size=64), st.integers(1, 4))
 def test_rc_is_involution_and_torch_matches_numpy(tokens, b):
@@ -80,7 +93,7 @@ def test_rc_is_involution_and_torch_matches_numpy(tokens, b):
     x[0] = np.roll(x[0], 1)
     rc = TOK.reverse_complement(x)
     assert np.array_equal(TOK.reverse_complement(rc), x)
-    special = x < TOK.first_base_id
+    special = (x < TOK.first_base_id) & (x != TOK.unk_id)
     assert np.array_equal(rc[special], x[special])  # specials never move
     assert np.array_equal(TOK.reverse_complement(torch.from_numpy(x)).numpy(), rc)
     for row in range(b):
