@@ -17,9 +17,11 @@ A source is one of five kinds (as YAML mappings; ``parse_source`` turns a mappin
     {files: "books/*.txt", split: {by: tail, test_frac: 0.1}}   # files / globs ($VARS and ~ expanded)
     {files: [a.txt, b.txt.gz], split: test}
 
-Split rules: a split name (the whole file), ``by: contig`` (records named by full-match regexes),
-``by: region`` (seeded random blocks) and ``by: tail`` (the last ``test_frac`` of every file or
-record is test, the ``val_frac`` before it val, the rest train: the usual held-out split of a text).
+Split rules: a split name (the whole file), ``by: contig`` (records named as they are, or by
+full-match regexes; one that matches no record is an error), ``by: region`` (seeded random blocks,
+drawn per record, so the other files of a corpus never change them) and ``by: tail`` (the last
+``test_frac`` of every file or record is test, the ``val_frac`` before it val, the rest train: the
+usual held-out split of a text).
 
 The files are tokenized by what ``build_corpus`` is given: the DNA tokenizer reads FASTA / GenBank
 records; a modality adapter (anything with ``encode_file``) reads each file as one contig (the
@@ -337,6 +339,8 @@ def build_corpus(sources: list, tokenizer=None):
     rules = {gid: rule for gid, _, rule in entries}
     splits = Splits()
     region_cache: dict = {}
+    unmatched = {(gid, s, p) for gid, rule in rules.items() if isinstance(rule, dict)
+                 and rule.get("by", "contig") == "contig" for s in ("val", "test") for p in rule.get(s) or []}
     for i, c in enumerate(store.contigs):
         gid = store.genome_of(i)
         rule = rules[gid]
@@ -349,9 +353,12 @@ def build_corpus(sources: list, tokenizer=None):
         if rule.get("by", "contig") == "contig":
             which = "train"
             for s in ("val", "test"):
-                pats = rule.get(s) or []
-                if any(re.fullmatch(p, record) or re.fullmatch(p, c.name) for p in pats):
-                    which = s
+                for p in rule.get(s) or []:
+                    # a record's exact name first: names such as gi|448767443|gb|CM001786.1| are not
+                    # the regular expressions they look like
+                    if p in (record, c.name) or _full_match(p, record) or _full_match(p, c.name):
+                        which = s
+                        unmatched.discard((gid, s, p))
             if which in keep:
                 splits[which].append(whole)
         elif rule.get("by") == "tail":
@@ -367,10 +374,24 @@ def build_corpus(sources: list, tokenizer=None):
             for s in SPLIT_NAMES:
                 if s in keep:
                     splits[s].extend(r for r in region_cache[key][s] if r.contig == c.name)
+    if unmatched:  # a held-out contig that silently stayed in training would leak into the test
+        gid, s, p = sorted(unmatched)[0]
+        names = [c.name[len(gid) + 1:] for i, c in enumerate(store.contigs) if store.genome_of(i) == gid]
+        path = next(e[1] for e in entries if e[0] == gid)
+        raise CorpusError(f"data.sources: {path}: split {s}: {p!r} matches no record (as a name or a regular "
+                          f"expression); its records: {names[:8]}{' ...' if len(names) > 8 else ''}")
     if not splits.train:
         raise CorpusError("data.sources: no training sequence (every source is val/test or filtered out)")
     splits.check()
     return store, splits
+
+
+def _full_match(pattern: str, name: str) -> bool:
+    """``pattern`` as a regular expression matches all of ``name`` (False when it is not one)."""
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
 
 
 def tail_split(contig: str, length: int, val_frac: float, test_frac: float) -> tuple[Region, Region, Region]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
@@ -127,16 +128,17 @@ def split_by_region(
 
     Adjacent pieces of one split are merged, so training regions are as long as possible (a
     window can only be drawn inside one region: pieces shorter than L only yield padded windows).
+    Each contig draws from its own generator, seeded by ``seed`` and the contig's name, so its
+    split does not depend on which other contigs (or files) are in ``source``, nor on their order.
     """
     if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
         raise ValueError(f"bad fractions val={val_frac} test={test_frac}")
     if block <= 0:
         raise ValueError("block must be positive")
-    rng = np.random.default_rng(seed)
     s = Splits()
     for c in source.contigs:
         n_blocks = -(-c.length // block)
-        u = rng.random(n_blocks)
+        u = np.random.default_rng([seed, zlib.crc32(c.name.encode("utf-8"))]).random(n_blocks)
         labels = np.where(u < test_frac, 2, np.where(u < test_frac + val_frac, 1, 0))
         cur, cur_start = labels[0], 0
         for b in range(1, n_blocks + 1):

@@ -1,0 +1,44 @@
+"""Split rules of ``data.sources`` on shipped genome slices: held-out records are matched exactly or
+refused, and a region split of one file does not depend on the other files of the corpus."""
+
+from pathlib import Path
+
+import pytest
+
+from genomamba.data.corpus import CorpusError, build_corpus
+
+ASSETS = Path(__file__).resolve().parents[2] / "genomamba" / "assets"
+VIBRIO = ASSETS / "bacteria_O1_Inaba.fasta.gz"  # records named gi|448767448|gb|CM001785.1|:START-STOP
+KLEBSIELLA = ASSETS / "bacteria_MGH78578.fasta.gz"
+HELD_OUT = "gi|448767448|gb|CM001785.1|:1099368-1109368"
+
+
+def contigs(regions):
+    return sorted({r.contig for r in regions})
+
+
+def test_a_record_name_that_looks_like_a_regex_is_matched_exactly():
+    store, splits = build_corpus([{"path": str(VIBRIO), "split": {"by": "contig", "test": [HELD_OUT]}}])
+    assert [c.split(":", 1)[1] for c in contigs(splits.test)] == [HELD_OUT]
+    assert len(contigs(splits.train)) == 3 and HELD_OUT not in {c.split(":", 1)[1] for c in contigs(splits.train)}
+    # a regular expression still works
+    _, by_regex = build_corpus([{"path": str(VIBRIO), "split": {"by": "contig", "test": [r"gi\|.*:1099368-.*"]}}])
+    assert contigs(by_regex.test) == contigs(splits.test)
+
+
+@pytest.mark.parametrize("pattern", ["gi|448767448|gb|CM001785.1|:1-2", "chrTypo", "chr[1"])
+def test_a_held_out_pattern_that_matches_nothing_is_an_error(pattern):
+    with pytest.raises(CorpusError) as e:
+        build_corpus([{"path": str(VIBRIO), "split": {"by": "contig", "val": [HELD_OUT], "test": [pattern]}}])
+    msg = str(e.value)
+    assert str(VIBRIO) in msg and f"split test: {pattern!r} matches no record" in msg and HELD_OUT in msg
+
+
+def test_a_region_split_does_not_depend_on_the_other_sources():
+    rule = {"by": "region", "block": 1000, "val_frac": 0.1, "test_frac": 0.2, "seed": 3}
+    _, alone = build_corpus([{"path": str(KLEBSIELLA), "split": rule}])
+    _, beside = build_corpus([{"path": str(VIBRIO), "split": "train"}, {"path": str(KLEBSIELLA), "split": rule}])
+    for name in ("train", "val", "test"):
+        mine = [r for r in getattr(beside, name) if r.contig.startswith("bacteria_MGH78578:")]
+        assert mine == getattr(alone, name), name
+    assert alone.test and alone.val  # the draw did hold blocks out
