@@ -61,7 +61,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
         raise ConfigError(f"init_from: {cfg.init_from} is a DNA model (no {ADAPTER_FILE}); the config's adapter "
                           f"is {adapter.name!r}")
     run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
-    tok = DNATokenizer() if dna else adapter
+    tok = adapter.tokenizer if dna else adapter  # DNA: the adapter's tokenizer (its IUPAC policy)
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, d.length, d.batch_size, d.train_samples, d.val_per_label, d.test_per_label,
                            d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length,
@@ -73,7 +73,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
                               optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc,
-                              adapter=None if dna else adapter.to_dict(), frontend=cfg.head.frontend)
+                              adapter=adapter.to_dict(), frontend=cfg.head.frontend)
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)

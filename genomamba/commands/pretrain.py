@@ -33,7 +33,6 @@ from genomamba.lit.trainer import (
     resolve_precision,
     throughput,
 )
-from genomamba.tokenizers.dna import DNATokenizer
 
 
 def _scalar_metrics(metrics: dict) -> dict:
@@ -47,7 +46,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     adapter = adapter_of(cfg)
     run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
     dna = adapter.name == "dna"
-    tok = DNATokenizer() if dna else adapter  # another modality's adapter tokenizes its files
+    tok = adapter.tokenizer if dna else adapter  # DNA: the adapter's tokenizer (its IUPAC policy); else the adapter
     d = cfg.data
     dm = PretrainDataModule(d.sources, d.seq_len, d.batch_size, d.train_samples, d.val_windows, d.test_windows,
                             d.rc_prob, d.max_n_frac, d.num_workers, cfg.trainer.seed, tok,

@@ -23,8 +23,6 @@ from genomamba.models.io import read_state_dict
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 from genomamba.tokenizers.dna import DNATokenizer
 
-_RC_TOKENIZER = DNATokenizer()  # the vocabulary every genomamba DNA model uses (genomamba.tokenizers.dna)
-
 
 def _metrics(n: int) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({
@@ -49,7 +47,7 @@ class ClassifierModule(pl.LightningModule):
         plot_dir: where confusion-matrix PNGs go (default: the logger's directory).
         tta_rc: evaluate (val/test) on both strands: average the class probabilities of each window
             and of its reverse complement (training already sees both strands through ``rc_prob``).
-        adapter: ``Adapter.to_dict()`` of another modality (audio clips, texts); None is DNA.
+        adapter: ``Adapter.to_dict()`` of the run's adapter; None is DNA with the default tokenizer.
         frontend: settings of a spectral front end (audio only; see
             :class:`~genomamba.models.frontend.SpectralFrontEnd`): the backbone reads normalised log-mel
             frames of the clip instead of its samples. The adapter's sample rate and mu are used.
@@ -73,6 +71,9 @@ class ClassifierModule(pl.LightningModule):
             lm = MambaLM(model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model)))
             model = lm.config.to_dict()
         self.save_hyperparameters()
+        settings = (adapter or {}).get("settings") or {}
+        # the reverse complement of test-time augmentation reads the run's own vocabulary
+        self._rc_tokenizer = DNATokenizer(**settings) if (adapter or {}).get("name", "dna") == "dna" else None
         front = None
         if frontend is not None:
             if not adapter or adapter.get("name") != "audio":
@@ -130,7 +131,7 @@ class ClassifierModule(pl.LightningModule):
         ids, mask, y = self._unpack(batch)
         logits = self.net(ids, mask).float()
         if self.hparams.get("tta_rc", False):
-            rc = _RC_TOKENIZER.reverse_complement(ids, mask)
+            rc = self._rc_tokenizer.reverse_complement(ids, mask)
             rc_ids, rc_mask = rc if mask is not None else (rc, None)
             both = torch.stack([logits.log_softmax(-1), self.net(rc_ids, rc_mask).float().log_softmax(-1)])
             logits = torch.logsumexp(both, 0) - math.log(2.0)  # log of the mean probability
