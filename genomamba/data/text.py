@@ -2,8 +2,9 @@
 
 The reader of the text modality (``genomamba.data.fasta`` is DNA's, ``genomamba.data.audio``
 audio's). No decoding happens here: invalid UTF-8 or binary content is kept exactly. A path that
-is missing raises ``FileNotFoundError``; a directory or another non-file, an empty file, or a
-corrupt compressed file raises a one-line ``ValueError`` naming the path.
+is missing raises ``FileNotFoundError``; a directory or another non-file, or a corrupt compressed
+file, raises a one-line ``ValueError`` naming the path. An empty file reads as ``b""``: the callers
+that need content (a corpus, a model's input) refuse it with its name.
 """
 
 from __future__ import annotations

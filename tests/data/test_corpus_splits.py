@@ -42,3 +42,15 @@ def test_a_region_split_does_not_depend_on_the_other_sources():
         mine = [r for r in getattr(beside, name) if r.contig.startswith("bacteria_MGH78578:")]
         assert mine == getattr(alone, name), name
     assert alone.test and alone.val  # the draw did hold blocks out
+
+
+@pytest.mark.parametrize("length, val_frac, test_frac, want", [
+    (100, 0.1, 0.29, (61, 71)),  # 100 * 0.29 is 28.999... in floating point
+    (340, 0.15, 0.35, (170, 221)),
+    (65455, 0.05, 0.1, (55638, 58910)),  # the shipped KJV slice: 6545.5 test bytes floor to 6545
+])
+def test_the_tail_split_takes_the_fraction_of_the_length(length, val_frac, test_frac, want):
+    from genomamba.data.corpus import tail_split
+
+    train, val, test = tail_split("c", length, val_frac, test_frac)
+    assert (train.stop, val.stop) == want and (val.start, test.start, test.stop) == (want[0], want[1], length)
