@@ -26,6 +26,15 @@ class UserError(Exception):
     """A mistake in what the user gave (arguments, files, configs); the message says what and where."""
 
 
+class StoppedBySignal(UserError):
+    """A training run stopped by a signal (SIGTERM: a scheduler preempting the job) after saving its
+    state; the exit code is 128 + the signal's number, as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
 class InvalidArgument(UserError, ValueError):
     """A command-line or API argument out of range; the message names the argument."""
 
@@ -92,6 +101,9 @@ def report(cmd: str, exc: BaseException, code: int = 1) -> int:
     if isinstance(exc, KeyboardInterrupt):
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    if isinstance(exc, StoppedBySignal):
+        print(f"{prefix}: stopped: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     if is_user_error(exc):
         print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
     else:

@@ -31,12 +31,23 @@ def _is_pow2_multiple(big: int, small: int) -> bool:
 
 class EpochSeed(pl.Callback):
     """Seed the random windows of each epoch by the global step: a resumed run draws fresh windows
-    rather than replaying the start of the interrupted epoch."""
+    rather than replaying the start of the interrupted epoch.
 
-    def on_train_epoch_start(self, trainer, pl_module):
+    Lightning does not call ``on_train_epoch_start`` when it resumes in the middle of an epoch, so the
+    stream is also seeded at ``on_train_start`` (after the checkpoint is restored, before the first
+    batch is drawn)."""
+
+    @staticmethod
+    def _seed(trainer) -> None:
         ds = getattr(trainer.train_dataloader, "dataset", None)
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(int(trainer.global_step))
+
+    def on_train_start(self, trainer, pl_module):
+        self._seed(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._seed(trainer)
 
 
 class SeqLenWarmup(pl.Callback):
@@ -161,12 +172,37 @@ class TimeBudget(pl.Callback):
             self._retarget = False
 
 
+class ScheduleEnd(pl.Callback):
+    """End the LR schedule at ``trainer.max_steps`` (runs without a time budget). A run resumed with
+    another step count (``--resume --max-steps N``) restores the checkpoint's schedule, which ended
+    where the first launch was to stop: every added step would run at the floor LR. The cosine is
+    re-targeted to N instead, so the steps that are left get a decaying LR again."""
+
+    def on_train_start(self, trainer, pl_module):
+        asked = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None
+        if asked is None:
+            return
+        old = {lam.total for cfg in trainer.lr_scheduler_configs
+               for lam in getattr(cfg.scheduler, "lr_lambdas", []) if hasattr(lam, "total")}
+        if old and old != {asked}:
+            rank_zero_info(f"LR schedule: the checkpoint's cosine ended at step {max(old)}; trainer.max_steps is "
+                           f"{asked}, so it now ends there")
+            _end_schedule_at(trainer, asked)
+
+
 def _end_schedule_at(trainer, total: int) -> None:
-    """Re-target the LR schedule (``WarmupCosine``) to end at step ``total``."""
+    """Re-target the LR schedule (``WarmupCosine``) to end at step ``total``; the next step's LR follows
+    at once (the scheduler set it from the old schedule after the last step)."""
     for cfg in trainer.lr_scheduler_configs:
-        for lam in getattr(cfg.scheduler, "lr_lambdas", []):
+        sched = cfg.scheduler
+        lams = getattr(sched, "lr_lambdas", [])
+        for lam in lams:
             if hasattr(lam, "total"):
                 lam.total = total
+        if lams and hasattr(sched, "base_lrs"):
+            for group, base, lam in zip(sched.optimizer.param_groups, sched.base_lrs, lams):
+                group["lr"] = base * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
 class TrainingCurves(pl.Callback):

@@ -27,6 +27,14 @@ def _loader(ds, batch_size, num_workers, shuffle=False):
                       persistent_workers=num_workers > 0, pin_memory=False)
 
 
+def _train_loader(ds, batch_size, num_workers):
+    """Training windows. Workers are started again each epoch: a persistent worker keeps the copy of
+    the dataset it started with, so the epoch set by ``EpochSeed`` would never reach it and every
+    epoch would replay the first one's windows."""
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False,
+                      pin_memory=False)
+
+
 def _eval_loader(ds, batch_size, context_parallel: int = 1):
     """Evaluation windows, sharded over the data-parallel replicas without repeats when several
     processes run (Lightning leaves a loader that already has a DistributedSampler alone)."""
@@ -79,7 +87,7 @@ class PretrainDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         if dist.is_available() and dist.is_initialized():
             self.train_ds.shard = data_shard(self.context_parallel)
-        return _loader(self.train_ds, self.batch_size, self.num_workers)
+        return _train_loader(self.train_ds, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
         return _eval_loader(self.val_ds, self.batch_size, self.context_parallel) if self.val_ds is not None else []
@@ -147,7 +155,7 @@ class SpeciesDataModule(pl.LightningDataModule):
             raise CorpusError(f"{man.source_path}: genome file(s) of {leak} are also listed for training")
 
     def train_dataloader(self):
-        return _loader(self.train_ds, self.batch_size, self.num_workers)
+        return _train_loader(self.train_ds, self.batch_size, self.num_workers)
 
     def val_dataloader(self):
         return _eval_loader(self.val_ds, self.batch_size) if self.val_ds is not None else []

@@ -27,6 +27,7 @@ import inspect
 import os
 import pickle
 import shutil
+import signal
 import sys
 import warnings
 import zipfile
@@ -37,11 +38,20 @@ import torch
 import yaml
 
 from genomamba.config import MambaConfig
-from genomamba.errors import OutputExistsError
+from genomamba.errors import OutputExistsError, StoppedBySignal
 from genomamba.files import RunDirLock, atomic_path, write_text
 from genomamba.lit._pl import pl
-from genomamba.lit.callbacks import AveragedWeights, BestWeights, EpochSeed, TimeBudget, TrainingCurves, TrainThroughput
-from genomamba.lit.config import ConfigError, TrainerConfig, to_plain
+from genomamba.lit.callbacks import (
+    AveragedWeights,
+    BestWeights,
+    EpochSeed,
+    ScheduleEnd,
+    TimeBudget,
+    TrainingCurves,
+    TrainThroughput,
+)
+from genomamba.lit.config import ConfigError, TrainerConfig, adapter_of, to_plain
+from genomamba.lit.optim import optim_settings
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -172,7 +182,11 @@ def _expected_model(cfg) -> Optional[dict]:
     """The MambaConfig (as a dict) a run of ``cfg`` builds, or None when it cannot be known yet."""
     if cfg.model is not None:
         try:
-            return MambaConfig.from_dict({"vocab_size": DNATokenizer().vocab_size, **cfg.model.to_dict()}).to_dict()
+            vocab = adapter_of(cfg).vocab_size  # the adapter's vocabulary (DNA, text bytes, audio levels)
+        except ConfigError:
+            vocab = DNATokenizer().vocab_size
+        try:
+            return MambaConfig.from_dict({"vocab_size": vocab, **cfg.model.to_dict()}).to_dict()
         except (TypeError, ValueError):
             return None
     init = getattr(cfg, "init_from", None)
@@ -214,6 +228,7 @@ def check_resume(cfg, ckpt_path: str) -> None:
     if cfg.kind == "pretrain" and is_classifier:
         raise ConfigError(f"--resume: {ckpt_path} is a classifier checkpoint; resume it with "
                           "`genomamba classify fit --resume`")
+    _warn_optim_changed(cfg, ckpt_path, hp.get("optim"))
     want, have = _expected_model(cfg), hp.get("model")
     if want is None or not isinstance(have, dict):
         return
@@ -225,6 +240,24 @@ def check_resume(cfg, ckpt_path: str) -> None:
     if diff:
         raise ConfigError(f"--resume: {ckpt_path} does not match the config ({'; '.join(diff)}); resume with the "
                           "model settings the run started with, or start a new run")
+
+
+def _warn_optim_changed(cfg, ckpt_path: str, saved) -> None:
+    """The optimizer's settings and its LR schedule come back from the checkpoint: an ``optim`` value
+    changed since (``--set optim.lr=...`` on ``--resume``) is not used, which a warning says."""
+    if saved is not None and not isinstance(saved, dict):
+        return
+    try:
+        have = optim_settings(saved)
+        want = optim_settings({k: v for k, v in to_plain(cfg.optim).items() if k in have})
+    except (TypeError, ValueError):
+        return
+    same = lambda a, b: list(a) == list(b) if isinstance(a, (list, tuple)) else a == b  # noqa: E731
+    diff = [f"optim.{k}: checkpoint {have[k]!r}, config {want[k]!r}" for k in sorted(have)
+            if k in want and not same(have[k], want[k])]
+    if diff and _primary_process():
+        print(f"genomamba: warning: --resume: {ckpt_path}: the optimizer and its LR schedule continue from the "
+              f"checkpoint, so these changed settings are not used: {'; '.join(diff)}", file=sys.stderr)
 
 
 def resolve_precision(tc: TrainerConfig) -> str:
@@ -264,6 +297,16 @@ def _several_devices(tc: TrainerConfig) -> bool:
     return d == "auto" and gpu and torch.cuda.device_count() > 1
 
 
+class _Checkpoints(pl.callbacks.ModelCheckpoint):
+    """Lightning's checkpointing, also saving the state when SIGTERM stops a run (Lightning stops after
+    the step in progress): a preempted job continues with ``--resume`` from that step. Other errors
+    save nothing, so a failed step never replaces the last good checkpoint."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, pl.utilities.exceptions.SIGTERMException):
+            super().on_exception(trainer, pl_module, exception)
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_title: str, train_keys, val_keys,
                   has_val: bool = True, quiet: bool = False):
     if tc.threads:
@@ -271,14 +314,13 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
     # Denormal floats (tiny activations/gradients early in training) make CPU kernels (the depthwise
     # conv1d backward above all) many times slower; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
-                                        auto_insert_metric_name=False, every_n_train_steps=tc.ckpt_every,
-                                        save_last=True, save_top_k=1, save_on_train_epoch_end=False)
+    ckpt = _Checkpoints(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+                        every_n_train_steps=tc.ckpt_every, save_last=True, save_top_k=1,
+                        save_on_train_epoch_end=False, save_on_exception=True)
     cbs = [ckpt, EpochSeed(), pl.callbacks.LearningRateMonitor(logging_interval="step"),
            TrainingCurves(run_dir / "training_curves.png", train_keys, val_keys, every=max(1, tc.log_every),
                           title=monitor_title)] + callbacks
-    if tc.budget_minutes:
-        cbs.append(TimeBudget(tc.budget_minutes))
+    cbs.append(TimeBudget(tc.budget_minutes) if tc.budget_minutes else ScheduleEnd())
     cbs.append(TrainThroughput())
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
         cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start, tc.ema_warmup))
@@ -317,8 +359,18 @@ def throughput(trainer) -> dict:
 def final_checkpoint(trainer, run_dir: Path) -> None:
     """last.ckpt at the step fit ended on, so ``--resume`` with a larger max_steps continues from there."""
     if not trainer.interrupted:
-        # the full state (optimizer, loops, callbacks): resuming needs it
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        # the full state (optimizer, loops, callbacks): resuming needs it. Lightning's own checkpoints
+        # store the logger step before the step's increment and add it back on restore; this one is
+        # written after fit, so it stores one less, else a resumed run's logs would skip a step
+        loop = trainer.fit_loop.epoch_loop
+        counted = getattr(loop, "_batches_that_stepped", None)
+        if isinstance(counted, int) and counted > 0:
+            loop._batches_that_stepped = counted - 1
+        try:
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        finally:
+            if isinstance(counted, int) and counted > 0:
+                loop._batches_that_stepped = counted
 
 
 def keep_weights(trainer, module, dm) -> dict:
@@ -357,6 +409,10 @@ def fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
             # epoch, so a run resumed mid-epoch has nothing to restore that Lightning's warning means.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except pl.utilities.exceptions.SIGTERMException:
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        raise StoppedBySignal(f"SIGTERM at step {trainer.global_step}: the run's state is saved in {last}; "
+                              "continue it with --resume", signal.SIGTERM) from None
     except pickle.UnpicklingError as exc:
         if ckpt_path is None:
             raise

@@ -1,0 +1,140 @@
+"""What a resumed run continues: fresh training windows (not the first ones again), an LR schedule that
+ends at the new step count, text models, and a run stopped by SIGTERM (a preempted job)."""
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import genomamba.commands.pretrain as pretrain_cmd
+from genomamba.commands.pretrain import run_pretrain
+from genomamba.lit._pl import pl
+from genomamba.lit.config import load_config
+from genomamba.lit.optim import warmup_cosine
+from tests.lit.conftest import tiny_pretrain_doc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _BatchLog(pl.Callback):
+    """(global step, digest of the batch's token ids) of every training batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        ids = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self.seen.append((int(trainer.global_step), hashlib.sha1(ids.numpy().tobytes()).hexdigest()))
+
+
+@pytest.fixture
+def batch_log(monkeypatch):
+    """Runs of ``run_pretrain`` record their training batches in the returned list of logs."""
+    logs = []
+    real = pretrain_cmd.build_trainer
+
+    def build(tc, run_dir, callbacks, *args, **kwargs):
+        logs.append(_BatchLog())
+        return real(tc, run_dir, list(callbacks) + [logs[-1]], *args, **kwargs)
+
+    monkeypatch.setattr(pretrain_cmd, "build_trainer", build)
+    return logs
+
+
+def test_resume_draws_new_windows_instead_of_replaying_the_first(tiny_pretrain, batch_log):
+    doc = tiny_pretrain(max_steps=4, seq_len=128)
+    run_pretrain(load_config(doc=doc), quiet=True)
+    doc["trainer"]["max_steps"] = 8
+    run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    first, second = batch_log
+    assert [s for s, _ in first.seen] == [0, 1, 2, 3] and [s for s, _ in second.seen] == [4, 5, 6, 7]
+    before, after = {h for _, h in first.seen}, {h for _, h in second.seen}
+    assert len(before) == 4 and len(after) == 4
+    assert not before & after, "the resumed run trained on windows the first launch already used"
+
+
+def test_each_epoch_draws_new_windows_with_loader_workers(tiny_pretrain, batch_log):
+    """A worker process keeps the dataset it started with: the training loader's workers restart each
+    epoch so the next epoch's seed reaches them."""
+    doc = tiny_pretrain(max_steps=4, seq_len=128)
+    doc["data"].update(train_samples=8, num_workers=1)  # 2 batches of 4 per epoch: 2 epochs
+    run_pretrain(load_config(doc=doc), quiet=True)
+    (log,) = batch_log
+    hashes = [h for _, h in log.seen]
+    assert len(hashes) == 4 and len(set(hashes)) == 4, "the second epoch replayed the first one's windows"
+
+
+def _lrs(run_dir):
+    out = {}
+    for f in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        for r in csv.DictReader(open(f)):
+            key = next((k for k in r if k.startswith("lr-")), None)
+            if key and r[key]:
+                out[int(r["step"])] = float(r[key])
+    return out
+
+
+def test_resume_with_more_steps_ends_the_schedule_at_the_new_count(tiny_pretrain, tmp_path, capsys):
+    doc = tiny_pretrain(max_steps=6, seq_len=128)
+    doc["optim"].update(warmup_steps=2, min_lr_ratio=0.1)
+    run_pretrain(load_config(doc=doc), quiet=True)
+    doc["trainer"]["max_steps"] = 12
+    doc["optim"]["lr"] = 0.03  # not used: the optimizer continues from the checkpoint, with a warning
+    run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert "optim.lr: checkpoint 0.005, config 0.03" in capsys.readouterr().err
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 12 and ck["lr_schedulers"][0]["lr_lambdas"][0]["total"] == 12
+    lr = _lrs(tmp_path / "run")
+    # the added steps follow the cosine that ends at step 12 (not the floor the first launch ended on)
+    assert [lr[s] for s in range(6, 12)] == pytest.approx([5e-3 * warmup_cosine(s, 2, 12, 0.1) for s in range(6, 12)])
+    assert lr[6] > 5 * 5e-3 * 0.1
+
+
+def test_text_run_resumes(tmp_path):
+    """The adapter's vocabulary (bytes), not DNA's, is what a resumed text run is checked against."""
+    cfg = ROOT / "configs" / "adapters" / "text_kjv_tiny_cpu.yaml"
+    common = [f"run_dir={tmp_path / 'run'}", "trainer.progress=false", "trainer.threads=2", "trainer.max_minutes=null",
+              "stream_test=null", "test_after_fit=false"]
+    run_pretrain(load_config(cfg, [*common, "trainer.max_steps=3"]), quiet=True)
+    res = run_pretrain(load_config(cfg, [*common, "trainer.max_steps=5"]), resume="last", quiet=True)
+    assert res["global_step"] == 5
+
+
+def test_sigterm_saves_the_step_and_exits_143_then_resume_finishes(tmp_path):
+    """A scheduler's SIGTERM: the step in progress ends, its state is saved, the exit code says it was
+    stopped, and --resume continues from that step (not from the last periodic checkpoint)."""
+    run = tmp_path / "run"
+    doc = tiny_pretrain_doc(run, max_steps=5000, seq_len=128)
+    doc["trainer"].update(ckpt_every=5, val_every=1000)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "genomamba", "pretrain"]
+    proc = subprocess.Popen([*cmd, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while not list((run / "checkpoints").glob("step*.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.2)  # most likely between periodic checkpoints: the saved step is the one in progress
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    line = [x for x in err.splitlines() if "stopped:" in x]
+    assert line and "SIGTERM at step" in line[0] and "--resume" in line[0], err[-3000:]
+    step = int(line[0].split("SIGTERM at step ")[1].split(":")[0])
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert saved == step and step < 5000
+    assert not (run / "results.json").exists()
+    doc["trainer"]["max_steps"] = step + 3
+    cfg.write_text(yaml.safe_dump(doc))
+    out = subprocess.run([*cmd, "-c", str(cfg), "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"done: step {step + 3}" in out.stdout
