@@ -119,18 +119,26 @@ class SequenceClassifier(nn.Module):
         labels = meta.get("labels") if isinstance(meta, dict) else None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise CheckpointError(f"{meta_path}: expected a mapping with 'labels': a list of class names")
-        state = read_state_dict(directory / HEAD_WEIGHTS)
+        head_path = directory / HEAD_WEIGHTS
+        state = read_state_dict(head_path)
         front = {k.removeprefix("frontend."): state.pop(k) for k in [k for k in state if k.startswith("frontend.")]}
-        weight = state.get("weight")
-        if weight is None or weight.ndim != 2 or "bias" not in state:
-            raise CheckpointError(f"{directory / HEAD_WEIGHTS}: expected a linear head (weight, bias), "
-                                  f"got {sorted(state)}")
+        missing, unexpected = sorted({"weight", "bias"} - set(state)), sorted(set(state) - {"weight", "bias"})
+        if missing or unexpected:
+            raise CheckpointError(f"{head_path}: expected a linear head (weight, bias; frontend.weight, frontend.bias "
+                                  f"for an audio front end): missing {missing}, unexpected {unexpected}")
+        weight, bias = state["weight"], state["bias"]
+        if weight.ndim != 2 or tuple(bias.shape) != (weight.shape[0],):
+            raise CheckpointError(f"{head_path}: expected weight (classes, d_model) and bias (classes,), got "
+                                  f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+        if front and meta.get("frontend") is None:
+            raise CheckpointError(f"{head_path}: holds front-end weights ({', '.join(f'frontend.{k}' for k in front)}) "
+                                  f"but {meta_path} describes no front end; the two files do not belong together")
         if weight.shape[0] != len(labels):
-            raise CheckpointError(f"{meta_path}: lists {len(labels)} labels but {directory / HEAD_WEIGHTS} is a head "
+            raise CheckpointError(f"{meta_path}: lists {len(labels)} labels but {head_path} is a head "
                                   f"for {weight.shape[0]} classes; the two files do not belong together")
         lm = MambaLM.from_pretrained(directory, device=device)
         if weight.shape[1] != lm.config.d_model:
-            raise CheckpointError(f"{directory / HEAD_WEIGHTS}: head input width {weight.shape[1]} differs from "
+            raise CheckpointError(f"{head_path}: head input width {weight.shape[1]} differs from "
                                   f"the model's d_model {lm.config.d_model}")
         try:
             frontend = None
@@ -139,7 +147,8 @@ class SequenceClassifier(nn.Module):
                     raise ValueError(f"frontend: expected a mapping of settings, got {meta['frontend']!r}")
                 frontend = SpectralFrontEnd.from_config(lm.config.d_model, meta["frontend"])
                 want = tuple(frontend.proj.weight.shape)
-                if sorted(front) != ["bias", "weight"] or tuple(front["weight"].shape) != want:
+                if sorted(front) != ["bias", "weight"] or tuple(front["weight"].shape) != want \
+                        or tuple(front["bias"].shape) != want[:1]:
                     raise ValueError(f"{HEAD_WEIGHTS} holds no front-end projection of shape {want} "
                                      f"(got {sorted(front)})")
                 frontend.proj.load_state_dict(front)

@@ -3,7 +3,9 @@
 On disk: ``config.json`` (MambaConfig fields, mamba_ssm-compatible) + ``model.safetensors``. A
 mamba_ssm directory (``config.json`` + ``pytorch_model.bin``) loads through
 ``torch.load(weights_only=True)``, which refuses pickled code. An HF ``MambaForCausalLM`` directory
-(its ``config.json`` has ``hidden_size``) is converted on the fly.
+(its ``config.json`` has ``hidden_size``) is converted on the fly. Weights split into shards
+(``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``, as HF's
+``save_pretrained(max_shard_size=...)`` writes them) are read from safetensors only.
 
 Everything here works on configs and state dicts, never on the model class: ``MambaLM``
 (``models/lm.py``) builds ``save_pretrained`` / ``from_pretrained`` / ``from_hf`` / ``to_hf`` on it.
@@ -13,20 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import re
+import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from genomamba.config import MambaConfig
+from genomamba.config import MambaConfig, check_field
 from genomamba.errors import UserError
 from genomamba.files import atomic_path, read_text, write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+SHARDED_INDEX_NAME = "model.safetensors.index.json"
+LEGACY_SHARDED_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
 class CheckpointError(UserError, ValueError):
@@ -45,6 +50,11 @@ def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
     return directory
 
 
+def _some(names, n: int = 5) -> str:
+    names = list(names)
+    return ", ".join(str(k) for k in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """Read weights from safetensors, or from a legacy ``.bin`` with weights_only=True (no code runs)."""
     path = Path(path)
@@ -57,17 +67,77 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file is not a plain tensor checkpoint (weights_only=True rejected it: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). genomamba never unpickles code; "
-            f"convert it to safetensors with a tool you trust."
-        ) from None
+    except Exception as exc:
+        raise CheckpointError(_unreadable_bin(path, exc)) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors, got {type(obj).__name__}")
+    bad = [repr(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors; not tensors: {_some(bad)}")
     return obj
+
+
+def _unreadable_bin(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read ``path``: no PyTorch file at all, one cut
+    short or damaged, or one holding more than tensors (which is never unpickled)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not head:
+        return f"{path}: not a readable tensor checkpoint: the file is empty"
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip archive nor a pickle
+        return f"{path}: not a readable tensor checkpoint: not a PyTorch weights file (nor a pickle of tensors)"
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if refused:  # the restricted unpickler met a name or an instruction that is not a tensor's
+        what = re.split(r" was not an allowed global|\. Please ", refused.group(1))[0].strip()
+        return (f"{path}: refused to load: the file is not a plain tensor checkpoint ({what}); it is truncated or "
+                f"holds objects other than tensors. genomamba never unpickles code; convert it to safetensors "
+                f"with a tool you trust.")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.split(r"(?<=\w)\. ", first, maxsplit=1)[0].rstrip(".")
+    reason = first if isinstance(exc, RuntimeError) and first else "it ends early or is damaged"
+    return f"{path}: not a readable tensor checkpoint: the file is truncated or corrupted ({reason})"
+
+
+def read_sharded_state_dict(index: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """Weights split over safetensors shards. ``index`` is a ``model.safetensors.index.json`` whose
+    ``weight_map`` names, for every parameter, the shard file beside it that holds it; each shard
+    must hold exactly the parameters mapped to it."""
+    index = Path(index)
+    try:
+        raw = json.loads(read_text(index))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{index}: not valid JSON ({exc})") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map: expected a non-empty mapping of parameter names to shard "
+                              f"file names, got {weight_map!r}")
+    shards: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name.endswith(".safetensors") or "/" in name or "\\" in name \
+                or name.startswith("."):
+            raise CheckpointError(f"{index}: weight_map[{key!r}]: expected the name of a .safetensors file in "
+                                  f"{index.parent}, got {name!r}")
+        shards.setdefault(name, []).append(key)
+    for name, keys in shards.items():
+        if not (index.parent / name).is_file():
+            raise CheckpointError(f"{index.parent / name}: missing: {index.name} maps {len(keys)} parameter(s) "
+                                  f"to it ({_some(keys, 3)})")
+    sd: dict[str, torch.Tensor] = {}
+    for name, keys in shards.items():
+        shard = index.parent / name
+        tensors = read_state_dict(shard)
+        absent = [k for k in keys if k not in tensors]
+        if absent:
+            raise CheckpointError(f"{shard}: lacks {_some(absent)}, which {index} maps to it")
+        unlisted = sorted(set(tensors) - set(keys))
+        if unlisted:
+            raise CheckpointError(f"{shard}: holds {_some(unlisted)}, which {index} does not map to it; the "
+                                  f"shards and the index do not belong together")
+        sd.update(tensors)
+    return sd
 
 
 # ---------------------------------------------------------------------------- HF transformers
@@ -77,31 +147,46 @@ def is_hf_config(d: dict) -> bool:
     return "hidden_size" in d and "d_model" not in d
 
 
+# genomamba field -> (HF MambaConfig field, its default); the first three are required
+_HF_FIELDS = {
+    "d_model": ("hidden_size", None),
+    "n_layer": ("num_hidden_layers", None),
+    "vocab_size": ("vocab_size", None),
+    "d_state": ("state_size", 16),
+    "d_conv": ("conv_kernel", 4),
+    "expand": ("expand", 2),
+    "dt_rank": ("time_step_rank", "auto"),
+    "dt_min": ("time_step_min", 0.001),
+    "dt_max": ("time_step_max", 0.1),
+    "dt_init": ("time_step_init_scheme", "random"),
+    "dt_scale": ("time_step_scale", 1.0),
+    "dt_init_floor": ("time_step_floor", 1e-4),
+    "conv_bias": ("use_conv_bias", True),
+    "bias": ("use_bias", False),
+    "norm_epsilon": ("layer_norm_epsilon", 1e-5),
+    "residual_in_fp32": ("residual_in_fp32", True),
+    "tie_embeddings": ("tie_word_embeddings", True),
+    "initializer_range": ("initializer_range", 0.1),
+}
+
+
 def config_from_hf(d: dict) -> MambaConfig:
-    """HF ``MambaConfig`` dict -> genomamba MambaConfig (HF's vocab is already the padded size)."""
+    """HF ``MambaConfig`` dict -> genomamba MambaConfig (HF's vocab is already the padded size).
+    A missing or bad field raises CheckpointError naming it by its HF name."""
     if d.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"HF config hidden_act={d.get('hidden_act')!r}: only 'silu' is supported")
-    if d.get("time_step_init_scheme", "random") not in ("random", "constant"):
-        raise CheckpointError(f"HF config time_step_init_scheme={d.get('time_step_init_scheme')!r} unsupported")
-    return MambaConfig(
-        d_model=d["hidden_size"],
-        n_layer=d["num_hidden_layers"],
-        vocab_size=d["vocab_size"],
-        d_state=d.get("state_size", 16),
-        d_conv=d.get("conv_kernel", 4),
-        expand=d.get("expand", 2),
-        dt_rank=d.get("time_step_rank", "auto"),
-        dt_min=d.get("time_step_min", 0.001),
-        dt_max=d.get("time_step_max", 0.1),
-        dt_init_floor=d.get("time_step_floor", 1e-4),
-        conv_bias=d.get("use_conv_bias", True),
-        bias=d.get("use_bias", False),
-        norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
-        residual_in_fp32=d.get("residual_in_fp32", True),
-        pad_vocab_size_multiple=1,
-        tie_embeddings=d.get("tie_word_embeddings", True),
-        initializer_range=d.get("initializer_range", 0.1),
-    )
+        raise CheckpointError(f"hidden_act: only 'silu' is supported, got {d.get('hidden_act')!r}")
+    kw: dict[str, Any] = {}
+    for name, (hf_name, default) in _HF_FIELDS.items():
+        if hf_name not in d and default is None:
+            raise CheckpointError(f"{hf_name}: missing (an HF Mamba config has one)")
+        try:
+            kw[name] = check_field(name, d.get(hf_name, default), hf_name)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+    if kw["dt_min"] > kw["dt_max"]:
+        raise CheckpointError(f"time_step_min/time_step_max: expected time_step_min <= time_step_max, "
+                              f"got {kw['dt_min']}, {kw['dt_max']}")
+    return MambaConfig(pad_vocab_size_multiple=1, **kw)
 
 
 def config_to_hf(cfg: MambaConfig) -> dict:
@@ -144,11 +229,27 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------- load
 
 
+def find_weights(path: Union[str, os.PathLike]) -> Path:
+    """The weights file of model directory ``path``: ``model.safetensors``, else the index of its
+    safetensors shards, else a legacy ``pytorch_model.bin``. Sharded ``.bin`` files are refused."""
+    path = Path(path)
+    for name in (WEIGHTS_NAME, SHARDED_INDEX_NAME, LEGACY_WEIGHTS_NAME):
+        if (path / name).exists():
+            return path / name
+    if (path / LEGACY_SHARDED_INDEX_NAME).exists():
+        raise CheckpointError(f"{path / LEGACY_SHARDED_INDEX_NAME}: weights sharded as pytorch_model-*.bin files "
+                              f"are not read; genomamba reads shards only as safetensors "
+                              f"({SHARDED_INDEX_NAME}), e.g. as HF's save_pretrained writes them by default")
+    raise FileNotFoundError(f"{path}: no weights found (looked for {WEIGHTS_NAME}, {SHARDED_INDEX_NAME} and "
+                            f"{LEGACY_WEIGHTS_NAME})")
+
+
 def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[str, torch.Tensor], Path, Path]:
     """A saved model directory -> ``(config, state_dict, weights_path, config_path)``.
 
     Reads genomamba / mamba_ssm directories and HF ``MambaForCausalLM`` ones (config and keys
-    converted). Building the model and loading the weights is ``MambaLM.from_pretrained``'s job.
+    converted), whole or sharded (``weights_path`` is then the shard index). Building the model and
+    loading the weights is ``MambaLM.from_pretrained``'s job.
     """
     path = Path(path)
     if not path.is_dir():
@@ -160,24 +261,25 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
         raw = json.loads(read_text(cfg_path))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        got = "null" if raw is None else type(raw).__name__
+        raise CheckpointError(f"{cfg_path}: expected a JSON object of model settings, got {got}")
     hf = is_hf_config(raw)
-    if hf:
-        cfg = config_from_hf(raw)
-    else:
-        try:
-            cfg = MambaConfig.from_dict(raw)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{cfg_path}: {exc}") from None
-    weights = path / WEIGHTS_NAME
-    if not weights.exists():
-        weights = path / LEGACY_WEIGHTS_NAME
-    if not weights.exists():
-        raise FileNotFoundError(f"{path}: neither {WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME} found")
-    sd = read_state_dict(weights)
+    try:
+        cfg = config_from_hf(raw) if hf else MambaConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from None
+    weights = find_weights(path)
+    sd = read_sharded_state_dict(weights) if weights.name == SHARDED_INDEX_NAME else read_state_dict(weights)
     if hf:
         sd = state_dict_from_hf(sd)
-    if cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)
+    if cfg.tie_embeddings and "lm_head.weight" in sd:
+        head, emb = sd.pop("lm_head.weight"), sd.get("backbone.embedding.weight")
+        if emb is not None and (head.shape != emb.shape or not torch.equal(head.to(emb.dtype), emb)):
+            tie = "tie_word_embeddings" if hf else "tie_embeddings"
+            warnings.warn(f"{weights}: lm_head.weight differs from the embedding, but {cfg_path} ties them "
+                          f"({tie}: true): the embedding serves as the LM head and lm_head.weight is ignored",
+                          UserWarning, stacklevel=2)
     return cfg, sd, weights, cfg_path
 
 

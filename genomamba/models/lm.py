@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -270,13 +271,28 @@ class MambaLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], device=None, dtype=None, strict: bool = True) -> "MambaLM":
-        """Load a genomamba, mamba_ssm or HF ``MambaForCausalLM`` directory; no pickled code ever runs."""
+        """Load a genomamba, mamba_ssm or HF ``MambaForCausalLM`` directory; no pickled code ever runs.
+
+        ``strict=False`` accepts a checkpoint that lacks some parameters or holds extra ones: the
+        missing ones get the initialisation a new model would give them, the extra ones are ignored,
+        and a warning names both."""
         cfg, sd, weights, cfg_path = read_pretrained(path)
         with torch.device("meta"):
             model = cls(cfg)
         expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
         check_state_dict(sd, expected, weights, cfg_path, strict=strict)
-        model = model.to_empty(device=device or "cpu")
+        missing = [k for k in expected if k not in sd]
+        unexpected = sorted(k for k in sd if k not in expected)
+        if unexpected:
+            warnings.warn(f"{weights}: ignored {len(unexpected)} tensor(s) that the model described by {cfg_path} "
+                          f"has no parameter for: {_listing(unexpected)}", UserWarning, stacklevel=2)
+            sd = {k: v for k, v in sd.items() if k in expected}
+        if missing:
+            warnings.warn(f"{weights}: holds no value for {len(missing)} parameter(s), which keep a new model's "
+                          f"initialisation: {_listing(missing)}", UserWarning, stacklevel=2)
+            model = cls(cfg, device=device or "cpu")  # initialised as training from scratch would start
+        else:
+            model = model.to_empty(device=device or "cpu")  # every tensor is overwritten below
         model.load_state_dict(sd, strict=False, assign=False)
         model.tie_weights()
         if dtype is not None:
@@ -285,6 +301,10 @@ class MambaLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+def _listing(keys: Sequence[str], n: int = 20) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
