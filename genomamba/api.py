@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -476,22 +477,50 @@ class GenomeModel:
         return [(int(cnt[r]), float(ll[r])) for r in range(b)]
 
     # ------------------------------------------------------------------ generate
+    @staticmethod
+    def _generate_settings(n, temperature, top_k, top_p, batch_size) -> tuple:
+        """``generate``'s numbers (Python or NumPy ones) as Python ``(n, temperature, top_k, top_p,
+        batch_size)``; InvalidArgument naming the argument for anything else."""
+        def is_int(x) -> bool:
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+        def is_real(x) -> bool:
+            return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+        if not is_int(n) or n < 0:
+            raise InvalidArgument(f"n: expected an int >= 0, got {n!r}")
+        if not is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+            raise InvalidArgument(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if not is_int(top_k) or top_k < 0:
+            raise InvalidArgument(f"top_k: expected an int >= 0 (0 = off), got {top_k!r}")
+        if not is_real(top_p) or not 0 < top_p <= 1:
+            raise InvalidArgument(f"top_p: expected a number in (0, 1], got {top_p!r}")
+        if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+            raise InvalidArgument(f"batch_size: expected a positive int, got {batch_size!r}")
+        return (int(n), float(temperature), int(top_k), float(top_p),
+                None if batch_size is None else int(batch_size))
+
     @torch.no_grad()
     def generate(self, prompt: Union[str, bytes, Sequence[Union[str, bytes]]], n: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None, include_prompt: bool = False,
                  allow_n: bool = False, batch_size: Optional[int] = None) -> Union[str, list[str]]:
-        """Sample ``n`` bases after ``prompt``; returns them as an upper-case DNA string (prefixed by
-        the prompt if ``include_prompt``). Only A/C/G/T are sampled (and N if ``allow_n``).
-        ``temperature=0`` is greedy. Memory does not grow with ``n``.
+        """Sample ``n`` bases after ``prompt``; returns them as an upper-case DNA string. Only A/C/G/T
+        are sampled (and N if ``allow_n``). ``temperature=0`` is greedy; a very large one samples the
+        bases (near-)uniformly. Memory does not grow with ``n``. Numbers may be Python or NumPy ones.
+
+        ``include_prompt``: the sample is preceded by the prompt exactly as given (its case, ``N`` and
+        IUPAC codes, characters the tokenizer reads as ``<unk>``: nothing is normalised; ``bytes`` are
+        read one character per byte), so the prompt is the first ``len(prompt)`` characters.
 
         A list of prompts (any lengths) returns a list of strings, one per prompt, decoded together
         ``batch_size`` at a time (default: all at once); greedy results equal those of each prompt
         alone. With a ``seed``, prompt ``i`` draws from its own generator seeded ``seed + i``, so its
         sample does not depend on ``batch_size`` or on the prompts beside it (prompt ``i`` with seed
-        ``s`` equals that prompt alone with seed ``s + i``).
+        ``s`` equals that prompt alone with seed ``s + i``). Seeds lie in [0, 2**32 - 1], so ``seed +
+        len(prompt) - 1`` must too.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        n, temperature, top_k, top_p, batch_size = self._generate_settings(n, temperature, top_k, top_p,
+                                                                           batch_size)
         single = isinstance(prompt, (str, bytes, bytearray))
         if single:
             prompts = [prompt]
@@ -501,9 +530,6 @@ class GenomeModel:
                 raise ValueError("prompt: empty list; give at least one DNA string")
         else:
             raise ValueError(f"prompt: expected a DNA string or a list of them, got {type(prompt).__name__}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise InvalidArgument(f"batch_size: expected a positive int, got {batch_size!r}")
         encoded = []
         for i, p in enumerate(prompts):
             where = "prompt" if single else f"prompt[{i}]"
@@ -514,14 +540,7 @@ class GenomeModel:
                 raise ValueError(f"{where}: empty; generation needs at least one base "
                                  "(this model was trained without a <bos> token)")
             encoded.append(ids)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or temperature < 0:
-            raise InvalidArgument(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise InvalidArgument(f"top_k: expected an int >= 0 (0 = off), got {top_k!r}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise InvalidArgument(f"top_p: expected a number in (0, 1], got {top_p!r}")
-        check_seed(seed)
+        check_seed(seed, count=len(encoded), unit="prompt")
         allowed = self._base_ids.tolist() + ([self.tokenizer.n_id] if allow_n else [])
         step = batch_size or len(encoded)
         texts = []
@@ -532,9 +551,12 @@ class GenomeModel:
                                     seed=None if seed is None else [int(seed) + start + i for i in range(len(part))],
                                     allowed_token_ids=allowed,
                                     prefill_chunk=DEFAULT_CHUNK)
-            for ids, out in zip(part, outs):
+            for i, (ids, out) in enumerate(zip(part, outs), start):
                 text = self.tokenizer.decode(out[len(ids):].cpu().numpy().astype(np.uint8))
-                texts.append(self.tokenizer.decode(ids) + text if include_prompt else text)
+                if include_prompt:
+                    given = prompts[i]
+                    text = (given if isinstance(given, str) else bytes(given).decode("latin-1")) + text
+                texts.append(text)
         return texts[0] if single else texts
 
 
@@ -823,29 +845,64 @@ class AdapterModel(GenomeModel):
 
     @torch.no_grad()
     def generate(self, prompt=None, n: int = 16000, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: Optional[int] = None, include_prompt: bool = False):
+                 seed: Optional[int] = None, include_prompt: bool = False, batch_size: Optional[int] = None):
         """Sample ``n`` tokens after ``prompt``: text -> ``str`` (cut UTF-8 is replaced, never raises);
-        audio -> float32 waveform at the adapter's rate (``prompt`` may be None: start from silence)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n: expected a non-negative int, got {n!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        audio -> float32 waveform at the adapter's rate (``prompt`` may be None: start from silence).
+        ``temperature=0`` is greedy. Numbers may be Python or NumPy ones.
+
+        A list of prompts (inputs as the class docstring lists them) returns a list, one result per
+        prompt, decoded together ``batch_size`` at a time (default: all at once). With a ``seed``,
+        prompt ``i`` draws from its own generator seeded ``seed + i`` (prompt ``i`` with seed ``s``
+        equals that prompt alone with seed ``s + i``); seeds lie in [0, 2**32 - 1].
+
+        ``include_prompt``: the sample is preceded by the prompt: a text prompt given as ``str``
+        exactly as given; one given as bytes or a file, its bytes decoded together with the sample;
+        an audio prompt as the model reads it (mu-law samples at the adapter's rate). Starting from
+        silence (``prompt=None``) there is no prompt to include.
+        """
+        n, temperature, top_k, top_p, batch_size = self._generate_settings(n, temperature, top_k, top_p,
+                                                                           batch_size)
         a = self.adapter
-        if prompt is None and a.name == "audio":
-            ids, given = np.array([a.pad_id], dtype=np.int64), False  # one sample of silence
-        else:
-            if prompt is None:
+        single = not isinstance(prompt, (list, tuple))
+        if prompt is None:
+            if a.name != "audio":
                 raise ValueError("prompt: give the text to continue (at least one character)")
-            ((_, item),) = list(self._iter_inputs(prompt, "prompt"))
-            ids, given = self.encode(item, "prompt").astype(np.int64), True
-        t = torch.from_numpy(ids).unsqueeze(0).to(self.device)
-        out = self.lm.generate(t, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                               allowed_token_ids=a.data_ids, prefill_chunk=DEFAULT_CHUNK)
-        new = out[0, len(ids):].cpu().numpy()
-        keep = np.concatenate([ids, new]) if include_prompt and given else new
+            items = [None]
+        else:
+            items = [item for _, item in self._iter_inputs(prompt, "prompt")]
+        encoded = []
+        for i, item in enumerate(items):
+            where = "prompt" if single else f"prompt[{i}]"
+            if item is None:
+                ids = np.array([a.pad_id], dtype=np.int64)  # one sample of silence
+            else:
+                ids = self.encode(item, where).astype(np.int64)
+                if len(ids) == 0:
+                    raise ValueError(f"{where}: empty; generation needs at least one token")
+            encoded.append(ids)
+        check_seed(seed, count=len(encoded), unit="prompt")
+        step = batch_size or len(encoded)
+        results = []
+        for start in range(0, len(encoded), step):
+            part = encoded[start:start + step]
+            ts = [torch.from_numpy(ids).to(self.device) for ids in part]
+            outs = self.lm.generate(ts, n, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=None if seed is None else [int(seed) + start + i for i in range(len(part))],
+                                    allowed_token_ids=a.data_ids, prefill_chunk=DEFAULT_CHUNK)
+            for i, (ids, out) in enumerate(zip(part, outs), start):
+                new = out[len(ids):].cpu().numpy().astype(np.int64)
+                results.append(self._sample_output(items[i], ids, new, include_prompt))
+        return results[0] if single else results
+
+    def _sample_output(self, item, ids: np.ndarray, new: np.ndarray, include_prompt: bool):
+        """One generated sample as :meth:`generate` returns it (``item``: the prompt, None for silence)."""
+        a = self.adapter
         if a.name == "text":
-            return a.decode(keep.astype(np.int64))
-        return a.decode(keep.astype(np.int64)) if len(keep) else np.zeros(0, np.float32)
+            if include_prompt and isinstance(item, str):
+                return item + a.decode(new)
+            return a.decode(np.concatenate([ids, new]) if include_prompt else new)
+        keep = np.concatenate([ids, new]) if include_prompt and item is not None else new
+        return a.decode(keep) if len(keep) else np.zeros(0, np.float32)
 
 
 def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -> AdapterModel:

@@ -8,14 +8,17 @@ every record of a FASTA file, decoded ``--batch-size`` at a time, written as FAS
 ``>{record}_sample{k}`` (k = 1..K); ``--prompt ACGT --num-samples K`` (K > 1) the same for one prompt,
 records ``>prompt_sample{k}``. With ``--seed S`` sample ``g`` (counting every sample of the run, in
 output order) draws from its own generator seeded ``S + g``, whatever ``--batch-size``; its header
-records both (``seed=``, ``sample_seed=``). An output named ``.gz`` is gzip-compressed. Exit codes:
-0 success, 1 bad input or model, 2 usage error.
+records both (``seed=``, ``sample_seed=``); seeds lie in [0, 2**32 - 1], the last sample's included.
+``--include-prompt`` writes the prompt exactly as given (a record's sequence as read) before each
+sample; ``prompt_len=`` in a header is its length. An output named ``.gz`` is gzip-compressed. Exit
+codes: 0 success, 1 bad input or model, 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +29,7 @@ from genomamba.commands.common import add_model_args, cli_error, fail, load_mode
 from genomamba.data.fasta import read_fasta
 from genomamba.errors import InvalidArgument, UserError, check_input_file
 from genomamba.files import atomic_path, atomic_text, check_output, write_text
+from genomamba.models.decode import SEED_MAX, check_seed
 
 LINE = 80  # FASTA line width
 
@@ -56,15 +60,19 @@ def parser() -> argparse.ArgumentParser:
                    help="tokens to generate: bases, bytes or samples (default 1000; audio: --seconds)")
     p.add_argument("--seconds", type=float, default=None,
                    help="audio models only: seconds to generate (default 1), instead of -n")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="0 = greedy; a very large one samples the tokens (near-)uniformly")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample among the likeliest tokens that make up this probability, in (0, 1] (1 = off)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for reproducible samples: sample g of the run (in output order) draws from its own "
                         "generator seeded seed + g, so it does not depend on --batch-size (each FASTA header "
-                        "records seed and sample_seed)")
-    p.add_argument("--include-prompt", action="store_true", help="print the prompt before the sample")
+                        f"records seed and sample_seed); seeds lie in [0, {SEED_MAX}]")
+    p.add_argument("--include-prompt", action="store_true",
+                   help="write the prompt before the sample: DNA and text exactly as given (--prompts: each "
+                        "record's sequence as read; case, N and IUPAC codes kept); audio: the clip as the model "
+                        "reads it")
     p.add_argument("-o", "--output", default=None,
                    help="DNA: FASTA (else the bare sequence to stdout); text: a text file; audio: a WAV file "
                         "(required; its spectrogram goes to .png). A FASTA or text file named .gz is "
@@ -90,6 +98,10 @@ def check_options(args) -> None:
         raise InvalidArgument(f"--top-p: expected a number in (0, 1], got {args.top_p}")
     positive_int("--num-samples", args.num_samples)
     positive_int("--batch-size", args.batch_size)
+    try:  # sample g draws from seed + g: the last sample's seed must lie in the range too
+        check_seed(args.seed, count=args.num_samples)
+    except ValueError as exc:
+        raise InvalidArgument(f"--seed: {str(exc).partition(': ')[2]}") from None
 
 
 def check_kind(args, kind: str) -> None:
@@ -142,9 +154,34 @@ def read_prompts(model, path) -> list[tuple[str, str]]:
     return records
 
 
+def _names_file(text: str) -> bool:
+    """Whether ``text`` is the name of an existing file (a long or multi-line prompt never is)."""
+    if not text or len(text) > 4096 or "\n" in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def check_prompt(model, prompt: str) -> list[tuple[str, str]]:
-    """``--prompt`` as the one record ``("prompt", prompt)``, checked against the model's tokenizer."""
-    if len(model.encode(prompt, where="--prompt")) == 0:
+    """``--prompt`` as the one record ``("prompt", prompt)``, checked against the model's tokenizer. A
+    file name given to ``--prompt`` is read as a sequence: where it is no DNA, the error points at
+    ``--prompts``; where the tokenizer takes it anyway (``<unk>`` for unknown characters), a warning does."""
+    named_file = _names_file(prompt)
+    try:
+        ids = model.encode(prompt, where="--prompt")
+    except ValueError:
+        if not named_file:
+            raise
+        raise InvalidArgument(f"--prompt: {prompt!r} is the name of a file, not a DNA sequence (--prompt takes the "
+                              f"sequence itself); to sample after every record of a FASTA file use --prompts "
+                              f"{shlex.quote(prompt)}") from None
+    if named_file:
+        print(f"genomamba generate: warning: --prompt: {prompt!r} is also the name of a file; it is read as the "
+              f"sequence itself (to sample after the file's records use --prompts {shlex.quote(prompt)})",
+              file=sys.stderr)
+    if len(ids) == 0:
         raise InvalidArgument("--prompt: empty; generation needs at least one base "
                               "(this model was trained without a <bos> token)")
     return [("prompt", prompt)]
@@ -156,8 +193,11 @@ def generate_fasta(model, records: list[tuple[str, str]], out, n: int, num_sampl
     """``num_samples`` samples of ``n`` bases after each record, ``batch_size`` sequences at a time,
     written as FASTA to the text stream ``out``. With a ``seed``, sample ``g`` (in output order) draws
     from its own generator seeded ``seed + g``, so the samples do not depend on ``batch_size``; each
-    header records ``seed`` and its ``sample_seed``. Returns the number of records written."""
+    header records ``seed`` and its ``sample_seed`` (every one of them is checked to lie in [0,
+    ``SEED_MAX``] before anything is written). With ``include_prompt`` each sample is preceded by its
+    record's sequence exactly as given, ``prompt_len`` long. Returns the number of records written."""
     jobs = [(name, seq, k) for name, seq in records for k in range(1, num_samples + 1)]
+    check_seed(seed, count=len(jobs))  # before anything is written: every sample's seed fits
     bar = tqdm(total=len(jobs), desc="generate", unit="seq", file=sys.stderr, disable=not progress)
     try:
         for start in range(0, len(jobs), batch_size):
@@ -232,8 +272,9 @@ def main(argv: list[str]) -> int:
             return _audio(model, args)
         if args.prompt is None:
             raise ValueError("--prompt: required for a DNA or text model")
+        records = check_prompt(model, args.prompt) if kind == "dna" else None
         if args.num_samples > 1:
-            return _samples(model, args, check_prompt(model, args.prompt))
+            return _samples(model, args, records)
         return _one(model, args, kind)
     except BrokenPipeError:
         raise  # the reader of stdout went away (`| head`): the entry point stops quietly

@@ -25,6 +25,7 @@ disagrees with the eager computation, is dropped with one warning and that part 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from collections import OrderedDict
@@ -73,36 +74,94 @@ def check_prompts(prompts, padded_vocab: int, device) -> list[torch.Tensor]:
     return out
 
 
-def check_sampling(temperature, top_k, top_p) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+SEED_MAX = 2**32 - 1  # seeds lie in [0, SEED_MAX]: the CPU generator reads only a seed's low 32 bits, so
+# a larger seed would silently repeat a smaller one's samples
+
+
+def _is_int(x) -> bool:
+    """A Python or NumPy integer (or anything else ``operator.index`` takes), not a bool."""
+    if isinstance(x, bool) or getattr(x, "dtype", None) == torch.bool:
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_real(x) -> bool:
+    """A Python or NumPy int or float, not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_sampling(temperature, top_k, top_p) -> tuple[float, int, float]:
+    """The sampling settings (Python or NumPy numbers) as ``(float, int, float)``; ValueError naming
+    the argument for anything else. ``temperature`` must be finite (<= 0: greedy; a huge one draws
+    uniformly among the allowed tokens), ``top_k`` >= 0 (0: off), ``0 < top_p <= 1`` (1: off)."""
+    if not _is_real(temperature) or not math.isfinite(temperature):
         raise ValueError(f"temperature: expected a finite number (<= 0: greedy), got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    if not _is_int(top_k) or operator.index(top_k) < 0:
         raise ValueError(f"top_k: expected an int >= 0, got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+    if not _is_real(top_p) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+    return float(temperature), operator.index(top_k), float(top_p)
 
 
-def check_seed(seed, rows: Optional[int] = None) -> None:
-    """None or an int (a Python or NumPy integer; not a bool); with ``rows``, also a list of ``rows``
-    ints (one seed per sequence)."""
+def check_seed(seed, rows: Optional[int] = None, count: int = 1, unit: str = "sample") -> None:
+    """None or an int (a Python or NumPy integer; not a bool) in ``[0, SEED_MAX]``; with ``rows``,
+    also a list of ``rows`` such ints (one seed per sequence). ``count``: how many consecutive seeds
+    one int stands for (``seed``, ``seed + 1``, ... ``seed + count - 1``, one per ``unit``: sample,
+    prompt), all of which must lie in that range."""
     if seed is None:
         return
     if rows is not None and isinstance(seed, (list, tuple)):
         if len(seed) != rows:
             raise ValueError(f"seed: {len(seed)} seeds for {rows} sequences; give one per sequence (or one int)")
         for i, s in enumerate(seed):
-            try:
-                check_seed(s)
-            except ValueError:
-                raise ValueError(f"seed[{i}]: expected an int, got {s!r}") from None
+            if not _is_int(s):
+                raise ValueError(f"seed[{i}]: expected an int, got {s!r}")
+            if not 0 <= operator.index(s) <= SEED_MAX:
+                raise ValueError(f"seed[{i}]: expected an int in [0, {SEED_MAX}], got {s!r}")
         return
-    try:
-        if isinstance(seed, bool):
-            raise TypeError
-        operator.index(seed)
-    except TypeError:
+    if not _is_int(seed):
         want = "an int or None" if rows is None else "an int, a list of ints (one per sequence) or None"
-        raise ValueError(f"seed: expected {want}, got {seed!r}") from None
+        raise ValueError(f"seed: expected {want}, got {seed!r}")
+    value = operator.index(seed)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"seed: expected an int in [0, {SEED_MAX}], got {value}")
+    if value + count - 1 > SEED_MAX:
+        raise ValueError(f"seed: {value} is too large for {count} {unit}s: {unit} i draws from seed + i, and "
+                         f"seeds lie in [0, {SEED_MAX}]; give a seed <= {SEED_MAX - count + 1}")
+
+
+def check_allowed(allowed_token_ids, padded_vocab: int) -> list[int]:
+    """``allowed_token_ids`` (a non-empty sequence of ints in ``[0, padded_vocab)``) as a list of ints;
+    ValueError naming the argument (and the entry) for anything else."""
+    if isinstance(allowed_token_ids, (str, bytes)) or not hasattr(allowed_token_ids, "__iter__"):
+        raise ValueError(f"allowed_token_ids: expected a list of token ids, got {type(allowed_token_ids).__name__}")
+    allowed = []
+    for i, t in enumerate(allowed_token_ids):
+        if not _is_int(t) or not 0 <= operator.index(t) < padded_vocab:
+            raise ValueError(f"allowed_token_ids[{i}]: expected an int id in [0, {padded_vocab}), got {t!r}")
+        allowed.append(operator.index(t))
+    if not allowed:
+        raise ValueError("allowed_token_ids: empty; give at least one token id (or None: every token)")
+    return allowed
+
+
+def check_eos(eos_token_id, vocab: int, allowed: Optional[list[int]]) -> int:
+    """``eos_token_id`` as an int that sampling can produce: in ``[0, vocab)``, or among ``allowed``
+    when the allowed ids are given; ValueError naming the argument otherwise."""
+    if not _is_int(eos_token_id):
+        raise ValueError(f"eos_token_id: expected an int token id, got {eos_token_id!r}")
+    eos = operator.index(eos_token_id)
+    if allowed is not None:
+        if eos not in allowed:
+            raise ValueError(f"eos_token_id: {eos} is not among allowed_token_ids, so it could never be "
+                             f"generated; add it to allowed_token_ids or choose an allowed id")
+    elif not 0 <= eos < vocab:
+        raise ValueError(f"eos_token_id: expected an id in [0, {vocab}) (the ids sampling draws from), got {eos}")
+    return eos
 
 
 def make_generators(seed, device):
@@ -386,7 +445,11 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
              vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
              prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
     """See ``MambaLM.generate``. ``input_ids``: a (b, l) tensor -> (b, l + max_new_tokens) tensor;
-    a list of 1-D tensors (any lengths) -> a list of 1-D tensors (each prompt + its new tokens)."""
+    a list of 1-D tensors (any lengths) -> a list of 1-D tensors (each prompt + its new tokens).
+    Numbers may be Python or NumPy ones. ``temperature`` must be finite (a huge one samples uniformly
+    among the allowed tokens); ``vocab_size`` (None: the model's) lies in [1, padded vocab];
+    ``eos_token_id`` must be a token sampling can produce: below ``vocab_size``, or among
+    ``allowed_token_ids`` when they are given; seeds lie in [0, ``SEED_MAX``]."""
     padded = model.config.padded_vocab_size
     as_list = not isinstance(input_ids, torch.Tensor)
     if as_list:
@@ -398,25 +461,27 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
         input_ids = model._check_ids(input_ids)
         device = input_ids.device
         prompts = None
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or operator.index(max_new_tokens) < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
-        raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk}")
-    check_sampling(temperature, top_k, top_p)
+    max_new_tokens = operator.index(max_new_tokens)
+    if prefill_chunk is not None and (not _is_int(prefill_chunk) or operator.index(prefill_chunk) < 1):
+        raise ValueError(f"prefill_chunk: expected a positive int, got {prefill_chunk!r}")
+    prefill_chunk = None if prefill_chunk is None else operator.index(prefill_chunk)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     check_seed(seed, len(prompts) if as_list else input_ids.shape[0])
-    if eos_token_id is not None and not 0 <= int(eos_token_id) < padded:
-        raise ValueError(f"eos_token_id: expected an id in [0, {padded}), got {eos_token_id}")
-    vocab = vocab_size or model.config.vocab_size
-    if not 1 <= vocab <= padded:
-        raise ValueError(f"vocab_size: expected 1..{padded}, got {vocab}")
-    mask = None
+    vocab = model.config.vocab_size
+    if vocab_size is not None:
+        if not _is_int(vocab_size) or not 1 <= operator.index(vocab_size) <= padded:
+            raise ValueError(f"vocab_size: expected an int in [1, {padded}] (None: the model's "
+                             f"{model.config.vocab_size}), got {vocab_size!r}")
+        vocab = operator.index(vocab_size)
+    mask = allowed = None
     if allowed_token_ids is not None:
-        allowed = [int(t) for t in allowed_token_ids]
-        bad = [t for t in allowed if not 0 <= t < padded]
-        if not allowed or bad:
-            raise ValueError(f"allowed_token_ids: expected ids in [0, {padded}), got {allowed_token_ids!r}")
+        allowed = check_allowed(allowed_token_ids, padded)
         mask = torch.full((padded,), float("-inf"), device=device)
         mask[allowed] = 0.0
+    if eos_token_id is not None:
+        eos_token_id = check_eos(eos_token_id, vocab, allowed)
     gen = make_generators(seed, device)
 
     b = len(prompts) if as_list else input_ids.shape[0]

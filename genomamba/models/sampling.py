@@ -4,16 +4,25 @@ A token is drawn by the Gumbel-max rule: with U uniform on [0, 1), argmax(s - lo
 scores s is distributed as softmax(s). The uniform noise is the only randomness and is drawn from
 the caller's generator before the draw, so the same draw also runs inside a captured CUDA graph
 (``genomamba.models.decode``) with the noise as an input: for one seed, graph and eager decoding
-give the same tokens. The filters are applied on the scores divided by the temperature: top-k keeps
-the tokens whose score reaches the k-th largest (ties kept), then top-p keeps the smallest prefix of
-the remaining tokens, by descending probability, whose mass reaches p (the top token always stays).
+give the same tokens. Top-k keeps the tokens whose score reaches the k-th largest (ties kept; the
+temperature does not change which tokens these are), then the scores are divided by the temperature
+and top-p keeps the smallest prefix of the remaining tokens, by descending probability, whose mass
+reaches p (the top token always stays, however small p is).
+
+A very large temperature draws (near-)uniformly among the tokens that may be drawn, never any other:
+the inverse temperature is held at or above ``MIN_INV_TEMP`` so that a score of -inf stays -inf.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 GREEDY_BELOW = 1e-30  # temperatures below this decode greedily: their limit, and 1 / T would overflow
+# the smallest inverse temperature used: 1 / T of a huge T would round to 0 in float32, and -inf * 0 is NaN;
+# at this scale every finite score is ~0 next to the Gumbel noise, so the draw is uniform over the finite ones
+MIN_INV_TEMP = torch.finfo(torch.float32).tiny
 
 
 def greedy(temperature: float, top_k: int) -> bool:
@@ -35,20 +44,23 @@ def draw(scores: torch.Tensor, noise: torch.Tensor, inv_temp: torch.Tensor, top_
     captured graph serves any values; ``k`` and ``nucleus`` as :func:`filters` gives them. Every
     operation is a fixed-shape kernel with no host synchronisation."""
     s = scores * inv_temp
-    if k:
-        kth = torch.topk(s, k, dim=-1).values[:, -1:]
-        s = s.masked_fill(s < kth, float("-inf"))
+    if k:  # on the unscaled scores: a huge temperature scales them towards 0, where they would all tie
+        kth = torch.topk(scores, k, dim=-1).values[:, -1:]
+        s = s.masked_fill(scores < kth, float("-inf"))
     if nucleus:  # sorting after the top-k mask: mostly -inf rows sort fast
         sv, idx = torch.sort(s, dim=-1, descending=True)
         probs = torch.softmax(sv, dim=-1)
-        sv = sv.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))
+        drop = probs.cumsum(-1) - probs >= top_p
+        drop[:, 0] = False  # the top token stays, even where p rounds to 0 in float32
+        sv = sv.masked_fill(drop, float("-inf"))
         s = torch.full_like(s, float("-inf")).scatter(-1, idx, sv)
     return (s - torch.log(-torch.log(noise))).argmax(-1)
 
 
 def filter_values(temperature: float, top_p: float, device) -> tuple:
-    """(inv_temp, top_p) as the 0-dim tensors :func:`draw` takes."""
-    return (torch.tensor(1.0 / temperature, dtype=torch.float32, device=device),
+    """(inv_temp, top_p) as the 0-dim float32 tensors :func:`draw` takes. The inverse temperature is
+    at least ``MIN_INV_TEMP`` (a huge temperature draws uniformly among the tokens that may be drawn)."""
+    return (torch.tensor(max(1.0 / temperature, MIN_INV_TEMP), dtype=torch.float32, device=device),
             torch.tensor(min(top_p, 1.0), dtype=torch.float32, device=device))
 
 
@@ -71,7 +83,10 @@ def noise_like(scores: torch.Tensor, generator=None) -> torch.Tensor:
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     """logits: (b, v) -> token ids (b,); -inf logits are never drawn. Greedy as :func:`greedy` says;
     otherwise one uniform number per logit is drawn from ``generator`` (the default generator when
-    None) and the token follows by :func:`draw`."""
+    None) and the token follows by :func:`draw`. ``temperature`` must be finite (NaN or infinity:
+    ValueError)."""
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite number (<= 0: greedy), got {temperature!r}")
     if top_k < 0:
         raise ValueError(f"top_k: expected >= 0, got {top_k}")
     if not 0.0 < top_p <= 1.0:

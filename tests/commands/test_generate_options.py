@@ -144,3 +144,98 @@ def test_a_closed_pipe_stops_generate_quietly(model_dir, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
     assert first.startswith(b">r0_sample1 ") and "error" not in err, err
+
+
+@pytest.mark.parametrize("extra", [["--temperature", "1e300"], ["--temperature", "1e39", "--top-k", "2"],
+                                   ["--top-p", "1e-50"]])
+def test_extreme_sampling_options_still_sample_bases(model_dir, capsys, extra):
+    args = ["generate", str(model_dir), "--prompt", "ACGT", "-n", "20", "--seed", "1", "--num-samples", "2", *extra]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    seqs = [line for line in out.splitlines() if not line.startswith(">")]
+    assert len(seqs) == 2 and all(len(s) == 20 and set(s) <= set("ACGT") for s in seqs), out
+    if "--top-p" in extra:  # only the top base stays: the greedy sample, whatever the seed
+        assert seqs == [genomamba.load(model_dir).generate("ACGT", 20, temperature=0)] * 2
+
+
+SEED_ERRORS = [
+    (["--seed", "99999999999999999999999"], "--seed: expected an int in [0, 4294967295], got 99999999999999999999999"),
+    (["--seed", "-1"], "--seed: expected an int in [0, 4294967295], got -1"),
+    (["--seed", "18446744073709551615"], "--seed: expected an int in [0, 4294967295]"),
+    (["--seed", "4294967295", "--num-samples", "3", "--batch-size", "1"],
+     "--seed: 4294967295 is too large for 3 samples: sample i draws from seed + i"),
+]
+
+
+@pytest.mark.parametrize("args, message", SEED_ERRORS)
+@pytest.mark.parametrize("to_file", [False, True])
+def test_seeds_out_of_range_are_refused_before_any_output(model_dir, tmp_path, capsys, args, message, to_file):
+    out = tmp_path / "never.fa"
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "3", *args,
+                *(["-o", str(out)] if to_file else [])]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_last_seed_counts_every_sample_of_a_fasta_of_prompts(model_dir, prompts_fa, tmp_path, capsys):
+    """Three records x 2 samples: sample 5 draws from seed + 5, which must fit; nothing is written otherwise."""
+    top = 2**32 - 1
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "3",
+                "--seed", str(top - 4), "--batch-size", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--seed: 4294967291 is too large for 6 samples" in captured.err
+    assert "give a seed <= 4294967290" in captured.err
+    assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--num-samples", "2", "-n", "3",
+                "--seed", str(top - 5)]) == 0
+    recs = list(read_fasta_text(capsys.readouterr().out, tmp_path / "fits.fa"))
+    assert _fields(recs[-1].description)["sample_seed"] == str(top)
+
+
+@pytest.fixture(scope="module")
+def unk_model_dir(tmp_path_factory):
+    """A small untrained DNA LM whose tokenizer reads unknown characters as <unk>."""
+    import torch
+
+    from genomamba import MambaConfig, MambaLM
+    from genomamba.tokenizers.dna import DNATokenizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("unk_lm")
+    MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11)).save_pretrained(d)
+    DNATokenizer(unknown="unk").save_pretrained(d)
+    return d
+
+
+def test_include_prompt_writes_the_prompt_as_given(unk_model_dir, tmp_path, capsys):
+    prompt = "acXgtRYN"
+    out = tmp_path / "one.fa"
+    assert cli(["generate", str(unk_model_dir), "--prompt", prompt, "-n", "5", "--seed", "2", "--include-prompt",
+                "-o", str(out)]) == 0
+    header, seq = out.read_text().splitlines()  # 'X' is no nucleotide: a FASTA reader would refuse the record
+    sample = genomamba.load(unk_model_dir).generate(prompt, 5, seed=2)
+    assert seq == prompt + sample and _fields(header)["prompt_len"] == str(len(prompt))
+    fa = tmp_path / "prompts.fa"
+    fa.write_text(">low\nacgtnn\n>iupac\nRYKMswBDHV\n")
+    assert cli(["generate", str(unk_model_dir), "--prompts", str(fa), "-n", "4", "--seed", "0",
+                "--include-prompt"]) == 0
+    recs = list(read_fasta_text(capsys.readouterr().out, tmp_path / "printed.fa"))
+    assert len(recs) == 2
+    for rec, given in zip(recs, ["acgtnn", "RYKMswBDHV"]):
+        n = int(_fields(rec.description)["prompt_len"])
+        assert n == len(given) and rec.sequence[:n] == given and len(rec.sequence) == n + 4
+
+
+def test_a_file_name_given_to_prompt_points_at_prompts(model_dir, unk_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.fa").write_text(">a\nACGT\n")
+    assert cli(["generate", str(model_dir), "--prompt", "prompts.fa", "-n", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--prompt: 'prompts.fa' is the name of a file" in err and "use --prompts prompts.fa" in err
+    assert "pathlib" not in err and "path=" not in err and err.count("\n") == 1
+    # a tokenizer that reads unknown characters as <unk> takes the name as a sequence: a warning says so
+    assert cli(["generate", str(unk_model_dir), "--prompt", "prompts.fa", "-n", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --prompt: 'prompts.fa' is also the name of a file" in captured.err
+    assert "--prompts prompts.fa" in captured.err and len(captured.out.strip()) == 3

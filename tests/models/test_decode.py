@@ -256,3 +256,87 @@ def test_the_loop_on_a_replayed_step_equals_the_eager_loop(counter, prompts, how
         assert set(eager.unique().tolist()) <= set(how["allowed"])
     if eos is not None:
         assert bool((eager == eos).any())  # sequences ended, so the EOS path ran
+
+
+@pytest.mark.parametrize("how", [dict(temperature=1e46, seed=4, allowed=[1, 2, 3, 5, 8, 11]),
+                                 dict(temperature=1e300, top_k=3, seed=6, allowed=[2, 4, 6, 7]),
+                                 dict(temperature=0.9, top_p=1e-50, seed=1, allowed=[1, 3, 5, 7, 9])])
+@torch.no_grad()
+def test_extreme_settings_on_a_replayed_step_stay_among_the_allowed_ids(counter, prompts, how):
+    """A temperature whose inverse is 0 in float32 and a top_p that is 0 in float32: the eager loop and
+    the captured sampler's draw both give allowed tokens only (the same ones), never id 0."""
+    m, n = counter, 40
+    mask = torch.full((m.config.padded_vocab_size,), float("-inf"))
+    mask[how["allowed"]] = 0.0
+
+    def run(graph):
+        cache, logits = decode.prefill(m, prompts, None, graphs=False)
+        if graph is not None:
+            graph.load(cache)
+            cache = None
+        new = torch.empty(len(prompts), n, dtype=torch.long)
+        gen = torch.Generator().manual_seed(how["seed"])
+        decode._loop(m, graph, cache, logits, new, how["temperature"], how.get("top_k", 0), how.get("top_p", 1.0),
+                     gen, None, m.config.vocab_size, mask)
+        return new
+
+    eager = run(None)
+    assert set(eager.unique().tolist()) <= set(how["allowed"])
+    assert torch.equal(run(_ReplayedEagerly(m, len(prompts))), eager)
+    if "top_p" in how:  # only the top token stays: greedy decoding over the allowed ids
+        cache, logits = decode.prefill(m, prompts, None, graphs=False)
+        greedy = torch.empty(len(prompts), n, dtype=torch.long)
+        decode._loop(m, None, cache, logits, greedy, 0, 0, 1.0, None, None, m.config.vocab_size, mask)
+        assert torch.equal(eager, greedy)
+
+
+@torch.no_grad()
+def test_a_huge_temperature_samples_the_allowed_ids_uniformly(m):
+    out = m.generate([torch.tensor([1, 2, 3])], 400, temperature=1e46, seed=[0], allowed_token_ids=[6, 7, 8, 9])[0]
+    counts = torch.bincount(out[3:], minlength=12)
+    assert int(counts[[6, 7, 8, 9]].sum()) == 400
+    assert all(60 <= int(c) <= 140 for c in counts[[6, 7, 8, 9]]), counts  # 100 each, sd 8.7
+    greedy = m.generate([torch.tensor([1, 2, 3])], 20, temperature=0, allowed_token_ids=[6, 7, 8, 9])[0]
+    assert torch.equal(m.generate([torch.tensor([1, 2, 3])], 20, top_p=1e-50, seed=3,
+                                  allowed_token_ids=[6, 7, 8, 9])[0], greedy)
+
+
+def test_numpy_numbers_are_taken_as_python_ones(m, prompts):
+    np = pytest.importorskip("numpy")
+    want = m.generate(prompts, 6, temperature=0.75, top_k=5, top_p=0.875, seed=3, eos_token_id=4, vocab_size=12)
+    got = m.generate(prompts, np.int64(6), temperature=np.float32(0.75), top_k=np.int32(5), top_p=np.float64(0.875),
+                     seed=np.uint32(3), eos_token_id=np.int64(4), vocab_size=np.int16(12))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(vocab_size=0), r"^vocab_size: expected an int in \[1, 16\]"),
+    (dict(vocab_size=-3), r"^vocab_size: expected an int in \[1, 16\]"),
+    (dict(vocab_size=17), r"^vocab_size: expected an int in \[1, 16\]"),
+    (dict(vocab_size=8.0), r"^vocab_size: expected an int in \[1, 16\]"),
+    (dict(eos_token_id=6.7), r"^eos_token_id: expected an int token id, got 6.7"),
+    (dict(eos_token_id=True), r"^eos_token_id: expected an int token id"),
+    (dict(eos_token_id=-1), r"^eos_token_id: expected an id in \[0, 12\)"),
+    (dict(eos_token_id=13), r"^eos_token_id: expected an id in \[0, 12\)"),  # a padding row: never sampled
+    (dict(eos_token_id=5, vocab_size=4), r"^eos_token_id: expected an id in \[0, 4\)"),
+    (dict(eos_token_id=1, allowed_token_ids=[6, 7]), r"^eos_token_id: 1 is not among allowed_token_ids"),
+    (dict(allowed_token_ids=[]), r"^allowed_token_ids: empty"),
+    (dict(allowed_token_ids=[3, 6.7]), r"^allowed_token_ids\[1\]: expected an int id in \[0, 16\), got 6.7"),
+    (dict(allowed_token_ids="ACGT"), r"^allowed_token_ids: expected a list of token ids, got str"),
+    (dict(seed=-1), r"^seed: expected an int in \[0, 4294967295\], got -1"),
+    (dict(seed=2**32), r"^seed: expected an int in \[0, 4294967295\], got 4294967296"),
+    (dict(seed=10**23), r"^seed: expected an int in \[0, 4294967295\]"),
+    (dict(seed=[0, 2**64 - 1]), r"^seed\[1\]: expected an int in \[0, 4294967295\]"),
+])
+def test_settings_that_could_never_act_are_refused_naming_the_argument(m, kw, message):
+    two = [torch.tensor([1, 2]), torch.tensor([3])]
+    with pytest.raises(ValueError, match=message):
+        m.generate(two, 3, **kw)
+
+
+def test_the_largest_seed_and_an_eos_among_the_allowed_ids_are_taken(m):
+    two = [torch.tensor([1, 2]), torch.tensor([3])]
+    assert len(m.generate(two, 3, seed=2**32 - 1)) == 2
+    assert len(m.generate(two, 3, seed=[2**32 - 1, 0])) == 2
+    out = m.generate(two, 3, eos_token_id=14, allowed_token_ids=[14])  # a padding row, allowed: it ends them
+    assert all(o[-3:].tolist() == [14, 14, 14] for o in out)

@@ -104,3 +104,59 @@ def test_generate_names_a_bad_sampling_argument(kw, name):
 
     with pytest.raises(ValueError, match=f"^{name}: expected"):
         decode.check_sampling(**{**dict(temperature=1.0, top_k=0, top_p=1.0), **kw})
+
+
+SKEWED = torch.tensor([[0.5, 9.0, -4.0, float("-inf"), 2.0, float("-inf")]])  # the top token is not id 0
+ALLOWED = torch.tensor([True, True, True, False, True, False])
+
+
+@pytest.mark.parametrize("temperature", [1e30, 1e39, 1e46, 1e300])
+def test_huge_temperatures_draw_uniformly_among_the_allowed_tokens_only(temperature):
+    freqs = _freqs(SKEWED, temperature=temperature)
+    assert float(freqs[~ALLOWED].sum()) == 0.0
+    _assert_follows(freqs, ALLOWED.double() / int(ALLOWED.sum()))
+
+
+def test_huge_temperatures_keep_the_top_k_tokens_and_the_nucleus_filter():
+    freqs = _freqs(SKEWED, temperature=1e300, top_k=2)  # 9.0 and 2.0: drawn half and half
+    _assert_follows(freqs, torch.tensor([0, 0.5, 0, 0, 0.5, 0], dtype=torch.float64))
+    freqs = _freqs(SKEWED, temperature=1e300, top_p=0.5)  # four tokens, equally likely: two of them stay
+    assert float(freqs[~ALLOWED].sum()) == 0.0 and int((freqs > 0).sum()) == 2
+
+
+@pytest.mark.parametrize("top_p", [1e-50, 1e-46, 1e-9])
+def test_a_tiny_top_p_keeps_exactly_the_top_token(top_p):
+    assert float(sampling.filter_values(1.0, top_p, "cpu")[1]) >= 0.0
+    g = torch.Generator().manual_seed(0)
+    rows = SKEWED.repeat(1000, 1)
+    assert sampling.sample_next(rows, temperature=1.0, top_p=top_p, generator=g).tolist() == [1] * 1000
+    # the same through the draw the captured sampler replays, with the top-k filter on as well
+    noise = sampling.noise_like(rows, torch.Generator().manual_seed(1))
+    values = sampling.filter_values(3.0, top_p, "cpu")
+    assert sampling.draw(rows, noise, *values, 3, True).tolist() == [1] * 1000
+
+
+def test_the_inverse_temperature_never_reaches_zero():
+    for temperature in (1e38, 1e46, 1e300):
+        inv_temp, _ = sampling.filter_values(temperature, 1.0, "cpu")
+        assert float(inv_temp) >= sampling.MIN_INV_TEMP > 0
+        assert float(SKEWED[0, 3] * inv_temp) == float("-inf")  # a masked score stays masked
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan")])
+def test_sample_next_refuses_a_temperature_that_is_not_finite(temperature):
+    with pytest.raises(ValueError, match="^temperature: expected a finite number"):
+        sampling.sample_next(SKEWED, temperature=temperature)
+
+
+def test_check_sampling_takes_numpy_numbers_and_returns_python_ones():
+    import numpy as np
+
+    from genomamba.models import decode
+
+    got = decode.check_sampling(np.float32(0.75), np.int64(3), np.float64(0.5))
+    assert got == (0.75, 3, 0.5) and [type(x) for x in got] == [float, int, float]
+    with pytest.raises(ValueError, match="^top_k: expected an int"):
+        decode.check_sampling(1.0, np.float64(2.0), 1.0)
+    with pytest.raises(ValueError, match="^temperature: expected a finite number"):
+        decode.check_sampling("x", 0, 1.0)
