@@ -43,12 +43,15 @@ def draw(scores: torch.Tensor, noise: torch.Tensor, inv_temp: torch.Tensor, top_
     (b, v) uniform on [0, 1); ``inv_temp`` and ``top_p`` are 0-dim tensors on the scores' device, so one
     captured graph serves any values; ``k`` and ``nucleus`` as :func:`filters` gives them. Every
     operation is a fixed-shape kernel with no host synchronisation."""
-    s = scores * inv_temp
-    if k:  # on the unscaled scores: a huge temperature scales them towards 0, where they would all tie
+    # Tokens are ranked on the unscaled scores: a huge temperature scales them towards 0, where they
+    # could tie (or flush to 0 with denormals off) and the top token would be lost.
+    if k:
         kth = torch.topk(scores, k, dim=-1).values[:, -1:]
-        s = s.masked_fill(scores < kth, float("-inf"))
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    s = scores * inv_temp
     if nucleus:  # sorting after the top-k mask: mostly -inf rows sort fast
-        sv, idx = torch.sort(s, dim=-1, descending=True)
+        ranked, idx = torch.sort(scores, dim=-1, descending=True)
+        sv = ranked * inv_temp
         probs = torch.softmax(sv, dim=-1)
         drop = probs.cumsum(-1) - probs >= top_p
         drop[:, 0] = False  # the top token stays, even where p rounds to 0 in float32

@@ -51,11 +51,16 @@ def test_include_prompt_returns_the_prompt_exactly_as_given(dna):
 
 @pytest.mark.parametrize("kw", [dict(temperature=2e45), dict(temperature=1e300), dict(top_p=1e-50),
                                 dict(temperature=1e300, top_k=2), dict(temperature=1e300, top_p=1e-60)])
-def test_extreme_settings_still_sample_bases(dna, kw):
-    out = dna.generate("ACGTACGT", 40, seed=0, **kw)
-    assert len(out) == 40 and set(out) <= set("ACGT")
-    if kw.get("top_p", 1.0) < 1e-40:  # only the top base stays: greedy decoding
-        assert out == dna.generate("ACGTACGT", 40, temperature=0)
+@pytest.mark.parametrize("flush_denormal", [False, True])  # training turns flushing on for the process
+def test_extreme_settings_still_sample_bases(dna, kw, flush_denormal):
+    torch.set_flush_denormal(flush_denormal)
+    try:
+        out = dna.generate("ACGTACGT", 40, seed=0, **kw)
+        assert len(out) == 40 and set(out) <= set("ACGT")
+        if kw.get("top_p", 1.0) < 1e-40:  # only the top base stays: greedy decoding
+            assert out == dna.generate("ACGTACGT", 40, temperature=0)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_a_huge_temperature_samples_the_four_bases_evenly(dna):
