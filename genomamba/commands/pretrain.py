@@ -123,7 +123,9 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="genomamba pretrain", description="Pretrain a DNA language model (next base).")
+    ap = argparse.ArgumentParser(prog="genomamba pretrain",
+                                 description="Pretrain a language model: DNA (next base), text (next byte) or "
+                                             "audio (next sample), as the config's adapter says.")
     add_run_args(ap)
     args = ap.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ labelled-file manifest (species genomes, spoken-digit clips), evaluated on held-
 
 from __future__ import annotations
 
+import signal
 from typing import Optional
 
 import numpy as np
@@ -22,9 +23,17 @@ from genomamba.parallel import data_shard
 from genomamba.tokenizers.dna import DNATokenizer
 
 
+def _worker_ignores_sigterm(worker_id: int) -> None:
+    """A loader worker leaves SIGTERM to the training process. A scheduler (or ``timeout``, ``kill -TERM
+    -PGID``) signals the whole process group: a worker that died of it would make the next batch fail
+    before the training process could save its step; the workers end with that process instead."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader(ds, batch_size, num_workers, shuffle=False):
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
-                      persistent_workers=num_workers > 0, pin_memory=False)
+                      persistent_workers=num_workers > 0, pin_memory=False,
+                      worker_init_fn=_worker_ignores_sigterm if num_workers else None)
 
 
 def _train_loader(ds, batch_size, num_workers):
@@ -32,7 +41,7 @@ def _train_loader(ds, batch_size, num_workers):
     the dataset it started with, so the epoch set by ``EpochSeed`` would never reach it and every
     epoch would replay the first one's windows."""
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False,
-                      pin_memory=False)
+                      pin_memory=False, worker_init_fn=_worker_ignores_sigterm if num_workers else None)
 
 
 def _eval_loader(ds, batch_size, context_parallel: int = 1):

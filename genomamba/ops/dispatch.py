@@ -21,6 +21,7 @@ import sys
 
 import torch
 
+from genomamba.errors import UserError
 from genomamba.ops import cpu, cuda, triton
 from genomamba.ops.backend import FAST_FLOATS, Backend, Call
 from genomamba.ops.reference import (
@@ -186,6 +187,10 @@ def use_backend(name: str):
         _forced = prev
 
 
+class BackendUnavailable(UserError, RuntimeError):
+    """A backend was asked for (``GENOMAMBA_SCAN_BACKEND`` or ``use_backend``) where it cannot run."""
+
+
 def order(op: str, device: str) -> tuple:
     """The backends tried for ``op`` on ``device`` (a device type), forced one first."""
     rows = TABLE[op]
@@ -194,9 +199,11 @@ def order(op: str, device: str) -> tuple:
     if forced != "auto":
         backend = BACKENDS[forced]
         if device not in backend.devices or not backend.available(device):
-            raise RuntimeError(
-                f"backend {forced!r} was requested but is not available on this machine "
-                f"({backend.why_unavailable() if device in backend.devices else f'does not run on {device}'})"
+            asked = f"use_backend({forced!r})" if _forced else f"GENOMAMBA_SCAN_BACKEND={forced}"
+            raise BackendUnavailable(
+                f"{asked}: backend {forced!r} was requested but is not available on this machine "
+                f"({backend.why_unavailable() if device in backend.devices else f'does not run on {device}'}); "
+                "unset it (auto) or pick another backend"
             )
         names = (forced,) + tuple(n for n in names if n != forced)
     return names

@@ -109,22 +109,25 @@ def test_text_run_resumes(tmp_path):
 
 
 def test_sigterm_saves_the_step_and_exits_143_then_resume_finishes(tmp_path):
-    """A scheduler's SIGTERM: the step in progress ends, its state is saved, the exit code says it was
-    stopped, and --resume continues from that step (not from the last periodic checkpoint)."""
+    """A scheduler's SIGTERM, sent to the whole process group (loader workers included): the step in
+    progress ends, its state is saved, the exit code says it was stopped, and --resume continues from
+    that step (not from the last periodic checkpoint)."""
     run = tmp_path / "run"
     doc = tiny_pretrain_doc(run, max_steps=5000, seq_len=128)
     doc["trainer"].update(ckpt_every=5, val_every=1000)
+    doc["data"]["num_workers"] = 2
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "genomamba", "pretrain"]
-    proc = subprocess.Popen([*cmd, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([*cmd, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     deadline = time.time() + 240
     while not list((run / "checkpoints").glob("step*.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     time.sleep(0.2)  # most likely between periodic checkpoints: the saved step is the one in progress
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     line = [x for x in err.splitlines() if "stopped:" in x]

@@ -131,3 +131,19 @@ def test_forced_unknown_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("GENOMAMBA_SCAN_BACKEND", "fast")
     with pytest.raises(ValueError, match="GENOMAMBA_SCAN_BACKEND='fast'"):
         selective_scan(**_good())
+
+
+def test_forced_backend_that_cannot_run_here_is_a_user_error(monkeypatch):
+    """A backend that does not run on the tensors' device: an error naming how it was asked for, which
+    the command line prints as one line (not as an unexpected error)."""
+    from genomamba.errors import is_user_error
+    from genomamba.ops import use_backend
+
+    x = _good()  # CPU tensors
+    monkeypatch.setenv("GENOMAMBA_SCAN_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match=r"^GENOMAMBA_SCAN_BACKEND=cuda: backend 'cuda' .*does not run on cpu") as e:
+        selective_scan(**x)
+    assert is_user_error(e.value)
+    monkeypatch.delenv("GENOMAMBA_SCAN_BACKEND")
+    with use_backend("cuda"), pytest.raises(RuntimeError, match=r"^use_backend\('cuda'\): "):
+        selective_scan(**x)
