@@ -6,6 +6,7 @@ import contextlib
 import datetime as _dt
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -30,9 +31,31 @@ def positive_count(text: str) -> int:
     return value
 
 
+def _genomamba_version() -> str:
+    """The package version, with the commit (``+g<hash>``, ``.dirty`` for uncommitted changes) when the
+    package runs from a git checkout: a result then says which code it timed."""
+    import genomamba
+
+    version = genomamba.__version__
+    root = Path(genomamba.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return version
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,  # noqa: E731
+                                        timeout=10)
+        head = run("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return version
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return f"{version}+g{head.stdout.strip()}" + (".dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return version
+
+
 def machine_facts(device: str = "cpu") -> dict:
     facts = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "genomamba": _genomamba_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host_cpu": platform.processor() or platform.machine(),

@@ -30,6 +30,22 @@ def test_machine_facts_record_the_genomamba_knobs(monkeypatch):
     assert "OTHER_TOOL_SETTING" not in facts["genomamba_env"]
 
 
+def test_machine_facts_record_the_code_that_ran():
+    """The version, and in a git checkout the commit it ran at (the test suite runs from one)."""
+    import subprocess
+
+    import genomamba
+    from genomamba.bench.common import machine_facts
+
+    v = machine_facts("cpu")["genomamba"]
+    assert v.startswith(genomamba.__version__)
+    root = Path(genomamba.__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert re.fullmatch(re.escape(f"{genomamba.__version__}+g{head}") + r"(\.dirty)?", v), v
+
+
 def test_results_go_beside_the_source_or_into_the_working_folder(tmp_path, monkeypatch):
     """Without --out: a source checkout's genomamba/bench/results; an installed package's folder is
     left alone (results go to ./genomamba-bench-results)."""
