@@ -45,8 +45,8 @@ def _add_rms_bwd_kernel(res_ptr, w_ptr, rstd_ptr, dout_ptr, dres_ptr, dx_ptr, dx
                         BR: tl.constexpr, BD: tl.constexpr):
     # the input gradient (one for hidden and residual alike) is rounded from fp32 into dx's dtype and,
     # where the two inputs' dtypes differ, into dx2's: each read of the rows yields both
-    pid = tl.program_id(0)
-    offs_r = (pid * BR + tl.arange(0, BR)).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # int64: the partial-sum row pid * d passes 2^31 on long inputs
+    offs_r = pid * BR + tl.arange(0, BR)
     offs_d = tl.arange(0, BD)
     mr = offs_r < rows
     md = offs_d < d

@@ -148,7 +148,7 @@ def _fwd_kernel(
     pid_d = pid % n_dblk
     pid_c = pid // n_dblk
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)  # d * l may pass 2**31
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, BN).to(tl.int64)  # offs_n * stride reaches n * l
     mask_d = offs_d < d
     mask_n = offs_n < n
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -161,7 +161,7 @@ def _fwd_kernel(
     Dv = tl.zeros([BD], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    g = (pid_d * BD) // d_per_group  # the whole d-block lies in one group (host guarantees)
+    g = ((pid_d * BD) // d_per_group).to(tl.int64)  # one group per d-block (host guarantees); g * n * l is large
     Bp = B_ptr + pid_b * s_Bb + g * s_Bg
     Cp = C_ptr + pid_b * s_Cb + g * s_Cg
     up = u_ptr + pid_b * s_ub
@@ -241,7 +241,7 @@ def _pass_fwd_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)  # d * l may pass 2**31
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, BN).to(tl.int64)  # offs_n * stride reaches n * l
     mask_d = offs_d < d
     mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     A2 = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0)
@@ -362,7 +362,7 @@ def _bwd_carry_kernel(
     pid_d = pid % n_dblk
     pid_c = pid // n_dblk
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)  # d * l may pass 2**31
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, BN).to(tl.int64)  # offs_n * stride reaches n * l
     mask_d = offs_d < d
     mask_n = offs_n < n
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -371,7 +371,7 @@ def _bwd_carry_kernel(
     bias = tl.zeros([BD], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    g = (pid_d * BD) // d_per_group
+    g = ((pid_d * BD) // d_per_group).to(tl.int64)
     Cp = C_ptr + pid_b * s_Cb + g * s_Cg
     tp = dt_ptr + pid_b * s_tb
     zp = z_ptr + pid_b * s_zb
@@ -440,7 +440,7 @@ def _pass_bwd_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)  # d * l may pass 2**31
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, BN).to(tl.int64)  # offs_n * stride reaches n * l
     mask_d = offs_d < d
     mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     A2 = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0)
@@ -528,7 +528,7 @@ def _bwd_kernel(
     pid_d = pid % n_dblk
     pid_c = pid // n_dblk
     offs_d = (pid_d * BD + tl.arange(0, BD)).to(tl.int64)  # d * l may pass 2**31
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, BN).to(tl.int64)  # offs_n * stride reaches n * l
     mask_d = offs_d < d
     mask_n = offs_n < n
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -542,7 +542,7 @@ def _bwd_kernel(
     Dv = tl.zeros([BD], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    g = (pid_d * BD) // d_per_group
+    g = ((pid_d * BD) // d_per_group).to(tl.int64)
     Bp = B_ptr + pid_b * s_Bb + g * s_Bg
     Cp = C_ptr + pid_b * s_Cb + g * s_Cg
     up = u_ptr + pid_b * s_ub
