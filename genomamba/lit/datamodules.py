@@ -30,12 +30,6 @@ def _worker_ignores_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _loader(ds, batch_size, num_workers, shuffle=False):
-    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
-                      persistent_workers=num_workers > 0, pin_memory=False,
-                      worker_init_fn=_worker_ignores_sigterm if num_workers else None)
-
-
 def _train_loader(ds, batch_size, num_workers):
     """Training windows. Workers are started again each epoch: a persistent worker keeps the copy of
     the dataset it started with, so the epoch set by ``EpochSeed`` would never reach it and every
@@ -48,7 +42,7 @@ def _eval_loader(ds, batch_size, context_parallel: int = 1):
     """Evaluation windows, sharded over the data-parallel replicas without repeats when several
     processes run (Lightning leaves a loader that already has a DistributedSampler alone)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return _loader(ds, batch_size, 0)
+        return DataLoader(ds, batch_size=batch_size, num_workers=0, pin_memory=False)
     rank, world = data_shard(context_parallel)
     return DataLoader(ds, batch_size=batch_size, sampler=EvalShard(ds, world, rank), num_workers=0)
 
