@@ -348,13 +348,17 @@ def test_cuda_lane_per_channel_is_chosen_only_where_it_applies():
         assert not chan_applies(u32, u32, B32, B32, None, 16, training=True)  # auto: not in fp32
         cu.CONFIG.update(fwd_chan=0)
         assert not chan_applies(u, u, B, B, None, 16)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        cu.CONFIG.update(chan_lanes=1)
+        assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # 384 warps, one segment: 64-token tiles
+        assert chan_plan(64, 1536, 2048, 16)[1] == 4  # 3072 warps: 32-token tiles, more blocks per SM
+        per, _ = chan_plan(1, 512, 1 << 20, 16)
+        assert 16 * (2048 // per) <= cu.CONFIG["chan_resident"] * sms  # segments fill at most one wave
+        cu.CONFIG.update(chan_lanes=-1)  # auto: four lanes a channel from 8192 channels on
+        assert chan_plan(8, 1536, 2048, 16)[1] == (8 if cu.STATUS["chan4"] is True else 3)
+        assert chan_plan(1, 512, 1 << 20, 16)[1] == 4
     finally:
         cu.CONFIG.update(saved)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # 384 warps, one segment: 64-token tiles
-    assert chan_plan(64, 1536, 2048, 16)[1] == 4  # 3072 warps: 32-token tiles, more blocks per SM
-    per, _ = chan_plan(1, 512, 1 << 20, 16)
-    assert 16 * (2048 // per) <= cu.CONFIG["chan_resident"] * sms  # segments fill at most one wave
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")

@@ -130,7 +130,7 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     (segments, staging tile) for the shapes it was timed on, on a 132-SM GPU."""
     from types import SimpleNamespace
 
-    from genomamba.ops.cuda.knobs import chan_plan, chan_wanted
+    from genomamba.ops.cuda.knobs import chan_lanes, chan_plan, chan_wanted
 
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -178,6 +178,19 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     assert chan_plan(1, 64, 2048, 16) == (4, 7)  # 8 warps: 64-token tiles
     cu.CONFIG.update(chan_lanes=3)
     assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # not a lane count it has: one lane
+    # auto: four lanes from 8192 channels (b * d) on, once part chan4 passed; one lane below
+    cu.CONFIG.update(chan_lanes=-1, chan_lanes4_min_channels=8192)
+    assert chan_lanes() == 1 and chan_lanes(8, 1536) == 4 and chan_lanes(32, 512) == 4
+    assert chan_lanes(1, 1536) == 1 and chan_lanes(4, 512) == 1 and chan_lanes(8, 1023) == 1
+    assert chan_plan(8, 1536, 2048, 16) == (4, 8) and chan_plan(1, 1536, 65536, 16) == (6, 4)
+    cu.CONFIG.update(fwd_chan=-1)
+    # the (8, 1536, 2048) inference forward: 1536 warps at four lanes, enough for the lane-per-channel build
+    assert chan_wanted(8, 1536, 2048, 16, bf16)
+    status.update(chan4="chan4 out rel. error")
+    assert chan_lanes(8, 1536) == 1 and chan_plan(8, 1536, 2048, 16) == (4, 3)
+    assert not chan_wanted(8, 1536, 2048, 16, bf16)  # back to one lane: 384 warps, too few
+    status.update(chan4=True)
+    cu.CONFIG.update(fwd_chan=1)
     from genomamba.ops.cuda.knobs import forward_layout
 
     status.update(chan=True)

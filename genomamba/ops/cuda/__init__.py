@@ -34,6 +34,11 @@ _ready: bool | None = None  # None: not tried yet
 unavailable_reason: str | None = None
 
 
+def _lanes_part() -> str:
+    """The self-test part the configured lane count needs (auto may take four lanes)."""
+    return "chan4" if CONFIG["chan_lanes"] < 0 else CHAN_PARTS[chan_lanes()]
+
+
 def available() -> bool:
     """True when the kernels are built, self-tested, and at least one forward passed (cached)."""
     global _ready, unavailable_reason
@@ -47,7 +52,8 @@ def available() -> bool:
         if STATUS["v1"] is not True and STATUS["v2"] is not True:
             raise RuntimeError(f"self-test failed: v1: {STATUS['v1']}; v2: {STATUS['v2']}")
         wanted = (["v2", "bwd"] + ["lean"] * bool(CONFIG["fwd_lean"]) + ["pair"] * bool(CONFIG["fwd_pair_states"])
-                  + ["chan"] * bool(CONFIG["fwd_chan"]) + [CHAN_PARTS[chan_lanes()]] * (chan_lanes() > 1)
+                  + ["chan"] * bool(CONFIG["fwd_chan"])
+                  + [_lanes_part()] * (chan_lanes() > 1 or CONFIG["chan_lanes"] < 0)
                   + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
                   + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"] or CONFIG["l2_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts

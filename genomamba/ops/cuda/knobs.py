@@ -127,12 +127,17 @@ CONFIG = {
     "chan_min_warps_per_sm": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM", 2),
     "chan_min_warps_per_sm_inference": _env_int("GENOMAMBA_CUDA_CHAN_MIN_WARPS_PER_SM_INFERENCE", 3),
     # lanes per channel of the lane-per-channel forward: 1 (all states in one lane), 2 (8 states each)
-    # or 4 (4 states each): two or four times the warps for the same channels, for calls with fewer
-    # warps than the GPU has schedulers. The lanes of a channel share its activations (each computes
-    # the softplus and the gate of its own share of the tokens) and reduce-scatter its outputs, so
-    # the work per channel stays about that of one lane. Self-tested as parts "chan2" / "chan4";
-    # two lanes before the sharing timed even with one (scan_chan_nvidia_h200.json); not yet timed since
-    "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", 1),
+    # or 4 (4 states each): two or four times the warps for the same channels. The lanes of a
+    # channel share its activations (each computes the softplus and the gate of its own share of the
+    # tokens) and reduce-scatter its outputs, so the work per channel stays about that of one lane.
+    # Self-tested as parts "chan2" / "chan4". -1 (auto): four lanes for calls of at least
+    # chan_lanes4_min_channels channels (b * d), one below: on an H100, four lanes took the
+    # (8, 1536, 16, 2048) bf16 forward from 0.475 to 0.258 ms and the d_model 768 x 24, b8 x 2048
+    # training step from 189 k to 205 k tokens/s, while one lane stayed faster at b * d = 1536
+    # (l = 65536: 1.36 against 1.54 ms) and 2048 (d_model 256, b4 x 16384: 1.95 M against 1.92 M
+    # tokens/s) (scan_knobs_nvidia_h100.json, train_knobs_nvidia_h100.json)
+    "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", -1),
+    "chan_lanes4_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_LANES4_MIN_CHANNELS", 8192),
     # the lane-per-channel backward (bwd_chan_kernel: one lane = one channel with all n <= 16
     # states, reverse carries and dA sums in registers; dB/dC summed over the warp's lanes through
     # shared memory), used only if its self-test part "bwdchan" passed: 1 wherever it applies
@@ -212,7 +217,7 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
     precision; training, or b * d or l large; at least ``chan_min_warps_per_sm`` (training) or
     ``chan_min_warps_per_sm_inference`` of its warps per SM)."""
     mode = CONFIG["fwd_chan"]
-    part = CHAN_PARTS[chan_lanes()]
+    part = CHAN_PARTS[chan_lanes(b, d)]
     if not mode or n > 16 or not (STATUS.get(part) is True or _unverified_ok()):
         return False
     if mode < 0:
@@ -231,9 +236,15 @@ def chan_wanted(b: int, d: int, l: int, n: int, dtype, training: bool = False) -
 CHAN_PARTS = {1: "chan", 2: "chan2", 4: "chan4"}  # the self-test part of each lane count
 
 
-def chan_lanes() -> int:
-    """Lanes per channel of the lane-per-channel forward: ``CONFIG["chan_lanes"]`` if 2 or 4, else 1."""
+def chan_lanes(b: int | None = None, d: int | None = None) -> int:
+    """Lanes per channel of the lane-per-channel forward for a call of b * d channels:
+    ``CONFIG["chan_lanes"]`` if 2 or 4; auto (-1): 4 from ``chan_lanes4_min_channels`` channels on
+    if its self-test part passed, else 1 (also when no shape is given); any other value: 1."""
     lanes = CONFIG["chan_lanes"]
+    if lanes < 0:
+        if b is None or d is None or b * d < CONFIG["chan_lanes4_min_channels"]:
+            return 1
+        return 4 if STATUS.get("chan4") is True or _unverified_ok() else 1
     return lanes if lanes in (2, 4) else 1
 
 
@@ -244,7 +255,7 @@ def _sm_count() -> int:
 def _chan_warps(b: int, d: int, l: int, kitems: int) -> int:
     """Warps of the lane-per-channel forward for this call (its channels' warps x segments)."""
     tiles, _ = chan_plan(b, d, l, kitems)
-    return b * math.ceil(d * chan_lanes() / 32) * math.ceil(math.ceil(l / (32 * kitems)) / tiles)
+    return b * math.ceil(d * chan_lanes(b, d) / 32) * math.ceil(math.ceil(l / (32 * kitems)) / tiles)
 
 
 def chan_applies(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, z, n: int,
@@ -299,7 +310,7 @@ def chan_plan(b: int, d: int, l: int, kitems: int) -> tuple[int, int]:
     ntiles = max(1, math.ceil(l / tile))
     most = min(max(1, l // max(tile, CONFIG["chan_min_seg_tokens"])), ntiles, 65535)
     sms = _sm_count()
-    lanes = chan_lanes()
+    lanes = chan_lanes(b, d)
     rows = b * math.ceil(d * lanes / 32)
     nseg = wave_segments(rows, ntiles, tile, most, CONFIG["chan_resident"] * sms, CONFIG["fixup_tokens"])
     per = math.ceil(ntiles / nseg)
