@@ -30,7 +30,7 @@ from genomamba.models.io import (
     state_dict_to_hf,
     write_pretrained,
 )
-from genomamba.models.mixer import Block, RMSNorm
+from genomamba.models.mixer import Block, LayerCache, RMSNorm
 from genomamba.models.recompute import plain_saves
 from genomamba.models.segmented import segmented_hidden
 from genomamba.ops import add_rms_norm
@@ -42,6 +42,35 @@ def _checkpointed(layer, hidden, residual):
     the layer keeps no recipes of its own (the recomputation runs through here too)."""
     with plain_saves():
         return layer(hidden, residual, None)
+
+
+# CUDA launches take at most 65535 blocks on a grid's second and third axes, where several kernels
+# (the conv, the Triton scan, the decode-step updates) put the batch: larger batches run through the
+# backbone as consecutive slices of at most this many sequences
+MAX_KERNEL_BATCH = 65535
+
+
+def _batch_limit(device: torch.device) -> Optional[int]:
+    """The most sequences one backbone call sends to the kernels on ``device`` (None: no limit)."""
+    return MAX_KERNEL_BATCH if device.type == "cuda" else None
+
+
+def _in_batch_slices(b: int, limit: int, run, cache: Optional[InferenceCache], states_in_place: bool):
+    """``run(rows, cache_of_rows)`` over consecutive slices of at most ``limit`` of the ``b`` rows,
+    outputs concatenated along the batch. A cache is sliced into views: a step updates them in place;
+    a forward leaves new states in each slice's cache, gathered back into ``cache`` here."""
+    outs, parts = [], []
+    for start in range(0, b, limit):
+        rows = slice(start, min(b, start + limit))
+        part = None if cache is None else InferenceCache(
+            [LayerCache(c.conv_state[rows], c.ssm_state[rows]) for c in cache.layers], cache.seqlen_offset)
+        outs.append(run(rows, part))
+        parts.append(part)
+    if cache is not None and not states_in_place:
+        for i, c in enumerate(cache.layers):
+            c.conv_state = torch.cat([p.layers[i].conv_state for p in parts])
+            c.ssm_state = torch.cat([p.layers[i].ssm_state for p in parts])
+    return torch.cat(outs)
 
 
 class MixerModel(nn.Module):
@@ -61,6 +90,12 @@ class MixerModel(nn.Module):
     segment_len: Optional[int] = None  # read longer inputs in segments carrying the states (MambaLM.set_segment_len)
 
     def forward(self, input_ids=None, cache: Optional[InferenceCache] = None, inputs_embeds=None):
+        first = input_ids if inputs_embeds is None else inputs_embeds
+        limit = _batch_limit(first.device)
+        if limit is not None and first.shape[0] > limit:
+            return _in_batch_slices(first.shape[0], limit, lambda rows, part: self.forward(
+                None if input_ids is None else input_ids[rows], part,
+                None if inputs_embeds is None else inputs_embeds[rows]), cache, states_in_place=False)
         if self.segment_len is not None and cache is None and inputs_embeds is None \
                 and input_ids.shape[1] > self.segment_len:
             return segmented_hidden(self, input_ids, self.segment_len)
@@ -91,6 +126,12 @@ class MixerModel(nn.Module):
 
     def step(self, input_ids, cache: InferenceCache, inputs_embeds=None):
         """input_ids: (b,) or (b, 1) -> hidden (b, 1, d_model); advances ``cache`` by one token."""
+        first = input_ids if inputs_embeds is None else inputs_embeds
+        limit = _batch_limit(first.device)
+        if limit is not None and first.shape[0] > limit:
+            return _in_batch_slices(first.shape[0], limit, lambda rows, part: self.step(
+                None if input_ids is None else input_ids[rows], part,
+                None if inputs_embeds is None else inputs_embeds[rows]), cache, states_in_place=True)
         if inputs_embeds is None:
             hidden = self.embedding(input_ids.reshape(-1, 1))
         else:

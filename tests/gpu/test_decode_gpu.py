@@ -150,3 +150,24 @@ def test_greedy_tokens_taken_from_the_replay_equal_eager_greedy_decoding(dtype):
     assert captured(m) == [(5, dtype, "cuda:0")]
     again = m.generate(ps, 30, temperature=0, cuda_graph=True)  # the allowed ids of a call do not stay
     assert all(torch.equal(a, e) for a, e in zip(again, m.generate(ps, 30, temperature=0, cuda_graph=False)))
+
+
+def test_batch_beyond_one_kernel_grid():
+    """65,540 sequences: more than a CUDA grid axis takes (the backbone runs them in slices); the
+    forward with gradients, the prefill's states and a decode step equal those of small batches."""
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=12)).cuda()
+    b = 65535 + 5
+    ids = torch.randint(0, 12, (b, 8), device="cuda")
+    logits = m(ids)
+    logits[-3:].square().sum().backward()  # the last slice's gradient reaches the weights
+    assert m.backbone.embedding.weight.grad.abs().sum() > 0
+    picks = torch.tensor([0, 65534, 65535, b - 1], device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(logits[picks], m(ids[picks]), rtol=1e-4, atol=1e-4)
+        cache, small = m.allocate_cache(b), m.allocate_cache(len(picks))
+        m(ids, cache=cache)
+        m(ids[picks], cache=small)
+        torch.testing.assert_close(m.step(ids[:, 0], cache)[picks], m.step(ids[picks, 0], small), rtol=1e-4, atol=1e-4)
+        for c, s in zip(cache.layers, small.layers):
+            torch.testing.assert_close(c.ssm_state[picks], s.ssm_state, rtol=1e-4, atol=1e-4)
