@@ -90,12 +90,9 @@ class MixerModel(nn.Module):
     segment_len: Optional[int] = None  # read longer inputs in segments carrying the states (MambaLM.set_segment_len)
 
     def forward(self, input_ids=None, cache: Optional[InferenceCache] = None, inputs_embeds=None):
-        first = input_ids if inputs_embeds is None else inputs_embeds
-        limit = _batch_limit(first.device)
-        if limit is not None and first.shape[0] > limit:
-            return _in_batch_slices(first.shape[0], limit, lambda rows, part: self.forward(
-                None if input_ids is None else input_ids[rows], part,
-                None if inputs_embeds is None else inputs_embeds[rows]), cache, states_in_place=False)
+        sliced = self._in_slices(self.forward, input_ids, cache, inputs_embeds, states_in_place=False)
+        if sliced is not None:
+            return sliced
         if self.segment_len is not None and cache is None and inputs_embeds is None \
                 and input_ids.shape[1] > self.segment_len:
             return segmented_hidden(self, input_ids, self.segment_len)
@@ -114,6 +111,18 @@ class MixerModel(nn.Module):
                 hidden = F.dropout(hidden, drop, True)
         return self._final_norm(hidden, residual)
 
+    @staticmethod
+    def _in_slices(call, input_ids, cache, inputs_embeds, states_in_place: bool):
+        """``call`` (forward or step) over slices of a batch larger than one kernel launch takes on its
+        device (:data:`MAX_KERNEL_BATCH`); None for a batch that fits."""
+        first = input_ids if inputs_embeds is None else inputs_embeds
+        limit = _batch_limit(first.device)
+        if limit is None or first.shape[0] <= limit:
+            return None
+        return _in_batch_slices(first.shape[0], limit, lambda rows, part: call(
+            None if input_ids is None else input_ids[rows], part,
+            None if inputs_embeds is None else inputs_embeds[rows]), cache, states_in_place)
+
     def _final_norm(self, hidden, residual):
         if isinstance(self.norm_f, RMSNorm):
             return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps)[0]
@@ -126,12 +135,9 @@ class MixerModel(nn.Module):
 
     def step(self, input_ids, cache: InferenceCache, inputs_embeds=None):
         """input_ids: (b,) or (b, 1) -> hidden (b, 1, d_model); advances ``cache`` by one token."""
-        first = input_ids if inputs_embeds is None else inputs_embeds
-        limit = _batch_limit(first.device)
-        if limit is not None and first.shape[0] > limit:
-            return _in_batch_slices(first.shape[0], limit, lambda rows, part: self.step(
-                None if input_ids is None else input_ids[rows], part,
-                None if inputs_embeds is None else inputs_embeds[rows]), cache, states_in_place=True)
+        sliced = self._in_slices(self.step, input_ids, cache, inputs_embeds, states_in_place=True)
+        if sliced is not None:
+            return sliced
         if inputs_embeds is None:
             hidden = self.embedding(input_ids.reshape(-1, 1))
         else:
