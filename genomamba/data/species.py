@@ -37,12 +37,12 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
 from genomamba.data.augment import AudioAugment
 from genomamba.data.fasta import file_sha256
 from genomamba.data.store import MemoryStore, SequenceSource, TokenStore
-from genomamba.data.windows import Region, check_rc_prob, rank_share, stream_slot
+from genomamba.data.windows import Region, check_rc_prob, data_rank, epoch_sample_ids, loader_worker
 from genomamba.errors import UserError
 from genomamba.files import read_text
 from genomamba.tokenizers.dna import DNATokenizer
@@ -328,6 +328,9 @@ class SpeciesWindows(IterableDataset):
     ``augment`` (audio tokens only: an ``AudioAugment`` or a mapping of its keys) decodes each window
     to a float waveform, augments it and encodes it again; the window keeps its length and mask.
     ``span`` restricts each contig to a fraction range (see ``_SpeciesSampler``).
+
+    Determinism: sample k of an epoch is a function of (seed, epoch, k); with ``batch_size`` set to
+    the loader's (the training loaders set it), the batches are the same for any number of workers.
     """
 
     def support(self):
@@ -356,6 +359,7 @@ class SpeciesWindows(IterableDataset):
         self.rc_prob, self.return_mask = float(rc_prob), return_mask
         self.augment = _audio_augment(augment, self.sampler.source.tokenizer)
         self.epoch = 0
+        self.batch_size = 1  # the loader's: each batch comes from one worker (see epoch_sample_ids)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -364,20 +368,18 @@ class SpeciesWindows(IterableDataset):
         return self.num_samples
 
     def __iter__(self) -> Iterator:
-        slot, n_slots = stream_slot()
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, slot])
+        wid, nw = loader_worker()
+        rank, world = data_rank()
         src = self.sampler.source
         tok, aug = src.tokenizer, self.augment
-        # every rank yields the same count (ranks that stop together keep DDP's collectives in step)
-        for k in range(rank_share(self.num_samples, slot // nw, n_slots // nw, wid, nw)):
+        for k in epoch_sample_ids(self.num_samples, self.batch_size, rank, world, wid, nw):
+            rng = np.random.default_rng([self.seed, self.epoch, k])
             lab, ci, a, b = self.sampler.draw(rng, self.length)
             ids, mask = _window(src, ci, a, b, self.length)
             if rng.random() < self.rc_prob:  # always tossed: rc_prob never changes the draws
                 ids[: b - a] = tok.reverse_complement(ids[: b - a])
             if aug is not None:  # its own generator per window: augmenting never changes the draws
-                aug_rng = np.random.default_rng([self.seed, self.epoch, slot, k, _AUGMENT_STREAM])
+                aug_rng = np.random.default_rng([self.seed, self.epoch, k, _AUGMENT_STREAM])
                 ids[: b - a] = tok.encode(aug.apply(tok.decode(ids[: b - a]), aug_rng, tok.sample_rate))
             ids_t = torch.from_numpy(ids)
             yield (ids_t, torch.from_numpy(mask), lab) if self.return_mask else (ids_t, lab)

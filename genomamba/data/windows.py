@@ -222,25 +222,30 @@ def _as_regions(x) -> list[Region]:
 
 
 # --------------------------------------------------------------------------- datasets
-def stream_slot() -> tuple:
-    """(slot, n_slots) of this iterator among all DataLoader workers of all distributed ranks.
-
-    Seeding by slot gives every worker on every rank its own stream (no duplicated windows
-    under DDP) while staying a pure function of (seed, epoch, rank, worker).
-    """
-    info = get_worker_info()
-    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-    rank, world = 0, 1
+def data_rank() -> tuple:
+    """(rank, world) of this process among the torch.distributed processes ((0, 1) without them)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return rank * nw + wid, world * nw
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
-def rank_share(total: int, rank: int, world: int, worker: int, n_workers: int) -> int:
-    """How many of ``total`` samples worker ``worker`` of rank ``rank`` yields: every rank the same
-    ``total // world`` (ranks that stop together keep their collectives in step), split over its workers."""
+def epoch_sample_ids(total: int, batch_size: int, rank: int, world: int, worker: int,
+                     n_workers: int) -> Iterator[int]:
+    """The indices (in [0, total)) of the epoch's samples that loader worker ``worker`` of rank
+    ``rank`` yields, in order. Every rank takes the same ``total // world`` (ranks that stop together
+    keep their collectives in step), cut into batches of ``batch_size``; a rank's batches go to its
+    workers in turn, the order a DataLoader collects them in. Seeding each sample by its index then
+    makes the batches a rank trains on the same for any number of workers."""
     per_rank = total // world if world > 1 else total
-    return share(per_rank, worker, n_workers)
+    first, size = rank * per_rank, max(1, int(batch_size))
+    for j in range(worker, -(-per_rank // size), n_workers):
+        yield from range(first + j * size, first + min((j + 1) * size, per_rank))
+
+
+def loader_worker() -> tuple:
+    """(worker id, number of workers) of the DataLoader worker this runs in ((0, 1) in the main process)."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
 class EvalShard(DistributedSampler):
@@ -259,11 +264,6 @@ class EvalShard(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def share(total: int, slot: int, n_slots: int) -> int:
-    """How many of ``total`` samples slot ``slot`` yields (they sum to ``total``)."""
-    return total // n_slots + (1 if slot < total % n_slots else 0)
 
 
 def _pad(ids: np.ndarray, soft: Optional[np.ndarray], length: int, pad_id: int):
@@ -311,7 +311,9 @@ class RandomWindows(IterableDataset):
     redrawn (counted from the store's N-run index, without reading the window). With probability
     ``rc_prob`` the window is reverse-complemented (padding stays at the right).
 
-    Determinism: the stream is a function of (seed, epoch, worker id); call ``set_epoch``.
+    Determinism: sample k of an epoch is a function of (seed, epoch, k); call ``set_epoch``. With
+    ``batch_size`` set to the loader's (the training loaders set it), the batches are the same for any
+    number of loader workers.
     """
 
     def __init__(
@@ -346,6 +348,7 @@ class RandomWindows(IterableDataset):
         # (data-parallel rank, size) when set: ranks that share it draw the same windows (the ranks of a
         # context-parallel group); None: this process's torch.distributed rank and world.
         self.shard: Optional[tuple] = None
+        self.batch_size = 1  # the loader's: each batch comes from one worker (see epoch_sample_ids)
         # Cumulative lengths + searchsorted: O(log n) per draw even with thousands of regions.
         self._cum = np.cumsum(np.array([len(r) for r in self.regions], dtype=np.int64))
 
@@ -379,8 +382,9 @@ class RandomWindows(IterableDataset):
             f"(L={L}); the regions are mostly N, lower L or raise max_n_frac"
         )
 
-    def _rng(self, worker: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, worker])
+    def sample_rng(self, k: int) -> np.random.Generator:
+        """The generator of the epoch's sample ``k``: its window, its strand."""
+        return np.random.default_rng([self.seed, self.epoch, k])
 
     def load(self, w: Region, rng: np.random.Generator):
         tok = self.source.tokenizer
@@ -398,16 +402,10 @@ class RandomWindows(IterableDataset):
         return item + (torch.from_numpy(sm),) if sm is not None else item
 
     def __iter__(self) -> Iterator:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        slot, n_slots = stream_slot()
-        rank, world = slot // nw, n_slots // nw
-        if self.shard is not None:
-            rank, world = self.shard
-        rng = self._rng(rank * nw + wid)
-        # Split the epoch's samples across workers/ranks so the total is num_samples, not n_slots x.
-        n = rank_share(self.num_samples, rank, world, wid, nw)
-        for _ in range(n):
+        wid, nw = loader_worker()
+        rank, world = data_rank() if self.shard is None else self.shard
+        for k in epoch_sample_ids(self.num_samples, self.batch_size, rank, world, wid, nw):
+            rng = self.sample_rng(k)
             yield self.load(self.draw(rng), rng)
 
 

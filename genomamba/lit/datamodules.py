@@ -33,7 +33,9 @@ def _worker_ignores_sigterm(worker_id: int) -> None:
 def _train_loader(ds, batch_size, num_workers):
     """Training windows. Workers are started again each epoch: a persistent worker keeps the copy of
     the dataset it started with, so the epoch set by ``EpochSeed`` would never reach it and every
-    epoch would replay the first one's windows."""
+    epoch would replay the first one's windows. The dataset learns the batch size, so that each batch
+    comes whole from one worker and the batches are the same for any number of workers."""
+    ds.batch_size = batch_size
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False,
                       pin_memory=False, worker_init_fn=_worker_ignores_sigterm if num_workers else None)
 
