@@ -201,7 +201,8 @@ class SpeciesManifest:
     def load(self, split: Optional[str] = None, tokenizer: Optional[DNATokenizer] = None) -> MemoryStore:
         """Tokenize the split's genomes into RAM (contigs named ``"<genome id>:<record>"``); cached."""
         files = hasattr(tokenizer, "encode_file")  # a modality adapter: one contig per file
-        key = (split, None if tokenizer is None else repr(tokenizer) if files else tuple(tokenizer.vocab))
+        # the tokenizer's settings, not only its vocabulary: iupac "n" and "unk" share one vocabulary
+        key = (split, None if tokenizer is None else repr(tokenizer))
         if key not in self._sources:
             ents = self.entries(split)
             if not ents:

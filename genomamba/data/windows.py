@@ -86,7 +86,10 @@ def _match(source: SequenceSource, patterns: Iterable[str], what: str) -> set:
         if p in source._name_to_index:
             chosen.add(p)
             continue
-        hits = [n for n in source.names if re.fullmatch(p, n)]
+        try:
+            hits = [n for n in source.names if re.fullmatch(p, n)]
+        except re.error as e:
+            raise ValueError(f"{what} {p!r}: neither a contig name nor a valid regular expression ({e})") from None
         if not hits:
             raise KeyError(f"{what} {p!r} matches no contig (first names: {source.names[:5]})")
         chosen.update(hits)
@@ -157,14 +160,16 @@ def split_from_file(source: SequenceSource, path) -> Splits:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     by = doc.get("split_by")
-    if by is None:
-        s = Splits.from_dict(doc)
-    elif by == "contig":
-        s = split_by_contig(source, val=doc.get("val") or (), test=doc.get("test") or ())
-    elif by == "genome":
-        s = split_by_genome(source, val=doc.get("val") or (), test=doc.get("test") or ())
-    else:
+    if by not in (None, "contig", "genome"):
         raise ValueError(f"{path}: split_by must be 'contig' or 'genome', got {by!r}")
+    try:
+        if by is None:
+            s = Splits.from_dict(doc)
+        else:
+            split = split_by_contig if by == "contig" else split_by_genome
+            s = split(source, val=doc.get("val") or (), test=doc.get("test") or ())
+    except (KeyError, ValueError) as e:  # the same kind of error, naming the file
+        raise type(e)(f"{path}: {e.args[0] if e.args else e}") from None
     s.check()
     return s
 

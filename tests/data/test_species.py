@@ -137,3 +137,19 @@ def test_token_store_source_gives_same_windows(assets_manifest, tmp_path):
     assert len(a) == len(b) == 25
     for i in range(len(a)):
         assert torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1]
+
+
+def test_loaded_split_follows_the_tokenizer_settings(tmp_path):
+    """The cached split is per tokenizer setting: iupac 'n' and 'unk' share a vocabulary but encode
+    an ambiguity code differently."""
+    from genomamba.tokenizers.dna import DNATokenizer
+
+    (tmp_path / "m.fa").write_text(">c\nACGTRYACGT\n")
+    (tmp_path / "m.tsv").write_text(f"label\tpath\tsplit\nx\t{tmp_path / 'm.fa'}\ttrain\n")
+    m = SpeciesManifest.from_file(tmp_path / "m.tsv")
+    as_n = DNATokenizer(iupac="n")
+    as_unk = DNATokenizer(iupac="unk")
+    n_ids = m.load("train", as_n).read(0, 4, 6)
+    unk_ids = m.load("train", as_unk).read(0, 4, 6)
+    assert list(n_ids) == [as_n.n_id] * 2 and list(unk_ids) == [as_unk.unk_id] * 2
+    assert m.load("train", DNATokenizer(iupac="n")) is m.load("train", as_n)  # equal settings: cached

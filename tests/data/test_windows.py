@@ -182,6 +182,20 @@ def test_bad_arguments(assets_store):
         RandomWindows(assets_store, 10, regions=[(assets_store.names[0], 0, 10**9)])
     with pytest.raises(KeyError, match="matches no contig"):
         split_by_contig(assets_store, test=["chrZZ"])
+    with pytest.raises(ValueError, match=r"test contig 'chr1\(': neither a contig name nor a valid regular"):
+        split_by_contig(assets_store, test=["chr1("])
+
+
+def test_split_file_errors_name_the_file(assets_store, tmp_path):
+    from genomamba.data.windows import split_from_file
+
+    p = tmp_path / "split.yaml"
+    p.write_text("split_by: contig\nval: ['chr1(']\n")
+    with pytest.raises(ValueError, match=r"split\.yaml: val contig 'chr1\(': neither"):
+        split_from_file(assets_store, p)
+    p.write_text("split_by: contig\ntest: [chrZZ]\n")
+    with pytest.raises(KeyError, match=r"split\.yaml: test contig 'chrZZ' matches no contig"):
+        split_from_file(assets_store, p)
 
 
 def test_split_from_file_umaydis(real_data, umaydis_store, tmp_path):
