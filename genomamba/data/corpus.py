@@ -247,6 +247,21 @@ def _file_id(p: Path) -> str:
     return re.sub(r"\.(fa|fasta|fna|txt|flac|wav)(\.(gz|xz|bgz|bz2))?$", "", p.name)
 
 
+def _file_ids(paths: list) -> list[str]:
+    """The ids of one ``files:`` source's files: each file's name without its extensions; names that
+    several files share (``s1/genome.fa``, ``s2/genome.fa``) take the folders below the one they have
+    in common as a prefix (``s1_genome``, ``s2_genome``)."""
+    ids = [_file_id(p) for p in paths]
+    count = Counter(ids)
+    for gid in [g for g, n in count.items() if n > 1]:
+        same = [i for i, g in enumerate(ids) if g == gid]
+        root = Path(os.path.commonpath([str(Path(paths[i]).absolute().parent) for i in same]))
+        for i in same:
+            folders = Path(paths[i]).absolute().parent.relative_to(root).parts
+            ids[i] = "_".join(folders + (gid,))
+    return ids
+
+
 def _adapter_assets(kind: str) -> list[tuple[str, Path, object]]:
     """The adapters' shipped files (``assets/adapters.yaml``) of one kind."""
     doc = yaml.safe_load((assets_dir() / "adapters.yaml").read_text())
@@ -266,8 +281,9 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
         for gid, e in asset_files(src.assets).items():
             out.append((gid, Path(e["path"]), _or(src.split, e["split"])))
     elif isinstance(src, FilesSource):
-        for p in expand_files(src.files, f"{where}.files"):
-            out.append((_file_id(p), p, _or(src.split, "train")))
+        paths = expand_files(src.files, f"{where}.files")
+        for gid, p in zip(_file_ids(paths), paths):
+            out.append((gid, p, _or(src.split, "train")))
     elif isinstance(src, ManifestSource):
         man = SpeciesManifest.from_file(resolve_species_manifest(src.manifest))
         man.check_files(verify_sha256=False)
@@ -276,8 +292,9 @@ def expand_source(k: int, src: Source) -> list[tuple[str, Path, object]]:
     elif isinstance(src, FetchSource):
         folder = fetch(src.fetch, src.dest)
         if src.files is not None:
-            for p in expand_files(src.files, f"{where}.files", root=folder):
-                out.append((src.id or _file_id(p), p, _or(src.split, "train")))
+            paths = expand_files(src.files, f"{where}.files", root=folder)
+            for gid, p in zip(_file_ids(paths), paths):
+                out.append((src.id or gid, p, _or(src.split, "train")))
             return _finish_entries(where, src, out)
         manifests = [folder / n for n in MANIFEST_NAMES if (folder / n).exists()]
         if manifests:
@@ -331,7 +348,9 @@ def build_corpus(sources: list, tokenizer=None):
     ids = [e[0] for e in entries]
     dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
-        raise CorpusError(f"data.sources: the same source id appears twice: {dup[:10]} (set id: on one of them)")
+        files = [str(p) for gid, p, _ in entries if gid == dup[0]]
+        raise CorpusError(f"data.sources: the same source id appears twice: {dup[:10]} ({dup[0]!r}: {files}); "
+                          "ids come from file names: rename one, or give it as a path: source with its own id:")
     if not entries:
         raise CorpusError("data.sources: no files (every source was filtered out)")
     build = MemoryStore.from_files if hasattr(tok, "encode_file") else MemoryStore.from_fasta

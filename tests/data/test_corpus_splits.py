@@ -54,3 +54,19 @@ def test_the_tail_split_takes_the_fraction_of_the_length(length, val_frac, test_
 
     train, val, test = tail_split("c", length, val_frac, test_frac)
     assert (train.stop, val.stop) == want and (val.start, test.start, test.stop) == (want[0], want[1], length)
+
+
+def test_files_with_one_name_in_several_folders_get_distinct_ids(tmp_path):
+    """Per-sample folders (s1/genome.fa, s2/genome.fa) in one glob: the folder joins the id."""
+    import shutil
+
+    for sample, src in (("s1", VIBRIO), ("s2", KLEBSIELLA)):
+        (tmp_path / sample).mkdir()
+        shutil.copy(src, tmp_path / sample / "genome.fa.gz")
+    store, splits = build_corpus([{"files": str(tmp_path / "s*" / "genome.fa.gz")}])
+    assert sorted(set(store.genomes)) == ["s1_genome", "s2_genome"]
+    assert {c.split(":", 1)[0] for c in contigs(splits.train)} == {"s1_genome", "s2_genome"}
+    # one name twice in one folder (genome.fa and genome.fa.gz): refused, naming both files
+    shutil.copy(VIBRIO, tmp_path / "s1" / "genome.fa")
+    with pytest.raises(CorpusError, match=r"appears twice: \['s1_genome'\].*genome\.fa'.*genome\.fa\.gz'.*rename one"):
+        build_corpus([{"files": str(tmp_path / "s*" / "genome.fa*")}])
