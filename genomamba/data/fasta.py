@@ -13,7 +13,8 @@ header; a FASTQ file is named as such), binary or non-UTF-8 content, protein or 
 non-nucleotide letters, alignment gaps, a ``>`` with no name, a header with no sequence, duplicate
 record names, classic-Mac CR-only line endings, a truncated/corrupt gzip/xz/bzip2 stream. A bad
 character is reported at its line and its 1-based column in the line as written (spaces and tabs
-count).
+count). With ``any_letter=True`` (what a store built with ``DNATokenizer(unknown="unk")`` asks for)
+every printable ASCII character is sequence (``X`` of hard-masked repeats, gaps), left to the tokenizer.
 
 GenBank goes through ``Bio.SeqIO``; a record cut short by the end of the file, or whose sequence
 length differs from its LOCUS line, is an error too (``read_genbank``).
@@ -51,6 +52,9 @@ _WHITESPACE = b" \t\r\n\x0b\x0c"
 # Letters that occur in protein but never in nucleotide FASTA: the first one seen names the problem.
 _PROTEIN_ONLY = set(b"EFILPQXZJOefilpqxzjo*")
 _BOM = b"\xef\xbb\xbf"
+# what a sequence line may hold when the caller takes any letter (a tokenizer mapping unknown
+# characters to <unk>): printable ASCII
+_PRINTABLE = bytes(range(0x21, 0x7F))
 
 
 class FastaFormatError(UserError, ValueError):
@@ -114,8 +118,10 @@ def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
 _DECOMPRESS_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, OSError)
 
 
-def read_fasta(path: PathLike, allow_duplicates: bool = False) -> Iterator[FastaRecord]:
+def read_fasta(path: PathLike, allow_duplicates: bool = False, any_letter: bool = False) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA file (plain/gzip/bgzip/xz/bz2), validating as it goes.
+    ``any_letter``: sequence lines may hold any printable ASCII character (for a tokenizer that maps
+    what is not a nucleotide to ``<unk>``), not only nucleotides and IUPAC codes.
 
     Raises:
         FastaFormatError: see the module docstring for every case.
@@ -126,7 +132,7 @@ def read_fasta(path: PathLike, allow_duplicates: bool = False) -> Iterator[Fasta
     fh = open_binary(path)
     state = {"line": 0, "record": None}
     try:
-        yield from _parse(fh, str(path), state, allow_duplicates)
+        yield from _parse(fh, str(path), state, allow_duplicates, _PRINTABLE if any_letter else NUCLEOTIDES)
     except _DECOMPRESS_ERRORS as e:
         if isinstance(e, FileNotFoundError):
             raise
@@ -138,7 +144,8 @@ def read_fasta(path: PathLike, allow_duplicates: bool = False) -> Iterator[Fasta
         fh.close()
 
 
-def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iterator[FastaRecord]:
+def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool,
+           letters: bytes = NUCLEOTIDES) -> Iterator[FastaRecord]:
     seen: dict[str, int] = {}
     name = desc = None
     header_line = 0
@@ -151,8 +158,8 @@ def _parse(fh: IO[bytes], src: str, state: dict, allow_duplicates: bool) -> Iter
         seq = b"".join(chunks)
         if not seq:
             raise FastaFormatError(f"{src}: record {name!r} (header at line {header_line}) has no sequence")
-        if seq.translate(None, NUCLEOTIDES):
-            _raise_bad_char(src, name, header_line, chunks, spaced)
+        if seq.translate(None, letters):
+            _raise_bad_char(src, name, header_line, chunks, spaced, letters)
         if not allow_duplicates:
             if name in seen:
                 raise FastaFormatError(
@@ -237,12 +244,13 @@ def _raise_no_header(src: str, lineno: int, raw: bytes, fh: IO[bytes]) -> None:
     )
 
 
-def _raise_bad_char(src: str, name: str, header_line: int, chunks: list[bytes], spaced: dict[int, bytes]) -> None:
+def _raise_bad_char(src: str, name: str, header_line: int, chunks: list[bytes], spaced: dict[int, bytes],
+                    letters: bytes = NUCLEOTIDES) -> None:
     # Slow path, taken only on error: find the first offending line and its column in the line as written.
     for i, chunk in enumerate(chunks):
-        if chunk.translate(None, NUCLEOTIDES):
+        if chunk.translate(None, letters):
             line = spaced.get(i, chunk)
-            col = next(j for j, b in enumerate(line) if b not in NUCLEOTIDES and b not in _WHITESPACE)
+            col = next(j for j, b in enumerate(line) if b not in letters and b not in _WHITESPACE)
             lineno = header_line + 1 + i
             _raise_bad_byte(f"{src}: record {name!r}, line {lineno}, column {col + 1}", line[col])
     raise AssertionError("unreachable: a bad byte was detected but not located")
@@ -255,7 +263,9 @@ def _raise_bad_byte(where: str, byte: int) -> None:
     if ch in "-.":
         raise FastaFormatError(f"{where}: alignment gap {ch!r}; remove gaps (this reader takes unaligned DNA)")
     if byte in _PROTEIN_ONLY:
-        raise FastaFormatError(f"{where}: {ch!r} is not a nucleotide (protein sequence?)")
+        hint = " or hard-masked repeats" if ch in "Xx" else ""
+        raise FastaFormatError(f"{where}: {ch!r} is not a nucleotide (protein sequence{hint}?); a tokenizer "
+                               "with unknown='unk' reads such letters as <unk>")
     raise FastaFormatError(f"{where}: invalid character {ch!r} in nucleotide sequence")
 
 
@@ -388,12 +398,13 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
             ) from None
 
 
-def read_records(path: PathLike, format: str = "auto") -> Iterator[FastaRecord]:
-    """FASTA or GenBank records (``format="auto"`` sniffs the first line)."""
+def read_records(path: PathLike, format: str = "auto", any_letter: bool = False) -> Iterator[FastaRecord]:
+    """FASTA or GenBank records (``format="auto"`` sniffs the first line); ``any_letter`` as in
+    :func:`read_fasta`."""
     check_input_file(path, "sequence file")
     fmt = sniff_format(path) if format == "auto" else format
     if fmt == "fasta":
-        return read_fasta(path)
+        return read_fasta(path, any_letter=any_letter)
     if fmt in ("genbank", "gb"):
         return read_genbank(path)
     raise ValueError(f"unknown sequence format {format!r}; use 'auto', 'fasta' or 'genbank'")

@@ -224,8 +224,9 @@ def _genome_id(path: PathLike) -> str:
 
 def _iter_encoded(paths: Sequence[PathLike], tokenizer: DNATokenizer, prefixes: Optional[Sequence[str]]):
     seen: dict[str, str] = {}
+    any_letter = getattr(tokenizer, "unknown", "error") == "unk"  # the tokenizer takes any letter as <unk>
     for s, p in enumerate(paths):
-        for rec in read_records(p):
+        for rec in read_records(p, any_letter=any_letter):
             name = rec.name if prefixes is None else f"{prefixes[s]}:{rec.name}"
             if name in seen:
                 raise FastaFormatError(

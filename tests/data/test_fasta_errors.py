@@ -213,3 +213,26 @@ def test_genbank_without_a_locus_line_is_an_error(tmp_path):
     p.write_text("")
     with pytest.raises(FastaFormatError, match=r"no GenBank record \(no LOCUS line in 0 lines\)"):
         list(read_genbank(p))
+
+
+def test_hard_masked_repeats_are_read_by_a_tokenizer_that_takes_unknown_letters(tmp_path):
+    """RepeatMasker -x writes X over repeats: refused by default (naming the remedy), read as <unk>
+    with unknown='unk' into both stores."""
+    from genomamba.data.store import MemoryStore, TokenStore
+    from genomamba.tokenizers.dna import DNATokenizer
+
+    p = tmp_path / "xmask.fa"
+    p.write_text(">chr1\nACGTXXXXACGT\n>chr2\nacgtxx-*ACGT\n")
+    with pytest.raises(FastaFormatError, match=r"line 2, column 5: 'X' is not a nucleotide "
+                                               r"\(protein sequence or hard-masked repeats\?\).*unknown='unk'"):
+        MemoryStore.from_fasta(p)
+    tok = DNATokenizer(unknown="unk")
+    want = tok.encode("ACGTXXXXACGT")
+    assert list(want[4:8]) == [tok.unk_id] * 4
+    for store in (MemoryStore.from_fasta(p, tok), TokenStore.build([p], tmp_path / "x.h5", tok)):
+        assert list(store.read("chr1", 0, 12)) == list(want)
+        assert list(store.read("chr2", 4, 8)) == [tok.unk_id] * 4
+        assert list(store.softmask("chr2", 0, 6)) == [True] * 6  # lowercase x is soft-masked like acgt
+    with pytest.raises(FastaFormatError, match="binary/non-ASCII byte 0xc3"):  # still text only
+        p.write_bytes(b">c\nAC\xc3\xa9GT\n")
+        MemoryStore.from_fasta(p, tok)
