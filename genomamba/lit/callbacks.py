@@ -427,7 +427,8 @@ class TrainThroughput(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.seen += 1
         if self.seen > self.skip:
-            self.tokens += _batch_tokens(batch)
+            # a context-parallel rank holds the whole window but runs its slice: 1 / P of the tokens
+            self.tokens += _batch_tokens(batch) // max(1, int(getattr(pl_module, "context_parallel", 1)))
             self.steps += 1
         elif self.seen == self.skip:
             self._t0 = self._now(trainer)

@@ -368,6 +368,10 @@ def _check_parallel(cfg, where: str) -> None:
         raise ConfigError(f"{where}: trainer.keep: expected best or last, got {t.keep!r}")
     if t.num_nodes < 1:
         raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
+    if "spawn" in str(t.strategy).lower():
+        # run under ddp_spawn, the validation reported twice its bases and the run no throughput
+        raise ConfigError(f"{where}: trainer.strategy={t.strategy}: spawn-launched strategies are not supported "
+                          "(their metrics are counted wrong); use ddp, the default with several devices")
     if t.ema_decay is not None:
         if isinstance(t.ema_decay, bool) or not isinstance(t.ema_decay, (int, float)) or not 0 < t.ema_decay < 1:
             raise ConfigError(f"{where}: trainer.ema_decay: expected a number in (0, 1) (e.g. 0.999) or null, "
@@ -399,10 +403,14 @@ def _check_parallel(cfg, where: str) -> None:
     lengths = [("data.seq_len", cfg.data.seq_len)]
     if cfg.seqlen_warmup is not None:
         lengths.append(("seqlen_warmup.start", cfg.seqlen_warmup.start))
+    halo = (cfg.model.to_mamba().d_conv - 1) if cfg.model is not None else 0
     for key, n in lengths:
         if n % p:
             raise ConfigError(f"{where}: {key}={n} must be a multiple of trainer.context_parallel={p} "
                               "(every rank takes an equal slice)")
+        if n // p < max(1, halo):
+            raise ConfigError(f"{where}: {key}={n} over trainer.context_parallel={p} gives slices of {n // p} "
+                              f"tokens, shorter than the conv's {halo}-token halo; use fewer ranks or longer windows")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -342,7 +342,9 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=resolve_precision(tc),
         num_nodes=tc.num_nodes, strategy=resolve_strategy(tc),
         gradient_clip_val=tc.grad_clip or None, accumulate_grad_batches=tc.accumulate,
-        val_check_interval=tc.val_every if has_val else None, check_val_every_n_epoch=None if has_val else 1,
+        # val_every is in optimizer steps; Lightning's interval counts micro-batches
+        val_check_interval=tc.val_every * tc.accumulate if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1,
         limit_val_batches=tc.limit_val_batches if has_val else 0, num_sanity_val_steps=0,
         log_every_n_steps=tc.log_every, callbacks=cbs, logger=loggers, default_root_dir=str(run_dir),
         enable_progress_bar=tc.progress, plugins=[AtomicCheckpointIO()], max_epochs=-1,

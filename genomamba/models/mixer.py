@@ -261,7 +261,9 @@ class Mamba(nn.Module):
 
     def _slice_forward(self, x, z, A, conv_w, cp):
         """This rank's slice of a sequence split over ``cp``: the conv reads the previous slice's last
-        d_conv - 1 inputs (the halo), the scan starts from the state the previous slices leave."""
+        d_conv - 1 inputs (the halo), the scan starts from the state the previous slices leave. The
+        callers check the group's shortest slice first (every rank alike); this check of the rank's
+        own slice only guards direct use."""
         check_slice(x.shape[-1], self.d_conv)
         halo = halo_exchange(x[:, :, x.shape[-1] - (self.d_conv - 1):], cp) if self.d_conv > 1 else None
         x = causal_conv1d(x, conv_w, self.conv1d.bias, initial_state=halo, activation="silu")

@@ -132,14 +132,20 @@ def init_context_parallel(size: Optional[int] = None, backend: Optional[str] = N
                           timeout_minutes: float = 30.0) -> Optional[ContextParallel]:
     """For a script started by ``torchrun``: initialise torch.distributed from the environment if it
     is not yet (NCCL with CUDA, else gloo; each process on GPU ``LOCAL_RANK``) and build groups of
-    ``size`` ranks (default: all of them, one sequence over every process)."""
+    ``size`` ranks (default: all of them, one sequence over every process). With groups of one
+    (one process, or ``size=1``) each process runs whole records: a group of one, whose ``device()``
+    still says where the model goes."""
     if not dist.is_initialized():
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
-    return build_context_parallel(size or dist.get_world_size())
+    size = size or dist.get_world_size()
+    if int(size) == 1:
+        me, world = dist.get_rank(), dist.get_world_size()
+        return ContextParallel(dist.group.WORLD, 0, 1, (me,), me, world)
+    return build_context_parallel(size)
 
 
 # ----------------------------------------------------------------------------- the halo

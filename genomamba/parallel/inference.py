@@ -52,7 +52,9 @@ def _slice_run(lm, ids: torch.Tensor, cp: ContextParallel, logits: bool):
         start, stop = 0, len(ids)
     else:
         start, stop = cp.bounds(len(ids))
-        check_slice(stop - start, lm.config.d_conv, f"a record of {len(ids)} tokens over {cp.size} ranks")
+        # the shortest slice, which every rank computes alike: all ranks refuse together, none waits in
+        # an exchange for a rank that gave up
+        check_slice(len(ids) // cp.size, lm.config.d_conv, f"a record of {len(ids)} tokens over {cp.size} ranks")
     dev = next(lm.parameters()).device
     was_training = lm.training
     lm.eval().set_context_parallel(cp if cp is not None and cp.size > 1 else None)

@@ -53,6 +53,9 @@ def test_context_parallel_run_logs_the_plain_runs_losses(tmp_path):
         assert s0 == s1 and abs(v0 - v1) <= 1e-4, (key, v0, v1)
     res = json.loads((tmp_path / "cp" / "results.json").read_text())
     assert res["processes"] == 2 and res["context_parallel"] == 2 and res["global_step"] == 3
+    # the timed tokens: each rank counts its slice, so the group counts each window once
+    plain_res = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert res["throughput"]["tokens"] == plain_res["throughput"]["tokens"] > 0
 
 
 def _expected_val_bases(doc) -> int:
@@ -102,6 +105,10 @@ def test_parallel_keys_are_checked(tmp_path):
     assert (cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.context_parallel) == (4, 2, 2)
     for bad, match in [(["trainer.devices=3", "trainer.context_parallel=2"], "divide the number of processes"),
                        (["trainer.devices=2", "trainer.context_parallel=2", "data.seq_len=1001"], "multiple"),
+                       (["trainer.devices=2", "trainer.context_parallel=2", "data.seq_len=4"],
+                        r"data.seq_len=4 over trainer.context_parallel=2 gives slices of 2 tokens, shorter than "
+                        r"the conv's 3-token halo"),
+                       (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "spawn-launched strategies"),
                        (["trainer.context_parallel=0"], "expected >= 1"),
                        (["trainer.num_nodes=0"], "expected >= 1")]:
         with pytest.raises(ConfigError, match=match):

@@ -163,3 +163,13 @@ def test_a_run_keeps_its_best_validated_weights(tiny_pretrain, tmp_path, keep):
     assert same_as_last == (kept["step"] == 23)
     assert MambaLM.from_pretrained(run / "model").config.extra["trained_steps"] == kept["step"]
     assert json.loads((run / "results.json").read_text())["kept"]["step"] == kept["step"]
+
+
+def test_validation_interval_counts_optimizer_steps_with_accumulation(tiny_pretrain, tmp_path):
+    """``trainer.val_every`` is in optimizer steps: with two micro-batches a step, validation runs at
+    steps 2 and 4 of 5 (and after the final one), not every micro-batch pair."""
+    doc = tiny_pretrain(max_steps=5, val_every=2, accumulate=2, keep="last")
+    run_pretrain(load_config(doc=doc), quiet=True)
+    steps = [int(r["step"]) for r in _rows(tmp_path / "run") if r.get("val/loss")]
+    assert len(steps) == 2, steps  # at optimizer steps 2 and 4 (logged one lower: 1 and 3)
+    assert steps == [1, 3], steps

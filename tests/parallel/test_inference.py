@@ -23,6 +23,8 @@ def test_embed_and_score_over_three_processes_match_one(tmp_path):
     per_token = model.embed(SEQ, pooling=None, chunk_size=16)[0]
     want_score = model.score(SEQ, chunk_size=16)
     ranks = [torch.load(tmp_path / f"infer_rank{r}.pt") for r in range(world)]
+    for r in ranks:  # the short record: refused on every rank alike, before any exchange
+        assert r["short"] is not None and "a record of 7 tokens over 3 ranks: a slice of 2 tokens" in r["short"]
     for pooling in ("mean", "last", "max"):
         want = model.embed(SEQ, pooling=pooling, chunk_size=16)[0]
         for r in ranks:  # every rank holds the whole record's embedding
@@ -35,6 +37,19 @@ def test_embed_and_score_over_three_processes_match_one(tmp_path):
         assert s["n_scored"] == int(want_score.n_scored[0]) and s["length"] == len(SEQ)
         assert s["log_likelihood"] == pytest.approx(float(want_score.log_likelihood[0]), rel=1e-6)
         assert s["bits_per_base"] == pytest.approx(float(want_score.bits_per_base[0]), rel=1e-6)
+
+
+def test_one_process_started_like_torchrun(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(workers.single_process_run, args=(port, str(tmp_path), SEQ), nprocs=1, join=True)
+    got = torch.load(tmp_path / "single.pt")
+    assert got["size"] == 1 and got["device"] == "cpu"
+    model = GenomeModel(workers.tiny_model(torch.float32).eval())
+    np.testing.assert_allclose(got["mean"].numpy(), model.embed(SEQ)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_one_process_without_a_group_and_refusals():

@@ -86,12 +86,36 @@ def inference_run(rank: int, world: int, init_file: str, out_dir: str, seq: str)
     from genomamba.parallel import embed_long, score_long
 
     init_gloo(rank, world, init_file)
+    from genomamba.parallel import ContextParallelError
+
     cp = build_context_parallel(world)
     model = GenomeModel(tiny_model(torch.float32).eval())
-    out = {p: torch.from_numpy(embed_long(model, seq, cp, p)) for p in ("mean", "last", "max")}
+    out = {"short": None}
+    try:  # a record too short for 3 ranks (slices 3, 2, 2 against the 3-token halo): every rank refuses it
+        embed_long(model, seq[:7], cp)
+    except ContextParallelError as e:
+        out["short"] = str(e)
+    # then the loop goes on to the next record, with every rank in step
+    out.update({p: torch.from_numpy(embed_long(model, seq, cp, p)) for p in ("mean", "last", "max")})
     start, tokens = embed_long(model, seq, cp, None)
     out["start"], out["tokens"] = start, torch.from_numpy(tokens)
     out["score"] = score_long(model, seq, cp)
     torch.save(out, f"{out_dir}/infer_rank{rank}.pt")
     dist.barrier()
+    dist.destroy_process_group()
+
+
+def single_process_run(rank: int, port: int, out_dir: str, seq: str) -> None:
+    """The documented torchrun script on one process: ``init_context_parallel()`` from the environment
+    gives a group of one whose ``device()`` places the model; embed_long runs the whole record."""
+    import os
+
+    from genomamba.api import GenomeModel
+    from genomamba.parallel import embed_long, init_context_parallel
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cp = init_context_parallel(backend="gloo")
+    model = GenomeModel(tiny_model(torch.float32).eval().to(cp.device()))
+    torch.save({"size": cp.size, "device": str(cp.device()), "mean": torch.from_numpy(embed_long(model, seq, cp))},
+               f"{out_dir}/single.pt")
     dist.destroy_process_group()
