@@ -442,10 +442,22 @@ class IndexedFasta:
         return len(self._fa[name])
 
     def fetch(self, name: str, start: int, stop: int) -> str:
-        """Bases ``[start, stop)`` (0-based, half-open) of record ``name``."""
+        """Bases ``[start, stop)`` (0-based, half-open) of record ``name``, checked as
+        :func:`read_fasta` checks them (the index itself takes any byte of a sequence line as a base)."""
         if name not in self._fa:
             raise KeyError(f"{self.path}: no record {name!r}")
-        return self._fa[name][int(start) : int(stop)].seq
+        start, stop, length = int(start), int(stop), self.length(name)
+        if not 0 <= start <= stop <= length:
+            raise ValueError(f"{self.path}: record {name!r}: [{start}, {stop}) is not inside its {length} bases")
+        seq = self._fa[name][start:stop].seq
+        raw = seq.encode("ascii", "replace")
+        if raw.translate(None, NUCLEOTIDES):
+            pos = next(i for i, b in enumerate(raw) if b not in NUCLEOTIDES)
+            if raw[pos] in _WHITESPACE:
+                raise FastaFormatError(f"{self.path}: record {name!r}, base {start + pos}: a space inside a "
+                                       "sequence line, which indexed access cannot skip; remove it")
+            _raise_bad_byte(f"{self.path}: record {name!r}, base {start + pos}", raw[pos])
+        return seq
 
     def close(self) -> None:
         self._fa.close()

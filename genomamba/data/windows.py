@@ -418,7 +418,9 @@ class TiledWindows(Dataset):
     """Deterministic evaluation windows tiling ``regions``; item ``(ids int64 (L,), mask bool (L,))``.
 
     Tiles start at ``region.start`` every ``stride`` (default L) bases; the last tile of a region
-    is shorter and padded (mask False), so every base is scored exactly once with stride == L.
+    is shorter and padded (mask False). With stride == L every base lies in exactly one tile; a
+    next-base score counts each base once except each tile's first, which has no context in its tile
+    (a fraction 1 / L of the bases).
     ``max_windows`` keeps a seeded subset (the same subset every epoch and every run).
     """
 

@@ -164,6 +164,22 @@ def test_indexed_access_matches_streaming(tmp_path, kind):
             assert fa.fetch(name, 3, 57) == seq[3:57]
         with pytest.raises(KeyError, match="no record 'zz'"):
             fa.fetch("zz", 0, 1)
+        n = fa.length("c0")
+        assert fa.fetch("c0", n - 3, n) == streamed["c0"][-3:] and fa.fetch("c0", 5, 5) == ""
+        for start, stop in ((n - 3, n + 1), (-1, 4), (6, 5)):  # the same error plain or compressed
+            with pytest.raises(ValueError, match=rf"record 'c0': \[{start}, {stop}\) is not inside its {n} bases"):
+                fa.fetch("c0", start, stop)
+
+
+def test_indexed_access_checks_the_bases_it_returns(tmp_path):
+    p = tmp_path / "odd.fa"
+    p.write_text(">a\nAC GTACGTAC\n>b\nACGTEFACGT\n")
+    with IndexedFasta(p) as fa:
+        assert fa.fetch("a", 0, 2) == "AC"
+        with pytest.raises(FastaFormatError, match="record 'a', base 2: a space inside a sequence line"):
+            fa.fetch("a", 0, 6)
+        with pytest.raises(FastaFormatError, match=r"record 'b', base 4: 'E' is not a nucleotide"):
+            fa.fetch("b", 2, 8)
 
 
 def test_read_records_dispatches_genbank(tmp_path):
