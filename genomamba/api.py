@@ -119,20 +119,28 @@ def _input(seqs, path, arg: str = "seqs"):
     return seqs
 
 
-def iter_sequences(seqs=None, arg: str = "seqs", path: Optional[PathLike] = None
+def _count(name: str, value) -> int:
+    """A positive integer argument (NumPy integers too) as an int; anything else a ValueError naming it."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def iter_sequences(seqs=None, arg: str = "seqs", path: Optional[PathLike] = None, any_letter: bool = False
                    ) -> Iterator[tuple[str, Union[str, bytes]]]:
     """Normalise any accepted input to ``(name, sequence)`` pairs, streaming FASTA / GenBank files.
 
     A ``str`` is a sequence; a file is an ``os.PathLike`` or ``path=``. Raises ValueError (naming
     ``arg`` and the record) for empty sequences, wrong types, and format errors; FileNotFoundError
     (or another ``OSError``, one line) for a path that is missing, a directory or unreadable.
+    ``any_letter``: FASTA lines may hold any printable letter (for a tokenizer with ``unknown="unk"``).
     """
     seqs = _input(seqs, path, arg)
     if isinstance(seqs, os.PathLike):
         path = Path(seqs)
         check_input_file(path, arg)
         n = 0
-        for rec in read_records(path):
+        for rec in read_records(path, any_letter=any_letter):
             if not rec.sequence:
                 raise ValueError(f"{arg}: {path}: record {rec.name!r} has an empty sequence")
             n += 1
@@ -237,7 +245,7 @@ class GenomeModel:
 
     def _iter_inputs(self, seqs, arg: str):
         """``(name, item)`` for every input (DNA: sequences and FASTA records); ``encode`` takes an item."""
-        return iter_sequences(seqs, arg)
+        return iter_sequences(seqs, arg, any_letter=getattr(self.tokenizer, "unknown", "error") == "unk")
 
     def encode(self, seq: Union[str, bytes], where: str = "seq") -> np.ndarray:
         """DNA -> token ids (uint8), with ``<bos>`` first if the model was trained with it."""
@@ -282,8 +290,7 @@ class GenomeModel:
         """Group records: short ones (<= chunk_size) batched by similar length, long ones alone.
         Yields buffers, each a list of batches, each batch a list of ``(index, name, ids)``; the
         buffers come in input order (a caller restores input order by sorting one buffer's output)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        batch_size, chunk_size = _count("batch_size", batch_size), _count("chunk_size", chunk_size)
         buf: list = []
         for i, (name, s) in enumerate(self._iter_inputs(seqs, arg)):
             ids = self.encode(s, where=f"{arg}: {_describe(name, i)}")

@@ -251,16 +251,18 @@ def predict_main(argv) -> int:
                                                        else "no such directory") + "; expected a classifier directory")
     if not (Path(args.model) / "head.json").exists():
         raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
+    tok = _classifier_input(args.model)
+    if not isinstance(tok, DNATokenizer):
+        raise ConfigError(f"--model {args.model}: a {tok.name} classifier; classify predict reads DNA FASTA "
+                          "(score it with classify evaluate, or the Python API: genomamba.load(...).classify)")
     net = SequenceClassifier.from_pretrained(args.model)
-    tok = DNATokenizer.from_pretrained(args.model) if (Path(args.model) / "tokenizer.json").exists() \
-        else DNATokenizer()
     # several files: a leading file column, since record names need only be unique within a file
     several = len(args.fasta) > 1
     rows = [("file\t" if several else "") + "record\tlength\twindows\tlabel\t"
             + "\t".join(f"p_{lab}" for lab in net.labels)]
     acgt = np.array([tok.a_id, tok.c_id, tok.g_id, tok.t_id])
     for path in args.fasta:
-        for rec in read_records(path):
+        for rec in read_records(path, any_letter=tok.unknown == "unk"):
             ids = tok.encode(rec.sequence).astype(np.int64)
             L = min(args.length, len(ids))
             n_acgt = int(np.isin(ids, acgt).sum())

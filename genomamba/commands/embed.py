@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import torch
 
-from genomamba.api import iter_sequences
 from genomamba.commands.common import add_model_args, fail, load_model, model_files, positive_int
 from genomamba.errors import UserError, check_input_file
 from genomamba.files import atomic_path, check_output
@@ -78,10 +77,11 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
             ds = h5.create_dataset(key, data=arr_or_shape.astype(np_dtype))
         ds.attrs["name"] = name
         ds.attrs["length"] = length
+        ds.attrs["index"] = summary["records"]  # the record's place in the input (0-based)
         summary["records"] += 1
         summary["bases"] += length
         if not quiet:
-            print(f"  {name}: {length:,} {unit}s", file=sys.stderr)
+            print(f"  {name}: {length:,} {unit}{'s' if length != 1 else ''}", file=sys.stderr)
         return ds
 
     # A text or audio model embeds the file itself (one record: its bytes or its samples).
@@ -91,7 +91,7 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
     source = Path(fasta) if modal else fasta
 
     def records():
-        return model._iter_inputs(source, "fasta") if modal else iter_sequences(fasta, "fasta")
+        return model._iter_inputs(source, "fasta")
 
     def size(i, name, s):
         return len(model.encode(s, where=f"fasta: record {i + 1} ({name!r})")) if modal else len(s)
@@ -118,7 +118,8 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
                         ds[start:start + h.shape[1]] = h[0].float().cpu().numpy().astype(np_dtype)
         h5.attrs["n_records"] = summary["records"]
 
-    with atomic_path(output, replace=replace) as tmp, h5py.File(tmp, "w") as h5:
+    # links kept in creation order: iterating the file gives the records in input order
+    with atomic_path(output, replace=replace) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
         fill(h5)
     summary["seconds"] = round(time.time() - t0, 2)
     summary["output"] = str(output)
@@ -138,5 +139,7 @@ def main(argv: list[str]) -> int:
                         args.batch_size, args.chunk_size, args.dtype, quiet=False, replace=args.force)
     except (UserError, ValueError, OSError) as exc:
         return fail("embed", exc)
-    print(f"embedded {s['records']} records ({s['bases']:,} {s['unit']}s) in {s['seconds']}s -> {s['output']}")
+    units = f"{s['unit']}{'s' if s['bases'] != 1 else ''}"
+    records = f"{s['records']} record{'s' if s['records'] != 1 else ''}"
+    print(f"embedded {records} ({s['bases']:,} {units}) in {s['seconds']}s -> {s['output']}")
     return 0

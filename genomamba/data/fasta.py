@@ -34,13 +34,14 @@ import logging
 import lzma
 import os
 import re
+import stat
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
-from genomamba.errors import UserError, check_input_file
+from genomamba.errors import InputFileError, UserError, check_input_file
 from genomamba.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def read_fasta(path: PathLike, allow_duplicates: bool = False, any_letter: bool 
     """
     path = Path(path)
     check_input_file(path, "FASTA file")
+    _check_rereadable(path)
     kind = sniff_compression(path)
     fh = open_binary(path)
     state = {"line": 0, "record": None}
@@ -398,10 +400,20 @@ def read_genbank(path: PathLike) -> Iterator[FastaRecord]:
             ) from None
 
 
+def _check_rereadable(path: Path) -> None:
+    """Sequence files are opened more than once (the compression and the format are sniffed first):
+    a pipe or a device would reach the parser empty."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        raise InputFileError(f"{path}: a pipe or device can be read only once and sequence files are read "
+                             "more than once; write it to a file first (compressed files are read as they are)")
+
+
 def read_records(path: PathLike, format: str = "auto", any_letter: bool = False) -> Iterator[FastaRecord]:
     """FASTA or GenBank records (``format="auto"`` sniffs the first line); ``any_letter`` as in
     :func:`read_fasta`."""
     check_input_file(path, "sequence file")
+    _check_rereadable(Path(path))
     fmt = sniff_format(path) if format == "auto" else format
     if fmt == "fasta":
         return read_fasta(path, any_letter=any_letter)

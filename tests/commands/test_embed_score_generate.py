@@ -57,6 +57,9 @@ def test_embed_pooled_hdf5(model_dir, odd_fasta, tmp_path):
         assert h5.attrs["pooling"] == "mean" and h5.attrs["d_model"] == 16
         got = {h5[k].attrs["name"]: h5[k][()] for k in h5}
         lengths = {h5[k].attrs["name"]: int(h5[k].attrs["length"]) for k in h5}
+        # the file lists the records in input order, each with its place
+        assert [h5[k].attrs["name"] for k in h5] == names
+        assert [int(h5[k].attrs["index"]) for k in h5] == list(range(len(names)))
     assert sorted(got) == sorted(names)
     for i, n in enumerate(names):
         assert got[n].shape == (16,)
@@ -193,3 +196,50 @@ def test_generate_cli_prompts_errors_name_the_file_and_the_record(model_dir, pro
     assert "--num-samples" in capsys.readouterr().err
     assert cli(["generate", str(model_dir), "--prompts", str(prompts_fa), "--batch-size", "0"]) == 1
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_hard_masked_fasta_reads_with_an_unk_tokenizer_model(tmp_path):
+    """A model whose tokenizer maps unknown letters to <unk> embeds, scores and classifies FASTA with
+    X-masked repeats (the CLI and the API alike), as it does the same sequence given as a string."""
+    import torch
+
+    from genomamba import DNATokenizer, MambaConfig, MambaLM
+    from genomamba.models.heads import SequenceClassifier
+
+    torch.manual_seed(0)
+    lm_dir, clf_dir = tmp_path / "lm", tmp_path / "clf"
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(lm_dir)
+    DNATokenizer(unknown="unk").save_pretrained(lm_dir)
+    SequenceClassifier(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)), ["a", "b"]).save_pretrained(clf_dir)
+    DNATokenizer(unknown="unk").save_pretrained(clf_dir)
+    fa = tmp_path / "hardmask.fa"
+    fa.write_text(">r1\nACGTXXXXACGTACGGTTACAXXG\n")
+    gm = genomamba.load(lm_dir)
+    np.testing.assert_allclose(gm.embed(fa)[0], gm.embed("ACGTXXXXACGTACGGTTACAXXG")[0], rtol=1e-6)
+    assert cli(["embed", str(lm_dir), str(fa), "-o", str(tmp_path / "e.h5")]) == 0
+    assert cli(["score", str(lm_dir), str(fa), "-o", str(tmp_path / "s.tsv")]) == 0
+    assert cli(["classify", "predict", str(fa), "--model", str(clf_dir), "--length", "16",
+                "--out", str(tmp_path / "p.tsv")]) == 0
+    assert (tmp_path / "p.tsv").read_text().splitlines()[1].startswith("r1\t24\t")
+
+
+def test_a_pipe_as_input_is_refused_with_what_to_do(model_dir, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "in.fa"
+    os.mkfifo(fifo)
+    assert cli(["score", str(model_dir), str(fifo)]) == 1
+    err = capsys.readouterr().err
+    assert "a pipe or device can be read only once" in err and "write it to a file first" in err
+
+
+def test_batch_and_chunk_sizes_take_integers_of_any_kind(model_dir):
+    gm = genomamba.load(model_dir)
+    want = gm.embed(["ACGTACGTAC", "GGCA"], batch_size=2, chunk_size=4)
+    got = gm.embed(["ACGTACGTAC", "GGCA"], batch_size=np.int64(2), chunk_size=np.int32(4))
+    np.testing.assert_array_equal(got, want)
+    for bad in (2.0, 0, True, "4"):
+        with pytest.raises(ValueError, match=r"chunk_size: expected a positive int"):
+            gm.embed("ACGT", chunk_size=bad)
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive int, got 1.5"):
+        gm.embed("ACGT", batch_size=1.5)

@@ -520,3 +520,21 @@ def test_api_generate_checks_its_numbers(model_dir):
             model.generate("ACGT", 4, **kw)
     assert len(model.generate("ACGT", 4, temperature=0.0)) == 4
     assert np.isfinite(model.embed("ACGT")).all()
+
+
+def test_predict_refuses_a_text_classifier(small_fa, tmp_path, capsys):
+    """A byte-level (text) classifier fed DNA token ids gave confident labels: refused by name."""
+    import torch
+
+    from genomamba import MambaConfig, MambaLM
+    from genomamba.adapters import get_adapter
+    from genomamba.models.heads import SequenceClassifier
+
+    torch.manual_seed(0)
+    d = tmp_path / "text_clf"
+    text = get_adapter("text")
+    SequenceClassifier(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=text.vocab_size)), ["x", "y"]
+                       ).save_pretrained(d)
+    text.save(d)
+    assert cli(["classify", "predict", str(small_fa), "--model", str(d)]) == 2
+    _one_line_error(capsys.readouterr().err, "a text classifier; classify predict reads DNA FASTA")
