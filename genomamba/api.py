@@ -313,15 +313,21 @@ class GenomeModel:
                    path: Optional[PathLike] = None):
         """Like :meth:`embed` but streams ``(name, array)`` pairs (records in input order within
         each group of ``8 * batch_size``; the name lets the caller match them)."""
+        for name, arr, _ in self._embedded(seqs, pooling, batch_size, chunk_size, dtype, arg, path):
+            yield name, arr
+
+    def _embedded(self, seqs, pooling, batch_size, chunk_size, dtype, arg, path=None):
+        """``(name, array, tokens the model read)`` per record, as :meth:`iter_embed` streams them."""
         seqs = _input(seqs, path, arg)
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS} or None, got {pooling!r}")
         # per-token outputs are big: do not hold more than one batch of them for reordering
         factor = 8 if pooling is not None else 1
         for buffer in self._batches(seqs, arg, batch_size, chunk_size, factor):
+            read = {i: len(ids) for group in buffer for i, _, ids in group}
             done = [r for group in buffer for r in self._embed_group(group, pooling, chunk_size, dtype)]
-            for _, name, arr in sorted(done, key=lambda r: r[0]):
-                yield name, arr
+            for i, name, arr in sorted(done, key=lambda r: r[0]):
+                yield name, arr, read[i]
 
     def _embed_group(self, group, pooling, chunk_size, dtype):
         ids = [g[2] for g in group]

@@ -102,13 +102,10 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
         h5.attrs["pooling"] = pooling or "none"
         h5.attrs["d_model"] = model.d_model
         h5.attrs["source"] = str(fasta)
-        if pooling is not None:
-            lengths = {}
-            for i, (name, s) in enumerate(records()):
-                lengths.setdefault(name, size(i, name, s))
-            for name, vec in model.iter_embed(source, pooling=pooling, batch_size=batch_size,
-                                              chunk_size=chunk_size, arg="fasta"):
-                add(h5, name, vec, lengths[name])
+        if pooling is not None:  # one pass over the file: the length is what the model read, less <bos>
+            bos = 1 if not modal and model.add_bos else 0
+            for name, vec, n in model._embedded(source, pooling, batch_size, chunk_size, np.float32, "fasta"):
+                add(h5, name, vec, n - bos)
         else:
             for i, (name, s) in enumerate(records()):
                 ids = model.encode(s, where=f"fasta: record {i + 1} ({name!r})")
