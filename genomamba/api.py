@@ -172,8 +172,13 @@ def iter_sequences(seqs=None, arg: str = "seqs", path: Optional[PathLike] = None
         yield name, s
 
 
-def weak_input(n_bases: int, n_acgt: int) -> Optional[str]:
-    """Why a label predicted from this little sequence is a guess (None if it is not)."""
+def weak_input(n_bases: int, n_acgt: int, unit: Optional[str] = None) -> Optional[str]:
+    """Why a label predicted from this little sequence is a guess (None if it is not). ``unit``: a
+    text or audio model's unit (``byte``, ``sample``), whose data tokens ``n_acgt`` counts."""
+    if unit is not None:
+        if n_acgt >= MIN_CLASSIFY_BASES:
+            return None
+        return f"only {n_acgt} {unit}{'s' if n_acgt != 1 else ''}: a label from so little input is a guess"
     if n_acgt == 0:
         return f"no A/C/G/T base in {n_bases:,} bases (all N or ambiguity codes): the label is a guess"
     if n_acgt < MIN_CLASSIFY_BASES:
@@ -427,7 +432,8 @@ class GenomeModel:
                     probs.append(p[i])
                     names.append(name)
                 for i, name, ids in (g for group in buffer for g in group):
-                    why = weak_input(len(ids) - int(self.add_bos), int(np.isin(ids, self._base_ids.numpy()).sum()))
+                    why = weak_input(len(ids) - int(self.add_bos), int(np.isin(ids, self._base_ids.numpy()).sum()),
+                                     getattr(getattr(self, "adapter", None), "unit", None))
                     if why:
                         warnings.warn(f"seqs: {_describe(name, i)}: {why}", UserWarning, stacklevel=2)
         p = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(self.labels)), np.float32)

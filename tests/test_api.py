@@ -259,3 +259,17 @@ def test_inference_dtype_auto_is_bf16_on_cuda_only():
     assert inference_dtype("cuda", torch.float32) is torch.float32
     with pytest.raises(InvalidArgument, match="dtype"):
         inference_dtype("cpu", "fp8")
+
+
+def test_a_text_classifier_warns_about_short_input_in_bytes(tmp_path):
+    from genomamba.adapters import get_adapter
+    from genomamba.models.heads import SequenceClassifier
+
+    torch.manual_seed(0)
+    text = get_adapter("text")
+    SequenceClassifier(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=text.vocab_size)), ["x", "y"]
+                       ).save_pretrained(tmp_path)
+    text.save(tmp_path)
+    model = genomamba.load(tmp_path)
+    with pytest.warns(UserWarning, match=r"only 10 bytes: a label from so little input is a guess"):
+        model.classify("ACGTACGTAC")
