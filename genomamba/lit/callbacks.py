@@ -395,10 +395,11 @@ def _batch_tokens(batch) -> int:
 class TrainThroughput(pl.Callback):
     """Training tokens per second over all processes and the peak memory of each, for results.json.
 
-    The clock starts at the end of training step ``skip`` (the first steps build kernels and fill
+    The clock starts at the end of optimizer step ``skip`` (the first steps build kernels and fill
     caches) and stops at the end of fit, with validation taken out; the device is synchronised only
-    at those points, never per step. Tokens are every position of every training batch after step
-    ``skip``, summed over the processes (a context-parallel rank counts its own slice). Peak memory:
+    at those points, never per step. Tokens are every position of every training batch (each
+    micro-batch under accumulation) after step ``skip``, summed over the processes (a
+    context-parallel rank counts its own slice). Peak memory:
     ``torch.cuda.max_memory_allocated`` on GPUs, the process's peak resident set on CPU. The result
     is in ``summary`` on every process once fit ends."""
 
@@ -407,8 +408,8 @@ class TrainThroughput(pl.Callback):
         self.summary: dict = {}
         self._reset()
 
-    def _reset(self) -> None:
-        self.tokens, self.seconds, self.steps, self.seen = 0, 0.0, 0, 0
+    def _reset(self, step: int = 0) -> None:
+        self.tokens, self.seconds, self.steps, self.seen, self._last_step = 0, 0.0, 0, 0, step
         self._t0: Optional[float] = None  # set while the clock runs
         self._paused = False
 
@@ -420,18 +421,21 @@ class TrainThroughput(pl.Callback):
         return time.perf_counter()
 
     def on_train_start(self, trainer, pl_module):
-        self._reset()
+        self._reset(trainer.global_step)
         if self.skip <= 0:
             self._t0 = self._now(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen += 1
-        if self.seen > self.skip:
+        stepped = trainer.global_step > self._last_step  # an optimizer step ended with this micro-batch
+        self._last_step = trainer.global_step
+        if self._t0 is not None:
             # a context-parallel rank holds the whole window but runs its slice: 1 / P of the tokens
             self.tokens += _batch_tokens(batch) // max(1, int(getattr(pl_module, "context_parallel", 1)))
-            self.steps += 1
-        elif self.seen == self.skip:
-            self._t0 = self._now(trainer)
+            self.steps += int(stepped)
+        elif stepped:
+            self.seen += 1
+            if self.seen == self.skip:
+                self._t0 = self._now(trainer)
 
     def on_validation_start(self, trainer, pl_module):
         if self._t0 is not None and not trainer.sanity_checking:

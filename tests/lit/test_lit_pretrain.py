@@ -169,7 +169,10 @@ def test_validation_interval_counts_optimizer_steps_with_accumulation(tiny_pretr
     """``trainer.val_every`` is in optimizer steps: with two micro-batches a step, validation runs at
     steps 2 and 4 of 5 (and after the final one), not every micro-batch pair."""
     doc = tiny_pretrain(max_steps=5, val_every=2, accumulate=2, keep="last")
-    run_pretrain(load_config(doc=doc), quiet=True)
+    res = run_pretrain(load_config(doc=doc), quiet=True)
     steps = [int(r["step"]) for r in _rows(tmp_path / "run") if r.get("val/loss")]
     assert len(steps) == 2, steps  # at optimizer steps 2 and 4 (logged one lower: 1 and 3)
     assert steps == [1, 3], steps
+    # the throughput clock skips two optimizer steps too, then counts steps 3-5, each of two micro-batches
+    tp = res["throughput"]
+    assert tp["timed_steps"] == 3 and tp["tokens"] == 3 * 2 * 4 * 256, tp
