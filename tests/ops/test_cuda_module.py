@@ -179,9 +179,10 @@ def test_lane_per_channel_gate_and_plan(status, monkeypatch):
     cu.CONFIG.update(chan_lanes=3)
     assert chan_plan(8, 1536, 2048, 16) == (4, 3)  # not a lane count it has: one lane
     # auto: four lanes from 8192 channels (b * d) on, once part chan4 passed; one lane below
-    cu.CONFIG.update(chan_lanes=-1, chan_lanes4_min_channels=8192)
+    cu.CONFIG.update(chan_lanes=-1, chan_lanes4_min_channels=8192, chan_lanes4_max_channels=32768)
     assert chan_lanes() == 1 and chan_lanes(8, 1536) == 4 and chan_lanes(32, 512) == 4
     assert chan_lanes(1, 1536) == 1 and chan_lanes(4, 512) == 1 and chan_lanes(8, 1023) == 1
+    assert chan_lanes(16, 2048) == 4 and chan_lanes(64, 1536) == 1  # above 32768 channels: one lane
     assert chan_plan(8, 1536, 2048, 16) == (4, 8) and chan_plan(1, 1536, 65536, 16) == (6, 4)
     cu.CONFIG.update(fwd_chan=-1)
     # the (8, 1536, 2048) inference forward: 1536 warps at four lanes, enough for the lane-per-channel build

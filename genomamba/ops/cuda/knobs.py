@@ -130,14 +130,16 @@ CONFIG = {
     # or 4 (4 states each): two or four times the warps for the same channels. The lanes of a
     # channel share its activations (each computes the softplus and the gate of its own share of the
     # tokens) and reduce-scatter its outputs, so the work per channel stays about that of one lane.
-    # Self-tested as parts "chan2" / "chan4". -1 (auto): four lanes for calls of at least
-    # chan_lanes4_min_channels channels (b * d), one below: on an H100, four lanes took the
+    # Self-tested as parts "chan2" / "chan4". -1 (auto): four lanes for calls of chan_lanes4_min_channels
+    # to chan_lanes4_max_channels channels (b * d), one lane outside (above, one lane already gives
+    # every scheduler several warps; not timed there): on an H100, four lanes took the
     # (8, 1536, 16, 2048) bf16 forward from 0.475 to 0.258 ms and the d_model 768 x 24, b8 x 2048
     # training step from 189 k to 205 k tokens/s, while one lane stayed faster at b * d = 1536
     # (l = 65536: 1.36 against 1.54 ms) and 2048 (d_model 256, b4 x 16384: 1.95 M against 1.92 M
     # tokens/s) (scan_knobs_nvidia_h100.json, train_knobs_nvidia_h100.json)
     "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", -1),
     "chan_lanes4_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_LANES4_MIN_CHANNELS", 8192),
+    "chan_lanes4_max_channels": _env_int("GENOMAMBA_CUDA_CHAN_LANES4_MAX_CHANNELS", 32768),
     # the lane-per-channel backward (bwd_chan_kernel: one lane = one channel with all n <= 16
     # states, reverse carries and dA sums in registers; dB/dC summed over the warp's lanes through
     # shared memory), used only if its self-test part "bwdchan" passed: 1 wherever it applies
@@ -238,11 +240,13 @@ CHAN_PARTS = {1: "chan", 2: "chan2", 4: "chan4"}  # the self-test part of each l
 
 def chan_lanes(b: int | None = None, d: int | None = None) -> int:
     """Lanes per channel of the lane-per-channel forward for a call of b * d channels:
-    ``CONFIG["chan_lanes"]`` if 2 or 4; auto (-1): 4 from ``chan_lanes4_min_channels`` channels on
-    if its self-test part passed, else 1 (also when no shape is given); any other value: 1."""
+    ``CONFIG["chan_lanes"]`` if 2 or 4; auto (-1): 4 for ``chan_lanes4_min_channels`` to
+    ``chan_lanes4_max_channels`` channels if its self-test part passed, else 1 (also when no shape is
+    given); any other value: 1."""
     lanes = CONFIG["chan_lanes"]
     if lanes < 0:
-        if b is None or d is None or b * d < CONFIG["chan_lanes4_min_channels"]:
+        lo, hi = CONFIG["chan_lanes4_min_channels"], CONFIG["chan_lanes4_max_channels"]
+        if b is None or d is None or not lo <= b * d <= hi:
             return 1
         return 4 if STATUS.get("chan4") is True or _unverified_ok() else 1
     return lanes if lanes in (2, 4) else 1
