@@ -60,6 +60,12 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     elif cfg.init_from and not dna and (Path(cfg.init_from) / "config.json").exists():
         raise ConfigError(f"init_from: {cfg.init_from} is a DNA model (no {ADAPTER_FILE}); the config's adapter "
                           f"is {adapter.name!r}")
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():  # before the run directory is made
+        why = "is not a saved model directory (no config.json)" if Path(cfg.init_from).exists() else "does not exist"
+        raise ConfigError(f"init_from: {cfg.init_from} {why}; pretrain one first (genomamba pretrain -c "
+                          "configs/pretrain/tiny_cpu.yaml saves runs/pretrain_tiny/model) or set init_from: null")
+    if cfg.init_from and dna:
+        _check_init_tokenizer(cfg.init_from, adapter.tokenizer)
     run_dir, ckpt_path = prepare_run_dir(cfg, resume, force=force)
     tok = adapter.tokenizer if dna else adapter  # DNA: the adapter's tokenizer (its IUPAC policy)
     d = cfg.data
@@ -67,8 +73,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
                            d.rc_prob, d.num_workers, cfg.trainer.seed, tokenizer=tok, train_length=d.train_length,
                            augment=d.augment)
     dm.setup("fit")
-    if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
-        raise ConfigError(f"init_from: {cfg.init_from} is not a saved model directory (no config.json)")
+    if ckpt_path is not None:
+        _check_resumed_labels(ckpt_path, dm.labels, dm.manifest.source_path)
     model_cfg = {"vocab_size": tok.vocab_size, **cfg.model.to_dict()} if cfg.model is not None else None
     module = ClassifierModule(dm.labels, model=model_cfg, init_from=cfg.init_from, pooling=cfg.head.pooling,
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
@@ -101,6 +107,27 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
                                                      eval_windows=dm.test_ds)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _check_init_tokenizer(init_from: str, tok: DNATokenizer) -> None:
+    """A DNA model to fine-tune must read ambiguity codes as the config's tokenizer writes them (the
+    policy for other letters may differ: it only decides what is refused)."""
+    if not (Path(init_from) / "tokenizer.json").exists():
+        return
+    theirs = DNATokenizer.from_pretrained(init_from)
+    if (theirs.iupac, theirs.vocab_size) != (tok.iupac, tok.vocab_size):
+        raise ConfigError(f"init_from: {init_from} was trained with {theirs!r}, the config's adapter asks for "
+                          f"{tok!r}; set adapter: {{name: dna, iupac: {theirs.iupac}}}")
+
+
+def _check_resumed_labels(ckpt_path, labels: list, manifest) -> None:
+    """A resumed classifier's head rows are the checkpoint's labels, in its order."""
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = list((ck.get("hyper_parameters") or {}).get("labels") or [])
+    if saved and saved != list(labels):
+        raise ConfigError(f"--resume: the checkpoint's labels {saved} differ from {manifest}'s {list(labels)} "
+                          "(its head's rows are in the checkpoint's order); resume with that manifest, or start "
+                          "a new run with init_from")
 
 
 def fit_main(argv) -> int:
@@ -156,6 +183,9 @@ def evaluate_main(argv) -> int:
     ap.add_argument("--baselines", default=None,
                     help="DNA: comma-separated k of k-mer NB baselines (default '4'; '' for none); "
                          "audio: 'logspec' for softmax regression on log-spectral and cepstral features (default none)")
+    ap.add_argument("--one-strand", action="store_true",
+                    help="DNA: score each window as given (default: the mean over it and its reverse "
+                         "complement, as classify fit's test does with head.tta_rc)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
     args = ap.parse_args(argv)
@@ -193,13 +223,17 @@ def evaluate_main(argv) -> int:
     if not dna and wanted and (wanted != ["logspec"] or reader.name != "audio"):
         raise ConfigError(f"--baselines {baselines!r}: a {reader.name} classifier takes 'logspec' (audio only) or ''")
     man = SpeciesManifest.from_file(resolve_species_manifest(args.manifest or "assets"))
-    if list(man.labels) != list(nets[0].labels):
-        raise ConfigError(f"--manifest labels {man.labels} differ from the model's {nets[0].labels}")
+    unknown = [lab for lab in man.labels if lab not in nets[0].labels]
+    if unknown:
+        raise ConfigError(f"--manifest labels {unknown} are not among the model's {nets[0].labels}")
+    if list(man.labels) != list(nets[0].labels):  # matched by name: another order, or a subset of the classes
+        man = SpeciesManifest(man.genomes, list(nets[0].labels), name=man.name, source=man.source_path)
     length = args.length or (1024 if dna else getattr(reader, "sample_rate", None) or 1024)
     per_label = args.per_label if args.per_label is not None else (200 if dna else None)
     ds = SpeciesEvalWindows(man, args.split, length, per_label=per_label, seed=args.seed, return_mask=True,
                             tokenizer=reader)
-    members = [evaluate_classifier(net, ds, args.batch_size) for net in nets]
+    rc = reader if dna and not args.one_strand else None  # both strands, as fit's test scores them
+    members = [evaluate_classifier(net, ds, args.batch_size, rc_tokenizer=rc) for net in nets]
     if len(members) == 1:
         res = members[0]
     else:
@@ -209,6 +243,11 @@ def evaluate_main(argv) -> int:
                           for model, m in zip(args.model, members)]
     res.pop("probs")
     res.pop("targets")
+    untrained = [lab for lab in man.labels if not man.entries("train", lab)]
+    if wanted and untrained:  # the baselines learn every class from the manifest's training genomes
+        print(f"genomamba classify evaluate: note: no baselines: {untrained} have no training genome in "
+              f"{man.source_path}", file=sys.stderr)
+        wanted = []
     if wanted and dna:
         res["baselines"] = species_baselines(man, length, ks=[int(k) for k in wanted], eval_windows=ds)
     elif wanted:
@@ -237,6 +276,8 @@ def predict_main(argv) -> int:
     ap.add_argument("--length", type=int, default=1024, help="window length")
     ap.add_argument("--max-windows", type=int, default=64, help="per record (evenly spaced)")
     ap.add_argument("--out", help="TSV path (default: stdout)")
+    ap.add_argument("--one-strand", action="store_true",
+                    help="score each window as given (default: the mean over it and its reverse complement)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
     positive_int("--length", args.length)
@@ -276,7 +317,10 @@ def predict_main(argv) -> int:
                                .astype(int))
             x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
             with torch.no_grad():
-                p = net(x).float().softmax(-1).mean(0)
+                p = net(x).float().softmax(-1)
+                if not args.one_strand:  # both strands, as classify fit's test and the Python API
+                    p = (p + net(tok.reverse_complement(x)).float().softmax(-1)) / 2
+                p = p.mean(0)
             lead = (f"{path}\t" if several else "") + f"{rec.name}\t{len(ids)}\t{len(starts)}\t"
             if not n_acgt:  # nothing to go by: no label, not a confident-looking guess
                 rows.append(lead + "NA\t" + "\t".join("NA" for _ in p))

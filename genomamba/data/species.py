@@ -85,7 +85,10 @@ class SpeciesManifest:
         if labels is None:
             labels = sorted(seen, key=int) if all(_is_int(x) for x in seen) else seen
         else:
-            labels = list(labels)
+            labels = [str(x) for x in labels]  # YAML reads labels 0..9 as numbers, genome labels as str
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            if twice:
+                raise ManifestError(f"{where}labels: {twice} declared more than once")
             missing = [lab for lab in seen if lab not in labels]
             if missing:
                 raise ManifestError(f"{where}labels {missing} used by genomes but not declared in labels:")
@@ -159,7 +162,7 @@ class SpeciesManifest:
     @staticmethod
     def _entry(src: Path, where: str, g: dict, root: Path) -> GenomeEntry:
         for key in ("label", "path", "split"):
-            if not g.get(key):
+            if g.get(key) is None or not str(g[key]).strip():  # a label may be the number 0
                 raise ManifestError(f"{src}: {where}: missing {key!r}")
         p = Path(str(g["path"])).expanduser()
         p = p if p.is_absolute() else (root / p)

@@ -8,6 +8,7 @@ labelled-file manifest (species genomes, spoken-digit clips), evaluated on held-
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Optional
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from genomamba.data.corpus import SPLIT_NAMES, CorpusError, build_corpus, resolve_species_manifest
+from genomamba.data.fasta import file_sha256
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest, SpeciesWindows
 from genomamba.data.windows import EvalShard, RandomWindows, TiledWindows, assert_no_overlap
 from genomamba.lit._pl import pl
@@ -103,6 +105,27 @@ class PretrainDataModule(pl.LightningDataModule):
         return _eval_loader(self.test_ds, self.batch_size, self.context_parallel)
 
 
+def held_out_training_files(man: SpeciesManifest) -> list[str]:
+    """Ids of the val/test genomes whose file is a training genome's: the same path, a link to it, or a
+    copy of its bytes (content hashed only where sizes match)."""
+    by_size: dict = {}
+    for g in man.entries("train"):
+        by_size.setdefault(g.path.stat().st_size, []).append(g.path)
+    digests: dict = {}
+
+    def digest(p):
+        if p not in digests:
+            digests[p] = file_sha256(p)
+        return digests[p]
+
+    leak = []
+    for g in man.entries("test") + man.entries("val"):
+        same_size = by_size.get(g.path.stat().st_size, [])
+        if any(os.path.samefile(g.path, t) or digest(g.path) == digest(t) for t in same_size):
+            leak.append(g.id)
+    return leak
+
+
 class SpeciesDataModule(pl.LightningDataModule):
     """Species windows from a manifest: class-uniform random training windows, fixed eval windows.
 
@@ -143,6 +166,16 @@ class SpeciesDataModule(pl.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None):
         man = self.prepare_manifest()
+        if stage in (None, "fit"):
+            untrained = [lab for lab in man.labels if not man.entries("train", lab)]
+            if untrained:
+                raise CorpusError(f"{man.source_path}: label(s) {untrained} have no training genome; the model "
+                                  "could never predict them (add a training genome or drop the label)")
+        # Whole strains carry one split, so held-out windows come from files training never reads.
+        leak = held_out_training_files(man)
+        if leak:
+            raise CorpusError(f"{man.source_path}: genome file(s) of {leak} are also listed for training "
+                              "(the same file, a link to it, or a copy of its content)")
         if not hasattr(self, "train_ds") and stage in (None, "fit"):
             self.train_ds = SpeciesWindows(man, "train", self.train_length, seed=self.seed,
                                            num_samples=self.train_samples, rc_prob=self.rc_prob, return_mask=True,
@@ -153,11 +186,6 @@ class SpeciesDataModule(pl.LightningDataModule):
         if not hasattr(self, "test_ds") and man.entries("test"):
             self.test_ds = SpeciesEvalWindows(man, "test", self.length, per_label=self.test_per_label,
                                               seed=self.eval_seed, return_mask=True, tokenizer=self.tokenizer)
-        # Whole strains carry one split, so held-out windows come from files training never reads.
-        train_files = {g.path.resolve() for g in man.entries("train")}
-        leak = [g.id for g in man.entries("test") + man.entries("val") if g.path.resolve() in train_files]
-        if leak:
-            raise CorpusError(f"{man.source_path}: genome file(s) of {leak} are also listed for training")
 
     def train_dataloader(self):
         return _train_loader(self.train_ds, self.batch_size, self.num_workers)

@@ -14,15 +14,22 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
 
 
-def evaluate_classifier(net, dataset, batch_size: int = 32, device=None) -> dict:
+def evaluate_classifier(net, dataset, batch_size: int = 32, device=None, rc_tokenizer=None) -> dict:
     """Accuracy, macro-F1, confusion matrix of a SequenceClassifier on (ids, mask, label) windows;
-    also the class probabilities (``probs``) and true classes (``targets``) of every window."""
+    also the class probabilities (``probs``) and true classes (``targets``) of every window.
+    ``rc_tokenizer`` (DNA): a window's probabilities are the mean over both strands, as training's
+    evaluation takes them (``head.tta_rc``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = net.to(device).eval()
     ys, probs = [], []
     with torch.no_grad():
         for ids, mask, y in DataLoader(dataset, batch_size=batch_size):
-            probs.append(net(ids.to(device), mask.to(device)).float().softmax(-1).cpu())
+            ids, mask = ids.to(device), mask.to(device)
+            p = net(ids, mask).float().softmax(-1)
+            if rc_tokenizer is not None:
+                rc_ids, rc_mask = rc_tokenizer.reverse_complement(ids, mask)
+                p = (p + net(rc_ids, rc_mask).float().softmax(-1)) / 2
+            probs.append(p.cpu())
             ys.append(y)
     return score_probabilities(torch.cat(probs), torch.cat(ys), net.labels)
 

@@ -153,3 +153,59 @@ def test_loaded_split_follows_the_tokenizer_settings(tmp_path):
     unk_ids = m.load("train", as_unk).read(0, 4, 6)
     assert list(n_ids) == [as_n.n_id] * 2 and list(unk_ids) == [as_unk.unk_id] * 2
     assert m.load("train", DNATokenizer(iupac="n")) is m.load("train", as_n)  # equal settings: cached
+
+
+def _assets_doc():
+    import yaml
+
+    from genomamba.data.fetch import default_assets
+
+    doc = yaml.safe_load(default_assets().read_text())
+    for g in doc["genomes"]:
+        g["path"] = str(default_assets().parent / g["path"])
+    return doc
+
+
+def test_numeric_labels_in_a_yaml_manifest(tmp_path):
+    """YAML reads labels 0..9 as numbers: they are labels like any other (0 included); a label
+    declared twice is named."""
+    import yaml
+
+    doc = _assets_doc()
+    names = doc["labels"]
+    doc["labels"] = list(range(len(names)))
+    for g in doc["genomes"]:
+        g["label"] = names.index(g["label"])
+    p = tmp_path / "numbers.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    m = SpeciesManifest.from_file(p)
+    assert m.labels == ["0", "1", "2", "3", "4"] and m.entries("train", "0")
+    doc["labels"] = [0, 1, 1, 2, 3, 4]
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ManifestError, match=r"numbers\.yaml: labels: \['1'\] declared more than once"):
+        SpeciesManifest.from_file(p)
+
+
+def test_a_label_without_training_genomes_and_a_copied_test_strain_are_refused(tmp_path):
+    import shutil
+
+    import yaml
+
+    from genomamba.data.corpus import CorpusError
+    from genomamba.lit.datamodules import SpeciesDataModule
+
+    doc = _assets_doc()
+    kept = dict(doc, genomes=[g for g in doc["genomes"]
+                              if not (g["label"] == "Vibrio_cholerae" and g["split"] == "train")])
+    (tmp_path / "no_train.yaml").write_text(yaml.safe_dump(kept))
+    with pytest.raises(CorpusError, match=r"label\(s\) \['Vibrio_cholerae'\] have no training genome"):
+        SpeciesDataModule(str(tmp_path / "no_train.yaml"), 256).setup("fit")
+    # the held-out E. coli strain replaced by a copy, then a hard link, of the training strain
+    train = next(g for g in doc["genomes"] if g["id"] == "MG1655-K12")
+    for how, make in (("copy", shutil.copy), ("link", __import__("os").link)):
+        twin = tmp_path / f"{how}_MG1655.fasta.gz"
+        make(train["path"], twin)
+        leaky = dict(doc, genomes=[dict(g, path=str(twin)) if g["id"] == "DH1" else g for g in doc["genomes"]])
+        (tmp_path / f"{how}.yaml").write_text(yaml.safe_dump(leaky))
+        with pytest.raises(CorpusError, match=r"\['DH1'\] are also listed for training"):
+            SpeciesDataModule(str(tmp_path / f"{how}.yaml"), 256, test_per_label=2).setup("fit")

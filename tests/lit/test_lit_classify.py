@@ -50,10 +50,13 @@ def test_classifier_trains_tests_on_heldout_strains_and_saves(tmp_path):
 
     ev = tmp_path / "eval.json"
     out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "evaluate", "--model", str(run / "model"),
-                          "--length", "256", "--per-label", "4", "--baselines", "2", "--out", str(ev)],
+                          "--length", "256", "--per-label", "8", "--baselines", "2", "--out", str(ev)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(ev.read_text())["n_windows"] == 20 and ev.with_suffix(".png").exists()
+    got = json.loads(ev.read_text())
+    assert got["n_windows"] == 40 and ev.with_suffix(".png").exists()
+    # the same held-out windows, both strands as fit's test takes them: the same numbers
+    assert got["confusion"] == t["confusion"] and got["acc"] == pytest.approx(t["acc"])
     fasta = asset_files("genomes")["DH1"]["path"]
     out = subprocess.run([sys.executable, "-m", "genomamba", "classify", "predict", str(fasta), "--model",
                           str(run / "model"), "--length", "256", "--max-windows", "4"],
@@ -61,6 +64,29 @@ def test_classifier_trains_tests_on_heldout_strains_and_saves(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("record\tlength\twindows\tlabel") and len(lines) == 5  # 4 slices of DH1
+
+
+def test_resuming_with_the_labels_in_another_order_is_refused(tmp_path):
+    """The head's rows follow the checkpoint's label order: a manifest that lists the labels otherwise
+    would silently swap the classes."""
+    import yaml
+
+    from genomamba.data.fetch import default_assets
+    from genomamba.lit.config import ConfigError
+
+    run = tmp_path / "cls"
+    run_classify(load_config(doc=_doc(run, baselines=[], trainer={**_doc(run)["trainer"], "max_steps": 2})),
+                 quiet=True)
+    doc = yaml.safe_load(default_assets().read_text())
+    doc["labels"] = doc["labels"][::-1]
+    for g in doc["genomes"]:
+        g["path"] = str(default_assets().parent / g["path"])
+    (tmp_path / "reversed.yaml").write_text(yaml.safe_dump(doc))
+    again = _doc(run, baselines=[], trainer={**_doc(run)["trainer"], "max_steps": 3})
+    again["data"]["manifest"] = str(tmp_path / "reversed.yaml")
+    with pytest.raises(ConfigError, match=r"--resume: the checkpoint's labels \['Escherichia_coli'.* differ from "
+                                          r".*reversed\.yaml's \['Klebsiella_pneumoniae'"):
+        run_classify(load_config(doc=again), resume="last", quiet=True)
 
 
 def test_classifier_init_from_a_classifier_keeps_its_head(tmp_path):
@@ -122,3 +148,28 @@ def test_naive_bayes_and_gc_separate_composition():
     assert gc_fraction(tok.encode("GGCCNNAT")) == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match="k: expected"):
         KmerNaiveBayes(0)
+
+
+def test_init_from_is_checked_before_the_run_starts(tmp_path):
+    """A missing init_from, or one that reads ambiguity codes otherwise than the config's adapter, is
+    refused before the run directory is made."""
+    import torch
+
+    from genomamba import MambaConfig, MambaLM
+    from genomamba.lit.config import ConfigError
+
+    run = tmp_path / "cls"
+    with pytest.raises(ConfigError, match=r"init_from: .*nowhere does not exist; pretrain one first"):
+        run_classify(load_config(doc=_doc(run, init_from=str(tmp_path / "nowhere"))), quiet=True)
+    assert not run.exists()
+    lm_dir = tmp_path / "lm"
+    torch.manual_seed(0)
+    tok = DNATokenizer(iupac="tokens")
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=tok.vocab_size)).save_pretrained(lm_dir)
+    tok.save_pretrained(lm_dir)
+    doc = _doc(run, init_from=str(lm_dir))
+    doc.pop("model")
+    with pytest.raises(ConfigError, match=r"was trained with DNATokenizer\(iupac='tokens'.*set adapter: "
+                                          r"\{name: dna, iupac: tokens\}"):
+        run_classify(load_config(doc=doc), quiet=True)
+    assert not run.exists()
