@@ -252,6 +252,10 @@ class GenomeModel:
         """``(name, item)`` for every input (DNA: sequences and FASTA records); ``encode`` takes an item."""
         return iter_sequences(seqs, arg, any_letter=getattr(self.tokenizer, "unknown", "error") == "unk")
 
+    def _where(self, arg: str, name: str, index: int, item) -> str:
+        """How an error names input ``index`` (``name``) of ``arg``."""
+        return f"{arg}: {_describe(name, index)}"
+
     def encode(self, seq: Union[str, bytes], where: str = "seq") -> np.ndarray:
         """DNA -> token ids (uint8), with ``<bos>`` first if the model was trained with it."""
         try:
@@ -298,7 +302,7 @@ class GenomeModel:
         batch_size, chunk_size = _count("batch_size", batch_size), _count("chunk_size", chunk_size)
         buf: list = []
         for i, (name, s) in enumerate(self._iter_inputs(seqs, arg)):
-            ids = self.encode(s, where=f"{arg}: {_describe(name, i)}")
+            ids = self.encode(s, where=self._where(arg, name, i, s))
             if len(ids) > chunk_size:
                 if buf:
                     yield list(_group(buf, batch_size))
@@ -697,6 +701,9 @@ class Ensemble:
                 raise ValueError(f"{where}: reads {kind!r} input, members[0] reads {want!r}")
         self.members = members
         self.labels = list(first.labels)
+        # audio members may read at different rates: files are resampled for each, arrays cannot be
+        self._rates = sorted({m.adapter.sample_rate for m in members
+                              if getattr(getattr(m, "adapter", None), "sample_rate", None)})
 
     def __len__(self) -> int:
         return len(self.members)
@@ -705,6 +712,12 @@ class Ensemble:
         """Mean class probabilities of the members; the label of each input is the mean's argmax."""
         if seqs is not None and not isinstance(seqs, (str, bytes, os.PathLike, list, tuple, np.ndarray)):
             seqs = list(seqs)  # an iterator is read once, then given to every member
+        if len(self._rates) > 1:
+            items = seqs if isinstance(seqs, (list, tuple)) else [seqs]
+            if any(isinstance(x, np.ndarray) or type(x).__module__.startswith("torch") for x in items):
+                raise ValueError(f"seqs: a waveform array carries no sample rate and the members read "
+                                 f"{self._rates} Hz; give audio files (each member resamples them) or members "
+                                 "of one rate")
         results = [m.classify(seqs, **kwargs) for m in self.members]
         for i, r in enumerate(results[1:], 1):
             if r.names != results[0].names:
@@ -795,6 +808,10 @@ class AdapterModel(GenomeModel):
                         "an audio file path (WAV, FLAC, ...) or a float waveform array")
                 raise ValueError(f"{where}: expected {want}, or a list of them; got {type(x).__name__}")
 
+    def _where(self, arg: str, name: str, index: int, item) -> str:
+        # a file's errors name the file themselves
+        return arg if isinstance(item, Path) else f"{arg}: {_describe(name, index)}"
+
     def encode(self, item, where: str = "seq") -> np.ndarray:
         """One input (see the class docstring) -> token ids; errors name ``where`` and the file."""
         a = self.adapter
@@ -839,6 +856,13 @@ class AdapterModel(GenomeModel):
                 out = hidden[0] if pooling is None else pool(hidden, fmask, pooling)[0]
                 yield name, out.float().cpu().numpy().astype(dtype)
 
+    def _refuse_frontend(self, task: str) -> None:
+        if self.classifier is not None:
+            where = f" {self.path}" if self.path else ""
+            raise ValueError(f"{task}: the classifier{where} reads spectrogram frames through its front end and "
+                             "has no next-sample model; embed() and classify() take it, score and generate need a "
+                             "language model")
+
     # ------------------------------------------------------------------ tasks
     def classify(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK,
                  both_strands: bool = False) -> Classification:
@@ -858,6 +882,7 @@ class AdapterModel(GenomeModel):
 
     def score(self, seqs, batch_size: int = 8, chunk_size: int = DEFAULT_CHUNK) -> Scores:
         """Log-likelihood of each input and its bits per byte (text) or per sample (audio)."""
+        self._refuse_frontend("score")
         s = super().score(seqs, batch_size, chunk_size)
         s.unit = self.adapter.unit
         return s
@@ -879,6 +904,7 @@ class AdapterModel(GenomeModel):
         an audio prompt as the model reads it (mu-law samples at the adapter's rate). Starting from
         silence (``prompt=None``) there is no prompt to include.
         """
+        self._refuse_frontend("generate")
         n, temperature, top_k, top_p, batch_size = self._generate_settings(n, temperature, top_k, top_p,
                                                                            batch_size)
         a = self.adapter
@@ -917,11 +943,20 @@ class AdapterModel(GenomeModel):
         """One generated sample as :meth:`generate` returns it (``item``: the prompt, None for silence)."""
         a = self.adapter
         if a.name == "text":
-            if include_prompt and isinstance(item, str):
+            if include_prompt and isinstance(item, str) and _is_utf8(item):
                 return item + a.decode(new)
             return a.decode(np.concatenate([ids, new]) if include_prompt else new)
         keep = np.concatenate([ids, new]) if include_prompt and item is not None else new
         return a.decode(keep) if len(keep) else np.zeros(0, np.float32)
+
+
+def _is_utf8(text: str) -> bool:
+    """``text`` can be written as UTF-8 (no lone surrogates standing for bytes that were not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -> AdapterModel:

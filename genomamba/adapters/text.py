@@ -69,9 +69,15 @@ class ByteTextAdapter(Adapter):
         if not isinstance(text, str):
             hint = " (use encode_bytes for raw bytes)" if isinstance(text, (bytes, bytearray, memoryview)) else ""
             raise ValueError(f"text.encode: text must be str, got {type(text).__name__}{hint}")
-        # 'surrogatepass' keeps lone surrogates (never valid UTF-8) out of the error path: they
-        # become their 3-byte encodings and decode back as replacement characters.
-        return self.encode_bytes(text.encode("utf-8", errors="surrogatepass"), add_bos, add_eos)
+        # Python reads bytes that are not UTF-8 (a command-line argument, a file name) as the lone
+        # surrogates U+DC80..U+DCFF: 'surrogateescape' gives those bytes back. Other lone surrogates
+        # (never valid UTF-8) become their 3-byte encodings ('surrogatepass') and decode back as
+        # replacement characters.
+        try:
+            raw = text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", errors="surrogatepass")
+        return self.encode_bytes(raw, add_bos, add_eos)
 
     def encode_bytes(self, data: Any, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
         """Raw ``bytes`` / ``bytearray`` / ``memoryview`` as ids (id == byte value)."""

@@ -125,6 +125,12 @@ def _audio(model, args) -> int:
     png = out.with_suffix(".png")  # checked like the WAV itself, before any work
     check_output(png, model_files(args.model), "--output (its spectrogram PNG)", args.force)
     n = args.num_bases if args.num_bases is not None else int(round((args.seconds or 1.0) * a.sample_rate))
+    # fewer samples than one spectrogram window would write a clip too short to look at (or none)
+    least = _spectrogram_window(a.sample_rate)
+    if n < least and not (args.include_prompt and args.prompt is not None):
+        what = f"-n {n}" if args.num_bases is not None else f"--seconds {args.seconds}"
+        raise InvalidArgument(f"{what}: an audio model writes at least one spectrogram window, {least} samples "
+                              f"({least / a.sample_rate:.3f} s at {a.sample_rate} Hz)")
     wave = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, include_prompt=args.include_prompt)
     with atomic_path(out, replace=args.force) as tmp:
@@ -231,6 +237,11 @@ def _samples(model, args, records: list[tuple[str, str]]) -> int:
     return 0
 
 
+def _spectrogram_window(sample_rate: int) -> int:
+    """Samples of one window of the generated clip's spectrogram (25 ms, at least 64)."""
+    return max(64, int(0.025 * sample_rate))
+
+
 def save_spectrogram(wave, sample_rate: int, path, title: str = "") -> Path:
     """A log-magnitude spectrogram PNG of a waveform."""
     import matplotlib
@@ -239,7 +250,7 @@ def save_spectrogram(wave, sample_rate: int, path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    nfft = max(64, int(0.025 * sample_rate))
+    nfft = _spectrogram_window(sample_rate)
     with warnings.catch_warnings():  # a clip shorter than one window is drawn as one column, as it should
         warnings.filterwarnings("ignore", message="Only one segment is calculated", category=UserWarning)
         ax.specgram(wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma")

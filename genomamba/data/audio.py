@@ -87,7 +87,8 @@ def check_wav_chunks(path: PathLike) -> None:
             fh.seek(pos)
             tag, n = struct.unpack("<4sI", fh.read(8))
             if tag == b"data":
-                if pos + 8 + n > size:
+                # 0 and 0xFFFFFFFF: "length unknown", what a writer streaming to a pipe leaves there
+                if n not in (0, 0xFFFFFFFF) and pos + 8 + n > size:
                     raise ValueError(f"{p}: truncated WAV: its data chunk declares {n} bytes but the file holds "
                                      f"{size - pos - 8}")
                 return

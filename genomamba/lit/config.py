@@ -504,6 +504,21 @@ def load_config(path=None, overrides=(), kind: Optional[str] = None, doc: Option
         raise _blame_override(e, where, overrides) from None
 
 
+def _modality_defaults(doc: dict, kind: str) -> None:
+    """Text and audio configs: the DNA-only keys a config leaves out default to off (no reverse
+    complement, no k-mer baselines) instead of being refused; keys it gives are still checked."""
+    a = doc.get("adapter", "dna")
+    name = a if isinstance(a, str) else (a.get("name") if isinstance(a, dict) else None)
+    if name in (None, "dna"):
+        return
+    if isinstance(doc.get("data", {}), dict):
+        doc.setdefault("data", {}).setdefault("rc_prob", 0.0)
+    if kind == "classify":
+        if isinstance(doc.get("head", {}), dict):
+            doc.setdefault("head", {}).setdefault("tta_rc", False)
+        doc.setdefault("baselines", [])
+
+
 def _blame_override(e: ConfigError, where: str, overrides) -> ConfigError:
     """An error about a key that a ``--set`` gave names that ``--set`` (the file did not say it): the
     message is about the key itself, or about a section of it and mentions the key's last part."""
@@ -529,6 +544,7 @@ def _build(doc: dict, kind: Optional[str], where: str):
         raise ConfigError(f"{where}: kind must be one of {sorted(KINDS)}, got {k!r}")
     if kind is not None and k != kind:
         raise ConfigError(f"{where}: is a {k!r} config, expected {kind!r}")
+    _modality_defaults(doc, k)
     cfg = from_dict(KINDS[k], doc, where, root=True)
     if cfg.model is not None and not cfg.model.to_dict():
         cfg.model = None  # `model: {}` is no model

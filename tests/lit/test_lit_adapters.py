@@ -131,6 +131,15 @@ def test_digit_classifier_with_spectral_frontend(tmp_path):
     assert out.probabilities.shape == (2, 10) and np.allclose(out.probabilities.sum(1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="shorter than the classifier's shortest clip"):
         model.classify(np.zeros(100, np.float32))
+    # the command line embeds what the backbone reads (the front end's frames), as the API does
+    import h5py
+
+    assert cli(["embed", res["model_dir"], str(clips[0]), "-o", str(tmp_path / "e.h5")]) == 0
+    with h5py.File(tmp_path / "e.h5") as h5:
+        got = h5[next(iter(h5))][()]
+    np.testing.assert_allclose(got, model.embed([clips[0]])[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="score: the classifier .* reads spectrogram frames through its front end"):
+        model.score([clips[0]])
     with pytest.raises(ConfigError, match="head.frontend: expected dict, got 40"):
         load_config(CONFIGS / "digits_spectral_tiny_cpu.yaml", ["head.frontend=40"])
     with pytest.raises(ConfigError, match="head.frontend: the spectral front end reads audio clips"):
@@ -166,3 +175,17 @@ def test_gpu_configs_read_fetched_data():
     assert digits.data.manifest == "fetch:digits" and digits.adapter["name"] == "audio"
     assert digits.data.length == digits.adapter["sample_rate"] == 4000  # one whole 1 s clip
     assert load_config(CONFIGS / "audio_lm.yaml").data.sources[0].fetch == "digits"
+
+
+def test_text_and_audio_configs_leave_the_dna_only_keys_off():
+    """A text or audio config that does not mention reverse complement or baselines gets them off
+    (a DNA default would be refused); one that sets them is still refused (above)."""
+    doc = {"kind": "classify", "adapter": "text", "model": {"d_model": 16, "n_layer": 1},
+           "data": {"manifest": "texts.yaml"}}
+    cfg = load_config(doc=doc)
+    assert cfg.baselines == [] and cfg.head.tta_rc is False and cfg.data.rc_prob == 0.0
+    pre = load_config(doc={"kind": "pretrain", "adapter": {"name": "audio"}, "model": {"d_model": 16, "n_layer": 1},
+                           "data": {"sources": [{"assets": "digits"}]}})
+    assert pre.data.rc_prob == 0.0
+    dna = load_config(doc={"kind": "classify", "model": {"d_model": 16, "n_layer": 1}})
+    assert dna.baselines == [4] and dna.head.tta_rc is True and dna.data.rc_prob == 0.5
