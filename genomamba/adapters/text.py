@@ -13,6 +13,7 @@ its first bytes) is decompressed first.
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,19 @@ __all__ = ["ByteTextAdapter", "SPECIAL_TOKENS", "read_bytes"]
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<mask>")
 N_BYTES = 256
 
+
+def _surrogates(err: UnicodeEncodeError):
+    """Encode error handler: U+DC80..U+DCFF as the byte it stands for, any other lone surrogate as its
+    3-byte (surrogatepass) encoding."""
+    out = bytearray()
+    for ch in err.object[err.start:err.end]:
+        cp = ord(ch)
+        out += bytes([cp - 0xDC00]) if 0xDC80 <= cp <= 0xDCFF else ch.encode("utf-8", "surrogatepass")
+    return bytes(out), err.end
+
+
+_SURROGATES = "genomamba.text.surrogates"
+codecs.register_error(_SURROGATES, _surrogates)
 
 class ByteTextAdapter(Adapter):
     """UTF-8 bytes as tokens, with ``<pad> <bos> <eos> <mask>`` after the 256 byte values."""
@@ -70,14 +84,10 @@ class ByteTextAdapter(Adapter):
             hint = " (use encode_bytes for raw bytes)" if isinstance(text, (bytes, bytearray, memoryview)) else ""
             raise ValueError(f"text.encode: text must be str, got {type(text).__name__}{hint}")
         # Python reads bytes that are not UTF-8 (a command-line argument, a file name) as the lone
-        # surrogates U+DC80..U+DCFF: 'surrogateescape' gives those bytes back. Other lone surrogates
-        # (never valid UTF-8) become their 3-byte encodings ('surrogatepass') and decode back as
-        # replacement characters.
-        try:
-            raw = text.encode("utf-8", errors="surrogateescape")
-        except UnicodeEncodeError:
-            raw = text.encode("utf-8", errors="surrogatepass")
-        return self.encode_bytes(raw, add_bos, add_eos)
+        # surrogates U+DC80..U+DCFF: those give their bytes back. Other lone surrogates (never valid
+        # UTF-8) become their 3-byte encodings and decode back as replacement characters. Each
+        # character on its own, whatever else the string holds.
+        return self.encode_bytes(text.encode("utf-8", errors=_SURROGATES), add_bos, add_eos)
 
     def encode_bytes(self, data: Any, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
         """Raw ``bytes`` / ``bytearray`` / ``memoryview`` as ids (id == byte value)."""

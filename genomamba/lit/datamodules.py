@@ -8,7 +8,6 @@ labelled-file manifest (species genomes, spoken-digit clips), evaluated on held-
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Optional
 
@@ -108,21 +107,22 @@ class PretrainDataModule(pl.LightningDataModule):
 def held_out_training_files(man: SpeciesManifest) -> list[str]:
     """Ids of the val/test genomes whose file is a training genome's: the same path, a link to it, or a
     copy of its bytes (content hashed only where sizes match)."""
-    by_size: dict = {}
+    inodes, by_size = set(), {}
     for g in man.entries("train"):
-        by_size.setdefault(g.path.stat().st_size, []).append(g.path)
-    digests: dict = {}
-
-    def digest(p):
-        if p not in digests:
-            digests[p] = file_sha256(p)
-        return digests[p]
-
+        st = g.path.stat()
+        inodes.add((st.st_dev, st.st_ino))
+        by_size.setdefault(st.st_size, []).append(g.path)
+    hashed: dict = {}  # size -> digests of the training files of that size, made when first needed
     leak = []
     for g in man.entries("test") + man.entries("val"):
-        same_size = by_size.get(g.path.stat().st_size, [])
-        if any(os.path.samefile(g.path, t) or digest(g.path) == digest(t) for t in same_size):
+        st = g.path.stat()
+        if (st.st_dev, st.st_ino) in inodes:
             leak.append(g.id)
+        elif st.st_size in by_size:
+            if st.st_size not in hashed:
+                hashed[st.st_size] = {file_sha256(p) for p in by_size[st.st_size]}
+            if file_sha256(g.path) in hashed[st.st_size]:
+                leak.append(g.id)
     return leak
 
 
@@ -172,7 +172,9 @@ class SpeciesDataModule(pl.LightningDataModule):
                 raise CorpusError(f"{man.source_path}: label(s) {untrained} have no training genome; the model "
                                   "could never predict them (add a training genome or drop the label)")
         # Whole strains carry one split, so held-out windows come from files training never reads.
-        leak = held_out_training_files(man)
+        if not hasattr(self, "_leak"):  # once: setup runs for fit, again inside fit, and for test
+            self._leak = held_out_training_files(man)
+        leak = self._leak
         if leak:
             raise CorpusError(f"{man.source_path}: genome file(s) of {leak} are also listed for training "
                               "(the same file, a link to it, or a copy of its content)")

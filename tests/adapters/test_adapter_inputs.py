@@ -31,6 +31,8 @@ def test_a_str_holding_bytes_that_are_not_utf8_reads_those_bytes(tmp_path):
     as_str, as_bytes = model.score("caf\udce9"), model.score(b"caf\xe9")
     assert int(as_str.n_scored[0]) == int(as_bytes.n_scored[0]) == 3
     assert float(as_str.log_likelihood[0]) == pytest.approx(float(as_bytes.log_likelihood[0]))
+    text = get_adapter("text")
+    assert list(text.encode("\udcff\ud800")) == [255, 0xED, 0xA0, 0x80]  # each character on its own
     out = model.generate("\udcff\udcfebad", 4, temperature=0, include_prompt=True)
     out.encode("utf-8")  # writable as UTF-8
     assert out.startswith("\ufffd\ufffdbad")

@@ -221,6 +221,8 @@ def test_hard_masked_fasta_reads_with_an_unk_tokenizer_model(tmp_path):
     assert cli(["classify", "predict", str(fa), "--model", str(clf_dir), "--length", "16",
                 "--out", str(tmp_path / "p.tsv")]) == 0
     assert (tmp_path / "p.tsv").read_text().splitlines()[1].startswith("r1\t24\t")
+    assert cli(["generate", str(lm_dir), "--prompts", str(fa), "-n", "4", "--seed", "1",
+                "-o", str(tmp_path / "g.fa")]) == 0
 
 
 def test_a_pipe_as_input_is_refused_with_what_to_do(model_dir, tmp_path, capsys):
