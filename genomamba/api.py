@@ -943,20 +943,11 @@ class AdapterModel(GenomeModel):
         """One generated sample as :meth:`generate` returns it (``item``: the prompt, None for silence)."""
         a = self.adapter
         if a.name == "text":
-            if include_prompt and isinstance(item, str) and _is_utf8(item):
+            if include_prompt and isinstance(item, str):
                 return item + a.decode(new)
             return a.decode(np.concatenate([ids, new]) if include_prompt else new)
         keep = np.concatenate([ids, new]) if include_prompt and item is not None else new
         return a.decode(keep) if len(keep) else np.zeros(0, np.float32)
-
-
-def _is_utf8(text: str) -> bool:
-    """``text`` can be written as UTF-8 (no lone surrogates standing for bytes that were not UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _load_adapter_model(path: Path, adapter: Adapter, device=None, dtype=None) -> AdapterModel:

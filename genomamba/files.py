@@ -329,22 +329,24 @@ def gzip_name(dest: PathLike) -> bool:
 
 
 @contextmanager
-def atomic_text(dest: PathLike, mode: Optional[int] = None, replace: bool = True) -> Iterator[TextIO]:
+def atomic_text(dest: PathLike, mode: Optional[int] = None, replace: bool = True,
+                errors: str = "strict") -> Iterator[TextIO]:
     """Yield a UTF-8 text stream that becomes ``dest`` as ``atomic_path`` says: gzip-compressed when
     the name ends in ``.gz`` (``gzip_name``). The stream is closed (a gzip stream's trailer written)
-    before the commit; when the block raises, nothing is committed and the temporary file goes."""
+    before the commit; when the block raises, nothing is committed and the temporary file goes.
+    ``errors``: the encoder's error handler (for text that holds lone surrogates)."""
     dest = Path(dest)
     with atomic_path(dest, mode=mode, replace=replace) as tmp, open(tmp, "wb") as raw:
         binary = raw
         if gzip_name(dest):  # no timestamp: the same text gives the same bytes
             binary = gzip.GzipFile(filename=dest.name, mode="wb", fileobj=raw, mtime=0)
-        with io.TextIOWrapper(binary, encoding="utf-8") as fh:
+        with io.TextIOWrapper(binary, encoding="utf-8", errors=errors) as fh:
             yield fh
 
 
-def write_text(dest: PathLike, text: str, replace: bool = True) -> Path:
+def write_text(dest: PathLike, text: str, replace: bool = True, errors: str = "strict") -> Path:
     """``text`` as UTF-8, atomically; gzip-compressed when the name ends in ``.gz``."""
-    with atomic_text(dest, replace=replace) as fh:
+    with atomic_text(dest, replace=replace, errors=errors) as fh:
         fh.write(text)
     return Path(dest)
 

@@ -37,8 +37,10 @@ def _surrogates(err: UnicodeEncodeError):
     return bytes(out), err.end
 
 
-_SURROGATES = "genomamba.text.surrogates"
-codecs.register_error(_SURROGATES, _surrogates)
+# the error handler's name, for str.encode and text files: a str that holds escaped bytes is written
+# as those bytes
+SURROGATE_BYTES = "genomamba.text.surrogates"
+codecs.register_error(SURROGATE_BYTES, _surrogates)
 
 class ByteTextAdapter(Adapter):
     """UTF-8 bytes as tokens, with ``<pad> <bos> <eos> <mask>`` after the 256 byte values."""
@@ -87,7 +89,7 @@ class ByteTextAdapter(Adapter):
         # surrogates U+DC80..U+DCFF: those give their bytes back. Other lone surrogates (never valid
         # UTF-8) become their 3-byte encodings and decode back as replacement characters. Each
         # character on its own, whatever else the string holds.
-        return self.encode_bytes(text.encode("utf-8", errors=_SURROGATES), add_bos, add_eos)
+        return self.encode_bytes(text.encode("utf-8", errors=SURROGATE_BYTES), add_bos, add_eos)
 
     def encode_bytes(self, data: Any, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
         """Raw ``bytes`` / ``bytearray`` / ``memoryview`` as ids (id == byte value)."""

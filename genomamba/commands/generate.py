@@ -299,10 +299,18 @@ def _one(model, args, kind: str) -> int:
     n = args.num_bases if args.num_bases is not None else 1000
     seq = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt)
-    if not args.output:
+    if kind == "text":
+        # a prompt's bytes that were not UTF-8 (escaped in the str) are written back as those bytes
+        from genomamba.adapters.text import SURROGATE_BYTES
+
+        if not args.output:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(seq.encode("utf-8", SURROGATE_BYTES) + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            write_text(args.output, seq, replace=args.force, errors=SURROGATE_BYTES)
+    elif not args.output:
         print(seq)
-    elif kind == "text":
-        write_text(args.output, seq, replace=args.force)
     else:
         header = (f"generated n={n} temperature={args.temperature} top_k={args.top_k} "
                   f"top_p={args.top_p} seed={args.seed} prompt_len={len(args.prompt)}")

@@ -34,8 +34,12 @@ def test_a_str_holding_bytes_that_are_not_utf8_reads_those_bytes(tmp_path):
     text = get_adapter("text")
     assert list(text.encode("\udcff\ud800")) == [255, 0xED, 0xA0, 0x80]  # each character on its own
     out = model.generate("\udcff\udcfebad", 4, temperature=0, include_prompt=True)
-    out.encode("utf-8")  # writable as UTF-8
-    assert out.startswith("\ufffd\ufffdbad")
+    assert out.startswith("\udcff\udcfebad")  # the prompt exactly as given
+    # the command line writes such a prompt back as the bytes it came as
+    d = tmp_path / "text"
+    assert cli(["generate", str(d), "--prompt", "\udcff\udcfebad", "-n", "4", "--temperature", "0",
+                "--include-prompt", "-o", str(tmp_path / "g.txt")]) == 0
+    assert (tmp_path / "g.txt").read_bytes().startswith(b"\xff\xfebad")
 
 
 def test_an_empty_text_file_is_named_once(tmp_path, capsys):
