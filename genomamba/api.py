@@ -250,7 +250,7 @@ class GenomeModel:
 
     def _iter_inputs(self, seqs, arg: str):
         """``(name, item)`` for every input (DNA: sequences and FASTA records); ``encode`` takes an item."""
-        return iter_sequences(seqs, arg, any_letter=getattr(self.tokenizer, "unknown", "error") == "unk")
+        return iter_sequences(seqs, arg, any_letter=getattr(self.tokenizer, "reads_any_letter", False))
 
     def _where(self, arg: str, name: str, index: int, item) -> str:
         """How an error names input ``index`` (``name``) of ``arg``."""

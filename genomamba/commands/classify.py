@@ -29,7 +29,7 @@ from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
 from genomamba.lit.datamodules import SpeciesDataModule
-from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png, score_probabilities
+from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png, score_probabilities, window_probs
 from genomamba.lit.trainer import (
     build_trainer,
     final_checkpoint,
@@ -303,7 +303,7 @@ def predict_main(argv) -> int:
             + "\t".join(f"p_{lab}" for lab in net.labels)]
     acgt = np.array([tok.a_id, tok.c_id, tok.g_id, tok.t_id])
     for path in args.fasta:
-        for rec in read_records(path, any_letter=tok.unknown == "unk"):
+        for rec in read_records(path, any_letter=tok.reads_any_letter):
             ids = tok.encode(rec.sequence).astype(np.int64)
             L = min(args.length, len(ids))
             n_acgt = int(np.isin(ids, acgt).sum())
@@ -316,11 +316,8 @@ def predict_main(argv) -> int:
             starts = np.unique(np.linspace(0, len(ids) - L, num=min(args.max_windows, max(1, len(ids) // L)))
                                .astype(int))
             x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
-            with torch.no_grad():
-                p = net(x).float().softmax(-1)
-                if not args.one_strand:  # both strands, as classify fit's test and the Python API
-                    p = (p + net(tok.reverse_complement(x)).float().softmax(-1)) / 2
-                p = p.mean(0)
+            with torch.no_grad():  # both strands unless asked, as classify fit's test and the Python API
+                p = window_probs(net, x, rc_tokenizer=None if args.one_strand else tok).mean(0)
             lead = (f"{path}\t" if several else "") + f"{rec.name}\t{len(ids)}\t{len(starts)}\t"
             if not n_acgt:  # nothing to go by: no label, not a confident-looking guess
                 rows.append(lead + "NA\t" + "\t".join("NA" for _ in p))

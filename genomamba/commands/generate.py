@@ -150,8 +150,7 @@ def read_prompts(model, path) -> list[tuple[str, str]]:
     """Every record of a FASTA file as (name, sequence), each checked against the model's tokenizer;
     errors name the file and the record."""
     records = []
-    any_letter = getattr(model.tokenizer, "unknown", "error") == "unk"  # read as <unk>, as score and embed do
-    for i, rec in enumerate(read_fasta(path, any_letter=any_letter)):
+    for i, rec in enumerate(read_fasta(path, any_letter=getattr(model.tokenizer, "reads_any_letter", False))):
         ids = model.encode(rec.sequence, where=f"--prompts: {path}: record {i + 1} ({rec.name!r})")
         if len(ids) == 0:
             raise ValueError(f"--prompts: {path}: record {i + 1} ({rec.name!r}) is empty")

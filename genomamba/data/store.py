@@ -224,7 +224,7 @@ def _genome_id(path: PathLike) -> str:
 
 def _iter_encoded(paths: Sequence[PathLike], tokenizer: DNATokenizer, prefixes: Optional[Sequence[str]]):
     seen: dict[str, str] = {}
-    any_letter = getattr(tokenizer, "unknown", "error") == "unk"  # the tokenizer takes any letter as <unk>
+    any_letter = getattr(tokenizer, "reads_any_letter", False)
     for s, p in enumerate(paths):
         for rec in read_records(p, any_letter=any_letter):
             name = rec.name if prefixes is None else f"{prefixes[s]}:{rec.name}"

@@ -24,14 +24,20 @@ def evaluate_classifier(net, dataset, batch_size: int = 32, device=None, rc_toke
     ys, probs = [], []
     with torch.no_grad():
         for ids, mask, y in DataLoader(dataset, batch_size=batch_size):
-            ids, mask = ids.to(device), mask.to(device)
-            p = net(ids, mask).float().softmax(-1)
-            if rc_tokenizer is not None:
-                rc_ids, rc_mask = rc_tokenizer.reverse_complement(ids, mask)
-                p = (p + net(rc_ids, rc_mask).float().softmax(-1)) / 2
-            probs.append(p.cpu())
+            probs.append(window_probs(net, ids.to(device), mask.to(device), rc_tokenizer).cpu())
             ys.append(y)
     return score_probabilities(torch.cat(probs), torch.cat(ys), net.labels)
+
+
+def window_probs(net, ids: torch.Tensor, mask=None, rc_tokenizer=None) -> torch.Tensor:
+    """Class probabilities (b, classes) of windows (b, L); with ``rc_tokenizer`` (DNA) the mean of each
+    window's and its reverse complement's."""
+    p = net(ids, mask).float().softmax(-1)
+    if rc_tokenizer is None:
+        return p
+    rc = rc_tokenizer.reverse_complement(ids, mask)
+    rc_ids, rc_mask = rc if mask is not None else (rc, None)
+    return (p + net(rc_ids, rc_mask).float().softmax(-1)) / 2
 
 
 def score_probabilities(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) -> dict:

@@ -136,6 +136,12 @@ class DNATokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    @property
+    def reads_any_letter(self) -> bool:
+        """Whether any letter is a token (``<unk>`` for what is not a nucleotide): FASTA readers then
+        take every printable character instead of refusing the file."""
+        return self.unknown == "unk"
+
     def __repr__(self) -> str:
         return f"DNATokenizer(iupac={self.iupac!r}, unknown={self.unknown!r}, vocab_size={self.vocab_size})"
 
