@@ -80,13 +80,19 @@ CONFIG = {
     # (wide joint blocks at kitems 8: dB/dC slot rows swizzled free of bank conflicts) with a ring
     # that deep, across tile boundaries (0: rows loaded at use). fix_prefetch, 0..3: the fix-up and
     # reverse-summary passes, within a tile (0: loaded at use). Used only if the self-test part
-    # "prefetch" passed; not yet timed, hence off
-    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", -1),
+    # "prefetch" passed (else the shipped backward runs). Default 2: on an H200 the PF backward with a
+    # two-state ring took (8, 1536, 16, 2048) bf16 fwd+bwd from 1.98 to 1.80 ms, (1, 256, 16, 2^20)
+    # from 21.5 to 19.0 ms, and training steps 6-7 % faster (d_model 256 x 8, b4 x 16384 2.06 M ->
+    # 2.21 M tokens/s; b32 x 1024 2.07 M -> 2.19 M; d_model 768 x 24, b8 x 2048 217 k -> 230 k); depth
+    # 0 (the PF build without a ring) was slower than the shipped build, depths 1-4 even with each
+    # other. fix_prefetch 2 was 2 % slower than 0 (scan_prefetch_nvidia_h200.json)
+    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
     # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
-    # reverse summaries' whenever this is on; results are unchanged. Gated like the two above; not yet
-    # timed, hence off
+    # reverse summaries' whenever this is on; results are unchanged. Gated like the two above. Off: with
+    # bwd_prefetch 2 it gained ~1 % in training and slowed the forward's fix-up at (1, 1536, 16, 65536)
+    # from 1.33 to 1.45 ms (scan_prefetch_nvidia_h200.json)
     "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 0),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
