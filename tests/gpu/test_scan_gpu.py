@@ -432,10 +432,10 @@ def test_cuda_prefetch(depth, dtype):
     kw = _to_cuda(kw)
     ref = fp64_copy(kw)
     cu_, saved = _cuda_config(min_seg_tokens=1024, target_warps=1 << 20, kitems=8, kitems_train=8,
-                              bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=0)
+                              bwd_prefetch=-1, bwd_prefetch_fp32=-1, fix_prefetch=0, l2_prefetch=0)
     try:
         out0, st0, g0 = run_with_grads(_scan("cuda"), kw)
-        cu_.CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=depth % 2 == 0)
+        cu_.CONFIG.update(bwd_prefetch=depth, bwd_prefetch_fp32=depth, fix_prefetch=depth, l2_prefetch=depth % 2 == 0)
         out, st, g = run_with_grads(_scan("cuda"), kw)
     finally:
         cu_.CONFIG.update(saved)

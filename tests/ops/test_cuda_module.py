@@ -617,6 +617,14 @@ def test_prefetch_gate(status, monkeypatch):
     assert cu.prefetch_settings() == (3, 0, False)
     cu.CONFIG.update(bwd_prefetch=-4, fix_prefetch=9)
     assert cu.prefetch_settings() == (-1, 3, False)
+    # the backward's depth follows the dtype: 16-bit runs take bwd_prefetch, 32/64-bit bwd_prefetch_fp32
+    cu.CONFIG.update(bwd_prefetch=2, bwd_prefetch_fp32=-1, fix_prefetch=0)
+    assert cu.prefetch_settings(torch.bfloat16) == cu.prefetch_settings(torch.float16) == (2, 0, False)
+    assert cu.prefetch_settings(torch.float32) == cu.prefetch_settings(torch.float64) == (-1, 0, False)
+    cu.CONFIG.update(bwd_prefetch_fp32=5)
+    assert cu.prefetch_settings(torch.float32) == (3, 0, False)
+    status.update(prefetch="failed: bwd dB rel. error")
+    assert cu.prefetch_settings(torch.bfloat16) == (-1, 0, False)
 
 
 def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():

@@ -55,7 +55,8 @@ def available() -> bool:
                   + ["chan"] * bool(CONFIG["fwd_chan"])
                   + [_lanes_part()] * (chan_lanes() > 1 or CONFIG["chan_lanes"] < 0)
                   + ["bwdchan"] * (CONFIG["bwd_chan"] == 1) + ["bwdchan2"] * (CONFIG["bwd_chan"] == 2)
-                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["fix_prefetch"] or CONFIG["l2_prefetch"]))
+                  + ["prefetch"] * bool(CONFIG["bwd_prefetch"] >= 0 or CONFIG["bwd_prefetch_fp32"] >= 0
+                                      or CONFIG["fix_prefetch"] or CONFIG["l2_prefetch"]))
         for part in wanted:  # fwd_lean -1 (auto) counts
             if STATUS.get(part) is not True:
                 print(f"genomamba: CUDA {part} kernel not used ({STATUS[part]})", file=sys.stderr)

@@ -33,11 +33,12 @@ from genomamba.ops.cuda.knobs import (
 _SET: dict = {}  # the switches last passed to the extension (they are process-wide there)
 
 
-def _v2():
+def _v2(dtype: torch.dtype | None = None):
     """The extension, with this process's choice of the fix-up / summary passes' per-state exit and
-    of the prefetch settings (passed on only when they changed: this runs before every scan call)."""
+    of the prefetch settings for a scan of ``dtype`` (passed on only when they changed: this runs
+    before every scan call)."""
     ext = extension()
-    want = (bool(CONFIG["fix_state_exit"]), prefetch_settings())
+    want = (bool(CONFIG["fix_state_exit"]), prefetch_settings(dtype))
     if _SET.get(id(ext)) != want:
         ext.set_state_exit(want[0])
         ext.set_prefetch(*want[1])
@@ -90,7 +91,7 @@ def _v2_fwd_op(
     save: bool,
     build: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, final, tstate = _v2().selective_scan_fwd_v2(
+    out, final, tstate = _v2(u.dtype).selective_scan_fwd_v2(
         u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, kitems, warps, seg_tiles, save, build, None
     )
     return out, final, tstate
@@ -130,7 +131,7 @@ def _v2_bwd_op(
     layout: int = 0,
 ) -> list[torch.Tensor]:
     return list(
-        _v2().selective_scan_bwd_v2(
+        _v2(u.dtype).selective_scan_bwd_v2(
             u, delta, A, B, C, D, z, delta_bias, softplus, tstate, dout, dfinal, want_dh0, kitems, warps, seg_tiles,
             min_blocks, states_per_sync, joint_scan, layout, False, None, None, None, None,
         )[:9]
@@ -234,7 +235,7 @@ def scan_forward_saving(u, delta, A, B, C, D, z, delta_bias, h0=None, out=None):
     b, d, l = u.shape
     chan = chan_applies(u, delta, B, C, z, A.shape[1], True)
     kitems, warps, tiles, build = forward_plan(b, d, l, u.dtype, True, chan)
-    out, final, tstate = _v2().selective_scan_fwd_v2(
+    out, final, tstate = _v2(u.dtype).selective_scan_fwd_v2(
         u, delta, A, B, C, D, z, delta_bias, True, h0, kitems, warps, tiles, True, build, out
     )
     return out, final, (tstate, kitems)
@@ -252,7 +253,7 @@ def scan_backward(saved, u, delta, A, B, C, D, z, delta_bias, h0, dout, dfinal, 
     b, d, l = u.shape
     layout = bwd_layout(A.shape[1])
     tiles = _bwd_tiles(b, d, l, kitems, layout)
-    du, dd, dA, dB, dC, dD, dz, dbias, dh0, out = _v2().selective_scan_bwd_v2(
+    du, dd, dA, dB, dC, dD, dz, dbias, dh0, out = _v2(u.dtype).selective_scan_bwd_v2(
         u, delta, A, B, C, D, z, delta_bias, True, tstate, dout, dfinal, h0 is not None, kitems, bwd_warps(kitems),
         tiles, CONFIG["bwd_min_blocks"], CONFIG["bwd_states_per_sync"], bool(CONFIG["bwd_joint_scan"]), layout,
         bool(want_out), du_into, dd_into, dz_into, out_into,

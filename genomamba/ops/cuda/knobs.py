@@ -87,6 +87,12 @@ CONFIG = {
     # 0 (the PF build without a ring) was slower than the shipped build, depths 1-4 even with each
     # other. fix_prefetch 2 was 2 % slower than 0 (scan_prefetch_nvidia_h200.json)
     "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2),
+    # the same for float32 (and float64) inputs, whose runs are twice as long: a two-state ring takes
+    # 96 KB of a wide block's shared memory there, which leaves room for the dB/dC sums of two states
+    # per barrier pair instead of four. -1 (the shipped backward): the (8, 1536, 16, 2048) fp32 fwd+bwd
+    # read 2.66 ms with the ring against 2.51 ms without, in two side-by-side runs on two H200s where
+    # mamba_ssm read 3.15 ms both times (compare_mamba_ssm_nvidia_h200.json); not yet one process
+    "bwd_prefetch_fp32": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH_FP32", -1),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
     # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
@@ -166,12 +172,15 @@ def _unverified_ok() -> bool:
     return os.environ.get("GENOMAMBA_CUDA_UNVERIFIED", "") == "1"
 
 
-def prefetch_settings() -> tuple[int, int, bool]:
-    """(main backward -1..3, fix-up and summaries 0..3, L2 hints): the prefetch settings this process
-    runs with; (-1, 0, False), the shipped kernels, unless the self-test part "prefetch" passed."""
+def prefetch_settings(dtype: torch.dtype | None = None) -> tuple[int, int, bool]:
+    """(main backward -1..3, fix-up and summaries 0..3, L2 hints): the prefetch settings a scan of
+    ``dtype`` runs with (the backward's depth is ``bwd_prefetch_fp32``'s for 32- and 64-bit floats);
+    (-1, 0, False), the shipped kernels, unless the self-test part "prefetch" passed."""
     if STATUS.get("prefetch") is not True and not _unverified_ok():
         return -1, 0, False
-    return (max(-1, min(3, int(CONFIG["bwd_prefetch"]))), max(0, min(3, int(CONFIG["fix_prefetch"]))),
+    wide = dtype is not None and dtype.itemsize >= 4
+    depth = CONFIG["bwd_prefetch_fp32"] if wide else CONFIG["bwd_prefetch"]
+    return (max(-1, min(3, int(depth))), max(0, min(3, int(CONFIG["fix_prefetch"]))),
             bool(CONFIG["l2_prefetch"]))
 
 

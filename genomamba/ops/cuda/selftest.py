@@ -215,34 +215,35 @@ def _test_pair(ext) -> None:
 
 def _test_prefetch(ext) -> None:
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
-    (``CONFIG["bwd_prefetch"]`` 0 to 3), the fix-up / summary rings (``["fix_prefetch"]``) and the L2
-    hints (``["l2_prefetch"]``, also next to the shipped backward): the forward's fix-up passes
-    (segments of one, two and three tiles) and the backward with its reverse summaries, over the usual
-    cases plus a half-precision one whose rows take the vector path and end in a ragged tile; and the
-    wide joint backward (the PF build) over segments of several tiles, so that its ring crosses tile
-    boundaries and its L2 hints for the tile after next are issued."""
+    (``CONFIG["bwd_prefetch"]`` and ``["bwd_prefetch_fp32"]`` 0 to 3), the fix-up / summary rings
+    (``["fix_prefetch"]``) and the L2 hints (``["l2_prefetch"]``, also next to the shipped backward):
+    the forward's fix-up passes (segments of one, two and three tiles) and the backward with its
+    reverse summaries, over the usual cases plus a half-precision one whose rows take the vector path
+    and end in a ragged tile; and the wide joint backward (the PF build) over segments of several
+    tiles, so that its ring crosses tile boundaries and its L2 hints for the tile after next are issued."""
     cases = _cases() + ((1, 32, 16, 2056, torch.bfloat16, None),)
     fwd_configs = V2_CONFIGS + ((8, 4, 3),)
     multi_tile = ((8, 4, 16, 1000, 1, 4, 1), (8, 4, 16, 3, 1, 3, 1), (8, 4, 16, 2, 2, 4, 1))
-    saved = (CONFIG["bwd_prefetch"], CONFIG["fix_prefetch"], CONFIG["l2_prefetch"], STATUS.get("prefetch"))
+    saved = (CONFIG["bwd_prefetch"], CONFIG["bwd_prefetch_fp32"], CONFIG["fix_prefetch"], CONFIG["l2_prefetch"],
+             STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
     try:
         for depth, l2 in ((0, 1), (1, 0), (2, 1), (3, 1)):
-            CONFIG.update(bwd_prefetch=depth, fix_prefetch=depth, l2_prefetch=l2)
+            CONFIG.update(bwd_prefetch=depth, bwd_prefetch_fp32=depth, fix_prefetch=depth, l2_prefetch=l2)
             _v2()  # the extension's switches follow CONFIG
             if depth:
                 _test_v2(ext, cases=cases, configs=fwd_configs)
             _test_bwd(ext, cases=cases if depth == 2 else cases[5:])
             _test_bwd(ext, cases=cases[3:], configs=multi_tile)
         # the hints next to the shipped backward (the fix-up and summaries take their PF builds)
-        CONFIG.update(bwd_prefetch=-1, fix_prefetch=0, l2_prefetch=1)
+        CONFIG.update(bwd_prefetch=-1, bwd_prefetch_fp32=-1, fix_prefetch=0, l2_prefetch=1)
         _v2()
         _test_v2(ext, cases=cases[5:], configs=fwd_configs)
         _test_bwd(ext, cases=cases[5:])
         _test_bwd(ext, cases=cases[5:], configs=multi_tile)
     finally:
-        CONFIG.update(bwd_prefetch=saved[0], fix_prefetch=saved[1], l2_prefetch=saved[2])
-        STATUS["prefetch"] = saved[3]
+        CONFIG.update(bwd_prefetch=saved[0], bwd_prefetch_fp32=saved[1], fix_prefetch=saved[2], l2_prefetch=saved[3])
+        STATUS["prefetch"] = saved[4]
         _v2()
 
 
