@@ -32,7 +32,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -526,7 +526,8 @@ class GenomeModel:
     @torch.no_grad()
     def generate(self, prompt: Union[str, bytes, Sequence[Union[str, bytes]]], n: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None, include_prompt: bool = False,
-                 allow_n: bool = False, batch_size: Optional[int] = None) -> Union[str, list[str]]:
+                 allow_n: bool = False, batch_size: Optional[int] = None,
+                 progress: Optional[Callable[[int], object]] = None) -> Union[str, list[str]]:
         """Sample ``n`` bases after ``prompt``; returns them as an upper-case DNA string. Only A/C/G/T
         are sampled (and N if ``allow_n``). ``temperature=0`` is greedy; a very large one samples the
         bases (near-)uniformly. Memory does not grow with ``n``. Numbers may be Python or NumPy ones.
@@ -541,6 +542,9 @@ class GenomeModel:
         sample does not depend on ``batch_size`` or on the prompts beside it (prompt ``i`` with seed
         ``s`` equals that prompt alone with seed ``s + i``). Seeds lie in [0, 2**32 - 1], so ``seed +
         len(prompt) - 1`` must too.
+
+        ``progress``: called with the number of bases sampled since its last call (over all prompts)
+        every few hundred steps, adding up to ``n`` per prompt; e.g. ``tqdm(total=n * len(prompts)).update``.
         """
         n, temperature, top_k, top_p, batch_size = self._generate_settings(n, temperature, top_k, top_p,
                                                                            batch_size)
@@ -573,7 +577,7 @@ class GenomeModel:
             outs = self.lm.generate(ts, n, temperature=temperature, top_k=top_k, top_p=top_p,
                                     seed=None if seed is None else [int(seed) + start + i for i in range(len(part))],
                                     allowed_token_ids=allowed,
-                                    prefill_chunk=DEFAULT_CHUNK)
+                                    prefill_chunk=DEFAULT_CHUNK, progress=progress)
             for i, (ids, out) in enumerate(zip(part, outs), start):
                 text = self.tokenizer.decode(out[len(ids):].cpu().numpy().astype(np.uint8))
                 if include_prompt:
@@ -889,7 +893,8 @@ class AdapterModel(GenomeModel):
 
     @torch.no_grad()
     def generate(self, prompt=None, n: int = 16000, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: Optional[int] = None, include_prompt: bool = False, batch_size: Optional[int] = None):
+                 seed: Optional[int] = None, include_prompt: bool = False, batch_size: Optional[int] = None,
+                 progress: Optional[Callable[[int], object]] = None):
         """Sample ``n`` tokens after ``prompt``: text -> ``str`` (cut UTF-8 is replaced, never raises);
         audio -> float32 waveform at the adapter's rate (``prompt`` may be None: start from silence).
         ``temperature=0`` is greedy. Numbers may be Python or NumPy ones.
@@ -903,6 +908,9 @@ class AdapterModel(GenomeModel):
         exactly as given; one given as bytes or a file, its bytes decoded together with the sample;
         an audio prompt as the model reads it (mu-law samples at the adapter's rate). Starting from
         silence (``prompt=None``) there is no prompt to include.
+
+        ``progress``: called with the number of tokens sampled since its last call (over all prompts)
+        every few hundred steps, adding up to ``n`` per prompt.
         """
         self._refuse_frontend("generate")
         n, temperature, top_k, top_p, batch_size = self._generate_settings(n, temperature, top_k, top_p,
@@ -933,7 +941,8 @@ class AdapterModel(GenomeModel):
             ts = [torch.from_numpy(ids).to(self.device) for ids in part]
             outs = self.lm.generate(ts, n, temperature=temperature, top_k=top_k, top_p=top_p,
                                     seed=None if seed is None else [int(seed) + start + i for i in range(len(part))],
-                                    allowed_token_ids=a.data_ids, prefill_chunk=DEFAULT_CHUNK)
+                                    allowed_token_ids=a.data_ids, prefill_chunk=DEFAULT_CHUNK,
+                                    progress=progress)
             for i, (ids, out) in enumerate(zip(part, outs), start):
                 new = out[len(ids):].cpu().numpy().astype(np.int64)
                 results.append(self._sample_output(items[i], ids, new, include_prompt))

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="DNA models: samples decoded together when there are several (--prompts, or "
                         "--num-samples > 1; default 16)")
     p.add_argument("--no-progress", action="store_true",
-                   help="--prompts, --num-samples > 1: no progress bar on stderr")
+                   help="no progress bar on stderr (shown, in tokens, when stderr is a terminal)")
     p.add_argument("-n", "--num-bases", type=int, default=None,
                    help="tokens to generate: bases, bytes or samples (default 1000; audio: --seconds)")
     p.add_argument("--seconds", type=float, default=None,
@@ -131,8 +131,9 @@ def _audio(model, args) -> int:
         what = f"-n {n}" if args.num_bases is not None else f"--seconds {args.seconds}"
         raise InvalidArgument(f"{what}: an audio model writes at least one spectrogram window, {least} samples "
                               f"({least / a.sample_rate:.3f} s at {a.sample_rate} Hz)")
-    wave = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          seed=args.seed, include_prompt=args.include_prompt)
+    with _bar(n, "sample", args) as bar:
+        wave = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              seed=args.seed, include_prompt=args.include_prompt, progress=bar.update)
     with atomic_path(out, replace=args.force) as tmp:
         a.write_wav(wave, tmp)
     with atomic_path(png, replace=args.force) as tmp:
@@ -204,18 +205,18 @@ def generate_fasta(model, records: list[tuple[str, str]], out, n: int, num_sampl
     record's sequence exactly as given, ``prompt_len`` long. Returns the number of records written."""
     jobs = [(name, seq, k) for name, seq in records for k in range(1, num_samples + 1)]
     check_seed(seed, count=len(jobs))  # before anything is written: every sample's seed fits
-    bar = tqdm(total=len(jobs), desc="generate", unit="seq", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(jobs) * n, desc="generate", unit="base", file=sys.stderr,
+               disable=not progress)
     try:
         for start in range(0, len(jobs), batch_size):
             part = jobs[start:start + batch_size]
             texts = model.generate([seq for _, seq, _ in part], n, temperature=temperature, top_k=top_k,
                                    top_p=top_p, seed=None if seed is None else seed + start,
-                                   include_prompt=include_prompt)
+                                   include_prompt=include_prompt, progress=bar.update)
             for g, ((name, seq, k), text) in enumerate(zip(part, texts), start):
                 out.write(_fasta_lines(f"{name}_sample{k} n={n} temperature={temperature} top_k={top_k} "
                                        f"top_p={top_p} seed={seed} sample_seed={None if seed is None else seed + g} "
                                        f"prompt_len={len(seq)}", text))
-            bar.update(len(part))
     finally:
         bar.close()
     return len(jobs)
@@ -293,11 +294,19 @@ def main(argv: list[str]) -> int:
         return fail("generate", cli_error(exc, OPTIONS))
 
 
+def _bar(total: int, unit: str, args):
+    """The progress bar of a generation on stderr: shown when stderr is a terminal, unless --no-progress."""
+    return tqdm(total=total, desc="generate", unit=unit, file=sys.stderr,
+                disable=args.no_progress or not sys.stderr.isatty())
+
+
 def _one(model, args, kind: str) -> int:
     """One sample after ``--prompt``: text as it is, DNA bare on stdout or as one FASTA record."""
     n = args.num_bases if args.num_bases is not None else 1000
-    seq = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt)
+    with _bar(n, "byte" if kind == "text" else "base", args) as bar:
+        seq = model.generate(args.prompt, n, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed, include_prompt=args.include_prompt,
+                             progress=bar.update)
     if kind == "text":
         # a prompt's bytes that were not UTF-8 (escaped in the str) are written back as those bytes
         from genomamba.adapters.text import SURROGATE_BYTES

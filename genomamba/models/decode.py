@@ -29,7 +29,7 @@ import numbers
 import operator
 import warnings
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -43,6 +43,7 @@ from genomamba.ops.checks import first_mismatch
 MAX_GRAPHS = 8  # captured batch sizes kept per model (least recently used dropped first)
 MAX_SAMPLERS = 4  # captured samplers (filter kinds) kept per decode graph (oldest dropped first)
 DONE_CHECK_EVERY = 64  # with an EOS id: look whether every sequence has ended once per this many tokens
+PROGRESS_EVERY = 256  # a ``progress`` callback hears of the new tokens once per this many steps
 _warned: set = set()  # capture failures already reported (one warning per reason and process)
 
 
@@ -443,13 +444,18 @@ def graphs_of(model) -> DecodeGraphs:
 def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
              vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
-             prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
+             prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None,
+             progress: Optional[Callable[[int], object]] = None):
     """See ``MambaLM.generate``. ``input_ids``: a (b, l) tensor -> (b, l + max_new_tokens) tensor;
     a list of 1-D tensors (any lengths) -> a list of 1-D tensors (each prompt + its new tokens).
     Numbers may be Python or NumPy ones. ``temperature`` must be finite (a huge one samples uniformly
     among the allowed tokens); ``vocab_size`` (None: the model's) lies in [1, padded vocab];
     ``eos_token_id`` must be a token sampling can produce: below ``vocab_size``, or among
-    ``allowed_token_ids`` when they are given; seeds lie in [0, ``SEED_MAX``]."""
+    ``allowed_token_ids`` when they are given; seeds lie in [0, ``SEED_MAX``]. ``progress``: called
+    with the number of tokens sampled since its last call (over the whole batch), every
+    ``PROGRESS_EVERY`` steps and after the last, so its calls add up to b * max_new_tokens."""
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress: expected a callable taking a token count, got {type(progress).__name__}")
     padded = model.config.padded_vocab_size
     as_list = not isinstance(input_ids, torch.Tensor)
     if as_list:
@@ -501,19 +507,21 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
                 graph.load(cache)
                 del cache
             _loop(model, graph, cache if graph is None else None, logits, new, temperature, top_k, top_p, gen,
-                  eos_token_id, vocab, mask)
+                  eos_token_id, vocab, mask, progress)
     if as_list:
         return [torch.cat([p, new[i]]) for i, p in enumerate(prompts)]
     return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
 
 
-def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_token_id, vocab, mask):
+def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_token_id, vocab, mask,
+          progress=None):
     """Sample ``new.shape[1]`` tokens into ``new``, stepping eagerly on ``cache`` or by replaying
-    ``graph``. EOS stays on the device: a ``done`` mask turns every later token into EOS. Greedy
-    decoding through a graph takes each token from the replay itself (``graph.token``); a sequence
-    that has ended keeps reading its own greedy tokens, which its EOS outputs hide, and no other
-    sequence sees them. Sampling through a graph draws with its captured sampler, from the same
-    noise as the eager draw (the scores are the padded logits plus the same 0 / -inf bias)."""
+    ``graph``; ``progress`` hears of them as :func:`generate` says. EOS stays on the device: a
+    ``done`` mask turns every later token into EOS. Greedy decoding through a graph takes each token
+    from the replay itself (``graph.token``); a sequence that has ended keeps reading its own greedy
+    tokens, which its EOS outputs hide, and no other sequence sees them. Sampling through a graph
+    draws with its captured sampler, from the same noise as the eager draw (the scores are the padded
+    logits plus the same 0 / -inf bias)."""
     b, n = new.shape
     done = torch.zeros(b, dtype=torch.bool, device=new.device) if eos_token_id is not None else None
     width = logits.shape[-1]
@@ -531,6 +539,7 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
     if bias is None:
         bias = torch.zeros(width, dtype=torch.float32, device=new.device)
         bias[vocab:] = float("-inf")
+    told = 0  # tokens ``progress`` has heard of
     for i in range(n):
         if by_token and i > 0:
             nxt = graph.token
@@ -545,6 +554,9 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id
         new[:, i] = nxt
+        if progress is not None and (i + 1) % PROGRESS_EVERY == 0 and i + 1 < n:
+            progress(b * PROGRESS_EVERY)
+            told += b * PROGRESS_EVERY
         if i + 1 == n:
             break
         if done is not None and (i + 1) % DONE_CHECK_EVERY == 0 and bool(done.all()):
@@ -556,3 +568,5 @@ def _loop(model, graph, cache, logits, new, temperature, top_k, top_p, gen, eos_
             if not by_token or i == 0:
                 graph.ids.copy_(nxt)
             logits = graph.replay()
+    if progress is not None:
+        progress(b * n - told)  # the rest, including EOS filled in after every sequence ended

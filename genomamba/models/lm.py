@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -286,7 +286,8 @@ class MambaLM(nn.Module):
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: Union[int, Sequence[int], None] = None, eos_token_id: Optional[int] = None,
                  vocab_size: Optional[int] = None, allowed_token_ids: Optional[Sequence[int]] = None,
-                 prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None):
+                 prefill_chunk: Optional[int] = None, cuda_graph: Optional[bool] = None,
+                 progress: Optional[Callable[[int], object]] = None):
         """Sample ``max_new_tokens`` after the prompt; memory does not grow with the generated length
         (only the (b, d_inner, n) states and the output ids are kept). ``temperature=0`` is greedy.
 
@@ -302,11 +303,13 @@ class MambaLM(nn.Module):
         from its own generator, so its sample does not depend on the batch it is decoded in).
         ``cuda_graph``: replay the decode step from a CUDA graph (None: on for a model on CUDA,
         unless ``GENOMAMBA_CUDA_GRAPH=0``); see :mod:`genomamba.models.decode`.
+        ``progress``: called with the number of tokens sampled since its last call (over the batch) every
+        few hundred steps and after the last, e.g. a progress bar's ``update``.
         """
         return decode.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                top_p=top_p, seed=seed, eos_token_id=eos_token_id, vocab_size=vocab_size,
                                allowed_token_ids=allowed_token_ids, prefill_chunk=prefill_chunk,
-                               cuda_graph=cuda_graph)
+                               cuda_graph=cuda_graph, progress=progress)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:

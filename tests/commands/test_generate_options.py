@@ -239,3 +239,24 @@ def test_a_file_name_given_to_prompt_points_at_prompts(model_dir, unk_model_dir,
     captured = capsys.readouterr()
     assert "warning: --prompt: 'prompts.fa' is also the name of a file" in captured.err
     assert "--prompts prompts.fa" in captured.err and len(captured.out.strip()) == 3
+
+
+def test_progress_bar_counts_bases_on_a_terminal(model_dir, tmp_path, capsys, monkeypatch):
+    """On a terminal the bar counts the bases sampled over every sample (not whole batches), for one
+    prompt as for several; --no-progress, or stderr not a terminal, shows none."""
+    import sys
+
+    out = tmp_path / "s.fa"
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "300", "--num-samples", "3", "--seed", "0",
+                "--batch-size", "2", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "generate: 100%" in err and "900/900" in err and "base/s" in err
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "7", "--seed", "0"]) == 0
+    assert "7/7" in capsys.readouterr().err
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "7", "--seed", "0", "--no-progress"]) == 0
+    assert "generate:" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert cli(["generate", str(model_dir), "--prompt", "ACGT", "-n", "7", "--seed", "0"]) == 0
+    assert "generate:" not in capsys.readouterr().err

@@ -145,3 +145,42 @@ def test_audio_lists_of_prompts(audio):
     assert [len(w) for w in out] == [60, 40] and all(w.dtype == np.float32 for w in out)
     assert np.array_equal(out[1], audio.generate(waves[1], 10, seed=1, include_prompt=True))
     assert len(audio.generate(None, np.int64(10), seed=0, include_prompt=True)) == 10
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_progress_hears_of_every_token_in_steps_and_changes_nothing(dna, text, monkeypatch):
+    """A ``progress`` callback is called every PROGRESS_EVERY steps and after the last, with the tokens
+    of the whole batch, adding up to n per prompt over several batches; the samples are the ones
+    generated without it."""
+    from genomamba.models import decode
+
+    monkeypatch.setattr(decode, "PROGRESS_EVERY", 4)
+    prompts = ["ACGT", "GGCATT", "T"]
+    calls = []
+    out = dna.generate(prompts, 10, seed=5, batch_size=2, progress=calls.append)
+    assert out == dna.generate(prompts, 10, seed=5, batch_size=2)
+    assert calls == [8, 8, 4, 4, 4, 2]  # batch of two: steps 4 and 8, then the last 2; batch of one
+    assert sum(calls) == 10 * len(prompts)
+    calls.clear()
+    assert text.generate("And", 3, seed=1, progress=calls.append) == text.generate("And", 3, seed=1)
+    assert calls == [3]  # fewer steps than PROGRESS_EVERY: one call at the end
+    calls.clear()
+    dna.generate("ACGT", 0, progress=calls.append)
+    assert calls == []  # nothing sampled, nothing to report
+    with pytest.raises(ValueError, match=r"^progress: expected a callable"):
+        dna.generate("ACGT", 5, progress=5)
+
+
+def test_progress_adds_up_when_every_sequence_ended_early():
+    """With an EOS id the loop stops once every sequence has ended; the rest is EOS and still counts."""
+    from genomamba.models import decode
+
+    lm = _lm(11)
+    calls = []
+    ids = torch.tensor([[1, 2, 3], [3, 2, 1]])
+    n = 3 * decode.PROGRESS_EVERY
+    out = lm.generate(ids, n, eos_token_id=4, allowed_token_ids=[4], progress=calls.append)
+    assert bool((out[:, 3:] == 4).all())  # every sequence ended at its first token...
+    assert calls == [2 * n]  # ...so the loop stopped at the first check, and the rest still counts
