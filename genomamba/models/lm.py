@@ -329,6 +329,9 @@ class MambaLM(nn.Module):
         cfg, sd, weights, cfg_path = read_pretrained(path)
         with torch.device("meta"):
             model = cls(cfg)
+        # the parameters' tags (weight decay off for A_log, D, norms, biases): to_empty below gives
+        # every parameter a new tensor object, which starts without them
+        no_decay = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
         expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
         check_state_dict(sd, expected, weights, cfg_path, strict=strict)
         missing = [k for k in expected if k not in sd]
@@ -347,6 +350,9 @@ class MambaLM(nn.Module):
         model.tie_weights()
         if dtype is not None:
             model = model.to(dtype)
+        for name, p in model.named_parameters():
+            if name in no_decay:
+                p._no_weight_decay = True
         return model.eval()
 
     def num_parameters(self) -> int:

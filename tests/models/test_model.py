@@ -65,6 +65,24 @@ def test_no_weight_decay_tags():
     assert sum(p.numel() for g in groups for p in g["params"]) == m.num_parameters()
 
 
+def test_loaded_models_keep_their_no_weight_decay_tags(tmp_path):
+    """A model loaded from disk (fine-tuning starts there) splits into the same groups as a new one:
+    loading builds it on the meta device and gives every parameter a new tensor, which must not drop
+    the tags (else AdamW would pull A_log, D, norms and biases towards 0)."""
+    m = model(bias=True)
+    m.save_pretrained(tmp_path / "m")
+
+    def split(lm):
+        groups = optimizer_param_groups(lm, 0.1)
+        names = {id(p): n for n, p in lm.named_parameters()}
+        return [sorted(names[id(p)] for p in g["params"]) for g in groups]
+
+    want = split(m)
+    assert want[1]  # something is exempt
+    for kw in ({}, {"dtype": torch.bfloat16}):
+        assert split(MambaLM.from_pretrained(tmp_path / "m", **kw)) == want, kw
+
+
 @torch.no_grad()
 def test_two_halves_with_state_equal_whole():
     m = model()
