@@ -20,12 +20,11 @@ from safetensors.torch import save_file
 
 from genomamba.files import atomic_path, read_text, write_text
 from genomamba.models.frontend import SpectralFrontEnd
-from genomamba.models.io import CheckpointError, read_state_dict
+from genomamba.models.io import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, read_state_dict
 from genomamba.models.lm import MambaLM
 
 POOLINGS = ("last", "mean", "max")
-HEAD_WEIGHTS = "head.safetensors"
-HEAD_CONFIG = "head.json"
+__all__ = ["HEAD_CONFIG", "HEAD_WEIGHTS", "POOLINGS", "SequenceClassifier", "pool", "has_head"]
 
 
 def pool(hidden: torch.Tensor, mask: Optional[torch.Tensor], how: str) -> torch.Tensor:

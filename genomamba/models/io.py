@@ -32,6 +32,9 @@ WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 SHARDED_INDEX_NAME = "model.safetensors.index.json"
 LEGACY_SHARDED_INDEX_NAME = "pytorch_model.bin.index.json"
+# a sequence classifier's head, saved beside the backbone (genomamba.models.heads)
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
 
 
 class CheckpointError(UserError, ValueError):
@@ -40,13 +43,26 @@ class CheckpointError(UserError, ValueError):
 
 def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
                      state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (tensors copied to CPU, contiguous)."""
+    """Write ``config.json`` and ``model.safetensors`` (tensors copied to CPU, contiguous).
+
+    The config is serialised before anything is written, so a config that JSON cannot hold changes
+    nothing on disk. Over an earlier save, a classifier head left there (``head.safetensors`` /
+    ``head.json``) is removed first: it belonged to the weights being replaced (a classifier's own
+    ``save_pretrained`` writes its head again afterwards)."""
     directory = Path(directory)
+    try:
+        text = json.dumps(config.to_dict(), indent=2) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{directory / CONFIG_NAME}: the model's config cannot be written as JSON ({exc}); "
+                         f"MambaConfig.extra may hold only JSON values (strings, numbers, booleans, None, "
+                         f"lists and mappings with string keys)") from None
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in (HEAD_WEIGHTS, HEAD_CONFIG):
+        (directory / stale).unlink(missing_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    write_text(directory / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(directory / CONFIG_NAME, text)
     return directory
 
 

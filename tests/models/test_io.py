@@ -91,3 +91,35 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         MambaLM.from_pretrained(tmp_path)
+
+
+def test_a_config_json_cannot_hold_changes_nothing_on_disk(tmp_path):
+    """The config is serialised before any file is written: a save that fails on it leaves the
+    earlier save whole (not new weights beside the old config)."""
+    import numpy as np
+
+    first = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11, norm_epsilon=1e-5)).eval()
+    first.save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    second = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11, norm_epsilon=1e-3,
+                                 extra={"steps": np.int64(5)}))
+    with pytest.raises(ValueError, match=r"config\.json: the model's config cannot be written as JSON .*extra"):
+        second.save_pretrained(tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+
+
+def test_saving_a_model_over_a_classifier_removes_the_old_head(tmp_path):
+    """A head left from an earlier save would be read with the new backbone as if it were trained on
+    it; saving a plain model there removes it, and a classifier saved again writes its own."""
+    from genomamba.models.heads import SequenceClassifier, has_head
+
+    torch.manual_seed(0)
+    clf = SequenceClassifier(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)), ["x", "y"])
+    clf.save_pretrained(tmp_path / "m")
+    assert has_head(tmp_path / "m")
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).save_pretrained(tmp_path / "m")
+    assert not has_head(tmp_path / "m")
+    assert not (tmp_path / "m" / "head.json").exists() and not (tmp_path / "m" / "head.safetensors").exists()
+    clf.save_pretrained(tmp_path / "m")
+    again = SequenceClassifier.from_pretrained(tmp_path / "m")
+    assert again.labels == ["x", "y"] and torch.equal(again.head.weight, clf.head.weight)
