@@ -602,8 +602,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def inference_dtype(device, dtype="auto") -> Optional[torch.dtype]:
     """The weights' dtype for inference: ``"auto"`` is bfloat16 on a CUDA device (half the bytes
-    to read per token; recurrent states stay fp32) and the stored fp32 elsewhere; None keeps the
-    stored dtype; a torch dtype or its name ("float32", "bfloat16", ...) is taken as is."""
+    to read per token; recurrent states stay fp32) and float32 elsewhere (CPU kernels run fastest
+    there); None is float32 too, whatever the checkpoint stores (as ``MambaLM.from_pretrained`` builds
+    it); a torch dtype or its name ("float32", "bfloat16", ...) is taken as is."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

@@ -202,12 +202,31 @@ def config_from_hf(d: dict) -> MambaConfig:
     if kw["dt_min"] > kw["dt_max"]:
         raise CheckpointError(f"time_step_min/time_step_max: expected time_step_min <= time_step_max, "
                               f"got {kw['dt_min']}, {kw['dt_max']}")
+    # written by config_to_hf: the real vocabulary inside HF's padded one (else every padding row
+    # would count as a token, and sampling could draw ids no tokenizer has)
+    real, multiple = d.get("genomamba_vocab_size"), d.get("genomamba_pad_vocab_size_multiple")
+    if real is not None or multiple is not None:
+        try:
+            cfg = MambaConfig(**{**kw, "vocab_size": real, "pad_vocab_size_multiple": multiple})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"genomamba_vocab_size / genomamba_pad_vocab_size_multiple: {exc}") from None
+        if cfg.padded_vocab_size != kw["vocab_size"]:
+            raise CheckpointError(f"genomamba_vocab_size: {real} padded to a multiple of {multiple} is "
+                                  f"{cfg.padded_vocab_size}, but vocab_size is {kw['vocab_size']}")
+        return cfg
     return MambaConfig(pad_vocab_size_multiple=1, **kw)
 
 
 def config_to_hf(cfg: MambaConfig) -> dict:
-    """genomamba MambaConfig -> kwargs for ``transformers.MambaConfig``."""
+    """genomamba MambaConfig -> kwargs for ``transformers.MambaConfig`` (HF's vocab_size is the padded
+    one; the real one rides along as ``genomamba_vocab_size``, which ``config_from_hf`` reads back).
+    HF's Mamba normalises with RMSNorm only: a LayerNorm model is refused."""
+    if not cfg.rms_norm:
+        raise ValueError("rms_norm: false; HF transformers' MambaForCausalLM has RMSNorm layers only, so a "
+                         "model with LayerNorm cannot be converted")
     return dict(
+        genomamba_vocab_size=cfg.vocab_size,
+        genomamba_pad_vocab_size_multiple=cfg.pad_vocab_size_multiple,
         vocab_size=cfg.padded_vocab_size,
         hidden_size=cfg.d_model,
         state_size=cfg.d_state,

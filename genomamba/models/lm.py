@@ -325,7 +325,14 @@ class MambaLM(nn.Module):
 
         ``strict=False`` accepts a checkpoint that lacks some parameters or holds extra ones: the
         missing ones get the initialisation a new model would give them, the extra ones are ignored,
-        and a warning names both."""
+        and a warning names both. ``dtype``: a floating-point torch dtype or its name ("bfloat16"); None
+        builds float32 weights whatever the checkpoint stores (the precision training keeps)."""
+        dtype = _floating_dtype(dtype)
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError, ValueError):
+                raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
         cfg, sd, weights, cfg_path = read_pretrained(path)
         with torch.device("meta"):
             model = cls(cfg)
@@ -357,6 +364,16 @@ class MambaLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+def _floating_dtype(dtype) -> Optional[torch.dtype]:
+    """``dtype`` as a floating-point torch dtype (None stays None); a ValueError naming it otherwise."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, dtype)
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise ValueError(f"dtype: expected a floating-point torch dtype or its name (float32, bfloat16, float16, "
+                     f"float64), got {dtype!r}")
 
 
 def _listing(keys: Sequence[str], n: int = 20) -> str:

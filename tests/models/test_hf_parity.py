@@ -53,3 +53,34 @@ def test_hf_directory_loads(tmp_path):
     ours = MambaLM.from_pretrained(tmp_path)
     ids = torch.randint(0, 24, (1, 64))
     assert rel_err(ours(ids), hf(ids).logits) <= 1e-4
+
+
+@torch.no_grad()
+def test_a_round_trip_through_hf_keeps_the_real_vocabulary(tmp_path):
+    """HF's config holds the padded vocabulary; the real one rides along, so a model saved by HF after
+    to_hf samples only real ids again (not the untrained padding rows)."""
+    from genomamba import MambaConfig
+
+    torch.manual_seed(2)
+    ours = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11)).eval()
+    to_hf(ours).save_pretrained(tmp_path / "hf")
+    back = MambaLM.from_pretrained(tmp_path / "hf")
+    assert back.config.vocab_size == 11 and back.config.padded_vocab_size == 16
+    ids = torch.randint(0, 11, (2, 40))
+    assert rel_err(back(ids), ours(ids)) <= 1e-6
+    out = back.generate(ids[:, :4], 200, temperature=50.0, seed=0)
+    assert int(out.max()) <= 10
+    # an HF directory without the extra field keeps reading its vocabulary as is
+    assert MambaLM.from_pretrained(_hf_dir(tmp_path)).config.vocab_size == 24
+
+
+def _hf_dir(tmp_path):
+    hf_model().save_pretrained(tmp_path / "plain")
+    return tmp_path / "plain"
+
+
+def test_a_layernorm_model_is_refused_by_name():
+    from genomamba import MambaConfig
+
+    with pytest.raises(ValueError, match=r"^rms_norm: false; HF transformers' MambaForCausalLM has RMSNorm"):
+        to_hf(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11, rms_norm=False)))

@@ -123,3 +123,14 @@ def test_saving_a_model_over_a_classifier_removes_the_old_head(tmp_path):
     clf.save_pretrained(tmp_path / "m")
     again = SequenceClassifier.from_pretrained(tmp_path / "m")
     assert again.labels == ["x", "y"] and torch.equal(again.head.weight, clf.head.weight)
+
+
+def test_from_pretrained_names_a_bad_dtype_or_device(tmp_path):
+    small().save_pretrained(tmp_path)
+    assert MambaLM.from_pretrained(tmp_path, dtype="bfloat16").lm_head.weight.dtype == torch.bfloat16
+    assert MambaLM.from_pretrained(tmp_path, device="cpu").lm_head.weight.device.type == "cpu"
+    for bad in (torch.int8, "int8", "bf16", 3):
+        with pytest.raises(ValueError, match=r"^dtype: expected a floating-point torch dtype"):
+            MambaLM.from_pretrained(tmp_path, dtype=bad)
+    with pytest.raises(ValueError, match=r"^device: expected cpu, cuda or cuda:N, got 'gpu'"):
+        MambaLM.from_pretrained(tmp_path, device="gpu")
