@@ -52,6 +52,7 @@ from genomamba.lit.callbacks import (
 )
 from genomamba.lit.config import ConfigError, TrainerConfig, adapter_of, to_plain
 from genomamba.lit.optim import optim_settings
+from genomamba.models.io import refusal
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -207,9 +208,9 @@ def check_resume(cfg, ckpt_path: str) -> None:
     try:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = refusal(exc) or type(exc).__name__
         raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
-                          f"plain data, and checkpoints are never unpickled as code ({first[:300]})") from None
+                          f"plain data, and checkpoints are never unpickled as code ({what[:300]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--resume: {ckpt_path}: not a readable checkpoint ({first[:300]})") from None

@@ -95,6 +95,19 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     return obj
 
 
+def refusal(exc: Exception) -> "str | None":
+    """What ``torch.load(weights_only=True)``'s restricted unpickler refused (a global's name, an
+    instruction), from its error; None if ``exc`` is no such refusal. Only this is worth quoting:
+    the rest of torch's message suggests loading the file with ``weights_only=False``."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text) or re.search(r"(unsupported GLOBAL \S+)", text)
+    if found:  # a name or an instruction that is not a tensor's
+        return re.split(r" was not an allowed global|\. Please | whose module ", found.group(1))[0].strip()
+    if "Weights only load failed" in text:  # torch's restricted unpickler refused it, in other words
+        return "objects other than tensors"
+    return None
+
+
 def _unreadable_bin(path: Path, exc: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` could not read ``path``: no PyTorch file at all, one cut
     short or damaged, or one holding more than tensors (which is never unpickled)."""
@@ -105,9 +118,8 @@ def _unreadable_bin(path: Path, exc: Exception) -> str:
     if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip archive nor a pickle
         return f"{path}: not a readable tensor checkpoint: not a PyTorch weights file (nor a pickle of tensors)"
     text = str(exc)
-    refused = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    if refused:  # the restricted unpickler met a name or an instruction that is not a tensor's
-        what = re.split(r" was not an allowed global|\. Please ", refused.group(1))[0].strip()
+    what = refusal(exc)
+    if what is not None:
         return (f"{path}: refused to load: the file is not a plain tensor checkpoint ({what}); it is truncated or "
                 f"holds objects other than tensors. genomamba never unpickles code; convert it to safetensors "
                 f"with a tool you trust.")

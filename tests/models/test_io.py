@@ -70,6 +70,12 @@ def test_crafted_pickle_is_refused_not_executed(tmp_path):
     with pytest.raises(CheckpointError, match="never unpickles"):
         MambaLM.from_pretrained(tmp_path)
     assert not marker.exists()
+    # the same payload in torch.save's zip format: torch words that refusal differently
+    torch.save({"backbone.embedding.weight": _Exploit(str(marker))}, payload)
+    with pytest.raises(CheckpointError, match=r"refused to load: the file is not a plain tensor checkpoint "
+                                              r"\((?i:[^)]*global[^)]*open)\)"):
+        read_state_dict(payload)
+    assert not marker.exists()
 
 
 def test_mismatched_checkpoint_names_the_key(tmp_path):
