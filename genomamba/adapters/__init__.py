@@ -21,6 +21,7 @@ from genomamba.adapters.audio import MuLawAudioAdapter, mu_law_decode, mu_law_en
 from genomamba.adapters.base import ADAPTER_FILE, Adapter
 from genomamba.adapters.dna import DNAAdapter
 from genomamba.adapters.text import ByteTextAdapter
+from genomamba.files import read_text
 
 ADAPTERS: dict = {
     DNAAdapter.name: DNAAdapter,
@@ -60,6 +61,7 @@ def get_adapter(name: str, **settings: Any) -> Adapter:
 
 def adapter_from_json(source: Union[str, dict, os.PathLike]) -> Adapter:
     """Rebuild an adapter from ``to_json()`` text, its dict, an ``adapter.json`` file or the folder holding it."""
+    where = "adapter config"  # what the messages name: the file, where one was read
     if isinstance(source, dict):
         d = source
     else:
@@ -72,18 +74,18 @@ def adapter_from_json(source: Union[str, dict, os.PathLike]) -> Adapter:
                 path = path / ADAPTER_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no adapter config (expected {ADAPTER_FILE})")
-            text = path.read_text()
+            text, where = read_text(path), str(path)
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"adapter config is not valid JSON ({e})") from None
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
     name = d.get("name") if isinstance(d, dict) else None
     if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r} in adapter config; known adapters: {sorted(ADAPTERS)}")
+        raise ValueError(f"{where}: unknown adapter {name!r}; known adapters: {sorted(ADAPTERS)}")
     settings = d.get("settings") or {}
     if isinstance(settings, dict):
         allowed = _settings_of(ADAPTERS[name])
         for key in settings:
             if key not in allowed:
-                raise ValueError(f"unknown setting {key!r} for the {name!r} adapter; it takes {allowed}")
+                raise ValueError(f"{where}: unknown setting {key!r} for the {name!r} adapter; it takes {allowed}")
     return ADAPTERS[name].from_dict(d)

@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Iterable, Union
 
 import numpy as np
 
+from genomamba.files import write_text
+
 PathLike = Union[str, os.PathLike]
 
 ADAPTER_FILE = "adapter.json"
@@ -138,7 +140,7 @@ class Adapter(ABC):
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         out = path / ADAPTER_FILE
-        out.write_text(self.to_json() + "\n")
+        write_text(out, self.to_json() + "\n")  # atomically: a reader never sees half a file
         return out
 
     # ------------------------------------------------------------------ helpers

@@ -121,7 +121,7 @@ def test_from_json_refuses_inconsistent_or_foreign_configs(tmp_path):
     d = get_adapter("audio").to_dict()
     with pytest.raises(ValueError, match="records vocab_size=300 but 'audio' with these settings builds vocab_size=25"):
         adapter_from_json({**d, "vocab_size": 300})
-    with pytest.raises(ValueError, match="unknown adapter 'video' in adapter config"):
+    with pytest.raises(ValueError, match="^adapter config: unknown adapter 'video'"):
         adapter_from_json({**d, "name": "video"})
     with pytest.raises(ValueError, match="unknown setting 'channels'"):
         adapter_from_json({**d, "settings": {"channels": 2}})
@@ -132,5 +132,16 @@ def test_from_json_refuses_inconsistent_or_foreign_configs(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON") as e:
         adapter_from_json("{not json")
     _one_line(e)
+    bad = tmp_path / "bad" / "adapter.json"  # read from a file: the messages name it
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad/adapter\.json: not valid JSON"):
+        adapter_from_json(bad.parent)
+    bad.write_text(json.dumps({**d, "name": "video"}))
+    with pytest.raises(ValueError, match=r"bad/adapter\.json: unknown adapter 'video'"):
+        adapter_from_json(bad)
+    bad.write_bytes(b'{"name": "caf\xe9"}')  # not UTF-8: named, not read in the locale's encoding
+    with pytest.raises(ValueError, match=r"bad/adapter\.json"):
+        adapter_from_json(bad)
     with pytest.raises(FileNotFoundError, match="no adapter config"):
         adapter_from_json(tmp_path)
