@@ -3,8 +3,9 @@
 A classifier saved with ``save_pretrained`` is a normal LM directory (``config.json`` +
 ``model.safetensors``) plus ``head.safetensors`` and ``head.json`` (labels, pooling, and the settings
 of an audio classifier's spectral front end, whose projection is saved with the head as
-``frontend.weight`` / ``frontend.bias``), so the backbone stays loadable by anything that reads
-mamba_ssm checkpoints.
+``frontend.weight`` / ``frontend.bias``), so the backbone loads by itself as a plain language model
+(``MambaLM.from_pretrained``). Its tensors carry mamba_ssm's state-dict names (a tied LM head is
+stored once, as the embedding).
 """
 
 from __future__ import annotations
