@@ -31,6 +31,7 @@ from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_pla
 from genomamba.lit.datamodules import SpeciesDataModule
 from genomamba.lit.evaluate import evaluate_classifier, save_confusion_png, score_probabilities, window_probs
 from genomamba.lit.trainer import (
+    after_fit,
     build_trainer,
     final_checkpoint,
     fit,
@@ -97,7 +98,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     if not dna:
         results["adapter"] = adapter.to_dict()
     if getattr(dm, "test_ds", None) is not None:
-        trainer.test(module, datamodule=dm, verbose=not quiet)
+        with after_fit(trainer, "the test"):
+            trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = module.last_results.get("test", {})
         results["test"]["n_windows"] = len(dm.test_ds)
         if cfg.baselines and adapter.name == "audio":  # the same held-out clips, as the model reads them

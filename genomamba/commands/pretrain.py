@@ -24,6 +24,7 @@ from genomamba.lit.datamodules import PretrainDataModule
 from genomamba.lit.evaluate import stream_test
 from genomamba.lit.pretrain import PretrainModule
 from genomamba.lit.trainer import (
+    after_fit,
     build_trainer,
     final_checkpoint,
     fit,
@@ -100,7 +101,8 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
         module.model.save_pretrained(out)
         tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads
     if cfg.test_after_fit and dm.test_ds is not None:
-        test = trainer.test(module, datamodule=dm, verbose=not quiet)
+        with after_fit(trainer, "the test"):
+            test = trainer.test(module, datamodule=dm, verbose=not quiet)
         results["test"] = test[0] if test else {}
         st = cfg.stream_test
         if st is not None and trainer.world_size == 1:

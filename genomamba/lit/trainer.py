@@ -21,6 +21,7 @@ directory changes; ``config.yaml`` is rewritten only after that.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import functools
 import inspect
@@ -389,7 +390,8 @@ def keep_weights(trainer, module, dm) -> dict:
     if best is None:
         return {"weights": "last"}
     if not best.disabled and not trainer.interrupted and best.last_step != int(trainer.global_step):
-        trainer.validate(module, datamodule=dm, verbose=False)
+        with after_fit(trainer, "the final validation"):
+            trainer.validate(module, datamodule=dm, verbose=False)
     return best.restore(module)
 
 
@@ -401,6 +403,20 @@ def resume_path(arg, run_dir: Path) -> Optional[str]:
     if not p.exists():
         raise ConfigError(f"--resume: checkpoint {p} does not exist (nothing to resume in {run_dir})")
     return str(p)
+
+
+@contextlib.contextmanager
+def after_fit(trainer, what: str):
+    """Lightning turns a SIGTERM during its validate or test calls into an exit with status 0, so a
+    scheduler would count the run as finished: around the work after fit (the final validation, the
+    test) it becomes :class:`StoppedBySignal` (status 143), saying that ``--resume`` does the rest."""
+    try:
+        yield
+    except pl.utilities.exceptions.SIGTERMException:
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        raise StoppedBySignal(f"SIGTERM during {what} after step {trainer.global_step}: the trained state is saved "
+                              f"in {last}; --resume runs what was left and writes results.json",
+                              signal.SIGTERM) from None
 
 
 def fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
@@ -419,6 +435,6 @@ def fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
     except pickle.UnpicklingError as exc:
         if ckpt_path is None:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = refusal(exc) or type(exc).__name__
         raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
-                          f"plain data, and checkpoints are never unpickled as code ({first[:300]})") from None
+                          f"plain data, and checkpoints are never unpickled as code ({what[:300]})") from None

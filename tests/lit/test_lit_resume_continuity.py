@@ -141,3 +141,48 @@ def test_sigterm_saves_the_step_and_exits_143_then_resume_finishes(tmp_path):
     out = subprocess.run([*cmd, "-c", str(cfg), "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"done: step {step + 3}" in out.stdout
+
+
+class _SigtermWhen(pl.Callback):
+    """Sends this process a SIGTERM (as a scheduler would) at the first batch of the test, or of a
+    validation run after fit (the final validation that ``keep: best`` asks for)."""
+
+    def __init__(self, phase: str):
+        self.phase, self.sent = phase, False
+
+    def _send(self):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.phase == "test":
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.phase == "validation" and not trainer.training and trainer.state.fn == "validate":
+            self._send()
+
+
+@pytest.mark.parametrize("phase, what", [("test", "the test"), ("validation", "the final validation")])
+def test_sigterm_after_training_is_a_stop_not_a_finished_run(tiny_pretrain, monkeypatch, phase, what):
+    """Lightning turns a SIGTERM during its test or validate calls into an exit with status 0; after fit
+    that must still say the run was stopped (status 143 through StoppedBySignal), write no results.json,
+    and leave a last.ckpt from which --resume does the rest."""
+    from genomamba.errors import StoppedBySignal
+
+    real = pretrain_cmd.build_trainer
+    monkeypatch.setattr(pretrain_cmd, "build_trainer",
+                        lambda tc, run_dir, callbacks, *a, **k: real(tc, run_dir, [*callbacks, _SigtermWhen(phase)],
+                                                                     *a, **k))
+    doc = tiny_pretrain(max_steps=4, seq_len=128)
+    doc["trainer"].update(val_every=3, keep="best")  # step 4 is not validated in fit: keep: best validates it
+    doc["test_after_fit"] = True
+    doc["data"]["sources"][0]["splits"] = ["train", "val", "test"]
+    with pytest.raises(StoppedBySignal, match=f"SIGTERM during {what} after step 4: .*last.ckpt; --resume"):
+        run_pretrain(load_config(doc=doc), quiet=True)
+    run = Path(doc["run_dir"])
+    assert not (run / "results.json").exists()
+    monkeypatch.setattr(pretrain_cmd, "build_trainer", real)
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert res["global_step"] == 4 and (run / "results.json").exists()
