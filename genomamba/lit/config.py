@@ -556,6 +556,10 @@ def _build(doc: dict, kind: Optional[str], where: str):
     if k == "pretrain" and cfg.model is None:
         raise ConfigError(f"{where}: model: missing (MambaConfig fields, e.g. d_model, n_layer, vocab_size)")
     if k == "pretrain" and cfg.seqlen_warmup is not None:
+        for key in ("start", "stage_steps"):
+            v = getattr(cfg.seqlen_warmup, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{where}: seqlen_warmup.{key}: expected a positive int, got {v!r}")
         if not _is_pow2_multiple(cfg.data.seq_len, cfg.seqlen_warmup.start):
             raise ConfigError(f"{where}: seqlen_warmup.start={cfg.seqlen_warmup.start} must divide data.seq_len="
                               f"{cfg.data.seq_len} by a power of two")
@@ -594,6 +598,22 @@ def _check_ranges(cfg, where: str) -> None:
             raise ConfigError(f"{where}: {key}: expected a positive number of minutes, got {v}")
     if d.num_workers < 0:
         raise ConfigError(f"{where}: data.num_workers: expected an int >= 0, got {d.num_workers}")
+    counts = {"trainer.limit_val_batches": t.limit_val_batches}
+    if cfg.kind == "pretrain":
+        counts.update({"data.val_windows": d.val_windows, "data.test_windows": d.test_windows})
+    for key, v in counts.items():
+        if v is not None and v < 0:
+            raise ConfigError(f"{where}: {key}: expected an int >= 0 (or null), got {v}")
+    if t.threads is not None and t.threads < 1:
+        raise ConfigError(f"{where}: trainer.threads: expected a positive int (or null: torch's default), "
+                          f"got {t.threads}")
+    if not 0 <= t.seed < 2 ** 32:
+        raise ConfigError(f"{where}: trainer.seed: expected an int in [0, 2**32 - 1], got {t.seed}")
+    if not (math.isfinite(t.grad_clip) and t.grad_clip >= 0):
+        raise ConfigError(f"{where}: trainer.grad_clip: expected a norm >= 0 (0: no clipping), got {t.grad_clip}")
+    if isinstance(t.devices, int) and not isinstance(t.devices, bool) and (t.devices == 0 or t.devices < -1):
+        raise ConfigError(f"{where}: trainer.devices: expected a positive int, -1 (every device), 'auto' or a "
+                          f"list of device indices, got {t.devices}")
     fractions = {"data.rc_prob": d.rc_prob}
     if cfg.kind == "pretrain":
         fractions["data.max_n_frac"] = d.max_n_frac

@@ -143,6 +143,12 @@ def test_overrides_are_typed(tmp_path):
     ("data.max_n_frac=-0.5", "data.max_n_frac: expected a number in [0, 1]"),
     ("data.num_workers=-1", "data.num_workers: expected an int >= 0"),
     ("model.d_model=-3", "MambaConfig.d_model: expected a positive int"),
+    ("trainer.threads=-1", "trainer.threads: expected a positive int"),
+    ("trainer.seed=-1", "trainer.seed: expected an int in [0, 2**32 - 1], got -1"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip: expected a norm >= 0"),
+    ("trainer.devices=0", "trainer.devices: expected a positive int, -1"),
+    ("trainer.limit_val_batches=-2", "trainer.limit_val_batches: expected an int >= 0"),
+    ("data.val_windows=-3", "data.val_windows: expected an int >= 0"),
 ])
 def test_a_bad_value_from_set_names_the_set_not_the_file(assignment, needle, tmp_path):
     """Numbers that would fail only once Lightning runs (or train nonsense) stop at loading, and the
@@ -164,6 +170,13 @@ def test_a_bad_value_from_set_names_the_set_not_the_file(assignment, needle, tmp
     # a later --set of the same key decides: the file's own value again loads
     good = to_plain(load_config(src))[section][leaf]
     assert load_config(src, [assignment, f"{key}={json.dumps(good)}"])
+
+
+def test_a_zero_warmup_length_is_named_not_a_division_by_zero():
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    for key in ("start", "stage_steps"):
+        with pytest.raises(ConfigError, match=f"seqlen_warmup.{key}: expected a positive int, got 0"):
+            load_config(src, ["seqlen_warmup.start=64", "seqlen_warmup.stage_steps=10", f"seqlen_warmup.{key}=0"])
 
 
 def test_an_unknown_key_or_a_wrong_type_from_set_names_the_set(tmp_path):
