@@ -392,6 +392,17 @@ def _batch_tokens(batch) -> int:
     return int(batch.numel()) if isinstance(batch, torch.Tensor) else 0
 
 
+class RunStart(pl.Callback):
+    """The optimizer step this fit started training from (after a resume's restore); None while
+    training has not started (a resumed run with nothing left to train never starts it)."""
+
+    def __init__(self):
+        self.step: Optional[int] = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = int(trainer.global_step)
+
+
 class TrainThroughput(pl.Callback):
     """Training tokens per second over all processes and the peak memory of each, for results.json.
 

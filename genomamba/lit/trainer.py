@@ -46,6 +46,7 @@ from genomamba.lit.callbacks import (
     AveragedWeights,
     BestWeights,
     EpochSeed,
+    RunStart,
     ScheduleEnd,
     TimeBudget,
     TrainingCurves,
@@ -323,7 +324,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
            TrainingCurves(run_dir / "training_curves.png", train_keys, val_keys, every=max(1, tc.log_every),
                           title=monitor_title)] + callbacks
     cbs.append(TimeBudget(tc.budget_minutes) if tc.budget_minutes else ScheduleEnd())
-    cbs.append(TrainThroughput())
+    cbs += [TrainThroughput(), RunStart()]
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
         cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start, tc.ema_warmup))
     elif has_val and tc.keep == "best":
@@ -366,14 +367,19 @@ def final_checkpoint(trainer, run_dir: Path) -> None:
         # the full state (optimizer, loops, callbacks): resuming needs it. Lightning's own checkpoints
         # store the logger step before the step's increment and add it back on restore; this one is
         # written after fit, so it stores one less, else a resumed run's logs would skip a step
+        # ... unless this fit trained no step (a resume with nothing left to train): its counter is
+        # the one restored, already stored one less, and a second subtraction would make every later
+        # resume log its steps over earlier ones
         loop = trainer.fit_loop.epoch_loop
         counted = getattr(loop, "_batches_that_stepped", None)
-        if isinstance(counted, int) and counted > 0:
+        start = next((c.step for c in trainer.callbacks if isinstance(c, RunStart)), None)
+        shift = isinstance(counted, int) and counted > 0 and start is not None and trainer.global_step > start
+        if shift:
             loop._batches_that_stepped = counted - 1
         try:
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
         finally:
-            if isinstance(counted, int) and counted > 0:
+            if shift:
                 loop._batches_that_stepped = counted
 
 

@@ -186,3 +186,29 @@ def test_sigterm_after_training_is_a_stop_not_a_finished_run(tiny_pretrain, monk
     monkeypatch.setattr(pretrain_cmd, "build_trainer", real)
     res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
     assert res["global_step"] == 4 and (run / "results.json").exists()
+
+
+def test_resumes_with_nothing_to_train_leave_the_logged_steps_alone(tiny_pretrain):
+    """A --resume of a finished run (nothing left to train) writes last.ckpt again; the logger's step
+    counter in it must stay where it was, or the next real resume logs its steps over earlier ones."""
+    doc = tiny_pretrain(max_steps=4, seq_len=128)
+    run = Path(doc["run_dir"])
+    run_pretrain(load_config(doc=doc), quiet=True)
+    last = run / "checkpoints" / "last.ckpt"
+
+    def counter():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        return ck["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+
+    before = counter()
+    for _ in range(2):
+        run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+        assert counter() == before
+    doc["trainer"]["max_steps"] = 6
+    run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    steps = []
+    for f in sorted((run / "logs").glob("version_*/metrics.csv")):
+        with open(f) as fh:
+            steps.append([int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")])
+    first, *_, final = steps
+    assert first == [0, 1, 2, 3] and final == [4, 5], steps
