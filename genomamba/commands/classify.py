@@ -34,6 +34,7 @@ from genomamba.lit.trainer import (
     after_fit,
     build_trainer,
     final_checkpoint,
+    final_validation,
     fit,
     keep_weights,
     owns_run_dir,
@@ -87,8 +88,9 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     t0 = time.time()
     fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
+    final_validation(trainer, module, dm)
     final_checkpoint(trainer, run_dir)
-    kept = keep_weights(trainer, module, dm)
+    kept = keep_weights(trainer, module)
     out = module.net.save_pretrained(run_dir / "model")
     tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads
     results = {"kind": "classify", "name": cfg.name, "global_step": int(trainer.global_step),

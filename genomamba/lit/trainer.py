@@ -383,21 +383,29 @@ def final_checkpoint(trainer, run_dir: Path) -> None:
                 loop._batches_that_stepped = counted
 
 
-def keep_weights(trainer, module, dm) -> dict:
-    """After fit (and after last.ckpt is written, so ``--resume`` continues from the final step): load
-    the weights ``trainer.keep`` asks for into ``module``; returns what was kept, for results.json.
+def final_validation(trainer, module, dm) -> None:
+    """After fit, before last.ckpt is written: with ``keep: best``, validate a final step that fit did
+    not, so the last weights compete with the best ones on the same validation set, and so that
+    last.ckpt holds that score (a run continued with ``--resume`` keeps the best of the whole run)."""
+    if any(isinstance(cb, AveragedWeights) for cb in trainer.callbacks):
+        return  # the run ends with the average, whatever the scores
+    best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
+    if best is not None and not best.disabled and not trainer.interrupted \
+            and best.last_step != int(trainer.global_step):
+        with after_fit(trainer, "the final validation"):
+            trainer.validate(module, datamodule=dm, verbose=False)
 
-    With ``keep: best``, a final step that was not validated is validated first, so the last weights
-    compete with the best ones on the same validation set."""
+
+def keep_weights(trainer, module) -> dict:
+    """After fit, :func:`final_validation` and last.ckpt (so ``--resume`` continues from the final
+    step): load the weights ``trainer.keep`` asks for into ``module``; returns what was kept, for
+    results.json."""
     ema = next((cb for cb in trainer.callbacks if isinstance(cb, AveragedWeights)), None)
     if ema is not None:
         return ema.finish(module)
     best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
     if best is None:
         return {"weights": "last"}
-    if not best.disabled and not trainer.interrupted and best.last_step != int(trainer.global_step):
-        with after_fit(trainer, "the final validation"):
-            trainer.validate(module, datamodule=dm, verbose=False)
     return best.restore(module)
 
 

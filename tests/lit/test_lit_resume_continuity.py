@@ -212,3 +212,15 @@ def test_resumes_with_nothing_to_train_leave_the_logged_steps_alone(tiny_pretrai
             steps.append([int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")])
     first, *_, final = steps
     assert first == [0, 1, 2, 3] and final == [4, 5], steps
+
+
+def test_the_final_validation_is_in_last_ckpt(tiny_pretrain):
+    """keep: best validates a final step that fit did not; that score must be in last.ckpt, or a run
+    continued with --resume could lose the best weights of the whole run."""
+    doc = tiny_pretrain(max_steps=5, seq_len=128)
+    doc["trainer"].update(val_every=3, keep="best")
+    res = run_pretrain(load_config(doc=doc), quiet=True)
+    ck = torch.load(Path(doc["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = next(v for k, v in ck["callbacks"].items() if k.startswith("BestWeights"))
+    assert best["last_step"] == 5  # the final validation happened before last.ckpt was written
+    assert res["kept"]["step"] == best["best_step"]
