@@ -232,6 +232,7 @@ def check_resume(cfg, ckpt_path: str) -> None:
         raise ConfigError(f"--resume: {ckpt_path} is a classifier checkpoint; resume it with "
                           "`genomamba classify fit --resume`")
     _warn_optim_changed(cfg, ckpt_path, hp.get("optim"))
+    _check_warmup_length(cfg, ckpt_path, ck.get("callbacks"))
     want, have = _expected_model(cfg), hp.get("model")
     if want is None or not isinstance(have, dict):
         return
@@ -243,6 +244,20 @@ def check_resume(cfg, ckpt_path: str) -> None:
     if diff:
         raise ConfigError(f"--resume: {ckpt_path} does not match the config ({'; '.join(diff)}); resume with the "
                           "model settings the run started with, or start a new run")
+
+
+def _check_warmup_length(cfg, ckpt_path: str, callbacks) -> None:
+    """A sequence-length warmup continues with the checkpoint's schedule, whose last stage reads the
+    data's windows whole: a data.seq_len changed since would fail at the first step (and a config.yaml
+    already rewritten would fail every later ``--resume`` alike), so it is refused here, by name."""
+    if cfg.kind != "pretrain" or cfg.seqlen_warmup is None or not isinstance(callbacks, dict):
+        return
+    saved = next((v for k, v in callbacks.items() if str(k).startswith("SeqLenWarmup")), None)
+    final = saved.get("final_len") if isinstance(saved, dict) else None
+    if isinstance(final, int) and final != cfg.data.seq_len:
+        raise ConfigError(f"--resume: {ckpt_path}: its sequence-length warmup (which a resumed run continues) "
+                          f"ends at {final} tokens, but data.seq_len is {cfg.data.seq_len}; resume with "
+                          f"data.seq_len={final}, or start a new run")
 
 
 def _warn_optim_changed(cfg, ckpt_path: str, saved) -> None:

@@ -48,6 +48,14 @@ def test_warmup_run_keeps_tokens_per_step_and_resumes_mid_stage(tiny_pretrain, t
     ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = [v for k, v in ck["callbacks"].items() if k.startswith("SeqLenWarmup")][0]
     assert state == {"start_len": 64, "final_len": 256, "stage_steps": 4}
+    # a changed data.seq_len cannot continue that schedule: refused before anything in the run changes
+    config_yaml = (run / "config.yaml").read_text()
+    doc["trainer"]["max_steps"] = 16
+    doc["data"]["seq_len"] = 128
+    with pytest.raises(ConfigError, match=r"warmup .* ends at 256 tokens, but data\.seq_len is 128; resume with "
+                                          r"data\.seq_len=256"):
+        run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert (run / "config.yaml").read_text() == config_yaml
 
 
 def test_checkpoint_schedule_wins_over_changed_config_on_resume():
