@@ -95,7 +95,9 @@ ModelConfig = dataclasses.make_dataclass("ModelConfig", _optional_fields_of(Mamb
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
-    max_minutes: Optional[float] = None  # wall-clock cap (Lightning Timer); training stops cleanly
+    # wall-clock cap on training (Lightning Timer), over the whole run: its clock is in the checkpoint,
+    # so resumes count what was used before; training stops cleanly
+    max_minutes: Optional[float] = None
     budget_minutes: Optional[float] = None  # plan max_steps from measured speed so the LR schedule fits
     val_every: int = 200  # optimizer steps between validations
     limit_val_batches: Optional[int] = None

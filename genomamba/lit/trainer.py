@@ -223,6 +223,7 @@ def check_resume(cfg, ckpt_path: str) -> None:
         print(f"genomamba: warning: --resume: {ckpt_path} is at step {step} and trainer.max_steps is "
               f"{cfg.trainer.max_steps}: nothing is left to train (raise it, e.g. --max-steps, to go on); "
               "the run only validates and tests", file=sys.stderr)
+    _warn_time_used(cfg, ckpt_path, ck.get("callbacks"))
     hp = ck.get("hyper_parameters") or {}
     is_classifier = "labels" in hp
     if cfg.kind == "classify" and not is_classifier:
@@ -244,6 +245,19 @@ def check_resume(cfg, ckpt_path: str) -> None:
     if diff:
         raise ConfigError(f"--resume: {ckpt_path} does not match the config ({'; '.join(diff)}); resume with the "
                           "model settings the run started with, or start a new run")
+
+
+def _warn_time_used(cfg, ckpt_path: str, callbacks) -> None:
+    """trainer.max_minutes covers the whole run, resumes included (Lightning's Timer keeps its clock in
+    the checkpoint): a resume whose limit is already spent trains nothing, which a warning says."""
+    limit = cfg.trainer.max_minutes
+    timer = next((v for k, v in callbacks.items() if str(k).startswith("Timer")), None) \
+        if isinstance(callbacks, dict) else None
+    used = timer.get("time_elapsed", {}).get("train") if isinstance(timer, dict) else None
+    if limit and isinstance(used, (int, float)) and used >= 60 * limit and _primary_process():
+        print(f"genomamba: warning: --resume: {ckpt_path} has trained {used / 60:.2f} minutes and "
+              f"trainer.max_minutes is {limit:g}, which covers the whole run (resumes included): nothing is left "
+              "to train (raise it, e.g. --set trainer.max_minutes=..., to go on)", file=sys.stderr)
 
 
 def _check_warmup_length(cfg, ckpt_path: str, callbacks) -> None:

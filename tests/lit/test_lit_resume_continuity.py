@@ -224,3 +224,15 @@ def test_the_final_validation_is_in_last_ckpt(tiny_pretrain):
     best = next(v for k, v in ck["callbacks"].items() if k.startswith("BestWeights"))
     assert best["last_step"] == 5  # the final validation happened before last.ckpt was written
     assert res["kept"]["step"] == best["best_step"]
+
+
+def test_a_resume_whose_time_limit_is_spent_says_so(tiny_pretrain, capsys):
+    """trainer.max_minutes covers the whole run; a resume past it trains nothing, and says why."""
+    doc = tiny_pretrain(max_steps=3, seq_len=128, max_minutes=10.0)
+    run_pretrain(load_config(doc=doc), quiet=True)
+    doc["trainer"].update(max_steps=50, max_minutes=1e-4)
+    capsys.readouterr()
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    err = capsys.readouterr().err
+    assert "trainer.max_minutes is 0.0001, which covers the whole run (resumes included): nothing is left" in err
+    assert res["global_step"] == 3
