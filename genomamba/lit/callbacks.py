@@ -126,16 +126,25 @@ class TimeBudget(pl.Callback):
         self._planned_under: Optional[int] = None  # trainer.max_steps when the plan was made
         self._retarget = False
         self._t0 = self._t_skip = None
+        self._start = 0  # the step this launch started training from (a resume's, after its restore)
+        self._before = 0.0  # seconds trained by earlier launches of the run (from the checkpoint)
+
+    def _elapsed(self) -> float:
+        """Seconds of the budget used so far, earlier launches included."""
+        return self._before + (time.time() - self._t0 if self._t0 is not None else 0.0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.planned is not None:
             return
-        step = trainer.global_step
+        # the probe runs in every launch (a resumed one builds its kernels again): steps skip .. skip +
+        # probe counted from the step this launch started at
+        step = trainer.global_step - self._start
         if step == self.skip:
             self._t_skip = time.time()
         elif step == self.skip + self.probe and self._t_skip is not None:
             per_step = (time.time() - self._t_skip) / self.probe
-            left = self.minutes * 60 * self.safety - (time.time() - self._t0)
+            step = trainer.global_step
+            left = self.minutes * 60 * self.safety - self._elapsed()
             fit = step + max(1, int(left / per_step))
             self.planned = min(int(trainer.max_steps), fit) if trainer.max_steps and trainer.max_steps > 0 else fit
             self.planned = int(trainer.strategy.broadcast(self.planned, src=0))  # every rank stops at one step
@@ -145,11 +154,12 @@ class TimeBudget(pl.Callback):
             rank_zero_info(f"TimeBudget: {per_step:.3f} s/step -> {self.planned} steps in {self.minutes} min")
 
     def state_dict(self) -> dict:
-        return {"planned": self.planned, "max_steps": self._planned_under}
+        return {"planned": self.planned, "max_steps": self._planned_under, "elapsed": self._elapsed()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.planned = state_dict.get("planned")
         self._planned_under = state_dict.get("max_steps")
+        self._before = float(state_dict.get("elapsed") or 0.0)
 
     def on_fit_start(self, trainer, pl_module):
         if self.planned is None:
@@ -167,6 +177,7 @@ class TimeBudget(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.time()
+        self._start = int(trainer.global_step)
         if self._retarget:  # after the scheduler's state came back from the checkpoint
             _end_schedule_at(trainer, self.planned)
             self._retarget = False

@@ -121,3 +121,19 @@ def test_resume_refuses_a_checkpoint_with_pickled_code(tiny_pretrain, tmp_path):
     assert not marker.exists()  # the pickled call never ran
     res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)  # the clean one still resumes
     assert res["global_step"] == 6
+
+
+def test_time_budget_plans_in_a_run_resumed_before_its_probe_ended(tiny_pretrain, tmp_path):
+    """A run stopped before its probe finished (here at step 10 of skip 5 + probe 20) plans when
+    resumed: the probe runs again from the launch's first step, and the time used before counts."""
+    doc = tiny_pretrain(max_steps=10, seq_len=128)
+    doc["trainer"]["budget_minutes"] = 0.05
+    assert run_pretrain(load_config(doc=doc), quiet=True)["global_step"] == 10
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = [v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget")][0]
+    assert state["planned"] is None and state["elapsed"] > 0
+    doc["trainer"]["max_steps"] = 5000
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    plan = [v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget")][0]["planned"]
+    assert plan is not None and 10 + 25 <= res["global_step"] == plan < 5000
