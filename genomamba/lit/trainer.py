@@ -84,9 +84,16 @@ def prepare_run_dir(cfg, resume: Optional[str], force: bool = False) -> tuple[Pa
     primary = _primary_process()
     if primary:
         _own(run_dir)
+    # a checkpoint from elsewhere starts this directory's run from it: like a new run, it must not mix
+    # with an earlier run left here
+    foreign = ckpt_path is not None and not _inside(Path(ckpt_path), run_dir)
     try:
-        if primary and resume is None:
+        if primary and (resume is None or foreign):
             earlier = earlier_run(run_dir)
+            if earlier and resume is not None:
+                raise OutputExistsError(f"{run_dir}: holds an earlier run ({', '.join(earlier)}), and --resume "
+                                        f"{ckpt_path} is another directory's checkpoint: the two runs would mix "
+                                        "here; resume it with its own --run-dir, or give an empty one")
             if earlier and not force:
                 raise OutputExistsError(
                     f"{run_dir}: holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
@@ -154,7 +161,8 @@ def owns_run_dir(fn):
 
 
 def earlier_run(run_dir: Path) -> list[str]:
-    """What an earlier run left in ``run_dir`` that a new run would replace (checkpoints, model, results)."""
+    """What an earlier run left in ``run_dir`` that a new run would replace (checkpoints, model, results,
+    the logs of a run stopped before its first checkpoint)."""
     found = []
     ckpts = run_dir / "checkpoints"
     if ckpts.is_dir() and any(ckpts.glob("*.ckpt")):
@@ -163,7 +171,19 @@ def earlier_run(run_dir: Path) -> list[str]:
         found.append("model/")
     if (run_dir / "results.json").exists():
         found.append("results.json")
+    for logs in ("logs", "tb"):
+        if (run_dir / logs).is_dir() and any((run_dir / logs).iterdir()):
+            found.append(f"{logs}/")
     return found
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies under ``folder`` (both resolved: links and '..' count as where they lead)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def clear_run(run_dir: Path) -> None:

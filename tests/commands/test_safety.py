@@ -159,6 +159,31 @@ def test_3_fresh_run_into_a_used_run_dir_refuses_unless_force(finished_run, tmp_
     assert not (run / "run.lock").exists()  # ownership ends with the run
 
 
+def test_3b_another_dirs_checkpoint_or_an_aborted_runs_logs_do_not_mix_runs(finished_run, tmp_path, capsys):
+    """--resume with a checkpoint from another run directory continues that run here: refused where an
+    earlier run lies (the two would share checkpoints/ and logs/), taken in an empty directory. Logs
+    of a run stopped before its first checkpoint count as an earlier run too."""
+    run, cfg, doc = _copy_run(finished_run, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    foreign = other / "checkpoints" / "last.ckpt"
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert cli(["pretrain", "-c", str(cfg), "--max-steps", "6", "--resume", str(foreign)]) == 2
+    _one_line_error(capsys.readouterr().err, "earlier run", "another directory's checkpoint")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    empty = tmp_path / "empty"
+    assert cli(["pretrain", "-c", str(cfg), "--max-steps", "6", "--resume", str(foreign),
+                "--run-dir", str(empty)]) == 0
+    capsys.readouterr()
+    assert torch.load(empty / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    # an aborted run: logs, no checkpoint yet
+    aborted = tmp_path / "aborted"
+    (aborted / "logs" / "version_0").mkdir(parents=True)
+    (aborted / "logs" / "version_0" / "metrics.csv").write_text("step,train/loss\n")
+    assert cli(["pretrain", "-c", str(cfg), "--max-steps", "2", "--run-dir", str(aborted)]) == 2
+    _one_line_error(capsys.readouterr().err, "earlier run (logs/)", "--force")
+
+
 def test_4_a_live_run_owns_its_dir_and_a_killed_ones_lock_is_taken_over(tmp_path, capsys):
     run = tmp_path / "run"
     doc = tiny_pretrain_doc(run, max_steps=400, seq_len=128)
