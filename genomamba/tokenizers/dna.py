@@ -300,6 +300,8 @@ class DNATokenizer:
         if d.get("type") != "genomamba.DNATokenizer":
             raise ValueError(f"not a genomamba.DNATokenizer config: type={d.get('type')!r}")
         tok = cls(iupac=d.get("iupac", "n"), unknown=d.get("unknown", "error"))
+        if "vocab" in d and not isinstance(d["vocab"], list):
+            raise ValueError(f"vocab: expected the list of token strings, got {d['vocab']!r}")
         if "vocab" in d and list(d["vocab"]) != tok.vocab:
             # A checkpoint's embedding rows are indexed by this vocabulary: a silent change would
             # scramble every token, so refuse rather than guess.

@@ -109,6 +109,10 @@ def test_save_load(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"tokenizer\.json: tokenizer vocab mismatch"):
         DNATokenizer.from_pretrained(tmp_path)
+    d["vocab"] = 5
+    (tmp_path / "tokenizer.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: vocab: expected the list of token strings, got 5"):
+        DNATokenizer.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError):
         DNATokenizer.from_pretrained(tmp_path / "nothing")
     for text, needle in (('{"type": "x"}', "not a genomamba.DNATokenizer config: type='x'"),
