@@ -88,8 +88,8 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
     t0 = time.time()
     fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
-    final_validation(trainer, module, dm)
     final_checkpoint(trainer, run_dir)
+    final_validation(trainer, module, dm, run_dir)
     kept = keep_weights(trainer, module)
     out = module.net.save_pretrained(run_dir / "model")
     tok.save_pretrained(out) if dna else adapter.save(out)  # adapter.json: what genomamba.load reads

@@ -77,8 +77,8 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     t0 = time.time()
     fit(trainer, module, dm, ckpt_path)
     fit_s = time.time() - t0
-    final_validation(trainer, module, dm)
     final_checkpoint(trainer, run_dir)
+    final_validation(trainer, module, dm, run_dir)
     kept = keep_weights(trainer, module)
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),

@@ -95,9 +95,12 @@ def prepare_run_dir(cfg, resume: Optional[str], force: bool = False) -> tuple[Pa
                                         f"{ckpt_path} is another directory's checkpoint: the two runs would mix "
                                         "here; resume it with its own --run-dir, or give an empty one")
             if earlier and not force:
+                resumable = not set(earlier) <= {"logs/", "tb/"}  # a run stopped before its first checkpoint
                 raise OutputExistsError(
-                    f"{run_dir}: holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
-                    "replace it with --force, or choose another --run-dir")
+                    f"{run_dir}: holds an earlier run ({', '.join(earlier)}); "
+                    + ("continue it with --resume, replace it with --force, " if resumable else
+                       "it stopped before its first checkpoint, so replace it with --force ")
+                    + "or choose another --run-dir")
             if earlier:
                 clear_run(run_dir)
         if primary:
@@ -352,10 +355,12 @@ def _several_devices(tc: TrainerConfig) -> bool:
 class _Checkpoints(pl.callbacks.ModelCheckpoint):
     """Lightning's checkpointing, also saving the state when SIGTERM stops a run (Lightning stops after
     the step in progress): a preempted job continues with ``--resume`` from that step. Other errors
-    save nothing, so a failed step never replaces the last good checkpoint."""
+    save nothing, so a failed step never replaces the last good checkpoint; nor does a SIGTERM after
+    fit (during the final validation or the test), where last.ckpt already holds the final step and
+    the module may hold the kept weights instead of the last ones."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, pl.utilities.exceptions.SIGTERMException):
+        if isinstance(exception, pl.utilities.exceptions.SIGTERMException) and trainer.state.fn == "fit":
             super().on_exception(trainer, pl_module, exception)
 
 
@@ -432,10 +437,11 @@ def final_checkpoint(trainer, run_dir: Path) -> None:
                 loop._batches_that_stepped = counted
 
 
-def final_validation(trainer, module, dm) -> None:
-    """After fit, before last.ckpt is written: with ``keep: best``, validate a final step that fit did
-    not, so the last weights compete with the best ones on the same validation set, and so that
-    last.ckpt holds that score (a run continued with ``--resume`` keeps the best of the whole run)."""
+def final_validation(trainer, module, dm, run_dir: Path) -> None:
+    """After fit and :func:`final_checkpoint`: with ``keep: best``, validate a final step that fit did
+    not, so the last weights compete with the best ones on the same validation set, then write
+    last.ckpt again with that score in it (a run continued with ``--resume`` keeps the best of the
+    whole run). A SIGTERM during the validation leaves the first last.ckpt (a resume validates)."""
     if any(isinstance(cb, AveragedWeights) for cb in trainer.callbacks):
         return  # the run ends with the average, whatever the scores
     best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
@@ -443,10 +449,11 @@ def final_validation(trainer, module, dm) -> None:
             and best.last_step != int(trainer.global_step):
         with after_fit(trainer, "the final validation"):
             trainer.validate(module, datamodule=dm, verbose=False)
+        final_checkpoint(trainer, run_dir)
 
 
 def keep_weights(trainer, module) -> dict:
-    """After fit, :func:`final_validation` and last.ckpt (so ``--resume`` continues from the final
+    """After fit, last.ckpt and :func:`final_validation` (so ``--resume`` continues from the final
     step): load the weights ``trainer.keep`` asks for into ``module``; returns what was kept, for
     results.json."""
     ema = next((cb for cb in trainer.callbacks if isinstance(cb, AveragedWeights)), None)

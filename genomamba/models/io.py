@@ -222,10 +222,12 @@ def config_from_hf(d: dict) -> MambaConfig:
             cfg = MambaConfig(**{**kw, "vocab_size": real, "pad_vocab_size_multiple": multiple})
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"genomamba_vocab_size / genomamba_pad_vocab_size_multiple: {exc}") from None
-        if cfg.padded_vocab_size != kw["vocab_size"]:
-            raise CheckpointError(f"genomamba_vocab_size: {real} padded to a multiple of {multiple} is "
-                                  f"{cfg.padded_vocab_size}, but vocab_size is {kw['vocab_size']}")
-        return cfg
+        if cfg.padded_vocab_size == kw["vocab_size"]:
+            return cfg
+        # the embeddings were resized since (HF's resize_token_embeddings): HF's count is what holds
+        warnings.warn(f"genomamba_vocab_size: {real} padded to a multiple of {multiple} is {cfg.padded_vocab_size}, "
+                      f"but vocab_size is {kw['vocab_size']} (embeddings resized since?); every one of the "
+                      f"{kw['vocab_size']} rows counts as a token", UserWarning, stacklevel=3)
     return MambaConfig(pad_vocab_size_multiple=1, **kw)
 
 

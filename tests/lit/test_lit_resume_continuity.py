@@ -176,13 +176,20 @@ def test_sigterm_after_training_is_a_stop_not_a_finished_run(tiny_pretrain, monk
                         lambda tc, run_dir, callbacks, *a, **k: real(tc, run_dir, [*callbacks, _SigtermWhen(phase)],
                                                                      *a, **k))
     doc = tiny_pretrain(max_steps=4, seq_len=128)
-    doc["trainer"].update(val_every=3, keep="best")  # step 4 is not validated in fit: keep: best validates it
+    # step 4 is not validated in fit (keep: best validates it after) nor saved by a periodic checkpoint
+    doc["trainer"].update(val_every=3, ckpt_every=3, keep="best")
     doc["test_after_fit"] = True
     doc["data"]["sources"][0]["splits"] = ["train", "val", "test"]
     with pytest.raises(StoppedBySignal, match=f"SIGTERM during {what} after step 4: .*last.ckpt; --resume"):
         run_pretrain(load_config(doc=doc), quiet=True)
     run = Path(doc["run_dir"])
     assert not (run / "results.json").exists()
+    # last.ckpt is the one written after fit (final weights, logger counter one less): the stop saved
+    # no other over it, nor a step checkpoint of the kept weights
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000003.ckpt"]
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 4
+    assert ck["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 3
     monkeypatch.setattr(pretrain_cmd, "build_trainer", real)
     res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
     assert res["global_step"] == 4 and (run / "results.json").exists()

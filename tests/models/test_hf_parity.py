@@ -72,6 +72,13 @@ def test_a_round_trip_through_hf_keeps_the_real_vocabulary(tmp_path):
     assert int(out.max()) <= 10
     # an HF directory without the extra field keeps reading its vocabulary as is
     assert MambaLM.from_pretrained(_hf_dir(tmp_path)).config.vocab_size == 24
+    # resized in HF since (resize_token_embeddings): its count holds, with a warning
+    hf = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf")
+    hf.resize_token_embeddings(20)
+    hf.save_pretrained(tmp_path / "resized")
+    with pytest.warns(UserWarning, match=r"genomamba_vocab_size: 11 padded to a multiple of 8 is 16, but "
+                                         r"vocab_size is 20"):
+        assert MambaLM.from_pretrained(tmp_path / "resized").config.vocab_size == 20
 
 
 def _hf_dir(tmp_path):
