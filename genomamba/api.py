@@ -39,7 +39,7 @@ import torch
 
 from genomamba.adapters import ADAPTER_FILE, Adapter, adapter_from_json
 from genomamba.data.fasta import read_records
-from genomamba.errors import InputFileError, InvalidArgument, MissingInputError, check_input_file
+from genomamba.errors import InputFileError, InvalidArgument, MissingInputError, check_device, check_input_file
 from genomamba.files import read_text
 from genomamba.models import graphed
 from genomamba.models.decode import check_seed
@@ -612,25 +612,6 @@ def inference_dtype(device, dtype="auto") -> Optional[torch.dtype]:
     if dtype in DTYPES:
         return DTYPES[dtype]
     raise InvalidArgument(f"dtype: expected auto, {', '.join(DTYPES)} or a torch dtype, got {dtype!r}")
-
-
-def check_device(device, name: str = "device") -> None:
-    """InvalidArgument naming ``name`` for a device that is no device name (``"gpu"``) or that this
-    machine or torch build lacks (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` with two GPUs)."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InvalidArgument(f"{name}: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        raise InvalidArgument(f"{name}: {device!r} asked for, but {why} (torch {torch.__version__}); use cpu")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InvalidArgument(f"{name}: {device!r} asked for, but this machine shows "
-                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")
 
 
 def check_model_dir(path: PathLike, name: str = "path") -> Path:

@@ -133,3 +133,24 @@ def check_input_file(path: PathLike, what: str = "") -> None:
         raise InputFileError(errno.EINVAL, f"{label}: not a regular file")
     if not os.access(path, os.R_OK):
         raise InputFileError(errno.EACCES, f"{label}: permission denied (not readable)")
+
+
+def check_device(device, name: str = "device") -> None:
+    """InvalidArgument naming ``name`` for a device that is no device name (``"gpu"``) or that this
+    machine or torch build lacks (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` with two GPUs)."""
+    if device is None:
+        return
+    import torch  # here: the rest of this module runs without it
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidArgument(f"{name}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise InvalidArgument(f"{name}: {device!r} asked for, but {why} (torch {torch.__version__}); use cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidArgument(f"{name}: {device!r} asked for, but this machine shows "
+                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from genomamba.api import check_device, check_model_dir, load
-from genomamba.errors import InvalidArgument, report
+from genomamba.api import check_model_dir, load
+from genomamba.errors import InvalidArgument, check_device, report
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

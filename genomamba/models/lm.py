@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as ckpt
 
 from genomamba.config import MambaConfig
+from genomamba.errors import check_device
 from genomamba.models import decode, graphed, graphed_train
 from genomamba.models.cache import InferenceCache
 from genomamba.models.io import (
@@ -328,11 +329,7 @@ class MambaLM(nn.Module):
         and a warning names both. ``dtype``: a floating-point torch dtype or its name ("bfloat16"); None
         builds float32 weights whatever the checkpoint stores (the precision training keeps)."""
         dtype = _floating_dtype(dtype)
-        if device is not None:
-            try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError, ValueError):
-                raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}") from None
+        check_device(device)
         cfg, sd, weights, cfg_path = read_pretrained(path)
         with torch.device("meta"):
             model = cls(cfg)
