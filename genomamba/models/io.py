@@ -13,6 +13,7 @@ Everything here works on configs and state dicts, never on the model class: ``Ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from genomamba.config import MambaConfig, check_field
@@ -35,6 +37,10 @@ LEGACY_SHARDED_INDEX_NAME = "pytorch_model.bin.index.json"
 # a sequence classifier's head, saved beside the backbone (genomamba.models.heads)
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
+# safetensors metadata of a genomamba save: the SHA-256 of the config.json written with the weights,
+# so that a weights file beside another config (a save interrupted between its two renames, or a
+# config edited since) is noticed on load
+CONFIG_DIGEST_KEY = "genomamba_config_sha256"
 
 
 class CheckpointError(UserError, ValueError):
@@ -61,9 +67,24 @@ def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
         (directory / stale).unlink(missing_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_file(tensors, str(tmp), metadata={"format": "pt", CONFIG_DIGEST_KEY: _digest(text)})
     write_text(directory / CONFIG_NAME, text)
     return directory
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _stored_digest(weights: Path) -> "str | None":
+    """The config digest a genomamba save put into ``weights``' metadata; None for other files."""
+    if weights.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            return (fh.metadata() or {}).get(CONFIG_DIGEST_KEY)
+    except Exception:  # unreadable: read_state_dict names the file
+        return None
 
 
 def _some(names, n: int = 5) -> str:
@@ -306,8 +327,9 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path}: missing (a saved genomamba / mamba_ssm model has one)")
+    text = read_text(cfg_path)
     try:
-        raw = json.loads(read_text(cfg_path))
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
@@ -319,6 +341,11 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from None
     weights = find_weights(path)
+    stored = _stored_digest(weights)
+    if stored is not None and stored != _digest(text):
+        warnings.warn(f"{weights} was saved together with another {cfg_path} (the config was edited since, or a "
+                      f"save was interrupted between writing the weights and the config); loading with the "
+                      f"config on disk", UserWarning, stacklevel=3)
     sd = read_sharded_state_dict(weights) if weights.name == SHARDED_INDEX_NAME else read_state_dict(weights)
     if hf:
         sd = state_dict_from_hf(sd)

@@ -114,6 +114,43 @@ def test_a_config_json_cannot_hold_changes_nothing_on_disk(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
 
 
+def test_weights_beside_another_config_are_noticed(tmp_path):
+    """A save writes the weights, then the config; weights left beside another config (a save killed
+    between the two renames, or a config edited since) load with a warning naming both files. A whole
+    save, and a safetensors file from elsewhere (no genomamba metadata), load without one."""
+    import shutil
+    import warnings
+
+    old = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11, norm_epsilon=1e-5)).eval()
+    new = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=11, norm_epsilon=1e-3)).eval()
+    old.save_pretrained(tmp_path / "m")
+    new.save_pretrained(tmp_path / "new")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MambaLM.from_pretrained(tmp_path / "m")
+    shutil.copy(tmp_path / "new" / "model.safetensors", tmp_path / "m" / "model.safetensors")  # killed here
+    with pytest.warns(UserWarning, match=r"m/model\.safetensors was saved together with another .*m/config\.json "
+                                         r"\(the config was edited since, or a save was interrupted"):
+        loaded = MambaLM.from_pretrained(tmp_path / "m")
+    assert loaded.config.norm_epsilon == 1e-5  # the config on disk, as the warning says
+    new.save_pretrained(tmp_path / "m")  # the save completed: both files agree again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MambaLM.from_pretrained(tmp_path / "m").config.norm_epsilon == 1e-3
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["norm_epsilon"] = 1e-4  # edited by hand
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="edited since"):
+        MambaLM.from_pretrained(tmp_path / "m")
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(tmp_path / "m" / "model.safetensors")), str(tmp_path / "m" / "model.safetensors"),
+              metadata={"format": "pt"})  # as another tool writes it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MambaLM.from_pretrained(tmp_path / "m")
+
+
 def test_saving_a_model_over_a_classifier_removes_the_old_head(tmp_path):
     """A head left from an earlier save would be read with the new backbone as if it were trained on
     it; saving a plain model there removes it, and a classifier saved again writes its own."""
