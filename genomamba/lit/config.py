@@ -523,19 +523,28 @@ def _modality_defaults(doc: dict, kind: str) -> None:
 
 def _blame_override(e: ConfigError, where: str, overrides) -> ConfigError:
     """An error about a key that a ``--set`` gave names that ``--set`` (the file did not say it): the
-    message is about the key itself, or about a section of it and mentions the key's last part."""
+    message is about the key itself (preferred: another ``--set``'s name may appear in its advice), or
+    about a section of it and mentions the key's last part, or refuses a top-level key only a ``--set``
+    gave."""
     msg = str(e)
     if not msg.startswith(f"{where}: "):
         return e
     rest = msg[len(where) + 2:]
     said = rest.split("; known: ")[0]  # an unknown-key error lists every known key after this
-    for o in reversed(list(overrides)):  # the last --set of a key is the one that counts
-        parts = o.split("=", 1)[0].strip().split(".")
-        for n in range(len(parts), 0, -1):
+    sets = [(o.strip(), o.split("=", 1)[0].strip().split(".")) for o in reversed(list(overrides))]
+    # the last --set of a key is the one that counts, hence reversed
+    for o, parts in sets:
+        key = ".".join(parts)
+        if rest.startswith(key) and rest[len(key):len(key) + 1] in (":", "=", " ", ""):
+            return ConfigError(f"--set {o} (over {where}): {rest}")
+    for o, parts in sets:
+        if said.startswith("unknown key") and repr(parts[0]) in said:  # a misspelt top-level key
+            return ConfigError(f"--set {o} (over {where}): {rest}")
+        for n in range(len(parts) - 1, 0, -1):
             prefix = ".".join(parts[:n])
             if rest.startswith(prefix) and rest[len(prefix):len(prefix) + 1] in (":", "=", " ", ".", ""):
-                if n == len(parts) or parts[-1] in said[len(prefix):]:
-                    return ConfigError(f"--set {o.strip()} (over {where}): {rest}")
+                if parts[-1] in said[len(prefix):]:
+                    return ConfigError(f"--set {o} (over {where}): {rest}")
                 break
     return e
 

@@ -182,7 +182,8 @@ def test_a_zero_warmup_length_is_named_not_a_division_by_zero():
 def test_an_unknown_key_or_a_wrong_type_from_set_names_the_set(tmp_path):
     src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
     for assignment, needle in [("trainer.max_stepz=10", "trainer: unknown key(s) ['max_stepz']"),
-                               ("data.seq_len=abc", "data.seq_len: expected int, got 'abc'")]:
+                               ("data.seq_len=abc", "data.seq_len: expected int, got 'abc'"),
+                               ("modle.d_model=5", "unknown key(s) ['modle']")]:
         with pytest.raises(ConfigError) as err:
             load_config(src, ["trainer.max_steps=7", assignment])
         assert str(err.value).startswith(f"--set {assignment} (over {src}): {needle}"), str(err.value)
@@ -192,6 +193,17 @@ def test_an_unknown_key_or_a_wrong_type_from_set_names_the_set(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(bad, ["trainer.max_steps=7"])
     assert str(err.value).startswith(f"{bad}: trainer: unknown key(s) ['max_stepz']"), str(err.value)
+
+
+def test_the_set_of_the_refused_key_is_named_not_one_its_advice_mentions():
+    """A message about trainer.strategy that suggests more devices names the strategy's --set, not
+    the devices' one given beside it."""
+    src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
+    sets = ["trainer.strategy=ddp_spawn", "trainer.devices=2", "trainer.accelerator=cpu"]
+    with pytest.raises(ConfigError) as err:
+        load_config(src, sets)
+    assert str(err.value).startswith(f"--set trainer.strategy=ddp_spawn (over {src}): trainer.strategy"), str(err.value)
+    assert "devices" in str(err.value)  # the advice that misled the old rule
 
 
 def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):
