@@ -381,8 +381,13 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
     cbs += [TrainThroughput(), RunStart()]
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
         cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start, tc.ema_warmup))
-    elif has_val and tc.keep == "best":
-        cbs.append(BestWeights("val/loss"))
+    elif tc.keep == "best":
+        best = BestWeights("val/loss")
+        if not has_val or tc.limit_val_batches == 0:  # nothing to choose by: said now, not after the run
+            best.disabled = "no validation split" if not has_val else "trainer.limit_val_batches is 0"
+            print(f"genomamba: trainer.keep=best compares validation losses, but this run validates nothing "
+                  f"({best.disabled}): it keeps its last weights", file=sys.stderr)
+        cbs.append(best)
     if tc.progress:
         cbs.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, tc.log_every)))
     loggers = [pl.loggers.CSVLogger(str(run_dir), name="logs")]

@@ -165,6 +165,26 @@ def test_a_run_keeps_its_best_validated_weights(tiny_pretrain, tmp_path, keep):
     assert json.loads((run / "results.json").read_text())["kept"]["step"] == kept["step"]
 
 
+@pytest.mark.parametrize("how", ["no validation split", "trainer.limit_val_batches is 0"])
+def test_keep_best_without_validation_says_so_up_front_and_in_results(tiny_pretrain, tmp_path, capfd, how):
+    """With nothing validated there is no best: the run says at its start that it keeps its last
+    weights, and results.json says why (it said only ``weights: last``)."""
+    if how == "no validation split":
+        doc = tiny_pretrain(max_steps=3)
+        doc["data"]["sources"] = [{"assets": "pretrain", "splits": ["train"]}]
+    else:
+        doc = tiny_pretrain(max_steps=3, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"trainer.keep=best: the last weights are kept"):
+        res = run_pretrain(load_config(doc=doc), quiet=True)
+    assert res["kept"]["weights"] == "last" and res["kept"]["why"] == how, res["kept"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["kept"]["why"] == how
+    err = capfd.readouterr().err
+    assert f"trainer.keep=best compares validation losses, but this run validates nothing ({how})" in err, err
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    kept = MambaLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    assert all(torch.equal(v, last["state_dict"]["model." + k]) for k, v in kept.items())
+
+
 def test_validation_interval_counts_optimizer_steps_with_accumulation(tiny_pretrain, tmp_path):
     """``trainer.val_every`` is in optimizer steps: with two micro-batches a step, validation runs at
     steps 2 and 4 of 5 (and after the final one), not every micro-batch pair."""
