@@ -42,6 +42,7 @@ from genomamba.lit.trainer import (
     throughput,
 )
 from genomamba.models.heads import SequenceClassifier
+from genomamba.models.io import run_dir_hint
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -198,7 +199,7 @@ def evaluate_main(argv) -> int:
             positive_int("--" + name.replace("_", "-"), getattr(args, name))
     for model in args.model:
         if not (Path(model) / "head.json").exists():
-            raise ConfigError(f"--model {model}: not a classifier directory (no head.json)")
+            raise ConfigError(f"--model {model}: not a classifier directory (no head.json){run_dir_hint(model)}")
     refuse_repeats(args.model, "--model")  # an ensemble of a model with itself is that model, not two opinions
     if args.out:
         inputs = [f for model in args.model for f in model_files(model)]
@@ -295,7 +296,8 @@ def predict_main(argv) -> int:
         raise ConfigError(f"--model {args.model}: " + ("not a directory" if Path(args.model).exists()
                                                        else "no such directory") + "; expected a classifier directory")
     if not (Path(args.model) / "head.json").exists():
-        raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)")
+        raise ConfigError(f"--model {args.model}: not a classifier directory (no head.json)"
+                          f"{run_dir_hint(args.model)}")
     tok = _classifier_input(args.model)
     if not isinstance(tok, DNATokenizer):
         raise ConfigError(f"--model {args.model}: a {tok.name} classifier; classify predict reads DNA FASTA "

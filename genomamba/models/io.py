@@ -72,6 +72,14 @@ def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
     return directory
 
 
+def run_dir_hint(path: Union[str, os.PathLike]) -> str:
+    """"; did you mean RUN/model?" when ``path`` is a training run's directory, else ""."""
+    model = Path(path) / "model"
+    if (model / CONFIG_NAME).is_file():
+        return f"; did you mean {model}? (a training run keeps its model there)"
+    return ""
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -326,7 +334,8 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
         raise FileNotFoundError(f"{path}: expected a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: missing (a saved genomamba / mamba_ssm model has one)")
+        raise FileNotFoundError(f"{cfg_path}: missing (a saved genomamba / mamba_ssm model has one)"
+                                f"{run_dir_hint(path)}")
     text = read_text(cfg_path)
     try:
         raw = json.loads(text)

@@ -8,6 +8,8 @@ files (a slice of the shipped lambda phage genome, tiny models saved to disk).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,22 @@ def test_nothing_to_score_is_said_once(model_dir, tmp_path, capsys):
     assert [ln for ln in cap.err.splitlines() if ln.strip()] == [
         "genomamba score: warning: alln: nothing scored; its bits per base is undefined (null / NA), not 0"]
     assert cap.out.splitlines()[1].split("\t")[-1] == "NA"
+
+
+def test_a_run_directory_given_for_its_model_is_pointed_at_the_model(clf_dir, fasta, tmp_path, capsys):
+    """The run directory (holding model/) where the model directory is meant: the error names the
+    model folder to use, in the API and in both classify commands."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(clf_dir, run / "model")
+    with pytest.raises(FileNotFoundError, match=rf"did you mean {re.escape(str(run / 'model'))}\?"):
+        load(run)
+    assert cli(["classify", "predict", str(fasta), "--model", str(run)]) == 2
+    _one_line_error(capsys.readouterr().err, "no head.json", f"did you mean {run / 'model'}?")
+    assert cli(["classify", "evaluate", "--model", str(run), "--manifest", "assets:species"]) == 2
+    _one_line_error(capsys.readouterr().err, "no head.json", f"did you mean {run / 'model'}?")
+    assert cli(["classify", "predict", str(fasta), "--model", str(run / "model"), "--length", "64"]) == 0
 
 
 def test_an_ensemble_of_one_model_twice_is_refused(clf_dir, capsys):
