@@ -72,7 +72,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"genomamba: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"genomamba: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     try:

@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
             print(f"  {name:<10} {help_}")
         return 0
     if argv[0] not in BENCHES:
-        print(f"genomamba bench: unknown benchmark {argv[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        print(f"genomamba bench: error: unknown benchmark {argv[0]!r}; choose from {', '.join(BENCHES)}",
+              file=sys.stderr)
         return 2
     module_name, func = BENCHES[argv[0]][0].split(":")
     return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)

@@ -129,14 +129,14 @@ def knob_settings(specs: list, command: str) -> list:
         name = name.strip()
         if not sep or name not in CONFIG or not isinstance(CONFIG[name], int):
             knobs = ", ".join(k for k, v in CONFIG.items() if isinstance(v, int))
-            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: expected NAME=V1,V2 with NAME one of "
+            raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: expected NAME=V1,V2 with NAME one of "
                              f"{knobs}")
         try:
             vals = [int(v) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: values must be integers") from None
+            raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: values must be integers") from None
         if not vals:
-            raise SystemExit(f"genomamba bench {command}: --knob {spec!r}: no values")
+            raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: no values")
         axes.append([(name, v) for v in vals])
     return [(dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]")
             for combo in itertools.product(*axes)]

@@ -62,7 +62,8 @@ def run(store_path: Path, n_windows: int, seed: int = 0) -> list[dict]:
     L = 1 << 20
     big = [i for i, c in enumerate(st.contigs) if c.length >= L]
     if not big:
-        raise SystemExit(f"{store_path}: no contig of at least {L} tokens to benchmark 1M windows")
+        raise SystemExit(f"genomamba bench data: error: {store_path}: no contig of at least {L} tokens to "
+                         f"benchmark 1M windows")
     rng = np.random.default_rng(seed)
     buf = np.empty(L, dtype=np.uint8)
     # One untimed pass warms the page cache and the HDF5 metadata cache, as in a training loop.

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.new_tokens < 2:
-        raise SystemExit("genomamba bench decode: --new-tokens must be at least 2")
+        raise SystemExit("genomamba bench decode: error: --new-tokens must be at least 2")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab_size)

@@ -79,7 +79,7 @@ def _dispatch(args) -> int:
     if args.cmd == "fetch":
         if args.name == "url":
             if not args.url:
-                print("genomamba data fetch url: give the URL", file=sys.stderr)
+                print("genomamba data fetch: error: url: give the URL (genomamba data fetch url URL)", file=sys.stderr)
                 return 2
             path = fetch_url(
                 args.url,

@@ -193,3 +193,13 @@ def test_bench_repeats_must_be_positive(bench, capsys):
         bench_main([bench, "--device", "cpu", "--repeats", "0"])
     assert e.value.code == 2
     assert "argument --repeats: expected a positive int, got 0" in capsys.readouterr().err
+
+
+def test_usage_mistakes_outside_argparse_read_as_errors(capsys):
+    """An unknown command or benchmark and a URL fetch without its URL: ``genomamba ...: error: ...``
+    like every other error, exit code 2."""
+    for argv, needle in [(["nosuch"], "unknown command 'nosuch'"), (["bench", "nosuch"], "unknown benchmark 'nosuch'"),
+                         (["data", "fetch", "url"], "give the URL")]:
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("genomamba") and ": error: " in err.splitlines()[0] and needle in err, err
