@@ -24,7 +24,7 @@ from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
-from genomamba.errors import UserError, check_input_file, report
+from genomamba.errors import UserError, check_device, check_input_file, report
 from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
@@ -193,10 +193,12 @@ def evaluate_main(argv) -> int:
                          "complement, as classify fit's test does with head.tta_rc)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
+    _device_args(ap, "cuda where available, else cpu")
     args = ap.parse_args(argv)
     for name in ("length", "per_label", "batch_size"):
         if getattr(args, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    _apply_device_args(args)
     for model in args.model:
         if not (Path(model) / "head.json").exists():
             raise ConfigError(f"--model {model}: not a classifier directory (no head.json){run_dir_hint(model)}")
@@ -238,7 +240,7 @@ def evaluate_main(argv) -> int:
     ds = SpeciesEvalWindows(man, args.split, length, per_label=per_label, seed=args.seed, return_mask=True,
                             tokenizer=reader)
     rc = reader if dna and not args.one_strand else None  # both strands, as fit's test scores them
-    members = [evaluate_classifier(net, ds, args.batch_size, rc_tokenizer=rc) for net in nets]
+    members = [evaluate_classifier(net, ds, args.batch_size, device=args.device, rc_tokenizer=rc) for net in nets]
     if len(members) == 1:
         res = members[0]
     else:
@@ -273,19 +275,32 @@ def evaluate_main(argv) -> int:
     return 0
 
 
+def _device_args(ap: argparse.ArgumentParser, default: str) -> None:
+    ap.add_argument("--device", default=None, help=f"cpu or cuda (default: {default})")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _apply_device_args(args) -> None:
+    check_device(args.device, "--device")
+    if args.threads is not None:
+        torch.set_num_threads(positive_int("--threads", args.threads))
+
+
 def predict_main(argv) -> int:
     ap = argparse.ArgumentParser(prog="genomamba classify predict",
                                  description="Label each FASTA record (window probabilities averaged).")
     ap.add_argument("fasta", nargs="+")
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, help="classifier directory (classify fit's RUN_DIR/model)")
     ap.add_argument("--length", type=int, default=1024, help="window length")
     ap.add_argument("--max-windows", type=int, default=64, help="per record (evenly spaced)")
     ap.add_argument("--out", help="TSV path (default: stdout)")
     ap.add_argument("--one-strand", action="store_true",
                     help="score each window as given (default: the mean over it and its reverse complement)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
+    _device_args(ap, "cpu")
     args = ap.parse_args(argv)
     positive_int("--length", args.length)
+    _apply_device_args(args)
     positive_int("--max-windows", args.max_windows)
     for path in args.fasta:
         check_input_file(path, "fasta")
@@ -302,7 +317,8 @@ def predict_main(argv) -> int:
     if not isinstance(tok, DNATokenizer):
         raise ConfigError(f"--model {args.model}: a {tok.name} classifier; classify predict reads DNA FASTA "
                           "(score it with classify evaluate, or the Python API: genomamba.load(...).classify)")
-    net = SequenceClassifier.from_pretrained(args.model)
+    device = torch.device(args.device or "cpu")
+    net = SequenceClassifier.from_pretrained(args.model).to(device).eval()
     # several files: a leading file column, since record names need only be unique within a file
     several = len(args.fasta) > 1
     rows = [("file\t" if several else "") + "record\tlength\twindows\tlabel\t"
@@ -323,7 +339,7 @@ def predict_main(argv) -> int:
                                .astype(int))
             x = torch.from_numpy(np.stack([ids[s:s + L] for s in starts]))
             with torch.no_grad():  # both strands unless asked, as classify fit's test and the Python API
-                p = window_probs(net, x, rc_tokenizer=None if args.one_strand else tok).mean(0)
+                p = window_probs(net, x.to(device), rc_tokenizer=None if args.one_strand else tok).mean(0).cpu()
             lead = (f"{path}\t" if several else "") + f"{rec.name}\t{len(ids)}\t{len(starts)}\t"
             if not n_acgt:  # nothing to go by: no label, not a confident-looking guess
                 rows.append(lead + "NA\t" + "\t".join("NA" for _ in p))

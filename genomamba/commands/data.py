@@ -57,13 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--adapter", default="dna", choices=["dna", "text", "audio"],
                    help="text / audio: each input file is one contig of bytes / 16 kHz mu-law samples")
 
-    i = sub.add_parser("info", help="describe a token store")
-    i.add_argument("store", type=Path)
+    i = sub.add_parser("info", help="describe a token store",
+                       description="Describe a token store: per contig its genome, length, N and soft-masked bases.")
+    i.add_argument("store", type=Path, help="an HDF5 store written by `genomamba data build`")
 
-    c = sub.add_parser("check", help="validate FASTA/GenBank files")
-    c.add_argument("inputs", nargs="+", type=Path)
+    c = sub.add_parser("check", help="validate FASTA/GenBank files",
+                       description="Read FASTA/GenBank files (plain, gzip, bgzip, xz, bzip2) as training does; "
+                                   "print the records and bases of each, or the first problem with its file "
+                                   "and record.")
+    c.add_argument("inputs", nargs="+", type=Path, help="FASTA or GenBank files")
 
-    sub.add_parser("assets", help="print the shipped assets manifest path")
+    sub.add_parser("assets", help="print the shipped assets manifest path",
+                   description="Print the path of the species manifest of the genome slices shipped with genomamba.")
     return p
 
 

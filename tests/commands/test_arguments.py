@@ -57,6 +57,25 @@ def test_devices_threads_and_model_dirs_are_named(command, model_dir, fasta, tmp
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_classify_commands_take_a_device_and_threads(command, clf_dir, fasta, tmp_path, capsys):
+    def argv(*extra):
+        if command == "predict":
+            return ["classify", "predict", str(fasta), "--model", str(clf_dir), "--length", "64", *extra]
+        return ["classify", "evaluate", "--model", str(clf_dir), "--per-label", "1", "--length", "64", *extra]
+
+    cases = [(["--device", "gpu"], ("--device", "expected cpu, cuda or cuda:N", "'gpu'")),
+             (["--threads", "0"], ("--threads", "expected a positive int, got 0"))]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], ("--device", "'cuda' asked for", "use cpu")))
+    for extra, needles in cases:
+        assert cli(argv(*extra)) == 2, extra
+        _one_line_error(capsys.readouterr().err, *needles)
+    if command == "predict":
+        assert cli(argv("--device", "cpu", "--threads", "1")) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 3  # a header and the two records
+
+
 def test_load_names_its_device_argument(model_dir):
     with pytest.raises(ValueError, match=r"^device: expected cpu, cuda or cuda:N, got 'gpu'"):
         load(model_dir, device="gpu")
