@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="every rank recomputes each layer in the backward (activations of one layer at a time "
                          "besides the layer inputs; the exchanges between ranks run again in the recompute)")
-    ap.add_argument("--out", default=None, help="results name (bench/results/<name>.json; default cp_<device>)")
-    ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
+    ap.add_argument("--out", "--out-dir", dest="out", default=None,
+                    help="results folder (default: the package's bench/results)")
+    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default cp_<device>)")
     return ap
 
 
@@ -234,6 +235,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                "note": "bytes are per rank per layer in forward; backward sends the same again. sec_per_step is "
                        "wall time (slowest rank); cpu_sec_slowest_rank is that rank's CPU time, the step time "
                        "when every process has a core of its own"}
-    path = write_results(args.out or f"cp_{args.device}", results, args.out_dir)
+    path = write_results(args.name or f"cp_{args.device}", results, args.out)
     print(f"\nwrote {path}")
     return 0

@@ -128,7 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--store", type=Path, default=None, help="token store (default: U. maydis, built once)")
     ap.add_argument("--windows", type=int, default=200, help="1M-token windows per row")
     ap.add_argument("--tag", default=None, help="results file suffix (default: host name)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: genomamba/bench/results)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: the package's bench/results)")
+    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default data_<host>)")
     args = ap.parse_args(argv)
 
     store = args.store or default_store()
@@ -150,6 +151,6 @@ def main(argv=None) -> int:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "rows": rows,
     }
-    path = write_results(f"data_{tag}", payload, args.out)
+    path = write_results(args.name or f"data_{tag}", payload, args.out)
     print(f"wrote {path}")
     return 0

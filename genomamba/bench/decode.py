@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=positive_count, default=7)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--no-hf", action="store_true", help="leave out HF transformers")
-    ap.add_argument("--out", default="decode_cpu", help="results name (bench/results/<name>.json)")
-    ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
+    ap.add_argument("--out", "--out-dir", dest="out", default=None,
+                    help="results folder (default: the package's bench/results)")
+    ap.add_argument("--name", default="decode_cpu", help="results name: <out>/<name>.json")
     return ap
 
 
@@ -149,6 +150,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                "threads": args.threads, "repeats": args.repeats, "checks": checks, "rows": rows,
                "note": "medians; decode_ms_per_token = (generate(new) - generate(1)) / (new - 1), the sampling "
                        "loop included"}
-    path = write_results(args.out, results, args.out_dir)
+    path = write_results(args.name, results, args.out)
     print(f"\nwrote {path}")
     return 0 if checks["greedy_equals_full_forward_argmax"] else 1

@@ -103,8 +103,9 @@ def main(argv=None) -> int:
                     help="where the runs go, one folder per (strategy, processes), replaced by the next bench "
                          "(default runs/bench_scaling)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is stopped")
-    ap.add_argument("--out", default=None, help="results name (bench/results/<name>.json; default scaling_<device>)")
-    ap.add_argument("--out-dir", default=None, help="write the JSON here instead of bench/results")
+    ap.add_argument("--out", "--out-dir", dest="out", default=None,
+                    help="results folder (default: the package's bench/results)")
+    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default scaling_<device>)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -155,8 +156,8 @@ def main(argv=None) -> int:
                       "over all processes after the first 2 steps, validation excluded; speedup: tokens/s "
                       "over the strategy's first run's; efficiency: speedup per added process",
                "rows": rows}
-    name = args.out or f"scaling_{device}"
-    path = write_results(name, payload, args.out_dir)
+    name = args.name or f"scaling_{device}"
+    path = write_results(name, payload, args.out)
     cols = ["strategy", "devices", "steps", "train_tokens", "tokens_per_s", "speedup", "efficiency",
             "peak_memory_gib_max", "held_out_bits"]
     print_table(rows, cols)

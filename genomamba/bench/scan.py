@@ -167,7 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default="loop,chunked,cpp", help="comma list of paths to time")
     p.add_argument("--baseline-max-l", type=int, default=8192,
                    help="skip the loop and chunked paths above this length (they are very slow at l=2^18)")
-    p.add_argument("--out-dir", default=None, help="directory for scan_cpu.json (default: bench/results)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
+                   help="results folder (default: the package's bench/results)")
+    p.add_argument("--name", default="scan_cpu", help="results name: <out>/<name>.json")
     args, _ = p.parse_known_args(argv)
     if args.device.startswith("cuda"):
         return int(scan_gpu.main(argv) or 0)
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
                    "met": verdict},
         "rows": rows,
     }
-    path = write_results("scan_cpu", payload, args.out_dir)
+    path = write_results(args.name, payload, args.out_dir)
     print(f"wrote {path}")
     return 0
 

@@ -160,7 +160,9 @@ def main(argv=None) -> int:
         help="time the cuda backend at each value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
         "every combination), e.g. --knob bwd_states_per_sync=1,4,16; one row per setting",
     )
-    p.add_argument("--out-dir", default=None, help="directory for the JSON (default: bench/results)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
+                   help="results folder (default: the package's bench/results)")
+    p.add_argument("--name", default=None, help="results name: <out>/<name>.json (default scan_<device>)")
     # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
     args, _ = p.parse_known_args(argv)
     if not torch.cuda.is_available():
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
     results = []
 
     def save():  # after every row, so a run cut short still leaves its numbers
-        return write_results(f"scan_{slug}", payload, args.out_dir)
+        return write_results(args.name or f"scan_{slug}", payload, args.out_dir)
 
     payload = {
         "machine": facts,

@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=None, help="'b,d,n,l,dtype[,groups];...' instead of the built-in cases "
                    f"(dtype in {', '.join(DTYPES)})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default=None, help="directory for the JSON (default: bench/results)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
+                   help="directory for the JSON (default: bench/results)")
     p.add_argument("--name", default=None, help="JSON file name without .json (default: verify_<device>)")
     args = p.parse_args(argv)
 

@@ -7,7 +7,7 @@ from genomamba.bench.cli import main
 
 def test_bench_cp_times_one_and_two_processes(tmp_path, capsys):
     assert main(["cp", "--sizes", "1", "2", "--seq-len", "256", "--steps", "1", "--warmup", "0",
-                 "--out", "cp_test", "--out-dir", str(tmp_path)]) == 0
+                 "--name", "cp_test", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "cp_test.json").read_text())
     rows = {r["P"]: r for r in res["rows"]}
     assert set(rows) == {1, 2} and all(r["sec_per_step"] > 0 for r in rows.values())
@@ -21,7 +21,7 @@ def test_bench_cp_times_one_and_two_processes(tmp_path, capsys):
 
 def test_bench_cp_reference_can_run_segment_wise(tmp_path):
     assert main(["cp", "--sizes", "1", "2", "--seq-len", "200", "--steps", "1", "--warmup", "0",
-                 "--reference-segment-len", "48", "--out", "cp_seg", "--out-dir", str(tmp_path)]) == 0
+                 "--reference-segment-len", "48", "--name", "cp_seg", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "cp_seg.json").read_text())
     rows = {r["P"]: r for r in res["rows"]}
     assert res["reference_segment_len"] == 48
@@ -32,7 +32,7 @@ def test_bench_cp_layers_recomputed_and_several_lengths(tmp_path, capsys):
     """Each rank recomputing its layers in the backward (the exchanges between ranks run again)
     keeps the single process's loss and gradient; every length gets its own rows and comparison."""
     assert main(["cp", "--sizes", "1", "2", "--seq-len", "160", "256", "--steps", "1", "--warmup", "0",
-                 "--grad-checkpointing", "--out", "cp_ckpt", "--out-dir", str(tmp_path)]) == 0
+                 "--grad-checkpointing", "--name", "cp_ckpt", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "cp_ckpt.json").read_text())
     assert res["grad_checkpointing"] is True and res["seq_len"] == [160, 256]
     rows = {(r["P"], r["seq_len"]): r for r in res["rows"]}

@@ -13,7 +13,7 @@ from genomamba.bench.decode import composed_generate, greedy_matches_full_forwar
 def test_bench_decode_writes_rows_and_checks(tmp_path, capsys):
     pytest.importorskip("transformers")
     assert main(["decode", "--d-model", "32", "--n-layer", "2", "--prompt-len", "12", "--new-tokens", "5",
-                 "--repeats", "1", "--out", "decode_test", "--out-dir", str(tmp_path)]) == 0
+                 "--repeats", "1", "--name", "decode_test", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "decode_test.json").read_text())
     rows = {r["impl"]: r for r in res["rows"]}
     assert set(rows) == {"genomamba", "genomamba composed step", "hf transformers"}
