@@ -414,6 +414,30 @@ class RunStart(pl.Callback):
         self.step = int(trainer.global_step)
 
 
+class WholeStepsOnSigterm(pl.Callback):
+    """A SIGTERM that arrives between the micro-batches of one optimizer step (``trainer.accumulate``
+    > 1) stops the run after that step's last micro-batch: Lightning looks for the signal after every
+    micro-batch, and a stop in the middle of a window saved a checkpoint whose resumed run began its
+    next step with only the rest of that window. The signal's flag is held back until the window's
+    optimizer step has run (or until training ends, if it ends first)."""
+
+    def __init__(self):
+        self.held = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        connector = trainer._signal_connector
+        if not (connector.received_sigterm or self.held):
+            return
+        mid_window = trainer.fit_loop.epoch_loop._should_accumulate()
+        self.held = mid_window
+        connector.received_sigterm = not mid_window
+
+    def on_train_end(self, trainer, pl_module):
+        if self.held:
+            self.held = False
+            trainer._signal_connector.received_sigterm = True
+
+
 class TrainThroughput(pl.Callback):
     """Training tokens per second over all processes and the peak memory of each, for results.json.
 

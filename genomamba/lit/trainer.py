@@ -51,6 +51,7 @@ from genomamba.lit.callbacks import (
     TimeBudget,
     TrainingCurves,
     TrainThroughput,
+    WholeStepsOnSigterm,
 )
 from genomamba.lit.config import ConfigError, TrainerConfig, adapter_of, to_plain
 from genomamba.lit.optim import optim_settings
@@ -379,6 +380,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
                           title=monitor_title)] + callbacks
     cbs.append(TimeBudget(tc.budget_minutes) if tc.budget_minutes else ScheduleEnd())
     cbs += [TrainThroughput(), RunStart()]
+    if tc.accumulate > 1:
+        cbs.append(WholeStepsOnSigterm())
     if tc.ema_decay is not None:  # Lightning's averaging: validation and the end of fit use the average
         cbs.append(AveragedWeights(tc.ema_decay, tc.ema_start, tc.ema_warmup))
     elif tc.keep == "best":

@@ -195,6 +195,40 @@ def test_sigterm_after_training_is_a_stop_not_a_finished_run(tiny_pretrain, monk
     assert res["global_step"] == 4 and (run / "results.json").exists()
 
 
+class _SigtermMidWindow(pl.Callback):
+    """Sends this process a SIGTERM at the first micro-batch of optimizer step ``at`` + 1."""
+
+    def __init__(self, at: int):
+        self.at, self.sent = at, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.sent and trainer.global_step == self.at:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_between_micro_batches_stops_after_the_whole_step(tiny_pretrain, monkeypatch):
+    """With trainer.accumulate 2, a SIGTERM during the first micro-batch of step 3 stops the run after
+    that step's second micro-batch and optimizer step: the checkpoint holds step 3 with 6 micro-batches
+    done (not step 2 and a half), and --resume starts step 4 at a window's first micro-batch."""
+    from genomamba.errors import StoppedBySignal
+
+    real = pretrain_cmd.build_trainer
+    monkeypatch.setattr(pretrain_cmd, "build_trainer",
+                        lambda tc, run_dir, callbacks, *a, **k: real(tc, run_dir, [*callbacks, _SigtermMidWindow(2)],
+                                                                     *a, **k))
+    doc = tiny_pretrain(max_steps=5, seq_len=128, accumulate=2, val_every=100, ckpt_every=100, keep="last")
+    with pytest.raises(StoppedBySignal, match="SIGTERM at step 3: "):
+        run_pretrain(load_config(doc=doc), quiet=True)
+    ck = torch.load(Path(doc["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 3
+    done = ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    assert done == 6, done
+    monkeypatch.setattr(pretrain_cmd, "build_trainer", real)
+    res = run_pretrain(load_config(doc=doc), resume="last", quiet=True)
+    assert res["global_step"] == 5
+
+
 def test_resumes_with_nothing_to_train_leave_the_logged_steps_alone(tiny_pretrain):
     """A --resume of a finished run (nothing left to train) writes last.ckpt again; the logger's step
     counter in it must stay where it was, or the next real resume logs its steps over earlier ones."""
