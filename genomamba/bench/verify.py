@@ -181,7 +181,7 @@ def main(argv=None) -> int:
                    f"(dtype in {', '.join(DTYPES)})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
-                   help="directory for the JSON (default: bench/results)")
+                   help="results folder (default: the package's bench/results)")
     p.add_argument("--name", default=None, help="JSON file name without .json (default: verify_<device>)")
     args = p.parse_args(argv)
 

@@ -328,6 +328,7 @@ class BestWeights(pl.Callback):
         was kept, for results.json."""
         info = {"weights": "last", "monitor": self.monitor, "last_step": self.last_step, "last_value": self.last}
         if self.disabled:
+            info = {k: v for k, v in info.items() if v is not None or k == "weights"}
             info["why"] = self.disabled
             warnings.warn(f"trainer.keep=best: the last weights are kept ({self.disabled})", stacklevel=2)
             return info

@@ -535,7 +535,7 @@ def _blame_override(e: ConfigError, where: str, overrides) -> ConfigError:
     # the last --set of a key is the one that counts, hence reversed
     for o, parts in sets:
         key = ".".join(parts)
-        if rest.startswith(key) and rest[len(key):len(key) + 1] in (":", "=", " ", ""):
+        if rest.startswith(key) and rest[len(key):len(key) + 1] in (":", "=", " ", ".", "[", ""):
             return ConfigError(f"--set {o} (over {where}): {rest}")
     for o, parts in sets:
         if said.startswith("unknown key") and repr(parts[0]) in said:  # a misspelt top-level key

@@ -388,8 +388,10 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_tit
         best = BestWeights("val/loss")
         if not has_val or tc.limit_val_batches == 0:  # nothing to choose by: said now, not after the run
             best.disabled = "no validation split" if not has_val else "trainer.limit_val_batches is 0"
-            print(f"genomamba: trainer.keep=best compares validation losses, but this run validates nothing "
-                  f"({best.disabled}): it keeps its last weights", file=sys.stderr)
+            if _primary_process():
+                print(f"genomamba: warning: trainer.keep=best compares validation losses, but this run validates "
+                      f"nothing ({best.disabled}): it keeps its last weights (trainer.keep: last says so)",
+                      file=sys.stderr)
         cbs.append(best)
     if tc.progress:
         cbs.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, tc.log_every)))

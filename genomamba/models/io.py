@@ -67,7 +67,7 @@ def write_pretrained(directory: Union[str, os.PathLike], config: MambaConfig,
         (directory / stale).unlink(missing_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", CONFIG_DIGEST_KEY: _digest(text)})
+        save_file(tensors, str(tmp), metadata={"format": "pt", CONFIG_DIGEST_KEY: _digest(json.loads(text))})
     write_text(directory / CONFIG_NAME, text)
     return directory
 
@@ -80,7 +80,10 @@ def run_dir_hint(path: Union[str, os.PathLike]) -> str:
     return ""
 
 
-def _digest(text: str) -> str:
+def _digest(config: dict) -> str:
+    """SHA-256 of the config's canonical JSON: the same settings give the same digest however the file
+    is laid out (line ends, indentation, key order, "1e-5" or "1e-05")."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -351,7 +354,7 @@ def read_pretrained(path: Union[str, os.PathLike]) -> tuple[MambaConfig, dict[st
         raise CheckpointError(f"{cfg_path}: {exc}") from None
     weights = find_weights(path)
     stored = _stored_digest(weights)
-    if stored is not None and stored != _digest(text):
+    if stored is not None and stored != _digest(raw):
         warnings.warn(f"{weights} was saved together with another {cfg_path} (the config was edited since, or a "
                       f"save was interrupted between writing the weights and the config); loading with the "
                       f"config on disk", UserWarning, stacklevel=3)

@@ -58,6 +58,8 @@ def test_rebuilt_inputs_same_gradients_less_memory(monkeypatch):
     assert held_kept - held_rebuilt > 0.9 * saved, (held_kept, held_rebuilt, saved)
     assert peak_rebuilt < peak_kept - 0.25 * saved, (peak_kept, peak_rebuilt, saved)
     monkeypatch.setenv("GENOMAMBA_FUSED_MIXER", "auto")  # the default: the one-node mixer
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the steps below run it, not the per-op path again
+        assert model.backbone.layers[0].mixer._fused_kernels(torch.zeros(1, 8, 256, device="cuda")) is not None
     _step(model, ids, None)
     loss_fused, _, held_fused, peak_fused = _step(model, ids, None)
     print(f"one-node mixer: after forward {held_fused / 2**20:.0f} MiB, peak {peak_fused / 2**20:.0f} MiB")

@@ -183,7 +183,8 @@ def test_an_unknown_key_or_a_wrong_type_from_set_names_the_set(tmp_path):
     src = ROOT / "configs" / "pretrain" / "tiny_cpu.yaml"
     for assignment, needle in [("trainer.max_stepz=10", "trainer: unknown key(s) ['max_stepz']"),
                                ("data.seq_len=abc", "data.seq_len: expected int, got 'abc'"),
-                               ("modle.d_model=5", "unknown key(s) ['modle']")]:
+                               ("modle.d_model=5", "unknown key(s) ['modle']"),
+                               ("trainer={max_steps: abc}", "trainer.max_steps: expected int")]:
         with pytest.raises(ConfigError) as err:
             load_config(src, ["trainer.max_steps=7", assignment])
         assert str(err.value).startswith(f"--set {assignment} (over {src}): {needle}"), str(err.value)
@@ -204,6 +205,11 @@ def test_the_set_of_the_refused_key_is_named_not_one_its_advice_mentions():
         load_config(src, sets)
     assert str(err.value).startswith(f"--set trainer.strategy=ddp_spawn (over {src}): trainer.strategy"), str(err.value)
     assert "devices" in str(err.value)  # the advice that misled the old rule
+    # a whole section given by a later --set: that --set, not the earlier one of the same key
+    with pytest.raises(ConfigError) as err:
+        load_config(src, ["trainer.max_steps=7", "trainer={max_steps: abc}"])
+    msg = str(err.value)
+    assert msg.startswith(f"--set trainer={{max_steps: abc}} (over {src}): trainer.max_steps"), msg
 
 
 def test_sources_are_typed_and_bad_ones_name_file_and_key(tmp_path):

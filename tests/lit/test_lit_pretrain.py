@@ -179,7 +179,7 @@ def test_keep_best_without_validation_says_so_up_front_and_in_results(tiny_pretr
     assert res["kept"]["weights"] == "last" and res["kept"]["why"] == how, res["kept"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["kept"]["why"] == how
     err = capfd.readouterr().err
-    assert f"trainer.keep=best compares validation losses, but this run validates nothing ({how})" in err, err
+    assert f"warning: trainer.keep=best compares validation losses, but this run validates nothing ({how})" in err, err
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     kept = MambaLM.from_pretrained(tmp_path / "run" / "model").state_dict()
     assert all(torch.equal(v, last["state_dict"]["model." + k]) for k, v in kept.items())

@@ -138,6 +138,12 @@ def test_weights_beside_another_config_are_noticed(tmp_path):
         warnings.simplefilter("error")
         assert MambaLM.from_pretrained(tmp_path / "m").config.norm_epsilon == 1e-3
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    # the same settings laid out otherwise (CRLF line ends, other indentation and key order): no warning
+    (tmp_path / "m" / "config.json").write_bytes(json.dumps(cfg, indent=4, sort_keys=True).replace("\n", "\r\n")
+                                                 .encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MambaLM.from_pretrained(tmp_path / "m")
     cfg["norm_epsilon"] = 1e-4  # edited by hand
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="edited since"):
