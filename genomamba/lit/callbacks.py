@@ -419,24 +419,41 @@ class WholeStepsOnSigterm(pl.Callback):
     """A SIGTERM that arrives between the micro-batches of one optimizer step (``trainer.accumulate``
     > 1) stops the run after that step's last micro-batch: Lightning looks for the signal after every
     micro-batch, and a stop in the middle of a window saved a checkpoint whose resumed run began its
-    next step with only the rest of that window. The signal's flag is held back until the window's
-    optimizer step has run (or until training ends, if it ends first)."""
+    next step with only the rest of that window. The trainer's signal flag reads as unset while
+    training is in the middle of a window, whenever Lightning looks at it, and as set again once the
+    window's optimizer step has run (validation, testing and the end of training see it at once)."""
 
-    def __init__(self):
-        self.held = False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def setup(self, trainer, pl_module, stage):
         connector = trainer._signal_connector
-        if not (connector.received_sigterm or self.held):
+        if getattr(connector, "_whole_steps", False):
             return
-        mid_window = trainer.fit_loop.epoch_loop._should_accumulate()
-        self.held = mid_window
-        connector.received_sigterm = not mid_window
+        received = bool(connector.__dict__.get("received_sigterm", False))
+        connector.__class__ = _held_signal_class(type(connector))
+        connector._whole_steps, connector._sigterm = True, received
+        connector._mid_window = lambda: _mid_window(trainer)
 
-    def on_train_end(self, trainer, pl_module):
-        if self.held:
-            self.held = False
-            trainer._signal_connector.received_sigterm = True
+
+def _mid_window(trainer) -> bool:
+    if trainer.state.fn != "fit" or not trainer.training:
+        return False
+    try:
+        return bool(trainer.fit_loop.epoch_loop._should_accumulate())
+    except Exception:  # no training loop state yet
+        return False
+
+
+def _held_signal_class(base: type) -> type:
+    class HeldSignal(base):
+        @property
+        def received_sigterm(self) -> bool:
+            return self._sigterm and not self._mid_window()
+
+        @received_sigterm.setter
+        def received_sigterm(self, value) -> None:
+            self._sigterm = bool(value)
+
+    HeldSignal.__name__ = HeldSignal.__qualname__ = f"WholeSteps{base.__name__}"
+    return HeldSignal
 
 
 class TrainThroughput(pl.Callback):

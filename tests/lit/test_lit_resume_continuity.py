@@ -229,6 +229,25 @@ def test_sigterm_between_micro_batches_stops_after_the_whole_step(tiny_pretrain,
     assert res["global_step"] == 5
 
 
+def test_sigterm_after_every_callback_of_a_micro_batch_still_waits_for_the_step(tiny_pretrain, monkeypatch):
+    """The signal may land after the callbacks of a micro-batch ran and before Lightning looks for it
+    (here: from the module's own end-of-batch hook, which runs last): the step still completes."""
+    from genomamba.errors import StoppedBySignal
+    from genomamba.lit.pretrain import PretrainModule
+
+    def late(self, outputs, batch, batch_idx):
+        if self.trainer.global_step == 2 and self.trainer.fit_loop.epoch_loop._should_accumulate():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PretrainModule, "on_train_batch_end", late, raising=False)
+    doc = tiny_pretrain(max_steps=5, seq_len=128, accumulate=2, val_every=100, ckpt_every=100, keep="last")
+    with pytest.raises(StoppedBySignal, match="SIGTERM at step 3: "):
+        run_pretrain(load_config(doc=doc), quiet=True)
+    ck = torch.load(Path(doc["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 3
+    assert ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 6
+
+
 def test_resumes_with_nothing_to_train_leave_the_logged_steps_alone(tiny_pretrain):
     """A --resume of a finished run (nothing left to train) writes last.ckpt again; the logger's step
     counter in it must stay where it was, or the next real resume logs its steps over earlier ones."""
