@@ -209,7 +209,7 @@ def _format_report(r: dict, out: Path) -> str:
         f"(same windows; {ref}: {100 * q['nb4']:.1f} %)",
         f"  GC-content classifier      {100 * b.get('gc', float('nan')):5.1f} %   "
         f"(same windows; {ref}: {100 * q['gc']:.1f} %)",
-        f"  (10-mer naive Bayes, {ref}: {100 * q['nb10']:.1f} %"
+        f"  (10-mer naive Bayes{', ' if full else ' on the '}{ref}: {100 * q['nb10']:.1f} %"
         + (")" if full else "; `genomamba data fetch bacteria` downloads them, `genomamba demo --full` uses them)"),
         f"  -> the classifier {verdict} the 4-mer naive Bayes baseline",
     ]
