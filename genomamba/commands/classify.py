@@ -19,12 +19,18 @@ import torch
 from genomamba.adapters import ADAPTER_FILE, adapter_from_json
 from genomamba.api import weak_input
 from genomamba.baselines import audio_clip_baselines, species_baselines
-from genomamba.commands.common import model_files, positive_int, refuse_repeats
+from genomamba.commands.common import (
+    add_device_args,
+    apply_device_args,
+    model_files,
+    positive_int,
+    refuse_repeats,
+)
 from genomamba.commands.run_args import add_run_args, config_from_args
 from genomamba.data.corpus import resolve_species_manifest
 from genomamba.data.fasta import read_records
 from genomamba.data.species import SpeciesEvalWindows, SpeciesManifest
-from genomamba.errors import UserError, check_device, check_input_file, report
+from genomamba.errors import UserError, check_input_file, report
 from genomamba.files import check_output, write_json, write_text
 from genomamba.lit.classify import ClassifierModule
 from genomamba.lit.config import ClassifyConfig, ConfigError, adapter_of, to_plain
@@ -193,12 +199,12 @@ def evaluate_main(argv) -> int:
                          "complement, as classify fit's test does with head.tta_rc)")
     ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
-    _device_args(ap, "cuda where available, else cpu")
+    add_device_args(ap, "cuda where available, else cpu")
     args = ap.parse_args(argv)
     for name in ("length", "per_label", "batch_size"):
         if getattr(args, name) is not None:
             positive_int("--" + name.replace("_", "-"), getattr(args, name))
-    _apply_device_args(args)
+    apply_device_args(args)
     for model in args.model:
         if not (Path(model) / "head.json").exists():
             raise ConfigError(f"--model {model}: not a classifier directory (no head.json){run_dir_hint(model)}")
@@ -275,17 +281,6 @@ def evaluate_main(argv) -> int:
     return 0
 
 
-def _device_args(ap: argparse.ArgumentParser, default: str) -> None:
-    ap.add_argument("--device", default=None, help=f"cpu or cuda (default: {default})")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def _apply_device_args(args) -> None:
-    check_device(args.device, "--device")
-    if args.threads is not None:
-        torch.set_num_threads(positive_int("--threads", args.threads))
-
-
 def predict_main(argv) -> int:
     ap = argparse.ArgumentParser(prog="genomamba classify predict",
                                  description="Label each FASTA record (window probabilities averaged).")
@@ -297,10 +292,10 @@ def predict_main(argv) -> int:
     ap.add_argument("--one-strand", action="store_true",
                     help="score each window as given (default: the mean over it and its reverse complement)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
-    _device_args(ap, "cpu")
+    add_device_args(ap)
     args = ap.parse_args(argv)
     positive_int("--length", args.length)
-    _apply_device_args(args)
+    apply_device_args(args)
     positive_int("--max-windows", args.max_windows)
     for path in args.fasta:
         check_input_file(path, "fasta")

@@ -12,19 +12,29 @@ from genomamba.api import check_model_dir, load
 from genomamba.errors import InvalidArgument, check_device, report
 
 
+def add_device_args(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    """``--device`` and ``--threads``; :func:`apply_device_args` checks and applies them."""
+    p.add_argument("--device", default=None, help=f"cpu or cuda (default: {default})")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def apply_device_args(args) -> None:
+    """A bad ``--device`` or ``--threads`` is an error naming it; good threads are set for torch."""
+    check_device(args.device, "--device")
+    if args.threads is not None:
+        torch.set_num_threads(positive_int("--threads", args.threads))
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (config.json + model.safetensors [+ tokenizer.json])")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_args(p)
     p.add_argument("--model-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights' dtype (auto: bfloat16 on cuda, float32 on cpu)")
 
 
 def load_model(args):
     """The ``genomamba.api`` model named by ``add_model_args``' arguments."""
-    check_device(args.device, "--device")
-    if args.threads is not None:
-        torch.set_num_threads(positive_int("--threads", args.threads))
+    apply_device_args(args)
     check_model_dir(args.model, "MODEL")
     return load(args.model, device=args.device, dtype=args.model_dtype)
 

@@ -234,9 +234,7 @@ def check_resume(cfg, ckpt_path: str) -> None:
     try:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        what = refusal(exc) or type(exc).__name__
-        raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
-                          f"plain data, and checkpoints are never unpickled as code ({what[:300]})") from None
+        raise _refused(ckpt_path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--resume: {ckpt_path}: not a readable checkpoint ({first[:300]})") from None
@@ -269,6 +267,13 @@ def check_resume(cfg, ckpt_path: str) -> None:
     if diff:
         raise ConfigError(f"--resume: {ckpt_path} does not match the config ({'; '.join(diff)}); resume with the "
                           "model settings the run started with, or start a new run")
+
+
+def _refused(ckpt_path: str, exc: Exception) -> ConfigError:
+    """The error for a --resume checkpoint that torch's restricted unpickler refused, naming what it refused."""
+    what = refusal(exc) or type(exc).__name__
+    return ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
+                       f"plain data, and checkpoints are never unpickled as code ({what[:300]})")
 
 
 def _warn_time_used(cfg, ckpt_path: str, callbacks) -> None:
@@ -515,6 +520,4 @@ def fit(trainer, module, dm, ckpt_path: Optional[str]) -> None:
     except pickle.UnpicklingError as exc:
         if ckpt_path is None:
             raise
-        what = refusal(exc) or type(exc).__name__
-        raise ConfigError(f"--resume: refused to load {ckpt_path}: it holds pickled objects beyond tensors and "
-                          f"plain data, and checkpoints are never unpickled as code ({what[:300]})") from None
+        raise _refused(ckpt_path, exc) from None
