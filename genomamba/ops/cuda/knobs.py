@@ -89,9 +89,8 @@ CONFIG = {
     "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2),
     # the same for float32 (and float64) inputs, whose runs are twice as long: a two-state ring takes
     # 96 KB of a wide block's shared memory there, which leaves room for the dB/dC sums of two states
-    # per barrier pair instead of four. -1 (the shipped backward): the (8, 1536, 16, 2048) fp32 fwd+bwd
-    # read 2.66 ms with the ring against 2.51 ms without, in two side-by-side runs on two H200s where
-    # mamba_ssm read 3.15 ms both times (compare_mamba_ssm_nvidia_h200.json); not yet one process
+    # per barrier pair instead of four. -1 (the shipped backward): it was faster than rings of depth 1
+    # and 2 at (8, 1536, 16, 2048) fp32, timed in one process (scan_defaults_check_nvidia_h100.json)
     "bwd_prefetch_fp32": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH_FP32", -1),
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
