@@ -1109,10 +1109,13 @@ __device__ __forceinline__ int swizzled(int t) { return t ^ (((t >> 5) & 1) << 2
 // the forward replay (it needs a_t and C_t dy_t only) and both shuffle scans share their five rounds;
 // CONFIG["bwd_joint_scan"] picks it.
 // PF (wide joint build at K = 8 only): the dB/dC slot rows swizzled (put_swizzled), B/C rows through
-// the prefetch ring when Params::pf_bwd >= 1 (that many states ahead), L2 hints with Params::l2pf.
-template <typename T, int K, int MINB, bool JOINT, bool WIDE = false, bool PF = false>
+// the prefetch ring when Params::pf_bwd >= 1 (that many states ahead), L2 hints with Params::l2pf in the
+// HINTS build only (the hint code, compiled in but switched off, made ptxas spill two accumulators
+// inside the state loop).
+template <typename T, int K, int MINB, bool JOINT, bool WIDE = false, bool PF = false, bool HINTS = false>
 __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32, WIDE ? 1 : MINB) bwd_kernel(Params p) {
   static_assert(!PF || K == 8, "the PF build takes K = 8");
+  static_assert(!HINTS || PF, "L2 hints come with the PF build");
   extern __shared__ __align__(16) float smem[];  // 16-byte aligned: lets the K-element stores vectorise
   const int W = blockDim.x / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1181,7 +1184,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     for (int64_t j = warp; j < n; j += W)
       l2_rows<T>([&](int r) { return (r == 0 ? Bp + j * p.s_Bn : Cp + j * p.s_Cn) + nx; }, 2, TILE, lane);
   };
-  if (PF && p.l2pf && tile1 - 2 >= tile0) hint(tile1 - 2);
+  if (HINTS && p.l2pf && tile1 - 2 >= tile0) hint(tile1 - 2);
 
   for (int64_t tile = tile1 - 1; tile >= tile0; --tile) {
     const int64_t t0 = tile * TILE + lane * K;
@@ -1388,7 +1391,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     } else if (p.out != nullptr && w.valid) {
       store_run<T, K>(static_cast<T *>(p.out) + xo, t0, p.l, p.vec, y);
     }
-    if (PF && p.l2pf && tile - 2 >= tile0) hint(tile - 2);
+    if (HINTS && p.l2pf && tile - 2 >= tile0) hint(tile - 2);
   }
   __syncwarp();
   if (!w.valid) return;
@@ -2071,7 +2074,10 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       if constexpr (kK == 8) {
         if (c.W > kMaxWarpsBwd) {
-          if (joint_scan && p.pf_bwd >= 0) {
+          if (joint_scan && p.pf_bwd >= 0 && p.l2pf) {
+            set_smem(bwd_kernel<scalar_t, kK, 1, true, true, true, true>, smem);
+            bwd_kernel<scalar_t, kK, 1, true, true, true, true><<<c.grid, threads, smem, stream>>>(p);
+          } else if (joint_scan && p.pf_bwd >= 0) {
             set_smem(bwd_kernel<scalar_t, kK, 1, true, true, true>, smem);
             bwd_kernel<scalar_t, kK, 1, true, true, true><<<c.grid, threads, smem, stream>>>(p);
           } else if (joint_scan) {
