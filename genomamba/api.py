@@ -832,15 +832,22 @@ class AdapterModel(GenomeModel):
         if self.classifier is None:
             yield from super().iter_embed(seqs, pooling, batch_size, chunk_size, dtype, arg, path)
             return
+        for name, out, _ in self._embed_clips(seqs if path is None else Path(path), pooling, dtype, arg):
+            yield name, out
+
+    def _embed_clips(self, seqs, pooling: Optional[str], dtype, arg: str):
+        """(name, embedding, samples read) per clip through the classifier's spectral front end: each
+        clip is decoded once, for the embedding and its length alike."""
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS} or None, got {pooling!r}")
         clf = self.classifier
         with torch.no_grad():
-            for name, item in self._iter_inputs(seqs if path is None else Path(path), arg):
-                embeds, fmask = clf.frontend(self._clip_ids(item, f"{arg}: {name}"))
+            for name, item in self._iter_inputs(seqs, arg):
+                ids = self._clip_ids(item, f"{arg}: {name}")
+                embeds, fmask = clf.frontend(ids)
                 hidden = clf.lm.backbone(inputs_embeds=embeds)
                 out = hidden[0] if pooling is None else pool(hidden, fmask, pooling)[0]
-                yield name, out.float().cpu().numpy().astype(dtype)
+                yield name, out.float().cpu().numpy().astype(dtype), ids.shape[1]
 
     def _refuse_frontend(self, task: str) -> None:
         if self.classifier is not None:

@@ -103,9 +103,8 @@ def embed_fasta(model, fasta, output, pooling: Optional[str] = "mean", batch_siz
         h5.attrs["d_model"] = model.d_model
         h5.attrs["source"] = str(fasta)
         if getattr(model, "classifier", None) is not None:  # a spectral front end: embed what its backbone reads
-            for i, (name, item) in enumerate(records()):
-                _, arr = next(model.iter_embed([item], pooling=pooling, arg="fasta"))
-                add(h5, name, arr, size(i, name, item))
+            for name, arr, n in model._embed_clips(source, pooling, np.float32, "fasta"):
+                add(h5, name, arr, n)
         elif pooling is not None:  # one pass over the file: the length is what the model read, less <bos>
             bos = 1 if not modal and model.add_bos else 0
             for name, vec, n in model._embedded(source, pooling, batch_size, chunk_size, np.float32, "fasta"):

@@ -136,8 +136,10 @@ def test_digit_classifier_with_spectral_frontend(tmp_path):
 
     assert cli(["embed", res["model_dir"], str(clips[0]), "-o", str(tmp_path / "e.h5")]) == 0
     with h5py.File(tmp_path / "e.h5") as h5:
-        got = h5[next(iter(h5))][()]
+        ds = h5[next(iter(h5))]
+        got, length = ds[()], ds.attrs["length"]
     np.testing.assert_allclose(got, model.embed([clips[0]])[0], rtol=1e-5, atol=1e-6)
+    assert length == len(model.encode(clips[0]))  # the clip's samples as the model reads them
     with pytest.raises(ValueError, match="score: the classifier .* reads spectrogram frames through its front end"):
         model.score([clips[0]])
     with pytest.raises(ConfigError, match="head.frontend: expected dict, got 40"):
