@@ -1124,13 +1124,13 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
   constexpr int TILE = 32 * K;
   const int ns = static_cast<int>(p.ns);
   float *s_part = smem;  // [ns][2][W][TILE]: dB, dC per state slot and warp (channel)
-  // [W][n] per state: (A2, tile-start h, reverse carry, unused), one 16-byte read a state (s_part's size
-  // is a multiple of 4 floats, so these are 16-byte aligned)
-  float4 *s_sc = reinterpret_cast<float4 *>(s_part + 2 * ns * W * TILE) + warp * n;
-  float *s_dA = smem + 2 * ns * W * TILE + 4 * W * n + warp * n * 32;  // [W][n][32] per-lane dA sums
+  float *s_A2 = s_part + 2 * ns * W * TILE + warp * 3 * n;  // [W][3][n]: A2, tile-start h, reverse carry
+  float *s_h = s_A2 + n;
+  float *s_R = s_h + n;
+  float *s_dA = smem + 2 * ns * W * TILE + 3 * W * n + warp * n * 32;  // [W][n][32] per-lane dA sums
   for (int64_t j = lane; j < n; j += 32) {
-    s_sc[j].x = w.valid ? p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
-    s_sc[j].z = w.valid ? p.carry[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j] : 0.f;
+    s_A2[j] = w.valid ? p.A[w.dch * p.s_Ad + j * p.s_An] * kLog2e : 0.f;
+    s_R[j] = w.valid ? p.carry[((w.bi * p.nseg + w.seg) * p.d + w.dch) * n + j] : 0.f;
   }
   for (int64_t j = lane; j < n * 32; j += 32) s_dA[j] = 0.f;
   __syncwarp();
@@ -1212,7 +1212,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     for (int k = 0; k < K; ++k) sdl += dl[k];
     {  // an idle warp must hold zeros, not stale shared memory: its dC rows (0 * h) enter the sums
       const float *ts = p.tstate + ((w.bi * p.d + w.dch) * p.ntiles + tile) * (n + 1);
-      for (int64_t j = lane; j < n; j += 32) s_sc[j].y = w.valid ? ts[j] : 0.f;
+      for (int64_t j = lane; j < n; j += 32) s_h[j] = w.valid ? ts[j] : 0.f;
     }
     __syncwarp();
     const T *Brow = Bp + t0;
@@ -1226,8 +1226,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     for (int64_t nn = 0; nn < n; ++nn, Brow += p.s_Bn, Crow += p.s_Cn) {
       float *pB = s_part + (slot * 2 * W + warp) * TILE + lane * K;
       float *pC = pB + W * TILE;
-      const float4 sc = s_sc[nn];
-      const float a2 = sc.x, hs = sc.y, R = sc.z;
+      const float a2 = s_A2[nn], hs = s_h[nn], R = s_R[nn];
       const float An = a2 * kLn2;
       float Bv[K], Cv[K], a[K], hp[K];
       if (pfd) {
@@ -1319,7 +1318,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
       if constexpr (PF) put_swizzled(pB, lane, vB);
       s_dA[nn * 32 + lane] += dAl;
       __syncwarp();
-      if (lane == 0) s_sc[nn].z = Rnew;
+      if (lane == 0) s_R[nn] = Rnew;
       if (++slot < ns && nn + 1 < n) continue;  // block-uniform: every warp walks the same states
       // dB, dC of this tile and the last `slot` states: sums over the block's channels in warp order,
       // four tokens a thread (one 16-byte shared load per warp's row, one 16-byte partial store where
@@ -1401,7 +1400,7 @@ __global__ void __launch_bounds__((WIDE ? kMaxWarpsBwdWide : kMaxWarpsBwd) * 32,
     float s = 0.f;
     for (int q = 0; q < 32; ++q) s += s_dA[j * 32 + q];
     p.dA_part[base * n + j] = s;
-    if (w.seg == 0 && p.dh0 != nullptr) p.dh0[(w.bi * p.d + w.dch) * n + j] = s_sc[j].z;
+    if (w.seg == 0 && p.dh0 != nullptr) p.dh0[(w.bi * p.d + w.dch) * n + j] = s_R[j];
   }
   dD_l = warp_sum(dD_l);
   dbias_l = warp_sum(dbias_l);
@@ -2052,7 +2051,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
       check_cuda("bwd (lane per channel)");
     } else {
     // dB/dC slots for ns states, as many as asked for that fit the per-block shared memory (>= 1)
-    const size_t fixed = sizeof(float) * (4 * c.W * p.n + c.W * p.n * 32);
+    const size_t fixed = sizeof(float) * (3 * c.W * p.n + c.W * p.n * 32);
     const size_t per_state = sizeof(float) * 2 * c.W * 32 * c.K;
     int smem_max = 0;
     cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, u.get_device());
