@@ -31,6 +31,43 @@ def positive_count(text: str) -> int:
     return value
 
 
+def results_folder(text: str) -> Path:
+    """argparse type of ``--out``: a folder for the results JSON. A path to an existing file, or one
+    ending in ``.json`` (a file name where a folder is meant), is a usage error naming the option, given
+    before anything runs, so a long benchmark never ends without a place to write its result."""
+    import argparse
+
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".json":
+        raise argparse.ArgumentTypeError(f"{text!r} is a file name; --out takes a folder (name the file with "
+                                         f"--name, without .json)")
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return path
+
+
+def results_name(text: str) -> str:
+    """argparse type of ``--name``: the results file's name without a folder (a trailing ``.json`` is
+    dropped, since one is added)."""
+    import argparse
+
+    name = text[:-5] if text.lower().endswith(".json") else text
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise argparse.ArgumentTypeError(f"expected a file name without a folder, got {text!r} (the folder is "
+                                         f"--out)")
+    return name
+
+
+def add_results_args(parser, default_name: str) -> None:
+    """``--out`` (alias ``--out-dir``: the results folder) and ``--name`` (the JSON file's name), the
+    same for every benchmark; ``default_name`` tells the help what ``--name`` defaults to."""
+    parser.add_argument("--out", "--out-dir", dest="out", type=results_folder, default=None,
+                        help="results folder (default: the package's bench/results in a source checkout, "
+                             "else ./genomamba-bench-results)")
+    parser.add_argument("--name", type=results_name, default=None,
+                        help=f"results name: <out>/<name>.json (default {default_name})")
+
+
 def _genomamba_version() -> str:
     """The package version, with the commit (``+g<hash>``, ``.dirty`` for uncommitted changes) when the
     package runs from a git checkout: a result then says which code it timed."""

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
 from genomamba.models.segmented import next_token_loss, segmented_loss
@@ -184,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="every rank recomputes each layer in the backward (activations of one layer at a time "
                          "besides the layer inputs; the exchanges between ranks run again in the recompute)")
-    ap.add_argument("--out", "--out-dir", dest="out", default=None,
-                    help="results folder (default: the package's bench/results)")
-    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default cp_<device>)")
+    add_results_args(ap, "cp_<device>")
     return ap
 
 

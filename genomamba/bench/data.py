@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
 from genomamba.data.fetch import cache_dir, fetch
 from genomamba.data.store import TokenStore
 from genomamba.data.windows import RandomWindows, TiledWindows
@@ -128,8 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--store", type=Path, default=None, help="token store (default: U. maydis, built once)")
     ap.add_argument("--windows", type=int, default=200, help="1M-token windows per row")
     ap.add_argument("--tag", default=None, help="results file suffix (default: host name)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: the package's bench/results)")
-    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default data_<host>)")
+    add_results_args(ap, "data_<host>")
     args = ap.parse_args(argv)
 
     store = args.store or default_store()

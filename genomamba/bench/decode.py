@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from genomamba.bench.common import machine_facts, positive_count, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, positive_count, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM, to_hf
 from genomamba.ops import use_backend
@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=positive_count, default=7)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--no-hf", action="store_true", help="leave out HF transformers")
-    ap.add_argument("--out", "--out-dir", dest="out", default=None,
-                    help="results folder (default: the package's bench/results)")
-    ap.add_argument("--name", default="decode_cpu", help="results name: <out>/<name>.json")
+    add_results_args(ap, "decode_cpu")
     return ap
 
 
@@ -150,6 +148,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                "threads": args.threads, "repeats": args.repeats, "checks": checks, "rows": rows,
                "note": "medians; decode_ms_per_token = (generate(new) - generate(1)) / (new - 1), the sampling "
                        "loop included"}
-    path = write_results(args.name, results, args.out)
+    path = write_results(args.name or "decode_cpu", results, args.out)
     print(f"\nwrote {path}")
     return 0 if checks["greedy_equals_full_forward_argmax"] else 1

@@ -34,7 +34,14 @@ from typing import Callable, Optional
 
 import torch
 
-from genomamba.bench.common import cuda_requested, machine_facts, positive_count, print_table, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    cuda_requested,
+    machine_facts,
+    positive_count,
+    print_table,
+    write_results,
+)
 from genomamba.config import MambaConfig
 from genomamba.models.decode import graphs_of
 from genomamba.models.lm import MambaLM
@@ -198,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", default=[], choices=COLUMNS,
                    help="leave out this column (repeatable)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="results folder (default: the package's bench/results)")
-    p.add_argument("--name", default=None, help="results file name (default generate_cuda / generate_cpu)")
+    add_results_args(p, "generate_cuda / generate_cpu")
     return p
 
 

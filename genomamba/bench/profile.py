@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from genomamba.bench.common import cuda_requested, machine_facts, write_results
+from genomamba.bench.common import add_results_args, cuda_requested, machine_facts, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
 from genomamba.models.segmented import next_token_loss, segmented_loss
@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps before the profiled one")
     p.add_argument("--top", type=int, default=20, help="operators listed")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--name", default=None)
+    add_results_args(p, "profile_<mode>_<device>")
     return p
 
 

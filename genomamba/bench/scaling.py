@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
 from genomamba.lit.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "configs/pretrain/tiny_cpu.yaml"
@@ -103,9 +103,7 @@ def main(argv=None) -> int:
                     help="where the runs go, one folder per (strategy, processes), replaced by the next bench "
                          "(default runs/bench_scaling)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is stopped")
-    ap.add_argument("--out", "--out-dir", dest="out", default=None,
-                    help="results folder (default: the package's bench/results)")
-    ap.add_argument("--name", default=None, help="results name: <out>/<name>.json (default scaling_<device>)")
+    add_results_args(ap, "scaling_<device>")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 

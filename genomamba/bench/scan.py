@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.bench import scan_gpu
-from genomamba.bench.common import machine_facts, positive_count, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, positive_count, print_table, write_results
 from genomamba.ops import cpu
 from genomamba.ops.torch_scan import selective_scan_chunked
 
@@ -167,9 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default="loop,chunked,cpp", help="comma list of paths to time")
     p.add_argument("--baseline-max-l", type=int, default=8192,
                    help="skip the loop and chunked paths above this length (they are very slow at l=2^18)")
-    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
-                   help="results folder (default: the package's bench/results)")
-    p.add_argument("--name", default="scan_cpu", help="results name: <out>/<name>.json")
+    add_results_args(p, "scan_cpu")
     args, _ = p.parse_known_args(argv)
     if args.device.startswith("cuda"):
         return int(scan_gpu.main(argv) or 0)
@@ -210,7 +208,7 @@ def main(argv=None) -> int:
                    "met": verdict},
         "rows": rows,
     }
-    path = write_results(args.name, payload, args.out_dir)
+    path = write_results(args.name or "scan_cpu", payload, args.out)
     print(f"wrote {path}")
     return 0
 

@@ -15,8 +15,8 @@ import re
 
 import torch
 
+from genomamba.bench.common import add_results_args, knobs_set, machine_facts, print_table, write_results
 from genomamba.bench.common import knob_settings as common_knob_settings
-from genomamba.bench.common import knobs_set, machine_facts, print_table, write_results
 from genomamba.ops.torch_scan import selective_scan_chunked
 
 # (b, d, n, l, dtype): the benchmark's rows, with z, D, delta_bias, softplus, A = -(1..n)
@@ -160,9 +160,7 @@ def main(argv=None) -> int:
         help="time the cuda backend at each value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
         "every combination), e.g. --knob bwd_states_per_sync=1,4,16; one row per setting",
     )
-    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
-                   help="results folder (default: the package's bench/results)")
-    p.add_argument("--name", default=None, help="results name: <out>/<name>.json (default scan_<device>)")
+    add_results_args(p, "scan_<device>")
     # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
     args, _ = p.parse_known_args(argv)
     if not torch.cuda.is_available():
@@ -196,7 +194,7 @@ def main(argv=None) -> int:
     results = []
 
     def save():  # after every row, so a run cut short still leaves its numbers
-        return write_results(args.name or f"scan_{slug}", payload, args.out_dir)
+        return write_results(args.name or f"scan_{slug}", payload, args.out)
 
     payload = {
         "machine": facts,

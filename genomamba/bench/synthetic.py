@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genomamba.bench.common import cuda_requested, machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, cuda_requested, machine_facts, print_table, write_results
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 
@@ -264,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on cpu: these matrices are too small for more "
                         "threads to pay off)")
-    p.add_argument("--out", default=None, help="results directory (default: the package's bench/results)")
-    p.add_argument("--name", default=None, help="result file name (default synthetic or synthetic_cuda)")
+    add_results_args(p, "synthetic / synthetic_cuda")
     return p
 
 

@@ -47,7 +47,15 @@ import torch
 import torch.nn.functional as F
 
 from genomamba.api import GenomeModel
-from genomamba.bench.common import cuda_requested, knob_settings, knobs_set, machine_facts, print_table, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    cuda_requested,
+    knob_settings,
+    knobs_set,
+    machine_facts,
+    print_table,
+    write_results,
+)
 from genomamba.config import MambaConfig
 from genomamba.data.fasta import read_fasta
 from genomamba.data.fetch import assets_dir, fetch
@@ -418,8 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pooling(s) to measure (default mean; none = per-token, whose output alone is "
                         "bases * d_model * 4 bytes)")
     p.add_argument("--fasta", action="append", default=None, help="FASTA file(s) for the embedding record")
-    p.add_argument("--out", default=None)
-    p.add_argument("--name", default=None)
+    add_results_args(p, "train_cpu / train_cuda; train_memory_<device> with --memory-sweep")
     return p
 
 

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from genomamba.bench.common import machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
 from genomamba.ops import backend_for, cuda, format_table, selective_scan, table, use_backend
 from genomamba.ops.reference import selective_scan_ref
 
@@ -180,9 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=None, help="'b,d,n,l,dtype[,groups];...' instead of the built-in cases "
                    f"(dtype in {', '.join(DTYPES)})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", "--out-dir", dest="out_dir", default=None,
-                   help="results folder (default: the package's bench/results)")
-    p.add_argument("--name", default=None, help="JSON file name without .json (default: verify_<device>)")
+    add_results_args(p, "verify_<device>")
     args = p.parse_args(argv)
 
     kind = torch.device(args.device).type
@@ -248,7 +246,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "passed": ok,
     }
-    path = write_results(args.name or f"verify_{slug}", payload, args.out_dir)
+    path = write_results(args.name or f"verify_{slug}", payload, args.out)
     print(f"wrote {path}")
     return 0 if ok else 1
 

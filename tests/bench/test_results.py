@@ -60,3 +60,32 @@ def test_results_go_beside_the_source_or_into_the_working_folder(tmp_path, monke
     assert not any(installed.iterdir())
     (tmp_path / "site" / "pyproject.toml").write_text("[project]\nname = 'genomamba'\n")
     assert common.write_results("probe", {"a": 2}) == installed / "probe.json"
+
+
+def test_out_and_name_are_checked_before_a_benchmark_runs(tmp_path, capsys):
+    """``--out`` is a folder and ``--name`` a bare file name, for every benchmark alike: a JSON file name
+    given to ``--out``, or a path to an existing file, stops the command at once with a usage error
+    naming the option (nothing is timed first); ``--name x.json`` writes x.json, not x.json.json."""
+    import pytest
+
+    from genomamba.bench.cli import main
+
+    tiny = ["decode", "--d-model", "16", "--n-layer", "1", "--prompt-len", "3", "--new-tokens", "2",
+            "--repeats", "1", "--no-hf"]
+    existing = tmp_path / "notes.txt"
+    existing.write_text("kept\n")
+    for command in (["decode"], ["scan"], ["train"], ["generate"], ["verify"]):
+        for out, why in ((tmp_path / "r.json", "is a file name"), (existing, "is not a folder")):
+            with pytest.raises(SystemExit) as stop:
+                main([*command, "--out", str(out)])
+            assert stop.value.code == 2
+            err = capsys.readouterr().err
+            assert "--out" in err and why in err, (command, err)
+    assert existing.read_text() == "kept\n" and not (tmp_path / "r.json").exists()
+    for bad in ("sub/x", "..", ".json"):
+        with pytest.raises(SystemExit):
+            main([*tiny, "--out", str(tmp_path), "--name", bad])
+        assert "--name" in capsys.readouterr().err
+    assert main([*tiny, "--out-dir", str(tmp_path / "new"), "--name", "d.json"]) == 0
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["d.json"]
+    assert json.loads((tmp_path / "new" / "d.json").read_text())["bench"] == "decode"
