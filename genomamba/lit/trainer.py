@@ -363,11 +363,33 @@ class _Checkpoints(pl.callbacks.ModelCheckpoint):
     the step in progress): a preempted job continues with ``--resume`` from that step. Other errors
     save nothing, so a failed step never replaces the last good checkpoint; nor does a SIGTERM after
     fit (during the final validation or the test), where last.ckpt already holds the final step and
-    the module may hold the kept weights instead of the last ones."""
+    the module may hold the kept weights instead of the last ones.
+
+    A SIGTERM in the middle of a validation during fit stops it after the batch in progress; the
+    checkpoint then records that validation as not yet begun, so ``--resume`` runs it again in full
+    (and ``keep: best`` compares that step) before training on."""
+
+    _stopped_validating = False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, pl.utilities.exceptions.SIGTERMException) and trainer.state.fn == "fit":
-            super().on_exception(trainer, pl_module, exception)
+            self._stopped_validating = bool(trainer.validating)
+            try:
+                super().on_exception(trainer, pl_module, exception)
+            finally:
+                self._stopped_validating = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._stopped_validating:
+            # Lightning restarts a validation it finds one batch in (fetched, not yet run) and would
+            # skip one it finds further on: rewind its progress to the first batch, which it reruns
+            # from the start of the validation set
+            fresh = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+            loops = checkpoint.get("loops", {}).get("fit_loop", {})
+            if "epoch_loop.val_loop.batch_progress" in loops:
+                progress = loops["epoch_loop.val_loop.batch_progress"]
+                progress.update(total=dict(fresh), current=dict(fresh), is_last_batch=False)
 
 
 def build_trainer(tc: TrainerConfig, run_dir: Path, callbacks: list, monitor_title: str, train_keys, val_keys,

@@ -296,3 +296,61 @@ def test_a_resume_whose_time_limit_is_spent_says_so(tiny_pretrain, capsys):
     err = capsys.readouterr().err
     assert "trainer.max_minutes is 0.0001, which covers the whole run (resumes included): nothing is left" in err
     assert res["global_step"] == 3
+
+
+class _SigtermInValidation(pl.Callback):
+    """Sends this process a SIGTERM at the second batch of the validation fit runs after step ``at``."""
+
+    def __init__(self, at: int):
+        self.at, self.sent = at, False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not self.sent and trainer.state.fn == "fit" and trainer.global_step == self.at and batch_idx == 1:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _ValidationLog(pl.Callback):
+    """(global step, batch index) of every validation batch, and the loss each validation ends with."""
+
+    def __init__(self):
+        self.batches, self.losses = [], {}
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches.append((int(trainer.global_step), batch_idx))
+
+    def on_validation_end(self, trainer, pl_module):
+        self.losses[int(trainer.global_step)] = float(trainer.callback_metrics["val/loss"])
+
+
+def test_sigterm_during_a_validation_in_fit_is_validated_again_on_resume(tmp_path, monkeypatch, batch_log):
+    """A SIGTERM at the second of four validation batches after step 2: the run stops there, and
+    --resume first validates step 2 on the whole validation set (the same loss as a run never stopped;
+    keep: best weighs it), then trains steps 3 and 4 once each."""
+    from genomamba.errors import StoppedBySignal
+
+    def run(name, *extra, resume=None):
+        doc = tiny_pretrain_doc(tmp_path / name, max_steps=4, seq_len=128)
+        doc["trainer"].update(val_every=2, ckpt_every=100, keep="best")
+        doc["data"]["val_windows"] = 16  # four validation batches of 4
+        log = _ValidationLog()
+        real = batch_log_build[0]
+        monkeypatch.setattr(pretrain_cmd, "build_trainer",
+                            lambda tc, rd, cbs, *a, **k: real(tc, rd, [*cbs, *extra, log], *a, **k))
+        return run_pretrain(load_config(doc=doc), resume=resume, quiet=True), log
+
+    batch_log_build = [pretrain_cmd.build_trainer]  # records training batches (batch_log), then adds ours
+    straight, straight_log = run("straight")
+    assert straight_log.batches == [(2, i) for i in range(4)] + [(4, i) for i in range(4)]
+    with pytest.raises(StoppedBySignal, match="SIGTERM at step 2: "):
+        run("stopped", _SigtermInValidation(2))
+    ck = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 2
+    res, resumed = run("stopped", resume="last")
+    assert resumed.batches == straight_log.batches
+    # step 2's weights are the same either way (a resume trains on windows of its own afterwards)
+    assert resumed.losses[2] == pytest.approx(straight_log.losses[2], rel=1e-6)
+    assert [s for s, _ in batch_log[-1].seen] == [2, 3], "the resumed run trained a step twice or skipped one"
+    assert res["global_step"] == 4
+    assert res["kept"]["value"] == pytest.approx(min(resumed.losses.values()), rel=1e-6)
+    assert res["kept"]["step"] == min(resumed.losses, key=resumed.losses.get)
