@@ -26,7 +26,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
                                                  c10::optional<torch::Tensor> out_into);
 namespace ssv2 {  // run-time settings of the v2 kernels (selective_scan_v2.cu)
 void set_state_exit(bool on);
-void set_prefetch(int64_t bwd, int64_t fix, bool l2);
+void set_prefetch(int64_t bwd, int64_t fix, int64_t l2);
 }  // namespace ssv2
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -34,5 +34,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd_v2", &selective_scan_fwd_v2, "selective scan forward, v2 (CUDA)");
   m.def("selective_scan_bwd_v2", &selective_scan_bwd_v2, "selective scan backward, v2 (CUDA)");
   m.def("set_state_exit", &ssv2::set_state_exit, "v2 fix-up and summaries: drop each state once its decay is complete");
-  m.def("set_prefetch", &ssv2::set_prefetch, "v2: B/C rows copied this many states ahead (main backward, fix-up and summaries); L2 hints for the next tile");
+  m.def("set_prefetch", &ssv2::set_prefetch, "v2: B/C rows copied this many states ahead (main backward, fix-up and summaries); L2 hints for the next tile (0 none, 1 every PF build, 2 the backward only)");
 }

@@ -1714,16 +1714,15 @@ void set_state_exit(bool on) { g_state_exit = on; }
 // B/C prefetch depths (states ahead) of the main backward and of the fix-up / reverse-summary passes.
 // Backward: -1 (the default) runs the shipped build; 0..3 the PF build (swizzled dB/dC slots) with a
 // ring that deep (0: rows loaded at use). Fix-up and summaries: 0 (the default) loads at use.
-// l2: L2 prefetch hints for the next tile's rows in the PF builds of the backward (bwd >= 0), fix-up and
-// summaries (off by default)
-static int g_pf_bwd = -1, g_pf_fix = 0;
-static bool g_l2pf = false;
-void set_prefetch(int64_t bwd, int64_t fix, bool l2) {
-  TORCH_CHECK(bwd >= -1 && bwd <= 3 && fix >= 0 && fix <= 3,
-              "selective_scan v2: prefetch depths are -1..3 (backward) and 0..3 (fix-up)");
+// l2: L2 prefetch hints for the next tile's rows: 0 none (the default), 1 in the PF builds of the
+// backward (bwd >= 0), fix-up and summaries, 2 in the backward's PF build only
+static int g_pf_bwd = -1, g_pf_fix = 0, g_l2 = 0;
+void set_prefetch(int64_t bwd, int64_t fix, int64_t l2) {
+  TORCH_CHECK(bwd >= -1 && bwd <= 3 && fix >= 0 && fix <= 3 && l2 >= 0 && l2 <= 2,
+              "selective_scan v2: prefetch depths are -1..3 (backward) and 0..3 (fix-up), L2 hint modes 0..2");
   g_pf_bwd = static_cast<int>(bwd);
   g_pf_fix = static_cast<int>(fix);
-  g_l2pf = l2;
+  g_l2 = static_cast<int>(l2);
 }
 
 // dynamic shared memory of a kernel whose own arrays take `base_floats` floats, plus W warps' prefetch
@@ -1793,7 +1792,7 @@ Common setup(const torch::Tensor &u, const torch::Tensor &delta, const torch::Te
   p.state_exit = g_state_exit;
   p.pf_bwd = g_pf_bwd;
   p.pf_fix = g_pf_fix;
-  p.l2pf = g_l2pf;
+  p.l2pf = g_l2 != 0;
   p.vec = aligned16(u, 0) && aligned16(delta, 0) && aligned16(c.zt, 0) && aligned16(B, 0) && aligned16(C, 0);
   TORCH_CHECK(p.nseg <= 65535 && p.b <= 65535, "selective_scan v2: too many segments or batches for the grid");
   c.grid = dim3(static_cast<unsigned>(p.g * p.nblk_pg), static_cast<unsigned>(p.nseg), static_cast<unsigned>(p.b));
@@ -1913,6 +1912,7 @@ std::vector<torch::Tensor> selective_scan_fwd_v2(torch::Tensor u, torch::Tensor 
     dim3 g2 = c.grid;
     g2.y = static_cast<unsigned>(p.nseg - 1);
     const size_t smem_fix = with_rings(p, p.pf_fix, 2 * p.n * c.W, c.W, 1, c.K, u.element_size(), u.get_device());
+    p.l2pf = g_l2 == 1;  // mode 2 hints the backward only
     SSV2_DISPATCH(u.scalar_type(), c.K, {
       if (p.pf_fix || p.l2pf) {
         set_smem(fwd_fix_kernel<scalar_t, kK, true>, smem_fix);
@@ -2020,6 +2020,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
       const size_t smem_small = with_rings(p, p.pf_fix, 2 * p.n * c.W, c.W, 1, c.K, u.element_size(), u.get_device());
       dim3 g2 = c.grid;
       g2.y = static_cast<unsigned>(p.nseg - 1);
+      p.l2pf = g_l2 == 1;  // mode 2 hints the main backward only
       SSV2_DISPATCH(u.scalar_type(), c.K, {
         if (p.pf_fix || p.l2pf) {
           set_smem(bwd_summary_kernel<scalar_t, kK, true>, smem_small);
@@ -2030,6 +2031,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
         }
       });
       check_cuda("bwd summary");
+      p.l2pf = g_l2 != 0;
     }
     const int64_t tot = p.b * p.d * p.n;
     bwd_combine_kernel<<<static_cast<unsigned>((tot + 255) / 256), 256, 0, stream>>>(p);

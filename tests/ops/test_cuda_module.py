@@ -606,25 +606,30 @@ def test_a_knob_that_is_not_an_integer_is_named(monkeypatch):
 
 def test_prefetch_gate(status, monkeypatch):
     """The prefetch settings reach the kernels only when the self-test part "prefetch" passed, clamped
-    to -1..3 (backward; -1 the shipped build) and 0..3 (fix-up)."""
+    to -1..3 (backward; -1 the shipped build), 0..3 (fix-up) and 0..2 (L2 hint mode)."""
     monkeypatch.delenv("GENOMAMBA_CUDA_UNVERIFIED", raising=False)
     status.update(v1=True, v2=True, bwd=True, prefetch="failed: bwd dB rel. error")
     cu.CONFIG.update(bwd_prefetch=2, fix_prefetch=1, l2_prefetch=1)
-    assert cu.prefetch_settings() == (-1, 0, False)  # the shipped kernels
+    assert cu.prefetch_settings() == (-1, 0, 0)  # the shipped kernels
     status.update(prefetch=True)
-    assert cu.prefetch_settings() == (2, 1, True)
+    assert cu.prefetch_settings() == (2, 1, 1)
     cu.CONFIG.update(bwd_prefetch=7, fix_prefetch=-1, l2_prefetch=0)
-    assert cu.prefetch_settings() == (3, 0, False)
+    assert cu.prefetch_settings() == (3, 0, 0)
     cu.CONFIG.update(bwd_prefetch=-4, fix_prefetch=9)
-    assert cu.prefetch_settings() == (-1, 3, False)
+    assert cu.prefetch_settings() == (-1, 3, 0)
+    cu.CONFIG.update(l2_prefetch=2)  # hints in the backward only
+    assert cu.prefetch_settings()[2] == 2
+    cu.CONFIG.update(l2_prefetch=5)
+    assert cu.prefetch_settings()[2] == 2
+    cu.CONFIG.update(l2_prefetch=0)
     # the backward's depth follows the dtype: 16-bit runs take bwd_prefetch, 32/64-bit bwd_prefetch_fp32
     cu.CONFIG.update(bwd_prefetch=2, bwd_prefetch_fp32=-1, fix_prefetch=0)
-    assert cu.prefetch_settings(torch.bfloat16) == cu.prefetch_settings(torch.float16) == (2, 0, False)
-    assert cu.prefetch_settings(torch.float32) == cu.prefetch_settings(torch.float64) == (-1, 0, False)
+    assert cu.prefetch_settings(torch.bfloat16) == cu.prefetch_settings(torch.float16) == (2, 0, 0)
+    assert cu.prefetch_settings(torch.float32) == cu.prefetch_settings(torch.float64) == (-1, 0, 0)
     cu.CONFIG.update(bwd_prefetch_fp32=5)
-    assert cu.prefetch_settings(torch.float32) == (3, 0, False)
+    assert cu.prefetch_settings(torch.float32) == (3, 0, 0)
     status.update(prefetch="failed: bwd dB rel. error")
-    assert cu.prefetch_settings(torch.bfloat16) == (-1, 0, False)
+    assert cu.prefetch_settings(torch.bfloat16) == (-1, 0, 0)
 
 
 def test_unit_stride_copies_a_one_token_view_that_contiguous_leaves_alone():

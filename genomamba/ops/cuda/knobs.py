@@ -95,7 +95,8 @@ CONFIG = {
     "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0),
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
     # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
-    # reverse summaries' whenever this is on; results are unchanged. Gated like the two above. Off: with
+    # reverse summaries' whenever this is on; 2: in the backward's PF build only (the fix-up and the
+    # summaries load as with 0); results are unchanged. Gated like the two above. Off: with
     # bwd_prefetch 2 it gained ~1 % in training and slowed the forward's fix-up at (1, 1536, 16, 65536)
     # from 1.33 to 1.45 ms (scan_prefetch_nvidia_h200.json)
     "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 0),
@@ -171,16 +172,16 @@ def _unverified_ok() -> bool:
     return os.environ.get("GENOMAMBA_CUDA_UNVERIFIED", "") == "1"
 
 
-def prefetch_settings(dtype: torch.dtype | None = None) -> tuple[int, int, bool]:
-    """(main backward -1..3, fix-up and summaries 0..3, L2 hints): the prefetch settings a scan of
-    ``dtype`` runs with (the backward's depth is ``bwd_prefetch_fp32``'s for 32- and 64-bit floats);
-    (-1, 0, False), the shipped kernels, unless the self-test part "prefetch" passed."""
+def prefetch_settings(dtype: torch.dtype | None = None) -> tuple[int, int, int]:
+    """(main backward -1..3, fix-up and summaries 0..3, L2 hint mode 0..2): the prefetch settings a
+    scan of ``dtype`` runs with (the backward's depth is ``bwd_prefetch_fp32``'s for 32- and 64-bit
+    floats); (-1, 0, 0), the shipped kernels, unless the self-test part "prefetch" passed."""
     if STATUS.get("prefetch") is not True and not _unverified_ok():
-        return -1, 0, False
+        return -1, 0, 0
     wide = dtype is not None and dtype.itemsize >= 4
     depth = CONFIG["bwd_prefetch_fp32"] if wide else CONFIG["bwd_prefetch"]
     return (max(-1, min(3, int(depth))), max(0, min(3, int(CONFIG["fix_prefetch"]))),
-            bool(CONFIG["l2_prefetch"]))
+            max(0, min(2, int(CONFIG["l2_prefetch"]))))
 
 
 def forward_variant() -> str:
