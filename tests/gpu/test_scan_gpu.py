@@ -418,8 +418,9 @@ def test_cuda_prefetch(depth, dtype):
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied into shared memory ``depth``
     states ahead (across tiles), and the fix-up and reverse summaries with theirs (three segments,
     decays spread over the states so that states drop out at different tiles, a ragged last tile on
-    the vector path), with the L2 hints at depths 0 and 2: bit-identical to the shipped kernels (the
-    same arithmetic and sums in the same order), and close to the fp64 oracle."""
+    the vector path), with the L2 hints everywhere at depths 0 and 2 and in the backward only at
+    depth 3: bit-identical to the shipped kernels (the same arithmetic and sums in the same order),
+    and close to the fp64 oracle."""
     import genomamba.ops.cuda as cu
 
     if cu.STATUS.get("prefetch") is not True:
@@ -435,7 +436,8 @@ def test_cuda_prefetch(depth, dtype):
                               bwd_prefetch=-1, bwd_prefetch_fp32=-1, fix_prefetch=0, l2_prefetch=0)
     try:
         out0, st0, g0 = run_with_grads(_scan("cuda"), kw)
-        cu_.CONFIG.update(bwd_prefetch=depth, bwd_prefetch_fp32=depth, fix_prefetch=depth, l2_prefetch=depth % 2 == 0)
+        l2 = {0: 1, 1: 0, 2: 1, 3: 2}[depth]
+        cu_.CONFIG.update(bwd_prefetch=depth, bwd_prefetch_fp32=depth, fix_prefetch=depth, l2_prefetch=l2)
         out, st, g = run_with_grads(_scan("cuda"), kw)
     finally:
         cu_.CONFIG.update(saved)

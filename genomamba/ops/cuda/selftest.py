@@ -216,7 +216,8 @@ def _test_pair(ext) -> None:
 def _test_prefetch(ext) -> None:
     """The backward's PF build (swizzled dB/dC slots) with B/C rows copied ahead into shared memory
     (``CONFIG["bwd_prefetch"]`` and ``["bwd_prefetch_fp32"]`` 0 to 3), the fix-up / summary rings
-    (``["fix_prefetch"]``) and the L2 hints (``["l2_prefetch"]``, also next to the shipped backward):
+    (``["fix_prefetch"]``) and the L2 hints (``["l2_prefetch"]`` 1, also next to the shipped backward, and
+    2, the backward's only):
     the forward's fix-up passes (segments of one, two and three tiles) and the backward with its
     reverse summaries, over the usual cases plus a half-precision one whose rows take the vector path
     and end in a ragged tile; and the wide joint backward (the PF build) over segments of several
@@ -228,7 +229,7 @@ def _test_prefetch(ext) -> None:
              STATUS.get("prefetch"))
     STATUS["prefetch"] = True  # this child's own verdict table: lets the backward's wrapper pass the depths on
     try:
-        for depth, l2 in ((0, 1), (1, 0), (2, 1), (3, 1)):
+        for depth, l2 in ((0, 1), (1, 0), (2, 1), (3, 2)):
             CONFIG.update(bwd_prefetch=depth, bwd_prefetch_fp32=depth, fix_prefetch=depth, l2_prefetch=l2)
             _v2()  # the extension's switches follow CONFIG
             if depth:
