@@ -18,6 +18,10 @@ from genomamba.ops.dispatch import BACKENDS
 def test_unavailable_without_cuda():
     assert cu.available() is False
     assert cu.available() is False  # cached verdict, still no exception
+    # the backend called directly (not through genomamba.ops.selective_scan) says why it cannot run
+    u, delta = torch.randn(1, 4, 8), torch.rand(1, 4, 8)
+    with pytest.raises(RuntimeError, match=r"CUDA scan kernels unavailable \(RuntimeError: no CUDA device\)"):
+        cu.selective_scan(u, delta, -torch.rand(4, 2), torch.randn(1, 2, 8), torch.randn(1, 2, 8))
 
 
 def test_dispatch_skips_cuda_without_gpu():
