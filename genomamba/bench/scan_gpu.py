@@ -15,7 +15,14 @@ import re
 
 import torch
 
-from genomamba.bench.common import add_results_args, knobs_set, machine_facts, print_table, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    knobs_set,
+    machine_facts,
+    positive_count,
+    print_table,
+    write_results,
+)
 from genomamba.bench.common import knob_settings as common_knob_settings
 from genomamba.ops.torch_scan import selective_scan_chunked
 
@@ -136,6 +143,12 @@ def knob_settings(specs: list) -> list:
     return common_knob_settings(specs, "scan")
 
 
+def schedule(settings: list, rounds: int) -> list:
+    """The order the knob settings are timed in: ``rounds`` passes over all of them (A B A B), so a
+    drift of the machine's speed during the run falls on every setting alike; (round, update, label)."""
+    return [(rnd, update, label) for rnd in range(rounds) for update, label in settings]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="genomamba bench scan --device cuda", description=__doc__)
     p.add_argument("--device", default="cuda")
@@ -160,6 +173,8 @@ def main(argv=None) -> int:
         help="time the cuda backend at each value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
         "every combination), e.g. --knob bwd_states_per_sync=1,4,16; one row per setting",
     )
+    p.add_argument("--rounds", type=positive_count, default=1,
+                   help="with --knob: time the settings this many times, interleaved (A B A B), one row each")
     add_results_args(p, "scan_<device>")
     # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
     args, _ = p.parse_known_args(argv)
@@ -214,10 +229,12 @@ def main(argv=None) -> int:
             if be == "torch" and shape[3] > args.torch_max_len:
                 continue
             if be == "cuda" and cuda_variants:
-                for update, label in cuda_variants:
+                for rnd, update, label in schedule(cuda_variants, args.rounds if args.knob else 1):
                     with knobs_set(update):
                         row = bench_one(be, shape, bw)
                     row["backend"] = label
+                    if args.knob and args.rounds > 1:
+                        row["round"] = rnd
                     row.update(_layouts(shape))
                     results.append(row)
                     print(row, flush=True)
@@ -235,6 +252,7 @@ def main(argv=None) -> int:
     path = save()
     cols = [
         "backend",
+        *(["round"] if args.knob and args.rounds > 1 else []),
         "shape",
         "fwd_ms",
         "fwdbwd_ms",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from genomamba.bench.scan_gpu import knob_settings
+from genomamba.bench.scan_gpu import knob_settings, main, schedule
 from genomamba.ops.cuda.knobs import CONFIG
 
 
@@ -32,3 +32,17 @@ def test_bad_knob_names_the_argument(spec, says):
     with pytest.raises(SystemExit) as e:
         knob_settings([spec])
     assert says in str(e.value) and "--knob" in str(e.value)
+
+
+def test_rounds_interleave_the_settings():
+    settings = knob_settings(["l2_prefetch=0,2"])
+    got = schedule(settings, 3)
+    assert [(r, u["l2_prefetch"]) for r, u, _ in got] == [(0, 0), (0, 2), (1, 0), (1, 2), (2, 0), (2, 2)]
+    assert schedule(settings, 1) == [(0, u, label) for u, label in settings]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_rounds_is_a_usage_error_before_anything_runs(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--knob", "l2_prefetch=0,2", "--rounds", value])
+    assert e.value.code == 2 and "--rounds" in capsys.readouterr().err
