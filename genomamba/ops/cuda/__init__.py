@@ -16,8 +16,7 @@ import sys
 
 import torch
 
-from genomamba.ops.cuda import build, selftest
-from genomamba.ops.cuda.kernels import selective_scan
+from genomamba.ops.cuda import build, kernels, selftest
 from genomamba.ops.cuda.knobs import (
     CHAN_PARTS,
     CONFIG,
@@ -67,6 +66,17 @@ def available() -> bool:
             print(f"genomamba: CUDA kernels unavailable ({unavailable_reason})", file=sys.stderr)
         _ready = False
     return _ready
+
+
+def selective_scan(*args, **kwargs):
+    """:func:`genomamba.ops.cuda.kernels.selective_scan` once the kernels are built and their
+    self-test verdicts loaded (what the dispatcher checks before calling it), so that a direct call
+    runs only verified builds; without the kernels it raises, saying why. Through the dispatcher the
+    check is one module attribute read (what torch.compile traces)."""
+    if _ready is not True and not available():
+        raise RuntimeError(f"genomamba CUDA scan kernels unavailable ({unavailable_reason}); "
+                           f"genomamba.ops.selective_scan picks a backend that runs here")
+    return kernels.selective_scan(*args, **kwargs)
 
 
 __all__ = [

@@ -292,15 +292,7 @@ def selective_scan(
 ):
     """Arguments as :func:`genomamba.ops.selective_scan` (validated there; the dispatch table sends
     only calls this backend supports: fp32/bf16/fp16, one dtype for u/delta/B/C/z, n <= 64, and
-    gradients only where the CUDA backward passed its self-test). Called directly, it first makes
-    sure the kernels are built and their self-test verdicts loaded, so only verified builds run."""
-    from genomamba.ops import cuda  # the package imports this module
-
-    # through the dispatcher the verdict is in already: one module attribute read (what torch.compile
-    # traces), the check itself only on a direct first call
-    if cuda._ready is not True and not cuda.available():
-        raise RuntimeError(f"genomamba CUDA scan kernels unavailable ({cuda.unavailable_reason}); "
-                           f"genomamba.ops.selective_scan picks a backend that runs here")
+    gradients only where the CUDA backward passed its self-test)."""
 
     args = (unit_stride(u), unit_stride(delta), A.float(), unit_stride(B), unit_stride(C), D, unit_stride(z),
             delta_bias, bool(delta_softplus))
