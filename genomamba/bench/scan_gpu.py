@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("genomamba bench scan --device cuda: no CUDA device")
         return 1
+    rounds = args.rounds if args.knob else 1  # rounds interleave knob settings; without, one pass
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
     # CUDA variants (npt, target_threads) to time; the first is the shipped default
     cuda_variants = [
@@ -229,11 +230,11 @@ def main(argv=None) -> int:
             if be == "torch" and shape[3] > args.torch_max_len:
                 continue
             if be == "cuda" and cuda_variants:
-                for rnd, update, label in schedule(cuda_variants, args.rounds if args.knob else 1):
+                for rnd, update, label in schedule(cuda_variants, rounds):
                     with knobs_set(update):
                         row = bench_one(be, shape, bw)
                     row["backend"] = label
-                    if args.knob and args.rounds > 1:
+                    if rounds > 1:
                         row["round"] = rnd
                     row.update(_layouts(shape))
                     results.append(row)
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
     path = save()
     cols = [
         "backend",
-        *(["round"] if args.knob and args.rounds > 1 else []),
+        *(["round"] if rounds > 1 else []),
         "shape",
         "fwd_ms",
         "fwdbwd_ms",
