@@ -96,6 +96,20 @@ def test_scan_backward_deterministic():
         assert torch.equal(g1[k], g2[k]), k
 
 
+def test_scan_under_activation_checkpointing():
+    """Gradient checkpointing (non-reentrant) lets a backward unpack each saved tensor only once: the
+    scan's backward under it runs and gives the plain backward's gradients (it read one saved
+    tensor twice and raised CheckpointError)."""
+    from torch.utils.checkpoint import checkpoint
+
+    kw, _ = make_scan_inputs(1, 8, 4, 50, torch.float32, VARIANTS[2])
+    _, _, plain = run_with_grads(_triton_scan, kw)
+    _, _, ckpt = run_with_grads(lambda **k: checkpoint(_triton_scan, use_reentrant=False, **k), kw)
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        assert torch.equal(plain[k], ckpt[k]), k
+
+
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_update(groups, dtype):

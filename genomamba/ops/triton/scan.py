@@ -973,8 +973,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         if dout is None:
             dout = torch.zeros_like(u)
         fp = ctx.plan
-        Bg = ctx.saved_tensors[3]
-        g = Bg.shape[1] if Bg.dim() == 4 else 1
+        g = B.shape[1] if B.dim() == 4 else 1  # saved tensors are read once: checkpointing unpacks them once only
         p = _plan(u.shape[0], u.shape[1], A.shape[1], u.shape[2], g, u.device, "bwd", fp["chunk_len"])
         assert p["nchunks"] == fp["nchunks"]
         du, ddt, dA, dB, dC, dD, dz, dbias, dh0 = _bwd(
