@@ -293,7 +293,7 @@ class DecodeGraph:
         self.bias = self._default_bias(model, device)
         before = self._addresses()
         # warm up on a side stream (kernels compile and backends are picked outside the capture)
-        side = torch.cuda.Stream(device)
+        side = graphed.side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -393,7 +393,7 @@ class DecodeSampler:
         device = step.ids.device
         self.noise = torch.full(step.logits.shape, 0.5, dtype=torch.float32, device=device)
         self.values = filter_values(1.0, 1.0, device)
-        side = torch.cuda.Stream(device)
+        side = graphed.side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):

@@ -113,7 +113,7 @@ class TrainGraph:
         # before the capture: the graph's pool then takes their place instead of adding to them
         with torch.cuda.device(device):
             torch.cuda.empty_cache()
-        side = torch.cuda.Stream(device)
+        side = graphed.side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # kernels compile, self-tests run and backends are picked outside the capture
             for _ in range(2):
