@@ -137,6 +137,16 @@ def _layouts(shape) -> dict:
             "cuda_training_forward": forward_layout(b, d, n, l, DTYPES[dtype], training=True)}
 
 
+def knob_row(shape, bw: float, update: dict, label: str) -> dict:
+    """One row of the cuda backend timed with the knob setting ``update``; its layout columns are
+    those of that setting (a knob may change the forward's lanes, tiles or segments)."""
+    with knobs_set(update):
+        row = bench_one("cuda", shape, bw)
+        row.update(_layouts(shape))
+    row["backend"] = label
+    return row
+
+
 def knob_settings(specs: list) -> list:
     """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label); see
     :func:`genomamba.bench.common.knob_settings`."""
@@ -231,12 +241,9 @@ def main(argv=None) -> int:
                 continue
             if be == "cuda" and cuda_variants:
                 for rnd, update, label in schedule(cuda_variants, rounds):
-                    with knobs_set(update):
-                        row = bench_one(be, shape, bw)
-                    row["backend"] = label
+                    row = knob_row(shape, bw, update, label)
                     if rounds > 1:
                         row["round"] = rnd
-                    row.update(_layouts(shape))
                     results.append(row)
                     print(row, flush=True)
                     save()

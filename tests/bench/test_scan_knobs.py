@@ -46,3 +46,26 @@ def test_bad_rounds_is_a_usage_error_before_anything_runs(value, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--knob", "l2_prefetch=0,2", "--rounds", value])
     assert e.value.code == 2 and "--rounds" in capsys.readouterr().err
+
+
+def test_a_knob_row_names_the_layout_its_setting_ran(monkeypatch):
+    """The layout columns of a knob row describe the forward under that setting, not the defaults:
+    one lane a channel against the shipped four at (8, 1536, 16, 2048)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import genomamba.bench.scan_gpu as sg
+    from genomamba.ops.cuda.knobs import STATUS
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(sg, "bench_one", lambda be, shape, bw: {"backend": be, "fwd_ms": 1.0})  # the timing needs a GPU
+    for part in ("v2", "bwd", "chan", "chan4"):
+        monkeypatch.setitem(STATUS, part, True)
+    shape = (8, 1536, 16, 2048, "bf16")
+    shipped = sg.knob_row(shape, 3.0, {}, "cuda")
+    one_lane = sg.knob_row(shape, 3.0, {"chan_lanes": 1, "fwd_chan": 1}, "cuda[chan_lanes=1]")
+    assert shipped["cuda_training_forward"] == "lane per channel (build 8, 1 segments)"
+    assert one_lane["cuda_training_forward"] == "lane per channel (build 3, 1 segments)"
+    assert one_lane["backend"] == "cuda[chan_lanes=1]" and CONFIG["chan_lanes"] == -1
