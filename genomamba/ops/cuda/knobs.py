@@ -96,10 +96,12 @@ CONFIG = {
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
     # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
     # reverse summaries' whenever this is on; 2: in the backward's PF build only (the fix-up and the
-    # summaries load as with 0); results are unchanged. Gated like the two above. Off: with
-    # bwd_prefetch 2 it gained ~1 % in training and slowed the forward's fix-up at (1, 1536, 16, 65536)
-    # from 1.33 to 1.45 ms (scan_prefetch_nvidia_h200.json)
-    "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 0),
+    # summaries load as with 0); results are unchanged. Gated like the two above. 1 with bwd_prefetch 2
+    # gained ~1 % in training but slowed the forward's fix-up at (1, 1536, 16, 65536) from 1.33 to
+    # 1.45 ms (scan_prefetch_nvidia_h200.json); 2 (the default) took 0.7 % off row 1's fwd+bwd and
+    # 0.35 % off the 2^20 row's in all three interleaved rounds on an H100, even at l = 65536 and in
+    # training steps (scan_levers_nvidia_h100.json, l2_prefetch_ab)
+    "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 2),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
