@@ -70,6 +70,22 @@ def test_forced_backend_not_available_here_is_an_error():
             pass
 
 
+def test_triton_forced_on_cpu_tensors_says_why_on_either_machine(monkeypatch):
+    """Forcing the Triton backend for CPU tensors without its interpreter is an error naming the
+    setting and the reason: no CUDA device, or (on a GPU machine) that the tensors are on the CPU."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton not installed")
+    u, delta, A, B, C = _scan_inputs()
+    for gpu, says in ((False, "no CUDA device"), (True, "the tensors are on the CPU")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        with ops.use_backend("triton"), pytest.raises(RuntimeError, match="'triton' was requested") as e:
+            ops.selective_scan(u, delta, A, B, C)
+        assert says in str(e.value) and "TRITON_INTERPRET=1" in str(e.value)
+
+
 def test_triton_hands_fp64_down_the_table(capsys):
     """Triton keeps an fp32 state: a forced fp64 call runs on the next backend, equal to the oracle."""
     if not dispatch.BACKENDS["triton"].available("cpu"):

@@ -26,6 +26,8 @@ def available(device: str = "cuda") -> bool:
 def unavailable_reason() -> str:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
+    if torch.cuda.is_available():  # then only a call on CPU tensors can find it unavailable
+        return "the tensors are on the CPU, where its kernels run only under TRITON_INTERPRET=1"
     return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
 
 
