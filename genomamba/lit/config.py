@@ -589,6 +589,10 @@ def _build(doc: dict, kind: Optional[str], where: str):
     return cfg
 
 
+# trainer.precision: auto (bf16-mixed on a GPU, 32-true on CPU) or the Lightning setting it passes on
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
 def _check_ranges(cfg, where: str) -> None:
     """Numbers that must be positive (a 0 or negative step count would save an untrained model)."""
     t, d = cfg.trainer, cfg.data
@@ -625,6 +629,8 @@ def _check_ranges(cfg, where: str) -> None:
     if isinstance(t.devices, int) and not isinstance(t.devices, bool) and (t.devices == 0 or t.devices < -1):
         raise ConfigError(f"{where}: trainer.devices: expected a positive int, -1 (every device), 'auto' or a "
                           f"list of device indices, got {t.devices}")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"{where}: trainer.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     fractions = {"data.rc_prob": d.rc_prob}
     if cfg.kind == "pretrain":
         fractions["data.max_n_frac"] = d.max_n_frac
