@@ -362,6 +362,10 @@ def to_plain(cfg) -> dict:
     return copy.deepcopy(plain(cfg))
 
 
+# trainer.accelerator: what genomamba's kernels and Lightning run on here (auto: a GPU when there is one)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 def _check_parallel(cfg, where: str) -> None:
     """The multi-process keys: positive sizes, and a context-parallel size that divides the processes
     (when ``devices`` is a count) and the training windows."""
@@ -370,6 +374,16 @@ def _check_parallel(cfg, where: str) -> None:
         raise ConfigError(f"{where}: trainer.keep: expected best or last, got {t.keep!r}")
     if t.num_nodes < 1:
         raise ConfigError(f"{where}: trainer.num_nodes: expected >= 1, got {t.num_nodes}")
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"{where}: trainer.accelerator: expected one of {', '.join(ACCELERATORS)}, "
+                          f"got {t.accelerator!r}")
+    if t.strategy != "auto" and "spawn" not in str(t.strategy).lower():
+        from pytorch_lightning.strategies import StrategyRegistry
+
+        known = [n for n in StrategyRegistry.available_strategies() if "spawn" not in n]
+        if t.strategy not in known:
+            raise ConfigError(f"{where}: trainer.strategy: {t.strategy!r} is not one of Lightning's strategies; "
+                              f"expected auto (DDP whenever there are several processes) or one of {', '.join(known)}")
     if "spawn" in str(t.strategy).lower():
         # run under ddp_spawn, the validation reported twice its bases and the run no throughput
         raise ConfigError(f"{where}: trainer.strategy={t.strategy}: spawn-launched strategies are not supported "

@@ -150,6 +150,9 @@ def test_overrides_are_typed(tmp_path):
     ("trainer.limit_val_batches=-2", "trainer.limit_val_batches: expected an int >= 0"),
     ("data.val_windows=-3", "data.val_windows: expected an int >= 0"),
     ("trainer.precision=fp9", "trainer.precision: expected one of auto, 32-true, bf16-mixed"),
+    ("trainer.accelerator=tpu", "trainer.accelerator: expected one of auto, cpu, gpu, cuda, mps, got 'tpu'"),
+    ("trainer.strategy=nonsense", "trainer.strategy: 'nonsense' is not one of Lightning's strategies; expected "
+                                  "auto (DDP whenever there are several processes) or one of ddp,"),
 ])
 def test_a_bad_value_from_set_names_the_set_not_the_file(assignment, needle, tmp_path):
     """Numbers that would fail only once Lightning runs (or train nonsense) stop at loading, and the
