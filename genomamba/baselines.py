@@ -47,6 +47,9 @@ def _revcomp_codes(ids: np.ndarray, tok: DNATokenizer) -> np.ndarray:
     return tok.reverse_complement(np.asarray(ids))
 
 
+MAX_K = 12  # the longest k-mer of the naive Bayes baseline (a 4**k table per label)
+
+
 class KmerNaiveBayes:
     """Multinomial naive Bayes over overlapping k-mers with Laplace smoothing.
 
@@ -56,8 +59,8 @@ class KmerNaiveBayes:
     """
 
     def __init__(self, k: int = 4, alpha: float = 1.0, tokenizer: Optional[DNATokenizer] = None):
-        if not 1 <= int(k) <= 12:
-            raise ValueError(f"k: expected 1..12 (4**k table entries), got {k}")
+        if not 1 <= int(k) <= MAX_K:
+            raise ValueError(f"k: expected 1..{MAX_K} (4**k table entries), got {k}")
         if alpha <= 0:
             raise ValueError(f"alpha: expected > 0, got {alpha}")
         self.k, self.alpha = int(k), float(alpha)

@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Union
 import yaml
 
 from genomamba.adapters import Adapter, get_adapter
+from genomamba.baselines import MAX_K
 from genomamba.config import MambaConfig
 from genomamba.data.augment import AudioAugment
 from genomamba.data.corpus import AssetsSource, CorpusError, Source, parse_source
@@ -30,6 +31,7 @@ from genomamba.errors import UserError
 from genomamba.files import read_text
 from genomamba.lit.callbacks import _is_pow2_multiple
 from genomamba.lit.optim import OptimConfig
+from genomamba.models.heads import POOLINGS
 
 _PKG = Path(__file__).resolve().parents[1]
 BASE_KEY = "base"
@@ -267,6 +269,11 @@ def _check_adapter_options(cfg, where: str) -> None:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
     if adapter.name == "dna":
+        if cfg.kind == "classify":  # k-mer lengths, scored after training: a bad one would fail only then
+            for k in cfg.baselines:
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+                    raise ConfigError(f"{where}: baselines: expected k-mer lengths in 1..{MAX_K} (a 4**k table "
+                                      f"per label) for DNA, got {k!r}")
         return
     hint = f"reverse complement is DNA-only; set it to 0 / false for the {adapter.name!r} adapter"
     if cfg.data.rc_prob > 0:
@@ -645,10 +652,25 @@ def _check_ranges(cfg, where: str) -> None:
                           f"list of device indices, got {t.devices}")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"{where}: trainer.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if cfg.kind == "classify":
+        _check_classify(cfg, where)
     fractions = {"data.rc_prob": d.rc_prob}
     if cfg.kind == "pretrain":
         fractions["data.max_n_frac"] = d.max_n_frac
     _check_optim(cfg.optim, where, fractions)
+
+
+def _check_classify(cfg, where: str) -> None:
+    """The classifier's head and evaluation counts, which would otherwise fail only when the model is
+    built or, for the counts, after training, at the test (the baselines: :func:`_check_adapter_options`)."""
+    h, d = cfg.head, cfg.data
+    if h.pooling not in POOLINGS:
+        raise ConfigError(f"{where}: head.pooling: expected one of {', '.join(POOLINGS)}, got {h.pooling!r}")
+    if isinstance(h.dropout, bool) or not isinstance(h.dropout, (int, float)) or not 0 <= h.dropout < 1:
+        raise ConfigError(f"{where}: head.dropout: expected a probability in [0, 1), got {h.dropout!r}")
+    for key, v in (("data.val_per_label", d.val_per_label), ("data.test_per_label", d.test_per_label)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{where}: {key}: expected a positive int (or null: every file once), got {v}")
 
 
 def _check_optim(o: OptimConfig, where: str, fractions: dict) -> None:

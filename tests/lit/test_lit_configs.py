@@ -288,3 +288,22 @@ def test_shipped_configs_are_found_from_anywhere(tmp_path, monkeypatch):
     assert load_config("configs/classify/species_tiny_cpu.yaml").name == "species_tiny_cpu"
     with pytest.raises(ConfigError, match="nope.yaml: no such file"):
         load_config("configs/pretrain/nope.yaml")
+
+
+@pytest.mark.parametrize("assignment, needle", [
+    ("head.pooling=median", "head.pooling: expected one of last, mean, max, got 'median'"),
+    ("head.dropout=1.5", "head.dropout: expected a probability in [0, 1), got 1.5"),
+    ("data.test_per_label=-1", "data.test_per_label: expected a positive int (or null: every file once), got -1"),
+    ("data.val_per_label=0", "data.val_per_label: expected a positive int"),
+    ("baselines=[4, 99]", "baselines: expected k-mer lengths in 1..12 (a 4**k table per label) for DNA, got 99"),
+    ("baselines=[logspec]", "baselines: expected k-mer lengths in 1..12"),
+    ("baselines=4", "baselines: expected list, got 4"),
+])
+def test_a_bad_classifier_value_stops_at_loading(assignment, needle):
+    """Values the classifier would refuse only once its model is built, or after training at the test
+    (the baselines, the test windows per label), stop when the config loads, naming the key."""
+    src = ROOT / "configs" / "classify" / "species_tiny_cpu.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(src, [assignment])
+    assert str(err.value).startswith(f"--set {assignment} (over {src})") and needle in str(err.value), str(err.value)
+    assert load_config(src, ["data.test_per_label=null", "baselines=[]", "head.pooling=last"])
