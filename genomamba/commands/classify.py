@@ -197,7 +197,7 @@ def evaluate_main(argv) -> int:
     ap.add_argument("--one-strand", action="store_true",
                     help="DNA: score each window as given (default: the mean over it and its reverse "
                          "complement, as classify fit's test does with head.tta_rc)")
-    ap.add_argument("--out", help="write JSON (and a confusion PNG beside it)")
+    ap.add_argument("-o", "--out", help="write JSON (and a confusion PNG beside it)")
     ap.add_argument("--force", action="store_true", help="replace existing --out files")
     add_device_args(ap, "cuda where available, else cpu")
     args = ap.parse_args(argv)
@@ -288,7 +288,7 @@ def predict_main(argv) -> int:
     ap.add_argument("--model", required=True, help="classifier directory (classify fit's RUN_DIR/model)")
     ap.add_argument("--length", type=int, default=1024, help="window length")
     ap.add_argument("--max-windows", type=int, default=64, help="per record (evenly spaced)")
-    ap.add_argument("--out", help="TSV path (default: stdout)")
+    ap.add_argument("-o", "--out", help="TSV path (default: stdout)")
     ap.add_argument("--one-strand", action="store_true",
                     help="score each window as given (default: the mean over it and its reverse complement)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")

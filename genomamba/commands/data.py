@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="FASTA/GenBank -> HDF5 token store")
     b.add_argument("inputs", nargs="*", type=Path)
-    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("-o", "--out", type=Path, required=True, help="the HDF5 token store to write")
     b.add_argument("--manifest", type=Path, default=None, help="build from a species manifest's genomes")
     b.add_argument("--genome-ids", nargs="*", default=None, help="one id per input; prefixes contig names")
     b.add_argument(

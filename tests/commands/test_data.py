@@ -17,6 +17,9 @@ def test_build_info_check(tmp_path, capsys):
     assert "chr21" in capsys.readouterr().out
     assert main(["check", str(fa)]) == 0
     assert "1 records, 100,000 bases" in capsys.readouterr().out
+    short = tmp_path / "short.h5"  # -o, as embed, score and generate take it
+    assert main(["build", str(fa), "-o", str(short)]) == 0
+    assert TokenStore(short).contigs[0].length == 100_000
 
 
 def test_build_from_manifest(tmp_path, capsys):
