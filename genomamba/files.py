@@ -162,7 +162,10 @@ def atomic_path(dest: PathLike, mode: Optional[int] = None, replace: bool = True
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_temp_prefix(dest.name)}{os.getpid()}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_temp_prefix(dest.name)}{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the temporary one beside it
+        raise OSError(exc.errno, f"cannot create a file in {dest.parent} ({exc.strerror})", str(dest)) from None
     os.close(fd)
     try:
         yield Path(tmp)

@@ -57,6 +57,18 @@ def test_writer_that_never_creates_the_temp_still_cleans_up(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_that_takes_no_files_names_the_file_asked_for(tmp_path):
+    """A folder where no file can be created: the error names the output and its folder, not the
+    temporary file that was to be written first (it used to name that one only)."""
+    unwritable = Path("/proc")
+    if not unwritable.is_dir():
+        pytest.skip("needs a folder that takes no files (/proc)")
+    with pytest.raises(OSError) as err:
+        with atomic_path(unwritable / "out.h5") as tmp:
+            tmp.write_text("never")
+    assert err.value.filename == "/proc/out.h5" and "cannot create a file in /proc" in err.value.strerror
+
+
 def test_success_replaces_and_temps_are_unique(tmp_path):
     dest = tmp_path / "r.json"
     with atomic_path(dest) as a, atomic_path(dest) as b:
