@@ -31,6 +31,19 @@ def positive_count(text: str) -> int:
     return value
 
 
+def nonnegative_count(text: str) -> int:
+    """argparse type of a count that may be 0 (``--warmup``): the usage error names the option."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
+
+
 def results_folder(text: str) -> Path:
     """argparse type of ``--out``: a folder for the results JSON. A path to an existing file, or one
     ending in ``.json`` (a file name where a folder is meant), is a usage error naming the option, given

@@ -53,6 +53,8 @@ from genomamba.bench.common import (
     knob_settings,
     knobs_set,
     machine_facts,
+    nonnegative_count,
+    positive_count,
     print_table,
     write_results,
 )
@@ -386,13 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", action="append", choices=list(PRESETS),
                    help="model shape(s) (repeatable; default tiny and 1.4M on cpu, 1.4M and 7M on cuda)")
-    p.add_argument("--d-model", type=int, default=None, help="custom shape instead of a preset")
-    p.add_argument("--n-layer", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="default 4 on cpu, 8 on cuda")
-    p.add_argument("--seq-len", type=int, action="append", default=None,
+    p.add_argument("--d-model", type=positive_count, default=None, help="custom shape instead of a preset")
+    p.add_argument("--n-layer", type=positive_count, default=None)
+    p.add_argument("--batch-size", type=positive_count, default=None, help="default 4 on cpu, 8 on cuda")
+    p.add_argument("--seq-len", type=positive_count, action="append", default=None,
                    help="sequence length(s) (repeatable; default 1024 on cpu, 1024 and 16384 on cuda)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on cpu, 20 on cuda)")
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--steps", type=positive_count, default=None, help="timed steps (default 3 on cpu, 20 on cuda)")
+    p.add_argument("--warmup", type=nonnegative_count, default=None,
                    help="untimed steps first (default 1 on cpu, 3 on cuda: a shape's CUDA graphs are captured "
                         "on its second step)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on cuda (default: bf16 autocast)")
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild-inputs", choices=list(REBUILD), default="auto",
                    help="rebuild each layer's normed input, conv output and delta in the backward instead of "
                         "keeping them (auto: on GPUs); 'off' measures what keeping them costs")
-    p.add_argument("--segment-len", type=int, default=None,
+    p.add_argument("--segment-len", type=positive_count, default=None,
                    help="read each window in segments of this many tokens (segment-wise training)")
     p.add_argument("--vs-mamba-ssm", action="store_true",
                    help="also train each shape and length whole through mamba_ssm's model in this process (CUDA, "
@@ -412,16 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA: train each shape once per value of a knob of genomamba.ops.cuda.CONFIG (repeatable: "
                         "every combination), each with a fresh model, so captured graphs use the setting; e.g. "
                         "--knob bwd_prefetch=-1,2")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=positive_count, default=1,
                    help="with --knob: run the settings this many times, interleaved (A B A B), so drift of the "
                         "machine's speed falls on every setting alike")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_count, default=None)
     p.add_argument("--embed", action="store_true", help="also measure embedding memory on one long record")
     p.add_argument("--embed-only", action="store_true", help="only the embedding memory measurement")
-    p.add_argument("--embed-bases", type=int, action="append", default=None,
+    p.add_argument("--embed-bases", type=positive_count, action="append", default=None,
                    help="record length(s) to embed (default 100,000 and 1,000,000)")
     p.add_argument("--embed-preset", choices=list(PRESETS), default="1.4M")
-    p.add_argument("--embed-chunk", type=int, default=16384)
+    p.add_argument("--embed-chunk", type=positive_count, default=16384)
     p.add_argument("--embed-pooling", action="append", choices=("mean", "last", "max", "none"), default=None,
                    help="pooling(s) to measure (default mean; none = per-token, whose output alone is "
                         "bases * d_model * 4 bytes)")
@@ -475,9 +477,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print("genomamba bench train: --knob sets CUDA kernel knobs; add --device cuda", file=sys.stderr)
                 return 2
             settings = knob_settings(args.knob, "train")
-        if args.rounds < 1:
-            print(f"genomamba bench train: --rounds: expected a positive int, got {args.rounds}", file=sys.stderr)
-            return 2
         if args.vs_mamba_ssm:
             why = mamba_ssm_unavailable(cuda)
             if why:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import genomamba
 from genomamba.bench import train as bt
 from genomamba.config import MambaConfig
@@ -90,5 +92,18 @@ def test_knob_rows_run_each_setting_interleaved_and_restore_the_knobs(tmp_path, 
     assert [r["round"] for r in rows] == [0] * 4 + [1] * 4
     assert rows[2]["variant"] == "cuda[bwd_prefetch=2,fix_prefetch=0]"
     assert rows[2]["knobs"] == {"bwd_prefetch": 2, "fix_prefetch": 0}
-    assert bt.main(["--device", "cuda", "--knob", "bwd_prefetch=0", "--rounds", "0", "--out", str(tmp_path)]) == 2
-    assert "--rounds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bt.main(["--device", "cuda", "--knob", "bwd_prefetch=0", "--rounds", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--rounds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--seq-len", "0"], ["--batch-size", "-1"], ["--steps", "0"], ["--segment-len", "0"],
+                                  ["--threads", "0"], ["--warmup", "-1"], ["--embed-bases", "0"], ["--d-model", "0"],
+                                  ["--steps", "two"]])
+def test_a_bad_count_is_a_usage_error_naming_the_option(args, tmp_path, capsys):
+    """Counts and sizes are checked as the command line is read: before, 0 steps or threads meant the
+    default, segment length 0 trained whole windows, and a negative batch size died in torch."""
+    with pytest.raises(SystemExit) as e:
+        bt.main([*args, "--out", str(tmp_path)])
+    assert e.value.code == 2 and args[0] in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
