@@ -168,15 +168,24 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-max-l", type=int, default=8192,
                    help="skip the loop and chunked paths above this length (they are very slow at l=2^18)")
     add_results_args(p, "scan_cpu")
-    args, _ = p.parse_known_args(argv)
+    args, rest = p.parse_known_args(argv)
     if args.device.startswith("cuda"):
         return int(scan_gpu.main(argv) or 0)
     if args.device != "cpu":
         print(f"genomamba bench scan: --device {args.device!r}: expected cpu or cuda", file=sys.stderr)
         return 2
+    if rest:  # the GPU bench's options (--rows, --knob, ...) mean nothing to the CPU one
+        print(f"genomamba bench scan: {' '.join(rest)}: not an option of the CPU bench (the GPU bench's options, "
+              f"such as --rows, --knob and --rounds, need --device cuda)", file=sys.stderr)
+        return 2
 
     paths, notes = _paths()
     wanted = [x.strip() for x in args.paths.split(",") if x.strip()]
+    unknown = [x for x in wanted if x not in ("loop", "chunked", "cpp")]
+    if unknown or not wanted:
+        print(f"genomamba bench scan: --paths {args.paths!r}: expected a comma list of loop, chunked, cpp",
+              file=sys.stderr)
+        return 2
     paths = {k: v for k, v in paths.items() if k in wanted}
     notes = {k: v for k, v in notes.items() if k in wanted}
     for name, note in notes.items():

@@ -214,6 +214,20 @@ def test_bench_repeats_must_be_positive(bench, capsys):
     assert "argument --repeats: expected a positive int, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--rows", "99"], "--rows 99: not an option of the CPU bench (the GPU bench's options, such as --rows"),
+    (["--paths", "loop,fast"], "--paths 'loop,fast': expected a comma list of loop, chunked, cpp"),
+])
+def test_cpu_scan_bench_refuses_what_it_would_ignore(argv, needle, capsys):
+    """The CPU scan bench ran its whole default table over a GPU-only option or an unknown path name
+    (the row or path asked for never came); now a usage error before anything runs."""
+    from genomamba.bench.cli import main as bench_main
+
+    assert bench_main(["scan", *argv]) == 2
+    err = capsys.readouterr()
+    assert needle in err.err and not err.out
+
+
 def test_usage_mistakes_outside_argparse_read_as_errors(capsys):
     """An unknown command or benchmark and a URL fetch without its URL: ``genomamba ...: error: ...``
     like every other error, exit code 2."""
