@@ -32,7 +32,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    machine_facts,
+    nonnegative_count,
+    positive_count,
+    print_table,
+    write_results,
+)
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
 from genomamba.models.segmented import next_token_loss, segmented_loss
@@ -164,21 +171,21 @@ def _compare(rows: list) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genomamba bench cp", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2], help="context-parallel sizes P to time")
-    ap.add_argument("--d-model", type=int, default=64)
-    ap.add_argument("--n-layer", type=int, default=2)
-    ap.add_argument("--d-state", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--seq-len", type=int, nargs="+", default=[16384],
+    ap.add_argument("--sizes", type=positive_count, nargs="+", default=[1, 2], help="context-parallel sizes P to time")
+    ap.add_argument("--d-model", type=positive_count, default=64)
+    ap.add_argument("--n-layer", type=positive_count, default=2)
+    ap.add_argument("--d-state", type=positive_count, default=16)
+    ap.add_argument("--batch-size", type=positive_count, default=1)
+    ap.add_argument("--seq-len", type=positive_count, nargs="+", default=[16384],
                     help="sequence lengths (several: each with every P; a size that runs out of GPU memory "
                          "gets a row saying so, e.g. to find the longest sequence one step reaches)")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--steps", type=positive_count, default=3)
+    ap.add_argument("--warmup", type=nonnegative_count, default=1)
+    ap.add_argument("--threads", type=positive_count, default=1, help="torch threads per process")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: one GPU per process (NCCL), bf16 autocast unless --no-amp")
     ap.add_argument("--no-amp", action="store_true", help="fp32 on cuda")
-    ap.add_argument("--reference-segment-len", type=int, default=None,
+    ap.add_argument("--reference-segment-len", type=positive_count, default=None,
                     help="P = 1 trains segment-wise with segments of this many tokens (a reference for "
                          "sequences one device cannot hold whole)")
     ap.add_argument("--grad-checkpointing", action="store_true",

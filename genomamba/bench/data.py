@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, positive_count, print_table, write_results
 from genomamba.data.fetch import cache_dir, fetch
 from genomamba.data.store import TokenStore
 from genomamba.data.windows import RandomWindows, TiledWindows
@@ -126,7 +126,7 @@ def run(store_path: Path, n_windows: int, seed: int = 0) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="genomamba bench data", description="token-store window read speed")
     ap.add_argument("--store", type=Path, default=None, help="token store (default: U. maydis, built once)")
-    ap.add_argument("--windows", type=int, default=200, help="1M-token windows per row")
+    ap.add_argument("--windows", type=positive_count, default=200, help="1M-token windows per row")
     ap.add_argument("--tag", default=None, help="results file suffix (default: host name)")
     add_results_args(ap, "data_<host>")
     args = ap.parse_args(argv)

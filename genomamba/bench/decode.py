@@ -66,14 +66,14 @@ def _timed(fn) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genomamba bench decode", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--vocab-size", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--d-model", type=positive_count, default=256)
+    ap.add_argument("--n-layer", type=positive_count, default=4)
+    ap.add_argument("--vocab-size", type=positive_count, default=16)
+    ap.add_argument("--batch-size", type=positive_count, default=1)
+    ap.add_argument("--prompt-len", type=positive_count, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=positive_count, default=7)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=positive_count, default=1, help="torch threads")
     ap.add_argument("--no-hf", action="store_true", help="leave out HF transformers")
     add_results_args(ap, "decode_cpu")
     return ap

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="genomamba only (no mamba_ssm / transformers)")
     p.add_argument("--skip", action="append", default=[], choices=COLUMNS,
                    help="leave out this column (repeatable)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_count, default=None)
     add_results_args(p, "generate_cuda / generate_cpu")
     return p
 

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from genomamba.bench.common import add_results_args, cuda_requested, machine_facts, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    cuda_requested,
+    machine_facts,
+    nonnegative_count,
+    positive_count,
+    write_results,
+)
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM
 from genomamba.models.segmented import next_token_loss, segmented_loss
@@ -45,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train segment-wise (segmented_loss); forward: read the input in segments")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="forward mode: the weights' dtype (default bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=nonnegative_count, default=2)
     p.add_argument("--steps", type=int, default=3, help="timed steps before the profiled one")
-    p.add_argument("--top", type=int, default=20, help="operators listed")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--top", type=positive_count, default=20, help="operators listed")
+    p.add_argument("--threads", type=positive_count, default=None)
     add_results_args(p, "profile_<mode>_<device>")
     return p
 

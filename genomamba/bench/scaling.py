@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from genomamba.bench.common import add_results_args, machine_facts, print_table, write_results
+from genomamba.bench.common import add_results_args, machine_facts, positive_count, print_table, write_results
 from genomamba.lit.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "configs/pretrain/tiny_cpu.yaml"
@@ -92,10 +92,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="genomamba bench scaling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"pretraining config (default {DEFAULT_CONFIG})")
-    ap.add_argument("--devices", type=int, nargs="+", default=[1, 2], help="process counts to run (default 1 2)")
+    ap.add_argument("--devices", type=positive_count, nargs="+", default=[1, 2],
+                    help="process counts to run (default 1 2)")
     ap.add_argument("--strategy", nargs="+", default=["ddp"], help="Lightning strategies (ddp, fsdp, ...)")
     ap.add_argument("--accelerator", default="cpu", help="cpu (gloo) or gpu (NCCL); default cpu")
-    ap.add_argument("--tokens", type=int, default=None,
+    ap.add_argument("--tokens", type=positive_count, default=None,
                     help="training tokens per run (default: what the config's max_steps give one process)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override passed to every run (repeatable)")

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=positive_count, default=5, help="timed runs per measurement (median)")
     p.add_argument("--quick", action="store_true", help="only the target shape")
     p.add_argument("--paths", default="loop,chunked,cpp", help="comma list of paths to time")
-    p.add_argument("--baseline-max-l", type=int, default=8192,
+    p.add_argument("--baseline-max-l", type=positive_count, default=8192,
                    help="skip the loop and chunked paths above this length (they are very slow at l=2^18)")
     add_results_args(p, "scan_cpu")
     args, rest = p.parse_known_args(argv)

@@ -33,7 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genomamba.bench.common import add_results_args, cuda_requested, machine_facts, print_table, write_results
+from genomamba.bench.common import (
+    add_results_args,
+    cuda_requested,
+    machine_facts,
+    nonnegative_count,
+    positive_count,
+    print_table,
+    write_results,
+)
 from genomamba.config import MambaConfig
 from genomamba.models.lm import MambaLM, optimizer_param_groups
 
@@ -235,33 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("both",) + TASKS, default="both")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_count, default=None,
                    help="most training steps per task, all stages (default: 1500 on cpu, 10000 on cuda)")
-    p.add_argument("--min-final-steps", type=int, default=None,
+    p.add_argument("--min-final-steps", type=nonnegative_count, default=None,
                    help="train at least this many steps at --train-len before stopping early "
                         "(default 400 on cpu, 2000 on cuda)")
     p.add_argument("--target-acc", type=float, default=0.98,
                    help="stop training once this many consecutive batches reach this accuracy")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layer", type=int, default=2)
-    p.add_argument("--d-state", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--d-model", type=positive_count, default=64)
+    p.add_argument("--n-layer", type=positive_count, default=2)
+    p.add_argument("--d-state", type=positive_count, default=16)
+    p.add_argument("--batch-size", type=positive_count, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of the matrices")
-    p.add_argument("--train-len", type=int, default=256)
-    p.add_argument("--warmup-start", type=int, default=None,
+    p.add_argument("--train-len", type=positive_count, default=256)
+    p.add_argument("--warmup-start", type=nonnegative_count, default=None,
                    help="sequence-length warmup: start at this length and double once learned, up to "
                         "--train-len (default 32 for induction, 64 for copying; 0 = train at --train-len "
                         "from the first step)")
-    p.add_argument("--max-len", type=int, default=None, help="longest evaluation length (2^16; 2^20 on cuda)")
-    p.add_argument("--eval-samples", type=int, default=64, help="sequences per evaluation length (at most)")
-    p.add_argument("--eval-tokens", type=int, default=None,
+    p.add_argument("--max-len", type=positive_count, default=None,
+                   help="longest evaluation length (2^16; 2^20 on cuda)")
+    p.add_argument("--eval-samples", type=positive_count, default=64, help="sequences per evaluation length (at most)")
+    p.add_argument("--eval-tokens", type=positive_count, default=None,
                    help="token budget per evaluation length: fewer samples at long lengths "
                         "(default 2^19 on cpu, 2^24 on cuda); at least --min-eval-samples")
-    p.add_argument("--min-eval-samples", type=int, default=16)
-    p.add_argument("--eval-chunk", type=int, default=16384, help="tokens per chunk through the recurrent state")
+    p.add_argument("--min-eval-samples", type=positive_count, default=16)
+    p.add_argument("--eval-chunk", type=positive_count, default=16384,
+                   help="tokens per chunk through the recurrent state")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_count, default=None,
                    help="torch CPU threads (default 1 on cpu: these matrices are too small for more "
                         "threads to pay off)")
     add_results_args(p, "synthetic / synthetic_cuda")

@@ -214,6 +214,24 @@ def test_bench_repeats_must_be_positive(bench, capsys):
     assert "argument --repeats: expected a positive int, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["decode", "--batch-size", "0"], ["decode", "--threads", "0"], ["cp", "--sizes", "0"], ["cp", "--steps", "0"],
+    ["cp", "--seq-len", "0"], ["cp", "--warmup", "-1"], ["synthetic", "--steps", "0"],
+    ["synthetic", "--warmup-start", "-1"], ["generate", "--device", "cpu", "--threads", "0"], ["profile", "--top", "0"],
+    ["scaling", "--devices", "0"], ["data", "--windows", "0"], ["scan", "--baseline-max-l", "0"],
+])
+def test_bench_counts_are_checked_when_read(argv, capsys):
+    """A count or size of 0 (or below) is a usage error naming the option, before anything runs: before,
+    some meant the default, some ran with nothing to time, and some died inside torch or a worker."""
+    from genomamba.bench.cli import main as bench_main
+
+    with pytest.raises(SystemExit) as e:
+        bench_main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}" in err and "expected" in err, err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--rows", "99"], "--rows 99: not an option of the CPU bench (the GPU bench's options, such as --rows"),
     (["--paths", "loop,fast"], "--paths 'loop,fast': expected a comma list of loop, chunked, cpp"),
