@@ -153,6 +153,20 @@ def knob_settings(specs: list) -> list:
     return common_knob_settings(specs, "scan")
 
 
+def row_indices(text: str) -> list:
+    """argparse type of ``--rows``: ``all`` or a comma list of row numbers (0-based) of ``ROWS``."""
+    if text.strip() == "all":
+        return list(range(len(ROWS)))
+    want = f"expected 'all' or a comma list of row numbers 0..{len(ROWS) - 1}, got {text!r}"
+    try:
+        idx = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(want) from None
+    if any(not 0 <= i < len(ROWS) for i in idx):
+        raise argparse.ArgumentTypeError(want)
+    return idx
+
+
 def schedule(settings: list, rounds: int) -> list:
     """The order the knob settings are timed in: ``rounds`` passes over all of them (A B A B), so a
     drift of the machine's speed during the run falls on every setting alike; (round, update, label)."""
@@ -167,7 +181,7 @@ def main(argv=None) -> int:
         default="cuda,triton,torch",
         help="comma list among cuda, triton, torch (unavailable ones are skipped)",
     )
-    p.add_argument("--rows", default="all", help="comma list of row indices (0-based) or 'all'")
+    p.add_argument("--rows", type=row_indices, default="all", help="comma list of row indices (0-based) or 'all'")
     p.add_argument(
         "--torch-max-len",
         type=int,
@@ -192,7 +206,7 @@ def main(argv=None) -> int:
         print("genomamba bench scan --device cuda: no CUDA device")
         return 1
     rounds = args.rounds if args.knob else 1  # rounds interleave knob settings; without, one pass
-    rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
+    rows = [ROWS[i] for i in args.rows]
     # CUDA variants (npt, target_threads) to time; the first is the shipped default
     cuda_variants = [
         ({"npt": npt, "target_threads": target}, f"cuda[npt{npt},t{target // 1024}k]")

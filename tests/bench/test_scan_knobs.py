@@ -69,3 +69,14 @@ def test_a_knob_row_names_the_layout_its_setting_ran(monkeypatch):
     assert shipped["cuda_training_forward"] == "lane per channel (build 8, 1 segments)"
     assert one_lane["cuda_training_forward"] == "lane per channel (build 3, 1 segments)"
     assert one_lane["backend"] == "cuda[chan_lanes=1]" and CONFIG["chan_lanes"] == -1
+
+
+@pytest.mark.parametrize("value", ["99", "-1", "0,x", ""])
+def test_rows_out_of_the_table_are_a_usage_error(value, capsys):
+    """``--rows`` names rows of the table; one past its end was an IndexError on the GPU machine."""
+    with pytest.raises(SystemExit) as e:
+        main(["--rows", value])
+    assert e.value.code == 2 and "--rows" in capsys.readouterr().err
+    from genomamba.bench.scan_gpu import ROWS, row_indices
+
+    assert row_indices("all") == list(range(len(ROWS))) and row_indices("0,4") == [0, 4]
