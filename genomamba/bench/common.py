@@ -18,30 +18,28 @@ from genomamba.files import write_json
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def positive_count(text: str) -> int:
-    """argparse type of a count that must be >= 1 (``--repeats``): the usage error names the option."""
+def _count(text: str, least: int) -> int:
+    """``text`` as an int of at least ``least``, else argparse's usage error (which names the option)."""
     import argparse
 
+    want = "a positive int" if least == 1 else f"an int >= {least}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
     return value
+
+
+def positive_count(text: str) -> int:
+    """argparse type of a count that must be >= 1 (``--repeats``)."""
+    return _count(text, 1)
 
 
 def nonnegative_count(text: str) -> int:
-    """argparse type of a count that may be 0 (``--warmup``): the usage error names the option."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
-    return value
+    """argparse type of a count that may be 0 (``--warmup``)."""
+    return _count(text, 0)
 
 
 def results_folder(text: str) -> Path:
