@@ -27,6 +27,7 @@ std::vector<torch::Tensor> selective_scan_bwd_v2(torch::Tensor u, torch::Tensor 
 namespace ssv2 {  // run-time settings of the v2 kernels (selective_scan_v2.cu)
 void set_state_exit(bool on);
 void set_prefetch(int64_t bwd, int64_t fix, int64_t l2);
+void set_bc_reduce(int64_t mode);
 }  // namespace ssv2
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -34,5 +35,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd_v2", &selective_scan_fwd_v2, "selective scan forward, v2 (CUDA)");
   m.def("selective_scan_bwd_v2", &selective_scan_bwd_v2, "selective scan backward, v2 (CUDA)");
   m.def("set_state_exit", &ssv2::set_state_exit, "v2 fix-up and summaries: drop each state once its decay is complete");
+  m.def("set_bc_reduce", &ssv2::set_bc_reduce, "v2 backward: dB/dC partials summed by torch (0) or in one pass into the output dtype (1)");
   m.def("set_prefetch", &ssv2::set_prefetch, "v2: B/C rows copied this many states ahead (main backward, fix-up and summaries); L2 hints for the next tile (0 none, 1 every PF build, 2 the backward only)");
 }

@@ -454,6 +454,44 @@ def test_cuda_prefetch(depth, dtype):
 
 
 @pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [(2, 40, 16, 1500, 0), (1, 24, 16, 2050, 3), (3, 70, 5, 1021, 2)],
+                         ids=["plain_bc", "grouped4_l2050", "n5_odd_l_grouped2"])
+def test_cuda_dbc_reduction_modes(dtype, case):
+    """dB and dC summed from the backward's partials by the one-pass kernel (``bc_reduce`` 1) equal
+    torch's sum and cast (0) to one rounding of the output dtype (both sum the blocks in order), keep
+    B's dtype and shape, and stay close to the fp64 oracle: plain and grouped B/C, several blocks of
+    channels (d = 40, 70 with 16-warp blocks), n * l not a multiple of four (the scalar path) and a
+    ragged last tile."""
+    b, d, n, l, variant = case
+    kw, _ = make_scan_inputs(b, d, n, l, dtype, VARIANTS[variant])
+    kw = _to_cuda(kw)
+    ref = fp64_copy(kw)
+    cu, saved = _cuda_config(bc_reduce=0)
+    try:
+        _, _, g0 = run_with_grads(_scan("cuda"), kw)
+        cu.CONFIG.update(bc_reduce=1)
+        _, _, g1 = run_with_grads(_scan("cuda"), kw)
+        _, _, g1b = run_with_grads(_scan("cuda"), kw)
+    finally:
+        cu.CONFIG.update(saved)
+    _, _, rg = run_with_grads(selective_scan_ref, ref)
+    for name in ("B", "C"):
+        assert g1[name].dtype == kw[name].dtype and g1[name].shape == kw[name].shape
+        assert torch.equal(g1[name], g1b[name]), f"d{name}: one-pass reduction not deterministic"
+        ulp = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+        scale = g0[name].float().abs().max().item()
+        torch.testing.assert_close(g1[name].float(), g0[name].float(), rtol=ulp, atol=ulp * scale)
+        if dtype == torch.float32:
+            assert_close(g1[name], rg[name], dtype, f"d{name}")
+        else:
+            _assert_close_norm(g1[name], rg[name], dtype, f"d{name}")
+    for name, gr in g1.items():  # the other gradients do not depend on the mode
+        if name not in ("B", "C"):
+            assert torch.equal(gr, g0[name]), f"d{name} changed with the reduction mode"
+
+
+@pytest.mark.skipif("cuda" not in KERNELS, reason="CUDA extension not available")
 @pytest.mark.parametrize("warps_bwd", [8, 12, 16])
 def test_cuda_backward_block_widths(warps_bwd):
     """Backward blocks of 8 warps and of the wide build (12 and 16): every gradient against the fp64

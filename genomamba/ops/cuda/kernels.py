@@ -34,14 +34,15 @@ _SET: dict = {}  # the switches last passed to the extension (they are process-w
 
 
 def _v2(dtype: torch.dtype | None = None):
-    """The extension, with this process's choice of the fix-up / summary passes' per-state exit and
-    of the prefetch settings for a scan of ``dtype`` (passed on only when they changed: this runs
-    before every scan call)."""
+    """The extension, with this process's choice of the fix-up / summary passes' per-state exit, of
+    the prefetch settings for a scan of ``dtype`` and of the dB/dC reduction (passed on only when they
+    changed: this runs before every scan call)."""
     ext = extension()
-    want = (bool(CONFIG["fix_state_exit"]), prefetch_settings(dtype))
+    want = (bool(CONFIG["fix_state_exit"]), prefetch_settings(dtype), 1 if CONFIG["bc_reduce"] == 1 else 0)
     if _SET.get(id(ext)) != want:
         ext.set_state_exit(want[0])
         ext.set_prefetch(*want[1])
+        ext.set_bc_reduce(want[2])
         _SET[id(ext)] = want
     return ext
 

@@ -102,6 +102,12 @@ CONFIG = {
     # 0.35 % off the 2^20 row's in all three interleaved rounds on an H100, even at l = 65536 and in
     # training steps (scan_levers_nvidia_h100.json, l2_prefetch_ab)
     "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 2),
+    # how the backward's dB/dC partials (one row per block of channels, fp32) become dB and dC:
+    # 0 torch's sum over the blocks and then a cast to B's dtype (four kernels, an fp32 (b, g, n, l)
+    # pair in between); 1 (default) one kernel that sums them in the same fixed order and writes B's
+    # dtype directly (faster in every interleaved round on an H100: scan_levers_nvidia_h100.json,
+    # bc_reduce_ab; at 2^20 tokens it is bound by reading the partials, ~2 GB)
+    "bc_reduce": _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1),
     "use_cuda_bwd": os.environ.get("GENOMAMBA_CUDA_BWD", "auto"),  # auto | off
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
