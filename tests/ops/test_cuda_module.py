@@ -272,6 +272,35 @@ def test_a_crashed_selftest_is_recorded_and_not_selected(tmp_path):
     assert selftest.verdicts(tmp_path) == status, "the crash verdict is cached, not re-run"
 
 
+def test_run_time_settings_reach_the_extension_once(monkeypatch):
+    """Before a scan the process's settings (per-state exit, prefetch, dB/dC reduction mode) are
+    passed to the extension, and passed again only after one of them changed."""
+    calls = []
+
+    class Ext:
+        def set_state_exit(self, on):
+            calls.append(("exit", on))
+
+        def set_prefetch(self, bwd, fix, l2):
+            calls.append(("prefetch", bwd, fix, l2))
+
+        def set_bc_reduce(self, mode):
+            calls.append(("bc_reduce", mode))
+
+    ext = Ext()
+    monkeypatch.setattr(kernels, "extension", lambda: ext)
+    monkeypatch.setattr(kernels, "_SET", {})
+    monkeypatch.setitem(cu.CONFIG, "bc_reduce", 1)
+    assert kernels._v2(torch.bfloat16) is ext
+    assert ("bc_reduce", 1) in calls and any(c[0] == "prefetch" for c in calls)
+    calls.clear()
+    kernels._v2(torch.bfloat16)
+    assert calls == [], "unchanged settings are not passed again"
+    monkeypatch.setitem(cu.CONFIG, "bc_reduce", 0)
+    kernels._v2(torch.bfloat16)
+    assert ("bc_reduce", 0) in calls
+
+
 def test_fake_kernels_shapes():
     """The torch.library registrations parse and their fake kernels give the right shapes (what
     torch.compile traces with), without a GPU."""
