@@ -1068,8 +1068,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) bwd_summary_kernel(Params p) {
 // reverse carry entering each segment from the right; written to p.carry (b, S, d, n). One block of
 // kCombineThreads per (b, channel): the block sums each segment's tile sums of delta (every thread a
 // fixed strided share, then a fixed tree over lanes and warps: deterministic), and thread nn < n
-// chains state nn's carry through the segments right to left. (One thread per (b, channel, state)
-// walking every tile in order took ~0.4 ms at (1, 256, 16, 2^20) on an H100.)
+// chains state nn's carry through the segments right to left (a thread per (b, channel, state)
+// walking every tile of every segment in order was a long chain of dependent loads on a small grid;
+// timings in csrc/selective_scan/NOTES.md).
 constexpr int kCombineThreads = 128;
 __global__ void __launch_bounds__(kCombineThreads) bwd_combine_kernel(Params p) {
   __shared__ float s_w[kCombineThreads / 32];
