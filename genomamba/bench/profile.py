@@ -90,6 +90,27 @@ def _sync(cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
+def profile_ops(step, cuda: bool, top: int, runs: int = 1) -> dict:
+    """``step()`` run ``runs`` times under ``torch.profiler``: the ``top`` operators (kernels on a
+    GPU) by self device time (CPU time on CPU), each as ms and calls per run and as a share of the
+    summed self time; ``summed_self_time_s`` and ``profiled_step_s`` (wall) are per run too."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t1 = time.perf_counter()
+        for _ in range(runs):
+            step()
+        _sync(cuda)
+        wall = (time.perf_counter() - t1) / runs
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)
+    total = sum(getattr(e, key, 0.0) for e in events) / 1e6 / runs  # seconds of self time a run
+    ops = [{"name": e.key, "calls": e.count // runs if e.count % runs == 0 else round(e.count / runs, 2),
+            "self_ms": round(getattr(e, key, 0.0) / 1e3 / runs, 3),
+            "share": round(getattr(e, key, 0.0) / 1e6 / runs / total, 4) if total else 0.0} for e in rows[:top]]
+    return {"top": ops, "summed_self_time_s": total, "profiled_step_s": wall}
+
+
 def run_profile(cfg: MambaConfig, batch: int, seq_len: int, mode: str, device: str, dtype=None,
                 segment_len: Optional[int] = None, warmup: int = 2, steps: int = 3, top: int = 20) -> dict:
     cuda = device.startswith("cuda")
@@ -110,18 +131,8 @@ def run_profile(cfg: MambaConfig, batch: int, seq_len: int, mode: str, device: s
         step()
     _sync(cuda)
     wall = (time.perf_counter() - t0) / max(1, steps)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        t1 = time.perf_counter()
-        step()
-        _sync(cuda)
-        profiled_wall = time.perf_counter() - t1
-    events = prof.key_averages()
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)
-    total = sum(getattr(e, key, 0.0) for e in events) / 1e6  # seconds of self time over all operators
-    ops = [{"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0.0) / 1e3, 3),
-            "share": round(getattr(e, key, 0.0) / 1e6 / total, 4) if total else 0.0} for e in rows[:top]]
+    prof = profile_ops(step, cuda, top)
+    profiled_wall, total, ops = prof["profiled_step_s"], prof["summed_self_time_s"], prof["top"]
     out = {"mode": mode, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size,
            "batch": batch, "seq_len": seq_len, "segment_len": segment_len, "device": device,
            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -19,6 +19,7 @@ from genomamba.bench.common import (
     add_results_args,
     knobs_set,
     machine_facts,
+    nonnegative_count,
     positive_count,
     print_table,
     write_results,
@@ -90,7 +91,18 @@ def _scan_fn(backend: str):
     return importlib.import_module(f"genomamba.ops.{backend}").selective_scan
 
 
-def bench_one(backend, shape, bw, warmup=25, rep=100):
+def kernel_rows(step, top: int, runs: int = 3) -> dict:
+    """The ``top`` kernels of ``step()`` (one scan forward+backward) by self CUDA time, per run of
+    ``runs`` profiled runs, and their summed time: where a row's time goes."""
+    from genomamba.bench.profile import profile_ops
+
+    prof = profile_ops(step, True, top, runs=runs)
+    return {"kernels": [{"kernel": op["name"], "us": round(op["self_ms"] * 1e3, 1), "calls": op["calls"]}
+                        for op in prof["top"] if op["self_ms"] > 0],
+            "kernel_us_per_fwdbwd": round(prof["summed_self_time_s"] * 1e6, 1)}
+
+
+def bench_one(backend, shape, bw, warmup=25, rep=100, kernels: int = 0):
     from triton.testing import do_bench
 
     b, d, n, l, dtype = shape
@@ -124,6 +136,8 @@ def bench_one(backend, shape, bw, warmup=25, rep=100):
         "speedup_fwd": round(anchor[0] / t_f, 2) if anchor else None,
         "speedup_fwdbwd": round(anchor[1] / t_fb, 2) if anchor and t_fb else None,
     }
+    if kernels:
+        row.update(kernel_rows(fwd_bwd, kernels))
     torch.cuda.empty_cache()
     return row
 
@@ -137,14 +151,21 @@ def _layouts(shape) -> dict:
             "cuda_training_forward": forward_layout(b, d, n, l, DTYPES[dtype], training=True)}
 
 
-def knob_row(shape, bw: float, update: dict, label: str) -> dict:
+def knob_row(shape, bw: float, update: dict, label: str, kernels: int = 0) -> dict:
     """One row of the cuda backend timed with the knob setting ``update``; its layout columns are
     those of that setting (a knob may change the forward's lanes, tiles or segments)."""
     with knobs_set(update):
-        row = bench_one("cuda", shape, bw)
+        row = bench_one("cuda", shape, bw, kernels=kernels)
         row.update(_layouts(shape))
     row["backend"] = label
     return row
+
+
+def print_row(row: dict) -> None:
+    """A finished row as it is stored (its kernels, if profiled, one per line below it)."""
+    print({k: v for k, v in row.items() if k != "kernels"}, flush=True)
+    for k in row.get("kernels", []):
+        print(f"    {k['us']:>10.1f} us  x{k['calls']:<5} {k['kernel'][:100]}", flush=True)
 
 
 def knob_settings(specs: list) -> list:
@@ -199,6 +220,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--rounds", type=positive_count, default=1,
                    help="with --knob: time the settings this many times, interleaved (A B A B), one row each")
+    p.add_argument("--kernels", type=nonnegative_count, default=0, metavar="N",
+                   help="also profile each row's forward+backward (torch.profiler, three runs) and keep its N "
+                   "most expensive kernels, in microseconds per run, in the row (0: no profile)")
     add_results_args(p, "scan_<device>")
     # `genomamba bench scan` passes its whole argv (CPU-only flags included): ignore what is not ours
     args, _ = p.parse_known_args(argv)
@@ -255,21 +279,21 @@ def main(argv=None) -> int:
                 continue
             if be == "cuda" and cuda_variants:
                 for rnd, update, label in schedule(cuda_variants, rounds):
-                    row = knob_row(shape, bw, update, label)
+                    row = knob_row(shape, bw, update, label, kernels=args.kernels)
                     if rounds > 1:
                         row["round"] = rnd
                     results.append(row)
-                    print(row, flush=True)
+                    print_row(row)
                     save()
                 continue
             try:
-                results.append(bench_one(be, shape, bw))
+                results.append(bench_one(be, shape, bw, kernels=args.kernels))
                 if be == "cuda":
                     results[-1].update(_layouts(shape))
             except Exception as exc:
                 results.append({"backend": be, "shape": f"{shape}", "error": f"{type(exc).__name__}: {exc}"})
                 torch.cuda.empty_cache()
-            print(results[-1], flush=True)
+            print_row(results[-1])
             save()
     path = save()
     cols = [

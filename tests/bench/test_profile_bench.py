@@ -22,3 +22,25 @@ def test_profile_train_and_forward_write_ranked_operators(tmp_path):
 def test_profile_rejects_bad_sizes(capsys):
     assert bp.main(["--seq-len", "0"]) == 2
     assert "--seq-len" in capsys.readouterr().err
+
+
+def test_profiled_runs_are_averaged_per_run():
+    """Several profiled runs report calls and times per run, consistently: a step of two matmuls run
+    three times shows aten::mm twice a run, and every operator's share is its per-run time over the
+    per-run total."""
+    import torch
+
+    a = torch.randn(256, 256)
+
+    def step():
+        (a @ a) @ a
+
+    one = bp.profile_ops(step, False, 10, runs=1)
+    three = bp.profile_ops(step, False, 10, runs=3)
+    for res in (one, three):
+        mm = next(op for op in res["top"] if op["name"] == "aten::mm")
+        assert mm["calls"] == 2 and mm["self_ms"] > 0
+        for op in res["top"]:
+            assert abs(op["share"] - op["self_ms"] / 1e3 / res["summed_self_time_s"]) < 2e-3
+        assert sum(op["self_ms"] for op in res["top"]) / 1e3 <= res["summed_self_time_s"] * 1.001 + 1e-6
+        assert res["profiled_step_s"] > 0

@@ -60,7 +60,8 @@ def test_a_knob_row_names_the_layout_its_setting_ran(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=132))
-    monkeypatch.setattr(sg, "bench_one", lambda be, shape, bw: {"backend": be, "fwd_ms": 1.0})  # the timing needs a GPU
+    # the timing needs a GPU
+    monkeypatch.setattr(sg, "bench_one", lambda be, shape, bw, **kw: {"backend": be, "fwd_ms": 1.0})
     for part in ("v2", "bwd", "chan", "chan4"):
         monkeypatch.setitem(STATUS, part, True)
     shape = (8, 1536, 16, 2048, "bf16")
@@ -80,3 +81,10 @@ def test_rows_out_of_the_table_are_a_usage_error(value, capsys):
     from genomamba.bench.scan_gpu import ROWS, row_indices
 
     assert row_indices("all") == list(range(len(ROWS))) and row_indices("0,4") == [0, 4]
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_bad_kernel_count_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--kernels", value])
+    assert e.value.code == 2 and "--kernels" in capsys.readouterr().err
