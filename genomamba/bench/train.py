@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--rebuild-inputs", choices=list(REBUILD), default="auto",
                    help="rebuild each layer's normed input, conv output and delta in the backward instead of "
-                        "keeping them (auto: on GPUs); 'off' measures what keeping them costs")
+                        "keeping them (auto: on GPUs); 'off' keeps them all (faster, more memory)")
     p.add_argument("--segment-len", type=positive_count, default=None,
                    help="read each window in segments of this many tokens (segment-wise training)")
     p.add_argument("--vs-mamba-ssm", action="store_true",

@@ -117,10 +117,11 @@ class Mamba(nn.Module):
     # A ``genomamba.parallel.ContextParallel`` while the sequence is split over its ranks (see
     # ``MambaLM.set_context_parallel``): forward then takes this rank's slice.
     context_parallel = None
-    # Training: keep the block's normed input, the conv's output and delta for the backward (False),
-    # or rebuild them there from what stays saved anyway (True; genomamba.models.recompute; the one-node
-    # mixer then also runs in_proj again instead of keeping its output). None: rebuild on GPUs, whose
-    # memory bounds the context length (in_proj again only in segment-wise training); keep on CPUs.
+    # Training: keep the block's normed input, the conv's output and delta for the backward (False:
+    # the fastest, the one-node mixer then computes nothing again), or rebuild them there from what
+    # stays saved anyway (True; genomamba.models.recompute; the one-node mixer then also runs in_proj
+    # again instead of keeping its output). None: rebuild on GPUs, whose memory bounds the context
+    # length (in_proj again only in segment-wise training); keep on CPUs. Same gradients either way.
     rebuild_inputs: Optional[bool] = None
 
     def __init__(self, config: MambaConfig, layer_idx: int = 0, device=None, dtype=None):
@@ -216,9 +217,10 @@ class Mamba(nn.Module):
                         self.d_state, kernels)
                 # in_proj's output computed again in the backward instead of kept: asked for, or by default
                 # in segment-wise training on GPUs (memory is what segments are for)
-                lean = self._rebuilds(hidden) and (self.rebuild_inputs is True or cache is not None)
-                if cache is None:
-                    return mixer_forward(*args, lean=lean)
+                rebuilds = self._rebuilds(hidden)
+                lean = rebuilds and (self.rebuild_inputs is True or cache is not None)
+                if cache is None:  # nothing rebuilt: the conv output and delta kept too
+                    return mixer_forward(*args, lean=lean, keep=not rebuilds)
                 # a segment of a longer window (segment-wise training): from the cache's states, leaving
                 # the final ones there, differentiable both ways
                 out, conv_state, ssm_state = mixer_forward(*args, conv_state=cache.conv_state,

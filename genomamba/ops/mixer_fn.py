@@ -8,11 +8,12 @@ and every weight gradient is one GEMM over all b * l tokens: no per-batch-row pr
 afterwards, no transposed copies, no concatenation of dx and dz in the backward.
 
 Saved for the backward: the mixer's input, xz, x_proj's output and the scan's own state checkpoints.
-The conv output and delta are recomputed in the backward (one conv and one small GEMM), and the scan
-output (out_proj's weight gradient needs it) comes back from the scan backward, which replays the
-forward anyway. With ``lean``, xz is not kept either: the backward runs in_proj again on the mixer's
-input (one GEMM), so a layer keeps x_proj's small output, the scan's checkpoints and what the block
-keeps (its residual stream, from which it rebuilds the mixer's input).
+The conv output and delta are recomputed in the backward (one conv and one small GEMM) unless
+``keep`` (then they are saved too: 2 d_inner values more per token, for windows small enough to
+afford them), and the scan output (out_proj's weight gradient needs it) comes back from the scan
+backward, which replays the forward anyway. With ``lean``, xz is not kept either: the backward runs
+in_proj again on the mixer's input (one GEMM), so a layer keeps x_proj's small output, the scan's
+checkpoints and what the block keeps (its residual stream, from which it rebuilds the mixer's input).
 
 Under autocast the products run in the autocast dtype (the four projection weights are cast once, in
 the forward, and those casts kept for the backward) and the SSM parameters (A, D, delta bias, conv
@@ -199,7 +200,7 @@ class MixerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_h0, ssm_h0,
                 sizes, kernels):
-        d, r, n, states, lean = sizes
+        d, r, n, states, lean, keep = sizes
         b, l, dm = hidden.shape
         dev = hidden.device.type
         ct = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and hidden.is_floating_point() \
@@ -230,7 +231,7 @@ class MixerFn(torch.autograd.Function):
         # the weights are kept as the products used them (the autocast dtype): the backward does not
         # cast them again
         ctx.save_for_backward(X, None if lean else xz, x_dbl, in_wc, in_b, conv_w, conv_b, x_wc, dt_wc, dt_bias, A, D,
-                              out_wc, out_b, ch0, ssm_h0)
+                              out_wc, out_b, ch0, ssm_h0, xc if keep else None, delta if keep else None)
         ctx.weight_dtypes = (in_w.dtype, x_w.dtype, dt_w.dtype, out_w.dtype)
         ctx.sizes, ctx.kernels, ctx.ct, ctx.saved_scan = (b, l, dm, d, r, n), kernels, ct, saved
         ctx.dtypes = (hidden.dtype, None if conv_h0 is None else conv_h0.dtype)
@@ -241,7 +242,7 @@ class MixerFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, d_conv_final=None, d_ssm_final=None):
         (X, xz, x_dbl, in_wc, in_b, conv_w, conv_b, x_wc, dt_wc, dt_bias, A, D, out_wc, out_b, ch0,
-         ssm_h0) = ctx.saved_tensors
+         ssm_h0, xc, delta) = ctx.saved_tensors
         b, l, dm, d, r, n = ctx.sizes
         k, ct = ctx.kernels, ctx.ct
         dev = X.device.type
@@ -255,11 +256,13 @@ class MixerFn(torch.autograd.Function):
                 xz = torch.mm(in_wc, X.t())
                 if in_b is not None:
                     xz += in_b.to(ct)[:, None]
-            # the conv output and delta again, as the forward computed them
+            # the conv output and delta again, as the forward computed them (unless kept)
             x = _bdl(xz[:d], b, l)
-            xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
-            k.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
-            delta = torch.mm(dt_wc, x_dbl[:r])
+            if xc is None:
+                xc = torch.empty((d, b * l), device=xz.device, dtype=ct)
+                k.conv_forward(x, conv_w, conv_b, ch0, _bdl(xc, b, l))
+            if delta is None:
+                delta = torch.mm(dt_wc, x_dbl[:r])
             B, C = _bdl(x_dbl[r:r + n], b, l), _bdl(x_dbl[r + n:], b, l)
             # the scan writes du, ddelta, dz and its output again straight into rows of the function's
             # matrices (dz into the lower half of in_proj's output gradient)
@@ -304,7 +307,8 @@ class MixerFn(torch.autograd.Function):
 
 def mixer_forward(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, d_state: int,
                   kernels: Kernels, conv_state: Optional[torch.Tensor] = None,
-                  ssm_state: Optional[torch.Tensor] = None, states: bool = False, lean: bool = False):
+                  ssm_state: Optional[torch.Tensor] = None, states: bool = False, lean: bool = False,
+                  keep: bool = False):
     """The mixer (in_proj -> conv -> SiLU -> x_proj -> dt_proj -> scan with D and the SiLU(z) gate ->
     out_proj) on ``hidden`` (b, l, d_model) as one autograd node: conv_w (d_inner, d_conv); A (d_inner,
     n), D and dt_bias (d_inner,) as the scan takes them; the rest as the nn.Linear weights and biases.
@@ -312,8 +316,9 @@ def mixer_forward(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, 
     ``conv_state`` (b, d_inner, d_conv - 1) and ``ssm_state`` (b, d_inner, n) are where the call
     starts (zeros when None). With ``states``, returns (out, conv state, ssm state) it leaves, all
     differentiable (segment-wise training backpropagates through them); else out alone. ``lean``: keep
-    less for the backward (in_proj's output is computed again there)."""
+    less for the backward (in_proj's output is computed again there); ``keep``: keep more (the conv
+    output and delta, instead of computing them again there). Results are the same bits either way."""
     d = conv_w.shape[0]
     r = dt_w.shape[1]
     return MixerFn.apply(hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_bias, A, D, out_w, out_b, conv_state,
-                         ssm_state, (d, r, d_state, bool(states), bool(lean)), kernels)
+                         ssm_state, (d, r, d_state, bool(states), bool(lean), bool(keep)), kernels)

@@ -146,10 +146,11 @@ def test_segment_wise_training_through_the_fused_mixer_equals_the_whole_window(r
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("lean", [False, True])
-def test_what_the_function_keeps_for_its_backward(lean):
-    """Neither variant keeps the scan's output (its backward writes it again); the lean one does not
-    keep in_proj's output either."""
+@pytest.mark.parametrize("lean,keep", [(False, False), (True, False), (False, True)])
+def test_what_the_function_keeps_for_its_backward(lean, keep):
+    """No variant keeps the scan's output (its backward writes it again); the lean one does not keep
+    in_proj's output either; ``keep`` keeps the conv output and delta (two (d_inner, b * l) matrices)
+    instead of computing them again, for the same gradients bit for bit."""
     m = _mixer(True)
     b, l, d = 2, 13, m.d_inner
     h = torch.randn(b, l, 16, dtype=torch.float64, requires_grad=True)
@@ -163,13 +164,16 @@ def test_what_the_function_keeps_for_its_backward(lean):
             m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log), m.D, m.out_proj.weight, m.out_proj.bias,
             m.d_state, mixer_fn.GENERIC)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = mixer_fn.mixer_forward(*args, lean=lean)
+        out = mixer_fn.mixer_forward(*args, lean=lean, keep=keep)
     activations = [s for s in kept if len(s) == 2 and s[1] == b * l or len(s) == 2 and s[0] == b * l]
     assert (b * l, 16) in activations  # the mixer's input (the block rebuilds it where it can)
     assert ((2 * d, b * l) in activations) is not lean
-    assert (d, b * l) not in activations  # the scan's output
+    assert activations.count((d, b * l)) == (2 if keep else 0)  # conv output and delta; never the scan's output
     g = torch.randn_like(out)
-    got = torch.autograd.grad(out, [h] + list(m.parameters()), g)
+    got = torch.autograd.grad(out, [h] + list(m.parameters()), g, retain_graph=True)  # A's exp: shared below
     want = torch.autograd.grad(m(h), [h] + list(m.parameters()), g)  # CPU: the per-op path
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    plain = torch.autograd.grad(mixer_fn.mixer_forward(*args), [h] + list(m.parameters()), g)
+    for a, e in zip(got, plain):
+        assert torch.equal(a, e), "what the function keeps changed a gradient"
