@@ -49,6 +49,7 @@ from genomamba.lit.trainer import (
 )
 from genomamba.models.heads import SequenceClassifier
 from genomamba.models.io import run_dir_hint
+from genomamba.models.recompute import keep_activations
 from genomamba.tokenizers.dna import DNATokenizer
 
 
@@ -89,6 +90,7 @@ def run_classify(cfg: ClassifyConfig, resume: Optional[str] = None, quiet: bool 
                               freeze_backbone=cfg.head.freeze_backbone, dropout=cfg.head.dropout,
                               optim=to_plain(cfg.optim), plot_dir=str(run_dir), tta_rc=cfg.head.tta_rc,
                               adapter=adapter.to_dict(), frontend=cfg.head.frontend)
+    keep_activations(module, cfg.trainer.keep_activations)
     title = f"{cfg.name or 'classify'}: L={d.length}, " + ("from " + cfg.init_from if cfg.init_from else "scratch")
     trainer = build_trainer(cfg.trainer, run_dir, [], title, ("train/loss", "train/acc"),
                             ("val/loss", "val/acc", "val/f1_macro"), has_val=dm.val_ds is not None, quiet=quiet)

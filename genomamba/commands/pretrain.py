@@ -35,6 +35,7 @@ from genomamba.lit.trainer import (
     resolve_precision,
     throughput,
 )
+from genomamba.models.recompute import keep_activations
 
 
 def _scalar_metrics(metrics: dict) -> dict:
@@ -67,6 +68,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
                             adapter=None if dna else adapter.to_dict())
     module.context_parallel = cfg.trainer.context_parallel
     module.segment_len = cfg.trainer.segment_len
+    keep_activations(module, cfg.trainer.keep_activations)
     bits = module.bits_key
     callbacks = []
     if cfg.seqlen_warmup is not None:
@@ -83,7 +85,7 @@ def run_pretrain(cfg: PretrainConfig, resume: Optional[str] = None, quiet: bool 
     results = {"kind": "pretrain", "name": cfg.name, "global_step": int(trainer.global_step),
                "params": module.model.num_parameters(), "fit_seconds": round(fit_s, 1),
                "precision": resolve_precision(cfg.trainer), "seq_len": d.seq_len,
-               "segment_len": cfg.trainer.segment_len,
+               "segment_len": cfg.trainer.segment_len, "keep_activations": cfg.trainer.keep_activations,
                "device": str(trainer.strategy.root_device), "metrics": _scalar_metrics(trainer.callback_metrics),
                "kept": kept, "throughput": throughput(trainer)}
     steps = int(kept.get("step", trainer.global_step))  # the steps behind the saved weights

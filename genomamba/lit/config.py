@@ -120,6 +120,10 @@ class TrainerConfig:
     # read each training window in segments of this many tokens, carrying the recurrent states
     # forward; the backward recomputes one segment at a time (exact; memory of one segment)
     segment_len: Optional[int] = None
+    # true: every layer keeps its normed input, conv output and delta for the backward instead of
+    # rebuilding them there (GPUs rebuild them by default, to reach longer windows): faster, more
+    # memory (README, "keeps no copy"); same results either way
+    keep_activations: bool = False
     # which weights a run ends with (saved to model/, tested): "best", those of the lowest validation
     # loss seen (the last ones when nothing was validated); "last", those of the final step
     keep: str = "best"
@@ -404,6 +408,9 @@ def _check_parallel(cfg, where: str) -> None:
                               "process; it does not work with the sharded strategy fsdp")
     if isinstance(t.ema_start, bool) or not isinstance(t.ema_start, int) or t.ema_start < 0:
         raise ConfigError(f"{where}: trainer.ema_start: expected a step >= 0, got {t.ema_start!r}")
+    if t.keep_activations and t.gradient_checkpointing:
+        raise ConfigError(f"{where}: trainer.keep_activations and trainer.gradient_checkpointing do not combine: "
+                          "checkpointed layers keep nothing and compute every activation again")
     seg = t.segment_len
     if seg is not None:
         if isinstance(seg, bool) or not isinstance(seg, int) or seg < 1:

@@ -35,6 +35,18 @@ def plain_saves() -> Iterator[None]:
         _state.off = before
 
 
+def keep_activations(module: torch.nn.Module, keep: bool = True) -> int:
+    """Every Mamba mixer inside ``module`` keeps its activations for the backward (``keep``:
+    ``rebuild_inputs = False``) or goes back to the default (None: rebuilt on GPUs). Returns how many
+    mixers were set."""
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "rebuild_inputs") and hasattr(m, "A_log"):
+            m.rebuild_inputs = False if keep else None
+            n += 1
+    return n
+
+
 def recipes_allowed() -> bool:
     return not getattr(_state, "off", False)
 

@@ -107,7 +107,33 @@ def test_segment_wise_training_logs_the_same_losses(tmp_path):
     assert abs(runs["whole_val"] - runs["segments_val"]) < 1e-4
 
 
+def test_keep_activations_reaches_every_layer_and_changes_no_loss(tmp_path):
+    """trainer.keep_activations sets every mixer to keep its activations (rebuild_inputs False, also
+    inside a classifier) and a 3-step run logs the same losses as the default."""
+    from genomamba.lit.classify import ClassifierModule
+    from genomamba.lit.pretrain import PretrainModule
+    from genomamba.models.recompute import keep_activations
+    from tests.lit.conftest import TINY_MODEL, tiny_pretrain_doc
+
+    for module in (PretrainModule(dict(TINY_MODEL)), ClassifierModule(["a", "b"], model=dict(TINY_MODEL))):
+        mixers = [m for m in module.modules() if hasattr(m, "rebuild_inputs")]
+        assert len(mixers) == TINY_MODEL["n_layer"] and all(m.rebuild_inputs is None for m in mixers)
+        assert keep_activations(module) == TINY_MODEL["n_layer"]
+        assert all(m.rebuild_inputs is False for m in mixers)
+        keep_activations(module, False)
+        assert all(m.rebuild_inputs is None for m in mixers)
+    losses = {}
+    for keep in (False, True):
+        doc = tiny_pretrain_doc(tmp_path / str(keep), max_steps=3, keep_activations=keep)
+        res = run_pretrain(load_config(doc=doc), quiet=True)
+        assert res["keep_activations"] is keep
+        losses[keep] = [float(r["train/loss"]) for r in _rows(tmp_path / str(keep)) if r.get("train/loss")]
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
+
+
 @pytest.mark.parametrize("trainer, match", [
+    ({"keep_activations": "yes"}, "trainer.keep_activations: expected bool"),
+    ({"keep_activations": True, "gradient_checkpointing": True}, "keep_activations and trainer.gradient_checkpointing"),
     ({"segment_len": 0}, "segment_len: expected a positive int"),
     ({"segment_len": "64k"}, "segment_len"),
     ({"segment_len": 64, "context_parallel": 2, "devices": 2}, "do not combine"),
