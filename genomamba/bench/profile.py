@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from genomamba.bench.common import (
@@ -90,10 +91,21 @@ def _sync(cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
+# rows the profiler reports on the device that are its own bookkeeping, not the step's work
+PROFILER_ROWS = ("Activity Buffer Request",)
+
+
+def device_rows(events) -> list:
+    """The profiler rows that are work on the GPU (kernels, copies, memsets). Operators carry the
+    device time of the kernels they launched as their own self device time too (a custom op, an
+    autograd node, a replayed CUDA graph), so summing over every row would count that time twice."""
+    return [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA and e.key not in PROFILER_ROWS]
+
+
 def profile_ops(step, cuda: bool, top: int, runs: int = 1) -> dict:
-    """``step()`` run ``runs`` times under ``torch.profiler``: the ``top`` operators (kernels on a
-    GPU) by self device time (CPU time on CPU), each as ms and calls per run and as a share of the
-    summed self time; ``summed_self_time_s`` and ``profiled_step_s`` (wall) are per run too."""
+    """``step()`` run ``runs`` times under ``torch.profiler``: the ``top`` operators (on a GPU: kernels,
+    copies and memsets) by self device time (CPU time on CPU), each as ms and calls per run and as a
+    share of the summed self time; ``summed_self_time_s`` and ``profiled_step_s`` (wall) are per run too."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         t1 = time.perf_counter()
@@ -101,7 +113,7 @@ def profile_ops(step, cuda: bool, top: int, runs: int = 1) -> dict:
             step()
         _sync(cuda)
         wall = (time.perf_counter() - t1) / runs
-    events = prof.key_averages()
+    events = device_rows(prof.key_averages()) if cuda else prof.key_averages()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)
     total = sum(getattr(e, key, 0.0) for e in events) / 1e6 / runs  # seconds of self time a run

@@ -44,3 +44,19 @@ def test_profiled_runs_are_averaged_per_run():
             assert abs(op["share"] - op["self_ms"] / 1e3 / res["summed_self_time_s"]) < 2e-3
         assert sum(op["self_ms"] for op in res["top"]) / 1e3 <= res["summed_self_time_s"] * 1.001 + 1e-6
         assert res["profiled_step_s"] > 0
+
+
+def test_device_rows_are_the_gpus_work_counted_once():
+    """On a GPU only kernel, copy and memset rows count: operators that launched them (a custom op, an
+    autograd node, a replayed graph) carry the same device time as their own, and the profiler's own
+    buffer requests are no work of the step."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    rows = [SimpleNamespace(key="genomamba::selective_scan_v2_bwd_cuda", device_type=DeviceType.CPU),
+            SimpleNamespace(key="_ReplayedBackward", device_type=DeviceType.CPU),
+            SimpleNamespace(key="void ssv2::bwd_kernel<c10::BFloat16, 8>(ssv2::Params)", device_type=DeviceType.CUDA),
+            SimpleNamespace(key="Memset (Device)", device_type=DeviceType.CUDA),
+            SimpleNamespace(key="Activity Buffer Request", device_type=DeviceType.CUDA)]
+    assert [r.key for r in bp.device_rows(rows)] == [rows[2].key, "Memset (Device)"]
