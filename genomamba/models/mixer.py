@@ -224,7 +224,8 @@ class Mamba(nn.Module):
                 # a segment of a longer window (segment-wise training): from the cache's states, leaving
                 # the final ones there, differentiable both ways
                 out, conv_state, ssm_state = mixer_forward(*args, conv_state=cache.conv_state,
-                                                           ssm_state=cache.ssm_state, states=True, lean=lean)
+                                                           ssm_state=cache.ssm_state, states=True, lean=lean,
+                                                           keep=not rebuilds)
                 cache.conv_state = conv_state.to(cache.conv_state.dtype)
                 cache.ssm_state = ssm_state.to(cache.ssm_state.dtype)
                 return out

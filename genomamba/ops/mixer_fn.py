@@ -10,10 +10,11 @@ afterwards, no transposed copies, no concatenation of dx and dz in the backward.
 Saved for the backward: the mixer's input, xz, x_proj's output and the scan's own state checkpoints.
 The conv output and delta are recomputed in the backward (one conv and one small GEMM) unless
 ``keep`` (then they are saved too: 2 d_inner values more per token; the layer asks for it when it
-rebuilds nothing, ``rebuild_inputs=False``), and the scan output (out_proj's weight gradient needs it) comes back from the scan
-backward, which replays the forward anyway. With ``lean``, xz is not kept either: the backward runs
-in_proj again on the mixer's input (one GEMM), so a layer keeps x_proj's small output, the scan's
-checkpoints and what the block keeps (its residual stream, from which it rebuilds the mixer's input).
+rebuilds nothing, ``rebuild_inputs=False``), and the scan output (out_proj's weight gradient needs
+it) comes back from the scan backward, which replays the forward anyway. With ``lean``, xz is not
+kept either: the backward runs in_proj again on the mixer's input (one GEMM), so a layer keeps
+x_proj's small output, the scan's checkpoints and what the block keeps (its residual stream, from
+which it rebuilds the mixer's input).
 
 Under autocast the products run in the autocast dtype (the four projection weights are cast once, in
 the forward, and those casts kept for the backward) and the SSM parameters (A, D, delta bias, conv
