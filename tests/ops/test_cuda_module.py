@@ -795,3 +795,35 @@ def test_lanes_per_channel_sharing_model(tpc):
             k = j * tpc + sub[lane]
             want = sum(part[g][k] for g in group)
             assert torch.allclose(v[lane][j * tpc], want, rtol=0, atol=1e-12), (tpc, lane, j)
+
+
+def test_a_knob_outside_its_values_is_named(monkeypatch):
+    from genomamba.ops.cuda.knobs import _env_int, _env_str
+
+    monkeypatch.setenv("GENOMAMBA_CUDA_BC_REDUCE", "2")
+    with pytest.raises(ValueError, match=r"GENOMAMBA_CUDA_BC_REDUCE='2': expected one of 0, 1 \(default 1\)"):
+        _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, (0, 1))
+    monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "4")
+    with pytest.raises(ValueError, match=r"expected one of -1\.\.3"):
+        _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, range(-1, 4))
+    monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "-1")
+    assert _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, range(-1, 4)) == -1
+    monkeypatch.setenv("GENOMAMBA_CUDA_VARIANT", "V3")
+    with pytest.raises(ValueError, match="GENOMAMBA_CUDA_VARIANT='V3': expected one of auto, v1, v2"):
+        _env_str("GENOMAMBA_CUDA_VARIANT", "auto", ("auto", "v1", "v2"))
+    monkeypatch.setenv("GENOMAMBA_CUDA_VARIANT", " V2 ")
+    assert _env_str("GENOMAMBA_CUDA_VARIANT", "auto", ("auto", "v1", "v2")) == "v2"
+
+
+def test_the_backend_does_not_import_with_a_bad_knob(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GENOMAMBA_CUDA_FIX_STATE_EXIT="yes please")
+    r = subprocess.run([sys.executable, "-c", "import genomamba.ops.cuda"], env=env, capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode != 0 and "GENOMAMBA_CUDA_FIX_STATE_EXIT='yes please': expected an integer" in r.stderr
+    env["GENOMAMBA_CUDA_FIX_STATE_EXIT"] = "3"
+    r = subprocess.run([sys.executable, "-c", "import genomamba.ops.cuda"], env=env, capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode != 0 and "GENOMAMBA_CUDA_FIX_STATE_EXIT='3': expected one of 0, 1" in r.stderr
