@@ -165,11 +165,12 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def knob_settings(specs: list, command: str) -> list:
     """``["name=1,2", "other=8"]`` -> every combination as (CONFIG update, row label). A name that is
-    not an integer knob of ``genomamba.ops.cuda.CONFIG``, or a value that is not an integer, is an
-    error (``genomamba bench <command>: --knob ...``) that names it and lists the knobs."""
+    not an integer knob of ``genomamba.ops.cuda.CONFIG``, a value that is not an integer, or one the
+    knob does not take (``genomamba.ops.cuda.knobs.CHOICES``), is an error
+    (``genomamba bench <command>: --knob ...``) that names it and lists the knobs or the values."""
     import itertools
 
-    from genomamba.ops.cuda.knobs import CONFIG
+    from genomamba.ops.cuda.knobs import CHOICES, CONFIG, describe
 
     axes = []
     for spec in specs:
@@ -185,6 +186,10 @@ def knob_settings(specs: list, command: str) -> list:
             raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: values must be integers") from None
         if not vals:
             raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: no values")
+        bad = [v for v in vals if name in CHOICES and v not in CHOICES[name]]
+        if bad:
+            raise SystemExit(f"genomamba bench {command}: error: --knob {spec!r}: {name} takes one of "
+                             f"{describe(CHOICES[name])}, not {', '.join(map(str, bad))}")
         axes.append([(name, v) for v in vals])
     return [(dict(combo), "cuda[" + ",".join(f"{k}={v}" for k, v in combo) + "]")
             for combo in itertools.product(*axes)]

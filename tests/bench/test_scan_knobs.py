@@ -26,6 +26,8 @@ def test_every_combination_in_order_with_labels():
         ("bwd_states_per_sync", "NAME=V1,V2"),
         ("bwd_states_per_sync=four", "integers"),
         ("bwd_states_per_sync=", "no values"),
+        ("bc_reduce=0,2", "bc_reduce takes one of 0, 1, not 2"),  # would have meant torch's sums
+        ("bwd_prefetch=-1,4,7", "bwd_prefetch takes one of -1..3, not 4, 7"),
     ],
 )
 def test_bad_knob_names_the_argument(spec, says):

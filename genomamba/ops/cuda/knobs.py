@@ -21,9 +21,26 @@ STATUS: dict[str, object] = {"v1": "not built", "v2": "not built", "bwd": "not b
                              "bwdchan": "not built", "bwdchan2": "not built", "prefetch": "not built"}
 
 
+def describe(choices) -> str:
+    """The values of a knob's ``choices`` (a range or a tuple), as an error message lists them."""
+    if isinstance(choices, range):
+        return f"{choices.start}..{choices.stop - 1}"
+    return ", ".join(str(c) for c in choices)
+
+
+# the knobs that take only some integers (the others: any integer); an environment variable or a
+# bench --knob value outside them is an error that names it, rather than a silent fallback
+CHOICES = {
+    "npt": (4, 16), "kitems": (8, 16), "kitems_train": (8, 16), "bwd_min_blocks": (1, 2),
+    "bwd_joint_scan": (0, 1), "fix_state_exit": (0, 1), "bwd_prefetch": range(-1, 4),
+    "bwd_prefetch_fp32": range(-1, 4), "fix_prefetch": range(0, 4), "l2_prefetch": range(0, 3),
+    "bc_reduce": (0, 1), "fwd_lean": (-1, 0, 1), "fwd_pair_states": (-1, 0, 1), "fwd_chan": (-1, 0, 1),
+    "chan_lanes": (-1, 1, 2, 4), "bwd_chan": (0, 1, 2),
+}
+
+
 def _env_int(name: str, default: int, choices=None) -> int:
-    """An integer knob from the environment; ``choices`` (a range or tuple): the values it may take
-    (anything else is an error naming the variable, rather than a silent fallback)."""
+    """An integer knob from the environment; ``choices`` (a range or tuple): the values it may take."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -32,9 +49,8 @@ def _env_int(name: str, default: int, choices=None) -> int:
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r}: expected an integer (default {default})") from None
     if choices is not None and value not in choices:
-        allowed = f"{choices.start}..{choices.stop - 1}" if isinstance(choices, range) else \
-            ", ".join(str(c) for c in choices)
-        raise ValueError(f"environment variable {name}={raw!r}: expected one of {allowed} (default {default})")
+        raise ValueError(f"environment variable {name}={raw!r}: expected one of {describe(choices)} "
+                         f"(default {default})")
     return value
 
 
@@ -63,11 +79,11 @@ def _env_str(name: str, default: str, choices: tuple) -> str:
 # folder (scan_knobs_nvidia_h200.json).
 CONFIG = {
     "variant": _env_str("GENOMAMBA_CUDA_VARIANT", "auto", ("auto", "v1", "v2")),
-    "npt": _env_int("GENOMAMBA_CUDA_NPT", 4, (4, 16)),
+    "npt": _env_int("GENOMAMBA_CUDA_NPT", 4, CHOICES["npt"]),
     "target_threads": _env_int("GENOMAMBA_CUDA_TARGET_THREADS", 96 * 1024),
-    "kitems": _env_int("GENOMAMBA_CUDA_KITEMS", 16, (8, 16)),
+    "kitems": _env_int("GENOMAMBA_CUDA_KITEMS", 16, CHOICES["kitems"]),
     "warps": _env_int("GENOMAMBA_CUDA_WARPS", 4),
-    "kitems_train": _env_int("GENOMAMBA_CUDA_KITEMS_TRAIN", 8, (8, 16)),
+    "kitems_train": _env_int("GENOMAMBA_CUDA_KITEMS_TRAIN", 8, CHOICES["kitems_train"]),
     "warps_fwd_train": _env_int("GENOMAMBA_CUDA_WARPS_FWD_TRAIN", 4),
     # warps a backward block (channels whose dB/dC it sums before writing partials): 9..16 take the
     # wide build (one 512-thread block per SM at 128 registers; kitems 8 only, 8 otherwise). 16 timed
@@ -75,7 +91,7 @@ CONFIG = {
     "warps_bwd": _env_int("GENOMAMBA_CUDA_WARPS_BWD", 16),
     # blocks per SM promised to ptxas for the backward: 2 -> at most 128 registers (16 warps/SM,
     # ~0.1 KB spills at kitems 8), 1 -> ~190 registers, no spills, 8 warps/SM (sm_90 report)
-    "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2, (1, 2)),
+    "bwd_min_blocks": _env_int("GENOMAMBA_CUDA_BWD_MIN_BLOCKS", 2, CHOICES["bwd_min_blocks"]),
     # states whose dB/dC partials the backward sums per pair of block-wide barriers (1: a pair per
     # state; more lets the block's warps drift apart by that many states, at 2 * warps * 32 * kitems
     # floats of shared memory per state; capped by n and by what fits). 4 with the joint scan timed
@@ -83,7 +99,7 @@ CONFIG = {
     "bwd_states_per_sync": _env_int("GENOMAMBA_CUDA_BWD_STATES_PER_SYNC", 4),
     # 1: the backward runs its forward (prefix) and reverse (suffix) shuffle scans in the same five
     # rounds per state (shorter dependent chain, same arithmetic); 0: one after the other
-    "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 1, (0, 1)),
+    "bwd_joint_scan": _env_int("GENOMAMBA_CUDA_BWD_JOINT_SCAN", 1, CHOICES["bwd_joint_scan"]),
     "target_warps": _env_int("GENOMAMBA_CUDA_TARGET_WARPS", 0),
     "min_seg_tokens": _env_int("GENOMAMBA_CUDA_MIN_SEG_TOKENS", 4096),
     # what the segment rule (wave_segments) charges a segment after the first, in tokens of the
@@ -92,7 +108,7 @@ CONFIG = {
     # 1: the fix-up and reverse-summary passes drop each state at the first tile where its own decay
     # factor is below 2^-64 (fast states leave after a few hundred tokens); 0: every state runs to
     # the last tile the slowest one needs (the rule before, kept for same-machine comparisons)
-    "fix_state_exit": _env_int("GENOMAMBA_CUDA_FIX_STATE_EXIT", 1, (0, 1)),
+    "fix_state_exit": _env_int("GENOMAMBA_CUDA_FIX_STATE_EXIT", 1, CHOICES["fix_state_exit"]),
     # B/C rows copied into shared memory (asynchronous 16-byte copies, each lane its own runs) this
     # many states ahead of their use. bwd_prefetch: -1 runs the shipped backward; 0..3 its PF build
     # (wide joint blocks at kitems 8: dB/dC slot rows swizzled free of bank conflicts) with a ring
@@ -104,13 +120,13 @@ CONFIG = {
     # 2.21 M tokens/s; b32 x 1024 2.07 M -> 2.19 M; d_model 768 x 24, b8 x 2048 217 k -> 230 k); depth
     # 0 (the PF build without a ring) was slower than the shipped build, depths 1-4 even with each
     # other. fix_prefetch 2 was 2 % slower than 0 (scan_prefetch_nvidia_h200.json)
-    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, range(-1, 4)),
+    "bwd_prefetch": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, CHOICES["bwd_prefetch"]),
     # the same for float32 (and float64) inputs, whose runs are twice as long: a two-state ring takes
     # 96 KB of a wide block's shared memory there, which leaves room for the dB/dC sums of two states
     # per barrier pair instead of four. -1 (the shipped backward): it was faster than rings of depth 1
     # and 2 at (8, 1536, 16, 2048) fp32, timed in one process (scan_defaults_check_nvidia_h100.json)
-    "bwd_prefetch_fp32": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH_FP32", -1, range(-1, 4)),
-    "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0, range(0, 4)),
+    "bwd_prefetch_fp32": _env_int("GENOMAMBA_CUDA_BWD_PREFETCH_FP32", -1, CHOICES["bwd_prefetch_fp32"]),
+    "fix_prefetch": _env_int("GENOMAMBA_CUDA_FIX_PREFETCH", 0, CHOICES["fix_prefetch"]),
     # 1: L2 prefetch hints for the rows of the tile after next (a warp's own u / delta / dout / z rows
     # and the B / C rows) in the PF builds: the backward's when bwd_prefetch >= 0, the fix-up's and
     # reverse summaries' whenever this is on; 2: in the backward's PF build only (the fix-up and the
@@ -119,26 +135,26 @@ CONFIG = {
     # 1.45 ms (scan_prefetch_nvidia_h200.json); 2 (the default) took 0.7 % off row 1's fwd+bwd and
     # 0.35 % off the 2^20 row's in all three interleaved rounds on an H100, even at l = 65536 and in
     # training steps (scan_levers_nvidia_h100.json, l2_prefetch_ab)
-    "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 2, range(0, 3)),
+    "l2_prefetch": _env_int("GENOMAMBA_CUDA_L2_PREFETCH", 2, CHOICES["l2_prefetch"]),
     # how the backward's dB/dC partials (one row per block of channels, fp32) become dB and dC:
     # 0 torch's sum over the blocks and then a cast to B's dtype (four kernels, an fp32 (b, g, n, l)
     # pair in between); 1 (default) one kernel that sums them in the same fixed order and writes B's
     # dtype directly (faster in every interleaved round on an H100: scan_levers_nvidia_h100.json,
     # bc_reduce_ab; at 2^20 tokens it is bound by reading the partials, ~2 GB)
-    "bc_reduce": _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, (0, 1)),
+    "bc_reduce": _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, CHOICES["bc_reduce"]),
     "use_cuda_bwd": _env_str("GENOMAMBA_CUDA_BWD", "auto", ("auto", "off")),
     # the lean build of the v2 forward's main pass (fewer instructions per element, same results to
     # rounding; selective_scan_v2.cu, fwd_kernel<..., true>), used only if its self-test passed.
     # -1 (auto): lean except the fp32 inference forward, which timed slower with it on an H200
     # (the bf16 forward and training timed faster);
     # 0: never; 1: always
-    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1, (-1, 0, 1)),
+    "fwd_lean": _env_int("GENOMAMBA_CUDA_FWD_LEAN", -1, CHOICES["fwd_lean"]),
     # the lean forward taking the states two at a time (two independent scan chains per warp;
     # fwd_kernel<..., true, true>), used only where the lean build runs and if its own self-test
     # ("pair") passed: 1 always; 0 never; -1 (auto) in training (saving) forwards only, whose tiles
     # are kitems_train = 8 tokens per lane: there it timed faster on an H200, while at the inference
     # forward's 16 it spills registers and timed slower
-    "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", -1, (-1, 0, 1)),
+    "fwd_pair_states": _env_int("GENOMAMBA_CUDA_FWD_PAIR_STATES", -1, CHOICES["fwd_pair_states"]),
     # the lane-per-channel forward (fwd_chan_kernel: a lane holds all n <= 16 states of one channel
     # and walks the tokens; l cut into segments when b * d is small), used only if its self-test
     # ("chan") passed, the rows are 16-byte aligned and n <= 16: 1 always then; 0 never; -1 (auto)
@@ -150,7 +166,7 @@ CONFIG = {
     # chan_min_seg_tokens: its shortest segment; chan_tile32_above: above this many of its warps per
     # SM in a call, the 32-token staging tile (half the shared memory, more blocks per SM) runs
     # instead of the 64-token one (timings: scan_chan_nvidia_h200.json)
-    "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", -1, (-1, 0, 1)),
+    "fwd_chan": _env_int("GENOMAMBA_CUDA_FWD_CHAN", -1, CHOICES["fwd_chan"]),
     "chan_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_MIN_CHANNELS", 8192),
     "chan_min_len": _env_int("GENOMAMBA_CUDA_CHAN_MIN_LEN", 32768),
     "chan_warps": _env_int("GENOMAMBA_CUDA_CHAN_WARPS", 4),
@@ -175,7 +191,7 @@ CONFIG = {
     # training step from 189 k to 205 k tokens/s, while one lane stayed faster at b * d = 1536
     # (l = 65536: 1.36 against 1.54 ms) and 2048 (d_model 256, b4 x 16384: 1.95 M against 1.92 M
     # tokens/s) (scan_knobs_nvidia_h100.json, train_knobs_nvidia_h100.json)
-    "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", -1, (-1, 1, 2, 4)),
+    "chan_lanes": _env_int("GENOMAMBA_CUDA_CHAN_LANES", -1, CHOICES["chan_lanes"]),
     "chan_lanes4_min_channels": _env_int("GENOMAMBA_CUDA_CHAN_LANES4_MIN_CHANNELS", 8192),
     "chan_lanes4_max_channels": _env_int("GENOMAMBA_CUDA_CHAN_LANES4_MAX_CHANNELS", 32768),
     # the lane-per-channel backward (bwd_chan_kernel: one lane = one channel with all n <= 16
@@ -187,7 +203,7 @@ CONFIG = {
     # each: about half the registers and shared memory per channel, twice the warps; self-tested as
     # part "bwdchan2"; slower than both other layouts on every row timed on an H200).
     # bwd_chan_resident: its warps per SM that the segment rule aims for
-    "bwd_chan": _env_int("GENOMAMBA_CUDA_BWD_CHAN", 0, (0, 1, 2)),
+    "bwd_chan": _env_int("GENOMAMBA_CUDA_BWD_CHAN", 0, CHOICES["bwd_chan"]),
     "bwd_chan_resident": _env_int("GENOMAMBA_CUDA_BWD_CHAN_RESIDENT", 8),
 }
 
