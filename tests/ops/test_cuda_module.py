@@ -798,16 +798,22 @@ def test_lanes_per_channel_sharing_model(tpc):
 
 
 def test_a_knob_outside_its_values_is_named(monkeypatch):
-    from genomamba.ops.cuda.knobs import _env_int, _env_str
+    from genomamba.ops.cuda.knobs import CHOICES, CONFIG, _env_int, _env_str
 
+    # every limited knob is a knob, and what it holds now (its default, unless the environment of
+    # the test run set it) is one of its values
+    assert set(CHOICES) <= set(CONFIG)
+    assert all(CONFIG[k] in values for k, values in CHOICES.items())
+    monkeypatch.delenv("GENOMAMBA_CUDA_BC_REDUCE", raising=False)
+    assert _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, CHOICES["bc_reduce"]) == 1
     monkeypatch.setenv("GENOMAMBA_CUDA_BC_REDUCE", "2")
     with pytest.raises(ValueError, match=r"GENOMAMBA_CUDA_BC_REDUCE='2': expected one of 0, 1 \(default 1\)"):
-        _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, (0, 1))
+        _env_int("GENOMAMBA_CUDA_BC_REDUCE", 1, CHOICES["bc_reduce"])
     monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "4")
     with pytest.raises(ValueError, match=r"expected one of -1\.\.3"):
-        _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, range(-1, 4))
+        _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, CHOICES["bwd_prefetch"])
     monkeypatch.setenv("GENOMAMBA_CUDA_BWD_PREFETCH", "-1")
-    assert _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, range(-1, 4)) == -1
+    assert _env_int("GENOMAMBA_CUDA_BWD_PREFETCH", 2, CHOICES["bwd_prefetch"]) == -1
     monkeypatch.setenv("GENOMAMBA_CUDA_VARIANT", "V3")
     with pytest.raises(ValueError, match="GENOMAMBA_CUDA_VARIANT='V3': expected one of auto, v1, v2"):
         _env_str("GENOMAMBA_CUDA_VARIANT", "auto", ("auto", "v1", "v2"))
